@@ -1,0 +1,34 @@
+"""rcdm: Representation-Conditional Diffusion Models (Bordes, Balestriero, Vincent, TMLR 2022)."""
+
+from .diffusion import GaussianDiffusion, sample, sample_many
+from .encoders import Encoder, Preprocessing, create_encoder, list_encoders, register_encoder
+from .errors import NonFiniteLossError, RCDMError
+from .loading import encoder_for, load_model, register_model_source
+from .model import PRESETS, RCDM
+from .train import TrainConfig, train
+from .visualize import Visualization, encode, save_visualization, visualize
+
+__version__ = "0.1.0"
+__all__ = [
+    "PRESETS",
+    "RCDM",
+    "Encoder",
+    "GaussianDiffusion",
+    "NonFiniteLossError",
+    "Preprocessing",
+    "RCDMError",
+    "TrainConfig",
+    "Visualization",
+    "create_encoder",
+    "encode",
+    "encoder_for",
+    "list_encoders",
+    "load_model",
+    "register_encoder",
+    "register_model_source",
+    "sample",
+    "sample_many",
+    "save_visualization",
+    "train",
+    "visualize",
+]

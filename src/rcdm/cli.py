@@ -1,0 +1,55 @@
+"""`rcdm` command line: a thin layer that parses, resolves presets, calls one API function and saves.
+
+Each subcommand lives in rcdm/commands/<name>.py with `add_parser(subparsers)` setting `func(args) -> int`.
+User mistakes (RCDMError) become one line on stderr and exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+from .errors import NonFiniteLossError, RCDMError
+
+COMMANDS = ("train", "sample", "encode", "convert", "analyze", "evaluate", "demo")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="rcdm", description="See what an image encoder's representation keeps."
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="log debug information")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name in COMMANDS:
+        try:
+            module = importlib.import_module(f"rcdm.commands.{name}")
+        except ModuleNotFoundError as e:
+            if e.name != f"rcdm.commands.{name}":
+                raise
+            continue
+        module.add_parser(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s"
+    )
+    for noisy in ("accelerate", "diffusers", "PIL", "urllib3", "filelock", "httpx"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    try:
+        return int(args.func(args) or 0)
+    except (RCDMError, NonFiniteLossError) as e:
+        print(f"rcdm {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"rcdm {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

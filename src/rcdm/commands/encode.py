@@ -1,0 +1,44 @@
+"""rcdm encode: representations of images, saved as safetensors."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from safetensors.torch import save_file
+
+from ..data import expand_image_args
+from ..encoders import FEATURES, create_encoder
+from ..loading import default_device
+from ..visualize import encode, load_views
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("encode", help="save the representations of images")
+    p.add_argument("--encoder", required=True, help="encoder spec, e.g. cifar-resnet20:PATH or timm:NAME")
+    p.add_argument("--feature", choices=FEATURES, default="backbone")
+    p.add_argument("--images", nargs="+", required=True, help="image files or folders")
+    p.add_argument("--out", required=True, help="FILE.safetensors")
+    p.add_argument("--device", default=None)
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..errors import RCDMError
+
+    if not args.out.endswith(".safetensors"):
+        raise RCDMError(f"--out {args.out!r} must end with .safetensors")
+    paths = expand_image_args(args.images)
+    encoder = create_encoder(args.encoder, args.feature).to(args.device or default_device())
+    _, views = load_views(paths, 8, encoder.preprocessing.input_size)
+    reps = encode(encoder, views)
+    meta = {
+        **{k: str(v) for k, v in encoder.describe().items()},
+        "files": json.dumps([str(p) for p in paths]),
+    }
+    meta["preprocessing"] = json.dumps(encoder.preprocessing.to_dict())
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    save_file({"representations": reps.contiguous()}, args.out, metadata=meta)
+    print(f"wrote {tuple(reps.shape)} representations to {args.out}")
+    return 0

@@ -1,0 +1,202 @@
+"""Images in, tensors out: folders of any nesting, paired views, and a deterministic per-step batch order.
+
+Tensor conventions: images are float (3, H, W) RGB in [0, 1]; the diffusion model works in [-1, 1]
+(`to_model_space`); encoders normalise for themselves (see encoders.Preprocessing).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Iterator, Sequence
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from PIL import Image, UnidentifiedImageError
+from torch.utils.data import Dataset, Sampler
+from torchvision.transforms.functional import pil_to_tensor
+
+from .errors import RCDMError
+
+log = logging.getLogger(__name__)
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp"}
+
+
+def list_images(root: str | Path) -> list[Path]:
+    """Every image file under `root` (any nesting), sorted. Raises if none."""
+    root = Path(root).expanduser()
+    if not root.exists():
+        raise RCDMError(f"image folder not found: {str(root)!r}")
+    if root.is_file():
+        return [root]
+    files = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    if not files:
+        raise RCDMError(
+            f"no images in {str(root)!r}: put .jpg/.png/.webp files in it (any sub-folders are searched)"
+        )
+    return files
+
+
+def expand_image_args(paths: Iterable[str | Path]) -> list[Path]:
+    """CLI `--images` arguments (files or folders) -> image files, in order. Missing paths are errors."""
+    out: list[Path] = []
+    for p in paths:
+        p = Path(p).expanduser()
+        if not p.exists():
+            raise RCDMError(f"image not found: {str(p)!r}")
+        out.extend(list_images(p) if p.is_dir() else [p])
+    if not out:
+        raise RCDMError("no images given: pass --images FILE_OR_FOLDER ...")
+    return out
+
+
+def load_image(path: str | Path) -> Image.Image:
+    """Open an image as RGB; an unreadable file is an RCDMError naming it."""
+    try:
+        with Image.open(path) as im:
+            return im.convert("RGB")
+    except (UnidentifiedImageError, OSError) as e:
+        raise RCDMError(
+            f"cannot read image {str(path)!r}: {e.__class__.__name__}; is it a jpg/png/webp?"
+        ) from None
+
+
+def center_square(img: torch.Tensor) -> torch.Tensor:
+    """(3, H, W) -> (3, S, S) centre crop with S = min(H, W)."""
+    h, w = img.shape[-2:]
+    s = min(h, w)
+    top, left = (h - s) // 2, (w - s) // 2
+    return img[..., top : top + s, left : left + s]
+
+
+def resize(img: torch.Tensor, size: int) -> torch.Tensor:
+    """(…, 3, H, W) in [0, 1] -> (…, 3, size, size), bicubic with antialias, clamped to [0, 1]."""
+    if img.shape[-1] == size and img.shape[-2] == size:
+        return img
+    batched = img.ndim == 4
+    x = img if batched else img.unsqueeze(0)
+    x = F.interpolate(x, size=(size, size), mode="bicubic", antialias=True, align_corners=False).clamp(0, 1)
+    return x if batched else x[0]
+
+
+def image_tensor(path: str | Path, size: int | None = None) -> torch.Tensor:
+    """A file -> (3, size, size) in [0, 1]: centre square crop, then resize (None keeps the crop's size)."""
+    x = pil_to_tensor(load_image(path)).float() / 255.0
+    x = center_square(x)
+    return resize(x, size) if size else x
+
+
+def load_images(paths: Sequence[str | Path], size: int) -> torch.Tensor:
+    """(N, 3, size, size) in [0, 1]."""
+    return torch.stack([image_tensor(p, size) for p in paths])
+
+
+def to_model_space(x: torch.Tensor) -> torch.Tensor:
+    """[0, 1] -> [-1, 1]."""
+    return x * 2 - 1
+
+
+class PairedViews(Dataset):
+    """Training pairs: the same random crop + flip, resized once for the diffusion model and once for the encoder.
+
+    Items are addressed by (file index, augmentation seed) so that a batch is a pure function of the step.
+    Returns {'image': diffusion view (3, image_size, image_size), 'enc_image': encoder view (3, encoder_size,
+    encoder_size), both in [0, 1], 'index': the file used, 'flipped': bool}; an unreadable file is logged once and
+    replaced by the next readable one.
+    """
+
+    def __init__(
+        self,
+        files: Sequence[Path],
+        image_size: int,
+        encoder_size: int,
+        min_scale: float = 0.8,  # random crop side as a fraction of the shorter side (1.0: centre square)
+        flip: bool = True,
+    ):
+        self.files = list(files)
+        self.image_size = image_size
+        self.encoder_size = encoder_size
+        self.min_scale = min_scale
+        self.flip = flip
+        self._bad: set[int] = set()
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def _read(self, index: int) -> tuple[int, torch.Tensor]:
+        for k in range(len(self.files)):
+            i = (index + k) % len(self.files)
+            if i in self._bad:
+                continue
+            try:
+                return i, pil_to_tensor(load_image(self.files[i])).float() / 255.0
+            except RCDMError as e:
+                self._bad.add(i)
+                log.warning("skipping unreadable image: %s", e)
+        raise RCDMError("no readable image in the training set")
+
+    def __getitem__(self, key: tuple[int, int]) -> dict:
+        index, seed = key
+        g = torch.Generator().manual_seed(seed)
+        index, img = self._read(index)
+        h, w = img.shape[-2:]
+        short = min(h, w)
+        scale = self.min_scale + (1 - self.min_scale) * torch.rand((), generator=g).item()
+        s = max(1, round(short * scale))
+        if self.min_scale >= 1.0:  # fixed centre square (feature-cache mode): only the flip is random
+            top, left = (h - s) // 2, (w - s) // 2
+        else:
+            top = int(torch.randint(0, h - s + 1, (), generator=g))
+            left = int(torch.randint(0, w - s + 1, (), generator=g))
+        crop = img[:, top : top + s, left : left + s]
+        flipped = self.flip and torch.rand((), generator=g).item() < 0.5
+        if flipped:
+            crop = crop.flip(-1)
+        return {
+            "image": resize(crop, self.image_size),
+            "enc_image": resize(crop, self.encoder_size),
+            "index": index,
+            "flipped": flipped,
+        }
+
+
+class StepBatchSampler(Sampler[list[tuple[int, int]]]):
+    """Yields, for each step from `start_step`, this rank's share of the global batch as (index, aug seed).
+
+    The order is an epoch-wise permutation seeded by (seed, epoch): a run resumed at step s sees exactly the
+    batches an uninterrupted run would, on any number of workers.
+    """
+
+    def __init__(
+        self,
+        n: int,
+        global_batch: int,
+        seed: int,
+        start_step: int,
+        total_steps: int,
+        rank: int = 0,
+        world: int = 1,
+    ):
+        if global_batch % world:
+            raise RCDMError(f"batch size {global_batch} is not divisible by the {world} processes: change it")
+        self.n, self.b, self.seed = n, global_batch, seed
+        self.start, self.total, self.rank, self.world = start_step, total_steps, rank, world
+        self._perm_epoch, self._perm = -1, torch.empty(0)
+
+    def _position(self, pos: int) -> int:
+        epoch, offset = divmod(pos, self.n)
+        if epoch != self._perm_epoch:
+            self._perm = torch.randperm(
+                self.n, generator=torch.Generator().manual_seed(self.seed * 7919 + epoch)
+            )
+            self._perm_epoch = epoch
+        return int(self._perm[offset])
+
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        local = self.b // self.world
+        for step in range(self.start, self.total):
+            first = step * self.b + self.rank * local
+            yield [(self._position(p), self.seed * 1_000_003 + p) for p in range(first, first + local)]
+
+    def __len__(self) -> int:
+        return max(0, self.total - self.start)

@@ -1,0 +1,25 @@
+"""Frozen representation sources. See `create_encoder` for spec strings."""
+
+from .base import (
+    FEATURES,
+    Encoder,
+    Feature,
+    Preprocessing,
+    file_identity,
+    published_preprocessing,
+    sha256_file,
+)
+from .registry import create_encoder, list_encoders, register_encoder
+
+__all__ = [
+    "FEATURES",
+    "Encoder",
+    "Feature",
+    "Preprocessing",
+    "create_encoder",
+    "file_identity",
+    "list_encoders",
+    "published_preprocessing",
+    "register_encoder",
+    "sha256_file",
+]

@@ -1,0 +1,170 @@
+"""The frozen representation source: one interface over any image encoder."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..errors import RCDMError
+
+Feature = Literal["backbone", "projector"]
+FEATURES: tuple[str, ...] = ("backbone", "projector")
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """How an encoder wants its input.
+
+    The encoder receives a square RGB batch in [0, 1] (any size); it is resized to `input_size` with
+    `interpolation` (antialiased) and normalised as (x - mean) / std. The published RCDM encoders use
+    mean = std = 0.5, i.e. pixels in [-1, 1] with no ImageNet statistics (the "published" mode).
+    """
+
+    input_size: int
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+    interpolation: Literal["bilinear", "bicubic"] = "bicubic"
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Preprocessing:
+        return cls(
+            input_size=int(d["input_size"]),
+            mean=tuple(float(v) for v in d["mean"]),
+            std=tuple(float(v) for v in d["std"]),
+            interpolation=d.get("interpolation", "bicubic"),
+        )
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        """images: (B, 3, H, W) in [0, 1] -> (B, 3, input_size, input_size), normalised."""
+        if images.shape[-1] != self.input_size or images.shape[-2] != self.input_size:
+            images = F.interpolate(
+                images, size=(self.input_size, self.input_size), mode=self.interpolation, antialias=True
+            ).clamp(0, 1)
+        mean = torch.tensor(self.mean, device=images.device, dtype=images.dtype).view(1, 3, 1, 1)
+        std = torch.tensor(self.std, device=images.device, dtype=images.dtype).view(1, 3, 1, 1)
+        return (images - mean) / std
+
+
+def published_preprocessing(input_size: int = 224) -> Preprocessing:
+    """The published RCDM encoders' input: pixels scaled to [-1, 1], no mean/std, 224 px bicubic."""
+    return Preprocessing(input_size=input_size, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
+
+
+class Encoder(nn.Module):
+    """A frozen image encoder giving one representation per image.
+
+    forward(images): images (B, 3, H, W) RGB in [0, 1], any square size -> (B, dim) float32.
+    `backbone` is the trunk (pooled feature); `projector`, when given, maps the backbone feature to the
+    SSL head's embedding. `feature` picks which one forward returns. Every parameter is frozen
+    (requires_grad False) and the modules stay in eval mode whatever `train()` is called with.
+    """
+
+    def __init__(
+        self,
+        backbone: nn.Module,
+        preprocessing: Preprocessing,
+        *,
+        projector: nn.Module | None = None,
+        feature: Feature = "backbone",
+        spec: str = "python:custom",
+        identity: str | None = None,  # what must match when a model is reused; defaults to spec
+        dim: int | None = None,  # inferred with one dry forward pass when None
+        classifier: nn.Module | None = None,  # maps the backbone feature to logits, when the encoder has one
+    ):
+        super().__init__()
+        if feature not in FEATURES:
+            raise RCDMError(f"unknown feature {feature!r}: choose one of {', '.join(FEATURES)}")
+        if feature == "projector" and projector is None:
+            raise RCDMError(
+                f"encoder {spec!r} has no projector: use --feature backbone, or an encoder with an SSL head"
+            )
+        self.backbone = backbone
+        self.projector = projector
+        self.classifier = classifier
+        self.preprocessing = preprocessing
+        self.feature: Feature = feature
+        self.spec = spec
+        self.identity = identity or spec
+        for p in self.parameters():
+            p.requires_grad_(False)
+        super().train(False)
+        if dim is None:
+            with torch.no_grad():
+                probe = torch.zeros(1, 3, preprocessing.input_size, preprocessing.input_size)
+                dim = int(self(probe).shape[-1])
+        self.dim = dim
+
+    def train(self, mode: bool = True) -> Encoder:
+        return super().train(False)
+
+    @property
+    def device(self) -> torch.device:
+        for p in self.parameters():
+            return p.device
+        return torch.device("cpu")
+
+    def with_feature(self, feature: Feature) -> Encoder:
+        """The same frozen modules returning another feature (shares weights)."""
+        return Encoder(
+            self.backbone,
+            self.preprocessing,
+            projector=self.projector,
+            feature=feature,
+            spec=self.spec,
+            identity=self.identity,
+            classifier=self.classifier,
+        )
+
+    def backbone_features(self, images: torch.Tensor) -> torch.Tensor:
+        """images (B, 3, H, W) in [0, 1] -> (B, backbone dim)."""
+        x = self.preprocessing(images.float())
+        h = self.backbone(x)
+        return h.flatten(1).float()
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        h = self.backbone_features(images)
+        if self.feature == "projector":
+            assert self.projector is not None
+            h = self.projector(h).float()
+        return h
+
+    def logits(self, images: torch.Tensor) -> torch.Tensor:
+        """Class logits (B, classes) for encoders that carry a classifier."""
+        if self.classifier is None:
+            raise RCDMError(f"encoder {self.spec!r} has no classifier head: a label attack needs one")
+        return self.classifier(self.backbone_features(images))
+
+    def describe(self) -> dict:
+        """What a model checkpoint records about the encoder it was trained on."""
+        return {
+            "encoder": self.spec,
+            "encoder_identity": self.identity,
+            "feature": self.feature,
+            "representation_dim": self.dim,
+            "preprocessing": self.preprocessing.to_dict(),
+        }
+
+
+def file_identity(kind: str, path: str | Path) -> str:
+    """A path-independent identity for a weights file: the kind plus the first 12 hex digits of its sha256."""
+    return f"{kind}@sha256:{sha256_file(path)[:12]}"
+
+
+def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()

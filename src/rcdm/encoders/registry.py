@@ -1,0 +1,173 @@
+"""Encoder spec strings -> frozen Encoders (timm-style registry: register, create, list).
+
+A spec is `PREFIX:ARGUMENT`, e.g. `torchvision:resnet50`, `timm:vit_small_patch14_dinov2.lvd142m`,
+`hub:facebookresearch/dino:dino_resnet50`, `module:my_pkg.models:make_encoder`, `cifar-resnet20:PATH`,
+`pixels:8`. Register more with `register_encoder(prefix)`.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..errors import RCDMError
+from .base import IMAGENET_MEAN, IMAGENET_STD, Encoder, Feature, Preprocessing, file_identity
+from .cifar_resnet import load_cifar_resnet
+
+Factory = Callable[[str, Feature], Encoder]
+_REGISTRY: dict[str, tuple[Factory, str]] = {}
+
+
+def register_encoder(prefix: str, help: str) -> Callable[[Factory], Factory]:
+    def deco(fn: Factory) -> Factory:
+        _REGISTRY[prefix] = (fn, help)
+        return fn
+
+    return deco
+
+
+def list_encoders() -> dict[str, str]:
+    """Spec prefixes and what each takes."""
+    return {p: h for p, (_, h) in _REGISTRY.items()}
+
+
+def create_encoder(spec: str, feature: Feature = "backbone") -> Encoder:
+    """Build the frozen encoder named by `spec`, returning `feature` ('backbone' or 'projector')."""
+    prefix, sep, arg = spec.partition(":")
+    if prefix not in _REGISTRY or not sep or not arg:
+        # Some names are complete without an argument (registered as 'name' with an empty argument).
+        if spec in _REGISTRY:
+            return _REGISTRY[spec][0]("", feature)
+        valid = ", ".join(f"{p}:{h}" for p, h in list_encoders().items())
+        raise RCDMError(f"unknown encoder spec {spec!r}: use one of {valid}")
+    return _REGISTRY[prefix][0](arg, feature)
+
+
+# --- built-in entries -------------------------------------------------------------------------------
+
+
+def _cifar(depth: str) -> Factory:
+    def factory(arg: str, feature: Feature) -> Encoder:
+        net = load_cifar_resnet(depth, arg)
+        return Encoder(
+            net,
+            Preprocessing(input_size=32, mean=IMAGENET_MEAN, std=IMAGENET_STD, interpolation="bilinear"),
+            feature=feature,
+            spec=f"cifar-{depth}:{arg}",
+            identity=file_identity(f"cifar-{depth}", Path(arg).expanduser()),
+            classifier=net.linear,
+            dim=64,
+        )
+
+    return factory
+
+
+register_encoder("cifar-resnet20", "PATH (CIFAR ResNet-20 .th; 64-d pooled feature)")(_cifar("resnet20"))
+register_encoder("cifar-resnet56", "PATH (CIFAR ResNet-56 .th; 64-d pooled feature)")(_cifar("resnet56"))
+
+
+class Pixels(nn.Module):
+    """The image itself at N x N (area-averaged): a weight-free reference 'representation'."""
+
+    def __init__(self, size: int):
+        super().__init__()
+        self.size = size
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.adaptive_avg_pool2d(x, self.size).flatten(1)
+
+
+@register_encoder("pixels", "N (the image average-pooled to N x N, 3*N*N-d; needs no weights)")
+def _pixels(arg: str, feature: Feature) -> Encoder:
+    if not arg.isdigit() or not 1 <= int(arg) <= 64:
+        raise RCDMError(f"pixels:{arg} is not valid: use pixels:N with N an integer in 1..64, e.g. pixels:8")
+    n = int(arg)
+    return Encoder(
+        Pixels(n),
+        Preprocessing(
+            input_size=max(32, n), mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), interpolation="bilinear"
+        ),
+        feature=feature,
+        spec=f"pixels:{n}",
+        dim=3 * n * n,
+    )
+
+
+@register_encoder("torchvision", "NAME[.WEIGHTS] (e.g. resnet50.IMAGENET1K_V2; classifier head removed)")
+def _torchvision(arg: str, feature: Feature) -> Encoder:
+    import torchvision
+
+    name, _, weights = arg.partition(".")
+    try:
+        net = torchvision.models.get_model(name, weights=weights or "DEFAULT")
+        tv_weights = torchvision.models.get_model_weights(name)[weights or "DEFAULT"]
+    except (ValueError, KeyError) as e:
+        raise RCDMError(f"torchvision model {arg!r} unknown: {e}") from None
+    except OSError as e:
+        raise RCDMError(f"cannot download torchvision weights for {arg!r} (offline?): {e}") from None
+    classifier = None
+    for attr in ("fc", "classifier", "head", "heads"):
+        if hasattr(net, attr):
+            classifier = getattr(net, attr)
+            setattr(net, attr, nn.Identity())
+            break
+    t = tv_weights.transforms()
+    size = int(t.crop_size[0]) if hasattr(t, "crop_size") else 224
+    prep = Preprocessing(size, tuple(t.mean), tuple(t.std), "bilinear")  # type: ignore[arg-type]
+    return Encoder(net, prep, feature=feature, spec=f"torchvision:{arg}", classifier=classifier)
+
+
+@register_encoder("timm", "NAME (any timm model; pretrained weights through the HF cache)")
+def _timm(arg: str, feature: Feature) -> Encoder:
+    import timm
+
+    try:
+        net = timm.create_model(arg, pretrained=True, num_classes=0)
+    except RuntimeError as e:
+        raise RCDMError(f"timm model {arg!r}: {e}") from None
+    except OSError as e:
+        raise RCDMError(f"cannot download timm weights for {arg!r} (offline?): {e}") from None
+    cfg = timm.data.resolve_data_config({}, model=net)
+    prep = Preprocessing(
+        int(cfg["input_size"][-1]),
+        tuple(cfg["mean"]),
+        tuple(cfg["std"]),
+        "bicubic" if cfg.get("interpolation") == "bicubic" else "bilinear",
+    )
+    return Encoder(net, prep, feature=feature, spec=f"timm:{arg}")
+
+
+@register_encoder("hub", "OWNER/REPO:ENTRY (torch.hub entry point; ImageNet preprocessing at 224 px)")
+def _hub(arg: str, feature: Feature) -> Encoder:
+    repo, sep, entry = arg.partition(":")
+    if not sep:
+        raise RCDMError(f"hub spec {arg!r} needs an entry point: hub:OWNER/REPO:ENTRY")
+    try:
+        net = torch.hub.load(repo, entry, trust_repo=True)
+    except Exception as e:
+        raise RCDMError(f"torch.hub could not load {arg!r}: {e}") from None
+    return Encoder(net, Preprocessing(224), feature=feature, spec=f"hub:{arg}")
+
+
+@register_encoder("module", "PKG.MOD:FACTORY (your function returning an nn.Module, or an Encoder)")
+def _module(arg: str, feature: Feature) -> Encoder:
+    mod_name, sep, fn_name = arg.partition(":")
+    if not sep:
+        raise RCDMError(f"module spec {arg!r} needs a factory: module:PKG.MOD:FACTORY")
+    try:
+        fn = getattr(importlib.import_module(mod_name), fn_name)
+    except (ImportError, AttributeError) as e:
+        raise RCDMError(f"cannot import {arg!r}: {e}") from None
+    obj = fn()
+    if isinstance(obj, Encoder):
+        return obj if obj.feature == feature else obj.with_feature(feature)
+    if not isinstance(obj, nn.Module):
+        raise RCDMError(f"{arg!r} returned {type(obj).__name__}, not an nn.Module or rcdm Encoder")
+    prep = getattr(obj, "rcdm_preprocessing", None) or Preprocessing(224)
+    projector = getattr(obj, "rcdm_projector", None)
+    return Encoder(obj, prep, projector=projector, feature=feature, spec=f"module:{arg}")

@@ -1,0 +1,80 @@
+"""Labelled image grids (PNG) and an HTML page around them."""
+
+from __future__ import annotations
+
+import html
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from PIL import Image, ImageDraw, ImageFont
+
+
+def to_pil(img: torch.Tensor) -> Image.Image:
+    """(3, H, W) in [0, 1] -> PIL RGB."""
+    arr = (img.detach().float().clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
+    return Image.fromarray(arr, "RGB")
+
+
+def save_png(img: torch.Tensor, path: str | Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    to_pil(img).save(path)
+    return path
+
+
+def grid(
+    rows: Sequence[Sequence[torch.Tensor]] | torch.Tensor,
+    *,
+    row_labels: Sequence[str] | None = None,
+    col_labels: Sequence[str] | None = None,
+    cell: int | None = None,
+    pad: int = 2,
+    title: str | None = None,
+) -> Image.Image:
+    """A labelled grid: rows[r][c] is an image (3, H, W) in [0, 1]; cells are upscaled to `cell` px (nearest)."""
+    rows = [list(r) for r in rows]
+    n_cols = max(len(r) for r in rows)
+    h, w = rows[0][0].shape[-2:]
+    cell = cell or max(64, h)
+    font = ImageFont.load_default()
+    left = 0 if not row_labels else 8 + 7 * max(len(s) for s in row_labels)
+    top = (18 if col_labels else 0) + (18 if title else 0)
+    width = left + n_cols * (cell + pad) + pad
+    height = top + len(rows) * (cell + pad) + pad
+    canvas = Image.new("RGB", (width, height), "white")
+    draw = ImageDraw.Draw(canvas)
+    if title:
+        draw.text((pad, 2), title, fill="black", font=font)
+    if col_labels:
+        y = 2 + (18 if title else 0)
+        for c, lab in enumerate(col_labels):
+            draw.text(
+                (left + pad + c * (cell + pad), y), str(lab)[: max(4, cell // 6)], fill="black", font=font
+            )
+    for r, row in enumerate(rows):
+        y = top + pad + r * (cell + pad)
+        if row_labels:
+            draw.text((4, y + cell // 2 - 6), row_labels[r], fill="black", font=font)
+        for c, img in enumerate(row):
+            pil = to_pil(img).resize((cell, int(cell * img.shape[-2] / img.shape[-1])), Image.NEAREST)
+            canvas.paste(pil, (left + pad + c * (cell + pad), y))
+    return canvas
+
+
+def sample_grid(original: torch.Tensor, samples: torch.Tensor, title: str | None = None) -> Image.Image:
+    """The paper's Figure 1 layout: the original, then its samples. original (3,H,W); samples (N,3,H,W)."""
+    cols = ["original"] + [f"sample {i}" for i in range(samples.shape[0])]
+    return grid([[original, *samples]], col_labels=cols, title=title)
+
+
+def html_page(title: str, sections: Sequence[tuple[str, str]]) -> str:
+    """A self-contained page: sections are (heading, inner HTML)."""
+    body = "\n".join(f"<h2>{html.escape(h)}</h2>\n{inner}" for h, inner in sections)
+    return (
+        "<!doctype html><html><head><meta charset='utf-8'>"
+        f"<title>{html.escape(title)}</title>"
+        "<style>body{font-family:sans-serif;max-width:1100px;margin:2em auto}img{image-rendering:pixelated;"
+        "max-width:100%}table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:3px 8px}</style>"
+        f"</head><body><h1>{html.escape(title)}</h1>\n{body}\n</body></html>"
+    )

@@ -1,0 +1,196 @@
+"""RCDM: a diffusers UNet2DModel conditioned on a frozen representation (Bordes et al. 2022, Sec. 3).
+
+The published conditioning is one line: emb = time_embed(t) + Linear(representation). We wrap (not subclass)
+UNet2DModel so `save_pretrained` / `from_pretrained` round-trip, and pass the projected representation as the
+UNet's `class_labels` with `class_embed_type="identity"`, which adds it to the time embedding.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from diffusers import ConfigMixin, ModelMixin, UNet2DModel
+from diffusers.configuration_utils import register_to_config
+from diffusers.models.attention_processor import Attention
+from torch import nn
+
+from .errors import RCDMError
+
+# name -> architecture (edm2 style). Channels/levels follow guided-diffusion ADM; see DESIGN.md.
+PRESETS: dict[str, dict[str, Any]] = {
+    # Tests only: ~0.5M parameters, 32 px, two levels.
+    "tiny": dict(
+        sample_size=32,
+        block_out_channels=(32, 64),
+        down_block_types=("ResnetDownsampleBlock2D", "AttnDownBlock2D"),
+        up_block_types=("AttnUpBlock2D", "ResnetUpsampleBlock2D"),
+        layers_per_block=1,
+        norm_num_groups=8,
+        attention_num_heads=2,
+    ),
+    # CIFAR-10 at 32 px: ADM layout at 3 levels, attention at 16 and 8 px (~8M parameters).
+    "cifar32": dict(
+        sample_size=32,
+        block_out_channels=(64, 128, 128),
+        down_block_types=("ResnetDownsampleBlock2D", "AttnDownBlock2D", "AttnDownBlock2D"),
+        up_block_types=("AttnUpBlock2D", "AttnUpBlock2D", "ResnetUpsampleBlock2D"),
+        layers_per_block=2,
+        norm_num_groups=32,
+        attention_num_heads=4,
+    ),
+    # The published ImageNet 128 px network (422,603,782 parameters with a 2048-d representation).
+    "adm128": dict(
+        sample_size=128,
+        block_out_channels=(256, 256, 512, 768, 1024),
+        down_block_types=(
+            "ResnetDownsampleBlock2D",
+            "ResnetDownsampleBlock2D",
+            "AttnDownBlock2D",
+            "AttnDownBlock2D",
+            "AttnDownBlock2D",
+        ),
+        up_block_types=(
+            "AttnUpBlock2D",
+            "AttnUpBlock2D",
+            "AttnUpBlock2D",
+            "ResnetUpsampleBlock2D",
+            "ResnetUpsampleBlock2D",
+        ),
+        layers_per_block=2,
+        norm_num_groups=32,
+        attention_num_heads=4,
+    ),
+}
+
+
+class RCDM(ModelMixin, ConfigMixin):
+    """Representation-conditional diffusion model.
+
+    forward(x, t, representation) -> (B, out_channels, H, W): x (B, 3, H, W) noisy image in the model's
+    [-1, 1] space, t (B,) or scalar integer timesteps in [0, 1000), representation (B, representation_dim)
+    float (or None for the learned null representation when trained with condition dropout). With
+    `learned_variance` the output is [epsilon (3 channels), variance interpolation v in [-1, 1] (3)].
+    """
+
+    config_name = "config.json"
+
+    @register_to_config
+    def __init__(
+        self,
+        representation_dim: int,
+        sample_size: int = 32,
+        block_out_channels: tuple[int, ...] = (32, 64),
+        down_block_types: tuple[str, ...] = ("ResnetDownsampleBlock2D", "AttnDownBlock2D"),
+        up_block_types: tuple[str, ...] = ("AttnUpBlock2D", "ResnetUpsampleBlock2D"),
+        layers_per_block: int = 2,
+        norm_num_groups: int = 32,
+        attention_num_heads: int | None = 4,  # heads of C/heads channels at every level (published); None: 1
+        learned_variance: bool = True,  # 6 output channels: epsilon + variance fraction (hybrid loss)
+        null_representation: bool = False,  # a learned 'no condition' vector (condition dropout, CFG)
+        dropout: float = 0.0,
+        # What the model was trained on; checked when it is used with an encoder.
+        encoder: str | None = None,
+        encoder_identity: str | None = None,
+        feature: str = "backbone",
+        preprocessing: dict | None = None,
+    ):
+        super().__init__()
+        self.unet = UNet2DModel(
+            sample_size=sample_size,
+            in_channels=3,
+            out_channels=6 if learned_variance else 3,
+            block_out_channels=tuple(block_out_channels),
+            down_block_types=tuple(down_block_types),
+            up_block_types=tuple(up_block_types),
+            layers_per_block=layers_per_block,
+            resnet_time_scale_shift="scale_shift",
+            downsample_type="resnet",
+            upsample_type="resnet",
+            norm_num_groups=norm_num_groups,
+            attn_norm_num_groups=norm_num_groups,
+            norm_eps=1e-5,
+            attention_head_dim=None,
+            class_embed_type="identity",
+            flip_sin_to_cos=True,
+            freq_shift=0,
+            dropout=dropout,
+        )
+        if attention_num_heads is not None:
+            set_attention_heads(self.unet, attention_num_heads)
+        time_embed_dim = block_out_channels[0] * 4
+        self.rep_proj = nn.Linear(representation_dim, time_embed_dim)
+        self.null_rep = nn.Parameter(torch.zeros(representation_dim)) if null_representation else None
+
+    @classmethod
+    def from_preset(cls, name: str, representation_dim: int, **overrides: Any) -> RCDM:
+        if name not in PRESETS:
+            raise RCDMError(f"unknown preset {name!r}: choose one of {', '.join(PRESETS)}")
+        return cls(representation_dim=representation_dim, **{**PRESETS[name], **overrides})
+
+    @property
+    def learned_variance(self) -> bool:
+        return bool(self.config.learned_variance)
+
+    def condition(
+        self, representation: torch.Tensor | None, batch: int, drop: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """(B, dim) representation -> (B, time_embed_dim) added to the time embedding."""
+        dim = self.config.representation_dim
+        if representation is None or drop is not None:
+            if self.null_rep is None:
+                raise RCDMError("this model was trained without condition dropout: it needs a representation")
+            null = self.null_rep.to(self.rep_proj.weight.dtype).expand(batch, dim)
+            if representation is None:
+                representation = null
+            else:
+                representation = torch.where(drop.view(-1, 1), null, representation)
+        if representation.ndim != 2 or representation.shape[1] != dim:
+            raise RCDMError(
+                f"representation has shape {tuple(representation.shape)} but this model expects "
+                f"(batch, {dim}): use the encoder it was trained on ({self.config.encoder})"
+            )
+        return self.rep_proj(representation.to(self.rep_proj.weight.dtype))
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        t: torch.Tensor | int,
+        representation: torch.Tensor | None,
+        drop: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        b = x.shape[0]
+        if not torch.is_tensor(t) or t.ndim == 0:
+            t = torch.full((b,), int(t), device=x.device, dtype=torch.long)
+        cond = self.condition(representation, b, drop)
+        return self.unet(x, t, class_labels=cond).sample
+
+
+def set_attention_heads(unet: nn.Module, heads: int) -> None:
+    """Published layout: every attention layer has `heads` heads of C/heads channels (not a fixed head dim)."""
+    for m in unet.modules():
+        if isinstance(m, Attention):
+            if m.inner_dim % heads:
+                raise RCDMError(f"attention width {m.inner_dim} is not divisible by {heads} heads")
+            m.heads = heads
+            m.scale = (m.inner_dim // heads) ** -0.5
+
+
+def check_encoder(model: RCDM, encoder_desc: dict) -> None:
+    """Refuse an encoder that is not the one the model was trained on (identity, feature or dimension)."""
+    cfg = model.config
+    if encoder_desc["representation_dim"] != cfg.representation_dim:
+        raise RCDMError(
+            f"encoder {encoder_desc['encoder']!r} gives {encoder_desc['representation_dim']}-d representations "
+            f"but the model expects {cfg.representation_dim}-d (trained on {cfg.encoder!r}, {cfg.feature})"
+        )
+    if cfg.encoder_identity and encoder_desc["encoder_identity"] != cfg.encoder_identity:
+        raise RCDMError(
+            f"model was trained on encoder {cfg.encoder!r} ({cfg.encoder_identity}) but got "
+            f"{encoder_desc['encoder']!r} ({encoder_desc['encoder_identity']}): pass the same encoder"
+        )
+    if encoder_desc["feature"] != cfg.feature:
+        raise RCDMError(
+            f"model was trained on the {cfg.feature} feature but the encoder gives the "
+            f"{encoder_desc['feature']}: pass --feature {cfg.feature}"
+        )

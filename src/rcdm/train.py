@@ -1,0 +1,312 @@
+"""One training loop on accelerate: CPU, one GPU, or many GPUs / nodes (`accelerate launch`, `torchrun`).
+
+Every batch, noise draw and timestep is a pure function of (seed, step), and checkpoints hold the model, its EMA,
+the optimizer and the step, written to a temporary folder and renamed into place: a run killed at any point
+(even mid-save) resumes with `resume=True` exactly where the last complete checkpoint left it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Literal
+
+import torch
+from accelerate import Accelerator
+from diffusers.training_utils import EMAModel
+from safetensors.torch import load_file, save_file
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+from .data import PairedViews, StepBatchSampler, list_images, to_model_space
+from .diffusion import GaussianDiffusion, LossType
+from .encoders import Encoder, Feature, create_encoder, sha256_file
+from .errors import NonFiniteLossError, RCDMError
+from .model import PRESETS, RCDM, check_encoder
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Run settings (the architecture lives in the model's ConfigMixin). Written to RUN_DIR/run.json."""
+
+    data: str
+    encoder: str
+    feature: Feature = "backbone"
+    preset: str = "cifar32"
+    image_size: int | None = None  # None: the preset's sample size
+    steps: int = 100_000
+    batch_size: int = 64  # global batch, split across processes
+    lr: float = 1e-4  # published: AdamW 1e-4, no weight decay
+    weight_decay: float = 0.0
+    loss: LossType = "hybrid"  # published: epsilon MSE + VLB term for the learned variance
+    cond_drop: float = 0.0  # probability of the learned null representation (> 0 enables guidance)
+    ema_decay: float = 0.9999
+    grad_clip: float = 1.0  # max grad norm; 0 disables
+    seed: int = 0
+    save_every: int = 1000
+    keep_checkpoints: int = 2
+    mixed_precision: Literal["auto", "no", "bf16"] = "auto"  # auto: bf16 on GPU, fp32 on CPU
+    gradient_checkpointing: bool = False
+    feature_cache: str | None = None  # a .safetensors of precomputed representations (centre crops + flips)
+    min_scale: float = 0.8  # random crop side as a fraction of the shorter side (1.0 with a feature cache)
+    num_workers: int = 2
+    log_every: int = 10
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    steps: int
+    last_loss: float
+    images_per_second: float
+    history: list[float] = field(default_factory=list)
+
+
+def latest_checkpoint(run_dir: str | Path) -> Path | None:
+    """The newest complete checkpoint of a run (temporary folders from an interrupted save are ignored)."""
+    ck = Path(run_dir) / "checkpoints"
+    done = sorted(p for p in ck.glob("step-*") if (p / "state.json").is_file()) if ck.is_dir() else []
+    return done[-1] if done else None
+
+
+def _fsync_tree(folder: Path) -> None:
+    for p in folder.rglob("*"):
+        if p.is_file():
+            with open(p, "rb") as f:
+                os.fsync(f.fileno())
+
+
+def save_checkpoint(
+    run_dir: Path, step: int, model: RCDM, ema_model: RCDM, optimizer: torch.optim.Optimizer, keep: int
+) -> Path:
+    """Write RUN_DIR/checkpoints/step-NNNNNNNN atomically (temp folder + rename) and prune old ones."""
+    ck = run_dir / "checkpoints"
+    ck.mkdir(parents=True, exist_ok=True)
+    final = ck / f"step-{step:08d}"
+    tmp = ck / f".tmp-step-{step:08d}-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp / "model")
+    ema_model.save_pretrained(tmp / "ema")
+    torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+    (tmp / "state.json").write_text(json.dumps({"step": step}))
+    _fsync_tree(tmp)
+    if final.exists():
+        shutil.rmtree(final)
+    os.rename(tmp, final)
+    _prune(ck, keep)
+    for stale in ck.glob(".tmp-step-*"):
+        shutil.rmtree(stale, ignore_errors=True)
+    return final
+
+
+def _prune(ck: Path, keep: int) -> None:
+    done = sorted(p for p in ck.glob("step-*") if (p / "state.json").is_file())
+    for old in done[:-keep] if keep > 0 else []:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def build_feature_cache(encoder: Encoder, files: list[Path], path: Path, batch_size: int = 256) -> None:
+    """Representations of every file's centre square and of its mirror image, saved as safetensors."""
+    from .visualize import encode, load_views
+
+    plain, flipped = [], []
+    for s in range(0, len(files), batch_size):
+        _, views = load_views(files[s : s + batch_size], 8, encoder.preprocessing.input_size)
+        views = views.to(encoder.device)
+        plain.append(encode(encoder, views))
+        flipped.append(encode(encoder, views.flip(-1)))
+    meta = {"encoder_identity": encoder.identity, "feature": encoder.feature, "files": _files_digest(files)}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    save_file({"plain": torch.cat(plain), "flipped": torch.cat(flipped)}, str(tmp), metadata=meta)
+    os.replace(tmp, path)
+
+
+def _files_digest(files: list[Path]) -> str:
+    import hashlib
+
+    return hashlib.sha256("\n".join(str(f.resolve()) for f in files).encode()).hexdigest()[:16]
+
+
+def _load_feature_cache(encoder: Encoder, files: list[Path], path: Path) -> dict[str, torch.Tensor]:
+    from safetensors import safe_open
+
+    with safe_open(str(path), "pt") as f:
+        meta = f.metadata() or {}
+    want = {"encoder_identity": encoder.identity, "feature": encoder.feature, "files": _files_digest(files)}
+    if {k: meta.get(k) for k in want} != want:
+        raise RCDMError(
+            f"feature cache {str(path)!r} was made for another encoder, feature or file list: delete it to rebuild"
+        )
+    return load_file(str(path))
+
+
+def _batches_for(cfg: TrainConfig, dataset: PairedViews, start: int, acc: Accelerator) -> DataLoader:
+    sampler = StepBatchSampler(
+        len(dataset), cfg.batch_size, cfg.seed, start, cfg.steps, acc.process_index, acc.num_processes
+    )
+    workers = cfg.num_workers
+    return DataLoader(
+        dataset,
+        batch_sampler=sampler,
+        num_workers=workers,
+        pin_memory=acc.device.type == "cuda",
+        persistent_workers=workers > 0,
+        prefetch_factor=4 if workers > 0 else None,
+    )
+
+
+def train(
+    cfg: TrainConfig,
+    run_dir: str | Path,
+    *,
+    resume: bool = False,
+    progress: bool = True,
+    on_step: Callable[[int, float], None] | None = None,  # called after each optimizer step (step, loss)
+    encoder: Encoder | None = None,  # a ready encoder (Python API); else built from cfg.encoder
+) -> TrainResult:
+    """Train an RCDM on the frozen representations of `cfg.encoder`; returns when `cfg.steps` are done."""
+    run_dir = Path(run_dir)
+    if cfg.preset not in PRESETS:
+        raise RCDMError(f"unknown preset {cfg.preset!r}: choose one of {', '.join(PRESETS)}")
+    if not 0.0 <= cfg.cond_drop < 1.0:
+        raise RCDMError(f"--cond-drop {cfg.cond_drop} is out of range: use a probability in [0, 1)")
+    if cfg.loss not in ("simple", "hybrid"):
+        raise RCDMError(f"unknown loss {cfg.loss!r}: choose simple or hybrid")
+    ckpt = latest_checkpoint(run_dir)
+    if ckpt is not None and not resume:
+        raise RCDMError(
+            f"{str(run_dir)!r} already holds checkpoints: pass --resume to continue, or a new --out"
+        )
+    if resume and ckpt is None and (run_dir / "run.json").is_file():
+        log.warning("no complete checkpoint in %s: starting from step 0", run_dir)
+
+    files = list_images(cfg.data)
+    mp = cfg.mixed_precision
+    acc = Accelerator(mixed_precision=("bf16" if torch.cuda.is_available() else "no") if mp == "auto" else mp)
+    enc = encoder if encoder is not None else create_encoder(cfg.encoder, cfg.feature)
+    if encoder is not None and enc.feature != cfg.feature:
+        enc = enc.with_feature(cfg.feature)
+    enc.to(acc.device)
+    size = cfg.image_size or PRESETS[cfg.preset]["sample_size"]
+    arch = dict(
+        sample_size=size,
+        learned_variance=cfg.loss == "hybrid",
+        null_representation=cfg.cond_drop > 0,
+        **enc.describe(),
+    )
+    model = RCDM.from_preset(cfg.preset, **arch)
+    if ckpt is not None:
+        saved = RCDM.from_pretrained(ckpt / "model")
+        check_encoder(saved, enc.describe())
+        model.load_state_dict(saved.state_dict(), strict=True)
+    ema_model = RCDM.from_config(model.config)
+    ema_model.load_state_dict(
+        (RCDM.from_pretrained(ckpt / "ema") if ckpt is not None else model).state_dict(), strict=True
+    )
+    ema_model.requires_grad_(False)
+    start = json.loads((ckpt / "state.json").read_text())["step"] if ckpt is not None else 0
+    if cfg.gradient_checkpointing:
+        model.unet.enable_gradient_checkpointing()
+    model.to(acc.device).train()
+    ema = EMAModel(ema_model.parameters(), decay=cfg.ema_decay)
+    ema.optimization_step = start
+    ema.to(acc.device)
+    fused = acc.device.type == "cuda"
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, fused=fused)
+    if ckpt is not None:
+        opt.load_state_dict(torch.load(ckpt / "optimizer.pt", map_location="cpu", weights_only=True))
+    pmodel, opt = acc.prepare(model, opt)
+
+    cache = None
+    if cfg.feature_cache:
+        cache_path = Path(cfg.feature_cache)
+        if not cache_path.is_file() and acc.is_main_process:
+            build_feature_cache(enc, files, cache_path)
+        acc.wait_for_everyone()
+        cache = {k: v.to(acc.device) for k, v in _load_feature_cache(enc, files, cache_path).items()}
+    dataset = PairedViews(
+        files,
+        size,
+        enc.preprocessing.input_size,
+        min_scale=1.0 if cache is not None else cfg.min_scale,
+    )
+    if acc.is_main_process:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        resolved = {
+            **asdict(replace(cfg, image_size=size)),
+            "num_images": len(files),
+            "model": dict(model.config),
+        }
+        (run_dir / "run.json").write_text(json.dumps(resolved, indent=2, default=str))
+        if cfg.encoder.split(":", 1)[0] in ("cifar-resnet20", "cifar-resnet56"):
+            log.info("encoder weights sha256 %s", sha256_file(cfg.encoder.split(":", 1)[1]))
+
+    diffusion = GaussianDiffusion()
+    history: list[float] = []
+    t0, seen, last = time.perf_counter(), 0, float("nan")
+    bar = tqdm(total=cfg.steps, initial=start, disable=not (progress and acc.is_main_process), desc="train")
+    step = start
+    for batch in _batches_for(cfg, dataset, start, acc):
+        x0 = to_model_space(batch["image"].to(acc.device, non_blocking=True))
+        if cache is not None:
+            idx, flipped = batch["index"].to(acc.device), batch["flipped"].to(acc.device)
+            rep = torch.where(flipped.view(-1, 1), cache["flipped"][idx], cache["plain"][idx])
+        else:
+            with torch.no_grad(), acc.autocast():
+                rep = enc(batch["enc_image"].to(acc.device, non_blocking=True)).float()
+        g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step * acc.num_processes + acc.process_index)
+        drop = None
+        if cfg.cond_drop > 0:
+            drop = (torch.rand(x0.shape[0], generator=g) < cfg.cond_drop).to(acc.device)
+        with acc.autocast():
+            loss = diffusion.losses(pmodel, x0, rep, cfg.loss, g, drop).mean()
+        value = float(acc.gather(loss.detach()).mean())
+        if not math.isfinite(value):
+            good = latest_checkpoint(run_dir)
+            where = f"the last good checkpoint is {good}" if good else "no checkpoint was written yet"
+            raise NonFiniteLossError(
+                f"loss became {value} at step {step}: stopped; {where} (lower --lr or check the encoder's output)"
+            )
+        acc.backward(loss)
+        if cfg.grad_clip > 0:
+            acc.clip_grad_norm_(pmodel.parameters(), cfg.grad_clip)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        ema.step(acc.unwrap_model(pmodel).parameters())
+        step += 1
+        seen += x0.shape[0] * acc.num_processes
+        last = value
+        history.append(value)
+        if step % cfg.log_every == 0 or step == cfg.steps:
+            rate = seen / max(1e-9, time.perf_counter() - t0)
+            bar.set_postfix(loss=f"{value:.4f}", img_s=f"{rate:.1f}")
+        bar.update(1)
+        if step % cfg.save_every == 0 or step == cfg.steps:
+            if acc.is_main_process:
+                ema.copy_to(ema_model.parameters())
+                save_checkpoint(run_dir, step, acc.unwrap_model(pmodel), ema_model, opt, cfg.keep_checkpoints)
+            acc.wait_for_everyone()
+        if on_step is not None:
+            on_step(step, value)
+    bar.close()
+    if acc.is_main_process and step >= cfg.steps:
+        ema.copy_to(ema_model.parameters())
+        final = run_dir / "model"
+        tmp = run_dir / ".tmp-model"
+        shutil.rmtree(tmp, ignore_errors=True)
+        ema_model.save_pretrained(tmp)
+        _fsync_tree(tmp)
+        shutil.rmtree(final, ignore_errors=True)
+        os.rename(tmp, final)
+    rate = seen / max(1e-9, time.perf_counter() - t0)
+    return TrainResult(run_dir, step, last, rate, history)
