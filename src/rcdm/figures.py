@@ -35,7 +35,7 @@ def grid(
     """A labelled grid: rows[r][c] is an image (3, H, W) in [0, 1]; cells are upscaled to `cell` px (nearest)."""
     rows = [list(r) for r in rows]
     n_cols = max(len(r) for r in rows)
-    h, w = rows[0][0].shape[-2:]
+    h = rows[0][0].shape[-2]
     cell = cell or max(64, h)
     font = ImageFont.load_default()
     left = 0 if not row_labels else 8 + 7 * max(len(s) for s in row_labels)
