@@ -1,0 +1,86 @@
+"""Shared fixtures. Data comes from ../shared/data (never copied into the repo); tests skip when it is absent."""
+
+from __future__ import annotations
+
+import os
+import tarfile
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("RCDM_SHARED", ROOT.parent / "shared"))
+CIFAR_TAR = SHARED / "data" / "cifar10" / "cifar10-jpeg.tar.gz"
+RESNET20 = SHARED / "data" / "cifar-resnet" / "resnet20-12fca82f.th"
+RESNET56 = SHARED / "data" / "cifar-resnet" / "resnet56-4bfd9763.th"
+OFFICIAL = SHARED / "official-rcdm"
+CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+
+torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+
+def need(path: Path) -> Path:
+    if not path.exists():
+        pytest.skip(f"needs {path} (the shared development data), which is absent here")
+    return path
+
+
+@pytest.fixture(scope="session")
+def cifar_root() -> Path:
+    """CIFAR-10 JPEGs extracted once to ~/.cache/rcdm/cifar10 (train/<class>/NNNN.jpg, test/<class>/...)."""
+    need(CIFAR_TAR)
+    cache = Path(os.environ.get("RCDM_CACHE", Path.home() / ".cache" / "rcdm")) / "cifar10"
+    done = cache / ".extracted"
+    if not done.exists():
+        cache.mkdir(parents=True, exist_ok=True)
+        with tarfile.open(CIFAR_TAR) as tar:
+            tar.extractall(cache, filter="data")
+        done.touch()
+    return cache
+
+
+@pytest.fixture(scope="session")
+def resnet20_path() -> Path:
+    return need(RESNET20)
+
+
+@pytest.fixture(scope="session")
+def resnet56_path() -> Path:
+    return need(RESNET56)
+
+
+@pytest.fixture(scope="session")
+def resnet20_spec(resnet20_path: Path) -> str:
+    return f"cifar-resnet20:{resnet20_path}"
+
+
+@pytest.fixture(scope="session")
+def few_images(cifar_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A folder with one CIFAR-10 test image of each of 8 classes (32x32 JPEG), named <class>.jpg."""
+    out = tmp_path_factory.mktemp("few")
+    for c in CLASSES[:8]:
+        (out / f"{c}.jpg").write_bytes((cifar_root / "test" / c / "0001.jpg").read_bytes())
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_run(few_images: Path, resnet20_spec: str, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A run folder with a tiny RCDM (tests only) trained 300 steps on `few_images` with ResNet-20 features."""
+    from rcdm.train import TrainConfig, train
+
+    run = tmp_path_factory.mktemp("tiny-run")
+    cfg = TrainConfig(
+        data=str(few_images),
+        encoder=resnet20_spec,
+        preset="tiny",
+        steps=300,
+        batch_size=8,
+        lr=1e-3,
+        ema_decay=0.99,
+        save_every=300,
+        num_workers=0,
+        min_scale=1.0,
+    )
+    train(cfg, run, progress=False)
+    return run
