@@ -1,0 +1,248 @@
+"""Encoders trained by `rcdm recipe ssl`: a width-scaled CIFAR ResNet + optional projector + optional classifier.
+
+Spec `rcdm-cifar:PATH_OR_NAME`: PATH is a folder holding `encoder.safetensors` and `card.json` (what the recipe
+writes); NAME is a bundled folder under `rcdm/assets/models/NAME`. The card describes the architecture, so a
+saved encoder is rebuilt without flags and loaded `strict=True`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+from dataclasses import asdict, dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from ..errors import RCDMError
+from .base import Encoder, Feature, Preprocessing, file_identity
+from .cifar_resnet import BasicBlock
+from .registry import register_encoder
+
+log = logging.getLogger(__name__)
+
+WEIGHTS_NAME = "encoder.safetensors"
+CARD_NAME = "card.json"
+FORMAT = "rcdm-cifar-encoder/1"
+# CIFAR-10 train-split statistics (RGB in [0, 1]).
+CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
+CIFAR_STD = (0.2470, 0.2435, 0.2616)
+
+
+def bundled_models_dir() -> Path:
+    """The folder of models that ship with the package: rcdm/assets/models (may not exist)."""
+    return Path(str(resources.files("rcdm"))) / "assets" / "models"
+
+
+@dataclass(frozen=True)
+class CifarEncoderArch:
+    """Architecture of a recipe encoder; stored in card.json under "arch"."""
+
+    depth: int = 20  # 6n + 2 layers: 20 -> 3 BasicBlocks per stage (He et al. 2016, CIFAR variant)
+    width: int = 2  # channel multiplier on (16, 32, 64); backbone dim = 64 * width
+    projector: tuple[int, ...] = (512, 512, 512)  # MLP widths after the backbone; () = no projector
+    num_classes: int = 0  # > 0: a linear classifier on the backbone feature (supervised objective)
+
+    @property
+    def backbone_dim(self) -> int:
+        return 64 * self.width
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> CifarEncoderArch:
+        return cls(
+            depth=int(d["depth"]),
+            width=int(d["width"]),
+            projector=tuple(int(v) for v in d.get("projector", ())),
+            num_classes=int(d.get("num_classes", 0)),
+        )
+
+
+class WideCifarResNet(nn.Module):
+    """CIFAR ResNet with option-A shortcuts and channels (16, 32, 64) x width.
+
+    forward(x): x (B, 3, H, W) normalised with the encoder's Preprocessing -> (B, 64 * width) pooled feature.
+    """
+
+    def __init__(self, depth: int = 20, width: int = 2):
+        super().__init__()
+        if depth < 8 or (depth - 2) % 6:
+            raise RCDMError(f"CIFAR ResNet depth {depth} is not 6n + 2 (e.g. 20, 32, 56): pick another depth")
+        if width < 1:
+            raise RCDMError(f"CIFAR ResNet width {width} must be a positive integer multiplier")
+        n, c = (depth - 2) // 6, 16 * width
+        self.conv1 = nn.Conv2d(3, c, 3, 1, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(c)
+        stages, in_planes = [], c
+        for planes, stride in ((c, 1), (2 * c, 2), (4 * c, 2)):
+            blocks = []
+            for i in range(n):
+                blocks.append(BasicBlock(in_planes, planes, stride if i == 0 else 1))
+                in_planes = planes
+            stages.append(nn.Sequential(*blocks))
+        self.layer1, self.layer2, self.layer3 = stages
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = F.relu(self.bn1(self.conv1(x)))
+        out = self.layer3(self.layer2(self.layer1(out)))
+        return F.adaptive_avg_pool2d(out, 1).flatten(1)
+
+
+def mlp_projector(in_dim: int, widths: tuple[int, ...]) -> nn.Sequential:
+    """VICReg expander (Bardes et al. 2022, Sec. 4.1): Linear-BN-ReLU for every layer but the last Linear.
+
+    (B, in_dim) -> (B, widths[-1]).
+    """
+    layers: list[nn.Module] = []
+    dims = (in_dim, *widths)
+    for i in range(len(widths)):
+        layers.append(nn.Linear(dims[i], dims[i + 1]))
+        if i < len(widths) - 1:
+            layers += [nn.BatchNorm1d(dims[i + 1]), nn.ReLU(inplace=True)]
+    return nn.Sequential(*layers)
+
+
+class CifarEncoderNet(nn.Module):
+    """The trainable network behind a recipe encoder: `backbone`, optional `projector` and `classifier`.
+
+    State-dict keys are `backbone.*`, `projector.*`, `classifier.*` (what encoder.safetensors holds).
+    """
+
+    def __init__(self, arch: CifarEncoderArch):
+        super().__init__()
+        self.arch = arch
+        self.backbone = WideCifarResNet(arch.depth, arch.width)
+        self.projector = mlp_projector(arch.backbone_dim, arch.projector) if arch.projector else None
+        self.classifier = nn.Linear(arch.backbone_dim, arch.num_classes) if arch.num_classes > 0 else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x (B, 3, H, W) normalised -> backbone feature (B, 64 * width)."""
+        return self.backbone(x)
+
+
+def default_preprocessing() -> Preprocessing:
+    """Recipe encoders read 32 px RGB normalised with the CIFAR-10 train statistics."""
+    return Preprocessing(input_size=32, mean=CIFAR_MEAN, std=CIFAR_STD, interpolation="bilinear")
+
+
+def save_encoder(
+    net: CifarEncoderNet,
+    folder: str | Path,
+    card: dict[str, Any],
+    *,
+    preprocessing: Preprocessing | None = None,
+    dtype: torch.dtype = torch.float32,
+    readme: str | None = None,
+) -> Path:
+    """Write FOLDER/{encoder.safetensors, card.json[, README.md]} atomically (temp folder + rename).
+
+    The card gets "format", "arch", "preprocessing", "dtype" and, unless it already has one, "identity" (the
+    first 12 hex digits of the weights' sha256): the identity RCDMs trained on this encoder record, which
+    survives a later fp16 conversion by `rcdm recipe pack`.
+    """
+    folder = Path(folder)
+    tmp = folder.parent / f".tmp-{folder.name}-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    state = {
+        k: v.detach().to("cpu", dtype if v.is_floating_point() else v.dtype).contiguous()
+        for k, v in net.state_dict().items()
+    }
+    save_file(state, str(tmp / WEIGHTS_NAME), metadata={"format": FORMAT})
+    full = {
+        **card,
+        "format": FORMAT,
+        "arch": net.arch.to_dict(),
+        "preprocessing": (preprocessing or default_preprocessing()).to_dict(),
+        "dtype": str(dtype).removeprefix("torch."),
+    }
+    full.setdefault("identity", file_identity("rcdm-cifar", tmp / WEIGHTS_NAME))
+    (tmp / CARD_NAME).write_text(json.dumps(full, indent=2, default=str))
+    if readme is not None:
+        (tmp / "README.md").write_text(readme)
+    for p in tmp.iterdir():
+        with open(p, "rb") as f:
+            os.fsync(f.fileno())
+    if folder.exists():
+        shutil.rmtree(folder)
+    os.rename(tmp, folder)
+    return folder
+
+
+def resolve_encoder_dir(arg: str) -> Path:
+    """A folder path, or the name of a bundled folder under rcdm/assets/models."""
+    path = Path(arg).expanduser()
+    if (path / CARD_NAME).is_file():
+        return path.resolve()
+    bundled = bundled_models_dir() / arg
+    if "/" not in arg and (bundled / CARD_NAME).is_file():
+        return bundled
+    names = sorted(p.parent.name for p in bundled_models_dir().glob(f"*/{CARD_NAME}"))
+    choices = ", ".join(names) if names else "none are bundled in this install"
+    raise RCDMError(
+        f"rcdm-cifar:{arg} is neither a folder with {CARD_NAME} + {WEIGHTS_NAME} (from `rcdm recipe ssl`) "
+        f"nor a bundled encoder name ({choices})"
+    )
+
+
+def read_card(folder: str | Path) -> dict[str, Any]:
+    path = Path(folder) / CARD_NAME
+    try:
+        card = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise RCDMError(f"cannot read encoder card {str(path)!r}: {e}") from None
+    if card.get("format") != FORMAT:
+        raise RCDMError(f"{str(path)!r} has format {card.get('format')!r}, expected {FORMAT!r}")
+    return card
+
+
+def load_encoder_net(folder: str | Path) -> tuple[CifarEncoderNet, dict[str, Any]]:
+    """Rebuild the network a card describes and load its weights strictly (as float32, eval mode)."""
+    folder = Path(folder)
+    card = read_card(folder)
+    net = CifarEncoderNet(CifarEncoderArch.from_dict(card["arch"]))
+    try:
+        state = load_file(str(folder / WEIGHTS_NAME))
+    except Exception as e:
+        raise RCDMError(f"cannot read {str(folder / WEIGHTS_NAME)!r}: {e}") from None
+    state = {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
+    result = net.load_state_dict(state, strict=False)
+    if result.missing_keys or result.unexpected_keys:
+        raise RCDMError(
+            f"{str(folder / WEIGHTS_NAME)!r} does not match its card's architecture {card['arch']}: missing keys "
+            f"{result.missing_keys[:5]}, unexpected keys {result.unexpected_keys[:5]}"
+        )
+    return net.eval(), card
+
+
+@register_encoder(
+    "rcdm-cifar",
+    "PATH_OR_NAME (encoder from `rcdm recipe ssl`: folder with encoder.safetensors + card.json, or a bundled name)",
+)
+def _rcdm_cifar(arg: str, feature: Feature) -> Encoder:
+    folder = resolve_encoder_dir(arg)
+    net, card = load_encoder_net(folder)
+    if card.get("smoke"):
+        log.warning("encoder %s is a smoke-test run (undertrained): its pictures show little", folder)
+    bundled = folder.parent == bundled_models_dir()
+    return Encoder(
+        net.backbone,
+        Preprocessing.from_dict(card["preprocessing"]),
+        projector=net.projector,
+        classifier=net.classifier,
+        feature=feature,
+        spec=f"rcdm-cifar:{folder.name if bundled else folder}",
+        identity=card.get("identity") or file_identity("rcdm-cifar", folder / WEIGHTS_NAME),
+        dim=net.arch.projector[-1]
+        if feature == "projector" and net.arch.projector
+        else net.arch.backbone_dim,
+    )
