@@ -39,6 +39,17 @@ PRESETS: dict[str, dict[str, Any]] = {
         norm_num_groups=32,
         attention_num_heads=4,
     ),
+    # CIFAR-10 at 32 px, narrower and one block per level (~3.7M parameters, 7.5 MB in fp16): three of these
+    # plus two recipe encoders fit the 30 MB demo bundle (`rcdm recipe pack`); cifar32 (16 MB each) does not.
+    "cifar32-small": dict(
+        sample_size=32,
+        block_out_channels=(64, 96, 96),
+        down_block_types=("ResnetDownsampleBlock2D", "AttnDownBlock2D", "AttnDownBlock2D"),
+        up_block_types=("AttnUpBlock2D", "AttnUpBlock2D", "ResnetUpsampleBlock2D"),
+        layers_per_block=1,
+        norm_num_groups=32,
+        attention_num_heads=4,
+    ),
     # The published ImageNet 128 px network (422,603,782 parameters with a 2048-d representation).
     "adm128": dict(
         sample_size=128,
