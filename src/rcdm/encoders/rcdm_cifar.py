@@ -178,19 +178,26 @@ def save_encoder(
     return folder
 
 
+def model_search_dirs() -> list[Path]:
+    """Where `rcdm-cifar:NAME` looks: the folders in $RCDM_MODELS (os.pathsep-separated), then the bundled ones."""
+    extra = [Path(p).expanduser() for p in os.environ.get("RCDM_MODELS", "").split(os.pathsep) if p]
+    return [*extra, bundled_models_dir()]
+
+
 def resolve_encoder_dir(arg: str) -> Path:
-    """A folder path, or the name of a bundled folder under rcdm/assets/models."""
+    """A folder path, or NAME of a folder in $RCDM_MODELS or in the bundled rcdm/assets/models."""
     path = Path(arg).expanduser()
     if (path / CARD_NAME).is_file():
         return path.resolve()
-    bundled = bundled_models_dir() / arg
-    if "/" not in arg and (bundled / CARD_NAME).is_file():
-        return bundled
-    names = sorted(p.parent.name for p in bundled_models_dir().glob(f"*/{CARD_NAME}"))
+    if "/" not in arg and os.sep not in arg:
+        for base in model_search_dirs():
+            if (base / arg / CARD_NAME).is_file():
+                return base / arg
+    names = sorted({p.parent.name for base in model_search_dirs() for p in base.glob(f"*/{CARD_NAME}")})
     choices = ", ".join(names) if names else "none are bundled in this install"
     raise RCDMError(
         f"rcdm-cifar:{arg} is neither a folder with {CARD_NAME} + {WEIGHTS_NAME} (from `rcdm recipe ssl`) "
-        f"nor a bundled encoder name ({choices})"
+        f"nor a known encoder name ({choices}; set RCDM_MODELS to a bundle folder to add more)"
     )
 
 
@@ -232,15 +239,15 @@ def _rcdm_cifar(arg: str, feature: Feature) -> Encoder:
     folder = resolve_encoder_dir(arg)
     net, card = load_encoder_net(folder)
     if card.get("smoke"):
-        log.warning("encoder %s is a smoke-test run (undertrained): its pictures show little", folder)
-    bundled = folder.parent == bundled_models_dir()
+        log.warning("encoder %s is from a smoke-test run: undertrained, for tests only", folder)
+    named = "/" not in arg and os.sep not in arg and not Path(arg).expanduser().is_dir()
     return Encoder(
         net.backbone,
         Preprocessing.from_dict(card["preprocessing"]),
         projector=net.projector,
         classifier=net.classifier,
         feature=feature,
-        spec=f"rcdm-cifar:{folder.name if bundled else folder}",
+        spec=f"rcdm-cifar:{arg if named else folder}",
         identity=card.get("identity") or file_identity("rcdm-cifar", folder / WEIGHTS_NAME),
         dim=net.arch.projector[-1]
         if feature == "projector" and net.arch.projector

@@ -1,0 +1,145 @@
+"""rcdm recipe ssl|rcdm|pack: the CIFAR-10 demo pack (own SSL encoder, three RCDMs, a bundle). See docs/recipes.md."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from dataclasses import fields
+from pathlib import Path
+
+from ..errors import RCDMError
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("recipe", help="train the CIFAR-10 demo encoder and RCDMs, and bundle them")
+    rs = p.add_subparsers(dest="recipe", required=True, metavar="RECIPE")
+
+    s = rs.add_parser(
+        "ssl", help="train a small CIFAR-10 encoder (VICReg or supervised) and report k-NN accuracy"
+    )
+    s.add_argument(
+        "--data", required=True, help="CIFAR-10 root (train/ and test/ class folders) or the .tar.gz"
+    )
+    s.add_argument("--out", required=True, help="run folder; the encoder lands in OUT/encoder")
+    s.add_argument("--objective", choices=("vicreg", "supervised"), default=None, help="default: vicreg")
+    s.add_argument("--epochs", type=int, default=None, help="default: 30")
+    s.add_argument("--batch-size", type=int, default=None, help="default: 512")
+    s.add_argument("--lr", type=float, default=None, help="AdamW peak learning rate (default: 2e-3)")
+    s.add_argument("--depth", type=int, default=None, help="CIFAR ResNet depth 6n+2 (default: 20)")
+    s.add_argument(
+        "--width", type=int, default=None, help="channel multiplier (default: 2, a 128-d backbone)"
+    )
+    s.add_argument(
+        "--projector", type=int, nargs="+", default=None, help="VICReg MLP widths (default: 512 512 512)"
+    )
+    s.add_argument(
+        "--limit", type=int, default=None, help="use N images per split (marks the run as a smoke run)"
+    )
+    s.add_argument("--smoke", action="store_true", default=None, help="mark the run as a smoke test")
+    s.add_argument("--num-workers", type=int, default=None, help="augmentation workers (default: 8)")
+    s.add_argument("--seed", type=int, default=None)
+    s.add_argument("--mixed-precision", choices=("auto", "no", "bf16"), default=None)
+    s.add_argument("--resume", action="store_true", help="continue from the newest epoch checkpoint in --out")
+    s.add_argument("--no-progress", action="store_true")
+    s.set_defaults(func=run_ssl)
+
+    r = rs.add_parser("rcdm", help="train the demo RCDMs on ROOT/ssl and ROOT/supervised encoders")
+    r.add_argument("--runs", required=True, help="ROOT holding ssl/encoder and supervised/encoder")
+    r.add_argument(
+        "--data", required=True, help="CIFAR-10 root (its train/ split is used) or an image folder"
+    )
+    r.add_argument("--only", nargs="+", default=None, help="train only these targets (default: all three)")
+    r.add_argument("--preset", default=None, help="model preset (default: cifar32-small)")
+    r.add_argument("--steps", type=int, default=None, help="default: 8000")
+    r.add_argument("--batch-size", type=int, default=None, help="default: 128")
+    r.add_argument("--lr", type=float, default=None, help="default: 2e-4")
+    r.add_argument("--ema-decay", type=float, default=None, help="default: 0.999")
+    r.add_argument("--save-every", type=int, default=None, help="default: 500")
+    r.add_argument("--num-workers", type=int, default=None, help="default: 4")
+    r.add_argument(
+        "--time-budget-s", type=float, default=None, help="stop at the first checkpoint after this"
+    )
+    r.add_argument("--smoke", action="store_true", default=None, help="mark the runs as smoke tests")
+    r.add_argument("--resume", action="store_true")
+    r.add_argument("--no-progress", action="store_true")
+    r.set_defaults(func=run_rcdm)
+
+    k = rs.add_parser("pack", help="bundle finished runs: fp16 safetensors + model cards, size-checked")
+    k.add_argument("--runs", required=True, help="ROOT of `rcdm recipe ssl` / `rcdm recipe rcdm` runs")
+    k.add_argument("--out", required=True, help="bundle folder (e.g. src/rcdm/assets/models)")
+    k.add_argument("--only", nargs="+", default=None, help="pack only these RCDM targets")
+    k.add_argument("--metrics", default=None, help="JSON file: {target name: {labelled metric: value}}")
+    k.add_argument("--demo-images", nargs="+", default=(), help="image files copied to OUT/demo-inputs")
+    k.add_argument("--max-mb", type=float, default=None, help="size limit in MB of 10^6 bytes (default: 30)")
+    k.add_argument(
+        "--allow-smoke", action="store_true", help="pack undertrained runs, labelled as smoke tests"
+    )
+    k.add_argument("--overwrite", action="store_true", help="replace bundle entries already in --out")
+    k.set_defaults(func=run_pack)
+
+
+def _given(args: argparse.Namespace, names: list[str]) -> dict:
+    return {n: getattr(args, n) for n in names if getattr(args, n, None) is not None}
+
+
+def run_ssl(args: argparse.Namespace) -> int:
+    from ..recipes.ssl import SSLConfig, resolve_config, train_encoder
+
+    cfg = resolve_config(
+        {"data": args.data, **_given(args, [f.name for f in fields(SSLConfig) if f.name != "data"])}
+    )
+    result = train_encoder(cfg, args.out, resume=args.resume, progress=not args.no_progress)
+    knn = ", ".join(f"{k} {v:.4f}" for k, v in result.knn.items())
+    print(
+        f"trained {result.epochs} epochs ({result.steps} steps, {result.wall_time_s:.0f} s); "
+        f"k-NN accuracy on the test split: {knn}; encoder in {result.encoder_dir}"
+    )
+    return 0
+
+
+def run_rcdm(args: argparse.Namespace) -> int:
+    from ..recipes.demo_pack import RCDMRecipe, train_rcdms
+
+    given = _given(args, [f.name for f in fields(RCDMRecipe) if f.name != "data"])
+    runs = train_rcdms(
+        RCDMRecipe(data=args.data, **given),
+        args.runs,
+        only=args.only,
+        resume=args.resume,
+        progress=not args.no_progress,
+    )
+    for r in runs:
+        note = " (stopped early: time budget)" if r.stopped_early else ""
+        print(
+            f"{r.name}: {r.steps} steps, {r.images_seen} images seen, {r.wall_time_s:.0f} s on {r.device}{note}; "
+            f"run in {r.run_dir}"
+        )
+    return 0
+
+
+def run_pack(args: argparse.Namespace) -> int:
+    from ..recipes.demo_pack import MAX_BUNDLE_MB, pack
+
+    metrics = None
+    if args.metrics:
+        try:
+            metrics = json.loads(Path(args.metrics).read_text())
+        except (OSError, ValueError) as e:
+            raise RCDMError(f"cannot read --metrics {args.metrics!r}: {e}") from None
+    result = pack(
+        args.runs,
+        args.out,
+        only=args.only,
+        metrics=metrics,
+        allow_smoke=args.allow_smoke,
+        max_mb=args.max_mb if args.max_mb is not None else MAX_BUNDLE_MB,
+        demo_images=[Path(p) for p in args.demo_images],
+        overwrite=args.overwrite,
+    )
+    label = " (SMOKE TEST: undertrained, labelled so)" if result.smoke else ""
+    print(
+        f"packed {len(result.sizes)} entries, {result.total_bytes / 1e6:.2f} MB, into {result.out_dir}{label}"
+    )
+    for note in result.notes:
+        print(f"note: {note}")
+    return 0

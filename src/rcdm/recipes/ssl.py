@@ -1,0 +1,561 @@
+"""Train a small CIFAR-10 encoder (VICReg self-supervised, or supervised) and save it for `rcdm-cifar:PATH`.
+
+The network is a width-scaled CIFAR ResNet-20 (option-A shortcuts, channels 32/64/128 at width 2, 128-d
+backbone feature) with a VICReg expander (3-layer MLP, BN + ReLU, 512-d). Small enough to bundle (about 1.7M
+parameters) and to train in minutes on one GPU.
+
+Loss: VICReg (Bardes, Ponce, LeCun, ICLR 2022, Eq. 1-6) is written here in 15 lines rather than imported:
+lightly's VICRegLoss would do, but the package pulls in pytorch-lightning-era dependencies and pins that are
+heavy for a single loss, and the official implementation is itself these few lines.
+
+k-NN evaluation: weighted cosine k-NN (Wu et al., CVPR 2018, Eq. 7-8; k = 20, temperature 0.07 as in DINO) on
+the test split, with the train split as memory bank; features of un-augmented images.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import shutil
+import subprocess
+import tarfile
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from torch.utils.data import DataLoader, Dataset
+from torchvision.transforms import v2
+from torchvision.transforms.functional import pil_to_tensor
+from tqdm.auto import tqdm
+
+from ..data import center_square, load_image, resize
+from ..encoders import Encoder, create_encoder
+from ..encoders.rcdm_cifar import (
+    CifarEncoderArch,
+    CifarEncoderNet,
+    default_preprocessing,
+    save_encoder,
+)
+from ..errors import NonFiniteLossError, RCDMError
+
+log = logging.getLogger(__name__)
+
+Objective = Literal["vicreg", "supervised"]
+OBJECTIVES: tuple[str, ...] = ("vicreg", "supervised")
+CIFAR_LICENSE = (
+    "CIFAR-10 (Krizhevsky, 2009, 'Learning Multiple Layers of Features from Tiny Images'): the authors publish "
+    "no formal license; it is distributed for research use. Weights trained on it inherit that status."
+)
+
+
+@dataclass(frozen=True)
+class SSLConfig:
+    """Run settings for `train_encoder`; written to RUN_DIR/recipe.json. Defaults: the GPU recipe (one H100)."""
+
+    data: str  # CIFAR-10 root with train/<class>/*.jpg and test/<class>/*.jpg, or the cifar10-jpeg.tar.gz
+    objective: Objective = "vicreg"
+    epochs: int = 30
+    batch_size: int = 512
+    lr: float = 2e-3  # AdamW peak learning rate (linear warm-up, cosine decay to 0)
+    weight_decay: float = 1e-4
+    warmup_epochs: int = 2
+    depth: int = 20
+    width: int = 2
+    projector: tuple[int, ...] = (512, 512, 512)  # VICReg expander widths (ignored for supervised)
+    # VICReg coefficients (paper defaults): invariance, variance, covariance.
+    sim_coeff: float = 25.0
+    std_coeff: float = 25.0
+    cov_coeff: float = 1.0
+    # SSL augmentations (VICReg / SimCLR CIFAR recipe). The supervised objective uses pad-4 crop + flip.
+    min_crop: float = 0.2  # RandomResizedCrop scale lower bound
+    jitter: float = 0.8  # probability of colour jitter (0.4, 0.4, 0.2, 0.1)
+    grayscale: float = 0.2
+    solarize: float = 0.1
+    blur: float = 0.0  # off by default at 32 px
+    knn_k: int = 20
+    knn_temperature: float = 0.07
+    limit: int | None = None  # use only this many images of each split, class-balanced (tests, smoke runs)
+    smoke: bool = False  # a tiny / test run: `rcdm recipe pack` refuses it without --allow-smoke
+    seed: int = 0
+    num_workers: int = 8
+    mixed_precision: Literal["auto", "no", "bf16"] = "auto"  # auto: bf16 on GPU, fp32 on CPU
+
+
+@dataclass
+class SSLResult:
+    encoder_dir: Path  # RUN_DIR/encoder, readable with create_encoder("rcdm-cifar:" + str(encoder_dir))
+    epochs: int
+    steps: int
+    losses: list[float]  # mean loss per epoch
+    knn: dict[str, float]  # {"backbone": acc, "projector": acc} on the test split, in [0, 1]
+    wall_time_s: float
+
+
+# --- data ------------------------------------------------------------------------------------------
+
+
+def cifar10_root(data: str | Path) -> Path:
+    """A folder with train/ and test/ class sub-folders; a .tar.gz is extracted once into the rcdm cache."""
+    path = Path(data).expanduser()
+    if path.is_file() and path.name.endswith((".tar.gz", ".tgz")):
+        cache = Path(os.environ.get("RCDM_CACHE", Path.home() / ".cache" / "rcdm")) / "cifar10"
+        if not (cache / ".extracted").exists():
+            cache.mkdir(parents=True, exist_ok=True)
+            with tarfile.open(path) as tar:
+                tar.extractall(cache, filter="data")
+            (cache / ".extracted").touch()
+        path = cache
+    if not (path / "train").is_dir() or not (path / "test").is_dir():
+        raise RCDMError(
+            f"{str(path)!r} is not a CIFAR-10 folder: expected train/<class>/*.jpg and test/<class>/*.jpg "
+            "(or pass the cifar10-jpeg.tar.gz)"
+        )
+    return path
+
+
+def labelled_files(split_dir: Path, limit: int | None = None) -> tuple[list[Path], list[int], list[str]]:
+    """split_dir/<class>/<image> -> (files, labels, class names); `limit` takes a class-balanced prefix."""
+    classes = sorted(p.name for p in split_dir.iterdir() if p.is_dir())
+    per_class = [
+        sorted(p for p in (split_dir / c).iterdir() if p.suffix.lower() in {".jpg", ".jpeg", ".png"})
+        for c in classes
+    ]
+    if not classes or not any(per_class):
+        raise RCDMError(f"no class folders with images in {str(split_dir)!r}")
+    files: list[Path] = []
+    labels: list[int] = []
+    # Round-robin over classes so that any prefix is class-balanced.
+    for i in range(max(len(f) for f in per_class)):
+        for c, fs in enumerate(per_class):
+            if i < len(fs):
+                files.append(fs[i])
+                labels.append(c)
+    if limit is not None:
+        files, labels = files[:limit], labels[:limit]
+    return files, labels, classes
+
+
+def load_uint8(files: list[Path], size: int = 32, threads: int = 8) -> torch.Tensor:
+    """Files -> (N, 3, size, size) uint8 RGB (centre square, bicubic resize when not already size x size)."""
+
+    def one(p: Path) -> torch.Tensor:
+        x = center_square(pil_to_tensor(load_image(p)))
+        if x.shape[-1] != size:
+            x = (resize(x.float() / 255, size) * 255).round().to(torch.uint8)
+        return x
+
+    with ThreadPoolExecutor(threads) as pool:
+        return torch.stack(list(pool.map(one, files)))
+
+
+def ssl_augment(cfg: SSLConfig, size: int = 32) -> v2.Compose:
+    """uint8 (3, H, W) -> one random SSL view, float (3, size, size) in [0, 1]."""
+    ops: list[torch.nn.Module] = [
+        v2.RandomResizedCrop(size, scale=(cfg.min_crop, 1.0), antialias=True),
+        v2.RandomHorizontalFlip(),
+        v2.RandomApply([v2.ColorJitter(0.4, 0.4, 0.2, 0.1)], p=cfg.jitter),
+        v2.RandomGrayscale(cfg.grayscale),
+    ]
+    if cfg.blur > 0:
+        ops.append(v2.RandomApply([v2.GaussianBlur(3, sigma=(0.1, 2.0))], p=cfg.blur))
+    if cfg.solarize > 0:
+        ops.append(v2.RandomSolarize(threshold=128, p=cfg.solarize))
+    ops.append(v2.ToDtype(torch.float32, scale=True))
+    return v2.Compose(ops)
+
+
+def supervised_augment(size: int = 32) -> v2.Compose:
+    """uint8 (3, H, W) -> float (3, size, size) in [0, 1]: the standard CIFAR pad-4 random crop + flip."""
+    return v2.Compose(
+        [
+            v2.RandomCrop(size, padding=4, padding_mode="reflect"),
+            v2.RandomHorizontalFlip(),
+            v2.ToDtype(torch.float32, scale=True),
+        ]
+    )
+
+
+class AugmentedViews(Dataset):
+    """Items: (view_1, view_2, label) for SSL (two views), or (view, view, label) reused for supervised."""
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, transform: Callable, two_views: bool):
+        self.images, self.labels, self.transform, self.two_views = images, labels, transform, two_views
+
+    def __len__(self) -> int:
+        return self.images.shape[0]
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        a = self.transform(self.images[i])
+        b = self.transform(self.images[i]) if self.two_views else a
+        return a, b, self.labels[i]
+
+
+# --- losses and evaluation -------------------------------------------------------------------------
+
+
+def vicreg_loss(
+    z1: torch.Tensor,
+    z2: torch.Tensor,
+    sim_coeff: float = 25.0,
+    std_coeff: float = 25.0,
+    cov_coeff: float = 1.0,
+    eps: float = 1e-4,
+) -> torch.Tensor:
+    """VICReg (Bardes et al. 2022, Eq. 6): z1, z2 (B, D) embeddings of two views -> scalar loss (float32).
+
+    invariance: MSE(z1, z2); variance: mean ReLU(1 - std) per dimension (Eq. 1); covariance: squared
+    off-diagonal covariance / D (Eq. 3); both regularisers averaged over the two branches as in the paper.
+    """
+    z1, z2 = z1.float(), z2.float()
+    b, d = z1.shape
+    inv = F.mse_loss(z1, z2)
+    z1 = z1 - z1.mean(0)
+    z2 = z2 - z2.mean(0)
+    std1, std2 = torch.sqrt(z1.var(0) + eps), torch.sqrt(z2.var(0) + eps)
+    var = F.relu(1 - std1).mean() / 2 + F.relu(1 - std2).mean() / 2
+    off = ~torch.eye(d, dtype=torch.bool, device=z1.device)
+    cov1, cov2 = (z1.T @ z1) / (b - 1), (z2.T @ z2) / (b - 1)
+    cov = cov1[off].pow(2).sum() / d + cov2[off].pow(2).sum() / d
+    return sim_coeff * inv + std_coeff * var + cov_coeff * cov
+
+
+@torch.no_grad()
+def knn_predict(
+    train_features: torch.Tensor,
+    train_labels: torch.Tensor,
+    test_features: torch.Tensor,
+    k: int = 20,
+    temperature: float = 0.07,
+    num_classes: int | None = None,
+    chunk: int = 1024,
+) -> torch.Tensor:
+    """Weighted cosine k-NN (Wu et al. 2018): (N, D), (N,) int, (M, D) -> (M,) predicted labels.
+
+    Each of the k most cosine-similar train features votes for its label with weight exp(similarity / T);
+    ties go to the lower class index.
+    """
+    if train_features.shape[0] != train_labels.shape[0]:
+        raise RCDMError(
+            f"{train_features.shape[0]} train features but {train_labels.shape[0]} labels: pass one label each"
+        )
+    c = int(num_classes or int(train_labels.max()) + 1)
+    k = min(k, train_features.shape[0])
+    bank = F.normalize(train_features.float(), dim=1)
+    labels = train_labels.long().to(bank.device)
+    out = []
+    for s in range(0, test_features.shape[0], chunk):
+        q = F.normalize(test_features[s : s + chunk].float().to(bank.device), dim=1)
+        sim, idx = (q @ bank.T).topk(k, dim=1)
+        votes = torch.zeros(q.shape[0], c, device=bank.device)
+        votes.scatter_add_(1, labels[idx], (sim / temperature).exp())
+        out.append(votes.argmax(1))
+    return torch.cat(out).cpu()
+
+
+def knn_accuracy(
+    train_features: torch.Tensor,
+    train_labels: torch.Tensor,
+    test_features: torch.Tensor,
+    test_labels: torch.Tensor,
+    k: int = 20,
+    temperature: float = 0.07,
+) -> float:
+    """Fraction in [0, 1] of test features whose weighted k-NN label (see `knn_predict`) is right."""
+    c = int(max(int(train_labels.max()), int(test_labels.max())) + 1)
+    pred = knn_predict(train_features, train_labels, test_features, k, temperature, c)
+    return float((pred == test_labels.long().cpu()).float().mean())
+
+
+@torch.no_grad()
+def encoder_features(
+    encoder: Encoder, images: torch.Tensor, batch_size: int = 1024
+) -> dict[str, torch.Tensor]:
+    """uint8 (N, 3, H, W) -> {"backbone": (N, d), "projector": (N, p) when the encoder has one}, float32 CPU."""
+    device = encoder.device
+    feats: dict[str, list[torch.Tensor]] = {"backbone": [], "projector": []}
+    for s in range(0, images.shape[0], batch_size):
+        x = images[s : s + batch_size].to(device).float() / 255
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+            h = encoder.backbone_features(x)
+            feats["backbone"].append(h.float().cpu())
+            if encoder.projector is not None:
+                feats["projector"].append(encoder.projector(h).float().cpu())
+    return {k: torch.cat(v) for k, v in feats.items() if v}
+
+
+# --- training --------------------------------------------------------------------------------------
+
+
+def git_commit() -> str | None:
+    """The rcdm source tree's git commit (with '+dirty' when modified), or None outside a checkout."""
+    here = Path(__file__).resolve().parent
+    try:
+        sha = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, check=True, timeout=10
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=here,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return sha + ("+dirty" if dirty else "")
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"{device.type} ({os.cpu_count()} cores visible)"
+
+
+def _latest_epoch(run_dir: Path) -> Path | None:
+    ck = run_dir / "checkpoints"
+    done = sorted(p for p in ck.glob("epoch-*") if (p / "state.json").is_file()) if ck.is_dir() else []
+    return done[-1] if done else None
+
+
+def _save_epoch(
+    run_dir: Path, epoch: int, net: CifarEncoderNet, opt: torch.optim.Optimizer, state: dict
+) -> None:
+    """RUN_DIR/checkpoints/epoch-NNNN written to a temp folder and renamed; keeps the newest two."""
+    ck = run_dir / "checkpoints"
+    ck.mkdir(parents=True, exist_ok=True)
+    tmp, final = ck / f".tmp-epoch-{epoch:04d}-{os.getpid()}", ck / f"epoch-{epoch:04d}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    save_file(
+        {k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}, str(tmp / "net.safetensors")
+    )
+    torch.save(opt.state_dict(), tmp / "optimizer.pt")
+    (tmp / "state.json").write_text(json.dumps(state))
+    for p in tmp.iterdir():
+        with open(p, "rb") as f:
+            os.fsync(f.fileno())
+    shutil.rmtree(final, ignore_errors=True)
+    os.rename(tmp, final)
+    for old in sorted(p for p in ck.glob("epoch-*") if (p / "state.json").is_file())[:-2]:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _lr_at(cfg: SSLConfig, step: int, steps_per_epoch: int) -> float:
+    """Linear warm-up for `warmup_epochs`, then cosine decay to 0 at the last step."""
+    total, warm = cfg.epochs * steps_per_epoch, cfg.warmup_epochs * steps_per_epoch
+    if step < warm:
+        return cfg.lr * (step + 1) / warm
+    return cfg.lr * 0.5 * (1 + math.cos(math.pi * (step - warm) / max(1, total - warm)))
+
+
+def model_card_markdown(card: dict) -> str:
+    """A human-readable model card (README.md) from card.json's fields."""
+    knn = card.get("knn_accuracy", {})
+    lines = [
+        f"# {card.get('name', 'rcdm-cifar encoder')}",
+        "",
+        "**SMOKE TEST: undertrained, for tests only; not the real model.**" if card.get("smoke") else "",
+        f"A {card['arch']['depth']}-layer CIFAR ResNet (width x{card['arch']['width']}) trained with the "
+        f"`{card['objective']}` objective by `rcdm recipe ssl`. Load it with "
+        f"`rcdm.encoders.create_encoder('rcdm-cifar:PATH', feature='backbone' | 'projector')`.",
+        "",
+        "| field | value |",
+        "| --- | --- |",
+        f"| data | {card['data']['name']}: {card['data']['train_images']} train / "
+        f"{card['data']['test_images']} test images |",
+        f"| data license | {card['data']['license']} |",
+        f"| epochs / steps / images seen | {card['epochs']} / {card['steps']} / {card['images_seen']} |",
+        f"| wall time | {card['wall_time_s']:.0f} s on {card['device']} |",
+        *(
+            f"| k-NN accuracy ({name}, k={card['recipe']['knn_k']}, test split) | {acc:.4f} |"
+            for name, acc in knn.items()
+        ),
+        f"| input | 32 px RGB in [0, 1], normalised with mean {card['preprocessing']['mean']}, "
+        f"std {card['preprocessing']['std']} |",
+        f"| rcdm commit | {card.get('git_commit')} |",
+        f"| weights dtype | {card.get('dtype', 'float32')} |",
+        "",
+    ]
+    return "\n".join(line for line in lines if line is not None) + "\n"
+
+
+def train_encoder(
+    cfg: SSLConfig,
+    run_dir: str | Path,
+    *,
+    resume: bool = False,
+    progress: bool = True,
+    on_step: Callable[[int, float], None] | None = None,  # after each optimizer step (step, loss)
+) -> SSLResult:
+    """Train the encoder of `cfg`, evaluate k-NN on the test split, save RUN_DIR/encoder (see rcdm_cifar).
+
+    Resumable per epoch: a run killed at any point continues with `resume=True` from its last complete epoch.
+    """
+    from accelerate import Accelerator
+
+    run_dir = Path(run_dir)
+    if cfg.objective not in OBJECTIVES:
+        raise RCDMError(f"unknown objective {cfg.objective!r}: choose one of {', '.join(OBJECTIVES)}")
+    for name in ("epochs", "batch_size"):
+        if getattr(cfg, name) < 1:
+            raise RCDMError(f"{name} {getattr(cfg, name)} must be at least 1")
+    ckpt = _latest_epoch(run_dir)
+    if ckpt is not None and not resume:
+        raise RCDMError(
+            f"{str(run_dir)!r} already holds checkpoints: pass --resume to continue, or a new --out"
+        )
+    if (run_dir / "encoder").exists() and not resume:
+        raise RCDMError(f"{str(run_dir)!r} already holds a finished encoder: choose a new --out")
+
+    root = cifar10_root(cfg.data)
+    train_files, train_labels, classes = labelled_files(root / "train", cfg.limit)
+    test_files, test_labels, test_classes = labelled_files(root / "test", cfg.limit)
+    if classes != test_classes:
+        raise RCDMError(f"train classes {classes} and test classes {test_classes} differ in {str(root)!r}")
+    if cfg.batch_size > len(train_files):
+        raise RCDMError(
+            f"batch size {cfg.batch_size} exceeds the {len(train_files)} training images: lower --batch-size"
+        )
+    supervised = cfg.objective == "supervised"
+    arch = CifarEncoderArch(
+        depth=cfg.depth,
+        width=cfg.width,
+        projector=() if supervised else tuple(cfg.projector),
+        num_classes=len(classes) if supervised else 0,
+    )
+    mp = cfg.mixed_precision
+    acc = Accelerator(mixed_precision=("bf16" if torch.cuda.is_available() else "no") if mp == "auto" else mp)
+    torch.manual_seed(cfg.seed)
+    net = CifarEncoderNet(arch)
+    fused = acc.device.type == "cuda"
+    opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, fused=fused)
+    state = {"epoch": 0, "step": 0, "losses": [], "wall_time_s": 0.0}
+    if ckpt is not None:
+        net.load_state_dict(load_file(str(ckpt / "net.safetensors")), strict=True)
+        opt.load_state_dict(torch.load(ckpt / "optimizer.pt", map_location="cpu", weights_only=True))
+        state = json.loads((ckpt / "state.json").read_text())
+    net, opt = acc.prepare(net, opt)
+    prep = default_preprocessing()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "recipe.json").write_text(json.dumps(asdict(cfg), indent=2))
+
+    t0 = time.perf_counter()
+    train_u8 = load_uint8(train_files)
+    labels_t = torch.tensor(train_labels)
+    transform = supervised_augment() if supervised else ssl_augment(cfg)
+    dataset = AugmentedViews(train_u8, labels_t, transform, two_views=not supervised)
+    steps_per_epoch = len(dataset) // cfg.batch_size
+    bar = tqdm(
+        total=cfg.epochs * steps_per_epoch, initial=state["step"], disable=not progress, desc=cfg.objective
+    )
+    core = acc.unwrap_model(net)  # the heads are called directly; `net` (prepared) runs the backbone
+    step = state["step"]
+    for epoch in range(state["epoch"], cfg.epochs):
+        net.train()
+        loader = DataLoader(
+            dataset,
+            batch_size=cfg.batch_size,
+            shuffle=True,
+            drop_last=True,
+            num_workers=cfg.num_workers,
+            pin_memory=acc.device.type == "cuda",
+            generator=torch.Generator().manual_seed(cfg.seed * 10_007 + epoch),
+        )
+        total = 0.0
+        for a, b, y in loader:
+            for group in opt.param_groups:
+                group["lr"] = _lr_at(cfg, step, steps_per_epoch)
+            a = prep(a.to(acc.device, non_blocking=True))
+            with acc.autocast():
+                if supervised:
+                    assert core.classifier is not None
+                    loss = F.cross_entropy(core.classifier(net(a)).float(), y.to(acc.device))
+                else:
+                    b = prep(b.to(acc.device, non_blocking=True))
+                    assert core.projector is not None
+                    z = core.projector(net(torch.cat([a, b])))
+                    z1, z2 = z.chunk(2)
+                    loss = vicreg_loss(z1, z2, cfg.sim_coeff, cfg.std_coeff, cfg.cov_coeff)
+            value = float(loss.detach())
+            if not math.isfinite(value):
+                raise NonFiniteLossError(
+                    f"loss became {value} at step {step}: stopped (lower --lr); the last complete epoch is kept"
+                )
+            acc.backward(loss)
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            step += 1
+            total += value
+            bar.update(1)
+            bar.set_postfix(epoch=epoch + 1, loss=f"{value:.4f}")
+            if on_step is not None:
+                on_step(step, value)
+        state = {
+            "epoch": epoch + 1,
+            "step": step,
+            "losses": [*state["losses"], total / max(1, steps_per_epoch)],
+            "wall_time_s": state["wall_time_s"] + time.perf_counter() - t0,
+        }
+        t0 = time.perf_counter()
+        _save_epoch(run_dir, epoch + 1, acc.unwrap_model(net), opt, state)
+        log.info("epoch %d/%d: loss %.4f", epoch + 1, cfg.epochs, state["losses"][-1])
+    bar.close()
+
+    model = acc.unwrap_model(net).float().cpu().eval()
+    card = {
+        "name": f"cifar10-{cfg.objective}-r{cfg.depth}w{cfg.width}",
+        "objective": cfg.objective,
+        "smoke": bool(cfg.smoke or cfg.limit is not None),
+        "recipe": asdict(cfg),
+        "epochs": state["epoch"],
+        "steps": step,
+        "images_seen": step * cfg.batch_size,
+        "wall_time_s": state["wall_time_s"],
+        "device": device_name(acc.device),
+        "classes": classes,
+        "data": {
+            "name": "CIFAR-10 (JPEG copy, quality about 75)",
+            "train_images": len(train_files),
+            "test_images": len(test_files),
+            "license": CIFAR_LICENSE,
+        },
+        "git_commit": git_commit(),
+        "torch": torch.__version__,
+    }
+    # Evaluate the saved artefact itself: write it, load it through the registry, then add k-NN to the card.
+    enc_dir = save_encoder(model, run_dir / ".encoder-eval", card)
+    encoder = create_encoder(f"rcdm-cifar:{enc_dir}").to(acc.device)
+    test_u8 = load_uint8(test_files)
+    f_train, f_test = encoder_features(encoder, train_u8), encoder_features(encoder, test_u8)
+    knn = {
+        name: knn_accuracy(
+            f_train[name], labels_t, f_test[name], torch.tensor(test_labels), cfg.knn_k, cfg.knn_temperature
+        )
+        for name in f_train
+    }
+    if supervised and model.classifier is not None:
+        with torch.no_grad():
+            logits = encoder.classifier(f_test["backbone"].to(acc.device)).float().cpu()  # type: ignore[misc]
+        card["linear_accuracy"] = float((logits.argmax(1) == torch.tensor(test_labels)).float().mean())
+    card["knn_accuracy"] = knn
+    card["identity"] = json.loads((enc_dir / "card.json").read_text())["identity"]
+    final = save_encoder(model, run_dir / "encoder", card, readme=None)
+    card = json.loads((final / "card.json").read_text())
+    (final / "README.md").write_text(model_card_markdown(card))
+    shutil.rmtree(enc_dir, ignore_errors=True)
+    return SSLResult(final, state["epoch"], step, state["losses"], knn, state["wall_time_s"])
+
+
+def resolve_config(given: dict) -> SSLConfig:
+    """CLI options (None = unset) -> SSLConfig; a tuple field accepts a list."""
+    cfg = SSLConfig(data=given.pop("data"))
+    clean = {k: (tuple(v) if isinstance(v, list) else v) for k, v in given.items() if v is not None}
+    return replace(cfg, **clean)

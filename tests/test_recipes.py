@@ -1,0 +1,174 @@
+"""The demo-pack recipes at tiny scale on CPU: SSL loss, k-NN, encoder round trip, RCDM runs, pack refusals."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file
+
+from rcdm.cli import main
+from rcdm.encoders import create_encoder
+from rcdm.encoders.rcdm_cifar import CifarEncoderArch, CifarEncoderNet, default_preprocessing
+from rcdm.errors import RCDMError
+from rcdm.recipes.demo_pack import RCDMRecipe, pack, train_rcdms
+from rcdm.recipes.ssl import (
+    SSLConfig,
+    encoder_features,
+    knn_accuracy,
+    knn_predict,
+    labelled_files,
+    load_uint8,
+    train_encoder,
+    vicreg_loss,
+)
+
+TARGET = "rcdm-cifar10-vicreg-projector"
+TINY = dict(
+    epochs=1, batch_size=10, limit=20, depth=8, width=1, projector=(32, 32), num_workers=0, warmup_epochs=0
+)
+
+
+@pytest.fixture(scope="module")
+def runs(cifar_root: Path, few_images: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """ROOT with a tiny VICReg encoder (ssl/), a tiny supervised one (supervised/) and one tiny RCDM run."""
+    root = tmp_path_factory.mktemp("recipe-runs")
+    train_encoder(SSLConfig(data=str(cifar_root), **TINY), root / "ssl", progress=False)
+    train_encoder(
+        SSLConfig(data=str(cifar_root), objective="supervised", **TINY), root / "supervised", progress=False
+    )
+    recipe = RCDMRecipe(
+        data=str(few_images), preset="tiny", steps=2, batch_size=4, save_every=2, num_workers=0
+    )
+    train_rcdms(recipe, root, only=[TARGET], progress=False)
+    return root
+
+
+def test_vicreg_loss_decreases_on_a_fixed_batch() -> None:
+    torch.manual_seed(0)
+    net = CifarEncoderNet(CifarEncoderArch(depth=8, width=1, projector=(32, 32)))
+    opt = torch.optim.Adam(net.parameters(), lr=1e-3)
+    x = torch.rand(12, 3, 32, 32)
+    a, b = x + 0.05 * torch.randn_like(x), x.flip(-1)
+    losses = []
+    for _ in range(6):
+        z1, z2 = net.projector(net(a)), net.projector(net(b))
+        loss = vicreg_loss(z1, z2)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(float(loss.detach()))
+    assert losses[-1] < 0.9 * losses[0], losses
+    # Invariance term only: identical, whitened embeddings with unit std cost nothing.
+    z = torch.linalg.qr(torch.randn(64, 8))[0] * 8  # orthogonal columns: zero covariance off the diagonal
+    z = z - z.mean(0)
+    z = z / z.std(0)
+    assert float(vicreg_loss(z, z)) < 0.05
+
+
+def test_knn_is_exact_on_a_constructed_example() -> None:
+    e = torch.eye(3)
+    bank = torch.cat([e[0] + 0.01 * torch.arange(5).view(-1, 1), e[1] + 0.01 * torch.arange(5).view(-1, 1)])
+    labels = torch.tensor([0] * 5 + [1] * 5)
+    queries = torch.stack([e[0], e[0] * 2, e[0] + 0.1 * e[2], e[1], e[1] * 3, e[1] + 0.1 * e[2], e[0], e[0]])
+    truth = torch.tensor([0, 0, 0, 1, 1, 1, 1, 1])  # the last two are mislabelled on purpose
+    assert knn_accuracy(bank, labels, queries, truth, k=5) == 0.75
+    # Weighted vote (Wu et al. 2018): one very close neighbour outweighs two farther ones.
+    bank = torch.tensor([[1.0, 0.0], [0.8, 0.6], [0.8, 0.6]])
+    pred = knn_predict(bank, torch.tensor([0, 1, 1]), torch.tensor([[1.0, 0.0]]), k=3, temperature=0.07)
+    assert pred.tolist() == [0]
+    pred = knn_predict(bank, torch.tensor([0, 1, 1]), torch.tensor([[1.0, 0.0]]), k=3, temperature=100.0)
+    assert pred.tolist() == [1]  # near-uniform weights: the majority wins
+
+
+def test_saved_encoder_round_trips_through_the_registry(runs: Path, cifar_root: Path) -> None:
+    folder = runs / "ssl" / "encoder"
+    card = json.loads((folder / "card.json").read_text())
+    assert card["smoke"] is True and card["epochs"] == 1 and card["steps"] == 2 and card["images_seen"] == 20
+    assert set(card["knn_accuracy"]) == {"backbone", "projector"}
+    assert card["identity"].startswith("rcdm-cifar@sha256:") and "license" in card["data"]
+    net = CifarEncoderNet(CifarEncoderArch.from_dict(card["arch"])).eval()
+    net.load_state_dict(load_file(str(folder / "encoder.safetensors")), strict=True)
+    x = torch.rand(5, 3, 32, 32)
+    with torch.no_grad():
+        h = net(default_preprocessing()(x))
+        z = net.projector(h)
+    backbone = create_encoder(f"rcdm-cifar:{folder}", feature="backbone")
+    projector = create_encoder(f"rcdm-cifar:{folder}", feature="projector")
+    assert backbone.dim == 64 and projector.dim == 32
+    assert torch.equal(backbone(x), h) and torch.equal(projector(x), z)
+    assert backbone.identity == projector.identity == card["identity"]
+    # The card's k-NN numbers are those of the saved weights.
+    files, labels, _ = labelled_files(cifar_root / "train", 20)
+    tfiles, tlabels, _ = labelled_files(cifar_root / "test", 20)
+    f, tf = encoder_features(backbone, load_uint8(files)), encoder_features(backbone, load_uint8(tfiles))
+    for name in ("backbone", "projector"):
+        acc = knn_accuracy(f[name], torch.tensor(labels), tf[name], torch.tensor(tlabels))
+        assert acc == pytest.approx(card["knn_accuracy"][name], abs=1e-6)
+
+
+def test_supervised_encoder_keeps_its_classifier(runs: Path) -> None:
+    enc = create_encoder(f"rcdm-cifar:{runs / 'supervised' / 'encoder'}")
+    assert enc.logits(torch.rand(2, 3, 32, 32)).shape == (2, 10)
+    with pytest.raises(RCDMError, match="no projector"):
+        create_encoder(f"rcdm-cifar:{runs / 'supervised' / 'encoder'}", feature="projector")
+    with pytest.raises(RCDMError, match="neither a folder"):
+        create_encoder("rcdm-cifar:no-such-encoder")
+
+
+def test_ssl_run_refuses_to_overwrite(runs: Path, cifar_root: Path) -> None:
+    with pytest.raises(RCDMError, match="--resume"):
+        train_encoder(SSLConfig(data=str(cifar_root), **TINY), runs / "ssl", progress=False)
+
+
+def test_rcdm_recipe_records_its_run(runs: Path) -> None:
+    rec = json.loads((runs / TARGET / "recipe.json").read_text())
+    assert rec["steps"] == 2 and rec["images_seen"] == 8 and rec["smoke"] is True
+    assert rec["target"]["feature"] == "projector" and rec["device"].startswith("cpu")
+
+
+def test_pack_refuses_smoke_runs_and_oversized_bundles(runs: Path, tmp_path: Path) -> None:
+    out = tmp_path / "bundle"
+    args = ["recipe", "pack", "--runs", str(runs), "--out", str(out), "--only", TARGET]
+    assert main(args) == 2
+    assert main([*args, "--allow-smoke", "--max-mb", "0.5"]) == 2
+    assert not out.exists() or not any(out.iterdir())
+    with pytest.raises(RCDMError, match="not packed"):
+        pack(runs, out, only=[TARGET], metrics={"rcdm-cifar10-supervised": {}}, allow_smoke=True)
+
+
+def test_pack_labels_an_allowed_smoke_bundle(
+    runs: Path, few_images: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from rcdm.loading import encoder_for, load_model
+
+    out = tmp_path / "bundle"
+    demo = sorted(few_images.glob("*.jpg"))[:2]
+    result = pack(runs, out, only=[TARGET], allow_smoke=True, demo_images=demo, metrics={TARGET: {"x": 1.0}})
+    assert result.smoke and result.total_bytes <= 30e6
+    assert result.total_bytes == sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
+    index = json.loads((out / "bundle.json").read_text())
+    assert index["smoke"] is True and index["smoke_reasons"]
+    enc_name = index["rcdms"][TARGET]["encoder"]
+    for name in (enc_name, TARGET):
+        assert json.loads((out / name / "card.json").read_text())["smoke"] is True
+        assert "SMOKE TEST" in (out / name / "README.md").read_text()
+    card = json.loads((out / TARGET / "card.json").read_text())
+    assert card["steps"] == 2 and card["images_seen"] == 8 and card["metrics"] == {"x": 1.0}
+    with safe_open(str(out / TARGET / "diffusion_pytorch_model.safetensors"), "pt") as f:
+        assert {f.get_slice(k).get_dtype() for k in f.keys()} == {"F16"}  # noqa: SIM118
+    assert len(list((out / "demo-inputs").iterdir())) == 2
+    # The bundled model finds its bundled encoder by name, and the identity check passes.
+    monkeypatch.setenv("RCDM_MODELS", str(out))
+    model = load_model(out / TARGET)
+    assert model.config.encoder == f"rcdm-cifar:{enc_name}"
+    enc = encoder_for(model)
+    ref = create_encoder(f"rcdm-cifar:{runs / 'ssl' / 'encoder'}", feature="projector")
+    x = torch.rand(4, 3, 32, 32)
+    assert torch.nn.functional.cosine_similarity(enc(x), ref(x)).min() > 0.999
+    # Packing again into the same folder needs --overwrite.
+    with pytest.raises(RCDMError, match="--overwrite"):
+        pack(runs, out, only=[TARGET], allow_smoke=True)
