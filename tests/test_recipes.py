@@ -172,3 +172,21 @@ def test_pack_labels_an_allowed_smoke_bundle(
     # Packing again into the same folder needs --overwrite.
     with pytest.raises(RCDMError, match="--overwrite"):
         pack(runs, out, only=[TARGET], allow_smoke=True)
+
+
+def test_ssl_run_resumes_exactly_after_an_interruption(cifar_root: Path, tmp_path: Path) -> None:
+    cfg = SSLConfig(data=str(cifar_root), **{**TINY, "epochs": 2, "limit": 20})
+
+    def stop_at_3(step: int, loss: float) -> None:
+        if step == 3:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train_encoder(cfg, tmp_path / "cut", progress=False, on_step=stop_at_3)
+    assert not (tmp_path / "cut" / "encoder").exists()
+    resumed = train_encoder(cfg, tmp_path / "cut", resume=True, progress=False)
+    whole = train_encoder(cfg, tmp_path / "whole", progress=False)
+    assert resumed.steps == whole.steps == 4 and resumed.losses == whole.losses
+    a = load_file(str(resumed.encoder_dir / "encoder.safetensors"))
+    b = load_file(str(whole.encoder_dir / "encoder.safetensors"))
+    assert all(torch.equal(a[k], b[k]) for k in b)

@@ -460,6 +460,7 @@ def train_encoder(
     step = state["step"]
     for epoch in range(state["epoch"], cfg.epochs):
         net.train()
+        torch.manual_seed(cfg.seed * 10_007 + epoch + 1)  # augmentations in the main process (num_workers=0)
         loader = DataLoader(
             dataset,
             batch_size=cfg.batch_size,
