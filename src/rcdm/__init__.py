@@ -1,5 +1,6 @@
 """rcdm: Representation-Conditional Diffusion Models (Bordes, Balestriero, Vincent, TMLR 2022)."""
 
+from . import official  # noqa: F401  (registers the official:NAME model source)
 from .diffusion import GaussianDiffusion, sample, sample_many
 from .encoders import Encoder, Preprocessing, create_encoder, list_encoders, register_encoder
 from .errors import NonFiniteLossError, RCDMError

@@ -1,5 +1,6 @@
 """Frozen representation sources. See `create_encoder` for spec strings."""
 
+from . import official as _official  # noqa: F401  (registers the published encoders)
 from . import rcdm_cifar  # noqa: F401  (registers the rcdm-cifar: spec)
 from .base import (
     FEATURES,

@@ -1,0 +1,191 @@
+"""Published weight files: the download cache, integrity checks, safe reading and strict key checks.
+
+Files go to `$RCDM_CACHE/official` (default `~/.cache/rcdm/official`). A download shows a tqdm progress bar,
+is verified (size and sha256 when recorded; otherwise that it loads) and only then moved into place. Offline,
+the error is one line naming the URL and the exact cache path to put the file at. Checkpoints are read with
+`torch.load(weights_only=True)` (never arbitrary unpickling) or safetensors.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import logging
+import os
+import urllib.error
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from .errors import RCDMError
+
+log = logging.getLogger(__name__)
+
+LICENSE_NOTICE = (
+    "The published RCDM checkpoints and their SSL encoders (Meta AI / FAIR) are licensed CC-BY-NC 4.0: "
+    "non-commercial use only, with attribution (Bordes, Balestriero, Vincent, TMLR 2022; DINO, SimCLR/VISSL, "
+    "Barlow Twins, VICReg). See https://creativecommons.org/licenses/by-nc/4.0/"
+)
+
+
+def cache_dir(*parts: str) -> Path:
+    """`$RCDM_CACHE/<parts>` (default ~/.cache/rcdm/<parts>); not created."""
+    root = Path(os.environ.get("RCDM_CACHE", Path.home() / ".cache" / "rcdm")).expanduser()
+    return root.joinpath(*parts)
+
+
+def official_cache() -> Path:
+    """Where published checkpoints and their converted models live: $RCDM_CACHE/official."""
+    return cache_dir("official")
+
+
+@dataclass(frozen=True)
+class RemoteFile:
+    """One published weights file (timm-style provenance record)."""
+
+    url: str
+    filename: str
+    size: int | None = None  # bytes; None: not recorded yet (the file is then checked by loading it)
+    sha256: str | None = None  # full hex digest or a prefix of at least 8 hex digits; None: not recorded
+    license: str = "CC-BY-NC-4.0"
+
+
+def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def verify_file(path: Path, remote: RemoteFile) -> None:
+    """Raise RCDMError (and keep the file) when `path` does not have the recorded size / sha256."""
+    if remote.size is not None and path.stat().st_size != remote.size:
+        raise RCDMError(
+            f"{str(path)!r} has {path.stat().st_size} bytes but {remote.url} has {remote.size}: "
+            f"delete it and download again"
+        )
+    if remote.sha256 is not None:
+        digest = sha256_file(path)
+        if not digest.startswith(remote.sha256.lower()):
+            raise RCDMError(
+                f"{str(path)!r} has sha256 {digest[:16]}... but {remote.url} has {remote.sha256[:16]}...: "
+                f"delete it and download again"
+            )
+
+
+def _notice_license(folder: Path, license: str) -> None:
+    """Log the weights' license once per cache (a marker file remembers it was shown)."""
+    if not license.startswith("CC-BY-NC"):
+        return
+    marker = folder / ".license-shown"
+    if marker.exists():
+        return
+    log.warning(LICENSE_NOTICE)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        marker.write_text(LICENSE_NOTICE + "\n")
+    except OSError:
+        pass
+
+
+def fetch(remote: RemoteFile, folder: Path | None = None, *, progress: bool = True) -> Path:
+    """The local path of `remote`, downloading it into `folder` (default: the official cache) on first use.
+
+    A file already in the cache (downloaded before, or put there by hand) is used after checking its size.
+    Raises RCDMError naming the URL and the cache path when the download fails (e.g. offline).
+    """
+    folder = Path(folder) if folder is not None else official_cache()
+    dst = folder / remote.filename
+    if dst.is_file():
+        if remote.size is not None and dst.stat().st_size != remote.size:
+            verify_file(dst, remote)  # raises with the sizes
+        return dst
+    _notice_license(folder, remote.license)
+    log.info("downloading %s to %s", remote.url, dst)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        # Writes to a temporary file next to dst and moves it into place only when complete.
+        part = dst.with_name(dst.name + ".part")
+        torch.hub.download_url_to_file(remote.url, str(part), progress=progress)
+    except (urllib.error.URLError, OSError, ValueError) as e:
+        reason = getattr(e, "reason", None) or e
+        raise RCDMError(
+            f"cannot download {remote.url} ({reason}): if offline, put the file at {dst} "
+            f"(or pass --weights PATH)"
+        ) from None
+    try:
+        verify_file(part, remote)
+    except RCDMError:
+        part.unlink(missing_ok=True)
+        raise
+    os.replace(part, dst)
+    return dst
+
+
+# Harmless classes that published training checkpoints pickle next to their tensors (DINO stores its argparse
+# Namespace). Nothing else is unpickled.
+_SAFE_GLOBALS = [argparse.Namespace]
+
+
+def read_checkpoint(path: str | Path) -> Mapping:
+    """A `.pt/.pth/.torch` (torch.load, weights_only=True) or `.safetensors` file -> its (nested) dict."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise RCDMError(f"checkpoint not found: {str(path)!r}; pass the path of a .pt or .safetensors file")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        try:
+            return load_file(str(path))
+        except Exception as e:
+            raise RCDMError(f"cannot read safetensors file {str(path)!r}: {e}") from None
+    try:
+        with torch.serialization.safe_globals(_SAFE_GLOBALS):
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise RCDMError(
+            f"cannot read {str(path)!r} with torch.load(weights_only=True) ({first}): rcdm reads only plain "
+            f"state dicts; re-save it with torch.save(state_dict) or as .safetensors"
+        ) from None
+    if not isinstance(obj, Mapping):
+        raise RCDMError(f"{str(path)!r} holds a {type(obj).__name__}, not a state dict")
+    return obj
+
+
+def check_keys(
+    state: Mapping[str, torch.Tensor],
+    expected: Mapping[str, tuple[int, ...] | torch.Size],
+    what: str,
+) -> None:
+    """Refuse `state` unless its keys and shapes are exactly `expected` (key -> shape); names the bad keys."""
+    missing = [k for k in expected if k not in state]
+    extra = [k for k in state if k not in expected]
+    misshapen = [
+        f"{k} {tuple(state[k].shape)} (expected {tuple(expected[k])})"
+        for k in expected
+        if k in state and tuple(state[k].shape) != tuple(expected[k])
+    ]
+    problems = []
+    for label, keys in (("missing keys", missing), ("unexpected keys", extra), ("misshapen keys", misshapen)):
+        if keys:
+            more = f" and {len(keys) - 5} more" if len(keys) > 5 else ""
+            problems.append(f"{label} {', '.join(keys[:5])}{more}")
+    if problems:
+        raise RCDMError(f"{what} does not match the published layout: {'; '.join(problems)}")
+
+
+def subtree(obj: Mapping, path: str, what: str) -> Mapping:
+    """obj['a']['b']... for path 'a.b'; RCDMError naming the first absent key."""
+    node: object = obj
+    for part in path.split("."):
+        if not isinstance(node, Mapping) or part not in node:
+            have = ", ".join(list(node)[:8]) if isinstance(node, Mapping) else type(node).__name__
+            raise RCDMError(f"{what} has no {path!r} (stopped at {part!r}; found: {have})")
+        node = node[part]
+    if not isinstance(node, Mapping):
+        raise RCDMError(f"{what}: {path!r} is a {type(node).__name__}, not a state dict")
+    return node

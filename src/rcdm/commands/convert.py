@@ -1,0 +1,58 @@
+"""rcdm convert: a published RCDM checkpoint (.pt / .safetensors) -> an rcdm model folder (+ a diffusers export)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+
+from ..encoders import FEATURES
+
+log = logging.getLogger(__name__)
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("convert", help="convert a published RCDM checkpoint into an rcdm model folder")
+    p.add_argument("checkpoint", help="published checkpoint, e.g. rcdm_ema_dino_trunk.pt (or .safetensors)")
+    p.add_argument("--out", required=True, help="output folder (RCDM.from_pretrained reads it)")
+    p.add_argument("--image-size", type=int, default=128, help="training resolution (published: 128)")
+    p.add_argument(
+        "--num-heads", type=int, default=4, help="attention heads of C/heads channels (published: 4)"
+    )
+    p.add_argument(
+        "--encoder",
+        default=None,
+        help="encoder spec to record (default: inferred from a published file name, e.g. official:resnet50.dino_in1k)",
+    )
+    p.add_argument("--feature", choices=FEATURES, default=None, help="default: inferred with --encoder")
+    p.add_argument(
+        "--diffusers",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="also write OUT/unet (UNet2DModel.from_pretrained) and OUT/rep_proj.safetensors",
+    )
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..official import MODELS, convert, encoder_description, export_diffusers, published_name_for
+
+    encoder = None
+    name = published_name_for(args.checkpoint)
+    if args.encoder:
+        encoder = encoder_description(args.encoder, args.feature or "backbone")
+    elif name is not None:
+        published = MODELS[name]
+        encoder = encoder_description(f"official:{published.encoder}", args.feature or published.feature)
+    model = convert(args.checkpoint, image_size=args.image_size, num_heads=args.num_heads, encoder=encoder)
+    model.save_pretrained(args.out)
+    if args.diffusers:
+        export_diffusers(model, args.out)
+    cfg = model.config
+    n = sum(p.numel() for p in model.parameters())
+    where = (
+        f"encoder {cfg.encoder} ({cfg.feature})" if cfg.encoder else "no encoder recorded (pass --encoder)"
+    )
+    print(
+        f"converted {args.checkpoint}: {n:,} parameters, {cfg.representation_dim}-d input, {where} -> {args.out}"
+    )
+    return 0
