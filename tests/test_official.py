@@ -1,0 +1,518 @@
+"""The published RCDM checkpoints and encoders: exact conversion, strict key maps, downloads, CLI, sampling."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import re
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+
+from conftest import OFFICIAL
+from rcdm.checkpoints import RemoteFile, check_keys, fetch, read_checkpoint
+from rcdm.cli import main
+from rcdm.diffusion import sample, spaced_timesteps
+from rcdm.encoders import create_encoder
+from rcdm.encoders.official import PUBLISHED, build_projector, preprocessing_mode, resnet50_trunk
+from rcdm.errors import RCDMError
+from rcdm.loading import load_model
+from rcdm.model import PRESETS, RCDM
+from rcdm.official import (
+    MODELS,
+    PublishedModel,
+    convert,
+    convert_state_dict,
+    infer_layout,
+    key_map,
+    rcdm_config,
+)
+
+GOLDEN_WEIGHTS = OFFICIAL / "golden-32px.weights.safetensors"
+GOLDEN_IO = OFFICIAL / "golden-32px.io.safetensors"
+LAYOUT_128 = OFFICIAL / "rcdm-128-state-dict-layout.json"
+
+
+def need(path: Path) -> Path:
+    if not path.exists():
+        pytest.skip(f"needs {path} (../shared/official-rcdm), which is absent here")
+    return path
+
+
+@pytest.fixture(scope="module")
+def golden_state() -> dict[str, torch.Tensor]:
+    return load_file(str(need(GOLDEN_WEIGHTS)))
+
+
+@pytest.fixture(scope="module")
+def golden_io() -> dict[str, torch.Tensor]:
+    return load_file(str(need(GOLDEN_IO)))
+
+
+@pytest.fixture(scope="module")
+def golden_model(golden_state) -> RCDM:
+    return convert(golden_state, image_size=32, num_heads=4)
+
+
+# --- an independent reference: the published forward pass, transcribed from facebookresearch/RCDM --------
+# (guided_diffusion_rcdm/unet.py: UNetModel.forward, ResBlock._forward, AttentionBlock + QKVAttentionLegacy)
+
+
+def _published_forward(
+    s: dict, x: torch.Tensor, t: torch.Tensor, feat: torch.Tensor, heads: int = 4, downs: tuple = (3, 6)
+) -> torch.Tensor:
+    """The golden config (channel_mult 1,2,2; 2 res blocks): downsampling ResBlocks at input_blocks 3 and 6."""
+
+    def gn(h, p):
+        return F.group_norm(h, 32, s[p + ".weight"], s[p + ".bias"], 1e-5)
+
+    def conv(h, p):
+        return F.conv2d(h, s[p + ".weight"], s[p + ".bias"], padding=1)
+
+    def lin(h, p):
+        return F.linear(h, s[p + ".weight"], s[p + ".bias"])
+
+    def res(h, emb, p, up=False, down=False):
+        r = F.silu(gn(h, p + ".in_layers.0"))
+        if up:
+            r, h = F.interpolate(r, scale_factor=2.0), F.interpolate(h, scale_factor=2.0)
+        if down:
+            r, h = F.avg_pool2d(r, 2), F.avg_pool2d(h, 2)
+        r = conv(r, p + ".in_layers.2")
+        scale, shift = lin(F.silu(emb), p + ".emb_layers.1")[:, :, None, None].chunk(2, 1)
+        r = conv(F.silu(gn(r, p + ".out_layers.0") * (1 + scale) + shift), p + ".out_layers.3")
+        if p + ".skip_connection.weight" in s:
+            h = F.conv2d(h, s[p + ".skip_connection.weight"], s[p + ".skip_connection.bias"])
+        return h + r
+
+    def attn(h, p):
+        b, c, hh, ww = h.shape
+        flat = h.reshape(b, c, -1)
+        qkv = F.conv1d(gn(flat, p + ".norm"), s[p + ".qkv.weight"], s[p + ".qkv.bias"])
+        ch = c // heads
+        q, k, v = qkv.reshape(b * heads, ch * 3, -1).split(ch, dim=1)  # legacy: heads first, then q/k/v
+        sc = 1 / math.sqrt(math.sqrt(ch))
+        w = torch.einsum("bct,bcs->bts", q * sc, k * sc).softmax(-1)
+        a = torch.einsum("bts,bcs->bct", w, v).reshape(b, c, -1)
+        return (flat + F.conv1d(a, s[p + ".proj_out.weight"], s[p + ".proj_out.bias"])).reshape(b, c, hh, ww)
+
+    def block(h, emb, p, first_index_is_down=False):
+        i = 0
+        while any(k.startswith(f"{p}.{i}.") for k in s):
+            q = f"{p}.{i}"
+            if q + ".qkv.weight" in s:
+                h = attn(h, q)
+            else:
+                up = p.startswith("output_blocks") and i > 0
+                h = res(h, emb, q, up=up, down=first_index_is_down and i == 0)
+            i += 1
+        return h
+
+    c = s["input_blocks.0.0.weight"].shape[0]
+    half = c // 2  # [cos, sin], max period 10000 (computed in float32, as both implementations do)
+    freqs = torch.exp(-math.log(10000) * torch.arange(half, dtype=torch.float32) / half)
+    args = t[:, None].float() * freqs[None]
+    temb = torch.cat([torch.cos(args), torch.sin(args)], -1).to(x.dtype)
+    emb = lin(F.silu(lin(temb, "time_embed.0")), "time_embed.2") + lin(feat, "ssl_emb")
+    n = 1 + max(int(k.split(".")[1]) for k in s if k.startswith("input_blocks."))
+    hs = [F.conv2d(x, s["input_blocks.0.0.weight"], s["input_blocks.0.0.bias"], padding=1)]
+    h = hs[0]
+    for i in range(1, n):
+        h = block(h, emb, f"input_blocks.{i}", first_index_is_down=i in downs)
+        hs.append(h)
+    h = block(h, emb, "middle_block")
+    for i in range(n):
+        h = block(torch.cat([h, hs.pop()], 1), emb, f"output_blocks.{i}")
+    return conv(F.silu(gn(h, "out.0")), "out.2")
+
+
+# --- the golden vector ---------------------------------------------------------------------------------
+
+
+@pytest.mark.xfail(
+    strict=False,
+    reason=(
+        "golden-32px is ill-conditioned: its random qkv weights (std 0.5) give attention logits of std ~16 with "
+        "top-2 gaps down to 6e-4, so 1e-7 relative input noise moves `out` by 0.14; the float64 published "
+        "forward itself is 0.24 from `out`. Measured max abs error 0.33 (fp32). See test below for exactness."
+    ),
+)
+def test_golden_vector_reproduces_reference_output(golden_model, golden_io):
+    with torch.no_grad():
+        out = golden_model(golden_io["x"], golden_io["t"], golden_io["feat"])
+    err = (out - golden_io["out"]).abs().max().item()
+    assert err < 1e-5, f"max abs error {err:.3g}"
+
+
+def test_converted_golden_equals_published_forward_in_float64(golden_state, golden_io):
+    """Converter exactness on the golden weights, where the arithmetic is well conditioned (float64)."""
+    state64 = {k: v.double() for k, v in golden_state.items()}
+    # the t=901 row (the one furthest from `out` in fp32); one row keeps the float64 run short
+    x, t, feat = golden_io["x"][1:].double(), golden_io["t"][1:], golden_io["feat"][1:].double()
+    ref = _published_forward(state64, x, t, feat)
+    model = convert(golden_state, image_size=32, num_heads=4).double()
+    with torch.no_grad():
+        out = model(x, t, feat)
+    assert out.shape == (1, 6, 32, 32)
+    assert (out - ref).abs().max().item() < 1e-8
+    # chunk(3) instead of the per-head (heads, 3, C/heads) order would be far off:
+    assert (ref - _published_forward(state64, x, t, feat, heads=1)).abs().max().item() > 1e-2
+
+
+def test_golden_config_is_inferred(golden_state, golden_model):
+    layout = infer_layout(golden_state)
+    assert layout.num_channels == 32 and layout.channel_mult == (1, 2, 2) and layout.num_res_blocks == 2
+    assert layout.attention == (False, True, True) and layout.ssl_dim == 96 and layout.learned_variance
+    cfg = golden_model.config
+    assert cfg.attention_num_heads == 4 and cfg.block_out_channels == (32, 64, 64)
+    assert cfg.down_block_types == ("ResnetDownsampleBlock2D", "AttnDownBlock2D", "AttnDownBlock2D")
+
+
+# --- the 128 px layout of the real checkpoints -------------------------------------------------------------
+
+
+def test_published_128_layout_maps_every_key_into_adm128():
+    layout_file = json.loads(need(LAYOUT_128).read_text())
+    for name, spec in layout_file["models"].items():
+        state = {k: torch.empty(shape, device="meta") for k, shape in spec["keys"].items()}
+        assert len(state) == 494
+        layout = infer_layout(state)
+        cfg = rcdm_config(layout, image_size=128, num_heads=4)
+        for k, v in PRESETS["adm128"].items():
+            assert tuple(cfg[k]) == tuple(v) if isinstance(v, tuple) else cfg[k] == v, (name, k)
+        with torch.device("meta"):
+            model = RCDM(**cfg)
+        expected = {k: v.shape for k, v in model.state_dict().items()}
+        converted = convert_state_dict(state, layout, 4, expected)
+        assert set(converted) == set(expected)
+        assert all(converted[k].shape == expected[k] for k in expected)
+        assert set(key_map(layout, expected)) == set(state)
+        assert layout.ssl_dim == spec["ssl_dim"]
+        if spec["ssl_dim"] == 2048:
+            assert sum(v.numel() for v in model.state_dict().values()) == 422_603_782
+
+
+# --- strict key checks ---------------------------------------------------------------------------------
+
+
+def to_published(model: RCDM, num_heads: int) -> dict[str, torch.Tensor]:
+    """Inverse of the converter (test helper): RCDM state dict -> the published key layout."""
+    sd = model.state_dict()
+    layout = infer_layout_from_model(model)
+    out = {}
+    for src, dsts in key_map(layout, sd).items():
+        if len(dsts) == 3:
+            q, k, v = (sd[d] for d in dsts)
+            c = q.shape[0]
+            packed = torch.stack([t.reshape(num_heads, c // num_heads, *t.shape[1:]) for t in (q, k, v)], 1)
+            t = packed.reshape(3 * c, *q.shape[1:])
+            out[src] = t[..., None] if t.ndim == 2 else t
+        elif src.endswith("proj_out.weight"):
+            out[src] = sd[dsts[0]][..., None]
+        else:
+            out[src] = sd[dsts[0]]
+    return out
+
+
+def infer_layout_from_model(model: RCDM):
+    from rcdm.official import PublishedLayout
+
+    cfg = model.config
+    c = cfg.block_out_channels[0]
+    return PublishedLayout(
+        c,
+        tuple(w // c for w in cfg.block_out_channels),
+        cfg.layers_per_block,
+        tuple(t.startswith("Attn") for t in cfg.down_block_types),
+        cfg.representation_dim,
+        cfg.learned_variance,
+    )
+
+
+@pytest.fixture(scope="module")
+def small_published() -> tuple[RCDM, dict[str, torch.Tensor]]:
+    """A random 2-level RCDM (32 channels, 2048-d input) and the same weights in the published layout."""
+    torch.manual_seed(0)
+    model = RCDM(
+        representation_dim=2048,
+        sample_size=16,
+        block_out_channels=(32, 64),
+        down_block_types=("ResnetDownsampleBlock2D", "AttnDownBlock2D"),
+        up_block_types=("AttnUpBlock2D", "ResnetUpsampleBlock2D"),
+        layers_per_block=1,
+        norm_num_groups=32,
+        attention_num_heads=4,
+    ).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0, 0.05)
+    return model, to_published(model, 4)
+
+
+def test_round_trip_through_published_layout(small_published):
+    model, state = small_published
+    converted = convert(state, image_size=16, num_heads=4)
+    x, t, f = torch.randn(2, 3, 16, 16), torch.tensor([3, 700]), torch.randn(2, 2048)
+    with torch.no_grad():
+        assert (converted(x, t, f) - model(x, t, f)).abs().max().item() < 1e-5
+
+
+@pytest.mark.parametrize("damage", ["missing", "unexpected", "misshapen"])
+def test_refuses_damaged_checkpoint_naming_the_key(small_published, damage):
+    _, state = small_published
+    state = dict(state)
+    key = "input_blocks.1.0.in_layers.2.weight"
+    if damage == "missing":
+        del state[key]
+    elif damage == "unexpected":
+        key = "input_blocks.1.0.spare.weight"
+        state[key] = torch.zeros(3)
+    else:
+        state[key] = torch.zeros(32, 32, 1, 1)
+    with pytest.raises(RCDMError, match=f"{damage} keys .*{re.escape(key)}"):
+        convert(state, image_size=16)
+
+
+def test_check_keys_lists_all_three_kinds():
+    with pytest.raises(RCDMError) as e:
+        check_keys({"a": torch.zeros(2), "c": torch.zeros(1)}, {"a": (3,), "b": (1,)}, "x")
+    msg = str(e.value)
+    assert (
+        "missing keys b" in msg
+        and "unexpected keys c" in msg
+        and "misshapen keys a (2,) (expected (3,))" in msg
+    )
+
+
+# --- CLI and export ------------------------------------------------------------------------------------
+
+
+def test_cli_convert_and_plain_diffusers_export(tmp_path, small_published, capsys):
+    model, state = small_published
+    ckpt = tmp_path / "small.pt"
+    torch.save(state, ckpt)
+    out = tmp_path / "converted"
+    assert main(["convert", str(ckpt), "--out", str(out), "--image-size", "16"]) == 0
+    loaded = RCDM.from_pretrained(out)
+    x, t, f = torch.randn(1, 3, 16, 16), torch.tensor([500]), torch.randn(1, 2048)
+    with torch.no_grad():
+        ref = model(x, t, f)
+        assert (loaded(x, t, f) - ref).abs().max().item() < 1e-5
+        # docs/official.md, "Export": plain diffusers, 5 lines
+        from diffusers import UNet2DModel
+        from diffusers.models.attention_processor import Attention
+
+        unet = UNet2DModel.from_pretrained(out / "unet")
+        proj = load_file(str(out / "rep_proj.safetensors"))
+        for m in unet.modules():
+            if isinstance(m, Attention):
+                m.heads = 4
+        plain = unet(x, t, class_labels=f @ proj["weight"].T + proj["bias"]).sample
+    assert (plain - ref).abs().max().item() < 1e-5
+
+
+def test_cli_convert_bad_input_exits_2(tmp_path, small_published, capsys):
+    assert main(["convert", str(tmp_path / "absent.pt"), "--out", str(tmp_path / "o")]) == 2
+    assert "absent.pt" in capsys.readouterr().err
+    _, state = small_published
+    state = {k: v for k, v in state.items() if k != "out.2.bias"}
+    bad = tmp_path / "bad.safetensors"
+    save_file({k: v.contiguous() for k, v in state.items()}, str(bad))
+    assert main(["convert", str(bad), "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert "out.2.bias" in err and err.count("\n") == 1
+    assert main(["convert", str(bad), "--out", str(tmp_path / "o"), "--num-heads", "0"]) == 2
+
+
+def test_read_checkpoint_refuses_pickled_objects(tmp_path):
+    path = tmp_path / "evil.pt"
+    torch.save({"w": torch.zeros(1), "obj": Path("x")}, path)
+    with pytest.raises(RCDMError, match="weights_only"):
+        read_checkpoint(path)
+
+
+# --- published encoders ---------------------------------------------------------------------------------
+
+
+def _fill(shapes: dict[str, torch.Size]) -> dict[str, torch.Tensor]:
+    """A distinct constant per key, proving each key lands where it should.
+
+    Each tensor is one value expanded to its shape (stride 0), so even the 8192 x 8192 heads cost bytes on disk.
+    """
+    out = {}
+    for i, (k, shape) in enumerate(shapes.items()):
+        if k.endswith("num_batches_tracked"):
+            out[k] = torch.tensor(7)
+        else:
+            out[k] = torch.tensor(1.0 + i / 1000).expand(tuple(shape))
+    return out
+
+
+def _published_encoder_file(name: str, path: Path) -> tuple[dict, dict]:
+    """A synthetic checkpoint with the published nesting and key names of encoder `name`."""
+    method = PUBLISHED[name].method
+    with torch.device("meta"):
+        trunk_shapes = {k: v.shape for k, v in resnet50_trunk().state_dict().items()}
+        proj = build_projector(method)
+        head_shapes = {k: v.shape for k, v in proj.state_dict().items()} if proj is not None else {}
+    trunk, head = _fill(trunk_shapes), _fill(head_shapes)
+    if method == "supervised":
+        ckpt = {**trunk, "fc.weight": torch.zeros(1000, 2048), "fc.bias": torch.zeros(1000)}
+    elif method == "dino":
+        inner = {f"module.backbone.{k}": v for k, v in trunk.items()}
+        inner |= {f"module.head.mlp.{k}": v for k, v in head.items()}
+        inner |= {"module.head.last_layer.weight_g": torch.ones(60000, 1)}
+        ckpt = {"teacher": inner, "student": {}, "epoch": 100}
+    elif method == "vicreg":
+        inner = {f"module.backbone.{k}": v for k, v in trunk.items()}
+        inner |= {f"module.projector.{k}": v for k, v in head.items()}
+        ckpt = {"model": inner, "epoch": 1000}
+    else:  # VISSL
+        heads = {}
+        for k, v in head.items():
+            stage, rest = k.split(".", 1)
+            heads[f"{stage}.clf.{rest}"] = v
+        model = {"trunk": {f"_feature_blocks.{k}": v for k, v in trunk.items()}, "heads": heads}
+        ckpt = {"classy_state_dict": {"base_model": {"model": model}}, "phase_idx": 999}
+    torch.save(ckpt, path)
+    return trunk, head
+
+
+@pytest.mark.parametrize("name", list(PUBLISHED))
+def test_published_encoder_maps_every_key(tmp_path, name):
+    path = tmp_path / "enc.pt"
+    trunk, head = _published_encoder_file(name, path)
+    pub = PUBLISHED[name]
+    enc = create_encoder(f"official:{name}:{path}", "backbone")
+    assert enc.dim == 2048 and enc.spec == f"official:{name}" and enc.identity == f"official:{name}"
+    got = enc.backbone.state_dict()
+    assert all(torch.equal(got[k], trunk[k]) for k in trunk)
+    assert enc.preprocessing == preprocessing_mode("published")
+    assert not any(p.requires_grad for p in enc.parameters())
+    if pub.projector_dim is None:
+        with pytest.raises(RCDMError, match="no projector"):
+            create_encoder(f"{name}:{path}", "projector")  # the bare name works too
+        assert enc.classifier is not None
+        return
+    proj = create_encoder(f"{name}:{path}", "projector")
+    assert proj.dim == pub.projector_dim
+    got = proj.projector.state_dict()
+    assert all(torch.equal(got[k], head[k]) for k in head)
+    if name == "resnet50.dino_in1k":  # small enough to run: the head's output has the published width
+        with torch.no_grad():
+            assert proj(torch.rand(1, 3, 64, 64)).shape == (1, 256)
+
+
+def test_published_encoder_refuses_extra_key(tmp_path):
+    path = tmp_path / "vicreg.pt"
+    _published_encoder_file("resnet50.dino_in1k", path)
+    ckpt = torch.load(path, weights_only=True)
+    ckpt["teacher"]["module.backbone.extra.weight"] = torch.zeros(1)
+    torch.save(ckpt, path)
+    with pytest.raises(RCDMError, match=r"unexpected keys extra\.weight"):
+        create_encoder(f"official:resnet50.dino_in1k:{path}")
+
+
+def test_published_preprocessing_is_minus1_to_1():
+    prep = preprocessing_mode("published")
+    x = torch.zeros(1, 3, 224, 224)
+    assert prep.input_size == 224 and prep(x).min().item() == -1.0 and prep(x + 1).max().item() == 1.0
+    with pytest.raises(RCDMError, match="published"):
+        preprocessing_mode("nope")
+
+
+# --- downloads ------------------------------------------------------------------------------------------
+
+
+def test_fetch_local_url_checks_size_and_sha256_and_logs_license_once(tmp_path, caplog):
+    src = tmp_path / "src.bin"
+    src.write_bytes(b"weights" * 100)
+    import hashlib
+
+    digest = hashlib.sha256(src.read_bytes()).hexdigest()
+    cache = tmp_path / "cache"
+    with caplog.at_level(logging.WARNING, logger="rcdm.checkpoints"):
+        bad = RemoteFile(src.as_uri(), "a.bin", size=5)
+        with pytest.raises(RCDMError, match="700 bytes"):
+            fetch(bad, cache, progress=False)
+        assert not (cache / "a.bin").exists()
+        with pytest.raises(RCDMError, match="sha256"):
+            fetch(RemoteFile(src.as_uri(), "b.bin", sha256="0" * 64), cache, progress=False)
+        good = fetch(RemoteFile(src.as_uri(), "c.bin", size=700, sha256=digest[:8]), cache, progress=False)
+    assert good.read_bytes() == src.read_bytes()
+    assert sum("CC-BY-NC" in r.getMessage() for r in caplog.records) == 1
+
+
+def test_offline_named_model_error_names_url_and_cache_path(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("RCDM_CACHE", str(tmp_path / "cache"))
+    url = "http://127.0.0.1:9/rcdm_ema_dino_trunk.pt"  # nothing listens on the discard port: fails at once
+    spec = MODELS["dino-backbone"]
+    monkeypatch.setitem(
+        MODELS,
+        "dino-backbone",
+        PublishedModel(RemoteFile(url, "rcdm_ema_dino_trunk.pt"), spec.encoder, "backbone"),
+    )
+    img = tmp_path / "img.png"
+    from PIL import Image
+
+    Image.new("RGB", (8, 8)).save(img)
+    code = main(
+        ["sample", "--model", "official:dino-backbone", "--images", str(img), "--out", str(tmp_path / "o")]
+    )
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1
+    assert url in err and str(tmp_path / "cache" / "official" / "rcdm_ema_dino_trunk.pt") in err
+    assert (
+        main(["sample", "--model", "official:nope", "--images", str(img), "--out", str(tmp_path / "o")]) == 2
+    )
+    assert "dino-backbone" in capsys.readouterr().err
+
+
+def test_named_model_from_local_weights_records_its_encoder(tmp_path, monkeypatch, small_published):
+    monkeypatch.setenv("RCDM_CACHE", str(tmp_path / "cache"))
+    _, state = small_published
+    path = tmp_path / "rcdm_ema_dino_trunk.pt"
+    torch.save(state, path)
+    model = load_model("official:dino-backbone", weights=str(path))
+    cfg = model.config
+    assert cfg.encoder == "official:resnet50.dino_in1k" and cfg.feature == "backbone"
+    assert cfg.preprocessing["mean"] == [0.5, 0.5, 0.5] or tuple(cfg.preprocessing["mean"]) == (0.5, 0.5, 0.5)
+    assert cfg.sample_size == 128 and cfg.attention_num_heads == 4
+    # converted once, then read from the cache
+    folders = list((tmp_path / "cache" / "official" / "models").iterdir())
+    assert len(folders) == 1 and (folders[0] / "config.json").is_file()
+    assert (
+        main(["convert", str(path), "--out", str(tmp_path / "c"), "--image-size", "16", "--no-diffusers"])
+        == 0
+    )
+    assert (
+        json.loads((tmp_path / "c" / "config.json").read_text())["encoder"] == "official:resnet50.dino_in1k"
+    )
+
+
+# --- sampling -------------------------------------------------------------------------------------------
+
+
+def test_published_respacing():
+    ts = spaced_timesteps(100)
+    assert len(ts) == 100 and ts[0] == 999 and ts[-1] == 0 and ts[1] == 989
+
+
+@pytest.mark.parametrize(("sampler", "steps"), [("ddpm", 20), ("ddim", 10), ("dpm++", 10)])
+def test_samplers_on_converted_model(small_published, sampler, steps):
+    """The published sampler (ddpm, learned-range variance; 100 steps in use, 20 here for CPU time) and the fast ones."""
+    _, state = small_published
+    model = convert(state, image_size=8)  # the same weights at 8 px: a quarter of the CPU time
+    seen = []
+    imgs = sample(
+        model, torch.randn(1, 2048), sampler=sampler, steps=steps, callback=lambda d: seen.append(d["t"])
+    )
+    assert imgs.shape == (1, 3, 8, 8) and torch.isfinite(imgs).all()
+    assert imgs.min().item() >= 0.0 and imgs.max().item() <= 1.0
+    assert len(seen) == steps and seen[0] == 999
+    if sampler != "dpm++":
+        assert seen[-1] == 0
