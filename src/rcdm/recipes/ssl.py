@@ -362,7 +362,11 @@ def model_card_markdown(card: dict) -> str:
     lines = [
         f"# {card.get('name', 'rcdm-cifar encoder')}",
         "",
-        "**SMOKE TEST: undertrained, for tests only; not the real model.**" if card.get("smoke") else "",
+        *(
+            ["**SMOKE TEST: undertrained, for tests only; not the real model.**", ""]
+            if card.get("smoke")
+            else []
+        ),
         f"A {card['arch']['depth']}-layer CIFAR ResNet (width x{card['arch']['width']}) trained with the "
         f"`{card['objective']}` objective by `rcdm recipe ssl`. Load it with "
         f"`rcdm.encoders.create_encoder('rcdm-cifar:PATH', feature='backbone' | 'projector')`.",
@@ -384,7 +388,7 @@ def model_card_markdown(card: dict) -> str:
         f"| weights dtype | {card.get('dtype', 'float32')} |",
         "",
     ]
-    return "\n".join(line for line in lines if line is not None) + "\n"
+    return "\n".join(lines) + "\n"
 
 
 def train_encoder(
@@ -433,6 +437,10 @@ def train_encoder(
     )
     mp = cfg.mixed_precision
     acc = Accelerator(mixed_precision=("bf16" if torch.cuda.is_available() else "no") if mp == "auto" else mp)
+    if acc.num_processes > 1:
+        raise RCDMError(
+            f"the SSL recipe runs on one process, not {acc.num_processes}: start it with python, not accelerate launch"
+        )
     torch.manual_seed(cfg.seed)
     net = CifarEncoderNet(arch)
     fused = acc.device.type == "cuda"

@@ -1,0 +1,152 @@
+#!/usr/bin/env bash
+# Train the CIFAR-10 demo pack end to end on one GPU and write the bundle + reports under $OUT.
+#
+#   1. `rcdm recipe ssl`  VICReg encoder (ResNet-20 x2 + 512-d projector) and a supervised one, side by side
+#   2. `rcdm recipe rcdm` three cifar32-small RCDMs (VICReg backbone, VICReg projector, supervised), side by side
+#   3. metrics on 1,000 CIFAR-10 test images (faithfulness; Frechet distance in CIFAR ResNet-56 features,
+#      which is NOT FID) through `rcdm evaluate`, when that command is present; failures are logged, not fatal
+#   4. `rcdm recipe pack` into a bundle (<= 30 MB), returned as $OUT/bundle.tar.part-* (the device tool returns
+#      at most 8 files of 16 MiB each: join with `cat bundle.tar.part-* | tar -x`)
+#
+# Timing: UNMEASURED estimate for one H100 + 16 cores (no GPU was lent when this was written). SSL is bound by
+# CPU augmentation (~0.7 ms per view per core, measured on the dev CPU): 20 epochs x 100k views / 12 workers
+# ~ 2-3 min; the RCDMs stop at the first checkpoint after RCDM_BUDGET_S (default 240 s) or at RCDM_STEPS;
+# metrics ~1-2 min; setup + pack < 30 s. Total about 8-9 minutes: run it with timeout_s=600 and nothing else.
+#
+# On the device machine (bare image: torch, accelerate, timm, safetensors; no diffusers, no ../shared), first
+# prepare here, in the repo root:
+#   echo /.carry/ >> .git/info/exclude; echo /.whl/ >> .git/info/exclude; mkdir -p .carry
+#   cp ../shared/data/cifar10/cifar10-jpeg.tar.gz ../shared/data/cifar-resnet/resnet56-4bfd9763.th .carry/
+#   python3 -m pip download --no-deps --only-binary=:all: -d .whl diffusers==0.42.1 importlib_metadata==10.2.0
+# then call the device tool with command `bash scripts/gpu_demo_pack.sh`, carry [".carry", ".whl"],
+# timeout_s 600. Every run writes its own log under $OUT; read $OUT/summary.txt first.
+# CPU dry run of the plumbing (minutes; a smoke bundle, labelled so):
+#   OUT=/tmp/dry WORK=/tmp/dry-work DATA=../shared/data/cifar10/cifar10-jpeg.tar.gz \
+#   RESNET56=../shared/data/cifar-resnet/resnet56-4bfd9763.th SSL_EPOCHS=1 SUP_EPOCHS=1 RCDM_STEPS=2 \
+#   SSL_ARGS="--limit 40 --batch-size 10 --width 1 --num-workers 0" RCDM_ARGS="--preset tiny --batch-size 4 \
+#   --save-every 2 --num-workers 0" EVAL_IMAGES=8 PACK_ARGS=--allow-smoke PY=.venv/bin/python \
+#   bash scripts/gpu_demo_pack.sh
+set -uo pipefail
+
+OUT=${OUT:-$PWD/demo-pack-out}
+WORK=${WORK:-/tmp/rcdm-demo-pack}
+CARRY=${CARRY:-$PWD/.carry}
+DATA=${DATA:-$CARRY/cifar10-jpeg.tar.gz}
+RESNET56=${RESNET56:-$CARRY/resnet56-4bfd9763.th}
+SSL_EPOCHS=${SSL_EPOCHS:-20}
+SUP_EPOCHS=${SUP_EPOCHS:-15}
+RCDM_STEPS=${RCDM_STEPS:-8000}
+RCDM_BATCH=${RCDM_BATCH:-128}
+RCDM_BUDGET_S=${RCDM_BUDGET_S:-240}
+EVAL_IMAGES=${EVAL_IMAGES:-1000}
+PY=${PY:-python3}
+export PYTHONUNBUFFERED=1 RCDM_CACHE=$WORK/cache
+mkdir -p "$OUT" "$WORK"
+T0=$(date +%s)
+stamp() { echo "[$(($(date +%s) - T0)) s] $*" | tee -a "$OUT/summary.txt"; }
+
+if ! $PY -c "import diffusers" 2>/dev/null; then
+    $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .whl/*.whl || exit 1
+    export PYTHONPATH=/tmp/site
+fi
+export PYTHONPATH=$PWD/src${PYTHONPATH:+:$PYTHONPATH}
+RCDM="$PY -m rcdm.cli"
+$PY -c "import torch; print('device:', torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'cpu')" |
+    tee -a "$OUT/summary.txt"
+
+# 1. encoders, side by side (VICReg gets most augmentation workers). Extract the data set once first.
+CIFAR=$($PY -c "import sys; from rcdm.recipes.ssl import cifar10_root; print(cifar10_root(sys.argv[1]))" "$DATA") ||
+    exit 1
+stamp "ssl: vicreg ${SSL_EPOCHS} epochs + supervised ${SUP_EPOCHS} epochs (data in $CIFAR)"
+# shellcheck disable=SC2086  # *_ARGS: extra options, word-split on purpose (tiny settings for a CPU dry run)
+timeout 330 $RCDM recipe ssl --data "$CIFAR" --out "$WORK/runs/ssl" --epochs "$SSL_EPOCHS" --num-workers 11 \
+    --no-progress ${SSL_ARGS:-} >"$WORK/ssl.log" 2>&1 &
+SSL_PID=$!
+# shellcheck disable=SC2086
+timeout 310 $RCDM recipe ssl --data "$CIFAR" --out "$WORK/runs/supervised" --objective supervised \
+    --epochs "$SUP_EPOCHS" --num-workers 3 --no-progress ${SSL_ARGS:-} >"$WORK/supervised.log" 2>&1
+SUP_RC=$?
+wait $SSL_PID
+SSL_RC=$?
+tail -n 3 "$WORK/ssl.log" "$WORK/supervised.log" | tee -a "$OUT/summary.txt"
+if [ $SSL_RC -ne 0 ] || [ $SUP_RC -ne 0 ]; then
+    stamp "ssl failed (vicreg rc=$SSL_RC, supervised rc=$SUP_RC)"
+    cp "$WORK"/*.log "$OUT/" 2>/dev/null
+    exit 1
+fi
+
+# 2. RCDMs, side by side on the one GPU (small networks are launch-bound; three processes keep it busy).
+stamp "rcdm: 3 x cifar32-small, ${RCDM_STEPS} steps x ${RCDM_BATCH} or ${RCDM_BUDGET_S} s ${RCDM_ARGS:-}"
+PIDS=()
+for target in rcdm-cifar10-vicreg-backbone rcdm-cifar10-vicreg-projector rcdm-cifar10-supervised; do
+    # shellcheck disable=SC2086
+    timeout $((RCDM_BUDGET_S + 90)) $RCDM recipe rcdm --runs "$WORK/runs" --data "$CIFAR" --only "$target" \
+        --steps "$RCDM_STEPS" --batch-size "$RCDM_BATCH" --time-budget-s "$RCDM_BUDGET_S" --num-workers 4 \
+        --no-progress ${RCDM_ARGS:-} >"$WORK/$target.log" 2>&1 &
+    PIDS+=($!)
+done
+RCDM_RC=0
+for pid in "${PIDS[@]}"; do wait "$pid" || RCDM_RC=1; done
+tail -n 2 "$WORK"/rcdm-cifar10-*.log | tee -a "$OUT/summary.txt"
+[ $RCDM_RC -eq 0 ] || { stamp "an RCDM run failed"; cp "$WORK"/*.log "$OUT/"; exit 1; }
+
+# 3. metrics (best effort): 1,000 class-balanced test images.
+stamp "metrics on $EVAL_IMAGES test images"
+mkdir -p "$WORK/eval-images"
+$PY - "$CIFAR/test" "$WORK/eval-images" "$EVAL_IMAGES" <<'EOF'
+import shutil, sys
+from pathlib import Path
+from rcdm.recipes.ssl import labelled_files
+files, _, classes = labelled_files(Path(sys.argv[1]), int(sys.argv[3]))
+for f in files:
+    shutil.copyfile(f, Path(sys.argv[2]) / f"{f.parent.name}-{f.name}")
+EOF
+mkdir -p "$WORK/metrics"
+for target in rcdm-cifar10-vicreg-backbone rcdm-cifar10-vicreg-projector rcdm-cifar10-supervised; do
+    timeout 60 $RCDM evaluate faithfulness --model "$WORK/runs/$target" --images "$WORK/eval-images" \
+        --num-samples 1 --out "$WORK/metrics/$target-faithfulness.json" >>"$WORK/metrics.log" 2>&1 ||
+        echo "faithfulness failed for $target" >>"$WORK/metrics.log"
+    timeout 60 $RCDM evaluate generate --model "$WORK/runs/$target" --images "$WORK/eval-images" \
+        --num-samples "$EVAL_IMAGES" --out "$WORK/metrics/$target-samples" --real "$WORK/eval-images" \
+        --features "cifar-resnet56:$RESNET56" >>"$WORK/metrics.log" 2>&1 ||
+        echo "frechet failed for $target" >>"$WORK/metrics.log"
+done
+$PY - "$WORK/metrics" "$EVAL_IMAGES" >"$WORK/metrics.json" <<'EOF'
+# Flat, labelled numbers for the model cards (faithfulness: the conditioning encoder judges; Frechet: ResNet-56).
+import json, sys
+from pathlib import Path
+root, n, out = Path(sys.argv[1]), sys.argv[2], {}
+for t in ("rcdm-cifar10-vicreg-backbone", "rcdm-cifar10-vicreg-projector", "rcdm-cifar10-supervised"):
+    m = {}
+    f = root / f"{t}-faithfulness.json"
+    if f.is_file():
+        s = json.loads(f.read_text())["scores"][0]
+        tag = f"faithfulness on {n} CIFAR-10 test images, 1 sample each, judged by the conditioning encoder"
+        m[f"{tag}: mean rank (chance {s.get('chance_rank')})"] = s.get("mean_rank")
+        m[f"{tag}: top-1"] = s.get("top1")
+        m[f"{tag}: cosine"] = s.get("cosine")
+    q = root / f"{t}-samples" / "quality.json"
+    if q.is_file():
+        tag = f"Frechet distance in CIFAR ResNet-56 features, {n} samples vs {n} test images (non-standard: not FID)"
+        m[tag] = json.loads(q.read_text()).get("fid")
+    out[t] = m
+print(json.dumps(out, indent=1))
+EOF
+tail -n 5 "$WORK/metrics.log" >>"$OUT/summary.txt" 2>/dev/null
+
+# 4. bundle.
+stamp "pack"
+# shellcheck disable=SC2086  # PACK_ARGS=--allow-smoke only for a dry run: the bundle is then labelled a smoke test
+$RCDM recipe pack --runs "$WORK/runs" --out "$WORK/bundle" --metrics "$WORK/metrics.json" ${PACK_ARGS:-} \
+    --demo-images "$CIFAR"/test/{airplane,automobile,bird,cat,deer,dog,frog,horse}/0001.jpg \
+    2>&1 | tee -a "$OUT/summary.txt"
+PACK_RC=${PIPESTATUS[0]}
+cp "$WORK/metrics.json" "$OUT/" 2>/dev/null
+(cd "$WORK" && tar -cf logs.tar ./*.log metrics/*.json) 2>/dev/null
+cp "$WORK/logs.tar" "$OUT/" 2>/dev/null
+if [ "$PACK_RC" -eq 0 ]; then
+    tar -C "$WORK" -cf "$WORK/bundle.tar" bundle
+    split -b 15M -d "$WORK/bundle.tar" "$OUT/bundle.tar.part-"
+fi
+stamp "done (pack rc=$PACK_RC)"
+exit "$PACK_RC"
