@@ -45,7 +45,13 @@ def make_scheduler(sampler: Sampler, learned_variance: bool):
         return DDIMScheduler(**SCHEDULE, clip_sample=True, timestep_spacing="linspace", set_alpha_to_one=True)
     if sampler == "dpm++":
         return DPMSolverMultistepScheduler(
-            **SCHEDULE, algorithm_type="dpmsolver++", solver_order=2, timestep_spacing="linspace"
+            **SCHEDULE,
+            algorithm_type="dpmsolver++",
+            solver_order=2,
+            timestep_spacing="linspace",
+            # With ratio -> max 1.0, dynamic thresholding is plain x0 clipping to [-1, 1], as in ddpm/ddim.
+            thresholding=True,
+            sample_max_value=1.0,
         )
     raise RCDMError(f"unknown sampler {sampler!r}: choose one of {', '.join(SAMPLERS)}")
 

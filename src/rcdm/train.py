@@ -204,7 +204,9 @@ def train(
         null_representation=cfg.cond_drop > 0,
         **enc.describe(),
     )
-    model = RCDM.from_preset(cfg.preset, **arch)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.seed)  # the initial weights are a function of the seed too
+        model = RCDM.from_preset(cfg.preset, **arch)
     if ckpt is not None:
         saved = RCDM.from_pretrained(ckpt / "model")
         check_encoder(saved, enc.describe())

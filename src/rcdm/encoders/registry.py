@@ -98,40 +98,83 @@ def _pixels(arg: str, feature: Feature) -> Encoder:
     )
 
 
-@register_encoder("torchvision", "NAME[.WEIGHTS] (e.g. resnet50.IMAGENET1K_V2; classifier head removed)")
+def _load_local_weights(net: nn.Module, path: str, spec: str) -> None:
+    """Load a local .safetensors / .pt(h) state dict strictly (offline use of torchvision/timm models)."""
+    from pathlib import Path
+
+    file = Path(path).expanduser()
+    if not file.is_file():
+        raise RCDMError(f"weights file for {spec!r} not found: {str(file)!r}")
+    if file.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        state = load_file(str(file))
+    else:
+        state = torch.load(file, map_location="cpu", weights_only=True)
+        state = state.get("state_dict", state.get("model", state)) if isinstance(state, dict) else state
+    result = net.load_state_dict(state, strict=False)
+    # The classifier may be absent from an encoder-only file; any other mismatch is an error.
+    missing = [k for k in result.missing_keys if not k.startswith(("fc.", "classifier.", "head.", "heads."))]
+    if missing or result.unexpected_keys:
+        raise RCDMError(
+            f"{str(file)!r} does not fit {spec!r}: missing keys {missing[:5]}, unexpected {result.unexpected_keys[:5]}"
+        )
+
+
+def _strip_classifier(net: nn.Module) -> nn.Module | None:
+    for attr in ("fc", "classifier", "head", "heads"):
+        if isinstance(getattr(net, attr, None), nn.Module):
+            classifier = getattr(net, attr)
+            setattr(net, attr, nn.Identity())
+            return classifier
+    return None
+
+
+@register_encoder(
+    "torchvision", "NAME[.WEIGHTS][:PATH] (e.g. resnet50.IMAGENET1K_V2; PATH: local weights; fc removed)"
+)
 def _torchvision(arg: str, feature: Feature) -> Encoder:
     import torchvision
 
-    name, _, weights = arg.partition(".")
+    model_part, _, path = arg.partition(":")
+    name, _, weights = model_part.partition(".")
     try:
-        net = torchvision.models.get_model(name, weights=weights or "DEFAULT")
         tv_weights = torchvision.models.get_model_weights(name)[weights or "DEFAULT"]
+        net = torchvision.models.get_model(name, weights=None if path else tv_weights)
     except (ValueError, KeyError) as e:
-        raise RCDMError(f"torchvision model {arg!r} unknown: {e}") from None
+        raise RCDMError(f"torchvision model {model_part!r} unknown: {e}") from None
     except OSError as e:
-        raise RCDMError(f"cannot download torchvision weights for {arg!r} (offline?): {e}") from None
-    classifier = None
-    for attr in ("fc", "classifier", "head", "heads"):
-        if hasattr(net, attr):
-            classifier = getattr(net, attr)
-            setattr(net, attr, nn.Identity())
-            break
+        raise RCDMError(
+            f"cannot download torchvision weights for {model_part!r} (offline?): {e}; "
+            f"pass torchvision:{model_part}:PATH with a local weights file"
+        ) from None
+    if path:
+        _load_local_weights(net, path, f"torchvision:{model_part}")
+    classifier = _strip_classifier(net)
     t = tv_weights.transforms()
     size = int(t.crop_size[0]) if hasattr(t, "crop_size") else 224
     prep = Preprocessing(size, tuple(t.mean), tuple(t.std), "bilinear")  # type: ignore[arg-type]
-    return Encoder(net, prep, feature=feature, spec=f"torchvision:{arg}", classifier=classifier)
+    identity = file_identity(f"torchvision:{model_part}", path) if path else f"torchvision:{model_part}"
+    return Encoder(
+        net, prep, feature=feature, spec=f"torchvision:{arg}", identity=identity, classifier=classifier
+    )
 
 
-@register_encoder("timm", "NAME (any timm model; pretrained weights through the HF cache)")
+@register_encoder("timm", "NAME[:PATH] (any timm model; weights via the HF cache, or PATH for local weights)")
 def _timm(arg: str, feature: Feature) -> Encoder:
     import timm
 
+    name, _, path = arg.partition(":")
     try:
-        net = timm.create_model(arg, pretrained=True, num_classes=0)
+        net = timm.create_model(name, pretrained=not path, num_classes=0)
     except RuntimeError as e:
-        raise RCDMError(f"timm model {arg!r}: {e}") from None
+        raise RCDMError(f"timm model {name!r}: {e}") from None
     except OSError as e:
-        raise RCDMError(f"cannot download timm weights for {arg!r} (offline?): {e}") from None
+        raise RCDMError(
+            f"cannot download timm weights for {name!r} (offline?): {e}; pass timm:{name}:PATH with local weights"
+        ) from None
+    if path:
+        _load_local_weights(net, path, f"timm:{name}")
     cfg = timm.data.resolve_data_config({}, model=net)
     prep = Preprocessing(
         int(cfg["input_size"][-1]),
@@ -139,7 +182,8 @@ def _timm(arg: str, feature: Feature) -> Encoder:
         tuple(cfg["std"]),
         "bicubic" if cfg.get("interpolation") == "bicubic" else "bilinear",
     )
-    return Encoder(net, prep, feature=feature, spec=f"timm:{arg}")
+    identity = file_identity(f"timm:{name}", path) if path else f"timm:{name}"
+    return Encoder(net, prep, feature=feature, spec=f"timm:{arg}", identity=identity)
 
 
 @register_encoder("hub", "OWNER/REPO:ENTRY (torch.hub entry point; ImageNet preprocessing at 224 px)")

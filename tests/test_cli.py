@@ -1,0 +1,156 @@
+"""The command line as a user meets it: outputs on disk, and one-line errors with exit code 2."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from PIL import Image
+from safetensors import safe_open
+
+from rcdm.cli import main
+
+
+def error_line(capsys) -> str:
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    lines = [ln for ln in err.strip().splitlines() if ln.startswith("rcdm ")]
+    assert len(lines) == 1, err
+    return lines[0]
+
+
+def test_sample_writes_pngs_and_grids(tiny_run, few_images, tmp_path):
+    out = tmp_path / "out"
+    imgs = sorted(few_images.iterdir())[:2]
+    code = main(["sample", "--model", str(tiny_run), "--images", *map(str, imgs), "--num-samples", "3",
+                 "--steps", "3", "--out", str(out)])  # fmt: skip
+    assert code == 0
+    for p in imgs:
+        samples = sorted((out / p.stem).glob("sample_*.png"))
+        assert [s.name for s in samples] == ["sample_000.png", "sample_001.png", "sample_002.png"]
+        assert Image.open(samples[0]).size == (32, 32)
+        grid = Image.open(out / f"{p.stem}.png")
+        assert grid.size[0] > 4 * 32  # original + 3 samples side by side
+
+
+def test_sample_same_seed_same_images(tiny_run, few_images, tmp_path):
+    img = str(sorted(few_images.iterdir())[0])
+    for name, seed in (("a", "1"), ("b", "1"), ("c", "2")):
+        args = ["sample", "--model", str(tiny_run), "--images", img, "--num-samples", "1", "--steps", "3",
+                "--sampler", "ddpm", "--seed", seed, "--out", str(tmp_path / name)]  # fmt: skip
+        assert main(args) == 0
+    stem = Path(img).stem
+    read = lambda n: (tmp_path / n / stem / "sample_000.png").read_bytes()  # noqa: E731
+    assert read("a") == read("b") and read("a") != read("c")
+
+
+def test_encode_writes_safetensors(few_images, resnet20_spec, tmp_path):
+    out = tmp_path / "reps.safetensors"
+    assert main(["encode", "--encoder", resnet20_spec, "--images", str(few_images), "--out", str(out)]) == 0
+    with safe_open(str(out), "pt") as f:
+        reps = f.get_tensor("representations")
+        meta = f.metadata()
+    assert reps.shape == (8, 64) and meta["representation_dim"] == "64" and meta["feature"] == "backbone"
+
+
+@pytest.mark.parametrize(
+    ("argv", "needle"),
+    [
+        (
+            ["encode", "--encoder", "nope:x", "--images", "{img}", "--out", "{tmp}/r.safetensors"],
+            "torchvision:",
+        ),
+        (
+            [
+                "encode",
+                "--encoder",
+                "pixels:2",
+                "--images",
+                "{tmp}/missing.jpg",
+                "--out",
+                "{tmp}/r.safetensors",
+            ],
+            "image not found",
+        ),
+        (
+            ["encode", "--encoder", "pixels:2", "--images", "{bad}", "--out", "{tmp}/r.safetensors"],
+            "cannot read image",
+        ),
+        (
+            ["encode", "--encoder", "pixels:2", "--images", "{empty}", "--out", "{tmp}/r.safetensors"],
+            "no images in",
+        ),
+        (["train", "--data", "{empty}", "--encoder", "pixels:2", "--out", "{tmp}/run"], "no images in"),
+        (
+            [
+                "train",
+                "--data",
+                "{imgdir}",
+                "--encoder",
+                "pixels:2",
+                "--preset",
+                "tiny",
+                "--cond-drop",
+                "1.5",
+                "--out",
+                "{tmp}/run",
+            ],
+            "--cond-drop",
+        ),
+        (["sample", "--model", "{tmp}/nothing", "--images", "{img}", "--out", "{tmp}/o"], "no model at"),
+        (
+            ["sample", "--model", "{run}", "--images", "{img}", "--encoder", "pixels:4", "--out", "{tmp}/o"],
+            "expects 64-d",
+        ),
+        (
+            [
+                "sample",
+                "--model",
+                "{run}",
+                "--images",
+                "{img}",
+                "--encoder",
+                "cifar-resnet56:{r56}",
+                "--out",
+                "{tmp}/o",
+            ],
+            "trained on encoder",
+        ),
+        (
+            ["sample", "--model", "{run}", "--images", "{img}", "--guidance", "3", "--out", "{tmp}/o"],
+            "cond-drop",
+        ),
+        (
+            ["sample", "--model", "{run}", "--images", "{img}", "--num-samples", "0", "--out", "{tmp}/o"],
+            "--num-samples",
+        ),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_2(
+    argv, needle, tiny_run, few_images, resnet56_path, tmp_path, capsys
+):
+    bad = tmp_path / "bad.jpg"
+    bad.write_bytes(b"\x00not an image")
+    (tmp_path / "empty").mkdir()
+    fill = {
+        "img": str(sorted(few_images.iterdir())[0]),
+        "imgdir": str(few_images),
+        "bad": str(bad),
+        "empty": str(tmp_path / "empty"),
+        "tmp": str(tmp_path),
+        "run": str(tiny_run),
+        "r56": str(resnet56_path),
+    }
+    assert main([a.format(**fill) for a in argv]) == 2
+    line = error_line(capsys)
+    assert "error:" in line and needle in line, line
+
+
+def test_non_finite_loss_from_the_cli(few_images, tmp_path, capsys):
+    argv = ["train", "--data", str(few_images), "--encoder", "module:encoders_for_tests:nan_after_two",
+            "--preset", "tiny", "--image-size", "16", "--steps", "5", "--batch-size", "2", "--save-every", "2",
+            "--num-workers", "0", "--no-progress", "--out", str(tmp_path / "run")]  # fmt: skip
+    assert main(argv) == 2
+    line = error_line(capsys)
+    assert "loss became nan" in line and "step-00000002" in line
+    assert (tmp_path / "run" / "checkpoints" / "step-00000002" / "state.json").is_file()

@@ -1,0 +1,95 @@
+from __future__ import annotations
+
+import pytest
+import torch
+
+from rcdm.diffusion import SAMPLERS, GaussianDiffusion, make_scheduler, sample, sample_many, spaced_timesteps
+from rcdm.errors import RCDMError
+from rcdm.model import RCDM
+
+
+@pytest.fixture(scope="module")
+def model() -> RCDM:
+    torch.manual_seed(0)
+    m = RCDM.from_preset("tiny", representation_dim=6, sample_size=16, null_representation=True)
+    with torch.no_grad():
+        m.null_rep.normal_()
+    return m.eval()
+
+
+def test_published_respacing():
+    ts = spaced_timesteps(100)
+    assert len(ts) == 100 and ts[0] == 999 and ts[-1] == 0 and ts[-2] == 10 and ts[1] == 989
+
+
+@pytest.mark.parametrize("sampler", SAMPLERS)
+def test_samplers_shape_range_and_seeds(model, sampler):
+    reps = torch.randn(2, 6)
+    a = sample(model, reps, steps=4, sampler=sampler, seed=1)
+    b = sample(model, reps, steps=4, sampler=sampler, seed=1)
+    c = sample(model, reps, steps=4, sampler=sampler, seed=2)
+    assert a.shape == (2, 3, 16, 16) and a.min() >= 0 and a.max() <= 1
+    assert torch.equal(a, b)
+    assert not torch.allclose(a, c)
+
+
+@pytest.mark.parametrize("sampler", SAMPLERS)
+def test_batching_never_changes_a_sample(model, sampler):
+    reps = torch.randn(2, 6)
+    whole = sample_many(model, reps, 3, batch_size=6, steps=3, sampler=sampler, seed=5)
+    split = sample_many(model, reps, 3, batch_size=4, steps=3, sampler=sampler, seed=5)
+    assert whole.shape == (2, 3, 3, 16, 16)
+    assert torch.allclose(whole, split, atol=1e-3)  # float noise only; another seed differs by ~0.5
+
+
+def test_ddpm_uses_the_learned_variance(model):
+    sched = make_scheduler("ddpm", True)
+    assert sched.config.variance_type == "learned_range" and sched.config.clip_sample
+    assert make_scheduler("ddpm", False).config.variance_type == "fixed_small"
+
+
+def test_guidance(model):
+    reps = torch.randn(1, 6)
+    plain = sample(model, reps, steps=3, sampler="ddim", seed=0)
+    guided = sample(model, reps, steps=3, sampler="ddim", seed=0, guidance=3.0)
+    assert not torch.allclose(plain, guided)
+    no_null = RCDM.from_preset("tiny", representation_dim=6, sample_size=16)
+    with pytest.raises(RCDMError, match="cond-drop"):
+        sample(no_null, reps, steps=2, guidance=2.0)
+
+
+def test_bad_sampler_arguments(model):
+    with pytest.raises(RCDMError, match="unknown sampler"):
+        sample(model, torch.randn(1, 6), sampler="euler")
+    with pytest.raises(RCDMError, match="out of range"):
+        sample(model, torch.randn(1, 6), steps=0 or -1)
+
+
+def test_losses_hybrid_and_simple(model):
+    d = GaussianDiffusion()
+    x0 = torch.rand(4, 3, 16, 16) * 2 - 1
+    reps = torch.randn(4, 6)
+    g = lambda: torch.Generator().manual_seed(3)  # noqa: E731
+    hybrid = d.losses(model, x0, reps, "hybrid", g())
+    simple = d.losses(model, x0, reps, "simple", g())
+    assert hybrid.shape == (4,) and torch.isfinite(hybrid).all()
+    assert (hybrid >= simple - 1e-6).all()  # the VLB term is a KL / NLL: never negative
+    # The VLB term trains only the variance channels: the epsilon channels get no gradient from it.
+    out = torch.zeros(4, 6, 16, 16, requires_grad=True)
+    t = torch.tensor([0, 5, 500, 999])
+    xt = d.q_sample(x0, t, torch.randn_like(x0))
+    d.vb_term(out, x0, xt, t).sum().backward()
+    assert out.grad[:, :3].abs().sum() == 0 and out.grad[:, 3:].abs().sum() > 0
+
+
+def test_vb_term_is_minimised_by_the_true_posterior_variance():
+    d = GaussianDiffusion()
+    x0 = torch.rand(2, 3, 8, 8) * 2 - 1
+    t = torch.tensor([5, 20])  # early steps, where beta_t and the posterior variance differ most
+    noise = torch.randn_like(x0)
+    xt = d.q_sample(x0, t, noise)
+    # Perfect epsilon, variance fraction -1 -> posterior variance: KL = 0.
+    out = torch.cat([noise, -torch.ones_like(noise)], dim=1)
+    assert d.vb_term(out, x0, xt, t).abs().max() < 1e-4
+    worse = torch.cat([noise, torch.ones_like(noise)], dim=1)
+    assert (d.vb_term(worse, x0, xt, t) > 1e-4).all()

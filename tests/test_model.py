@@ -1,0 +1,92 @@
+from __future__ import annotations
+
+import pytest
+import torch
+
+from rcdm.errors import RCDMError
+from rcdm.model import PRESETS, RCDM, check_encoder
+
+
+def tiny(**kw) -> RCDM:
+    torch.manual_seed(0)
+    return RCDM.from_preset("tiny", representation_dim=10, sample_size=16, **kw)
+
+
+def test_forward_shapes_and_conditioning():
+    m = tiny()
+    x, t = torch.randn(3, 3, 16, 16), torch.tensor([0, 10, 999])
+    a = m(x, t, torch.randn(3, 10))
+    assert a.shape == (3, 6, 16, 16)
+    assert m(x, 5, torch.randn(3, 10)).shape == (3, 6, 16, 16)  # scalar timestep
+    assert (
+        RCDM.from_preset("tiny", 10, learned_variance=False)(
+            torch.randn(1, 3, 32, 32), 1, torch.randn(1, 10)
+        ).shape[1]
+        == 3
+    )
+    # The representation reaches the output (it is added to the time embedding).
+    with torch.no_grad():
+        m.rep_proj.weight.normal_()
+    r = torch.randn(3, 10)
+    assert not torch.allclose(m(x, t, r), m(x, t, r + 1))
+
+
+def test_save_load_round_trip(tmp_path):
+    m = tiny(encoder="pixels:1", encoder_identity="pixels:1", feature="backbone")
+    x, t, r = torch.randn(2, 3, 16, 16), torch.tensor([3, 500]), torch.randn(2, 10)
+    m.save_pretrained(tmp_path / "m")
+    assert (tmp_path / "m" / "diffusion_pytorch_model.safetensors").is_file()
+    back = RCDM.from_pretrained(tmp_path / "m")
+    assert back.config.encoder == "pixels:1" and back.config.attention_num_heads == 2
+    saved, loaded = m.state_dict(), back.state_dict()
+    assert saved.keys() == loaded.keys() and all(torch.equal(saved[k], loaded[k]) for k in saved)
+    with torch.no_grad():
+        assert torch.allclose(m(x, t, r), back(x, t, r), atol=1e-5)
+
+
+def test_published_network_size_and_heads():
+    m = RCDM.from_preset("adm128", representation_dim=2048)
+    assert sum(p.numel() for p in m.parameters()) == 422_603_782
+    from diffusers.models.attention_processor import Attention
+
+    attns = [a for a in m.modules() if isinstance(a, Attention)]
+    assert attns and all(a.heads == 4 and a.scale == (a.inner_dim // 4) ** -0.5 for a in attns)
+    assert {a.inner_dim // a.heads for a in attns} == {128, 192, 256}
+
+
+def test_cifar32_fits_the_demo_bundle():
+    n = sum(p.numel() for p in RCDM.from_preset("cifar32", representation_dim=512).parameters())
+    assert 5e6 <= n <= 10e6
+    assert set(PRESETS) >= {"tiny", "cifar32", "adm128"}
+
+
+def test_wrong_representation_dim_is_refused():
+    m = tiny()
+    with pytest.raises(RCDMError, match=r"expects \(batch, 10\)"):
+        m(torch.randn(1, 3, 16, 16), 1, torch.randn(1, 11))
+
+
+def test_null_representation_and_drop():
+    m = tiny(null_representation=True)
+    x = torch.randn(2, 3, 16, 16)
+    with torch.no_grad():
+        m.null_rep.normal_()
+        m.rep_proj.weight.normal_()
+        r = torch.randn(2, 10)
+        dropped = m(x, 7, r, drop=torch.tensor([True, False]))
+        assert torch.allclose(dropped[0], m(x[:1], 7, None)[0], atol=1e-5)
+        assert torch.allclose(dropped[1], m(x[1:], 7, r[1:])[0], atol=1e-5)
+    with pytest.raises(RCDMError, match="condition dropout"):
+        tiny()(x, 7, None)
+
+
+def test_check_encoder_refuses_another_encoder():
+    m = tiny(encoder="a", encoder_identity="a@sha256:1", feature="backbone")
+    ok = {"encoder": "a", "encoder_identity": "a@sha256:1", "feature": "backbone", "representation_dim": 10}
+    check_encoder(m, ok)
+    with pytest.raises(RCDMError, match="trained on encoder"):
+        check_encoder(m, {**ok, "encoder_identity": "b@sha256:2", "encoder": "b"})
+    with pytest.raises(RCDMError, match="expects 10-d"):
+        check_encoder(m, {**ok, "representation_dim": 11})
+    with pytest.raises(RCDMError, match="--feature backbone"):
+        check_encoder(m, {**ok, "feature": "projector"})
