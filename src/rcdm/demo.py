@@ -70,7 +70,9 @@ def run_demo(
     t1 = time.perf_counter()
     model = load_model(run)
     enc = encoder_for(model)
-    vis = visualize(model, enc, images, num_samples=num_samples, sampler="ddpm", steps=50, seed=0, progress=progress)
+    vis = visualize(
+        model, enc, images, num_samples=num_samples, sampler="ddpm", steps=50, seed=0, progress=progress
+    )
     t2 = time.perf_counter()
     save_visualization(vis, out / "samples")
     # Faithfulness: is each sample's own representation nearest to its source image's?
@@ -98,7 +100,9 @@ def run_demo(
         "chance": 1 / len(images),
     }
     (out / "results.json").write_text(json.dumps(numbers, indent=2))
-    rows = "".join(f"<tr><td>{html.escape(k)}</td><td>{html.escape(str(v))}</td></tr>" for k, v in numbers.items())
+    rows = "".join(
+        f"<tr><td>{html.escape(k)}</td><td>{html.escape(str(v))}</td></tr>" for k, v in numbers.items()
+    )
     page = html_page(
         "rcdm demo (smoke scale)",
         [

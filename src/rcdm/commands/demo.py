@@ -10,7 +10,9 @@ from ..demo import DEMO_ENCODER, run_demo
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("demo", help="offline demo: a smoke-scale model on bundled images -> OUT/index.html")
     p.add_argument("--out", default="demo-out")
-    p.add_argument("--encoder", default=DEMO_ENCODER, help=f"encoder spec (default {DEMO_ENCODER}: no weights)")
+    p.add_argument(
+        "--encoder", default=DEMO_ENCODER, help=f"encoder spec (default {DEMO_ENCODER}: no weights)"
+    )
     p.add_argument("--steps", type=int, default=800, help="training steps of the smoke-scale model")
     p.set_defaults(func=run)
 
