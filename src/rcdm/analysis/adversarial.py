@@ -1,0 +1,279 @@
+"""Adversarial robustness: PGD on the input pushes the representation, and samples show what it became
+(the paper's finding 3: samples from an attacked supervised representation drift to another class; SSL ones stay).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from tqdm.auto import tqdm
+
+from ..data import resize
+from ..diffusion import Sampler
+from ..encoders import Encoder
+from ..errors import RCDMError
+from ..figures import grid
+from ..model import RCDM
+from ..visualize import encode, load_views
+from ._common import fmt, image_paths, number, sample_shared_noise, typical_distance
+
+Attack = Literal["untargeted", "targeted", "label"]
+ATTACKS: tuple[str, ...] = ("untargeted", "targeted", "label")
+
+
+def _autocast(device: torch.device) -> contextlib.AbstractContextManager:
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def pgd(
+    encoder: Encoder,
+    images: torch.Tensor,
+    *,
+    attack: Attack = "untargeted",
+    eps: float = 4 / 255,
+    steps: int = 10,
+    step_size: float | None = None,  # None: 2.5 * eps / steps (Madry et al. 2018)
+    targets: torch.Tensor | None = None,
+    random_start: bool = True,
+    seed: int = 0,
+    batch_size: int = 64,
+    progress: bool = False,
+) -> torch.Tensor:
+    """L-infinity PGD (Madry et al. 2018): x_{k+1} = clip_{x, eps}(x_k + step_size * sign(grad loss)).
+
+    images: (B, 3, H, W) in [0, 1] at the encoder's input size. Loss maximised per attack:
+    'untargeted' ||rep(x') - rep(x)||^2; 'targeted' -||rep(x') - rep(target)||^2 with targets (B, 3, H, W);
+    'label' cross-entropy of the encoder's classifier against its clean prediction.
+    Returns (B, 3, H, W) in [0, 1] with |x' - x| <= eps everywhere, on the CPU.
+    """
+    if attack not in ATTACKS:
+        raise RCDMError(f"unknown attack {attack!r}: choose one of {', '.join(ATTACKS)}")
+    if not eps > 0 or steps < 1:
+        raise RCDMError(f"PGD needs eps > 0 and steps >= 1; got eps={eps}, steps={steps}")
+    if attack == "targeted" and (targets is None or targets.shape != images.shape):
+        raise RCDMError("a targeted attack needs one target image per image: pass --target IMG or 2+ images")
+    if attack == "label" and encoder.classifier is None:
+        raise RCDMError(f"encoder {encoder.spec!r} has no classifier: use --attack untargeted or targeted")
+    step_size = step_size if step_size is not None else 2.5 * eps / steps
+    device = encoder.device
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    chunks = list(range(0, images.shape[0], batch_size))
+    bar = tqdm(total=len(chunks) * steps, disable=not progress, desc=f"PGD {attack}")
+    for s in chunks:
+        x = images[s : s + batch_size].float()
+        start = (torch.rand(x.shape, generator=g) * 2 - 1) * eps if random_start else torch.zeros_like(x)
+        x, delta = x.to(device), start.to(device)
+        with torch.no_grad(), _autocast(device):
+            if attack == "untargeted":
+                anchor = encoder(x).float()
+            elif attack == "targeted":
+                assert targets is not None
+                anchor = encoder(targets[s : s + batch_size].float().to(device)).float()
+            else:
+                anchor = encoder.logits(x).float().argmax(-1)
+        delta = ((x + delta).clamp(0, 1) - x).detach()
+        for _ in range(steps):
+            delta.requires_grad_(True)
+            with _autocast(device):
+                xa = x + delta
+                if attack == "label":
+                    loss = F.cross_entropy(encoder.logits(xa).float(), anchor, reduction="sum")
+                else:
+                    dist = (encoder(xa).float() - anchor).pow(2).sum()
+                    loss = dist if attack == "untargeted" else -dist
+            (grad,) = torch.autograd.grad(loss, delta)
+            with torch.no_grad():
+                delta = (delta + step_size * grad.sign()).clamp(-eps, eps)
+                delta = ((x + delta).clamp(0, 1) - x).detach()
+            bar.update()
+        out.append((x + delta).detach().cpu())
+    bar.close()
+    return torch.cat(out)
+
+
+@dataclass
+class AdversarialResult:
+    """M images, N samples each, images in [0, 1].
+
+    originals / attacked (M, 3, S, S) (the attacked encoder view, resized for display); clean_samples /
+    adv_samples (M, N, 3, S, S); shift (M,) = ||rep(x') - rep(x)||, relative_shift = shift / typical distance
+    between the images' representations; cosine (M,) = cos(rep(x'), rep(x)); clean_labels / adv_labels (M,)
+    the classifier's predictions (None without a classifier); linf (M,) the perturbation's max |x' - x|.
+    """
+
+    label: str
+    names: list[str]
+    attack: str
+    eps: float
+    originals: torch.Tensor
+    attacked: torch.Tensor
+    clean_samples: torch.Tensor
+    adv_samples: torch.Tensor
+    shift: torch.Tensor
+    relative_shift: torch.Tensor
+    cosine: torch.Tensor
+    linf: torch.Tensor
+    clean_labels: torch.Tensor | None
+    adv_labels: torch.Tensor | None
+    settings: dict = field(default_factory=dict)
+
+    @property
+    def label_flip_rate(self) -> float:
+        """Fraction of images whose predicted class changed (NaN without a classifier)."""
+        if self.clean_labels is None or self.adv_labels is None:
+            return math.nan
+        return float((self.clean_labels != self.adv_labels).float().mean())
+
+    def summary(self) -> dict:
+        return {
+            "label": self.label,
+            "attack": self.attack,
+            "eps": self.eps,
+            "relative_shift": number(self.relative_shift.mean()),
+            "shift": number(self.shift.mean()),
+            "cosine_to_clean": number(self.cosine.mean()),
+            "label_flip_rate": number(self.label_flip_rate),
+            "per_image": {
+                n: {
+                    "shift": number(self.shift[i]),
+                    "relative_shift": number(self.relative_shift[i]),
+                    "cosine_to_clean": number(self.cosine[i]),
+                    "linf": number(self.linf[i]),
+                    "clean_label": None if self.clean_labels is None else int(self.clean_labels[i]),
+                    "adv_label": None if self.adv_labels is None else int(self.adv_labels[i]),
+                }
+                for i, n in enumerate(self.names)
+            },
+            "settings": self.settings,
+        }
+
+
+def adversarial(
+    model: RCDM,
+    encoder: Encoder,
+    images: Sequence[str | Path],
+    *,
+    attack: Attack = "untargeted",
+    eps: float = 4 / 255,
+    pgd_steps: int = 10,
+    step_size: float | None = None,
+    targets: Sequence[str | Path] | None = None,
+    num_samples: int = 4,
+    steps: int | None = None,
+    sampler: Sampler = "dpm++",
+    seed: int = 0,
+    guidance: float = 1.0,
+    batch_size: int = 64,
+    label: str | None = None,
+    progress: bool = False,
+) -> AdversarialResult:
+    """Attack each image's representation with PGD and sample from the clean and attacked representations.
+
+    Targeted attacks aim at `targets` (one file, or one per image); by default image i aims at image i + 1.
+    """
+    paths = image_paths(images, 2 if attack == "targeted" and not targets else 1, "a targeted attack")
+    size, enc_size = model.config.sample_size, encoder.preprocessing.input_size
+    originals, enc_views = load_views(paths, size, enc_size)
+    m = originals.shape[0]
+    target_views = None
+    if attack == "targeted":
+        if targets:
+            tpaths = image_paths(targets)
+            if len(tpaths) not in (1, m):
+                raise RCDMError(
+                    f"got {len(tpaths)} targets for {m} images: pass one target, or one per image"
+                )
+            target_views = load_views(tpaths, size, enc_size)[1].expand(m, -1, -1, -1).contiguous()
+        else:
+            target_views = enc_views.roll(-1, dims=0)
+    adv = pgd(
+        encoder,
+        enc_views,
+        attack=attack,
+        eps=eps,
+        steps=pgd_steps,
+        step_size=step_size,
+        targets=target_views,
+        seed=seed,
+        batch_size=batch_size,
+        progress=progress,
+    )
+    reps, adv_reps = encode(encoder, enc_views), encode(encoder, adv)
+    samples = sample_shared_noise(
+        model,
+        torch.cat([reps, adv_reps]),
+        num_samples,
+        seed=seed,
+        steps=steps,
+        sampler=sampler,
+        guidance=guidance,
+        batch_size=batch_size,
+        progress=progress,
+        desc="adversarial",
+    )
+    clean_labels = adv_labels = None
+    if encoder.classifier is not None:
+        with torch.no_grad():
+            dev = encoder.device
+            clean_labels = encoder.logits(enc_views.to(dev)).argmax(-1).cpu()
+            adv_labels = encoder.logits(adv.to(dev)).argmax(-1).cpu()
+    shift = (adv_reps - reps).norm(dim=-1)
+    typical = typical_distance(reps)
+    return AdversarialResult(
+        label=label or f"{encoder.spec} ({encoder.feature})",
+        names=[Path(p).stem for p in paths],
+        attack=attack,
+        eps=eps,
+        originals=originals,
+        attacked=resize(adv, size),
+        clean_samples=samples[:m],
+        adv_samples=samples[m:],
+        shift=shift,
+        relative_shift=shift / typical if math.isfinite(typical) else torch.full_like(shift, math.nan),
+        cosine=F.cosine_similarity(adv_reps, reps, dim=-1),
+        linf=(adv - enc_views).abs().flatten(1).amax(1),
+        clean_labels=clean_labels,
+        adv_labels=adv_labels,
+        settings=dict(
+            pgd_steps=pgd_steps,
+            step_size=step_size if step_size is not None else 2.5 * eps / pgd_steps,
+            num_samples=num_samples,
+            steps=steps,
+            sampler=sampler,
+            seed=seed,
+        ),
+    )
+
+
+def adversarial_figure(results: Sequence[AdversarialResult]) -> Image.Image:
+    """Per image (and per result when comparing): the clean row, then the attacked row with its numbers."""
+    rows, labels = [], []
+    many = len(results) > 1
+    first = results[0]
+    for i, name in enumerate(first.names):
+        for k, res in enumerate(results):
+            tag = f"[{k}] " if many else ""
+            cl = "" if res.clean_labels is None else f" y={int(res.clean_labels[i])}"
+            al = "" if res.adv_labels is None else f" y={int(res.adv_labels[i])}"
+            rows.append([res.originals[i], *res.clean_samples[i]])
+            labels.append(f"{tag}{name} clean{cl}")
+            rows.append([res.attacked[i], *res.adv_samples[i]])
+            labels.append(
+                f"{tag}attacked d={fmt(float(res.relative_shift[i]))} cos={fmt(float(res.cosine[i]))}{al}"
+            )
+    cols = ["input"] + [f"sample {j}" for j in range(first.clean_samples.shape[1])]
+    title = f"{first.attack} PGD, eps={first.eps * 255:.1f}/255: " + " vs ".join(
+        f"[{k}] {r.label}" if many else r.label for k, r in enumerate(results)
+    )
+    return grid(rows, row_labels=labels, col_labels=cols, title=title)

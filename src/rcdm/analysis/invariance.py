@@ -1,0 +1,272 @@
+"""Invariance: samples from rep(aug(x)) beside samples from rep(x), with a representation shift and a
+retention score per augmentation (the paper's findings 1 and 2: backbones keep augmentations, projectors less).
+
+Retention (docs/analysis.md): with S the samples of rep(x), S' those of rep(aug x), T the augmentation with the
+parameters used on x, and f a per-augmentation image statistic averaged over samples,
+    retention = clip(<f(S') - f(S), f(T S) - f(S)> / ||f(T S) - f(S)||^2, 0, 1)
+i.e. how far the samples moved from the clean samples toward "the clean samples, augmented": 1 = fully
+retained, 0 = not retained (invariant). NaN when the augmentation does not change f (e.g. greying a grey image).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from tqdm.auto import tqdm
+
+from ..diffusion import Sampler
+from ..encoders import Encoder
+from ..figures import grid
+from ..model import RCDM
+from ..visualize import encode, load_views
+from ._common import fmt, image_paths, number, sample_shared_noise, typical_distance
+from .augment import augment, get_augmentation, parse_augmentations
+
+_LUMA = torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)
+
+
+def luma(x: torch.Tensor) -> torch.Tensor:
+    """(N, 3, H, W) in [0, 1] -> (N, 1, H, W) Rec. 601 luma."""
+    return (x * _LUMA.to(x)).sum(1, keepdim=True)
+
+
+def saturation(x: torch.Tensor) -> torch.Tensor:
+    """(N, 3, H, W) in [0, 1] -> (N, H, W) HSV saturation (max - min) / max, 0 for black pixels."""
+    mx, mn = x.amax(1), x.amin(1)
+    return torch.where(mx > 1e-6, (mx - mn) / mx.clamp_min(1e-6), torch.zeros_like(mx))
+
+
+def _stat_saturation(x: torch.Tensor, ref: torch.Tensor, tref: torch.Tensor) -> torch.Tensor:
+    return saturation(x).mean((1, 2)).unsqueeze(1)
+
+
+def _stat_colour(x: torch.Tensor, ref: torch.Tensor, tref: torch.Tensor) -> torch.Tensor:
+    y = luma(x).flatten(1)
+    sat = saturation(x).flatten(1)
+    r, g, b = x.flatten(2).unbind(1)
+    hue = torch.atan2(math.sqrt(3) * (g - b), 2 * r - g - b)  # hue angle, weighted by saturation below
+    w = sat / sat.sum(1, keepdim=True).clamp_min(1e-6)
+    return torch.stack(
+        [y.mean(1), y.std(1), sat.mean(1), (w * hue.cos()).sum(1), (w * hue.sin()).sum(1)], dim=1
+    )
+
+
+def _stat_sharpness(x: torch.Tensor, ref: torch.Tensor, tref: torch.Tensor) -> torch.Tensor:
+    k = torch.tensor([[0.0, 1.0, 0.0], [1.0, -4.0, 1.0], [0.0, 1.0, 0.0]]).view(1, 1, 3, 3).to(x)
+    lap = F.conv2d(F.pad(luma(x), (1, 1, 1, 1), mode="replicate"), k)
+    return lap.abs().mean((1, 2, 3)).unsqueeze(1)
+
+
+def _stat_histogram(x: torch.Tensor, ref: torch.Tensor, tref: torch.Tensor) -> torch.Tensor:
+    bins = (x.clamp(0, 1) * 8).long().clamp(max=7).flatten(1)
+    return F.one_hot(bins, 8).float().mean(1)
+
+
+def _structure(x: torch.Tensor) -> torch.Tensor:
+    """(N, 3, H, W) -> (N, 64): 8 x 8 luma, each image standardised (layout only, not colour or contrast)."""
+    y = F.adaptive_avg_pool2d(luma(x), 8).flatten(1)
+    return (y - y.mean(1, keepdim=True)) / y.std(1, keepdim=True).clamp_min(1e-6)
+
+
+def _stat_geometry(x: torch.Tensor, ref: torch.Tensor, tref: torch.Tensor) -> torch.Tensor:
+    """Position of each image on the segment from ref (0) to tref (1), on the 8 x 8 standardised luma."""
+    a, b, s = _structure(ref[None]), _structure(tref[None]), _structure(x)
+    d = b - a
+    return ((s - a) * d).sum(1, keepdim=True) / (d * d).sum().clamp_min(1e-8)
+
+
+STATISTICS: dict[str, Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]] = {
+    "saturation": _stat_saturation,
+    "colour": _stat_colour,
+    "sharpness": _stat_sharpness,
+    "histogram": _stat_histogram,
+    "geometry": _stat_geometry,
+}
+
+
+def retention_score(
+    statistic: str,
+    clean_samples: torch.Tensor,
+    aug_samples: torch.Tensor,
+    augmented_clean_samples: torch.Tensor,
+    original: torch.Tensor,
+    augmented_original: torch.Tensor,
+) -> float:
+    """The retention score in [0, 1] (module docstring); NaN when the augmentation leaves the statistic unchanged.
+
+    clean_samples S, aug_samples S', augmented_clean_samples T(S): (N, 3, H, W) in [0, 1];
+    original x and augmented_original T(x): (3, H, W) in [0, 1] (the reference segment for 'geometry').
+    """
+    f = STATISTICS[statistic]
+    fs = f(clean_samples.float(), original, augmented_original).mean(0)
+    fa = f(aug_samples.float(), original, augmented_original).mean(0)
+    ft = f(augmented_clean_samples.float(), original, augmented_original).mean(0)
+    delta = ft - fs
+    norm2 = float((delta * delta).sum())
+    if norm2 < 1e-8:
+        return math.nan
+    return min(1.0, max(0.0, float(((fa - fs) * delta).sum()) / norm2))
+
+
+@dataclass
+class InvarianceResult:
+    """Images in [0, 1]. M images, A augmentations, N samples each.
+
+    originals (M, 3, S, S); augmented (A, M, 3, S, S); clean_samples (M, N, 3, S, S);
+    aug_samples (A, M, N, 3, S, S); shift (A, M) = ||rep(aug x) - rep(x)||; relative_shift = shift / typical
+    distance between the images' representations (NaN with one image); retention (A, M) in [0, 1] or NaN.
+    """
+
+    label: str
+    names: list[str]
+    augmentations: list[tuple[str, float]]
+    originals: torch.Tensor
+    augmented: torch.Tensor
+    clean_samples: torch.Tensor
+    aug_samples: torch.Tensor
+    shift: torch.Tensor
+    relative_shift: torch.Tensor
+    retention: torch.Tensor
+    typical_distance: float
+    settings: dict = field(default_factory=dict)
+
+    def summary(self) -> dict:
+        """JSON-ready numbers: per augmentation the means over images and the per-image values."""
+        rows = []
+        for a, (name, strength) in enumerate(self.augmentations):
+            ret = self.retention[a]
+            finite = ret[torch.isfinite(ret)]
+            rows.append(
+                {
+                    "augmentation": name,
+                    "strength": strength,
+                    "relative_shift": number(self.relative_shift[a].mean()),
+                    "shift": number(self.shift[a].mean()),
+                    "retention": number(finite.mean()) if finite.numel() else None,
+                    "per_image": {
+                        n: {
+                            "shift": number(self.shift[a, i]),
+                            "relative_shift": number(self.relative_shift[a, i]),
+                            "retention": number(ret[i]),
+                        }
+                        for i, n in enumerate(self.names)
+                    },
+                }
+            )
+        return {
+            "label": self.label,
+            "images": self.names,
+            "typical_distance": number(self.typical_distance),
+            "augmentations": rows,
+            "settings": self.settings,
+        }
+
+
+def invariance(
+    model: RCDM,
+    encoder: Encoder,
+    images: Sequence[str | Path],
+    *,
+    augmentations: Sequence[str] | None = None,
+    num_samples: int = 4,
+    steps: int | None = None,
+    sampler: Sampler = "dpm++",
+    seed: int = 0,
+    guidance: float = 1.0,
+    batch_size: int = 64,
+    label: str | None = None,
+    progress: bool = False,
+) -> InvarianceResult:
+    """Samples from rep(aug x) and rep(x) for each image and augmentation ('NAME' or 'NAME=STRENGTH').
+
+    Augmentation a on image i draws its parameters from seed (seed, a, i), identically on the diffusion view,
+    the encoder view and (for the retention score) on the clean samples. All samples of column j share noise.
+    """
+    augs = parse_augmentations(list(augmentations) if augmentations else None)
+    paths = image_paths(images)
+    size = model.config.sample_size
+    originals, enc_views = load_views(paths, size, encoder.preprocessing.input_size)
+    m, n_aug = originals.shape[0], len(augs)
+    aug_seed = [[seed * 1_000_003 + 7919 * (a + 1) + i for i in range(m)] for a in range(n_aug)]
+    augmented = torch.stack(
+        [
+            torch.cat([augment(originals[i : i + 1], name, s, seed=aug_seed[a][i]) for i in range(m)])
+            for a, (name, s) in enumerate(augs)
+        ]
+    )
+    aug_enc = torch.cat(
+        [
+            torch.cat([augment(enc_views[i : i + 1], name, s, seed=aug_seed[a][i]) for i in range(m)])
+            for a, (name, s) in enumerate(augs)
+        ]
+    )
+    reps = encode(encoder, enc_views)
+    aug_reps = encode(encoder, aug_enc).view(n_aug, m, -1)
+    samples = sample_shared_noise(
+        model,
+        torch.cat([reps, aug_reps.flatten(0, 1)]),
+        num_samples,
+        seed=seed,
+        steps=steps,
+        sampler=sampler,
+        guidance=guidance,
+        batch_size=batch_size,
+        progress=progress,
+        desc="invariance",
+    )
+    clean, aug_samples = samples[:m], samples[m:].view(n_aug, m, *samples.shape[1:])
+    shift = (aug_reps - reps[None]).norm(dim=-1)
+    typical = typical_distance(reps)
+    retention = torch.full((n_aug, m), math.nan)
+    for a, (name, s) in enumerate(tqdm(augs, disable=not progress, desc="retention")):
+        stat = get_augmentation(name).statistic
+        for i in range(m):
+            t_clean = augment(clean[i], name, s, seed=aug_seed[a][i])
+            retention[a, i] = retention_score(
+                stat, clean[i], aug_samples[a, i], t_clean, originals[i], augmented[a, i]
+            )
+    return InvarianceResult(
+        label=label or f"{encoder.spec} ({encoder.feature})",
+        names=[Path(p).stem for p in paths],
+        augmentations=augs,
+        originals=originals,
+        augmented=augmented,
+        clean_samples=clean,
+        aug_samples=aug_samples,
+        shift=shift,
+        relative_shift=shift / typical if math.isfinite(typical) else torch.full_like(shift, math.nan),
+        retention=retention,
+        typical_distance=typical,
+        settings=dict(num_samples=num_samples, steps=steps, sampler=sampler, seed=seed, guidance=guidance),
+    )
+
+
+def invariance_figure(results: Sequence[InvarianceResult]) -> Image.Image:
+    """One grid: per image, the clean row then one row per augmentation (and per result when comparing).
+
+    Row labels carry the relative shift (d) and retention (r); column 0 is the (augmented) input.
+    """
+    rows, labels = [], []
+    many = len(results) > 1
+    first = results[0]
+    for i, name in enumerate(first.names):
+        for k, res in enumerate(results):
+            tag = f"[{k}] " if many else ""
+            rows.append([res.originals[i], *res.clean_samples[i]])
+            labels.append(f"{tag}{name}")
+            for a, (aug, _) in enumerate(res.augmentations):
+                rows.append([res.augmented[a, i], *res.aug_samples[a, i]])
+                labels.append(
+                    f"{tag}{aug} d={fmt(float(res.relative_shift[a, i]))} r={fmt(float(res.retention[a, i]))}"
+                )
+    cols = ["input"] + [f"sample {j}" for j in range(first.clean_samples.shape[1])]
+    title = "invariance: " + " vs ".join(
+        f"[{k}] {r.label}" if many else r.label for k, r in enumerate(results)
+    )
+    return grid(rows, row_labels=labels, col_labels=cols, title=title)

@@ -1,0 +1,110 @@
+"""Variance: where the samples of one representation disagree. The per-pixel standard deviation over N samples
+is what the representation leaves open; low-variance regions are what it pins down."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from PIL import Image
+
+from ..diffusion import Sampler, sample_many
+from ..encoders import Encoder
+from ..figures import grid
+from ..model import RCDM
+from ..visualize import encode, load_views
+from ._common import image_paths, number
+
+# A black -> purple -> orange -> yellow ramp (inferno-like), 5 anchors interpolated linearly.
+_RAMP = torch.tensor(
+    [[0.0, 0.0, 0.02], [0.34, 0.06, 0.43], [0.73, 0.21, 0.33], [0.98, 0.55, 0.04], [0.99, 1.0, 0.64]]
+)
+
+
+def pixel_std(samples: torch.Tensor) -> torch.Tensor:
+    """samples (..., N, 3, H, W) in [0, 1] -> (..., H, W): std over the N samples, averaged over channels."""
+    return samples.float().std(dim=-4, unbiased=False).mean(dim=-3)
+
+
+def heat_map(values: torch.Tensor, vmax: float) -> torch.Tensor:
+    """(H, W) >= 0 -> (3, H, W) in [0, 1] coloured by the ramp, 0 black, vmax (and above) yellow-white."""
+    x = (values.float() / max(vmax, 1e-8)).clamp(0, 1) * (len(_RAMP) - 1)
+    lo = x.floor().long().clamp(max=len(_RAMP) - 2)
+    frac = (x - lo)[..., None]
+    rgb = _RAMP[lo] * (1 - frac) + _RAMP[lo + 1] * frac
+    return rgb.permute(2, 0, 1)
+
+
+@dataclass
+class VarianceResult:
+    """originals (M, 3, S, S) and mean_samples (M, 3, S, S) in [0, 1]; std (M, S, S) in [0, 0.5];
+    mean_std (M,) its spatial mean (the scalar summary); samples (M, N, 3, S, S)."""
+
+    names: list[str]
+    originals: torch.Tensor
+    samples: torch.Tensor
+    mean_samples: torch.Tensor
+    std: torch.Tensor
+    mean_std: torch.Tensor
+    settings: dict = field(default_factory=dict)
+
+    def summary(self) -> dict:
+        return {
+            "mean_pixel_std": {n: number(v) for n, v in zip(self.names, self.mean_std, strict=True)},
+            "heat_map_max": number(self.std.max()),
+            "settings": self.settings,
+        }
+
+
+def variance(
+    model: RCDM,
+    encoder: Encoder,
+    images: Sequence[str | Path],
+    *,
+    num_samples: int = 8,
+    steps: int | None = None,
+    sampler: Sampler = "dpm++",
+    seed: int = 0,
+    guidance: float = 1.0,
+    batch_size: int = 64,
+    progress: bool = False,
+) -> VarianceResult:
+    """N samples per image and their per-pixel standard deviation."""
+    paths = image_paths(images)
+    originals, enc_views = load_views(paths, model.config.sample_size, encoder.preprocessing.input_size)
+    samples = sample_many(
+        model,
+        encode(encoder, enc_views),
+        num_samples,
+        batch_size=batch_size,
+        seed=seed,
+        steps=steps,
+        sampler=sampler,
+        guidance=guidance,
+        progress=progress,
+    )
+    std = pixel_std(samples)
+    return VarianceResult(
+        names=[Path(p).stem for p in paths],
+        originals=originals,
+        samples=samples,
+        mean_samples=samples.mean(1),
+        std=std,
+        mean_std=std.mean(dim=(-2, -1)),
+        settings=dict(num_samples=num_samples, steps=steps, sampler=sampler, seed=seed, guidance=guidance),
+    )
+
+
+def variance_figure(res: VarianceResult, max_samples: int = 4) -> Image.Image:
+    """Per image: original, mean sample, std heat map (one colour scale for all rows), a few samples."""
+    vmax = float(res.std.max())
+    shown = min(max_samples, res.samples.shape[1])
+    rows = [
+        [res.originals[i], res.mean_samples[i], heat_map(res.std[i], vmax), *res.samples[i, :shown]]
+        for i in range(len(res.names))
+    ]
+    labels = [f"{n} std={float(v):.3f}" for n, v in zip(res.names, res.mean_std, strict=True)]
+    cols = ["original", "mean", "pixel std", *[f"sample {j}" for j in range(shown)]]
+    return grid(rows, row_labels=labels, col_labels=cols, title=f"per-pixel std (heat map 0..{vmax:.3f})")

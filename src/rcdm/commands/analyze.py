@@ -1,0 +1,237 @@
+"""rcdm analyze NAME: the paper's analyses (invariance, adversarial, interpolate, manipulate, variance, report).
+
+Each writes OUT/figure.png (labelled rows and columns) and OUT/results.json; `report` writes OUT/index.html.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from fractions import Fraction
+from pathlib import Path
+
+from ..analysis import (
+    ATTACKS,
+    adversarial,
+    adversarial_figure,
+    interpolate,
+    interpolation_figure,
+    invariance,
+    invariance_figure,
+    list_augmentations,
+    manipulate,
+    manipulation_figure,
+    report,
+    variance,
+    variance_figure,
+)
+from ..analysis.interpolate import METHODS
+from ..data import expand_image_args
+from ..errors import RCDMError
+from ..loading import default_device, encoder_for, load_model
+from .common import add_model_args, add_sampling_args, positive
+
+
+def fraction(text: str) -> float:
+    """'4/255' or '0.0157' -> float (argparse type)."""
+    try:
+        return float(Fraction(text))
+    except (ValueError, ZeroDivisionError):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number: use e.g. 4/255 or 0.0157") from None
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    add_model_args(p)
+    p.add_argument("--images", nargs="+", required=True, help="image files or folders")
+    add_sampling_args(p, num_samples=4)
+    p.add_argument("--out", required=True, help="output folder (figure.png, results.json)")
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("analyze", help="the paper's analyses: invariance, adversarial, interpolate, ...")
+    asub = p.add_subparsers(dest="analysis", required=True, metavar="ANALYSIS")
+
+    q = asub.add_parser("invariance", help="samples from augmented images' representations (findings 1, 2)")
+    _common(q)
+    q.add_argument(
+        "--augmentations",
+        nargs="+",
+        default=None,
+        metavar="NAME[=STRENGTH]",
+        help=f"default: all of {', '.join(list_augmentations())}",
+    )
+    q.add_argument(
+        "--compare-features",
+        default=None,
+        metavar="MODEL",
+        help="a second model (e.g. the same encoder's projector) shown in the same figure and table",
+    )
+    q.set_defaults(func=run_invariance)
+
+    q = asub.add_parser(
+        "adversarial", help="PGD on the input, samples from the attacked representation (finding 3)"
+    )
+    _common(q)
+    q.add_argument("--attack", choices=ATTACKS, default="untargeted")
+    q.add_argument("--eps", type=fraction, default=4 / 255, help="L-infinity radius (default 4/255)")
+    q.add_argument("--pgd-steps", type=int, default=10)
+    q.add_argument("--step-size", type=fraction, default=None, help="default 2.5 * eps / pgd-steps")
+    q.add_argument(
+        "--target", nargs="+", default=None, help="targeted attack: target image(s); default next image"
+    )
+    q.add_argument("--compare", default=None, metavar="MODEL", help="a second model (e.g. supervised vs SSL)")
+    q.set_defaults(func=run_adversarial)
+
+    q = asub.add_parser("interpolate", help="mix the first two images' representations (finding 4)")
+    _common(q)
+    q.add_argument("--num-steps", type=int, default=7, help="number of t values in [0, 1]")
+    q.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
+    q.set_defaults(func=run_interpolate)
+
+    q = asub.add_parser("manipulate", help="zero or transfer the dimensions common to nearest neighbours")
+    _common(q)
+    _manipulate_args(q, required=True)
+    q.set_defaults(func=run_manipulate)
+
+    q = asub.add_parser("variance", help="per-pixel std over samples of one representation")
+    _common(q)
+    q.set_defaults(func=run_variance)
+
+    q = asub.add_parser("report", help="every analysis in one offline index.html")
+    _common(q)
+    _manipulate_args(q, required=False)
+    q.add_argument("--augmentations", nargs="+", default=None, metavar="NAME[=STRENGTH]")
+    q.add_argument("--eps", type=fraction, default=4 / 255)
+    q.add_argument("--pgd-steps", type=int, default=10)
+    q.set_defaults(func=run_report)
+
+
+def _manipulate_args(q: argparse.ArgumentParser, required: bool) -> None:
+    q.add_argument("--neighbours", required=required, help="folder of images to search neighbours in")
+    q.add_argument("--target", required=required, help="image whose common dimensions are copied")
+    q.add_argument("--k", type=int, default=20, help="nearest neighbours (default 20)")
+    q.add_argument("--n-common", type=int, default=14, help="common = non-zero in more than this many (14)")
+    q.add_argument("--threshold", type=float, default=0.0, help="'non-zero' means > threshold (default 0)")
+    q.add_argument("--cache", default=None, help="folder to cache the neighbour folder's representations in")
+
+
+def _setup(args: argparse.Namespace, model_source: str | None = None, own_encoder: bool = False):
+    positive("--num-samples", args.num_samples)
+    device = args.device or default_device()
+    model = load_model(
+        model_source or args.model, weights=None if model_source else args.weights, device=device
+    )
+    encoder = encoder_for(model, None if own_encoder else args.encoder, None if own_encoder else args.feature)
+    return model, encoder.to(device)
+
+
+def _sampling(args: argparse.Namespace) -> dict:
+    return dict(
+        num_samples=args.num_samples,
+        steps=args.steps,
+        sampler=args.sampler,
+        seed=args.seed,
+        guidance=args.guidance,
+        batch_size=args.batch_size,
+        progress=True,
+    )
+
+
+def _write(args: argparse.Namespace, figure, results: dict) -> int:
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    figure.save(out / "figure.png")
+    results = {"analysis": args.analysis, "model": args.model, **results}
+    (out / "results.json").write_text(json.dumps(results, indent=2))
+    print(f"wrote {out / 'figure.png'} and {out / 'results.json'}")
+    return 0
+
+
+def run_invariance(args: argparse.Namespace) -> int:
+    paths = expand_image_args(args.images)
+    model, encoder = _setup(args)
+    runs = [invariance(model, encoder, paths, augmentations=args.augmentations, **_sampling(args))]
+    if args.compare_features:
+        model2, encoder2 = _setup(args, args.compare_features, own_encoder=True)
+        label = f"{args.compare_features}: {encoder2.spec} ({encoder2.feature})"
+        runs.append(
+            invariance(
+                model2, encoder2, paths, augmentations=args.augmentations, label=label, **_sampling(args)
+            )
+        )
+    return _write(args, invariance_figure(runs), {"results": [r.summary() for r in runs]})
+
+
+def run_adversarial(args: argparse.Namespace) -> int:
+    positive("--pgd-steps", args.pgd_steps)
+    paths = expand_image_args(args.images)
+    attack = dict(attack=args.attack, eps=args.eps, pgd_steps=args.pgd_steps, step_size=args.step_size)
+    targets = expand_image_args(args.target) if args.target else None
+    model, encoder = _setup(args)
+    runs = [adversarial(model, encoder, paths, targets=targets, **attack, **_sampling(args))]
+    if args.compare:
+        model2, encoder2 = _setup(args, args.compare, own_encoder=True)
+        label = f"{args.compare}: {encoder2.spec} ({encoder2.feature})"
+        runs.append(
+            adversarial(model2, encoder2, paths, targets=targets, label=label, **attack, **_sampling(args))
+        )
+    return _write(args, adversarial_figure(runs), {"results": [r.summary() for r in runs]})
+
+
+def run_interpolate(args: argparse.Namespace) -> int:
+    paths = expand_image_args(args.images)
+    if len(paths) < 2:
+        raise RCDMError(f"interpolate needs two images but got {len(paths)}: pass --images A B")
+    model, encoder = _setup(args)
+    res = interpolate(
+        model, encoder, paths[:2], num_steps=args.num_steps, methods=args.methods, **_sampling(args)
+    )
+    return _write(args, interpolation_figure(res), res.summary())
+
+
+def run_manipulate(args: argparse.Namespace) -> int:
+    paths = expand_image_args(args.images)
+    model, encoder = _setup(args)
+    res = manipulate(
+        model,
+        encoder,
+        paths[0],
+        args.target,
+        args.neighbours,
+        k=args.k,
+        n_common=args.n_common,
+        threshold=args.threshold,
+        cache=args.cache,
+        **_sampling(args),
+    )
+    return _write(args, manipulation_figure(res), res.summary())
+
+
+def run_variance(args: argparse.Namespace) -> int:
+    paths = expand_image_args(args.images)
+    model, encoder = _setup(args)
+    res = variance(model, encoder, paths, **_sampling(args))
+    return _write(args, variance_figure(res), res.summary())
+
+
+def run_report(args: argparse.Namespace) -> int:
+    paths = expand_image_args(args.images)
+    if (args.neighbours is None) != (args.target is None):
+        raise RCDMError("the report's manipulation needs both --neighbours DIR and --target IMG (or neither)")
+    model, encoder = _setup(args)
+    rep = report(
+        model,
+        encoder,
+        paths,
+        args.out,
+        augmentations=args.augmentations,
+        eps=args.eps,
+        pgd_steps=args.pgd_steps,
+        neighbours=args.neighbours,
+        target=args.target,
+        k=args.k,
+        n_common=args.n_common,
+        **_sampling(args),
+    )
+    print(f"wrote {rep.index} with {len(rep.figures)} figures")
+    return 0
