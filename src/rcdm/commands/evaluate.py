@@ -209,6 +209,7 @@ def run_generate(args: argparse.Namespace) -> int:
         guidance=args.guidance,
         batch_size=args.batch_size,
         model_name=str(args.model),
+        device=device,
         progress=True,
     )
     if state.is_main_process:

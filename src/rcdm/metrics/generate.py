@@ -87,12 +87,13 @@ def generate_samples(
     guidance: float = 1.0,
     batch_size: int = 64,
     model_name: str = "",
+    device: str | torch.device | None = None,  # None: this process's device (accelerate)
     progress: bool = False,
 ) -> GenerateResult:
     """Draw `num_samples` images conditioned on `references` (cycled) into `out_dir`, resumably.
 
     Call it in every process of an `accelerate launch`; each draws its share on its own device (the model and
-    encoder are moved there). Images are written as 8-bit PNGs of the model's sample size, values from [0, 1].
+    encoder are moved to `device`, default the process's). Images are written as 8-bit PNGs of the model's sample size, values from [0, 1].
     """
     from accelerate import PartialState
 
@@ -123,8 +124,8 @@ def generate_samples(
     state.wait_for_everyone()
     spans = list(batched(num_samples, batch_size))
     todo = [(a, b) for a, b in spans if not all(sample_path(out_dir, g).is_file() for g in range(a, b))]
-    model.to(state.device)
-    encoder.to(state.device)
+    model.to(device or state.device)
+    encoder.to(device or state.device)
     size = encoder.preprocessing.input_size
     with state.split_between_processes(todo) as mine:
         bar = tqdm(total=len(todo), disable=not (progress and state.is_main_process), desc="generating")
