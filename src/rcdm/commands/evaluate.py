@@ -159,7 +159,7 @@ def _score(args: argparse.Namespace, real: list[Path], fake: list[Path], out: Pa
         + ("" if result.standard else " (non-standard: not comparable with published Inception scores)")
         + f". IS: {result.inception_score_note}. KID over {result.settings['kid_subsets']} subsets of "
         f"{result.settings['kid_subset_size']}; precision/recall k=3, density/coverage k=5 on "
-        f"{result.settings['manifold_samples']} images."
+        f"{result.settings['manifold_samples_real']} real / {result.settings['manifold_samples_fake']} fake images."
     ]
     _, md = write_report(data, out, "Sample quality", quality_tables(data), notes)
     tag = "" if result.standard else f" [{result.features}]"
