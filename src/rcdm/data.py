@@ -9,7 +9,9 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
+from typing import Literal
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image, UnidentifiedImageError
@@ -79,16 +81,37 @@ def resize(img: torch.Tensor, size: int) -> torch.Tensor:
     return x if batched else x[0]
 
 
-def image_tensor(path: str | Path, size: int | None = None) -> torch.Tensor:
+# How a file becomes a square view: "antialias" = centre square crop, then antialiased bicubic (ours);
+# "published" = guided-diffusion's center_crop_arr, what the published RCDMs and their encoders saw.
+Resample = Literal["antialias", "published"]
+
+
+def published_center_crop(img: Image.Image, size: int) -> torch.Tensor:
+    """guided-diffusion's `center_crop_arr`: halve with BOX while the shorter side is >= 2 * size, BICUBIC so the
+    shorter side is `size`, then centre crop. Written out because the published models were trained on exactly
+    these pixels (PIL's resamplers, uint8 rounding), which no tensor resize reproduces."""
+    while min(img.size) >= 2 * size:
+        img = img.resize(tuple(v // 2 for v in img.size), resample=Image.Resampling.BOX)
+    scale = size / min(img.size)
+    img = img.resize(tuple(round(v * scale) for v in img.size), resample=Image.Resampling.BICUBIC)
+    arr = np.asarray(img)
+    top, left = (arr.shape[0] - size) // 2, (arr.shape[1] - size) // 2
+    crop = np.ascontiguousarray(arr[top : top + size, left : left + size])
+    return torch.from_numpy(crop).permute(2, 0, 1).float() / 255.0
+
+
+def image_tensor(path: str | Path, size: int | None = None, resample: Resample = "antialias") -> torch.Tensor:
     """A file -> (3, size, size) in [0, 1]: centre square crop, then resize (None keeps the crop's size)."""
+    if resample == "published" and size:
+        return published_center_crop(load_image(path), size)
     x = pil_to_tensor(load_image(path)).float() / 255.0
     x = center_square(x)
     return resize(x, size) if size else x
 
 
-def load_images(paths: Sequence[str | Path], size: int) -> torch.Tensor:
+def load_images(paths: Sequence[str | Path], size: int, resample: Resample = "antialias") -> torch.Tensor:
     """(N, 3, size, size) in [0, 1]."""
-    return torch.stack([image_tensor(p, size) for p in paths])
+    return torch.stack([image_tensor(p, size, resample) for p in paths])
 
 
 def to_model_space(x: torch.Tensor) -> torch.Tensor:

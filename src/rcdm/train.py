@@ -120,7 +120,9 @@ def build_feature_cache(encoder: Encoder, files: list[Path], path: Path, batch_s
 
     plain, flipped = [], []
     for s in range(0, len(files), batch_size):
-        _, views = load_views(files[s : s + batch_size], 8, encoder.preprocessing.input_size)
+        _, views = load_views(
+            files[s : s + batch_size], 8, encoder.preprocessing.input_size, encoder.preprocessing.resample
+        )
         views = views.to(encoder.device)
         plain.append(encode(encoder, views))
         flipped.append(encode(encoder, views.flip(-1)))

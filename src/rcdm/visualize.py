@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from .data import image_tensor, resize
+from .data import Resample, image_tensor, load_images, resize
 from .diffusion import Sampler, batched, sample_many
 from .encoders import Encoder
 from .figures import sample_grid, save_png
@@ -31,12 +31,15 @@ def encode(encoder: Encoder, images: torch.Tensor, batch_size: int = 256) -> tor
 
 
 def load_views(
-    paths: Sequence[str | Path], image_size: int, encoder_size: int
+    paths: Sequence[str | Path], image_size: int, encoder_size: int, resample: Resample = "antialias"
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Files -> (diffusion views (N, 3, image_size, image_size), encoder views (N, 3, encoder_size, ...)) in [0, 1].
 
-    Both come from the same centre square crop of each file (the published protocol).
+    Both come from the same centre square crop of each file (the published protocol); `resample="published"`
+    resizes as the published code did (see data.published_center_crop).
     """
+    if resample == "published":
+        return load_images(paths, image_size, resample), load_images(paths, encoder_size, resample)
     squares = [image_tensor(p) for p in paths]
     return (
         torch.stack([resize(x, image_size) for x in squares]),
@@ -68,7 +71,9 @@ def visualize(
     progress: bool = False,
 ) -> Visualization:
     """Draw `num_samples` images from the representation of each file in `images`."""
-    originals, enc_views = load_views(images, model.config.sample_size, encoder.preprocessing.input_size)
+    originals, enc_views = load_views(
+        images, model.config.sample_size, encoder.preprocessing.input_size, encoder.preprocessing.resample
+    )
     reps = encode(encoder, enc_views)
     samples = sample_many(
         model,

@@ -184,7 +184,7 @@ def adversarial(
     """
     paths = image_paths(images, 2 if attack == "targeted" and not targets else 1, "a targeted attack")
     size, enc_size = model.config.sample_size, encoder.preprocessing.input_size
-    originals, enc_views = load_views(paths, size, enc_size)
+    originals, enc_views = load_views(paths, size, enc_size, encoder.preprocessing.resample)
     m = originals.shape[0]
     target_views = None
     if attack == "targeted":
@@ -194,7 +194,11 @@ def adversarial(
                 raise RCDMError(
                     f"got {len(tpaths)} targets for {m} images: pass one target, or one per image"
                 )
-            target_views = load_views(tpaths, size, enc_size)[1].expand(m, -1, -1, -1).contiguous()
+            target_views = (
+                load_views(tpaths, size, enc_size, encoder.preprocessing.resample)[1]
+                .expand(m, -1, -1, -1)
+                .contiguous()
+            )
         else:
             target_views = enc_views.roll(-1, dims=0)
     adv = pgd(

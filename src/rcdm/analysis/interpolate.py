@@ -99,7 +99,9 @@ def interpolate(
         if m not in METHODS:
             raise RCDMError(f"unknown interpolation {m!r}: choose from {', '.join(METHODS)}")
     paths = image_paths(images, 2, "interpolation")[:2]
-    originals, enc_views = load_views(paths, model.config.sample_size, encoder.preprocessing.input_size)
+    originals, enc_views = load_views(
+        paths, model.config.sample_size, encoder.preprocessing.input_size, encoder.preprocessing.resample
+    )
     a, b = encode(encoder, enc_views)
     ts = torch.linspace(0, 1, num_steps)
     reps = torch.stack([lerp(a, b, ts) if m == "linear" else slerp(a, b, ts) for m in methods])

@@ -191,7 +191,9 @@ def invariance(
     augs = parse_augmentations(list(augmentations) if augmentations else None)
     paths = image_paths(images)
     size = model.config.sample_size
-    originals, enc_views = load_views(paths, size, encoder.preprocessing.input_size)
+    originals, enc_views = load_views(
+        paths, size, encoder.preprocessing.input_size, encoder.preprocessing.resample
+    )
     m, n_aug = originals.shape[0], len(augs)
     aug_seed = [[seed * 1_000_003 + 7919 * (a + 1) + i for i in range(m)] for a in range(n_aug)]
     augmented = torch.stack(

@@ -26,7 +26,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
-from ..data import image_tensor, list_images
+from ..data import list_images, load_images
 from ..diffusion import Sampler, batched
 from ..encoders import Encoder
 from ..errors import RCDMError
@@ -144,7 +144,7 @@ def folder_representations(
     size = encoder.preprocessing.input_size
     chunks = []
     for s, e in tqdm(list(batched(len(files), batch_size)), disable=not progress, desc="encoding folder"):
-        chunks.append(encode(encoder, torch.stack([image_tensor(p, size) for p in files[s:e]])))
+        chunks.append(encode(encoder, load_images(files[s:e], size, encoder.preprocessing.resample)))
     reps = torch.cat(chunks).contiguous()
     if target is None:
         return RepresentationSet(files, reps)
@@ -222,7 +222,9 @@ def manipulate(
             f"add images or lower --k (and --n-common below it)"
         )
     paths = [image_paths([source])[0], image_paths([target])[0]]
-    views, enc_views = load_views(paths, model.config.sample_size, encoder.preprocessing.input_size)
+    views, enc_views = load_views(
+        paths, model.config.sample_size, encoder.preprocessing.input_size, encoder.preprocessing.resample
+    )
     rep_s, rep_t = encode(encoder, enc_views)
     scores, idx = topk_cosine(rep_s[None], bank.bank, k, progress=progress)
     common = common_dimensions(bank.rows(idx[0]), n_common, threshold)

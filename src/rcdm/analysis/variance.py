@@ -73,7 +73,9 @@ def variance(
 ) -> VarianceResult:
     """N samples per image and their per-pixel standard deviation."""
     paths = image_paths(images)
-    originals, enc_views = load_views(paths, model.config.sample_size, encoder.preprocessing.input_size)
+    originals, enc_views = load_views(
+        paths, model.config.sample_size, encoder.preprocessing.input_size, encoder.preprocessing.resample
+    )
     samples = sample_many(
         model,
         encode(encoder, enc_views),

@@ -31,7 +31,7 @@ def run(args: argparse.Namespace) -> int:
         raise RCDMError(f"--out {args.out!r} must end with .safetensors")
     paths = expand_image_args(args.images)
     encoder = create_encoder(args.encoder, args.feature).to(args.device or default_device())
-    _, views = load_views(paths, 8, encoder.preprocessing.input_size)
+    _, views = load_views(paths, 8, encoder.preprocessing.input_size, encoder.preprocessing.resample)
     reps = encode(encoder, views)
     meta = {
         **{k: str(v) for k, v in encoder.describe().items()},

@@ -33,6 +33,8 @@ class Preprocessing:
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
     interpolation: Literal["bilinear", "bicubic"] = "bicubic"
+    # how files are cut to input_size (rcdm.data.Resample): "published" = guided-diffusion's PIL BOX + BICUBIC
+    resample: Literal["antialias", "published"] = "antialias"
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -44,6 +46,7 @@ class Preprocessing:
             mean=tuple(float(v) for v in d["mean"]),
             std=tuple(float(v) for v in d["std"]),
             interpolation=d.get("interpolation", "bicubic"),
+            resample=d.get("resample", "antialias"),
         )
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
@@ -58,8 +61,11 @@ class Preprocessing:
 
 
 def published_preprocessing(input_size: int = 224) -> Preprocessing:
-    """The published RCDM encoders' input: pixels scaled to [-1, 1], no mean/std, 224 px bicubic."""
-    return Preprocessing(input_size=input_size, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
+    """The published RCDM encoders' input: a 224 px centre crop cut as guided-diffusion did (PIL BOX halving, then
+    BICUBIC), pixels scaled to [-1, 1], no mean/std."""
+    return Preprocessing(
+        input_size=input_size, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), resample="published"
+    )
 
 
 class Encoder(nn.Module):

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from ..data import image_tensor
+from ..data import load_images
 from ..diffusion import Sampler, batched, sample
 from ..encoders import Encoder
 from ..errors import RCDMError
@@ -150,7 +150,7 @@ def _encode_files(encoder: Encoder, paths: Sequence[Path], batch_size: int) -> t
     size = encoder.preprocessing.input_size
     out = []
     for a, b in batched(len(paths), batch_size):
-        out.append(encode(encoder, torch.stack([image_tensor(p, size) for p in paths[a:b]])))
+        out.append(encode(encoder, load_images(paths[a:b], size, encoder.preprocessing.resample)))
     return torch.cat(out)
 
 

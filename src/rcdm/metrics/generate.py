@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from ..data import image_tensor
+from ..data import load_images
 from ..diffusion import Sampler, batched, sample
 from ..encoders import Encoder
 from ..errors import RCDMError
@@ -130,7 +130,9 @@ def generate_samples(
     with state.split_between_processes(todo) as mine:
         bar = tqdm(total=len(todo), disable=not (progress and state.is_main_process), desc="generating")
         for a, b in mine:
-            views = torch.stack([image_tensor(refs[g % len(refs)], size) for g in range(a, b)])
+            views = load_images(
+                [refs[g % len(refs)] for g in range(a, b)], size, encoder.preprocessing.resample
+            )
             reps = encode(encoder, views)
             imgs = sample(
                 model, reps, steps=steps, sampler=sampler, seed=seed, first_index=a, guidance=guidance
