@@ -330,8 +330,11 @@ def test_report_writes_index_referencing_every_figure(tiny_run, two_images, few_
         "4",
         "--n-common",
         "2",
+        "--cache",
+        str(tmp_path / "rep-cache"),
     )
     assert code == 0
+    assert len(list((tmp_path / "rep-cache").glob("reps-*.safetensors"))) == 1  # --cache reaches manipulate
     page = (out / "index.html").read_text()
     pngs = sorted(p.name for p in out.glob("*.png"))
     assert pngs == [

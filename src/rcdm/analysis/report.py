@@ -59,6 +59,8 @@ def report(
     target: str | Path | None = None,
     k: int = 20,
     n_common: int = 14,
+    threshold: float = 0.0,
+    cache: str | Path | None = None,
     progress: bool = False,
 ) -> Report:
     """Run variance, invariance, adversarial, interpolation (2+ images) and manipulation (with `neighbours` and
@@ -162,6 +164,8 @@ def report(
             neighbours,
             k=k,
             n_common=n_common,
+            threshold=threshold,
+            cache=cache,
             num_samples=num_samples,
             **common,
         )

@@ -231,6 +231,8 @@ def run_report(args: argparse.Namespace) -> int:
         target=args.target,
         k=args.k,
         n_common=args.n_common,
+        threshold=args.threshold,
+        cache=args.cache,
         **_sampling(args),
     )
     print(f"wrote {rep.index} with {len(rep.figures)} figures")
