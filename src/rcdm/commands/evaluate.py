@@ -131,12 +131,11 @@ def run_faithfulness(args: argparse.Namespace) -> int:
 
 
 def _score(args: argparse.Namespace, real: list[Path], fake: list[Path], out: Path, cache: Path) -> int:
-    from accelerate import PartialState
-
     from ..metrics.quality import create_feature_extractor, evaluate_quality
     from ..metrics.report import quality_tables, write_report
+    from ..parallel import process_state
 
-    state = PartialState()
+    state = process_state()
     extractor = create_feature_extractor(args.features, args.inception_weights).to(state.device)
     result = evaluate_quality(
         real,
@@ -186,13 +185,12 @@ def run_quality(args: argparse.Namespace) -> int:
 
 
 def run_generate(args: argparse.Namespace) -> int:
-    from accelerate import PartialState
-
     from ..metrics.generate import generate_samples, sample_files
+    from ..parallel import process_state
 
     positive("--num-samples", args.num_samples)
     positive("--batch-size", args.batch_size)
-    state = PartialState()
+    state = process_state()
     device = args.device if args.device and state.num_processes == 1 else state.device
     refs = expand_image_args(args.images)
     model = load_model(args.model, weights=args.weights, device=device)

@@ -5,7 +5,7 @@ per-sample generator of global index g (`diffusion.sample_generators`), and writ
 OUT/samples/<g // 1000:03d>/<g:06d>.png. The work is cut into fixed batches of `batch_size` consecutive
 indices; a batch whose PNGs all exist is skipped, so a rerun (or a run with more processes, or a larger
 num_samples) only draws what is missing and every image is the same whoever draws it. Processes launched by
-`accelerate launch` split the missing batches with `PartialState().split_between_processes`.
+`accelerate launch` or `torchrun` split the missing batches with `PartialState().split_between_processes`.
 """
 
 from __future__ import annotations
@@ -95,7 +95,7 @@ def generate_samples(
     Call it in every process of an `accelerate launch`; each draws its share on its own device (the model and
     encoder are moved to `device`, default the process's). Images are written as 8-bit PNGs of the model's sample size, values from [0, 1].
     """
-    from accelerate import PartialState
+    from ..parallel import process_state
 
     refs = [Path(p) for p in references]
     if not refs:
@@ -103,7 +103,7 @@ def generate_samples(
     if num_samples < 1:
         raise RCDMError(f"--num-samples {num_samples} must be at least 1")
     out_dir = Path(out_dir)
-    state = PartialState()
+    state = process_state()
     manifest = {
         "model": model_name,
         "encoder": encoder.identity,

@@ -255,12 +255,12 @@ def extract_features(
     batches are split between them and every process returns the finished set. image_size: the side images are
     brought to before the extractor (default: the first file's); the extractor resizes further as it needs.
     """
-    from accelerate import PartialState
+    from ..parallel import process_state
 
     files = [Path(f) for f in files]
     if not files:
         raise RCDMError("no images to extract features from")
-    state = PartialState()
+    state = process_state()
     size = image_size or native_size(files[0])
     digest = hashlib.sha256(f"{files_digest(files)}|{extractor.name}|{size}".encode()).hexdigest()[:12]
     folder = Path(store) / digest  # the same images and extractor share one store, whatever the label
@@ -488,9 +488,9 @@ class QualityResult:
 
 
 def _device() -> torch.device:
-    from accelerate import PartialState
+    from ..parallel import process_state
 
-    return PartialState().device
+    return process_state().device
 
 
 def quality_from_features(
