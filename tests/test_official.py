@@ -338,8 +338,31 @@ def test_cli_convert_bad_input_exits_2(tmp_path, small_published, capsys):
 def test_read_checkpoint_refuses_pickled_objects(tmp_path):
     path = tmp_path / "evil.pt"
     torch.save({"w": torch.zeros(1), "obj": Path("x")}, path)
-    with pytest.raises(RCDMError, match="weights_only"):
+    with pytest.raises(RCDMError, match=r"weights_only.*it pickles pathlib\.\w*Path"):
         read_checkpoint(path)
+    garbage = tmp_path / "garbage.pt"
+    garbage.write_bytes(b"not a checkpoint")
+    with pytest.raises(RCDMError, match="not a readable torch file"):
+        read_checkpoint(garbage)
+
+
+def test_read_checkpoint_accepts_numpy_scalars_of_training_loops(tmp_path):
+    """Training checkpoints (VISSL's, DINO's) keep iteration counters and meters as numpy scalars."""
+    import argparse
+
+    import numpy as np
+
+    path = tmp_path / "train.pt"
+    state = {
+        "w": torch.ones(2),
+        "iteration": np.int64(7),
+        "loss": np.float32(0.5),
+        "args": argparse.Namespace(a=1),
+    }
+    torch.save(state, path)
+    got = read_checkpoint(path)
+    assert torch.equal(got["w"], state["w"]) and got["iteration"] == 7 and got["loss"] == np.float32(0.5)
+    assert got["args"].a == 1
 
 
 # --- published encoders ---------------------------------------------------------------------------------

@@ -125,9 +125,36 @@ def fetch(remote: RemoteFile, folder: Path | None = None, *, progress: bool = Tr
     return dst
 
 
+def _numpy_scalar_globals() -> list:
+    """numpy scalars and dtypes, which training loops store next to their tensors (iteration counts, meters).
+
+    These rebuild plain values only; torch's weights_only documentation names them as safe to allow.
+    """
+    import numpy as np
+
+    try:
+        from numpy._core.multiarray import scalar  # numpy >= 2
+    except ImportError:  # pragma: no cover - numpy 1.x
+        from numpy.core.multiarray import scalar
+    dtype_classes = [
+        type(np.dtype(t)) for t in ("f2", "f4", "f8", "i1", "i2", "i4", "i8", "u1", "u2", "u4", "u8", "?")
+    ]
+    return [scalar, np.dtype, *dtype_classes]
+
+
 # Harmless classes that published training checkpoints pickle next to their tensors (DINO stores its argparse
-# Namespace). Nothing else is unpickled.
-_SAFE_GLOBALS = [argparse.Namespace]
+# Namespace; VISSL-style checkpoints may hold numpy scalars). Nothing else is unpickled.
+_SAFE_GLOBALS = [argparse.Namespace, *_numpy_scalar_globals()]
+
+
+def _unsafe_globals(path: Path) -> str:
+    try:
+        names = torch.serialization.get_unsafe_globals_in_checkpoint(path)
+    except Exception:  # an unreadable file: the caller's message says so
+        return ""
+    allowed = {f"{g.__module__}.{g.__qualname__}" for g in _SAFE_GLOBALS}
+    names = [n for n in names if n not in allowed]
+    return f"it pickles {', '.join(names)}, which rcdm does not unpickle" if names else ""
 
 
 def read_checkpoint(path: str | Path) -> Mapping:
@@ -146,10 +173,10 @@ def read_checkpoint(path: str | Path) -> Mapping:
         with torch.serialization.safe_globals(_SAFE_GLOBALS):
             obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        why = _unsafe_globals(path) or f"{type(e).__name__}: not a readable torch file"
         raise RCDMError(
-            f"cannot read {str(path)!r} with torch.load(weights_only=True) ({first}): rcdm reads only plain "
-            f"state dicts; re-save it with torch.save(state_dict) or as .safetensors"
+            f"cannot read {str(path)!r} with torch.load(weights_only=True) ({why}): "
+            f"rcdm reads only plain state dicts; re-save it with torch.save(state_dict) or as .safetensors"
         ) from None
     if not isinstance(obj, Mapping):
         raise RCDMError(f"{str(path)!r} holds a {type(obj).__name__}, not a state dict")
