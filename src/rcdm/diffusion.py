@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import contextlib
 import math
+import weakref
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Literal
 
 import torch
 from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler
+from torch import nn
 from tqdm.auto import tqdm
 
 from .errors import RCDMError
@@ -151,16 +154,216 @@ class GaussianDiffusion:
 
 # --- sampling -----------------------------------------------------------------------------------------
 
+Precision = Literal["auto", "bf16", "fp32"]
+PRECISIONS: tuple[str, ...] = ("auto", "bf16", "fp32")
+Compile = Literal["auto", "off", "graphs", "default", "reduce-overhead"]
+COMPILE_MODES: tuple[str, ...] = ("auto", "off", "graphs", "default", "reduce-overhead")
+# What compile="auto" means on a CUDA device. UNMEASURED choice (no GPU was lent when this was written):
+# "graphs" replays one captured CUDA graph of the bf16 UNet per step, which removes the launch gaps that make
+# eager bf16 slow at batch 8, and costs a few forward passes to capture instead of torch.compile's minutes.
+# benchmarks/speed.py times every mode side by side; set this from its table (docs/speed.md).
+CUDA_DEFAULT_COMPILE = "graphs"
 
-def _autocast(device: torch.device) -> contextlib.AbstractContextManager:
-    if device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
+
+def resolve_precision(precision: Precision, device: torch.device) -> torch.dtype:
+    """'auto' -> bf16 autocast on CUDA, fp32 elsewhere. Returns the autocast dtype (float32: no autocast)."""
+    if precision not in PRECISIONS:
+        raise RCDMError(f"unknown precision {precision!r}: choose one of {', '.join(PRECISIONS)}")
+    if precision == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    return torch.bfloat16 if precision == "bf16" else torch.float32
+
+
+def resolve_compile(compile: Compile, device: torch.device) -> str:
+    """'auto' -> CUDA_DEFAULT_COMPILE on CUDA, 'off' elsewhere; CUDA-graph modes refuse other devices."""
+    if compile not in COMPILE_MODES:
+        raise RCDMError(f"unknown compile mode {compile!r}: choose one of {', '.join(COMPILE_MODES)}")
+    if compile == "auto":
+        return CUDA_DEFAULT_COMPILE if device.type == "cuda" else "off"
+    if compile in ("graphs", "reduce-overhead") and device.type != "cuda":
+        raise RCDMError(
+            f"compile mode {compile!r} replays CUDA graphs but the model is on {device}: "
+            "use 'default' (torch.compile) or 'off' there"
+        )
+    return compile
+
+
+def _autocast(device: torch.device, dtype: torch.dtype = torch.bfloat16) -> contextlib.AbstractContextManager:
+    """bf16 autocast (weight-cast cache off, so that CUDA-graph capture is safe); float32: no autocast."""
+    if dtype == torch.float32:
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=dtype, cache_enabled=False)
+
+
+# model's UNet -> {mode: torch.compile'd UNet}; weak keys: the cache dies with the model.
+_COMPILED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+# model's UNet -> {(batch, dtype, weights fingerprint): _GraphedUNet}; at most _MAX_GRAPHS per model.
+_GRAPHS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_MAX_GRAPHS = 4
+
+
+def compiled_unet(unet: nn.Module, mode: str = "default") -> nn.Module:
+    """torch.compile(unet, mode) once per (UNet, mode); static shapes (one compile per batch size)."""
+    per_model = _COMPILED.setdefault(unet, {})
+    if mode not in per_model:
+        per_model[mode] = torch.compile(unet, mode=mode, dynamic=False)
+    return per_model[mode]
+
+
+class _GraphedUNet:
+    """One CUDA graph of `unet(x, t, class_labels=cond)` at a fixed batch size, replayed per sampler step.
+
+    Inputs are copied into static buffers, the graph is replayed, and the output is copied out (float32), so
+    callers may keep the result across steps. Weights are read in place: in-place updates (optimizer, EMA,
+    load_state_dict) are seen; moving the model re-captures (the cache key holds the weights' addresses).
+    """
+
+    def __init__(self, unet: nn.Module, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor, dtype) -> None:
+        self.x, self.t, self.cond = x.clone(), t.clone(), cond.clone()
+        device = x.device
+
+        def run() -> torch.Tensor:
+            with _autocast(device, dtype):
+                return unet(self.x, self.t, class_labels=self.cond).sample
+
+        side = torch.cuda.Stream(device)
+        side.wait_stream(torch.cuda.current_stream(device))
+        with torch.cuda.stream(side):
+            for _ in range(2):  # warm-up outside the graph: cuDNN/cuBLAS choose their kernels here
+                run()
+        torch.cuda.current_stream(device).wait_stream(side)
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph):
+            self.out = run()
+
+    def __call__(self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        self.x.copy_(x)
+        self.t.copy_(t)
+        self.cond.copy_(cond)
+        self.graph.replay()
+        return self.out.float().clone() if self.out.dtype == torch.float32 else self.out.float()
+
+
+def graphed_unet(
+    unet: nn.Module, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor, dtype
+) -> _GraphedUNet:
+    per_model = _GRAPHS.setdefault(unet, {})
+    key = (tuple(x.shape), dtype, hash(tuple(p.data_ptr() for p in unet.parameters())))
+    if key not in per_model:
+        while len(per_model) >= _MAX_GRAPHS:
+            per_model.pop(next(iter(per_model)))
+        per_model[key] = _GraphedUNet(unet, x, t, cond, dtype)
+    return per_model[key]
+
+
+def clear_compile_cache() -> None:
+    """Forget every compiled UNet and captured CUDA graph (frees their memory pools)."""
+    _COMPILED.clear()
+    _GRAPHS.clear()
+
+
+def denoiser(
+    model: RCDM, mode: str, dtype: torch.dtype
+) -> Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]:
+    """(x, t, cond) -> float32 UNet output, where cond = model.condition(...) was computed once per call.
+
+    mode: a resolved compile mode ('off', 'graphs', 'default', 'reduce-overhead'); dtype: the autocast dtype.
+    """
+    device = next(model.parameters()).device
+    if mode == "graphs":
+
+        def run_graph(x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+            return graphed_unet(model.unet, x, t, cond, dtype)(x, t, cond)
+
+        return run_graph
+    unet = model.unet if mode == "off" else compiled_unet(model.unet, mode)
+
+    def run(x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        if mode == "reduce-overhead":
+            torch.compiler.cudagraph_mark_step_begin()
+        with _autocast(device, dtype):
+            out = unet(x, t, class_labels=cond).sample
+        # float() copies a bf16 output; a float32 one may live in a graph's pool or be reused: copy it.
+        return out.float() if out.dtype != torch.float32 else out.clone()
+
+    return run
 
 
 def sample_generators(seed: int, first_index: int, count: int) -> list[torch.Generator]:
     """One CPU generator per sample, seeded by (seed, global sample index): batching never changes a sample."""
     return [torch.Generator().manual_seed(seed * 1_000_003 + first_index + i) for i in range(count)]
+
+
+class _StepNoise:
+    """ddpm's per-step noise: sample i's from its own CPU generator (as diffusers draws it), one step ahead.
+
+    On a CUDA model the next step's noise is drawn by a worker thread into pinned memory while the GPU runs
+    the current step, and copied without blocking: the same numbers as a per-step CPU draw, no round trip.
+    """
+
+    def __init__(
+        self,
+        gens: list[torch.Generator],
+        shape: tuple[int, ...],
+        device: torch.device,
+        ahead: bool | None = None,  # draw on a worker thread, one step ahead; None: on CUDA only
+    ) -> None:
+        self.gens, self.shape, self.device = gens, shape, device
+        self.pin = device.type == "cuda"
+        self.pool = ThreadPoolExecutor(1) if (self.pin if ahead is None else ahead) else None
+        self.next = self.pool.submit(self._draw) if self.pool is not None else None
+
+    def _draw(self) -> torch.Tensor:
+        buf = torch.empty((len(self.gens), *self.shape), pin_memory=self.pin)
+        for i, g in enumerate(self.gens):
+            torch.randn((1, *self.shape), generator=g, out=buf[i : i + 1])
+        return buf
+
+    def take(self, prefetch: bool) -> torch.Tensor:
+        """This step's noise on the model's device; draws the next step's ahead when `prefetch`."""
+        if self.pool is None:
+            return self._draw()
+        noise = self.next.result().to(self.device, non_blocking=True)
+        self.next = self.pool.submit(self._draw) if prefetch else None
+        return noise
+
+    def close(self) -> None:
+        if self.pool is not None:
+            self.pool.shutdown(wait=True)
+
+
+def ddpm_step(
+    sched: DDPMScheduler, out: torch.Tensor, t: int, prev_t: int, x: torch.Tensor, noise: torch.Tensor | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """diffusers' DDPMScheduler.step (epsilon, x0 clipped, fixed_small or learned_range) with the noise given.
+
+    Written out so the noise can be drawn ahead (`_StepNoise`); its arithmetic mirrors diffusers' op for op
+    (tests/test_fast_path.py checks equality). out: (B, 3 or 6, H, W); returns (x_{prev_t}, predicted x0).
+    Published posterior: Ho et al. 2020 Eq. 6-7; learned range: Nichol & Dhariwal 2021 Eq. 15.
+    """
+    c = x.shape[1]
+    learned = sched.config.variance_type == "learned_range"
+    eps, v = (out[:, :c], out[:, c:]) if learned else (out[:, :c], None)
+    alpha_prod_t = sched.alphas_cumprod[t]
+    alpha_prod_t_prev = sched.alphas_cumprod[prev_t] if prev_t >= 0 else sched.one
+    beta_prod_t = 1 - alpha_prod_t
+    beta_prod_t_prev = 1 - alpha_prod_t_prev
+    current_alpha_t = alpha_prod_t / alpha_prod_t_prev
+    current_beta_t = 1 - current_alpha_t
+    x0 = (x - beta_prod_t ** (0.5) * eps) / alpha_prod_t ** (0.5)
+    x0 = x0.clamp(-sched.config.clip_sample_range, sched.config.clip_sample_range)
+    x0_coeff = (alpha_prod_t_prev ** (0.5) * current_beta_t) / beta_prod_t
+    xt_coeff = current_alpha_t ** (0.5) * beta_prod_t_prev / beta_prod_t
+    prev = x0_coeff * x0 + xt_coeff * x
+    if t > 0:
+        variance = torch.clamp((1 - alpha_prod_t_prev) / (1 - alpha_prod_t) * current_beta_t, min=1e-20)
+        if learned:
+            frac = (v + 1) / 2
+            log_var = frac * torch.log(current_beta_t) + (1 - frac) * torch.log(variance)
+            prev = prev + torch.exp(0.5 * log_var) * noise
+        else:
+            prev = prev + (variance**0.5) * noise
+    return prev, x0
 
 
 @torch.no_grad()
@@ -174,6 +377,8 @@ def sample(
     first_index: int = 0,
     guidance: float = 1.0,
     noise: torch.Tensor | None = None,
+    compile: Compile = "auto",
+    precision: Precision = "auto",
     callback: Callable[[dict], None] | None = None,
     progress: bool = False,
 ) -> torch.Tensor:
@@ -183,6 +388,10 @@ def sample(
     guidance: classifier-free guidance weight w (1 = plain conditional; needs a model with a null
     representation when != 1): eps = eps_null + w (eps_cond - eps_null).
     Sample i uses a generator seeded by (seed, first_index + i); `noise` (B, 3, H, W) overrides the start.
+    compile: 'auto' (CUDA: CUDA_DEFAULT_COMPILE; CPU: 'off'), 'off' (eager), 'graphs' (a captured CUDA graph
+    of the UNet, replayed per step), 'default' / 'reduce-overhead' (torch.compile of the UNet; the second
+    with CUDA graphs). precision: 'auto' (bf16 autocast on CUDA, fp32 elsewhere), 'bf16' or 'fp32'.
+    Every mode computes the same function: results differ by floating-point rounding only.
     callback gets {'i', 't', 'x', 'pred'} after each step.
     """
     if sampler not in SAMPLERS:
@@ -193,6 +402,8 @@ def sample(
     if guidance != 1.0 and model.null_rep is None:
         raise RCDMError(f"guidance={guidance} needs a model trained with --cond-drop > 0; use --guidance 1")
     device = next(model.parameters()).device
+    mode = resolve_compile(compile, device)
+    dtype = resolve_precision(precision, device)
     cfg = model.config
     b, size = representation.shape[0], cfg.sample_size
     rep = representation.to(device=device, dtype=torch.float32)
@@ -201,44 +412,49 @@ def sample(
         noise = torch.cat([torch.randn((1, 3, size, size), generator=g) for g in gens])
     x = noise.to(device=device, dtype=torch.float32)
     sched = make_scheduler(sampler, model.learned_variance)
-    sched.set_timesteps(steps, device=device)
-    if sampler == "ddpm":
-        sched.timesteps = sched.timesteps.to(device)
+    # Timesteps stay on the CPU: reading one (int(t), t > 0, the scheduler's index lookup) never waits on the GPU.
+    sched.set_timesteps(steps)
+    ts = [int(t) for t in sched.timesteps]
     step_kwargs = {"use_clipped_model_output": True, "eta": 0.0} if sampler == "ddim" else {}
-    if sampler == "ddpm":
-        step_kwargs["generator"] = gens
     x = x * sched.init_noise_sigma
     was_training = model.training
     model.eval()
+    # ddpm adds noise at every step with t > 0 (timesteps descend, so only the last one can be 0).
+    step_noise = _StepNoise(gens, (3, size, size), device) if sampler == "ddpm" and ts[0] > 0 else None
     try:
-        for i, t in enumerate(tqdm(sched.timesteps, disable=not progress, desc=f"{sampler} sampling")):
-            xin = sched.scale_model_input(x, t)
-            tt = torch.full((b,), int(t), device=device, dtype=torch.long)
-            with _autocast(device):
-                if guidance != 1.0:
-                    both = model(
-                        torch.cat([xin, xin]),
-                        torch.cat([tt, tt]),
-                        torch.cat([rep, rep]),
-                        drop=torch.cat(
-                            [
-                                torch.zeros(b, dtype=torch.bool, device=device),
-                                torch.ones(b, dtype=torch.bool, device=device),
-                            ]
-                        ),
-                    )
-                    cond, uncond = both.float().chunk(2)
-                    out = cond.clone()
-                    out[:, :3] = uncond[:, :3] + guidance * (cond[:, :3] - uncond[:, :3])
-                else:
-                    out = model(xin, tt, rep).float()
-            if sampler != "ddpm" or not model.learned_variance:
-                out = out[:, :3]
-            res = sched.step(out, t, x, **step_kwargs)
-            x = res.prev_sample
+        # The representation is projected once per call, not once per step (RCDM.condition).
+        with _autocast(device, dtype):
+            if guidance != 1.0:
+                drop = torch.cat([torch.zeros(b, dtype=torch.bool), torch.ones(b, dtype=torch.bool)]).to(
+                    device
+                )
+                cond = model.condition(torch.cat([rep, rep]), 2 * b, drop)
+            else:
+                cond = model.condition(rep, b)
+        cond = cond.float()
+        run = denoiser(model, mode, dtype)
+        for i, t in enumerate(tqdm(ts, disable=not progress, desc=f"{sampler} sampling")):
+            tt = torch.full((cond.shape[0],), t, device=device, dtype=torch.long)
+            xin = x if sampler == "ddpm" else sched.scale_model_input(x, sched.timesteps[i])
+            out = run(torch.cat([xin, xin]) if guidance != 1.0 else xin, tt, cond)
+            if guidance != 1.0:
+                cond_out, uncond = out.chunk(2)
+                out = cond_out.clone()
+                out[:, :3] = uncond[:, :3] + guidance * (cond_out[:, :3] - uncond[:, :3])
+            if sampler == "ddpm":
+                prev_t = ts[i + 1] if i + 1 < len(ts) else -1
+                eps_noise = step_noise.take(prefetch=prev_t > 0) if t > 0 and step_noise is not None else None
+                if not model.learned_variance:
+                    out = out[:, :3]
+                x, pred = ddpm_step(sched, out, t, prev_t, x, eps_noise)
+            else:
+                res = sched.step(out[:, :3], sched.timesteps[i], x, **step_kwargs)
+                x, pred = res.prev_sample, getattr(res, "pred_original_sample", None)
             if callback is not None:
-                callback({"i": i, "t": int(t), "x": x, "pred": getattr(res, "pred_original_sample", None)})
+                callback({"i": i, "t": t, "x": x, "pred": pred})
     finally:
+        if step_noise is not None:
+            step_noise.close()
         model.train(was_training)
     return ((x.float().clamp(-1, 1) + 1) / 2).cpu()
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 
 from .data import Resample, image_tensor, load_images, resize
-from .diffusion import Sampler, batched, sample_many
+from .diffusion import Compile, Precision, Sampler, batched, sample_many
 from .encoders import Encoder
 from .figures import sample_grid, save_png
 from .model import RCDM
@@ -68,9 +68,15 @@ def visualize(
     seed: int = 0,
     guidance: float = 1.0,
     batch_size: int = 64,
+    compile: Compile = "auto",
+    precision: Precision = "auto",
     progress: bool = False,
 ) -> Visualization:
-    """Draw `num_samples` images from the representation of each file in `images`."""
+    """Draw `num_samples` images from the representation of each file in `images`.
+
+    Each file is encoded once; its representation is repeated for its samples. compile / precision: see
+    `rcdm.diffusion.sample` (default: the fast path on CUDA, eager fp32 on the CPU).
+    """
     originals, enc_views = load_views(
         images, model.config.sample_size, encoder.preprocessing.input_size, encoder.preprocessing.resample
     )
@@ -84,6 +90,8 @@ def visualize(
         steps=steps,
         sampler=sampler,
         guidance=guidance,
+        compile=compile,
+        precision=precision,
         progress=progress,
     )
     return Visualization([Path(p).stem for p in images], originals, reps, samples)

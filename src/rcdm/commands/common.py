@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from ..diffusion import SAMPLERS
+from ..diffusion import COMPILE_MODES, PRECISIONS, SAMPLERS
 from ..encoders import FEATURES
 
 
@@ -25,6 +25,23 @@ def add_sampling_args(p: argparse.ArgumentParser, num_samples: int = 8) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--guidance", type=float, default=1.0, help="classifier-free guidance weight (1 = none)")
     p.add_argument("--batch-size", type=int, default=64)
+
+
+def add_speed_args(p: argparse.ArgumentParser) -> None:
+    """--compile MODE / --no-compile and --precision (docs/speed.md)."""
+    p.add_argument(
+        "--compile",
+        choices=COMPILE_MODES,
+        default="auto",
+        help="UNet execution: auto (CUDA: the fast path; CPU: off), off, graphs (CUDA graph replay), "
+        "default or reduce-overhead (torch.compile; the first call compiles)",
+    )
+    p.add_argument(
+        "--no-compile", dest="compile", action="store_const", const="off", help="same as --compile off"
+    )
+    p.add_argument(
+        "--precision", choices=PRECISIONS, default="auto", help="auto: bf16 autocast on CUDA, fp32 on the CPU"
+    )
 
 
 def positive(name: str, value: int) -> int:

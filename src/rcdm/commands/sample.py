@@ -9,7 +9,7 @@ from pathlib import Path
 from ..data import expand_image_args
 from ..loading import default_device, encoder_for, load_model
 from ..visualize import save_visualization, visualize
-from .common import add_model_args, add_sampling_args, positive
+from .common import add_model_args, add_sampling_args, add_speed_args, positive
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -17,6 +17,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     add_model_args(p)
     p.add_argument("--images", nargs="+", required=True, help="image files or folders")
     add_sampling_args(p)
+    add_speed_args(p)
     p.add_argument("--out", required=True, help="output folder")
     p.set_defaults(func=run)
 
@@ -37,10 +38,15 @@ def run(args: argparse.Namespace) -> int:
         seed=args.seed,
         guidance=args.guidance,
         batch_size=args.batch_size,
+        compile=args.compile,
+        precision=args.precision,
         progress=True,
     )
     grids = save_visualization(vis, args.out)
-    settings = {k: getattr(args, k) for k in ("model", "num_samples", "steps", "sampler", "seed", "guidance")}
+    settings = {
+        k: getattr(args, k)
+        for k in ("model", "num_samples", "steps", "sampler", "seed", "guidance", "compile", "precision")
+    }
     (Path(args.out) / "sample.json").write_text(
         json.dumps({**settings, "images": [str(p) for p in paths]}, indent=2)
     )

@@ -29,6 +29,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--mixed-precision", choices=("auto", "no", "bf16"), default=None)
     p.add_argument("--gradient-checkpointing", action="store_true", default=None)
+    p.add_argument(
+        "--compile", action="store_true", default=None, help="torch.compile the UNet (docs/speed.md)"
+    )
     p.add_argument("--feature-cache", default=None, help="FILE.safetensors: precompute representations once")
     p.add_argument("--num-workers", type=int, default=None)
     p.add_argument("--out", required=True, help="run folder")
