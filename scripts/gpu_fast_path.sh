@@ -101,11 +101,12 @@ for s in "dpm dpm++ 20" "ddpm ddpm 100"; do
     set -- $s
     steps=$3
     [ $DRY -eq 1 ] && steps=2
+    echo "== $2, $steps steps" >>"$OUT/faith.log"
     # shellcheck disable=SC2086
     timeout 90 $RCDM evaluate faithfulness --model "$WORK/faith-run" --images "$WORK/faith-images" \
         --num-samples 1 --sampler "$2" --steps "$steps" --seed 0 --out "$OUT/faith-$1.json" $FAITH_ARGS \
         >>"$OUT/faith.log" 2>&1 || echo "faithfulness $2 failed (rc=$?)" >>"$OUT/faith.log"
 done
-grep -h "conditioning\|failed" "$OUT/faith.log" | tee -a "$OUT/summary.txt"
+grep -h "^==\|conditioning\|failed" "$OUT/faith.log" | tee -a "$OUT/summary.txt"
 cat "$OUT/speed.md" 2>/dev/null
 stamp "done"
