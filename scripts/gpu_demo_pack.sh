@@ -7,11 +7,13 @@
 #      which is NOT FID) through `rcdm evaluate`, when that command is present; failures are logged, not fatal
 #   4. `rcdm recipe pack` into a bundle (<= 30 MB), returned as $OUT/bundle.tar.part-* (the device tool returns
 #      at most 8 files of 16 MiB each: join with `cat bundle.tar.part-* | tar -x`)
+#   5. `rcdm demo --bundle` on it, timed on 2 CPU threads; the page comes back as $OUT/demo-out.tar (DEMO=0: skip)
 #
 # Timing: UNMEASURED estimate for one H100 + 16 cores (no GPU was lent when this was written). SSL is bound by
 # CPU augmentation (~0.7 ms per view per core, measured on the dev CPU): 20 epochs x 100k views / 12 workers
 # ~ 2-3 min; the RCDMs stop at the first checkpoint after RCDM_BUDGET_S (default 240 s) or at RCDM_STEPS;
-# metrics ~1-2 min; setup + pack < 30 s. Total about 8-9 minutes: run it with timeout_s=600 and nothing else.
+# metrics ~1-2 min; setup + pack < 30 s; the CPU demo ~1 min. Total about 9-10 minutes: run it with timeout_s=600
+# and nothing else (DEMO=0 leaves out step 5 when time is short).
 #
 # On the device machine (bare image: torch, accelerate, timm, safetensors; no diffusers, no ../shared), first
 # prepare here, in the repo root:
@@ -24,7 +26,8 @@
 #   OUT=/tmp/dry WORK=/tmp/dry-work DATA=../shared/data/cifar10/cifar10-jpeg.tar.gz \
 #   RESNET56=../shared/data/cifar-resnet/resnet56-4bfd9763.th SSL_EPOCHS=1 SUP_EPOCHS=1 RCDM_STEPS=2 \
 #   SSL_ARGS="--limit 40 --batch-size 10 --width 1 --num-workers 0" RCDM_ARGS="--preset tiny --batch-size 4 \
-#   --save-every 2 --num-workers 0" EVAL_IMAGES=8 PACK_ARGS=--allow-smoke PY=.venv/bin/python \
+#   --save-every 2 --num-workers 0" EVAL_IMAGES=8 PACK_ARGS=--allow-smoke DEMO_ARGS="--preset quick" \
+#   PY=.venv/bin/python \
 #   bash scripts/gpu_demo_pack.sh
 set -uo pipefail
 
@@ -147,6 +150,21 @@ cp "$WORK/logs.tar" "$OUT/" 2>/dev/null
 if [ "$PACK_RC" -eq 0 ]; then
     tar -C "$WORK" -cf "$WORK/bundle.tar" bundle
     split -b 15M -d "$WORK/bundle.tar" "$OUT/bundle.tar.part-"
+fi
+
+# 5. the offline demo on the packed bundle, timed on 2 CPU threads (the `make demo` budget: 2 minutes on 2 cores;
+#    pinned to 2 cores where taskset exists), returned as $OUT/demo-out.tar. Best effort: never fails the run.
+if [ "$PACK_RC" -eq 0 ] && [ "${DEMO:-1}" = 1 ]; then
+    stamp "demo: rcdm demo --bundle on the CPU, 2 threads ${DEMO_ARGS:-}"
+    PIN=$(command -v taskset >/dev/null && echo "taskset -c 0,1")
+    D0=$(date +%s)
+    # shellcheck disable=SC2086  # PIN, DEMO_ARGS: word-split on purpose
+    OMP_NUM_THREADS=2 CUDA_VISIBLE_DEVICES="" timeout 300 $PIN $RCDM demo --bundle "$WORK/bundle" \
+        --out "$WORK/demo-out" --device cpu --no-progress ${DEMO_ARGS:-} >"$WORK/demo.log" 2>&1
+    DEMO_RC=$?
+    stamp "demo rc=$DEMO_RC: $(($(date +%s) - D0)) s end to end (python start, loading and writing included)"
+    tail -n 2 "$WORK/demo.log" | tee -a "$OUT/summary.txt"
+    [ -d "$WORK/demo-out" ] && tar -C "$WORK" -cf "$OUT/demo-out.tar" demo-out ./demo.log
 fi
 stamp "done (pack rc=$PACK_RC)"
 exit "$PACK_RC"

@@ -68,13 +68,16 @@ def sample_grid(original: torch.Tensor, samples: torch.Tensor, title: str | None
     return grid([[original, *samples]], col_labels=cols, title=title)
 
 
-def html_page(title: str, sections: Sequence[tuple[str, str]]) -> str:
-    """A self-contained page: sections are (heading, inner HTML)."""
+def html_page(title: str, sections: Sequence[tuple[str, str]], *, notice: str | None = None) -> str:
+    """A self-contained page: sections are (heading, inner HTML); `notice` (inner HTML) is a boxed warning
+    shown right under the title (e.g. that the models are smoke tests)."""
     body = "\n".join(f"<h2>{html.escape(h)}</h2>\n{inner}" for h, inner in sections)
+    box = f"<div class='notice'>{notice}</div>\n" if notice else ""
     return (
         "<!doctype html><html><head><meta charset='utf-8'>"
         f"<title>{html.escape(title)}</title>"
         "<style>body{font-family:sans-serif;max-width:1100px;margin:2em auto}img{image-rendering:pixelated;"
-        "max-width:100%}table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:3px 8px}</style>"
-        f"</head><body><h1>{html.escape(title)}</h1>\n{body}\n</body></html>"
+        "max-width:100%}table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:3px 8px}"
+        ".notice{border:3px solid #c00;background:#fee;padding:0.5em 1em;margin:1em 0;font-size:1.1em}</style>"
+        f"</head><body><h1>{html.escape(title)}</h1>\n{box}{body}\n</body></html>"
     )

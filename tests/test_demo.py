@@ -1,0 +1,185 @@
+"""`rcdm demo`: the pack demo on a tiny smoke bundle (page, figures, numbers, smoke label), bundle errors, and
+the smoke-scale fallback that says the CIFAR-10 pack is not bundled."""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import shutil
+from pathlib import Path
+from typing import ClassVar
+
+import pytest
+from PIL import Image
+
+from rcdm.cli import main
+from rcdm.demo import PACK_DEMO_PRESETS, PackDemoSettings, _notice, read_bundle, run_demo, run_pack_demo
+from rcdm.errors import RCDMError
+from rcdm.recipes.demo_pack import TARGETS, RCDMRecipe, pack, train_rcdms
+from rcdm.recipes.ssl import SSLConfig, train_encoder
+
+TINY = dict(
+    epochs=1, batch_size=10, limit=20, depth=8, width=1, projector=(32, 32), num_workers=0, warmup_epochs=0
+)
+FIGURES = ("samples", "invariance", "interpolation", "adversarial")
+SECTIONS = (
+    "What this is",
+    "Samples: backbone vs projector",
+    "Invariance: backbone vs projector",
+    "Interpolation",
+    "Adversarial: SSL vs supervised",
+    "Settings and timings",
+)
+
+
+@pytest.fixture(scope="module")
+def bundle(cifar_root: Path, few_images: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A smoke bundle of tiny models: two tiny encoders, the three RCDM targets (tiny preset, 2 steps), 4 inputs."""
+    root = tmp_path_factory.mktemp("demo-runs")
+    train_encoder(SSLConfig(data=str(cifar_root), **TINY), root / "ssl", progress=False)
+    train_encoder(
+        SSLConfig(data=str(cifar_root), objective="supervised", **TINY), root / "supervised", progress=False
+    )
+    recipe = RCDMRecipe(
+        data=str(few_images), preset="tiny", steps=2, batch_size=4, save_every=2, num_workers=0
+    )
+    train_rcdms(recipe, root, progress=False)
+    out = root / "bundle"
+    pack(root, out, allow_smoke=True, demo_images=sorted(few_images.glob("*.jpg"))[:4])
+    return out
+
+
+def _sources(page: str) -> set[str]:
+    return set(re.findall(r"<img src=['\"]([^'\"]+)['\"]", page))
+
+
+def test_pack_demo_cli_writes_page_figures_and_numbers(bundle: Path, tmp_path: Path) -> None:
+    out = tmp_path / "demo"
+    args = ["demo", "--bundle", str(bundle), "--out", str(out), "--preset", "quick", "--no-progress"]
+    assert main(args) == 0
+    page = (out / "index.html").read_text()
+    # Every figure the page shows is on disk beside it, and every figure on disk is shown.
+    shown = _sources(page)
+    assert shown == {f"{name}.png" for name in FIGURES}
+    assert {p.name for p in out.glob("*.png")} == shown
+    for name in shown:
+        assert Image.open(out / name).size[0] > 100
+    for heading in SECTIONS:
+        assert f"<h2>{heading}</h2>" in page
+    # A smoke bundle is labelled as such, prominently (the boxed notice right under the title).
+    assert "<title>SMOKE TEST" in page
+    notice = page.split("<div class='notice'>", 1)[1].split("</div>", 1)[0]
+    assert "NOT trained models" in notice and "docs/recipes.md" in notice
+
+    s = PACK_DEMO_PRESETS["quick"]
+    res = json.loads((out / "results.json").read_text())
+    assert res["smoke"] is True and res["smoke_reasons"]
+    assert len(res["images"]) == 4 and res["settings"]["steps"] == s.steps
+    # Backbone vs projector samples, judged by the conditioning encoder.
+    for role in ("backbone", "projector"):
+        f = res["samples"][role]["faithfulness"]
+        assert 0.0 <= f["top1"] <= 1.0 and -1.0 <= f["cosine"] <= 1.0
+        assert 1.0 <= f["mean_rank"] <= 4.0 and f["chance_rank"] == 2.5
+        assert f["samples_per_reference"] == s.num_samples
+        assert 0.0 <= res["samples"][role]["mean_pixel_std"] <= 0.5
+    # Invariance: the same augmentations for both, shifts >= 0, retention in [0, 1] (None when undefined).
+    inv = res["invariance"]
+    assert inv["backbone"]["label"] == "VICReg backbone" and inv["projector"]["label"] == "VICReg projector"
+    for role in ("backbone", "projector"):
+        rows = inv[role]["augmentations"]
+        assert [r["augmentation"] for r in rows] == list(s.augmentations)
+        for r in rows:
+            assert r["shift"] >= 0.0
+            assert r["retention"] is None or 0.0 <= r["retention"] <= 1.0
+    # The projector's representation is another vector than the backbone's.
+    assert inv["backbone"]["augmentations"][0]["shift"] != inv["projector"]["augmentations"][0]["shift"]
+    # Interpolation: t from 0 to 1, one frame change per step.
+    itp = res["interpolation"]
+    assert itp["t"][0] == 0.0 and itp["t"][-1] == 1.0 and len(itp["t"]) == s.interpolation_steps
+    assert len(itp["methods"]["linear"]["frame_change"]) == s.interpolation_steps - 1
+    # Adversarial: SSL vs supervised under the same attack; only the supervised encoder has a classifier.
+    adv = res["adversarial"]
+    assert adv["ssl"]["label"] == "VICReg backbone" and adv["supervised"]["label"] == "supervised backbone"
+    for key in ("ssl", "supervised"):
+        a = adv[key]
+        assert a["eps"] == pytest.approx(s.eps) and -1.0 <= a["cosine_to_clean"] <= 1.0 + 1e-6
+        assert a["shift"] > 0.0
+        for v in a["per_image"].values():
+            assert v["linf"] <= s.eps + 1e-6
+    assert adv["ssl"]["label_flip_rate"] is None
+    assert 0.0 <= adv["supervised"]["label_flip_rate"] <= 1.0
+    assert len(adv["classes"]) == 10
+    assert all(v["clean_label"] is not None for v in adv["supervised"]["per_image"].values())
+    assert res["models"]["projector"]["feature"] == "projector" and res["models"]["supervised"]["smoke"]
+    assert not any(isinstance(v, float) and math.isnan(v) for v in res["seconds"].values())
+
+
+def test_only_a_smoke_bundle_gets_the_warning(bundle: Path, tmp_path: Path) -> None:
+    copy = tmp_path / "bundle"
+    shutil.copytree(bundle, copy)
+    assert read_bundle(copy).smoke and "NOT trained models" in (_notice(read_bundle(copy)) or "")
+    index = json.loads((copy / "bundle.json").read_text())
+    (copy / "bundle.json").write_text(json.dumps({**index, "smoke": False, "smoke_reasons": []}))
+    real = read_bundle(copy)
+    assert not real.smoke and _notice(real) is None
+    assert [p.name for p in real.inputs] == sorted(p.name for p in (copy / "demo-inputs").iterdir())
+    # Without demo inputs the package's ten images are used.
+    shutil.rmtree(copy / "demo-inputs")
+    assert len(read_bundle(copy).inputs) == 10
+    with pytest.raises(RCDMError, match="deterministic"):
+        run_pack_demo(copy, tmp_path / "x", settings=PackDemoSettings(sampler="ddpm"), progress=False)
+
+
+def test_demo_bundle_errors_exit_2_with_one_line(
+    bundle: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    not_a_bundle = tmp_path / "empty"
+    not_a_bundle.mkdir()
+    partial = tmp_path / "partial"
+    shutil.copytree(bundle, partial)
+    shutil.rmtree(partial / TARGETS[1].name)
+    cases = {
+        str(tmp_path / "nowhere"): "does not exist",
+        str(not_a_bundle): "no bundle.json",
+        str(partial): TARGETS[1].name,
+    }
+    for folder, reason in cases.items():
+        assert main(["demo", "--bundle", folder, "--out", str(tmp_path / "o"), "--no-progress"]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("rcdm demo: error:") and "\n" not in err and reason in err, err
+    (not_a_bundle / "bundle.json").write_text("{not json")
+    with pytest.raises(RCDMError, match="bundle index"):
+        read_bundle(not_a_bundle)
+    # Options of the smoke-scale demo do not mix with a bundle.
+    assert main(["demo", "--bundle", str(bundle), "--smoke-scale"]) == 2
+    assert main(["demo", "--bundle", str(bundle), "--steps", "3"]) == 2
+    assert not (tmp_path / "o").exists()
+
+
+def test_demo_uses_the_installed_pack_else_the_smoke_scale_model(
+    bundle: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import rcdm.commands.demo as command
+    import rcdm.demo as demo
+
+    calls: list[tuple] = []
+    monkeypatch.setattr(command, "bundled_pack", lambda: bundle)
+    monkeypatch.setattr(command, "run_pack_demo", lambda *a, **k: calls.append(a) or _Done())
+    assert main(["demo", "--out", str(tmp_path / "a"), "--no-progress"]) == 0
+    assert calls == [(bundle, str(tmp_path / "a"))]
+
+    # No pack installed: the smoke-scale page says so and how to make one.
+    monkeypatch.setattr(demo, "bundled_pack", lambda: None)
+    result = run_demo(tmp_path / "smoke", steps=2, num_samples=1, sample_steps=2, progress=False)
+    page = result.index.read_text()
+    notice = page.split("<div class='notice'>", 1)[1].split("</div>", 1)[0]
+    assert "not bundled" in notice and "docs/recipes.md" in notice and "rcdm demo --bundle" in notice
+    assert _sources(page) == {"overview.png"} and (tmp_path / "smoke" / "overview.png").is_file()
+    assert json.loads((tmp_path / "smoke" / "results.json").read_text())["cifar10_pack_bundled"] is False
+
+
+class _Done:
+    smoke = False
+    seconds: ClassVar[dict[str, float]] = {"total": 0.0}
+    index = Path("index.html")
