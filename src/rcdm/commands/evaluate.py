@@ -10,7 +10,7 @@ from ..diffusion import SAMPLERS
 from ..encoders import create_encoder
 from ..errors import RCDMError
 from ..loading import default_device, encoder_for, load_model
-from .common import add_model_args, positive
+from .common import add_model_args, add_speed_args, positive
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -62,6 +62,7 @@ def _sampling(p: argparse.ArgumentParser, what: str, default: int) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--guidance", type=float, default=1.0)
     p.add_argument("--batch-size", type=int, default=64)
+    add_speed_args(p)
 
 
 def _quality_args(p: argparse.ArgumentParser) -> None:
@@ -112,6 +113,8 @@ def run_faithfulness(args: argparse.Namespace) -> int:
         sampler=args.sampler,
         seed=args.seed,
         guidance=args.guidance,
+        compile=args.compile,
+        precision=args.precision,
         batch_size=args.batch_size,
         progress=True,
     )
@@ -205,6 +208,8 @@ def run_generate(args: argparse.Namespace) -> int:
         sampler=args.sampler,
         seed=args.seed,
         guidance=args.guidance,
+        compile=args.compile,
+        precision=args.precision,
         batch_size=args.batch_size,
         model_name=str(args.model),
         device=device,

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from ..data import load_images
-from ..diffusion import Sampler, batched, sample
+from ..diffusion import Compile, Precision, Sampler, batched, sample
 from ..encoders import Encoder
 from ..errors import RCDMError
 from ..model import RCDM
@@ -168,6 +168,8 @@ def evaluate_faithfulness(
     seed: int = 0,
     guidance: float = 1.0,
     batch_size: int = 64,
+    compile: Compile = "auto",
+    precision: Precision = "auto",
     progress: bool = False,
 ) -> FaithfulnessResult:
     """Encode `images` with `encoder`, draw `num_samples` per representation, re-encode them, and score.
@@ -188,7 +190,15 @@ def evaluate_faithfulness(
     cond = refs[0].repeat_interleave(s, dim=0)
     for a, b in tqdm(list(batched(n * s, batch_size)), disable=not progress, desc="faithfulness"):
         imgs = sample(
-            model, cond[a:b], steps=steps, sampler=sampler, seed=seed, first_index=a, guidance=guidance
+            model,
+            cond[a:b],
+            steps=steps,
+            sampler=sampler,
+            seed=seed,
+            first_index=a,
+            guidance=guidance,
+            compile=compile,
+            precision=precision,
         )
         for k, e in enumerate(encoders):
             sample_reps[k][a:b] = encode(e, imgs)

@@ -20,7 +20,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..data import load_images
-from ..diffusion import Sampler, batched, sample
+from ..diffusion import Compile, Precision, Sampler, batched, sample
 from ..encoders import Encoder
 from ..errors import RCDMError
 from ..figures import to_pil
@@ -86,6 +86,8 @@ def generate_samples(
     seed: int = 0,
     guidance: float = 1.0,
     batch_size: int = 64,
+    compile: Compile = "auto",
+    precision: Precision = "auto",
     model_name: str = "",
     device: str | torch.device | None = None,  # None: this process's device (accelerate)
     progress: bool = False,
@@ -114,6 +116,7 @@ def generate_samples(
         "steps": steps,
         "sampler": sampler,
         "guidance": guidance,
+        "precision": precision,  # bf16 and fp32 samples differ slightly; compile modes do not change them
         "batch_size": batch_size,
         "layout": "samples/<g // 1000:03d>/<g:06d>.png; sample g is conditioned on line (g mod num_references) "
         "of references.txt",
@@ -135,7 +138,15 @@ def generate_samples(
             )
             reps = encode(encoder, views)
             imgs = sample(
-                model, reps, steps=steps, sampler=sampler, seed=seed, first_index=a, guidance=guidance
+                model,
+                reps,
+                steps=steps,
+                sampler=sampler,
+                seed=seed,
+                first_index=a,
+                guidance=guidance,
+                compile=compile,
+                precision=precision,
             )
             for g, img in zip(range(a, b), imgs, strict=True):
                 _save_atomic(img, sample_path(out_dir, g))
