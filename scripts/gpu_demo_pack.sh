@@ -43,19 +43,7 @@ RCDM_BATCH=${RCDM_BATCH:-128}
 RCDM_BUDGET_S=${RCDM_BUDGET_S:-240}
 EVAL_IMAGES=${EVAL_IMAGES:-1000}
 PY=${PY:-python3}
-export PYTHONUNBUFFERED=1 RCDM_CACHE=$WORK/cache
-mkdir -p "$OUT" "$WORK"
-T0=$(date +%s)
-stamp() { echo "[$(($(date +%s) - T0)) s] $*" | tee -a "$OUT/summary.txt"; }
-
-if ! $PY -c "import diffusers" 2>/dev/null; then
-    $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .whl/*.whl || exit 1
-    export PYTHONPATH=/tmp/site
-fi
-export PYTHONPATH=$PWD/src${PYTHONPATH:+:$PYTHONPATH}
-RCDM="$PY -m rcdm.cli"
-$PY -c "import torch; print('device:', torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'cpu')" |
-    tee -a "$OUT/summary.txt"
+. "$(dirname "$0")/device_env.sh"
 
 # 1. encoders, side by side (VICReg gets most augmentation workers). Extract the data set once first.
 CIFAR=$($PY -c "import sys; from rcdm.recipes.ssl import cifar10_root; print(cifar10_root(sys.argv[1]))" "$DATA") ||

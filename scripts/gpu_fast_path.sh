@@ -47,19 +47,7 @@ if [ $DRY -eq 1 ]; then  # the same stages at smoke scale on the CPU
     TRAIN_ARGS="--preset tiny --batch-size 4 --num-workers 0 --save-every 2 --steps 4"
     FAITH_ARGS="--batch-size 6 --device cpu"
 fi
-export PYTHONUNBUFFERED=1 RCDM_CACHE=$WORK/cache
-mkdir -p "$OUT" "$WORK"
-T0=$(date +%s)
-stamp() { echo "[$(($(date +%s) - T0)) s] $*" | tee -a "$OUT/summary.txt"; }
-
-if ! $PY -c "import diffusers" 2>/dev/null; then
-    $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .whl/*.whl || exit 1
-    export PYTHONPATH=/tmp/site
-fi
-export PYTHONPATH=$PWD/src${PYTHONPATH:+:$PYTHONPATH}
-RCDM="$PY -m rcdm.cli"
-$PY -c "import torch, diffusers; print('device:', torch.cuda.get_device_name(0) if torch.cuda.is_available() \
-else 'cpu', '| torch', torch.__version__, '| diffusers', diffusers.__version__)" | tee -a "$OUT/summary.txt"
+. "$(dirname "$0")/device_env.sh"
 # The card as found (clocks, power, other processes): read only, nothing is changed.
 nvidia-smi -q -d CLOCK,POWER,PERFORMANCE,MEMORY >"$OUT/nvidia-smi.txt" 2>&1 || echo "no nvidia-smi" >"$OUT/nvidia-smi.txt"
 
