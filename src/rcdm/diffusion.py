@@ -195,6 +195,11 @@ def _autocast(device: torch.device, dtype: torch.dtype = torch.bfloat16) -> cont
     return torch.autocast(device.type, dtype=dtype, cache_enabled=False)
 
 
+def autocast_for(device: torch.device, precision: Precision = "auto") -> contextlib.AbstractContextManager:
+    """The autocast rcdm's networks run under on `device`: bf16 on CUDA by default, none (fp32) elsewhere."""
+    return _autocast(device, resolve_precision(precision, device))
+
+
 # model's UNet -> {mode: torch.compile'd UNet}; weak keys: the cache dies with the model.
 _COMPILED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 # model's UNet -> {(batch, dtype, weights fingerprint): _GraphedUNet}; at most _MAX_GRAPHS per model.

@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 
 from .data import Resample, image_tensor, load_images, resize
-from .diffusion import Compile, Precision, Sampler, batched, sample_many
+from .diffusion import Compile, Precision, Sampler, autocast_for, batched, sample_many
 from .encoders import Encoder
 from .figures import sample_grid, save_png
 from .model import RCDM
@@ -22,11 +22,8 @@ def encode(encoder: Encoder, images: torch.Tensor, batch_size: int = 256) -> tor
     out = []
     for s, e in batched(images.shape[0], batch_size):
         x = images[s:e].to(device)
-        if device.type == "cuda":
-            with torch.autocast("cuda", dtype=torch.bfloat16):
-                out.append(encoder(x).float().cpu())
-        else:
-            out.append(encoder(x).cpu())
+        with autocast_for(device):
+            out.append(encoder(x).float().cpu())
     return torch.cat(out)
 
 

@@ -4,7 +4,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -17,7 +16,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from ..data import resize
-from ..diffusion import Sampler
+from ..diffusion import Sampler, autocast_for
 from ..encoders import Encoder
 from ..errors import RCDMError
 from ..figures import grid
@@ -27,12 +26,6 @@ from ._common import fmt, image_paths, number, sample_shared_noise, typical_dist
 
 Attack = Literal["untargeted", "targeted", "label"]
 ATTACKS: tuple[str, ...] = ("untargeted", "targeted", "label")
-
-
-def _autocast(device: torch.device) -> contextlib.AbstractContextManager:
-    if device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
 
 
 def pgd(
@@ -74,7 +67,7 @@ def pgd(
         x = images[s : s + batch_size].float()
         start = (torch.rand(x.shape, generator=g) * 2 - 1) * eps if random_start else torch.zeros_like(x)
         x, delta = x.to(device), start.to(device)
-        with torch.no_grad(), _autocast(device):
+        with torch.no_grad(), autocast_for(device):
             if attack == "untargeted":
                 anchor = encoder(x).float()
             elif attack == "targeted":
@@ -85,7 +78,7 @@ def pgd(
         delta = ((x + delta).clamp(0, 1) - x).detach()
         for _ in range(steps):
             delta.requires_grad_(True)
-            with _autocast(device):
+            with autocast_for(device):
                 xa = x + delta
                 if attack == "label":
                     loss = F.cross_entropy(encoder.logits(xa).float(), anchor, reduction="sum")
