@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from .data import Resample, image_tensor, load_images, resize
+from .data import Resample, image_tensor, load_image, published_center_crop, resize
 from .diffusion import Compile, Precision, Sampler, autocast_for, batched, sample_many
 from .encoders import Encoder
 from .figures import sample_grid, save_png
@@ -35,8 +35,12 @@ def load_views(
     Both come from the same centre square crop of each file (the published protocol); `resample="published"`
     resizes as the published code did (see data.published_center_crop).
     """
-    if resample == "published":
-        return load_images(paths, image_size, resample), load_images(paths, encoder_size, resample)
+    if resample == "published":  # each file decoded once, cut at both sizes
+        files = [load_image(p) for p in paths]
+        return (
+            torch.stack([published_center_crop(im, image_size) for im in files]),
+            torch.stack([published_center_crop(im, encoder_size) for im in files]),
+        )
     squares = [image_tensor(p) for p in paths]
     return (
         torch.stack([resize(x, image_size) for x in squares]),
