@@ -133,15 +133,21 @@ class GaussianDiffusion:
         loss: LossType = "hybrid",
         generator: torch.Generator | None = None,
         drop: torch.Tensor | None = None,
+        t: torch.Tensor | None = None,
+        noise: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Per-sample loss (B,): epsilon MSE, plus the VLB term when `loss == 'hybrid'` (published).
 
         x0: (B, 3, H, W) in [-1, 1]; representation: (B, dim); drop: (B,) bool, use the null representation.
-        Timesteps are uniform; noise and timesteps come from `generator` (CPU) so a run replays exactly.
+        Timesteps are uniform; `t` (B,) and `noise` (like x0), when not given, come from `generator` (CPU), so
+        a run replays exactly.
         """
         b = x0.shape[0]
-        t = torch.randint(0, self.num_timesteps, (b,), generator=generator).to(x0.device)
-        noise = torch.randn(x0.shape, generator=generator).to(x0.device, x0.dtype)
+        if t is None:
+            t = torch.randint(0, self.num_timesteps, (b,), generator=generator)
+        if noise is None:
+            noise = torch.randn(x0.shape, generator=generator)
+        t, noise = t.to(x0.device), noise.to(x0.device, x0.dtype)
         xt = self.q_sample(x0, t, noise).to(x0.dtype)
         out = model(xt, t, representation, drop=drop).float()
         mse = ((noise.float() - out[:, :3]) ** 2).mean(dim=(1, 2, 3))

@@ -1,8 +1,9 @@
 """One training loop on accelerate: CPU, one GPU, or many GPUs / nodes (`accelerate launch`, `torchrun`).
 
-Every batch, noise draw and timestep is a pure function of (seed, step), and checkpoints hold the model, its EMA,
-the optimizer and the step, written to a temporary folder and renamed into place: a run killed at any point
-(even mid-save) resumes with `resume=True` exactly where the last complete checkpoint left it.
+Every batch, noise draw and timestep is a pure function of (seed, step), whatever the number of processes.
+Checkpoints hold the model, its EMA, the optimizer and the step, written to a temporary folder and renamed into
+place: a run killed at any point (even mid-save) resumes with `resume=True` exactly where the last complete
+checkpoint left it.
 """
 
 from __future__ import annotations
@@ -195,7 +196,10 @@ def train(
 
     files = list_images(cfg.data)
     mp = cfg.mixed_precision
-    acc = Accelerator(mixed_precision=("bf16" if torch.cuda.is_available() else "no") if mp == "auto" else mp)
+    cuda = torch.cuda.is_available()
+    # cpu=True on a CPU-only machine: a torchrun of N CPU processes then joins one gloo group and each rank
+    # trains on its share (without it accelerate runs every rank as a separate single-process job).
+    acc = Accelerator(cpu=not cuda, mixed_precision=("bf16" if cuda else "no") if mp == "auto" else mp)
     enc = encoder if encoder is not None else create_encoder(cfg.encoder, cfg.feature)
     if encoder is not None and enc.feature != cfg.feature:
         enc = enc.with_feature(cfg.feature)
@@ -254,6 +258,7 @@ def train(
         resolved = {
             **asdict(replace(cfg, image_size=size)),
             "num_images": len(files),
+            "num_processes": acc.num_processes,  # batch_size is global: each process takes its share
             "model": dict(model.config),
         }
         (run_dir / "run.json").write_text(json.dumps(resolved, indent=2, default=str))
@@ -273,12 +278,19 @@ def train(
         else:
             with torch.no_grad(), acc.autocast():
                 rep = enc(batch["enc_image"].to(acc.device, non_blocking=True)).float()
-        g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step * acc.num_processes + acc.process_index)
+        # Timesteps, noise and dropped conditioning are drawn for the global batch and this rank takes its rows
+        # (the rows of its images), so the number of processes does not change what is trained.
+        g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
+        b = x0.shape[0]
+        mine = slice(acc.process_index * b, (acc.process_index + 1) * b)
+        total = b * acc.num_processes
+        t = torch.randint(0, diffusion.num_timesteps, (total,), generator=g)[mine]
+        noise = torch.randn((total, *x0.shape[1:]), generator=g)[mine]
         drop = None
         if cfg.cond_drop > 0:
-            drop = (torch.rand(x0.shape[0], generator=g) < cfg.cond_drop).to(acc.device)
+            drop = (torch.rand(total, generator=g)[mine] < cfg.cond_drop).to(acc.device)
         with acc.autocast():
-            loss = diffusion.losses(pmodel, x0, rep, cfg.loss, g, drop).mean()
+            loss = diffusion.losses(pmodel, x0, rep, cfg.loss, drop=drop, t=t, noise=noise).mean()
         value = float(acc.gather(loss.detach()).mean())
         if not math.isfinite(value):
             good = latest_checkpoint(run_dir)
