@@ -134,25 +134,33 @@ def _published_forward(
 
 
 def test_golden_vector_reproduces_reference_output(golden_model, golden_state, golden_io):
-    """`out` within the precision the golden weights allow (the 1e-5 max-abs target is unattainable for them).
+    """`out` to 1e-5 max abs where the golden vector allows it; to its noise floor where it does not.
 
-    golden-32px is ill-conditioned: its random qkv weights (std 0.5) give attention logits of std ~16 with top-2
-    gaps down to 6e-4, so 1e-7 relative noise in the input moves `out` by up to 0.14 (fp32 noise floor 0.06-0.31
-    max abs, measured) and the float64 published forward is itself 0.24 from `out`. What does separate a right
-    conversion from a wrong one is the mean: 0.0086 for ours, >= 0.57 for any other head layout (measured).
+    The golden-32px shipped so far is ill-conditioned: its random qkv weights (std 0.5) give attention logits of
+    std ~16 with top-2 gaps down to 6e-4, so float32 rounding alone moves `out` by tenths. The published forward
+    (transcribed below) disagrees with itself by 0.31 max abs when row 1 runs alone instead of in the batch of 2,
+    and the float64 published forward is 0.24 from `out` (measured). No implementation can then meet 1e-5 except
+    by repeating the reference's exact float32 kernels. What separates a right conversion from a wrong one there
+    is the mean: 0.0086 for ours, >= 0.57 for any other head layout. The test measures the conditioning first, so
+    a regenerated, well-conditioned golden vector (e.g. qkv std 0.02) is held to 1e-5 max abs automatically.
     Exactness of the mapping is proved in float64 by the next test.
     """
+    x, t, feat, ref_out = golden_io["x"], golden_io["t"], golden_io["feat"], golden_io["out"]
     with torch.no_grad():
-        out = golden_model(golden_io["x"], golden_io["t"], golden_io["feat"])
-    assert out.shape == golden_io["out"].shape == (2, 6, 32, 32)
-    err = (out - golden_io["out"]).abs()
+        out = golden_model(x, t, feat)
+        batched = _published_forward(golden_state, x, t, feat)
+        alone = _published_forward(golden_state, x[1:], t[1:], feat[1:])
+    assert out.shape == ref_out.shape == (2, 6, 32, 32)
+    err = (out - ref_out).abs()
+    self_disagreement = (batched[1:] - alone).abs().max().item()
+    if self_disagreement < 1e-6:  # well conditioned: the issue's criterion
+        assert err.max().item() < 1e-5, f"max abs error {err.max().item():.3g}"
+        return
     assert err.mean().item() < 0.05, f"mean abs error {err.mean().item():.3g} (max {err.max().item():.3g})"
     assert err.mean((1, 2, 3)).max().item() < 0.05
     for heads in (1, 2):  # a plain chunk(3) / wrong head count is an order of magnitude further away
-        wrong = _published_forward(
-            golden_state, golden_io["x"], golden_io["t"], golden_io["feat"], heads=heads
-        )
-        assert (wrong - golden_io["out"]).abs().mean().item() > 10 * err.mean().item()
+        wrong = _published_forward(golden_state, x, t, feat, heads=heads)
+        assert (wrong - ref_out).abs().mean().item() > 10 * err.mean().item()
 
 
 def test_converted_golden_equals_published_forward_in_float64(golden_state, golden_io):
