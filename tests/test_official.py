@@ -153,7 +153,7 @@ def test_golden_vector_reproduces_reference_output(golden_model, golden_state, g
     assert out.shape == ref_out.shape == (2, 6, 32, 32)
     err = (out - ref_out).abs()
     self_disagreement = (batched[1:] - alone).abs().max().item()
-    if self_disagreement < 1e-6:  # well conditioned: the criterion
+    if self_disagreement < 5e-6:  # the reference repeats itself well inside 1e-5: the criterion
         assert err.max().item() < 1e-5, f"max abs error {err.max().item():.3g}"
         return
     assert err.mean().item() < 0.05, f"mean abs error {err.mean().item():.3g} (max {err.max().item():.3g})"
