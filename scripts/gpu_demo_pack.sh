@@ -83,15 +83,7 @@ tail -n 2 "$WORK"/rcdm-cifar10-*.log | tee -a "$OUT/summary.txt"
 
 # 3. metrics (best effort): 1,000 class-balanced test images.
 stamp "metrics on $EVAL_IMAGES test images"
-mkdir -p "$WORK/eval-images"
-$PY - "$CIFAR/test" "$WORK/eval-images" "$EVAL_IMAGES" <<'EOF'
-import shutil, sys
-from pathlib import Path
-from rcdm.recipes.ssl import labelled_files
-files, _, classes = labelled_files(Path(sys.argv[1]), int(sys.argv[3]))
-for f in files:
-    shutil.copyfile(f, Path(sys.argv[2]) / f"{f.parent.name}-{f.name}")
-EOF
+copy_test_images "$CIFAR/test" "$WORK/eval-images" "$EVAL_IMAGES"
 mkdir -p "$WORK/metrics"
 for target in rcdm-cifar10-vicreg-backbone rcdm-cifar10-vicreg-projector rcdm-cifar10-supervised; do
     timeout 60 $RCDM evaluate faithfulness --model "$WORK/runs/$target" --images "$WORK/eval-images" \

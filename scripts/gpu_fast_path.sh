@@ -76,15 +76,7 @@ stamp "benchmark rc=$?"
 
 # 3. faithfulness: dpm++ at 20 steps vs ddpm at 100 (the published sampler), same images, same seeds.
 stamp "faithfulness on $FAITH_IMAGES CIFAR-10 test images"
-mkdir -p "$WORK/faith-images"
-$PY - "$CIFAR/test" "$WORK/faith-images" "$FAITH_IMAGES" <<'EOF'
-import shutil, sys
-from pathlib import Path
-from rcdm.recipes.ssl import labelled_files
-files, _, _ = labelled_files(Path(sys.argv[1]), int(sys.argv[3]))
-for f in files:
-    shutil.copyfile(f, Path(sys.argv[2]) / f"{f.parent.name}-{f.name}")
-EOF
+copy_test_images "$CIFAR/test" "$WORK/faith-images" "$FAITH_IMAGES"
 for s in "dpm dpm++ 20" "ddpm ddpm 100"; do
     set -- $s
     steps=$3
