@@ -27,12 +27,14 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from .data import PairedViews, StepBatchSampler, list_images, to_model_space
-from .diffusion import GaussianDiffusion, LossType
+from .diffusion import GaussianDiffusion, LossType, sample_generators
 from .encoders import Encoder, Feature, create_encoder, sha256_file
 from .errors import NonFiniteLossError, RCDMError
 from .model import PRESETS, RCDM, check_encoder
 
 log = logging.getLogger(__name__)
+# Offsets the training-noise seeds from the augmentation seeds of the same image ((seed, position) in both).
+NOISE_STREAM = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -278,17 +280,16 @@ def train(
         else:
             with torch.no_grad(), acc.autocast():
                 rep = enc(batch["enc_image"].to(acc.device, non_blocking=True)).float()
-        # Timesteps, noise and dropped conditioning are drawn for the global batch and this rank takes its rows
-        # (the rows of its images), so the number of processes does not change what is trained.
-        g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
+        # Each image's timestep, noise and conditioning drop come from its own generator, seeded by its place in
+        # the global batch (as its augmentation is): the number of processes does not change what is trained, and
+        # each rank draws only its own rows.
         b = x0.shape[0]
-        mine = slice(acc.process_index * b, (acc.process_index + 1) * b)
-        total = b * acc.num_processes
-        t = torch.randint(0, diffusion.num_timesteps, (total,), generator=g)[mine]
-        noise = torch.randn((total, *x0.shape[1:]), generator=g)[mine]
+        gens = sample_generators(cfg.seed + NOISE_STREAM, step * cfg.batch_size + acc.process_index * b, b)
+        t = torch.cat([torch.randint(0, diffusion.num_timesteps, (1,), generator=g) for g in gens])
+        noise = torch.cat([torch.randn((1, *x0.shape[1:]), generator=g) for g in gens])
         drop = None
         if cfg.cond_drop > 0:
-            drop = (torch.rand(total, generator=g)[mine] < cfg.cond_drop).to(acc.device)
+            drop = (torch.cat([torch.rand(1, generator=g) for g in gens]) < cfg.cond_drop).to(acc.device)
         with acc.autocast():
             loss = diffusion.losses(pmodel, x0, rep, cfg.loss, drop=drop, t=t, noise=noise).mean()
         value = float(acc.gather(loss.detach()).mean())
