@@ -279,7 +279,12 @@ def test_generate_splits_between_torchrun_processes_on_cpu(tiny_run: Path, few_i
     torchrun = Path(sys.executable).with_name("torchrun")
     args = ["evaluate", "generate", "--model", str(tiny_run), "--images", str(few_images), "--steps", "2"]
     args += ["--batch-size", "2", "--num-samples", "6"]
-    assert main([*args, "--out", str(tmp_path / "one")]) == 0
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}  # both runs on one thread each: the same float kernels
+    cli = [sys.executable, "-m", "rcdm.cli", *args]
+    one = subprocess.run(
+        [*cli, "--out", str(tmp_path / "one")], capture_output=True, text=True, env=env, timeout=300
+    )
+    assert one.returncode == 0, one.stderr[-2000:]
     probe = tmp_path / "probe.py"
     probe.write_text(
         "from rcdm.parallel import process_state\n"
@@ -287,7 +292,6 @@ def test_generate_splits_between_torchrun_processes_on_cpu(tiny_run: Path, few_i
         "with s.split_between_processes(list(range(6))) as mine:\n"
         "    print(f'rank {s.process_index} of {s.num_processes}: {mine}', flush=True)\n"
     )
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
     run = [str(torchrun), "--standalone", "--nproc-per-node", "2"]
     shares = subprocess.run([*run, str(probe)], capture_output=True, text=True, env=env, timeout=300)
     assert "rank 0 of 2: [0, 1, 2]" in shares.stdout and "rank 1 of 2: [3, 4, 5]" in shares.stdout
