@@ -89,7 +89,7 @@ def reference_sample(
 def test_sample_equals_the_plain_loop_bit_for_bit(model, sampler, guidance):
     # Projecting the representation once, CPU timesteps, drawing ddpm's noise ourselves: the same arithmetic.
     reps = torch.randn(3, 6)
-    fast = sample(model, reps, steps=5, sampler=sampler, seed=4, guidance=guidance)
+    fast = sample(model, reps, steps=5, sampler=sampler, seed=4, guidance=guidance, precision="fp32")
     plain = reference_sample(model, reps, 5, sampler, 4, guidance)
     assert torch.equal(fast, plain)
 
@@ -98,7 +98,8 @@ def test_ddpm_without_learned_variance_equals_the_plain_loop():
     m = tiny(learned_variance=False, null=False)
     reps = torch.randn(2, 6)
     assert torch.equal(
-        sample(m, reps, steps=4, sampler="ddpm", seed=1), reference_sample(m, reps, 4, "ddpm", 1)
+        sample(m, reps, steps=4, sampler="ddpm", seed=1, precision="fp32"),
+        reference_sample(m, reps, 4, "ddpm", 1),
     )
 
 
@@ -137,7 +138,9 @@ def test_modes_resolve_and_refuse_with_the_fix():
     cpu = torch.device("cpu")
     assert resolve_compile("auto", cpu) == "off"
     assert resolve_compile("auto", torch.device("cuda")) == diffusion.CUDA_DEFAULT_COMPILE
-    assert resolve_precision("auto", cpu) == torch.float32
+    assert resolve_precision("auto", cpu) == (
+        torch.bfloat16 if diffusion.cpu_has_native_bf16() else torch.float32
+    )
     assert resolve_precision("auto", torch.device("cuda")) == torch.bfloat16
     for mode in ("graphs", "reduce-overhead"):
         with pytest.raises(RCDMError, match=f"'{mode}'.*CUDA.*'default'"):
@@ -159,10 +162,10 @@ def test_denoiser_is_the_model(model):
 @pytest.mark.parametrize("sampler", SAMPLERS)
 def test_bf16_on_the_cpu_is_bf16_rounding_and_keeps_seeds(model, sampler):
     reps = torch.randn(2, 6)
-    fp32 = sample(model, reps, steps=3, sampler=sampler, seed=2)
+    fp32 = sample(model, reps, steps=3, sampler=sampler, seed=2, precision="fp32")
     bf16 = sample(model, reps, steps=3, sampler=sampler, seed=2, precision="bf16")
     assert torch.equal(bf16, sample(model, reps, steps=3, sampler=sampler, seed=2, precision="bf16"))
-    other = sample(model, reps, steps=3, sampler=sampler, seed=3)
+    other = sample(model, reps, steps=3, sampler=sampler, seed=3, precision="fp32")
     # Mean distance: ~0.002 to fp32, ~0.45 to another seed (the max is not a fair measure: one pixel near the
     # x0 clip of an untrained model can flip).
     assert (bf16 - fp32).abs().mean() < 0.02 < 0.2 < (other - fp32).abs().mean()
@@ -344,3 +347,32 @@ def test_attention_runs_through_sdpa():
     assert attn and all(isinstance(a.processor, AttnProcessor2_0) for a in attn)
     # the published layout: 4 heads of C/4 channels; SDPA's default scale is then the published one
     assert all(a.heads == 4 and a.scale == (a.inner_dim // 4) ** -0.5 for a in attn)
+
+
+@pytest.mark.parametrize(("flag", "want"), [("1", torch.bfloat16), ("0", torch.float32)])
+def test_auto_precision_on_the_cpu_follows_native_bf16(monkeypatch, flag, want):
+    # auto = bf16 where the CPU has native bf16 (AMX / AVX512-BF16), fp32 elsewhere; fp32 always forces fp32.
+    from rcdm.diffusion import accelerate_mixed_precision, cpu_has_native_bf16, resolve_precision
+
+    monkeypatch.setenv("RCDM_CPU_BF16", flag)
+    cpu_has_native_bf16.cache_clear()
+    try:
+        assert resolve_precision("auto", torch.device("cpu")) == want
+        assert resolve_precision("fp32", torch.device("cpu")) == torch.float32
+        assert accelerate_mixed_precision("auto", "cpu") == ("bf16" if want == torch.bfloat16 else "no")
+        assert accelerate_mixed_precision("fp32", "cpu") == accelerate_mixed_precision("no", "cpu") == "no"
+    finally:
+        cpu_has_native_bf16.cache_clear()
+
+
+def test_cpu_bf16_detection_reads_the_cpu_flags(monkeypatch):
+    from rcdm.diffusion import cpu_has_native_bf16
+
+    monkeypatch.delenv("RCDM_CPU_BF16", raising=False)
+    cpu_has_native_bf16.cache_clear()
+    try:
+        cpuinfo = Path("/proc/cpuinfo")
+        flags = cpuinfo.read_text().split() if cpuinfo.exists() else []
+        assert cpu_has_native_bf16() == ("amx_bf16" in flags or "avx512_bf16" in flags)
+    finally:
+        cpu_has_native_bf16.cache_clear()

@@ -8,10 +8,13 @@ but no training losses for learned variance (Nichol & Dhariwal 2021, Eq. 16).
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
+import os
 import weakref
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Literal
 
 import torch
@@ -171,13 +174,42 @@ COMPILE_MODES: tuple[str, ...] = ("auto", "off", "graphs", "default", "reduce-ov
 CUDA_DEFAULT_COMPILE = "graphs"
 
 
-def resolve_precision(precision: Precision, device: torch.device) -> torch.dtype:
-    """'auto' -> bf16 autocast on CUDA, fp32 elsewhere. Returns the autocast dtype (float32: no autocast)."""
+@functools.cache
+def cpu_has_native_bf16() -> bool:
+    """True when the CPU executes bf16 matrix maths natively (x86 AMX-BF16 or AVX512-BF16, read from cpuinfo).
+
+    Where it does, bf16 autocast trains about 1.7x and runs the forward about 2x faster than fp32
+    (docs/speed.md); elsewhere bf16 is emulated and slower, so 'auto' stays fp32. RCDM_CPU_BF16=0|1 overrides.
+    """
+    forced = os.environ.get("RCDM_CPU_BF16")
+    if forced in ("0", "1"):
+        return forced == "1"
+    try:
+        flags = Path("/proc/cpuinfo").read_text().split()
+    except OSError:
+        return False
+    return "amx_bf16" in flags or "avx512_bf16" in flags
+
+
+def resolve_precision(precision: Precision, device: torch.device | str) -> torch.dtype:
+    """'auto' -> bf16 autocast on CUDA and on CPUs with native bf16, fp32 elsewhere; 'fp32' forces fp32.
+
+    Returns the autocast dtype (float32: no autocast).
+    """
     if precision not in PRECISIONS:
         raise RCDMError(f"unknown precision {precision!r}: choose one of {', '.join(PRECISIONS)}")
     if precision == "auto":
-        return torch.bfloat16 if device.type == "cuda" else torch.float32
+        kind = torch.device(device).type
+        native = kind == "cuda" or (kind == "cpu" and cpu_has_native_bf16())
+        return torch.bfloat16 if native else torch.float32
     return torch.bfloat16 if precision == "bf16" else torch.float32
+
+
+def accelerate_mixed_precision(precision: str, device: torch.device | str) -> str:
+    """A training precision ('auto' | 'bf16' | 'fp32', or accelerate's 'no') -> accelerate's 'bf16' | 'no'."""
+    if precision == "no":
+        precision = "fp32"
+    return "bf16" if resolve_precision(precision, device) == torch.bfloat16 else "no"  # type: ignore[arg-type]
 
 
 def resolve_compile(compile: Compile, device: torch.device) -> str:
@@ -202,7 +234,7 @@ def _autocast(device: torch.device, dtype: torch.dtype = torch.bfloat16) -> cont
 
 
 def autocast_for(device: torch.device, precision: Precision = "auto") -> contextlib.AbstractContextManager:
-    """The autocast rcdm's networks run under on `device`: bf16 on CUDA by default, none (fp32) elsewhere."""
+    """The autocast rcdm's networks run under on `device` (see `resolve_precision` for 'auto')."""
     return _autocast(device, resolve_precision(precision, device))
 
 

@@ -27,7 +27,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from .data import PairedViews, StepBatchSampler, list_images, to_model_space
-from .diffusion import GaussianDiffusion, LossType, sample_generators
+from .diffusion import GaussianDiffusion, LossType, accelerate_mixed_precision, sample_generators
 from .encoders import Encoder, Feature, create_encoder, sha256_file
 from .errors import NonFiniteLossError, RCDMError
 from .model import PRESETS, RCDM, check_encoder
@@ -57,7 +57,7 @@ class TrainConfig:
     seed: int = 0
     save_every: int = 1000
     keep_checkpoints: int = 2
-    mixed_precision: Literal["auto", "no", "bf16"] = "auto"  # auto: bf16 on GPU, fp32 on CPU
+    mixed_precision: Literal["auto", "fp32", "no", "bf16"] = "auto"  # auto: bf16 on GPU and bf16-native CPUs
     gradient_checkpointing: bool = False
     compile: bool = False  # torch.compile the UNet (in place: checkpoints unchanged); the first steps compile
     feature_cache: str | None = None  # a .safetensors of precomputed representations (centre crops + flips)
@@ -201,7 +201,7 @@ def train(
     cuda = torch.cuda.is_available()
     # cpu=True on a CPU-only machine: a torchrun of N CPU processes then joins one gloo group and each rank
     # trains on its share (without it accelerate runs every rank as a separate single-process job).
-    acc = Accelerator(cpu=not cuda, mixed_precision=("bf16" if cuda else "no") if mp == "auto" else mp)
+    acc = Accelerator(cpu=not cuda, mixed_precision=accelerate_mixed_precision(mp, "cuda" if cuda else "cpu"))
     enc = encoder if encoder is not None else create_encoder(cfg.encoder, cfg.feature)
     if encoder is not None and enc.feature != cfg.feature:
         enc = enc.with_feature(cfg.feature)

@@ -40,7 +40,10 @@ def add_speed_args(p: argparse.ArgumentParser) -> None:
         "--no-compile", dest="compile", action="store_const", const="off", help="same as --compile off"
     )
     p.add_argument(
-        "--precision", choices=PRECISIONS, default="auto", help="auto: bf16 autocast on CUDA, fp32 on the CPU"
+        "--precision",
+        choices=PRECISIONS,
+        default="auto",
+        help="auto: bf16 autocast on CUDA and on CPUs with native bf16 (AMX or AVX512-BF16), fp32 elsewhere",
     )
 
 

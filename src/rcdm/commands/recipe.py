@@ -38,7 +38,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--smoke", action="store_true", default=None, help="mark the run as a smoke test")
     s.add_argument("--num-workers", type=int, default=None, help="augmentation workers (default: 8)")
     s.add_argument("--seed", type=int, default=None)
-    s.add_argument("--mixed-precision", choices=("auto", "no", "bf16"), default=None)
+    s.add_argument(
+        "--mixed-precision",
+        choices=("auto", "fp32", "bf16", "no"),
+        default=None,
+        help="auto: bf16 on CUDA and on CPUs with native bf16 (AMX or AVX512-BF16), fp32 elsewhere; no = fp32",
+    )
     s.add_argument("--resume", action="store_true", help="continue from the newest epoch checkpoint in --out")
     s.add_argument("--no-progress", action="store_true")
     s.set_defaults(func=run_ssl)

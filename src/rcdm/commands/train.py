@@ -27,7 +27,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--ema-decay", type=float, default=None)
     p.add_argument("--save-every", type=int, default=None)
     p.add_argument("--seed", type=int, default=None)
-    p.add_argument("--mixed-precision", choices=("auto", "no", "bf16"), default=None)
+    p.add_argument(
+        "--mixed-precision",
+        choices=("auto", "fp32", "bf16", "no"),
+        default=None,
+        help="auto: bf16 on CUDA and on CPUs with native bf16 (AMX or AVX512-BF16), fp32 elsewhere; no = fp32",
+    )
     p.add_argument("--gradient-checkpointing", action="store_true", default=None)
     p.add_argument(
         "--compile", action="store_true", default=None, help="torch.compile the UNet (docs/speed.md)"

@@ -37,6 +37,7 @@ from torchvision.transforms.functional import pil_to_tensor
 from tqdm.auto import tqdm
 
 from ..data import center_square, load_image, resize
+from ..diffusion import accelerate_mixed_precision, autocast_for
 from ..encoders import Encoder, create_encoder
 from ..encoders.rcdm_cifar import (
     CifarEncoderArch,
@@ -86,7 +87,7 @@ class SSLConfig:
     smoke: bool = False  # a tiny / test run: `rcdm recipe pack` refuses it without --allow-smoke
     seed: int = 0
     num_workers: int = 8
-    mixed_precision: Literal["auto", "no", "bf16"] = "auto"  # auto: bf16 on GPU, fp32 on CPU
+    mixed_precision: Literal["auto", "fp32", "no", "bf16"] = "auto"  # auto: bf16 on GPU and bf16-native CPUs
 
 
 @dataclass
@@ -283,7 +284,7 @@ def encoder_features(
     feats: dict[str, list[torch.Tensor]] = {"backbone": [], "projector": []}
     for s in range(0, images.shape[0], batch_size):
         x = images[s : s + batch_size].to(device).float() / 255
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+        with autocast_for(device):
             h = encoder.backbone_features(x)
             feats["backbone"].append(h.float().cpu())
             if encoder.projector is not None:
@@ -436,7 +437,9 @@ def train_encoder(
         num_classes=len(classes) if supervised else 0,
     )
     mp = cfg.mixed_precision
-    acc = Accelerator(mixed_precision=("bf16" if torch.cuda.is_available() else "no") if mp == "auto" else mp)
+    acc = Accelerator(
+        mixed_precision=accelerate_mixed_precision(mp, "cuda" if torch.cuda.is_available() else "cpu")
+    )
     if acc.num_processes > 1:
         raise RCDMError(
             f"the SSL recipe runs on one process, not {acc.num_processes}: start it with python, not accelerate launch"
