@@ -57,6 +57,8 @@ def load_image(path: str | Path) -> Image.Image:
     try:
         with Image.open(path) as im:
             return im.convert("RGB")
+    except Image.DecompressionBombError as e:  # not an OSError: Pillow's guard against huge pixel counts
+        raise RCDMError(f"refusing image {str(path)!r}: {e}") from None
     except (UnidentifiedImageError, OSError) as e:
         raise RCDMError(
             f"cannot read image {str(path)!r}: {e.__class__.__name__}; is it a jpg/png/webp?"

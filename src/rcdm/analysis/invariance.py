@@ -120,7 +120,8 @@ class InvarianceResult:
 
     originals (M, 3, S, S); augmented (A, M, 3, S, S); clean_samples (M, N, 3, S, S);
     aug_samples (A, M, N, 3, S, S); shift (A, M) = ||rep(aug x) - rep(x)||; relative_shift = shift / typical
-    distance between the images' representations (NaN with one image); retention (A, M) in [0, 1] or NaN.
+    distance between the images' representations (NaN with one image); cosine (A, M) = cos(rep(aug x), rep(x));
+    retention (A, M) in [0, 1] or NaN.
     """
 
     label: str
@@ -132,6 +133,7 @@ class InvarianceResult:
     aug_samples: torch.Tensor
     shift: torch.Tensor
     relative_shift: torch.Tensor
+    cosine: torch.Tensor
     retention: torch.Tensor
     typical_distance: float
     settings: dict = field(default_factory=dict)
@@ -148,11 +150,13 @@ class InvarianceResult:
                     "strength": strength,
                     "relative_shift": number(self.relative_shift[a].mean()),
                     "shift": number(self.shift[a].mean()),
+                    "cosine": number(self.cosine[a].mean()),
                     "retention": number(finite.mean()) if finite.numel() else None,
                     "per_image": {
                         n: {
                             "shift": number(self.shift[a, i]),
                             "relative_shift": number(self.relative_shift[a, i]),
+                            "cosine": number(self.cosine[a, i]),
                             "retention": number(ret[i]),
                         }
                         for i, n in enumerate(self.names)
@@ -243,6 +247,7 @@ def invariance(
         aug_samples=aug_samples,
         shift=shift,
         relative_shift=shift / typical if math.isfinite(typical) else torch.full_like(shift, math.nan),
+        cosine=F.cosine_similarity(aug_reps, reps[None].expand_as(aug_reps), dim=-1),
         retention=retention,
         typical_distance=typical,
         settings=dict(num_samples=num_samples, steps=steps, sampler=sampler, seed=seed, guidance=guidance),
