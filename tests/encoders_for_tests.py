@@ -39,3 +39,16 @@ class NanAfter(nn.Module):
 def nan_after_two() -> Encoder:
     prep = Preprocessing(16, (0.5,) * 3, (0.5,) * 3)
     return Encoder(NanAfter(2), prep, spec="module:encoders_for_tests:nan", dim=3)  # dim given: no probe call
+
+
+def mean_colour_classifier() -> Encoder:
+    """The mean colour (3-d) with a 10-class linear classifier on it: an encoder the label attack accepts."""
+    torch.manual_seed(0)
+    prep = Preprocessing(16, (0.5,) * 3, (0.5,) * 3)
+    return Encoder(
+        MeanColour(),
+        prep,
+        classifier=nn.Linear(3, 10),
+        spec="module:encoders_for_tests:mean_colour_classifier",
+        dim=3,
+    )

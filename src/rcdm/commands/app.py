@@ -1,0 +1,46 @@
+"""rcdm app: a local web page (gradio) to drop in a photo and see what each representation keeps."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "app", help="a web page: drop in a photo, see what each representation keeps (needs rcdm[app])"
+    )
+    p.add_argument(
+        "--model",
+        action="append",
+        default=None,
+        help="run folder, saved model folder or official:NAME (repeat for several); "
+        "default: the bundled CIFAR-10 pack, else the models in --runs",
+    )
+    p.add_argument(
+        "--runs", action="append", default=None, help="a folder of run folders to offer (repeatable)"
+    )
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default: this machine only)")
+    p.add_argument("--port", type=int, default=7860)
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when available)")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..app import build_app, discover_models, start
+
+    choices = discover_models(args.model or (), args.runs or ())
+    app = build_app(choices, args.device)
+    url = start(app, args.host, args.port)
+    where = (
+        "this machine only"
+        if args.host in ("127.0.0.1", "localhost")
+        else f"every host that reaches {args.host}"
+    )
+    print(
+        f"rcdm app: serving {len(choices)} model(s) at {url} (bound to {args.host}: {where}); Ctrl-C stops it"
+    )
+    try:
+        app.block_thread()
+    finally:
+        app.close()
+    return 0

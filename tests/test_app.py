@@ -1,0 +1,176 @@
+"""`rcdm app`: the page served in-process on 127.0.0.1 with a tiny untrained model, every view called through
+gradio_client (images of the model's size come back), bad uploads answered in the page, and the CLI's
+one-line answers (no gradio, no models)."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from rcdm.app import build_app, discover_models, start
+from rcdm.cli import main
+from rcdm.errors import RCDMError
+
+gr = pytest.importorskip("gradio", reason="the app tests need gradio: pip install -e '.[dev]' installs it")
+gradio_client = pytest.importorskip("gradio_client", reason="the app tests need gradio_client (in .[dev])")
+
+SIZE = 16  # the tiny model's sample size
+PRESET = "fast (dpm++, 10 steps)"
+COMMON = [2, PRESET, 2, 0, 1.0]  # samples, preset, steps, seed, guidance
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An untrained tiny RCDM (16 px) on a weight-free 3-d encoder with a classifier (so Attack has labels)."""
+    from encoders_for_tests import mean_colour_classifier
+    from rcdm.model import RCDM
+
+    d = mean_colour_classifier().describe()
+    model = RCDM.from_preset(
+        "tiny",
+        d["representation_dim"],
+        sample_size=SIZE,
+        encoder=d["encoder"],
+        encoder_identity=d["encoder_identity"],
+        feature=d["feature"],
+        preprocessing=d["preprocessing"],
+    )
+    out = tmp_path_factory.mktemp("app-model") / "tiny"
+    model.save_pretrained(out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def client(tiny_model: Path) -> Iterator[tuple[object, str]]:
+    app = build_app(discover_models([str(tiny_model)]), "cpu")
+    url = start(app, "127.0.0.1", None)
+    assert url.startswith("http://127.0.0.1:")
+    try:
+        yield gradio_client.Client(url, verbose=False), "tiny"
+    finally:
+        app.close()
+
+
+def _size(path: str) -> tuple[int, int]:
+    with Image.open(path) as im:
+        return im.size
+
+
+def _check(result: tuple, n_images: int) -> str:
+    figure, gallery, numbers, status = result
+    assert status == "", status
+    assert figure is not None and _size(figure)[0] > 4 * SIZE
+    assert len(gallery) == n_images
+    assert all(_size(item["image"]) == (SIZE, SIZE) for item in gallery)
+    return numbers
+
+
+def test_samples_view(client: tuple) -> None:
+    c, model = client
+    numbers = _check(c.predict(None, "cat.jpg", [model], *COMMON, api_name="/samples"), 2)
+    assert "mean pixel std" in numbers and model in numbers
+
+
+def test_what_is_kept_view(client: tuple) -> None:
+    c, model = client
+    numbers = _check(c.predict(None, "cat.jpg", [model], *COMMON, api_name="/kept"), 2)  # mean + std map
+    assert "mean pixel std" in numbers
+
+
+def test_augment_view(client: tuple) -> None:
+    c, model = client
+    result = c.predict(None, "cat.jpg", [model], "grayscale", 1.0, *COMMON, api_name="/augment")
+    numbers = _check(result, 3)  # augmented input + 2 samples
+    assert "representation cosine" in numbers and "retention" in numbers
+
+
+def test_interpolate_view(client: tuple) -> None:
+    c, model = client
+    result = c.predict(
+        None, "cat.jpg", None, "dog.jpg", [model], 3, "linear", 1, *COMMON, api_name="/interpolate"
+    )
+    _check(result, 3)  # one frame per point
+
+
+def test_attack_view(client: tuple) -> None:
+    c, model = client
+    numbers = _check(c.predict(None, "cat.jpg", [model], 2.0, 2, *COMMON, api_name="/attack"), 3)
+    assert "→" in numbers and "no classifier" not in numbers  # label before -> after
+
+
+def test_upload_any_size(client: tuple, tmp_path: Path) -> None:
+    c, model = client
+    path = tmp_path / "wide.webp"
+    Image.new("RGB", (300, 120), (200, 30, 30)).save(path)
+    _check(c.predict(gradio_client.handle_file(str(path)), None, [model], *COMMON, api_name="/samples"), 2)
+
+
+@pytest.mark.parametrize("kind", ["text", "empty", "bomb"])
+def test_bad_upload_gets_a_message(
+    client: tuple, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, kind: str
+) -> None:
+    c, model = client
+    path = tmp_path / "upload.png"
+    if kind == "text":
+        path.write_text("not an image")
+        expected = "cannot read image 'upload.png'"
+    elif kind == "empty":
+        path.write_bytes(b"")
+        expected = "empty"
+    else:  # the server runs in this process: lower Pillow's limit so a 64x64 image counts as a bomb
+        Image.new("RGB", (64, 64)).save(path)
+        monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)
+        expected = "refusing image"
+    figure, gallery, _, status = c.predict(
+        gradio_client.handle_file(str(path)), "cat.jpg", [model], *COMMON, api_name="/samples"
+    )
+    assert figure is None and gallery == []
+    assert status.startswith("**error:**") and expected in status and "Traceback" not in status
+    preview, status = c.predict(gradio_client.handle_file(str(path)), "cat.jpg", api_name="/check")
+    assert preview is None and expected in status
+
+
+def test_a_user_mistake_is_a_message_in_the_page(client: tuple) -> None:
+    c, model = client
+    # guidance on a model trained without a null representation is ignored, not an error
+    _check(c.predict(None, "cat.jpg", [model], 2, PRESET, 2, 0, 3.0, api_name="/samples"), 2)
+    *_, status = c.predict(None, "cat.jpg", [], *COMMON, api_name="/samples")
+    assert status == "**error:** pick at least one model"
+
+
+def test_models_offered(tiny_model: Path, tmp_path: Path) -> None:
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    (runs / "not-a-run").mkdir()
+    with pytest.raises(RCDMError, match="no model in"):
+        discover_models((), [str(runs)])
+    (runs / "a").symlink_to(tiny_model)
+    assert [c.label for c in discover_models((), [str(runs)])] == ["a"]
+    assert [c.label for c in discover_models([str(tiny_model)])] == ["tiny"]
+
+
+def test_cli_without_gradio_says_how_to_install(
+    tiny_model: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    monkeypatch.setitem(sys.modules, "gradio", None)  # `import gradio` now fails as if absent
+    assert main(["app", "--model", str(tiny_model)]) == 2
+    assert (
+        capsys.readouterr().err.strip() == "rcdm app: error: rcdm app needs gradio: pip install 'rcdm[app]'"
+    )
+
+
+def test_cli_bad_model_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    assert main(["app", "--model", str(tmp_path / "nowhere")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("rcdm app: error: no model at") and "\n" not in err
+
+
+def test_help_works_without_gradio(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
+    monkeypatch.setitem(sys.modules, "gradio", None)  # any `import gradio` while building the parser fails
+    with pytest.raises(SystemExit) as e:
+        main(["app", "--help"])
+    assert e.value.code == 0 and "--host" in capsys.readouterr().out
