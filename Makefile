@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test lint setup clean bench
+.PHONY: demo test lint setup clean bench app-check
 
 $(BIN)/rcdm: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -29,4 +29,10 @@ bench: setup
 	$(BIN)/python benchmarks/speed.py
 
 clean:
-	rm -rf $(VENV) demo-out
+	rm -rf $(VENV) demo-out app-check.png
+
+# Release check for a person: start `rcdm app`, screenshot it with headless Chromium (Debian: apt-get install
+# chromium), fail unless the page shows rendered images. MODEL=path (repeatable via ARGS) overrides the pack.
+app-check: setup
+	$(BIN)/pip install --quiet -e '.[app]'
+	$(BIN)/python scripts/app_check.py $(if $(MODEL),--model $(MODEL)) $(ARGS) --out app-check.png

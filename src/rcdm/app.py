@@ -577,7 +577,12 @@ def resolve_image(upload: str | None, example: str | None) -> Path:
     return path
 
 
-def build_app(choices: Sequence[ModelChoice], device: str | torch.device | None = None) -> Any:
+def build_app(
+    choices: Sequence[ModelChoice],
+    device: str | torch.device | None = None,
+    *,
+    prefill: bool = False,  # True: draw the Samples view of the first example now, so the page opens with it
+) -> Any:
     """The gradio Blocks page over `choices` (see `discover_models`); models load on first use."""
     gr = _import_gradio()
     cache = ModelCache(choices, torch.device(device) if device else _default_device())
@@ -634,7 +639,13 @@ def build_app(choices: Sequence[ModelChoice], device: str | torch.device | None 
                 example = gr.Dropdown(
                     examples, value=examples[0] if examples else None, label="or an example"
                 )
-                shown = gr.Image(label="input", type="pil", interactive=False, height=160)
+                shown = gr.Image(
+                    _check_image(resolve_image(None, examples[0])) if examples else None,
+                    label="input",
+                    type="pil",
+                    interactive=False,
+                    height=160,
+                )
             with gr.Column(scale=2):
                 picked = gr.CheckboxGroup(labels, value=default_models, label="models (side by side)")
                 with gr.Row():
@@ -648,16 +659,21 @@ def build_app(choices: Sequence[ModelChoice], device: str | torch.device | None 
         status = gr.Markdown(elem_id="status")
         common = [n, preset, steps, seed, guidance]
 
-        def outputs() -> list:
-            fig = gr.Image(label="figure", type="pil", interactive=False, format="png")
+        def outputs(first: ViewResult | None = None) -> list:
+            first = first or ViewResult()
+            fig = gr.Image(first.figure, label="figure", type="pil", interactive=False, format="png")
             with gr.Accordion("images at the model's resolution", open=False):
-                gal = gr.Gallery(label="images", type="pil", format="png", columns=8)
-            return [fig, gal, gr.Markdown(), status]
+                gal = gr.Gallery(first.images, label="images", type="pil", format="png", columns=8)
+            return [fig, gal, gr.Markdown(first.text), status]
 
         with gr.Tabs():
             with gr.Tab("Samples"):
                 go = gr.Button("sample", variant="primary")
-                out = outputs()
+                out = outputs(
+                    views.samples(default_models, resolve_image(None, examples[0]), Sampling())
+                    if prefill and examples
+                    else None
+                )
 
                 def on_samples(up, ex, pk, n_, pr, st, sd, gd, progress=gr.Progress(track_tqdm=True)):
                     return run(
