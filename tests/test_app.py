@@ -174,3 +174,33 @@ def test_help_works_without_gradio(monkeypatch: pytest.MonkeyPatch, capsys: pyte
     with pytest.raises(SystemExit) as e:
         main(["app", "--help"])
     assert e.value.code == 0 and "--host" in capsys.readouterr().out
+
+
+def test_pack_models_and_the_supervised_twin(tiny_model: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The pack's three roles are offered (backbone + projector picked by default); Attack on an SSL model with
+    no classifier also attacks the supervised twin, whose labels come with class names."""
+    import rcdm.app as app_module
+    from encoders_for_tests import mean_colour_classifier
+    from rcdm.demo import ROLES
+    from rcdm.encoders import create_encoder
+    from rcdm.loading import load_model
+
+    model = load_model(tiny_model)
+    ssl = create_encoder("module:encoders_for_tests:mean_colour", "backbone")
+    sup = mean_colour_classifier()
+    assert ssl.classifier is None and sup.classifier is not None
+    loaded = {"rcdm-cifar10-supervised": (model, sup)}
+    monkeypatch.setattr(app_module, "_bundled_pack", lambda: (tiny_model, ROLES))
+    monkeypatch.setattr(app_module, "_pack_classes", lambda folder, target: [f"c{k}" for k in range(10)])
+    monkeypatch.setattr(app_module, "_load_bundled", lambda folder, t, d: loaded.get(t, (model, ssl)))
+    monkeypatch.setattr(app_module, "_cached_official", lambda: [])
+    choices = discover_models()
+    assert [c.label for c in choices] == ["VICReg backbone", "VICReg projector", "supervised backbone"]
+    assert [c.supervised for c in choices] == [False, False, True]
+    views = app_module.Views(app_module.ModelCache(choices, "cpu"))
+    image = app_module.resolve_image(None, "cat.jpg")
+    r = views.attack(["VICReg backbone"], image, 2 / 255, 1, app_module.Sampling(num_samples=1, steps=1))
+    rows = r.text.splitlines()[2:]
+    assert [row.split(" | ")[0].strip("| ") for row in rows] == ["VICReg backbone", "supervised backbone"]
+    assert "no classifier" in rows[0] and "c" in rows[1].split(" | ")[-1] and "→" in rows[1]
+    assert len(r.images) == 2 * 2 and all(im.size == (SIZE, SIZE) for im, _ in r.images)

@@ -534,6 +534,12 @@ def _name(classes: Sequence[str], k: int) -> str:
     return classes[k] if 0 <= k < len(classes) else f"class {k}"
 
 
+def _shown(img: Image.Image, least: int = 160) -> Image.Image:
+    """An image for the input preview: small ones (CIFAR's 32 px) enlarged with nearest neighbours."""
+    k = -(-least // max(1, min(img.size)))
+    return img.resize((img.width * k, img.height * k), Image.NEAREST) if k > 1 else img
+
+
 def _caption(text: str, width: int) -> Image.Image:
     from PIL import ImageDraw
 
@@ -616,7 +622,7 @@ def build_app(
 
     def preview(upload: str | None, example: str | None) -> tuple:
         try:
-            return _check_image(resolve_image(upload, example)), ""
+            return _shown(_check_image(resolve_image(upload, example))), ""
         except RCDMError as e:
             return None, f"**error:** {e}"
 
@@ -640,7 +646,7 @@ def build_app(
                     examples, value=examples[0] if examples else None, label="or an example"
                 )
                 shown = gr.Image(
-                    _check_image(resolve_image(None, examples[0])) if examples else None,
+                    _shown(_check_image(resolve_image(None, examples[0]))) if examples else None,
                     label="input",
                     type="pil",
                     interactive=False,
