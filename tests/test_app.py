@@ -142,7 +142,13 @@ def test_a_user_mistake_is_a_message_in_the_page(client: tuple) -> None:
     assert status == "**error:** pick at least one model"
 
 
-def test_models_offered(tiny_model: Path, tmp_path: Path) -> None:
+def test_models_offered(tiny_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import rcdm.app as app_module
+
+    monkeypatch.setattr(app_module, "_bundled_pack", lambda: None)  # whatever this machine has installed
+    monkeypatch.setattr(app_module, "_cached_official", lambda: [])
+    with pytest.raises(RCDMError, match="no models to offer"):
+        discover_models()
     runs = tmp_path / "runs"
     runs.mkdir()
     (runs / "not-a-run").mkdir()

@@ -257,8 +257,8 @@ class ModelChoice:
 
 def discover_models(models: Sequence[str] = (), runs: Sequence[str] = ()) -> list[ModelChoice]:
     """The models to offer: `models` (run folders, saved models, official:NAME) when given; else the installed
-    CIFAR-10 pack; else the models in the `runs` folders (each folder, or its sub-folders). Cached official:NAME
-    models are added when no model is given. Raises RCDMError when there is nothing to offer."""
+    CIFAR-10 pack's, the models in the `runs` folders (each folder, or its sub-folders) and the official:NAME
+    models whose weights are in the cache. Raises RCDMError when there is nothing to offer."""
     out: list[ModelChoice] = []
     if models:
         for m in models:
@@ -278,17 +278,14 @@ def discover_models(models: Sequence[str] = (), runs: Sequence[str] = ()) -> lis
                         supervised=role == "supervised",
                     )
                 )
-        else:
-            for r in runs:
-                root = Path(r).expanduser()
-                if not root.is_dir():
-                    raise RCDMError(
-                        f"--runs {r!r} is not a folder: pass a folder of `rcdm train` run folders"
-                    )
-                found = [root] if _is_model(root) else [p for p in sorted(root.iterdir()) if _is_model(p)]
-                if not found:
-                    raise RCDMError(f"no model in {r!r} or its sub-folders: pass a folder of run folders")
-                out += [_source_choice(str(p)) for p in found]
+        for r in runs:
+            root = Path(r).expanduser()
+            if not root.is_dir():
+                raise RCDMError(f"--runs {r!r} is not a folder: pass a folder of `rcdm train` run folders")
+            found = [root] if _is_model(root) else [p for p in sorted(root.iterdir()) if _is_model(p)]
+            if not found:
+                raise RCDMError(f"no model in {r!r} or its sub-folders: pass a folder of run folders")
+            out += [_source_choice(str(p)) for p in found]
         out += [_source_choice(m) for m in _cached_official()]
     if not out:
         raise RCDMError(
@@ -312,9 +309,9 @@ def _source_choice(source: str) -> ModelChoice:
 class ModelCache:
     """label -> (model, encoder), loaded on first use and kept for the life of the process."""
 
-    def __init__(self, choices: Sequence[ModelChoice], device: torch.device):
+    def __init__(self, choices: Sequence[ModelChoice], device: str | torch.device):
         self.choices = {c.label: c for c in choices}
-        self.device = device
+        self.device = torch.device(device)
         self._loaded: dict[str, tuple[Any, Any]] = {}
         self._lock = threading.Lock()
 

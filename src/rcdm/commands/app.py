@@ -14,10 +14,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         action="append",
         default=None,
         help="run folder, saved model folder or official:NAME (repeat for several); "
-        "default: the bundled CIFAR-10 pack, else the models in --runs",
+        "default: the bundled CIFAR-10 pack, the models in --runs and cached official:NAME models",
     )
     p.add_argument(
-        "--runs", action="append", default=None, help="a folder of run folders to offer (repeatable)"
+        "--runs",
+        action="append",
+        default=None,
+        help="without --model: also offer the run folders in this folder (repeatable)",
     )
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default: this machine only)")
     p.add_argument("--port", type=int, default=7860)
