@@ -801,7 +801,6 @@ def build_app(
         upload.change(preview, [upload, example], [shown, status], api_name="check")
         example.change(preview, [upload, example], [shown, status], api_name=False)
         picked.change(guidance_update, picked, guidance, api_name=False)
-        app.load(preview, [upload, example], [shown, status], api_name=False)
         app.load(guidance_update, picked, guidance, api_name=False)
     # One job at a time: concurrent users queue instead of sampling at once and exhausting memory.
     app.queue(default_concurrency_limit=1, max_size=32)
