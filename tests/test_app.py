@@ -4,6 +4,7 @@ one-line answers (no gradio, no models)."""
 
 from __future__ import annotations
 
+import shutil
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -210,3 +211,19 @@ def test_pack_models_and_the_supervised_twin(tiny_model: Path, monkeypatch: pyte
     assert [row.split(" | ")[0].strip("| ") for row in rows] == ["VICReg backbone", "supervised backbone"]
     assert "no classifier" in rows[0] and "c" in rows[1].split(" | ")[-1] and "→" in rows[1]
     assert len(r.images) == 2 * 2 and all(im.size == (SIZE, SIZE) for im, _ in r.images)
+
+
+@pytest.mark.skipif(
+    shutil.which("chromium") is None,
+    reason="make app-check needs Chromium (Debian: apt-get install chromium)",
+)
+def test_app_check_screenshots_a_rendered_page(tiny_model: Path, tmp_path: Path) -> None:
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+    try:
+        import app_check
+    finally:
+        sys.path.pop(0)
+    out = tmp_path / "shot.png"
+    assert app_check.main(["--model", str(tiny_model), "--out", str(out), "--budget-ms", "20000"]) == 0
+    with Image.open(out) as im:
+        assert im.size == (1280, 1100)
