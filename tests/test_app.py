@@ -227,3 +227,24 @@ def test_app_check_screenshots_a_rendered_page(tiny_model: Path, tmp_path: Path)
     assert app_check.main(["--model", str(tiny_model), "--out", str(out), "--budget-ms", "20000"]) == 0
     with Image.open(out) as im:
         assert im.size == (1280, 1100)
+
+
+def test_guidance_applies_only_to_models_trained_for_it(tiny_model: Path, tmp_path: Path) -> None:
+    import rcdm.app as app_module
+    from rcdm.model import RCDM
+
+    cfg = dict(RCDM.load_config(tiny_model))
+    guided = RCDM.from_config({**cfg, "null_representation": True})
+    guided.null_rep.data.normal_()  # a null representation unlike the image's, so guidance changes samples
+    guided.save_pretrained(tmp_path / "guided")
+    choices = discover_models([str(tiny_model), str(tmp_path / "guided")])
+    views = app_module.Views(app_module.ModelCache(choices, "cpu"))
+    image = app_module.resolve_image(None, "cat.jpg")
+
+    def draw(guidance: float) -> list:
+        s = app_module.Sampling(num_samples=1, steps=2, guidance=guidance)
+        return [im.tobytes() for im, _ in views.samples(["tiny", "guided"], image, s).images]
+
+    plain, strong = draw(1.0), draw(3.0)
+    assert plain[0] == strong[0]  # the tiny model has no null representation: guidance is not applied
+    assert plain[1] != strong[1]

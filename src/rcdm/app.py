@@ -45,14 +45,15 @@ class Sampling:
     batch_size: int = 4  # small batches: the progress bar moves (8 samples of a 32 px model: ~the same time)
 
 
-def _kwargs(s: Sampling, model: Any) -> dict:
-    # Guidance only for models trained with a null representation (condition dropout); 1 for the others.
-    guidance = s.guidance if model.null_rep is not None else 1.0
-    return dict(steps=s.steps, sampler=s.sampler, seed=s.seed, guidance=guidance, batch_size=s.batch_size)
-
-
 def _supports_guidance(model: Any) -> bool:
+    """Whether the model was trained with a null representation (condition dropout), which guidance needs."""
     return model.null_rep is not None
+
+
+def _kwargs(s: Sampling, model: Any) -> dict:
+    """The sampling keywords every analysis takes; guidance only for models that support it (1 for others)."""
+    guidance = s.guidance if _supports_guidance(model) else 1.0
+    return dict(steps=s.steps, sampler=s.sampler, seed=s.seed, guidance=guidance, batch_size=s.batch_size)
 
 
 def _load_source(source: str, device: torch.device) -> tuple[Any, Any]:
