@@ -34,7 +34,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from rcdm.diffusion import GaussianDiffusion, denoiser, resolve_compile, sample
+from rcdm.devices import resolve_compile
+from rcdm.diffusion import GaussianDiffusion, denoiser, sample
 from rcdm.model import RCDM
 
 SECTIONS = ("forward", "sample", "train", "data")

@@ -287,7 +287,7 @@ def test_generate_splits_between_torchrun_processes_on_cpu(tiny_run: Path, few_i
     assert one.returncode == 0, one.stderr[-2000:]
     probe = tmp_path / "probe.py"
     probe.write_text(
-        "from rcdm.parallel import process_state\n"
+        "from rcdm.devices import process_state\n"
         "s = process_state()\n"
         "with s.split_between_processes(list(range(6))) as mine:\n"
         "    print(f'rank {s.process_index} of {s.num_processes}: {mine}', flush=True)\n"

@@ -14,7 +14,8 @@ from rcdm.cli import main
 from rcdm.encoders import create_encoder
 from rcdm.encoders.rcdm_cifar import CifarEncoderArch, CifarEncoderNet, default_preprocessing
 from rcdm.errors import RCDMError
-from rcdm.recipes.demo_pack import RCDMRecipe, pack, train_rcdms
+from rcdm.recipes.bundle import pack
+from rcdm.recipes.demo_pack import RCDMRecipe, train_rcdms
 from rcdm.recipes.ssl import (
     SSLConfig,
     encoder_features,

@@ -14,7 +14,8 @@ import torch
 
 from rcdm.errors import NonFiniteLossError, RCDMError
 from rcdm.model import RCDM
-from rcdm.train import TrainConfig, latest_checkpoint, train
+from rcdm.runs import latest_checkpoint
+from rcdm.train import TrainConfig, train
 
 train_mod = importlib.import_module("rcdm.train")
 

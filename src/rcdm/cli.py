@@ -22,14 +22,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug information")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for name in COMMANDS:
-        try:
-            module = importlib.import_module(f"rcdm.commands.{name}")
-        except ModuleNotFoundError as e:
-            if e.name != f"rcdm.commands.{name}":
-                raise
-            continue
-        module.add_parser(sub)
+    for name in COMMANDS:  # a command module that fails to import fails the whole CLI, loudly
+        importlib.import_module(f"rcdm.commands.{name}").add_parser(sub)
     return parser
 
 

@@ -6,6 +6,7 @@ Tensor conventions: images are float (3, H, W) RGB in [0, 1]; the diffusion mode
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
@@ -112,6 +113,42 @@ def image_tensor(path: str | Path, size: int | None = None, resample: Resample =
 def load_images(paths: Sequence[str | Path], size: int, resample: Resample = "antialias") -> torch.Tensor:
     """(N, 3, size, size) in [0, 1]."""
     return torch.stack([image_tensor(p, size, resample) for p in paths])
+
+
+def load_views(
+    paths: Sequence[str | Path], image_size: int, encoder_size: int, resample: Resample = "antialias"
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Files -> (diffusion views (N, 3, image_size, image_size), encoder views (N, 3, encoder_size, ...)) in [0, 1].
+
+    Both come from the same centre square crop of each file (the published protocol; the evaluation twin of
+    `PairedViews`); `resample="published"` resizes as the published code did (see `published_center_crop`).
+    """
+    if resample == "published":  # each file decoded once, cut at both sizes
+        files = [load_image(p) for p in paths]
+        return (
+            torch.stack([published_center_crop(im, image_size) for im in files]),
+            torch.stack([published_center_crop(im, encoder_size) for im in files]),
+        )
+    squares = [image_tensor(p) for p in paths]
+    return (
+        torch.stack([resize(x, image_size) for x in squares]),
+        torch.stack([resize(x, encoder_size) for x in squares]),
+    )
+
+
+def batched(total: int, batch_size: int) -> Iterator[tuple[int, int]]:
+    """(start, end) spans of at most `batch_size` covering range(total)."""
+    for start in range(0, total, batch_size):
+        yield start, min(total, start + batch_size)
+
+
+def files_digest(files: Sequence[str | Path]) -> str:
+    """12 hex digits identifying an ordered list of files by their absolute paths (cache keys, manifests)."""
+    h = hashlib.sha256()
+    for f in files:
+        h.update(str(Path(f).resolve()).encode())
+        h.update(b"\0")
+    return h.hexdigest()[:12]
 
 
 def to_model_space(x: torch.Tensor) -> torch.Tensor:

@@ -10,6 +10,7 @@ import torch
 from .encoders import Encoder, Feature, create_encoder
 from .errors import RCDMError
 from .model import RCDM, check_encoder
+from .runs import latest_checkpoint
 
 # prefix -> resolver(name after the prefix, weights path or None) -> folder that RCDM.from_pretrained reads
 _SOURCES: dict[str, Callable[[str, str | None], Path]] = {}
@@ -34,8 +35,6 @@ def resolve_model_dir(source: str | Path, weights: str | None = None) -> Path:
         return path
     if (path / "model" / "config.json").is_file():
         return path / "model"
-    from .train import latest_checkpoint  # local import: train imports this module's siblings
-
     ckpt = latest_checkpoint(path) if path.is_dir() else None
     if ckpt is not None and (ckpt / "ema" / "config.json").is_file():
         return ckpt / "ema"
@@ -73,7 +72,3 @@ def encoder_for(model: RCDM, encoder: str | Encoder | None = None, feature: Feat
         enc = create_encoder(spec, feature)
     check_encoder(model, enc.describe())
     return enc
-
-
-def default_device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")

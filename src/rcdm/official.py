@@ -15,19 +15,19 @@ import hashlib
 import json
 import logging
 import os
-import shutil
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 
-from .checkpoints import RemoteFile, check_keys, fetch, official_cache, read_checkpoint
 from .encoders import Feature, create_encoder
 from .encoders.official import describe_published
 from .errors import RCDMError
 from .loading import register_model_source
 from .model import RCDM
+from .runs import atomic_dir
+from .weights import RemoteFile, check_keys, fetch, official_cache, read_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -364,14 +364,11 @@ def resolve_official(name: str, weights: str | None = None) -> Path:
     ckpt = path or fetch(spec.checkpoint)
     log.info("converting %s to %s", ckpt, folder)
     model = convert(ckpt, encoder=describe_published(spec.encoder, spec.feature))
-    tmp = folder.with_name(folder.name + f".tmp{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp)
-    (tmp / "source.json").write_text(
-        json.dumps({"official": name, "checkpoint": str(ckpt), **asdict(spec.checkpoint)}, indent=2)
-    )
-    shutil.rmtree(folder, ignore_errors=True)
-    os.replace(tmp, folder)
+    with atomic_dir(folder, folder.with_name(folder.name + f".tmp{os.getpid()}")) as tmp:
+        model.save_pretrained(tmp)
+        (tmp / "source.json").write_text(
+            json.dumps({"official": name, "checkpoint": str(ckpt), **asdict(spec.checkpoint)}, indent=2)
+        )
     return folder
 
 

@@ -11,8 +11,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
-import shutil
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
@@ -22,15 +20,17 @@ from typing import Literal
 import torch
 from accelerate import Accelerator
 from diffusers.training_utils import EMAModel
-from safetensors.torch import load_file, save_file
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from .data import PairedViews, StepBatchSampler, list_images, to_model_space
-from .diffusion import GaussianDiffusion, LossType, accelerate_mixed_precision, sample_generators
-from .encoders import Encoder, Feature, create_encoder, sha256_file
+from .devices import Precision, accelerate_mixed_precision
+from .diffusion import GaussianDiffusion, LossType, sample_generators
+from .encoders import Encoder, Feature, create_encoder
+from .encoders.cache import cached_representations, check_cache, load_cache
 from .errors import NonFiniteLossError, RCDMError
 from .model import PRESETS, RCDM, check_encoder
+from .runs import atomic_dir, latest_checkpoint, save_checkpoint
 
 log = logging.getLogger(__name__)
 # Offsets the training-noise seeds from the augmentation seeds of the same image ((seed, position) in both).
@@ -57,7 +57,8 @@ class TrainConfig:
     seed: int = 0
     save_every: int = 1000
     keep_checkpoints: int = 2
-    mixed_precision: Literal["auto", "fp32", "no", "bf16"] = "auto"  # auto: bf16 on GPU and bf16-native CPUs
+    # The sampling vocabulary (rcdm.devices.Precision); "no" = "fp32" (accelerate's word, kept for old run.json).
+    mixed_precision: Precision | Literal["no"] = "auto"
     gradient_checkpointing: bool = False
     compile: bool = False  # torch.compile the UNet (in place: checkpoints unchanged); the first steps compile
     feature_cache: str | None = None  # a .safetensors of precomputed representations (centre crops + flips)
@@ -73,87 +74,6 @@ class TrainResult:
     last_loss: float
     images_per_second: float
     history: list[float] = field(default_factory=list)
-
-
-def latest_checkpoint(run_dir: str | Path) -> Path | None:
-    """The newest complete checkpoint of a run (temporary folders from an interrupted save are ignored)."""
-    ck = Path(run_dir) / "checkpoints"
-    done = sorted(p for p in ck.glob("step-*") if (p / "state.json").is_file()) if ck.is_dir() else []
-    return done[-1] if done else None
-
-
-def _fsync_tree(folder: Path) -> None:
-    for p in folder.rglob("*"):
-        if p.is_file():
-            with open(p, "rb") as f:
-                os.fsync(f.fileno())
-
-
-def save_checkpoint(
-    run_dir: Path, step: int, model: RCDM, ema_model: RCDM, optimizer: torch.optim.Optimizer, keep: int
-) -> Path:
-    """Write RUN_DIR/checkpoints/step-NNNNNNNN atomically (temp folder + rename) and prune old ones."""
-    ck = run_dir / "checkpoints"
-    ck.mkdir(parents=True, exist_ok=True)
-    final = ck / f"step-{step:08d}"
-    tmp = ck / f".tmp-step-{step:08d}-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp / "model")
-    ema_model.save_pretrained(tmp / "ema")
-    torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
-    (tmp / "state.json").write_text(json.dumps({"step": step}))
-    _fsync_tree(tmp)
-    if final.exists():
-        shutil.rmtree(final)
-    os.rename(tmp, final)
-    _prune(ck, keep)
-    for stale in ck.glob(".tmp-step-*"):
-        shutil.rmtree(stale, ignore_errors=True)
-    return final
-
-
-def _prune(ck: Path, keep: int) -> None:
-    done = sorted(p for p in ck.glob("step-*") if (p / "state.json").is_file())
-    for old in done[:-keep] if keep > 0 else []:
-        shutil.rmtree(old, ignore_errors=True)
-
-
-def build_feature_cache(encoder: Encoder, files: list[Path], path: Path, batch_size: int = 256) -> None:
-    """Representations of every file's centre square and of its mirror image, saved as safetensors."""
-    from .visualize import encode, load_views
-
-    plain, flipped = [], []
-    for s in range(0, len(files), batch_size):
-        _, views = load_views(
-            files[s : s + batch_size], 8, encoder.preprocessing.input_size, encoder.preprocessing.resample
-        )
-        views = views.to(encoder.device)
-        plain.append(encode(encoder, views))
-        flipped.append(encode(encoder, views.flip(-1)))
-    meta = {"encoder_identity": encoder.identity, "feature": encoder.feature, "files": _files_digest(files)}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    save_file({"plain": torch.cat(plain), "flipped": torch.cat(flipped)}, str(tmp), metadata=meta)
-    os.replace(tmp, path)
-
-
-def _files_digest(files: list[Path]) -> str:
-    import hashlib
-
-    return hashlib.sha256("\n".join(str(f.resolve()) for f in files).encode()).hexdigest()[:16]
-
-
-def _load_feature_cache(encoder: Encoder, files: list[Path], path: Path) -> dict[str, torch.Tensor]:
-    from safetensors import safe_open
-
-    with safe_open(str(path), "pt") as f:
-        meta = f.metadata() or {}
-    want = {"encoder_identity": encoder.identity, "feature": encoder.feature, "files": _files_digest(files)}
-    if {k: meta.get(k) for k in want} != want:
-        raise RCDMError(
-            f"feature cache {str(path)!r} was made for another encoder, feature or file list: delete it to rebuild"
-        )
-    return load_file(str(path))
 
 
 def _batches_for(cfg: TrainConfig, dataset: PairedViews, start: int, acc: Accelerator) -> DataLoader:
@@ -245,10 +165,10 @@ def train(
     cache = None
     if cfg.feature_cache:
         cache_path = Path(cfg.feature_cache)
-        if not cache_path.is_file() and acc.is_main_process:
-            build_feature_cache(enc, files, cache_path)
+        if acc.is_main_process:
+            cached_representations(enc, files, cache_path, flipped=True)
         acc.wait_for_everyone()
-        cache = {k: v.to(acc.device) for k, v in _load_feature_cache(enc, files, cache_path).items()}
+        cache = {k: v.to(acc.device) for k, v in load_cache(check_cache(enc, files, cache_path)).items()}
     dataset = PairedViews(
         files,
         size,
@@ -264,8 +184,6 @@ def train(
             "model": dict(model.config),
         }
         (run_dir / "run.json").write_text(json.dumps(resolved, indent=2, default=str))
-        if cfg.encoder.split(":", 1)[0] in ("cifar-resnet20", "cifar-resnet56"):
-            log.info("encoder weights sha256 %s", sha256_file(cfg.encoder.split(":", 1)[1]))
 
     diffusion = GaussianDiffusion()
     history: list[float] = []
@@ -276,7 +194,7 @@ def train(
         x0 = to_model_space(batch["image"].to(acc.device, non_blocking=True))
         if cache is not None:
             idx, flipped = batch["index"].to(acc.device), batch["flipped"].to(acc.device)
-            rep = torch.where(flipped.view(-1, 1), cache["flipped"][idx], cache["plain"][idx])
+            rep = torch.where(flipped.view(-1, 1), cache["flipped"][idx], cache["representations"][idx])
         else:
             with torch.no_grad(), acc.autocast():
                 rep = enc(batch["enc_image"].to(acc.device, non_blocking=True)).float()
@@ -323,12 +241,7 @@ def train(
     bar.close()
     if acc.is_main_process and step >= cfg.steps:
         ema.copy_to(ema_model.parameters())
-        final = run_dir / "model"
-        tmp = run_dir / ".tmp-model"
-        shutil.rmtree(tmp, ignore_errors=True)
-        ema_model.save_pretrained(tmp)
-        _fsync_tree(tmp)
-        shutil.rmtree(final, ignore_errors=True)
-        os.rename(tmp, final)
+        with atomic_dir(run_dir / "model", run_dir / ".tmp-model") as tmp:
+            ema_model.save_pretrained(tmp)
     rate = seen / max(1e-9, time.perf_counter() - t0)
     return TrainResult(run_dir, step, last, rate, history)

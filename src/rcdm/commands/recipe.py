@@ -123,7 +123,7 @@ def run_rcdm(args: argparse.Namespace) -> int:
 
 
 def run_pack(args: argparse.Namespace) -> int:
-    from ..recipes.demo_pack import MAX_BUNDLE_MB, pack
+    from ..recipes.bundle import MAX_BUNDLE_MB, pack
 
     metrics = None
     if args.metrics:

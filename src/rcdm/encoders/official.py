@@ -17,8 +17,8 @@ from typing import Literal
 import torch
 from torch import nn
 
-from ..checkpoints import RemoteFile, check_keys, fetch, read_checkpoint, subtree
 from ..errors import RCDMError
+from ..weights import RemoteFile, check_keys, fetch, read_checkpoint, subtree
 from .base import Encoder, Feature, Preprocessing, published_preprocessing
 from .registry import register_encoder
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
 from dataclasses import asdict, dataclass
 from importlib import resources
 from pathlib import Path
@@ -22,6 +21,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from ..errors import RCDMError
+from ..runs import atomic_dir
 from .base import Encoder, Feature, Preprocessing, file_identity
 from .cifar_resnet import BasicBlock
 from .registry import register_encoder
@@ -150,14 +150,10 @@ def save_encoder(
     survives a later fp16 conversion by `rcdm recipe pack`.
     """
     folder = Path(folder)
-    tmp = folder.parent / f".tmp-{folder.name}-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
     state = {
         k: v.detach().to("cpu", dtype if v.is_floating_point() else v.dtype).contiguous()
         for k, v in net.state_dict().items()
     }
-    save_file(state, str(tmp / WEIGHTS_NAME), metadata={"format": FORMAT})
     full = {
         **card,
         "format": FORMAT,
@@ -165,16 +161,12 @@ def save_encoder(
         "preprocessing": (preprocessing or default_preprocessing()).to_dict(),
         "dtype": str(dtype).removeprefix("torch."),
     }
-    full.setdefault("identity", file_identity("rcdm-cifar", tmp / WEIGHTS_NAME))
-    (tmp / CARD_NAME).write_text(json.dumps(full, indent=2, default=str))
-    if readme is not None:
-        (tmp / "README.md").write_text(readme)
-    for p in tmp.iterdir():
-        with open(p, "rb") as f:
-            os.fsync(f.fileno())
-    if folder.exists():
-        shutil.rmtree(folder)
-    os.rename(tmp, folder)
+    with atomic_dir(folder) as tmp:
+        save_file(state, str(tmp / WEIGHTS_NAME), metadata={"format": FORMAT})
+        full.setdefault("identity", file_identity("rcdm-cifar", tmp / WEIGHTS_NAME))
+        (tmp / CARD_NAME).write_text(json.dumps(full, indent=2, default=str))
+        if readme is not None:
+            (tmp / "README.md").write_text(readme)
     return folder
 
 

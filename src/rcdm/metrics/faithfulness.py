@@ -18,12 +18,12 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from ..data import load_images
-from ..diffusion import Compile, Precision, Sampler, batched, sample
+from ..data import batched
+from ..diffusion import SamplingConfig, sample, sampling_config
 from ..encoders import Encoder
 from ..errors import RCDMError
+from ..figures import markdown_table
 from ..model import RCDM
-from ..visualize import encode
 
 Distance = Literal["cosine", "l2"]
 DISTANCES: tuple[str, ...] = ("cosine", "l2")
@@ -145,15 +145,6 @@ class FaithfulnessResult:
         }
 
 
-def _encode_files(encoder: Encoder, paths: Sequence[Path], batch_size: int) -> torch.Tensor:
-    """Files -> (N, dim): centre square at the encoder's input size, encoded batch by batch."""
-    size = encoder.preprocessing.input_size
-    out = []
-    for a, b in batched(len(paths), batch_size):
-        out.append(encode(encoder, load_images(paths[a:b], size, encoder.preprocessing.resample)))
-    return torch.cat(out)
-
-
 @torch.no_grad()
 def evaluate_faithfulness(
     model: RCDM,
@@ -163,14 +154,9 @@ def evaluate_faithfulness(
     num_samples: int = 4,
     judges: Sequence[Encoder] = (),
     distance: Distance = "cosine",
-    steps: int | None = None,
-    sampler: Sampler = "dpm++",
-    seed: int = 0,
-    guidance: float = 1.0,
-    batch_size: int = 64,
-    compile: Compile = "auto",
-    precision: Precision = "auto",
+    sampling: SamplingConfig | None = None,
     progress: bool = False,
+    **settings,
 ) -> FaithfulnessResult:
     """Encode `images` with `encoder`, draw `num_samples` per representation, re-encode them, and score.
 
@@ -178,30 +164,21 @@ def evaluate_faithfulness(
     global index i * num_samples + j (the same images `sample_many` would give). Each judge encodes the
     reference images itself (centre square at its input size) and the samples (resized by its preprocessing).
     """
+    cfg = sampling_config(sampling, **settings)
     paths = [Path(p) for p in images]
     if len(paths) < 2:
         raise RCDMError(f"faithfulness needs at least 2 reference images to rank among; got {len(paths)}")
     if num_samples < 1:
         raise RCDMError(f"num_samples {num_samples} must be at least 1")
     encoders = [encoder, *judges]
-    refs = [_encode_files(e, paths, batch_size) for e in encoders]
+    refs = [e.encode_files(paths, cfg.batch_size) for e in encoders]
     n, s = len(paths), num_samples
     sample_reps = [torch.empty(n * s, r.shape[1]) for r in refs]
     cond = refs[0].repeat_interleave(s, dim=0)
-    for a, b in tqdm(list(batched(n * s, batch_size)), disable=not progress, desc="faithfulness"):
-        imgs = sample(
-            model,
-            cond[a:b],
-            steps=steps,
-            sampler=sampler,
-            seed=seed,
-            first_index=a,
-            guidance=guidance,
-            compile=compile,
-            precision=precision,
-        )
+    for a, b in tqdm(list(batched(n * s, cfg.batch_size)), disable=not progress, desc="faithfulness"):
+        imgs = sample(model, cond[a:b], cfg, first_index=a)
         for k, e in enumerate(encoders):
-            sample_reps[k][a:b] = encode(e, imgs)
+            sample_reps[k][a:b] = e.encode(imgs)
     scores = [
         faithfulness_scores(
             r,
@@ -212,13 +189,32 @@ def evaluate_faithfulness(
         )
         for k, (e, r, z) in enumerate(zip(encoders, refs, sample_reps, strict=True))
     ]
-    settings = {
-        "num_images": n,
-        "num_samples": s,
-        "steps": steps,
-        "sampler": sampler,
-        "seed": seed,
-        "guidance": guidance,
-        "distance": distance,
-    }
-    return FaithfulnessResult(scores, settings, [str(p) for p in paths])
+    record = {"num_images": n, "num_samples": s, **cfg.record(), "distance": distance}
+    return FaithfulnessResult(scores, record, [str(p) for p in paths])
+
+
+def faithfulness_tables(data: dict) -> list[str]:
+    rows = [
+        [
+            s["encoder"],
+            s["role"],
+            s["cosine"],
+            s["mean_rank"],
+            s["median_rank"],
+            s["top1"],
+            s["top5"],
+            s["chance_rank"],
+        ]
+        for s in data["scores"]
+    ]
+    header = [
+        "encoder",
+        "role",
+        "cosine ↑",
+        "mean rank ↓",
+        "median rank",
+        "top-1 ↑",
+        "top-5 ↑",
+        "chance rank",
+    ]
+    return [markdown_table(header, rows)]

@@ -19,7 +19,6 @@ import logging
 import math
 import os
 import shutil
-import subprocess
 import tarfile
 import time
 from collections.abc import Callable
@@ -37,7 +36,7 @@ from torchvision.transforms.functional import pil_to_tensor
 from tqdm.auto import tqdm
 
 from ..data import center_square, load_image, resize
-from ..diffusion import accelerate_mixed_precision, autocast_for
+from ..devices import accelerate_mixed_precision, autocast_for
 from ..encoders import Encoder, create_encoder
 from ..encoders.rcdm_cifar import (
     CifarEncoderArch,
@@ -46,6 +45,7 @@ from ..encoders.rcdm_cifar import (
     save_encoder,
 )
 from ..errors import NonFiniteLossError, RCDMError
+from ..runs import CHECKPOINTS, atomic_dir, device_name, git_commit, latest_checkpoint, prune_checkpoints
 
 log = logging.getLogger(__name__)
 
@@ -295,58 +295,19 @@ def encoder_features(
 # --- training --------------------------------------------------------------------------------------
 
 
-def git_commit() -> str | None:
-    """The rcdm source tree's git commit (with '+dirty' when modified), or None outside a checkout."""
-    here = Path(__file__).resolve().parent
-    try:
-        sha = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, check=True, timeout=10
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"],
-            cwd=here,
-            capture_output=True,
-            text=True,
-            timeout=10,
-        ).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return sha + ("+dirty" if dirty else "")
-
-
-def device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    return f"{device.type} ({os.cpu_count()} cores visible)"
-
-
-def _latest_epoch(run_dir: Path) -> Path | None:
-    ck = run_dir / "checkpoints"
-    done = sorted(p for p in ck.glob("epoch-*") if (p / "state.json").is_file()) if ck.is_dir() else []
-    return done[-1] if done else None
-
-
 def _save_epoch(
     run_dir: Path, epoch: int, net: CifarEncoderNet, opt: torch.optim.Optimizer, state: dict
 ) -> None:
-    """RUN_DIR/checkpoints/epoch-NNNN written to a temp folder and renamed; keeps the newest two."""
-    ck = run_dir / "checkpoints"
-    ck.mkdir(parents=True, exist_ok=True)
-    tmp, final = ck / f".tmp-epoch-{epoch:04d}-{os.getpid()}", ck / f"epoch-{epoch:04d}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    save_file(
-        {k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}, str(tmp / "net.safetensors")
-    )
-    torch.save(opt.state_dict(), tmp / "optimizer.pt")
-    (tmp / "state.json").write_text(json.dumps(state))
-    for p in tmp.iterdir():
-        with open(p, "rb") as f:
-            os.fsync(f.fileno())
-    shutil.rmtree(final, ignore_errors=True)
-    os.rename(tmp, final)
-    for old in sorted(p for p in ck.glob("epoch-*") if (p / "state.json").is_file())[:-2]:
-        shutil.rmtree(old, ignore_errors=True)
+    """RUN_DIR/checkpoints/epoch-NNNN written atomically (runs.atomic_dir); keeps the newest two."""
+    ck = run_dir / CHECKPOINTS
+    with atomic_dir(ck / f"epoch-{epoch:04d}", ck / f".tmp-epoch-{epoch:04d}-{os.getpid()}") as tmp:
+        save_file(
+            {k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()},
+            str(tmp / "net.safetensors"),
+        )
+        torch.save(opt.state_dict(), tmp / "optimizer.pt")
+        (tmp / "state.json").write_text(json.dumps(state))
+    prune_checkpoints(run_dir, 2, "epoch-*")
 
 
 def _lr_at(cfg: SSLConfig, step: int, steps_per_epoch: int) -> float:
@@ -412,7 +373,7 @@ def train_encoder(
     for name in ("epochs", "batch_size"):
         if getattr(cfg, name) < 1:
             raise RCDMError(f"{name} {getattr(cfg, name)} must be at least 1")
-    ckpt = _latest_epoch(run_dir)
+    ckpt = latest_checkpoint(run_dir, "epoch-*")
     if ckpt is not None and not resume:
         raise RCDMError(
             f"{str(run_dir)!r} already holds checkpoints: pass --resume to continue, or a new --out"

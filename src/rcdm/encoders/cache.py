@@ -1,0 +1,96 @@
+"""The representation cache: the representations of a list of image files under one encoder, as safetensors.
+
+One file holds `representations` (N, dim) (each file's centre square) and, when asked for, `flipped` (N, dim)
+(its mirror image). Its metadata is the key: encoder identity + feature + the file list's digest; a file with
+another key is refused, never silently reused. `train --feature-cache FILE` and `analyze manipulate --cache DIR`
+both use it; large caches are read slice by slice (memory-mapped), never whole.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+
+from ..data import files_digest
+from ..errors import RCDMError
+from .base import Encoder
+
+
+def cache_key(encoder: Encoder, files: Sequence[Path]) -> dict[str, str]:
+    """What a cache must match to be reused: encoder identity, feature and the files' digest."""
+    return {"encoder_identity": encoder.identity, "feature": encoder.feature, "files": files_digest(files)}
+
+
+def cache_file(folder: str | Path, encoder: Encoder, files: Sequence[Path]) -> Path:
+    """FOLDER/reps-<16 hex of the key>.safetensors: one file per (encoder, feature, file list)."""
+    key = hashlib.sha256(json.dumps(cache_key(encoder, files), sort_keys=True).encode()).hexdigest()[:16]
+    return Path(folder).expanduser() / f"reps-{key}.safetensors"
+
+
+def build_cache(
+    encoder: Encoder,
+    files: Sequence[Path],
+    path: str | Path,
+    *,
+    flipped: bool = False,
+    batch_size: int = 256,
+    progress: bool = False,
+) -> Path:
+    """Encode `files` and write the cache at `path` atomically (temp file + rename); returns `path`.
+
+    A FILE.json beside it lists the files (for people; the key lives in the safetensors metadata).
+    """
+    path = Path(path)
+    tensors = {"representations": encoder.encode_files(files, batch_size, progress=progress).contiguous()}
+    if flipped:
+        tensors["flipped"] = encoder.encode_files(
+            files, batch_size, flip=True, progress=progress
+        ).contiguous()
+    meta = {**cache_key(encoder, files), "encoder": encoder.spec}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    save_file(tensors, str(tmp), metadata=meta)
+    os.replace(tmp, path)
+    path.with_suffix(".json").write_text(json.dumps({**meta, "paths": [str(p) for p in files]}))
+    return path
+
+
+def check_cache(encoder: Encoder, files: Sequence[Path], path: str | Path) -> Path:
+    """`path` when its key matches (encoder identity, feature, files); else RCDMError saying to delete it."""
+    with safe_open(str(path), "pt") as f:
+        meta = f.metadata() or {}
+    want = cache_key(encoder, files)
+    if {k: meta.get(k) for k in want} != want:
+        raise RCDMError(
+            f"representation cache {str(path)!r} was made for another encoder, feature or file list: "
+            "delete it to rebuild"
+        )
+    return Path(path)
+
+
+def cached_representations(
+    encoder: Encoder,
+    files: Sequence[Path],
+    path: str | Path,
+    *,
+    flipped: bool = False,
+    batch_size: int = 256,
+    progress: bool = False,
+) -> Path:
+    """The cache at `path` for (encoder, files), built on first use and checked on every later one."""
+    path = Path(path)
+    if not path.is_file():
+        return build_cache(encoder, files, path, flipped=flipped, batch_size=batch_size, progress=progress)
+    return check_cache(encoder, files, path)
+
+
+def load_cache(path: str | Path) -> dict[str, torch.Tensor]:
+    """Every tensor of a cache file, in memory."""
+    return load_file(str(path))
