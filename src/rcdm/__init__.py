@@ -1,6 +1,5 @@
 """rcdm: Representation-Conditional Diffusion Models (Bordes, Balestriero, Vincent, TMLR 2022)."""
 
-from . import official  # noqa: F401  (registers the official:NAME model source)
 from .diffusion import SAMPLING_PRESETS, GaussianDiffusion, SamplingConfig, sample, sample_many
 from .encoders import Encoder, Preprocessing, create_encoder, list_encoders, register_encoder
 from .errors import NonFiniteLossError, RCDMError

@@ -25,7 +25,7 @@ from .analysis.report import adversarial_section, figure_html, interpolation_sec
 from .data import list_images, load_views
 from .diffusion import SamplingConfig, sample_many
 from .encoders import Encoder
-from .encoders.rcdm_cifar import read_card
+from .encoders.cifar import read_card
 from .errors import RCDMError
 from .figures import Section, fmt, grid, html_page, html_table, number
 from .loading import encoder_for, load_model

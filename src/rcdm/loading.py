@@ -1,19 +1,121 @@
-"""Where a model comes from: a run folder, a saved model folder, or a named source such as `official:...`."""
+"""Where a model comes from: a run folder, a saved model folder, or a named model.
+
+Named models: `official:NAME`, the nine published RCDM checkpoints (`MODELS`), downloaded and converted once
+(rcdm.convert) into $RCDM_CACHE/official/models/NAME; more sources can be added with `register_model_source`.
+"""
 
 from __future__ import annotations
 
+import hashlib
+import json
+import logging
+import os
 from collections.abc import Callable
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 
+from .convert import convert
 from .encoders import Encoder, Feature, create_encoder
+from .encoders.published import PUBLISHED, describe_published
 from .errors import RCDMError
 from .model import RCDM, check_encoder
-from .runs import latest_checkpoint
+from .runs import atomic_dir, latest_checkpoint
+from .weights import Weights, fetch, official_cache
+
+log = logging.getLogger(__name__)
+
+BASE_URL = "https://dl.fbaipublicfiles.com/rcdm"
+
+# --- named models ---------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PublishedModel:
+    """One of the nine published checkpoints and the encoder feature it is conditioned on."""
+
+    checkpoint: Weights
+    encoder: str  # a name in rcdm.encoders.published.PUBLISHED
+    feature: Feature
+
+
+def _published(file: str, encoder: str, feature: Feature) -> PublishedModel:
+    paper = "Bordes, Balestriero, Vincent, TMLR 2022 (RCDM)"
+    return PublishedModel(Weights(f"{BASE_URL}/{file}", file, paper=paper), encoder, feature)
+
+
+MODELS: dict[str, PublishedModel] = {
+    "supervised": _published("rcdm_ema_supervised.pt", "resnet50.tv_in1k", "backbone")
+}
+for _method, _file in (
+    ("dino", "dino"),
+    ("simclr", "simclr"),
+    ("barlowtwins", "barlow"),
+    ("vicreg", "vicreg"),
+):
+    for _feature, _part in (("backbone", "trunk"), ("projector", "head")):
+        MODELS[f"{_method}-{_feature}"] = _published(
+            f"rcdm_ema_{_file}_{_part}.pt", f"resnet50.{_method}_in1k", _feature
+        )
+
+
+def published_name_for(path: str | Path) -> str | None:
+    """The named model whose published file name `path` has (e.g. rcdm_ema_dino_trunk.pt -> dino-backbone)."""
+    base = Path(path).name
+    for name, m in MODELS.items():
+        if m.checkpoint.filename == base:
+            return name
+    return None
+
+
+def _weights_key(path: Path) -> str:
+    st = path.stat()
+    return hashlib.sha256(f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}".encode()).hexdigest()[:12]
+
+
+def resolve_official(name: str, weights: str | None = None) -> Path:
+    """`official:NAME` -> a converted model folder (download + convert on first use, then cached).
+
+    weights: a local copy of the published checkpoint (skips the download; converted into its own folder).
+    """
+    if name not in MODELS:
+        raise RCDMError(f"unknown official model {name!r}: choose one of {', '.join(MODELS)}")
+    spec = MODELS[name]
+    root = official_cache()
+    if weights:
+        path = Path(weights).expanduser()
+        if not path.is_file():
+            raise RCDMError(
+                f"--weights {weights!r} is not a file: pass the path of {spec.checkpoint.filename}"
+            )
+        folder = root / "models" / f"{name}-{_weights_key(path)}"
+    else:
+        path = None
+        folder = root / "models" / name
+    if (folder / "config.json").is_file():
+        return folder
+    ckpt = path or fetch(spec.checkpoint)
+    log.info("converting %s to %s", ckpt, folder)
+    model = convert(ckpt, encoder=describe_published(spec.encoder, spec.feature))
+    with atomic_dir(folder, folder.with_name(folder.name + f".tmp{os.getpid()}")) as tmp:
+        model.save_pretrained(tmp)
+        (tmp / "source.json").write_text(
+            json.dumps({"official": name, "checkpoint": str(ckpt), **asdict(spec.checkpoint)}, indent=2)
+        )
+    return folder
+
+
+def encoder_description(spec: str, feature: Feature) -> dict:
+    """`Encoder.describe()` for a spec: static for published encoders, else by building the encoder."""
+    name = spec.removeprefix("official:").split(":")[0]
+    if name in PUBLISHED:
+        return describe_published(name, feature)
+    return create_encoder(spec, feature).describe()
+
 
 # prefix -> resolver(name after the prefix, weights path or None) -> folder that RCDM.from_pretrained reads
-_SOURCES: dict[str, Callable[[str, str | None], Path]] = {}
+_SOURCES: dict[str, Callable[[str, str | None], Path]] = {"official": resolve_official}
 
 
 def register_model_source(prefix: str, resolver: Callable[[str, str | None], Path]) -> None:

@@ -34,7 +34,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..official import MODELS, convert, encoder_description, export_diffusers, published_name_for
+    from ..convert import convert, export_diffusers
+    from ..loading import MODELS, encoder_description, published_name_for
 
     encoder = None
     name = published_name_for(args.checkpoint)

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 
 from ..data import list_images
 from ..encoders import Encoder, create_encoder
-from ..encoders.rcdm_cifar import (
+from ..encoders.cifar import (
     CifarEncoderNet,
     bundled_models_dir,
     default_preprocessing,

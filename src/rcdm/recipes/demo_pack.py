@@ -20,7 +20,7 @@ import torch
 
 from ..diffusion import LossType
 from ..encoders import Feature
-from ..encoders.rcdm_cifar import CARD_NAME, read_card
+from ..encoders.cifar import CARD_NAME, read_card
 from ..errors import RCDMError
 from ..model import PRESETS
 from ..runs import device_name, git_commit

@@ -36,15 +36,16 @@ from torchvision.transforms.functional import pil_to_tensor
 from tqdm.auto import tqdm
 
 from ..data import center_square, load_image, resize
-from ..devices import accelerate_mixed_precision, autocast_for
-from ..encoders import Encoder, create_encoder
-from ..encoders.rcdm_cifar import (
+from ..devices import accelerate_mixed_precision
+from ..encoders import create_encoder
+from ..encoders.cifar import (
     CifarEncoderArch,
     CifarEncoderNet,
     default_preprocessing,
     save_encoder,
 )
 from ..errors import NonFiniteLossError, RCDMError
+from ..metrics.knn import encoder_features, knn_accuracy
 from ..runs import CHECKPOINTS, atomic_dir, device_name, git_commit, latest_checkpoint, prune_checkpoints
 
 log = logging.getLogger(__name__)
@@ -199,7 +200,7 @@ class AugmentedViews(Dataset):
         return a, b, self.labels[i]
 
 
-# --- losses and evaluation -------------------------------------------------------------------------
+# --- loss -------------------------------------------------------------------------
 
 
 def vicreg_loss(
@@ -226,70 +227,6 @@ def vicreg_loss(
     cov1, cov2 = (z1.T @ z1) / (b - 1), (z2.T @ z2) / (b - 1)
     cov = cov1[off].pow(2).sum() / d + cov2[off].pow(2).sum() / d
     return sim_coeff * inv + std_coeff * var + cov_coeff * cov
-
-
-@torch.no_grad()
-def knn_predict(
-    train_features: torch.Tensor,
-    train_labels: torch.Tensor,
-    test_features: torch.Tensor,
-    k: int = 20,
-    temperature: float = 0.07,
-    num_classes: int | None = None,
-    chunk: int = 1024,
-) -> torch.Tensor:
-    """Weighted cosine k-NN (Wu et al. 2018): (N, D), (N,) int, (M, D) -> (M,) predicted labels.
-
-    Each of the k most cosine-similar train features votes for its label with weight exp(similarity / T);
-    ties go to the lower class index.
-    """
-    if train_features.shape[0] != train_labels.shape[0]:
-        raise RCDMError(
-            f"{train_features.shape[0]} train features but {train_labels.shape[0]} labels: pass one label each"
-        )
-    c = int(num_classes or int(train_labels.max()) + 1)
-    k = min(k, train_features.shape[0])
-    bank = F.normalize(train_features.float(), dim=1)
-    labels = train_labels.long().to(bank.device)
-    out = []
-    for s in range(0, test_features.shape[0], chunk):
-        q = F.normalize(test_features[s : s + chunk].float().to(bank.device), dim=1)
-        sim, idx = (q @ bank.T).topk(k, dim=1)
-        votes = torch.zeros(q.shape[0], c, device=bank.device)
-        votes.scatter_add_(1, labels[idx], (sim / temperature).exp())
-        out.append(votes.argmax(1))
-    return torch.cat(out).cpu()
-
-
-def knn_accuracy(
-    train_features: torch.Tensor,
-    train_labels: torch.Tensor,
-    test_features: torch.Tensor,
-    test_labels: torch.Tensor,
-    k: int = 20,
-    temperature: float = 0.07,
-) -> float:
-    """Fraction in [0, 1] of test features whose weighted k-NN label (see `knn_predict`) is right."""
-    c = int(max(int(train_labels.max()), int(test_labels.max())) + 1)
-    pred = knn_predict(train_features, train_labels, test_features, k, temperature, c)
-    return float((pred == test_labels.long().cpu()).float().mean())
-
-
-@torch.no_grad()
-def encoder_features(
-    encoder: Encoder, images: torch.Tensor, batch_size: int = 1024
-) -> dict[str, torch.Tensor]:
-    """uint8 (N, 3, H, W) -> {"backbone": (N, d), "projector": (N, p) when the encoder has one}, float32 CPU."""
-    device = encoder.device
-    feats: dict[str, list[torch.Tensor]] = {"backbone": [], "projector": []}
-    for s in range(0, images.shape[0], batch_size):
-        x = images[s : s + batch_size].to(device).float() / 255
-        with autocast_for(device):
-            h = encoder.backbone_features(x)
-            feats["backbone"].append(h.float().cpu())
-            if encoder.projector is not None:
-                feats["projector"].append(encoder.projector(h).float().cpu())
-    return {k: torch.cat(v) for k, v in feats.items() if v}
 
 
 # --- training --------------------------------------------------------------------------------------
@@ -361,7 +298,7 @@ def train_encoder(
     progress: bool = True,
     on_step: Callable[[int, float], None] | None = None,  # after each optimizer step (step, loss)
 ) -> SSLResult:
-    """Train the encoder of `cfg`, evaluate k-NN on the test split, save RUN_DIR/encoder (see rcdm_cifar).
+    """Train the encoder of `cfg`, evaluate k-NN on the test split, save RUN_DIR/encoder (see encoders/cifar.py).
 
     Resumable per epoch: a run killed at any point continues with `resume=True` from its last complete epoch.
     """

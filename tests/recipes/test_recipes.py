@@ -12,20 +12,12 @@ from safetensors.torch import load_file
 
 from rcdm.cli import main
 from rcdm.encoders import create_encoder
-from rcdm.encoders.rcdm_cifar import CifarEncoderArch, CifarEncoderNet, default_preprocessing
+from rcdm.encoders.cifar import CifarEncoderArch, CifarEncoderNet, default_preprocessing
 from rcdm.errors import RCDMError
+from rcdm.metrics.knn import encoder_features, knn_accuracy, knn_predict
 from rcdm.recipes.bundle import pack
 from rcdm.recipes.demo_pack import RCDMRecipe, train_rcdms
-from rcdm.recipes.ssl import (
-    SSLConfig,
-    encoder_features,
-    knn_accuracy,
-    knn_predict,
-    labelled_files,
-    load_uint8,
-    train_encoder,
-    vicreg_loss,
-)
+from rcdm.recipes.ssl import SSLConfig, labelled_files, load_uint8, train_encoder, vicreg_loss
 
 TARGET = "rcdm-cifar10-vicreg-projector"
 TINY = dict(
