@@ -55,7 +55,7 @@ ROLES: dict[str, tuple[str, str]] = {
 }
 
 
-# dpm++ 20 steps; batch 32 is the fastest per image for cifar32-small on a 2-core CPU (docs/recipes.md).
+# dpm++ 20 steps, 32 images per call (the CPU batch size of docs/recipes.md).
 CPU_SAMPLING = SamplingConfig(steps=20, batch_size=32)
 
 
@@ -81,7 +81,7 @@ class PackDemoSettings:
 
 
 PACK_DEMO_PRESETS: dict[str, PackDemoSettings] = {
-    # cifar32-small RCDMs on 2 CPU cores: 220 samples x 20 steps, about 50 s end to end when idle (docs/recipes.md).
+    # The CPU setting: 220 samples x 20 steps of the cifar32-small RCDMs (timings: docs/recipes.md).
     "cpu": PackDemoSettings(),
     # A first look (and the tests): a few samples of a few images, 4 sampling steps.
     "quick": PackDemoSettings(

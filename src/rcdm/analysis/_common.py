@@ -29,3 +29,9 @@ def image_paths(images: Sequence[str | Path], minimum: int = 1, what: str = "thi
             f"{what} needs at least {minimum} images but got {len(paths)}: pass more with --images"
         )
     return paths
+
+
+def relative_to_typical(shift: torch.Tensor, representations: torch.Tensor) -> torch.Tensor:
+    """shift (...) divided by the typical distance between `representations` (M, dim); NaN when M < 2."""
+    typical = typical_distance(representations)
+    return shift / typical if math.isfinite(typical) else torch.full_like(shift, math.nan)

@@ -22,7 +22,7 @@ from ..encoders import Encoder
 from ..errors import RCDMError
 from ..figures import fmt, grid, number
 from ..model import RCDM
-from ._common import image_paths, typical_distance
+from ._common import image_paths, relative_to_typical
 
 Attack = Literal["untargeted", "targeted", "label"]
 ATTACKS: tuple[str, ...] = ("untargeted", "targeted", "label")
@@ -216,7 +216,6 @@ def adversarial(
             clean_labels = encoder.logits(enc_views.to(dev)).argmax(-1).cpu()
             adv_labels = encoder.logits(adv.to(dev)).argmax(-1).cpu()
     shift = (adv_reps - reps).norm(dim=-1)
-    typical = typical_distance(reps)
     return AdversarialResult(
         label=label or f"{encoder.spec} ({encoder.feature})",
         names=[Path(p).stem for p in paths],
@@ -227,7 +226,7 @@ def adversarial(
         clean_samples=samples[:m],
         adv_samples=samples[m:],
         shift=shift,
-        relative_shift=shift / typical if math.isfinite(typical) else torch.full_like(shift, math.nan),
+        relative_shift=relative_to_typical(shift, reps),
         cosine=F.cosine_similarity(adv_reps, reps, dim=-1),
         linf=(adv - enc_views).abs().flatten(1).amax(1),
         clean_labels=clean_labels,

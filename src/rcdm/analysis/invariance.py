@@ -25,7 +25,7 @@ from ..diffusion import SamplingConfig, sample_many, sampling_config
 from ..encoders import Encoder
 from ..figures import fmt, grid, number
 from ..model import RCDM
-from ._common import image_paths, typical_distance
+from ._common import image_paths, relative_to_typical, typical_distance
 from .augment import augment, get_augmentation, parse_augmentations
 
 _LUMA = torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)
@@ -233,7 +233,7 @@ def invariance(
         clean_samples=clean,
         aug_samples=aug_samples,
         shift=shift,
-        relative_shift=shift / typical if math.isfinite(typical) else torch.full_like(shift, math.nan),
+        relative_shift=relative_to_typical(shift, reps),
         retention=retention,
         typical_distance=typical,
         settings=dict(num_samples=num_samples, **cfg.record()),

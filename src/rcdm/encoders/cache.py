@@ -34,34 +34,6 @@ def cache_file(folder: str | Path, encoder: Encoder, files: Sequence[Path]) -> P
     return Path(folder).expanduser() / f"reps-{key}.safetensors"
 
 
-def build_cache(
-    encoder: Encoder,
-    files: Sequence[Path],
-    path: str | Path,
-    *,
-    flipped: bool = False,
-    batch_size: int = 256,
-    progress: bool = False,
-) -> Path:
-    """Encode `files` and write the cache at `path` atomically (temp file + rename); returns `path`.
-
-    A FILE.json beside it lists the files (for people; the key lives in the safetensors metadata).
-    """
-    path = Path(path)
-    tensors = {"representations": encoder.encode_files(files, batch_size, progress=progress).contiguous()}
-    if flipped:
-        tensors["flipped"] = encoder.encode_files(
-            files, batch_size, flip=True, progress=progress
-        ).contiguous()
-    meta = {**cache_key(encoder, files), "encoder": encoder.spec}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    save_file(tensors, str(tmp), metadata=meta)
-    os.replace(tmp, path)
-    path.with_suffix(".json").write_text(json.dumps({**meta, "paths": [str(p) for p in files]}))
-    return path
-
-
 def check_cache(encoder: Encoder, files: Sequence[Path], path: str | Path) -> Path:
     """`path` when its key matches (encoder identity, feature, files); else RCDMError saying to delete it."""
     with safe_open(str(path), "pt") as f:
@@ -84,11 +56,26 @@ def cached_representations(
     batch_size: int = 256,
     progress: bool = False,
 ) -> Path:
-    """The cache at `path` for (encoder, files), built on first use and checked on every later one."""
+    """The cache at `path` for (encoder, files): built on first use, its key checked on every later one.
+
+    Built atomically (temp file + rename), with a FILE.json beside it that lists the files (for people; the key
+    lives in the safetensors metadata). flipped: also hold the mirror images' representations.
+    """
     path = Path(path)
-    if not path.is_file():
-        return build_cache(encoder, files, path, flipped=flipped, batch_size=batch_size, progress=progress)
-    return check_cache(encoder, files, path)
+    if path.is_file():
+        return check_cache(encoder, files, path)
+    tensors = {"representations": encoder.encode_files(files, batch_size, progress=progress).contiguous()}
+    if flipped:
+        tensors["flipped"] = encoder.encode_files(
+            files, batch_size, flip=True, progress=progress
+        ).contiguous()
+    meta = {**cache_key(encoder, files), "encoder": encoder.spec}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    save_file(tensors, str(tmp), metadata=meta)
+    os.replace(tmp, path)
+    path.with_suffix(".json").write_text(json.dumps({**meta, "paths": [str(p) for p in files]}))
+    return path
 
 
 def load_cache(path: str | Path) -> dict[str, torch.Tensor]:

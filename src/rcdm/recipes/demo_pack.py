@@ -51,7 +51,7 @@ TARGETS: tuple[Target, ...] = (
 
 @dataclass(frozen=True)
 class RCDMRecipe:
-    """Settings of `train_rcdms`; defaults are the GPU recipe (one H100, three runs side by side, unmeasured).
+    """Settings of `train_rcdms`; defaults are the GPU recipe (three runs side by side; docs/recipes.md).
 
     8,000 steps x 128 = 1.02M images seen (about 20 CIFAR-10 epochs) per RCDM.
     """

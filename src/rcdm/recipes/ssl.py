@@ -60,7 +60,7 @@ CIFAR_LICENSE = (
 
 @dataclass(frozen=True)
 class SSLConfig:
-    """Run settings for `train_encoder`; written to RUN_DIR/recipe.json. Defaults: the GPU recipe (one H100)."""
+    """Run settings for `train_encoder`; written to RUN_DIR/recipe.json. Defaults: the GPU recipe (docs/recipes.md)."""
 
     data: str  # CIFAR-10 root with train/<class>/*.jpg and test/<class>/*.jpg, or the cifar10-jpeg.tar.gz
     objective: Objective = "vicreg"
