@@ -26,8 +26,24 @@ from safetensors.torch import load_file, save_file
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from .data import PairedViews, StepBatchSampler, list_images, to_model_space
-from .diffusion import GaussianDiffusion, LossType, accelerate_mixed_precision, sample_generators
+from .data import (
+    PairedViews,
+    StepBatchSampler,
+    center_square,
+    decode_images,
+    list_images,
+    resize,
+    to_model_space,
+)
+from .diffusion import (
+    GaussianDiffusion,
+    LossType,
+    Precision,
+    autocast_for,
+    resolve_precision,
+    sample_generators,
+    training_precision,
+)
 from .encoders import Encoder, Feature, create_encoder, sha256_file
 from .errors import NonFiniteLossError, RCDMError
 from .model import PRESETS, RCDM, check_encoder
@@ -59,6 +75,9 @@ class TrainConfig:
     keep_checkpoints: int = 2
     mixed_precision: Literal["auto", "fp32", "no", "bf16"] = "auto"  # auto: bf16 on GPU and bf16-native CPUs
     gradient_checkpointing: bool = False
+    # Standardise representations with the training set's per-dimension mean/std (stored in the model): helps
+    # where an encoder's features share a large common component (e.g. CIFAR ResNets: mean pairwise cosine 0.8).
+    standardize: bool = False
     compile: bool = False  # torch.compile the UNet (in place: checkpoints unchanged); the first steps compile
     feature_cache: str | None = None  # a .safetensors of precomputed representations (centre crops + flips)
     min_scale: float = 0.8  # random crop side as a fraction of the shorter side (1.0 with a feature cache)
@@ -118,18 +137,29 @@ def _prune(ck: Path, keep: int) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
-def build_feature_cache(encoder: Encoder, files: list[Path], path: Path, batch_size: int = 256) -> None:
+def build_feature_cache(
+    encoder: Encoder,
+    files: list[Path],
+    path: Path,
+    batch_size: int = 256,
+    decoded: torch.Tensor | None = None,  # (N, 3, H, W) uint8 pixels of `files` (data.decode_images)
+    progress: bool = True,
+) -> None:
     """Representations of every file's centre square and of its mirror image, saved as safetensors."""
     from .visualize import encode, load_views
 
+    size, resample = encoder.preprocessing.input_size, encoder.preprocessing.resample
     plain, flipped = [], []
-    for s in range(0, len(files), batch_size):
-        _, views = load_views(
-            files[s : s + batch_size], 8, encoder.preprocessing.input_size, encoder.preprocessing.resample
-        )
+    t0 = time.perf_counter()
+    for s in tqdm(range(0, len(files), batch_size), desc="feature cache", unit="batch", disable=not progress):
+        if decoded is not None and resample == "antialias":
+            views = resize(center_square(decoded[s : s + batch_size].float() / 255.0), size)
+        else:
+            _, views = load_views(files[s : s + batch_size], 8, size, resample)
         views = views.to(encoder.device)
         plain.append(encode(encoder, views))
         flipped.append(encode(encoder, views.flip(-1)))
+    log.info("feature cache: %d images at %.0f img/s", len(files), len(files) / (time.perf_counter() - t0))
     meta = {"encoder_identity": encoder.identity, "feature": encoder.feature, "files": _files_digest(files)}
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
@@ -154,6 +184,20 @@ def _load_feature_cache(encoder: Encoder, files: list[Path], path: Path) -> dict
             f"feature cache {str(path)!r} was made for another encoder, feature or file list: delete it to rebuild"
         )
     return load_file(str(path))
+
+
+@torch.no_grad()
+def _representation_sample(
+    enc: Encoder, dataset: PairedViews, device: torch.device, precision: Precision, n: int = 4096
+) -> torch.Tensor:
+    """Representations of up to n training views (fixed seeds: every process gets the same), (n, dim)."""
+    keys = [(i, i) for i in torch.linspace(0, len(dataset) - 1, min(n, len(dataset))).long().tolist()]
+    out = []
+    for s in range(0, len(keys), 256):
+        views = torch.stack([dataset[k]["enc_image"] for k in keys[s : s + 256]]).to(device)
+        with autocast_for(device, precision):
+            out.append(enc(views).float())
+    return torch.cat(out)
 
 
 def _batches_for(cfg: TrainConfig, dataset: PairedViews, start: int, acc: Accelerator) -> DataLoader:
@@ -201,7 +245,9 @@ def train(
     cuda = torch.cuda.is_available()
     # cpu=True on a CPU-only machine: a torchrun of N CPU processes then joins one gloo group and each rank
     # trains on its share (without it accelerate runs every rank as a separate single-process job).
-    acc = Accelerator(cpu=not cuda, mixed_precision=accelerate_mixed_precision(mp, "cuda" if cuda else "cpu"))
+    acc = Accelerator(cpu=not cuda)
+    precision = training_precision(mp)
+    bf16 = resolve_precision(precision, acc.device) == torch.bfloat16
     enc = encoder if encoder is not None else create_encoder(cfg.encoder, cfg.feature)
     if encoder is not None and enc.feature != cfg.feature:
         enc = enc.with_feature(cfg.feature)
@@ -211,6 +257,7 @@ def train(
         sample_size=size,
         learned_variance=cfg.loss == "hybrid",
         null_representation=cfg.cond_drop > 0,
+        standardize_representation=cfg.standardize,
         **enc.describe(),
     )
     with torch.random.fork_rng(devices=[]):
@@ -242,11 +289,16 @@ def train(
         opt.load_state_dict(torch.load(ckpt / "optimizer.pt", map_location="cpu", weights_only=True))
     pmodel, opt = acc.prepare(model, opt)
 
+    # Decode the data set once into memory when it fits (the main process writes the cache file first).
+    decoded = decode_images(files, progress=progress) if acc.is_main_process else None
+    acc.wait_for_everyone()
+    if not acc.is_main_process:
+        decoded = decode_images(files, progress=False)
     cache = None
     if cfg.feature_cache:
         cache_path = Path(cfg.feature_cache)
         if not cache_path.is_file() and acc.is_main_process:
-            build_feature_cache(enc, files, cache_path)
+            build_feature_cache(enc, files, cache_path, decoded=decoded, progress=progress)
         acc.wait_for_everyone()
         cache = {k: v.to(acc.device) for k, v in _load_feature_cache(enc, files, cache_path).items()}
     dataset = PairedViews(
@@ -254,7 +306,16 @@ def train(
         size,
         enc.preprocessing.input_size,
         min_scale=1.0 if cache is not None else cfg.min_scale,
+        decoded=decoded,
     )
+    if cfg.standardize and ckpt is None:
+        reps = (
+            cache["plain"]
+            if cache is not None
+            else _representation_sample(enc, dataset, acc.device, precision)
+        )
+        for m in (acc.unwrap_model(pmodel), ema_model):
+            m.set_representation_stats(reps.to(acc.device))
     if acc.is_main_process:
         run_dir.mkdir(parents=True, exist_ok=True)
         resolved = {
@@ -267,6 +328,27 @@ def train(
         if cfg.encoder.split(":", 1)[0] in ("cifar-resnet20", "cifar-resnet56"):
             log.info("encoder weights sha256 %s", sha256_file(cfg.encoder.split(":", 1)[1]))
 
+    if acc.is_main_process:
+        log.info(
+            "training %s (%.1fM parameters, %d px) on %d images (%s) with %s %s (%d-d%s); global batch %d on %d "
+            "process(es), %s, steps %d -> %d, checkpoints every %d in %s",
+            cfg.preset,
+            sum(p.numel() for p in model.parameters()) / 1e6,
+            size,
+            len(files),
+            "decoded in memory" if decoded is not None else "decoded per file",
+            cfg.encoder,
+            cfg.feature,
+            enc.dim,
+            ", cached features" if cache is not None else "",
+            cfg.batch_size,
+            acc.num_processes,
+            "bf16 autocast" if bf16 else "fp32",
+            start,
+            cfg.steps,
+            cfg.save_every,
+            run_dir,
+        )
     diffusion = GaussianDiffusion()
     history: list[float] = []
     t0, seen, last = time.perf_counter(), 0, float("nan")
@@ -278,7 +360,7 @@ def train(
             idx, flipped = batch["index"].to(acc.device), batch["flipped"].to(acc.device)
             rep = torch.where(flipped.view(-1, 1), cache["flipped"][idx], cache["plain"][idx])
         else:
-            with torch.no_grad(), acc.autocast():
+            with torch.no_grad(), autocast_for(acc.device, precision):
                 rep = enc(batch["enc_image"].to(acc.device, non_blocking=True)).float()
         # Each image's timestep, noise and conditioning drop come from its own generator, seeded by its place in
         # the global batch (as its augmentation is): the number of processes does not change what is trained, and
@@ -290,7 +372,7 @@ def train(
         drop = None
         if cfg.cond_drop > 0:
             drop = (torch.cat([torch.rand(1, generator=g) for g in gens]) < cfg.cond_drop).to(acc.device)
-        with acc.autocast():
+        with autocast_for(acc.device, precision):
             loss = diffusion.losses(pmodel, x0, rep, cfg.loss, drop=drop, t=t, noise=noise).mean()
         value = float(acc.gather(loss.detach()).mean())
         if not math.isfinite(value):
@@ -316,7 +398,19 @@ def train(
         if step % cfg.save_every == 0 or step == cfg.steps:
             if acc.is_main_process:
                 ema.copy_to(ema_model.parameters())
-                save_checkpoint(run_dir, step, acc.unwrap_model(pmodel), ema_model, opt, cfg.keep_checkpoints)
+                saved = save_checkpoint(
+                    run_dir, step, acc.unwrap_model(pmodel), ema_model, opt, cfg.keep_checkpoints
+                )
+                window = history[-cfg.save_every :]
+                log.info(
+                    "step %d/%d: mean loss %.4f over the last %d steps, %.1f img/s; saved %s",
+                    step,
+                    cfg.steps,
+                    sum(window) / len(window),
+                    len(window),
+                    seen / max(1e-9, time.perf_counter() - t0),
+                    saved,
+                )
             acc.wait_for_everyone()
         if on_step is not None:
             on_step(step, value)

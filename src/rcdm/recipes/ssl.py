@@ -37,7 +37,7 @@ from torchvision.transforms.functional import pil_to_tensor
 from tqdm.auto import tqdm
 
 from ..data import center_square, load_image, resize
-from ..diffusion import accelerate_mixed_precision, autocast_for
+from ..diffusion import autocast_for, training_precision
 from ..encoders import Encoder, create_encoder
 from ..encoders.rcdm_cifar import (
     CifarEncoderArch,
@@ -437,9 +437,8 @@ def train_encoder(
         num_classes=len(classes) if supervised else 0,
     )
     mp = cfg.mixed_precision
-    acc = Accelerator(
-        mixed_precision=accelerate_mixed_precision(mp, "cuda" if torch.cuda.is_available() else "cpu")
-    )
+    acc = Accelerator()
+    precision = training_precision(mp)
     if acc.num_processes > 1:
         raise RCDMError(
             f"the SSL recipe runs on one process, not {acc.num_processes}: start it with python, not accelerate launch"
@@ -486,7 +485,7 @@ def train_encoder(
             for group in opt.param_groups:
                 group["lr"] = _lr_at(cfg, step, steps_per_epoch)
             a = prep(a.to(acc.device, non_blocking=True))
-            with acc.autocast():
+            with autocast_for(acc.device, precision):
                 if supervised:
                     assert core.classifier is not None
                     loss = F.cross_entropy(core.classifier(net(a)).float(), y.to(acc.device))
