@@ -351,15 +351,15 @@ def test_attention_runs_through_sdpa():
 @pytest.mark.parametrize(("flag", "want"), [("1", torch.bfloat16), ("0", torch.float32)])
 def test_auto_precision_on_the_cpu_follows_native_bf16(monkeypatch, flag, want):
     # auto = bf16 where the CPU has native bf16 (AMX / AVX512-BF16), fp32 elsewhere; fp32 always forces fp32.
-    from rcdm.devices import accelerate_mixed_precision, cpu_has_native_bf16, resolve_precision
+    from rcdm.devices import cpu_has_native_bf16, resolve_precision, training_precision
 
     monkeypatch.setenv("RCDM_CPU_BF16", flag)
     cpu_has_native_bf16.cache_clear()
     try:
         assert resolve_precision("auto", torch.device("cpu")) == want
         assert resolve_precision("fp32", torch.device("cpu")) == torch.float32
-        assert accelerate_mixed_precision("auto", "cpu") == ("bf16" if want == torch.bfloat16 else "no")
-        assert accelerate_mixed_precision("fp32", "cpu") == accelerate_mixed_precision("no", "cpu") == "no"
+        assert resolve_precision(training_precision("auto"), "cpu") == want
+        assert training_precision("fp32") == training_precision("no") == "fp32"  # "no": old run.json files
     finally:
         cpu_has_native_bf16.cache_clear()
 

@@ -158,14 +158,16 @@ def test_sigkill_then_resume_from_the_cli(few_images, reference, tmp_path):
         "--preset", "tiny", "--image-size", "16", "--steps", "6", "--batch-size", "4", "--lr", "1e-3",
         "--ema-decay", "0.9", "--save-every", "1", "--num-workers", "0", "--no-progress", "--out", str(run),
     ]  # fmt: skip
-    proc = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    # The reference ran in this process: the same thread count gives the same bf16 kernels' rounding.
+    env = {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads())}
+    proc = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
     deadline = time.time() + 120
     while latest_checkpoint(run) is None and time.time() < deadline and proc.poll() is None:
         time.sleep(0.01)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert latest_checkpoint(run) is not None and not (run / "model").exists()
-    done = subprocess.run([*args, "--resume"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    done = subprocess.run([*args, "--resume"], cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
     assert done.returncode == 0, done.stderr[-2000:]
     assert_same(weights(run / "model"), weights(reference / "model"))
 

@@ -66,11 +66,13 @@ def resolve_precision(precision: Precision, device: torch.device | str) -> torch
     return torch.bfloat16 if precision == "bf16" else torch.float32
 
 
-def accelerate_mixed_precision(precision: str, device: torch.device | str) -> str:
-    """A training precision ('auto' | 'bf16' | 'fp32', or accelerate's 'no') -> accelerate's 'bf16' | 'no'."""
-    if precision == "no":
-        precision = "fp32"
-    return "bf16" if resolve_precision(precision, device) == torch.bfloat16 else "no"  # type: ignore[arg-type]
+def training_precision(precision: str) -> Precision:
+    """A training precision ('auto' | 'bf16' | 'fp32', or 'no' as in accelerate and older run.json) -> Precision.
+
+    Training runs its own autocast (`autocast_for`) instead of accelerate's mixed_precision: accelerate keeps one
+    process-wide precision, so a second `train` call in one process with another precision would fail.
+    """
+    return "fp32" if precision == "no" else precision  # type: ignore[return-value]
 
 
 def autocast(device: torch.device, dtype: torch.dtype = torch.bfloat16) -> contextlib.AbstractContextManager:

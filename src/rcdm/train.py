@@ -23,8 +23,8 @@ from diffusers.training_utils import EMAModel
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from .data import PairedViews, StepBatchSampler, list_images, to_model_space
-from .devices import Precision, accelerate_mixed_precision
+from .data import PairedViews, StepBatchSampler, decode_images, list_images, to_model_space
+from .devices import Precision, autocast_for, resolve_precision, training_precision
 from .diffusion import GaussianDiffusion, LossType, sample_generators
 from .encoders import Encoder, Feature, create_encoder
 from .encoders.cache import cached_representations, check_cache, load_cache
@@ -60,6 +60,9 @@ class TrainConfig:
     # The sampling vocabulary (rcdm.devices.Precision); "no" = "fp32" (accelerate's word, kept for old run.json).
     mixed_precision: Precision | Literal["no"] = "auto"
     gradient_checkpointing: bool = False
+    # Standardise representations with the training set's per-dimension mean/std (stored in the model): helps
+    # where an encoder's features share a large common component (e.g. CIFAR ResNets: mean pairwise cosine 0.8).
+    standardize: bool = False
     compile: bool = False  # torch.compile the UNet (in place: checkpoints unchanged); the first steps compile
     feature_cache: str | None = None  # a .safetensors of precomputed representations (centre crops + flips)
     min_scale: float = 0.8  # random crop side as a fraction of the shorter side (1.0 with a feature cache)
@@ -74,6 +77,20 @@ class TrainResult:
     last_loss: float
     images_per_second: float
     history: list[float] = field(default_factory=list)
+
+
+@torch.no_grad()
+def _representation_sample(
+    enc: Encoder, dataset: PairedViews, device: torch.device, precision: Precision, n: int = 4096
+) -> torch.Tensor:
+    """Representations of up to n training views (fixed seeds: every process gets the same), (n, dim)."""
+    keys = [(i, i) for i in torch.linspace(0, len(dataset) - 1, min(n, len(dataset))).long().tolist()]
+    out = []
+    for s in range(0, len(keys), 256):
+        views = torch.stack([dataset[k]["enc_image"] for k in keys[s : s + 256]]).to(device)
+        with autocast_for(device, precision):
+            out.append(enc(views).float())
+    return torch.cat(out)
 
 
 def _batches_for(cfg: TrainConfig, dataset: PairedViews, start: int, acc: Accelerator) -> DataLoader:
@@ -121,7 +138,9 @@ def train(
     cuda = torch.cuda.is_available()
     # cpu=True on a CPU-only machine: a torchrun of N CPU processes then joins one gloo group and each rank
     # trains on its share (without it accelerate runs every rank as a separate single-process job).
-    acc = Accelerator(cpu=not cuda, mixed_precision=accelerate_mixed_precision(mp, "cuda" if cuda else "cpu"))
+    acc = Accelerator(cpu=not cuda)
+    precision = training_precision(mp)
+    bf16 = resolve_precision(precision, acc.device) == torch.bfloat16
     enc = encoder if encoder is not None else create_encoder(cfg.encoder, cfg.feature)
     if encoder is not None and enc.feature != cfg.feature:
         enc = enc.with_feature(cfg.feature)
@@ -131,6 +150,7 @@ def train(
         sample_size=size,
         learned_variance=cfg.loss == "hybrid",
         null_representation=cfg.cond_drop > 0,
+        standardize_representation=cfg.standardize,
         **enc.describe(),
     )
     with torch.random.fork_rng(devices=[]):
@@ -162,11 +182,16 @@ def train(
         opt.load_state_dict(torch.load(ckpt / "optimizer.pt", map_location="cpu", weights_only=True))
     pmodel, opt = acc.prepare(model, opt)
 
+    # Decode the data set once into memory when it fits (the main process writes the cache file first).
+    decoded = decode_images(files, progress=progress) if acc.is_main_process else None
+    acc.wait_for_everyone()
+    if not acc.is_main_process:
+        decoded = decode_images(files, progress=False)
     cache = None
     if cfg.feature_cache:
         cache_path = Path(cfg.feature_cache)
         if acc.is_main_process:
-            cached_representations(enc, files, cache_path, flipped=True)
+            cached_representations(enc, files, cache_path, flipped=True, decoded=decoded, progress=progress)
         acc.wait_for_everyone()
         cache = {k: v.to(acc.device) for k, v in load_cache(check_cache(enc, files, cache_path)).items()}
     dataset = PairedViews(
@@ -174,7 +199,16 @@ def train(
         size,
         enc.preprocessing.input_size,
         min_scale=1.0 if cache is not None else cfg.min_scale,
+        decoded=decoded,
     )
+    if cfg.standardize and ckpt is None:
+        reps = (
+            cache["representations"]
+            if cache is not None
+            else _representation_sample(enc, dataset, acc.device, precision)
+        )
+        for m in (acc.unwrap_model(pmodel), ema_model):
+            m.set_representation_stats(reps.to(acc.device))
     if acc.is_main_process:
         run_dir.mkdir(parents=True, exist_ok=True)
         resolved = {
@@ -185,6 +219,27 @@ def train(
         }
         (run_dir / "run.json").write_text(json.dumps(resolved, indent=2, default=str))
 
+    if acc.is_main_process:
+        log.info(
+            "training %s (%.1fM parameters, %d px) on %d images (%s) with %s %s (%d-d%s); global batch %d on %d "
+            "process(es), %s, steps %d -> %d, checkpoints every %d in %s",
+            cfg.preset,
+            sum(p.numel() for p in model.parameters()) / 1e6,
+            size,
+            len(files),
+            "decoded in memory" if decoded is not None else "decoded per file",
+            cfg.encoder,
+            cfg.feature,
+            enc.dim,
+            ", cached features" if cache is not None else "",
+            cfg.batch_size,
+            acc.num_processes,
+            "bf16 autocast" if bf16 else "fp32",
+            start,
+            cfg.steps,
+            cfg.save_every,
+            run_dir,
+        )
     diffusion = GaussianDiffusion()
     history: list[float] = []
     t0, seen, last = time.perf_counter(), 0, float("nan")
@@ -196,7 +251,7 @@ def train(
             idx, flipped = batch["index"].to(acc.device), batch["flipped"].to(acc.device)
             rep = torch.where(flipped.view(-1, 1), cache["flipped"][idx], cache["representations"][idx])
         else:
-            with torch.no_grad(), acc.autocast():
+            with torch.no_grad(), autocast_for(acc.device, precision):
                 rep = enc(batch["enc_image"].to(acc.device, non_blocking=True)).float()
         # Each image's timestep, noise and conditioning drop come from its own generator, seeded by its place in
         # the global batch (as its augmentation is): the number of processes does not change what is trained, and
@@ -208,7 +263,7 @@ def train(
         drop = None
         if cfg.cond_drop > 0:
             drop = (torch.cat([torch.rand(1, generator=g) for g in gens]) < cfg.cond_drop).to(acc.device)
-        with acc.autocast():
+        with autocast_for(acc.device, precision):
             loss = diffusion.losses(pmodel, x0, rep, cfg.loss, drop=drop, t=t, noise=noise).mean()
         value = float(acc.gather(loss.detach()).mean())
         if not math.isfinite(value):
@@ -234,7 +289,19 @@ def train(
         if step % cfg.save_every == 0 or step == cfg.steps:
             if acc.is_main_process:
                 ema.copy_to(ema_model.parameters())
-                save_checkpoint(run_dir, step, acc.unwrap_model(pmodel), ema_model, opt, cfg.keep_checkpoints)
+                saved = save_checkpoint(
+                    run_dir, step, acc.unwrap_model(pmodel), ema_model, opt, cfg.keep_checkpoints
+                )
+                window = history[-cfg.save_every :]
+                log.info(
+                    "step %d/%d: mean loss %.4f over the last %d steps, %.1f img/s; saved %s",
+                    step,
+                    cfg.steps,
+                    sum(window) / len(window),
+                    len(window),
+                    seen / max(1e-9, time.perf_counter() - t0),
+                    saved,
+                )
             acc.wait_for_everyone()
         if on_step is not None:
             on_step(step, value)

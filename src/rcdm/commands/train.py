@@ -37,6 +37,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--compile", action="store_true", default=None, help="torch.compile the UNet (docs/speed.md)"
     )
+    p.add_argument(
+        "--standardize",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="standardise representations with the training set's per-dimension mean/std (default: off)",
+    )
     p.add_argument("--feature-cache", default=None, help="FILE.safetensors: precompute representations once")
     p.add_argument("--num-workers", type=int, default=None)
     p.add_argument("--out", required=True, help="run folder")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -17,10 +18,13 @@ from pathlib import Path
 import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
+from tqdm.auto import tqdm
 
-from ..data import files_digest
+from ..data import batched, center_square, files_digest, resize
 from ..errors import RCDMError
 from .base import Encoder
+
+log = logging.getLogger(__name__)
 
 
 def cache_key(encoder: Encoder, files: Sequence[Path]) -> dict[str, str]:
@@ -76,6 +80,24 @@ def cached_representations(
     os.replace(tmp, path)
     path.with_suffix(".json").write_text(json.dumps({**meta, "paths": [str(p) for p in files]}))
     return path
+
+
+def _encode(
+    encoder: Encoder,
+    files: Sequence[Path],
+    batch_size: int,
+    flip: bool,
+    progress: bool,
+    decoded: torch.Tensor | None,
+) -> torch.Tensor:
+    """(N, dim) of the files' centre squares (mirrored when `flip`), from `decoded` pixels when given."""
+    if decoded is None or encoder.preprocessing.resample != "antialias":
+        return encoder.encode_files(files, batch_size, flip=flip, progress=progress).contiguous()
+    size, out = encoder.preprocessing.input_size, []
+    for s, e in tqdm(list(batched(len(files), batch_size)), disable=not progress, desc="encoding"):
+        views = resize(center_square(decoded[s:e].float() / 255.0), size)
+        out.append(encoder.encode(views.flip(-1) if flip else views, batch_size))
+    return torch.cat(out).contiguous()
 
 
 def load_cache(path: str | Path) -> dict[str, torch.Tensor]:

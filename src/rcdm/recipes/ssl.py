@@ -36,7 +36,7 @@ from torchvision.transforms.functional import pil_to_tensor
 from tqdm.auto import tqdm
 
 from ..data import center_square, load_image, resize
-from ..devices import accelerate_mixed_precision
+from ..devices import autocast_for, training_precision
 from ..encoders import create_encoder
 from ..encoders.cifar import (
     CifarEncoderArch,
@@ -335,9 +335,8 @@ def train_encoder(
         num_classes=len(classes) if supervised else 0,
     )
     mp = cfg.mixed_precision
-    acc = Accelerator(
-        mixed_precision=accelerate_mixed_precision(mp, "cuda" if torch.cuda.is_available() else "cpu")
-    )
+    acc = Accelerator()
+    precision = training_precision(mp)
     if acc.num_processes > 1:
         raise RCDMError(
             f"the SSL recipe runs on one process, not {acc.num_processes}: start it with python, not accelerate launch"
@@ -384,7 +383,7 @@ def train_encoder(
             for group in opt.param_groups:
                 group["lr"] = _lr_at(cfg, step, steps_per_epoch)
             a = prep(a.to(acc.device, non_blocking=True))
-            with acc.autocast():
+            with autocast_for(acc.device, precision):
                 if supervised:
                     assert core.classifier is not None
                     loss = F.cross_entropy(core.classifier(net(a)).float(), y.to(acc.device))
