@@ -32,9 +32,8 @@ from ..encoders.cifar import (
 )
 from ..errors import RCDMError
 from ..figures import fmt, html_table
-from ..loading import encoder_for, load_model
+from ..loading import encoder_for, load_model, resolve_model_dir
 from ..model import RCDM
-from ..runs import latest_checkpoint
 from .demo_pack import MIN_KNN_ACCURACY, RECIPE_NAME, TARGETS, Target, encoder_dir, select_targets
 from .ssl import CIFAR_LICENSE, model_card_markdown
 
@@ -207,14 +206,13 @@ def _folder_bytes(path: Path) -> int:
 
 
 def _model_dir(run_dir: Path) -> Path:
-    if (run_dir / "model" / "config.json").is_file():
-        return run_dir / "model"
-    ckpt = latest_checkpoint(run_dir)
-    if ckpt is not None and (ckpt / "ema" / "config.json").is_file():
-        return ckpt / "ema"
-    raise RCDMError(
-        f"no trained model in {str(run_dir)!r}: run `rcdm recipe rcdm --runs {run_dir.parent}` first"
-    )
+    """The trained model of a recipe run (its model/, else the newest checkpoint's EMA: loading.resolve_model_dir)."""
+    try:
+        return resolve_model_dir(run_dir)
+    except RCDMError:
+        raise RCDMError(
+            f"no trained model in {str(run_dir)!r}: run `rcdm recipe rcdm --runs {run_dir.parent}` first"
+        ) from None
 
 
 def _problems(runs_root: Path, targets: tuple[Target, ...]) -> list[str]:
