@@ -19,15 +19,21 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from .analysis import adversarial, interpolate, invariance, pixel_std
+from .analysis import adversarial, interpolate, invariance
 from .analysis.interpolate import Method
-from .analysis.report import adversarial_section, figure_html, interpolation_section, invariance_section
-from .data import list_images, load_views
-from .diffusion import SamplingConfig, sample_many
+from .analysis.report import (
+    adversarial_section,
+    figure_html,
+    interpolation_section,
+    invariance_section,
+    samples_section,
+)
+from .data import list_images
+from .diffusion import SamplingConfig
 from .encoders import Encoder
 from .encoders.cifar import read_card
 from .errors import RCDMError
-from .figures import Section, fmt, grid, html_page, html_table, number
+from .figures import Section, grid, html_page, html_table
 from .loading import encoder_for, load_model
 from .metrics.faithfulness import faithfulness_scores
 from .model import RCDM
@@ -135,68 +141,19 @@ def _label(role: str) -> str:
 
 def _samples_section(ctx: _Context) -> Section:
     """Samples of the same inputs from the backbone and the projector representation, with the same noise."""
-    n, m = ctx.settings.num_samples, len(ctx.paths)
-    samples, faith, stds, views = {}, {}, {}, None
-    for role in ("backbone", "projector"):
-        model, enc = ctx.loaded[role]
-        views, enc_views = load_views(
-            ctx.paths, model.config.sample_size, enc.preprocessing.input_size, enc.preprocessing.resample
-        )
-        reps = enc.encode(enc_views)
-        samples[role] = sample_many(model, reps, n, shared_noise=True, desc=f"{role} samples", **ctx.sampling)
-        faith[role] = faithfulness_scores(
-            reps, enc.encode(samples[role].flatten(0, 1)).view(m, n, -1), encoder=_label(role)
-        )
-        stds[role] = pixel_std(samples[role]).mean(dim=(-2, -1)) if n > 1 else None  # (M,) or None
-    assert views is not None
-    names = [p.stem for p in ctx.paths]
-    fig = grid(
-        [[views[i], *samples["backbone"][i], *samples["projector"][i]] for i in range(m)],
-        row_labels=names,
-        col_labels=["input", *[f"back {j}" for j in range(n)], *[f"proj {j}" for j in range(n)]],
-        title="samples: VICReg backbone RCDM (back) vs projector RCDM (proj); column j of both: same noise",
-    )
-    numbers = {
-        role: {
-            "faithfulness": {
-                k: number(v) if isinstance(v, float) else v for k, v in asdict(faith[role]).items()
-            },
-            "mean_pixel_std": None if stds[role] is None else number(stds[role].mean()),
-            "pixel_std_per_image": None
-            if stds[role] is None
-            else {name: number(v) for name, v in zip(names, stds[role], strict=True)},
-        }
-        for role in ("backbone", "projector")
-    }
-    table = html_table(
-        [
-            "RCDM",
-            "top-1 retrieval",
-            "mean rank (chance)",
-            "cosine to condition",
-            "mean pixel std over samples",
-        ],
-        [
-            [
-                _label(role),
-                fmt(faith[role].top1),
-                f"{fmt(faith[role].mean_rank)} ({fmt(faith[role].chance_rank)})",
-                fmt(faith[role].cosine),
-                fmt(numbers[role]["mean_pixel_std"]),
-            ]
-            for role in ("backbone", "projector")
-        ],
-    )
-    return Section(
-        "Samples: backbone vs projector",
-        "<p>Each row: a demo input, then samples drawn from its VICReg <b>backbone</b> representation, then from "
-        "its <b>projector</b> embedding. Sample j of both starts from the same noise with a deterministic "
+    return samples_section(
+        {role: (_label(role), *ctx.loaded[role]) for role in ("backbone", "projector")},
+        ctx.paths,
+        ctx.out,
+        ctx.settings.num_samples,
+        ctx.settings.sampling,
+        note="Each row: a demo input, then samples drawn from its VICReg <b>backbone</b> representation, then "
+        "from its <b>projector</b> embedding. Sample j of both starts from the same noise with a deterministic "
         "sampler, so what differs is the representation alone. What stays the same across a row's samples is "
         "what the representation keeps. Faithfulness is judged by the conditioning encoder: is each sample's own "
-        f"representation nearest to its source's among the {m} inputs?</p>"
-        + ctx.figure("samples", fig)
-        + table,
-        numbers,
+        f"representation nearest to its source's among the {len(ctx.paths)} inputs?",
+        heading="Samples: backbone vs projector",
+        progress=ctx.progress,
     )
 
 

@@ -9,21 +9,23 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from PIL import Image
 
-from ..diffusion import SamplingConfig, sampling_config
+from ..data import load_views
+from ..diffusion import SamplingConfig, sample_many, sampling_config
 from ..encoders import Encoder
-from ..figures import Section, fmt, html_page, html_table
+from ..figures import Section, fmt, grid, html_page, html_table, number
+from ..metrics.faithfulness import faithfulness_scores
 from ..model import RCDM
 from ._common import image_paths
 from .adversarial import AdversarialResult, adversarial, adversarial_figure
 from .interpolate import InterpolationResult, interpolate, interpolation_figure
 from .invariance import InvarianceResult, invariance, invariance_figure
 from .manipulate import ManipulationResult, manipulate, manipulation_figure
-from .variance import VarianceResult, variance, variance_figure
+from .variance import VarianceResult, pixel_std, variance, variance_figure
 
 
 def figure_html(out: Path, name: str, image: Image.Image) -> str:
@@ -34,6 +36,79 @@ def figure_html(out: Path, name: str, image: Image.Image) -> str:
 
 def _body(note: str, figure: str, *tables: str) -> str:
     return (f"<p>{note}</p>" if note else "") + figure + "\n" + "".join(tables)
+
+
+def samples_section(
+    runs: dict[str, tuple[str, RCDM, Encoder]],
+    images: Sequence[Path],
+    out: Path,
+    num_samples: int,
+    sampling: SamplingConfig,
+    *,
+    note: str = "",
+    heading: str = "Samples",
+    progress: bool = False,
+) -> Section:
+    """Samples of the same inputs from several RCDMs (key -> (label, model, encoder)), column j sharing its noise.
+
+    Each run's faithfulness (judged by its own encoder, among the inputs) and mean pixel std are tabled; the
+    section's numbers are per key. Figure columns are tagged with each key's first four letters.
+    """
+    n, m = num_samples, len(images)
+    samples, faith, stds, views = {}, {}, {}, None
+    for key, (label, model, enc) in runs.items():
+        prep = enc.preprocessing
+        views, enc_views = load_views(images, model.config.sample_size, prep.input_size, prep.resample)
+        reps = enc.encode(enc_views)
+        samples[key] = sample_many(
+            model, reps, n, sampling, shared_noise=True, progress=progress, desc=f"{key} samples"
+        )
+        faith[key] = faithfulness_scores(
+            reps, enc.encode(samples[key].flatten(0, 1)).view(m, n, -1), encoder=label
+        )
+        stds[key] = pixel_std(samples[key]).mean(dim=(-2, -1)) if n > 1 else None  # (M,) or None
+    assert views is not None
+    names = [p.stem for p in images]
+    fig = grid(
+        [[views[i], *(x for key in runs for x in samples[key][i])] for i in range(m)],
+        row_labels=names,
+        col_labels=["input", *[f"{key[:4]} {j}" for key in runs for j in range(n)]],
+        title="samples: "
+        + " vs ".join(f"{label} RCDM ({key[:4]})" for key, (label, _, _) in runs.items())
+        + "; column j of every run: same noise",
+    )
+    numbers = {
+        key: {
+            "faithfulness": {
+                k: number(v) if isinstance(v, float) else v for k, v in asdict(faith[key]).items()
+            },
+            "mean_pixel_std": None if stds[key] is None else number(stds[key].mean()),
+            "pixel_std_per_image": None
+            if stds[key] is None
+            else {name: number(v) for name, v in zip(names, stds[key], strict=True)},
+        }
+        for key in runs
+    }
+    table = html_table(
+        [
+            "RCDM",
+            "top-1 retrieval",
+            "mean rank (chance)",
+            "cosine to condition",
+            "mean pixel std over samples",
+        ],
+        [
+            [
+                label,
+                fmt(faith[key].top1),
+                f"{fmt(faith[key].mean_rank)} ({fmt(faith[key].chance_rank)})",
+                fmt(faith[key].cosine),
+                fmt(numbers[key]["mean_pixel_std"]),
+            ]
+            for key, (label, _, _) in runs.items()
+        ],
+    )
+    return Section(heading, _body(note, figure_html(out, "samples", fig), table), numbers)
 
 
 def variance_section(res: VarianceResult, out: Path, note: str = "") -> Section:
@@ -245,5 +320,6 @@ __all__ = [
     "invariance_section",
     "manipulation_section",
     "report",
+    "samples_section",
     "variance_section",
 ]
