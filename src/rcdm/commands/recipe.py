@@ -8,6 +8,9 @@ from dataclasses import fields
 from pathlib import Path
 
 from ..errors import RCDMError
+from ..recipes.bundle import MAX_BUNDLE_MB, pack
+from ..recipes.demo_pack import RCDMRecipe, train_rcdms
+from ..recipes.ssl import SSLConfig, resolve_config, train_encoder
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -88,8 +91,6 @@ def _given(args: argparse.Namespace, names: list[str]) -> dict:
 
 
 def run_ssl(args: argparse.Namespace) -> int:
-    from ..recipes.ssl import SSLConfig, resolve_config, train_encoder
-
     cfg = resolve_config(
         {"data": args.data, **_given(args, [f.name for f in fields(SSLConfig) if f.name != "data"])}
     )
@@ -103,8 +104,6 @@ def run_ssl(args: argparse.Namespace) -> int:
 
 
 def run_rcdm(args: argparse.Namespace) -> int:
-    from ..recipes.demo_pack import RCDMRecipe, train_rcdms
-
     given = _given(args, [f.name for f in fields(RCDMRecipe) if f.name != "data"])
     runs = train_rcdms(
         RCDMRecipe(data=args.data, **given),
@@ -123,8 +122,6 @@ def run_rcdm(args: argparse.Namespace) -> int:
 
 
 def run_pack(args: argparse.Namespace) -> int:
-    from ..recipes.bundle import MAX_BUNDLE_MB, pack
-
     metrics = None
     if args.metrics:
         try:
