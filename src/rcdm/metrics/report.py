@@ -54,6 +54,7 @@ def faithfulness_tables(data: dict) -> list[str]:
             s["top1"],
             s["top5"],
             s["chance_rank"],
+            s.get("class_agreement"),
         ]
         for s in data["scores"]
     ]
@@ -66,6 +67,7 @@ def faithfulness_tables(data: dict) -> list[str]:
         "top-1 ↑",
         "top-5 ↑",
         "chance rank",
+        "class agreement ↑",
     ]
     return [markdown_table(header, rows)]
 
