@@ -28,6 +28,20 @@ def test_rank_is_one_for_a_perfect_generator():
     assert retrieval_ranks(refs, refs[:, None, :], distance="l2").eq(1).all()
 
 
+def test_class_agreement_counts_samples_in_their_source_class():
+    refs = torch.eye(4)  # class k = dimension k
+    classifier = torch.nn.Linear(4, 4, bias=False)
+    with torch.no_grad():
+        classifier.weight.copy_(torch.eye(4))
+    same = refs[:, None, :].repeat(1, 2, 1) + 0.1 * torch.randn(4, 2, 4)
+    assert faithfulness_scores(refs, same, classifier=classifier).class_agreement == 1.0
+    wrong = refs.roll(1, 0)[:, None, :].repeat(1, 2, 1)  # every sample lands in the next class
+    half = torch.cat([same[:, :1], wrong[:, :1]], 1)
+    assert faithfulness_scores(refs, wrong, classifier=classifier).class_agreement == 0.0
+    assert faithfulness_scores(refs, half, classifier=classifier).class_agreement == 0.5
+    assert faithfulness_scores(refs, same).class_agreement is None
+
+
 def test_rank_is_about_half_n_for_a_shuffled_generator():
     n = 400
     refs = torch.randn(n, 32)
@@ -71,5 +85,6 @@ def test_cli_faithfulness_on_tiny_run(tiny_run: Path, few_images: Path, resnet56
     for s in (own, judge):
         assert s["num_references"] == 3 and s["samples_per_reference"] == 2
         assert 1 <= s["mean_rank"] <= 3 and -1 <= s["cosine"] <= 1 and 0 <= s["top1"] <= 1 and s["top5"] == 1
+    assert 0 <= judge["class_agreement"] <= 1 and 0 <= own["class_agreement"] <= 1  # both ResNets classify
     md = out.with_suffix(".md").read_text()
-    assert f"{own['mean_rank']:.4f}" in md and f"{judge['cosine']:.4f}" in md
+    assert f"{own['mean_rank']:.4f}" in md and f"{judge['cosine']:.4f}" in md and "class agreement" in md

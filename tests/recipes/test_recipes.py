@@ -123,6 +123,23 @@ def test_rcdm_recipe_records_its_run(runs: Path) -> None:
     assert rec["target"]["feature"] == "projector" and rec["device"].startswith("cpu")
 
 
+def test_cpu_profile_trains_a_standardized_model_and_keeps_its_checkpoints(
+    runs: Path, few_images: Path, tmp_path: Path
+) -> None:
+    import shutil
+
+    root = tmp_path / "runs"
+    shutil.copytree(runs / "supervised", root / "supervised")
+    argv = ["recipe", "rcdm", "--profile", "cpu", "--runs", str(root), "--data", str(few_images)]
+    argv += ["--only", "rcdm-cifar10-supervised", "--preset", "tiny", "--steps", "4", "--batch-size", "4"]
+    assert main([*argv, "--save-every", "1", "--no-progress"]) == 0
+    run = root / "rcdm-cifar10-supervised"
+    rec = json.loads((run / "recipe.json").read_text())["recipe"]
+    assert rec["standardize"] is True and rec["lr"] == 5e-4 and rec["batch_size"] == 4  # profile, then flags
+    assert json.loads((run / "model" / "config.json").read_text())["standardize_representation"] is True
+    assert len(list((run / "checkpoints").glob("step-*"))) == 4  # the CPU profile keeps the curve
+
+
 def test_pack_refuses_smoke_runs_and_oversized_bundles(runs: Path, tmp_path: Path) -> None:
     out = tmp_path / "bundle"
     args = ["recipe", "pack", "--runs", str(runs), "--out", str(out), "--only", TARGET]

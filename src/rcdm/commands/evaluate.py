@@ -109,6 +109,7 @@ def run_faithfulness(args: argparse.Namespace) -> int:
         print(
             f"{s.role} {s.encoder}: cosine {s.cosine:.4f}, mean rank {s.mean_rank:.2f} / {s.num_references}, "
             f"top-1 {s.top1:.3f}, top-5 {s.top5:.3f}"
+            + (f", class agreement {s.class_agreement:.3f}" if s.class_agreement is not None else "")
         )
     print(f"wrote {out} and {md}")
     return 0

@@ -98,6 +98,9 @@ class FaithfulnessScores:
     top1: float  # fraction of samples whose source is the nearest reference, in [0, 1]
     top5: float
     chance_rank: float  # (N + 1) / 2, the mean rank of samples unrelated to their source
+    # Fraction of samples this encoder's classifier puts in the class it gives their source (None: no
+    # classifier, or a projector feature, which the classifier does not read).
+    class_agreement: float | None = None
 
 
 def faithfulness_scores(
@@ -107,9 +110,20 @@ def faithfulness_scores(
     encoder: str = "encoder",
     role: str = "conditioning",
     distance: Distance = "cosine",
+    classifier: torch.nn.Module | None = None,
 ) -> FaithfulnessScores:
-    """Cosine, mean/median rank and top-1/top-5 retrieval from (N, dim) references and (N, S, dim) samples."""
+    """Cosine, mean/median rank and top-1/top-5 retrieval from (N, dim) references and (N, S, dim) samples.
+
+    With `classifier` (representation -> logits), also the class agreement of samples with their source.
+    """
     ranks = retrieval_ranks(references, sample_reps, distance)
+    agreement = None
+    if classifier is not None:
+        device = next(classifier.parameters()).device
+        with torch.no_grad():
+            ref_cls = classifier(references.to(device)).argmax(-1).cpu()
+            smp_cls = classifier(sample_reps.flatten(0, 1).to(device)).argmax(-1).cpu()
+        agreement = float((smp_cls.view(sample_reps.shape[:2]) == ref_cls[:, None]).float().mean())
     cos = cosine_to_condition(references, sample_reps)
     n, s = ranks.shape
     return FaithfulnessScores(
@@ -125,6 +139,7 @@ def faithfulness_scores(
         top1=float((ranks <= 1).float().mean()),
         top5=float((ranks <= 5).float().mean()),
         chance_rank=(n + 1) / 2,
+        class_agreement=agreement,
     )
 
 
@@ -186,6 +201,7 @@ def evaluate_faithfulness(
             encoder=e.spec,
             role="conditioning" if k == 0 else "judge",
             distance=distance,
+            classifier=e.classifier if e.feature == "backbone" else None,
         )
         for k, (e, r, z) in enumerate(zip(encoders, refs, sample_reps, strict=True))
     ]
@@ -204,6 +220,7 @@ def faithfulness_tables(data: dict) -> list[str]:
             s["top1"],
             s["top5"],
             s["chance_rank"],
+            s.get("class_agreement"),
         ]
         for s in data["scores"]
     ]
@@ -216,5 +233,6 @@ def faithfulness_tables(data: dict) -> list[str]:
         "top-1 ↑",
         "top-5 ↑",
         "chance rank",
+        "class agreement ↑",
     ]
     return [markdown_table(header, rows)]

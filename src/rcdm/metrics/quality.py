@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch_fidelity.metric_fid import KEY_METRIC_FID, fid_statistics_to_metric
 
 from ..data import batched
 from ..devices import process_state
@@ -32,15 +33,17 @@ from .features import FeatureExtractor, FeatureSet, extract_features, native_siz
 def frechet_distance(
     mu1: torch.Tensor, sigma1: torch.Tensor, mu2: torch.Tensor, sigma2: torch.Tensor
 ) -> float:
-    """||mu1 - mu2||^2 + Tr(S1 + S2 - 2 (S1 S2)^(1/2)) (Heusel et al. 2017, Eq. 6), float64.
+    """||mu1 - mu2||^2 + Tr(S1 + S2 - 2 (S1 S2)^(1/2)) (Heusel et al. 2017, Eq. 6), in float64 by torch-fidelity.
 
-    Tr((S1 S2)^(1/2)) is the sum of square roots of the eigenvalues of S1 S2 (real, >= 0 up to rounding).
+    torch-fidelity's own formula (eigenvalues of S1 S2), so that our FID is the number other papers report.
     """
-    mu1, mu2, sigma1, sigma2 = (t.double() for t in (mu1, mu2, sigma1, sigma2))
-    eig = torch.linalg.eigvals(sigma1 @ sigma2)
-    tr_sqrt = eig.sqrt().real.sum()
-    value = (mu1 - mu2).square().sum() + sigma1.trace() + sigma2.trace() - 2 * tr_sqrt
-    return float(value)
+
+    def stats(mu: torch.Tensor, sigma: torch.Tensor) -> dict:
+        return {"mu": mu.double().cpu().numpy(), "sigma": sigma.double().cpu().numpy()}
+
+    return float(
+        fid_statistics_to_metric(stats(mu1, sigma1), stats(mu2, sigma2), verbose=False)[KEY_METRIC_FID]
+    )
 
 
 def polynomial_kernel(
@@ -118,6 +121,7 @@ def inception_score(
 
 def _knn_radii(x: torch.Tensor, ks: Sequence[int], chunk: int) -> dict[int, torch.Tensor]:
     """Distance of each row of x (N, dim) to its k-th nearest other row, for each k -> {k: (N,)}."""
+    ks = sorted(set(ks))  # the same k twice (k_pr == k_dc) is one radius
     kmax = max(ks)
     if x.shape[0] <= kmax:
         raise RCDMError(f"k-NN radii with k={kmax} need more than {kmax} images; got {x.shape[0]}")
