@@ -17,6 +17,7 @@ from rcdm.cli import main
 from rcdm.convert import convert, convert_state_dict, infer_layout, key_map, rcdm_config
 from rcdm.diffusion import sample, spaced_timesteps
 from rcdm.errors import RCDMError
+from rcdm.loading import load_model
 from rcdm.model import PRESETS, RCDM
 from rcdm.weights import check_keys, read_checkpoint
 
@@ -372,3 +373,25 @@ def test_samplers_on_converted_model(small_published, sampler, steps):
     assert len(seen) == steps and seen[0] == 999
     if sampler != "dpm++":
         assert seen[-1] == 0
+
+
+def test_named_model_from_local_weights_records_its_encoder(tmp_path, monkeypatch, small_published):
+    monkeypatch.setenv("RCDM_CACHE", str(tmp_path / "cache"))
+    _, state = small_published
+    path = tmp_path / "rcdm_ema_dino_trunk.pt"
+    torch.save(state, path)
+    model = load_model("official:dino-backbone", weights=str(path))
+    cfg = model.config
+    assert cfg.encoder == "official:resnet50.dino_in1k" and cfg.feature == "backbone"
+    assert cfg.preprocessing["mean"] == [0.5, 0.5, 0.5] or tuple(cfg.preprocessing["mean"]) == (0.5, 0.5, 0.5)
+    assert cfg.sample_size == 128 and cfg.attention_num_heads == 4
+    # converted once, then read from the cache
+    folders = list((tmp_path / "cache" / "official" / "models").iterdir())
+    assert len(folders) == 1 and (folders[0] / "config.json").is_file()
+    assert (
+        main(["convert", str(path), "--out", str(tmp_path / "c"), "--image-size", "16", "--no-diffusers"])
+        == 0
+    )
+    assert (
+        json.loads((tmp_path / "c" / "config.json").read_text())["encoder"] == "official:resnet50.dino_in1k"
+    )

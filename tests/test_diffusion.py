@@ -127,10 +127,12 @@ def test_settings_object_and_keywords_draw_the_same_images(model):
 
 def test_shared_noise_pairs_columns_across_rows(model):
     rep = torch.randn(1, 6)
-    cfg = SamplingConfig(sampler="ddim", steps=3, batch_size=3, precision="fp32")
+    cfg = SamplingConfig(sampler="ddim", steps=3, batch_size=4, precision="fp32")
     shared = sample_many(model, rep.repeat(2, 1), 2, cfg, shared_noise=True)
-    assert torch.allclose(shared[0], shared[1], atol=1e-5)  # same representation, same column noise
     own = sample_many(model, rep.repeat(2, 1), 2, cfg)
-    assert not torch.allclose(own[0], own[1])  # per-sample noise: rows differ
+    # Same representation and the same column noise: the same images (up to kernel rounding); per-sample noise:
+    # different images.
+    assert (shared[0] - shared[1]).abs().max() < 1e-3
+    assert (own[0] - own[1]).abs().mean() > 0.05
     noise = start_noise(16, 2, cfg.seed)
-    assert torch.allclose(shared[0], sample(model, rep.repeat(2, 1), cfg, noise=noise), atol=1e-6)
+    assert torch.allclose(shared[0], sample(model, rep.repeat(2, 1), cfg, noise=noise), atol=1e-4)

@@ -16,7 +16,9 @@ def test_atomic_dir_replaces_the_folder_only_when_complete(tmp_path):
         (tmp / "a.txt").write_text("half")
         raise RuntimeError("killed mid-save")
     assert (final / "a.txt").read_text() == "one"  # the old folder survives a failed write
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]  # and no temporary folder is left
+    with atomic_dir(final) as tmp:  # a leftover temporary folder (as after a kill) does not disturb the next
+        (tmp / "a.txt").write_text("two")
+    assert (final / "a.txt").read_text() == "two" and sorted(p.name for p in tmp_path.iterdir()) == ["model"]
 
 
 def test_latest_and_prune_ignore_incomplete_checkpoints(tmp_path):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 from pathlib import Path
 
@@ -15,7 +14,7 @@ from conftest import OFFICIAL
 from rcdm.cli import main
 from rcdm.convert import convert
 from rcdm.errors import RCDMError
-from rcdm.loading import MODELS, PublishedModel, load_model
+from rcdm.loading import MODELS, PublishedModel
 from rcdm.model import RCDM
 from rcdm.weights import Weights, fetch, recorded_digest_path
 
@@ -108,25 +107,3 @@ def test_offline_named_model_error_names_url_and_cache_path(tmp_path, monkeypatc
         main(["sample", "--model", "official:nope", "--images", str(img), "--out", str(tmp_path / "o")]) == 2
     )
     assert "dino-backbone" in capsys.readouterr().err
-
-
-def test_named_model_from_local_weights_records_its_encoder(tmp_path, monkeypatch, small_published):
-    monkeypatch.setenv("RCDM_CACHE", str(tmp_path / "cache"))
-    _, state = small_published
-    path = tmp_path / "rcdm_ema_dino_trunk.pt"
-    torch.save(state, path)
-    model = load_model("official:dino-backbone", weights=str(path))
-    cfg = model.config
-    assert cfg.encoder == "official:resnet50.dino_in1k" and cfg.feature == "backbone"
-    assert cfg.preprocessing["mean"] == [0.5, 0.5, 0.5] or tuple(cfg.preprocessing["mean"]) == (0.5, 0.5, 0.5)
-    assert cfg.sample_size == 128 and cfg.attention_num_heads == 4
-    # converted once, then read from the cache
-    folders = list((tmp_path / "cache" / "official" / "models").iterdir())
-    assert len(folders) == 1 and (folders[0] / "config.json").is_file()
-    assert (
-        main(["convert", str(path), "--out", str(tmp_path / "c"), "--image-size", "16", "--no-diffusers"])
-        == 0
-    )
-    assert (
-        json.loads((tmp_path / "c" / "config.json").read_text())["encoder"] == "official:resnet50.dino_in1k"
-    )

@@ -30,20 +30,17 @@ def fsync_tree(folder: Path) -> None:
 
 @contextlib.contextmanager
 def atomic_dir(final: str | Path, tmp: str | Path | None = None) -> Iterator[Path]:
-    """Yield an empty temporary folder; on success fsync it and rename it to `final` (replacing it).
+    """Yield an empty temporary folder; when the block completes, fsync it and rename it to `final` (replacing it).
 
-    tmp: the temporary folder (default: `.tmp-<name>-<pid>` beside `final`); on an exception it is removed
-    and `final` is left untouched.
+    tmp: the temporary folder (default: `.tmp-<name>-<pid>` beside `final`). When the block raises (or the process
+    dies) `final` is untouched and the temporary folder stays, as after a kill: readers ignore it and the next
+    write (`prune_checkpoints` for checkpoints) removes it.
     """
     final = Path(final)
     tmp = Path(tmp) if tmp is not None else final.parent / f".tmp-{final.name}-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    try:
-        yield tmp
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    yield tmp
     fsync_tree(tmp)
     shutil.rmtree(final, ignore_errors=True)
     os.rename(tmp, final)
