@@ -138,6 +138,7 @@ class GaussianDiffusion:
         drop: torch.Tensor | None = None,
         t: torch.Tensor | None = None,
         noise: torch.Tensor | None = None,
+        terms: dict[str, float] | None = None,  # filled with the batch means of 'mse' (and 'vb'), for logging
     ) -> torch.Tensor:
         """Per-sample loss (B,): epsilon MSE, plus the VLB term when `loss == 'hybrid'` (published).
 
@@ -154,11 +155,16 @@ class GaussianDiffusion:
         xt = self.q_sample(x0, t, noise).to(x0.dtype)
         out = model(xt, t, representation, drop=drop).float()
         mse = ((noise.float() - out[:, :3]) ** 2).mean(dim=(1, 2, 3))
+        if terms is not None:
+            terms["mse"] = float(mse.detach().mean())
         if loss == "simple":
             return mse
         if out.shape[1] != 6:
             raise RCDMError("loss 'hybrid' needs a model with learned variance (6 output channels)")
-        return mse + self.vb_term(out, x0.float(), xt.float(), t) * self.num_timesteps / 1000.0
+        vb = self.vb_term(out, x0.float(), xt.float(), t) * self.num_timesteps / 1000.0
+        if terms is not None:
+            terms["vb"] = float(vb.detach().mean())
+        return mse + vb
 
 
 # --- sampling -----------------------------------------------------------------------------------------
