@@ -288,6 +288,59 @@ def _batches_for(cfg: TrainConfig, dataset: PairedViews, start: int, acc: Accele
     )
 
 
+def validate_config(cfg: TrainConfig) -> None:
+    """Refuse settings that would crash later or silently train something else, naming the value and range."""
+    whole = {
+        "steps": (cfg.steps, 1),
+        "batch_size": (cfg.batch_size, 1),
+        "save_every": (cfg.save_every, 1),
+        "keep_checkpoints": (cfg.keep_checkpoints, 1),
+        "log_every": (cfg.log_every, 1),
+        "num_workers": (cfg.num_workers, 0),
+        "sample_every": (cfg.sample_every, 0),
+    }
+    for name, (value, low) in whole.items():
+        if not isinstance(value, int) or value < low:
+            raise RCDMError(
+                f"--{name.replace('_', '-')} {value} is out of range: use a whole number >= {low}"
+            )
+    if cfg.preset not in PRESETS:
+        raise RCDMError(f"unknown preset {cfg.preset!r}: choose one of {', '.join(PRESETS)}")
+    div = 2 ** (len(PRESETS[cfg.preset]["block_out_channels"]) - 1)  # the UNet halves the image at each level
+    if cfg.image_size is not None and (cfg.image_size < div or cfg.image_size % div):
+        raise RCDMError(
+            f"--image-size {cfg.image_size} does not fit preset {cfg.preset!r}: use a positive multiple of {div}"
+        )
+    if not (math.isfinite(cfg.lr) and cfg.lr > 0):
+        raise RCDMError(f"--lr {cfg.lr} must be a positive number (published: 1e-4)")
+    if not (math.isfinite(cfg.weight_decay) and cfg.weight_decay >= 0):
+        raise RCDMError(f"weight_decay {cfg.weight_decay} must be >= 0")
+    if not 0.0 <= cfg.ema_decay < 1.0:
+        raise RCDMError(
+            f"--ema-decay {cfg.ema_decay} is out of range: use a value in [0, 1) (published: 0.9999)"
+        )
+    if not (math.isfinite(cfg.grad_clip) and cfg.grad_clip >= 0):
+        raise RCDMError(f"grad_clip {cfg.grad_clip} must be >= 0 (0 disables clipping)")
+    if not 0.0 < cfg.min_scale <= 1.0:
+        raise RCDMError(f"min_scale {cfg.min_scale} is out of range: use a fraction in (0, 1]")
+
+
+def check_output_folder(run_dir: Path) -> None:
+    """The run folder must be (or be creatable as) a writable folder, checked before any work starts."""
+    if run_dir.exists() and not run_dir.is_dir():
+        raise RCDMError(f"--out {str(run_dir)!r} is a file, not a folder: choose a folder for the run")
+    probe = run_dir if run_dir.exists() else next((p for p in run_dir.parents if p.exists()), Path("."))
+    if not probe.is_dir() or not os.access(probe, os.W_OK | os.X_OK):
+        raise RCDMError(f"cannot write the run folder {str(run_dir)!r}: {str(probe)!r} is not writable")
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        test = run_dir / f".write-test-{os.getpid()}"
+        test.write_bytes(b"")
+        test.unlink()
+    except OSError as e:
+        raise RCDMError(f"cannot write the run folder {str(run_dir)!r}: {e.strerror or e}") from None
+
+
 def train(
     cfg: TrainConfig,
     run_dir: str | Path,
@@ -299,8 +352,8 @@ def train(
 ) -> TrainResult:
     """Train an RCDM on the frozen representations of `cfg.encoder`; returns when `cfg.steps` are done."""
     run_dir = Path(run_dir)
-    if cfg.preset not in PRESETS:
-        raise RCDMError(f"unknown preset {cfg.preset!r}: choose one of {', '.join(PRESETS)}")
+    validate_config(cfg)
+    check_output_folder(run_dir)
     if not 0.0 <= cfg.cond_drop < 1.0:
         raise RCDMError(f"--cond-drop {cfg.cond_drop} is out of range: use a probability in [0, 1)")
     if cfg.loss not in ("simple", "hybrid"):
