@@ -13,7 +13,7 @@ import sys
 
 from .errors import NonFiniteLossError, RCDMError
 
-COMMANDS = ("train", "sample", "encode", "convert", "analyze", "evaluate", "demo", "recipe")
+COMMANDS = ("train", "sample", "encode", "convert", "analyze", "evaluate", "demo", "recipe", "push")
 
 
 def build_parser() -> argparse.ArgumentParser:

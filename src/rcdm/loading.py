@@ -9,6 +9,7 @@ import torch
 
 from .encoders import Encoder, Feature, create_encoder
 from .errors import RCDMError
+from .hub import parse_hub_ref, resolve_hub_model
 from .model import RCDM, check_encoder
 
 # prefix -> resolver(name after the prefix, weights path or None) -> folder that RCDM.from_pretrained reads
@@ -22,8 +23,9 @@ def register_model_source(prefix: str, resolver: Callable[[str, str | None], Pat
 def resolve_model_dir(source: str | Path, weights: str | None = None) -> Path:
     """A model reference -> the folder holding config.json + weights.
 
-    Accepts a saved model folder, a training run folder (its `model/`, else the newest checkpoint's EMA), or
-    `PREFIX:NAME` for a registered source (e.g. `official:dino-backbone`).
+    Accepts a saved model folder, a training run folder (its `model/`, else the newest checkpoint's EMA),
+    `PREFIX:NAME` for a registered source (e.g. `official:dino-backbone`), or a Hugging Face Hub repo
+    `user/repo[@revision]` (rcdm.hub; a local path of that name wins).
     """
     text = str(source)
     prefix, sep, name = text.partition(":")
@@ -39,9 +41,12 @@ def resolve_model_dir(source: str | Path, weights: str | None = None) -> Path:
     ckpt = latest_checkpoint(path) if path.is_dir() else None
     if ckpt is not None and (ckpt / "ema" / "config.json").is_file():
         return ckpt / "ema"
+    if not path.exists() and parse_hub_ref(text) is not None:
+        return resolve_hub_model(text)
     named = ", ".join(f"{p}:NAME" for p in _SOURCES) or "none registered"
     raise RCDMError(
-        f"no model at {text!r}: pass a run folder from `rcdm train`, a saved model folder, or a named model ({named})"
+        f"no model at {text!r}: pass a run folder from `rcdm train`, a saved model folder, a hub repo "
+        f"(user/repo[@revision]), or a named model ({named})"
     )
 
 
