@@ -441,13 +441,13 @@ def sample(
     Sample i uses a generator seeded by (seed, first_index + i); `noise` (B, 3, H, W) overrides the start.
     compile: 'auto' (CUDA: CUDA_DEFAULT_COMPILE; CPU: 'off'), 'off' (eager), 'graphs' (a captured CUDA graph
     of the UNet, replayed per step), 'default' / 'reduce-overhead' (torch.compile of the UNet; the second
-    with CUDA graphs). precision: 'auto' (bf16 autocast on CUDA, fp32 elsewhere), 'bf16' or 'fp32'.
+    with CUDA graphs). precision: 'auto' (bf16 autocast on CUDA and bf16-native CPUs), 'bf16' or 'fp32'.
     Every mode computes the same function: results differ by floating-point rounding only.
     callback gets {'i', 't', 'x', 'pred'} after each step.
     """
     if sampler not in SAMPLERS:
         raise RCDMError(f"unknown sampler {sampler!r}: choose one of {', '.join(SAMPLERS)}")
-    steps = steps or DEFAULT_STEPS[sampler]
+    steps = DEFAULT_STEPS[sampler] if steps is None else steps  # 0 is refused, not replaced
     if not 1 <= steps <= 1000:
         raise RCDMError(f"steps={steps} is out of range: use 1..1000")
     if guidance != 1.0 and model.null_rep is None:
