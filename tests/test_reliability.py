@@ -109,3 +109,18 @@ def test_the_command_turns_an_unforeseen_exception_into_one_line(monkeypatch, ca
     assert "Traceback" not in err
     with pytest.raises(ValueError):
         entry(["-v", *argv])
+
+
+def test_a_model_config_cannot_run_code_without_the_users_opt_in(tmp_path):
+    import torch
+
+    from rcdm.loading import encoder_for
+    from rcdm.model import RCDM
+
+    spec = "module:encoders_for_tests:mean_colour"  # importing and calling a factory is running code
+    m = RCDM.from_preset("tiny", representation_dim=3, encoder=spec, feature="backbone")
+    with pytest.raises(RCDMError, match=r"module:encoders_for_tests:mean_colour.*--trust-remote-code"):
+        encoder_for(m)
+    assert encoder_for(m, trust_remote_code=True).spec == spec
+    assert encoder_for(m, spec).spec == spec  # a spec the user passes is the user's own
+    assert torch.is_tensor(encoder_for(m, trust_remote_code=True)(torch.rand(1, 3, 8, 8)))

@@ -65,8 +65,22 @@ def load_model(
     return model
 
 
-def encoder_for(model: RCDM, encoder: str | Encoder | None = None, feature: Feature | None = None) -> Encoder:
-    """The encoder the model was trained on (from its config), or the one given, checked against the model."""
+# Encoder specs that run code named by the spec (a torch.hub repo's hubconf, an importable factory).
+CODE_RUNNING_SPECS = ("hub", "module")
+
+
+def encoder_for(
+    model: RCDM,
+    encoder: str | Encoder | None = None,
+    feature: Feature | None = None,
+    *,
+    trust_remote_code: bool = False,
+) -> Encoder:
+    """The encoder the model was trained on (from its config), or the one given, checked against the model.
+
+    A model folder may come from anyone: an encoder spec read from its config that runs code (hub:, module:)
+    is refused unless `trust_remote_code` (the CLI's --trust-remote-code); a spec the caller passes is theirs.
+    """
     cfg = model.config
     feature = feature or cfg.feature
     if isinstance(encoder, Encoder):
@@ -75,6 +89,12 @@ def encoder_for(model: RCDM, encoder: str | Encoder | None = None, feature: Feat
         spec = encoder or cfg.encoder
         if not spec:
             raise RCDMError("the model does not record its encoder: pass --encoder SPEC")
+        if encoder is None and spec.split(":", 1)[0] in CODE_RUNNING_SPECS and not trust_remote_code:
+            raise RCDMError(
+                f"the model's config names encoder {spec!r}, which runs code from {spec.split(':', 1)[1]!r}: "
+                "if you trust it, pass --trust-remote-code (Python: trust_remote_code=True), or pass "
+                "--encoder with a spec of your own"
+            )
         enc = create_encoder(spec, feature)
     check_encoder(model, enc.describe())
     return enc
