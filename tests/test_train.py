@@ -111,6 +111,9 @@ def test_resume_with_another_encoder_is_refused(few_images, reference, tmp_path)
 
     run = tmp_path / "copy"
     shutil.copytree(reference, run)
+    with pytest.raises(RCDMError, match="encoder 'pixels:2' -> 'pixels:4'"):  # run.json says otherwise
+        train(config(few_images, encoder="pixels:4", steps=8), run, resume=True, progress=False)
+    (run / "run.json").unlink()  # the checkpoint itself records its encoder too
     with pytest.raises(RCDMError, match="trained on 'pixels:2'"):
         train(config(few_images, encoder="pixels:4", steps=8), run, resume=True, progress=False)
 

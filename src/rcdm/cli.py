@@ -13,7 +13,7 @@ import sys
 
 from .errors import NonFiniteLossError, RCDMError
 
-COMMANDS = ("train", "sample", "encode", "convert", "analyze", "evaluate", "demo", "recipe")
+COMMANDS = ("train", "sample", "encode", "convert", "analyze", "evaluate", "demo", "recipe", "push")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -45,5 +45,26 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
+def entry(argv: list[str] | None = None) -> int:
+    """The `rcdm` command: `main`, plus a safety net that turns an unforeseen exception into one line (exit 1).
+
+    `main` itself lets such exceptions through, so tests and Python callers see the real one; `-v` shows the
+    traceback here too.
+    """
+    args = sys.argv[1:] if argv is None else argv
+    try:
+        return main(argv)
+    except Exception as e:
+        if "-v" in args or "--verbose" in args:
+            raise
+        what = f"{type(e).__name__}: {e}".splitlines()[0][:300]
+        print(f"rcdm: internal error: {what}", file=sys.stderr)
+        print(
+            "rcdm: this is a bug in rcdm, not your input: rerun with -v for the traceback and report it",
+            file=sys.stderr,
+        )
+        return 1
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(entry())

@@ -58,12 +58,35 @@ def expand_image_args(paths: Iterable[str | Path]) -> list[Path]:
     return out
 
 
+# Decoded pixels per image at most (Pillow's own limit warns at 89M and refuses at 179M): 64M pixels is an 8k x 8k
+# photo, 192 MB as RGB. RCDM_MAX_IMAGE_PIXELS raises it.
+MAX_IMAGE_PIXELS = 64 * 2**20
+
+
+def _to_rgb(im: Image.Image) -> Image.Image:
+    """RGB, with 16/32-bit grayscale scaled to 8 bits first (Pillow's convert('RGB') clips them at 255)."""
+    if im.mode in ("I;16", "I;16B", "I;16L", "I"):
+        arr = np.asarray(im, dtype=np.float64)
+        top = 65535.0 if im.mode.startswith("I;16") or arr.max(initial=0) > 255 else 255.0
+        im = Image.fromarray(np.clip(np.rint(arr / top * 255.0), 0, 255).astype(np.uint8), mode="L")
+    return im.convert("RGB")
+
+
 def load_image(path: str | Path) -> Image.Image:
-    """Open an image as RGB; an unreadable file is an RCDMError naming it."""
+    """Open an image as RGB; an unreadable or too large file is an RCDMError naming it."""
+    limit = int(os.environ.get("RCDM_MAX_IMAGE_PIXELS", MAX_IMAGE_PIXELS))
     try:
         with Image.open(path) as im:
-            return im.convert("RGB")
-    except (UnidentifiedImageError, OSError) as e:
+            w, h = im.size
+            if w * h > limit:
+                raise RCDMError(
+                    f"image {str(path)!r} is {w}x{h} = {w * h / 1e6:.0f}M pixels, over the {limit / 1e6:.0f}M limit: "
+                    "resize it, or raise RCDM_MAX_IMAGE_PIXELS"
+                )
+            return _to_rgb(im)
+    except RCDMError:
+        raise
+    except (UnidentifiedImageError, OSError, Image.DecompressionBombError, ValueError) as e:
         raise RCDMError(
             f"cannot read image {str(path)!r}: {e.__class__.__name__}; is it a jpg/png/webp?"
         ) from None
@@ -204,7 +227,7 @@ def decode_images(
             if len(sizes) > 1:
                 log.info("images of several sizes (%s, ...): decoding per file", ", ".join(map(str, sizes)))
                 return None
-    except (UnidentifiedImageError, OSError):
+    except (UnidentifiedImageError, OSError, Image.DecompressionBombError):
         return None  # an unreadable file: the per-file path names and skips it
     (w, h), n = sizes.pop(), len(files)
     if n * 3 * h * w > max_bytes:

@@ -143,6 +143,7 @@ class GaussianDiffusion:
         drop: torch.Tensor | None = None,
         t: torch.Tensor | None = None,
         noise: torch.Tensor | None = None,
+        terms: dict[str, float] | None = None,  # filled with the batch means of 'mse' (and 'vb'), for logging
     ) -> torch.Tensor:
         """Per-sample loss (B,): epsilon MSE, plus the VLB term when `loss == 'hybrid'` (published).
 
@@ -159,11 +160,16 @@ class GaussianDiffusion:
         xt = self.q_sample(x0, t, noise).to(x0.dtype)
         out = model(xt, t, representation, drop=drop).float()
         mse = ((noise.float() - out[:, :3]) ** 2).mean(dim=(1, 2, 3))
+        if terms is not None:
+            terms["mse"] = float(mse.detach().mean())
         if loss == "simple":
             return mse
         if out.shape[1] != 6:
             raise RCDMError("loss 'hybrid' needs a model with learned variance (6 output channels)")
-        return mse + self.vb_term(out, x0.float(), xt.float(), t) * self.num_timesteps / 1000.0
+        vb = self.vb_term(out, x0.float(), xt.float(), t) * self.num_timesteps / 1000.0
+        if terms is not None:
+            terms["vb"] = float(vb.detach().mean())
+        return mse + vb
 
 
 # --- sampling -----------------------------------------------------------------------------------------
@@ -344,7 +350,7 @@ def sample(
     sampler, steps, seed, guidance = cfg_s.sampler, cfg_s.steps, cfg_s.seed, cfg_s.guidance
     if sampler not in SAMPLERS:
         raise RCDMError(f"unknown sampler {sampler!r}: choose one of {', '.join(SAMPLERS)}")
-    steps = steps or DEFAULT_STEPS[sampler]
+    steps = DEFAULT_STEPS[sampler] if steps is None else steps  # 0 is refused, not replaced
     if not 1 <= steps <= 1000:
         raise RCDMError(f"steps={steps} is out of range: use 1..1000")
     if guidance != 1.0 and model.null_rep is None:

@@ -8,28 +8,30 @@ checkpoint left it.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
+import os
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from accelerate import Accelerator
 from diffusers.training_utils import EMAModel
 from torch.utils.data import DataLoader
-from tqdm.auto import tqdm
 
-from .data import PairedViews, StepBatchSampler, decode_images, list_images, to_model_space
+from .data import PairedViews, StepBatchSampler, batched, decode_images, list_images, to_model_space
 from .devices import Precision, autocast_for, resolve_precision, training_precision
-from .diffusion import GaussianDiffusion, LossType, sample_generators
+from .diffusion import GaussianDiffusion, LossType, sample, sample_generators
 from .encoders import Encoder, Feature, create_encoder
 from .encoders.cache import cached_representations, check_cache, load_cache
 from .errors import NonFiniteLossError, RCDMError
 from .model import PRESETS, RCDM, check_encoder
+from .monitor import TrainingMonitor
 from .runs import atomic_dir, latest_checkpoint, save_checkpoint
 
 log = logging.getLogger(__name__)
@@ -67,7 +69,59 @@ class TrainConfig:
     feature_cache: str | None = None  # a .safetensors of precomputed representations (centre crops + flips)
     min_scale: float = 0.8  # random crop side as a fraction of the shorter side (1.0 with a feature cache)
     num_workers: int = 2
-    log_every: int = 10
+    log_every: int = 10  # steps per metrics.jsonl record
+    # Split each step's batch into this many micro-batches (same global batch, same images and noise: the
+    # model equals the one trained without accumulation up to float rounding).
+    gradient_accumulation_steps: int = 1
+    sample_every: int = 0  # steps between sample grids of fixed training images (RUN_DIR/samples); 0: none
+    report_to: Literal["none", "tensorboard", "wandb", "all"] = "none"  # accelerate trackers
+
+
+# Settings a resumed run may change; any other difference from run.json is refused (it would be another run).
+MUTABLE_ON_RESUME = frozenset(
+    {"steps", "save_every", "keep_checkpoints", "log_every", "sample_every", "report_to", "num_workers"}
+)
+REPORT_TO: tuple[str, ...] = ("none", "tensorboard", "wandb", "all")
+
+
+def saved_config(run_dir: str | Path) -> dict[str, Any] | None:
+    """The TrainConfig fields recorded in RUN_DIR/run.json, or None when there is none."""
+    path = Path(run_dir) / "run.json"
+    if not path.is_file():
+        return None
+    try:
+        saved = json.loads(path.read_text())
+    except ValueError as e:
+        raise RCDMError(f"{str(path)!r} is not valid JSON ({e}): restore it or start a new --out") from None
+    names = {f.name for f in fields(TrainConfig)}
+    return {k: v for k, v in saved.items() if k in names}
+
+
+def _comparable(name: str, value: Any) -> Any:
+    if name == "mixed_precision":
+        return training_precision(value)
+    return list(value) if isinstance(value, tuple) else value
+
+
+def check_resume_config(cfg: TrainConfig, run_dir: str | Path, image_size: int) -> None:
+    """Refuse to resume with settings that differ from RUN_DIR/run.json, except MUTABLE_ON_RESUME."""
+    saved = saved_config(run_dir)
+    if saved is None:
+        return
+    now = {**asdict(cfg), "image_size": image_size}
+    diffs = [
+        f"{name} {saved[name]!r} -> {now[name]!r}"
+        for name in sorted(now)
+        if name in saved
+        and name not in MUTABLE_ON_RESUME
+        and _comparable(name, saved[name]) != _comparable(name, now[name])
+    ]
+    if diffs:
+        raise RCDMError(
+            f"--resume of {str(run_dir)!r} with other settings than its run.json ({'; '.join(diffs)}): "
+            "resume with the run's own settings (rcdm train --out RUN --resume needs no other flag), or start a "
+            f"new --out; only {', '.join(sorted(MUTABLE_ON_RESUME))} may change"
+        )
 
 
 @dataclass
@@ -77,6 +131,23 @@ class TrainResult:
     last_loss: float
     images_per_second: float
     history: list[float] = field(default_factory=list)
+
+
+def _fixed_views(files: list[Path], size: int, enc: Encoder, n: int = 4) -> tuple[torch.Tensor, torch.Tensor]:
+    """The first n training files' centre views: (images (n, 3, size, size) in [0, 1], representations)."""
+    from .visualize import encode, load_views
+
+    picks = files[:: max(1, len(files) // n)][:n]
+    images, views = load_views(picks, size, enc.preprocessing.input_size, enc.preprocessing.resample)
+    return images, encode(enc, views.to(enc.device))
+
+
+@torch.no_grad()
+def _sample_fixed(model: RCDM, reps: torch.Tensor, precision: Precision, per: int = 4) -> torch.Tensor:
+    """per samples of each representation (dpm++ 20, fixed seed) -> (n, per, 3, H, W) in [0, 1]."""
+    device = next(model.parameters()).device
+    imgs = sample(model, reps.to(device).repeat_interleave(per, 0), steps=20, seed=0, precision=precision)
+    return imgs.view(reps.shape[0], per, *imgs.shape[1:]).cpu()
 
 
 @torch.no_grad()
@@ -108,6 +179,59 @@ def _batches_for(cfg: TrainConfig, dataset: PairedViews, start: int, acc: Accele
     )
 
 
+def validate_config(cfg: TrainConfig) -> None:
+    """Refuse settings that would crash later or silently train something else, naming the value and range."""
+    whole = {
+        "steps": (cfg.steps, 1),
+        "batch_size": (cfg.batch_size, 1),
+        "save_every": (cfg.save_every, 1),
+        "keep_checkpoints": (cfg.keep_checkpoints, 1),
+        "log_every": (cfg.log_every, 1),
+        "num_workers": (cfg.num_workers, 0),
+        "sample_every": (cfg.sample_every, 0),
+    }
+    for name, (value, low) in whole.items():
+        if not isinstance(value, int) or value < low:
+            raise RCDMError(
+                f"--{name.replace('_', '-')} {value} is out of range: use a whole number >= {low}"
+            )
+    if cfg.preset not in PRESETS:
+        raise RCDMError(f"unknown preset {cfg.preset!r}: choose one of {', '.join(PRESETS)}")
+    div = 2 ** (len(PRESETS[cfg.preset]["block_out_channels"]) - 1)  # the UNet halves the image at each level
+    if cfg.image_size is not None and (cfg.image_size < div or cfg.image_size % div):
+        raise RCDMError(
+            f"--image-size {cfg.image_size} does not fit preset {cfg.preset!r}: use a positive multiple of {div}"
+        )
+    if not (math.isfinite(cfg.lr) and cfg.lr > 0):
+        raise RCDMError(f"--lr {cfg.lr} must be a positive number (published: 1e-4)")
+    if not (math.isfinite(cfg.weight_decay) and cfg.weight_decay >= 0):
+        raise RCDMError(f"weight_decay {cfg.weight_decay} must be >= 0")
+    if not 0.0 <= cfg.ema_decay < 1.0:
+        raise RCDMError(
+            f"--ema-decay {cfg.ema_decay} is out of range: use a value in [0, 1) (published: 0.9999)"
+        )
+    if not (math.isfinite(cfg.grad_clip) and cfg.grad_clip >= 0):
+        raise RCDMError(f"grad_clip {cfg.grad_clip} must be >= 0 (0 disables clipping)")
+    if not 0.0 < cfg.min_scale <= 1.0:
+        raise RCDMError(f"min_scale {cfg.min_scale} is out of range: use a fraction in (0, 1]")
+
+
+def check_output_folder(run_dir: Path) -> None:
+    """The run folder must be (or be creatable as) a writable folder, checked before any work starts."""
+    if run_dir.exists() and not run_dir.is_dir():
+        raise RCDMError(f"--out {str(run_dir)!r} is a file, not a folder: choose a folder for the run")
+    probe = run_dir if run_dir.exists() else next((p for p in run_dir.parents if p.exists()), Path("."))
+    if not probe.is_dir() or not os.access(probe, os.W_OK | os.X_OK):
+        raise RCDMError(f"cannot write the run folder {str(run_dir)!r}: {str(probe)!r} is not writable")
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        test = run_dir / f".write-test-{os.getpid()}"
+        test.write_bytes(b"")
+        test.unlink()
+    except OSError as e:
+        raise RCDMError(f"cannot write the run folder {str(run_dir)!r}: {e.strerror or e}") from None
+
+
 def train(
     cfg: TrainConfig,
     run_dir: str | Path,
@@ -119,12 +243,19 @@ def train(
 ) -> TrainResult:
     """Train an RCDM on the frozen representations of `cfg.encoder`; returns when `cfg.steps` are done."""
     run_dir = Path(run_dir)
-    if cfg.preset not in PRESETS:
-        raise RCDMError(f"unknown preset {cfg.preset!r}: choose one of {', '.join(PRESETS)}")
+    validate_config(cfg)
+    check_output_folder(run_dir)
     if not 0.0 <= cfg.cond_drop < 1.0:
         raise RCDMError(f"--cond-drop {cfg.cond_drop} is out of range: use a probability in [0, 1)")
     if cfg.loss not in ("simple", "hybrid"):
         raise RCDMError(f"unknown loss {cfg.loss!r}: choose simple or hybrid")
+    if cfg.report_to not in REPORT_TO:
+        raise RCDMError(f"unknown --report-to {cfg.report_to!r}: choose one of {', '.join(REPORT_TO)}")
+    if cfg.gradient_accumulation_steps < 1 or cfg.batch_size % cfg.gradient_accumulation_steps:
+        raise RCDMError(
+            f"--gradient-accumulation-steps {cfg.gradient_accumulation_steps} must be at least 1 and divide the "
+            f"batch size {cfg.batch_size} (each micro-batch is batch / steps images)"
+        )
     ckpt = latest_checkpoint(run_dir)
     if ckpt is not None and not resume:
         raise RCDMError(
@@ -133,19 +264,30 @@ def train(
     if resume and ckpt is None and (run_dir / "run.json").is_file():
         log.warning("no complete checkpoint in %s: starting from step 0", run_dir)
 
+    size = cfg.image_size or PRESETS[cfg.preset]["sample_size"]
+    if resume:
+        check_resume_config(cfg, run_dir, size)
     files = list_images(cfg.data)
     mp = cfg.mixed_precision
     cuda = torch.cuda.is_available()
     # cpu=True on a CPU-only machine: a torchrun of N CPU processes then joins one gloo group and each rank
     # trains on its share (without it accelerate runs every rank as a separate single-process job).
-    acc = Accelerator(cpu=not cuda)
+    acc = Accelerator(
+        cpu=not cuda,
+        log_with=None if cfg.report_to == "none" else cfg.report_to,
+        project_dir=str(run_dir),  # trackers write under RUN_DIR/rcdm
+    )
+    if acc.num_processes > 1 and (cfg.batch_size // acc.num_processes) % cfg.gradient_accumulation_steps:
+        raise RCDMError(
+            f"each of the {acc.num_processes} processes takes {cfg.batch_size // acc.num_processes} images per "
+            f"step, which {cfg.gradient_accumulation_steps} micro-batches do not divide: change the batch size"
+        )
     precision = training_precision(mp)
     bf16 = resolve_precision(precision, acc.device) == torch.bfloat16
     enc = encoder if encoder is not None else create_encoder(cfg.encoder, cfg.feature)
     if encoder is not None and enc.feature != cfg.feature:
         enc = enc.with_feature(cfg.feature)
     enc.to(acc.device)
-    size = cfg.image_size or PRESETS[cfg.preset]["sample_size"]
     arch = dict(
         sample_size=size,
         learned_variance=cfg.loss == "hybrid",
@@ -240,11 +382,23 @@ def train(
             cfg.save_every,
             run_dir,
         )
+    if cfg.report_to != "none":
+        acc.init_trackers("rcdm", config={k: v for k, v in asdict(cfg).items() if v is not None})
+    monitor = TrainingMonitor(
+        run_dir,
+        start=start,
+        total=cfg.steps,
+        log_every=cfg.log_every,
+        progress=progress,
+        main_process=acc.is_main_process,
+        accelerator=acc,
+    )
+    fixed = _fixed_views(files, size, enc) if cfg.sample_every > 0 and acc.is_main_process else None
     diffusion = GaussianDiffusion()
     history: list[float] = []
     t0, seen, last = time.perf_counter(), 0, float("nan")
-    bar = tqdm(total=cfg.steps, initial=start, disable=not (progress and acc.is_main_process), desc="train")
     step = start
+    k = cfg.gradient_accumulation_steps
     for batch in _batches_for(cfg, dataset, start, acc):
         x0 = to_model_space(batch["image"].to(acc.device, non_blocking=True))
         if cache is not None:
@@ -263,18 +417,41 @@ def train(
         drop = None
         if cfg.cond_drop > 0:
             drop = (torch.cat([torch.rand(1, generator=g) for g in gens]) < cfg.cond_drop).to(acc.device)
-        with autocast_for(acc.device, precision):
-            loss = diffusion.losses(pmodel, x0, rep, cfg.loss, drop=drop, t=t, noise=noise).mean()
-        value = float(acc.gather(loss.detach()).mean())
+        # k micro-batches of b / k images: the mean of their means is the batch mean, so gradients are those of
+        # the whole batch (only the last one all-reduces across processes).
+        total = torch.zeros((), device=acc.device)
+        terms: dict[str, float] = {}
+        for j, (a, e) in enumerate(batched(b, b // k)):
+            sync = contextlib.nullcontext() if j == k - 1 else acc.no_sync(pmodel)
+            with sync, autocast_for(acc.device, precision):
+                part = (
+                    diffusion.losses(
+                        pmodel,
+                        x0[a:e],
+                        rep[a:e],
+                        cfg.loss,
+                        drop=None if drop is None else drop[a:e],
+                        t=t[a:e],
+                        noise=noise[a:e],
+                        terms=terms,
+                    ).mean()
+                    / k
+                )
+                acc.backward(part)
+            total += part.detach()
+        value = float(acc.gather(total).mean())
         if not math.isfinite(value):
             good = latest_checkpoint(run_dir)
             where = f"the last good checkpoint is {good}" if good else "no checkpoint was written yet"
             raise NonFiniteLossError(
                 f"loss became {value} at step {step}: stopped; {where} (lower --lr or check the encoder's output)"
             )
-        acc.backward(loss)
+        logging_step = (step + 1) % cfg.log_every == 0 or step + 1 == cfg.steps
+        grad_norm = None
         if cfg.grad_clip > 0:
-            acc.clip_grad_norm_(pmodel.parameters(), cfg.grad_clip)
+            grad_norm = float(acc.clip_grad_norm_(pmodel.parameters(), cfg.grad_clip))
+        elif logging_step:
+            grad_norm = float(torch.nn.utils.clip_grad_norm_(pmodel.parameters(), float("inf")))
         opt.step()
         opt.zero_grad(set_to_none=True)
         ema.step(acc.unwrap_model(pmodel).parameters())
@@ -282,10 +459,12 @@ def train(
         seen += x0.shape[0] * acc.num_processes
         last = value
         history.append(value)
-        if step % cfg.log_every == 0 or step == cfg.steps:
-            rate = seen / max(1e-9, time.perf_counter() - t0)
-            bar.set_postfix(loss=f"{value:.4f}", img_s=f"{rate:.1f}")
-        bar.update(1)
+        monitor.step(
+            step, value, x0.shape[0] * acc.num_processes, terms=terms, lr=cfg.lr, grad_norm=grad_norm
+        )
+        if fixed is not None and (step % cfg.sample_every == 0 or step == cfg.steps):
+            ema.copy_to(ema_model.parameters())
+            monitor.samples(step, fixed[0], _sample_fixed(ema_model, fixed[1], precision))
         if step % cfg.save_every == 0 or step == cfg.steps:
             if acc.is_main_process:
                 ema.copy_to(ema_model.parameters())
@@ -305,7 +484,7 @@ def train(
             acc.wait_for_everyone()
         if on_step is not None:
             on_step(step, value)
-    bar.close()
+    monitor.close()
     if acc.is_main_process and step >= cfg.steps:
         ema.copy_to(ema_model.parameters())
         with atomic_dir(run_dir / "model", run_dir / ".tmp-model") as tmp:
