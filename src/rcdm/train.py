@@ -24,7 +24,15 @@ from accelerate import Accelerator
 from diffusers.training_utils import EMAModel
 from torch.utils.data import DataLoader
 
-from .data import PairedViews, StepBatchSampler, batched, decode_images, list_images, to_model_space
+from .data import (
+    PairedViews,
+    StepBatchSampler,
+    batched,
+    decode_images,
+    list_images,
+    load_views,
+    to_model_space,
+)
 from .devices import Precision, autocast_for, resolve_precision, training_precision
 from .diffusion import GaussianDiffusion, LossType, sample, sample_generators
 from .encoders import Encoder, Feature, create_encoder
@@ -135,11 +143,9 @@ class TrainResult:
 
 def _fixed_views(files: list[Path], size: int, enc: Encoder, n: int = 4) -> tuple[torch.Tensor, torch.Tensor]:
     """The first n training files' centre views: (images (n, 3, size, size) in [0, 1], representations)."""
-    from .visualize import encode, load_views
-
     picks = files[:: max(1, len(files) // n)][:n]
     images, views = load_views(picks, size, enc.preprocessing.input_size, enc.preprocessing.resample)
-    return images, encode(enc, views.to(enc.device))
+    return images, enc.encode(views)
 
 
 @torch.no_grad()
