@@ -52,7 +52,7 @@ def published_state(seed: int = 0) -> dict[str, torch.Tensor]:
 
 def dino_checkpoint() -> dict:
     """A DINO ResNet-50 full checkpoint with the published nesting (teacher, module./backbone./head. prefixes)."""
-    from rcdm.encoders.official import PUBLISHED, build_projector, resnet50_trunk
+    from rcdm.encoders.published import PUBLISHED, build_projector, resnet50_trunk
 
     trunk = resnet50_trunk().state_dict()
     head = build_projector(PUBLISHED["resnet50.dino_in1k"].method).state_dict()
@@ -79,7 +79,7 @@ def main() -> None:
 def run(args: argparse.Namespace, tmp: Path) -> None:
     from PIL import Image
 
-    from rcdm.encoders.official import PUBLISHED
+    from rcdm.encoders.published import PUBLISHED
 
     env = dict(os.environ, RCDM_CACHE=str(tmp / "cache"))
     official = tmp / "cache" / "official"

@@ -34,7 +34,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from rcdm.diffusion import GaussianDiffusion, denoiser, resolve_compile, sample
+from rcdm.devices import resolve_compile
+from rcdm.diffusion import GaussianDiffusion, denoiser, sample
 from rcdm.model import RCDM
 
 SECTIONS = ("forward", "sample", "train", "data")
@@ -484,6 +485,19 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--device", default=None)
     p.add_argument("--out", default=None, help="write the Markdown table here")
+    c = p.add_argument_group("--cpu-table: the CPU path a user gets (benchmarks/cpu_table.py)")
+    c.add_argument("--cpu-table", action="store_true", help="write the CPU table instead")
+    c.add_argument("--cifar", default="~/.cache/rcdm/cifar10", help="CIFAR-10 root (train/<class>/)")
+    c.add_argument(
+        "--encoder",
+        default="cifar-resnet20:../shared/data/cifar-resnet/resnet20-12fca82f.th",
+        help="encoder spec for the train and feature-cache rows",
+    )
+    c.add_argument("--cpu-presets", nargs="+", default=["cifar32-small", "cifar32"])
+    c.add_argument("--cpu-train-images", type=int, default=2560)
+    c.add_argument("--cpu-train-batch", type=int, default=64)
+    c.add_argument("--cpu-train-steps", type=int, default=8)
+    c.add_argument("--cpu-train-warmup", type=int, default=2)
     args = p.parse_args(argv)
     if args.quick:
         for k, v in dict(
@@ -500,6 +514,10 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
             encoder_size=64,
             data_workers=0,
             data_files=8,
+            cpu_train_images=40,
+            cpu_train_batch=4,
+            cpu_train_steps=2,
+            cpu_train_warmup=1,
         ).items():
             setattr(args, k, v)
     return args
@@ -507,6 +525,12 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> str:
     args = parse(argv)
+    if args.cpu_table:
+        from cpu_table import cpu_table  # benchmarks/ is on sys.path when this file runs as a script
+
+        text = cpu_table(args)
+        print(text)
+        return text
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     args.preset = args.preset or ("adm128" if device.type == "cuda" else "tiny")
     # Every variant and batch size is one more compiled entry for the same UNet code: raise dynamo's limit so

@@ -70,6 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", action="append", default=None)
     p.add_argument("--runs", action="append", default=None)
+    p.add_argument("--trust-remote-code", action="store_true", help="as `rcdm app --trust-remote-code`")
     p.add_argument("--out", default="app-check.png", help="screenshot file (PNG)")
     p.add_argument("--size", default="1280,1100", help="window WIDTH,HEIGHT")
     p.add_argument("--budget-ms", type=int, default=60000, help="virtual time for the page to render")
@@ -81,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     from rcdm.errors import RCDMError
 
     try:
-        choices = discover_models(args.model or (), args.runs or ())
+        choices = discover_models(args.model or (), args.runs or (), trust_remote_code=args.trust_remote_code)
     except RCDMError as e:
         print(f"app-check: {e}")
         return 2

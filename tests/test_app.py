@@ -47,7 +47,7 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def client(tiny_model: Path) -> Iterator[tuple[object, str]]:
-    app = build_app(discover_models([str(tiny_model)]), "cpu")
+    app = build_app(discover_models([str(tiny_model)], trust_remote_code=True), "cpu")
     url = start(app, "127.0.0.1", None)
     assert url.startswith("http://127.0.0.1:")
     try:
@@ -125,7 +125,7 @@ def test_bad_upload_gets_a_message(
     else:  # the server runs in this process: lower Pillow's limit so a 64x64 image counts as a bomb
         Image.new("RGB", (64, 64)).save(path)
         monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)
-        expected = "refusing image"
+        expected = "DecompressionBombError"
     figure, gallery, _, status = c.predict(
         gradio_client.handle_file(str(path)), "cat.jpg", [model], *COMMON, api_name="/samples"
     )
@@ -157,7 +157,7 @@ def test_models_offered(tiny_model: Path, tmp_path: Path, monkeypatch: pytest.Mo
         discover_models((), [str(runs)])
     (runs / "a").symlink_to(tiny_model)
     assert [c.label for c in discover_models((), [str(runs)])] == ["a"]
-    assert [c.label for c in discover_models([str(tiny_model)])] == ["tiny"]
+    assert [c.label for c in discover_models([str(tiny_model)], trust_remote_code=True)] == ["tiny"]
 
 
 def test_cli_without_gradio_says_how_to_install(
@@ -224,7 +224,8 @@ def test_app_check_screenshots_a_rendered_page(tiny_model: Path, tmp_path: Path)
     finally:
         sys.path.pop(0)
     out = tmp_path / "shot.png"
-    assert app_check.main(["--model", str(tiny_model), "--out", str(out), "--budget-ms", "20000"]) == 0
+    argv = ["--model", str(tiny_model), "--trust-remote-code", "--out", str(out), "--budget-ms", "20000"]
+    assert app_check.main(argv) == 0
     with Image.open(out) as im:
         assert im.size == (1280, 1100)
 
@@ -237,7 +238,7 @@ def test_guidance_applies_only_to_models_trained_for_it(tiny_model: Path, tmp_pa
     guided = RCDM.from_config({**cfg, "null_representation": True})
     guided.null_rep.data.normal_()  # a null representation unlike the image's, so guidance changes samples
     guided.save_pretrained(tmp_path / "guided")
-    choices = discover_models([str(tiny_model), str(tmp_path / "guided")])
+    choices = discover_models([str(tiny_model), str(tmp_path / "guided")], trust_remote_code=True)
     views = app_module.Views(app_module.ModelCache(choices, "cpu"))
     image = app_module.resolve_image(None, "cat.jpg")
 
@@ -248,3 +249,12 @@ def test_guidance_applies_only_to_models_trained_for_it(tiny_model: Path, tmp_pa
     plain, strong = draw(1.0), draw(3.0)
     assert plain[0] == strong[0]  # the tiny model has no null representation: guidance is not applied
     assert plain[1] != strong[1]
+
+
+def test_a_model_whose_encoder_runs_code_needs_the_opt_in(tiny_model: Path) -> None:
+    # The tiny model's config names a module: encoder; without --trust-remote-code loading it is refused.
+    import rcdm.app as app_module
+
+    cache = app_module.ModelCache(discover_models([str(tiny_model)]), "cpu")
+    with pytest.raises(RCDMError, match="--trust-remote-code"):
+        cache.get("tiny")

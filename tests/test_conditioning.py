@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import torch
 
-from rcdm.data import list_images
+from rcdm.data import list_images, load_views
 from rcdm.diffusion import sample_many
 from rcdm.loading import encoder_for, load_model
 from rcdm.train import TrainConfig, train
-from rcdm.visualize import encode, load_views
 
 
 def test_samples_are_retrieved_by_their_own_representation(few_images, tmp_path):
@@ -30,13 +29,13 @@ def test_samples_are_retrieved_by_their_own_representation(few_images, tmp_path)
     enc = encoder_for(model)
     files = list_images(few_images)
     _, views = load_views(files, 16, enc.preprocessing.input_size)
-    reps = encode(enc, views)
+    reps = enc.encode(views)
     n = 4
     source = torch.arange(len(files)).repeat_interleave(n)
     rates = {}
     for sampler, steps in (("ddpm", 50), ("ddim", 25), ("dpm++", 20)):
         samples = sample_many(model, reps, n, steps=steps, sampler=sampler, seed=0)
-        nearest = torch.cdist(encode(enc, samples.flatten(0, 1)), reps).argmin(1)
+        nearest = torch.cdist(enc.encode(samples.flatten(0, 1)), reps).argmin(1)
         rates[sampler] = float((nearest == source).float().mean())
     chance = 1 / len(files)
     print(f"rank-1 retrieval of samples among {len(files)} images (chance {chance:.3f}): {rates}")

@@ -14,9 +14,11 @@ import pytest
 from PIL import Image
 
 from rcdm.cli import main
-from rcdm.demo import PACK_DEMO_PRESETS, PackDemoSettings, _notice, read_bundle, run_demo, run_pack_demo
+from rcdm.demo import PACK_DEMO_PRESETS, PackDemoSettings, run_demo, run_pack_demo
+from rcdm.diffusion import SamplingConfig
 from rcdm.errors import RCDMError
-from rcdm.recipes.demo_pack import TARGETS, RCDMRecipe, pack, train_rcdms
+from rcdm.recipes.bundle import pack, read_bundle, smoke_notice
+from rcdm.recipes.demo_pack import TARGETS, RCDMRecipe, train_rcdms
 from rcdm.recipes.ssl import SSLConfig, train_encoder
 
 TINY = dict(
@@ -75,7 +77,7 @@ def test_pack_demo_cli_writes_page_figures_and_numbers(bundle: Path, tmp_path: P
     s = PACK_DEMO_PRESETS["quick"]
     res = json.loads((out / "results.json").read_text())
     assert res["smoke"] is True and res["smoke_reasons"]
-    assert len(res["images"]) == 4 and res["settings"]["steps"] == s.steps
+    assert len(res["images"]) == 4 and res["settings"]["sampling"]["steps"] == s.sampling.steps
     # Backbone vs projector samples, judged by the conditioning encoder.
     for role in ("backbone", "projector"):
         f = res["samples"][role]["faithfulness"]
@@ -118,17 +120,22 @@ def test_pack_demo_cli_writes_page_figures_and_numbers(bundle: Path, tmp_path: P
 def test_only_a_smoke_bundle_gets_the_warning(bundle: Path, tmp_path: Path) -> None:
     copy = tmp_path / "bundle"
     shutil.copytree(bundle, copy)
-    assert read_bundle(copy).smoke and "NOT trained models" in (_notice(read_bundle(copy)) or "")
+    assert read_bundle(copy).smoke and "NOT trained models" in (smoke_notice(read_bundle(copy)) or "")
     index = json.loads((copy / "bundle.json").read_text())
     (copy / "bundle.json").write_text(json.dumps({**index, "smoke": False, "smoke_reasons": []}))
     real = read_bundle(copy)
-    assert not real.smoke and _notice(real) is None
+    assert not real.smoke and smoke_notice(real) is None
     assert [p.name for p in real.inputs] == sorted(p.name for p in (copy / "demo-inputs").iterdir())
     # Without demo inputs the package's ten images are used.
     shutil.rmtree(copy / "demo-inputs")
     assert len(read_bundle(copy).inputs) == 10
     with pytest.raises(RCDMError, match="deterministic"):
-        run_pack_demo(copy, tmp_path / "x", settings=PackDemoSettings(sampler="ddpm"), progress=False)
+        run_pack_demo(
+            copy,
+            tmp_path / "x",
+            settings=PackDemoSettings(sampling=SamplingConfig(sampler="ddpm")),
+            progress=False,
+        )
 
 
 def test_demo_bundle_errors_exit_2_with_one_line(

@@ -3,7 +3,18 @@ from __future__ import annotations
 import pytest
 import torch
 
-from rcdm.diffusion import SAMPLERS, GaussianDiffusion, make_scheduler, sample, sample_many, spaced_timesteps
+from rcdm.diffusion import (
+    SAMPLERS,
+    SAMPLING_PRESETS,
+    GaussianDiffusion,
+    SamplingConfig,
+    make_scheduler,
+    sample,
+    sample_many,
+    sampling_preset,
+    spaced_timesteps,
+    start_noise,
+)
 from rcdm.errors import RCDMError
 from rcdm.model import RCDM
 
@@ -93,3 +104,35 @@ def test_vb_term_is_minimised_by_the_true_posterior_variance():
     assert d.vb_term(out, x0, xt, t).abs().max() < 1e-4
     worse = torch.cat([noise, torch.ones_like(noise)], dim=1)
     assert (d.vb_term(worse, x0, xt, t) > 1e-4).all()
+
+
+def test_sampling_presets_and_overrides():
+    assert SAMPLING_PRESETS["fast"] == SamplingConfig(sampler="dpm++", steps=20)
+    assert SAMPLING_PRESETS["paired"].sampler == "ddim" and SAMPLING_PRESETS["paired"].steps == 50
+    assert SAMPLING_PRESETS["published"].sampler == "ddpm" and SAMPLING_PRESETS["published"].steps == 100
+    cfg = SAMPLING_PRESETS["paired"].replace(steps=3, seed=None)  # None keeps the preset's value
+    assert (cfg.sampler, cfg.steps, cfg.seed) == ("ddim", 3, 0)
+    with pytest.raises(RCDMError, match=r"unknown sampling preset 'slow'.*fast"):
+        sampling_preset("slow")
+
+
+def test_settings_object_and_keywords_draw_the_same_images(model):
+    reps = torch.randn(2, 6)
+    cfg = SamplingConfig(sampler="ddim", steps=3, seed=4)
+    assert torch.equal(sample(model, reps, cfg), sample(model, reps, sampler="ddim", steps=3, seed=4))
+    assert torch.equal(
+        sample_many(model, reps, 2, cfg), sample_many(model, reps, 2, sampler="ddim", steps=3, seed=4)
+    )
+
+
+def test_shared_noise_pairs_columns_across_rows(model):
+    rep = torch.randn(1, 6)
+    cfg = SamplingConfig(sampler="ddim", steps=3, batch_size=4, precision="fp32")
+    shared = sample_many(model, rep.repeat(2, 1), 2, cfg, shared_noise=True)
+    own = sample_many(model, rep.repeat(2, 1), 2, cfg)
+    # Same representation and the same column noise: the same images (up to kernel rounding); per-sample noise:
+    # different images.
+    assert (shared[0] - shared[1]).abs().max() < 1e-3
+    assert (own[0] - own[1]).abs().mean() > 0.05
+    noise = start_noise(16, 2, cfg.seed)
+    assert torch.allclose(shared[0], sample(model, rep.repeat(2, 1), cfg, noise=noise), atol=1e-4)

@@ -12,16 +12,15 @@ import pytest
 import torch
 from diffusers import DDPMScheduler
 
-from rcdm import diffusion
+from rcdm import devices
 from rcdm.cli import main
+from rcdm.devices import resolve_compile, resolve_precision
 from rcdm.diffusion import (
     SAMPLERS,
     _StepNoise,
     ddpm_step,
     denoiser,
     make_scheduler,
-    resolve_compile,
-    resolve_precision,
     sample,
     sample_generators,
     sample_many,
@@ -137,9 +136,9 @@ def test_noise_drawn_ahead_on_a_thread_is_the_same_noise():
 def test_modes_resolve_and_refuse_with_the_fix():
     cpu = torch.device("cpu")
     assert resolve_compile("auto", cpu) == "off"
-    assert resolve_compile("auto", torch.device("cuda")) == diffusion.CUDA_DEFAULT_COMPILE
+    assert resolve_compile("auto", torch.device("cuda")) == devices.CUDA_DEFAULT_COMPILE
     assert resolve_precision("auto", cpu) == (
-        torch.bfloat16 if diffusion.cpu_has_native_bf16() else torch.float32
+        torch.bfloat16 if devices.cpu_has_native_bf16() else torch.float32
     )
     assert resolve_precision("auto", torch.device("cuda")) == torch.bfloat16
     for mode in ("graphs", "reduce-overhead"):
@@ -352,21 +351,21 @@ def test_attention_runs_through_sdpa():
 @pytest.mark.parametrize(("flag", "want"), [("1", torch.bfloat16), ("0", torch.float32)])
 def test_auto_precision_on_the_cpu_follows_native_bf16(monkeypatch, flag, want):
     # auto = bf16 where the CPU has native bf16 (AMX / AVX512-BF16), fp32 elsewhere; fp32 always forces fp32.
-    from rcdm.diffusion import accelerate_mixed_precision, cpu_has_native_bf16, resolve_precision
+    from rcdm.devices import cpu_has_native_bf16, resolve_precision, training_precision
 
     monkeypatch.setenv("RCDM_CPU_BF16", flag)
     cpu_has_native_bf16.cache_clear()
     try:
         assert resolve_precision("auto", torch.device("cpu")) == want
         assert resolve_precision("fp32", torch.device("cpu")) == torch.float32
-        assert accelerate_mixed_precision("auto", "cpu") == ("bf16" if want == torch.bfloat16 else "no")
-        assert accelerate_mixed_precision("fp32", "cpu") == accelerate_mixed_precision("no", "cpu") == "no"
+        assert resolve_precision(training_precision("auto"), "cpu") == want
+        assert training_precision("fp32") == training_precision("no") == "fp32"  # "no": old run.json files
     finally:
         cpu_has_native_bf16.cache_clear()
 
 
 def test_cpu_bf16_detection_reads_the_cpu_flags(monkeypatch):
-    from rcdm.diffusion import cpu_has_native_bf16
+    from rcdm.devices import cpu_has_native_bf16
 
     monkeypatch.delenv("RCDM_CPU_BF16", raising=False)
     cpu_has_native_bf16.cache_clear()

@@ -14,7 +14,8 @@ import torch
 
 from rcdm.errors import NonFiniteLossError, RCDMError
 from rcdm.model import RCDM
-from rcdm.train import TrainConfig, latest_checkpoint, train
+from rcdm.runs import latest_checkpoint
+from rcdm.train import TrainConfig, train
 
 train_mod = importlib.import_module("rcdm.train")
 
@@ -110,6 +111,9 @@ def test_resume_with_another_encoder_is_refused(few_images, reference, tmp_path)
 
     run = tmp_path / "copy"
     shutil.copytree(reference, run)
+    with pytest.raises(RCDMError, match="encoder 'pixels:2' -> 'pixels:4'"):  # run.json says otherwise
+        train(config(few_images, encoder="pixels:4", steps=8), run, resume=True, progress=False)
+    (run / "run.json").unlink()  # the checkpoint itself records its encoder too
     with pytest.raises(RCDMError, match="trained on 'pixels:2'"):
         train(config(few_images, encoder="pixels:4", steps=8), run, resume=True, progress=False)
 
@@ -157,14 +161,16 @@ def test_sigkill_then_resume_from_the_cli(few_images, reference, tmp_path):
         "--preset", "tiny", "--image-size", "16", "--steps", "6", "--batch-size", "4", "--lr", "1e-3",
         "--ema-decay", "0.9", "--save-every", "1", "--num-workers", "0", "--no-progress", "--out", str(run),
     ]  # fmt: skip
-    proc = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    # The reference ran in this process: the same thread count gives the same bf16 kernels' rounding.
+    env = {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads())}
+    proc = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
     deadline = time.time() + 120
     while latest_checkpoint(run) is None and time.time() < deadline and proc.poll() is None:
         time.sleep(0.01)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert latest_checkpoint(run) is not None and not (run / "model").exists()
-    done = subprocess.run([*args, "--resume"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    done = subprocess.run([*args, "--resume"], cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
     assert done.returncode == 0, done.stderr[-2000:]
     assert_same(weights(run / "model"), weights(reference / "model"))
 

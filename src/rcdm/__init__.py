@@ -1,27 +1,27 @@
 """rcdm: Representation-Conditional Diffusion Models (Bordes, Balestriero, Vincent, TMLR 2022)."""
 
-from . import official  # noqa: F401  (registers the official:NAME model source)
-from .diffusion import GaussianDiffusion, sample, sample_many
+from .diffusion import SAMPLING_PRESETS, GaussianDiffusion, SamplingConfig, sample, sample_many
 from .encoders import Encoder, Preprocessing, create_encoder, list_encoders, register_encoder
 from .errors import NonFiniteLossError, RCDMError
 from .loading import encoder_for, load_model, register_model_source
 from .model import PRESETS, RCDM
 from .train import TrainConfig, train
-from .visualize import Visualization, encode, save_visualization, visualize
+from .visualize import Visualization, save_visualization, visualize
 
 __version__ = "0.1.0"
 __all__ = [
     "PRESETS",
     "RCDM",
+    "SAMPLING_PRESETS",
     "Encoder",
     "GaussianDiffusion",
     "NonFiniteLossError",
     "Preprocessing",
     "RCDMError",
+    "SamplingConfig",
     "TrainConfig",
     "Visualization",
     "create_encoder",
-    "encode",
     "encoder_for",
     "list_encoders",
     "load_model",

@@ -21,7 +21,19 @@ from typing import Any
 import torch
 from PIL import Image
 
+from . import analysis, figures
+from .analysis import adversarial, interpolate, invariance, list_augmentations, pixel_std, variance
+from .analysis.variance import heat_map
+from .data import list_images, load_image
+from .demo import ROLES
+from .devices import default_device
+from .diffusion import SamplingConfig
+from .encoders.cifar import read_card
 from .errors import RCDMError
+from .loading import MODELS, encoder_for, load_model, resolve_model_dir
+from .recipes.bundle import bundled_pack, demo_images, read_bundle
+from .visualize import visualize
+from .weights import official_cache
 
 log = logging.getLogger(__name__)
 
@@ -50,52 +62,46 @@ def _supports_guidance(model: Any) -> bool:
     return model.null_rep is not None
 
 
-def _kwargs(s: Sampling, model: Any) -> dict:
-    """The sampling keywords every analysis takes; guidance only for models that support it (1 for others)."""
+def _sampling(s: Sampling, model: Any) -> SamplingConfig:
+    """The library's sampling settings for a view; guidance only for models that support it (1 for others)."""
     guidance = s.guidance if _supports_guidance(model) else 1.0
-    return dict(steps=s.steps, sampler=s.sampler, seed=s.seed, guidance=guidance, batch_size=s.batch_size)
+    return SamplingConfig(
+        sampler=s.sampler, steps=s.steps, seed=s.seed, guidance=guidance, batch_size=s.batch_size
+    )  # type: ignore[arg-type]
 
 
-def _load_source(source: str, device: torch.device) -> tuple[Any, Any]:
+def _load_source(source: str, device: torch.device, trust_remote_code: bool = False) -> tuple[Any, Any]:
     """A run folder, saved model folder or official:NAME -> (RCDM in eval mode, its encoder) on `device`."""
-    from .loading import encoder_for, load_model
-
     model = load_model(source, device=device)
-    return model, encoder_for(model).to(device)
+    return model, encoder_for(model, trust_remote_code=trust_remote_code).to(device)
 
 
 def _load_bundled(folder: Path, target: str, device: torch.device) -> tuple[Any, Any]:
-    from .demo import read_bundle
-
     return read_bundle(folder).load(target, device)
 
 
 def _check_image(path: str | Path) -> Image.Image:
     """Decode a file as the library does (RCDMError with a readable message when it is not an image)."""
-    from .data import load_image
-
     return load_image(path)
 
 
 def _samples(model: Any, encoder: Any, image: Path, s: Sampling) -> tuple[torch.Tensor, torch.Tensor]:
     """-> original (3, S, S), samples (N, 3, S, S) in [0, 1]; sample j starts from noise (seed, j) in every model."""
-    from .visualize import visualize
-
-    vis = visualize(model, encoder, [image], num_samples=s.num_samples, progress=True, **_kwargs(s, model))
+    vis = visualize(
+        model, encoder, [image], num_samples=s.num_samples, sampling=_sampling(s, model), progress=True
+    )
     return vis.originals[0], vis.samples[0]
 
 
 def _variance(model: Any, encoder: Any, image: Path, s: Sampling) -> Any:
-    from .analysis import variance
-
-    return variance(model, encoder, [image], num_samples=s.num_samples, progress=True, **_kwargs(s, model))
+    return variance(
+        model, encoder, [image], num_samples=s.num_samples, sampling=_sampling(s, model), progress=True
+    )
 
 
 def _augment(
     model: Any, encoder: Any, image: Path, name: str, strength: float, s: Sampling, label: str
 ) -> Any:
-    from .analysis import invariance
-
     return invariance(
         model,
         encoder,
@@ -103,16 +109,14 @@ def _augment(
         augmentations=[f"{name}={strength}"],
         num_samples=s.num_samples,
         label=label,
+        sampling=_sampling(s, model),
         progress=True,
-        **_kwargs(s, model),
     )
 
 
 def _interpolate(
     model: Any, encoder: Any, a: Path, b: Path, points: int, method: str, rows: int, s: Sampling
 ) -> Any:
-    from .analysis import interpolate
-
     return interpolate(
         model,
         encoder,
@@ -120,16 +124,14 @@ def _interpolate(
         num_steps=points,
         methods=[method],
         num_samples=rows,
+        sampling=_sampling(s, model),
         progress=True,
-        **_kwargs(s, model),
     )
 
 
 def _attack(
     model: Any, encoder: Any, image: Path, eps: float, pgd_steps: int, s: Sampling, label: str
 ) -> Any:
-    from .analysis import adversarial
-
     return adversarial(
         model,
         encoder,
@@ -139,63 +141,44 @@ def _attack(
         pgd_steps=pgd_steps,
         num_samples=s.num_samples,
         label=label,
+        sampling=_sampling(s, model),
         progress=True,
-        **_kwargs(s, model),
     )
 
 
 def _pixel_std(samples: torch.Tensor) -> torch.Tensor:
-    from .analysis import pixel_std
-
     return pixel_std(samples)
 
 
 def _heat_map(std: torch.Tensor, vmax: float) -> torch.Tensor:
-    from .analysis.variance import heat_map
-
     return heat_map(std, vmax)
 
 
 def _augmentations() -> dict[str, Any]:
-    from .analysis import list_augmentations
-
     return list_augmentations()
 
 
 def _figures() -> Any:
-    from . import analysis, figures
-
     return analysis, figures
 
 
 def _demo_images() -> list[Path]:
-    from .data import list_images
-    from .demo import demo_images
-
     return list_images(demo_images())
 
 
 def _bundled_pack() -> tuple[Path, dict] | None:
     """(bundle folder, {role: (target, label)}) of the installed CIFAR-10 pack, or None."""
-    from .demo import ROLES, bundled_pack
-
     folder = bundled_pack()
     return None if folder is None else (folder, ROLES)
 
 
 def _pack_classes(folder: Path, target: str) -> list[str]:
-    from .demo import read_bundle
-    from .encoders.rcdm_cifar import read_card
-
     bundle = read_bundle(folder)
     return list(read_card(bundle.folder / bundle.encoder_name(target)).get("classes") or [])
 
 
 def _check_source(source: str) -> None:
     """RCDMError unless `source` names a model: a model or run folder, or a known official:NAME (no download)."""
-    from .loading import resolve_model_dir
-    from .official import MODELS
-
     if source.startswith("official:"):
         if source.removeprefix("official:") not in MODELS:
             raise RCDMError(f"unknown official model {source!r}: choose one of {', '.join(MODELS)}")
@@ -213,9 +196,6 @@ def _is_model(path: Path) -> bool:
 
 def _cached_official() -> list[str]:
     """official:NAME models whose weights (published checkpoint or converted folder) are in the cache."""
-    from .checkpoints import official_cache
-    from .official import MODELS
-
     root = official_cache()
     return [
         f"official:{name}"
@@ -225,8 +205,6 @@ def _cached_official() -> list[str]:
 
 
 def _default_device() -> torch.device:
-    from .loading import default_device
-
     return default_device()
 
 
@@ -256,15 +234,18 @@ class ModelChoice:
     supervised: bool = False
 
 
-def discover_models(models: Sequence[str] = (), runs: Sequence[str] = ()) -> list[ModelChoice]:
+def discover_models(
+    models: Sequence[str] = (), runs: Sequence[str] = (), *, trust_remote_code: bool = False
+) -> list[ModelChoice]:
     """The models to offer: `models` (run folders, saved models, official:NAME) when given; else the installed
     CIFAR-10 pack's, the models in the `runs` folders (each folder, or its sub-folders) and the official:NAME
-    models whose weights are in the cache. Raises RCDMError when there is nothing to offer."""
+    models whose weights are in the cache. Raises RCDMError when there is nothing to offer. trust_remote_code:
+    allow encoders whose spec in a model's config runs code (hub:, module:)."""
     out: list[ModelChoice] = []
     if models:
         for m in models:
             _check_source(m)
-        out = [_source_choice(m) for m in models]
+        out = [_source_choice(m, trust_remote_code) for m in models]
     else:
         pack = _bundled_pack()
         if pack is not None:
@@ -286,7 +267,7 @@ def discover_models(models: Sequence[str] = (), runs: Sequence[str] = ()) -> lis
             found = [root] if _is_model(root) else [p for p in sorted(root.iterdir()) if _is_model(p)]
             if not found:
                 raise RCDMError(f"no model in {r!r} or its sub-folders: pass a folder of run folders")
-            out += [_source_choice(str(p)) for p in found]
+            out += [_source_choice(str(p), trust_remote_code) for p in found]
         out += [_source_choice(m) for m in _cached_official()]
     if not out:
         raise RCDMError(
@@ -300,11 +281,11 @@ def discover_models(models: Sequence[str] = (), runs: Sequence[str] = ()) -> lis
     ]
 
 
-def _source_choice(source: str) -> ModelChoice:
+def _source_choice(source: str, trust_remote_code: bool = False) -> ModelChoice:
     label = (
         source if source.startswith("official:") else Path(os.path.abspath(Path(source).expanduser())).name
     )
-    return ModelChoice(label, source, lambda d, s=source: _load_source(s, d))
+    return ModelChoice(label, source, lambda d, s=source: _load_source(s, d, trust_remote_code))
 
 
 class ModelCache:

@@ -13,7 +13,7 @@ import sys
 
 from .errors import NonFiniteLossError, RCDMError
 
-COMMANDS = ("train", "sample", "encode", "convert", "analyze", "evaluate", "demo", "recipe", "app")
+COMMANDS = ("train", "sample", "encode", "convert", "analyze", "evaluate", "demo", "recipe", "push", "app")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -22,14 +22,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug information")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for name in COMMANDS:
-        try:
-            module = importlib.import_module(f"rcdm.commands.{name}")
-        except ModuleNotFoundError as e:
-            if e.name != f"rcdm.commands.{name}":
-                raise
-            continue
-        module.add_parser(sub)
+    for name in COMMANDS:  # a command module that fails to import fails the whole CLI, loudly
+        importlib.import_module(f"rcdm.commands.{name}").add_parser(sub)
     return parser
 
 
@@ -51,5 +45,26 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
+def entry(argv: list[str] | None = None) -> int:
+    """The `rcdm` command: `main`, plus a safety net that turns an unforeseen exception into one line (exit 1).
+
+    `main` itself lets such exceptions through, so tests and Python callers see the real one; `-v` shows the
+    traceback here too.
+    """
+    args = sys.argv[1:] if argv is None else argv
+    try:
+        return main(argv)
+    except Exception as e:
+        if "-v" in args or "--verbose" in args:
+            raise
+        what = f"{type(e).__name__}: {e}".splitlines()[0][:300]
+        print(f"rcdm: internal error: {what}", file=sys.stderr)
+        print(
+            "rcdm: this is a bug in rcdm, not your input: rerun with -v for the traceback and report it",
+            file=sys.stderr,
+        )
+        return 1
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(entry())

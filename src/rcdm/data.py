@@ -6,8 +6,12 @@ Tensor conventions: images are float (3, H, W) RGB in [0, 1]; the diffusion mode
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import os
+import time
 from collections.abc import Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Literal
 
@@ -15,8 +19,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image, UnidentifiedImageError
+from safetensors.torch import load_file, save_file
 from torch.utils.data import Dataset, Sampler
 from torchvision.transforms.functional import pil_to_tensor
+from tqdm.auto import tqdm
 
 from .errors import RCDMError
 
@@ -52,14 +58,35 @@ def expand_image_args(paths: Iterable[str | Path]) -> list[Path]:
     return out
 
 
+# Decoded pixels per image at most (Pillow's own limit warns at 89M and refuses at 179M): 64M pixels is an 8k x 8k
+# photo, 192 MB as RGB. RCDM_MAX_IMAGE_PIXELS raises it.
+MAX_IMAGE_PIXELS = 64 * 2**20
+
+
+def _to_rgb(im: Image.Image) -> Image.Image:
+    """RGB, with 16/32-bit grayscale scaled to 8 bits first (Pillow's convert('RGB') clips them at 255)."""
+    if im.mode in ("I;16", "I;16B", "I;16L", "I"):
+        arr = np.asarray(im, dtype=np.float64)
+        top = 65535.0 if im.mode.startswith("I;16") or arr.max(initial=0) > 255 else 255.0
+        im = Image.fromarray(np.clip(np.rint(arr / top * 255.0), 0, 255).astype(np.uint8), mode="L")
+    return im.convert("RGB")
+
+
 def load_image(path: str | Path) -> Image.Image:
-    """Open an image as RGB; an unreadable file is an RCDMError naming it."""
+    """Open an image as RGB; an unreadable or too large file is an RCDMError naming it."""
+    limit = int(os.environ.get("RCDM_MAX_IMAGE_PIXELS", MAX_IMAGE_PIXELS))
     try:
         with Image.open(path) as im:
-            return im.convert("RGB")
-    except Image.DecompressionBombError as e:  # not an OSError: Pillow's guard against huge pixel counts
-        raise RCDMError(f"refusing image {str(path)!r}: {e}") from None
-    except (UnidentifiedImageError, OSError) as e:
+            w, h = im.size
+            if w * h > limit:
+                raise RCDMError(
+                    f"image {str(path)!r} is {w}x{h} = {w * h / 1e6:.0f}M pixels, over the {limit / 1e6:.0f}M limit: "
+                    "resize it, or raise RCDM_MAX_IMAGE_PIXELS"
+                )
+            return _to_rgb(im)
+    except RCDMError:
+        raise
+    except (UnidentifiedImageError, OSError, Image.DecompressionBombError, ValueError) as e:
         raise RCDMError(
             f"cannot read image {str(path)!r}: {e.__class__.__name__}; is it a jpg/png/webp?"
         ) from None
@@ -116,6 +143,133 @@ def load_images(paths: Sequence[str | Path], size: int, resample: Resample = "an
     return torch.stack([image_tensor(p, size, resample) for p in paths])
 
 
+def load_views(
+    paths: Sequence[str | Path], image_size: int, encoder_size: int, resample: Resample = "antialias"
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Files -> (diffusion views (N, 3, image_size, image_size), encoder views (N, 3, encoder_size, ...)) in [0, 1].
+
+    Both come from the same centre square crop of each file (the published protocol; the evaluation twin of
+    `PairedViews`); `resample="published"` resizes as the published code did (see `published_center_crop`).
+    """
+    if resample == "published":  # each file decoded once, cut at both sizes
+        files = [load_image(p) for p in paths]
+        return (
+            torch.stack([published_center_crop(im, image_size) for im in files]),
+            torch.stack([published_center_crop(im, encoder_size) for im in files]),
+        )
+    squares = [image_tensor(p) for p in paths]
+    return (
+        torch.stack([resize(x, image_size) for x in squares]),
+        torch.stack([resize(x, encoder_size) for x in squares]),
+    )
+
+
+def batched(total: int, batch_size: int) -> Iterator[tuple[int, int]]:
+    """(start, end) spans of at most `batch_size` covering range(total)."""
+    for start in range(0, total, batch_size):
+        yield start, min(total, start + batch_size)
+
+
+def files_digest(files: Sequence[str | Path]) -> str:
+    """12 hex digits identifying an ordered list of files by their absolute paths (cache keys, manifests)."""
+    h = hashlib.sha256()
+    for f in files:
+        h.update(str(Path(f).resolve()).encode())
+        h.update(b"\0")
+    return h.hexdigest()[:12]
+
+
+# A data set decoded once is kept in memory while it is at most this large (uint8 bytes); RCDM_DECODE_MAX_GB
+# changes it, 0 turns decoding off.
+DECODE_MAX_BYTES = 4 * 2**30
+
+
+def decode_cache_dir() -> Path:
+    """`$RCDM_CACHE/decoded` (default ~/.cache/rcdm/decoded): data sets decoded once into uint8 tensors."""
+    return Path(os.environ.get("RCDM_CACHE", Path.home() / ".cache" / "rcdm")).expanduser() / "decoded"
+
+
+def _decode_key(files: Sequence[Path]) -> str:
+    """Digest of the file list with each file's size and modification time: a changed file is a new key."""
+    h = hashlib.sha256()
+    for f in files:
+        st = f.stat()
+        h.update(f"{f.resolve()}\t{st.st_size}\t{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()[:24]
+
+
+def decode_images(
+    files: Sequence[Path],
+    *,
+    cache_dir: Path | None = None,
+    max_bytes: int | None = None,
+    threads: int | None = None,
+    progress: bool = True,
+) -> torch.Tensor | None:
+    """Every file decoded once into a (N, 3, H, W) uint8 RGB tensor, cached as safetensors; None when not worth it.
+
+    Decoding a JPEG costs more than a training step's share of a small model on a CPU, so a data set that fits
+    in memory is decoded once (threads: PIL releases the GIL) and read back from the cache file on later runs.
+    Only data sets whose images all have one size qualify (CIFAR-10, pre-resized folders): random crops are
+    then taken from exactly the pixels the file holds. Returns None (per-file decoding) for mixed sizes or more
+    than `max_bytes` (default DECODE_MAX_BYTES, or RCDM_DECODE_MAX_GB).
+    """
+    if max_bytes is None:
+        gb = os.environ.get("RCDM_DECODE_MAX_GB")
+        max_bytes = int(float(gb) * 2**30) if gb else DECODE_MAX_BYTES
+    if not files or max_bytes <= 0:
+        return None
+    try:
+        sizes = set()
+        for f in files:
+            with Image.open(f) as im:  # header only
+                sizes.add(im.size)
+            if len(sizes) > 1:
+                log.info("images of several sizes (%s, ...): decoding per file", ", ".join(map(str, sizes)))
+                return None
+    except (UnidentifiedImageError, OSError, Image.DecompressionBombError):
+        return None  # an unreadable file: the per-file path names and skips it
+    (w, h), n = sizes.pop(), len(files)
+    if n * 3 * h * w > max_bytes:
+        log.info(
+            "%d images of %dx%d exceed the decode budget (%.1f GB): decoding per file",
+            n,
+            w,
+            h,
+            max_bytes / 2**30,
+        )
+        return None
+    path = (cache_dir or decode_cache_dir()) / f"{_decode_key(files)}.safetensors"
+    if path.is_file():
+        try:
+            images = load_file(str(path))["images"]
+            if images.shape == (n, 3, h, w):
+                log.info("decoded images read from %s", path)
+                return images
+        except (OSError, KeyError, ValueError, RuntimeError) as e:
+            log.warning("ignoring unreadable decode cache %s (%s): decoding again", path, e)
+
+    def one(f: Path) -> torch.Tensor:
+        return pil_to_tensor(load_image(f))
+
+    out = torch.empty((n, 3, h, w), dtype=torch.uint8)
+    t0 = time.perf_counter()
+    with (
+        ThreadPoolExecutor(threads or min(8, os.cpu_count() or 1)) as pool,
+        tqdm(total=n, desc="decoding images", unit="img", disable=not progress) as bar,
+    ):
+        for i, x in enumerate(pool.map(one, files, chunksize=256)):
+            out[i] = x
+            bar.update(1)
+    rate = n / max(1e-9, time.perf_counter() - t0)
+    log.info("decoded %d images (%dx%d) at %.0f img/s into %s", n, w, h, rate, path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    save_file({"images": out}, str(tmp))
+    os.replace(tmp, path)
+    return out
+
+
 def to_model_space(x: torch.Tensor) -> torch.Tensor:
     """[0, 1] -> [-1, 1]."""
     return x * 2 - 1
@@ -127,7 +281,8 @@ class PairedViews(Dataset):
     Items are addressed by (file index, augmentation seed) so that a batch is a pure function of the step.
     Returns {'image': diffusion view (3, image_size, image_size), 'enc_image': encoder view (3, encoder_size,
     encoder_size), both in [0, 1], 'index': the file used, 'flipped': bool}; an unreadable file is logged once and
-    replaced by the next readable one.
+    replaced by the next readable one. `decoded` (from `decode_images`): the files' pixels, read instead of the
+    files.
     """
 
     def __init__(
@@ -137,7 +292,11 @@ class PairedViews(Dataset):
         encoder_size: int,
         min_scale: float = 0.8,  # random crop side as a fraction of the shorter side (1.0: centre square)
         flip: bool = True,
+        decoded: torch.Tensor | None = None,  # (N, 3, H, W) uint8, one per file
     ):
+        if decoded is not None and decoded.shape[0] != len(files):
+            raise RCDMError(f"{decoded.shape[0]} decoded images for {len(files)} files: decode them again")
+        self.decoded = decoded
         self.files = list(files)
         self.image_size = image_size
         self.encoder_size = encoder_size
@@ -149,6 +308,8 @@ class PairedViews(Dataset):
         return len(self.files)
 
     def _read(self, index: int) -> tuple[int, torch.Tensor]:
+        if self.decoded is not None:
+            return index, self.decoded[index].float() / 255.0
         for k in range(len(self.files)):
             i = (index + k) % len(self.files)
             if i in self._bad:

@@ -14,57 +14,43 @@ import json
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from importlib import resources
 from pathlib import Path
 
 import torch
 from PIL import Image
 
-from .analysis import (
-    adversarial,
-    adversarial_figure,
-    interpolate,
-    interpolation_figure,
-    invariance,
-    invariance_figure,
-    pixel_std,
-)
-from .analysis._common import fmt, number, sample_shared_noise
+from .analysis import adversarial, interpolate, invariance
 from .analysis.interpolate import Method
-from .analysis.report import html_table
+from .analysis.report import (
+    adversarial_section,
+    figure_html,
+    interpolation_section,
+    invariance_section,
+    samples_section,
+)
 from .data import list_images
-from .diffusion import Sampler
-from .encoders import Encoder, create_encoder
-from .encoders.rcdm_cifar import bundled_models_dir, read_card
+from .diffusion import SamplingConfig
+from .encoders import Encoder
+from .encoders.cifar import read_card
 from .errors import RCDMError
-from .figures import grid, html_page
+from .figures import Section, grid, html_page, html_table
 from .loading import encoder_for, load_model
 from .metrics.faithfulness import faithfulness_scores
 from .model import RCDM
-from .recipes.demo_pack import TARGETS
+from .recipes.bundle import (
+    HOW_TO_PACK,
+    DemoBundle,
+    bundled_pack,
+    demo_images,
+    model_cards,
+    models_html,
+    read_bundle,
+    smoke_notice,
+)
 from .train import TrainConfig, train
-from .visualize import encode, load_views, save_visualization, visualize
+from .visualize import save_visualization, visualize
 
 DEMO_ENCODER = "pixels:4"  # weight-free: the image average-pooled to 4x4 (48-d); works offline everywhere
-BUNDLE_INDEX = "bundle.json"
-HOW_TO_PACK = (
-    "Produce it with <code>scripts/gpu_demo_pack.sh</code> (one GPU) or the three <code>rcdm recipe</code> "
-    "commands of <code>docs/recipes.md</code>, then run <code>rcdm demo --bundle BUNDLE</code> (or put the "
-    "bundle at <code>src/rcdm/assets/models</code>, where <code>make demo</code> finds it)."
-)
-
-
-def demo_images() -> Path:
-    """The folder of bundled demo inputs (10 CIFAR-10 test images, see its README.md)."""
-    return Path(str(resources.files("rcdm") / "assets" / "demo-images"))
-
-
-def bundled_pack() -> Path | None:
-    """The CIFAR-10 pack installed with the package (rcdm/assets/models/bundle.json), or None."""
-    folder = bundled_models_dir()
-    return folder if (folder / BUNDLE_INDEX).is_file() else None
-
-
 # --- the pack demo ----------------------------------------------------------------------------------------
 
 # Roles of the three bundled RCDMs in the demo -> (target name, label on figures and tables).
@@ -75,17 +61,19 @@ ROLES: dict[str, tuple[str, str]] = {
 }
 
 
+# dpm++ 20 steps, 32 images per call (the CPU batch size of docs/recipes.md).
+CPU_SAMPLING = SamplingConfig(steps=20, batch_size=32)
+
+
 @dataclass(frozen=True)
 class PackDemoSettings:
-    """What the pack demo samples. Every sample uses `sampler` with `steps` steps; column j of every figure
-    starts from the same noise, so two rows differ only through their representations."""
+    """What the pack demo samples. Every sample uses `sampling` (deterministic: dpm++ or ddim, which the
+    interpolation needs); column j of every figure starts from the same noise, so two rows differ only through
+    their representations."""
 
     max_images: int = 8  # demo inputs used by the samples and the adversarial comparison (the first ones)
     num_samples: int = 4  # samples per representation: backbone vs projector
-    sampler: Sampler = "dpm++"  # deterministic: dpm++ or ddim (the interpolation needs one)
-    steps: int = 20
-    seed: int = 0
-    batch_size: int = 32  # fastest per image for cifar32-small on 2 CPU cores (9.4 ms per image-step)
+    sampling: SamplingConfig = CPU_SAMPLING
     invariance_images: int = 4  # the first ones of the inputs
     invariance_samples: int = 2
     augmentations: tuple[str, ...] = ("grayscale", "colour_jitter", "random_resized_crop", "hflip")
@@ -99,13 +87,13 @@ class PackDemoSettings:
 
 
 PACK_DEMO_PRESETS: dict[str, PackDemoSettings] = {
-    # cifar32-small RCDMs on 2 CPU cores: 220 samples x 20 steps, about 50 s end to end when idle (docs/recipes.md).
+    # The CPU setting: 220 samples x 20 steps of the cifar32-small RCDMs (timings: docs/recipes.md).
     "cpu": PackDemoSettings(),
     # A first look (and the tests): a few samples of a few images, 4 sampling steps.
     "quick": PackDemoSettings(
         max_images=4,
         num_samples=2,
-        steps=4,
+        sampling=CPU_SAMPLING.replace(steps=4),
         invariance_images=2,
         invariance_samples=1,
         augmentations=("grayscale", "hflip"),
@@ -118,66 +106,6 @@ PACK_DEMO_PRESETS: dict[str, PackDemoSettings] = {
 
 
 @dataclass
-class DemoBundle:
-    """A bundle folder from `rcdm recipe pack`: its index (bundle.json) and the demo inputs it carries."""
-
-    folder: Path
-    index: dict
-    inputs: list[Path]  # BUNDLE/demo-inputs/*, or the package's demo images when the bundle has none
-
-    @property
-    def smoke(self) -> bool:
-        return bool(self.index.get("smoke"))
-
-    def encoder_name(self, target: str) -> str:
-        return str(self.index["rcdms"][target]["encoder"])
-
-    def load(self, target: str, device: str | torch.device | None = None) -> tuple[RCDM, Encoder]:
-        """One bundled RCDM (float32, eval) and its bundled encoder, checked to be the one it was trained on."""
-        model = load_model(self.folder / target, device=device).float()
-        enc = create_encoder(f"rcdm-cifar:{self.folder / self.encoder_name(target)}", model.config.feature)
-        enc = encoder_for(model, enc)
-        return model, enc.to(device) if device is not None else enc
-
-
-def read_bundle(folder: str | Path) -> DemoBundle:
-    """Check that FOLDER is a complete demo bundle (bundle.json, the three RCDMs and their encoders)."""
-    path = Path(folder).expanduser()
-    if not path.is_dir():
-        raise RCDMError(
-            f"no demo bundle at {str(path)!r}: the folder does not exist; make one with `rcdm recipe pack` "
-            "(docs/recipes.md) or leave out --bundle"
-        )
-    index_path = path / BUNDLE_INDEX
-    if not index_path.is_file():
-        raise RCDMError(
-            f"{str(path)!r} is not a demo bundle: it has no {BUNDLE_INDEX}; pass the --out folder of "
-            "`rcdm recipe pack` (docs/recipes.md)"
-        )
-    try:
-        index = json.loads(index_path.read_text())
-        rcdms = index["rcdms"]
-        if not isinstance(rcdms, dict) or not all(isinstance(v, dict) for v in rcdms.values()):
-            raise TypeError("'rcdms' is not a mapping of entry name -> {encoder, feature, bytes}")
-    except (OSError, ValueError, KeyError, TypeError) as e:
-        raise RCDMError(f"cannot read {str(index_path)!r} as a bundle index: {e!r}") from None
-    missing = [
-        t.name
-        for t in TARGETS
-        if t.name not in rcdms
-        or not (path / t.name / "config.json").is_file()
-        or not (path / str(rcdms[t.name].get("encoder")) / "card.json").is_file()
-    ]
-    if missing:
-        raise RCDMError(
-            f"the bundle {str(path)!r} lacks {missing} (or their encoders): the demo needs all of "
-            f"{[t.name for t in TARGETS]}; pack them with `rcdm recipe pack` without --only"
-        )
-    inputs = list_images(path / "demo-inputs") if (path / "demo-inputs").is_dir() else []
-    return DemoBundle(path, index, inputs or list_images(demo_images()))
-
-
-@dataclass
 class PackDemoResult:
     """index: OUT/index.html; results: OUT/results.json (`numbers`); seconds: per section and total."""
 
@@ -186,80 +114,6 @@ class PackDemoResult:
     smoke: bool
     seconds: dict[str, float]
     numbers: dict = field(default_factory=dict)
-
-
-def _model_cards(bundle: DemoBundle) -> dict[str, dict]:
-    """Role -> what the bundle's cards say about its RCDM and encoder (training, k-NN accuracy, metrics)."""
-    out = {}
-    for role, (target, label) in ROLES.items():
-        path = bundle.folder / target / "card.json"
-        card = json.loads(path.read_text()) if path.is_file() else {}
-        enc = read_card(bundle.folder / bundle.encoder_name(target))
-        feature = bundle.index["rcdms"][target].get("feature", card.get("feature"))
-        out[role] = {
-            "label": label,
-            "target": target,
-            "feature": feature,
-            "preset": card.get("preset"),
-            "steps": card.get("steps"),
-            "images_seen": card.get("images_seen"),
-            "wall_time_s": card.get("wall_time_s"),
-            "device": card.get("device"),
-            "metrics": card.get("metrics") or {},
-            "encoder": enc.get("name"),
-            "encoder_objective": enc.get("objective"),
-            "encoder_epochs": enc.get("epochs"),
-            "encoder_knn_accuracy": (enc.get("knn_accuracy") or {}).get(feature),
-            "smoke": bool(card.get("smoke") or enc.get("smoke")),
-        }
-    return out
-
-
-def _models_html(models: dict[str, dict]) -> str:
-    rows = [
-        [
-            m["label"],
-            m["target"],
-            f"{m['encoder']} ({m['encoder_objective']}, {m['encoder_epochs']} epochs)",
-            _num(m["encoder_knn_accuracy"]),
-            f"{m['preset']}, {m['steps']} steps, {m['images_seen']} images",
-            "n/a" if m["wall_time_s"] is None else f"{m['wall_time_s']:.0f} s on {m['device']}",
-            "YES" if m["smoke"] else "no",
-        ]
-        for m in models.values()
-    ]
-    text = html_table(
-        ["RCDM", "bundle entry", "encoder", "k-NN accuracy of the feature", "training", "wall time", "smoke"],
-        rows,
-    )
-    metrics = [[m["label"], k, v] for m in models.values() for k, v in m["metrics"].items()]
-    if metrics:
-        text += "<p>Metrics recorded in the model cards:</p>" + html_table(
-            ["RCDM", "metric", "value"], metrics
-        )
-    return text
-
-
-def _notice(bundle: DemoBundle) -> str | None:
-    if not bundle.smoke:
-        return None
-    reasons = (
-        "; ".join(str(r) for r in bundle.index.get("smoke_reasons", [])) or "marked smoke in bundle.json"
-    )
-    return (
-        "<b>SMOKE TEST: these are NOT trained models.</b> This bundle was packed with <code>--allow-smoke</code> "
-        f"({html.escape(reasons)}). The pictures and numbers below only show that the pipeline runs; they say "
-        "nothing about what a VICReg or a supervised representation keeps. " + HOW_TO_PACK
-    )
-
-
-@dataclass
-class _Section:
-    """One part of the page: its heading, inner HTML and the numbers it adds to results.json."""
-
-    heading: str
-    body: str
-    numbers: dict
 
 
 @dataclass
@@ -275,89 +129,35 @@ class _Context:
 
     @property
     def sampling(self) -> dict:
-        s = self.settings
-        return dict(
-            steps=s.steps, sampler=s.sampler, seed=s.seed, batch_size=s.batch_size, progress=self.progress
-        )
+        return dict(sampling=self.settings.sampling, progress=self.progress)
 
     def figure(self, name: str, image: Image.Image) -> str:
-        """Save OUT/<name>.png and return the tag that shows it."""
-        image.save(self.out / f"{name}.png")
-        return f"<img src='{name}.png' alt='{name}'>"
+        return figure_html(self.out, name, image)
 
 
 def _label(role: str) -> str:
     return ROLES[role][1]
 
 
-def _samples_section(ctx: _Context) -> _Section:
+def _samples_section(ctx: _Context) -> Section:
     """Samples of the same inputs from the backbone and the projector representation, with the same noise."""
-    n, m = ctx.settings.num_samples, len(ctx.paths)
-    samples, faith, stds, views = {}, {}, {}, None
-    for role in ("backbone", "projector"):
-        model, enc = ctx.loaded[role]
-        views, enc_views = load_views(
-            ctx.paths, model.config.sample_size, enc.preprocessing.input_size, enc.preprocessing.resample
-        )
-        reps = encode(enc, enc_views)
-        samples[role] = sample_shared_noise(model, reps, n, desc=f"{role} samples", **ctx.sampling)
-        faith[role] = faithfulness_scores(
-            reps, encode(enc, samples[role].flatten(0, 1)).view(m, n, -1), encoder=_label(role)
-        )
-        stds[role] = pixel_std(samples[role]).mean(dim=(-2, -1)) if n > 1 else None  # (M,) or None
-    assert views is not None
-    names = [p.stem for p in ctx.paths]
-    fig = grid(
-        [[views[i], *samples["backbone"][i], *samples["projector"][i]] for i in range(m)],
-        row_labels=names,
-        col_labels=["input", *[f"back {j}" for j in range(n)], *[f"proj {j}" for j in range(n)]],
-        title="samples: VICReg backbone RCDM (back) vs projector RCDM (proj); column j of both: same noise",
-    )
-    numbers = {
-        role: {
-            "faithfulness": {
-                k: number(v) if isinstance(v, float) else v for k, v in asdict(faith[role]).items()
-            },
-            "mean_pixel_std": None if stds[role] is None else number(stds[role].mean()),
-            "pixel_std_per_image": None
-            if stds[role] is None
-            else {name: number(v) for name, v in zip(names, stds[role], strict=True)},
-        }
-        for role in ("backbone", "projector")
-    }
-    table = html_table(
-        [
-            "RCDM",
-            "top-1 retrieval",
-            "mean rank (chance)",
-            "cosine to condition",
-            "mean pixel std over samples",
-        ],
-        [
-            [
-                _label(role),
-                fmt(faith[role].top1),
-                f"{fmt(faith[role].mean_rank)} ({fmt(faith[role].chance_rank)})",
-                fmt(faith[role].cosine),
-                _num(numbers[role]["mean_pixel_std"]),
-            ]
-            for role in ("backbone", "projector")
-        ],
-    )
-    return _Section(
-        "Samples: backbone vs projector",
-        "<p>Each row: a demo input, then samples drawn from its VICReg <b>backbone</b> representation, then from "
-        "its <b>projector</b> embedding. Sample j of both starts from the same noise with a deterministic "
+    return samples_section(
+        {role: (_label(role), *ctx.loaded[role]) for role in ("backbone", "projector")},
+        ctx.paths,
+        ctx.out,
+        ctx.settings.num_samples,
+        ctx.settings.sampling,
+        note="Each row: a demo input, then samples drawn from its VICReg <b>backbone</b> representation, then "
+        "from its <b>projector</b> embedding. Sample j of both starts from the same noise with a deterministic "
         "sampler, so what differs is the representation alone. What stays the same across a row's samples is "
         "what the representation keeps. Faithfulness is judged by the conditioning encoder: is each sample's own "
-        f"representation nearest to its source's among the {m} inputs?</p>"
-        + ctx.figure("samples", fig)
-        + table,
-        numbers,
+        f"representation nearest to its source's among the {len(ctx.paths)} inputs?",
+        heading="Samples: backbone vs projector",
+        progress=ctx.progress,
     )
 
 
-def _invariance_section(ctx: _Context) -> _Section:
+def _invariance_section(ctx: _Context) -> Section:
     """rcdm.analysis.invariance for the backbone and the projector RCDM (the paper's findings 1 and 2)."""
     s = ctx.settings
     inv = {
@@ -371,34 +171,21 @@ def _invariance_section(ctx: _Context) -> _Section:
         )
         for role in ("backbone", "projector")
     }
-    sums = {role: r.summary() for role, r in inv.items()}
-    rows = []
-    for a, (aug, strength) in enumerate(inv["backbone"].augmentations):
-        b, p = sums["backbone"]["augmentations"][a], sums["projector"]["augmentations"][a]
-        rows.append(
-            [
-                aug,
-                strength,
-                *(_num(r["relative_shift"]) for r in (b, p)),
-                *(_num(r["retention"]) for r in (b, p)),
-            ]
-        )
-    headers = ["augmentation", "strength", "rel. shift: backbone", "rel. shift: projector"]
-    table = html_table([*headers, "retention: backbone", "retention: projector"], rows)
-    return _Section(
-        "Invariance: backbone vs projector",
-        "<p>Per image, rows [0] are the backbone RCDM and rows [1] the projector RCDM: the clean input, then each "
+    section = invariance_section(
+        [inv["backbone"], inv["projector"]],
+        ctx.out,
+        "Per image, rows [0] are the backbone RCDM and rows [1] the projector RCDM: the clean input, then each "
         "augmented input, each followed by samples of its representation. d = how far the augmentation moved the "
         "representation, relative to the typical distance between the images' representations; r = retention "
         "score (1: the samples carry the augmentation, 0: they do not; docs/analysis.md). The paper found "
-        "backbones keep the augmentations SSL trains with and projectors largely do not.</p>"
-        + ctx.figure("invariance", invariance_figure([inv["backbone"], inv["projector"]]))
-        + table,
-        sums,
+        "backbones keep the augmentations SSL trains with and projectors largely do not.",
+        heading="Invariance: backbone vs projector",
     )
+    section.numbers = {role: r.summary() for role, r in inv.items()}
+    return section
 
 
-def _interpolation_section(ctx: _Context) -> _Section:
+def _interpolation_section(ctx: _Context) -> Section:
     """rcdm.analysis.interpolate between two inputs' backbone representations."""
     s = ctx.settings
     i, j = s.interpolation_images
@@ -414,30 +201,17 @@ def _interpolation_section(ctx: _Context) -> _Section:
         num_samples=s.interpolation_samples,
         **ctx.sampling,
     )
-    sums = itp.summary()
-    table = html_table(
-        ["t", *[f"{m}: frame change" for m in itp.methods], *[f"{m}: rep. norm" for m in itp.methods]],
-        [
-            [
-                fmt(float(t)),
-                *[_num(([None] + sums["methods"][m]["frame_change"])[k]) for m in itp.methods],
-                *[_num(sums["methods"][m]["representation_norm"][k]) for m in itp.methods],
-            ]
-            for k, t in enumerate(itp.ts)
-        ],
-    )
-    return _Section(
-        "Interpolation",
-        f"<p>Samples of the VICReg backbone RCDM from representations mixed between {html.escape(itp.names[0])} "
+    return interpolation_section(
+        itp,
+        ctx.out,
+        f"Samples of the VICReg backbone RCDM from representations mixed between {html.escape(itp.names[0])} "
         f"(t = 0) and {html.escape(itp.names[1])} (t = 1); each row keeps its starting noise, so only the "
-        "representation changes along t. Frame change: mean absolute pixel change from the previous t.</p>"
-        + ctx.figure("interpolation", interpolation_figure(itp))
-        + table,
-        sums,
+        "representation changes along t. Frame change: mean absolute pixel change from the previous t.",
+        heading="Interpolation",
     )
 
 
-def _adversarial_section(ctx: _Context) -> _Section:
+def _adversarial_section(ctx: _Context) -> Section:
     """The same untargeted PGD on the VICReg and the supervised backbone (the paper's finding 3)."""
     s = ctx.settings
     adv = {
@@ -453,58 +227,25 @@ def _adversarial_section(ctx: _Context) -> _Section:
         )
         for key, role in (("ssl", "backbone"), ("supervised", "supervised"))
     }
-    sums = {key: r.summary() for key, r in adv.items()}
     bundle = ctx.bundle
     classes = read_card(bundle.folder / bundle.encoder_name(ROLES["supervised"][0])).get("classes") or []
-
-    def name(k: int | None) -> str:
-        return "n/a" if k is None else (classes[k] if 0 <= k < len(classes) else str(k))
-
-    table = html_table(
-        ["encoder", "relative rep. shift", "cosine to clean", "label flip rate (its classifier)"],
-        [
-            [r["label"], _num(r["relative_shift"]), _num(r["cosine_to_clean"]), _num(r["label_flip_rate"])]
-            for r in sums.values()
-        ],
-    )
-    sup = sums["supervised"]["per_image"]
-    per_image = html_table(
-        [
-            "image",
-            "VICReg: rel. shift",
-            "VICReg: cosine",
-            "supervised: rel. shift",
-            "supervised: cosine",
-            "class",
-        ],
-        [
-            [
-                image,
-                _num(v["relative_shift"]),
-                _num(v["cosine_to_clean"]),
-                _num(sup[image]["relative_shift"]),
-                _num(sup[image]["cosine_to_clean"]),
-                f"{name(sup[image]['clean_label'])} -> {name(sup[image]['adv_label'])}",
-            ]
-            for image, v in sums["ssl"]["per_image"].items()
-        ],
-    )
-    return _Section(
-        "Adversarial: SSL vs supervised",
-        f"<p>Untargeted L-infinity PGD (eps = {s.eps * 255:.1f}/255, {s.pgd_steps} steps) pushes each encoder's "
+    section = adversarial_section(
+        [adv["ssl"], adv["supervised"]],
+        ctx.out,
+        f"Untargeted L-infinity PGD (eps = {s.eps * 255:.1f}/255, {s.pgd_steps} steps) pushes each encoder's "
         "backbone representation away from the clean one; rows [0] VICReg, rows [1] supervised: the clean input "
         "and samples of its representation, then the attacked input and samples of its representation. Relative "
         "shift: distance moved over the typical distance between the images' representations. The paper found "
         "samples from attacked supervised representations drift to another class while SSL ones stay. The label "
-        "flip rate is that of the supervised encoder's own classifier (the VICReg encoder has none).</p>"
-        + ctx.figure("adversarial", adversarial_figure([adv["ssl"], adv["supervised"]]))
-        + table
-        + per_image,
-        {**sums, "classes": classes},
+        "flip rate is that of the supervised encoder's own classifier (the VICReg encoder has none).",
+        heading="Adversarial: SSL vs supervised",
+        class_names=classes,
     )
+    section.numbers = {**{key: r.summary() for key, r in adv.items()}, "classes": classes}
+    return section
 
 
-SECTIONS: dict[str, Callable[[_Context], _Section]] = {
+SECTIONS: dict[str, Callable[[_Context], Section]] = {
     "samples": _samples_section,
     "invariance": _invariance_section,
     "interpolation": _interpolation_section,
@@ -527,7 +268,7 @@ def run_pack_demo(
     Images are in [0, 1] at the models' 32 px. Raises RCDMError when BUNDLE is not a complete bundle.
     """
     s = settings or PACK_DEMO_PRESETS["cpu"]
-    if s.sampler == "ddpm":
+    if s.sampling.sampler == "ddpm":
         raise RCDMError("the pack demo needs a deterministic sampler (dpm++ or ddim), not ddpm")
     t_start = time.perf_counter()
     bundle = read_bundle(bundle_dir)
@@ -539,7 +280,7 @@ def run_pack_demo(
     loaded = {role: bundle.load(target, device) for role, (target, _) in ROLES.items()}
     ctx = _Context(bundle, loaded, paths, s, out, progress)
     seconds: dict[str, float] = {"load": time.perf_counter() - t_start}
-    models = _model_cards(bundle)
+    models = model_cards(bundle, ROLES)
     numbers: dict = {
         "bundle": str(bundle.folder),
         "smoke": bundle.smoke,
@@ -551,39 +292,39 @@ def run_pack_demo(
         "models": models,
     }
     sections = [
-        (
+        Section(
             "What this is",
             "<p>Representation-conditional diffusion models (RCDM, Bordes et al. 2022) trained on CIFAR-10, "
             "conditioned on a small VICReg encoder (its backbone and its projector) and on a supervised one, from "
             f"the bundle <code>{html.escape(str(bundle.folder))}</code> (<code>rcdm recipe pack</code>, "
-            "docs/recipes.md). Inputs: the bundle's CIFAR-10 test images.</p>" + _models_html(models),
+            "docs/recipes.md). Inputs: the bundle's CIFAR-10 test images.</p>" + models_html(models),
         )
     ]
     for key, make in SECTIONS.items():
         t0 = time.perf_counter()
         section = make(ctx)
-        sections.append((section.heading, section.body))
+        sections.append(section)
         numbers[key] = section.numbers
         seconds[key] = time.perf_counter() - t0
     seconds["total"] = time.perf_counter() - t_start
     numbers["seconds"] = {k: round(v, 2) for k, v in seconds.items()}
     sections.append(
-        (
+        Section(
             "Settings and timings",
-            html_table(["setting", "value"], [[k, v] for k, v in asdict(s).items()])
+            html_table(
+                ["setting", "value"],
+                [[k, v] for k, v in asdict(s).items() if k != "sampling"]
+                + [[f"sampling.{k}", v] for k, v in s.sampling.record().items()],
+            )
             + html_table(["section", "seconds"], [[k, f"{v:.1f}"] for k, v in seconds.items()]),
         )
     )
     title = ("SMOKE TEST - " if bundle.smoke else "") + "rcdm demo: what a CIFAR-10 representation keeps"
     index = out / "index.html"
-    index.write_text(html_page(title, sections, notice=_notice(bundle)))
+    index.write_text(html_page(title, sections, notice=smoke_notice(bundle)))
     results = out / "results.json"
     results.write_text(json.dumps(numbers, indent=2))
     return PackDemoResult(index, results, bundle.smoke, seconds, numbers)
-
-
-def _num(v: float | None) -> str:
-    return "n/a" if v is None else fmt(v)
 
 
 # --- the smoke-scale demo ----------------------------------------------------------------------------------
@@ -643,24 +384,13 @@ def run_demo(
     t1 = time.perf_counter()
     model = load_model(run)
     enc = encoder_for(model)
-    vis = visualize(
-        model,
-        enc,
-        images,
-        num_samples=num_samples,
-        sampler="ddpm",
-        steps=sample_steps,
-        seed=0,
-        progress=progress,
-    )
+    sampling = SamplingConfig(sampler="ddpm", steps=sample_steps, seed=0)
+    vis = visualize(model, enc, images, num_samples=num_samples, sampling=sampling, progress=progress)
     t2 = time.perf_counter()
     save_visualization(vis, out / "samples")
     # Faithfulness: is each sample's own representation nearest to its source image's?
-    reps = vis.representations
-    sample_reps = encode(enc, vis.samples.flatten(0, 1))
-    nearest = torch.cdist(sample_reps, reps).argmin(1)
-    source = torch.arange(len(images)).repeat_interleave(num_samples)
-    rank1 = float((nearest == source).float().mean())
+    sample_reps = enc.encode(vis.samples.flatten(0, 1)).view(len(images), num_samples, -1)
+    rank1 = faithfulness_scores(vis.representations, sample_reps, distance="l2").top1
     overview = grid(
         [[o, *s] for o, s in zip(vis.originals, vis.samples, strict=True)],
         row_labels=vis.names,
@@ -687,7 +417,7 @@ def run_demo(
     page = html_page(
         "rcdm demo (smoke scale)",
         [
-            (
+            Section(
                 "What this is",
                 "<p>A <b>smoke-scale</b> representation-conditional diffusion model (preset <code>tiny</code>), "
                 f"trained for {steps} steps on the {len(images)} bundled CIFAR-10 test images, conditioned on the "
@@ -695,8 +425,8 @@ def run_demo(
                 "its representation alone. What stays constant across a row is what the representation keeps. "
                 "It shows the pipeline working offline; it is not a trained research model.</p>",
             ),
-            ("Samples", '<img src="overview.png" alt="originals and samples">'),
-            (
+            Section("Samples", '<img src="overview.png" alt="originals and samples">'),
+            Section(
                 "Numbers",
                 f"<table>{rows}</table><p>rank1_retrieval: the fraction of samples whose own representation "
                 "is nearest to their source image's among the ten (chance 0.1).</p>",

@@ -7,21 +7,26 @@ but no training losses for learned variance (Nichol & Dhariwal 2021, Eq. 16).
 
 from __future__ import annotations
 
-import contextlib
-import functools
 import math
-import os
-import weakref
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
+from dataclasses import asdict, dataclass, replace
 from typing import Literal
 
 import torch
 from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler
-from torch import nn
 from tqdm.auto import tqdm
 
+from .data import batched
+from .devices import (
+    Compile,
+    Precision,
+    autocast,
+    compiled_unet,
+    graphed_unet,
+    resolve_compile,
+    resolve_precision,
+)
 from .errors import RCDMError
 from .model import RCDM
 
@@ -138,6 +143,7 @@ class GaussianDiffusion:
         drop: torch.Tensor | None = None,
         t: torch.Tensor | None = None,
         noise: torch.Tensor | None = None,
+        terms: dict[str, float] | None = None,  # filled with the batch means of 'mse' (and 'vb'), for logging
     ) -> torch.Tensor:
         """Per-sample loss (B,): epsilon MSE, plus the VLB term when `loss == 'hybrid'` (published).
 
@@ -154,155 +160,60 @@ class GaussianDiffusion:
         xt = self.q_sample(x0, t, noise).to(x0.dtype)
         out = model(xt, t, representation, drop=drop).float()
         mse = ((noise.float() - out[:, :3]) ** 2).mean(dim=(1, 2, 3))
+        if terms is not None:
+            terms["mse"] = float(mse.detach().mean())
         if loss == "simple":
             return mse
         if out.shape[1] != 6:
             raise RCDMError("loss 'hybrid' needs a model with learned variance (6 output channels)")
-        return mse + self.vb_term(out, x0.float(), xt.float(), t) * self.num_timesteps / 1000.0
+        vb = self.vb_term(out, x0.float(), xt.float(), t) * self.num_timesteps / 1000.0
+        if terms is not None:
+            terms["vb"] = float(vb.detach().mean())
+        return mse + vb
 
 
 # --- sampling -----------------------------------------------------------------------------------------
 
-Precision = Literal["auto", "bf16", "fp32"]
-PRECISIONS: tuple[str, ...] = ("auto", "bf16", "fp32")
-Compile = Literal["auto", "off", "graphs", "default", "reduce-overhead"]
-COMPILE_MODES: tuple[str, ...] = ("auto", "off", "graphs", "default", "reduce-overhead")
-# What compile="auto" means on a CUDA device. UNMEASURED choice (no GPU was lent when this was written):
-# "graphs" replays one captured CUDA graph of the bf16 UNet per step, which removes the launch gaps that make
-# eager bf16 slow at batch 8, and costs a few forward passes to capture instead of torch.compile's minutes.
-# benchmarks/speed.py times every mode side by side; set this from its table (docs/speed.md).
-CUDA_DEFAULT_COMPILE = "graphs"
+
+@dataclass(frozen=True)
+class SamplingConfig:
+    """How samples are drawn: one value that every sampling entry point (API and CLI) takes."""
+
+    sampler: Sampler = "dpm++"
+    steps: int | None = None  # None: the sampler's default (DEFAULT_STEPS: dpm++ 20, ddim 50, ddpm 100)
+    guidance: float = 1.0  # classifier-free guidance weight; 1 = plain conditional
+    seed: int = 0  # sample i of a call uses a generator seeded by (seed, global index i)
+    batch_size: int = 64  # images per network call; never changes a sample
+    compile: Compile = "auto"  # auto: CUDA_DEFAULT_COMPILE on CUDA, off elsewhere (see `sample`)
+    precision: Precision = "auto"  # auto: bf16 autocast on CUDA and bf16-native CPUs, fp32 elsewhere
+
+    def replace(self, **changes: object) -> SamplingConfig:
+        """A copy with `changes` applied; None values keep the current setting (CLI overrides)."""
+        return replace(self, **{k: v for k, v in changes.items() if v is not None})
+
+    def record(self) -> dict:
+        """The settings as a JSON-ready dict (written beside results)."""
+        return asdict(self)
 
 
-@functools.cache
-def cpu_has_native_bf16() -> bool:
-    """True when the CPU executes bf16 matrix maths natively (x86 AMX-BF16 or AVX512-BF16, read from cpuinfo).
-
-    Where it does, bf16 autocast trains about 1.7x and runs the forward about 2x faster than fp32
-    (docs/speed.md); elsewhere bf16 is emulated and slower, so 'auto' stays fp32. RCDM_CPU_BF16=0|1 overrides.
-    """
-    forced = os.environ.get("RCDM_CPU_BF16")
-    if forced in ("0", "1"):
-        return forced == "1"
-    try:
-        flags = Path("/proc/cpuinfo").read_text().split()
-    except OSError:
-        return False
-    return "amx_bf16" in flags or "avx512_bf16" in flags
+# Named settings: fast (the default sampler), paired (deterministic, for shared-noise comparisons: two rows that
+# start from the same noise differ only through their representations), published (the paper's 100-step ddpm).
+SAMPLING_PRESETS: dict[str, SamplingConfig] = {
+    "fast": SamplingConfig(sampler="dpm++", steps=20),
+    "paired": SamplingConfig(sampler="ddim", steps=50),
+    "published": SamplingConfig(sampler="ddpm", steps=100),
+}
 
 
-def resolve_precision(precision: Precision, device: torch.device | str) -> torch.dtype:
-    """'auto' -> bf16 autocast on CUDA and on CPUs with native bf16, fp32 elsewhere; 'fp32' forces fp32.
-
-    Returns the autocast dtype (float32: no autocast).
-    """
-    if precision not in PRECISIONS:
-        raise RCDMError(f"unknown precision {precision!r}: choose one of {', '.join(PRECISIONS)}")
-    if precision == "auto":
-        kind = torch.device(device).type
-        native = kind == "cuda" or (kind == "cpu" and cpu_has_native_bf16())
-        return torch.bfloat16 if native else torch.float32
-    return torch.bfloat16 if precision == "bf16" else torch.float32
+def sampling_preset(name: str) -> SamplingConfig:
+    if name not in SAMPLING_PRESETS:
+        raise RCDMError(f"unknown sampling preset {name!r}: choose one of {', '.join(SAMPLING_PRESETS)}")
+    return SAMPLING_PRESETS[name]
 
 
-def accelerate_mixed_precision(precision: str, device: torch.device | str) -> str:
-    """A training precision ('auto' | 'bf16' | 'fp32', or accelerate's 'no') -> accelerate's 'bf16' | 'no'."""
-    if precision == "no":
-        precision = "fp32"
-    return "bf16" if resolve_precision(precision, device) == torch.bfloat16 else "no"  # type: ignore[arg-type]
-
-
-def resolve_compile(compile: Compile, device: torch.device) -> str:
-    """'auto' -> CUDA_DEFAULT_COMPILE on CUDA, 'off' elsewhere; CUDA-graph modes refuse other devices."""
-    if compile not in COMPILE_MODES:
-        raise RCDMError(f"unknown compile mode {compile!r}: choose one of {', '.join(COMPILE_MODES)}")
-    if compile == "auto":
-        return CUDA_DEFAULT_COMPILE if device.type == "cuda" else "off"
-    if compile in ("graphs", "reduce-overhead") and device.type != "cuda":
-        raise RCDMError(
-            f"compile mode {compile!r} replays CUDA graphs but the model is on {device}: "
-            "use 'default' (torch.compile) or 'off' there"
-        )
-    return compile
-
-
-def _autocast(device: torch.device, dtype: torch.dtype = torch.bfloat16) -> contextlib.AbstractContextManager:
-    """bf16 autocast (weight-cast cache off, so that CUDA-graph capture is safe); float32: no autocast."""
-    if dtype == torch.float32:
-        return contextlib.nullcontext()
-    return torch.autocast(device.type, dtype=dtype, cache_enabled=False)
-
-
-def autocast_for(device: torch.device, precision: Precision = "auto") -> contextlib.AbstractContextManager:
-    """The autocast rcdm's networks run under on `device` (see `resolve_precision` for 'auto')."""
-    return _autocast(device, resolve_precision(precision, device))
-
-
-# model's UNet -> {mode: torch.compile'd UNet}; weak keys: the cache dies with the model.
-_COMPILED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-# model's UNet -> {(batch, dtype, weights fingerprint): _GraphedUNet}; at most _MAX_GRAPHS per model.
-_GRAPHS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-_MAX_GRAPHS = 4
-
-
-def compiled_unet(unet: nn.Module, mode: str = "default") -> nn.Module:
-    """torch.compile(unet, mode) once per (UNet, mode); static shapes (one compile per batch size)."""
-    per_model = _COMPILED.setdefault(unet, {})
-    if mode not in per_model:
-        per_model[mode] = torch.compile(unet, mode=mode, dynamic=False)
-    return per_model[mode]
-
-
-class _GraphedUNet:
-    """One CUDA graph of `unet(x, t, class_labels=cond)` at a fixed batch size, replayed per sampler step.
-
-    Inputs are copied into static buffers, the graph is replayed, and the output is copied out (float32), so
-    callers may keep the result across steps. Weights are read in place: in-place updates (optimizer, EMA,
-    load_state_dict) are seen; moving the model re-captures (the cache key holds the weights' addresses).
-    """
-
-    def __init__(self, unet: nn.Module, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor, dtype) -> None:
-        self.x, self.t, self.cond = x.clone(), t.clone(), cond.clone()
-        device = x.device
-
-        def run() -> torch.Tensor:
-            with _autocast(device, dtype):
-                return unet(self.x, self.t, class_labels=self.cond).sample
-
-        side = torch.cuda.Stream(device)
-        side.wait_stream(torch.cuda.current_stream(device))
-        with torch.cuda.stream(side):
-            for _ in range(2):  # warm-up outside the graph: cuDNN/cuBLAS choose their kernels here
-                run()
-        torch.cuda.current_stream(device).wait_stream(side)
-        self.graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self.graph):
-            self.out = run()
-
-    def __call__(self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
-        self.x.copy_(x)
-        self.t.copy_(t)
-        self.cond.copy_(cond)
-        self.graph.replay()
-        return self.out.float().clone() if self.out.dtype == torch.float32 else self.out.float()
-
-
-def graphed_unet(
-    unet: nn.Module, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor, dtype
-) -> _GraphedUNet:
-    per_model = _GRAPHS.setdefault(unet, {})
-    key = (tuple(x.shape), dtype, hash(tuple(p.data_ptr() for p in unet.parameters())))
-    if key not in per_model:
-        while len(per_model) >= _MAX_GRAPHS:
-            per_model.pop(next(iter(per_model)))
-        per_model[key] = _GraphedUNet(unet, x, t, cond, dtype)
-    return per_model[key]
-
-
-def clear_compile_cache() -> None:
-    """Forget every compiled UNet and captured CUDA graph (frees their memory pools)."""
-    _COMPILED.clear()
-    _GRAPHS.clear()
+def sampling_config(sampling: SamplingConfig | None = None, **settings: object) -> SamplingConfig:
+    """`sampling` (default `SamplingConfig()`) with single fields overridden by keyword (steps=, sampler=, ...)."""
+    return replace(sampling or SamplingConfig(), **settings)
 
 
 def denoiser(
@@ -324,7 +235,7 @@ def denoiser(
     def run(x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
         if mode == "reduce-overhead":
             torch.compiler.cudagraph_mark_step_begin()
-        with _autocast(device, dtype):
+        with autocast(device, dtype):
             out = unet(x, t, class_labels=cond).sample
         # float() copies a bf16 output; a float32 one may live in a graph's pool or be reused: copy it.
         return out.float() if out.dtype != torch.float32 else out.clone()
@@ -413,40 +324,40 @@ def ddpm_step(
 def sample(
     model: RCDM,
     representation: torch.Tensor,
+    sampling: SamplingConfig | None = None,
     *,
-    steps: int | None = None,
-    sampler: Sampler = "dpm++",
-    seed: int = 0,
     first_index: int = 0,
-    guidance: float = 1.0,
     noise: torch.Tensor | None = None,
-    compile: Compile = "auto",
-    precision: Precision = "auto",
     callback: Callable[[dict], None] | None = None,
     progress: bool = False,
+    **settings,
 ) -> torch.Tensor:
     """Draw one image per row of `representation`.
 
     representation: (B, dim) float, on any device (moved to the model's). Returns (B, 3, H, W) in [0, 1], float32 CPU.
+    sampling: the settings (default `SamplingConfig()`); keyword `settings` (steps=, sampler=, seed=, guidance=,
+    compile=, precision=) override single fields. batch_size is ignored here: the call is one batch.
     guidance: classifier-free guidance weight w (1 = plain conditional; needs a model with a null
     representation when != 1): eps = eps_null + w (eps_cond - eps_null).
     Sample i uses a generator seeded by (seed, first_index + i); `noise` (B, 3, H, W) overrides the start.
     compile: 'auto' (CUDA: CUDA_DEFAULT_COMPILE; CPU: 'off'), 'off' (eager), 'graphs' (a captured CUDA graph
     of the UNet, replayed per step), 'default' / 'reduce-overhead' (torch.compile of the UNet; the second
-    with CUDA graphs). precision: 'auto' (bf16 autocast on CUDA, fp32 elsewhere), 'bf16' or 'fp32'.
+    with CUDA graphs). precision: see `rcdm.devices.resolve_precision`.
     Every mode computes the same function: results differ by floating-point rounding only.
     callback gets {'i', 't', 'x', 'pred'} after each step.
     """
+    cfg_s = sampling_config(sampling, **settings)
+    sampler, steps, seed, guidance = cfg_s.sampler, cfg_s.steps, cfg_s.seed, cfg_s.guidance
     if sampler not in SAMPLERS:
         raise RCDMError(f"unknown sampler {sampler!r}: choose one of {', '.join(SAMPLERS)}")
-    steps = steps or DEFAULT_STEPS[sampler]
+    steps = DEFAULT_STEPS[sampler] if steps is None else steps  # 0 is refused, not replaced
     if not 1 <= steps <= 1000:
         raise RCDMError(f"steps={steps} is out of range: use 1..1000")
     if guidance != 1.0 and model.null_rep is None:
         raise RCDMError(f"guidance={guidance} needs a model trained with --cond-drop > 0; use --guidance 1")
     device = next(model.parameters()).device
-    mode = resolve_compile(compile, device)
-    dtype = resolve_precision(precision, device)
+    mode = resolve_compile(cfg_s.compile, device)
+    dtype = resolve_precision(cfg_s.precision, device)
     cfg = model.config
     b, size = representation.shape[0], cfg.sample_size
     rep = representation.to(device=device, dtype=torch.float32)
@@ -466,7 +377,7 @@ def sample(
     step_noise = _StepNoise(gens, (3, size, size), device) if sampler == "ddpm" and ts[0] > 0 else None
     try:
         # The representation is projected once per call, not once per step (RCDM.condition).
-        with _autocast(device, dtype):
+        with autocast(device, dtype):
             if guidance != 1.0:
                 drop = torch.cat([torch.zeros(b, dtype=torch.bool), torch.ones(b, dtype=torch.bool)]).to(
                     device
@@ -502,9 +413,10 @@ def sample(
     return ((x.float().clamp(-1, 1) + 1) / 2).cpu()
 
 
-def batched(total: int, batch_size: int) -> Iterator[tuple[int, int]]:
-    for start in range(0, total, batch_size):
-        yield start, min(total, start + batch_size)
+def start_noise(sample_size: int, num_samples: int, seed: int) -> torch.Tensor:
+    """(num_samples, 3, S, S) standard normal: column j's starting noise, seeded by (seed, j)."""
+    gens = sample_generators(seed, 0, num_samples)
+    return torch.cat([torch.randn((1, 3, sample_size, sample_size), generator=g) for g in gens])
 
 
 @torch.no_grad()
@@ -512,21 +424,31 @@ def sample_many(
     model: RCDM,
     representations: torch.Tensor,
     num_samples: int,
+    sampling: SamplingConfig | None = None,
     *,
-    batch_size: int = 64,
-    seed: int = 0,
+    shared_noise: bool = False,
     progress: bool = False,
-    **kwargs,
+    desc: str = "sampling",
+    **settings,
 ) -> torch.Tensor:
     """`num_samples` images for each of M representations (M, dim) -> (M, num_samples, 3, H, W) in [0, 1].
 
     Sample j of representation m is global index m * num_samples + j, so results do not depend on batch_size.
+    shared_noise: sample j of EVERY row starts from the same noise (column j), so two rows differ only through
+    their representations (exactly so with a deterministic sampler: dpm++, ddim; the 'paired' preset).
+    `settings` override single fields of `sampling`, as in `sample`.
     """
+    cfg = sampling_config(sampling, **settings)
     m = representations.shape[0]
-    flat = representations.repeat_interleave(num_samples, dim=0)
+    flat = representations.float().repeat_interleave(num_samples, dim=0)
+    noise = (
+        start_noise(model.config.sample_size, num_samples, cfg.seed).repeat(m, 1, 1, 1)
+        if shared_noise
+        else None
+    )
     out: list[torch.Tensor] = []
-    for s, e in tqdm(list(batched(flat.shape[0], batch_size)), disable=not progress, desc="sampling"):
-        out.append(sample(model, flat[s:e], seed=seed, first_index=s, **kwargs))
+    for s, e in tqdm(list(batched(flat.shape[0], cfg.batch_size)), disable=not progress, desc=desc):
+        out.append(sample(model, flat[s:e], cfg, first_index=s, noise=None if noise is None else noise[s:e]))
     imgs = torch.cat(out)
     return imgs.view(m, num_samples, *imgs.shape[1:])
 

@@ -1,9 +1,13 @@
-"""Labelled image grids (PNG) and an HTML page around them."""
+"""Figures and tables: labelled image grids (PNG), HTML pages of sections, HTML and Markdown tables, and the
+one cell format they share (`fmt`)."""
 
 from __future__ import annotations
 
 import html
+import json
+import math
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -68,10 +72,67 @@ def sample_grid(original: torch.Tensor, samples: torch.Tensor, title: str | None
     return grid([[original, *samples]], col_labels=cols, title=title)
 
 
-def html_page(title: str, sections: Sequence[tuple[str, str]], *, notice: str | None = None) -> str:
-    """A self-contained page: sections are (heading, inner HTML); `notice` (inner HTML) is a boxed warning
-    shown right under the title (e.g. that the models are smoke tests)."""
-    body = "\n".join(f"<h2>{html.escape(h)}</h2>\n{inner}" for h, inner in sections)
+def number(x: float | torch.Tensor) -> float | None:
+    """A JSON-safe float (NaN/inf -> None)."""
+    v = float(x)
+    return v if math.isfinite(v) else None
+
+
+def fmt(value: object, digits: int = 2) -> str:
+    """A table cell: floats (and 0-d tensors) to `digits` decimals (one above 1e4), None/NaN/inf as 'n/a'."""
+    if isinstance(value, torch.Tensor):
+        value = float(value)
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return "n/a"
+    if isinstance(value, float):
+        return f"{value:.{digits}f}" if abs(value) < 1e4 else f"{value:.1f}"
+    return str(value)
+
+
+def html_table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
+    """An HTML table; cells are escaped as given (format numbers with `fmt` first)."""
+    head = "".join(f"<th>{html.escape(str(h))}</th>" for h in headers)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in r) + "</tr>" for r in rows)
+    return f"<table><tr>{head}</tr>{body}</table>"
+
+
+def markdown_table(header: Sequence[str], rows: Sequence[Sequence[object]], digits: int = 4) -> str:
+    """A GitHub-flavoured Markdown table of `fmt` cells; '|' in cells is escaped."""
+
+    def cell(v: object) -> str:
+        return fmt(v, digits).replace("|", "\\|")
+
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
+    return "\n".join(lines) + "\n"
+
+
+def write_report(
+    data: dict, json_path: str | Path, title: str, tables: Sequence[str], notes: Sequence[str] = ()
+) -> tuple[Path, Path]:
+    """Write `data` to json_path and `# title`, the tables and notes to json_path with suffix .md."""
+    json_path = Path(json_path)
+    json_path.parent.mkdir(parents=True, exist_ok=True)
+    json_path.write_text(json.dumps(data, indent=2) + "\n")
+    md_path = json_path.with_suffix(".md")
+    body = [f"# {title}\n", *tables, *(f"{n}\n" for n in notes)]
+    md_path.write_text("\n".join(body))
+    return json_path, md_path
+
+
+@dataclass
+class Section:
+    """One part of an HTML page: its heading, inner HTML, and the numbers it adds to results.json."""
+
+    heading: str
+    body: str
+    numbers: dict = field(default_factory=dict)
+
+
+def html_page(title: str, sections: Sequence[Section], *, notice: str | None = None) -> str:
+    """A self-contained page of `sections`; `notice` (inner HTML) is a boxed warning shown right under the
+    title (e.g. that the models are smoke tests)."""
+    body = "\n".join(f"<h2>{html.escape(s.heading)}</h2>\n{s.body}" for s in sections)
     box = f"<div class='notice'>{notice}</div>\n" if notice else ""
     return (
         "<!doctype html><html><head><meta charset='utf-8'>"

@@ -1,18 +1,122 @@
-"""Where a model comes from: a run folder, a saved model folder, or a named source such as `official:...`."""
+"""Where a model comes from: a run folder, a saved model folder, or a named model.
+
+Named models: `official:NAME`, the nine published RCDM checkpoints (`MODELS`), downloaded and converted once
+(rcdm.convert) into $RCDM_CACHE/official/models/NAME; more sources can be added with `register_model_source`.
+"""
 
 from __future__ import annotations
 
+import hashlib
+import json
+import logging
+import os
 from collections.abc import Callable
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 
+from .convert import convert
 from .encoders import Encoder, Feature, create_encoder
+from .encoders.published import PUBLISHED, describe_published
 from .errors import RCDMError
+from .hub import parse_hub_ref, resolve_hub_model
 from .model import RCDM, check_encoder
+from .runs import atomic_dir, latest_checkpoint
+from .weights import Weights, fetch, official_cache
+
+log = logging.getLogger(__name__)
+
+BASE_URL = "https://dl.fbaipublicfiles.com/rcdm"
+
+# --- named models ---------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PublishedModel:
+    """One of the nine published checkpoints and the encoder feature it is conditioned on."""
+
+    checkpoint: Weights
+    encoder: str  # a name in rcdm.encoders.published.PUBLISHED
+    feature: Feature
+
+
+def _published(file: str, encoder: str, feature: Feature) -> PublishedModel:
+    paper = "Bordes, Balestriero, Vincent, TMLR 2022 (RCDM)"
+    return PublishedModel(Weights(f"{BASE_URL}/{file}", file, paper=paper), encoder, feature)
+
+
+MODELS: dict[str, PublishedModel] = {
+    "supervised": _published("rcdm_ema_supervised.pt", "resnet50.tv_in1k", "backbone")
+}
+for _method, _file in (
+    ("dino", "dino"),
+    ("simclr", "simclr"),
+    ("barlowtwins", "barlow"),
+    ("vicreg", "vicreg"),
+):
+    for _feature, _part in (("backbone", "trunk"), ("projector", "head")):
+        MODELS[f"{_method}-{_feature}"] = _published(
+            f"rcdm_ema_{_file}_{_part}.pt", f"resnet50.{_method}_in1k", _feature
+        )
+
+
+def published_name_for(path: str | Path) -> str | None:
+    """The named model whose published file name `path` has (e.g. rcdm_ema_dino_trunk.pt -> dino-backbone)."""
+    base = Path(path).name
+    for name, m in MODELS.items():
+        if m.checkpoint.filename == base:
+            return name
+    return None
+
+
+def _weights_key(path: Path) -> str:
+    st = path.stat()
+    return hashlib.sha256(f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}".encode()).hexdigest()[:12]
+
+
+def resolve_official(name: str, weights: str | None = None) -> Path:
+    """`official:NAME` -> a converted model folder (download + convert on first use, then cached).
+
+    weights: a local copy of the published checkpoint (skips the download; converted into its own folder).
+    """
+    if name not in MODELS:
+        raise RCDMError(f"unknown official model {name!r}: choose one of {', '.join(MODELS)}")
+    spec = MODELS[name]
+    root = official_cache()
+    if weights:
+        path = Path(weights).expanduser()
+        if not path.is_file():
+            raise RCDMError(
+                f"--weights {weights!r} is not a file: pass the path of {spec.checkpoint.filename}"
+            )
+        folder = root / "models" / f"{name}-{_weights_key(path)}"
+    else:
+        path = None
+        folder = root / "models" / name
+    if (folder / "config.json").is_file():
+        return folder
+    ckpt = path or fetch(spec.checkpoint)
+    log.info("converting %s to %s", ckpt, folder)
+    model = convert(ckpt, encoder=describe_published(spec.encoder, spec.feature))
+    with atomic_dir(folder, folder.with_name(folder.name + f".tmp{os.getpid()}")) as tmp:
+        model.save_pretrained(tmp)
+        (tmp / "source.json").write_text(
+            json.dumps({"official": name, "checkpoint": str(ckpt), **asdict(spec.checkpoint)}, indent=2)
+        )
+    return folder
+
+
+def encoder_description(spec: str, feature: Feature) -> dict:
+    """`Encoder.describe()` for a spec: static for published encoders, else by building the encoder."""
+    name = spec.removeprefix("official:").split(":")[0]
+    if name in PUBLISHED:
+        return describe_published(name, feature)
+    return create_encoder(spec, feature).describe()
+
 
 # prefix -> resolver(name after the prefix, weights path or None) -> folder that RCDM.from_pretrained reads
-_SOURCES: dict[str, Callable[[str, str | None], Path]] = {}
+_SOURCES: dict[str, Callable[[str, str | None], Path]] = {"official": resolve_official}
 
 
 def register_model_source(prefix: str, resolver: Callable[[str, str | None], Path]) -> None:
@@ -22,8 +126,9 @@ def register_model_source(prefix: str, resolver: Callable[[str, str | None], Pat
 def resolve_model_dir(source: str | Path, weights: str | None = None) -> Path:
     """A model reference -> the folder holding config.json + weights.
 
-    Accepts a saved model folder, a training run folder (its `model/`, else the newest checkpoint's EMA), or
-    `PREFIX:NAME` for a registered source (e.g. `official:dino-backbone`).
+    Accepts a saved model folder, a training run folder (its `model/`, else the newest checkpoint's EMA),
+    `PREFIX:NAME` for a registered source (e.g. `official:dino-backbone`), or a Hugging Face Hub repo
+    `user/repo[@revision]` (rcdm.hub; a local path of that name wins).
     """
     text = str(source)
     prefix, sep, name = text.partition(":")
@@ -34,14 +139,15 @@ def resolve_model_dir(source: str | Path, weights: str | None = None) -> Path:
         return path
     if (path / "model" / "config.json").is_file():
         return path / "model"
-    from .train import latest_checkpoint  # local import: train imports this module's siblings
-
     ckpt = latest_checkpoint(path) if path.is_dir() else None
     if ckpt is not None and (ckpt / "ema" / "config.json").is_file():
         return ckpt / "ema"
+    if not path.exists() and parse_hub_ref(text) is not None:
+        return resolve_hub_model(text)
     named = ", ".join(f"{p}:NAME" for p in _SOURCES) or "none registered"
     raise RCDMError(
-        f"no model at {text!r}: pass a run folder from `rcdm train`, a saved model folder, or a named model ({named})"
+        f"no model at {text!r}: pass a run folder from `rcdm train`, a saved model folder, a hub repo "
+        f"(user/repo[@revision]), or a named model ({named})"
     )
 
 
@@ -60,8 +166,22 @@ def load_model(
     return model
 
 
-def encoder_for(model: RCDM, encoder: str | Encoder | None = None, feature: Feature | None = None) -> Encoder:
-    """The encoder the model was trained on (from its config), or the one given, checked against the model."""
+# Encoder specs that run code named by the spec (a torch.hub repo's hubconf, an importable factory).
+CODE_RUNNING_SPECS = ("hub", "module")
+
+
+def encoder_for(
+    model: RCDM,
+    encoder: str | Encoder | None = None,
+    feature: Feature | None = None,
+    *,
+    trust_remote_code: bool = False,
+) -> Encoder:
+    """The encoder the model was trained on (from its config), or the one given, checked against the model.
+
+    A model folder may come from anyone: an encoder spec read from its config that runs code (hub:, module:)
+    is refused unless `trust_remote_code` (the CLI's --trust-remote-code); a spec the caller passes is theirs.
+    """
     cfg = model.config
     feature = feature or cfg.feature
     if isinstance(encoder, Encoder):
@@ -70,10 +190,12 @@ def encoder_for(model: RCDM, encoder: str | Encoder | None = None, feature: Feat
         spec = encoder or cfg.encoder
         if not spec:
             raise RCDMError("the model does not record its encoder: pass --encoder SPEC")
+        if encoder is None and spec.split(":", 1)[0] in CODE_RUNNING_SPECS and not trust_remote_code:
+            raise RCDMError(
+                f"the model's config names encoder {spec!r}, which runs code from {spec.split(':', 1)[1]!r}: "
+                "if you trust it, pass --trust-remote-code (Python: trust_remote_code=True), or pass "
+                "--encoder with a spec of your own"
+            )
         enc = create_encoder(spec, feature)
     check_encoder(model, enc.describe())
     return enc
-
-
-def default_device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")

@@ -105,6 +105,9 @@ class RCDM(ModelMixin, ConfigMixin):
         encoder_identity: str | None = None,
         feature: str = "backbone",
         preprocessing: dict | None = None,
+        # Standardise each representation dimension with the training set's mean and std (stored as buffers)
+        # before the projection. The published models take raw features (False).
+        standardize_representation: bool = False,
     ):
         super().__init__()
         self.unet = UNet2DModel(
@@ -132,6 +135,24 @@ class RCDM(ModelMixin, ConfigMixin):
         time_embed_dim = block_out_channels[0] * 4
         self.rep_proj = nn.Linear(representation_dim, time_embed_dim)
         self.null_rep = nn.Parameter(torch.zeros(representation_dim)) if null_representation else None
+        if standardize_representation:
+            self.register_buffer("rep_mean", torch.zeros(representation_dim))
+            self.register_buffer("rep_std", torch.ones(representation_dim))
+        else:
+            self.rep_mean = self.rep_std = None
+
+    @torch.no_grad()
+    def set_representation_stats(self, representations: torch.Tensor) -> None:
+        """(N, dim) training representations -> the per-dimension mean and std used to standardise them.
+
+        A dimension that barely varies gets a std floor of 1% of the mean std (a dead unit must not blow up).
+        """
+        if self.rep_mean is None or self.rep_std is None:
+            raise RCDMError("this model was built without standardize_representation=True")
+        r = representations.float()
+        std = r.std(0)
+        self.rep_mean.copy_(r.mean(0))
+        self.rep_std.copy_(std.clamp_min(max(1e-6, 0.01 * float(std.mean()))))
 
     @classmethod
     def from_preset(cls, name: str, representation_dim: int, **overrides: Any) -> RCDM:
@@ -146,8 +167,15 @@ class RCDM(ModelMixin, ConfigMixin):
     def condition(
         self, representation: torch.Tensor | None, batch: int, drop: torch.Tensor | None = None
     ) -> torch.Tensor:
-        """(B, dim) representation -> (B, time_embed_dim) added to the time embedding."""
+        """(B, dim) representation -> (B, time_embed_dim) added to the time embedding.
+
+        With `standardize_representation` the representation is first standardised with the stored training
+        statistics; the learned null representation lives in that standardised space.
+        """
         dim = self.config.representation_dim
+        standardize = self.rep_mean is not None and self.rep_std is not None
+        if standardize and representation is not None and representation.shape[-1] == dim:
+            representation = (representation.float() - self.rep_mean) / self.rep_std
         if representation is None or drop is not None:
             if self.null_rep is None:
                 raise RCDMError("this model was trained without condition dropout: it needs a representation")

@@ -8,29 +8,39 @@ checkpoint left it.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
 import os
-import shutil
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from accelerate import Accelerator
 from diffusers.training_utils import EMAModel
-from safetensors.torch import load_file, save_file
 from torch.utils.data import DataLoader
-from tqdm.auto import tqdm
 
-from .data import PairedViews, StepBatchSampler, list_images, to_model_space
-from .diffusion import GaussianDiffusion, LossType, accelerate_mixed_precision, sample_generators
-from .encoders import Encoder, Feature, create_encoder, sha256_file
+from .data import (
+    PairedViews,
+    StepBatchSampler,
+    batched,
+    decode_images,
+    list_images,
+    load_views,
+    to_model_space,
+)
+from .devices import Precision, autocast_for, resolve_precision, training_precision
+from .diffusion import GaussianDiffusion, LossType, sample, sample_generators
+from .encoders import Encoder, Feature, create_encoder
+from .encoders.cache import cached_representations, check_cache, load_cache
 from .errors import NonFiniteLossError, RCDMError
 from .model import PRESETS, RCDM, check_encoder
+from .monitor import TrainingMonitor
+from .runs import atomic_dir, latest_checkpoint, save_checkpoint
 
 log = logging.getLogger(__name__)
 # Offsets the training-noise seeds from the augmentation seeds of the same image ((seed, position) in both).
@@ -57,13 +67,69 @@ class TrainConfig:
     seed: int = 0
     save_every: int = 1000
     keep_checkpoints: int = 2
-    mixed_precision: Literal["auto", "fp32", "no", "bf16"] = "auto"  # auto: bf16 on GPU and bf16-native CPUs
+    # The sampling vocabulary (rcdm.devices.Precision); "no" = "fp32" (accelerate's word, kept for old run.json).
+    mixed_precision: Precision | Literal["no"] = "auto"
     gradient_checkpointing: bool = False
+    # Standardise representations with the training set's per-dimension mean/std (stored in the model): helps
+    # where an encoder's features share a large common component (e.g. CIFAR ResNets: mean pairwise cosine 0.8).
+    standardize: bool = False
     compile: bool = False  # torch.compile the UNet (in place: checkpoints unchanged); the first steps compile
     feature_cache: str | None = None  # a .safetensors of precomputed representations (centre crops + flips)
     min_scale: float = 0.8  # random crop side as a fraction of the shorter side (1.0 with a feature cache)
     num_workers: int = 2
-    log_every: int = 10
+    log_every: int = 10  # steps per metrics.jsonl record
+    # Split each step's batch into this many micro-batches (same global batch, same images and noise: the
+    # model equals the one trained without accumulation up to float rounding).
+    gradient_accumulation_steps: int = 1
+    sample_every: int = 0  # steps between sample grids of fixed training images (RUN_DIR/samples); 0: none
+    report_to: Literal["none", "tensorboard", "wandb", "all"] = "none"  # accelerate trackers
+
+
+# Settings a resumed run may change; any other difference from run.json is refused (it would be another run).
+MUTABLE_ON_RESUME = frozenset(
+    {"steps", "save_every", "keep_checkpoints", "log_every", "sample_every", "report_to", "num_workers"}
+)
+REPORT_TO: tuple[str, ...] = ("none", "tensorboard", "wandb", "all")
+
+
+def saved_config(run_dir: str | Path) -> dict[str, Any] | None:
+    """The TrainConfig fields recorded in RUN_DIR/run.json, or None when there is none."""
+    path = Path(run_dir) / "run.json"
+    if not path.is_file():
+        return None
+    try:
+        saved = json.loads(path.read_text())
+    except ValueError as e:
+        raise RCDMError(f"{str(path)!r} is not valid JSON ({e}): restore it or start a new --out") from None
+    names = {f.name for f in fields(TrainConfig)}
+    return {k: v for k, v in saved.items() if k in names}
+
+
+def _comparable(name: str, value: Any) -> Any:
+    if name == "mixed_precision":
+        return training_precision(value)
+    return list(value) if isinstance(value, tuple) else value
+
+
+def check_resume_config(cfg: TrainConfig, run_dir: str | Path, image_size: int) -> None:
+    """Refuse to resume with settings that differ from RUN_DIR/run.json, except MUTABLE_ON_RESUME."""
+    saved = saved_config(run_dir)
+    if saved is None:
+        return
+    now = {**asdict(cfg), "image_size": image_size}
+    diffs = [
+        f"{name} {saved[name]!r} -> {now[name]!r}"
+        for name in sorted(now)
+        if name in saved
+        and name not in MUTABLE_ON_RESUME
+        and _comparable(name, saved[name]) != _comparable(name, now[name])
+    ]
+    if diffs:
+        raise RCDMError(
+            f"--resume of {str(run_dir)!r} with other settings than its run.json ({'; '.join(diffs)}): "
+            "resume with the run's own settings (rcdm train --out RUN --resume needs no other flag), or start a "
+            f"new --out; only {', '.join(sorted(MUTABLE_ON_RESUME))} may change"
+        )
 
 
 @dataclass
@@ -75,85 +141,33 @@ class TrainResult:
     history: list[float] = field(default_factory=list)
 
 
-def latest_checkpoint(run_dir: str | Path) -> Path | None:
-    """The newest complete checkpoint of a run (temporary folders from an interrupted save are ignored)."""
-    ck = Path(run_dir) / "checkpoints"
-    done = sorted(p for p in ck.glob("step-*") if (p / "state.json").is_file()) if ck.is_dir() else []
-    return done[-1] if done else None
+def _fixed_views(files: list[Path], size: int, enc: Encoder, n: int = 4) -> tuple[torch.Tensor, torch.Tensor]:
+    """The first n training files' centre views: (images (n, 3, size, size) in [0, 1], representations)."""
+    picks = files[:: max(1, len(files) // n)][:n]
+    images, views = load_views(picks, size, enc.preprocessing.input_size, enc.preprocessing.resample)
+    return images, enc.encode(views)
 
 
-def _fsync_tree(folder: Path) -> None:
-    for p in folder.rglob("*"):
-        if p.is_file():
-            with open(p, "rb") as f:
-                os.fsync(f.fileno())
+@torch.no_grad()
+def _sample_fixed(model: RCDM, reps: torch.Tensor, precision: Precision, per: int = 4) -> torch.Tensor:
+    """per samples of each representation (dpm++ 20, fixed seed) -> (n, per, 3, H, W) in [0, 1]."""
+    device = next(model.parameters()).device
+    imgs = sample(model, reps.to(device).repeat_interleave(per, 0), steps=20, seed=0, precision=precision)
+    return imgs.view(reps.shape[0], per, *imgs.shape[1:]).cpu()
 
 
-def save_checkpoint(
-    run_dir: Path, step: int, model: RCDM, ema_model: RCDM, optimizer: torch.optim.Optimizer, keep: int
-) -> Path:
-    """Write RUN_DIR/checkpoints/step-NNNNNNNN atomically (temp folder + rename) and prune old ones."""
-    ck = run_dir / "checkpoints"
-    ck.mkdir(parents=True, exist_ok=True)
-    final = ck / f"step-{step:08d}"
-    tmp = ck / f".tmp-step-{step:08d}-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp / "model")
-    ema_model.save_pretrained(tmp / "ema")
-    torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
-    (tmp / "state.json").write_text(json.dumps({"step": step}))
-    _fsync_tree(tmp)
-    if final.exists():
-        shutil.rmtree(final)
-    os.rename(tmp, final)
-    _prune(ck, keep)
-    for stale in ck.glob(".tmp-step-*"):
-        shutil.rmtree(stale, ignore_errors=True)
-    return final
-
-
-def _prune(ck: Path, keep: int) -> None:
-    done = sorted(p for p in ck.glob("step-*") if (p / "state.json").is_file())
-    for old in done[:-keep] if keep > 0 else []:
-        shutil.rmtree(old, ignore_errors=True)
-
-
-def build_feature_cache(encoder: Encoder, files: list[Path], path: Path, batch_size: int = 256) -> None:
-    """Representations of every file's centre square and of its mirror image, saved as safetensors."""
-    from .visualize import encode, load_views
-
-    plain, flipped = [], []
-    for s in range(0, len(files), batch_size):
-        _, views = load_views(
-            files[s : s + batch_size], 8, encoder.preprocessing.input_size, encoder.preprocessing.resample
-        )
-        views = views.to(encoder.device)
-        plain.append(encode(encoder, views))
-        flipped.append(encode(encoder, views.flip(-1)))
-    meta = {"encoder_identity": encoder.identity, "feature": encoder.feature, "files": _files_digest(files)}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    save_file({"plain": torch.cat(plain), "flipped": torch.cat(flipped)}, str(tmp), metadata=meta)
-    os.replace(tmp, path)
-
-
-def _files_digest(files: list[Path]) -> str:
-    import hashlib
-
-    return hashlib.sha256("\n".join(str(f.resolve()) for f in files).encode()).hexdigest()[:16]
-
-
-def _load_feature_cache(encoder: Encoder, files: list[Path], path: Path) -> dict[str, torch.Tensor]:
-    from safetensors import safe_open
-
-    with safe_open(str(path), "pt") as f:
-        meta = f.metadata() or {}
-    want = {"encoder_identity": encoder.identity, "feature": encoder.feature, "files": _files_digest(files)}
-    if {k: meta.get(k) for k in want} != want:
-        raise RCDMError(
-            f"feature cache {str(path)!r} was made for another encoder, feature or file list: delete it to rebuild"
-        )
-    return load_file(str(path))
+@torch.no_grad()
+def _representation_sample(
+    enc: Encoder, dataset: PairedViews, device: torch.device, precision: Precision, n: int = 4096
+) -> torch.Tensor:
+    """Representations of up to n training views (fixed seeds: every process gets the same), (n, dim)."""
+    keys = [(i, i) for i in torch.linspace(0, len(dataset) - 1, min(n, len(dataset))).long().tolist()]
+    out = []
+    for s in range(0, len(keys), 256):
+        views = torch.stack([dataset[k]["enc_image"] for k in keys[s : s + 256]]).to(device)
+        with autocast_for(device, precision):
+            out.append(enc(views).float())
+    return torch.cat(out)
 
 
 def _batches_for(cfg: TrainConfig, dataset: PairedViews, start: int, acc: Accelerator) -> DataLoader:
@@ -171,6 +185,59 @@ def _batches_for(cfg: TrainConfig, dataset: PairedViews, start: int, acc: Accele
     )
 
 
+def validate_config(cfg: TrainConfig) -> None:
+    """Refuse settings that would crash later or silently train something else, naming the value and range."""
+    whole = {
+        "steps": (cfg.steps, 1),
+        "batch_size": (cfg.batch_size, 1),
+        "save_every": (cfg.save_every, 1),
+        "keep_checkpoints": (cfg.keep_checkpoints, 1),
+        "log_every": (cfg.log_every, 1),
+        "num_workers": (cfg.num_workers, 0),
+        "sample_every": (cfg.sample_every, 0),
+    }
+    for name, (value, low) in whole.items():
+        if not isinstance(value, int) or value < low:
+            raise RCDMError(
+                f"--{name.replace('_', '-')} {value} is out of range: use a whole number >= {low}"
+            )
+    if cfg.preset not in PRESETS:
+        raise RCDMError(f"unknown preset {cfg.preset!r}: choose one of {', '.join(PRESETS)}")
+    div = 2 ** (len(PRESETS[cfg.preset]["block_out_channels"]) - 1)  # the UNet halves the image at each level
+    if cfg.image_size is not None and (cfg.image_size < div or cfg.image_size % div):
+        raise RCDMError(
+            f"--image-size {cfg.image_size} does not fit preset {cfg.preset!r}: use a positive multiple of {div}"
+        )
+    if not (math.isfinite(cfg.lr) and cfg.lr > 0):
+        raise RCDMError(f"--lr {cfg.lr} must be a positive number (published: 1e-4)")
+    if not (math.isfinite(cfg.weight_decay) and cfg.weight_decay >= 0):
+        raise RCDMError(f"weight_decay {cfg.weight_decay} must be >= 0")
+    if not 0.0 <= cfg.ema_decay < 1.0:
+        raise RCDMError(
+            f"--ema-decay {cfg.ema_decay} is out of range: use a value in [0, 1) (published: 0.9999)"
+        )
+    if not (math.isfinite(cfg.grad_clip) and cfg.grad_clip >= 0):
+        raise RCDMError(f"grad_clip {cfg.grad_clip} must be >= 0 (0 disables clipping)")
+    if not 0.0 < cfg.min_scale <= 1.0:
+        raise RCDMError(f"min_scale {cfg.min_scale} is out of range: use a fraction in (0, 1]")
+
+
+def check_output_folder(run_dir: Path) -> None:
+    """The run folder must be (or be creatable as) a writable folder, checked before any work starts."""
+    if run_dir.exists() and not run_dir.is_dir():
+        raise RCDMError(f"--out {str(run_dir)!r} is a file, not a folder: choose a folder for the run")
+    probe = run_dir if run_dir.exists() else next((p for p in run_dir.parents if p.exists()), Path("."))
+    if not probe.is_dir() or not os.access(probe, os.W_OK | os.X_OK):
+        raise RCDMError(f"cannot write the run folder {str(run_dir)!r}: {str(probe)!r} is not writable")
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        test = run_dir / f".write-test-{os.getpid()}"
+        test.write_bytes(b"")
+        test.unlink()
+    except OSError as e:
+        raise RCDMError(f"cannot write the run folder {str(run_dir)!r}: {e.strerror or e}") from None
+
+
 def train(
     cfg: TrainConfig,
     run_dir: str | Path,
@@ -182,12 +249,19 @@ def train(
 ) -> TrainResult:
     """Train an RCDM on the frozen representations of `cfg.encoder`; returns when `cfg.steps` are done."""
     run_dir = Path(run_dir)
-    if cfg.preset not in PRESETS:
-        raise RCDMError(f"unknown preset {cfg.preset!r}: choose one of {', '.join(PRESETS)}")
+    validate_config(cfg)
+    check_output_folder(run_dir)
     if not 0.0 <= cfg.cond_drop < 1.0:
         raise RCDMError(f"--cond-drop {cfg.cond_drop} is out of range: use a probability in [0, 1)")
     if cfg.loss not in ("simple", "hybrid"):
         raise RCDMError(f"unknown loss {cfg.loss!r}: choose simple or hybrid")
+    if cfg.report_to not in REPORT_TO:
+        raise RCDMError(f"unknown --report-to {cfg.report_to!r}: choose one of {', '.join(REPORT_TO)}")
+    if cfg.gradient_accumulation_steps < 1 or cfg.batch_size % cfg.gradient_accumulation_steps:
+        raise RCDMError(
+            f"--gradient-accumulation-steps {cfg.gradient_accumulation_steps} must be at least 1 and divide the "
+            f"batch size {cfg.batch_size} (each micro-batch is batch / steps images)"
+        )
     ckpt = latest_checkpoint(run_dir)
     if ckpt is not None and not resume:
         raise RCDMError(
@@ -196,21 +270,35 @@ def train(
     if resume and ckpt is None and (run_dir / "run.json").is_file():
         log.warning("no complete checkpoint in %s: starting from step 0", run_dir)
 
+    size = cfg.image_size or PRESETS[cfg.preset]["sample_size"]
+    if resume:
+        check_resume_config(cfg, run_dir, size)
     files = list_images(cfg.data)
     mp = cfg.mixed_precision
     cuda = torch.cuda.is_available()
     # cpu=True on a CPU-only machine: a torchrun of N CPU processes then joins one gloo group and each rank
     # trains on its share (without it accelerate runs every rank as a separate single-process job).
-    acc = Accelerator(cpu=not cuda, mixed_precision=accelerate_mixed_precision(mp, "cuda" if cuda else "cpu"))
+    acc = Accelerator(
+        cpu=not cuda,
+        log_with=None if cfg.report_to == "none" else cfg.report_to,
+        project_dir=str(run_dir),  # trackers write under RUN_DIR/rcdm
+    )
+    if acc.num_processes > 1 and (cfg.batch_size // acc.num_processes) % cfg.gradient_accumulation_steps:
+        raise RCDMError(
+            f"each of the {acc.num_processes} processes takes {cfg.batch_size // acc.num_processes} images per "
+            f"step, which {cfg.gradient_accumulation_steps} micro-batches do not divide: change the batch size"
+        )
+    precision = training_precision(mp)
+    bf16 = resolve_precision(precision, acc.device) == torch.bfloat16
     enc = encoder if encoder is not None else create_encoder(cfg.encoder, cfg.feature)
     if encoder is not None and enc.feature != cfg.feature:
         enc = enc.with_feature(cfg.feature)
     enc.to(acc.device)
-    size = cfg.image_size or PRESETS[cfg.preset]["sample_size"]
     arch = dict(
         sample_size=size,
         learned_variance=cfg.loss == "hybrid",
         null_representation=cfg.cond_drop > 0,
+        standardize_representation=cfg.standardize,
         **enc.describe(),
     )
     with torch.random.fork_rng(devices=[]):
@@ -242,19 +330,33 @@ def train(
         opt.load_state_dict(torch.load(ckpt / "optimizer.pt", map_location="cpu", weights_only=True))
     pmodel, opt = acc.prepare(model, opt)
 
+    # Decode the data set once into memory when it fits (the main process writes the cache file first).
+    decoded = decode_images(files, progress=progress) if acc.is_main_process else None
+    acc.wait_for_everyone()
+    if not acc.is_main_process:
+        decoded = decode_images(files, progress=False)
     cache = None
     if cfg.feature_cache:
         cache_path = Path(cfg.feature_cache)
-        if not cache_path.is_file() and acc.is_main_process:
-            build_feature_cache(enc, files, cache_path)
+        if acc.is_main_process:
+            cached_representations(enc, files, cache_path, flipped=True, decoded=decoded, progress=progress)
         acc.wait_for_everyone()
-        cache = {k: v.to(acc.device) for k, v in _load_feature_cache(enc, files, cache_path).items()}
+        cache = {k: v.to(acc.device) for k, v in load_cache(check_cache(enc, files, cache_path)).items()}
     dataset = PairedViews(
         files,
         size,
         enc.preprocessing.input_size,
         min_scale=1.0 if cache is not None else cfg.min_scale,
+        decoded=decoded,
     )
+    if cfg.standardize and ckpt is None:
+        reps = (
+            cache["representations"]
+            if cache is not None
+            else _representation_sample(enc, dataset, acc.device, precision)
+        )
+        for m in (acc.unwrap_model(pmodel), ema_model):
+            m.set_representation_stats(reps.to(acc.device))
     if acc.is_main_process:
         run_dir.mkdir(parents=True, exist_ok=True)
         resolved = {
@@ -264,21 +366,52 @@ def train(
             "model": dict(model.config),
         }
         (run_dir / "run.json").write_text(json.dumps(resolved, indent=2, default=str))
-        if cfg.encoder.split(":", 1)[0] in ("cifar-resnet20", "cifar-resnet56"):
-            log.info("encoder weights sha256 %s", sha256_file(cfg.encoder.split(":", 1)[1]))
 
+    if acc.is_main_process:
+        log.info(
+            "training %s (%.1fM parameters, %d px) on %d images (%s) with %s %s (%d-d%s); global batch %d on %d "
+            "process(es), %s, steps %d -> %d, checkpoints every %d in %s",
+            cfg.preset,
+            sum(p.numel() for p in model.parameters()) / 1e6,
+            size,
+            len(files),
+            "decoded in memory" if decoded is not None else "decoded per file",
+            cfg.encoder,
+            cfg.feature,
+            enc.dim,
+            ", cached features" if cache is not None else "",
+            cfg.batch_size,
+            acc.num_processes,
+            "bf16 autocast" if bf16 else "fp32",
+            start,
+            cfg.steps,
+            cfg.save_every,
+            run_dir,
+        )
+    if cfg.report_to != "none":
+        acc.init_trackers("rcdm", config={k: v for k, v in asdict(cfg).items() if v is not None})
+    monitor = TrainingMonitor(
+        run_dir,
+        start=start,
+        total=cfg.steps,
+        log_every=cfg.log_every,
+        progress=progress,
+        main_process=acc.is_main_process,
+        accelerator=acc,
+    )
+    fixed = _fixed_views(files, size, enc) if cfg.sample_every > 0 and acc.is_main_process else None
     diffusion = GaussianDiffusion()
     history: list[float] = []
     t0, seen, last = time.perf_counter(), 0, float("nan")
-    bar = tqdm(total=cfg.steps, initial=start, disable=not (progress and acc.is_main_process), desc="train")
     step = start
+    k = cfg.gradient_accumulation_steps
     for batch in _batches_for(cfg, dataset, start, acc):
         x0 = to_model_space(batch["image"].to(acc.device, non_blocking=True))
         if cache is not None:
             idx, flipped = batch["index"].to(acc.device), batch["flipped"].to(acc.device)
-            rep = torch.where(flipped.view(-1, 1), cache["flipped"][idx], cache["plain"][idx])
+            rep = torch.where(flipped.view(-1, 1), cache["flipped"][idx], cache["representations"][idx])
         else:
-            with torch.no_grad(), acc.autocast():
+            with torch.no_grad(), autocast_for(acc.device, precision):
                 rep = enc(batch["enc_image"].to(acc.device, non_blocking=True)).float()
         # Each image's timestep, noise and conditioning drop come from its own generator, seeded by its place in
         # the global batch (as its augmentation is): the number of processes does not change what is trained, and
@@ -290,18 +423,41 @@ def train(
         drop = None
         if cfg.cond_drop > 0:
             drop = (torch.cat([torch.rand(1, generator=g) for g in gens]) < cfg.cond_drop).to(acc.device)
-        with acc.autocast():
-            loss = diffusion.losses(pmodel, x0, rep, cfg.loss, drop=drop, t=t, noise=noise).mean()
-        value = float(acc.gather(loss.detach()).mean())
+        # k micro-batches of b / k images: the mean of their means is the batch mean, so gradients are those of
+        # the whole batch (only the last one all-reduces across processes).
+        total = torch.zeros((), device=acc.device)
+        terms: dict[str, float] = {}
+        for j, (a, e) in enumerate(batched(b, b // k)):
+            sync = contextlib.nullcontext() if j == k - 1 else acc.no_sync(pmodel)
+            with sync, autocast_for(acc.device, precision):
+                part = (
+                    diffusion.losses(
+                        pmodel,
+                        x0[a:e],
+                        rep[a:e],
+                        cfg.loss,
+                        drop=None if drop is None else drop[a:e],
+                        t=t[a:e],
+                        noise=noise[a:e],
+                        terms=terms,
+                    ).mean()
+                    / k
+                )
+                acc.backward(part)
+            total += part.detach()
+        value = float(acc.gather(total).mean())
         if not math.isfinite(value):
             good = latest_checkpoint(run_dir)
             where = f"the last good checkpoint is {good}" if good else "no checkpoint was written yet"
             raise NonFiniteLossError(
                 f"loss became {value} at step {step}: stopped; {where} (lower --lr or check the encoder's output)"
             )
-        acc.backward(loss)
+        logging_step = (step + 1) % cfg.log_every == 0 or step + 1 == cfg.steps
+        grad_norm = None
         if cfg.grad_clip > 0:
-            acc.clip_grad_norm_(pmodel.parameters(), cfg.grad_clip)
+            grad_norm = float(acc.clip_grad_norm_(pmodel.parameters(), cfg.grad_clip))
+        elif logging_step:
+            grad_norm = float(torch.nn.utils.clip_grad_norm_(pmodel.parameters(), float("inf")))
         opt.step()
         opt.zero_grad(set_to_none=True)
         ema.step(acc.unwrap_model(pmodel).parameters())
@@ -309,26 +465,35 @@ def train(
         seen += x0.shape[0] * acc.num_processes
         last = value
         history.append(value)
-        if step % cfg.log_every == 0 or step == cfg.steps:
-            rate = seen / max(1e-9, time.perf_counter() - t0)
-            bar.set_postfix(loss=f"{value:.4f}", img_s=f"{rate:.1f}")
-        bar.update(1)
+        monitor.step(
+            step, value, x0.shape[0] * acc.num_processes, terms=terms, lr=cfg.lr, grad_norm=grad_norm
+        )
+        if fixed is not None and (step % cfg.sample_every == 0 or step == cfg.steps):
+            ema.copy_to(ema_model.parameters())
+            monitor.samples(step, fixed[0], _sample_fixed(ema_model, fixed[1], precision))
         if step % cfg.save_every == 0 or step == cfg.steps:
             if acc.is_main_process:
                 ema.copy_to(ema_model.parameters())
-                save_checkpoint(run_dir, step, acc.unwrap_model(pmodel), ema_model, opt, cfg.keep_checkpoints)
+                saved = save_checkpoint(
+                    run_dir, step, acc.unwrap_model(pmodel), ema_model, opt, cfg.keep_checkpoints
+                )
+                window = history[-cfg.save_every :]
+                log.info(
+                    "step %d/%d: mean loss %.4f over the last %d steps, %.1f img/s; saved %s",
+                    step,
+                    cfg.steps,
+                    sum(window) / len(window),
+                    len(window),
+                    seen / max(1e-9, time.perf_counter() - t0),
+                    saved,
+                )
             acc.wait_for_everyone()
         if on_step is not None:
             on_step(step, value)
-    bar.close()
+    monitor.close()
     if acc.is_main_process and step >= cfg.steps:
         ema.copy_to(ema_model.parameters())
-        final = run_dir / "model"
-        tmp = run_dir / ".tmp-model"
-        shutil.rmtree(tmp, ignore_errors=True)
-        ema_model.save_pretrained(tmp)
-        _fsync_tree(tmp)
-        shutil.rmtree(final, ignore_errors=True)
-        os.rename(tmp, final)
+        with atomic_dir(run_dir / "model", run_dir / ".tmp-model") as tmp:
+            ema_model.save_pretrained(tmp)
     rate = seen / max(1e-9, time.perf_counter() - t0)
     return TrainResult(run_dir, step, last, rate, history)

@@ -1,4 +1,4 @@
-"""Image -> representation -> many samples: the core RCDM visualisation as a Python API."""
+"""Image -> representation -> many samples: the core RCDM visualisation (the paper's Figure 1) as a Python API."""
 
 from __future__ import annotations
 
@@ -8,44 +8,11 @@ from pathlib import Path
 
 import torch
 
-from .data import Resample, image_tensor, load_image, published_center_crop, resize
-from .diffusion import Compile, Precision, Sampler, autocast_for, batched, sample_many
+from .data import load_views
+from .diffusion import SamplingConfig, sample_many
 from .encoders import Encoder
 from .figures import sample_grid, save_png
 from .model import RCDM
-
-
-@torch.no_grad()
-def encode(encoder: Encoder, images: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
-    """images (N, 3, H, W) in [0, 1] -> representations (N, dim) float32 on CPU (bf16 autocast on GPU)."""
-    device = encoder.device
-    out = []
-    for s, e in batched(images.shape[0], batch_size):
-        x = images[s:e].to(device)
-        with autocast_for(device):
-            out.append(encoder(x).float().cpu())
-    return torch.cat(out)
-
-
-def load_views(
-    paths: Sequence[str | Path], image_size: int, encoder_size: int, resample: Resample = "antialias"
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Files -> (diffusion views (N, 3, image_size, image_size), encoder views (N, 3, encoder_size, ...)) in [0, 1].
-
-    Both come from the same centre square crop of each file (the published protocol); `resample="published"`
-    resizes as the published code did (see data.published_center_crop).
-    """
-    if resample == "published":  # each file decoded once, cut at both sizes
-        files = [load_image(p) for p in paths]
-        return (
-            torch.stack([published_center_crop(im, image_size) for im in files]),
-            torch.stack([published_center_crop(im, encoder_size) for im in files]),
-        )
-    squares = [image_tensor(p) for p in paths]
-    return (
-        torch.stack([resize(x, image_size) for x in squares]),
-        torch.stack([resize(x, encoder_size) for x in squares]),
-    )
 
 
 @dataclass
@@ -64,37 +31,21 @@ def visualize(
     images: Sequence[str | Path],
     *,
     num_samples: int = 8,
-    steps: int | None = None,
-    sampler: Sampler = "dpm++",
-    seed: int = 0,
-    guidance: float = 1.0,
-    batch_size: int = 64,
-    compile: Compile = "auto",
-    precision: Precision = "auto",
+    sampling: SamplingConfig | None = None,
     progress: bool = False,
+    **settings,
 ) -> Visualization:
     """Draw `num_samples` images from the representation of each file in `images`.
 
-    Each file is encoded once; its representation is repeated for its samples. compile / precision: see
-    `rcdm.diffusion.sample` (default: the fast path on CUDA, eager fp32 on the CPU).
+    Each file is encoded once; its representation is repeated for its samples. sampling: see
+    `rcdm.diffusion.SamplingConfig` (default: dpm++ 20 steps, the fast path on CUDA, eager on the CPU);
+    keyword `settings` (steps=, sampler=, ...) override single fields.
     """
     originals, enc_views = load_views(
         images, model.config.sample_size, encoder.preprocessing.input_size, encoder.preprocessing.resample
     )
-    reps = encode(encoder, enc_views)
-    samples = sample_many(
-        model,
-        reps,
-        num_samples,
-        batch_size=batch_size,
-        seed=seed,
-        steps=steps,
-        sampler=sampler,
-        guidance=guidance,
-        compile=compile,
-        precision=precision,
-        progress=progress,
-    )
+    reps = encoder.encode(enc_views)
+    samples = sample_many(model, reps, num_samples, sampling, progress=progress, **settings)
     return Visualization([Path(p).stem for p in images], originals, reps, samples)
 
 

@@ -15,14 +15,14 @@ import torch.nn.functional as F
 from PIL import Image
 from tqdm.auto import tqdm
 
-from ..data import resize
-from ..diffusion import Sampler, autocast_for
+from ..data import load_views, resize
+from ..devices import autocast_for
+from ..diffusion import SamplingConfig, sample_many, sampling_config
 from ..encoders import Encoder
 from ..errors import RCDMError
-from ..figures import grid
+from ..figures import fmt, grid, number
 from ..model import RCDM
-from ..visualize import encode, load_views
-from ._common import fmt, image_paths, number, sample_shared_noise, typical_distance
+from ._common import image_paths, relative_to_typical
 
 Attack = Literal["untargeted", "targeted", "label"]
 ATTACKS: tuple[str, ...] = ("untargeted", "targeted", "label")
@@ -163,18 +163,16 @@ def adversarial(
     step_size: float | None = None,
     targets: Sequence[str | Path] | None = None,
     num_samples: int = 4,
-    steps: int | None = None,
-    sampler: Sampler = "dpm++",
-    seed: int = 0,
-    guidance: float = 1.0,
-    batch_size: int = 64,
+    sampling: SamplingConfig | None = None,
     label: str | None = None,
     progress: bool = False,
+    **settings,
 ) -> AdversarialResult:
     """Attack each image's representation with PGD and sample from the clean and attacked representations.
 
     Targeted attacks aim at `targets` (one file, or one per image); by default image i aims at image i + 1.
     """
+    cfg = sampling_config(sampling, **settings)
     paths = image_paths(images, 2 if attack == "targeted" and not targets else 1, "a targeted attack")
     size, enc_size = model.config.sample_size, encoder.preprocessing.input_size
     originals, enc_views = load_views(paths, size, enc_size, encoder.preprocessing.resample)
@@ -202,22 +200,14 @@ def adversarial(
         steps=pgd_steps,
         step_size=step_size,
         targets=target_views,
-        seed=seed,
-        batch_size=batch_size,
+        seed=cfg.seed,
+        batch_size=cfg.batch_size,
         progress=progress,
     )
-    reps, adv_reps = encode(encoder, enc_views), encode(encoder, adv)
-    samples = sample_shared_noise(
-        model,
-        torch.cat([reps, adv_reps]),
-        num_samples,
-        seed=seed,
-        steps=steps,
-        sampler=sampler,
-        guidance=guidance,
-        batch_size=batch_size,
-        progress=progress,
-        desc="adversarial",
+    reps, adv_reps = encoder.encode(enc_views), encoder.encode(adv)
+    both = torch.cat([reps, adv_reps])
+    samples = sample_many(
+        model, both, num_samples, cfg, shared_noise=True, progress=progress, desc="adversarial"
     )
     clean_labels = adv_labels = None
     if encoder.classifier is not None:
@@ -226,7 +216,6 @@ def adversarial(
             clean_labels = encoder.logits(enc_views.to(dev)).argmax(-1).cpu()
             adv_labels = encoder.logits(adv.to(dev)).argmax(-1).cpu()
     shift = (adv_reps - reps).norm(dim=-1)
-    typical = typical_distance(reps)
     return AdversarialResult(
         label=label or f"{encoder.spec} ({encoder.feature})",
         names=[Path(p).stem for p in paths],
@@ -237,7 +226,7 @@ def adversarial(
         clean_samples=samples[:m],
         adv_samples=samples[m:],
         shift=shift,
-        relative_shift=shift / typical if math.isfinite(typical) else torch.full_like(shift, math.nan),
+        relative_shift=relative_to_typical(shift, reps),
         cosine=F.cosine_similarity(adv_reps, reps, dim=-1),
         linf=(adv - enc_views).abs().flatten(1).amax(1),
         clean_labels=clean_labels,
@@ -246,9 +235,7 @@ def adversarial(
             pgd_steps=pgd_steps,
             step_size=step_size if step_size is not None else 2.5 * eps / pgd_steps,
             num_samples=num_samples,
-            steps=steps,
-            sampler=sampler,
-            seed=seed,
+            **cfg.record(),
         ),
     )
 

@@ -12,13 +12,13 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from ..diffusion import Sampler
+from ..data import load_views
+from ..diffusion import SamplingConfig, sample_many, sampling_config
 from ..encoders import Encoder
 from ..errors import RCDMError
-from ..figures import grid
+from ..figures import grid, number
 from ..model import RCDM
-from ..visualize import encode, load_views
-from ._common import image_paths, number, sample_shared_noise
+from ._common import image_paths
 
 Method = Literal["linear", "spherical"]
 METHODS: tuple[str, ...] = ("linear", "spherical")
@@ -81,15 +81,13 @@ def interpolate(
     num_steps: int = 7,
     methods: Sequence[Method] = METHODS,
     num_samples: int = 2,
-    steps: int | None = None,
-    sampler: Sampler = "dpm++",
-    seed: int = 0,
-    guidance: float = 1.0,
-    batch_size: int = 64,
+    sampling: SamplingConfig | None = None,
     progress: bool = False,
+    **settings,
 ) -> InterpolationResult:
     """Samples from representations mixed between the first two images, t = 0 ... 1 in `num_steps` steps."""
-    if sampler == "ddpm":
+    cfg = sampling_config(sampling, **settings)
+    if cfg.sampler == "ddpm":
         raise RCDMError(
             "interpolation needs a deterministic sampler so rows differ only by t: use dpm++ or ddim"
         )
@@ -102,18 +100,15 @@ def interpolate(
     originals, enc_views = load_views(
         paths, model.config.sample_size, encoder.preprocessing.input_size, encoder.preprocessing.resample
     )
-    a, b = encode(encoder, enc_views)
+    a, b = encoder.encode(enc_views)
     ts = torch.linspace(0, 1, num_steps)
     reps = torch.stack([lerp(a, b, ts) if m == "linear" else slerp(a, b, ts) for m in methods])
-    samples = sample_shared_noise(
+    samples = sample_many(
         model,
         reps.flatten(0, 1),
         num_samples,
-        seed=seed,
-        steps=steps,
-        sampler=sampler,
-        guidance=guidance,
-        batch_size=batch_size,
+        cfg,
+        shared_noise=True,
         progress=progress,
         desc="interpolation",
     )
@@ -124,7 +119,7 @@ def interpolate(
         endpoints=originals,
         representations=reps,
         samples=samples.view(len(methods), num_steps, *samples.shape[1:]),
-        settings=dict(num_samples=num_samples, steps=steps, sampler=sampler, seed=seed, guidance=guidance),
+        settings=dict(num_samples=num_samples, **cfg.record()),
     )
 
 

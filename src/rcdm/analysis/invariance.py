@@ -20,12 +20,12 @@ import torch.nn.functional as F
 from PIL import Image
 from tqdm.auto import tqdm
 
-from ..diffusion import Sampler
+from ..data import load_views
+from ..diffusion import SamplingConfig, sample_many, sampling_config
 from ..encoders import Encoder
-from ..figures import grid
+from ..figures import fmt, grid, number
 from ..model import RCDM
-from ..visualize import encode, load_views
-from ._common import fmt, image_paths, number, sample_shared_noise, typical_distance
+from ._common import image_paths, relative_to_typical, typical_distance
 from .augment import augment, get_augmentation, parse_augmentations
 
 _LUMA = torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)
@@ -179,19 +179,18 @@ def invariance(
     *,
     augmentations: Sequence[str] | None = None,
     num_samples: int = 4,
-    steps: int | None = None,
-    sampler: Sampler = "dpm++",
-    seed: int = 0,
-    guidance: float = 1.0,
-    batch_size: int = 64,
+    sampling: SamplingConfig | None = None,
     label: str | None = None,
     progress: bool = False,
+    **settings,
 ) -> InvarianceResult:
     """Samples from rep(aug x) and rep(x) for each image and augmentation ('NAME' or 'NAME=STRENGTH').
 
     Augmentation a on image i draws its parameters from seed (seed, a, i), identically on the diffusion view,
     the encoder view and (for the retention score) on the clean samples. All samples of column j share noise.
     """
+    cfg = sampling_config(sampling, **settings)
+    seed = cfg.seed
     augs = parse_augmentations(list(augmentations) if augmentations else None)
     paths = image_paths(images)
     size = model.config.sample_size
@@ -212,19 +211,11 @@ def invariance(
             for a, (name, s) in enumerate(augs)
         ]
     )
-    reps = encode(encoder, enc_views)
-    aug_reps = encode(encoder, aug_enc).view(n_aug, m, -1)
-    samples = sample_shared_noise(
-        model,
-        torch.cat([reps, aug_reps.flatten(0, 1)]),
-        num_samples,
-        seed=seed,
-        steps=steps,
-        sampler=sampler,
-        guidance=guidance,
-        batch_size=batch_size,
-        progress=progress,
-        desc="invariance",
+    reps = encoder.encode(enc_views)
+    aug_reps = encoder.encode(aug_enc).view(n_aug, m, -1)
+    all_reps = torch.cat([reps, aug_reps.flatten(0, 1)])
+    samples = sample_many(
+        model, all_reps, num_samples, cfg, shared_noise=True, progress=progress, desc="invariance"
     )
     clean, aug_samples = samples[:m], samples[m:].view(n_aug, m, *samples.shape[1:])
     shift = (aug_reps - reps[None]).norm(dim=-1)
@@ -246,11 +237,11 @@ def invariance(
         clean_samples=clean,
         aug_samples=aug_samples,
         shift=shift,
-        relative_shift=shift / typical if math.isfinite(typical) else torch.full_like(shift, math.nan),
+        relative_shift=relative_to_typical(shift, reps),
         cosine=F.cosine_similarity(aug_reps, reps[None].expand_as(aug_reps), dim=-1),
         retention=retention,
         typical_distance=typical,
-        settings=dict(num_samples=num_samples, steps=steps, sampler=sampler, seed=seed, guidance=guidance),
+        settings=dict(num_samples=num_samples, **cfg.record()),
     )
 
 

@@ -12,9 +12,7 @@ memory-mapped safetensors cache read slice by slice), or uses faiss when install
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
-import json
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,17 +21,16 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 from safetensors import safe_open
-from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
-from ..data import list_images, load_images
-from ..diffusion import Sampler, batched
+from ..data import batched, list_images, load_views
+from ..diffusion import SamplingConfig, sample_many, sampling_config
 from ..encoders import Encoder
+from ..encoders.cache import cache_file, cached_representations
 from ..errors import RCDMError
-from ..figures import grid
+from ..figures import grid, number
 from ..model import RCDM
-from ..visualize import encode, load_views
-from ._common import image_paths, number, sample_shared_noise
+from ._common import image_paths
 
 Bank = torch.Tensor | str | Path  # (N, dim) tensor, or a safetensors file holding 'representations' (N, dim)
 
@@ -130,29 +127,17 @@ def folder_representations(
     batch_size: int = 256,
     progress: bool = False,
 ) -> RepresentationSet:
-    """Encode every image under `folder`; with `cache` (a folder) reuse or write reps-<key>.safetensors.
-
-    The cache key covers the encoder identity, its feature and the list of files; a cached set is returned
-    memory-mapped (read in chunks by the neighbour search).
-    """
+    """Encode every image under `folder`; with `cache` (a folder) reuse or write one representation cache file
+    there (`rcdm.encoders.cache`), returned as a path that the neighbour search reads in chunks."""
     files = list_images(folder)
-    key_src = json.dumps([encoder.identity, encoder.feature, [str(p.resolve()) for p in files]])
-    key = hashlib.sha256(key_src.encode()).hexdigest()[:16]
-    target = Path(cache).expanduser() / f"reps-{key}.safetensors" if cache is not None else None
-    if target is not None and target.is_file():
-        return RepresentationSet(files, target)
-    size = encoder.preprocessing.input_size
-    chunks = []
-    for s, e in tqdm(list(batched(len(files), batch_size)), disable=not progress, desc="encoding folder"):
-        chunks.append(encode(encoder, load_images(files[s:e], size, encoder.preprocessing.resample)))
-    reps = torch.cat(chunks).contiguous()
-    if target is None:
-        return RepresentationSet(files, reps)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    meta = {"encoder": encoder.spec, "encoder_identity": encoder.identity, "feature": encoder.feature}
-    save_file({"representations": reps}, str(target), metadata=meta)
-    target.with_suffix(".json").write_text(json.dumps({**meta, "files": [str(p) for p in files]}))
-    return RepresentationSet(files, target)
+    if cache is None:
+        return RepresentationSet(
+            files, encoder.encode_files(files, batch_size, progress=progress).contiguous()
+        )
+    path = cache_file(cache, encoder, files)
+    return RepresentationSet(
+        files, cached_representations(encoder, files, path, batch_size=batch_size, progress=progress)
+    )
 
 
 @dataclass
@@ -196,15 +181,13 @@ def manipulate(
     threshold: float = 0.0,
     cache: str | Path | None = None,
     num_samples: int = 4,
-    steps: int | None = None,
-    sampler: Sampler = "dpm++",
-    seed: int = 0,
-    guidance: float = 1.0,
-    batch_size: int = 64,
+    sampling: SamplingConfig | None = None,
     progress: bool = False,
+    **settings,
 ) -> ManipulationResult:
     """The published manipulation: zero, or copy from `target`, the dimensions common to the source's k
     nearest neighbours among `neighbours` (a folder of images, or precomputed representations)."""
+    cfg = sampling_config(sampling, **settings)
     if not 0 <= n_common < k:
         raise RCDMError(
             f"n_common={n_common} must be in 0..k-1 (k={k}): a dimension counts if non-zero in more"
@@ -215,7 +198,9 @@ def manipulate(
         folder = Path(neighbours).expanduser()
         if not folder.is_dir():
             raise RCDMError(f"--neighbours {str(folder)!r} is not a folder: pass a folder of images")
-        bank = folder_representations(encoder, folder, cache=cache, batch_size=batch_size, progress=progress)
+        bank = folder_representations(
+            encoder, folder, cache=cache, batch_size=cfg.batch_size, progress=progress
+        )
     if len(bank.files) < k:
         raise RCDMError(
             f"the neighbour folder has {len(bank.files)} images but k={k} neighbours are needed: "
@@ -225,23 +210,14 @@ def manipulate(
     views, enc_views = load_views(
         paths, model.config.sample_size, encoder.preprocessing.input_size, encoder.preprocessing.resample
     )
-    rep_s, rep_t = encode(encoder, enc_views)
+    rep_s, rep_t = encoder.encode(enc_views)
     scores, idx = topk_cosine(rep_s[None], bank.bank, k, progress=progress)
     common = common_dimensions(bank.rows(idx[0]), n_common, threshold)
     zeroed = torch.where(common, torch.zeros_like(rep_s), rep_s)
     copied = torch.where(common, rep_t, rep_s)
     reps = torch.stack([rep_s, zeroed, copied])
-    samples = sample_shared_noise(
-        model,
-        reps,
-        num_samples,
-        seed=seed,
-        steps=steps,
-        sampler=sampler,
-        guidance=guidance,
-        batch_size=batch_size,
-        progress=progress,
-        desc="manipulation",
+    samples = sample_many(
+        model, reps, num_samples, cfg, shared_noise=True, progress=progress, desc="manipulation"
     )
     return ManipulationResult(
         names=[Path(p).stem for p in paths],
@@ -256,9 +232,7 @@ def manipulate(
             n_common=n_common,
             threshold=threshold,
             num_samples=num_samples,
-            steps=steps,
-            sampler=sampler,
-            seed=seed,
+            **cfg.record(),
         ),
     )
 

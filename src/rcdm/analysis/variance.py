@@ -10,12 +10,12 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from ..diffusion import Sampler, sample_many
+from ..data import load_views
+from ..diffusion import SamplingConfig, sample_many, sampling_config
 from ..encoders import Encoder
-from ..figures import grid
+from ..figures import grid, number
 from ..model import RCDM
-from ..visualize import encode, load_views
-from ._common import image_paths, number
+from ._common import image_paths
 
 # A black -> purple -> orange -> yellow ramp (inferno-like), 5 anchors interpolated linearly.
 _RAMP = torch.tensor(
@@ -64,29 +64,17 @@ def variance(
     images: Sequence[str | Path],
     *,
     num_samples: int = 8,
-    steps: int | None = None,
-    sampler: Sampler = "dpm++",
-    seed: int = 0,
-    guidance: float = 1.0,
-    batch_size: int = 64,
+    sampling: SamplingConfig | None = None,
     progress: bool = False,
+    **settings,
 ) -> VarianceResult:
-    """N samples per image and their per-pixel standard deviation."""
+    """N samples per image and their per-pixel standard deviation (`settings` override fields of `sampling`)."""
+    cfg = sampling_config(sampling, **settings)
     paths = image_paths(images)
     originals, enc_views = load_views(
         paths, model.config.sample_size, encoder.preprocessing.input_size, encoder.preprocessing.resample
     )
-    samples = sample_many(
-        model,
-        encode(encoder, enc_views),
-        num_samples,
-        batch_size=batch_size,
-        seed=seed,
-        steps=steps,
-        sampler=sampler,
-        guidance=guidance,
-        progress=progress,
-    )
+    samples = sample_many(model, encoder.encode(enc_views), num_samples, cfg, progress=progress)
     std = pixel_std(samples)
     return VarianceResult(
         names=[Path(p).stem for p in paths],
@@ -95,7 +83,7 @@ def variance(
         mean_samples=samples.mean(1),
         std=std,
         mean_std=std.mean(dim=(-2, -1)),
-        settings=dict(num_samples=num_samples, steps=steps, sampler=sampler, seed=seed, guidance=guidance),
+        settings=dict(num_samples=num_samples, **cfg.record()),
     )
 
 

@@ -27,9 +27,10 @@ from ..analysis import (
 )
 from ..analysis.interpolate import METHODS
 from ..data import expand_image_args
+from ..devices import default_device
 from ..errors import RCDMError
-from ..loading import default_device, encoder_for, load_model
-from .common import add_model_args, add_sampling_args, positive
+from ..loading import encoder_for, load_model
+from .common import add_model_args, add_sampling_args, load_model_and_encoder, positive, sampling_from_args
 
 
 def fraction(text: str) -> float:
@@ -115,26 +116,18 @@ def _manipulate_args(q: argparse.ArgumentParser, required: bool) -> None:
     q.add_argument("--cache", default=None, help="folder to cache the neighbour folder's representations in")
 
 
-def _setup(args: argparse.Namespace, model_source: str | None = None, own_encoder: bool = False):
+def _setup(args: argparse.Namespace, model_source: str | None = None):
+    """The model of --model and its encoder; or `model_source` (a comparison) with the encoder it records."""
     positive("--num-samples", args.num_samples)
+    if model_source is None:
+        return load_model_and_encoder(args)
     device = args.device or default_device()
-    model = load_model(
-        model_source or args.model, weights=None if model_source else args.weights, device=device
-    )
-    encoder = encoder_for(model, None if own_encoder else args.encoder, None if own_encoder else args.feature)
-    return model, encoder.to(device)
+    model = load_model(model_source, device=device)
+    return model, encoder_for(model).to(device)
 
 
 def _sampling(args: argparse.Namespace) -> dict:
-    return dict(
-        num_samples=args.num_samples,
-        steps=args.steps,
-        sampler=args.sampler,
-        seed=args.seed,
-        guidance=args.guidance,
-        batch_size=args.batch_size,
-        progress=True,
-    )
+    return dict(num_samples=args.num_samples, sampling=sampling_from_args(args), progress=True)
 
 
 def _write(args: argparse.Namespace, figure, results: dict) -> int:
@@ -152,7 +145,7 @@ def run_invariance(args: argparse.Namespace) -> int:
     model, encoder = _setup(args)
     runs = [invariance(model, encoder, paths, augmentations=args.augmentations, **_sampling(args))]
     if args.compare_features:
-        model2, encoder2 = _setup(args, args.compare_features, own_encoder=True)
+        model2, encoder2 = _setup(args, args.compare_features)
         label = f"{args.compare_features}: {encoder2.spec} ({encoder2.feature})"
         runs.append(
             invariance(
@@ -170,7 +163,7 @@ def run_adversarial(args: argparse.Namespace) -> int:
     model, encoder = _setup(args)
     runs = [adversarial(model, encoder, paths, targets=targets, **attack, **_sampling(args))]
     if args.compare:
-        model2, encoder2 = _setup(args, args.compare, own_encoder=True)
+        model2, encoder2 = _setup(args, args.compare)
         label = f"{args.compare}: {encoder2.spec} ({encoder2.feature})"
         runs.append(
             adversarial(model2, encoder2, paths, targets=targets, label=label, **attack, **_sampling(args))

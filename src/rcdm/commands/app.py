@@ -25,13 +25,18 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default: this machine only)")
     p.add_argument("--port", type=int, default=7860)
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when available)")
+    p.add_argument(
+        "--trust-remote-code",
+        action="store_true",
+        help="allow a model whose config names an encoder that runs code (hub:, module:)",
+    )
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..app import build_app, discover_models, start
+    from ..app import build_app, discover_models, start  # lazily: the app module is only needed here
 
-    choices = discover_models(args.model or (), args.runs or ())
+    choices = discover_models(args.model or (), args.runs or (), trust_remote_code=args.trust_remote_code)
     app = build_app(choices, args.device)
     url = start(app, args.host, args.port)
     where = (

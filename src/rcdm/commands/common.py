@@ -1,11 +1,17 @@
-"""Argument helpers shared by subcommands."""
+"""Argument helpers shared by subcommands: the model options, the sampling options, and loading both."""
 
 from __future__ import annotations
 
 import argparse
 
-from ..diffusion import COMPILE_MODES, PRECISIONS, SAMPLERS
-from ..encoders import FEATURES
+import torch
+
+from ..devices import COMPILE_MODES, PRECISIONS, default_device
+from ..diffusion import SAMPLERS, SAMPLING_PRESETS, SamplingConfig, sampling_preset
+from ..encoders import FEATURES, Encoder
+from ..errors import RCDMError
+from ..loading import encoder_for, load_model
+from ..model import RCDM
 
 
 def add_model_args(p: argparse.ArgumentParser) -> None:
@@ -16,24 +22,41 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when available)")
 
 
-def add_sampling_args(p: argparse.ArgumentParser, num_samples: int = 8) -> None:
-    p.add_argument("--num-samples", type=int, default=num_samples, help="samples per image")
+def load_model_and_encoder(
+    args: argparse.Namespace, device: str | torch.device | None = None
+) -> tuple[RCDM, Encoder]:
+    """--model/--weights and --encoder/--feature, both on `device` (default --device, else the default)."""
+    device = device or args.device or default_device()
+    model = load_model(args.model, weights=args.weights, device=device)
+    return model, encoder_for(model, args.encoder, args.feature).to(device)
+
+
+def add_sampling_args(
+    p: argparse.ArgumentParser, num_samples: int = 8, what: str = "samples per image"
+) -> None:
+    """--num-samples, --sampling PRESET and its overrides (default None: the preset, else SamplingConfig())."""
+    p.add_argument("--num-samples", type=int, default=num_samples, help=f"{what} (default {num_samples})")
+    presets = ", ".join(f"{k} ({v.sampler} {v.steps})" for k, v in SAMPLING_PRESETS.items())
+    p.add_argument(
+        "--sampling",
+        choices=list(SAMPLING_PRESETS),
+        default=None,
+        help=f"named settings: {presets}; the options below override single fields",
+    )
+    p.add_argument("--sampler", choices=SAMPLERS, default=None, help="default dpm++")
     p.add_argument(
         "--steps", type=int, default=None, help="sampler steps (default: dpm++ 20, ddim 50, ddpm 100)"
     )
-    p.add_argument("--sampler", choices=SAMPLERS, default="dpm++")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--guidance", type=float, default=1.0, help="classifier-free guidance weight (1 = none)")
-    p.add_argument("--batch-size", type=int, default=64)
-
-
-def add_speed_args(p: argparse.ArgumentParser) -> None:
-    """--compile MODE / --no-compile and --precision (docs/speed.md)."""
+    p.add_argument("--seed", type=int, default=None, help="default 0")
+    p.add_argument(
+        "--guidance", type=float, default=None, help="classifier-free guidance weight (default 1 = none)"
+    )
+    p.add_argument("--batch-size", type=int, default=None, help="images per network call (default 64)")
     p.add_argument(
         "--compile",
         choices=COMPILE_MODES,
-        default="auto",
-        help="UNet execution: auto (CUDA: the fast path; CPU: off), off, graphs (CUDA graph replay), "
+        default=None,
+        help="UNet execution: auto (default; CUDA: the fast path; CPU: off), off, graphs (CUDA graph replay), "
         "default or reduce-overhead (torch.compile; the first call compiles)",
     )
     p.add_argument(
@@ -42,14 +65,30 @@ def add_speed_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--precision",
         choices=PRECISIONS,
-        default="auto",
-        help="auto: bf16 autocast on CUDA and on CPUs with native bf16 (AMX or AVX512-BF16), fp32 elsewhere",
+        default=None,
+        help="auto (default): bf16 autocast on CUDA and on CPUs with native bf16 (AMX or AVX512-BF16), "
+        "fp32 elsewhere",
+    )
+
+
+def sampling_from_args(args: argparse.Namespace) -> SamplingConfig:
+    """The preset named by --sampling (default `SamplingConfig()`) with the options given on the command line."""
+    positive("--num-samples", args.num_samples)
+    if args.batch_size is not None:
+        positive("--batch-size", args.batch_size)
+    base = sampling_preset(args.sampling) if args.sampling else SamplingConfig()
+    return base.replace(
+        sampler=args.sampler,
+        steps=args.steps,
+        seed=args.seed,
+        guidance=args.guidance,
+        batch_size=args.batch_size,
+        compile=args.compile,
+        precision=args.precision,
     )
 
 
 def positive(name: str, value: int) -> int:
-    from ..errors import RCDMError
-
     if value < 1:
         raise RCDMError(f"{name} {value} must be at least 1")
     return value

@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 import logging
 
+from ..convert import convert, export_diffusers
 from ..encoders import FEATURES
+from ..loading import MODELS, encoder_description, published_name_for
 
 log = logging.getLogger(__name__)
 
@@ -34,8 +36,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..official import MODELS, convert, encoder_description, export_diffusers, published_name_for
-
     encoder = None
     name = published_name_for(args.checkpoint)
     if args.encoder:

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import argparse
 
-from ..demo import DEMO_ENCODER, PACK_DEMO_PRESETS, bundled_pack, run_demo, run_pack_demo
+from ..demo import DEMO_ENCODER, PACK_DEMO_PRESETS, run_demo, run_pack_demo
+from ..devices import default_device
 from ..errors import RCDMError
-from ..loading import default_device
+from ..recipes.bundle import bundled_pack
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:

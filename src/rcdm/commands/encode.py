@@ -9,9 +9,9 @@ from pathlib import Path
 from safetensors.torch import save_file
 
 from ..data import expand_image_args
+from ..devices import default_device
 from ..encoders import FEATURES, create_encoder
-from ..loading import default_device
-from ..visualize import encode, load_views
+from ..errors import RCDMError
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -25,14 +25,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..errors import RCDMError
-
     if not args.out.endswith(".safetensors"):
         raise RCDMError(f"--out {args.out!r} must end with .safetensors")
     paths = expand_image_args(args.images)
     encoder = create_encoder(args.encoder, args.feature).to(args.device or default_device())
-    _, views = load_views(paths, 8, encoder.preprocessing.input_size, encoder.preprocessing.resample)
-    reps = encode(encoder, views)
+    reps = encoder.encode_files(paths, progress=True)
     meta = {
         **{k: str(v) for k, v in encoder.describe().items()},
         "files": json.dumps([str(p) for p in paths]),

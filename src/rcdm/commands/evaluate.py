@@ -6,11 +6,15 @@ import argparse
 from pathlib import Path
 
 from ..data import expand_image_args, list_images
-from ..diffusion import SAMPLERS
+from ..devices import process_state
 from ..encoders import create_encoder
 from ..errors import RCDMError
-from ..loading import default_device, encoder_for, load_model
-from .common import add_model_args, add_speed_args, positive
+from ..figures import write_report
+from ..metrics.faithfulness import evaluate_faithfulness, faithfulness_tables
+from ..metrics.features import create_feature_extractor
+from ..metrics.generate import MANIFEST, generate_samples, sample_files
+from ..metrics.quality import evaluate_quality, quality_tables
+from .common import add_model_args, add_sampling_args, load_model_and_encoder, positive, sampling_from_args
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -20,7 +24,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     f = ev.add_parser("faithfulness", help="rank / cosine of samples' representations to their condition")
     add_model_args(f)
     f.add_argument("--images", nargs="+", required=True, help="reference image files or folders")
-    _sampling(f, "samples per reference image", 4)
+    add_sampling_args(f, 4, "samples per reference image")
     f.add_argument(
         "--judge", action="append", default=[], metavar="SPEC", help="an independent encoder (repeatable)"
     )
@@ -44,25 +48,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     add_model_args(g)
     g.add_argument("--images", nargs="+", required=True, help="reference images to condition on (cycled)")
-    _sampling(g, "total number of samples", 50_000)
+    add_sampling_args(g, 50_000, "total number of samples")
     g.add_argument("--out", required=True, help="output folder (rerun with the same settings to resume)")
     g.add_argument(
         "--real", default=None, help="then score the samples against this folder (OUT/quality.json)"
     )
     _quality_args(g)
     g.set_defaults(func=run_generate)
-
-
-def _sampling(p: argparse.ArgumentParser, what: str, default: int) -> None:
-    p.add_argument("--num-samples", type=int, default=default, help=f"{what} (default {default})")
-    p.add_argument(
-        "--steps", type=int, default=None, help="sampler steps (default: dpm++ 20, ddim 50, ddpm 100)"
-    )
-    p.add_argument("--sampler", choices=SAMPLERS, default="dpm++")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--guidance", type=float, default=1.0)
-    p.add_argument("--batch-size", type=int, default=64)
-    add_speed_args(p)
 
 
 def _quality_args(p: argparse.ArgumentParser) -> None:
@@ -92,16 +84,11 @@ def _json_out(path: str) -> Path:
 
 
 def run_faithfulness(args: argparse.Namespace) -> int:
-    from ..metrics.faithfulness import evaluate_faithfulness
-    from ..metrics.report import faithfulness_tables, write_report
-
     out = _json_out(args.out)
-    positive("--num-samples", args.num_samples)
+    sampling = sampling_from_args(args)
     paths = expand_image_args(args.images)
-    device = args.device or default_device()
-    model = load_model(args.model, weights=args.weights, device=device)
-    encoder = encoder_for(model, args.encoder, args.feature).to(device)
-    judges = [create_encoder(spec, "backbone").to(device) for spec in args.judge]
+    model, encoder = load_model_and_encoder(args)
+    judges = [create_encoder(spec, "backbone").to(encoder.device) for spec in args.judge]
     result = evaluate_faithfulness(
         model,
         encoder,
@@ -109,13 +96,7 @@ def run_faithfulness(args: argparse.Namespace) -> int:
         num_samples=args.num_samples,
         judges=judges,
         distance=args.distance,
-        steps=args.steps,
-        sampler=args.sampler,
-        seed=args.seed,
-        guidance=args.guidance,
-        compile=args.compile,
-        precision=args.precision,
-        batch_size=args.batch_size,
+        sampling=sampling,
         progress=True,
     )
     data = {**result.to_dict(), "model": args.model}
@@ -128,16 +109,13 @@ def run_faithfulness(args: argparse.Namespace) -> int:
         print(
             f"{s.role} {s.encoder}: cosine {s.cosine:.4f}, mean rank {s.mean_rank:.2f} / {s.num_references}, "
             f"top-1 {s.top1:.3f}, top-5 {s.top5:.3f}"
+            + (f", class agreement {s.class_agreement:.3f}" if s.class_agreement is not None else "")
         )
     print(f"wrote {out} and {md}")
     return 0
 
 
 def _score(args: argparse.Namespace, real: list[Path], fake: list[Path], out: Path, cache: Path) -> int:
-    from ..metrics.quality import create_feature_extractor, evaluate_quality
-    from ..metrics.report import quality_tables, write_report
-    from ..parallel import process_state
-
     state = process_state()
     extractor = create_feature_extractor(args.features, args.inception_weights).to(state.device)
     result = evaluate_quality(
@@ -175,8 +153,6 @@ def _score(args: argparse.Namespace, real: list[Path], fake: list[Path], out: Pa
 
 
 def _fake_files(folder: str) -> list[Path]:
-    from ..metrics.generate import MANIFEST, sample_files
-
     return sample_files(folder) if (Path(folder) / MANIFEST).is_file() else list_images(folder)
 
 
@@ -188,29 +164,18 @@ def run_quality(args: argparse.Namespace) -> int:
 
 
 def run_generate(args: argparse.Namespace) -> int:
-    from ..metrics.generate import generate_samples, sample_files
-    from ..parallel import process_state
-
-    positive("--num-samples", args.num_samples)
-    positive("--batch-size", args.batch_size)
+    sampling = sampling_from_args(args)
     state = process_state()
     device = args.device if args.device and state.num_processes == 1 else state.device
     refs = expand_image_args(args.images)
-    model = load_model(args.model, weights=args.weights, device=device)
-    encoder = encoder_for(model, args.encoder, args.feature).to(device)
+    model, encoder = load_model_and_encoder(args, device)
     result = generate_samples(
         model,
         encoder,
         refs,
         args.out,
         num_samples=args.num_samples,
-        steps=args.steps,
-        sampler=args.sampler,
-        seed=args.seed,
-        guidance=args.guidance,
-        compile=args.compile,
-        precision=args.precision,
-        batch_size=args.batch_size,
+        sampling=sampling,
         model_name=str(args.model),
         device=device,
         progress=True,

@@ -8,6 +8,9 @@ from dataclasses import fields
 from pathlib import Path
 
 from ..errors import RCDMError
+from ..recipes.bundle import MAX_BUNDLE_MB, pack
+from ..recipes.demo_pack import RCDM_PROFILES, RCDMRecipe, train_rcdms
+from ..recipes.ssl import SSLConfig, resolve_config, train_encoder
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -54,6 +57,19 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "--data", required=True, help="CIFAR-10 root (its train/ split is used) or an image folder"
     )
     r.add_argument("--only", nargs="+", default=None, help="train only these targets (default: all three)")
+    r.add_argument(
+        "--profile",
+        choices=("gpu", "cpu"),
+        default="gpu",
+        help="named defaults: gpu (one GPU, three runs side by side) or cpu (one core per run; docs/recipes.md)",
+    )
+    r.add_argument(
+        "--standardize",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="standardise representations (default: on with --profile cpu)",
+    )
+    r.add_argument("--keep-checkpoints", type=int, default=None, help="checkpoints kept per run")
     r.add_argument("--preset", default=None, help="model preset (default: cifar32-small)")
     r.add_argument("--steps", type=int, default=None, help="default: 8000")
     r.add_argument("--batch-size", type=int, default=None, help="default: 128")
@@ -88,8 +104,6 @@ def _given(args: argparse.Namespace, names: list[str]) -> dict:
 
 
 def run_ssl(args: argparse.Namespace) -> int:
-    from ..recipes.ssl import SSLConfig, resolve_config, train_encoder
-
     cfg = resolve_config(
         {"data": args.data, **_given(args, [f.name for f in fields(SSLConfig) if f.name != "data"])}
     )
@@ -103,11 +117,9 @@ def run_ssl(args: argparse.Namespace) -> int:
 
 
 def run_rcdm(args: argparse.Namespace) -> int:
-    from ..recipes.demo_pack import RCDMRecipe, train_rcdms
-
     given = _given(args, [f.name for f in fields(RCDMRecipe) if f.name != "data"])
     runs = train_rcdms(
-        RCDMRecipe(data=args.data, **given),
+        RCDMRecipe(data=args.data, **{**RCDM_PROFILES[args.profile], **given}),
         args.runs,
         only=args.only,
         resume=args.resume,
@@ -123,8 +135,6 @@ def run_rcdm(args: argparse.Namespace) -> int:
 
 
 def run_pack(args: argparse.Namespace) -> int:
-    from ..recipes.demo_pack import MAX_BUNDLE_MB, pack
-
     metrics = None
     if args.metrics:
         try:

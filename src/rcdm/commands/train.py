@@ -6,53 +6,153 @@ import argparse
 import dataclasses
 
 from ..encoders import FEATURES
+from ..errors import RCDMError
 from ..model import PRESETS
-from ..train import TrainConfig, train
+from ..train import REPORT_TO, TrainConfig, saved_config, train
+
+EPILOG = """examples:
+  rcdm train --data ~/data/cifar10/train --encoder cifar-resnet20:resnet20.th --preset cifar32-small \\
+      --steps 20000 --batch-size 64 --lr 5e-4 --standardize --sample-every 1000 --out runs/r20
+  rcdm train --out runs/r20 --resume                  # continue with the settings in runs/r20/run.json
+  rcdm train --out runs/r20 --resume --steps 40000    # ... and train longer
+"""
+
+D = TrainConfig.__dataclass_fields__  # the defaults shown in --help come from the dataclass
+
+
+def _default(name: str) -> str:
+    return f"default: {D[name].default}"
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("train", help="train an RCDM on a folder of images")
-    p.add_argument("--data", required=True, help="image folder (any nesting; jpg, png, webp)")
-    p.add_argument("--encoder", required=True, help="encoder spec")
-    p.add_argument("--feature", choices=FEATURES, default=None)
-    p.add_argument("--preset", choices=list(PRESETS), default=None)
-    p.add_argument("--image-size", type=int, default=None)
-    p.add_argument("--steps", type=int, default=None)
-    p.add_argument("--batch-size", type=int, default=None, help="global batch size")
-    p.add_argument("--lr", type=float, default=None)
-    p.add_argument("--loss", choices=("simple", "hybrid"), default=None)
-    p.add_argument(
-        "--cond-drop", type=float, default=None, help="condition dropout probability (enables guidance)"
+    p = sub.add_parser(
+        "train",
+        help="train an RCDM on a folder of images",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--ema-decay", type=float, default=None)
-    p.add_argument("--save-every", type=int, default=None)
-    p.add_argument("--seed", type=int, default=None)
+    p.add_argument(
+        "--data", default=None, help="image folder (any nesting; jpg, png, webp); required unless --resume"
+    )
+    p.add_argument(
+        "--encoder", default=None, help="encoder spec (README: Encoders); required unless --resume"
+    )
+    p.add_argument(
+        "--feature", choices=FEATURES, default=None, help=f"representation level ({_default('feature')})"
+    )
+    p.add_argument("--preset", choices=list(PRESETS), default=None, help=f"UNet size ({_default('preset')})")
+    p.add_argument("--image-size", type=int, default=None, help="image side in px (default: the preset's)")
+    p.add_argument("--steps", type=int, default=None, help=f"optimizer steps in all ({_default('steps')})")
+    p.add_argument(
+        "--batch-size", type=int, default=None, help=f"global batch, all processes ({_default('batch_size')})"
+    )
+    p.add_argument(
+        "--gradient-accumulation-steps",
+        type=int,
+        default=None,
+        help="micro-batches per step; the global batch stays --batch-size (default: 1)",
+    )
+    p.add_argument("--lr", type=float, default=None, help=f"AdamW learning rate ({_default('lr')})")
+    p.add_argument(
+        "--loss",
+        choices=("simple", "hybrid"),
+        default=None,
+        help="simple: epsilon MSE; hybrid: + VLB for the learned variance (default: hybrid, published)",
+    )
+    p.add_argument(
+        "--cond-drop",
+        type=float,
+        default=None,
+        help=f"condition dropout probability; > 0 enables guidance ({_default('cond_drop')})",
+    )
+    p.add_argument("--ema-decay", type=float, default=None, help=f"EMA decay ({_default('ema_decay')})")
+    p.add_argument(
+        "--save-every", type=int, default=None, help=f"steps between checkpoints ({_default('save_every')})"
+    )
+    p.add_argument(
+        "--keep-checkpoints",
+        type=int,
+        default=None,
+        help=f"checkpoints kept ({_default('keep_checkpoints')})",
+    )
+    p.add_argument(
+        "--seed", type=int, default=None, help=f"data order, noise and initial weights ({_default('seed')})"
+    )
     p.add_argument(
         "--mixed-precision",
         choices=("auto", "fp32", "bf16", "no"),
         default=None,
-        help="auto: bf16 on CUDA and on CPUs with native bf16 (AMX or AVX512-BF16), fp32 elsewhere; no = fp32",
+        help="auto: bf16 on CUDA and on CPUs with native bf16 (AMX or AVX512-BF16), fp32 elsewhere; no = fp32 "
+        "(default: auto)",
     )
-    p.add_argument("--gradient-checkpointing", action="store_true", default=None)
+    p.add_argument(
+        "--gradient-checkpointing",
+        action="store_true",
+        default=None,
+        help="recompute activations in backward (less memory, slower)",
+    )
     p.add_argument(
         "--compile", action="store_true", default=None, help="torch.compile the UNet (docs/speed.md)"
     )
-    p.add_argument("--feature-cache", default=None, help="FILE.safetensors: precompute representations once")
-    p.add_argument("--num-workers", type=int, default=None)
+    p.add_argument(
+        "--standardize",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="standardise representations with the training set's per-dimension mean/std (default: off)",
+    )
+    p.add_argument(
+        "--feature-cache",
+        default=None,
+        help="FILE.safetensors: representations computed once (centre crops + flips)",
+    )
+    p.add_argument(
+        "--num-workers", type=int, default=None, help=f"data loader workers ({_default('num_workers')})"
+    )
+    p.add_argument(
+        "--log-every",
+        type=int,
+        default=None,
+        help=f"steps per metrics.jsonl record ({_default('log_every')})",
+    )
+    p.add_argument(
+        "--sample-every",
+        type=int,
+        default=None,
+        help="steps between sample grids of fixed training images in RUN/samples (default: 0, none)",
+    )
+    p.add_argument(
+        "--report-to",
+        choices=REPORT_TO,
+        default=None,
+        help="accelerate trackers (pip install tensorboard / wandb); RUN/metrics.jsonl is always written "
+        "(default: none)",
+    )
     p.add_argument("--out", required=True, help="run folder")
-    p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --out")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue from the newest checkpoint in --out with the settings of its run.json",
+    )
+    p.add_argument("--no-progress", action="store_true", help="no progress bar (log lines instead)")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    # Options default to None; the dataclass defaults fill the rest (edm2 style).
+    # Options default to None; run.json (on --resume) and then the dataclass defaults fill the rest (edm2 style).
     given = {
         f.name: getattr(args, f.name)
         for f in dataclasses.fields(TrainConfig)
         if getattr(args, f.name, None) is not None
     }
-    cfg = TrainConfig(**given)
+    base = (saved_config(args.out) or {}) if args.resume else {}
+    settings = {**base, **given}
+    for name in ("data", "encoder"):
+        if settings.get(name) is None:
+            raise RCDMError(
+                f"--{name} is required: give it, or --resume a run folder whose run.json records it"
+                + (f" ({args.out!r} has none)" if args.resume else "")
+            )
+    cfg = TrainConfig(**settings)
     result = train(cfg, args.out, resume=args.resume, progress=not args.no_progress)
     print(
         f"trained {result.steps} steps; last loss {result.last_loss:.4f}; {result.images_per_second:.1f} img/s; "

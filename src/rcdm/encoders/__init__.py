@@ -1,7 +1,7 @@
 """Frozen representation sources. See `create_encoder` for spec strings."""
 
-from . import official as _official  # noqa: F401  (registers the published encoders)
-from . import rcdm_cifar  # noqa: F401  (registers the rcdm-cifar: spec)
+from . import cifar  # noqa: F401  (registers the cifar-resnet20/56: and rcdm-cifar: specs)
+from . import published as _published  # noqa: F401  (registers official:resnet50.*, the published encoders)
 from .base import (
     FEATURES,
     Encoder,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import hashlib
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Literal
@@ -10,8 +10,12 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 from torch import nn
+from tqdm.auto import tqdm
 
+from ..data import batched, load_images
+from ..devices import Precision, autocast_for
 from ..errors import RCDMError
+from ..weights import sha256_file
 
 Feature = Literal["backbone", "projector"]
 FEATURES: tuple[str, ...] = ("backbone", "projector")
@@ -152,6 +156,42 @@ class Encoder(nn.Module):
             raise RCDMError(f"encoder {self.spec!r} has no classifier head: a label attack needs one")
         return self.classifier(self.backbone_features(images))
 
+    @torch.no_grad()
+    def encode(
+        self, images: torch.Tensor, batch_size: int = 256, precision: Precision = "auto"
+    ) -> torch.Tensor:
+        """images (N, 3, H, W) in [0, 1], any device -> representations (N, dim) float32 on the CPU.
+
+        Runs on the encoder's device batch by batch, under `precision` (see `rcdm.devices.resolve_precision`).
+        """
+        device = self.device
+        out = []
+        for s, e in batched(images.shape[0], batch_size):
+            with autocast_for(device, precision):
+                out.append(self(images[s:e].to(device)).float().cpu())
+        return torch.cat(out)
+
+    def encode_files(
+        self,
+        paths: Sequence[str | Path],
+        batch_size: int = 256,
+        *,
+        flip: bool = False,
+        progress: bool = False,
+        precision: Precision = "auto",
+    ) -> torch.Tensor:
+        """Image files -> (N, dim) float32 CPU: each file's centre square at the encoder's input size.
+
+        Files are read and encoded `batch_size` at a time (memory stays O(batch)). flip: encode the mirror
+        images instead.
+        """
+        size, resample = self.preprocessing.input_size, self.preprocessing.resample
+        out = []
+        for s, e in tqdm(list(batched(len(paths), batch_size)), disable=not progress, desc="encoding"):
+            views = load_images(paths[s:e], size, resample)
+            out.append(self.encode(views.flip(-1) if flip else views, batch_size, precision))
+        return torch.cat(out) if out else torch.empty(0, self.dim)
+
     def describe(self) -> dict:
         """What a model checkpoint records about the encoder it was trained on."""
         return {
@@ -166,11 +206,3 @@ class Encoder(nn.Module):
 def file_identity(kind: str, path: str | Path) -> str:
     """A path-independent identity for a weights file: the kind plus the first 12 hex digits of its sha256."""
     return f"{kind}@sha256:{sha256_file(path)[:12]}"
-
-
-def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()

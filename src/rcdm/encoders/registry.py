@@ -16,8 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import RCDMError
-from .base import IMAGENET_MEAN, IMAGENET_STD, Encoder, Feature, Preprocessing, file_identity
-from .cifar_resnet import load_cifar_resnet
+from .base import Encoder, Feature, Preprocessing, file_identity
 
 Factory = Callable[[str, Feature], Encoder]
 _REGISTRY: dict[str, tuple[Factory, str]] = {}
@@ -51,26 +50,6 @@ def create_encoder(spec: str, feature: Feature = "backbone") -> Encoder:
 # --- built-in entries -------------------------------------------------------------------------------
 
 
-def _cifar(depth: str) -> Factory:
-    def factory(arg: str, feature: Feature) -> Encoder:
-        net = load_cifar_resnet(depth, arg)
-        return Encoder(
-            net,
-            Preprocessing(input_size=32, mean=IMAGENET_MEAN, std=IMAGENET_STD, interpolation="bilinear"),
-            feature=feature,
-            spec=f"cifar-{depth}:{arg}",
-            identity=file_identity(f"cifar-{depth}", Path(arg).expanduser()),
-            classifier=net.linear,
-            dim=64,
-        )
-
-    return factory
-
-
-register_encoder("cifar-resnet20", "PATH (CIFAR ResNet-20 .th; 64-d pooled feature)")(_cifar("resnet20"))
-register_encoder("cifar-resnet56", "PATH (CIFAR ResNet-56 .th; 64-d pooled feature)")(_cifar("resnet56"))
-
-
 class Pixels(nn.Module):
     """The image itself at N x N (area-averaged): a weight-free reference 'representation'."""
 
@@ -100,7 +79,6 @@ def _pixels(arg: str, feature: Feature) -> Encoder:
 
 def _load_local_weights(net: nn.Module, path: str, spec: str) -> None:
     """Load a local .safetensors / .pt(h) state dict strictly (offline use of torchvision/timm models)."""
-    from pathlib import Path
 
     file = Path(path).expanduser()
     if not file.is_file():

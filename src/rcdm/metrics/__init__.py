@@ -1,4 +1,4 @@
-"""Evaluation: faithfulness (do samples keep their representation?) and quality (FID, KID, IS, PR, DC).
+"""Evaluation (each writes FILE.json and a Markdown table FILE.md beside it, `figures.write_report`): faithfulness (do samples keep their representation?) and quality (FID, KID, IS, PR, DC).
 
 See docs/metrics.md for the definitions (mean rank and its ties, the k-NN manifolds) and the 50k-sample job.
 """
@@ -11,17 +11,19 @@ from .faithfulness import (
     faithfulness_scores,
     retrieval_ranks,
 )
-from .generate import GenerateResult, generate_samples, sample_files, sample_path
-from .quality import (
+from .features import (
     EncoderFeatures,
     FeatureExtractor,
     FeatureSet,
     InceptionFeatures,
-    QualityResult,
     create_feature_extractor,
-    evaluate_quality,
     extract_features,
     find_inception_weights,
+)
+from .generate import GenerateResult, generate_samples, sample_files, sample_path
+from .quality import (
+    QualityResult,
+    evaluate_quality,
     frechet_distance,
     inception_score,
     kernel_inception_distance,
@@ -29,7 +31,6 @@ from .quality import (
     mmd2_unbiased,
     quality_from_features,
 )
-from .report import write_report
 
 __all__ = [
     "EncoderFeatures",
@@ -57,5 +58,4 @@ __all__ = [
     "retrieval_ranks",
     "sample_files",
     "sample_path",
-    "write_report",
 ]

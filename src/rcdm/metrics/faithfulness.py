@@ -18,12 +18,12 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from ..data import load_images
-from ..diffusion import Compile, Precision, Sampler, batched, sample
+from ..data import batched
+from ..diffusion import SamplingConfig, sample, sampling_config
 from ..encoders import Encoder
 from ..errors import RCDMError
+from ..figures import markdown_table
 from ..model import RCDM
-from ..visualize import encode
 
 Distance = Literal["cosine", "l2"]
 DISTANCES: tuple[str, ...] = ("cosine", "l2")
@@ -98,6 +98,9 @@ class FaithfulnessScores:
     top1: float  # fraction of samples whose source is the nearest reference, in [0, 1]
     top5: float
     chance_rank: float  # (N + 1) / 2, the mean rank of samples unrelated to their source
+    # Fraction of samples this encoder's classifier puts in the class it gives their source (None: no
+    # classifier, or a projector feature, which the classifier does not read).
+    class_agreement: float | None = None
 
 
 def faithfulness_scores(
@@ -107,9 +110,20 @@ def faithfulness_scores(
     encoder: str = "encoder",
     role: str = "conditioning",
     distance: Distance = "cosine",
+    classifier: torch.nn.Module | None = None,
 ) -> FaithfulnessScores:
-    """Cosine, mean/median rank and top-1/top-5 retrieval from (N, dim) references and (N, S, dim) samples."""
+    """Cosine, mean/median rank and top-1/top-5 retrieval from (N, dim) references and (N, S, dim) samples.
+
+    With `classifier` (representation -> logits), also the class agreement of samples with their source.
+    """
     ranks = retrieval_ranks(references, sample_reps, distance)
+    agreement = None
+    if classifier is not None:
+        device = next(classifier.parameters()).device
+        with torch.no_grad():
+            ref_cls = classifier(references.to(device)).argmax(-1).cpu()
+            smp_cls = classifier(sample_reps.flatten(0, 1).to(device)).argmax(-1).cpu()
+        agreement = float((smp_cls.view(sample_reps.shape[:2]) == ref_cls[:, None]).float().mean())
     cos = cosine_to_condition(references, sample_reps)
     n, s = ranks.shape
     return FaithfulnessScores(
@@ -125,6 +139,7 @@ def faithfulness_scores(
         top1=float((ranks <= 1).float().mean()),
         top5=float((ranks <= 5).float().mean()),
         chance_rank=(n + 1) / 2,
+        class_agreement=agreement,
     )
 
 
@@ -145,15 +160,6 @@ class FaithfulnessResult:
         }
 
 
-def _encode_files(encoder: Encoder, paths: Sequence[Path], batch_size: int) -> torch.Tensor:
-    """Files -> (N, dim): centre square at the encoder's input size, encoded batch by batch."""
-    size = encoder.preprocessing.input_size
-    out = []
-    for a, b in batched(len(paths), batch_size):
-        out.append(encode(encoder, load_images(paths[a:b], size, encoder.preprocessing.resample)))
-    return torch.cat(out)
-
-
 @torch.no_grad()
 def evaluate_faithfulness(
     model: RCDM,
@@ -163,14 +169,9 @@ def evaluate_faithfulness(
     num_samples: int = 4,
     judges: Sequence[Encoder] = (),
     distance: Distance = "cosine",
-    steps: int | None = None,
-    sampler: Sampler = "dpm++",
-    seed: int = 0,
-    guidance: float = 1.0,
-    batch_size: int = 64,
-    compile: Compile = "auto",
-    precision: Precision = "auto",
+    sampling: SamplingConfig | None = None,
     progress: bool = False,
+    **settings,
 ) -> FaithfulnessResult:
     """Encode `images` with `encoder`, draw `num_samples` per representation, re-encode them, and score.
 
@@ -178,30 +179,21 @@ def evaluate_faithfulness(
     global index i * num_samples + j (the same images `sample_many` would give). Each judge encodes the
     reference images itself (centre square at its input size) and the samples (resized by its preprocessing).
     """
+    cfg = sampling_config(sampling, **settings)
     paths = [Path(p) for p in images]
     if len(paths) < 2:
         raise RCDMError(f"faithfulness needs at least 2 reference images to rank among; got {len(paths)}")
     if num_samples < 1:
         raise RCDMError(f"num_samples {num_samples} must be at least 1")
     encoders = [encoder, *judges]
-    refs = [_encode_files(e, paths, batch_size) for e in encoders]
+    refs = [e.encode_files(paths, cfg.batch_size) for e in encoders]
     n, s = len(paths), num_samples
     sample_reps = [torch.empty(n * s, r.shape[1]) for r in refs]
     cond = refs[0].repeat_interleave(s, dim=0)
-    for a, b in tqdm(list(batched(n * s, batch_size)), disable=not progress, desc="faithfulness"):
-        imgs = sample(
-            model,
-            cond[a:b],
-            steps=steps,
-            sampler=sampler,
-            seed=seed,
-            first_index=a,
-            guidance=guidance,
-            compile=compile,
-            precision=precision,
-        )
+    for a, b in tqdm(list(batched(n * s, cfg.batch_size)), disable=not progress, desc="faithfulness"):
+        imgs = sample(model, cond[a:b], cfg, first_index=a)
         for k, e in enumerate(encoders):
-            sample_reps[k][a:b] = encode(e, imgs)
+            sample_reps[k][a:b] = e.encode(imgs)
     scores = [
         faithfulness_scores(
             r,
@@ -209,16 +201,38 @@ def evaluate_faithfulness(
             encoder=e.spec,
             role="conditioning" if k == 0 else "judge",
             distance=distance,
+            classifier=e.classifier if e.feature == "backbone" else None,
         )
         for k, (e, r, z) in enumerate(zip(encoders, refs, sample_reps, strict=True))
     ]
-    settings = {
-        "num_images": n,
-        "num_samples": s,
-        "steps": steps,
-        "sampler": sampler,
-        "seed": seed,
-        "guidance": guidance,
-        "distance": distance,
-    }
-    return FaithfulnessResult(scores, settings, [str(p) for p in paths])
+    record = {"num_images": n, "num_samples": s, **cfg.record(), "distance": distance}
+    return FaithfulnessResult(scores, record, [str(p) for p in paths])
+
+
+def faithfulness_tables(data: dict) -> list[str]:
+    rows = [
+        [
+            s["encoder"],
+            s["role"],
+            s["cosine"],
+            s["mean_rank"],
+            s["median_rank"],
+            s["top1"],
+            s["top5"],
+            s["chance_rank"],
+            s.get("class_agreement"),
+        ]
+        for s in data["scores"]
+    ]
+    header = [
+        "encoder",
+        "role",
+        "cosine ↑",
+        "mean rank ↓",
+        "median rank",
+        "top-1 ↑",
+        "top-5 ↑",
+        "chance rank",
+        "class agreement ↑",
+    ]
+    return [markdown_table(header, rows)]

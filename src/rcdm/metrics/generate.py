@@ -19,14 +19,13 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from ..data import load_images
-from ..diffusion import Compile, Precision, Sampler, batched, sample
+from ..data import batched, files_digest, load_images
+from ..devices import process_state
+from ..diffusion import SamplingConfig, sample, sampling_config
 from ..encoders import Encoder
 from ..errors import RCDMError
 from ..figures import to_pil
 from ..model import RCDM
-from ..visualize import encode
-from .quality import files_digest
 
 MANIFEST = "generate.json"
 SHARD = 1000
@@ -81,24 +80,18 @@ def generate_samples(
     out_dir: str | Path,
     *,
     num_samples: int,
-    steps: int | None = None,
-    sampler: Sampler = "dpm++",
-    seed: int = 0,
-    guidance: float = 1.0,
-    batch_size: int = 64,
-    compile: Compile = "auto",
-    precision: Precision = "auto",
+    sampling: SamplingConfig | None = None,
     model_name: str = "",
     device: str | torch.device | None = None,  # None: this process's device (accelerate)
     progress: bool = False,
+    **settings,
 ) -> GenerateResult:
     """Draw `num_samples` images conditioned on `references` (cycled) into `out_dir`, resumably.
 
     Call it in every process of an `accelerate launch`; each draws its share on its own device (the model and
     encoder are moved to `device`, default the process's). Images are written as 8-bit PNGs of the model's sample size, values from [0, 1].
     """
-    from ..parallel import process_state
-
+    cfg = sampling_config(sampling, **settings)
     refs = [Path(p) for p in references]
     if not refs:
         raise RCDMError("no reference images: pass --images FOLDER")
@@ -112,12 +105,12 @@ def generate_samples(
         "feature": encoder.feature,
         "num_references": len(refs),
         "num_samples": num_samples,
-        "seed": seed,
-        "steps": steps,
-        "sampler": sampler,
-        "guidance": guidance,
-        "precision": precision,  # bf16 and fp32 samples differ slightly; compile modes do not change them
-        "batch_size": batch_size,
+        "seed": cfg.seed,
+        "steps": cfg.steps,
+        "sampler": cfg.sampler,
+        "guidance": cfg.guidance,
+        "precision": cfg.precision,  # bf16 and fp32 samples differ slightly; compile modes do not change them
+        "batch_size": cfg.batch_size,
         "layout": "samples/<g // 1000:03d>/<g:06d>.png; sample g is conditioned on line (g mod num_references) "
         "of references.txt",
         "references_digest": files_digest(refs),
@@ -125,7 +118,7 @@ def generate_samples(
     if state.is_main_process:
         _check_manifest(out_dir, manifest, [str(p) for p in refs])
     state.wait_for_everyone()
-    spans = list(batched(num_samples, batch_size))
+    spans = list(batched(num_samples, cfg.batch_size))
     todo = [(a, b) for a, b in spans if not all(sample_path(out_dir, g).is_file() for g in range(a, b))]
     model.to(device or state.device)
     encoder.to(device or state.device)
@@ -136,18 +129,7 @@ def generate_samples(
             views = load_images(
                 [refs[g % len(refs)] for g in range(a, b)], size, encoder.preprocessing.resample
             )
-            reps = encode(encoder, views)
-            imgs = sample(
-                model,
-                reps,
-                steps=steps,
-                sampler=sampler,
-                seed=seed,
-                first_index=a,
-                guidance=guidance,
-                compile=compile,
-                precision=precision,
-            )
+            imgs = sample(model, encoder.encode(views), cfg, first_index=a)
             for g, img in zip(range(a, b), imgs, strict=True):
                 _save_atomic(img, sample_path(out_dir, g))
             bar.update(state.num_processes)  # the main process's view of everyone's progress

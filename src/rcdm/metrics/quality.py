@@ -1,6 +1,6 @@
 """Sample quality: FID, KID, Inception Score, precision/recall and density/coverage, streamed from disk.
 
-Features come from a `FeatureExtractor`: the standard FID Inception-v3 (torch-fidelity's port of the 2015-12-05
+Features come from a `FeatureExtractor` (metrics/features.py): the standard FID Inception-v3 (torch-fidelity's port of the 2015-12-05
 TensorFlow graph, loaded from a local file; no downloads) or any rcdm Encoder (`cifar-resnet56:PATH`,
 `timm:vit_small_patch14_dinov2.lvd142m`, ...). Scores from non-Inception features are not comparable with
 published numbers and are labelled with the extractor's name.
@@ -12,309 +12,20 @@ ever held in memory beyond one chunk.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
-import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
-from torch import nn
-from torch.utils.data import DataLoader, Dataset
-from torchvision.transforms.functional import pil_to_tensor
-from tqdm.auto import tqdm
+from torch_fidelity.metric_fid import KEY_METRIC_FID, fid_statistics_to_metric
 
-from ..data import center_square, load_image
-from ..diffusion import batched
-from ..encoders import Encoder, create_encoder
+from ..data import batched
+from ..devices import process_state
 from ..errors import RCDMError
-
-# The FID network: torch-fidelity's conversion of TF's inception-2015-12-05 (what torchmetrics' FID uses).
-INCEPTION_FILE = "weights-inception-2015-12-05-6726825d.pth"
-INCEPTION_ALIASES = (INCEPTION_FILE, "pt_inception-2015-12-05-6726825d.pth")
-INCEPTION_URL = "https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/weights-inception-2015-12-05-6726825d.pth"
-INCEPTION_ENV = "RCDM_INCEPTION_WEIGHTS"
-INCEPTION_NAMES = ("inception", "inception-v3")
-
-
-# --- feature extractors -------------------------------------------------------------------------------
-
-
-class FeatureExtractor(nn.Module):
-    """forward(images): uint8 (B, 3, H, W) RGB -> (features (B, dim) float32, logits (B, classes) or None).
-
-    `name` labels the scores; `standard` is True only for the FID Inception-v3 (scores comparable to papers);
-    `has_logits` says whether an Inception Score can be computed (from these logits).
-    """
-
-    name: str
-    standard: bool
-    has_logits: bool
-
-    @property
-    def device(self) -> torch.device:
-        for p in self.parameters():
-            return p.device
-        return torch.device("cpu")
-
-
-class InceptionFeatures(FeatureExtractor):
-    """The FID Inception-v3: 2048-d pool features and 1008-class unbiased logits (for IS), torch-fidelity's."""
-
-    def __init__(self, weights: str | Path):
-        super().__init__()
-        try:
-            from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
-        except ImportError:
-            raise RCDMError(
-                "Inception features need torch-fidelity: pip install torch-fidelity (or pass --features SPEC)"
-            ) from None
-        path = Path(weights)
-        try:  # refuse pickles that are not plain tensors before torch-fidelity loads the file
-            state = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as e:
-            raise RCDMError(f"cannot read Inception weights {str(path)!r}: {e.__class__.__name__}") from None
-        if not isinstance(state, dict):
-            raise RCDMError(
-                f"{str(path)!r} holds no state dict: expected the FID Inception file {INCEPTION_FILE}"
-            )
-        try:
-            self.net = FeatureExtractorInceptionV3(
-                "inception-v3-compat", ["2048", "logits_unbiased"], feature_extractor_weights_path=str(path)
-            )
-        except RuntimeError as e:
-            first = str(e).strip().splitlines()[0] if str(e).strip() else e.__class__.__name__
-            raise RCDMError(
-                f"{str(path)!r} is not the FID Inception-v3 ({INCEPTION_FILE}): {first}"
-            ) from None
-        self.name = "inception-v3"
-        self.standard = True
-        self.has_logits = True
-
-    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        feats, logits = self.net(images)
-        return feats.float(), logits.float()
-
-
-class EncoderFeatures(FeatureExtractor):
-    """Any rcdm Encoder as a feature space (its representation); logits from `Encoder.logits` when it has a head."""
-
-    def __init__(self, encoder: Encoder):
-        super().__init__()
-        self.encoder = encoder
-        self.name = encoder.spec
-        self.standard = False
-        self.has_logits = encoder.classifier is not None
-
-    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        x = images.float() / 255.0
-        h = self.encoder.backbone_features(x)
-        feats = self.encoder.projector(h).float() if self.encoder.feature == "projector" else h
-        logits = self.encoder.classifier(h).float() if self.encoder.classifier is not None else None
-        return feats, logits
-
-
-def inception_search_paths() -> list[Path]:
-    """Where the Inception weights are looked for, after an explicit path: $RCDM_INCEPTION_WEIGHTS, then the
-    torch hub cache (`torch.hub.get_dir()/checkpoints/`, where torch-fidelity/torchmetrics download it)."""
-    out = []
-    if os.environ.get(INCEPTION_ENV):
-        out.append(Path(os.environ[INCEPTION_ENV]).expanduser())
-    hub = Path(torch.hub.get_dir()) / "checkpoints"
-    out.extend(hub / name for name in INCEPTION_ALIASES)
-    return out
-
-
-def find_inception_weights(path: str | Path | None = None) -> Path:
-    """The FID Inception weights file: `path` if given, else the first of `inception_search_paths()` that exists."""
-    if path is not None:
-        p = Path(path).expanduser()
-        if not p.is_file():
-            raise RCDMError(
-                f"Inception weights not found at {str(p)!r}: download {INCEPTION_URL} to that path"
-            )
-        return p
-    for p in inception_search_paths():
-        if p.is_file():
-            return p
-    target = Path(torch.hub.get_dir()) / "checkpoints" / INCEPTION_FILE
-    raise RCDMError(
-        f"FID Inception-v3 weights not found (offline): put {INCEPTION_FILE} (from {INCEPTION_URL}) at "
-        f"{target}, or pass --inception-weights PATH, or use --features SPEC for another extractor"
-    )
-
-
-def create_feature_extractor(
-    spec: str = "inception", inception_weights: str | Path | None = None
-) -> FeatureExtractor:
-    """'inception' (the FID network, from a local file) or any encoder spec (its backbone feature)."""
-    if spec in INCEPTION_NAMES:
-        return InceptionFeatures(find_inception_weights(inception_weights))
-    return EncoderFeatures(create_encoder(spec, "backbone"))
-
-
-# --- feature store ---------------------------------------------------------------------------------------
-
-
-class _Images(Dataset):
-    """Files -> uint8 (3, size, size): centre square, resized (bicubic, antialiased) when not already size."""
-
-    def __init__(self, files: Sequence[Path], size: int):
-        self.files, self.size = list(files), size
-
-    def __len__(self) -> int:
-        return len(self.files)
-
-    def __getitem__(self, i: int) -> torch.Tensor:
-        x = center_square(pil_to_tensor(load_image(self.files[i])))
-        if x.shape[-1] != self.size:
-            x = torch.nn.functional.interpolate(
-                x[None].float(), size=(self.size, self.size), mode="bicubic", antialias=True
-            )[0]
-            x = x.round().clamp(0, 255).to(torch.uint8)
-        return x
-
-
-def native_size(path: Path) -> int:
-    """Side of the centre square of an image file (its shorter side)."""
-    im = load_image(path)
-    return min(im.size)
-
-
-def files_digest(files: Sequence[Path]) -> str:
-    h = hashlib.sha256()
-    for f in files:
-        h.update(str(Path(f).resolve()).encode())
-        h.update(b"\0")
-    return h.hexdigest()[:12]
-
-
-@dataclass
-class FeatureSet:
-    """Features (N, dim) float32 and optional logits (N, classes) of N images, as .npy files in `folder`."""
-
-    folder: Path
-    extractor: str
-    count: int
-    dim: int
-    has_logits: bool
-
-    def features(self) -> np.ndarray:
-        """(N, dim) read-only memory map."""
-        return np.load(self.folder / "features.npy", mmap_mode="r")
-
-    def logits(self) -> np.ndarray | None:
-        return np.load(self.folder / "logits.npy", mmap_mode="r") if self.has_logits else None
-
-    def chunks(self, size: int = 4096) -> Iterator[torch.Tensor]:
-        """(<= size, dim) float32 tensors, in order."""
-        f = self.features()
-        for a, b in batched(self.count, size):
-            yield torch.from_numpy(np.array(f[a:b], dtype=np.float32))
-
-    def rows(self, index: np.ndarray | torch.Tensor) -> torch.Tensor:
-        """Features of the given rows (K, dim) float32 (read in sorted order, returned in the order given)."""
-        idx = np.asarray(index)
-        order = np.argsort(idx)
-        out = np.empty((len(idx), self.dim), dtype=np.float32)
-        out[order] = self.features()[idx[order]]
-        return torch.from_numpy(out)
-
-    def mean_cov(self, chunk: int = 4096) -> tuple[torch.Tensor, torch.Tensor]:
-        """Mean (dim,) and unbiased covariance (dim, dim), float64, accumulated chunk by chunk."""
-        if self.count < 2:
-            raise RCDMError(f"a covariance needs at least 2 images; {self.folder} has {self.count}")
-        s = torch.zeros(self.dim, dtype=torch.float64)
-        ss = torch.zeros(self.dim, self.dim, dtype=torch.float64)
-        for x in self.chunks(chunk):
-            x = x.double()
-            s += x.sum(0)
-            ss += x.T @ x
-        mu = s / self.count
-        cov = (ss - self.count * torch.outer(mu, mu)) / (self.count - 1)
-        return mu, cov
-
-
-def extract_features(
-    files: Sequence[Path],
-    extractor: FeatureExtractor,
-    store: str | Path,
-    *,
-    image_size: int | None = None,
-    batch_size: int = 100,
-    num_workers: int = 0,
-    progress: bool = False,
-    label: str = "features",
-) -> FeatureSet:
-    """Features of `files` into `store/<digest>/` (features.npy, logits.npy, files.txt, one marker per done batch).
-
-    Batch by batch, so a killed job resumes where it stopped; with several processes (accelerate launch), the
-    batches are split between them and every process returns the finished set. image_size: the side images are
-    brought to before the extractor (default: the first file's); the extractor resizes further as it needs.
-    """
-    from ..parallel import process_state
-
-    files = [Path(f) for f in files]
-    if not files:
-        raise RCDMError("no images to extract features from")
-    state = process_state()
-    size = image_size or native_size(files[0])
-    digest = hashlib.sha256(f"{files_digest(files)}|{extractor.name}|{size}".encode()).hexdigest()[:12]
-    folder = Path(store) / digest  # the same images and extractor share one store, whatever the label
-    meta_path = folder / "meta.json"
-    done_dir = folder / "done"
-    if state.is_main_process and not meta_path.is_file():
-        folder.mkdir(parents=True, exist_ok=True)
-        done_dir.mkdir(exist_ok=True)
-        with torch.no_grad():
-            probe = torch.zeros(1, 3, size, size, dtype=torch.uint8, device=extractor.device)
-            f, lg = extractor(probe)
-        np.lib.format.open_memmap(folder / "features.npy", "w+", np.float32, (len(files), f.shape[1])).flush()
-        if lg is not None:
-            np.lib.format.open_memmap(
-                folder / "logits.npy", "w+", np.float32, (len(files), lg.shape[1])
-            ).flush()
-        meta = {
-            "extractor": extractor.name,
-            "count": len(files),
-            "dim": int(f.shape[1]),
-            "has_logits": lg is not None,
-            "image_size": size,
-            "batch_size": batch_size,
-        }
-        (folder / "files.txt").write_text("\n".join(str(p) for p in files) + "\n")
-        meta_path.write_text(json.dumps(meta, indent=2))
-    state.wait_for_everyone()
-    meta = json.loads(meta_path.read_text())
-    bs = int(meta["batch_size"])  # the store's batching, fixed when it was created
-    todo = [k for k, _ in enumerate(batched(len(files), bs)) if not (done_dir / f"{k:06d}").exists()]
-    if todo:
-        feats = np.load(folder / "features.npy", mmap_mode="r+")
-        logits = np.load(folder / "logits.npy", mmap_mode="r+") if meta["has_logits"] else None
-        with state.split_between_processes(todo) as mine:
-            spans = [range(k * bs, min(len(files), (k + 1) * bs)) for k in mine]
-            loader = DataLoader(_Images(files, size), batch_sampler=spans, num_workers=num_workers)
-            bar = tqdm(
-                total=len(mine), disable=not (progress and state.is_main_process), desc=f"{label} features"
-            )
-            for k, span, x in zip(mine, spans, loader, strict=True):
-                with torch.no_grad():
-                    f, lg = extractor(x.to(extractor.device))
-                feats[span.start : span.stop] = f.cpu().numpy()
-                feats.flush()
-                if logits is not None and lg is not None:
-                    logits[span.start : span.stop] = lg.cpu().numpy()
-                    logits.flush()
-                (done_dir / f"{k:06d}").touch()
-                bar.update()
-            bar.close()
-        del feats, logits
-    state.wait_for_everyone()
-    return FeatureSet(folder, meta["extractor"], meta["count"], meta["dim"], meta["has_logits"])
-
+from ..figures import fmt, markdown_table
+from .features import FeatureExtractor, FeatureSet, extract_features, native_size
 
 # --- metrics on features -----------------------------------------------------------------------------------
 
@@ -322,15 +33,17 @@ def extract_features(
 def frechet_distance(
     mu1: torch.Tensor, sigma1: torch.Tensor, mu2: torch.Tensor, sigma2: torch.Tensor
 ) -> float:
-    """||mu1 - mu2||^2 + Tr(S1 + S2 - 2 (S1 S2)^(1/2)) (Heusel et al. 2017, Eq. 6), float64.
+    """||mu1 - mu2||^2 + Tr(S1 + S2 - 2 (S1 S2)^(1/2)) (Heusel et al. 2017, Eq. 6), in float64 by torch-fidelity.
 
-    Tr((S1 S2)^(1/2)) is the sum of square roots of the eigenvalues of S1 S2 (real, >= 0 up to rounding).
+    torch-fidelity's own formula (eigenvalues of S1 S2), so that our FID is the number other papers report.
     """
-    mu1, mu2, sigma1, sigma2 = (t.double() for t in (mu1, mu2, sigma1, sigma2))
-    eig = torch.linalg.eigvals(sigma1 @ sigma2)
-    tr_sqrt = eig.sqrt().real.sum()
-    value = (mu1 - mu2).square().sum() + sigma1.trace() + sigma2.trace() - 2 * tr_sqrt
-    return float(value)
+
+    def stats(mu: torch.Tensor, sigma: torch.Tensor) -> dict:
+        return {"mu": mu.double().cpu().numpy(), "sigma": sigma.double().cpu().numpy()}
+
+    return float(
+        fid_statistics_to_metric(stats(mu1, sigma1), stats(mu2, sigma2), verbose=False)[KEY_METRIC_FID]
+    )
 
 
 def polynomial_kernel(
@@ -408,6 +121,7 @@ def inception_score(
 
 def _knn_radii(x: torch.Tensor, ks: Sequence[int], chunk: int) -> dict[int, torch.Tensor]:
     """Distance of each row of x (N, dim) to its k-th nearest other row, for each k -> {k: (N,)}."""
+    ks = sorted(set(ks))  # the same k twice (k_pr == k_dc) is one radius
     kmax = max(ks)
     if x.shape[0] <= kmax:
         raise RCDMError(f"k-NN radii with k={kmax} need more than {kmax} images; got {x.shape[0]}")
@@ -488,8 +202,6 @@ class QualityResult:
 
 
 def _device() -> torch.device:
-    from ..parallel import process_state
-
     return process_state().device
 
 
@@ -590,3 +302,17 @@ def evaluate_quality(
     )
     result.settings["image_size"] = size
     return result
+
+
+def quality_tables(data: dict) -> list[str]:
+    tag = "" if data["standard"] else f" [{data['features']}]"
+    rows = [
+        [f"FID{tag} ↓", data["fid"]],
+        [f"KID{tag} ↓", f"{fmt(data['kid'], 5)} ± {fmt(data['kid_std'], 5)}"],
+        [f"IS{tag} ↑", data["inception_score"]],
+        [f"precision{tag} ↑", data["precision"]],
+        [f"recall{tag} ↑", data["recall"]],
+        [f"density{tag} ↑", data["density"]],
+        [f"coverage{tag} ↑", data["coverage"]],
+    ]
+    return [markdown_table(["metric", "value"], rows)]

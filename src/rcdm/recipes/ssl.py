@@ -19,7 +19,6 @@ import logging
 import math
 import os
 import shutil
-import subprocess
 import tarfile
 import time
 from collections.abc import Callable
@@ -37,15 +36,17 @@ from torchvision.transforms.functional import pil_to_tensor
 from tqdm.auto import tqdm
 
 from ..data import center_square, load_image, resize
-from ..diffusion import accelerate_mixed_precision, autocast_for
-from ..encoders import Encoder, create_encoder
-from ..encoders.rcdm_cifar import (
+from ..devices import autocast_for, training_precision
+from ..encoders import create_encoder
+from ..encoders.cifar import (
     CifarEncoderArch,
     CifarEncoderNet,
     default_preprocessing,
     save_encoder,
 )
 from ..errors import NonFiniteLossError, RCDMError
+from ..metrics.knn import encoder_features, knn_accuracy
+from ..runs import CHECKPOINTS, atomic_dir, device_name, git_commit, latest_checkpoint, prune_checkpoints
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +60,7 @@ CIFAR_LICENSE = (
 
 @dataclass(frozen=True)
 class SSLConfig:
-    """Run settings for `train_encoder`; written to RUN_DIR/recipe.json. Defaults: the GPU recipe (one H100)."""
+    """Run settings for `train_encoder`; written to RUN_DIR/recipe.json. Defaults: the GPU recipe (docs/recipes.md)."""
 
     data: str  # CIFAR-10 root with train/<class>/*.jpg and test/<class>/*.jpg, or the cifar10-jpeg.tar.gz
     objective: Objective = "vicreg"
@@ -199,7 +200,7 @@ class AugmentedViews(Dataset):
         return a, b, self.labels[i]
 
 
-# --- losses and evaluation -------------------------------------------------------------------------
+# --- loss -------------------------------------------------------------------------
 
 
 def vicreg_loss(
@@ -228,125 +229,22 @@ def vicreg_loss(
     return sim_coeff * inv + std_coeff * var + cov_coeff * cov
 
 
-@torch.no_grad()
-def knn_predict(
-    train_features: torch.Tensor,
-    train_labels: torch.Tensor,
-    test_features: torch.Tensor,
-    k: int = 20,
-    temperature: float = 0.07,
-    num_classes: int | None = None,
-    chunk: int = 1024,
-) -> torch.Tensor:
-    """Weighted cosine k-NN (Wu et al. 2018): (N, D), (N,) int, (M, D) -> (M,) predicted labels.
-
-    Each of the k most cosine-similar train features votes for its label with weight exp(similarity / T);
-    ties go to the lower class index.
-    """
-    if train_features.shape[0] != train_labels.shape[0]:
-        raise RCDMError(
-            f"{train_features.shape[0]} train features but {train_labels.shape[0]} labels: pass one label each"
-        )
-    c = int(num_classes or int(train_labels.max()) + 1)
-    k = min(k, train_features.shape[0])
-    bank = F.normalize(train_features.float(), dim=1)
-    labels = train_labels.long().to(bank.device)
-    out = []
-    for s in range(0, test_features.shape[0], chunk):
-        q = F.normalize(test_features[s : s + chunk].float().to(bank.device), dim=1)
-        sim, idx = (q @ bank.T).topk(k, dim=1)
-        votes = torch.zeros(q.shape[0], c, device=bank.device)
-        votes.scatter_add_(1, labels[idx], (sim / temperature).exp())
-        out.append(votes.argmax(1))
-    return torch.cat(out).cpu()
-
-
-def knn_accuracy(
-    train_features: torch.Tensor,
-    train_labels: torch.Tensor,
-    test_features: torch.Tensor,
-    test_labels: torch.Tensor,
-    k: int = 20,
-    temperature: float = 0.07,
-) -> float:
-    """Fraction in [0, 1] of test features whose weighted k-NN label (see `knn_predict`) is right."""
-    c = int(max(int(train_labels.max()), int(test_labels.max())) + 1)
-    pred = knn_predict(train_features, train_labels, test_features, k, temperature, c)
-    return float((pred == test_labels.long().cpu()).float().mean())
-
-
-@torch.no_grad()
-def encoder_features(
-    encoder: Encoder, images: torch.Tensor, batch_size: int = 1024
-) -> dict[str, torch.Tensor]:
-    """uint8 (N, 3, H, W) -> {"backbone": (N, d), "projector": (N, p) when the encoder has one}, float32 CPU."""
-    device = encoder.device
-    feats: dict[str, list[torch.Tensor]] = {"backbone": [], "projector": []}
-    for s in range(0, images.shape[0], batch_size):
-        x = images[s : s + batch_size].to(device).float() / 255
-        with autocast_for(device):
-            h = encoder.backbone_features(x)
-            feats["backbone"].append(h.float().cpu())
-            if encoder.projector is not None:
-                feats["projector"].append(encoder.projector(h).float().cpu())
-    return {k: torch.cat(v) for k, v in feats.items() if v}
-
-
 # --- training --------------------------------------------------------------------------------------
-
-
-def git_commit() -> str | None:
-    """The rcdm source tree's git commit (with '+dirty' when modified), or None outside a checkout."""
-    here = Path(__file__).resolve().parent
-    try:
-        sha = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, check=True, timeout=10
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"],
-            cwd=here,
-            capture_output=True,
-            text=True,
-            timeout=10,
-        ).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return sha + ("+dirty" if dirty else "")
-
-
-def device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    return f"{device.type} ({os.cpu_count()} cores visible)"
-
-
-def _latest_epoch(run_dir: Path) -> Path | None:
-    ck = run_dir / "checkpoints"
-    done = sorted(p for p in ck.glob("epoch-*") if (p / "state.json").is_file()) if ck.is_dir() else []
-    return done[-1] if done else None
 
 
 def _save_epoch(
     run_dir: Path, epoch: int, net: CifarEncoderNet, opt: torch.optim.Optimizer, state: dict
 ) -> None:
-    """RUN_DIR/checkpoints/epoch-NNNN written to a temp folder and renamed; keeps the newest two."""
-    ck = run_dir / "checkpoints"
-    ck.mkdir(parents=True, exist_ok=True)
-    tmp, final = ck / f".tmp-epoch-{epoch:04d}-{os.getpid()}", ck / f"epoch-{epoch:04d}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    save_file(
-        {k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}, str(tmp / "net.safetensors")
-    )
-    torch.save(opt.state_dict(), tmp / "optimizer.pt")
-    (tmp / "state.json").write_text(json.dumps(state))
-    for p in tmp.iterdir():
-        with open(p, "rb") as f:
-            os.fsync(f.fileno())
-    shutil.rmtree(final, ignore_errors=True)
-    os.rename(tmp, final)
-    for old in sorted(p for p in ck.glob("epoch-*") if (p / "state.json").is_file())[:-2]:
-        shutil.rmtree(old, ignore_errors=True)
+    """RUN_DIR/checkpoints/epoch-NNNN written atomically (runs.atomic_dir); keeps the newest two."""
+    ck = run_dir / CHECKPOINTS
+    with atomic_dir(ck / f"epoch-{epoch:04d}", ck / f".tmp-epoch-{epoch:04d}-{os.getpid()}") as tmp:
+        save_file(
+            {k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()},
+            str(tmp / "net.safetensors"),
+        )
+        torch.save(opt.state_dict(), tmp / "optimizer.pt")
+        (tmp / "state.json").write_text(json.dumps(state))
+    prune_checkpoints(run_dir, 2, "epoch-*")
 
 
 def _lr_at(cfg: SSLConfig, step: int, steps_per_epoch: int) -> float:
@@ -400,7 +298,7 @@ def train_encoder(
     progress: bool = True,
     on_step: Callable[[int, float], None] | None = None,  # after each optimizer step (step, loss)
 ) -> SSLResult:
-    """Train the encoder of `cfg`, evaluate k-NN on the test split, save RUN_DIR/encoder (see rcdm_cifar).
+    """Train the encoder of `cfg`, evaluate k-NN on the test split, save RUN_DIR/encoder (see encoders/cifar.py).
 
     Resumable per epoch: a run killed at any point continues with `resume=True` from its last complete epoch.
     """
@@ -412,7 +310,7 @@ def train_encoder(
     for name in ("epochs", "batch_size"):
         if getattr(cfg, name) < 1:
             raise RCDMError(f"{name} {getattr(cfg, name)} must be at least 1")
-    ckpt = _latest_epoch(run_dir)
+    ckpt = latest_checkpoint(run_dir, "epoch-*")
     if ckpt is not None and not resume:
         raise RCDMError(
             f"{str(run_dir)!r} already holds checkpoints: pass --resume to continue, or a new --out"
@@ -437,9 +335,8 @@ def train_encoder(
         num_classes=len(classes) if supervised else 0,
     )
     mp = cfg.mixed_precision
-    acc = Accelerator(
-        mixed_precision=accelerate_mixed_precision(mp, "cuda" if torch.cuda.is_available() else "cpu")
-    )
+    acc = Accelerator()
+    precision = training_precision(mp)
     if acc.num_processes > 1:
         raise RCDMError(
             f"the SSL recipe runs on one process, not {acc.num_processes}: start it with python, not accelerate launch"
@@ -486,7 +383,7 @@ def train_encoder(
             for group in opt.param_groups:
                 group["lr"] = _lr_at(cfg, step, steps_per_epoch)
             a = prep(a.to(acc.device, non_blocking=True))
-            with acc.autocast():
+            with autocast_for(acc.device, precision):
                 if supervised:
                     assert core.classifier is not None
                     loss = F.cross_entropy(core.classifier(net(a)).float(), y.to(acc.device))

@@ -12,19 +12,12 @@ from safetensors.torch import load_file
 
 from rcdm.cli import main
 from rcdm.encoders import create_encoder
-from rcdm.encoders.rcdm_cifar import CifarEncoderArch, CifarEncoderNet, default_preprocessing
+from rcdm.encoders.cifar import CifarEncoderArch, CifarEncoderNet, default_preprocessing
 from rcdm.errors import RCDMError
-from rcdm.recipes.demo_pack import RCDMRecipe, pack, train_rcdms
-from rcdm.recipes.ssl import (
-    SSLConfig,
-    encoder_features,
-    knn_accuracy,
-    knn_predict,
-    labelled_files,
-    load_uint8,
-    train_encoder,
-    vicreg_loss,
-)
+from rcdm.metrics.knn import encoder_features, knn_accuracy, knn_predict
+from rcdm.recipes.bundle import pack
+from rcdm.recipes.demo_pack import RCDMRecipe, train_rcdms
+from rcdm.recipes.ssl import SSLConfig, labelled_files, load_uint8, train_encoder, vicreg_loss
 
 TARGET = "rcdm-cifar10-vicreg-projector"
 TINY = dict(
@@ -128,6 +121,23 @@ def test_rcdm_recipe_records_its_run(runs: Path) -> None:
     rec = json.loads((runs / TARGET / "recipe.json").read_text())
     assert rec["steps"] == 2 and rec["images_seen"] == 8 and rec["smoke"] is True
     assert rec["target"]["feature"] == "projector" and rec["device"].startswith("cpu")
+
+
+def test_cpu_profile_trains_a_standardized_model_and_keeps_its_checkpoints(
+    runs: Path, few_images: Path, tmp_path: Path
+) -> None:
+    import shutil
+
+    root = tmp_path / "runs"
+    shutil.copytree(runs / "supervised", root / "supervised")
+    argv = ["recipe", "rcdm", "--profile", "cpu", "--runs", str(root), "--data", str(few_images)]
+    argv += ["--only", "rcdm-cifar10-supervised", "--preset", "tiny", "--steps", "4", "--batch-size", "4"]
+    assert main([*argv, "--save-every", "1", "--no-progress"]) == 0
+    run = root / "rcdm-cifar10-supervised"
+    rec = json.loads((run / "recipe.json").read_text())["recipe"]
+    assert rec["standardize"] is True and rec["lr"] == 5e-4 and rec["batch_size"] == 4  # profile, then flags
+    assert json.loads((run / "model" / "config.json").read_text())["standardize_representation"] is True
+    assert len(list((run / "checkpoints").glob("step-*"))) == 4  # the CPU profile keeps the curve
 
 
 def test_pack_refuses_smoke_runs_and_oversized_bundles(runs: Path, tmp_path: Path) -> None:

@@ -26,12 +26,12 @@ from rcdm.analysis import (
     topk_cosine,
     variance,
 )
-from rcdm.analysis._common import shared_noise
 from rcdm.analysis.interpolate import lerp
 from rcdm.analysis.invariance import saturation
 from rcdm.cli import main
+from rcdm.data import load_views
+from rcdm.diffusion import start_noise
 from rcdm.errors import RCDMError
-from rcdm.visualize import load_views
 
 FAST = dict(num_samples=2, steps=3)
 
@@ -204,8 +204,8 @@ def test_interpolation_endpoints_equal_sampling_the_endpoints(tiny, two_images):
     model, enc = tiny
     res = interpolate(model, enc, two_images, num_steps=3, num_samples=2, steps=3, sampler="ddim")
     assert res.samples.shape == (2, 3, 2, 3, 32, 32)
-    reps = rcdm.encode(enc, load_views(two_images, 32, 32)[1])
-    noise = shared_noise(model, 2, 0)
+    reps = enc.encode(load_views(two_images, 32, 32)[1])
+    noise = start_noise(model.config.sample_size, 2, 0)
     for k, rep in ((0, reps[0]), (-1, reps[1])):
         direct = rcdm.sample(model, rep[None].repeat(2, 1), noise=noise, steps=3, sampler="ddim")
         for m in range(2):  # linear and spherical agree at the endpoints

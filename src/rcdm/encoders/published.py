@@ -17,12 +17,12 @@ from typing import Literal
 import torch
 from torch import nn
 
-from ..checkpoints import RemoteFile, check_keys, fetch, read_checkpoint, subtree
 from ..errors import RCDMError
+from ..weights import Weights, check_keys, fetch, read_checkpoint, subtree
 from .base import Encoder, Feature, Preprocessing, published_preprocessing
 from .registry import register_encoder
 
-Method = Literal["supervised", "dino", "simclr", "barlowtwins", "vicreg"]
+SSLMethod = Literal["supervised", "dino", "simclr", "barlowtwins", "vicreg"]
 TRUNK_DIM = 2048
 
 
@@ -31,10 +31,9 @@ class PublishedEncoder:
     """A published encoder: where its weights are, how they are nested, and what its head gives."""
 
     name: str  # registry name, timm style: arch.tag
-    method: Method
-    weights: RemoteFile
+    method: SSLMethod
+    weights: Weights  # url, file name, digest, license, paper
     projector_dim: int | None  # None: no head (supervised)
-    paper: str
 
 
 _VISSL = "https://dl.fbaipublicfiles.com/vissl/model_zoo"
@@ -45,55 +44,56 @@ PUBLISHED: dict[str, PublishedEncoder] = {
             "resnet50.tv_in1k",
             "supervised",
             # torchvision ResNet50_Weights.IMAGENET1K_V1 (the `pretrained=True` weights); BSD-3 licensed.
-            RemoteFile(
+            Weights(
                 "https://download.pytorch.org/models/resnet50-0676ba61.pth",
                 "resnet50-0676ba61.pth",
                 sha256="0676ba61",
                 license="BSD-3-Clause",
+                paper="He et al. 2016 (torchvision)",
             ),
             None,
-            "He et al. 2016 (torchvision)",
         ),
         PublishedEncoder(
             "resnet50.dino_in1k",
             "dino",
-            RemoteFile(
+            Weights(
                 "https://dl.fbaipublicfiles.com/dino/dino_resnet50_pretrain/"
                 "dino_resnet50_pretrain_full_checkpoint.pth",
                 "dino_resnet50_pretrain_full_checkpoint.pth",
+                paper="Caron et al. 2021 (DINO)",
             ),
             256,
-            "Caron et al. 2021 (DINO)",
         ),
         PublishedEncoder(
             "resnet50.simclr_in1k",
             "simclr",
-            RemoteFile(
+            Weights(
                 f"{_VISSL}/simclr_rn50_1000ep_simclr_8node_resnet_16_07_20.afe428c7/"
                 "model_final_checkpoint_phase999.torch",
                 "simclr_rn50_1000ep_model_final_checkpoint_phase999.torch",
+                paper="Chen et al. 2020 (SimCLR, VISSL 1000 epochs)",
             ),
             128,
-            "Chen et al. 2020 (SimCLR, VISSL 1000 epochs)",
         ),
         PublishedEncoder(
             "resnet50.barlowtwins_in1k",
             "barlowtwins",
-            RemoteFile(
+            Weights(
                 f"{_VISSL}/barlow_twins/barlow_twins_32gpus_4node_imagenet1k_1000ep_resnet50.torch",
                 "barlow_twins_32gpus_4node_imagenet1k_1000ep_resnet50.torch",
+                paper="Zbontar et al. 2021 (Barlow Twins, VISSL 1000 epochs)",
             ),
             8192,
-            "Zbontar et al. 2021 (Barlow Twins, VISSL 1000 epochs)",
         ),
         PublishedEncoder(
             "resnet50.vicreg_in1k",
             "vicreg",
-            RemoteFile(
-                "https://dl.fbaipublicfiles.com/vicreg/resnet50_fullckpt.pth", "vicreg_resnet50_fullckpt.pth"
+            Weights(
+                "https://dl.fbaipublicfiles.com/vicreg/resnet50_fullckpt.pth",
+                "vicreg_resnet50_fullckpt.pth",
+                paper="Bardes et al. 2022 (VICReg)",
             ),
             8192,
-            "Bardes et al. 2022 (VICReg)",
         ),
     )
 }
@@ -127,7 +127,7 @@ def _linear_bn_relu(i: int, o: int) -> nn.Sequential:
     return nn.Sequential(nn.Linear(i, o, bias=False), nn.BatchNorm1d(o), nn.ReLU())
 
 
-def build_projector(method: Method) -> nn.Module | None:
+def build_projector(method: SSLMethod) -> nn.Module | None:
     """The published head with the key names of its checkpoint (after the prefixes are stripped)."""
     d = TRUNK_DIM
     if method == "dino":  # head.mlp; the 60000-way head.last_layer is not part of the representation
@@ -178,7 +178,7 @@ def _take(state: Mapping[str, torch.Tensor], prefix: str) -> dict[str, torch.Ten
     return {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
 
 
-def split_checkpoint(method: Method, ckpt: Mapping, what: str) -> Parts:
+def split_checkpoint(method: SSLMethod, ckpt: Mapping, what: str) -> Parts:
     """The published nesting of each file -> Parts. Keys this does not place are kept, so loading refuses them."""
     if method == "supervised":  # torchvision: a flat state dict with fc.* (the ImageNet classifier)
         state = dict(ckpt)

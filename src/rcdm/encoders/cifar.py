@@ -1,6 +1,10 @@
-"""Encoders trained by `rcdm recipe ssl`: a width-scaled CIFAR ResNet + optional projector + optional classifier.
+"""CIFAR ResNets (He et al. 2016, CIFAR variant, option-A shortcuts), at any depth 6n + 2 and any width.
 
-Spec `rcdm-cifar:PATH_OR_NAME`: PATH is a folder holding `encoder.safetensors` and `card.json` (what the recipe
+- `cifar-resnet20:PATH` / `cifar-resnet56:PATH`: the supervised CIFAR ResNets of ../shared/data/README.md
+  (width 1 plus their classifier `linear`; 64-d pooled feature). Written by hand because no maintained library
+  ships this exact layout (parameter-free zero-padded shortcut) with these key names; the weights load strictly.
+- `rcdm-cifar:PATH_OR_NAME`: encoders trained by `rcdm recipe ssl` (a width-scaled CIFAR ResNet + optional
+  projector + optional classifier). PATH is a folder holding `encoder.safetensors` and `card.json` (what the recipe
 writes); NAME is a bundled folder under `rcdm/assets/models/NAME`. The card describes the architecture, so a
 saved encoder is rebuilt without flags and loaded `strict=True`.
 """
@@ -10,7 +14,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from importlib import resources
 from pathlib import Path
@@ -22,8 +26,8 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from ..errors import RCDMError
-from .base import Encoder, Feature, Preprocessing, file_identity
-from .cifar_resnet import BasicBlock
+from ..runs import atomic_dir
+from .base import IMAGENET_MEAN, IMAGENET_STD, Encoder, Feature, Preprocessing, file_identity
 from .registry import register_encoder
 
 log = logging.getLogger(__name__)
@@ -67,6 +71,34 @@ class CifarEncoderArch:
         )
 
 
+class _ShortcutA(nn.Module):
+    """Parameter-free shortcut: subsample by 2 and zero-pad planes//4 channels on each side."""
+
+    def __init__(self, planes: int):
+        super().__init__()
+        self.pad = planes // 4
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.pad(x[:, :, ::2, ::2], (0, 0, 0, 0, self.pad, self.pad))
+
+
+class BasicBlock(nn.Module):
+    def __init__(self, in_planes: int, planes: int, stride: int):
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_planes, planes, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.conv2 = nn.Conv2d(planes, planes, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.shortcut: nn.Module = nn.Identity()
+        if stride != 1 or in_planes != planes:
+            self.shortcut = _ShortcutA(planes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = F.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return F.relu(out + self.shortcut(x))
+
+
 class WideCifarResNet(nn.Module):
     """CIFAR ResNet with option-A shortcuts and channels (16, 32, 64) x width.
 
@@ -95,6 +127,45 @@ class WideCifarResNet(nn.Module):
         out = F.relu(self.bn1(self.conv1(x)))
         out = self.layer3(self.layer2(self.layer1(out)))
         return F.adaptive_avg_pool2d(out, 1).flatten(1)
+
+
+class CifarResNet(WideCifarResNet):
+    """The published CIFAR ResNet-20/56: WideCifarResNet(depth, width=1) plus its classifier `linear`.
+
+    forward(x): x (B, 3, 32, 32) ImageNet-normalised -> (B, 64) pooled feature; `linear` gives logits.
+    """
+
+    def __init__(self, depth: int, num_classes: int = 10):
+        super().__init__(depth, width=1)
+        self.linear = nn.Linear(64, num_classes)
+
+
+DEPTHS = {"resnet20": 20, "resnet56": 56}
+
+
+def load_cifar_resnet(depth: str, path: str | Path) -> CifarResNet:
+    """Build a CIFAR ResNet and load `path` ({'state_dict': {'module.*': ...}}) strictly."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise RCDMError(
+            f"CIFAR ResNet weights not found: {str(path)!r}; pass cifar-{depth}:PATH to a .th file"
+        )
+    net = CifarResNet(DEPTHS[depth])
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise RCDMError(f"cannot read CIFAR ResNet weights {str(path)!r}: {e}") from None
+    state = ckpt.get("state_dict", ckpt) if isinstance(ckpt, dict) else None
+    if not isinstance(state, dict):
+        raise RCDMError(f"{str(path)!r} holds no state dict: expected {{'state_dict': {{...}}}}")
+    state = {k.removeprefix("module."): v for k, v in state.items()}
+    result = net.load_state_dict(state, strict=False)
+    if result.missing_keys or result.unexpected_keys:
+        raise RCDMError(
+            f"{str(path)!r} is not a CIFAR {depth}: missing keys {result.missing_keys[:5]}, "
+            f"unexpected keys {result.unexpected_keys[:5]}"
+        )
+    return net
 
 
 def mlp_projector(in_dim: int, widths: tuple[int, ...]) -> nn.Sequential:
@@ -150,14 +221,10 @@ def save_encoder(
     survives a later fp16 conversion by `rcdm recipe pack`.
     """
     folder = Path(folder)
-    tmp = folder.parent / f".tmp-{folder.name}-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
     state = {
         k: v.detach().to("cpu", dtype if v.is_floating_point() else v.dtype).contiguous()
         for k, v in net.state_dict().items()
     }
-    save_file(state, str(tmp / WEIGHTS_NAME), metadata={"format": FORMAT})
     full = {
         **card,
         "format": FORMAT,
@@ -165,16 +232,12 @@ def save_encoder(
         "preprocessing": (preprocessing or default_preprocessing()).to_dict(),
         "dtype": str(dtype).removeprefix("torch."),
     }
-    full.setdefault("identity", file_identity("rcdm-cifar", tmp / WEIGHTS_NAME))
-    (tmp / CARD_NAME).write_text(json.dumps(full, indent=2, default=str))
-    if readme is not None:
-        (tmp / "README.md").write_text(readme)
-    for p in tmp.iterdir():
-        with open(p, "rb") as f:
-            os.fsync(f.fileno())
-    if folder.exists():
-        shutil.rmtree(folder)
-    os.rename(tmp, folder)
+    with atomic_dir(folder) as tmp:
+        save_file(state, str(tmp / WEIGHTS_NAME), metadata={"format": FORMAT})
+        full.setdefault("identity", file_identity("rcdm-cifar", tmp / WEIGHTS_NAME))
+        (tmp / CARD_NAME).write_text(json.dumps(full, indent=2, default=str))
+        if readme is not None:
+            (tmp / "README.md").write_text(readme)
     return folder
 
 
@@ -253,3 +316,23 @@ def _rcdm_cifar(arg: str, feature: Feature) -> Encoder:
         if feature == "projector" and net.arch.projector
         else net.arch.backbone_dim,
     )
+
+
+def _cifar(depth: str) -> Callable[[str, Feature], Encoder]:
+    def factory(arg: str, feature: Feature) -> Encoder:
+        net = load_cifar_resnet(depth, arg)
+        return Encoder(
+            net,
+            Preprocessing(input_size=32, mean=IMAGENET_MEAN, std=IMAGENET_STD, interpolation="bilinear"),
+            feature=feature,
+            spec=f"cifar-{depth}:{arg}",
+            identity=file_identity(f"cifar-{depth}", Path(arg).expanduser()),
+            classifier=net.linear,
+            dim=64,
+        )
+
+    return factory
+
+
+register_encoder("cifar-resnet20", "PATH (CIFAR ResNet-20 .th; 64-d pooled feature)")(_cifar("resnet20"))
+register_encoder("cifar-resnet56", "PATH (CIFAR ResNet-56 .th; 64-d pooled feature)")(_cifar("resnet56"))

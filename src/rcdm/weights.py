@@ -1,8 +1,11 @@
 """Published weight files: the download cache, integrity checks, safe reading and strict key checks.
 
 Files go to `$RCDM_CACHE/official` (default `~/.cache/rcdm/official`). A download shows a tqdm progress bar,
-is verified (size and sha256 when recorded; otherwise that it loads) and only then moved into place. Offline,
-the error is one line naming the URL and the exact cache path to put the file at. Checkpoints are read with
+is checked against its published size and sha256 and only then moved into place. Files whose sha256 is not
+published (most of them: see `Weights`) get the digest of their first use recorded beside them (FILE.sha256),
+and every later use is checked against it: that catches a file that changed, not one that was wrong from the
+start. Offline, the error is one line naming the URL and the exact cache path to put the file at. Checkpoints are
+read with
 `torch.load(weights_only=True)` (never arbitrary unpickling) or safetensors.
 """
 
@@ -42,14 +45,17 @@ def official_cache() -> Path:
 
 
 @dataclass(frozen=True)
-class RemoteFile:
-    """One published weights file (timm-style provenance record)."""
+class Weights:
+    """One published weight file (timm-style record): where it is, what it must be, and whose it is."""
 
     url: str
     filename: str
-    size: int | None = None  # bytes; None: not recorded yet (the file is then checked by loading it)
-    sha256: str | None = None  # full hex digest or a prefix of at least 8 hex digits; None: not recorded
+    size: int | None = None  # bytes; None: not published
+    # full hex digest or a prefix of at least 8 hex digits; None: not published, so the first download's digest
+    # is recorded beside the file (FILE.sha256) and every later use is checked against it
+    sha256: str | None = None
     license: str = "CC-BY-NC-4.0"
+    paper: str = ""
 
 
 def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
@@ -60,20 +66,40 @@ def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
-def verify_file(path: Path, remote: RemoteFile) -> None:
-    """Raise RCDMError (and keep the file) when `path` does not have the recorded size / sha256."""
+def recorded_digest_path(path: Path) -> Path:
+    """Where the digest of a file without a published sha256 is recorded: FILE.sha256 beside it."""
+    return path.with_name(path.name + ".sha256")
+
+
+def verify_file(path: Path, remote: Weights) -> None:
+    """Raise RCDMError (and keep the file) when `path` does not have the published size / sha256, or, without a
+    published sha256, the digest recorded at its first use (recorded now when there is none yet)."""
     if remote.size is not None and path.stat().st_size != remote.size:
         raise RCDMError(
             f"{str(path)!r} has {path.stat().st_size} bytes but {remote.url} has {remote.size}: "
             f"delete it and download again"
         )
+    digest = sha256_file(path)
     if remote.sha256 is not None:
-        digest = sha256_file(path)
         if not digest.startswith(remote.sha256.lower()):
             raise RCDMError(
                 f"{str(path)!r} has sha256 {digest[:16]}... but {remote.url} has {remote.sha256[:16]}...: "
                 f"delete it and download again"
             )
+        return
+    record = recorded_digest_path(path)
+    if record.is_file():
+        first = record.read_text().split()[0]
+        if digest != first:
+            raise RCDMError(
+                f"{str(path)!r} has sha256 {digest[:16]}... but had {first[:16]}... when first used "
+                f"(recorded in {record.name}): it changed since; delete both files and download again"
+            )
+    elif path.suffix != ".part":
+        try:
+            record.write_text(digest + "\n")
+        except OSError:
+            log.warning("cannot record the sha256 of %s in %s", path, record)
 
 
 def _notice_license(folder: Path, license: str) -> None:
@@ -91,24 +117,28 @@ def _notice_license(folder: Path, license: str) -> None:
         pass
 
 
-def fetch(remote: RemoteFile, folder: Path | None = None, *, progress: bool = True) -> Path:
+def fetch(remote: Weights, folder: Path | None = None, *, progress: bool = True) -> Path:
     """The local path of `remote`, downloading it into `folder` (default: the official cache) on first use.
 
-    A file already in the cache (downloaded before, or put there by hand) is used after checking its size.
-    Raises RCDMError naming the URL and the cache path when the download fails (e.g. offline).
+    Every call checks the file (`verify_file`: size, published sha256, or else the digest recorded at its first
+    use), whether it was downloaded or put there by hand. Raises RCDMError naming the URL and the cache path
+    when the download fails (e.g. offline).
     """
     folder = Path(folder) if folder is not None else official_cache()
     dst = folder / remote.filename
-    if dst.is_file():
-        if remote.size is not None and dst.stat().st_size != remote.size:
-            verify_file(dst, remote)  # raises with the sizes
-        return dst
-    _notice_license(folder, remote.license)
+    if not dst.is_file():
+        _download(remote, dst, progress)
+    verify_file(dst, remote)
+    return dst
+
+
+def _download(remote: Weights, dst: Path, progress: bool) -> None:
+    """Download to DST.part, check it against the published size / sha256, then move it into place."""
+    _notice_license(dst.parent, remote.license)
     log.info("downloading %s to %s", remote.url, dst)
+    part = dst.with_name(dst.name + ".part")
     try:
-        folder.mkdir(parents=True, exist_ok=True)
-        # Writes to a temporary file next to dst and moves it into place only when complete.
-        part = dst.with_name(dst.name + ".part")
+        dst.parent.mkdir(parents=True, exist_ok=True)
         torch.hub.download_url_to_file(remote.url, str(part), progress=progress)
     except (urllib.error.URLError, OSError, ValueError) as e:
         reason = getattr(e, "reason", None) or e
@@ -122,7 +152,6 @@ def fetch(remote: RemoteFile, folder: Path | None = None, *, progress: bool = Tr
         part.unlink(missing_ok=True)
         raise
     os.replace(part, dst)
-    return dst
 
 
 def _numpy_scalar_globals() -> list:

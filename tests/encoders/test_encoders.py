@@ -6,10 +6,9 @@ import torchvision
 from safetensors.torch import save_file
 from torch import nn
 
-from rcdm.data import list_images
+from rcdm.data import list_images, load_views
 from rcdm.encoders import Encoder, Preprocessing, create_encoder, list_encoders
 from rcdm.errors import RCDMError
-from rcdm.visualize import encode, load_views
 
 
 def test_cifar_resnet20_classifies_cifar(cifar_root, resnet20_spec):
@@ -26,7 +25,7 @@ def test_cifar_resnet20_classifies_cifar(cifar_root, resnet20_spec):
         acc = (enc.logits(views).argmax(1) == torch.tensor(labels)).float().mean().item()
     print(f"ResNet-20 accuracy on 200 CIFAR-10 test JPEGs: {acc:.3f}")
     assert acc > 0.7
-    assert enc.dim == 64 and encode(enc, views[:4]).shape == (4, 64)
+    assert enc.dim == 64 and enc.encode(views[:4]).shape == (4, 64)
 
 
 def test_encoder_is_frozen(resnet20_spec):
@@ -122,6 +121,6 @@ def test_wrong_local_weights_name_the_keys(tmp_path):
 def test_pixels_encoder_needs_no_weights(few_images):
     enc = create_encoder("pixels:4")
     _, views = load_views(list_images(few_images)[:2], 32, enc.preprocessing.input_size)
-    assert enc.dim == 48 and encode(enc, views).shape == (2, 48)
+    assert enc.dim == 48 and enc.encode(views).shape == (2, 48)
     with pytest.raises(RCDMError, match="pixels:N"):
         create_encoder("pixels:abc")

@@ -5,33 +5,23 @@ levels, representation dim, learned variance), remaps every key with an explicit
 a missing, extra or misshapen key is refused by name. The legacy attention packs qkv per head as rows
 (heads, 3, C/heads); it is unpacked into diffusers' to_q/to_k/to_v and the head count is kept in the config
 (`attention_num_heads`). Named models `official:{dino,simclr,barlowtwins,vicreg}-{backbone,projector}` and
-`official:supervised` download, convert once into $RCDM_CACHE/official/models/NAME and record their encoder.
+`official:supervised` (rcdm.loading) download their file and convert it with this module once.
 Facts: ../shared/official-rcdm/README.md. Weights are CC-BY-NC 4.0.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
-import logging
-import os
-import shutil
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from safetensors.torch import save_file
 
-from .checkpoints import RemoteFile, check_keys, fetch, official_cache, read_checkpoint
-from .encoders import Feature, create_encoder
-from .encoders.official import describe_published
 from .errors import RCDMError
-from .loading import register_model_source
 from .model import RCDM
+from .weights import check_keys, read_checkpoint
 
-log = logging.getLogger(__name__)
-
-BASE_URL = "https://dl.fbaipublicfiles.com/rcdm"
 NORM_GROUPS = 32  # GroupNorm32 everywhere in guided-diffusion (not recorded in a state dict)
 
 
@@ -279,8 +269,6 @@ def export_diffusers(model: RCDM, folder: str | Path) -> Path:
     metadata: attention_num_heads). Plain diffusers builds one head per attention layer: set
     `heads = attention_num_heads` on every Attention after loading (docs/official.md shows the 5 lines).
     """
-    from safetensors.torch import save_file
-
     folder = Path(folder)
     model.unet.save_pretrained(folder / "unet")
     save_file(
@@ -293,96 +281,3 @@ def export_diffusers(model: RCDM, folder: str | Path) -> Path:
         },
     )
     return folder
-
-
-# --- named models ---------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class PublishedModel:
-    """One of the nine published checkpoints and the encoder feature it is conditioned on."""
-
-    checkpoint: RemoteFile
-    encoder: str  # a name in rcdm.encoders.official.PUBLISHED
-    feature: Feature
-
-
-def _published(file: str, encoder: str, feature: Feature) -> PublishedModel:
-    return PublishedModel(RemoteFile(f"{BASE_URL}/{file}", file), encoder, feature)
-
-
-MODELS: dict[str, PublishedModel] = {
-    "supervised": _published("rcdm_ema_supervised.pt", "resnet50.tv_in1k", "backbone")
-}
-for _method, _file in (
-    ("dino", "dino"),
-    ("simclr", "simclr"),
-    ("barlowtwins", "barlow"),
-    ("vicreg", "vicreg"),
-):
-    for _feature, _part in (("backbone", "trunk"), ("projector", "head")):
-        MODELS[f"{_method}-{_feature}"] = _published(
-            f"rcdm_ema_{_file}_{_part}.pt", f"resnet50.{_method}_in1k", _feature
-        )
-
-
-def published_name_for(path: str | Path) -> str | None:
-    """The named model whose published file name `path` has (e.g. rcdm_ema_dino_trunk.pt -> dino-backbone)."""
-    base = Path(path).name
-    for name, m in MODELS.items():
-        if m.checkpoint.filename == base:
-            return name
-    return None
-
-
-def _weights_key(path: Path) -> str:
-    st = path.stat()
-    return hashlib.sha256(f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}".encode()).hexdigest()[:12]
-
-
-def resolve_official(name: str, weights: str | None = None) -> Path:
-    """`official:NAME` -> a converted model folder (download + convert on first use, then cached).
-
-    weights: a local copy of the published checkpoint (skips the download; converted into its own folder).
-    """
-    if name not in MODELS:
-        raise RCDMError(f"unknown official model {name!r}: choose one of {', '.join(MODELS)}")
-    spec = MODELS[name]
-    root = official_cache()
-    if weights:
-        path = Path(weights).expanduser()
-        if not path.is_file():
-            raise RCDMError(
-                f"--weights {weights!r} is not a file: pass the path of {spec.checkpoint.filename}"
-            )
-        folder = root / "models" / f"{name}-{_weights_key(path)}"
-    else:
-        path = None
-        folder = root / "models" / name
-    if (folder / "config.json").is_file():
-        return folder
-    ckpt = path or fetch(spec.checkpoint)
-    log.info("converting %s to %s", ckpt, folder)
-    model = convert(ckpt, encoder=describe_published(spec.encoder, spec.feature))
-    tmp = folder.with_name(folder.name + f".tmp{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp)
-    (tmp / "source.json").write_text(
-        json.dumps({"official": name, "checkpoint": str(ckpt), **asdict(spec.checkpoint)}, indent=2)
-    )
-    shutil.rmtree(folder, ignore_errors=True)
-    os.replace(tmp, folder)
-    return folder
-
-
-register_model_source("official", resolve_official)
-
-
-def encoder_description(spec: str, feature: Feature) -> dict:
-    """`Encoder.describe()` for a spec: static for published encoders, else by building the encoder."""
-    name = spec.removeprefix("official:").split(":")[0]
-    from .encoders.official import PUBLISHED
-
-    if name in PUBLISHED:
-        return describe_published(name, feature)
-    return create_encoder(spec, feature).describe()

@@ -1,0 +1,108 @@
+#!/usr/bin/env bash
+# The CIFAR-10 demo pack on the CPU, in resumable stages (docs/recipes.md, "The CPU pack"):
+#
+#   bash scripts/cpu_pack.sh encoders   VICReg encoder + its supervised twin (CIFAR ResNet-20 x1), side by side
+#   bash scripts/cpu_pack.sh rcdms      three cifar32-small RCDMs (--profile cpu), two at a time, one core each
+#   bash scripts/cpu_pack.sh evaluate   the gates on 1,000 class-balanced CIFAR-10 test images (judge: ResNet-56),
+#                                       for the final model and each kept checkpoint (the curve): CURVE=0 skips
+#   bash scripts/cpu_pack.sh pack       the bundle into src/rcdm/assets/models (fp16, model cards, metrics)
+#
+# Every stage resumes where it stopped (epoch checkpoints for the encoders, step checkpoints for the RCDMs; a
+# finished run is left alone), so run it again after an interruption. Each job gets one thread and `nice`: on a
+# 2-core machine that is one free core per job. Outputs live outside the work tree in $WORK (default
+# ~/rcdm-work); logs in $WORK/*.log. RCDM_BUDGET_S=N stops each RCDM at its first checkpoint after N seconds (a
+# chunk), to be resumed later.
+set -uo pipefail
+
+STAGE=${1:?usage: cpu_pack.sh encoders|rcdms|evaluate|pack}
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+WORK=${WORK:-$HOME/rcdm-work}
+PY=${PY:-$ROOT/.venv/bin/python}
+DATA=${DATA:-$ROOT/../shared/data/cifar10/cifar10-jpeg.tar.gz}
+RESNET56=${RESNET56:-$ROOT/../shared/data/cifar-resnet/resnet56-4bfd9763.th}
+SSL_EPOCHS=${SSL_EPOCHS:-60}
+SUP_EPOCHS=${SUP_EPOCHS:-30}
+RCDM_STEPS=${RCDM_STEPS:-8000}
+EVAL_IMAGES=${EVAL_IMAGES:-1000}
+TARGETS=(rcdm-cifar10-supervised rcdm-cifar10-vicreg-backbone rcdm-cifar10-vicreg-projector)
+export OMP_NUM_THREADS=1 PYTHONUNBUFFERED=1
+RCDM="nice -n 10 $PY -m rcdm.cli"
+mkdir -p "$WORK/runs"
+CIFAR=$($PY -c "import sys; from rcdm.recipes.ssl import cifar10_root; print(cifar10_root(sys.argv[1]))" "$DATA") ||
+    exit 1
+
+resume_flag() { [ -d "$1/checkpoints" ] && echo --resume; }
+
+encoder() { # encoder NAME OBJECTIVE EPOCHS
+    [ -f "$WORK/runs/$1/encoder/card.json" ] && { echo "$1: finished"; return 0; }
+    # shellcheck disable=SC2046  # resume_flag: no flag or one word
+    $RCDM recipe ssl --data "$CIFAR" --out "$WORK/runs/$1" --objective "$2" --epochs "$3" --width 1 \
+        --num-workers 0 --no-progress $(resume_flag "$WORK/runs/$1") >>"$WORK/$1.log" 2>&1
+}
+
+rcdm() { # rcdm TARGET
+    [ -f "$WORK/runs/$1/model/config.json" ] && { echo "$1: finished"; return 0; }
+    # shellcheck disable=SC2046
+    $RCDM recipe rcdm --profile cpu --runs "$WORK/runs" --data "$CIFAR" --only "$1" --steps "$RCDM_STEPS" \
+        ${RCDM_BUDGET_S:+--time-budget-s "$RCDM_BUDGET_S"} --no-progress $(resume_flag "$WORK/runs/$1") \
+        >>"$WORK/$1.log" 2>&1
+}
+
+evaluate() { # evaluate TARGET MODEL_DIR TAG
+    local out="$WORK/metrics/$1/$3"
+    [ -f "$out/faithfulness.json" ] && [ -f "$out/samples/quality.json" ] && return 0
+    mkdir -p "$out"
+    $RCDM evaluate faithfulness --model "$2" --images "$WORK/eval-images" --num-samples 1 \
+        --judge "cifar-resnet56:$RESNET56" --out "$out/faithfulness.json" >>"$WORK/evaluate.log" 2>&1 &&
+        $RCDM evaluate generate --model "$2" --images "$WORK/eval-images" --num-samples 1 \
+            --out "$out/samples" --real "$WORK/eval-images" --features "cifar-resnet56:$RESNET56" \
+            >>"$WORK/evaluate.log" 2>&1
+}
+
+case $STAGE in
+encoders)
+    encoder ssl vicreg "$SSL_EPOCHS" &
+    encoder supervised supervised "$SUP_EPOCHS"
+    wait
+    ;;
+rcdms)
+    # The two backbone models first (the gates), side by side; then the projector model.
+    rcdm "${TARGETS[0]}" &
+    rcdm "${TARGETS[1]}"
+    wait
+    rcdm "${TARGETS[2]}"
+    ;;
+evaluate)
+    if [ ! -d "$WORK/eval-images" ]; then
+        mkdir -p "$WORK/eval-images"
+        $PY - "$CIFAR/test" "$WORK/eval-images" "$EVAL_IMAGES" <<'EOF'
+# N class-balanced test images, copied flat as <class>-<file> (no model trained on the test split).
+import shutil, sys
+from pathlib import Path
+from rcdm.recipes.ssl import labelled_files
+files, _, _ = labelled_files(Path(sys.argv[1]), int(sys.argv[3]))
+for f in files:
+    shutil.copyfile(f, Path(sys.argv[2]) / f"{f.parent.name}-{f.name}")
+EOF
+    fi
+    for t in "${TARGETS[@]}"; do
+        run="$WORK/runs/$t"
+        [ -d "$run" ] || continue
+        if [ -f "$run/model/config.json" ]; then evaluate "$t" "$run/model" final; fi
+        if [ "${CURVE:-1}" = 1 ]; then
+            for ck in "$run"/checkpoints/step-*; do
+                [ -f "$ck/state.json" ] && evaluate "$t" "$ck/ema" "$(basename "$ck")"
+            done
+        fi
+    done
+    $PY "$ROOT/scripts/pack_metrics.py" "$WORK/metrics" "$EVAL_IMAGES" >"$WORK/metrics.json" && cat "$WORK/metrics.json"
+    ;;
+pack)
+    $PY -m rcdm.cli recipe pack --runs "$WORK/runs" --out "$ROOT/src/rcdm/assets/models" --metrics "$WORK/metrics.json" \
+        --overwrite --demo-images "$CIFAR"/test/{airplane,automobile,bird,cat,deer,dog,frog,horse}/0001.jpg
+    ;;
+*)
+    echo "unknown stage $STAGE: use encoders, rcdms, evaluate or pack" >&2
+    exit 2
+    ;;
+esac

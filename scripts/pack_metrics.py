@@ -1,0 +1,66 @@
+"""Gate metrics of the CPU pack (scripts/cpu_pack.sh evaluate) -> one JSON for `rcdm recipe pack --metrics`.
+
+    python scripts/pack_metrics.py METRICS_DIR N_IMAGES > metrics.json
+
+METRICS_DIR/<target>/<tag>/faithfulness.json and .../samples/quality.json, where tag is `final` or a checkpoint
+`step-NNNNNNNN`. Output: {target: {labelled metric: value, ..., "curve": "images seen: rank-1 / agreement; ..."}}
+with the labelled numbers of the final model (else the newest checkpoint) and the curve over checkpoints.
+Gates (issue 12): backbone models class agreement >= 0.60 and rank-1 >= 0.05 under the ResNet-56 judge.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+BATCH = {"cpu": 64}  # images per step of the CPU profile, for images seen
+
+
+def read(tag_dir: Path) -> dict:
+    out: dict = {}
+    f = tag_dir / "faithfulness.json"
+    if f.is_file():
+        for s in json.loads(f.read_text())["scores"]:
+            if s["role"] == "judge":
+                out.update(top1=s["top1"], agreement=s.get("class_agreement"), mean_rank=s["mean_rank"])
+            else:
+                out.update(own_top1=s["top1"], own_cosine=s["cosine"])
+    q = tag_dir / "samples" / "quality.json"
+    if q.is_file():
+        out["frechet"] = json.loads(q.read_text()).get("fid")
+    return out
+
+
+def main(root: Path, n: str) -> dict:
+    result: dict = {}
+    for target in sorted(p for p in root.iterdir() if p.is_dir()):
+        tags = {t.name: read(t) for t in target.iterdir() if t.is_dir()}
+        steps = sorted(t for t in tags if t.startswith("step-"))
+        best = tags.get("final") or (tags[steps[-1]] if steps else {})
+        judge = (
+            f"on {n} class-balanced CIFAR-10 test images, 1 sample each (dpm++ 20), judged by CIFAR ResNet-56"
+        )
+        m = {
+            f"rank-1 retrieval {judge} (chance {1 / int(n):.4f})": best.get("top1"),
+            f"class agreement {judge}": best.get("agreement"),
+            f"mean rank {judge} (chance {(int(n) + 1) / 2})": best.get("mean_rank"),
+            "rank-1 under the conditioning encoder": best.get("own_top1"),
+            f"Frechet distance in CIFAR ResNet-56 features, {n} samples vs {n} test images (not FID)": best.get(
+                "frechet"
+            ),
+        }
+        curve = [
+            f"{int(t.split('-')[1]) * BATCH['cpu']}: {tags[t].get('top1', float('nan')):.3f} / "
+            f"{tags[t].get('agreement') or float('nan'):.3f}"
+            for t in steps
+            if tags[t]
+        ]
+        if curve:
+            m["curve (images seen: rank-1 / class agreement)"] = "; ".join(curve)
+        result[target.name] = {k: v for k, v in m.items() if v is not None}
+    return result
+
+
+if __name__ == "__main__":
+    print(json.dumps(main(Path(sys.argv[1]), sys.argv[2]), indent=1))

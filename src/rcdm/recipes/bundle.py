@@ -1,0 +1,435 @@
+"""The demo bundle format, both ways: `pack` writes a bundle from the recipe runs (fp16 safetensors + card.json +
+README.md per model, bundle.json) and `read_bundle` checks and opens one. `rcdm-cifar:NAME` and
+`rcdm sample --model FOLDER` read its models; `rcdm demo` shows them.
+
+Layout: BUNDLE/<encoder name>/{encoder.safetensors, card.json, README.md}, BUNDLE/<target>/{config.json,
+diffusion_pytorch_model.safetensors, card.json, README.md}, BUNDLE/demo-inputs/*, BUNDLE/bundle.json.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import os
+import shutil
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from ..data import list_images
+from ..encoders import Encoder, create_encoder
+from ..encoders.cifar import (
+    CifarEncoderNet,
+    bundled_models_dir,
+    default_preprocessing,
+    load_encoder_net,
+    read_card,
+    save_encoder,
+)
+from ..errors import RCDMError
+from ..figures import fmt, html_table
+from ..loading import encoder_for, load_model, resolve_model_dir
+from ..model import RCDM
+from .demo_pack import MIN_KNN_ACCURACY, RECIPE_NAME, TARGETS, Target, encoder_dir, select_targets
+from .ssl import CIFAR_LICENSE, model_card_markdown
+
+MAX_BUNDLE_MB = 30.0  # MB = 10**6 bytes
+BUNDLE_INDEX = "bundle.json"
+HOW_TO_PACK = (  # HTML: what to do when no bundle is installed
+    "Produce it with <code>scripts/gpu_demo_pack.sh</code> (one GPU) or the three <code>rcdm recipe</code> "
+    "commands of <code>docs/recipes.md</code>, then run <code>rcdm demo --bundle BUNDLE</code> (or put the "
+    "bundle at <code>src/rcdm/assets/models</code>, where <code>make demo</code> finds it)."
+)
+
+
+def demo_images() -> Path:
+    """The folder of bundled demo inputs (10 CIFAR-10 test images, see its README.md)."""
+    return Path(str(resources.files("rcdm") / "assets" / "demo-images"))
+
+
+def bundled_pack() -> Path | None:
+    """The CIFAR-10 pack installed with the package (rcdm/assets/models/bundle.json), or None."""
+    folder = bundled_models_dir()
+    return folder if (folder / BUNDLE_INDEX).is_file() else None
+
+
+@dataclass
+class DemoBundle:
+    """A bundle folder from `rcdm recipe pack`: its index (bundle.json) and the demo inputs it carries."""
+
+    folder: Path
+    index: dict
+    inputs: list[Path]  # BUNDLE/demo-inputs/*, or the package's demo images when the bundle has none
+
+    @property
+    def smoke(self) -> bool:
+        return bool(self.index.get("smoke"))
+
+    def encoder_name(self, target: str) -> str:
+        return str(self.index["rcdms"][target]["encoder"])
+
+    def load(self, target: str, device: str | torch.device | None = None) -> tuple[RCDM, Encoder]:
+        """One bundled RCDM (float32, eval) and its bundled encoder, checked to be the one it was trained on."""
+        model = load_model(self.folder / target, device=device).float()
+        enc = create_encoder(f"rcdm-cifar:{self.folder / self.encoder_name(target)}", model.config.feature)
+        enc = encoder_for(model, enc)
+        return model, enc.to(device) if device is not None else enc
+
+
+def read_bundle(folder: str | Path) -> DemoBundle:
+    """Check that FOLDER is a complete demo bundle (bundle.json, the three RCDMs and their encoders)."""
+    path = Path(folder).expanduser()
+    if not path.is_dir():
+        raise RCDMError(
+            f"no demo bundle at {str(path)!r}: the folder does not exist; make one with `rcdm recipe pack` "
+            "(docs/recipes.md) or leave out --bundle"
+        )
+    index_path = path / BUNDLE_INDEX
+    if not index_path.is_file():
+        raise RCDMError(
+            f"{str(path)!r} is not a demo bundle: it has no {BUNDLE_INDEX}; pass the --out folder of "
+            "`rcdm recipe pack` (docs/recipes.md)"
+        )
+    try:
+        index = json.loads(index_path.read_text())
+        rcdms = index["rcdms"]
+        if not isinstance(rcdms, dict) or not all(isinstance(v, dict) for v in rcdms.values()):
+            raise TypeError("'rcdms' is not a mapping of entry name -> {encoder, feature, bytes}")
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise RCDMError(f"cannot read {str(index_path)!r} as a bundle index: {e!r}") from None
+    missing = [
+        t.name
+        for t in TARGETS
+        if t.name not in rcdms
+        or not (path / t.name / "config.json").is_file()
+        or not (path / str(rcdms[t.name].get("encoder")) / "card.json").is_file()
+    ]
+    if missing:
+        raise RCDMError(
+            f"the bundle {str(path)!r} lacks {missing} (or their encoders): the demo needs all of "
+            f"{[t.name for t in TARGETS]}; pack them with `rcdm recipe pack` without --only"
+        )
+    inputs = list_images(path / "demo-inputs") if (path / "demo-inputs").is_dir() else []
+    return DemoBundle(path, index, inputs or list_images(demo_images()))
+
+
+# --- what a bundle's cards say, as HTML ------------------------------------------------------------------
+
+
+def model_cards(bundle: DemoBundle, roles: dict[str, tuple[str, str]]) -> dict[str, dict]:
+    """Role -> what the bundle's cards say (roles: role -> (target name, label)) about its RCDM and encoder (training, k-NN accuracy, metrics)."""
+    out = {}
+    for role, (target, label) in roles.items():
+        path = bundle.folder / target / "card.json"
+        card = json.loads(path.read_text()) if path.is_file() else {}
+        enc = read_card(bundle.folder / bundle.encoder_name(target))
+        feature = bundle.index["rcdms"][target].get("feature", card.get("feature"))
+        out[role] = {
+            "label": label,
+            "target": target,
+            "feature": feature,
+            "preset": card.get("preset"),
+            "steps": card.get("steps"),
+            "images_seen": card.get("images_seen"),
+            "wall_time_s": card.get("wall_time_s"),
+            "device": card.get("device"),
+            "metrics": card.get("metrics") or {},
+            "encoder": enc.get("name"),
+            "encoder_objective": enc.get("objective"),
+            "encoder_epochs": enc.get("epochs"),
+            "encoder_knn_accuracy": (enc.get("knn_accuracy") or {}).get(feature),
+            "smoke": bool(card.get("smoke") or enc.get("smoke")),
+        }
+    return out
+
+
+def models_html(models: dict[str, dict]) -> str:
+    rows = [
+        [
+            m["label"],
+            m["target"],
+            f"{m['encoder']} ({m['encoder_objective']}, {m['encoder_epochs']} epochs)",
+            fmt(m["encoder_knn_accuracy"]),
+            f"{m['preset']}, {m['steps']} steps, {m['images_seen']} images",
+            "n/a" if m["wall_time_s"] is None else f"{m['wall_time_s']:.0f} s on {m['device']}",
+            "YES" if m["smoke"] else "no",
+        ]
+        for m in models.values()
+    ]
+    text = html_table(
+        ["RCDM", "bundle entry", "encoder", "k-NN accuracy of the feature", "training", "wall time", "smoke"],
+        rows,
+    )
+    metrics = [[m["label"], k, v] for m in models.values() for k, v in m["metrics"].items()]
+    if metrics:
+        text += "<p>Metrics recorded in the model cards:</p>" + html_table(
+            ["RCDM", "metric", "value"], metrics
+        )
+    return text
+
+
+def smoke_notice(bundle: DemoBundle) -> str | None:
+    if not bundle.smoke:
+        return None
+    reasons = (
+        "; ".join(str(r) for r in bundle.index.get("smoke_reasons", [])) or "marked smoke in bundle.json"
+    )
+    return (
+        "<b>SMOKE TEST: these are NOT trained models.</b> This bundle was packed with <code>--allow-smoke</code> "
+        f"({html.escape(reasons)}). The pictures and numbers below only show that the pipeline runs; they say "
+        "nothing about what a VICReg or a supervised representation keeps. " + HOW_TO_PACK
+    )
+
+
+# --- pack ------------------------------------------------------------------------------------------
+
+
+@dataclass
+class PackResult:
+    out_dir: Path
+    total_bytes: int
+    sizes: dict[str, int]  # bundle entry -> bytes
+    smoke: bool
+    notes: list[str] = field(default_factory=list)
+
+
+def _folder_bytes(path: Path) -> int:
+    return (
+        sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+        if path.is_dir()
+        else path.stat().st_size
+    )
+
+
+def _model_dir(run_dir: Path) -> Path:
+    """The trained model of a recipe run (its model/, else the newest checkpoint's EMA: loading.resolve_model_dir)."""
+    try:
+        return resolve_model_dir(run_dir)
+    except RCDMError:
+        raise RCDMError(
+            f"no trained model in {str(run_dir)!r}: run `rcdm recipe rcdm --runs {run_dir.parent}` first"
+        ) from None
+
+
+def _problems(runs_root: Path, targets: tuple[Target, ...]) -> list[str]:
+    """Why these runs would be undertrained (empty when all look like real runs)."""
+    out = []
+    for run in sorted({t.encoder_run for t in targets}):
+        card = read_card(encoder_dir(runs_root, run))
+        if card.get("smoke"):
+            out.append(f"encoder {run} is a smoke run")
+        knn = (card.get("knn_accuracy") or {}).get("backbone", 0.0)
+        if knn < MIN_KNN_ACCURACY:
+            out.append(f"encoder {run} has backbone k-NN accuracy {knn:.3f} < {MIN_KNN_ACCURACY}")
+    for t in targets:
+        rec_path = runs_root / t.name / RECIPE_NAME
+        if not rec_path.is_file():
+            raise RCDMError(
+                f"{str(rec_path)!r} is missing: train it with `rcdm recipe rcdm --runs {runs_root}`"
+            )
+        if json.loads(rec_path.read_text()).get("smoke"):
+            out.append(f"{t.name} is a smoke run")
+    return out
+
+
+@torch.no_grad()
+def _fp16_cosine(net: torch.nn.Module, probe: torch.Tensor) -> float:
+    """Min cosine similarity between features of `net` in fp32 and with weights rounded to fp16 (both in fp32)."""
+    assert isinstance(net, CifarEncoderNet)
+    rounded = CifarEncoderNet(net.arch).eval()
+    rounded.load_state_dict(
+        {k: v.half().float() if v.is_floating_point() else v for k, v in net.state_dict().items()}
+    )
+    x = default_preprocessing()(probe)
+    h, hr = net.eval().backbone(x), rounded.backbone(x)
+    sims = [F.cosine_similarity(h, hr).min()]
+    if net.projector is not None and rounded.projector is not None:
+        sims.append(F.cosine_similarity(net.projector(h), rounded.projector(hr)).min())
+    return float(torch.stack(sims).min())
+
+
+@torch.no_grad()
+def _fp16_rcdm_error(model: RCDM) -> float:
+    """Relative L2 error of the model output with fp16-rounded weights, on a fixed random input."""
+    g = torch.Generator().manual_seed(0)
+    size, dim = model.config.sample_size, model.config.representation_dim
+    x = torch.randn(4, 3, size, size, generator=g)
+    rep = torch.randn(4, dim, generator=g)
+    t = torch.tensor([10, 250, 500, 900])
+    ref = model(x, t, rep)
+    rounded = RCDM.from_config(model.config)
+    rounded.load_state_dict(
+        {k: v.half().float() if v.is_floating_point() else v for k, v in model.state_dict().items()}
+    )
+    out = rounded.eval()(x, t, rep)
+    return float((out - ref).norm() / ref.norm().clamp_min(1e-12))
+
+
+def _rcdm_readme(card: dict) -> str:
+    lines = [
+        f"# {card['name']}",
+        "",
+        *(["**SMOKE TEST: undertrained, for tests only; not the real model.**", ""] if card["smoke"] else []),
+        f"An RCDM (preset `{card['preset']}`) conditioned on the {card['feature']} feature of the bundled encoder "
+        f"`{card['encoder']}`, trained on the CIFAR-10 train split by `rcdm recipe rcdm`. Sample with "
+        f"`rcdm sample --model PATH_TO_THIS_FOLDER --images ...`.",
+        "",
+        "| field | value |",
+        "| --- | --- |",
+        f"| steps / batch / images seen | {card['steps']} / {card['batch_size']} / {card['images_seen']} |",
+        f"| wall time | {card['wall_time_s']:.0f} s on {card['device']} |",
+        f"| stopped early (time budget) | {card['stopped_early']} |",
+        f"| weights | {card['dtype']} (relative output error from fp16 rounding: {card['fp16_relative_error']:.2e}) |",
+        f"| data license | {card['data_license']} |",
+        f"| rcdm commit | {card['git_commit']} |",
+        "",
+    ]
+    if card.get("metrics"):
+        lines += ["## Metrics", "", "| metric | value |", "| --- | --- |"]
+        lines += [f"| {k} | {v} |" for k, v in card["metrics"].items()]
+        lines.append("")
+    else:
+        lines += ["No metrics were given when this model was packed.", ""]
+    return "\n".join(lines)
+
+
+def pack(
+    runs_root: str | Path,
+    out_dir: str | Path,
+    *,
+    only: list[str] | tuple[str, ...] | None = None,
+    metrics: dict[str, dict[str, Any]] | None = None,  # target name -> {metric name (labelled): value}
+    allow_smoke: bool = False,
+    max_mb: float = MAX_BUNDLE_MB,
+    demo_images: list[Path] | tuple[Path, ...] = (),
+    overwrite: bool = False,
+    min_fp16_cosine: float = 0.999,  # encoders below this stay float32
+    max_fp16_error: float = 1e-2,  # RCDMs above this relative output error stay float32
+) -> PackResult:
+    """Bundle the encoders and RCDMs of ROOT into OUT (written as a whole or not at all).
+
+    OUT/<encoder name>/{encoder.safetensors, card.json, README.md}, OUT/<target>/{config.json,
+    diffusion_pytorch_model.safetensors, card.json, README.md}, OUT/demo-inputs/*, OUT/bundle.json. The RCDMs'
+    config names their encoder as `rcdm-cifar:<encoder name>` so that a bundle under rcdm/assets/models is
+    found by name. Raises RCDMError for smoke runs (unless allow_smoke: then every card says so) and when the
+    bundle exceeds `max_mb` MB (10**6 bytes).
+    """
+    root, out = Path(runs_root), Path(out_dir)
+    targets = select_targets(only)
+    metrics = dict(metrics or {})
+    unknown = sorted(set(metrics) - {t.name for t in targets})
+    if unknown:
+        raise RCDMError(f"metrics given for {unknown}, which are not packed: use {[t.name for t in targets]}")
+    problems = _problems(root, targets)
+    if problems and not allow_smoke:
+        raise RCDMError(
+            f"refusing to bundle undertrained models ({'; '.join(problems)}): train with the full recipe, or pass "
+            "--allow-smoke to pack them labelled as a smoke test"
+        )
+    smoke = bool(problems)
+    encoders = {run: encoder_dir(root, run) for run in sorted({t.encoder_run for t in targets})}
+    enc_names = {run: read_card(path)["name"] for run, path in encoders.items()}
+    entries = [*enc_names.values(), *(t.name for t in targets), "bundle.json"]
+    if demo_images:
+        entries.append("demo-inputs")
+    clash = [e for e in entries if (out / e).exists()]
+    if clash and not overwrite:
+        raise RCDMError(f"{str(out)!r} already holds {clash}: pass --overwrite or another --out")
+
+    out.mkdir(parents=True, exist_ok=True)
+    tmp = out / f".tmp-pack-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        probe = torch.rand(16, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+        notes: list[str] = []
+        identities = {}
+        for run, path in encoders.items():
+            net, card = load_encoder_net(path)
+            cos = _fp16_cosine(net, probe)
+            dtype = torch.float16 if cos >= min_fp16_cosine else torch.float32
+            if dtype == torch.float32:
+                notes.append(f"encoder {enc_names[run]} kept in float32 (fp16 feature cosine {cos:.5f})")
+            card = {
+                **card,
+                "smoke": smoke or bool(card.get("smoke")),
+                "packed": {"from": str(path), "fp16_min_cosine": cos},
+            }
+            identities[run] = card["identity"]
+            folder = save_encoder(net, tmp / enc_names[run], card, dtype=dtype)
+            full = read_card(folder)
+            (folder / "README.md").write_text(model_card_markdown(full))
+        for t in targets:
+            rec = json.loads((root / t.name / RECIPE_NAME).read_text())
+            model = RCDM.from_pretrained(_model_dir(root / t.name)).eval()
+            if model.config.encoder_identity != identities[t.encoder_run]:
+                raise RCDMError(
+                    f"{t.name} was trained on encoder {model.config.encoder_identity} but {encoders[t.encoder_run]} "
+                    f"is {identities[t.encoder_run]}: retrain it with `rcdm recipe rcdm`"
+                )
+            err = _fp16_rcdm_error(model)
+            half = err <= max_fp16_error
+            if not half:
+                notes.append(f"{t.name} kept in float32 (fp16 relative output error {err:.2e})")
+            model.register_to_config(encoder=f"rcdm-cifar:{enc_names[t.encoder_run]}")
+            (model.half() if half else model).save_pretrained(tmp / t.name)
+            run_cfg = json.loads((root / t.name / "run.json").read_text())
+            card = {
+                "name": t.name,
+                "kind": "rcdm",
+                "encoder": enc_names[t.encoder_run],
+                "feature": t.feature,
+                "preset": run_cfg.get("preset"),
+                "steps": rec["steps"],
+                "batch_size": rec["recipe"]["batch_size"],
+                "images_seen": rec["images_seen"],
+                "wall_time_s": rec["wall_time_s"],
+                "device": rec["device"],
+                "stopped_early": rec.get("stopped_early", False),
+                "smoke": smoke or bool(rec.get("smoke")),
+                "dtype": "float16" if half else "float32",
+                "fp16_relative_error": err,
+                "metrics": metrics.get(t.name, {}),
+                "train_config": run_cfg,
+                "data_license": CIFAR_LICENSE,
+                "git_commit": rec.get("git_commit"),
+            }
+            (tmp / t.name / "card.json").write_text(json.dumps(card, indent=2, default=str))
+            (tmp / t.name / "README.md").write_text(_rcdm_readme(card))
+        if demo_images:
+            (tmp / "demo-inputs").mkdir()
+            for p in demo_images:
+                name = f"{Path(p).parent.name}-{Path(p).name}" if Path(p).parent.name else Path(p).name
+                shutil.copyfile(p, tmp / "demo-inputs" / name)
+        sizes = {e: _folder_bytes(tmp / e) for e in entries if e != "bundle.json"}
+        index = {
+            "smoke": smoke,
+            "smoke_reasons": problems,
+            "encoders": {enc_names[r]: {"objective": r, "bytes": sizes[enc_names[r]]} for r in encoders},
+            "rcdms": {
+                t.name: {"encoder": enc_names[t.encoder_run], "feature": t.feature, "bytes": sizes[t.name]}
+                for t in targets
+            },
+            "notes": notes,
+            "max_bytes": int(max_mb * 1e6),
+        }
+        (tmp / "bundle.json").write_text(json.dumps(index, indent=2))
+        sizes["bundle.json"] = _folder_bytes(tmp / "bundle.json")
+        total = sum(sizes.values())
+        if total > max_mb * 1e6:
+            listing = ", ".join(f"{k} {v / 1e6:.2f} MB" for k, v in sizes.items())
+            raise RCDMError(
+                f"the bundle is {total / 1e6:.2f} MB, over the {max_mb:g} MB limit ({listing}): train a smaller "
+                "--preset (cifar32-small), pack fewer models (--only), or raise --max-mb"
+            )
+        for e in entries:
+            if (out / e).exists():
+                shutil.rmtree(out / e) if (out / e).is_dir() else (out / e).unlink()
+            os.rename(tmp / e, out / e)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return PackResult(out, total, sizes, smoke, notes)

@@ -1,0 +1,50 @@
+"""RCDMPipeline: the model behind diffusers' pipeline API, with any compatible scheduler."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from diffusers import DDIMScheduler, EulerDiscreteScheduler
+
+from rcdm.diffusion import sample
+from rcdm.errors import RCDMError
+from rcdm.model import RCDM
+from rcdm.pipeline import RCDMPipeline
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory) -> str:
+    torch.manual_seed(0)
+    m = RCDM.from_preset(
+        "tiny", representation_dim=12, sample_size=16, encoder="pixels:2", feature="backbone"
+    )
+    folder = tmp_path_factory.mktemp("m") / "model"
+    m.save_pretrained(folder)
+    return str(folder)
+
+
+def test_the_default_pipeline_is_rcdms_published_sampler(model):
+    pipe = RCDMPipeline.from_rcdm(model)
+    pipe.set_progress_bar_config(disable=True)
+    reps = torch.randn(2, 12)
+    got = pipe(representations=reps, num_samples=1, num_inference_steps=4, seed=3, output_type="pt").images
+    want = sample(pipe.rcdm, reps, steps=4, sampler="ddpm", seed=3, precision="fp32")
+    assert got.shape == (2, 3, 16, 16) and (got - want).abs().max() < 1e-5
+
+
+@pytest.mark.parametrize("scheduler_cls", [DDIMScheduler, EulerDiscreteScheduler])
+def test_any_compatible_scheduler_samples_images(model, few_images, scheduler_cls):
+    base = RCDMPipeline.from_rcdm(model)
+    pipe = RCDMPipeline(base.rcdm, scheduler_cls.from_config(base.scheduler.config))
+    pipe.set_progress_bar_config(disable=True)
+    out = pipe(
+        images=[str(p) for p in sorted(few_images.iterdir())[:2]], num_samples=2, num_inference_steps=3
+    )
+    assert len(out.images) == 4 and all(im.size == (16, 16) for im in out.images)
+
+
+def test_a_scheduler_with_another_schedule_is_refused(model):
+    base = RCDMPipeline.from_rcdm(model)
+    pipe = RCDMPipeline(base.rcdm, DDIMScheduler(beta_schedule="scaled_linear"))
+    with pytest.raises(RCDMError, match="scaled_linear"):
+        pipe(representations=torch.randn(1, 12), num_inference_steps=2)
