@@ -124,3 +124,18 @@ def test_a_model_config_cannot_run_code_without_the_users_opt_in(tmp_path):
     assert encoder_for(m, trust_remote_code=True).spec == spec
     assert encoder_for(m, spec).spec == spec  # a spec the user passes is the user's own
     assert torch.is_tensor(encoder_for(m, trust_remote_code=True)(torch.rand(1, 3, 8, 8)))
+
+
+def test_rcdm_sample_runs_a_configs_code_only_with_trust_remote_code(few_images, tmp_path, capsys):
+    from rcdm.model import RCDM
+
+    folder = tmp_path / "downloaded"
+    RCDM.from_preset(
+        "tiny", representation_dim=3, encoder="module:encoders_for_tests:mean_colour", feature="backbone"
+    ).save_pretrained(folder)
+    image = str(sorted(few_images.iterdir())[0])
+    argv = ["sample", "--model", str(folder), "--images", image, "--num-samples", "1", "--steps", "2"]
+    assert main([*argv, "--out", str(tmp_path / "a")]) == 2
+    assert "--trust-remote-code" in capsys.readouterr().err and not (tmp_path / "a").exists()
+    assert main([*argv, "--trust-remote-code", "--out", str(tmp_path / "b")]) == 0
+    assert list((tmp_path / "b").glob("*.png"))

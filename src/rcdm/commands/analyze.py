@@ -123,7 +123,7 @@ def _setup(args: argparse.Namespace, model_source: str | None = None):
         return load_model_and_encoder(args)
     device = args.device or default_device()
     model = load_model(model_source, device=device)
-    return model, encoder_for(model).to(device)
+    return model, encoder_for(model, trust_remote_code=args.trust_remote_code).to(device)
 
 
 def _sampling(args: argparse.Namespace) -> dict:

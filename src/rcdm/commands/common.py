@@ -20,6 +20,11 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--encoder", default=None, help="encoder spec; default: the one the model was trained on")
     p.add_argument("--feature", choices=FEATURES, default=None, help="default: the model's")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when available)")
+    p.add_argument(
+        "--trust-remote-code",
+        action="store_true",
+        help="allow a model whose config names an encoder that runs code (hub:, module:); off by default",
+    )
 
 
 def load_model_and_encoder(
@@ -28,7 +33,8 @@ def load_model_and_encoder(
     """--model/--weights and --encoder/--feature, both on `device` (default --device, else the default)."""
     device = device or args.device or default_device()
     model = load_model(args.model, weights=args.weights, device=device)
-    return model, encoder_for(model, args.encoder, args.feature).to(device)
+    enc = encoder_for(model, args.encoder, args.feature, trust_remote_code=args.trust_remote_code)
+    return model, enc.to(device)
 
 
 def add_sampling_args(
