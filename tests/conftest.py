@@ -15,6 +15,9 @@ CIFAR_TAR = SHARED / "data" / "cifar10" / "cifar10-jpeg.tar.gz"
 RESNET20 = SHARED / "data" / "cifar-resnet" / "resnet20-12fca82f.th"
 RESNET56 = SHARED / "data" / "cifar-resnet" / "resnet56-4bfd9763.th"
 OFFICIAL = SHARED / "official-rcdm"
+GOLDEN_WEIGHTS = OFFICIAL / "golden-32px.weights.safetensors"
+GOLDEN_IO = OFFICIAL / "golden-32px.io.safetensors"
+LAYOUT_128 = OFFICIAL / "rcdm-128-state-dict-layout.json"
 CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 
 torch.set_num_threads(min(2, os.cpu_count() or 1))
@@ -84,3 +87,25 @@ def tiny_run(few_images: Path, resnet20_spec: str, tmp_path_factory: pytest.Temp
     )
     train(cfg, run, progress=False)
     return run
+
+
+@pytest.fixture(scope="module")
+def golden_state() -> dict[str, torch.Tensor]:
+    """The golden vector's weights (official key layout, 32 px config), ../shared/official-rcdm."""
+    from safetensors.torch import load_file
+
+    return load_file(str(need(GOLDEN_WEIGHTS)))
+
+
+@pytest.fixture(scope="module")
+def golden_io() -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    return load_file(str(need(GOLDEN_IO)))
+
+
+@pytest.fixture(scope="module")
+def golden_model(golden_state):
+    from rcdm.convert import convert
+
+    return convert(golden_state, image_size=32, num_heads=4)

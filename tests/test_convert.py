@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
-from conftest import OFFICIAL
+from conftest import LAYOUT_128, need
 from rcdm.cli import main
 from rcdm.convert import convert, convert_state_dict, infer_layout, key_map, rcdm_config
 from rcdm.diffusion import sample, spaced_timesteps
@@ -20,32 +20,6 @@ from rcdm.errors import RCDMError
 from rcdm.loading import load_model
 from rcdm.model import PRESETS, RCDM
 from rcdm.weights import check_keys, read_checkpoint
-
-GOLDEN_WEIGHTS = OFFICIAL / "golden-32px.weights.safetensors"
-GOLDEN_IO = OFFICIAL / "golden-32px.io.safetensors"
-LAYOUT_128 = OFFICIAL / "rcdm-128-state-dict-layout.json"
-
-
-def need(path: Path) -> Path:
-    if not path.exists():
-        pytest.skip(f"needs {path} (../shared/official-rcdm), which is absent here")
-    return path
-
-
-@pytest.fixture(scope="module")
-def golden_state() -> dict[str, torch.Tensor]:
-    return load_file(str(need(GOLDEN_WEIGHTS)))
-
-
-@pytest.fixture(scope="module")
-def golden_io() -> dict[str, torch.Tensor]:
-    return load_file(str(need(GOLDEN_IO)))
-
-
-@pytest.fixture(scope="module")
-def golden_model(golden_state) -> RCDM:
-    return convert(golden_state, image_size=32, num_heads=4)
-
 
 # --- an independent reference: the published forward pass, transcribed from facebookresearch/RCDM --------
 # (guided_diffusion_rcdm/unet.py: UNetModel.forward, ResBlock._forward, AttentionBlock + QKVAttentionLegacy)

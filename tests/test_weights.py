@@ -4,45 +4,13 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from pathlib import Path
 
 import pytest
-import torch
-from safetensors.torch import load_file
 
-from conftest import OFFICIAL
 from rcdm.cli import main
-from rcdm.convert import convert
 from rcdm.errors import RCDMError
 from rcdm.loading import MODELS, PublishedModel
-from rcdm.model import RCDM
 from rcdm.weights import Weights, fetch, recorded_digest_path
-
-GOLDEN_WEIGHTS = OFFICIAL / "golden-32px.weights.safetensors"
-GOLDEN_IO = OFFICIAL / "golden-32px.io.safetensors"
-LAYOUT_128 = OFFICIAL / "rcdm-128-state-dict-layout.json"
-
-
-def need(path: Path) -> Path:
-    if not path.exists():
-        pytest.skip(f"needs {path} (../shared/official-rcdm), which is absent here")
-    return path
-
-
-@pytest.fixture(scope="module")
-def golden_state() -> dict[str, torch.Tensor]:
-    return load_file(str(need(GOLDEN_WEIGHTS)))
-
-
-@pytest.fixture(scope="module")
-def golden_io() -> dict[str, torch.Tensor]:
-    return load_file(str(need(GOLDEN_IO)))
-
-
-@pytest.fixture(scope="module")
-def golden_model(golden_state) -> RCDM:
-    return convert(golden_state, image_size=32, num_heads=4)
-
 
 # --- downloads ------------------------------------------------------------------------------------------
 
