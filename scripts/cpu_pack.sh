@@ -40,8 +40,14 @@ encoder() { # encoder NAME OBJECTIVE EPOCHS
         --num-workers 0 --no-progress $(resume_flag "$WORK/runs/$1") >>"$WORK/$1.log" 2>&1
 }
 
-rcdm() { # rcdm TARGET
+rcdm() { # rcdm TARGET (skipped, with a note, until its encoder is finished)
     [ -f "$WORK/runs/$1/model/config.json" ] && { echo "$1: finished"; return 0; }
+    local enc=ssl
+    [ "$1" = rcdm-cifar10-supervised ] && enc=supervised
+    [ -f "$WORK/runs/$enc/encoder/card.json" ] || {
+        echo "$1: its encoder ($WORK/runs/$enc) is not finished yet: run the encoders stage, then this again"
+        return 0
+    }
     # shellcheck disable=SC2046
     $RCDM recipe rcdm --profile cpu --runs "$WORK/runs" --data "$CIFAR" --only "$1" --steps "$RCDM_STEPS" \
         ${RCDM_BUDGET_S:+--time-budget-s "$RCDM_BUDGET_S"} --no-progress $(resume_flag "$WORK/runs/$1") \
