@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import json
+from pathlib import Path
 
 import torch
 
@@ -98,3 +100,25 @@ def positive(name: str, value: int) -> int:
     if value < 1:
         raise RCDMError(f"{name} {value} must be at least 1")
     return value
+
+
+def add_command(
+    sub: argparse._SubParsersAction, name: str, help: str, epilog: str
+) -> argparse.ArgumentParser:
+    """A subcommand whose --help ends with its examples (`epilog`, printed as written)."""
+    return sub.add_parser(
+        name, help=help, epilog=epilog, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+
+
+def read_json_object(path: str | None, flag: str) -> dict | None:
+    """The JSON object in the file `path` given as `flag` (None when not given); one-line error otherwise."""
+    if path is None:
+        return None
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as e:
+        raise RCDMError(f"cannot read {flag} {path!r}: {e}") from None
+    if not isinstance(data, dict):
+        raise RCDMError(f"{flag} {path!r} must hold a JSON object {{name: value}}")
+    return data

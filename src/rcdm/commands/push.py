@@ -6,9 +6,9 @@ import argparse
 import json
 from pathlib import Path
 
-from ..errors import RCDMError
 from ..hub import push
 from ..loading import resolve_model_dir
+from .common import add_command, read_json_object
 
 EPILOG = """examples:
   huggingface-cli login
@@ -19,12 +19,7 @@ EPILOG = """examples:
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "push",
-        help="upload a model to the Hugging Face Hub with a model card",
-        epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    p = add_command(sub, "push", "upload a model to the Hugging Face Hub with a model card", EPILOG)
     p.add_argument("model", help="a run folder from `rcdm train` or a saved model folder")
     p.add_argument("repo", help="the hub repo id, user/repo (created if missing)")
     p.add_argument("--metrics", default=None, help="JSON file of {metric name: value} for the model card")
@@ -37,14 +32,7 @@ def run(args: argparse.Namespace) -> int:
     folder = resolve_model_dir(args.model)
     run_json = Path(args.model) / "run.json"
     settings = json.loads(run_json.read_text()) if run_json.is_file() else None
-    metrics = None
-    if args.metrics:
-        try:
-            metrics = json.loads(Path(args.metrics).read_text())
-        except (OSError, ValueError) as e:
-            raise RCDMError(f"cannot read --metrics {args.metrics!r}: {e}") from None
-        if not isinstance(metrics, dict):
-            raise RCDMError(f"--metrics {args.metrics!r} must hold a JSON object {{name: value}}")
+    metrics = read_json_object(args.metrics, "--metrics")
     url = push(folder, args.repo, run=settings, metrics=metrics, private=args.private, token=args.token)
     print(f"pushed {folder} to {url}")
     return 0

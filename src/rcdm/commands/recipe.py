@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import argparse
-import json
 from dataclasses import fields
 from pathlib import Path
 
-from ..errors import RCDMError
 from ..recipes.bundle import MAX_BUNDLE_MB, pack
 from ..recipes.demo_pack import RCDM_PROFILES, RCDMRecipe, train_rcdms
 from ..recipes.ssl import SSLConfig, resolve_config, train_encoder
+from .common import read_json_object
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -135,12 +134,7 @@ def run_rcdm(args: argparse.Namespace) -> int:
 
 
 def run_pack(args: argparse.Namespace) -> int:
-    metrics = None
-    if args.metrics:
-        try:
-            metrics = json.loads(Path(args.metrics).read_text())
-        except (OSError, ValueError) as e:
-            raise RCDMError(f"cannot read --metrics {args.metrics!r}: {e}") from None
+    metrics = read_json_object(args.metrics, "--metrics")
     result = pack(
         args.runs,
         args.out,

@@ -9,6 +9,7 @@ from ..encoders import FEATURES
 from ..errors import RCDMError
 from ..model import PRESETS
 from ..train import REPORT_TO, TrainConfig, saved_config, train
+from .common import add_command
 
 EPILOG = """examples:
   rcdm train --data ~/data/cifar10/train --encoder cifar-resnet20:resnet20.th --preset cifar32-small \\
@@ -25,12 +26,7 @@ def _default(name: str) -> str:
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "train",
-        help="train an RCDM on a folder of images",
-        epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    p = add_command(sub, "train", "train an RCDM on a folder of images", EPILOG)
     p.add_argument(
         "--data", default=None, help="image folder (any nesting; jpg, png, webp); required unless --resume"
     )
