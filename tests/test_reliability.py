@@ -139,3 +139,9 @@ def test_rcdm_sample_runs_a_configs_code_only_with_trust_remote_code(few_images,
     assert "--trust-remote-code" in capsys.readouterr().err and not (tmp_path / "a").exists()
     assert main([*argv, "--trust-remote-code", "--out", str(tmp_path / "b")]) == 0
     assert list((tmp_path / "b").glob("*.png"))
+
+
+def test_version(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["--version"])
+    assert e.value.code == 0 and capsys.readouterr().out.startswith("rcdm 0.")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import importlib.metadata
 import logging
 import sys
 
@@ -16,11 +17,19 @@ from .errors import NonFiniteLossError, RCDMError
 COMMANDS = ("train", "sample", "encode", "convert", "analyze", "evaluate", "demo", "recipe", "push", "app")
 
 
+def _version() -> str:
+    try:
+        return importlib.metadata.version("rcdm")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown (not installed)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="rcdm", description="See what an image encoder's representation keeps."
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug information")
+    parser.add_argument("--version", action="version", version=f"rcdm {_version()}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in COMMANDS:  # a command module that fails to import fails the whole CLI, loudly
         importlib.import_module(f"rcdm.commands.{name}").add_parser(sub)
