@@ -10,11 +10,11 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from ..data import load_views
-from ..diffusion import SamplingConfig, sample_many, sampling_config
+from ..diffusion import SamplingConfig, sampling_config
 from ..encoders import Encoder
 from ..figures import grid, number
 from ..model import RCDM
+from ..visualize import visualize
 from ._common import image_paths
 
 # A black -> purple -> orange -> yellow ramp (inferno-like), 5 anchors interpolated linearly.
@@ -70,15 +70,14 @@ def variance(
 ) -> VarianceResult:
     """N samples per image and their per-pixel standard deviation (`settings` override fields of `sampling`)."""
     cfg = sampling_config(sampling, **settings)
-    paths = image_paths(images)
-    originals, enc_views = load_views(
-        paths, model.config.sample_size, encoder.preprocessing.input_size, encoder.preprocessing.resample
+    vis = visualize(
+        model, encoder, image_paths(images), num_samples=num_samples, sampling=cfg, progress=progress
     )
-    samples = sample_many(model, encoder.encode(enc_views), num_samples, cfg, progress=progress)
+    samples = vis.samples
     std = pixel_std(samples)
     return VarianceResult(
-        names=[Path(p).stem for p in paths],
-        originals=originals,
+        names=vis.names,
+        originals=vis.originals,
         samples=samples,
         mean_samples=samples.mean(1),
         std=std,
