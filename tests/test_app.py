@@ -144,10 +144,10 @@ def test_a_user_mistake_is_a_message_in_the_page(client: tuple) -> None:
 
 
 def test_models_offered(tiny_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import rcdm.app as app_module
+    import rcdm.app.models as app_models
 
-    monkeypatch.setattr(app_module, "_bundled_pack", lambda: None)  # whatever this machine has installed
-    monkeypatch.setattr(app_module, "_cached_official", lambda: [])
+    monkeypatch.setattr(app_models, "_bundled_pack", lambda: None)  # whatever this machine has installed
+    monkeypatch.setattr(app_models, "_cached_official", lambda: [])
     with pytest.raises(RCDMError, match="no models to offer"):
         discover_models()
     runs = tmp_path / "runs"
@@ -187,6 +187,7 @@ def test_pack_models_and_the_supervised_twin(tiny_model: Path, monkeypatch: pyte
     """The pack's three roles are offered (backbone + projector picked by default); Attack on an SSL model with
     no classifier also attacks the supervised twin, whose labels come with class names."""
     import rcdm.app as app_module
+    import rcdm.app.models as app_models
     from encoders_for_tests import mean_colour_classifier
     from rcdm.demo import ROLES
     from rcdm.encoders import create_encoder
@@ -197,10 +198,10 @@ def test_pack_models_and_the_supervised_twin(tiny_model: Path, monkeypatch: pyte
     sup = mean_colour_classifier()
     assert ssl.classifier is None and sup.classifier is not None
     loaded = {"rcdm-cifar10-supervised": (model, sup)}
-    monkeypatch.setattr(app_module, "_bundled_pack", lambda: (tiny_model, ROLES))
-    monkeypatch.setattr(app_module, "_pack_classes", lambda folder, target: [f"c{k}" for k in range(10)])
-    monkeypatch.setattr(app_module, "_load_bundled", lambda folder, t, d: loaded.get(t, (model, ssl)))
-    monkeypatch.setattr(app_module, "_cached_official", lambda: [])
+    monkeypatch.setattr(app_models, "_bundled_pack", lambda: (tiny_model, ROLES))
+    monkeypatch.setattr(app_models, "_pack_classes", lambda folder, target: [f"c{k}" for k in range(10)])
+    monkeypatch.setattr(app_models, "_load_bundled", lambda folder, t, d: loaded.get(t, (model, ssl)))
+    monkeypatch.setattr(app_models, "_cached_official", lambda: [])
     choices = discover_models()
     assert [c.label for c in choices] == ["VICReg backbone", "VICReg projector", "supervised backbone"]
     assert [c.supervised for c in choices] == [False, False, True]

@@ -1,0 +1,325 @@
+"""`rcdm app`: a gradio page to drop in a photo and see what each representation keeps.
+
+The page holds no analysis code: every view calls the library functions the CLI calls (the adapter section
+below is the only place that does), then lays their tensors and figures out. gradio is imported lazily, so the
+core install and `import rcdm` work without it (`pip install 'rcdm[app]'` adds it).
+
+Images shown are in [0, 1] at each model's sample size; labelled figures come from the analyses' own figure
+functions (rcdm.analysis.*_figure, rcdm.figures.grid), as in `rcdm analyze`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..errors import RCDMError
+from .models import (
+    DEFAULT_PRESET,
+    INSTALL_HINT,
+    SAMPLING_PRESETS,
+    ModelCache,
+    ModelChoice,
+    Sampling,
+    _augmentations,
+    _check_image,
+    _default_device,
+    _demo_images,
+    _supports_guidance,
+    discover_models,
+)
+from .views import ViewResult, Views, _shown
+
+__all__ = [
+    "ModelCache",
+    "ModelChoice",
+    "Sampling",
+    "Views",
+    "build_app",
+    "discover_models",
+    "resolve_image",
+    "start",
+]
+
+log = logging.getLogger(__name__)
+
+# ============================================================================================================
+# The gradio page.
+# ============================================================================================================
+
+
+def _import_gradio() -> Any:
+    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no phoning home, before gradio is imported
+    try:
+        import gradio as gr
+    except ModuleNotFoundError as e:
+        if e.name != "gradio":
+            raise
+        raise RCDMError(INSTALL_HINT) from None
+    return gr
+
+
+def resolve_image(upload: str | None, example: str | None) -> Path:
+    """The uploaded file when there is one, else the bundled example; checked to decode as an image."""
+    if upload:
+        path = Path(upload)
+        if path.stat().st_size == 0:
+            raise RCDMError(f"the uploaded file {path.name!r} is empty (0 bytes): upload an image")
+    elif example:
+        path = next((p for p in _demo_images() if p.name == example), None)
+        if path is None:
+            raise RCDMError(f"unknown example image {example!r}")
+    else:
+        raise RCDMError("upload an image or pick an example")
+    try:
+        _check_image(path)
+    except RCDMError as e:
+        raise RCDMError(str(e).replace(str(path), path.name)) from None
+    return path
+
+
+def build_app(
+    choices: Sequence[ModelChoice],
+    device: str | torch.device | None = None,
+    *,
+    prefill: bool = False,  # True: draw the Samples view of the first example now, so the page opens with it
+) -> Any:
+    """The gradio Blocks page over `choices` (see `discover_models`); models load on first use."""
+    gr = _import_gradio()
+    cache = ModelCache(choices, torch.device(device) if device else _default_device())
+    views = Views(cache)
+    examples = [p.name for p in _demo_images()]
+    augs = _augmentations()
+    labels = list(cache.choices)
+    default_models = labels[:2] if len(labels) > 1 and not cache.choices[labels[1]].supervised else labels[:1]
+
+    def sampling(n: float, preset: str, steps: float, seed: float, guidance: float) -> Sampling:
+        if preset not in SAMPLING_PRESETS:
+            raise RCDMError(f"unknown sampling preset {preset!r}: choose from {', '.join(SAMPLING_PRESETS)}")
+        sampler, preset_steps = SAMPLING_PRESETS[preset]
+        return Sampling(
+            num_samples=int(n),
+            sampler=sampler,
+            steps=int(steps) or preset_steps,
+            seed=int(seed),
+            guidance=float(guidance),
+        )
+
+    def run(fn: Callable[[], ViewResult]) -> tuple:
+        try:
+            r = fn()
+        except RCDMError as e:
+            return None, [], "", f"**error:** {e}"
+        except Exception as e:  # never a stack trace in the page; the log has it
+            log.exception("view failed")
+            return None, [], "", f"**unexpected error:** {e.__class__.__name__}: {e}"
+        return r.figure, r.images, r.text, ""
+
+    def preview(upload: str | None, example: str | None) -> tuple:
+        try:
+            return _shown(_check_image(resolve_image(upload, example))), ""
+        except RCDMError as e:
+            return None, f"**error:** {e}"
+
+    def guidance_update(picked: list[str]) -> Any:
+        try:
+            ok = any(_supports_guidance(cache.get(label)[0]) for label in picked)
+        except RCDMError:
+            ok = False
+        return gr.update(visible=ok)
+
+    with gr.Blocks(title="rcdm: what does a representation keep?") as app:
+        gr.Markdown(
+            "## rcdm: what does a representation keep?\n"
+            "Samples drawn from one image's representation: what stays the same across samples is what the "
+            "representation keeps; what varies, it threw away. Column j of every row starts from the same noise."
+        )
+        with gr.Row():
+            with gr.Column(scale=1):
+                upload = gr.File(label="upload an image (any format Pillow reads)", type="filepath")
+                example = gr.Dropdown(
+                    examples, value=examples[0] if examples else None, label="or an example"
+                )
+                shown = gr.Image(
+                    _shown(_check_image(resolve_image(None, examples[0]))) if examples else None,
+                    label="input",
+                    type="pil",
+                    interactive=False,
+                    height=160,
+                )
+            with gr.Column(scale=2):
+                picked = gr.CheckboxGroup(labels, value=default_models, label="models (side by side)")
+                with gr.Row():
+                    n = gr.Slider(1, 16, value=8, step=1, label="samples")
+                    preset = gr.Dropdown(list(SAMPLING_PRESETS), value=DEFAULT_PRESET, label="sampling")
+                    steps = gr.Slider(0, 100, value=0, step=1, label="steps (0: the preset's)")
+                    seed = gr.Number(0, precision=0, label="seed")
+                guidance = gr.Slider(
+                    1.0, 5.0, value=1.0, step=0.25, visible=False, label="guidance (models trained with it)"
+                )
+        status = gr.Markdown(elem_id="status")
+        common = [n, preset, steps, seed, guidance]
+
+        def outputs(first: ViewResult | None = None) -> list:
+            first = first or ViewResult()
+            fig = gr.Image(first.figure, label="figure", type="pil", interactive=False, format="png")
+            with gr.Accordion("images at the model's resolution", open=False):
+                gal = gr.Gallery(first.images, label="images", type="pil", format="png", columns=8)
+            return [fig, gal, gr.Markdown(first.text), status]
+
+        with gr.Tabs():
+            with gr.Tab("Samples"):
+                go = gr.Button("sample", variant="primary")
+                out = outputs(
+                    views.samples(default_models, resolve_image(None, examples[0]), Sampling())
+                    if prefill and examples
+                    else None
+                )
+
+                def on_samples(up, ex, pk, n_, pr, st, sd, gd, progress=gr.Progress(track_tqdm=True)):
+                    return run(
+                        lambda: views.samples(
+                            pk, resolve_image(up, ex), sampling(n_, pr, st, sd, gd), progress
+                        )
+                    )
+
+                go.click(on_samples, [upload, example, picked, *common], out, api_name="samples")
+            with gr.Tab("What is kept"):
+                go = gr.Button("variance map", variant="primary")
+                out = outputs()
+
+                def on_kept(up, ex, pk, n_, pr, st, sd, gd, progress=gr.Progress(track_tqdm=True)):
+                    return run(
+                        lambda: views.kept(pk, resolve_image(up, ex), sampling(n_, pr, st, sd, gd), progress)
+                    )
+
+                go.click(on_kept, [upload, example, picked, *common], out, api_name="kept")
+            with gr.Tab("Augment"):
+                with gr.Row():
+                    aug = gr.Dropdown(
+                        list(augs), value="grayscale" if "grayscale" in augs else None, label="augmentation"
+                    )
+                    strength = gr.Slider(0.0, 1.0, value=1.0, step=0.05, label="strength")
+                help_md = gr.Markdown(augs["grayscale"].help if "grayscale" in augs else "")
+                aug.change(
+                    lambda a: (
+                        (gr.update(value=augs[a].default_strength), augs[a].help) if a in augs else (1.0, "")
+                    ),
+                    aug,
+                    [strength, help_md],
+                )
+                go = gr.Button("augment and sample", variant="primary")
+                out = outputs()
+
+                def on_augment(up, ex, pk, a, sg, n_, pr, st, sd, gd, progress=gr.Progress(track_tqdm=True)):
+                    return run(
+                        lambda: views.augment(
+                            pk, resolve_image(up, ex), a, float(sg), sampling(n_, pr, st, sd, gd), progress
+                        )
+                    )
+
+                go.click(
+                    on_augment, [upload, example, picked, aug, strength, *common], out, api_name="augment"
+                )
+            with gr.Tab("Interpolate"):
+                with gr.Row():
+                    upload_b = gr.File(label="second image", type="filepath")
+                    example_b = gr.Dropdown(
+                        examples, value=examples[1] if len(examples) > 1 else None, label="or an example"
+                    )
+                    points = gr.Slider(2, 12, value=6, step=1, label="points on the path")
+                    method = gr.Radio(["linear", "spherical"], value="linear", label="path")
+                    rows = gr.Slider(1, 4, value=1, step=1, label="noises (rows)")
+                go = gr.Button("interpolate", variant="primary")
+                out = outputs()
+
+                def on_interpolate(
+                    up,
+                    ex,
+                    ub,
+                    eb,
+                    pk,
+                    k,
+                    m,
+                    r,
+                    n_,
+                    pr,
+                    st,
+                    sd,
+                    gd,
+                    progress=gr.Progress(track_tqdm=True),
+                ):
+                    return run(
+                        lambda: views.interpolate(
+                            pk,
+                            resolve_image(up, ex),
+                            resolve_image(ub, eb),
+                            int(k),
+                            m,
+                            int(r),
+                            sampling(n_, pr, st, sd, gd),
+                            progress,
+                        )
+                    )
+
+                go.click(
+                    on_interpolate,
+                    [upload, example, upload_b, example_b, picked, points, method, rows, *common],
+                    out,
+                    api_name="interpolate",
+                )
+            with gr.Tab("Attack"):
+                gr.Markdown(
+                    "Untargeted L∞ PGD pushes each picked model's representation away from the clean one. Labels "
+                    "come from the encoder's classifier; when no picked model has one, the supervised twin (the "
+                    "pack's supervised model) is attacked too, for the paper's SSL vs supervised comparison."
+                )
+                with gr.Row():
+                    eps = gr.Slider(0.5, 16, value=4, step=0.5, label="epsilon (/255)")
+                    pgd_steps = gr.Slider(1, 20, value=10, step=1, label="PGD steps")
+                go = gr.Button("attack", variant="primary")
+                out = outputs()
+
+                def on_attack(up, ex, pk, e, ps, n_, pr, st, sd, gd, progress=gr.Progress(track_tqdm=True)):
+                    return run(
+                        lambda: views.attack(
+                            pk,
+                            resolve_image(up, ex),
+                            float(e) / 255,
+                            int(ps),
+                            sampling(n_, pr, st, sd, gd),
+                            progress,
+                        )
+                    )
+
+                go.click(
+                    on_attack, [upload, example, picked, eps, pgd_steps, *common], out, api_name="attack"
+                )
+
+        upload.change(preview, [upload, example], [shown, status], api_name="check")
+        example.change(preview, [upload, example], [shown, status], api_name=False)
+        picked.change(guidance_update, picked, guidance, api_name=False)
+        app.load(guidance_update, picked, guidance, api_name=False)
+    # One job at a time: concurrent users queue instead of sampling at once and exhausting memory.
+    app.queue(default_concurrency_limit=1, max_size=32)
+    return app
+
+
+def start(app: Any, host: str = "127.0.0.1", port: int | None = 7860) -> str:
+    """Serve the page on host:port (port None: a free one) in a background thread; returns the local URL once
+    it is up. `app.block_thread()` then serves until interrupted, `app.close()` stops it."""
+    app.launch(
+        server_name=host,
+        server_port=port,
+        prevent_thread_lock=True,
+        quiet=True,
+        ssr_mode=False,
+        max_file_size="64mb",
+        show_error=False,
+    )
+    return str(app.local_url)

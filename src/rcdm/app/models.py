@@ -1,0 +1,302 @@
+"""The app's back end: the adapter (every call into the library) and the models the page offers, loaded once.
+
+See rcdm.app for the page."""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from PIL import Image
+
+from .. import analysis, figures
+from ..analysis import adversarial, interpolate, invariance, list_augmentations, pixel_std, variance
+from ..analysis.variance import heat_map
+from ..data import list_images, load_image
+from ..demo import ROLES
+from ..devices import default_device
+from ..diffusion import SamplingConfig
+from ..encoders.cifar import read_card
+from ..errors import RCDMError
+from ..loading import MODELS, encoder_for, load_model, resolve_model_dir
+from ..recipes.bundle import bundled_pack, demo_images, read_bundle
+from ..visualize import visualize
+from ..weights import official_cache
+
+log = logging.getLogger(__name__)
+
+
+INSTALL_HINT = "rcdm app needs gradio: pip install 'rcdm[app]'"
+
+# ============================================================================================================
+# Adapter: every call into the rest of the library. When the library's signatures change (e.g. a sampling
+# settings dataclass), re-point these functions and nothing else.
+# ============================================================================================================
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """What every view samples with. steps None: the sampler's default; guidance 1 = none."""
+
+    num_samples: int = 8
+    sampler: str = "dpm++"
+    steps: int | None = None
+    seed: int = 0
+    guidance: float = 1.0
+    batch_size: int = 4  # small batches: the progress bar moves (8 samples of a 32 px model: ~the same time)
+
+
+def _supports_guidance(model: Any) -> bool:
+    """Whether the model was trained with a null representation (condition dropout), which guidance needs."""
+    return model.null_rep is not None
+
+
+def _sampling(s: Sampling, model: Any) -> SamplingConfig:
+    """The library's sampling settings for a view; guidance only for models that support it (1 for others)."""
+    guidance = s.guidance if _supports_guidance(model) else 1.0
+    return SamplingConfig(
+        sampler=s.sampler, steps=s.steps, seed=s.seed, guidance=guidance, batch_size=s.batch_size
+    )  # type: ignore[arg-type]
+
+
+def _load_source(source: str, device: torch.device, trust_remote_code: bool = False) -> tuple[Any, Any]:
+    """A run folder, saved model folder or official:NAME -> (RCDM in eval mode, its encoder) on `device`."""
+    model = load_model(source, device=device)
+    return model, encoder_for(model, trust_remote_code=trust_remote_code).to(device)
+
+
+def _load_bundled(folder: Path, target: str, device: torch.device) -> tuple[Any, Any]:
+    return read_bundle(folder).load(target, device)
+
+
+def _check_image(path: str | Path) -> Image.Image:
+    """Decode a file as the library does (RCDMError with a readable message when it is not an image)."""
+    return load_image(path)
+
+
+def _samples(model: Any, encoder: Any, image: Path, s: Sampling) -> tuple[torch.Tensor, torch.Tensor]:
+    """-> original (3, S, S), samples (N, 3, S, S) in [0, 1]; sample j starts from noise (seed, j) in every model."""
+    vis = visualize(
+        model, encoder, [image], num_samples=s.num_samples, sampling=_sampling(s, model), progress=True
+    )
+    return vis.originals[0], vis.samples[0]
+
+
+def _variance(model: Any, encoder: Any, image: Path, s: Sampling) -> Any:
+    return variance(
+        model, encoder, [image], num_samples=s.num_samples, sampling=_sampling(s, model), progress=True
+    )
+
+
+def _augment(
+    model: Any, encoder: Any, image: Path, name: str, strength: float, s: Sampling, label: str
+) -> Any:
+    return invariance(
+        model,
+        encoder,
+        [image],
+        augmentations=[f"{name}={strength}"],
+        num_samples=s.num_samples,
+        label=label,
+        sampling=_sampling(s, model),
+        progress=True,
+    )
+
+
+def _interpolate(
+    model: Any, encoder: Any, a: Path, b: Path, points: int, method: str, rows: int, s: Sampling
+) -> Any:
+    return interpolate(
+        model,
+        encoder,
+        [a, b],
+        num_steps=points,
+        methods=[method],
+        num_samples=rows,
+        sampling=_sampling(s, model),
+        progress=True,
+    )
+
+
+def _attack(
+    model: Any, encoder: Any, image: Path, eps: float, pgd_steps: int, s: Sampling, label: str
+) -> Any:
+    return adversarial(
+        model,
+        encoder,
+        [image],
+        attack="untargeted",
+        eps=eps,
+        pgd_steps=pgd_steps,
+        num_samples=s.num_samples,
+        label=label,
+        sampling=_sampling(s, model),
+        progress=True,
+    )
+
+
+def _pixel_std(samples: torch.Tensor) -> torch.Tensor:
+    return pixel_std(samples)
+
+
+def _heat_map(std: torch.Tensor, vmax: float) -> torch.Tensor:
+    return heat_map(std, vmax)
+
+
+def _augmentations() -> dict[str, Any]:
+    return list_augmentations()
+
+
+def _figures() -> Any:
+    return analysis, figures
+
+
+def _demo_images() -> list[Path]:
+    return list_images(demo_images())
+
+
+def _bundled_pack() -> tuple[Path, dict] | None:
+    """(bundle folder, {role: (target, label)}) of the installed CIFAR-10 pack, or None."""
+    folder = bundled_pack()
+    return None if folder is None else (folder, ROLES)
+
+
+def _pack_classes(folder: Path, target: str) -> list[str]:
+    bundle = read_bundle(folder)
+    return list(read_card(bundle.folder / bundle.encoder_name(target)).get("classes") or [])
+
+
+def _check_source(source: str) -> None:
+    """RCDMError unless `source` names a model: a model or run folder, or a known official:NAME (no download)."""
+    if source.startswith("official:"):
+        if source.removeprefix("official:") not in MODELS:
+            raise RCDMError(f"unknown official model {source!r}: choose one of {', '.join(MODELS)}")
+        return
+    resolve_model_dir(source)
+
+
+def _is_model(path: Path) -> bool:
+    try:
+        _check_source(str(path))
+    except RCDMError:
+        return False
+    return True
+
+
+def _cached_official() -> list[str]:
+    """official:NAME models whose weights (published checkpoint or converted folder) are in the cache."""
+    root = official_cache()
+    return [
+        f"official:{name}"
+        for name, m in MODELS.items()
+        if (root / "models" / name / "config.json").is_file() or (root / m.checkpoint.filename).is_file()
+    ]
+
+
+def _default_device() -> torch.device:
+    return default_device()
+
+
+# ============================================================================================================
+# Models offered by the page, loaded once per process.
+# ============================================================================================================
+
+# name -> (sampler, steps): what the "sampling" dropdown offers; the steps slider overrides the steps.
+SAMPLING_PRESETS: dict[str, tuple[str, int]] = {
+    "fast (dpm++, 10 steps)": ("dpm++", 10),
+    "default (dpm++, 20 steps)": ("dpm++", 20),
+    "ddim, 50 steps": ("ddim", 50),
+    "published (ddpm, 100 steps)": ("ddpm", 100),
+}
+DEFAULT_PRESET = "default (dpm++, 20 steps)"
+
+
+@dataclass(frozen=True)
+class ModelChoice:
+    """One model the page offers. classes: class names for its encoder's classifier, when known.
+    supervised: its encoder was trained with labels (the SSL models' 'supervised twin' in the Attack view)."""
+
+    label: str
+    source: str
+    load: Callable[[torch.device], tuple[Any, Any]]
+    classes: tuple[str, ...] = ()
+    supervised: bool = False
+
+
+def discover_models(
+    models: Sequence[str] = (), runs: Sequence[str] = (), *, trust_remote_code: bool = False
+) -> list[ModelChoice]:
+    """The models to offer: `models` (run folders, saved models, official:NAME) when given; else the installed
+    CIFAR-10 pack's, the models in the `runs` folders (each folder, or its sub-folders) and the official:NAME
+    models whose weights are in the cache. Raises RCDMError when there is nothing to offer. trust_remote_code:
+    allow encoders whose spec in a model's config runs code (hub:, module:)."""
+    out: list[ModelChoice] = []
+    if models:
+        for m in models:
+            _check_source(m)
+        out = [_source_choice(m, trust_remote_code) for m in models]
+    else:
+        pack = _bundled_pack()
+        if pack is not None:
+            folder, roles = pack
+            for role, (target, label) in roles.items():
+                out.append(
+                    ModelChoice(
+                        label,
+                        f"bundled pack: {target}",
+                        lambda d, t=target: _load_bundled(folder, t, d),
+                        classes=tuple(_pack_classes(folder, target)) if role == "supervised" else (),
+                        supervised=role == "supervised",
+                    )
+                )
+        for r in runs:
+            root = Path(r).expanduser()
+            if not root.is_dir():
+                raise RCDMError(f"--runs {r!r} is not a folder: pass a folder of `rcdm train` run folders")
+            found = [root] if _is_model(root) else [p for p in sorted(root.iterdir()) if _is_model(p)]
+            if not found:
+                raise RCDMError(f"no model in {r!r} or its sub-folders: pass a folder of run folders")
+            out += [_source_choice(str(p), trust_remote_code) for p in found]
+        out += [_source_choice(m) for m in _cached_official()]
+    if not out:
+        raise RCDMError(
+            "no models to offer: pass --model RUN_FOLDER (or official:NAME) or --runs FOLDER, "
+            "or install the CIFAR-10 pack (docs/recipes.md)"
+        )
+    labels = [c.label for c in out]
+    return [
+        c if labels.count(c.label) == 1 else ModelChoice(c.source, c.source, c.load, c.classes, c.supervised)
+        for c in out
+    ]
+
+
+def _source_choice(source: str, trust_remote_code: bool = False) -> ModelChoice:
+    label = (
+        source if source.startswith("official:") else Path(os.path.abspath(Path(source).expanduser())).name
+    )
+    return ModelChoice(label, source, lambda d, s=source: _load_source(s, d, trust_remote_code))
+
+
+class ModelCache:
+    """label -> (model, encoder), loaded on first use and kept for the life of the process."""
+
+    def __init__(self, choices: Sequence[ModelChoice], device: str | torch.device):
+        self.choices = {c.label: c for c in choices}
+        self.device = torch.device(device)
+        self._loaded: dict[str, tuple[Any, Any]] = {}
+        self._lock = threading.Lock()
+
+    def get(self, label: str) -> tuple[Any, Any]:
+        if label not in self.choices:
+            raise RCDMError(f"unknown model {label!r}: choose from {', '.join(self.choices)}")
+        with self._lock:
+            if label not in self._loaded:
+                log.info("loading %s (%s)", label, self.choices[label].source)
+                self._loaded[label] = self.choices[label].load(self.device)
+            return self._loaded[label]

@@ -1,0 +1,247 @@
+"""The app's views: inputs -> (figure, images at model size, numbers as Markdown). No analysis happens here."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from PIL import Image
+
+from ..errors import RCDMError
+from .models import (
+    ModelCache,
+    Sampling,
+    _attack,
+    _augment,
+    _figures,
+    _heat_map,
+    _interpolate,
+    _pixel_std,
+    _samples,
+    _variance,
+)
+
+log = logging.getLogger(__name__)
+
+# ============================================================================================================
+# Views: inputs -> (figure, images at model size, numbers as Markdown). No analysis happens here.
+# ============================================================================================================
+
+
+@dataclass
+class ViewResult:
+    figure: Image.Image | None = None
+    images: list[tuple[Image.Image, str]] = field(default_factory=list)
+    text: str = ""
+
+
+def _pil(x: torch.Tensor) -> Image.Image:
+    return _figures()[1].to_pil(x)
+
+
+def _stack(figs: Sequence[Image.Image]) -> Image.Image:
+    """Figures one under the other on white."""
+    width = max(f.width for f in figs)
+    canvas = Image.new("RGB", (width, sum(f.height for f in figs)), "white")
+    y = 0
+    for f in figs:
+        canvas.paste(f, (0, y))
+        y += f.height
+    return canvas
+
+
+def _f(x: float | None) -> str:
+    return "n/a" if x is None or x != x else f"{x:.3f}"
+
+
+def _table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    lines += ["| " + " | ".join(str(c) for c in r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def _quiet(*args: Any, **kwargs: Any) -> None:
+    """The default progress callback: nothing."""
+
+
+class Views:
+    """The page's computations, callable without gradio (the tests and a notebook can use them directly)."""
+
+    def __init__(self, cache: ModelCache):
+        self.cache = cache
+
+    def _models(self, labels: Sequence[str]) -> list[tuple[str, Any, Any]]:
+        if not labels:
+            raise RCDMError("pick at least one model")
+        return [(label, *self.cache.get(label)) for label in labels]
+
+    def samples(
+        self, labels: Sequence[str], image: Path, s: Sampling, progress: Callable = _quiet
+    ) -> ViewResult:
+        """Per model: the input and N samples of its representation; sample j of every model: same noise."""
+        rows, row_labels, images, stds = [], [], [], []
+        models = self._models(labels)
+        for k, (label, model, enc) in enumerate(models):
+            progress((k, len(models)), desc=f"{label}: sampling")
+            original, samples = _samples(model, enc, image, s)
+            rows.append([original, *samples])
+            row_labels.append(label)
+            images += [(_pil(x), f"{label} · sample {j}") for j, x in enumerate(samples)]
+            stds.append(float(_pixel_std(samples).mean()) if s.num_samples > 1 else None)
+        fig = _figures()[1].grid(
+            rows,
+            row_labels=row_labels,
+            col_labels=["input", *[f"sample {j}" for j in range(s.num_samples)]],
+            title="column j: the same starting noise in every row",
+        )
+        text = _table(
+            ["model", "mean pixel std over samples"],
+            [[lab, _f(v)] for lab, v in zip(labels, stds, strict=True)],
+        )
+        return ViewResult(fig, images, text)
+
+    def kept(
+        self, labels: Sequence[str], image: Path, s: Sampling, progress: Callable = _quiet
+    ) -> ViewResult:
+        """Per model: the input, the mean sample and the per-pixel std across samples (one colour scale)."""
+        if s.num_samples < 2:
+            raise RCDMError("the variance needs at least 2 samples: raise the number of samples")
+        models = self._models(labels)
+        results = []
+        for k, (label, model, enc) in enumerate(models):
+            progress((k, len(models)), desc=f"{label}: sampling")
+            results.append((label, _variance(model, enc, image, s)))
+        vmax = max(float(r.std.max()) for _, r in results)
+        rows, images = [], []
+        for label, r in results:
+            heat = _heat_map(r.std[0], vmax)
+            rows.append([r.originals[0], r.mean_samples[0], heat])
+            images += [(_pil(r.mean_samples[0]), f"{label} · mean"), (_pil(heat), f"{label} · pixel std")]
+        fig = _figures()[1].grid(
+            rows,
+            row_labels=[label for label, _ in results],
+            col_labels=["input", "mean sample", "pixel std"],
+            title=f"what is kept: dark = the same in every sample (std 0 .. {vmax:.3f})",
+        )
+        text = _table(
+            ["model", "mean pixel std (lower: more is kept)"],
+            [[label, _f(float(r.mean_std[0]))] for label, r in results],
+        )
+        return ViewResult(fig, images, text)
+
+    def augment(
+        self,
+        labels: Sequence[str],
+        image: Path,
+        name: str,
+        strength: float,
+        s: Sampling,
+        progress: Callable = _quiet,
+    ) -> ViewResult:
+        """Samples of rep(x) and rep(aug x) per model, with the representation cosine and the retention score."""
+        models = self._models(labels)
+        results = []
+        for k, (label, model, enc) in enumerate(models):
+            progress((k, len(models)), desc=f"{label}: {name}")
+            results.append(_augment(model, enc, image, name, strength, s, label))
+        analysis = _figures()[0]
+        fig = analysis.invariance_figure(results)
+        images = []
+        for r in results:
+            images.append((_pil(r.augmented[0, 0]), f"{r.label} · {name} input"))
+            images += [(_pil(x), f"{r.label} · {name} sample {j}") for j, x in enumerate(r.aug_samples[0, 0])]
+        text = _table(
+            [
+                "model",
+                "representation cosine (aug vs clean)",
+                "shift ‖Δrep‖",
+                "retention (1 kept, 0 invariant)",
+            ],
+            [
+                [r.label, _f(float(r.cosine[0, 0])), _f(float(r.shift[0, 0])), _f(float(r.retention[0, 0]))]
+                for r in results
+            ],
+        )
+        return ViewResult(fig, images, text)
+
+    def interpolate(
+        self,
+        labels: Sequence[str],
+        a: Path,
+        b: Path,
+        points: int,
+        method: str,
+        rows: int,
+        s: Sampling,
+        progress: Callable = _quiet,
+    ) -> ViewResult:
+        """Samples along the path between two images' representations; each row keeps its starting noise."""
+        models = self._models(labels)
+        figs, images = [], []
+        analysis = _figures()[0]
+        for k, (label, model, enc) in enumerate(models):
+            progress((k, len(models)), desc=f"{label}: interpolating")
+            r = _interpolate(model, enc, a, b, points, method, rows, s)
+            fig = analysis.interpolation_figure(r)
+            figs.append(_stack([_caption(label, fig.width), fig]))
+            images += [(_pil(r.samples[0, t, 0]), f"{label} · t={float(r.ts[t]):.2f}") for t in range(points)]
+        return ViewResult(_stack(figs), images, "")
+
+    def attack(
+        self,
+        labels: Sequence[str],
+        image: Path,
+        eps: float,
+        pgd_steps: int,
+        s: Sampling,
+        progress: Callable = _quiet,
+    ) -> ViewResult:
+        """Untargeted PGD on each model's encoder; the supervised twin is added when no picked model has labels."""
+        labels = list(labels)
+        models = self._models(labels)
+        if not any(enc.classifier is not None for _, _, enc in models):
+            twins = [c.label for c in self.cache.choices.values() if c.supervised and c.label not in labels]
+            models += self._models(twins[:1])
+        results = []
+        for k, (label, model, enc) in enumerate(models):
+            progress((k, len(models)), desc=f"{label}: PGD")
+            results.append((label, _attack(model, enc, image, eps, pgd_steps, s, label)))
+        fig = _figures()[0].adversarial_figure([r for _, r in results])
+        images = []
+        rows = []
+        for label, r in results:
+            images.append((_pil(r.attacked[0]), f"{label} · attacked input"))
+            images += [(_pil(x), f"{label} · attacked sample {j}") for j, x in enumerate(r.adv_samples[0])]
+            classes = self.cache.choices[label].classes
+            if r.clean_labels is None:
+                lab = "no classifier"
+            else:
+                c, a = int(r.clean_labels[0]), int(r.adv_labels[0])
+                lab = f"{_name(classes, c)} → {_name(classes, a)}"
+            rows.append([label, _f(float(r.shift[0])), _f(float(r.cosine[0])), lab])
+        text = _table(
+            ["model", "representation shift ‖Δrep‖", "cosine to clean", "label before → after"], rows
+        )
+        return ViewResult(fig, images, text)
+
+
+def _name(classes: Sequence[str], k: int) -> str:
+    return classes[k] if 0 <= k < len(classes) else f"class {k}"
+
+
+def _shown(img: Image.Image, least: int = 160) -> Image.Image:
+    """An image for the input preview: small ones (CIFAR's 32 px) enlarged with nearest neighbours."""
+    k = -(-least // max(1, min(img.size)))
+    return img.resize((img.width * k, img.height * k), Image.NEAREST) if k > 1 else img
+
+
+def _caption(text: str, width: int) -> Image.Image:
+    from PIL import ImageDraw
+
+    img = Image.new("RGB", (width, 18), "white")
+    ImageDraw.Draw(img).text((2, 3), text, fill="black")
+    return img
