@@ -10,6 +10,7 @@ the plain diffusers loop, for swapping schedulers and for users of diffusers' pi
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Sequence
 
 import numpy as np
@@ -101,11 +102,13 @@ class RCDMPipeline(DiffusionPipeline):
             isinstance(self.scheduler, DDPMScheduler)
             and self.scheduler.config.variance_type == "learned_range"
         )
+        # Stochastic schedulers take per-sample generators (co_varnames would also match a local of that name).
+        takes_generator = "generator" in inspect.signature(self.scheduler.step).parameters
         for t in self.progress_bar(self.scheduler.timesteps):
             model_in = self.scheduler.scale_model_input(x, t)
             out = self.rcdm(model_in, torch.full((b,), int(t), device=self.device, dtype=torch.long), reps)
             out = out if learned and self.rcdm.learned_variance else out[:, :3]
-            kwargs = {"generator": gens} if "generator" in self.scheduler.step.__code__.co_varnames else {}
+            kwargs = {"generator": gens} if takes_generator else {}
             x = self.scheduler.step(out.cpu(), t, x.cpu(), **kwargs).prev_sample.to(self.device)
         imgs = ((x.clamp(-1, 1) + 1) / 2).cpu()
         if output_type == "pt":
