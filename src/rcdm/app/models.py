@@ -19,13 +19,12 @@ from .. import analysis, figures
 from ..analysis import adversarial, interpolate, invariance, list_augmentations, pixel_std, variance
 from ..analysis.variance import heat_map
 from ..data import list_images, load_image
-from ..demo import ROLES
 from ..devices import default_device
 from ..diffusion import SamplingConfig
 from ..encoders.cifar import read_card
 from ..errors import RCDMError
 from ..loading import MODELS, encoder_for, load_model, resolve_model_dir
-from ..recipes.bundle import bundled_pack, demo_images, read_bundle
+from ..recipes.bundle import ROLES, bundled_pack, demo_images, read_bundle
 from ..visualize import visualize
 from ..weights import official_cache
 
