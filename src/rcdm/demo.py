@@ -3,7 +3,7 @@
 - The pack demo (`run_pack_demo`): the CIFAR-10 bundle of `rcdm recipe pack` (a VICReg encoder, a supervised one
   and three RCDMs) sampled on its demo inputs: backbone vs projector samples, invariance, interpolation and the
   adversarial comparison, in OUT/index.html. Used when a bundle is installed at rcdm/assets/models or given.
-- The smoke-scale demo (`run_demo`): a tiny RCDM trained for ~1 minute on CPU on the ten bundled CIFAR-10 images,
+- The smoke-scale demo (`run_demo`): a tiny RCDM trained briefly on the CPU on the ten bundled CIFAR-10 images,
   conditioned on a weight-free representation. It shows the pipeline working; it is not a real model.
 """
 
