@@ -25,7 +25,12 @@ ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"
 RN20 = SHARED / "cifar-resnet" / "resnet20-12fca82f.th"
 RN56 = SHARED / "cifar-resnet" / "resnet56-4bfd9763.th"
-W = "diffusion_pytorch_model.safetensors"
+
+
+def weights_file(folder: Path) -> Path:
+    """The model's weights file (diffusion_pytorch_model[.rcdm].safetensors, by rcdm version)."""
+    return next(folder.glob("diffusion_pytorch_model*.safetensors"))
+
 
 T = "--encoder pixels:4 --preset tiny --steps 2 --batch-size 4 --save-every 100 --num-workers 0 --no-progress"
 TR = "--data data/good8 --encoder pixels:4 --preset tiny --steps 40 --batch-size 4 --num-workers 0 --no-progress"
@@ -125,9 +130,9 @@ def edit_weights(fn):
     def edit(folder: Path) -> None:
         from safetensors.torch import load_file, save_file
 
-        sd = load_file(str(folder / W))
+        sd = load_file(str(weights_file(folder)))
         fn(sd)
-        save_file(sd, str(folder / W))
+        save_file(sd, str(weights_file(folder)))
 
     return edit
 
@@ -400,7 +405,7 @@ def probes(work: Path):
 
     yield "K-1", lambda: resume("k1", lambda ck: os.truncate(ck / "optimizer.pt", 100_000))
     yield "K-2", lambda: resume("k2", lambda ck: shutil.copyfile(evil(), ck / "optimizer.pt"))
-    yield "K-3", lambda: resume("k3", lambda ck: os.truncate(ck / "model" / W, 100_000))
+    yield "K-3", lambda: resume("k3", lambda ck: os.truncate(weights_file(ck / "model"), 100_000))
     yield "K-4", lambda: resume("k4", lambda ck: (ck / "state.json").write_text('{"step": '))
 
     def r6():
