@@ -3,6 +3,7 @@ unforeseen exception is one line from the `rcdm` command (exit 1) but reaches Py
 
 from __future__ import annotations
 
+import os
 import struct
 import zlib
 from pathlib import Path
@@ -145,3 +146,153 @@ def test_version(capsys):
     with pytest.raises(SystemExit) as e:
         main(["--version"])
     assert e.value.code == 0 and capsys.readouterr().out.startswith("rcdm 0.")
+
+
+# --- the load and sample side: models, encoder weights, outputs ------------------------------------------
+
+WEIGHTS = "diffusion_pytorch_model.safetensors"
+
+
+@pytest.fixture
+def pixels_model(tmp_path) -> Path:
+    """An untrained tiny RCDM folder on pixels:4 (a weight-free encoder): cheap to write, load and sample."""
+    import torch
+
+    from rcdm.encoders import create_encoder
+    from rcdm.model import RCDM
+
+    torch.manual_seed(0)
+    folder = tmp_path / "model"
+    RCDM.from_preset("tiny", **create_encoder("pixels:4").describe()).save_pretrained(folder)
+    return folder
+
+
+def _sample_argv(model: Path, images: Path, out: Path, *extra: str) -> list[str]:
+    image = str(sorted(images.iterdir())[0])
+    return ["sample", "--model", str(model), "--images", image, "--num-samples", "1", "--steps", "2",
+            "--out", str(out), *extra]  # fmt: skip
+
+
+def _edit_weights(folder: Path, edit) -> None:
+    from safetensors.torch import load_file, save_file
+
+    state = load_file(str(folder / WEIGHTS))
+    edit(state)
+    save_file(state, str(folder / WEIGHTS))
+
+
+def _edit_config(folder: Path, edit) -> None:
+    import json
+
+    cfg = json.loads((folder / "config.json").read_text())
+    edit(cfg)
+    (folder / "config.json").write_text(json.dumps(cfg))
+
+
+def _one_line(capsys) -> str:
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "Traceback" not in err, err
+    return err
+
+
+# --- encoder weights and caches that are not what they claim ---------------------------------------------
+
+
+class _Evil:
+    def __reduce__(self):
+        return (os.system, ("echo pwned",))
+
+
+def _bad_weight_files(tmp_path: Path, good: dict) -> dict[str, Path]:
+    import torch
+    from safetensors.torch import save_file
+
+    files = {"text": tmp_path / "text.pt", "evil": tmp_path / "evil.pt", "misshapen": tmp_path / "bad.pt"}
+    files["text"].write_text("hello, not weights\n")
+    torch.save({"w": _Evil()}, files["evil"])
+    first = next(iter(good))
+    torch.save({**good, first: torch.zeros(1, 2, 3)}, files["misshapen"])
+    full = tmp_path / "full.safetensors"
+    save_file({k: v.contiguous() for k, v in good.items()}, str(full))
+    files["truncated"] = tmp_path / "trunc.safetensors"
+    files["truncated"].write_bytes(full.read_bytes()[: full.stat().st_size // 2])
+    return files
+
+
+def _assert_one_line_about(e: pytest.ExceptionInfo, path: Path) -> None:
+    msg = str(e.value)
+    assert "\n" not in msg and repr(str(path)) in msg, msg
+    assert "weights_only=False" not in msg and "weights_only set to False" not in msg, msg
+
+
+@pytest.mark.parametrize("kind", ["text", "evil", "misshapen", "truncated"])
+def test_cifar_resnet_weights_that_are_not_weights_are_one_line_naming_the_file(tmp_path, kind):
+    from rcdm.encoders import create_encoder
+    from rcdm.encoders.cifar import CifarResNet
+
+    path = _bad_weight_files(tmp_path, CifarResNet(20).state_dict())[kind]
+    with pytest.raises(RCDMError) as e:
+        create_encoder(f"cifar-resnet20:{path}")
+    _assert_one_line_about(e, path)
+    if kind == "misshapen":
+        assert "misshapen keys conv1.weight (1, 2, 3)" in str(e.value)
+    assert not (Path.cwd() / "pwned").exists()
+
+
+@pytest.mark.parametrize("kind", ["text", "evil", "misshapen", "truncated"])
+def test_torchvision_local_weights_that_are_not_weights_are_one_line_naming_the_file(tmp_path, kind):
+    import torchvision
+
+    from rcdm.encoders import create_encoder
+
+    good = torchvision.models.resnet18(weights=None).state_dict()
+    path = _bad_weight_files(tmp_path, good)[kind]
+    with pytest.raises(RCDMError) as e:
+        create_encoder(f"torchvision:resnet18:{path}")
+    _assert_one_line_about(e, path)
+
+
+def test_a_text_file_as_feature_cache_is_one_line(few_images, tmp_path, capsys):
+    from rcdm.encoders import create_encoder
+    from rcdm.encoders.cache import cached_representations
+
+    text = tmp_path / "cache.safetensors"
+    text.write_text("not a cache\n")
+    files = sorted(few_images.iterdir())
+    with pytest.raises(RCDMError, match=r"cache\.safetensors.* not a readable safetensors file"):
+        cached_representations(create_encoder("pixels:2"), files, text)
+    argv = [*TRAIN, "--data", str(few_images), "--feature-cache", str(text), "--out", str(tmp_path / "run")]
+    assert main(argv) == 2
+    assert "cache.safetensors" in _one_line(capsys)
+    assert text.read_text() == "not a cache\n"
+
+
+def test_inception_weights_are_never_reloaded_with_weights_only_false(tmp_path, monkeypatch):
+    import torch
+
+    fid = pytest.importorskip("torch_fidelity.feature_extractor_inceptionv3")
+    from rcdm.metrics import create_feature_extractor
+
+    empty = tmp_path / "empty.pth"
+    torch.save({}, empty)
+    with monkeypatch.context() as m:
+        m.setattr(fid.FeatureExtractorInceptionV3, "load_state_dict", lambda self, sd, *a, **k: None)
+        net = fid.FeatureExtractorInceptionV3("x", ["2048"], feature_extractor_weights_path=str(empty))
+    weights = tmp_path / "weights-inception-2015-12-05-6726825d.pth"
+    torch.save(net.state_dict(), weights)
+    real_load = torch.load
+    calls = []
+
+    def spy(*args, **kwargs):
+        calls.append(kwargs.get("weights_only"))
+        if kwargs.get("weights_only") is not True:
+            raise AssertionError(f"torch.load with weights_only={kwargs.get('weights_only')!r}")
+        return real_load(*args, **kwargs)
+
+    monkeypatch.setattr(torch, "load", spy)
+    extractor = create_feature_extractor("inception", weights)
+    assert calls == [True]
+    feats, _ = extractor(torch.randint(0, 256, (1, 3, 32, 32), dtype=torch.uint8))
+    ref = {k: v for k, v in net.state_dict().items()}
+    assert all(torch.equal(v, ref[k]) for k, v in extractor.net.state_dict().items())
+    assert feats.shape == (1, 2048)
