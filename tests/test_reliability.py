@@ -4,6 +4,7 @@ unforeseen exception is one line from the `rcdm` command (exit 1) but reaches Py
 from __future__ import annotations
 
 import os
+import re
 import struct
 import zlib
 from pathlib import Path
@@ -296,3 +297,94 @@ def test_inception_weights_are_never_reloaded_with_weights_only_false(tmp_path, 
     ref = {k: v for k, v in net.state_dict().items()}
     assert all(torch.equal(v, ref[k]) for k, v in extractor.net.state_dict().items())
     assert feats.shape == (1, 2048)
+
+
+@pytest.mark.parametrize(
+    ("damage", "says"),
+    [
+        ("extra", r"unexpected keys spare\.weight"),
+        ("missing", r"missing keys rep_proj\.bias"),
+        ("misshapen", r"misshapen keys rep_proj\.bias \(3,\) \(expected \(128,\)\)"),
+    ],
+)
+def test_sample_loads_weights_strictly_naming_the_key_and_file(
+    pixels_model, few_images, tmp_path, capsys, damage, says
+):
+    import torch
+
+    def edit(state):
+        if damage == "extra":
+            state["spare.weight"] = torch.zeros(2)
+        elif damage == "missing":
+            del state["rep_proj.bias"]
+        else:
+            state["rep_proj.bias"] = torch.zeros(3)
+
+    _edit_weights(pixels_model, edit)
+    assert main(_sample_argv(pixels_model, few_images, tmp_path / "out")) == 2
+    err = _one_line(capsys)
+    assert re.search(says, err) and WEIGHTS in err, err
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(
+    ("edit", "says"),
+    [
+        (lambda c: c.update(layers_per_block="2"), r'layers_per_block = "2" is not a valid int'),
+        (lambda c: c.update(block_out_channels=[32, "64"]), r"block_out_channels = \[32, \"64\"\]"),
+        (lambda c: c.update(representation_dim=0), r"representation_dim = 0 must be at least 1"),
+        (lambda c: c.update(bogus=1), r"unknown setting 'bogus'"),
+        (lambda c: c.update(_class_name="UNet2DModel"), r"describes a UNet2DModel, not an RCDM"),
+    ],
+)
+def test_a_malformed_model_config_is_one_line_naming_the_value_and_file(pixels_model, capsys, edit, says):
+    from rcdm.loading import load_model
+
+    _edit_config(pixels_model, edit)
+    with pytest.raises(RCDMError, match=says) as e:
+        load_model(pixels_model)
+    assert "config.json" in str(e.value) and "\n" not in str(e.value)
+
+
+def test_a_model_with_non_finite_weights_is_refused_naming_the_tensor(
+    pixels_model, few_images, tmp_path, capsys
+):
+    def edit(state):
+        state["unet.conv_out.weight"][0, 0, 0, 0] = float("nan")
+
+    _edit_weights(pixels_model, edit)
+    assert main(_sample_argv(pixels_model, few_images, tmp_path / "out")) == 2
+    err = _one_line(capsys)
+    assert "non-finite weights" in err and "unet.conv_out.weight" in err, err
+    assert not (tmp_path / "out").exists()
+
+
+def test_non_finite_samples_are_refused_not_written_black(pixels_model):
+    import torch
+
+    from rcdm.diffusion import sample_many
+    from rcdm.loading import load_model
+
+    model = load_model(pixels_model)
+    with torch.no_grad():
+        model.unet.conv_out.bias.fill_(float("inf"))  # e.g. an overflow in the network
+    with pytest.raises(RCDMError, match=r"non-finite pixels .* in 2 of 2 samples"):
+        sample_many(model, torch.zeros(1, 48), 2, steps=2)
+
+
+def test_non_finite_representations_are_refused_naming_the_image(few_images):
+    import torch
+
+    from rcdm.encoders import Encoder, Preprocessing
+    from rcdm.model import RCDM
+    from rcdm.visualize import visualize
+
+    class NanNet(torch.nn.Module):
+        def forward(self, x):
+            return x.mean(dim=(2, 3)) * float("nan")
+
+    enc = Encoder(NanNet(), Preprocessing(16), spec="module:nan:net", dim=3)
+    model = RCDM.from_preset("tiny", **enc.describe())
+    image = sorted(few_images.iterdir())[0]
+    with pytest.raises(RCDMError, match=rf"non-finite representations .*{image.name}"):
+        visualize(model, enc, [image], num_samples=1, steps=2)
