@@ -388,3 +388,85 @@ def test_non_finite_representations_are_refused_naming_the_image(few_images):
     image = sorted(few_images.iterdir())[0]
     with pytest.raises(RCDMError, match=rf"non-finite representations .*{image.name}"):
         visualize(model, enc, [image], num_samples=1, steps=2)
+
+
+# --- outputs: checked before the work, never mixed, never two writers ------------------------------------
+
+
+def test_sample_refuses_an_unusable_out_before_loading_anything(few_images, tmp_path, capsys, monkeypatch):
+    import rcdm.commands.sample as sample_command
+
+    def never(*a, **k):
+        raise AssertionError("the model was loaded before --out was checked")
+
+    monkeypatch.setattr(sample_command, "load_model_and_encoder", never)
+    model = tmp_path / "no-model-needed"
+    afile = tmp_path / "file.txt"
+    afile.write_text("x")
+    assert main(_sample_argv(model, few_images, afile)) == 2
+    assert "is a file, not a folder" in _one_line(capsys)
+    assert main(_sample_argv(model, few_images, afile / "sub")) == 2  # under a file: cannot be created
+    assert "not a writable folder" in _one_line(capsys)
+    assert afile.read_text() == "x"
+
+
+@pytest.mark.skipif(hasattr(os, "geteuid") and os.geteuid() == 0, reason="root writes read-only folders")
+def test_sample_refuses_a_read_only_out_before_loading_anything(few_images, tmp_path, capsys):
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    ro.chmod(0o555)
+    try:
+        assert main(_sample_argv(tmp_path / "absent", few_images, ro / "out")) == 2
+        assert "not a writable folder" in _one_line(capsys)
+    finally:
+        ro.chmod(0o755)
+
+
+def test_a_sample_out_folder_is_never_a_mix_of_two_runs(pixels_model, few_images, tmp_path, capsys):
+    out = tmp_path / "out"
+    other = tmp_path / "mine"
+    other.mkdir()
+    (other / "notes.txt").write_text("the user's")
+    assert main(_sample_argv(pixels_model, few_images, other, "--overwrite")) == 2
+    assert "did not write" in _one_line(capsys) and (other / "notes.txt").read_text() == "the user's"
+
+    assert main(_sample_argv(pixels_model, few_images, out)) == 0
+    first = sorted(p.name for p in out.iterdir())
+    assert "sample.json" in first
+    (out / "stale.png").write_bytes(b"")  # e.g. a grid of an image the next run does not sample
+    capsys.readouterr()
+    assert main(_sample_argv(pixels_model, few_images, out)) == 2
+    assert "--overwrite" in _one_line(capsys)
+    assert main(_sample_argv(pixels_model, few_images, out, "--overwrite")) == 0
+    assert sorted(p.name for p in out.iterdir()) == first  # the stale file went with the earlier output
+    assert not list(tmp_path.glob(".tmp-*")) and not list(tmp_path.glob(".*.lock"))
+
+
+def test_a_second_writer_to_the_same_out_is_refused_naming_the_first(
+    pixels_model, few_images, tmp_path, capsys
+):
+    from rcdm.runs import output_lock
+
+    out = tmp_path / "out"
+    with output_lock(out):  # what a running `rcdm sample --out OUT` holds
+        assert main(_sample_argv(pixels_model, few_images, out)) == 2
+        err = _one_line(capsys)
+        assert f"pid {os.getpid()}" in err and "another rcdm process" in err, err
+        assert not out.exists()
+    assert main(_sample_argv(pixels_model, few_images, out)) == 0  # released
+
+
+def test_encode_checks_its_out_first_and_writes_it_atomically(few_images, tmp_path, capsys):
+    image = str(sorted(few_images.iterdir())[0])
+    argv = ["encode", "--encoder", "pixels:2", "--images", image, "--out"]
+    folder = tmp_path / "reps.safetensors"
+    folder.mkdir()
+    assert main([*argv, str(folder)]) == 2
+    assert "is a folder" in _one_line(capsys)
+    out = tmp_path / "reps2.safetensors"
+    assert main([*argv, str(out)]) == 0
+    capsys.readouterr()
+    assert main([*argv, str(out)]) == 2
+    assert "--overwrite" in _one_line(capsys)
+    assert main([*argv, str(out), "--overwrite"]) == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["reps.safetensors", "reps2.safetensors"]

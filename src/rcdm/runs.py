@@ -8,15 +8,20 @@ point (even mid-save) leaves only complete folders under their final names.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
 import shutil
+import socket
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import torch
 from torch import nn
+
+from .errors import RCDMError
 
 CHECKPOINTS = "checkpoints"
 
@@ -44,6 +49,121 @@ def atomic_dir(final: str | Path, tmp: str | Path | None = None) -> Iterator[Pat
     fsync_tree(tmp)
     shutil.rmtree(final, ignore_errors=True)
     os.rename(tmp, final)
+
+
+def _nearest_existing(path: Path) -> Path:
+    return next((p for p in (path, *path.parents) if p.exists()), Path("."))
+
+
+def check_writable_dir(path: str | Path, flag: str = "--out") -> Path:
+    """Refuse (one RCDMError line) an output folder that is a file or cannot be written; checked before any work.
+
+    The folder need not exist: its nearest existing ancestor must then be a writable folder.
+    """
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise RCDMError(f"{flag} {str(path)!r} is a file, not a folder: choose a folder")
+    probe = _nearest_existing(path)
+    if not probe.is_dir() or not os.access(probe, os.W_OK | os.X_OK):
+        raise RCDMError(f"cannot write {flag} {str(path)!r}: {str(probe)!r} is not a writable folder")
+    return path
+
+
+def check_writable_file(path: str | Path, flag: str = "--out") -> Path:
+    """Refuse an output file that is a folder or cannot be written (checked before any work)."""
+    path = Path(path)
+    if path.is_dir():
+        raise RCDMError(f"{flag} {str(path)!r} is a folder: pass a file path")
+    if path.exists() and not os.access(path, os.W_OK):
+        raise RCDMError(f"cannot write {flag} {str(path)!r}: the file is read-only")
+    check_writable_dir(path.parent, flag)
+    return path
+
+
+@contextlib.contextmanager
+def output_lock(target: str | Path, flag: str = "--out") -> Iterator[None]:
+    """Hold an exclusive lock on an output path for this process; a second rcdm process writing to the same path
+    is refused with a line naming the holder (pid, host, start time) instead of silently overwriting it.
+
+    The lock is `.NAME.lock` beside `target` (flock: released by the kernel if the holder dies).
+    """
+    target = Path(target)
+    lock = target.parent / f".{target.name}.lock"
+    try:
+        lock.parent.mkdir(parents=True, exist_ok=True)
+        while True:
+            fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = os.read(fd, 300).decode(errors="replace").strip() or "another process"
+                os.close(fd)
+                raise RCDMError(
+                    f"{flag} {str(target)!r} is being written by another rcdm process ({holder}): wait for it "
+                    f"to finish, or choose another {flag}"
+                ) from None
+            try:
+                same = os.stat(lock).st_ino == os.fstat(fd).st_ino
+            except FileNotFoundError:  # its previous holder removed it as we opened it: take a new one
+                same = False
+            if same:
+                break
+            os.close(fd)
+    except OSError as e:
+        raise RCDMError(f"cannot write {flag} {str(target)!r}: {e.strerror or e}") from None
+    try:
+        os.ftruncate(fd, 0)
+        stamp = time.strftime("%Y-%m-%d %H:%M:%S")
+        os.write(fd, f"pid {os.getpid()} on {socket.gethostname()}, since {stamp}".encode())
+        yield
+    finally:
+        with contextlib.suppress(OSError):
+            lock.unlink()
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def output_folder(
+    out: str | Path, *, overwrite: bool = False, marker: str, flag: str = "--out"
+) -> Iterator[Path]:
+    """Check and lock an output folder before any work, then yield an empty temporary folder beside it; when the
+    block completes, the temporary folder becomes `out` (so `out` holds this run's files only, never a mix).
+
+    `out` may be absent or empty. A folder with files needs `overwrite` and must hold `marker` (the file this
+    command writes last), so that only an earlier output of the same command is replaced, never files of
+    the user's. When the block raises, `out` is untouched and the temporary folder is removed.
+    """
+    out = check_writable_dir(out, flag)
+    with output_lock(out, flag):
+        if out.is_dir() and any(out.iterdir()):
+            if not (out / marker).is_file():
+                raise RCDMError(
+                    f"{flag} {str(out)!r} holds files that rcdm did not write (it has no {marker}): choose "
+                    f"an empty or new {flag}"
+                )
+            if not overwrite:
+                raise RCDMError(
+                    f"{flag} {str(out)!r} already holds an earlier output: pass --overwrite to replace it, or "
+                    f"choose a new {flag}"
+                )
+        tmp = out.parent / f".tmp-{out.name}-{os.getpid()}"
+        try:
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True)
+        except OSError as e:
+            raise RCDMError(f"cannot write {flag} {str(out)!r}: {e.strerror or e}") from None
+        try:
+            yield tmp
+            fsync_tree(tmp)
+            if out.exists():
+                old = out.parent / f".old-{out.name}-{os.getpid()}"
+                os.rename(out, old)
+                os.rename(tmp, out)
+                shutil.rmtree(old, ignore_errors=True)
+            else:
+                os.rename(tmp, out)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
 
 
 def complete_checkpoints(run_dir: str | Path, pattern: str = "step-*") -> list[Path]:
