@@ -470,3 +470,77 @@ def test_encode_checks_its_out_first_and_writes_it_atomically(few_images, tmp_pa
     assert "--overwrite" in _one_line(capsys)
     assert main([*argv, str(out), "--overwrite"]) == 0
     assert sorted(p.name for p in tmp_path.iterdir()) == ["reps.safetensors", "reps2.safetensors"]
+
+
+# --- the encoder a model records: its spec as given and a digest of its weights ---------------------------
+
+FACTORIES = """
+import torch
+from torch import nn
+from rcdm import Encoder, Preprocessing
+
+
+def random_net():  # a new random init at every call, like module:torchvision.models:resnet18
+    net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten())
+    net.rcdm_preprocessing = Preprocessing(16, (0.5,) * 3, (0.5,) * 3)
+    return net
+
+
+def readme_encoder():  # the README's Python example: an rcdm.Encoder built without a spec
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten())
+    return Encoder(net, Preprocessing(16, (0.5,) * 3, (0.5,) * 3))
+"""
+
+
+@pytest.fixture
+def factories(tmp_path, monkeypatch) -> str:
+    """A module `user_factories` on sys.path (tmp_path), as a user's own code would be."""
+    (tmp_path / "user_factories.py").write_text(FACTORIES)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    return "user_factories"
+
+
+def test_a_model_records_the_digest_of_its_encoders_weights_and_refuses_others(
+    factories, few_images, tmp_path, capsys
+):
+    import json
+
+    from rcdm.encoders import create_encoder
+
+    spec = f"module:{factories}:random_net"
+    run = tmp_path / "run"
+    assert main([*TRAIN, "--data", str(few_images), "--encoder", spec, "--out", str(run)]) == 0
+    cfg = json.loads((run / "model" / "config.json").read_text())
+    assert cfg["encoder"] == spec and re.fullmatch(r"[0-9a-f]{16}", cfg["encoder_weights"])
+    assert create_encoder(spec).weights_digest() != cfg["encoder_weights"]  # a new random init
+    capsys.readouterr()
+    argv = _sample_argv(run, few_images, tmp_path / "out", "--trust-remote-code")
+    assert main(argv) == 2
+    err = _one_line(capsys)
+    assert f"sha256:{cfg['encoder_weights']}" in err and err.count("sha256:") == 2, err
+    assert not (tmp_path / "out").exists()
+
+
+def test_models_without_a_recorded_digest_keep_working(pixels_model):
+    from rcdm.loading import encoder_for, load_model
+
+    model = load_model(pixels_model)
+    assert model.config.encoder_weights  # recorded from pixels:4 (no weights: the digest of nothing)
+    model.register_to_config(encoder_weights=None)  # an older model, or a published one
+    assert encoder_for(model).spec == "pixels:4"
+
+
+def test_a_factory_returning_an_encoder_without_a_spec_records_the_spec_the_user_gave(
+    factories, few_images, tmp_path, capsys
+):
+    import json
+
+    spec = f"module:{factories}:readme_encoder"
+    run = tmp_path / "run"
+    assert main([*TRAIN, "--data", str(few_images), "--encoder", spec, "--out", str(run)]) == 0
+    cfg = json.loads((run / "model" / "config.json").read_text())
+    assert cfg["encoder"] == spec and cfg["encoder_identity"] == spec  # not python:custom
+    out = tmp_path / "out"
+    assert main(_sample_argv(run, few_images, out, "--trust-remote-code")) == 0, capsys.readouterr().err
+    assert list(out.glob("*.png"))

@@ -105,6 +105,8 @@ class RCDM(ModelMixin, ConfigMixin):
         # What the model was trained on; checked when it is used with an encoder.
         encoder: str | None = None,
         encoder_identity: str | None = None,
+        # sha256 of the encoder's weights (Encoder.weights_digest); None: not recorded (older or published models)
+        encoder_weights: str | None = None,
         feature: str = "backbone",
         preprocessing: dict | None = None,
         # Standardise each representation dimension with the training set's mean and std (stored as buffers)
@@ -229,6 +231,13 @@ def check_encoder(model: RCDM, encoder_desc: dict) -> None:
         raise RCDMError(
             f"model was trained on encoder {cfg.encoder!r} ({cfg.encoder_identity}) but got "
             f"{encoder_desc['encoder']!r} ({encoder_desc['encoder_identity']}): pass the same encoder"
+        )
+    trained_on, given = getattr(cfg, "encoder_weights", None), encoder_desc.get("encoder_weights")
+    if trained_on and given and trained_on != given:
+        raise RCDMError(
+            f"model was trained on encoder {cfg.encoder!r} with weights sha256:{trained_on} but "
+            f"{encoder_desc['encoder']!r} has weights sha256:{given}: the same spec now gives other weights (a "
+            "random init, or a changed file or repo); pass the encoder the model was trained with"
         )
     if encoder_desc["feature"] != cfg.feature:
         raise RCDMError(

@@ -189,8 +189,9 @@ def _module(arg: str, feature: Feature) -> Encoder:
     except (ImportError, AttributeError) as e:
         raise RCDMError(f"cannot import {arg!r}: {e}") from None
     obj = fn()
-    if isinstance(obj, Encoder):
-        return obj if obj.feature == feature else obj.with_feature(feature)
+    if isinstance(obj, Encoder):  # recorded under the spec the user gave, so that a model can rebuild it
+        obj = obj if obj.feature == feature else obj.with_feature(feature)
+        return obj.with_spec(f"module:{arg}")
     if not isinstance(obj, nn.Module):
         raise RCDMError(f"{arg!r} returned {type(obj).__name__}, not an nn.Module or rcdm Encoder")
     prep = getattr(obj, "rcdm_preprocessing", None) or Preprocessing(224)
