@@ -386,7 +386,7 @@ def test_cli_convert_refuses_an_out_that_is_a_file_before_converting(
     assert "existing.txt" in err and "is a file" in err and err.count("\n") == 1
     assert existing.read_text() == "hello\n"
     assert main([*argv, "--out", str(existing / "sub")]) == 2  # cannot be created: one line, no traceback
-    assert "not a writable folder" in capsys.readouterr().err
+    assert "existing.txt' is a file, not a folder" in capsys.readouterr().err
 
 
 def test_cli_convert_replaces_an_earlier_model_only_with_overwrite(tmp_path, small_published, capsys):

@@ -3,9 +3,12 @@ unforeseen exception is one line from the `rcdm` command (exit 1) but reaches Py
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
+import shutil
 import struct
+import subprocess
 import zlib
 from pathlib import Path
 
@@ -327,6 +330,17 @@ def test_sample_loads_weights_strictly_naming_the_key_and_file(
     assert not (tmp_path / "out").exists()
 
 
+def test_a_model_without_its_safetensors_is_refused_and_no_bin_is_unpickled(pixels_model, tmp_path):
+    import torch
+
+    from rcdm.loading import load_model
+
+    (pixels_model / WEIGHTS).unlink()
+    torch.save({"w": _Evil()}, pixels_model / "diffusion_pytorch_model.bin")  # diffusers' pickle fallback
+    with pytest.raises(RCDMError, match=rf"has no weights: {WEIGHTS} is missing"):
+        load_model(pixels_model)
+
+
 @pytest.mark.parametrize(
     ("edit", "says"),
     [
@@ -406,20 +420,41 @@ def test_sample_refuses_an_unusable_out_before_loading_anything(few_images, tmp_
     assert main(_sample_argv(model, few_images, afile)) == 2
     assert "is a file, not a folder" in _one_line(capsys)
     assert main(_sample_argv(model, few_images, afile / "sub")) == 2  # under a file: cannot be created
-    assert "not a writable folder" in _one_line(capsys)
+    assert "file.txt' is a file, not a folder" in _one_line(capsys)
     assert afile.read_text() == "x"
 
 
-@pytest.mark.skipif(hasattr(os, "geteuid") and os.geteuid() == 0, reason="root writes read-only folders")
-def test_sample_refuses_a_read_only_out_before_loading_anything(few_images, tmp_path, capsys):
+@contextlib.contextmanager
+def _read_only(folder: Path):
+    """Make `folder` unwritable for this process: chmod a-w, or for root (which ignores it) chattr +i."""
+    root = hasattr(os, "geteuid") and os.geteuid() == 0
+    cmd = ["chattr", "+i", str(folder)]
+    if root and (shutil.which("chattr") is None or subprocess.run(cmd, capture_output=True).returncode):
+        pytest.skip("root ignores chmod and chattr +i is not available here")
+    if not root:
+        folder.chmod(0o555)
+    try:
+        yield
+    finally:
+        if root:
+            subprocess.run(["chattr", "-i", str(folder)], check=True)
+        else:
+            folder.chmod(0o755)
+
+
+def test_sample_and_encode_refuse_a_read_only_out_before_any_work(few_images, tmp_path, capsys):
     ro = tmp_path / "ro"
     ro.mkdir()
-    ro.chmod(0o555)
-    try:
-        assert main(_sample_argv(tmp_path / "absent", few_images, ro / "out")) == 2
-        assert "not a writable folder" in _one_line(capsys)
-    finally:
-        ro.chmod(0o755)
+    image = str(sorted(few_images.iterdir())[0])
+    with _read_only(ro):
+        for out in (ro, ro / "sub"):  # an existing read-only folder, or one that cannot be created
+            assert main(_sample_argv(tmp_path / "absent-model", few_images, out)) == 2
+            assert "ro' is not a writable folder" in _one_line(capsys)
+        assert (
+            main(["encode", "--encoder", "pixels:2", "--images", image, "--out", str(ro / "r.safetensors")])
+            == 2
+        )
+        assert "ro' is not a writable folder" in _one_line(capsys)
 
 
 def test_a_sample_out_folder_is_never_a_mix_of_two_runs(pixels_model, few_images, tmp_path, capsys):

@@ -185,12 +185,17 @@ def _load_strict(folder: Path) -> RCDM:
         raise RCDMError(f"{str(config_file)!r} holds no JSON object: not an rcdm model folder")
     check_config(config, repr(str(config_file)))
     weights_file = folder / "diffusion_pytorch_model.safetensors"
+    sharded = weights_file.with_name(weights_file.name + ".index.json")
+    if (
+        not weights_file.is_file() and not sharded.is_file()
+    ):  # rcdm reads safetensors only (nothing to unpickle)
+        raise RCDMError(f"model {str(folder)!r} has no weights: {weights_file.name} is missing")
     if weights_file.is_file():  # keys and shapes from the header, before anything is loaded
         with init_empty_weights():
             expected = {k: v.shape for k, v in RCDM.from_config(config).state_dict().items()}
         check_keys(safetensors_shapes(weights_file), expected, repr(str(weights_file)), "the model's config")
     try:
-        model, info = RCDM.from_pretrained(folder, output_loading_info=True)
+        model, info = RCDM.from_pretrained(folder, output_loading_info=True, use_safetensors=True)
     except (OSError, ValueError, RuntimeError, TypeError) as e:
         raise RCDMError(f"cannot load model from {str(folder)!r}: {first_line(e)}") from None
     problems = [

@@ -64,7 +64,9 @@ def check_writable_dir(path: str | Path, flag: str = "--out") -> Path:
     if path.exists() and not path.is_dir():
         raise RCDMError(f"{flag} {str(path)!r} is a file, not a folder: choose a folder")
     probe = _nearest_existing(path)
-    if not probe.is_dir() or not os.access(probe, os.W_OK | os.X_OK):
+    if not probe.is_dir():
+        raise RCDMError(f"cannot write {flag} {str(path)!r}: {str(probe)!r} is a file, not a folder")
+    if not os.access(probe, os.W_OK | os.X_OK):
         raise RCDMError(f"cannot write {flag} {str(path)!r}: {str(probe)!r} is not a writable folder")
     return path
 
@@ -76,7 +78,11 @@ def check_writable_file(path: str | Path, flag: str = "--out") -> Path:
         raise RCDMError(f"{flag} {str(path)!r} is a folder: pass a file path")
     if path.exists() and not os.access(path, os.W_OK):
         raise RCDMError(f"cannot write {flag} {str(path)!r}: the file is read-only")
-    check_writable_dir(path.parent, flag)
+    probe = _nearest_existing(path.parent)
+    if not probe.is_dir():
+        raise RCDMError(f"cannot write {flag} {str(path)!r}: {str(probe)!r} is a file, not a folder")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise RCDMError(f"cannot write {flag} {str(path)!r}: {str(probe)!r} is not a writable folder")
     return path
 
 
