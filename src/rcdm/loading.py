@@ -185,10 +185,8 @@ def _load_strict(folder: Path) -> RCDM:
         raise RCDMError(f"{str(config_file)!r} holds no JSON object: not an rcdm model folder")
     check_config(config, repr(str(config_file)))
     weights_file = folder / "diffusion_pytorch_model.safetensors"
-    sharded = weights_file.with_name(weights_file.name + ".index.json")
-    if (
-        not weights_file.is_file() and not sharded.is_file()
-    ):  # rcdm reads safetensors only (nothing to unpickle)
+    # safetensors only (use_safetensors below): there is nothing to unpickle
+    if not any(folder.glob("diffusion_pytorch_model*.safetensors*")):
         raise RCDMError(f"model {str(folder)!r} has no weights: {weights_file.name} is missing")
     if weights_file.is_file():  # keys and shapes from the header, before anything is loaded
         with init_empty_weights():
