@@ -3,6 +3,7 @@ from __future__ import annotations
 import importlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -15,37 +16,13 @@ import torch
 from rcdm.errors import NonFiniteLossError, RCDMError
 from rcdm.model import RCDM
 from rcdm.runs import latest_checkpoint
-from rcdm.train import TrainConfig, train
+from rcdm.train import train
+from training_for_tests import assert_same, weights
+from training_for_tests import tiny_config as config
 
 train_mod = importlib.import_module("rcdm.train")
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def config(data: Path, **kw) -> TrainConfig:
-    base = dict(
-        data=str(data),
-        encoder="pixels:2",
-        preset="tiny",
-        image_size=16,
-        steps=6,
-        batch_size=4,
-        lr=1e-3,
-        ema_decay=0.9,
-        save_every=2,
-        num_workers=0,
-    )
-    return TrainConfig(**{**base, **kw})
-
-
-def weights(folder: Path) -> dict[str, torch.Tensor]:
-    return RCDM.from_pretrained(folder).state_dict()
-
-
-def assert_same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
-    assert a.keys() == b.keys()
-    different = [k for k in a if not torch.equal(a[k], b[k])]
-    assert not different, f"{len(different)} tensors differ, e.g. {different[:3]}"
 
 
 @pytest.fixture(scope="module")
@@ -107,8 +84,6 @@ def test_existing_run_needs_resume(few_images, reference):
 
 
 def test_resume_with_another_encoder_is_refused(few_images, reference, tmp_path):
-    import shutil
-
     run = tmp_path / "copy"
     shutil.copytree(reference, run)
     with pytest.raises(RCDMError, match="encoder 'pixels:2' -> 'pixels:4'"):  # run.json says otherwise
@@ -126,8 +101,6 @@ def test_non_finite_loss_stops_and_keeps_the_checkpoint(few_images, tmp_path):
 
 
 def test_unreadable_images_are_skipped(few_images, tmp_path, caplog):
-    import shutil
-
     data = tmp_path / "data" / "nested" / "deeper"
     data.mkdir(parents=True)
     for p in sorted(few_images.iterdir())[:3]:
