@@ -32,7 +32,8 @@ def test_metrics_jsonl_log_lines_and_sample_grids(few_images, tmp_path, caplog):
     recs = records(run)
     assert [r["step"] for r in recs] == [1, 2, 3, 4]
     for r in recs:
-        assert {"loss", "mse", "vb", "lr", "images_per_s", "grad_norm", "elapsed_s"} <= r.keys()
+        assert {"loss", "mse", "vb", "lr", "images_per_s", "grad_norm", "elapsed_s", "cpu_s"} <= r.keys()
+        assert r["cpu_s"] > 0 and r["elapsed_s"] > 0
         assert r["loss"] > 0 and r["images_per_s"] > 0 and r["grad_norm"] > 0 and r["lr"] == 1e-3
         assert abs(r["loss"] - (r["mse"] + r["vb"])) < 1e-3 * r["loss"] + 1e-6
     assert "step 1/4: loss" in caplog.text and "img/s" in caplog.text  # a plain line, not a carriage return

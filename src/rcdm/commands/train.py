@@ -152,6 +152,6 @@ def run(args: argparse.Namespace) -> int:
     result = train(cfg, args.out, resume=args.resume, progress=not args.no_progress)
     print(
         f"trained {result.steps} steps; last loss {result.last_loss:.4f}; {result.images_per_second:.1f} img/s; "
-        f"model in {result.run_dir / 'model'}"
+        f"{result.wall_time_s:.1f} s wall, {result.cpu_time_s:.1f} s CPU; model in {result.run_dir / 'model'}"
     )
     return 0
