@@ -102,7 +102,13 @@ def run_lock(run_dir: str | Path, command: str) -> Iterator[None]:
     host = socket.gethostname()
     fd = -1
     for _ in range(20):  # the holder may unlink the file between our open and our flock: then open it again
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as e:
+            raise RCDMError(
+                f"cannot create the run folder's lock file {str(path)!r} ({e.strerror or e}): make the folder "
+                "writable, or remove what is in the way"
+            ) from None
         try:
             if fcntl is None:
                 raise OSError(errno.ENOSYS, "no fcntl")
