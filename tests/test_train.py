@@ -333,3 +333,14 @@ def test_data_that_is_a_file_but_not_an_image_is_named(tmp_path, capsys):
     assert main([*args, "--data", str(broken), "--out", str(tmp_path / "b")]) == 2
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert str(broken) in err and "--data" in err
+
+
+def test_resuming_a_finished_run_says_there_is_nothing_to_train(reference, tmp_path, capsys):
+    from rcdm.cli import main
+
+    run = tmp_path / "run"
+    shutil.copytree(reference, run)
+    assert main(["train", "--out", str(run), "--resume", "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "nothing to train" in out and "already at step 6 of 6" in out and "nan" not in out
+    assert_same(weights(run / "model"), weights(reference / "model"))

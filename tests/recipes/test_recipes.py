@@ -214,6 +214,8 @@ def test_recipe_cli_trains_an_encoder_and_reports_bad_data(cifar_root: Path, tmp
     assert card["arch"]["projector"] == [16, 16] and card["smoke"] is True
     assert main(["recipe", "ssl", "--data", str(tmp_path / "nowhere"), "--out", str(tmp_path / "x")]) == 2
     assert main(["recipe", "rcdm", "--runs", str(tmp_path), "--data", str(cifar_root)]) == 2  # no encoders
+    (tmp_path / "file").write_text("x")
+    assert main(["recipe", "ssl", "--data", str(cifar_root), "--out", str(tmp_path / "file"), *tiny]) == 2
 
 
 def test_ssl_resume_names_a_damaged_checkpoint_and_a_second_run_is_refused(

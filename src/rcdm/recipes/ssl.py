@@ -61,6 +61,7 @@ from ..runs import (
     run_lock,
     sweep_checkpoints,
 )
+from ..train import check_output_folder
 
 log = logging.getLogger(__name__)
 
@@ -349,7 +350,7 @@ def train_encoder(
         if getattr(cfg, name) < 1:
             raise RCDMError(f"{name} {getattr(cfg, name)} must be at least 1")
     root = cifar10_root(cfg.data)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    check_output_folder(run_dir)  # a writable folder (created), or one line saying why not
     with (
         run_lock(run_dir, "rcdm recipe ssl"),
         reporting_full_disk(run_dir, "to the run folder", pattern=EPOCH),
