@@ -141,6 +141,15 @@ def test_cpu_profile_trains_a_standardized_model_and_keeps_its_checkpoints(
     assert rec["standardize"] is True and rec["lr"] == 5e-4 and rec["batch_size"] == 4  # profile, then flags
     assert json.loads((run / "model" / "config.json").read_text())["standardize_representation"] is True
     assert len(list((run / "checkpoints").glob("step-*"))) == 4  # the CPU profile keeps the curve
+    # Resumed after a session whose CPU time is unknown (here: recorded before CPU time was): the record says
+    # which steps its CPU time covers.
+    record = json.loads((run / "recipe.json").read_text())
+    old = {k: v for k, v in record.items() if not k.startswith("cpu_")}
+    (run / "recipe.json").write_text(json.dumps(old))
+    longer = [("5" if i == argv.index("--steps") + 1 else x) for i, x in enumerate(argv)]
+    assert main([*longer, "--save-every", "1", "--no-progress", "--resume"]) == 0
+    rec = json.loads((run / "recipe.json").read_text())
+    assert rec["steps"] == 5 and rec["cpu_time_from_step"] == 4 and rec["cpu_time_s"] > 0
 
 
 def test_pack_refuses_smoke_runs_and_oversized_bundles(runs: Path, tmp_path: Path) -> None:

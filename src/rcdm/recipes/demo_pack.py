@@ -100,10 +100,10 @@ class RCDMRun:
     device: str
     smoke: bool
     stopped_early: bool = False
-    cpu_time_s: float = (
-        0.0  # CPU seconds (process + data workers, all threads) of steps cpu_time_from_step + 1 ..
-    )
-    cpu_time_from_step: int = 0  # > 0: resumed from a recipe.json that predates CPU-time records
+    # CPU seconds (process + data workers, all threads) of steps cpu_time_from_step + 1 .. steps; > 0 when an
+    # earlier session's CPU time is unknown (killed, or recorded before CPU time was)
+    cpu_time_s: float = 0.0
+    cpu_time_from_step: int = 0
 
 
 class _TimeUp(Exception):
@@ -176,6 +176,7 @@ def train_rcdms(
         done = {"step": 0}
 
         def on_step(step: int, loss: float, t0: float = t0, done: dict = done) -> None:
+            done.setdefault("start", step - 1)  # the step this session resumed from
             done["step"] = step
             budget = recipe.time_budget_s
             if budget is not None and step % recipe.save_every == 0 and time.perf_counter() - t0 > budget:
@@ -189,11 +190,13 @@ def train_rcdms(
             stopped, steps = True, done["step"]
             log.warning("%s: time budget reached; stopped at the checkpoint of step %d", target.name, steps)
         wall = float(previous.get("wall_time_s", 0.0)) + time.perf_counter() - t0
-        cpu = float(previous.get("cpu_time_s") or 0.0) + cpu_seconds() - c0
-        # A run resumed from a recipe.json without CPU time: counted from its steps on, and recorded so.
-        cpu_from = int(
-            previous.get("cpu_time_from_step", 0) if "cpu_time_s" in previous else previous.get("steps", 0)
-        )
+        # CPU time covers steps cpu_from + 1 .. steps: this session, plus the earlier ones when the previous
+        # recipe.json recorded theirs and ends where this one started (a killed session leaves no record).
+        start = done.get("start", steps)
+        cpu, cpu_from = cpu_seconds() - c0, start
+        if previous.get("cpu_time_s") is not None and previous.get("steps") == start:
+            cpu += float(previous["cpu_time_s"])
+            cpu_from = int(previous.get("cpu_time_from_step", 0))
         device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         smoke = bool(recipe.smoke or recipe.preset == "tiny" or enc_card.get("smoke"))
         record = {
