@@ -50,7 +50,9 @@ def run(args: argparse.Namespace) -> int:
         published = MODELS[name]
         encoder = encoder_description(f"official:{published.encoder}", args.feature or published.feature)
     # --out is checked and locked before the conversion; written beside it and moved into place when complete
-    with output_folder(args.out, overwrite=args.overwrite, marker="config.json") as out:
+    with output_folder(
+        args.out, overwrite=args.overwrite, marker="config.json", command="rcdm convert"
+    ) as out:
         model = convert(
             args.checkpoint, image_size=args.image_size, num_heads=args.num_heads, encoder=encoder
         )

@@ -33,7 +33,7 @@ def run(args: argparse.Namespace) -> int:
     if out.exists() and not args.overwrite:
         raise RCDMError(f"--out {args.out!r} exists: pass --overwrite to replace it, or another --out")
     paths = expand_image_args(args.images)
-    with output_lock(out):
+    with output_lock(out, command="rcdm encode"):
         encoder = create_encoder(args.encoder, args.feature).to(args.device or default_device())
         reps = encoder.encode_files(paths, progress=True)
         meta = {

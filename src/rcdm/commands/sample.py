@@ -29,7 +29,9 @@ def run(args: argparse.Namespace) -> int:
     sampling = sampling_from_args(args)
     paths = expand_image_args(args.images)
     # checked and locked before any work; written beside --out and moved into place when complete
-    with output_folder(args.out, overwrite=args.overwrite, marker="sample.json") as out:
+    with output_folder(
+        args.out, overwrite=args.overwrite, marker="sample.json", command="rcdm sample"
+    ) as out:
         model, encoder = load_model_and_encoder(args)
         vis = visualize(model, encoder, paths, num_samples=args.num_samples, sampling=sampling, progress=True)
         grids = save_visualization(vis, out)
