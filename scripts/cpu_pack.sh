@@ -28,7 +28,7 @@ TARGETS=(rcdm-cifar10-supervised rcdm-cifar10-vicreg-backbone rcdm-cifar10-vicre
 export OMP_NUM_THREADS=1 PYTHONUNBUFFERED=1
 RCDM="nice -n 10 $PY -m rcdm.cli"
 mkdir -p "$WORK/runs"
-CIFAR=$($PY -c "import sys; from rcdm.recipes.ssl import cifar10_root; print(cifar10_root(sys.argv[1]))" "$DATA") ||
+CIFAR=$($PY -c "import sys; from rcdm.recipes.cifar10 import cifar10_root; print(cifar10_root(sys.argv[1]))" "$DATA") ||
     exit 1
 
 resume_flag() { [ -d "$1/checkpoints" ] && echo --resume; }

@@ -12,12 +12,10 @@ import contextlib
 import json
 import logging
 import math
-import os
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, Literal
 
 import torch
 from accelerate import Accelerator
@@ -35,8 +33,8 @@ from .data import (
     to_model_space,
 )
 from .devices import Precision, autocast_for, resolve_precision, training_precision
-from .diffusion import GaussianDiffusion, LossType, sample, sample_generators
-from .encoders import Encoder, Feature, create_encoder
+from .diffusion import GaussianDiffusion, sample, sample_generators
+from .encoders import Encoder, create_encoder
 from .encoders.cache import cached_representations, check_cache, load_cache
 from .errors import NonFiniteLossError, RCDMError
 from .locks import run_lock
@@ -44,7 +42,6 @@ from .model import PRESETS, RCDM, check_encoder
 from .monitor import TrainingMonitor
 from .runs import (
     atomic_dir,
-    check_writable_dir,
     cpu_seconds,
     latest_checkpoint,
     nbytes,
@@ -55,95 +52,16 @@ from .runs import (
     sweep_checkpoints,
     write_text_atomic,
 )
+from .train_config import (
+    TrainConfig,
+    check_output_folder,
+    check_resume_config,
+    validate_config,
+)
 
 log = logging.getLogger(__name__)
 # Offsets the training-noise seeds from the augmentation seeds of the same image ((seed, position) in both).
 NOISE_STREAM = 1 << 20
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    """Run settings (the architecture lives in the model's ConfigMixin). Written to RUN_DIR/run.json."""
-
-    data: str
-    encoder: str
-    feature: Feature = "backbone"
-    preset: str = "cifar32"
-    image_size: int | None = None  # None: the preset's sample size
-    steps: int = 100_000
-    batch_size: int = 64  # global batch, split across processes
-    lr: float = 1e-4  # published: AdamW 1e-4, no weight decay
-    weight_decay: float = 0.0
-    loss: LossType = "hybrid"  # published: epsilon MSE + VLB term for the learned variance
-    cond_drop: float = 0.0  # probability of the learned null representation (> 0 enables guidance)
-    ema_decay: float = 0.9999
-    grad_clip: float = 1.0  # max grad norm; 0 disables
-    seed: int = 0
-    save_every: int = 1000
-    keep_checkpoints: int = 2
-    # The sampling vocabulary (rcdm.devices.Precision); "no" = "fp32" (accelerate's word, kept for old run.json).
-    mixed_precision: Precision | Literal["no"] = "auto"
-    gradient_checkpointing: bool = False
-    # Standardise representations with the training set's per-dimension mean/std (stored in the model): helps
-    # where an encoder's features share a large common component (e.g. CIFAR ResNets: mean pairwise cosine 0.8).
-    standardize: bool = False
-    compile: bool = False  # torch.compile the UNet (in place: checkpoints unchanged); the first steps compile
-    feature_cache: str | None = None  # a .safetensors of precomputed representations (centre crops + flips)
-    min_scale: float = 0.8  # random crop side as a fraction of the shorter side (1.0 with a feature cache)
-    num_workers: int = 2
-    log_every: int = 10  # steps per metrics.jsonl record
-    # Split each step's batch into this many micro-batches (same global batch, same images and noise: the
-    # model equals the one trained without accumulation up to float rounding).
-    gradient_accumulation_steps: int = 1
-    sample_every: int = 0  # steps between sample grids of fixed training images (RUN_DIR/samples); 0: none
-    report_to: Literal["none", "tensorboard", "wandb", "all"] = "none"  # accelerate trackers
-
-
-# Settings a resumed run may change; any other difference from run.json is refused (it would be another run).
-MUTABLE_ON_RESUME = frozenset(
-    {"steps", "save_every", "keep_checkpoints", "log_every", "sample_every", "report_to", "num_workers"}
-)
-REPORT_TO: tuple[str, ...] = ("none", "tensorboard", "wandb", "all")
-
-
-def saved_config(run_dir: str | Path) -> dict[str, Any] | None:
-    """The TrainConfig fields recorded in RUN_DIR/run.json, or None when there is none."""
-    path = Path(run_dir) / "run.json"
-    if not path.is_file():
-        return None
-    try:
-        saved = json.loads(path.read_text())
-    except ValueError as e:
-        raise RCDMError(f"{str(path)!r} is not valid JSON ({e}): restore it or start a new --out") from None
-    names = {f.name for f in fields(TrainConfig)}
-    return {k: v for k, v in saved.items() if k in names}
-
-
-def _comparable(name: str, value: Any) -> Any:
-    if name == "mixed_precision":
-        return training_precision(value)
-    return list(value) if isinstance(value, tuple) else value
-
-
-def check_resume_config(cfg: TrainConfig, run_dir: str | Path, image_size: int) -> None:
-    """Refuse to resume with settings that differ from RUN_DIR/run.json, except MUTABLE_ON_RESUME."""
-    saved = saved_config(run_dir)
-    if saved is None:
-        return
-    now = {**asdict(cfg), "image_size": image_size}
-    diffs = [
-        f"{name} {saved[name]!r} -> {now[name]!r}"
-        for name in sorted(now)
-        if name in saved
-        and name not in MUTABLE_ON_RESUME
-        and _comparable(name, saved[name]) != _comparable(name, now[name])
-    ]
-    if diffs:
-        raise RCDMError(
-            f"--resume of {str(run_dir)!r} with other settings than its run.json ({'; '.join(diffs)}): "
-            "resume with the run's own settings (rcdm train --out RUN --resume needs no other flag), or start a "
-            f"new --out; only {', '.join(sorted(MUTABLE_ON_RESUME))} may change"
-        )
 
 
 @dataclass
@@ -203,59 +121,6 @@ def _batches_for(cfg: TrainConfig, dataset: PairedViews, start: int, acc: Accele
     )
 
 
-def validate_config(cfg: TrainConfig) -> None:
-    """Refuse settings that would crash later or silently train something else, naming the value and range."""
-    whole = {
-        "steps": (cfg.steps, 1),
-        "batch_size": (cfg.batch_size, 1),
-        "save_every": (cfg.save_every, 1),
-        "keep_checkpoints": (cfg.keep_checkpoints, 1),
-        "log_every": (cfg.log_every, 1),
-        "num_workers": (cfg.num_workers, 0),
-        "sample_every": (cfg.sample_every, 0),
-    }
-    for name, (value, low) in whole.items():
-        if not isinstance(value, int) or value < low:
-            raise RCDMError(
-                f"--{name.replace('_', '-')} {value} is out of range: use a whole number >= {low}"
-            )
-    if cfg.preset not in PRESETS:
-        raise RCDMError(f"unknown preset {cfg.preset!r}: choose one of {', '.join(PRESETS)}")
-    div = 2 ** (len(PRESETS[cfg.preset]["block_out_channels"]) - 1)  # the UNet halves the image at each level
-    if cfg.image_size is not None and (cfg.image_size < div or cfg.image_size % div):
-        raise RCDMError(
-            f"--image-size {cfg.image_size} does not fit preset {cfg.preset!r}: use a positive multiple of {div}"
-        )
-    if not (math.isfinite(cfg.lr) and cfg.lr > 0):
-        raise RCDMError(f"--lr {cfg.lr} must be a positive number (published: 1e-4)")
-    if not (math.isfinite(cfg.weight_decay) and cfg.weight_decay >= 0):
-        raise RCDMError(f"weight_decay {cfg.weight_decay} must be >= 0")
-    if not 0.0 <= cfg.ema_decay < 1.0:
-        raise RCDMError(
-            f"--ema-decay {cfg.ema_decay} is out of range: use a value in [0, 1) (published: 0.9999)"
-        )
-    if not (math.isfinite(cfg.grad_clip) and cfg.grad_clip >= 0):
-        raise RCDMError(f"grad_clip {cfg.grad_clip} must be >= 0 (0 disables clipping)")
-    if not 0.0 < cfg.min_scale <= 1.0:
-        raise RCDMError(f"min_scale {cfg.min_scale} is out of range: use a fraction in (0, 1]")
-
-
-def check_output_folder(run_dir: Path) -> None:
-    """The run folder must be (or be creatable as) a writable folder, checked before any work starts.
-
-    Beyond `check_writable_dir`, it is created and written once: that also catches what os.access cannot see
-    (an immutable folder, a read-only mount, root's permission bypass).
-    """
-    check_writable_dir(run_dir)
-    try:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        test = run_dir / f".write-test-{os.getpid()}"
-        test.write_bytes(b"")
-        test.unlink()
-    except OSError as e:
-        raise RCDMError(f"cannot write the run folder {str(run_dir)!r}: {e.strerror or e}") from None
-
-
 @contextlib.contextmanager
 def _holding_run_folder(acc: Accelerator, run_dir: Path) -> Iterator[None]:
     """The main process holds RUN_DIR/.lock for the block; every process raises when it is taken."""
@@ -307,17 +172,6 @@ def train(
     run_dir = Path(run_dir)
     validate_config(cfg)
     check_output_folder(run_dir)
-    if not 0.0 <= cfg.cond_drop < 1.0:
-        raise RCDMError(f"--cond-drop {cfg.cond_drop} is out of range: use a probability in [0, 1)")
-    if cfg.loss not in ("simple", "hybrid"):
-        raise RCDMError(f"unknown loss {cfg.loss!r}: choose simple or hybrid")
-    if cfg.report_to not in REPORT_TO:
-        raise RCDMError(f"unknown --report-to {cfg.report_to!r}: choose one of {', '.join(REPORT_TO)}")
-    if cfg.gradient_accumulation_steps < 1 or cfg.batch_size % cfg.gradient_accumulation_steps:
-        raise RCDMError(
-            f"--gradient-accumulation-steps {cfg.gradient_accumulation_steps} must be at least 1 and divide the "
-            f"batch size {cfg.batch_size} (each micro-batch is batch / steps images)"
-        )
     # cpu=True on a CPU-only machine: a torchrun of N CPU processes then joins one gloo group and each rank
     # trains on its share (without it accelerate runs every rank as a separate single-process job).
     acc = Accelerator(

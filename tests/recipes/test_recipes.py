@@ -16,8 +16,9 @@ from rcdm.encoders.cifar import CifarEncoderArch, CifarEncoderNet, default_prepr
 from rcdm.errors import RCDMError
 from rcdm.metrics.knn import encoder_features, knn_accuracy, knn_predict
 from rcdm.recipes.bundle import pack
+from rcdm.recipes.cifar10 import labelled_files, load_uint8
 from rcdm.recipes.demo_pack import RCDMRecipe, train_rcdms
-from rcdm.recipes.ssl import SSLConfig, labelled_files, load_uint8, train_encoder, vicreg_loss
+from rcdm.recipes.ssl import SSLConfig, train_encoder, vicreg_loss
 
 TARGET = "rcdm-cifar10-vicreg-projector"
 TINY = dict(

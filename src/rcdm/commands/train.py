@@ -8,7 +8,8 @@ import dataclasses
 from ..encoders import FEATURES
 from ..errors import RCDMError
 from ..model import PRESETS
-from ..train import REPORT_TO, TrainConfig, saved_config, train
+from ..train import TrainConfig, train
+from ..train_config import REPORT_TO, saved_config
 from .common import add_command
 
 EPILOG = """examples:
