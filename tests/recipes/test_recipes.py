@@ -168,7 +168,7 @@ def test_pack_labels_an_allowed_smoke_bundle(
         assert "SMOKE TEST" in (out / name / "README.md").read_text()
     card = json.loads((out / TARGET / "card.json").read_text())
     assert card["steps"] == 2 and card["images_seen"] == 8 and card["metrics"] == {"x": 1.0}
-    with safe_open(str(out / TARGET / "diffusion_pytorch_model.safetensors"), "pt") as f:
+    with safe_open(str(out / TARGET / "diffusion_pytorch_model.rcdm.safetensors"), "pt") as f:
         assert {f.get_slice(k).get_dtype() for k in f.keys()} == {"F16"}  # noqa: SIM118
     assert len(list((out / "demo-inputs").iterdir())) == 2
     # The bundled model finds its bundled encoder by name, and the identity check passes.
