@@ -179,7 +179,9 @@ class RCDM(ModelMixin, ConfigMixin):
                 pretrained_model_name_or_path, **{**kwargs, "variant": WEIGHTS_VARIANT if saved else None}
             )
         try:  # a hub repo id: rcdm's name first, then the plain one
-            return super().from_pretrained(pretrained_model_name_or_path, **{**kwargs, "variant": WEIGHTS_VARIANT})
+            return super().from_pretrained(
+                pretrained_model_name_or_path, **{**kwargs, "variant": WEIGHTS_VARIANT}
+            )
         except OSError:
             return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
 
