@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -139,23 +140,76 @@ def test_cli_quality_writes_json_and_markdown(cifar_root: Path, resnet56_path: P
     assert "FID" in capsys.readouterr().out
 
 
+def _offline_inception(monkeypatch, tmp_path: Path, url: str = "http://127.0.0.1:9/") -> str:
+    """TORCH_HOME in tmp_path and the Inception URL on the discard port (refused at once: offline, no network)."""
+    from rcdm.metrics import features
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    monkeypatch.delenv("RCDM_INCEPTION_WEIGHTS", raising=False)
+    remote = features.INCEPTION_WEIGHTS
+    url = url + remote.filename if url.endswith("/") else url
+    monkeypatch.setattr(features, "INCEPTION_WEIGHTS", replace(remote, url=url))
+    return url
+
+
 def test_cli_missing_inception_weights_is_a_one_line_error(
     few_images: Path, tmp_path: Path, monkeypatch, capsys
 ):
-    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
-    monkeypatch.delenv("RCDM_INCEPTION_WEIGHTS", raising=False)
+    url = _offline_inception(monkeypatch, tmp_path)
     argv = ["evaluate", "quality", "--real", str(few_images), "--fake", str(few_images)]
     assert main([*argv, "--out", str(tmp_path / "q.json")]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1
-    assert "weights-inception-2015-12-05-6726825d.pth" in err
-    assert str(tmp_path / "torch" / "hub" / "checkpoints") in err
+    assert url in err and "weights-inception-2015-12-05-6726825d.pth" in err and "--inception-weights" in err
+    assert (
+        str(tmp_path / "torch" / "hub" / "checkpoints" / "weights-inception-2015-12-05-6726825d.pth") in err
+    )
     assert (
         main([*argv, "--out", str(tmp_path / "q.json"), "--inception-weights", str(tmp_path / "nope.pth")])
         == 2
     )
     assert "nope.pth" in capsys.readouterr().err
     assert not (tmp_path / "q.json").exists()
+
+
+def test_inception_weights_record_is_torch_fidelitys_file():
+    from torch_fidelity.feature_extractor_inceptionv3 import URL_INCEPTION_V3
+
+    from rcdm.metrics.features import INCEPTION_WEIGHTS
+
+    assert INCEPTION_WEIGHTS.url == URL_INCEPTION_V3
+    # torch.hub's convention: the name carries the first hex digits of the file's sha256.
+    assert INCEPTION_WEIGHTS.sha256 is not None and len(INCEPTION_WEIGHTS.sha256) == 64
+    assert INCEPTION_WEIGHTS.sha256.startswith(INCEPTION_WEIGHTS.filename.rsplit("-", 1)[1].split(".")[0])
+
+
+def test_inception_weights_are_downloaded_once_and_checked_at_every_use(tmp_path: Path, monkeypatch):
+    import hashlib
+
+    from rcdm.errors import RCDMError
+    from rcdm.metrics import features
+
+    src = tmp_path / "served.pth"
+    src.write_bytes(b"inception" * 1000)
+    _offline_inception(monkeypatch, tmp_path, src.as_uri())
+    digest = hashlib.sha256(src.read_bytes()).hexdigest()
+    monkeypatch.setattr(
+        features, "INCEPTION_WEIGHTS", replace(features.INCEPTION_WEIGHTS, size=9000, sha256=digest)
+    )
+    cached = tmp_path / "torch" / "hub" / "checkpoints" / "weights-inception-2015-12-05-6726825d.pth"
+    assert features.find_inception_weights(progress=False) == cached
+    assert cached.read_bytes() == src.read_bytes()
+    src.unlink()  # the second use reads the cache, no download
+    assert features.find_inception_weights(progress=False) == cached
+    cached.write_bytes(b"x" * 9000)  # same size, other content
+    with pytest.raises(RCDMError, match="sha256"):
+        features.find_inception_weights(progress=False)
+    # A download with the wrong digest is refused and leaves nothing in the cache.
+    cached.unlink()
+    src.write_bytes(b"y" * 9000)
+    with pytest.raises(RCDMError, match="sha256"):
+        features.find_inception_weights(progress=False)
+    assert not cached.exists() and not cached.with_name(cached.name + ".part").exists()
 
 
 def test_inception_extractor_with_a_weights_file(tmp_path: Path, monkeypatch):

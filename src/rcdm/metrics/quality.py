@@ -1,7 +1,7 @@
 """Sample quality: FID, KID, Inception Score, precision/recall and density/coverage, streamed from disk.
 
 Features come from a `FeatureExtractor` (metrics/features.py): the standard FID Inception-v3 (torch-fidelity's port of the 2015-12-05
-TensorFlow graph, loaded from a local file; no downloads) or any rcdm Encoder (`cifar-resnet56:PATH`,
+TensorFlow graph, downloaded once into the torch hub cache, sha256-checked) or any rcdm Encoder (`cifar-resnet56:PATH`,
 `timm:vit_small_patch14_dinov2.lvd142m`, ...). Scores from non-Inception features are not comparable with
 published numbers and are labelled with the extractor's name.
 
