@@ -140,6 +140,74 @@ def test_cli_quality_writes_json_and_markdown(cifar_root: Path, resnet56_path: P
     assert "FID" in capsys.readouterr().out
 
 
+def test_fid_from_real_stats_equals_fid_from_the_real_images(
+    cifar_root: Path, resnet56_path: Path, tmp_path: Path, capsys
+):
+    import numpy as np
+
+    real = _folder(_class_files(cifar_root, "cat", 0, 40), tmp_path / "real")
+    fake = _folder(_class_files(cifar_root, "dog", 0, 40), tmp_path / "fake")
+    spec = f"cifar-resnet56:{resnet56_path}"
+    argv = ["evaluate", "quality", "--fake", str(fake), "--features", spec, "--num-workers", "0"]
+    assert main([*argv, "--real", str(real), "--out", str(tmp_path / "a.json"), "--kid-subsets", "5"]) == 0
+    images = json.loads((tmp_path / "a.json").read_text())
+    feats = np.load(Path(images["settings"]["real_store"]) / "features.npy").astype(np.float64)
+    # ADM's reference-batch layout: the images (arr_0) beside mu/sigma (and the spatial mu_s/sigma_s).
+    stats = tmp_path / "ref.npz"
+    np.savez(
+        stats,
+        arr_0=np.zeros((2, 8, 8, 3), np.uint8),
+        mu=feats.mean(0),
+        sigma=np.cov(feats, rowvar=False),
+        mu_s=np.zeros(3),
+        sigma_s=np.eye(3),
+    )
+    both = ["--real", str(real), "--real-stats", str(stats), "--kid-subsets", "5"]
+    assert main([*argv, *both, "--out", str(tmp_path / "b.json")]) == 0
+    with_stats = json.loads((tmp_path / "b.json").read_text())
+    assert with_stats["fid"] == pytest.approx(images["fid"], rel=1e-6) and images["fid"] > 1
+    assert with_stats["fid_reference"] == str(stats) and images["fid_reference"] == "real images"
+    assert with_stats["kid"] == images["kid"] and with_stats["precision"] == images["precision"]
+    # Statistics alone: FID (and IS, from the fake logits); the scores that need real images are null.
+    assert main([*argv, "--real-stats", str(stats), "--out", str(tmp_path / "c.json")]) == 0
+    alone = json.loads((tmp_path / "c.json").read_text())
+    assert alone["fid"] == pytest.approx(images["fid"], rel=1e-6)
+    assert alone["num_real"] is None and alone["kid"] is None and alone["precision"] is None
+    assert alone["inception_score"] == pytest.approx(images["inception_score"])
+    assert "n/a" in (tmp_path / "c.md").read_text()
+    capsys.readouterr()
+
+
+def test_real_stats_files_are_checked_in_one_line(
+    few_images: Path, resnet20_spec: str, tmp_path: Path, capsys
+):
+    import numpy as np
+
+    def run(stats: Path) -> str:
+        argv = ["evaluate", "quality", "--fake", str(few_images), "--features", resnet20_spec]
+        assert main([*argv, "--real-stats", str(stats), "--out", str(tmp_path / "q.json")]) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and str(stats) in err
+        return err
+
+    images_only = tmp_path / "images.npz"
+    np.savez(images_only, arr_0=np.zeros((2, 8, 8, 3), np.uint8))
+    assert "no mu/sigma" in run(images_only) and "arr_0" in run(images_only)
+    inception = tmp_path / "inception.npz"
+    np.savez(inception, mu=np.zeros(2048), sigma=np.eye(2048))
+    assert "2048-d" in run(inception) and "64-d" in run(inception)
+    square = tmp_path / "bad-sigma.npz"
+    np.savez(square, mu=np.zeros(64), sigma=np.eye(63))
+    assert "(63, 63)" in run(square)
+    pickled = tmp_path / "pickled.npz"
+    np.savez(pickled, mu=np.array([{"a": 1}], dtype=object), sigma=np.eye(1))
+    assert "allow_pickle=False" in run(pickled)  # never unpickled
+    assert "No such file" in run(tmp_path / "absent.npz")
+    assert not (tmp_path / "q.json").exists()
+    argv = ["evaluate", "quality", "--fake", str(few_images), "--out", str(tmp_path / "q.json")]
+    assert main(argv) == 2 and "--real-stats" in capsys.readouterr().err
+
+
 def _offline_inception(monkeypatch, tmp_path: Path, url: str = "http://127.0.0.1:9/") -> str:
     """TORCH_HOME in tmp_path and the Inception URL on the discard port (refused at once: offline, no network)."""
     from rcdm.metrics import features

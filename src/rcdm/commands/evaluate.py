@@ -9,11 +9,11 @@ from ..data import expand_image_args, list_images
 from ..devices import process_state
 from ..encoders import create_encoder
 from ..errors import RCDMError
-from ..figures import write_report
+from ..figures import fmt, write_report
 from ..metrics.faithfulness import evaluate_faithfulness, faithfulness_tables
 from ..metrics.features import create_feature_extractor
 from ..metrics.generate import MANIFEST, generate_samples, sample_files
-from ..metrics.quality import evaluate_quality, quality_tables
+from ..metrics.quality import evaluate_quality, load_reference_stats, quality_tables
 from .common import add_model_args, add_sampling_args, load_model_and_encoder, positive, sampling_from_args
 
 
@@ -35,7 +35,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     f.set_defaults(func=run_faithfulness)
 
     q = ev.add_parser("quality", help="FID, KID, IS, precision/recall, density/coverage of a fake folder")
-    q.add_argument("--real", required=True, help="folder of real images")
+    q.add_argument(
+        "--real",
+        default=None,
+        help="folder of real images (needed for KID, precision/recall, density/coverage; FID too without "
+        "--real-stats)",
+    )
     q.add_argument(
         "--fake", required=True, help="folder of generated images (any folder, or a generate --out)"
     )
@@ -51,7 +56,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     add_sampling_args(g, 50_000, "total number of samples")
     g.add_argument("--out", required=True, help="output folder (rerun with the same settings to resume)")
     g.add_argument(
-        "--real", default=None, help="then score the samples against this folder (OUT/quality.json)"
+        "--real",
+        default=None,
+        help="then score the samples against this folder (OUT/quality.json; also done with --real-stats alone)",
     )
     _quality_args(g)
     g.set_defaults(func=run_generate)
@@ -60,6 +67,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def _quality_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--features", default="inception", help="'inception' (FID weights) or an encoder spec, e.g. timm:NAME"
+    )
+    p.add_argument(
+        "--real-stats",
+        default=None,
+        metavar="FILE.npz",
+        help="FID against these reference statistics (keys mu, sigma of the --features extractor, as in ADM's "
+        "reference batches and clean-fid's stats) instead of the real images' features",
     )
     p.add_argument(
         "--inception-weights", default=None, help="path to weights-inception-2015-12-05-6726825d.pth"
@@ -115,7 +129,9 @@ def run_faithfulness(args: argparse.Namespace) -> int:
     return 0
 
 
-def _score(args: argparse.Namespace, real: list[Path], fake: list[Path], out: Path, cache: Path) -> int:
+def _score(
+    args: argparse.Namespace, real: list[Path] | None, fake: list[Path], out: Path, cache: Path
+) -> int:
     state = process_state()
     extractor = create_feature_extractor(args.features, args.inception_weights).to(state.device)
     result = evaluate_quality(
@@ -123,6 +139,7 @@ def _score(args: argparse.Namespace, real: list[Path], fake: list[Path], out: Pa
         fake,
         extractor,
         cache,
+        real_stats=args.real_stats,
         image_size=args.image_size,
         batch_size=positive("--feature-batch-size", args.feature_batch_size),
         num_workers=args.num_workers,
@@ -133,20 +150,30 @@ def _score(args: argparse.Namespace, real: list[Path], fake: list[Path], out: Pa
     )
     if not state.is_main_process:
         return 0
-    data = {**result.to_dict(), "real": str(args.real), "fake": str(getattr(args, "fake", None) or args.out)}
+    data = {
+        **result.to_dict(),
+        "real": str(args.real) if args.real else None,
+        "fake": str(getattr(args, "fake", None) or args.out),
+    }
+    real_text = f"{result.num_real} real images" if args.real else "no real images"
+    if args.real_stats:
+        real_text += f" (FID against the statistics in {args.real_stats})"
     notes = [
-        f"{result.num_fake} fake vs {result.num_real} real images; features: {result.features}"
+        f"{result.num_fake} fake vs {real_text}; features: {result.features}"
         + ("" if result.standard else " (non-standard: not comparable with published Inception scores)")
         + f". IS: {result.inception_score_note}. KID over {result.settings['kid_subsets']} subsets of "
         f"{result.settings['kid_subset_size']}; precision/recall k=3, density/coverage k=5 on "
         f"{result.settings['manifold_samples_real']} real / {result.settings['manifold_samples_fake']} fake images."
+        if args.real
+        else ". KID, precision/recall and density/coverage need real images (--real)."
     ]
     _, md = write_report(data, out, "Sample quality", quality_tables(data), notes)
     tag = "" if result.standard else f" [{result.features}]"
-    is_text = "n/a" if result.inception_score is None else f"{result.inception_score:.3f}"
+    r = result
     print(
-        f"FID{tag} {result.fid:.3f}  KID {result.kid:.5f}  IS {is_text}  precision {result.precision:.3f}  "
-        f"recall {result.recall:.3f}  density {result.density:.3f}  coverage {result.coverage:.3f}"
+        f"FID{tag} {fmt(r.fid, 3)}  KID {fmt(r.kid, 5)}  IS {fmt(r.inception_score, 3)}  "
+        f"precision {fmt(r.precision, 3)}  recall {fmt(r.recall, 3)}  density {fmt(r.density, 3)}  "
+        f"coverage {fmt(r.coverage, 3)}"
     )
     print(f"wrote {out} and {md}")
     return 0
@@ -158,13 +185,18 @@ def _fake_files(folder: str) -> list[Path]:
 
 def run_quality(args: argparse.Namespace) -> int:
     out = _json_out(args.out)
-    real, fake = list_images(args.real), _fake_files(args.fake)
+    if args.real is None and args.real_stats is None:
+        raise RCDMError("pass --real FOLDER (real images) and/or --real-stats FILE.npz (reference mu/sigma)")
+    real = list_images(args.real) if args.real else None
+    fake = _fake_files(args.fake)
     cache = Path(args.cache) if args.cache else out.with_name(out.stem + ".features")
     return _score(args, real, fake, out, cache)
 
 
 def run_generate(args: argparse.Namespace) -> int:
     sampling = sampling_from_args(args)
+    if args.real_stats:  # a wrong file fails before hours of sampling, not after
+        load_reference_stats(args.real_stats, None)
     state = process_state()
     device = args.device if args.device and state.num_processes == 1 else state.device
     refs = expand_image_args(args.images)
@@ -184,9 +216,10 @@ def run_generate(args: argparse.Namespace) -> int:
         print(
             f"{result.generated} samples drawn, {result.skipped} already there, in {result.out_dir / 'samples'}"
         )
-    if args.real is None:
+    if args.real is None and args.real_stats is None:
         return 0
     out_dir = Path(args.out)
     fake = sample_files(out_dir, args.num_samples)
     cache = Path(args.cache) if args.cache else out_dir / "features"
-    return _score(args, list_images(args.real), fake, out_dir / "quality.json", cache)
+    real = list_images(args.real) if args.real else None
+    return _score(args, real, fake, out_dir / "quality.json", cache)

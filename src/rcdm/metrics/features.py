@@ -50,12 +50,13 @@ class FeatureExtractor(nn.Module):
     """forward(images): uint8 (B, 3, H, W) RGB -> (features (B, dim) float32, logits (B, classes) or None).
 
     `name` labels the scores; `standard` is True only for the FID Inception-v3 (scores comparable to papers);
-    `has_logits` says whether an Inception Score can be computed (from these logits).
+    `has_logits` says whether an Inception Score can be computed (from these logits); `dim` is the feature width.
     """
 
     name: str
     standard: bool
     has_logits: bool
+    dim: int
 
     @property
     def device(self) -> torch.device:
@@ -96,6 +97,7 @@ class InceptionFeatures(FeatureExtractor):
         self.name = "inception-v3"
         self.standard = True
         self.has_logits = True
+        self.dim = 2048  # pool3
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         feats, logits = self.net(images)
@@ -111,6 +113,7 @@ class EncoderFeatures(FeatureExtractor):
         self.name = encoder.spec
         self.standard = False
         self.has_logits = encoder.classifier is not None
+        self.dim = encoder.dim
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         x = images.float() / 255.0
