@@ -121,7 +121,7 @@ def test_cli_quality_writes_json_and_markdown(cifar_root: Path, resnet56_path: P
     fake = _folder(_class_files(cifar_root, "dog", 40, 40), tmp_path / "fake")
     out = tmp_path / "q" / "quality.json"
     spec = f"cifar-resnet56:{resnet56_path}"
-    argv = ["evaluate", "quality", "--real", str(real), "--fake", str(fake), "--features", spec]
+    argv = ["evaluate", "quality", "--real", str(real), "--fake", str(fake), "--extractor", spec]
     assert main([*argv, "--out", str(out), "--num-workers", "0", "--kid-subsets", "10"]) == 0
     data = json.loads(out.read_text())
     assert data["features"] == spec and data["standard"] is False
@@ -148,7 +148,7 @@ def test_fid_from_real_stats_equals_fid_from_the_real_images(
     real = _folder(_class_files(cifar_root, "cat", 0, 40), tmp_path / "real")
     fake = _folder(_class_files(cifar_root, "dog", 0, 40), tmp_path / "fake")
     spec = f"cifar-resnet56:{resnet56_path}"
-    argv = ["evaluate", "quality", "--fake", str(fake), "--features", spec, "--num-workers", "0"]
+    argv = ["evaluate", "quality", "--fake", str(fake), "--extractor", spec, "--num-workers", "0"]
     assert main([*argv, "--real", str(real), "--out", str(tmp_path / "a.json"), "--kid-subsets", "5"]) == 0
     images = json.loads((tmp_path / "a.json").read_text())
     feats = np.load(Path(images["settings"]["real_store"]) / "features.npy").astype(np.float64)
@@ -184,7 +184,7 @@ def test_real_stats_files_are_checked_in_one_line(
     import numpy as np
 
     def run(stats: Path) -> str:
-        argv = ["evaluate", "quality", "--fake", str(few_images), "--features", resnet20_spec]
+        argv = ["evaluate", "quality", "--fake", str(few_images), "--extractor", resnet20_spec]
         assert main([*argv, "--real-stats", str(stats), "--out", str(tmp_path / "q.json")]) == 2
         err = capsys.readouterr().err.strip()
         assert len(err.splitlines()) == 1 and str(stats) in err

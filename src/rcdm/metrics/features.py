@@ -74,7 +74,7 @@ class InceptionFeatures(FeatureExtractor):
             from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
         except ImportError:
             raise RCDMError(
-                "Inception features need torch-fidelity: pip install torch-fidelity (or pass --features SPEC)"
+                "Inception features need torch-fidelity: pip install torch-fidelity (or pass --extractor SPEC)"
             ) from None
         path = Path(weights)
         try:  # refuse pickles that are not plain tensors before torch-fidelity loads the file
@@ -151,7 +151,7 @@ def find_inception_weights(path: str | Path | None = None, *, progress: bool = T
         INCEPTION_WEIGHTS,
         cache,
         progress=progress,
-        instead="pass --inception-weights PATH, or --features SPEC for another extractor",
+        instead="pass --inception-weights PATH, or --extractor SPEC for another feature network",
     )
 
 

@@ -83,7 +83,7 @@ def load_reference_stats(
     if dim is not None and mu.shape[0] != dim:
         raise RCDMError(
             f"--real-stats {str(path)!r} holds {mu.shape[0]}-d statistics but the {extractor} features are "
-            f"{dim}-d: use statistics of the same extractor (Inception-v3 pool: 2048) or the matching --features"
+            f"{dim}-d: use statistics of the same extractor (Inception-v3 pool: 2048) or the matching --extractor"
         )
     if not (np.isfinite(mu).all() and np.isfinite(sigma).all()):
         raise RCDMError(f"--real-stats {str(path)!r} holds non-finite values")
@@ -308,7 +308,7 @@ def quality_from_features(
         )
     else:
         is_mean = is_std = None
-        note = f"not available: {extractor_name} has no classifier logits (use --features inception)"
+        note = f"not available: {extractor_name} has no classifier logits (use --extractor inception)"
     return QualityResult(
         features=extractor_name,
         standard=standard,
