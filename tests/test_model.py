@@ -70,26 +70,34 @@ def test_folders_saved_under_the_plain_weights_name_still_load(tmp_path):
     assert _same_weights(m, RCDM.from_pretrained(tmp_path / "old"))
 
 
-def test_diffusers_export_of_a_trained_model_is_a_plain_unet(tmp_path):
+@pytest.mark.parametrize("standardize", [False, True])
+def test_rcdm_export_writes_a_plain_diffusers_unet_that_gives_the_same_output(tmp_path, standardize, capsys):
     from diffusers import UNet2DModel
     from diffusers.models.attention_processor import Attention
     from safetensors.torch import load_file
 
-    from rcdm.convert import export_diffusers
+    from rcdm.cli import main
 
-    m = tiny().eval()
+    m = tiny(standardize_representation=standardize, null_representation=True).eval()
     with torch.no_grad():
         m.rep_proj.weight.normal_()
-    export_diffusers(m, tmp_path / "e")
+        m.null_rep.normal_()
+        if standardize:
+            m.set_representation_stats(torch.randn(50, 10) * 3 + 1)
+    m.save_pretrained(tmp_path / "m")
+    assert main(["export", str(tmp_path / "m"), "--out", str(tmp_path / "e")]) == 0
+    assert "heads=2" in capsys.readouterr().out
     unet = UNet2DModel.from_pretrained(tmp_path / "e" / "unet")
     proj = load_file(str(tmp_path / "e" / "rep_proj.safetensors"))
     for mod in unet.modules():
         if isinstance(mod, Attention):
             mod.heads = m.config.attention_num_heads
-    x, t, r = torch.randn(2, 3, 16, 16), torch.tensor([3, 500]), torch.randn(2, 10)
+    x, t, r = torch.randn(2, 3, 16, 16), torch.tensor([3, 500]), torch.randn(2, 10) * 3 + 1
     with torch.no_grad():
         plain = unet(x, t, class_labels=r @ proj["weight"].T + proj["bias"]).sample
-        assert (plain - m(x, t, r)).abs().max().item() < 1e-5
+        assert (plain - m(x, t, r)).abs().max().item() < 1e-4
+        null = unet(x, t, class_labels=proj["null_embedding"].expand(2, -1)).sample
+        assert (null - m(x, t, None)).abs().max().item() < 1e-4
 
 
 def test_published_network_size_and_heads():

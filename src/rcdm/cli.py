@@ -15,7 +15,19 @@ import sys
 from .commands.common import HelpFormatter
 from .errors import NonFiniteLossError, RCDMError
 
-COMMANDS = ("train", "sample", "encode", "convert", "analyze", "evaluate", "demo", "recipe", "push", "app")
+COMMANDS = (
+    "train",
+    "sample",
+    "encode",
+    "convert",
+    "export",
+    "analyze",
+    "evaluate",
+    "demo",
+    "recipe",
+    "push",
+    "app",
+)
 
 
 EPILOG = """examples (`rcdm COMMAND --help` for each command's options and examples):
