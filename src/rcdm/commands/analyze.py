@@ -39,31 +39,33 @@ from .common import (
     sampling_from_args,
 )
 
-M = "rcdm analyze {} --model runs/r20 --images photos/"
 EPILOGS = {
-    "analyze": "examples:\n  "
-    + M.format("invariance")
-    + " --out inv/\n  "
-    + M.format("report")
-    + " --neighbours data/train --target photos/cat.jpg --out report/\n",
-    "invariance": "examples:\n  "
-    + M.format("invariance")
-    + " --out inv/\n  "
-    + M.format("invariance")
-    + " --augmentations grayscale hflip --compare-features runs/r20-projector --out inv/\n",
-    "adversarial": "examples:\n  "
-    + M.format("adversarial")
-    + " --eps 4/255 --out adv/\n  "
-    + M.format("adversarial")
-    + " --attack targeted --compare runs/supervised --out adv-vs/\n",
-    "interpolate": "examples:\n  rcdm analyze interpolate --model runs/r20 --images a.jpg b.jpg --num-steps 7 "
-    "--out interp/\n",
-    "manipulate": "examples:\n  "
-    + M.format("manipulate")
-    + " --neighbours data/train --target photos/dog.jpg --out manip/\n",
-    "variance": "examples:\n  " + M.format("variance") + " --num-samples 16 --out var/\n",
-    "report": "examples:\n  " + M.format("report") + " --neighbours data/train --target photos/cat.jpg "
-    "--out report/   # report/index.html\n",
+    "analyze": """examples:
+  rcdm analyze invariance --model runs/r20 --images photos/ --out inv/
+  rcdm analyze report --model runs/r20 --images photos/ --neighbours data/train --target photos/cat.jpg --out report/
+""",
+    "invariance": """examples:
+  rcdm analyze invariance --model runs/r20 --images photos/ --out inv/
+  rcdm analyze invariance --model runs/r20 --images photos/ --augmentations grayscale hflip \\
+      --compare-features runs/r20-projector --out inv/
+""",
+    "adversarial": """examples:
+  rcdm analyze adversarial --model runs/r20 --images photos/ --eps 4/255 --out adv/
+  rcdm analyze adversarial --model runs/r20 --images photos/ --attack targeted --compare runs/supervised --out adv-vs/
+""",
+    "interpolate": """examples:
+  rcdm analyze interpolate --model runs/r20 --images a.jpg b.jpg --num-steps 7 --out interp/
+""",
+    "manipulate": """examples:
+  rcdm analyze manipulate --model runs/r20 --images photos/ --neighbours data/train --target photos/dog.jpg --out manip/
+""",
+    "variance": """examples:
+  rcdm analyze variance --model runs/r20 --images photos/ --num-samples 16 --out var/
+""",
+    "report": """examples:
+  rcdm analyze report --model runs/r20 --images photos/ --neighbours data/train --target photos/cat.jpg \\
+      --out report/   # report/index.html
+""",
 }
 
 
@@ -111,8 +113,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
     q = command("adversarial", "PGD on the input, samples from the attacked representation (finding 3)")
     _common(q)
-    _attack_args(q)
     q.add_argument("--attack", choices=ATTACKS, default="untargeted", help="PGD objective")
+    q.add_argument("--eps", type=fraction, default=4 / 255, help="L-infinity radius (default 4/255)")
+    q.add_argument("--pgd-steps", type=int, default=10, help="PGD steps")
     q.add_argument("--step-size", type=fraction, default=None, help="default 2.5 * eps / pgd-steps")
     q.add_argument(
         "--target", nargs="+", default=None, help="targeted attack: target image(s); default next image"
@@ -161,11 +164,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     q.add_argument("--pgd-steps", type=int, default=10, help="adversarial section: PGD steps")
     q.set_defaults(func=run_report)
-
-
-def _attack_args(q: argparse.ArgumentParser) -> None:
-    q.add_argument("--eps", type=fraction, default=4 / 255, help="L-infinity radius (default 4/255)")
-    q.add_argument("--pgd-steps", type=int, default=10, help="PGD steps")
 
 
 def _manipulate_args(q: argparse.ArgumentParser, required: bool) -> None:
