@@ -5,6 +5,8 @@
 METRICS_DIR/<target>/<tag>/faithfulness.json and .../samples/quality.json, where tag is `final` or a checkpoint
 `step-NNNNNNNN`. Output: {target: {labelled metric: value, ..., "curve": "images seen: rank-1 / agreement; ..."}}
 with the labelled numbers of the final model (else the newest checkpoint) and the curve over checkpoints.
+METRICS_DIR/<target>/sampler-<preset>/ (scripts/cpu_pack.sh samplers) hold the same faithfulness on a subset with
+each sampling preset and `seconds` (wall time of the run): they become "sampler table" rows.
 Gates (issue 12): backbone models class agreement >= 0.60 and rank-1 >= 0.05 under the ResNet-56 judge.
 """
 
@@ -32,10 +34,23 @@ def read(tag_dir: Path) -> dict:
     return out
 
 
+def sampler_rows(target: Path) -> str:
+    """One row per sampling preset measured on the same images: faithfulness and wall time per image."""
+    rows = []
+    for d in sorted(target.glob("sampler-*")):
+        f, secs = d / "faithfulness.json", d / "seconds"
+        if not (f.is_file() and secs.is_file()):
+            continue
+        m, n = read(d), len(json.loads(f.read_text()).get("images", [])) or 1
+        per_image = float(secs.read_text()) / n
+        rows.append(f"{d.name[8:]}: {m['top1']:.3f} / {m.get('agreement') or float('nan'):.3f} / {per_image:.2f}")
+    return "; ".join(rows)
+
+
 def main(root: Path, n: str) -> dict:
     result: dict = {}
     for target in sorted(p for p in root.iterdir() if p.is_dir()):
-        tags = {t.name: read(t) for t in target.iterdir() if t.is_dir()}
+        tags = {t.name: read(t) for t in target.iterdir() if t.is_dir() and not t.name.startswith("sampler-")}
         steps = sorted(t for t in tags if t.startswith("step-"))
         best = tags.get("final") or (tags[steps[-1]] if steps else {})
         judge = (
@@ -58,6 +73,9 @@ def main(root: Path, n: str) -> dict:
         ]
         if curve:
             m["curve (images seen: rank-1 / class agreement)"] = "; ".join(curve)
+        samplers = sampler_rows(target)
+        if samplers:
+            m["sampler table (preset: rank-1 / class agreement / s per image, CPU)"] = samplers
         result[target.name] = {k: v for k, v in m.items() if v is not None}
     return result
 
