@@ -454,7 +454,7 @@ def probes(work: Path):
     yield "CC-1", cc1
 
     def cc2():
-        cmd = "train $TR --steps 10 --save-every 1 --out runs/cc-train"
+        cmd = "train $TR --steps 60 --save-every 1 --out runs/cc-train"  # long enough to overlap the second
         a, b = together(cmd, cmd + " --resume", 8.0)
         return a.returncode == 0 and refused(b)[0], f"A rc {a.returncode}, B: {last_line(b)}"
 

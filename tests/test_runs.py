@@ -1,10 +1,36 @@
-"""Run folders: atomic folder writes and checkpoint bookkeeping."""
+"""Run folders: the lock, atomic folder writes, checkpoint bookkeeping, damaged checkpoints, a full disk."""
 
 from __future__ import annotations
 
-import pytest
+import errno
+import json
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from types import SimpleNamespace
 
-from rcdm.runs import atomic_dir, latest_checkpoint, prune_checkpoints
+import pytest
+import torch
+
+from rcdm import runs
+from rcdm.errors import DiskFullError, RCDMError
+from rcdm.runs import (
+    LOCK_NAME,
+    atomic_dir,
+    checkpoint_problem,
+    complete_checkpoints,
+    cpu_seconds,
+    latest_checkpoint,
+    prune_checkpoints,
+    resume_checkpoint,
+    run_lock,
+    save_checkpoint,
+)
 
 
 def test_atomic_dir_replaces_the_folder_only_when_complete(tmp_path):
@@ -32,3 +58,166 @@ def test_latest_and_prune_ignore_incomplete_checkpoints(tmp_path):
     prune_checkpoints(tmp_path, keep=2)
     assert sorted(p.name for p in ck.iterdir()) == ["step-00000002", "step-00000003", "step-00000004"]
     assert latest_checkpoint(tmp_path / "nothing") is None
+
+
+# --- the run-folder lock ------------------------------------------------------------------------------------
+
+HOLD = "import sys, time; from rcdm.runs import run_lock\nwith run_lock(sys.argv[1], 'test holder'):\n"
+HOLD += "    print('held', flush=True); time.sleep(120)\n"
+
+
+def _holder(run: Path) -> subprocess.Popen:
+    proc = subprocess.Popen([sys.executable, "-c", HOLD, str(run)], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout is not None and proc.stdout.readline().strip() == "held"
+    return proc
+
+
+def test_a_second_process_is_refused_naming_the_holder_and_a_killed_holders_lock_is_taken_over(
+    tmp_path, caplog
+):
+    run = tmp_path / "run"
+    run.mkdir()
+    proc = _holder(run)
+    try:
+        with pytest.raises(RCDMError) as e, run_lock(run, "rcdm train"):
+            pass
+        msg = str(e.value)
+        assert f"pid {proc.pid} on {socket.gethostname()} since 20" in msg and "test holder" in msg
+        assert "\n" not in msg and "another --out" in msg
+    finally:
+        proc.send_signal(signal.SIGKILL)  # dies holding it: the kernel drops the flock, the file stays
+        proc.wait()
+    assert json.loads((run / LOCK_NAME).read_text())["pid"] == proc.pid
+    with caplog.at_level(logging.WARNING, logger="rcdm.runs"), run_lock(run, "rcdm train"):
+        assert json.loads((run / LOCK_NAME).read_text())["pid"] == os.getpid()
+    assert f"pid {proc.pid}" in caplog.text and "which is gone" in caplog.text
+    assert not (run / LOCK_NAME).exists()  # released: nothing left behind
+
+
+def test_the_lock_is_one_holder_at_a_time_even_in_one_process(tmp_path):
+    with (
+        run_lock(tmp_path, "first"),
+        pytest.raises(RCDMError, match=rf"in use by first \(pid {os.getpid()} "),
+        run_lock(tmp_path, "second"),
+    ):
+        pass
+    with run_lock(tmp_path, "third"):  # free again once released
+        pass
+
+
+# --- interrupted pruning -------------------------------------------------------------------------------------
+
+
+def test_checkpoints_half_deleted_by_a_killed_pruning_are_removed_at_the_next_save(tmp_path, caplog):
+    ck = tmp_path / "checkpoints"
+    for step in (3, 5, 7):
+        (ck / f"step-{step:08d}" / "model").mkdir(parents=True)
+        (ck / f"step-{step:08d}" / "state.json").write_text("{}")
+    for step in (1, 2):  # killed inside rmtree: some files gone, state.json among them
+        (ck / f"step-{step:08d}" / "ema").mkdir(parents=True)
+        (ck / f"step-{step:08d}" / "optimizer.pt").write_bytes(b"x")
+    (ck / "step-00000004").mkdir()  # empty
+    (ck / "step-00000000" / "notes").mkdir(parents=True)  # not something rcdm writes: left alone
+    (ck / "step-00000009" / "model").mkdir(parents=True)  # newer than the newest complete one: left alone
+    with caplog.at_level(logging.INFO, logger="rcdm.runs"):
+        prune_checkpoints(tmp_path, keep=2)
+    assert sorted(p.name for p in ck.iterdir()) == [
+        "step-00000000",
+        "step-00000005",
+        "step-00000007",
+        "step-00000009",
+    ]
+    assert "step-00000001" in caplog.text and "interrupted pruning" in caplog.text
+
+
+def test_pruning_deletes_state_json_first(tmp_path, monkeypatch):
+    """A kill inside the deletion must not leave a folder that still looks complete."""
+    ck = tmp_path / "checkpoints"
+    for step in (1, 2, 3):
+        (ck / f"step-{step:08d}" / "model").mkdir(parents=True)
+        (ck / f"step-{step:08d}" / "state.json").write_text("{}")
+
+    def killed(path, ignore_errors=False):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(runs.shutil, "rmtree", killed)
+    with pytest.raises(KeyboardInterrupt):
+        prune_checkpoints(tmp_path, keep=2)
+    assert [p.name for p in complete_checkpoints(tmp_path)] == ["step-00000002", "step-00000003"]
+
+
+# --- damaged checkpoints and a full disk ----------------------------------------------------------------------
+
+
+def _save(run: Path, step: int) -> Path:
+    from rcdm.model import RCDM
+
+    torch.manual_seed(0)
+    model = RCDM.from_preset("tiny", representation_dim=3, encoder="pixels:1", feature="backbone")
+    opt = torch.optim.AdamW(model.parameters())
+    model(torch.zeros(1, 3, 16, 16), torch.zeros(1, dtype=torch.long), torch.zeros(1, 3)).sum().backward()
+    opt.step()
+    return save_checkpoint(run, step, model, model, opt, keep=0)
+
+
+def test_a_damaged_checkpoint_is_named_with_its_file_and_the_newest_intact_one(tmp_path):
+    for step in (1, 2, 3):
+        _save(tmp_path, step)
+    assert resume_checkpoint(tmp_path).name == "step-00000003"
+    ck = tmp_path / "checkpoints"
+    safetensors = ck / "step-00000003" / "model" / "diffusion_pytorch_model.rcdm.safetensors"
+    safetensors.write_bytes(safetensors.read_bytes()[:5000])
+    (ck / "step-00000002" / "optimizer.pt").write_bytes(b"not a zip")
+    with pytest.raises(RCDMError) as e:
+        resume_checkpoint(tmp_path)
+    msg = str(e.value)
+    assert "step-00000003" in msg and "model/diffusion_pytorch_model.rcdm.safetensors" in msg
+    assert "step-00000001 is intact" in msg and "mv " in msg and "\n" not in msg
+    assert checkpoint_problem(ck / "step-00000002").startswith("optimizer.pt: ")
+    (ck / "step-00000001" / "state.json").write_text('{"step": ')
+    assert "state.json" in checkpoint_problem(ck / "step-00000001")
+    with pytest.raises(RCDMError, match="no older checkpoint is intact"):
+        resume_checkpoint(tmp_path)
+
+
+def test_a_full_disk_during_a_save_is_one_line_and_keeps_the_last_checkpoint(tmp_path, monkeypatch):
+    _save(tmp_path, 1)
+
+    def no_space(*a, **kw):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(runs.torch, "save", no_space)
+    with pytest.raises(DiskFullError) as e:
+        _save(tmp_path, 2)
+    msg = str(e.value)
+    assert "is full" in msg and "checkpoint step-00000002" in msg and "needs about" in msg
+    assert "step-00000001, is intact" in msg and "--resume" in msg and "\n" not in msg
+    assert [p.name for p in (tmp_path / "checkpoints").iterdir()] == ["step-00000001"]  # partial one removed
+
+    # torch's zip writer reports a full disk as a RuntimeError about positions: free space tells
+    def torch_full(*a, **kw):
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 686080 vs 685972")
+
+    monkeypatch.setattr(runs.torch, "save", torch_full)
+    monkeypatch.setattr(runs.shutil, "disk_usage", lambda p: SimpleNamespace(free=1000))
+    with pytest.raises(DiskFullError, match=r"0\.0 MB free"):
+        _save(tmp_path, 2)
+    monkeypatch.setattr(runs.shutil, "disk_usage", lambda p: SimpleNamespace(free=10**12))
+    with pytest.raises(RuntimeError, match="unexpected pos"):  # plenty of space: not a full disk, not hidden
+        _save(tmp_path, 2)
+
+
+def test_cpu_seconds_do_not_count_sleeping():
+    c0 = cpu_seconds()
+    time.sleep(0.3)
+    assert cpu_seconds() - c0 < 0.15
+
+
+def test_a_checkpoint_saved_under_the_plain_weights_name_still_resumes(tmp_path):
+    _save(tmp_path, 1)
+    ck = tmp_path / "checkpoints" / "step-00000001"
+    for part in ("model", "ema"):  # what rcdm wrote before its weights variant name
+        (ck / part / "diffusion_pytorch_model.rcdm.safetensors").rename(
+            ck / part / "diffusion_pytorch_model.safetensors"
+        )
+    assert checkpoint_problem(ck) is None and resume_checkpoint(tmp_path) == ck

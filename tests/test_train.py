@@ -3,6 +3,7 @@ from __future__ import annotations
 import importlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -15,37 +16,13 @@ import torch
 from rcdm.errors import NonFiniteLossError, RCDMError
 from rcdm.model import RCDM
 from rcdm.runs import latest_checkpoint
-from rcdm.train import TrainConfig, train
+from rcdm.train import train
+from training_for_tests import assert_same, weights
+from training_for_tests import tiny_config as config
 
 train_mod = importlib.import_module("rcdm.train")
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def config(data: Path, **kw) -> TrainConfig:
-    base = dict(
-        data=str(data),
-        encoder="pixels:2",
-        preset="tiny",
-        image_size=16,
-        steps=6,
-        batch_size=4,
-        lr=1e-3,
-        ema_decay=0.9,
-        save_every=2,
-        num_workers=0,
-    )
-    return TrainConfig(**{**base, **kw})
-
-
-def weights(folder: Path) -> dict[str, torch.Tensor]:
-    return RCDM.from_pretrained(folder).state_dict()
-
-
-def assert_same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
-    assert a.keys() == b.keys()
-    different = [k for k in a if not torch.equal(a[k], b[k])]
-    assert not different, f"{len(different)} tensors differ, e.g. {different[:3]}"
 
 
 @pytest.fixture(scope="module")
@@ -107,8 +84,6 @@ def test_existing_run_needs_resume(few_images, reference):
 
 
 def test_resume_with_another_encoder_is_refused(few_images, reference, tmp_path):
-    import shutil
-
     run = tmp_path / "copy"
     shutil.copytree(reference, run)
     with pytest.raises(RCDMError, match="encoder 'pixels:2' -> 'pixels:4'"):  # run.json says otherwise
@@ -126,8 +101,6 @@ def test_non_finite_loss_stops_and_keeps_the_checkpoint(few_images, tmp_path):
 
 
 def test_unreadable_images_are_skipped(few_images, tmp_path, caplog):
-    import shutil
-
     data = tmp_path / "data" / "nested" / "deeper"
     data.mkdir(parents=True)
     for p in sorted(few_images.iterdir())[:3]:
@@ -201,3 +174,173 @@ def test_two_cpu_processes_train_the_one_process_model(few_images, tmp_path):
     # the noise of other rows instead of its own: 1e-2
     worst = max((two[k] - one[k]).abs().max().item() for k in one)
     assert worst < 1e-3, worst
+
+
+# --- faults: a damaged checkpoint, a full disk, a second run in the folder, --data a file -------------------
+
+MODEL_FILE = "model/diffusion_pytorch_model.safetensors"
+
+
+class _Evil:
+    def __reduce__(self):
+        return (os.system, ("touch PWNED_MARKER",))
+
+
+def _damage(ck: Path, how: str) -> str:
+    """Damage checkpoint folder ck as the probe table's K rows did; returns the file the message must name."""
+    if how == "model-cut":  # K-3
+        f = ck / MODEL_FILE
+        f.write_bytes(f.read_bytes()[:5000])
+        return MODEL_FILE
+    if how == "state-cut":  # K-4
+        (ck / "state.json").write_text('{"step": ')
+        return "state.json"
+    if how == "optimizer-cut":  # K-1
+        f = ck / "optimizer.pt"
+        f.write_bytes(f.read_bytes()[:3000])
+        return "optimizer.pt"
+    torch.save({"state": _Evil()}, ck / "optimizer.pt")  # K-2: a valid zip that pickles os.system
+    return "optimizer.pt"
+
+
+@pytest.mark.parametrize("how", ["model-cut", "state-cut", "optimizer-cut", "optimizer-evil"])
+def test_resume_from_a_damaged_checkpoint_names_the_file_and_the_intact_one(
+    few_images, reference, tmp_path, capsys, monkeypatch, how
+):
+    from rcdm.cli import main
+
+    run = tmp_path / "run"
+    shutil.copytree(reference, run)
+    shutil.rmtree(run / "model")  # as if killed before the end: resume must finish from a checkpoint
+    ck = run / "checkpoints"
+    name = _damage(ck / "step-00000006", how)
+    monkeypatch.chdir(tmp_path)
+    assert main(["train", "--out", str(run), "--resume", "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0, err
+    assert f"checkpoint step-00000006 in {str(run)!r} is damaged ({name}" in err
+    assert "step-00000004 is intact" in err and "Traceback" not in err and "weights_only=False" not in err
+    assert not (tmp_path / "PWNED_MARKER").exists()
+    assert (ck / "step-00000006").is_dir() and not (run / "model").exists()  # nothing deleted or trained
+    if how == "model-cut":  # the suggested command, then --resume, continues from step 4 to the same model
+        mv = err.split("(mv ")[1].split(")")[0].split()
+        shutil.move(mv[0], mv[1])
+        assert main(["train", "--out", str(run), "--resume", "--no-progress"]) == 0
+        assert_same(weights(run / "model"), weights(reference / "model"))
+
+
+def test_a_full_disk_during_a_checkpoint_is_one_line_and_the_run_resumes(
+    few_images, reference, tmp_path, capsys, monkeypatch
+):
+    import errno
+
+    from rcdm import runs
+    from rcdm.cli import main
+
+    run = tmp_path / "run"
+    args = [
+        "train",
+        "--data",
+        str(few_images),
+        "--encoder",
+        "pixels:2",
+        "--preset",
+        "tiny",
+        "--image-size",
+        "16",
+    ]
+    args += ["--steps", "6", "--batch-size", "4", "--lr", "1e-3", "--ema-decay", "0.9", "--save-every", "2"]
+    args += ["--num-workers", "0", "--no-progress", "--out", str(run)]
+    real_save, calls = torch.save, []
+
+    def fills_up(*a, **kw):
+        calls.append(1)
+        if len(calls) == 2:  # the step-4 checkpoint's optimizer state
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_save(*a, **kw)
+
+    monkeypatch.setattr(runs.torch, "save", fills_up)
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "Traceback" not in err, err
+    assert f"the disk holding {str(run)!r} is full: could not write checkpoint step-00000004" in err
+    assert "step-00000002, is intact" in err and "--resume" in err
+    assert [p.name for p in (run / "checkpoints").iterdir()] == ["step-00000002"]  # no partial folder left
+    monkeypatch.setattr(runs.torch, "save", real_save)
+
+    # The final model write fails the same way; the last checkpoint stays, and --resume writes model/.
+    real_atomic = train_mod.atomic_dir
+
+    def final_full(final, tmp=None):
+        raise OSError(errno.ENOSPC, "No space left on device", str(final))
+
+    monkeypatch.setattr(train_mod, "atomic_dir", final_full)
+    assert main([*args, "--resume"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "could not write the final model/" in err and "step-00000006, is intact" in err, err
+    monkeypatch.setattr(train_mod, "atomic_dir", real_atomic)
+    assert main([*args, "--resume"]) == 0
+    assert_same(weights(run / "model"), weights(reference / "model"))
+
+
+def test_a_second_train_in_the_same_folder_is_refused_naming_the_first(few_images, tmp_path, capsys):
+    import socket
+
+    from rcdm.cli import main
+
+    run = tmp_path / "run"
+    run.mkdir()
+    hold = "import sys, time; from rcdm.runs import run_lock\nwith run_lock(sys.argv[1], 'rcdm train'):\n"
+    hold += "    print('held', flush=True); time.sleep(120)\n"
+    other = subprocess.Popen([sys.executable, "-c", hold, str(run)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert other.stdout is not None and other.stdout.readline().strip() == "held"
+        args = ["train", "--data", str(few_images), "--encoder", "pixels:2", "--preset", "tiny"]
+        args += [
+            "--steps",
+            "2",
+            "--batch-size",
+            "4",
+            "--num-workers",
+            "0",
+            "--no-progress",
+            "--out",
+            str(run),
+        ]
+        assert main(args) == 2
+        err = capsys.readouterr().err.strip()
+        assert f"is in use by rcdm train (pid {other.pid} on {socket.gethostname()} since" in err, err
+        assert err.count("\n") == 0 and not (run / "checkpoints").exists()
+    finally:
+        other.kill()
+        other.wait()
+    assert main(args) == 0  # the holder is gone (SIGKILL): its lock is taken over
+    assert not (run / ".lock").exists()
+
+
+def test_data_that_is_a_file_but_not_an_image_is_named(tmp_path, capsys):
+    from rcdm.cli import main
+
+    notes = tmp_path / "README.txt"
+    notes.write_text("not an image")
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"not a png")
+    args = ["train", "--encoder", "pixels:2", "--preset", "tiny", "--steps", "2", "--batch-size", "4"]
+    args += ["--num-workers", "0", "--no-progress"]
+    assert main([*args, "--data", str(notes), "--out", str(tmp_path / "a")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert f"{str(notes)!r} is a file, not an image folder" in err
+    assert main([*args, "--data", str(broken), "--out", str(tmp_path / "b")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert str(broken) in err and "--data" in err
+
+
+def test_resuming_a_finished_run_says_there_is_nothing_to_train(reference, tmp_path, capsys):
+    from rcdm.cli import main
+
+    run = tmp_path / "run"
+    shutil.copytree(reference, run)
+    assert main(["train", "--out", str(run), "--resume", "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "nothing to train" in out and "already at step 6 of 6" in out and "nan" not in out
+    assert_same(weights(run / "model"), weights(reference / "model"))

@@ -3,6 +3,7 @@ refusal of changed settings, gradient accumulation."""
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 from pathlib import Path
@@ -13,30 +14,11 @@ from PIL import Image
 
 from rcdm.cli import main
 from rcdm.errors import RCDMError
-from rcdm.model import RCDM
-from rcdm.train import TrainConfig, train
+from rcdm.train import train
+from training_for_tests import tiny_config, weights
 
-
-def config(data: Path, **kw) -> TrainConfig:
-    base = dict(
-        data=str(data),
-        encoder="pixels:2",
-        preset="tiny",
-        image_size=16,
-        steps=4,
-        batch_size=4,
-        lr=1e-3,
-        ema_decay=0.9,
-        save_every=2,
-        num_workers=0,
-        log_every=1,
-        mixed_precision="fp32",
-    )
-    return TrainConfig(**{**base, **kw})
-
-
-def weights(folder: Path) -> dict[str, torch.Tensor]:
-    return RCDM.from_pretrained(folder).state_dict()
+# test_train's tiny run, shorter, logged every step, in fp32
+config = functools.partial(tiny_config, steps=4, log_every=1, mixed_precision="fp32")
 
 
 def records(run: Path) -> list[dict]:
@@ -50,7 +32,8 @@ def test_metrics_jsonl_log_lines_and_sample_grids(few_images, tmp_path, caplog):
     recs = records(run)
     assert [r["step"] for r in recs] == [1, 2, 3, 4]
     for r in recs:
-        assert {"loss", "mse", "vb", "lr", "images_per_s", "grad_norm", "elapsed_s"} <= r.keys()
+        assert {"loss", "mse", "vb", "lr", "images_per_s", "grad_norm", "elapsed_s", "cpu_s"} <= r.keys()
+        assert r["cpu_s"] > 0 and r["elapsed_s"] > 0
         assert r["loss"] > 0 and r["images_per_s"] > 0 and r["grad_norm"] > 0 and r["lr"] == 1e-3
         assert abs(r["loss"] - (r["mse"] + r["vb"])) < 1e-3 * r["loss"] + 1e-6
     assert "step 1/4: loss" in caplog.text and "img/s" in caplog.text  # a plain line, not a carriage return

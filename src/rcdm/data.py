@@ -36,6 +36,11 @@ def list_images(root: str | Path) -> list[Path]:
     if not root.exists():
         raise RCDMError(f"image folder not found: {str(root)!r}")
     if root.is_file():
+        if root.suffix.lower() not in IMAGE_SUFFIXES:
+            raise RCDMError(
+                f"{str(root)!r} is a file, not an image folder or an image "
+                f"({'/'.join(sorted(IMAGE_SUFFIXES))}): pass the folder that holds the images"
+            )
         return [root]
     files = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
     if not files:
@@ -319,7 +324,10 @@ class PairedViews(Dataset):
             except RCDMError as e:
                 self._bad.add(i)
                 log.warning("skipping unreadable image: %s", e)
-        raise RCDMError("no readable image in the training set")
+        raise RCDMError(
+            f"none of the {len(self.files)} training image(s) can be read (e.g. {str(self.files[0])!r}; see the "
+            "warnings above): check --data"
+        )
 
     def __getitem__(self, key: tuple[int, int]) -> dict:
         index, seed = key

@@ -7,3 +7,7 @@ class RCDMError(ValueError):
 
 class NonFiniteLossError(RuntimeError):
     """Training produced a NaN/inf loss; the last good checkpoint is kept on disk."""
+
+
+class DiskFullError(RCDMError):
+    """A write failed for lack of disk space; the message names the folder and what was kept intact."""

@@ -2,7 +2,9 @@
 log lines elsewhere (SLURM logs, nohup), accelerate's trackers (tensorboard, wandb) when asked, and sample grids.
 
 Only the main process writes. metrics.jsonl has one JSON object per `log_every` steps: step, loss (mean over the
-steps since the previous record), its terms (mse, vb), lr, images_per_s, grad_norm (before clipping), elapsed_s.
+steps since the previous record), its terms (mse, vb), lr, images_per_s, grad_norm (before clipping), elapsed_s
+(wall-clock seconds since this process started training) and cpu_s (CPU seconds of the process and its finished
+data workers over the same span: unlike elapsed_s, not counting time the process was stopped or starved).
 A resumed run first drops the records after its checkpoint, so every step appears once.
 """
 
@@ -19,6 +21,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .figures import grid
+from .runs import cpu_seconds
 
 log = logging.getLogger(__name__)
 LOG_INTERVAL_S = 30.0  # plain log lines: at most one per this many seconds (plus one per checkpoint)
@@ -48,6 +51,7 @@ class TrainingMonitor:
         )
         self.plain = main_process and not (progress and terminal)
         self.t_start = self.t_window = time.perf_counter()
+        self.cpu_start = cpu_seconds()
         self.last_line = -float("inf")
         self.losses: list[float] = []
         self.terms: dict[str, list[float]] = {}
@@ -92,6 +96,7 @@ class TrainingMonitor:
             "images_per_s": self.images / max(1e-9, now - self.t_window),
             "grad_norm": grad_norm,
             "elapsed_s": now - self.t_start,
+            "cpu_s": cpu_seconds() - self.cpu_start,
         }
         self.losses, self.terms, self.images, self.t_window = [], {}, 0, now
         if not self.main:

@@ -1,24 +1,152 @@
-"""Run folders: atomic folder writes, training checkpoints (save, find the newest, prune) and provenance.
+"""Run folders: a lock, atomic folder writes, training checkpoints (save, check, find the newest, prune), disk-full
+reporting and provenance.
 
 A run folder holds run.json, checkpoints/step-NNNNNNNN/{model,ema,optimizer.pt,state.json} and, when done,
 model/. Every folder is written under a temporary name, fsynced and renamed into place, so a run killed at any
-point (even mid-save) leaves only complete folders under their final names.
+point (even mid-save) leaves only complete folders under their final names. One process at a time writes a run
+folder: it holds RUN/.lock (`run_lock`), which names it to anyone else who tries.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
+import logging
 import os
+import pickle
+import re
+import shlex
 import shutil
+import socket
 import subprocess
-from collections.abc import Iterator
+import time
+import zipfile
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import torch
+from safetensors import safe_open
 from torch import nn
 
+from .errors import DiskFullError, RCDMError
+from .model import WEIGHTS_VARIANT
+
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - Windows: the lock falls back to the pid check alone
+    fcntl = None  # type: ignore[assignment]
+
+log = logging.getLogger(__name__)
+
 CHECKPOINTS = "checkpoints"
+LOCK_NAME = ".lock"
+# The files of a complete rcdm.train checkpoint, relative to its folder (what `save_checkpoint` writes).
+# Checkpoints saved before rcdm's weights name (model.WEIGHTS_VARIANT) hold diffusion_pytorch_model.safetensors.
+STEP_FILES: tuple[str, ...] = (
+    "model/config.json",
+    f"model/diffusion_pytorch_model.{WEIGHTS_VARIANT}.safetensors",
+    "ema/config.json",
+    f"ema/diffusion_pytorch_model.{WEIGHTS_VARIANT}.safetensors",
+    "optimizer.pt",
+    "state.json",
+)
+
+
+# --- the run-folder lock ------------------------------------------------------------------------------------
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
+def _holder(text: str) -> dict | None:
+    try:
+        info = json.loads(text)
+    except ValueError:
+        return None
+    return info if isinstance(info, dict) and isinstance(info.get("pid"), int) else None
+
+
+def _read_holder(fd: int) -> dict | None:
+    os.lseek(fd, 0, os.SEEK_SET)
+    return _holder(os.read(fd, 4096).decode(errors="replace"))
+
+
+def _describe(info: dict) -> str:
+    return f"{info.get('command', 'rcdm')} (pid {info['pid']} on {info.get('host', '?')} since {info.get('since', '?')})"
+
+
+def _busy(run_dir: Path, info: dict | None) -> RCDMError:
+    who = _describe(info) if info else "another process"
+    return RCDMError(
+        f"{str(run_dir)!r} is in use by {who}: wait for it to finish or stop it, or choose another --out "
+        "(two runs in one folder would delete each other's checkpoints)"
+    )
+
+
+@contextlib.contextmanager
+def run_lock(run_dir: str | Path, command: str) -> Iterator[None]:
+    """Hold RUN_DIR/.lock (pid, host, start time, command) while the block writes the run folder.
+
+    A second process is refused with an RCDMError that names the holder. The lock is an flock, which the kernel
+    releases when its process dies (even by SIGKILL); a lock file left by a process that is gone is taken over
+    with a warning. On filesystems without flock the pid in the file is checked instead (this host only).
+    """
+    run_dir = Path(run_dir)
+    path = run_dir / LOCK_NAME
+    host = socket.gethostname()
+    fd = -1
+    for _ in range(20):  # the holder may unlink the file between our open and our flock: then open it again
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as e:
+            raise RCDMError(
+                f"cannot create the run folder's lock file {str(path)!r} ({e.strerror or e}): make the folder "
+                "writable, or remove what is in the way"
+            ) from None
+        try:
+            if fcntl is None:
+                raise OSError(errno.ENOSYS, "no fcntl")
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            info = _read_holder(fd)
+            os.close(fd)
+            raise _busy(run_dir, info) from None
+        except OSError:  # flock unsupported here (some network filesystems): trust a live pid on this host
+            info = _read_holder(fd)
+            if info and info["pid"] != os.getpid() and (info.get("host") != host or _pid_alive(info["pid"])):
+                os.close(fd)
+                raise _busy(run_dir, info) from None
+        try:
+            same = os.fstat(fd).st_ino == os.stat(path).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            break
+        os.close(fd)
+    else:
+        raise RCDMError(f"could not take the lock {str(path)!r}: it keeps changing; is another run starting?")
+    old = _read_holder(fd)
+    if old and old["pid"] != os.getpid():
+        log.warning("%s was left by %s, which is gone: taking the run folder over", path, _describe(old))
+    since = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())
+    mine = json.dumps({"pid": os.getpid(), "host": host, "since": since, "command": command})
+    os.ftruncate(fd, 0)
+    os.lseek(fd, 0, os.SEEK_SET)
+    os.write(fd, mine.encode())
+    try:
+        yield
+    finally:
+        with contextlib.suppress(OSError):
+            path.unlink()  # while still holding it: a waiting process re-opens the new file
+        os.close(fd)
 
 
 def fsync_tree(folder: Path) -> None:
@@ -46,6 +174,14 @@ def atomic_dir(final: str | Path, tmp: str | Path | None = None) -> Iterator[Pat
     os.rename(tmp, final)
 
 
+def write_text_atomic(path: str | Path, text: str) -> None:
+    """Write a small file whole or not at all (temporary file + rename): a reader never sees half of it."""
+    path = Path(path)
+    tmp = path.with_name(f".tmp-{path.name}-{os.getpid()}")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
 def complete_checkpoints(run_dir: str | Path, pattern: str = "step-*") -> list[Path]:
     """The complete checkpoints (with state.json) of a run, oldest first; interrupted saves are ignored."""
     ck = Path(run_dir) / CHECKPOINTS
@@ -58,13 +194,226 @@ def latest_checkpoint(run_dir: str | Path, pattern: str = "step-*") -> Path | No
     return done[-1] if done else None
 
 
-def prune_checkpoints(run_dir: str | Path, keep: int, pattern: str = "step-*") -> None:
-    """Keep the newest `keep` complete checkpoints (all when keep <= 0) and drop leftover temporary folders."""
+def _own_name(pattern: str) -> re.Pattern:
+    """'step-*' -> the names rcdm gives such checkpoints (step-00001000): the '*' is digits."""
+    return re.compile(re.escape(pattern).replace(r"\*", r"\d+") + "$")
+
+
+def _leftovers(run_dir: Path, pattern: str, files: tuple[str, ...]) -> list[Path]:
+    """Checkpoint folders that a kill during pruning left half deleted: rcdm's own name, no state.json, only
+    files rcdm writes there, and older than the newest complete checkpoint (saves are renamed into place
+    complete, so nothing else can be missing its state.json)."""
+    ck = run_dir / CHECKPOINTS
+    newest = latest_checkpoint(run_dir, pattern)
+    if newest is None or not ck.is_dir():
+        return []
+    own, known = _own_name(pattern), {f.split("/")[0] for f in files}
+    return sorted(
+        p
+        for p in ck.glob(pattern)
+        if p.is_dir()
+        and own.match(p.name)
+        and p.name < newest.name
+        and not (p / "state.json").exists()
+        and all(c.name in known for c in p.iterdir())
+    )
+
+
+def prune_checkpoints(
+    run_dir: str | Path, keep: int, pattern: str = "step-*", files: tuple[str, ...] = STEP_FILES
+) -> None:
+    """Keep the newest `keep` complete checkpoints (all when keep <= 0); drop leftover temporary folders and
+    the half-deleted folders of a pruning that was killed. Only the holder of the run's lock may call it."""
+    run_dir = Path(run_dir)
     done = complete_checkpoints(run_dir, pattern)
     for old in done[:-keep] if keep > 0 else []:
+        # state.json first: a kill in the middle leaves a folder that readers already ignore
+        (old / "state.json").unlink(missing_ok=True)
         shutil.rmtree(old, ignore_errors=True)
-    for stale in (Path(run_dir) / CHECKPOINTS).glob(f".tmp-{pattern}"):
+    sweep_checkpoints(run_dir, pattern, files)
+
+
+def sweep_checkpoints(
+    run_dir: str | Path, pattern: str = "step-*", files: tuple[str, ...] = STEP_FILES
+) -> None:
+    """Remove what interrupted saves and prunings left: temporary folders and half-deleted checkpoints (see
+    `_leftovers`). Only the holder of the run's lock may call it (another run's temporary folder is in use)."""
+    run_dir = Path(run_dir)
+    for stale in (run_dir / CHECKPOINTS).glob(f".tmp-{pattern}"):
         shutil.rmtree(stale, ignore_errors=True)
+    for half in _leftovers(run_dir, pattern, files):
+        log.info("removing %s: an incomplete checkpoint (no state.json) left by an interrupted pruning", half)
+        shutil.rmtree(half, ignore_errors=True)
+
+
+# --- damaged checkpoints -------------------------------------------------------------------------------------
+
+
+def _reason(e: BaseException) -> str:
+    if isinstance(e, pickle.UnpicklingError):
+        return "it holds pickled objects or is not a torch file; rcdm reads only plain tensors (weights_only)"
+    text = str(e).strip().splitlines()[0] if str(e).strip() else ""
+    return f"{type(e).__name__}: {text[:200]}" if text else type(e).__name__
+
+
+def checkpoint_problem(ckpt: Path, files: tuple[str, ...] = STEP_FILES) -> str | None:
+    """Why a checkpoint folder cannot be resumed from ('optimizer.pt: BadZipFile: ...'), or None when it reads.
+
+    Checks structure, cheaply: every file present; JSON parses (state.json to an object); a safetensors header
+    parses and covers its file; a .pt file's zip directory reads. Values are not checked (there is no checksum).
+    """
+    for name in files:
+        path = ckpt / name
+        legacy = path.with_name(path.name.replace(f".{WEIGHTS_VARIANT}.", "."))
+        if not path.is_file() and legacy.is_file():  # saved before the rcdm weights name
+            name, path = str(legacy.relative_to(ckpt)), legacy
+        try:
+            if not path.is_file():
+                return f"{name} is missing"
+            if path.stat().st_size == 0:
+                return f"{name} is empty"
+            if path.suffix == ".json":
+                value = json.loads(path.read_text())
+                if name == "state.json" and not isinstance(value, dict):
+                    return f"{name} holds no state object"
+            elif path.suffix == ".safetensors":
+                with safe_open(str(path), "pt"):
+                    pass
+            elif path.suffix == ".pt":
+                with zipfile.ZipFile(path) as z:
+                    z.infolist()
+        except Exception as e:
+            return f"{name}: {_reason(e)}"
+    return None
+
+
+def damaged_checkpoint(
+    ckpt: Path, problem: str, pattern: str = "step-*", files: tuple[str, ...] = STEP_FILES
+) -> RCDMError:
+    """The one-line error for a damaged checkpoint: which file, why, and the newest intact older checkpoint."""
+    run_dir = ckpt.parent.parent
+    older = [p for p in reversed(complete_checkpoints(run_dir, pattern)) if p.name < ckpt.name]
+    intact = next((p for p in older if checkpoint_problem(p, files) is None), None)
+    aside = run_dir / f"damaged-{ckpt.name}"
+    if intact is not None:
+        fix = (
+            f"{intact.name} is intact: move the damaged one aside (mv {shlex.quote(str(ckpt))} "
+            f"{shlex.quote(str(aside))}) and run with --resume again to continue from {intact.name}"
+        )
+    else:
+        fix = "no older checkpoint is intact: restore the file, or start again with a new --out"
+    return RCDMError(f"checkpoint {ckpt.name} in {str(run_dir)!r} is damaged ({problem}); {fix}")
+
+
+def resume_checkpoint(
+    run_dir: str | Path, pattern: str = "step-*", files: tuple[str, ...] = STEP_FILES
+) -> Path | None:
+    """The newest complete checkpoint to resume from, checked (`checkpoint_problem`); None when there is none.
+
+    A damaged one raises `damaged_checkpoint`'s error: it is never skipped silently for an older one.
+    """
+    ckpt = latest_checkpoint(run_dir, pattern)
+    if ckpt is not None and (problem := checkpoint_problem(ckpt, files)) is not None:
+        raise damaged_checkpoint(ckpt, problem, pattern, files)
+    return ckpt
+
+
+@contextlib.contextmanager
+def reading_checkpoint(
+    ckpt: Path, name: str, pattern: str = "step-*", files: tuple[str, ...] = STEP_FILES
+) -> Iterator[None]:
+    """Turn a failure to read `name` from checkpoint `ckpt` (damage the cheap check missed) into its error."""
+    try:
+        yield
+    except RCDMError:
+        raise
+    except Exception as e:
+        raise damaged_checkpoint(ckpt, f"{name}: {_reason(e)}", pattern, files) from e
+
+
+# --- a full disk --------------------------------------------------------------------------------------------
+
+_NO_SPACE = {errno.ENOSPC, errno.EDQUOT}
+
+
+def nbytes(*states: Mapping) -> int:
+    """Bytes of the tensors in (nested) state dicts: what writing them needs, about."""
+    total = 0
+    for state in states:
+        for v in state.values():
+            if torch.is_tensor(v):
+                total += v.numel() * v.element_size()
+            elif isinstance(v, Mapping):
+                total += nbytes(v)
+    return total
+
+
+def _mb(n: float) -> str:
+    return f"{n / 1e6:,.1f} MB"
+
+
+def _free(folder: Path) -> int | None:
+    with contextlib.suppress(OSError):
+        return shutil.disk_usage(next(p for p in (folder, *folder.parents) if p.exists())).free
+    return None
+
+
+def _is_disk_full(e: BaseException, folder: Path, needed: int | None) -> bool:
+    """True for ENOSPC / EDQUOT, however the writer wrapped it (torch's zip writer and safetensors raise their
+    own errors), or when a write failed while less than `needed` bytes are free."""
+    for err in (e, e.__cause__, e.__context__):
+        if isinstance(err, OSError) and err.errno in _NO_SPACE:
+            return True
+    text = str(e)
+    if "No space left" in text or "os error 28" in text or "Disk quota exceeded" in text:
+        return True
+    free = _free(folder)
+    return needed is not None and free is not None and free < needed
+
+
+@contextlib.contextmanager
+def reporting_full_disk(
+    run_dir: Path,
+    what: str,
+    *,
+    needed: int | None = None,
+    partial: Path | None = None,
+    pattern: str = "step-*",
+) -> Iterator[None]:
+    """Turn a write that failed for lack of space into a one-line DiskFullError: where, how much was needed (when
+    known), and which checkpoint is intact; the partial write `partial` is removed to give the space back."""
+    try:
+        yield
+    except RCDMError:
+        raise
+    except Exception as e:
+        if not _is_disk_full(e, run_dir, needed):
+            raise
+        if partial is not None:
+            shutil.rmtree(partial, ignore_errors=True)
+        full, disk = run_dir, f"the disk holding {str(run_dir)!r}"
+        if partial is None and isinstance(e, OSError) and e.filename:  # the file may be elsewhere (/dev/shm)
+            full, disk, what = Path(e.filename), "the disk", repr(str(e.filename))
+        free = _free(full)
+        sizes = ", ".join(
+            s
+            for s in (
+                f"needs about {_mb(needed)}" if needed is not None else "",
+                f"{_mb(free)} free" if free is not None else "",
+            )
+            if s
+        )
+        kept = latest_checkpoint(run_dir, pattern)
+        where = (
+            f"the last checkpoint, {kept.name}, is intact"
+            if kept is not None
+            else "no checkpoint was written yet"
+        )
+        raise DiskFullError(
+            f"{disk} is full: could not write {what}"
+            + (f" ({sizes})" if sizes else "")
+            + f"; {where}: free some space (or move the run folder) and run again with --resume"
+        ) from e
 
 
 def save_checkpoint(
@@ -75,17 +424,33 @@ def save_checkpoint(
     optimizer: torch.optim.Optimizer,
     keep: int,
 ) -> Path:
-    """Write RUN_DIR/checkpoints/step-NNNNNNNN atomically (temp folder + rename) and prune old ones."""
+    """Write RUN_DIR/checkpoints/step-NNNNNNNN atomically (temp folder + rename) and prune old ones.
+
+    A full disk raises DiskFullError (the partial folder removed, the previous checkpoint intact)."""
     ck = run_dir / CHECKPOINTS
     ck.mkdir(parents=True, exist_ok=True)
     final = ck / f"step-{step:08d}"
-    with atomic_dir(final, ck / f".tmp-step-{step:08d}-{os.getpid()}") as tmp:
-        model.save_pretrained(tmp / "model")
-        ema_model.save_pretrained(tmp / "ema")
-        torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
-        (tmp / "state.json").write_text(json.dumps({"step": step}))
+    tmp = ck / f".tmp-step-{step:08d}-{os.getpid()}"
+    needed = nbytes(model.state_dict(), ema_model.state_dict(), *optimizer.state.values())
+    with (
+        reporting_full_disk(run_dir, f"checkpoint {final.name}", needed=needed, partial=tmp),
+        atomic_dir(final, tmp) as out,
+    ):
+        model.save_pretrained(out / "model")
+        ema_model.save_pretrained(out / "ema")
+        torch.save(optimizer.state_dict(), out / "optimizer.pt")
+        (out / "state.json").write_text(json.dumps({"step": step}))
     prune_checkpoints(run_dir, keep)
     return final
+
+
+def cpu_seconds() -> float:
+    """CPU time (user + system, all threads) of this process and of its finished children (data workers), in s.
+
+    Unlike wall time it does not count time the process was stopped (SIGSTOP) or waiting for a busy CPU.
+    """
+    t = os.times()
+    return t.user + t.system + t.children_user + t.children_system
 
 
 def git_commit() -> str | None:

@@ -14,13 +14,14 @@ import logging
 import math
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Literal
 
 import torch
 from accelerate import Accelerator
+from accelerate.utils import broadcast_object_list
 from diffusers.training_utils import EMAModel
 from torch.utils.data import DataLoader
 
@@ -40,7 +41,19 @@ from .encoders.cache import cached_representations, check_cache, load_cache
 from .errors import NonFiniteLossError, RCDMError
 from .model import PRESETS, RCDM, check_encoder
 from .monitor import TrainingMonitor
-from .runs import atomic_dir, latest_checkpoint, save_checkpoint
+from .runs import (
+    atomic_dir,
+    cpu_seconds,
+    latest_checkpoint,
+    nbytes,
+    reading_checkpoint,
+    reporting_full_disk,
+    resume_checkpoint,
+    run_lock,
+    save_checkpoint,
+    sweep_checkpoints,
+    write_text_atomic,
+)
 
 log = logging.getLogger(__name__)
 # Offsets the training-noise seeds from the augmentation seeds of the same image ((seed, position) in both).
@@ -139,6 +152,10 @@ class TrainResult:
     last_loss: float
     images_per_second: float
     history: list[float] = field(default_factory=list)
+    # This call of `train` (set-up included; not earlier runs of a resumed one): wall-clock seconds, which count
+    # time the process was stopped or starved, and CPU seconds of the process and its data workers, which do not.
+    wall_time_s: float = 0.0
+    cpu_time_s: float = 0.0
 
 
 def _fixed_views(files: list[Path], size: int, enc: Encoder, n: int = 4) -> tuple[torch.Tensor, torch.Tensor]:
@@ -238,6 +255,38 @@ def check_output_folder(run_dir: Path) -> None:
         raise RCDMError(f"cannot write the run folder {str(run_dir)!r}: {e.strerror or e}") from None
 
 
+@contextlib.contextmanager
+def _holding_run_folder(acc: Accelerator, run_dir: Path) -> Iterator[None]:
+    """The main process holds RUN_DIR/.lock for the block; every process raises when it is taken."""
+    with contextlib.ExitStack() as stack:
+        refused = None
+        if acc.is_main_process:
+            try:
+                stack.enter_context(run_lock(run_dir, "rcdm train"))
+            except RCDMError as e:
+                refused = str(e)
+        if acc.num_processes > 1:
+            box = [refused]
+            broadcast_object_list(box)
+            refused = box[0]
+        if refused is not None:
+            raise RCDMError(refused)
+        yield
+
+
+def _read_checkpoint(ckpt: Path) -> tuple[RCDM, RCDM, dict, int]:
+    """A checkpoint's model, EMA, optimizer state and step; a file that does not read raises, naming it."""
+    with reading_checkpoint(ckpt, "model/"):
+        model = RCDM.from_pretrained(ckpt / "model")
+    with reading_checkpoint(ckpt, "ema/"):
+        ema = RCDM.from_pretrained(ckpt / "ema")
+    with reading_checkpoint(ckpt, "optimizer.pt"):
+        opt = torch.load(ckpt / "optimizer.pt", map_location="cpu", weights_only=True)
+    with reading_checkpoint(ckpt, "state.json"):
+        step = int(json.loads((ckpt / "state.json").read_text())["step"])
+    return model, ema, opt, step
+
+
 def train(
     cfg: TrainConfig,
     run_dir: str | Path,
@@ -247,7 +296,13 @@ def train(
     on_step: Callable[[int, float], None] | None = None,  # called after each optimizer step (step, loss)
     encoder: Encoder | None = None,  # a ready encoder (Python API); else built from cfg.encoder
 ) -> TrainResult:
-    """Train an RCDM on the frozen representations of `cfg.encoder`; returns when `cfg.steps` are done."""
+    """Train an RCDM on the frozen representations of `cfg.encoder`; returns when `cfg.steps` are done.
+
+    The main process holds RUN_DIR/.lock meanwhile (a second run in the same folder is refused); a full disk
+    raises DiskFullError with the last checkpoint intact; a damaged newest checkpoint on resume raises naming
+    the file and the newest intact one.
+    """
+    wall0, cpu0 = time.perf_counter(), cpu_seconds()
     run_dir = Path(run_dir)
     validate_config(cfg)
     check_output_folder(run_dir)
@@ -262,11 +317,39 @@ def train(
             f"--gradient-accumulation-steps {cfg.gradient_accumulation_steps} must be at least 1 and divide the "
             f"batch size {cfg.batch_size} (each micro-batch is batch / steps images)"
         )
+    # cpu=True on a CPU-only machine: a torchrun of N CPU processes then joins one gloo group and each rank
+    # trains on its share (without it accelerate runs every rank as a separate single-process job).
+    acc = Accelerator(
+        cpu=not torch.cuda.is_available(),
+        log_with=None if cfg.report_to == "none" else cfg.report_to,
+        project_dir=str(run_dir),  # trackers write under RUN_DIR/rcdm
+    )
+    with _holding_run_folder(acc, run_dir), reporting_full_disk(run_dir, "to the run folder"):
+        result = _train(cfg, run_dir, acc, resume=resume, progress=progress, on_step=on_step, encoder=encoder)
+    result.wall_time_s, result.cpu_time_s = time.perf_counter() - wall0, cpu_seconds() - cpu0
+    return result
+
+
+def _train(
+    cfg: TrainConfig,
+    run_dir: Path,
+    acc: Accelerator,
+    *,
+    resume: bool,
+    progress: bool,
+    on_step: Callable[[int, float], None] | None,
+    encoder: Encoder | None,
+) -> TrainResult:
+    """`train` once the settings are checked and the run folder is this run's."""
     ckpt = latest_checkpoint(run_dir)
     if ckpt is not None and not resume:
         raise RCDMError(
             f"{str(run_dir)!r} already holds checkpoints: pass --resume to continue, or a new --out"
         )
+    if resume:
+        ckpt = resume_checkpoint(run_dir)  # a damaged newest one is named, never skipped
+        if acc.is_main_process:
+            sweep_checkpoints(run_dir)
     if resume and ckpt is None and (run_dir / "run.json").is_file():
         log.warning("no complete checkpoint in %s: starting from step 0", run_dir)
 
@@ -275,14 +358,6 @@ def train(
         check_resume_config(cfg, run_dir, size)
     files = list_images(cfg.data)
     mp = cfg.mixed_precision
-    cuda = torch.cuda.is_available()
-    # cpu=True on a CPU-only machine: a torchrun of N CPU processes then joins one gloo group and each rank
-    # trains on its share (without it accelerate runs every rank as a separate single-process job).
-    acc = Accelerator(
-        cpu=not cuda,
-        log_with=None if cfg.report_to == "none" else cfg.report_to,
-        project_dir=str(run_dir),  # trackers write under RUN_DIR/rcdm
-    )
     if acc.num_processes > 1 and (cfg.batch_size // acc.num_processes) % cfg.gradient_accumulation_steps:
         raise RCDMError(
             f"each of the {acc.num_processes} processes takes {cfg.batch_size // acc.num_processes} images per "
@@ -304,16 +379,15 @@ def train(
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed)  # the initial weights are a function of the seed too
         model = RCDM.from_preset(cfg.preset, **arch)
+    saved_ema, saved_opt, start = model, None, 0
     if ckpt is not None:
-        saved = RCDM.from_pretrained(ckpt / "model")
+        saved, saved_ema, saved_opt, start = _read_checkpoint(ckpt)
         check_encoder(saved, enc.describe())
         model.load_state_dict(saved.state_dict(), strict=True)
     ema_model = RCDM.from_config(model.config)
-    ema_model.load_state_dict(
-        (RCDM.from_pretrained(ckpt / "ema") if ckpt is not None else model).state_dict(), strict=True
-    )
+    ema_model.load_state_dict(saved_ema.state_dict(), strict=True)
+    del saved_ema
     ema_model.requires_grad_(False)
-    start = json.loads((ckpt / "state.json").read_text())["step"] if ckpt is not None else 0
     if cfg.gradient_checkpointing:
         model.unet.enable_gradient_checkpointing()
     model.to(acc.device).train()
@@ -326,8 +400,9 @@ def train(
     ema.optimization_step = start
     ema.to(acc.device)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, fused=fused)
-    if ckpt is not None:
-        opt.load_state_dict(torch.load(ckpt / "optimizer.pt", map_location="cpu", weights_only=True))
+    if saved_opt is not None:
+        opt.load_state_dict(saved_opt)
+        del saved_opt
     pmodel, opt = acc.prepare(model, opt)
 
     # Decode the data set once into memory when it fits (the main process writes the cache file first).
@@ -365,7 +440,7 @@ def train(
             "num_processes": acc.num_processes,  # batch_size is global: each process takes its share
             "model": dict(model.config),
         }
-        (run_dir / "run.json").write_text(json.dumps(resolved, indent=2, default=str))
+        write_text_atomic(run_dir / "run.json", json.dumps(resolved, indent=2, default=str))
 
     if acc.is_main_process:
         log.info(
@@ -493,7 +568,13 @@ def train(
     monitor.close()
     if acc.is_main_process and step >= cfg.steps:
         ema.copy_to(ema_model.parameters())
-        with atomic_dir(run_dir / "model", run_dir / ".tmp-model") as tmp:
+        tmp_model = run_dir / ".tmp-model"
+        with (
+            reporting_full_disk(
+                run_dir, "the final model/", needed=nbytes(ema_model.state_dict()), partial=tmp_model
+            ),
+            atomic_dir(run_dir / "model", tmp_model) as tmp,
+        ):
             ema_model.save_pretrained(tmp)
     rate = seen / max(1e-9, time.perf_counter() - t0)
     return TrainResult(run_dir, step, last, rate, history)

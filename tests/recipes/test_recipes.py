@@ -81,6 +81,8 @@ def test_saved_encoder_round_trips_through_the_registry(runs: Path, cifar_root: 
     folder = runs / "ssl" / "encoder"
     card = json.loads((folder / "card.json").read_text())
     assert card["smoke"] is True and card["epochs"] == 1 and card["steps"] == 2 and card["images_seen"] == 20
+    assert card["cpu_time_s"] > 0 and card["cpu_time_from_epoch"] == 0  # CPU time beside the wall time
+    assert "| CPU time |" in (folder / "README.md").read_text()
     assert set(card["knn_accuracy"]) == {"backbone", "projector"}
     assert card["identity"].startswith("rcdm-cifar@sha256:") and "license" in card["data"]
     net = CifarEncoderNet(CifarEncoderArch.from_dict(card["arch"])).eval()
@@ -120,6 +122,7 @@ def test_ssl_run_refuses_to_overwrite(runs: Path, cifar_root: Path) -> None:
 def test_rcdm_recipe_records_its_run(runs: Path) -> None:
     rec = json.loads((runs / TARGET / "recipe.json").read_text())
     assert rec["steps"] == 2 and rec["images_seen"] == 8 and rec["smoke"] is True
+    assert rec["cpu_time_s"] > 0 and rec["cpu_time_from_step"] == 0
     assert rec["target"]["feature"] == "projector" and rec["device"].startswith("cpu")
 
 
@@ -138,6 +141,15 @@ def test_cpu_profile_trains_a_standardized_model_and_keeps_its_checkpoints(
     assert rec["standardize"] is True and rec["lr"] == 5e-4 and rec["batch_size"] == 4  # profile, then flags
     assert json.loads((run / "model" / "config.json").read_text())["standardize_representation"] is True
     assert len(list((run / "checkpoints").glob("step-*"))) == 4  # the CPU profile keeps the curve
+    # Resumed after a session whose CPU time is unknown (here: recorded before CPU time was): the record says
+    # which steps its CPU time covers.
+    record = json.loads((run / "recipe.json").read_text())
+    old = {k: v for k, v in record.items() if not k.startswith("cpu_")}
+    (run / "recipe.json").write_text(json.dumps(old))
+    longer = [("5" if i == argv.index("--steps") + 1 else x) for i, x in enumerate(argv)]
+    assert main([*longer, "--save-every", "1", "--no-progress", "--resume"]) == 0
+    rec = json.loads((run / "recipe.json").read_text())
+    assert rec["steps"] == 5 and rec["cpu_time_from_step"] == 4 and rec["cpu_time_s"] > 0
 
 
 def test_pack_refuses_smoke_runs_and_oversized_bundles(runs: Path, tmp_path: Path) -> None:
@@ -168,6 +180,7 @@ def test_pack_labels_an_allowed_smoke_bundle(
         assert "SMOKE TEST" in (out / name / "README.md").read_text()
     card = json.loads((out / TARGET / "card.json").read_text())
     assert card["steps"] == 2 and card["images_seen"] == 8 and card["metrics"] == {"x": 1.0}
+    assert card["cpu_time_s"] > 0 and "| CPU time |" in (out / TARGET / "README.md").read_text()
     with safe_open(str(out / TARGET / "diffusion_pytorch_model.rcdm.safetensors"), "pt") as f:
         assert {f.get_slice(k).get_dtype() for k in f.keys()} == {"F16"}  # noqa: SIM118
     assert len(list((out / "demo-inputs").iterdir())) == 2
@@ -210,3 +223,49 @@ def test_recipe_cli_trains_an_encoder_and_reports_bad_data(cifar_root: Path, tmp
     assert card["arch"]["projector"] == [16, 16] and card["smoke"] is True
     assert main(["recipe", "ssl", "--data", str(tmp_path / "nowhere"), "--out", str(tmp_path / "x")]) == 2
     assert main(["recipe", "rcdm", "--runs", str(tmp_path), "--data", str(cifar_root)]) == 2  # no encoders
+    (tmp_path / "file").write_text("x")
+    assert main(["recipe", "ssl", "--data", str(cifar_root), "--out", str(tmp_path / "file"), *tiny]) == 2
+
+
+def test_ssl_resume_names_a_damaged_checkpoint_and_a_second_run_is_refused(
+    runs: Path, cifar_root: Path, tmp_path: Path
+) -> None:
+    import shutil
+
+    from rcdm.runs import run_lock
+
+    run = tmp_path / "ssl"
+    shutil.copytree(runs / "ssl", run)
+    shutil.rmtree(run / "encoder")
+    cfg = SSLConfig(data=str(cifar_root), **TINY)
+    with (
+        run_lock(run, "rcdm recipe ssl"),
+        pytest.raises(RCDMError, match=r"is in use by rcdm recipe ssl \(pid"),
+    ):
+        train_encoder(cfg, run, resume=True, progress=False)
+    net = run / "checkpoints" / "epoch-0001" / "net.safetensors"
+    net.write_bytes(net.read_bytes()[:1000])
+    with pytest.raises(
+        RCDMError, match=r"epoch-0001 .* is damaged \(net\.safetensors: .*no older checkpoint"
+    ):
+        train_encoder(cfg, run, resume=True, progress=False)
+
+
+def test_ssl_cpu_time_of_a_run_resumed_from_an_older_checkpoint_says_what_it_covers(
+    runs: Path, cifar_root: Path, tmp_path: Path
+) -> None:
+    import shutil
+
+    run = tmp_path / "ssl"
+    shutil.copytree(runs / "ssl", run)
+    shutil.rmtree(run / "encoder")
+    state = run / "checkpoints" / "epoch-0001" / "state.json"
+    old = {k: v for k, v in json.loads(state.read_text()).items() if not k.startswith("cpu_")}
+    state.write_text(json.dumps(old))  # as written before CPU time was recorded
+    result = train_encoder(
+        SSLConfig(data=str(cifar_root), **{**TINY, "epochs": 2}), run, resume=True, progress=False
+    )
+    card = json.loads((result.encoder_dir / "card.json").read_text())
+    assert result.cpu_time_from_epoch == card["cpu_time_from_epoch"] == 1 and card["cpu_time_s"] > 0
+    assert card["wall_time_s"] > old["wall_time_s"]
+    assert "epochs 2-2 only" in (result.encoder_dir / "README.md").read_text()

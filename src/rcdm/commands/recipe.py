@@ -141,7 +141,8 @@ def run_ssl(args: argparse.Namespace) -> int:
     result = train_encoder(cfg, args.out, resume=args.resume, progress=not args.no_progress)
     knn = ", ".join(f"{k} {v:.4f}" for k, v in result.knn.items())
     print(
-        f"trained {result.epochs} epochs ({result.steps} steps, {result.wall_time_s:.0f} s); "
+        f"trained {result.epochs} epochs ({result.steps} steps, {result.wall_time_s:.0f} s wall, "
+        f"{result.cpu_time_s:.0f} s CPU); "
         f"k-NN accuracy on the test split: {knn}; encoder in {result.encoder_dir}"
     )
     return 0
@@ -158,9 +159,12 @@ def run_rcdm(args: argparse.Namespace) -> int:
     )
     for r in runs:
         note = " (stopped early: time budget)" if r.stopped_early else ""
+        cpu = f"{r.cpu_time_s:.0f} s CPU" + (
+            f" since step {r.cpu_time_from_step}" if r.cpu_time_from_step else ""
+        )
         print(
-            f"{r.name}: {r.steps} steps, {r.images_seen} images seen, {r.wall_time_s:.0f} s on {r.device}{note}; "
-            f"run in {r.run_dir}"
+            f"{r.name}: {r.steps} steps, {r.images_seen} images seen, {r.wall_time_s:.0f} s wall ({cpu}) on "
+            f"{r.device}{note}; run in {r.run_dir}"
         )
     return 0
 

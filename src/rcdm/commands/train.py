@@ -168,8 +168,14 @@ def run(args: argparse.Namespace) -> int:
             )
     cfg = TrainConfig(**settings)
     result = train(cfg, args.out, resume=args.resume, progress=not args.no_progress)
+    if not result.history:  # resumed at (or past) its last step: say so, not "last loss nan; 0.0 img/s"
+        print(
+            f"nothing to train: {args.out} is already at step {result.steps} of {cfg.steps} (pass a larger --steps "
+            f"to train longer); model in {result.run_dir / 'model'}"
+        )
+        return 0
     print(
         f"trained {result.steps} steps; last loss {result.last_loss:.4f}; {result.images_per_second:.1f} img/s; "
-        f"model in {result.run_dir / 'model'}"
+        f"{result.wall_time_s:.1f} s wall, {result.cpu_time_s:.1f} s CPU; model in {result.run_dir / 'model'}"
     )
     return 0

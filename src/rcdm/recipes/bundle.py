@@ -136,6 +136,7 @@ def model_cards(bundle: DemoBundle, roles: dict[str, tuple[str, str]]) -> dict[s
             "steps": card.get("steps"),
             "images_seen": card.get("images_seen"),
             "wall_time_s": card.get("wall_time_s"),
+            "cpu_time_s": card.get("cpu_time_s"),
             "device": card.get("device"),
             "metrics": card.get("metrics") or {},
             "encoder": enc.get("name"),
@@ -156,12 +157,22 @@ def models_html(models: dict[str, dict]) -> str:
             fmt(m["encoder_knn_accuracy"]),
             f"{m['preset']}, {m['steps']} steps, {m['images_seen']} images",
             "n/a" if m["wall_time_s"] is None else f"{m['wall_time_s']:.0f} s on {m['device']}",
+            "n/a" if m.get("cpu_time_s") is None else f"{m['cpu_time_s']:.0f} s",
             "YES" if m["smoke"] else "no",
         ]
         for m in models.values()
     ]
     text = html_table(
-        ["RCDM", "bundle entry", "encoder", "k-NN accuracy of the feature", "training", "wall time", "smoke"],
+        [
+            "RCDM",
+            "bundle entry",
+            "encoder",
+            "k-NN accuracy of the feature",
+            "training",
+            "wall time",
+            "CPU time",
+            "smoke",
+        ],
         rows,
     )
     metrics = [[m["label"], k, v] for m in models.values() for k, v in m["metrics"].items()]
@@ -282,6 +293,19 @@ def _rcdm_readme(card: dict) -> str:
         "| --- | --- |",
         f"| steps / batch / images seen | {card['steps']} / {card['batch_size']} / {card['images_seen']} |",
         f"| wall time | {card['wall_time_s']:.0f} s on {card['device']} |",
+        *(
+            [
+                f"| CPU time | {card['cpu_time_s']:.0f} s (process + data workers, all threads"
+                + (
+                    f"; steps after {card['cpu_time_from_step']} only"
+                    if card.get("cpu_time_from_step")
+                    else ""
+                )
+                + ") |"
+            ]
+            if card.get("cpu_time_s") is not None
+            else []
+        ),
         f"| stopped early (time budget) | {card['stopped_early']} |",
         f"| weights | {card['dtype']} (relative output error from fp16 rounding: {card['fp16_relative_error']:.2e}) |",
         f"| data license | {card['data_license']} |",
@@ -388,6 +412,8 @@ def pack(
                 "batch_size": rec["recipe"]["batch_size"],
                 "images_seen": rec["images_seen"],
                 "wall_time_s": rec["wall_time_s"],
+                "cpu_time_s": rec.get("cpu_time_s"),  # None: a run recorded before CPU time was
+                "cpu_time_from_step": rec.get("cpu_time_from_step", 0),
                 "device": rec["device"],
                 "stopped_early": rec.get("stopped_early", False),
                 "smoke": smoke or bool(rec.get("smoke")),

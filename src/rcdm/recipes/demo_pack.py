@@ -23,7 +23,7 @@ from ..encoders import Feature
 from ..encoders.cifar import CARD_NAME, read_card
 from ..errors import RCDMError
 from ..model import PRESETS
-from ..runs import device_name, git_commit
+from ..runs import cpu_seconds, device_name, git_commit
 from ..train import TrainConfig, train
 
 log = logging.getLogger(__name__)
@@ -96,10 +96,14 @@ class RCDMRun:
     run_dir: Path
     steps: int
     images_seen: int
-    wall_time_s: float
+    wall_time_s: float  # all sessions of the run; counts time the process was stopped or starved
     device: str
     smoke: bool
     stopped_early: bool = False
+    # CPU seconds (process + data workers, all threads) of steps cpu_time_from_step + 1 .. steps; > 0 when an
+    # earlier session's CPU time is unknown (killed, or recorded before CPU time was)
+    cpu_time_s: float = 0.0
+    cpu_time_from_step: int = 0
 
 
 class _TimeUp(Exception):
@@ -168,10 +172,11 @@ def train_rcdms(
         previous = (
             json.loads((run_dir / RECIPE_NAME).read_text()) if (run_dir / RECIPE_NAME).is_file() else {}
         )
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), cpu_seconds()
         done = {"step": 0}
 
         def on_step(step: int, loss: float, t0: float = t0, done: dict = done) -> None:
+            done.setdefault("start", step - 1)  # the step this session resumed from
             done["step"] = step
             budget = recipe.time_budget_s
             if budget is not None and step % recipe.save_every == 0 and time.perf_counter() - t0 > budget:
@@ -185,6 +190,13 @@ def train_rcdms(
             stopped, steps = True, done["step"]
             log.warning("%s: time budget reached; stopped at the checkpoint of step %d", target.name, steps)
         wall = float(previous.get("wall_time_s", 0.0)) + time.perf_counter() - t0
+        # CPU time covers steps cpu_from + 1 .. steps: this session, plus the earlier ones when the previous
+        # recipe.json recorded theirs and ends where this one started (a killed session leaves no record).
+        start = done.get("start", steps)
+        cpu, cpu_from = cpu_seconds() - c0, start
+        if previous.get("cpu_time_s") is not None and previous.get("steps") == start:
+            cpu += float(previous["cpu_time_s"])
+            cpu_from = int(previous.get("cpu_time_from_step", 0))
         device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         smoke = bool(recipe.smoke or recipe.preset == "tiny" or enc_card.get("smoke"))
         record = {
@@ -194,6 +206,8 @@ def train_rcdms(
             "steps": steps,
             "images_seen": steps * recipe.batch_size,
             "wall_time_s": wall,
+            "cpu_time_s": cpu,
+            "cpu_time_from_step": cpu_from,
             "device": device_name(device),
             "smoke": smoke,
             "stopped_early": stopped,
@@ -202,7 +216,16 @@ def train_rcdms(
         (run_dir / RECIPE_NAME).write_text(json.dumps(record, indent=2, default=str))
         runs.append(
             RCDMRun(
-                target.name, run_dir, steps, steps * recipe.batch_size, wall, record["device"], smoke, stopped
+                target.name,
+                run_dir,
+                steps,
+                steps * recipe.batch_size,
+                wall,
+                record["device"],
+                smoke,
+                stopped,
+                cpu,
+                cpu_from,
             )
         )
     return runs

@@ -46,7 +46,22 @@ from ..encoders.cifar import (
 )
 from ..errors import NonFiniteLossError, RCDMError
 from ..metrics.knn import encoder_features, knn_accuracy
-from ..runs import CHECKPOINTS, atomic_dir, device_name, git_commit, latest_checkpoint, prune_checkpoints
+from ..runs import (
+    CHECKPOINTS,
+    atomic_dir,
+    cpu_seconds,
+    device_name,
+    git_commit,
+    latest_checkpoint,
+    nbytes,
+    prune_checkpoints,
+    reading_checkpoint,
+    reporting_full_disk,
+    resume_checkpoint,
+    run_lock,
+    sweep_checkpoints,
+)
+from ..train import check_output_folder
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +71,8 @@ CIFAR_LICENSE = (
     "CIFAR-10 (Krizhevsky, 2009, 'Learning Multiple Layers of Features from Tiny Images'): the authors publish "
     "no formal license; it is distributed for research use. Weights trained on it inherit that status."
 )
+EPOCH = "epoch-*"  # checkpoint folders: RUN_DIR/checkpoints/epoch-NNNN/ holding EPOCH_FILES
+EPOCH_FILES: tuple[str, ...] = ("net.safetensors", "optimizer.pt", "state.json")
 
 
 @dataclass(frozen=True)
@@ -98,7 +115,11 @@ class SSLResult:
     steps: int
     losses: list[float]  # mean loss per epoch
     knn: dict[str, float]  # {"backbone": acc, "projector": acc} on the test split, in [0, 1]
-    wall_time_s: float
+    wall_time_s: float  # all epochs, resumed runs included; counts time the process was stopped or starved
+    cpu_time_s: (
+        float  # CPU seconds (process + data workers, all threads) of epochs cpu_time_from_epoch + 1 ..
+    )
+    cpu_time_from_epoch: int = 0  # > 0: resumed from a checkpoint that predates CPU-time records
 
 
 # --- data ------------------------------------------------------------------------------------------
@@ -237,14 +258,19 @@ def _save_epoch(
 ) -> None:
     """RUN_DIR/checkpoints/epoch-NNNN written atomically (runs.atomic_dir); keeps the newest two."""
     ck = run_dir / CHECKPOINTS
-    with atomic_dir(ck / f"epoch-{epoch:04d}", ck / f".tmp-epoch-{epoch:04d}-{os.getpid()}") as tmp:
+    final, tmp = ck / f"epoch-{epoch:04d}", ck / f".tmp-epoch-{epoch:04d}-{os.getpid()}"
+    needed = nbytes(net.state_dict(), *opt.state.values())
+    with (
+        reporting_full_disk(run_dir, f"checkpoint {final.name}", needed=needed, partial=tmp, pattern=EPOCH),
+        atomic_dir(final, tmp) as out,
+    ):
         save_file(
             {k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()},
-            str(tmp / "net.safetensors"),
+            str(out / "net.safetensors"),
         )
-        torch.save(opt.state_dict(), tmp / "optimizer.pt")
-        (tmp / "state.json").write_text(json.dumps(state))
-    prune_checkpoints(run_dir, 2, "epoch-*")
+        torch.save(opt.state_dict(), out / "optimizer.pt")
+        (out / "state.json").write_text(json.dumps(state))
+    prune_checkpoints(run_dir, 2, EPOCH, EPOCH_FILES)
 
 
 def _lr_at(cfg: SSLConfig, step: int, steps_per_epoch: int) -> float:
@@ -278,6 +304,13 @@ def model_card_markdown(card: dict) -> str:
         f"| epochs / steps / images seen | {card['epochs']} / {card['steps']} / {card['images_seen']} |",
         f"| wall time | {card['wall_time_s']:.0f} s on {card['device']} |",
         *(
+            [
+                f"| CPU time | {card['cpu_time_s']:.0f} s (process + data workers, all threads{_epochs_note(card)}) |"
+            ]
+            if card.get("cpu_time_s") is not None
+            else []
+        ),
+        *(
             f"| k-NN accuracy ({name}, k={card['recipe']['knn_k']}, test split) | {acc:.4f} |"
             for name, acc in knn.items()
         ),
@@ -288,6 +321,13 @@ def model_card_markdown(card: dict) -> str:
         "",
     ]
     return "\n".join(lines) + "\n"
+
+
+def _epochs_note(card: dict) -> str:
+    first = card.get("cpu_time_from_epoch") or 0
+    return (
+        f"; epochs {first + 1}-{card['epochs']} only: earlier ones predate CPU-time records" if first else ""
+    )
 
 
 def train_encoder(
@@ -301,24 +341,46 @@ def train_encoder(
     """Train the encoder of `cfg`, evaluate k-NN on the test split, save RUN_DIR/encoder (see encoders/cifar.py).
 
     Resumable per epoch: a run killed at any point continues with `resume=True` from its last complete epoch.
+    Holds RUN_DIR/.lock meanwhile (a second run in the folder is refused); a full disk raises DiskFullError.
     """
-    from accelerate import Accelerator
-
     run_dir = Path(run_dir)
     if cfg.objective not in OBJECTIVES:
         raise RCDMError(f"unknown objective {cfg.objective!r}: choose one of {', '.join(OBJECTIVES)}")
     for name in ("epochs", "batch_size"):
         if getattr(cfg, name) < 1:
             raise RCDMError(f"{name} {getattr(cfg, name)} must be at least 1")
-    ckpt = latest_checkpoint(run_dir, "epoch-*")
+    root = cifar10_root(cfg.data)
+    check_output_folder(run_dir)  # a writable folder (created), or one line saying why not
+    with (
+        run_lock(run_dir, "rcdm recipe ssl"),
+        reporting_full_disk(run_dir, "to the run folder", pattern=EPOCH),
+    ):
+        return _train_encoder(cfg, run_dir, root, resume=resume, progress=progress, on_step=on_step)
+
+
+def _train_encoder(
+    cfg: SSLConfig,
+    run_dir: Path,
+    root: Path,
+    *,
+    resume: bool,
+    progress: bool,
+    on_step: Callable[[int, float], None] | None,
+) -> SSLResult:
+    """`train_encoder` once the settings are checked and the run folder is this run's."""
+    from accelerate import Accelerator
+
+    ckpt = latest_checkpoint(run_dir, EPOCH)
     if ckpt is not None and not resume:
         raise RCDMError(
             f"{str(run_dir)!r} already holds checkpoints: pass --resume to continue, or a new --out"
         )
     if (run_dir / "encoder").exists() and not resume:
         raise RCDMError(f"{str(run_dir)!r} already holds a finished encoder: choose a new --out")
+    if resume:
+        ckpt = resume_checkpoint(run_dir, EPOCH, EPOCH_FILES)  # a damaged newest one is named, never skipped
+        sweep_checkpoints(run_dir, EPOCH, EPOCH_FILES)
 
-    root = cifar10_root(cfg.data)
     train_files, train_labels, classes = labelled_files(root / "train", cfg.limit)
     test_files, test_labels, test_classes = labelled_files(root / "test", cfg.limit)
     if classes != test_classes:
@@ -347,15 +409,24 @@ def train_encoder(
     opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, fused=fused)
     state = {"epoch": 0, "step": 0, "losses": [], "wall_time_s": 0.0}
     if ckpt is not None:
-        net.load_state_dict(load_file(str(ckpt / "net.safetensors")), strict=True)
-        opt.load_state_dict(torch.load(ckpt / "optimizer.pt", map_location="cpu", weights_only=True))
-        state = json.loads((ckpt / "state.json").read_text())
+        with reading_checkpoint(ckpt, "net.safetensors", EPOCH, EPOCH_FILES):
+            weights = load_file(str(ckpt / "net.safetensors"))
+        with reading_checkpoint(ckpt, "optimizer.pt", EPOCH, EPOCH_FILES):
+            opt_state = torch.load(ckpt / "optimizer.pt", map_location="cpu", weights_only=True)
+        net.load_state_dict(weights, strict=True)
+        opt.load_state_dict(opt_state)
+        with reading_checkpoint(ckpt, "state.json", EPOCH, EPOCH_FILES):
+            state = json.loads((ckpt / "state.json").read_text())
+            state["epoch"], state["step"] = int(state["epoch"]), int(state["step"])
+    # Checkpoints written before CPU time was recorded: count it from their epoch on, and say so in the card.
+    state.setdefault("cpu_time_s", 0.0)
+    state.setdefault("cpu_time_from_epoch", state["epoch"])
     net, opt = acc.prepare(net, opt)
     prep = default_preprocessing()
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "recipe.json").write_text(json.dumps(asdict(cfg), indent=2))
 
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), cpu_seconds()
     train_u8 = load_uint8(train_files)
     labels_t = torch.tensor(train_labels)
     transform = supervised_augment() if supervised else ssl_augment(cfg)
@@ -412,8 +483,10 @@ def train_encoder(
             "step": step,
             "losses": [*state["losses"], total / max(1, steps_per_epoch)],
             "wall_time_s": state["wall_time_s"] + time.perf_counter() - t0,
+            "cpu_time_s": state["cpu_time_s"] + cpu_seconds() - c0,
+            "cpu_time_from_epoch": state["cpu_time_from_epoch"],
         }
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), cpu_seconds()
         _save_epoch(run_dir, epoch + 1, acc.unwrap_model(net), opt, state)
         log.info("epoch %d/%d: loss %.4f", epoch + 1, cfg.epochs, state["losses"][-1])
     bar.close()
@@ -428,6 +501,8 @@ def train_encoder(
         "steps": step,
         "images_seen": step * cfg.batch_size,
         "wall_time_s": state["wall_time_s"],
+        "cpu_time_s": state["cpu_time_s"],
+        "cpu_time_from_epoch": state["cpu_time_from_epoch"],
         "device": device_name(acc.device),
         "classes": classes,
         "data": {
@@ -460,7 +535,16 @@ def train_encoder(
     card = json.loads((final / "card.json").read_text())
     (final / "README.md").write_text(model_card_markdown(card))
     shutil.rmtree(enc_dir, ignore_errors=True)
-    return SSLResult(final, state["epoch"], step, state["losses"], knn, state["wall_time_s"])
+    return SSLResult(
+        final,
+        state["epoch"],
+        step,
+        state["losses"],
+        knn,
+        state["wall_time_s"],
+        state["cpu_time_s"],
+        state["cpu_time_from_epoch"],
+    )
 
 
 def resolve_config(given: dict) -> SSLConfig:

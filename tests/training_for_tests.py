@@ -1,0 +1,37 @@
+"""Tiny training settings and weight comparisons shared by the training tests (test_train*.py)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from rcdm.model import RCDM
+from rcdm.train import TrainConfig
+
+
+def tiny_config(data: Path, **kw) -> TrainConfig:
+    """A tiny pixels:2 run on 16 px images: 6 steps of 4 images, a checkpoint every 2 steps; kw override."""
+    base = dict(
+        data=str(data),
+        encoder="pixels:2",
+        preset="tiny",
+        image_size=16,
+        steps=6,
+        batch_size=4,
+        lr=1e-3,
+        ema_decay=0.9,
+        save_every=2,
+        num_workers=0,
+    )
+    return TrainConfig(**{**base, **kw})
+
+
+def weights(folder: Path) -> dict[str, torch.Tensor]:
+    return RCDM.from_pretrained(folder).state_dict()
+
+
+def assert_same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
+    assert a.keys() == b.keys()
+    different = [k for k in a if not torch.equal(a[k], b[k])]
+    assert not different, f"{len(different)} tensors differ, e.g. {different[:3]}"
