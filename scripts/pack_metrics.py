@@ -43,7 +43,9 @@ def sampler_rows(target: Path) -> str:
             continue
         m, n = read(d), len(json.loads(f.read_text()).get("images", [])) or 1
         per_image = float(secs.read_text()) / n
-        rows.append(f"{d.name[8:]}: {m['top1']:.3f} / {m.get('agreement') or float('nan'):.3f} / {per_image:.2f}")
+        rows.append(
+            f"{d.name[8:]}: {m['top1']:.3f} / {m.get('agreement') or float('nan'):.3f} / {per_image:.2f}"
+        )
     return "; ".join(rows)
 
 

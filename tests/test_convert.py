@@ -369,3 +369,35 @@ def test_named_model_from_local_weights_records_its_encoder(tmp_path, monkeypatc
     assert (
         json.loads((tmp_path / "c" / "config.json").read_text())["encoder"] == "official:resnet50.dino_in1k"
     )
+
+
+@pytest.mark.parametrize("diffusers", ["--diffusers", "--no-diffusers"])
+def test_cli_convert_refuses_an_out_that_is_a_file_before_converting(
+    tmp_path, small_published, capsys, diffusers
+):
+    _, state = small_published
+    ckpt = tmp_path / "small.pt"
+    torch.save(state, ckpt)
+    existing = tmp_path / "existing.txt"
+    existing.write_text("hello\n")
+    argv = ["convert", str(ckpt), "--image-size", "16", diffusers]
+    assert main([*argv, "--out", str(existing)]) == 2  # was: "converted ... -> existing.txt", nothing written
+    err = capsys.readouterr().err
+    assert "existing.txt" in err and "is a file" in err and err.count("\n") == 1
+    assert existing.read_text() == "hello\n"
+    assert main([*argv, "--out", str(existing / "sub")]) == 2  # cannot be created: one line, no traceback
+    assert "existing.txt' is a file, not a folder" in capsys.readouterr().err
+
+
+def test_cli_convert_replaces_an_earlier_model_only_with_overwrite(tmp_path, small_published, capsys):
+    _, state = small_published
+    ckpt = tmp_path / "small.pt"
+    torch.save(state, ckpt)
+    out = tmp_path / "converted"
+    argv = ["convert", str(ckpt), "--image-size", "16", "--out", str(out)]
+    assert main(argv) == 0 and (out / "unet").is_dir()
+    assert main([*argv, "--no-diffusers"]) == 2
+    assert "--overwrite" in capsys.readouterr().err
+    assert main([*argv, "--no-diffusers", "--overwrite"]) == 0
+    assert not (out / "unet").exists()  # the earlier export is not left beside the new model
+    assert RCDM.from_pretrained(out).config.sample_size == 16

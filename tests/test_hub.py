@@ -59,7 +59,8 @@ def test_a_cached_hub_model_loads_offline_at_any_revision(offline_cache):
 
 
 def test_an_uncached_hub_model_offline_is_one_line(offline_cache, capsys, tmp_path):
-    argv = ["sample", "--model", "me/missing", "--images", str(tmp_path / "x.png"), "--out", str(tmp_path)]
+    out = str(tmp_path / "o")
+    argv = ["sample", "--model", "me/missing", "--images", str(tmp_path / "x.png"), "--out", out]
     (tmp_path / "x.png").write_bytes(b"")
     assert main(argv) == 2
     err = capsys.readouterr().err.strip()

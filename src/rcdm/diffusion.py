@@ -450,6 +450,12 @@ def sample_many(
     for s, e in tqdm(list(batched(flat.shape[0], cfg.batch_size)), disable=not progress, desc=desc):
         out.append(sample(model, flat[s:e], cfg, first_index=s, noise=None if noise is None else noise[s:e]))
     imgs = torch.cat(out)
+    bad = int((~torch.isfinite(imgs).flatten(1).all(1)).sum())
+    if bad:  # they would be written as black images
+        raise RCDMError(
+            f"sampling gave non-finite pixels (NaN or inf) in {bad} of {imgs.shape[0]} samples: nothing written; "
+            "check the model's weights and the representations (a NaN in either spreads), or try --precision fp32"
+        )
     return imgs.view(m, num_samples, *imgs.shape[1:])
 
 

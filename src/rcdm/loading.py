@@ -15,15 +15,24 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
+from accelerate import init_empty_weights
 
 from .convert import convert
 from .encoders import Encoder, Feature, create_encoder
 from .encoders.published import PUBLISHED, describe_published
 from .errors import RCDMError
 from .hub import parse_hub_ref, resolve_hub_model
-from .model import RCDM, check_encoder
+from .model import RCDM, WEIGHTS_VARIANT, check_config, check_encoder
 from .runs import atomic_dir, latest_checkpoint
-from .weights import Weights, fetch, official_cache
+from .weights import (
+    Weights,
+    check_keys,
+    fetch,
+    first_line,
+    first_nonfinite,
+    official_cache,
+    safetensors_shapes,
+)
 
 log = logging.getLogger(__name__)
 
@@ -156,13 +165,56 @@ def load_model(
 ) -> RCDM:
     """Load an RCDM (eval mode) from anything `resolve_model_dir` accepts."""
     folder = resolve_model_dir(source, weights)
-    try:
-        model = RCDM.from_pretrained(folder)
-    except (OSError, ValueError, RuntimeError) as e:
-        raise RCDMError(f"cannot load model from {str(folder)!r}: {e}") from None
+    model = _load_strict(folder)
     model.eval().requires_grad_(False)
     if device is not None:
         model.to(device)
+    return model
+
+
+def _load_strict(folder: Path) -> RCDM:
+    """RCDM.from_pretrained, strictly: the config's keys and types checked, the weights' keys and shapes
+    exactly the model's (diffusers would ignore an extra key and leave a missing one uninitialised), and every
+    weight finite. Each problem is one RCDMError line naming the file and the key."""
+    config_file = folder / RCDM.config_name
+    try:
+        config = json.loads(config_file.read_text())
+    except (OSError, ValueError) as e:
+        raise RCDMError(f"cannot read {str(config_file)!r}: {first_line(e)}") from None
+    if not isinstance(config, dict):
+        raise RCDMError(f"{str(config_file)!r} holds no JSON object: not an rcdm model folder")
+    check_config(config, repr(str(config_file)))
+    weights_file = folder / f"diffusion_pytorch_model.{WEIGHTS_VARIANT}.safetensors"
+    # safetensors only (use_safetensors below): there is nothing to unpickle
+    if not any(folder.glob("diffusion_pytorch_model*.safetensors*")):
+        raise RCDMError(f"model {str(folder)!r} has no weights: {weights_file.name} is missing")
+    if not weights_file.is_file():  # a folder saved before rcdm's weights name
+        weights_file = folder / "diffusion_pytorch_model.safetensors"
+    if weights_file.is_file():  # keys and shapes from the header, before anything is loaded
+        with init_empty_weights():
+            expected = {k: v.shape for k, v in RCDM.from_config(config).state_dict().items()}
+        check_keys(safetensors_shapes(weights_file), expected, repr(str(weights_file)), "the model's config")
+    try:
+        model, info = RCDM.from_pretrained(folder, output_loading_info=True, use_safetensors=True)
+    except (OSError, ValueError, RuntimeError, TypeError) as e:
+        raise RCDMError(f"cannot load model from {str(folder)!r}: {first_line(e)}") from None
+    problems = [
+        f"{label} {', '.join(str(k) for k in keys[:5])}"
+        for label, keys in (
+            ("missing keys", info["missing_keys"]),
+            ("unexpected keys", info["unexpected_keys"]),
+            ("misshapen keys", [m[0] if isinstance(m, tuple) else m for m in info["mismatched_keys"]]),
+        )
+        if keys
+    ]
+    if problems:
+        raise RCDMError(f"the weights in {str(folder)!r} do not match its config: {'; '.join(problems)}")
+    bad = first_nonfinite(model.state_dict())
+    if bad is not None:
+        raise RCDMError(
+            f"model {str(folder)!r} has non-finite weights (NaN or inf), first in {bad!r}: it can only give "
+            "blank images; use an earlier checkpoint of the run, or retrain"
+        )
     return model
 
 

@@ -7,6 +7,8 @@ UNet's `class_labels` with `class_embed_type="identity"`, which adds it to the t
 
 from __future__ import annotations
 
+import inspect
+import json
 from pathlib import Path
 from typing import Any
 
@@ -110,6 +112,8 @@ class RCDM(ModelMixin, ConfigMixin):
         # What the model was trained on; checked when it is used with an encoder.
         encoder: str | None = None,
         encoder_identity: str | None = None,
+        # sha256 of the encoder's weights (Encoder.weights_digest); None: not recorded (older or published models)
+        encoder_weights: str | None = None,
         feature: str = "backbone",
         preprocessing: dict | None = None,
         # Standardise each representation dimension with the training set's mean and std (stored as buffers)
@@ -272,8 +276,69 @@ def check_encoder(model: RCDM, encoder_desc: dict) -> None:
             f"model was trained on encoder {cfg.encoder!r} ({cfg.encoder_identity}) but got "
             f"{encoder_desc['encoder']!r} ({encoder_desc['encoder_identity']}): pass the same encoder"
         )
+    trained_on, given = getattr(cfg, "encoder_weights", None), encoder_desc.get("encoder_weights")
+    if trained_on and given and trained_on != given:
+        raise RCDMError(
+            f"model was trained on encoder {cfg.encoder!r} with weights sha256:{trained_on} but "
+            f"{encoder_desc['encoder']!r} has weights sha256:{given}: the same spec now gives other weights (a "
+            "random init, or a changed file or repo); pass the encoder the model was trained with"
+        )
     if encoder_desc["feature"] != cfg.feature:
         raise RCDMError(
             f"model was trained on the {cfg.feature} feature but the encoder gives the "
             f"{encoder_desc['feature']}: pass --feature {cfg.feature}"
         )
+
+
+def _fits(value: Any, annotation: str) -> bool:
+    """Whether a JSON value fits a parameter annotation written as a string (`int | None`, `tuple[str, ...]`)."""
+    for part in (p.strip() for p in annotation.split("|")):
+        if part == "None" and value is None:
+            return True
+        if part == "bool" and isinstance(value, bool):
+            return True
+        if part == "int" and isinstance(value, int) and not isinstance(value, bool):
+            return True
+        if part == "float" and isinstance(value, int | float) and not isinstance(value, bool):
+            return True
+        if part == "str" and isinstance(value, str):
+            return True
+        if part == "dict" and isinstance(value, dict):
+            return True
+        if part.startswith("tuple[") and isinstance(value, list | tuple):
+            inner = part.removeprefix("tuple[").split(",")[0].strip()
+            if value and all(_fits(v, inner) for v in value):
+                return True
+    return False
+
+
+def check_config(config: dict[str, Any], where: str) -> None:
+    """Refuse an RCDM config.json with an unknown key, a value of the wrong type or a non-positive size.
+
+    where: the file, named in the one-line RCDMError. Keys starting with '_' are diffusers' own.
+    """
+    if config.get("_class_name", "RCDM") != "RCDM":
+        raise RCDMError(
+            f"{where} describes a {config['_class_name']}, not an RCDM: pass an rcdm model folder"
+        )
+    params = inspect.signature(RCDM.__init__).parameters
+    for key, value in config.items():
+        if key.startswith("_"):
+            continue
+        if key not in params or key == "self":
+            raise RCDMError(
+                f"{where}: unknown setting {key!r} (not an RCDM config key): remove it, or load the model "
+                "with the rcdm version that wrote it"
+            )
+        annotation = str(params[key].annotation)
+        if not _fits(value, annotation):
+            raise RCDMError(
+                f"{where}: {key} = {json.dumps(value)} is not a valid {annotation}: fix or remove it"
+            )
+        sizes = value if isinstance(value, list) else [value]
+        if "int" in annotation and any(
+            isinstance(v, int) and not isinstance(v, bool) and v < 1 for v in sizes
+        ):
+            raise RCDMError(f"{where}: {key} = {json.dumps(value)} must be at least 1")
+    if "representation_dim" not in config:
+        raise RCDMError(f"{where}: missing representation_dim: not an RCDM model config")

@@ -22,7 +22,7 @@ import socket
 import subprocess
 import time
 import zipfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 
 import torch
@@ -100,7 +100,13 @@ def run_lock(run_dir: str | Path, command: str) -> Iterator[None]:
     with a warning. On filesystems without flock the pid in the file is checked instead (this host only).
     """
     run_dir = Path(run_dir)
-    path = run_dir / LOCK_NAME
+    with _lock(run_dir / LOCK_NAME, command, lambda info: _busy(run_dir, info), "the run folder's lock file"):
+        yield
+
+
+@contextlib.contextmanager
+def _lock(path: Path, command: str, busy: Callable[[dict | None], RCDMError], what: str) -> Iterator[None]:
+    """Hold the lock file `path` (see `run_lock`); `busy(holder)` is the error for a second process."""
     host = socket.gethostname()
     fd = -1
     for _ in range(20):  # the holder may unlink the file between our open and our flock: then open it again
@@ -108,7 +114,7 @@ def run_lock(run_dir: str | Path, command: str) -> Iterator[None]:
             fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
         except OSError as e:
             raise RCDMError(
-                f"cannot create the run folder's lock file {str(path)!r} ({e.strerror or e}): make the folder "
+                f"cannot create {what} {str(path)!r} ({e.strerror or e}): make the folder "
                 "writable, or remove what is in the way"
             ) from None
         try:
@@ -118,12 +124,12 @@ def run_lock(run_dir: str | Path, command: str) -> Iterator[None]:
         except BlockingIOError:
             info = _read_holder(fd)
             os.close(fd)
-            raise _busy(run_dir, info) from None
+            raise busy(info) from None
         except OSError:  # flock unsupported here (some network filesystems): trust a live pid on this host
             info = _read_holder(fd)
             if info and info["pid"] != os.getpid() and (info.get("host") != host or _pid_alive(info["pid"])):
                 os.close(fd)
-                raise _busy(run_dir, info) from None
+                raise busy(info) from None
         try:
             same = os.fstat(fd).st_ino == os.stat(path).st_ino
         except FileNotFoundError:
@@ -132,10 +138,12 @@ def run_lock(run_dir: str | Path, command: str) -> Iterator[None]:
             break
         os.close(fd)
     else:
-        raise RCDMError(f"could not take the lock {str(path)!r}: it keeps changing; is another run starting?")
+        raise RCDMError(
+            f"could not take the lock {str(path)!r}: it keeps changing; is another rcdm starting?"
+        )
     old = _read_holder(fd)
     if old and old["pid"] != os.getpid():
-        log.warning("%s was left by %s, which is gone: taking the run folder over", path, _describe(old))
+        log.warning("%s was left by %s, which is gone: taking it over", path, _describe(old))
     since = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())
     mine = json.dumps({"pid": os.getpid(), "host": host, "since": since, "command": command})
     os.ftruncate(fd, 0)
@@ -180,6 +188,106 @@ def write_text_atomic(path: str | Path, text: str) -> None:
     tmp = path.with_name(f".tmp-{path.name}-{os.getpid()}")
     tmp.write_text(text)
     os.replace(tmp, path)
+
+
+def _nearest_existing(path: Path) -> Path:
+    return next((p for p in (path, *path.parents) if p.exists()), Path("."))
+
+
+def check_writable_dir(path: str | Path, flag: str = "--out") -> Path:
+    """Refuse (one RCDMError line) an output folder that is a file or cannot be written; checked before any work.
+
+    The folder need not exist: its nearest existing ancestor must then be a writable folder.
+    """
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise RCDMError(f"{flag} {str(path)!r} is a file, not a folder: choose a folder")
+    probe = _nearest_existing(path)
+    if not probe.is_dir():
+        raise RCDMError(f"cannot write {flag} {str(path)!r}: {str(probe)!r} is a file, not a folder")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise RCDMError(f"cannot write {flag} {str(path)!r}: {str(probe)!r} is not a writable folder")
+    return path
+
+
+def check_writable_file(path: str | Path, flag: str = "--out") -> Path:
+    """Refuse an output file that is a folder or cannot be written (checked before any work)."""
+    path = Path(path)
+    if path.is_dir():
+        raise RCDMError(f"{flag} {str(path)!r} is a folder: pass a file path")
+    if path.exists() and not os.access(path, os.W_OK):
+        raise RCDMError(f"cannot write {flag} {str(path)!r}: the file is read-only")
+    probe = _nearest_existing(path.parent)
+    if not probe.is_dir():
+        raise RCDMError(f"cannot write {flag} {str(path)!r}: {str(probe)!r} is a file, not a folder")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise RCDMError(f"cannot write {flag} {str(path)!r}: {str(probe)!r} is not a writable folder")
+    return path
+
+
+@contextlib.contextmanager
+def output_lock(target: str | Path, flag: str = "--out", command: str = "rcdm") -> Iterator[None]:
+    """Hold an exclusive lock on an output path (`run_lock`'s kind, in `.NAME.lock` beside it); a second rcdm process
+    writing to the same path is refused with a line naming the holder instead of silently overwriting it."""
+    target = Path(target)
+    lock = target.parent / f".{target.name}.lock"
+    try:
+        lock.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise RCDMError(f"cannot write {flag} {str(target)!r}: {e.strerror or e}") from None
+
+    def busy(info: dict | None) -> RCDMError:
+        who = _describe(info) if info else "another process"
+        return RCDMError(
+            f"{flag} {str(target)!r} is being written by {who}: wait for it to finish, or choose another {flag}"
+        )
+
+    with _lock(lock, command, busy, f"the lock file of {flag}"):
+        yield
+
+
+@contextlib.contextmanager
+def output_folder(
+    out: str | Path, *, overwrite: bool = False, marker: str, flag: str = "--out", command: str = "rcdm"
+) -> Iterator[Path]:
+    """Check and lock an output folder before any work, then yield an empty temporary folder beside it; when the
+    block completes, the temporary folder becomes `out` (so `out` holds this run's files only, never a mix).
+
+    `out` may be absent or empty. A folder with files needs `overwrite` and must hold `marker` (the file this
+    command writes last), so that only an earlier output of the same command is replaced, never files of
+    the user's. When the block raises, `out` is untouched and the temporary folder is removed.
+    """
+    out = check_writable_dir(out, flag)
+    with output_lock(out, flag, command):
+        if out.is_dir() and any(out.iterdir()):
+            if not (out / marker).is_file():
+                raise RCDMError(
+                    f"{flag} {str(out)!r} holds files that rcdm did not write (it has no {marker}): choose "
+                    f"an empty or new {flag}"
+                )
+            if not overwrite:
+                raise RCDMError(
+                    f"{flag} {str(out)!r} already holds an earlier output: pass --overwrite to replace it, or "
+                    f"choose a new {flag}"
+                )
+        tmp = out.parent / f".tmp-{out.name}-{os.getpid()}"
+        try:
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True)
+        except OSError as e:
+            raise RCDMError(f"cannot write {flag} {str(out)!r}: {e.strerror or e}") from None
+        try:
+            yield tmp
+            fsync_tree(tmp)
+            if out.exists():
+                old = out.parent / f".old-{out.name}-{os.getpid()}"
+                os.rename(out, old)
+                os.rename(tmp, out)
+                shutil.rmtree(old, ignore_errors=True)
+            else:
+                os.rename(tmp, out)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
 
 
 def complete_checkpoints(run_dir: str | Path, pattern: str = "step-*") -> list[Path]:

@@ -43,6 +43,7 @@ from .model import PRESETS, RCDM, check_encoder
 from .monitor import TrainingMonitor
 from .runs import (
     atomic_dir,
+    check_writable_dir,
     cpu_seconds,
     latest_checkpoint,
     nbytes,
@@ -240,12 +241,12 @@ def validate_config(cfg: TrainConfig) -> None:
 
 
 def check_output_folder(run_dir: Path) -> None:
-    """The run folder must be (or be creatable as) a writable folder, checked before any work starts."""
-    if run_dir.exists() and not run_dir.is_dir():
-        raise RCDMError(f"--out {str(run_dir)!r} is a file, not a folder: choose a folder for the run")
-    probe = run_dir if run_dir.exists() else next((p for p in run_dir.parents if p.exists()), Path("."))
-    if not probe.is_dir() or not os.access(probe, os.W_OK | os.X_OK):
-        raise RCDMError(f"cannot write the run folder {str(run_dir)!r}: {str(probe)!r} is not writable")
+    """The run folder must be (or be creatable as) a writable folder, checked before any work starts.
+
+    Beyond `check_writable_dir`, it is created and written once: that also catches what os.access cannot see
+    (an immutable folder, a read-only mount, root's permission bypass).
+    """
+    check_writable_dir(run_dir)
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
         test = run_dir / f".write-test-{os.getpid()}"

@@ -11,6 +11,7 @@ import torch
 from .data import load_views
 from .diffusion import SamplingConfig, sample_many
 from .encoders import Encoder
+from .errors import RCDMError
 from .figures import sample_grid, save_png
 from .model import RCDM
 
@@ -45,6 +46,12 @@ def visualize(
         images, model.config.sample_size, encoder.preprocessing.input_size, encoder.preprocessing.resample
     )
     reps = encoder.encode(enc_views)
+    bad = [str(p) for p, ok in zip(images, torch.isfinite(reps).all(1).tolist(), strict=True) if not ok]
+    if bad:
+        raise RCDMError(
+            f"encoder {encoder.spec!r} gave non-finite representations (NaN or inf) for {len(bad)} image(s), "
+            f"first {bad[0]!r}: check the encoder's weights"
+        )
     samples = sample_many(model, reps, num_samples, sampling, progress=progress, **settings)
     return Visualization([Path(p).stem for p in images], originals, reps, samples)
 

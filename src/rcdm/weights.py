@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from torch import nn
 
 from .errors import RCDMError
 
@@ -202,7 +203,7 @@ def read_checkpoint(path: str | Path) -> Mapping:
         try:
             return load_file(str(path))
         except Exception as e:
-            raise RCDMError(f"cannot read safetensors file {str(path)!r}: {e}") from None
+            raise RCDMError(f"cannot read safetensors file {str(path)!r}: {first_line(e)}") from None
     try:
         with torch.serialization.safe_globals(_SAFE_GLOBALS):
             obj = torch.load(path, map_location="cpu", weights_only=True)
@@ -218,17 +219,25 @@ def read_checkpoint(path: str | Path) -> Mapping:
 
 
 def check_keys(
-    state: Mapping[str, torch.Tensor],
+    state: Mapping[str, torch.Tensor | tuple[int, ...]],
     expected: Mapping[str, tuple[int, ...] | torch.Size],
     what: str,
+    layout: str = "the published layout",
 ) -> None:
-    """Refuse `state` unless its keys and shapes are exactly `expected` (key -> shape); names the bad keys."""
+    """Refuse `state` unless its keys and shapes are exactly `expected` (key -> shape); names the bad keys.
+
+    state: key -> tensor, or key -> shape (e.g. read from a safetensors header without loading the data).
+    """
+
+    def shape(v: torch.Tensor | tuple[int, ...]) -> tuple[int, ...]:
+        return tuple(v.shape) if isinstance(v, torch.Tensor) else tuple(v)
+
     missing = [k for k in expected if k not in state]
     extra = [k for k in state if k not in expected]
     misshapen = [
-        f"{k} {tuple(state[k].shape)} (expected {tuple(expected[k])})"
+        f"{k} {shape(state[k])} (expected {tuple(expected[k])})"
         for k in expected
-        if k in state and tuple(state[k].shape) != tuple(expected[k])
+        if k in state and shape(state[k]) != tuple(expected[k])
     ]
     problems = []
     for label, keys in (("missing keys", missing), ("unexpected keys", extra), ("misshapen keys", misshapen)):
@@ -236,7 +245,7 @@ def check_keys(
             more = f" and {len(keys) - 5} more" if len(keys) > 5 else ""
             problems.append(f"{label} {', '.join(keys[:5])}{more}")
     if problems:
-        raise RCDMError(f"{what} does not match the published layout: {'; '.join(problems)}")
+        raise RCDMError(f"{what} does not match {layout}: {'; '.join(problems)}")
 
 
 def subtree(obj: Mapping, path: str, what: str) -> Mapping:
@@ -250,3 +259,59 @@ def subtree(obj: Mapping, path: str, what: str) -> Mapping:
     if not isinstance(node, Mapping):
         raise RCDMError(f"{what}: {path!r} is a {type(node).__name__}, not a state dict")
     return node
+
+
+def load_strict(
+    module: nn.Module,
+    state: Mapping[str, torch.Tensor],
+    what: str,
+    *,
+    optional: tuple[str, ...] = (),
+    layout: str = "the network",
+) -> None:
+    """Load every key of `module` from `state` (same names and shapes, nothing left over), else RCDMError.
+
+    BatchNorm's `num_batches_tracked` counters (unused in eval mode) may be absent: they are zero-filled.
+    optional: key prefixes that the file may lack (e.g. a classifier that an encoder-only file leaves out);
+    those keep the module's values. Floating tensors are loaded as float32. A module built on the meta device
+    takes the file's tensors as they are (no random init happened).
+    """
+    current = module.state_dict()
+    expected = {k: v.shape for k, v in current.items()}
+    state = dict(state)
+    for k in expected:
+        if k.endswith("num_batches_tracked") and k not in state:
+            state[k] = torch.zeros((), dtype=torch.long)
+    need = {k: s for k, s in expected.items() if k in state or not (optional and k.startswith(optional))}
+    check_keys(state, need, what, layout)
+    meta = any(v.is_meta for v in current.values())
+    module.load_state_dict(
+        {k: v.float() if v.is_floating_point() else v for k, v in state.items()},
+        strict=len(need) == len(expected),
+        assign=meta,
+    )
+
+
+def safetensors_shapes(path: str | Path) -> dict[str, tuple[int, ...]]:
+    """key -> shape of a .safetensors file, read from its header only (no tensor data); one-line RCDMError."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), "pt") as f:
+            return {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}  # noqa: SIM118
+    except Exception as e:
+        raise RCDMError(f"cannot read safetensors file {str(path)!r}: {first_line(e)}") from None
+
+
+def first_nonfinite(state: Mapping[str, torch.Tensor]) -> str | None:
+    """The name of the first floating tensor holding a NaN or inf, or None (one pass over each tensor)."""
+    for name, t in state.items():
+        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            return name
+    return None
+
+
+def first_line(e: BaseException) -> str:
+    """An exception as one line: its first non-empty line, else its type name."""
+    lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+    return lines[0] if lines else type(e).__name__

@@ -30,6 +30,7 @@ from ..data import expand_image_args
 from ..devices import default_device
 from ..errors import RCDMError
 from ..loading import encoder_for, load_model
+from ..runs import check_writable_dir
 from .common import (
     add_command,
     add_model_args,
@@ -186,6 +187,7 @@ def _setup(args: argparse.Namespace, model_source: str | None = None):
     """The model of --model and its encoder; or `model_source` (a comparison) with the encoder it records."""
     positive("--num-samples", args.num_samples)
     if model_source is None:
+        check_writable_dir(args.out)  # before any work
         return load_model_and_encoder(args)
     device = args.device or default_device()
     model = load_model(model_source, device=device)

@@ -8,6 +8,7 @@ import logging
 from ..convert import convert, export_diffusers
 from ..encoders import FEATURES
 from ..loading import MODELS, encoder_description, published_name_for
+from ..runs import output_folder
 from .common import add_command
 
 log = logging.getLogger(__name__)
@@ -43,6 +44,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         default=True,
         help="also write OUT/unet (UNet2DModel.from_pretrained) and OUT/rep_proj.safetensors",
     )
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace an earlier model folder at --out (one with config.json)",
+    )
     p.set_defaults(func=run)
 
 
@@ -54,10 +60,16 @@ def run(args: argparse.Namespace) -> int:
     elif name is not None:
         published = MODELS[name]
         encoder = encoder_description(f"official:{published.encoder}", args.feature or published.feature)
-    model = convert(args.checkpoint, image_size=args.image_size, num_heads=args.num_heads, encoder=encoder)
-    model.save_pretrained(args.out)
-    if args.diffusers:
-        export_diffusers(model, args.out)
+    # --out is checked and locked before the conversion; written beside it and moved into place when complete
+    with output_folder(
+        args.out, overwrite=args.overwrite, marker="config.json", command="rcdm convert"
+    ) as out:
+        model = convert(
+            args.checkpoint, image_size=args.image_size, num_heads=args.num_heads, encoder=encoder
+        )
+        model.save_pretrained(out)
+        if args.diffusers:
+            export_diffusers(model, out)
     cfg = model.config
     n = sum(p.numel() for p in model.parameters())
     where = (

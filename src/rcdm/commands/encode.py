@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
-from pathlib import Path
+import os
 
 from safetensors.torch import save_file
 
@@ -12,6 +12,7 @@ from ..data import expand_image_args
 from ..devices import default_device
 from ..encoders import FEATURES, create_encoder
 from ..errors import RCDMError
+from ..runs import check_writable_file, output_lock
 from .common import add_command, add_progress_arg
 
 EPILOG = """examples:
@@ -27,6 +28,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--images", nargs="+", required=True, help="image files or folders")
     p.add_argument("--out", required=True, help="FILE.safetensors")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when available)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     add_progress_arg(p)
     p.set_defaults(func=run)
 
@@ -34,15 +36,23 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     if not args.out.endswith(".safetensors"):
         raise RCDMError(f"--out {args.out!r} must end with .safetensors")
+    out = check_writable_file(args.out)  # before any work
+    if out.exists() and not args.overwrite:
+        raise RCDMError(f"--out {args.out!r} exists: pass --overwrite to replace it, or another --out")
     paths = expand_image_args(args.images)
-    encoder = create_encoder(args.encoder, args.feature).to(args.device or default_device())
-    reps = encoder.encode_files(paths, progress=not args.no_progress)
-    meta = {
-        **{k: str(v) for k, v in encoder.describe().items()},
-        "files": json.dumps([str(p) for p in paths]),
-    }
-    meta["preprocessing"] = json.dumps(encoder.preprocessing.to_dict())
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    save_file({"representations": reps.contiguous()}, args.out, metadata=meta)
+    with output_lock(out, command="rcdm encode"):
+        encoder = create_encoder(args.encoder, args.feature).to(args.device or default_device())
+        reps = encoder.encode_files(paths, progress=not args.no_progress)
+        meta = {
+            **{k: str(v) for k, v in encoder.describe().items()},
+            "files": json.dumps([str(p) for p in paths]),
+        }
+        meta["preprocessing"] = json.dumps(encoder.preprocessing.to_dict())
+        tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
+        try:
+            save_file({"representations": reps.contiguous()}, str(tmp), metadata=meta)
+            os.replace(tmp, out)
+        finally:
+            tmp.unlink(missing_ok=True)
     print(f"wrote {tuple(reps.shape)} representations to {args.out}")
     return 0

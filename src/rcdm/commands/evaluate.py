@@ -15,6 +15,7 @@ from ..metrics.faithfulness import evaluate_faithfulness, faithfulness_tables
 from ..metrics.features import create_feature_extractor
 from ..metrics.generate import MANIFEST, generate_samples, sample_files
 from ..metrics.quality import evaluate_quality, load_reference_stats, quality_tables
+from ..runs import check_writable_dir, check_writable_file
 from .common import (
     add_command,
     add_model_args,
@@ -156,7 +157,7 @@ def _quality_args(p: argparse.ArgumentParser) -> None:
 def _json_out(path: str) -> Path:
     if not path.endswith(".json"):
         raise RCDMError(f"--out {path!r} must end with .json (the Markdown table goes beside it as .md)")
-    return Path(path)
+    return check_writable_file(path)  # before any work
 
 
 def run_faithfulness(args: argparse.Namespace) -> int:
@@ -284,6 +285,7 @@ def run_generate(args: argparse.Namespace) -> int:
     state = process_state()
     device = args.device if args.device and state.num_processes == 1 else state.device
     refs = expand_image_args(args.images)
+    check_writable_dir(args.out)  # before any work (a folder of earlier samples is resumed, by design)
     total = _total_samples(args, len(refs))
     model, encoder = load_model_and_encoder(args, device)
     result = generate_samples(

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import argparse
 import json
-from pathlib import Path
 
 from ..data import expand_image_args
+from ..runs import output_folder
 from ..visualize import save_visualization, visualize
 from .common import (
     add_command,
@@ -27,22 +27,36 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     add_model_args(p)
     p.add_argument("--images", nargs="+", required=True, help="image files or folders")
     add_sampling_args(p)
-    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--out", required=True, help="output folder (new or empty; see --overwrite)")
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace an earlier `rcdm sample` output in --out (never a folder of other files)",
+    )
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     sampling = sampling_from_args(args)
     paths = expand_image_args(args.images)
-    model, encoder = load_model_and_encoder(args)
-    vis = visualize(
-        model, encoder, paths, num_samples=args.num_samples, sampling=sampling, progress=not args.no_progress
-    )
-    grids = save_visualization(vis, args.out)
-    settings = {"model": args.model, "num_samples": args.num_samples, **sampling.record()}
-    (Path(args.out) / "sample.json").write_text(
-        json.dumps({**settings, "images": [str(p) for p in paths]}, indent=2)
-    )
+    # checked and locked before any work; written beside --out and moved into place when complete
+    with output_folder(
+        args.out, overwrite=args.overwrite, marker="sample.json", command="rcdm sample"
+    ) as out:
+        model, encoder = load_model_and_encoder(args)
+        vis = visualize(
+            model,
+            encoder,
+            paths,
+            num_samples=args.num_samples,
+            sampling=sampling,
+            progress=not args.no_progress,
+        )
+        grids = save_visualization(vis, out)
+        settings = {"model": args.model, "num_samples": args.num_samples, **sampling.record()}
+        (out / "sample.json").write_text(
+            json.dumps({**settings, "images": [str(p) for p in paths]}, indent=2)
+        )
     print(
         f"wrote {len(grids)} grid(s) and {vis.samples.shape[0] * vis.samples.shape[1]} samples to {args.out}"
     )

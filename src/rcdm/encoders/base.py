@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import hashlib
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Literal
@@ -107,6 +108,7 @@ class Encoder(nn.Module):
         self.feature: Feature = feature
         self.spec = spec
         self.identity = identity or spec
+        self._weights_digest: str | None = None  # computed on first use (`weights_digest`)
         for p in self.parameters():
             p.requires_grad_(False)
         super().train(False)
@@ -136,6 +138,35 @@ class Encoder(nn.Module):
             identity=self.identity,
             classifier=self.classifier,
         )
+
+    def with_spec(self, spec: str) -> Encoder:
+        """The same encoder recorded under `spec` (its identity too, unless it has one of its own)."""
+        enc = Encoder(
+            self.backbone,
+            self.preprocessing,
+            projector=self.projector,
+            feature=self.feature,
+            spec=spec,
+            identity=spec if self.identity == self.spec else self.identity,
+            dim=self.dim,
+            classifier=self.classifier,
+        )
+        enc._weights_digest = self._weights_digest
+        return enc
+
+    def weights_digest(self) -> str:
+        """sha256 (16 hex digits) of the weights that make the representation: the backbone's state dict, and the
+        projector's with feature='projector' (not the classifier, which an encoder-only file may leave random).
+
+        Computed once per Encoder. A model records it, so an encoder whose spec is unchanged but whose weights
+        are not (a random init, a changed hub repo or local file) is refused instead of silently used.
+        """
+        if self._weights_digest is None:
+            state = {f"backbone.{k}": v for k, v in self.backbone.state_dict().items()}
+            if self.feature == "projector" and self.projector is not None:
+                state |= {f"projector.{k}": v for k, v in self.projector.state_dict().items()}
+            self._weights_digest = state_digest(state)
+        return self._weights_digest
 
     def backbone_features(self, images: torch.Tensor) -> torch.Tensor:
         """images (B, 3, H, W) in [0, 1] -> (B, backbone dim)."""
@@ -197,6 +228,7 @@ class Encoder(nn.Module):
         return {
             "encoder": self.spec,
             "encoder_identity": self.identity,
+            "encoder_weights": self.weights_digest(),
             "feature": self.feature,
             "representation_dim": self.dim,
             "preprocessing": self.preprocessing.to_dict(),
@@ -206,3 +238,13 @@ class Encoder(nn.Module):
 def file_identity(kind: str, path: str | Path) -> str:
     """A path-independent identity for a weights file: the kind plus the first 12 hex digits of its sha256."""
     return f"{kind}@sha256:{sha256_file(path)[:12]}"
+
+
+def state_digest(state: Mapping[str, torch.Tensor]) -> str:
+    """sha256 (first 16 hex digits) over sorted names, dtypes, shapes and bytes of a state dict's tensors."""
+    h = hashlib.sha256()
+    for name in sorted(state):
+        t = state[name].detach()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}\n".encode())
+        h.update(t.cpu().contiguous().reshape(-1).view(torch.uint8).numpy())
+    return h.hexdigest()[:16]

@@ -23,6 +23,7 @@ from tqdm.auto import tqdm
 
 from ..data import batched, center_square, files_digest, resize
 from ..errors import RCDMError
+from ..weights import first_line
 from .base import Encoder
 
 log = logging.getLogger(__name__)
@@ -41,8 +42,20 @@ def cache_file(folder: str | Path, encoder: Encoder, files: Sequence[Path]) -> P
 
 def check_cache(encoder: Encoder, files: Sequence[Path], path: str | Path) -> Path:
     """`path` when its key matches (encoder identity, feature, files); else RCDMError saying to delete it."""
-    with safe_open(str(path), "pt") as f:
-        meta = f.metadata() or {}
+    try:
+        with safe_open(str(path), "pt") as f:
+            meta = f.metadata() or {}
+            names = set(f.keys())
+    except Exception as e:
+        raise RCDMError(
+            f"representation cache {str(path)!r} is not a readable safetensors file ({first_line(e)}): pass "
+            "a new path (rcdm writes the cache there on first use), or delete the file to rebuild it"
+        ) from None
+    if "representations" not in names:
+        raise RCDMError(
+            f"{str(path)!r} is not a representation cache (it has no 'representations' tensor): pass a new "
+            "path, or delete the file to rebuild it"
+        )
     want = cache_key(encoder, files)
     if {k: meta.get(k) for k in want} != want:
         raise RCDMError(
@@ -69,6 +82,8 @@ def cached_representations(
     files' pixels already in memory, (N, 3, H, W) uint8 (`data.decode_images`), read instead of the files.
     """
     path = Path(path)
+    if path.is_dir():
+        raise RCDMError(f"representation cache {str(path)!r} is a folder: pass a FILE.safetensors path")
     if path.is_file():
         return check_cache(encoder, files, path)
     t0 = time.perf_counter()

@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 from importlib import resources
 from pathlib import Path
@@ -22,11 +22,12 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import nn
 
 from ..errors import RCDMError
 from ..runs import atomic_dir
+from ..weights import load_strict, read_checkpoint
 from .base import IMAGENET_MEAN, IMAGENET_STD, Encoder, Feature, Preprocessing, file_identity
 from .registry import register_encoder
 
@@ -151,20 +152,12 @@ def load_cifar_resnet(depth: str, path: str | Path) -> CifarResNet:
             f"CIFAR ResNet weights not found: {str(path)!r}; pass cifar-{depth}:PATH to a .th file"
         )
     net = CifarResNet(DEPTHS[depth])
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise RCDMError(f"cannot read CIFAR ResNet weights {str(path)!r}: {e}") from None
-    state = ckpt.get("state_dict", ckpt) if isinstance(ckpt, dict) else None
-    if not isinstance(state, dict):
-        raise RCDMError(f"{str(path)!r} holds no state dict: expected {{'state_dict': {{...}}}}")
+    ckpt = read_checkpoint(path)  # safetensors, or torch.load(weights_only=True): one line when unreadable
+    state = ckpt.get("state_dict", ckpt)
+    if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise RCDMError(f"{str(path)!r} holds no state dict of tensors: expected {{'state_dict': {{...}}}}")
     state = {k.removeprefix("module."): v for k, v in state.items()}
-    result = net.load_state_dict(state, strict=False)
-    if result.missing_keys or result.unexpected_keys:
-        raise RCDMError(
-            f"{str(path)!r} is not a CIFAR {depth}: missing keys {result.missing_keys[:5]}, "
-            f"unexpected keys {result.unexpected_keys[:5]}"
-        )
+    load_strict(net, state, f"{str(path)!r}", layout=f"a CIFAR {depth}")
     return net
 
 
@@ -280,17 +273,10 @@ def load_encoder_net(folder: str | Path) -> tuple[CifarEncoderNet, dict[str, Any
     folder = Path(folder)
     card = read_card(folder)
     net = CifarEncoderNet(CifarEncoderArch.from_dict(card["arch"]))
-    try:
-        state = load_file(str(folder / WEIGHTS_NAME))
-    except Exception as e:
-        raise RCDMError(f"cannot read {str(folder / WEIGHTS_NAME)!r}: {e}") from None
-    state = {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
-    result = net.load_state_dict(state, strict=False)
-    if result.missing_keys or result.unexpected_keys:
-        raise RCDMError(
-            f"{str(folder / WEIGHTS_NAME)!r} does not match its card's architecture {card['arch']}: missing keys "
-            f"{result.missing_keys[:5]}, unexpected keys {result.unexpected_keys[:5]}"
-        )
+    state = read_checkpoint(folder / WEIGHTS_NAME)
+    load_strict(
+        net, state, repr(str(folder / WEIGHTS_NAME)), layout=f"its card's architecture {card['arch']}"
+    )
     return net.eval(), card
 
 

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from ..errors import RCDMError
-from ..weights import Weights, check_keys, fetch, read_checkpoint, subtree
+from ..weights import Weights, fetch, load_strict, read_checkpoint, subtree
 from .base import Encoder, Feature, Preprocessing, published_preprocessing
 from .registry import register_encoder
 
@@ -203,22 +203,6 @@ def split_checkpoint(method: SSLMethod, ckpt: Mapping, what: str) -> Parts:
     return Parts(trunk, projector=heads)
 
 
-def load_strict(module: nn.Module, state: Mapping[str, torch.Tensor], what: str) -> None:
-    """Load every key of `module` from `state` (same names and shapes, nothing left over), else RCDMError.
-
-    BatchNorm's `num_batches_tracked` counters (unused in eval mode) may be absent: they are zero-filled.
-    """
-    expected = {k: v.shape for k, v in module.state_dict().items()}
-    state = dict(state)
-    for k in expected:
-        if k.endswith("num_batches_tracked") and k not in state:
-            state[k] = torch.zeros((), dtype=torch.long)
-    check_keys(state, expected, what)
-    module.load_state_dict(
-        {k: v.float() if v.is_floating_point() else v for k, v in state.items()}, assign=True
-    )
-
-
 def load_published(
     name: str, path: str | Path | None = None
 ) -> tuple[nn.Module, nn.Module | None, nn.Module | None]:
@@ -236,11 +220,11 @@ def load_published(
         trunk = resnet50_trunk()
         projector = build_projector(pub.method)
         classifier = nn.Linear(TRUNK_DIM, 1000) if pub.method == "supervised" else None
-    load_strict(trunk, parts.trunk, f"{what} (trunk)")
+    load_strict(trunk, parts.trunk, f"{what} (trunk)", layout="the published layout")
     if projector is not None:
-        load_strict(projector, parts.projector or {}, f"{what} (projector)")
+        load_strict(projector, parts.projector or {}, f"{what} (projector)", layout="the published layout")
     if classifier is not None:
-        load_strict(classifier, parts.classifier or {}, f"{what} (classifier)")
+        load_strict(classifier, parts.classifier or {}, f"{what} (classifier)", layout="the published layout")
     modules = [m for m in (trunk, projector, classifier) if m is not None]
     for m in modules:
         m.eval().requires_grad_(False)

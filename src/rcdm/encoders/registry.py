@@ -8,7 +8,7 @@ A spec is `PREFIX:ARGUMENT`, e.g. `torchvision:resnet50`, `timm:vit_small_patch1
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import torch
@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import RCDMError
+from ..weights import load_strict, read_checkpoint
 from .base import Encoder, Feature, Preprocessing, file_identity
 
 Factory = Callable[[str, Feature], Encoder]
@@ -78,25 +79,27 @@ def _pixels(arg: str, feature: Feature) -> Encoder:
 
 
 def _load_local_weights(net: nn.Module, path: str, spec: str) -> None:
-    """Load a local .safetensors / .pt(h) state dict strictly (offline use of torchvision/timm models)."""
+    """Load a local .safetensors / .pt(h) state dict strictly (offline use of torchvision/timm models).
 
+    The file is read safely (`read_checkpoint`: safetensors, or torch.load with weights_only) and must fit the
+    network key by key and shape by shape; only the classifier may be absent from an encoder-only file.
+    """
     file = Path(path).expanduser()
     if not file.is_file():
         raise RCDMError(f"weights file for {spec!r} not found: {str(file)!r}")
-    if file.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        state = load_file(str(file))
-    else:
-        state = torch.load(file, map_location="cpu", weights_only=True)
-        state = state.get("state_dict", state.get("model", state)) if isinstance(state, dict) else state
-    result = net.load_state_dict(state, strict=False)
-    # The classifier may be absent from an encoder-only file; any other mismatch is an error.
-    missing = [k for k in result.missing_keys if not k.startswith(("fc.", "classifier.", "head.", "heads."))]
-    if missing or result.unexpected_keys:
-        raise RCDMError(
-            f"{str(file)!r} does not fit {spec!r}: missing keys {missing[:5]}, unexpected {result.unexpected_keys[:5]}"
-        )
+    state = read_checkpoint(file)
+    for key in ("state_dict", "model"):
+        if key in state and isinstance(state[key], Mapping):
+            state = state[key]
+            break
+    if not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise RCDMError(f"{str(file)!r} is not a state dict of tensors: pass a weights file for {spec!r}")
+    load_strict(
+        net,
+        state,
+        f"{str(file)!r} (weights for {spec!r})",
+        optional=("fc.", "classifier.", "head.", "heads."),
+    )
 
 
 def _strip_classifier(net: nn.Module) -> nn.Module | None:
@@ -186,8 +189,9 @@ def _module(arg: str, feature: Feature) -> Encoder:
     except (ImportError, AttributeError) as e:
         raise RCDMError(f"cannot import {arg!r}: {e}") from None
     obj = fn()
-    if isinstance(obj, Encoder):
-        return obj if obj.feature == feature else obj.with_feature(feature)
+    if isinstance(obj, Encoder):  # recorded under the spec the user gave, so that a model can rebuild it
+        obj = obj if obj.feature == feature else obj.with_feature(feature)
+        return obj.with_spec(f"module:{arg}")
     if not isinstance(obj, nn.Module):
         raise RCDMError(f"{arg!r} returned {type(obj).__name__}, not an nn.Module or rcdm Encoder")
     prep = getattr(obj, "rcdm_preprocessing", None) or Preprocessing(224)

@@ -11,6 +11,7 @@ import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from unittest import mock
 
 import numpy as np
 import torch
@@ -71,7 +72,7 @@ class InceptionFeatures(FeatureExtractor):
     def __init__(self, weights: str | Path):
         super().__init__()
         try:
-            from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
+            import torch_fidelity.feature_extractor_inceptionv3 as tf_inception
         except ImportError:
             raise RCDMError(
                 "Inception features need torch-fidelity: pip install torch-fidelity (or pass --extractor SPEC)"
@@ -85,10 +86,13 @@ class InceptionFeatures(FeatureExtractor):
             raise RCDMError(
                 f"{str(path)!r} holds no state dict: expected the FID Inception file {INCEPTION_FILE}"
             )
+        # torch-fidelity would torch.load the file again with weights_only=False: hand it the state dict read
+        # safely above instead (it asks its module-level loader when given no path; nothing is downloaded).
         try:
-            self.net = FeatureExtractorInceptionV3(
-                "inception-v3-compat", ["2048", "logits_unbiased"], feature_extractor_weights_path=str(path)
-            )
+            with mock.patch.object(tf_inception, "load_state_dict_from_url", lambda *a, **k: state):
+                self.net = tf_inception.FeatureExtractorInceptionV3(
+                    "inception-v3-compat", ["2048", "logits_unbiased"], feature_extractor_weights_path=None
+                )
         except RuntimeError as e:
             first = str(e).strip().splitlines()[0] if str(e).strip() else e.__class__.__name__
             raise RCDMError(

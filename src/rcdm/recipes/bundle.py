@@ -399,7 +399,11 @@ def pack(
             half = err <= max_fp16_error
             if not half:
                 notes.append(f"{t.name} kept in float32 (fp16 relative output error {err:.2e})")
-            model.register_to_config(encoder=f"rcdm-cifar:{enc_names[t.encoder_run]}")
+            # the packed encoder's weights are fp16-rounded: record their digest, which sampling checks
+            packed = create_encoder(f"rcdm-cifar:{tmp / enc_names[t.encoder_run]}", t.feature)
+            model.register_to_config(
+                encoder=f"rcdm-cifar:{enc_names[t.encoder_run]}", encoder_weights=packed.weights_digest()
+            )
             (model.half() if half else model).save_pretrained(tmp / t.name)
             run_cfg = json.loads((root / t.name / "run.json").read_text())
             card = {
