@@ -79,18 +79,9 @@ rcdms)
     rcdm "${TARGETS[2]}"
     ;;
 evaluate)
-    if [ ! -d "$WORK/eval-images" ]; then
-        mkdir -p "$WORK/eval-images"
-        $PY - "$CIFAR/test" "$WORK/eval-images" "$EVAL_IMAGES" <<'EOF'
-# N class-balanced test images, copied flat as <class>-<file> (no model trained on the test split).
-import shutil, sys
-from pathlib import Path
-from rcdm.recipes.ssl import labelled_files
-files, _, _ = labelled_files(Path(sys.argv[1]), int(sys.argv[3]))
-for f in files:
-    shutil.copyfile(f, Path(sys.argv[2]) / f"{f.parent.name}-{f.name}")
-EOF
-    fi
+    # N class-balanced test images, copied flat as <class>-<file> (no model trained on the test split).
+    [ -d "$WORK/eval-images" ] ||
+        $PY "$ROOT/scripts/copy_test_images.py" "$CIFAR/test" "$WORK/eval-images" "$EVAL_IMAGES"
     for t in "${TARGETS[@]}"; do
         run="$WORK/runs/$t"
         [ -d "$run" ] || continue

@@ -7,17 +7,7 @@ mkdir -p "$OUT" "$WORK"
 T0=$(date +%s)
 stamp() { echo "[$(($(date +%s) - T0)) s] $*" | tee -a "$OUT/summary.txt"; }
 # copy_test_images SRC DST N: N class-balanced images of SRC's class folders, copied flat into DST.
-copy_test_images() {
-    mkdir -p "$2"
-    $PY - "$1" "$2" "$3" <<'EOF'
-import shutil, sys
-from pathlib import Path
-from rcdm.recipes.ssl import labelled_files
-files, _, _ = labelled_files(Path(sys.argv[1]), int(sys.argv[3]))
-for f in files:
-    shutil.copyfile(f, Path(sys.argv[2]) / f"{f.parent.name}-{f.name}")
-EOF
-}
+copy_test_images() { $PY "$(dirname "${BASH_SOURCE[0]}")/copy_test_images.py" "$@"; }
 
 if ! $PY -c "import diffusers" 2>/dev/null; then
     $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .whl/*.whl || exit 1

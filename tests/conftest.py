@@ -54,6 +54,12 @@ def resnet56_path() -> Path:
 
 
 @pytest.fixture(scope="session")
+def layout_128() -> Path:
+    """The key layout of the published 128 px checkpoints (shared/official-rcdm)."""
+    return need(LAYOUT_128)
+
+
+@pytest.fixture(scope="session")
 def resnet20_spec(resnet20_path: Path) -> str:
     return f"cifar-resnet20:{resnet20_path}"
 

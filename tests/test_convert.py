@@ -12,7 +12,6 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
-from conftest import LAYOUT_128, need
 from rcdm.cli import main
 from rcdm.convert import convert, convert_state_dict, infer_layout, key_map, rcdm_config
 from rcdm.diffusion import sample, spaced_timesteps
@@ -142,8 +141,8 @@ def test_golden_config_is_inferred(golden_state, golden_model):
 # --- the 128 px layout of the real checkpoints -------------------------------------------------------------
 
 
-def test_published_128_layout_maps_every_key_into_adm128():
-    layout_file = json.loads(need(LAYOUT_128).read_text())
+def test_published_128_layout_maps_every_key_into_adm128(layout_128):
+    layout_file = json.loads(layout_128.read_text())
     for name, spec in layout_file["models"].items():
         state = {k: torch.empty(shape, device="meta") for k, shape in spec["keys"].items()}
         assert len(state) == 494

@@ -480,7 +480,7 @@ def test_a_sample_out_folder_is_never_a_mix_of_two_runs(pixels_model, few_images
 def test_a_second_writer_to_the_same_out_is_refused_naming_the_first(
     pixels_model, few_images, tmp_path, capsys
 ):
-    from rcdm.runs import output_lock
+    from rcdm.locks import output_lock
 
     out = tmp_path / "out"
     with output_lock(out):  # what a running `rcdm sample --out OUT` holds

@@ -19,8 +19,8 @@ import torch
 
 from rcdm import runs
 from rcdm.errors import DiskFullError, RCDMError
+from rcdm.locks import LOCK_NAME, run_lock
 from rcdm.runs import (
-    LOCK_NAME,
     atomic_dir,
     checkpoint_problem,
     complete_checkpoints,
@@ -28,7 +28,6 @@ from rcdm.runs import (
     latest_checkpoint,
     prune_checkpoints,
     resume_checkpoint,
-    run_lock,
     save_checkpoint,
 )
 
@@ -62,7 +61,7 @@ def test_latest_and_prune_ignore_incomplete_checkpoints(tmp_path):
 
 # --- the run-folder lock ------------------------------------------------------------------------------------
 
-HOLD = "import sys, time; from rcdm.runs import run_lock\nwith run_lock(sys.argv[1], 'test holder'):\n"
+HOLD = "import sys, time; from rcdm.locks import run_lock\nwith run_lock(sys.argv[1], 'test holder'):\n"
 HOLD += "    print('held', flush=True); time.sleep(120)\n"
 
 
@@ -88,7 +87,7 @@ def test_a_second_process_is_refused_naming_the_holder_and_a_killed_holders_lock
         proc.send_signal(signal.SIGKILL)  # dies holding it: the kernel drops the flock, the file stays
         proc.wait()
     assert json.loads((run / LOCK_NAME).read_text())["pid"] == proc.pid
-    with caplog.at_level(logging.WARNING, logger="rcdm.runs"), run_lock(run, "rcdm train"):
+    with caplog.at_level(logging.WARNING, logger="rcdm.locks"), run_lock(run, "rcdm train"):
         assert json.loads((run / LOCK_NAME).read_text())["pid"] == os.getpid()
     assert f"pid {proc.pid}" in caplog.text and "which is gone" in caplog.text
     assert not (run / LOCK_NAME).exists()  # released: nothing left behind

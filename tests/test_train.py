@@ -290,7 +290,7 @@ def test_a_second_train_in_the_same_folder_is_refused_naming_the_first(few_image
 
     run = tmp_path / "run"
     run.mkdir()
-    hold = "import sys, time; from rcdm.runs import run_lock\nwith run_lock(sys.argv[1], 'rcdm train'):\n"
+    hold = "import sys, time; from rcdm.locks import run_lock\nwith run_lock(sys.argv[1], 'rcdm train'):\n"
     hold += "    print('held', flush=True); time.sleep(120)\n"
     other = subprocess.Popen([sys.executable, "-c", hold, str(run)], stdout=subprocess.PIPE, text=True)
     try:

@@ -3,7 +3,7 @@
 - The pack demo (`run_pack_demo`): the CIFAR-10 bundle of `rcdm recipe pack` (a VICReg encoder, a supervised one
   and three RCDMs) sampled on its demo inputs: backbone vs projector samples, invariance, interpolation and the
   adversarial comparison, in OUT/index.html. Used when a bundle is installed at rcdm/assets/models or given.
-- The smoke-scale demo (`run_demo`): a tiny RCDM trained for ~1 minute on CPU on the ten bundled CIFAR-10 images,
+- The smoke-scale demo (`run_demo`): a tiny RCDM trained briefly on the CPU on the ten bundled CIFAR-10 images,
   conditioned on a weight-free representation. It shows the pipeline working; it is not a real model.
 """
 
@@ -15,19 +15,13 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
-from PIL import Image
 
 from .analysis import adversarial, interpolate, invariance
 from .analysis.interpolate import Method
-from .analysis.report import (
-    adversarial_section,
-    figure_html,
-    interpolation_section,
-    invariance_section,
-    samples_section,
-)
+from .analysis.report import adversarial_section, interpolation_section, invariance_section, samples_section
 from .data import list_images
 from .diffusion import SamplingConfig
 from .encoders import Encoder
@@ -38,12 +32,12 @@ from .loading import encoder_for, load_model
 from .metrics.faithfulness import faithfulness_scores
 from .model import RCDM
 from .recipes.bundle import (
-    HOW_TO_PACK,
+    ROLES,
     DemoBundle,
+    bundle_section,
     bundled_pack,
     demo_images,
-    model_cards,
-    models_html,
+    pack_note,
     read_bundle,
     smoke_notice,
 )
@@ -51,15 +45,12 @@ from .train import TrainConfig, train
 from .visualize import save_visualization, visualize
 
 DEMO_ENCODER = "pixels:4"  # weight-free: the image average-pooled to 4x4 (48-d); works offline everywhere
+# The smoke-scale model's training settings over the TrainConfig defaults (tiny preset, one CPU process).
+SMOKE_TRAINING: dict[str, Any] = dict(
+    preset="tiny", batch_size=16, lr=3e-3, ema_decay=0.98, num_workers=0, min_scale=1.0
+)
+
 # --- the pack demo ----------------------------------------------------------------------------------------
-
-# Roles of the three bundled RCDMs in the demo -> (target name, label on figures and tables).
-ROLES: dict[str, tuple[str, str]] = {
-    "backbone": ("rcdm-cifar10-vicreg-backbone", "VICReg backbone"),
-    "projector": ("rcdm-cifar10-vicreg-projector", "VICReg projector"),
-    "supervised": ("rcdm-cifar10-supervised", "supervised backbone"),
-}
-
 
 # dpm++ 20 steps, 32 images per call (the CPU batch size of docs/recipes.md).
 CPU_SAMPLING = SamplingConfig(steps=20, batch_size=32)
@@ -131,18 +122,18 @@ class _Context:
     def sampling(self) -> dict:
         return dict(sampling=self.settings.sampling, progress=self.progress)
 
-    def figure(self, name: str, image: Image.Image) -> str:
-        return figure_html(self.out, name, image)
-
-
-def _label(role: str) -> str:
-    return ROLES[role][1]
+    def compare(self, analysis: Callable, roles: dict[str, str], images: list[Path], **kw) -> dict:
+        """key -> analysis(model, encoder, images, label=, **kw) for each key -> role, with the demo's sampling."""
+        return {
+            key: analysis(*self.loaded[role], images, label=ROLES[role][1], **self.sampling, **kw)
+            for key, role in roles.items()
+        }
 
 
 def _samples_section(ctx: _Context) -> Section:
     """Samples of the same inputs from the backbone and the projector representation, with the same noise."""
     return samples_section(
-        {role: (_label(role), *ctx.loaded[role]) for role in ("backbone", "projector")},
+        {role: (ROLES[role][1], *ctx.loaded[role]) for role in ("backbone", "projector")},
         ctx.paths,
         ctx.out,
         ctx.settings.num_samples,
@@ -160,17 +151,13 @@ def _samples_section(ctx: _Context) -> Section:
 def _invariance_section(ctx: _Context) -> Section:
     """rcdm.analysis.invariance for the backbone and the projector RCDM (the paper's findings 1 and 2)."""
     s = ctx.settings
-    inv = {
-        role: invariance(
-            *ctx.loaded[role],
-            ctx.paths[: s.invariance_images],
-            augmentations=list(s.augmentations),
-            num_samples=s.invariance_samples,
-            label=_label(role),
-            **ctx.sampling,
-        )
-        for role in ("backbone", "projector")
-    }
+    inv = ctx.compare(
+        invariance,
+        {"backbone": "backbone", "projector": "projector"},
+        ctx.paths[: s.invariance_images],
+        augmentations=list(s.augmentations),
+        num_samples=s.invariance_samples,
+    )
     section = invariance_section(
         [inv["backbone"], inv["projector"]],
         ctx.out,
@@ -214,19 +201,15 @@ def _interpolation_section(ctx: _Context) -> Section:
 def _adversarial_section(ctx: _Context) -> Section:
     """The same untargeted PGD on the VICReg and the supervised backbone (the paper's finding 3)."""
     s = ctx.settings
-    adv = {
-        key: adversarial(
-            *ctx.loaded[role],
-            ctx.paths,
-            attack="untargeted",
-            eps=s.eps,
-            pgd_steps=s.pgd_steps,
-            num_samples=s.adversarial_samples,
-            label=_label(role),
-            **ctx.sampling,
-        )
-        for key, role in (("ssl", "backbone"), ("supervised", "supervised"))
-    }
+    adv = ctx.compare(
+        adversarial,
+        {"ssl": "backbone", "supervised": "supervised"},
+        ctx.paths,
+        attack="untargeted",
+        eps=s.eps,
+        pgd_steps=s.pgd_steps,
+        num_samples=s.adversarial_samples,
+    )
     bundle = ctx.bundle
     classes = read_card(bundle.folder / bundle.encoder_name(ROLES["supervised"][0])).get("classes") or []
     section = adversarial_section(
@@ -280,7 +263,7 @@ def run_pack_demo(
     loaded = {role: bundle.load(target, device) for role, (target, _) in ROLES.items()}
     ctx = _Context(bundle, loaded, paths, s, out, progress)
     seconds: dict[str, float] = {"load": time.perf_counter() - t_start}
-    models = model_cards(bundle, ROLES)
+    intro, models = bundle_section(bundle, ROLES)
     numbers: dict = {
         "bundle": str(bundle.folder),
         "smoke": bundle.smoke,
@@ -291,15 +274,7 @@ def run_pack_demo(
         "torch_threads": torch.get_num_threads(),
         "models": models,
     }
-    sections = [
-        Section(
-            "What this is",
-            "<p>Representation-conditional diffusion models (RCDM, Bordes et al. 2022) trained on CIFAR-10, "
-            "conditioned on a small VICReg encoder (its backbone and its projector) and on a supervised one, from "
-            f"the bundle <code>{html.escape(str(bundle.folder))}</code> (<code>rcdm recipe pack</code>, "
-            "docs/recipes.md). Inputs: the bundle's CIFAR-10 test images.</p>" + models_html(models),
-        )
-    ]
+    sections = [intro]
     for key, make in SECTIONS.items():
         t0 = time.perf_counter()
         section = make(ctx)
@@ -338,19 +313,6 @@ class DemoResult:
     rank1: float
 
 
-def _pack_note() -> str:
-    if bundled_pack() is None:
-        return (
-            "<b>The real CIFAR-10 pack (a VICReg encoder, a supervised one and three RCDMs) is not bundled with "
-            "this install yet</b>, so this page shows the smoke-scale stand-in below: a tiny model, not a research "
-            "model. " + HOW_TO_PACK
-        )
-    return (
-        "This install bundles the CIFAR-10 pack: run <code>rcdm demo</code> without <code>--smoke-scale</code> "
-        "to see backbone vs projector samples, invariance, interpolation and the adversarial comparison."
-    )
-
-
 def run_demo(
     out_dir: str | Path,
     *,
@@ -367,15 +329,10 @@ def run_demo(
     cfg = TrainConfig(
         data=str(demo_images()),
         encoder=encoder,
-        preset="tiny",
         image_size=image_size,
         steps=steps,
-        batch_size=16,
-        lr=3e-3,
-        ema_decay=0.98,
         save_every=steps,
-        num_workers=0,
-        min_scale=1.0,
+        **SMOKE_TRAINING,
     )
     run = out / "run"
     t0 = time.perf_counter()
@@ -411,9 +368,6 @@ def run_demo(
         "cifar10_pack_bundled": bundled_pack() is not None,
     }
     (out / "results.json").write_text(json.dumps(numbers, indent=2))
-    rows = "".join(
-        f"<tr><td>{html.escape(k)}</td><td>{html.escape(str(v))}</td></tr>" for k, v in numbers.items()
-    )
     page = html_page(
         "rcdm demo (smoke scale)",
         [
@@ -428,11 +382,12 @@ def run_demo(
             Section("Samples", '<img src="overview.png" alt="originals and samples">'),
             Section(
                 "Numbers",
-                f"<table>{rows}</table><p>rank1_retrieval: the fraction of samples whose own representation "
+                html_table(["number", "value"], list(numbers.items()))
+                + "<p>rank1_retrieval: the fraction of samples whose own representation "
                 "is nearest to their source image's among the ten (chance 0.1).</p>",
             ),
         ],
-        notice=_pack_note(),
+        notice=pack_note(),
     )
     index = out / "index.html"
     index.write_text(page)

@@ -39,6 +39,7 @@ from .diffusion import GaussianDiffusion, LossType, sample, sample_generators
 from .encoders import Encoder, Feature, create_encoder
 from .encoders.cache import cached_representations, check_cache, load_cache
 from .errors import NonFiniteLossError, RCDMError
+from .locks import run_lock
 from .model import PRESETS, RCDM, check_encoder
 from .monitor import TrainingMonitor
 from .runs import (
@@ -50,7 +51,6 @@ from .runs import (
     reading_checkpoint,
     reporting_full_disk,
     resume_checkpoint,
-    run_lock,
     save_checkpoint,
     sweep_checkpoints,
     write_text_atomic,

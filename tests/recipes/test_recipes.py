@@ -232,7 +232,7 @@ def test_ssl_resume_names_a_damaged_checkpoint_and_a_second_run_is_refused(
 ) -> None:
     import shutil
 
-    from rcdm.runs import run_lock
+    from rcdm.locks import run_lock
 
     run = tmp_path / "ssl"
     shutil.copytree(runs / "ssl", run)

@@ -20,9 +20,9 @@ from ..devices import autocast_for
 from ..diffusion import SamplingConfig, sample_many, sampling_config
 from ..encoders import Encoder
 from ..errors import RCDMError
-from ..figures import fmt, grid, number
+from ..figures import fmt, number
 from ..model import RCDM
-from ._common import image_paths, relative_to_typical
+from ._common import Rows, comparison_figure, image_paths, representation_shift, result_label
 
 Attack = Literal["untargeted", "targeted", "label"]
 ATTACKS: tuple[str, ...] = ("untargeted", "targeted", "label")
@@ -215,9 +215,9 @@ def adversarial(
             dev = encoder.device
             clean_labels = encoder.logits(enc_views.to(dev)).argmax(-1).cpu()
             adv_labels = encoder.logits(adv.to(dev)).argmax(-1).cpu()
-    shift = (adv_reps - reps).norm(dim=-1)
+    shift, relative_shift, cosine = representation_shift(reps, adv_reps)
     return AdversarialResult(
-        label=label or f"{encoder.spec} ({encoder.feature})",
+        label=result_label(encoder, label),
         names=[Path(p).stem for p in paths],
         attack=attack,
         eps=eps,
@@ -226,8 +226,8 @@ def adversarial(
         clean_samples=samples[:m],
         adv_samples=samples[m:],
         shift=shift,
-        relative_shift=relative_to_typical(shift, reps),
-        cosine=F.cosine_similarity(adv_reps, reps, dim=-1),
+        relative_shift=relative_shift,
+        cosine=cosine,
         linf=(adv - enc_views).abs().flatten(1).amax(1),
         clean_labels=clean_labels,
         adv_labels=adv_labels,
@@ -242,22 +242,15 @@ def adversarial(
 
 def adversarial_figure(results: Sequence[AdversarialResult]) -> Image.Image:
     """Per image (and per result when comparing): the clean row, then the attacked row with its numbers."""
-    rows, labels = [], []
-    many = len(results) > 1
+
+    def rows(res: AdversarialResult, i: int) -> Rows:
+        cl = "" if res.clean_labels is None else f" y={int(res.clean_labels[i])}"
+        al = "" if res.adv_labels is None else f" y={int(res.adv_labels[i])}"
+        numbers = f"d={fmt(float(res.relative_shift[i]))} cos={fmt(float(res.cosine[i]))}"
+        return [
+            ([res.originals[i], *res.clean_samples[i]], f"{res.names[i]} clean{cl}"),
+            ([res.attacked[i], *res.adv_samples[i]], f"attacked {numbers}{al}"),
+        ]
+
     first = results[0]
-    for i, name in enumerate(first.names):
-        for k, res in enumerate(results):
-            tag = f"[{k}] " if many else ""
-            cl = "" if res.clean_labels is None else f" y={int(res.clean_labels[i])}"
-            al = "" if res.adv_labels is None else f" y={int(res.adv_labels[i])}"
-            rows.append([res.originals[i], *res.clean_samples[i]])
-            labels.append(f"{tag}{name} clean{cl}")
-            rows.append([res.attacked[i], *res.adv_samples[i]])
-            labels.append(
-                f"{tag}attacked d={fmt(float(res.relative_shift[i]))} cos={fmt(float(res.cosine[i]))}{al}"
-            )
-    cols = ["input"] + [f"sample {j}" for j in range(first.clean_samples.shape[1])]
-    title = f"{first.attack} PGD, eps={first.eps * 255:.1f}/255: " + " vs ".join(
-        f"[{k}] {r.label}" if many else r.label for k, r in enumerate(results)
-    )
-    return grid(rows, row_labels=labels, col_labels=cols, title=title)
+    return comparison_figure(results, rows, f"{first.attack} PGD, eps={first.eps * 255:.1f}/255: ")

@@ -23,9 +23,16 @@ from tqdm.auto import tqdm
 from ..data import load_views
 from ..diffusion import SamplingConfig, sample_many, sampling_config
 from ..encoders import Encoder
-from ..figures import fmt, grid, number
+from ..figures import fmt, number
 from ..model import RCDM
-from ._common import image_paths, relative_to_typical, typical_distance
+from ._common import (
+    Rows,
+    comparison_figure,
+    image_paths,
+    representation_shift,
+    result_label,
+    typical_distance,
+)
 from .augment import augment, get_augmentation, parse_augmentations
 
 _LUMA = torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)
@@ -218,8 +225,7 @@ def invariance(
         model, all_reps, num_samples, cfg, shared_noise=True, progress=progress, desc="invariance"
     )
     clean, aug_samples = samples[:m], samples[m:].view(n_aug, m, *samples.shape[1:])
-    shift = (aug_reps - reps[None]).norm(dim=-1)
-    typical = typical_distance(reps)
+    shift, relative_shift, cosine = representation_shift(reps, aug_reps)
     retention = torch.full((n_aug, m), math.nan)
     for a, (name, s) in enumerate(tqdm(augs, disable=not progress, desc="retention")):
         stat = get_augmentation(name).statistic
@@ -229,7 +235,7 @@ def invariance(
                 stat, clean[i], aug_samples[a, i], t_clean, originals[i], augmented[a, i]
             )
     return InvarianceResult(
-        label=label or f"{encoder.spec} ({encoder.feature})",
+        label=result_label(encoder, label),
         names=[Path(p).stem for p in paths],
         augmentations=augs,
         originals=originals,
@@ -237,10 +243,10 @@ def invariance(
         clean_samples=clean,
         aug_samples=aug_samples,
         shift=shift,
-        relative_shift=relative_to_typical(shift, reps),
-        cosine=F.cosine_similarity(aug_reps, reps[None].expand_as(aug_reps), dim=-1),
+        relative_shift=relative_shift,
+        cosine=cosine,
         retention=retention,
-        typical_distance=typical,
+        typical_distance=typical_distance(reps),
         settings=dict(num_samples=num_samples, **cfg.record()),
     )
 
@@ -250,21 +256,14 @@ def invariance_figure(results: Sequence[InvarianceResult]) -> Image.Image:
 
     Row labels carry the relative shift (d) and retention (r); column 0 is the (augmented) input.
     """
-    rows, labels = [], []
-    many = len(results) > 1
-    first = results[0]
-    for i, name in enumerate(first.names):
-        for k, res in enumerate(results):
-            tag = f"[{k}] " if many else ""
-            rows.append([res.originals[i], *res.clean_samples[i]])
-            labels.append(f"{tag}{name}")
-            for a, (aug, _) in enumerate(res.augmentations):
-                rows.append([res.augmented[a, i], *res.aug_samples[a, i]])
-                labels.append(
-                    f"{tag}{aug} d={fmt(float(res.relative_shift[a, i]))} r={fmt(float(res.retention[a, i]))}"
-                )
-    cols = ["input"] + [f"sample {j}" for j in range(first.clean_samples.shape[1])]
-    title = "invariance: " + " vs ".join(
-        f"[{k}] {r.label}" if many else r.label for k, r in enumerate(results)
-    )
-    return grid(rows, row_labels=labels, col_labels=cols, title=title)
+
+    def rows(res: InvarianceResult, i: int) -> Rows:
+        return [([res.originals[i], *res.clean_samples[i]], res.names[i])] + [
+            (
+                [res.augmented[a, i], *res.aug_samples[a, i]],
+                f"{aug} d={fmt(float(res.relative_shift[a, i]))} r={fmt(float(res.retention[a, i]))}",
+            )
+            for a, (aug, _) in enumerate(res.augmentations)
+        ]
+
+    return comparison_figure(results, rows, "invariance: ")

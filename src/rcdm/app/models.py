@@ -19,13 +19,12 @@ from .. import analysis, figures
 from ..analysis import adversarial, interpolate, invariance, list_augmentations, pixel_std, variance
 from ..analysis.variance import heat_map
 from ..data import list_images, load_image
-from ..demo import ROLES
 from ..devices import default_device
 from ..diffusion import SamplingConfig
 from ..encoders.cifar import read_card
 from ..errors import RCDMError
 from ..loading import MODELS, encoder_for, load_model, resolve_model_dir
-from ..recipes.bundle import bundled_pack, demo_images, read_bundle
+from ..recipes.bundle import ROLES, bundled_pack, demo_images, read_bundle
 from ..visualize import visualize
 from ..weights import official_cache
 
@@ -80,64 +79,52 @@ def _check_image(path: str | Path) -> Image.Image:
     return load_image(path)
 
 
+def _analyse(
+    analysis: Callable[..., Any], model: Any, encoder: Any, images: list[Path], s: Sampling, **kw
+) -> Any:
+    """`analysis` (visualize, variance, ...) on `images` with the view's sampling, progress on; kw: its own options
+    (num_samples: the view's unless given)."""
+    kw.setdefault("num_samples", s.num_samples)
+    return analysis(model, encoder, images, sampling=_sampling(s, model), progress=True, **kw)
+
+
 def _samples(model: Any, encoder: Any, image: Path, s: Sampling) -> tuple[torch.Tensor, torch.Tensor]:
     """-> original (3, S, S), samples (N, 3, S, S) in [0, 1]; sample j starts from noise (seed, j) in every model."""
-    vis = visualize(
-        model, encoder, [image], num_samples=s.num_samples, sampling=_sampling(s, model), progress=True
-    )
+    vis = _analyse(visualize, model, encoder, [image], s)
     return vis.originals[0], vis.samples[0]
 
 
 def _variance(model: Any, encoder: Any, image: Path, s: Sampling) -> Any:
-    return variance(
-        model, encoder, [image], num_samples=s.num_samples, sampling=_sampling(s, model), progress=True
-    )
+    return _analyse(variance, model, encoder, [image], s)
 
 
 def _augment(
     model: Any, encoder: Any, image: Path, name: str, strength: float, s: Sampling, label: str
 ) -> Any:
-    return invariance(
-        model,
-        encoder,
-        [image],
-        augmentations=[f"{name}={strength}"],
-        num_samples=s.num_samples,
-        label=label,
-        sampling=_sampling(s, model),
-        progress=True,
-    )
+    return _analyse(invariance, model, encoder, [image], s, augmentations=[f"{name}={strength}"], label=label)
 
 
 def _interpolate(
     model: Any, encoder: Any, a: Path, b: Path, points: int, method: str, rows: int, s: Sampling
 ) -> Any:
-    return interpolate(
-        model,
-        encoder,
-        [a, b],
-        num_steps=points,
-        methods=[method],
-        num_samples=rows,
-        sampling=_sampling(s, model),
-        progress=True,
+    return _analyse(
+        interpolate, model, encoder, [a, b], s, num_steps=points, methods=[method], num_samples=rows
     )
 
 
 def _attack(
     model: Any, encoder: Any, image: Path, eps: float, pgd_steps: int, s: Sampling, label: str
 ) -> Any:
-    return adversarial(
+    return _analyse(
+        adversarial,
         model,
         encoder,
         [image],
+        s,
         attack="untargeted",
         eps=eps,
         pgd_steps=pgd_steps,
-        num_samples=s.num_samples,
         label=label,
-        sampling=_sampling(s, model),
-        progress=True,
     )
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from PIL import Image
+from PIL import Image, ImageDraw
 
 from ..errors import RCDMError
 from .models import (
@@ -68,6 +68,17 @@ def _quiet(*args: Any, **kwargs: Any) -> None:
     """The default progress callback: nothing."""
 
 
+def _each(
+    models: Sequence[tuple[str, Any, Any]], progress: Callable, desc: str, run: Callable[[str, Any, Any], Any]
+) -> list[tuple[str, Any]]:
+    """(label, run(label, model, encoder)) per model, telling `progress` "LABEL: desc" before each."""
+    out = []
+    for k, (label, model, enc) in enumerate(models):
+        progress((k, len(models)), desc=f"{label}: {desc}")
+        out.append((label, run(label, model, enc)))
+    return out
+
+
 class Views:
     """The page's computations, callable without gradio (the tests and a notebook can use them directly)."""
 
@@ -84,10 +95,8 @@ class Views:
     ) -> ViewResult:
         """Per model: the input and N samples of its representation; sample j of every model: same noise."""
         rows, row_labels, images, stds = [], [], [], []
-        models = self._models(labels)
-        for k, (label, model, enc) in enumerate(models):
-            progress((k, len(models)), desc=f"{label}: sampling")
-            original, samples = _samples(model, enc, image, s)
+        runs = _each(self._models(labels), progress, "sampling", lambda _, m, e: _samples(m, e, image, s))
+        for label, (original, samples) in runs:
             rows.append([original, *samples])
             row_labels.append(label)
             images += [(_pil(x), f"{label} · sample {j}") for j, x in enumerate(samples)]
@@ -110,11 +119,7 @@ class Views:
         """Per model: the input, the mean sample and the per-pixel std across samples (one colour scale)."""
         if s.num_samples < 2:
             raise RCDMError("the variance needs at least 2 samples: raise the number of samples")
-        models = self._models(labels)
-        results = []
-        for k, (label, model, enc) in enumerate(models):
-            progress((k, len(models)), desc=f"{label}: sampling")
-            results.append((label, _variance(model, enc, image, s)))
+        results = _each(self._models(labels), progress, "sampling", lambda _, m, e: _variance(m, e, image, s))
         vmax = max(float(r.std.max()) for _, r in results)
         rows, images = [], []
         for label, r in results:
@@ -143,11 +148,13 @@ class Views:
         progress: Callable = _quiet,
     ) -> ViewResult:
         """Samples of rep(x) and rep(aug x) per model, with the representation cosine and the retention score."""
-        models = self._models(labels)
-        results = []
-        for k, (label, model, enc) in enumerate(models):
-            progress((k, len(models)), desc=f"{label}: {name}")
-            results.append(_augment(model, enc, image, name, strength, s, label))
+        runs = _each(
+            self._models(labels),
+            progress,
+            name,
+            lambda lab, m, e: _augment(m, e, image, name, strength, s, lab),
+        )
+        results = [r for _, r in runs]
         analysis = _figures()[0]
         fig = analysis.invariance_figure(results)
         images = []
@@ -180,12 +187,15 @@ class Views:
         progress: Callable = _quiet,
     ) -> ViewResult:
         """Samples along the path between two images' representations; each row keeps its starting noise."""
-        models = self._models(labels)
+        runs = _each(
+            self._models(labels),
+            progress,
+            "interpolating",
+            lambda _, m, e: _interpolate(m, e, a, b, points, method, rows, s),
+        )
         figs, images = [], []
         analysis = _figures()[0]
-        for k, (label, model, enc) in enumerate(models):
-            progress((k, len(models)), desc=f"{label}: interpolating")
-            r = _interpolate(model, enc, a, b, points, method, rows, s)
+        for label, r in runs:
             fig = analysis.interpolation_figure(r)
             figs.append(_stack([_caption(label, fig.width), fig]))
             images += [(_pil(r.samples[0, t, 0]), f"{label} · t={float(r.ts[t]):.2f}") for t in range(points)]
@@ -206,10 +216,9 @@ class Views:
         if not any(enc.classifier is not None for _, _, enc in models):
             twins = [c.label for c in self.cache.choices.values() if c.supervised and c.label not in labels]
             models += self._models(twins[:1])
-        results = []
-        for k, (label, model, enc) in enumerate(models):
-            progress((k, len(models)), desc=f"{label}: PGD")
-            results.append((label, _attack(model, enc, image, eps, pgd_steps, s, label)))
+        results = _each(
+            models, progress, "PGD", lambda lab, m, e: _attack(m, e, image, eps, pgd_steps, s, lab)
+        )
         fig = _figures()[0].adversarial_figure([r for _, r in results])
         images = []
         rows = []
@@ -240,8 +249,6 @@ def _shown(img: Image.Image, least: int = 160) -> Image.Image:
 
 
 def _caption(text: str, width: int) -> Image.Image:
-    from PIL import ImageDraw
-
     img = Image.new("RGB", (width, 18), "white")
     ImageDraw.Draw(img).text((2, 3), text, fill="black")
     return img

@@ -12,7 +12,8 @@ from ..data import expand_image_args
 from ..devices import default_device
 from ..encoders import FEATURES, create_encoder
 from ..errors import RCDMError
-from ..runs import check_writable_file, output_lock
+from ..locks import output_lock
+from ..runs import check_writable_file
 from .common import add_command, add_progress_arg
 
 EPILOG = """examples:

@@ -167,11 +167,17 @@ def _timm(arg: str, feature: Feature) -> Encoder:
     return Encoder(net, prep, feature=feature, spec=f"timm:{arg}", identity=identity)
 
 
+def _two_parts(arg: str, kind: str, needs: str) -> tuple[str, str]:
+    """'A:B' -> (A, B) for a `kind:` spec that must have both parts; needs: what B is, and the spec's form."""
+    head, sep, tail = arg.partition(":")
+    if not sep:
+        raise RCDMError(f"{kind} spec {arg!r} needs {needs}")
+    return head, tail
+
+
 @register_encoder("hub", "OWNER/REPO:ENTRY (torch.hub entry point; ImageNet preprocessing at 224 px)")
 def _hub(arg: str, feature: Feature) -> Encoder:
-    repo, sep, entry = arg.partition(":")
-    if not sep:
-        raise RCDMError(f"hub spec {arg!r} needs an entry point: hub:OWNER/REPO:ENTRY")
+    repo, entry = _two_parts(arg, "hub", "an entry point: hub:OWNER/REPO:ENTRY")
     try:
         net = torch.hub.load(repo, entry, trust_repo=True)
     except Exception as e:
@@ -181,9 +187,7 @@ def _hub(arg: str, feature: Feature) -> Encoder:
 
 @register_encoder("module", "PKG.MOD:FACTORY (your function returning an nn.Module, or an Encoder)")
 def _module(arg: str, feature: Feature) -> Encoder:
-    mod_name, sep, fn_name = arg.partition(":")
-    if not sep:
-        raise RCDMError(f"module spec {arg!r} needs a factory: module:PKG.MOD:FACTORY")
+    mod_name, fn_name = _two_parts(arg, "module", "a factory: module:PKG.MOD:FACTORY")
     try:
         fn = getattr(importlib.import_module(mod_name), fn_name)
     except (ImportError, AttributeError) as e:

@@ -31,7 +31,7 @@ from ..encoders.cifar import (
     save_encoder,
 )
 from ..errors import RCDMError
-from ..figures import fmt, html_table
+from ..figures import Section, fmt, html_table
 from ..loading import encoder_for, load_model, resolve_model_dir
 from ..model import RCDM
 from .demo_pack import MIN_KNN_ACCURACY, RECIPE_NAME, TARGETS, Target, encoder_dir, select_targets
@@ -44,6 +44,12 @@ HOW_TO_PACK = (  # HTML: what to do when no bundle is installed
     "commands of <code>docs/recipes.md</code>, then run <code>rcdm demo --bundle BUNDLE</code> (or put the "
     "bundle at <code>src/rcdm/assets/models</code>, where <code>make demo</code> finds it)."
 )
+# Roles of the three bundled RCDMs in the demo and the app -> (target name, label on figures and tables).
+ROLES: dict[str, tuple[str, str]] = {
+    "backbone": ("rcdm-cifar10-vicreg-backbone", "VICReg backbone"),
+    "projector": ("rcdm-cifar10-vicreg-projector", "VICReg projector"),
+    "supervised": ("rcdm-cifar10-supervised", "supervised backbone"),
+}
 
 
 def demo_images() -> Path:
@@ -148,6 +154,18 @@ def model_cards(bundle: DemoBundle, roles: dict[str, tuple[str, str]]) -> dict[s
     return out
 
 
+def bundle_section(bundle: DemoBundle, roles: dict[str, tuple[str, str]]) -> tuple[Section, dict[str, dict]]:
+    """The demo page's first section (what the bundle holds, its model cards as a table) and the cards."""
+    models = model_cards(bundle, roles)
+    intro = (
+        "<p>Representation-conditional diffusion models (RCDM, Bordes et al. 2022) trained on CIFAR-10, "
+        "conditioned on a small VICReg encoder (its backbone and its projector) and on a supervised one, from "
+        f"the bundle <code>{html.escape(str(bundle.folder))}</code> (<code>rcdm recipe pack</code>, "
+        "docs/recipes.md). Inputs: the bundle's CIFAR-10 test images.</p>"
+    )
+    return Section("What this is", intro + models_html(models)), models
+
+
 def models_html(models: dict[str, dict]) -> str:
     rows = [
         [
@@ -193,6 +211,20 @@ def smoke_notice(bundle: DemoBundle) -> str | None:
         "<b>SMOKE TEST: these are NOT trained models.</b> This bundle was packed with <code>--allow-smoke</code> "
         f"({html.escape(reasons)}). The pictures and numbers below only show that the pipeline runs; they say "
         "nothing about what a VICReg or a supervised representation keeps. " + HOW_TO_PACK
+    )
+
+
+def pack_note() -> str:
+    """HTML for the smoke-scale demo page: whether this install bundles the CIFAR-10 pack, and what to do."""
+    if bundled_pack() is None:
+        return (
+            "<b>The real CIFAR-10 pack (a VICReg encoder, a supervised one and three RCDMs) is not bundled with "
+            "this install yet</b>, so this page shows the smoke-scale stand-in below: a tiny model, not a research "
+            "model. " + HOW_TO_PACK
+        )
+    return (
+        "This install bundles the CIFAR-10 pack: run <code>rcdm demo</code> without <code>--smoke-scale</code> "
+        "to see backbone vs projector samples, invariance, interpolation and the adversarial comparison."
     )
 
 

@@ -73,9 +73,9 @@ class RCDMRecipe:
 
 
 # Named settings over the dataclass defaults (the GPU recipe): `rcdm recipe rcdm --profile cpu`.
-# cpu: one process per target on one core each (bf16 autocast on CPUs with native bf16, about 20-25 img/s per
-# core for cifar32-small); lr 5e-4 learned faster than the published 1e-4 in short CPU runs (at 1e-4 the samples
-# were still noise after 13k images); standardised representations; every 500-step checkpoint kept.
+# cpu: one process per target on one core each (bf16 autocast on CPUs with native bf16); lr 5e-4, above the
+# published 1e-4, for a CPU's short runs; standardised representations; every 500-step checkpoint kept (the
+# reasons, with measurements: docs/recipes.md, "The CPU pack").
 RCDM_PROFILES: dict[str, dict[str, Any]] = {
     "gpu": {},
     "cpu": dict(

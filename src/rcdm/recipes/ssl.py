@@ -45,6 +45,7 @@ from ..encoders.cifar import (
     save_encoder,
 )
 from ..errors import NonFiniteLossError, RCDMError
+from ..locks import run_lock
 from ..metrics.knn import encoder_features, knn_accuracy
 from ..runs import (
     CHECKPOINTS,
@@ -58,7 +59,6 @@ from ..runs import (
     reading_checkpoint,
     reporting_full_disk,
     resume_checkpoint,
-    run_lock,
     sweep_checkpoints,
 )
 from ..train import check_output_folder

@@ -1,0 +1,52 @@
+"""`rcdm analyze`: figures and results.json written, bad input -> exit code 2."""
+
+from __future__ import annotations
+
+import json
+
+
+def test_cli_writes_figure_and_results(tiny_run, two_images, tmp_path, analyze):
+    out = tmp_path / "inv"
+    assert (
+        analyze(
+            "invariance",
+            tiny_run,
+            two_images,
+            out,
+            "--augmentations",
+            "grayscale",
+            "--compare-features",
+            str(tiny_run),
+        )
+        == 0
+    )
+    assert (out / "figure.png").stat().st_size > 0
+    results = json.loads((out / "results.json").read_text())
+    assert (
+        len(results["results"]) == 2
+        and results["results"][0]["augmentations"][0]["augmentation"] == "grayscale"
+    )
+    out = tmp_path / "itp"
+    assert analyze("interpolate", tiny_run, two_images, out, "--num-steps", "3") == 0
+    assert (out / "figure.png").is_file() and len(json.loads((out / "results.json").read_text())["t"]) == 3
+
+
+def test_cli_bad_input_exit_code_2(tiny_run, two_images, few_images, tmp_path, capsys, analyze):
+    assert analyze("invariance", tiny_run, two_images, tmp_path / "a", "--augmentations", "sepia") == 2
+    assert "unknown augmentation 'sepia'" in capsys.readouterr().err
+    bad = tmp_path / "not-an-image.jpg"
+    bad.write_text("hello")
+    assert analyze("variance", tiny_run, [bad], tmp_path / "b") == 2
+    assert "cannot read image" in capsys.readouterr().err
+    code = analyze(
+        "manipulate",
+        tiny_run,
+        two_images[:1],
+        tmp_path / "c",
+        "--neighbours",
+        str(few_images),
+        "--target",
+        str(two_images[1]),
+    )
+    assert code == 2 and "k=20" in capsys.readouterr().err
+    assert analyze("interpolate", tiny_run, two_images[:1], tmp_path / "d") == 2
