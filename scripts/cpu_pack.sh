@@ -61,7 +61,7 @@ evaluate() { # evaluate TARGET MODEL_DIR TAG
     $RCDM evaluate faithfulness --model "$2" --images "$WORK/eval-images" --num-samples 1 \
         --judge "cifar-resnet56:$RESNET56" --out "$out/faithfulness.json" >>"$WORK/evaluate.log" 2>&1 &&
         $RCDM evaluate generate --model "$2" --images "$WORK/eval-images" --num-samples 1 \
-            --out "$out/samples" --real "$WORK/eval-images" --features "cifar-resnet56:$RESNET56" \
+            --out "$out/samples" --real "$WORK/eval-images" --extractor "cifar-resnet56:$RESNET56" \
             >>"$WORK/evaluate.log" 2>&1
 }
 

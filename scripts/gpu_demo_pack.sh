@@ -90,8 +90,8 @@ for target in rcdm-cifar10-vicreg-backbone rcdm-cifar10-vicreg-projector rcdm-ci
         --num-samples 1 --out "$WORK/metrics/$target-faithfulness.json" >>"$WORK/metrics.log" 2>&1 ||
         echo "faithfulness failed for $target" >>"$WORK/metrics.log"
     timeout 60 $RCDM evaluate generate --model "$WORK/runs/$target" --images "$WORK/eval-images" \
-        --num-samples "$EVAL_IMAGES" --out "$WORK/metrics/$target-samples" --real "$WORK/eval-images" \
-        --features "cifar-resnet56:$RESNET56" >>"$WORK/metrics.log" 2>&1 ||
+        --num-samples 1 --out "$WORK/metrics/$target-samples" --real "$WORK/eval-images" \
+        --extractor "cifar-resnet56:$RESNET56" >>"$WORK/metrics.log" 2>&1 ||
         echo "frechet failed for $target" >>"$WORK/metrics.log"
 done
 $PY - "$WORK/metrics" "$EVAL_IMAGES" >"$WORK/metrics.json" <<'EOF'

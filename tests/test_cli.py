@@ -154,3 +154,126 @@ def test_non_finite_loss_from_the_cli(few_images, tmp_path, capsys):
     line = error_line(capsys)
     assert "loss became nan" in line and "step-00000002" in line
     assert (tmp_path / "run" / "checkpoints" / "step-00000002" / "state.json").is_file()
+
+
+# --- conventions: the whole parser tree ------------------------------------------------------------------
+
+
+def _commands():
+    """(command path, parser) for `rcdm` and every subcommand and sub-subcommand."""
+    import argparse
+
+    from rcdm.cli import build_parser
+
+    todo = [("rcdm", build_parser())]
+    while todo:
+        path, parser = todo.pop(0)
+        yield path, parser
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                todo += [(f"{path} {name}", sub) for name, sub in action.choices.items()]
+
+
+def _options(parser):
+    """The visible options and positionals (not --help, --version, subcommands or hidden old spellings)."""
+    import argparse
+
+    skip = (argparse._HelpAction, argparse._VersionAction, argparse._SubParsersAction)
+    return [a for a in parser._actions if not isinstance(a, skip) and a.help != argparse.SUPPRESS]
+
+
+def test_every_option_has_help_that_shows_its_default():
+    missing, no_default = [], []
+    for path, parser in _commands():
+        formatter = parser._get_formatter()
+        for a in _options(parser):
+            name = f"{path} {a.option_strings[0] if a.option_strings else a.dest}"
+            if not a.help:
+                missing.append(name)
+                continue
+            shown = formatter._expand_help(a).lower()
+            flag = a.nargs == 0  # store_true / --x/--no-x: off unless given
+            if (
+                a.option_strings
+                and not (a.required or flag)
+                and not ("default" in shown or "required" in shown)
+            ):
+                no_default.append(f"{name}: {shown!r}")
+    assert not missing, f"options without help: {missing}"
+    assert not no_default, f"options whose help shows no default: {no_default}"
+
+
+def test_every_command_has_examples():
+    from rcdm.commands.common import HelpFormatter
+
+    for path, parser in _commands():
+        assert parser.formatter_class is HelpFormatter, path
+        assert parser.epilog, f"{path} has no examples epilog"
+        assert any(line.strip().startswith("rcdm ") for line in parser.epilog.splitlines()), path
+        assert "examples" in parser.format_help(), path
+
+
+# One spelling per concept across commands (dest -> the flags every command shows for it).
+SPELLINGS = {
+    "precision": "--precision",
+    "mixed_precision": "--precision",
+    "compile": "--compile --no-compile",
+    "no_progress": "--no-progress",
+    "num_samples": "--num-samples",
+    "feature": "--feature",
+    "extractor": "--extractor",
+    "device": "--device",
+    "seed": "--seed",
+    "batch_size": "--batch-size",
+    "trust_remote_code": "--trust-remote-code",
+    "num_workers": "--num-workers",
+}
+LONG_RUNNING = (
+    "train", "sample", "encode", "analyze invariance", "analyze adversarial", "analyze interpolate",
+    "analyze manipulate", "analyze variance", "analyze report", "evaluate faithfulness", "evaluate quality",
+    "evaluate generate", "demo", "recipe ssl", "recipe rcdm",
+)  # fmt: skip
+
+
+def test_the_same_thing_has_the_same_flag_in_every_command():
+    from rcdm.devices import COMPILE_MODES, PRECISIONS
+    from rcdm.encoders import FEATURES
+
+    wrong = []
+    for path, parser in _commands():
+        flags = {s for a in parser._actions for s in a.option_strings}
+        shown: dict[str, set[str]] = {}
+        for a in _options(parser):
+            if a.dest in SPELLINGS:
+                shown.setdefault(a.dest, set()).add(a.option_strings[0])
+            if a.dest in ("precision", "mixed_precision"):
+                assert tuple(a.choices) == PRECISIONS, path
+            if a.dest == "compile" and a.choices is not None:
+                assert set(a.choices) <= set(COMPILE_MODES), path
+                assert "--no-compile" in flags, path
+            if a.dest == "feature":
+                assert tuple(a.choices) == FEATURES, path
+            if a.dest == "num_samples":
+                assert "per " in a.help, f"{path}: --num-samples must count samples per input image"
+        assert "--features" not in {a.option_strings[0] for a in _options(parser) if a.option_strings}, path
+        if path.removeprefix("rcdm ") in LONG_RUNNING:
+            assert "--no-progress" in flags, f"{path} has no --no-progress"
+        wrong += [f"{path}: {sorted(s)}" for d, s in shown.items() if s != set(SPELLINGS[d].split())]
+    assert not wrong, f"one concept, another spelling: {wrong}"
+
+
+def test_old_spellings_still_parse():
+    from rcdm.cli import build_parser
+
+    parser = build_parser()
+    args = parser.parse_args(["train", "--out", "r", "--mixed-precision", "no", "--compile"])
+    assert args.mixed_precision == "fp32" and args.compile is True
+    args = parser.parse_args(["train", "--out", "r", "--precision", "bf16", "--compile", "off"])
+    assert args.mixed_precision == "bf16" and args.compile is False
+    args = parser.parse_args(
+        ["evaluate", "quality", "--fake", "f", "--out", "q.json", "--features", "timm:x"]
+    )
+    assert args.extractor == "timm:x"
+    argv = ["evaluate", "generate", "--model", "m", "--images", "i", "--out", "o", "--no-progress"]
+    args = parser.parse_args(argv)
+    assert args.num_samples is None and args.total_samples is None and args.no_progress

@@ -102,7 +102,7 @@ def test_push_uploads_the_model_and_a_card(tmp_path):
     assert url == "https://huggingface.co/me/r" and api.repo == ("me/r", True)
     assert {
         "config.json",
-        "diffusion_pytorch_model.safetensors",
+        "diffusion_pytorch_model.rcdm.safetensors",
         "README.md",
         "run.json",
         "metrics.json",

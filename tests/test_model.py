@@ -35,13 +35,69 @@ def test_save_load_round_trip(tmp_path):
     m = tiny(encoder="pixels:1", encoder_identity="pixels:1", feature="backbone")
     x, t, r = torch.randn(2, 3, 16, 16), torch.tensor([3, 500]), torch.randn(2, 10)
     m.save_pretrained(tmp_path / "m")
-    assert (tmp_path / "m" / "diffusion_pytorch_model.safetensors").is_file()
+    assert (tmp_path / "m" / "diffusion_pytorch_model.rcdm.safetensors").is_file()
     back = RCDM.from_pretrained(tmp_path / "m")
     assert back.config.encoder == "pixels:1" and back.config.attention_num_heads == 2
     saved, loaded = m.state_dict(), back.state_dict()
     assert saved.keys() == loaded.keys() and all(torch.equal(saved[k], loaded[k]) for k in saved)
     with torch.no_grad():
         assert torch.allclose(m(x, t, r), back(x, t, r), atol=1e-5)
+
+
+def _same_weights(a: RCDM, b: RCDM) -> bool:
+    sa, sb = a.state_dict(), b.state_dict()
+    return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+def test_plain_diffusers_refuses_an_rcdm_folder(tmp_path):
+    # An rcdm folder's config.json holds UNet2DModel's architecture keys: under the plain weights name,
+    # UNet2DModel.from_pretrained built a random (meta-tensor) UNet from it with only a warning.
+    from diffusers import UNet2DModel
+
+    m = tiny()
+    m.save_pretrained(tmp_path / "m")
+    with pytest.raises(OSError, match="no file named diffusion_pytorch_model"):
+        UNet2DModel.from_pretrained(tmp_path / "m")
+    assert _same_weights(m, RCDM.from_pretrained(tmp_path / "m"))
+
+
+def test_folders_saved_under_the_plain_weights_name_still_load(tmp_path):
+    from diffusers import ModelMixin
+
+    m = tiny()
+    ModelMixin.save_pretrained(m, tmp_path / "old")  # what rcdm wrote before the weights variant
+    assert (tmp_path / "old" / "diffusion_pytorch_model.safetensors").is_file()
+    assert _same_weights(m, RCDM.from_pretrained(tmp_path / "old"))
+
+
+@pytest.mark.parametrize("standardize", [False, True])
+def test_rcdm_export_writes_a_plain_diffusers_unet_that_gives_the_same_output(tmp_path, standardize, capsys):
+    from diffusers import UNet2DModel
+    from diffusers.models.attention_processor import Attention
+    from safetensors.torch import load_file
+
+    from rcdm.cli import main
+
+    m = tiny(standardize_representation=standardize, null_representation=True).eval()
+    with torch.no_grad():
+        m.rep_proj.weight.normal_()
+        m.null_rep.normal_()
+        if standardize:
+            m.set_representation_stats(torch.randn(50, 10) * 3 + 1)
+    m.save_pretrained(tmp_path / "m")
+    assert main(["export", str(tmp_path / "m"), "--out", str(tmp_path / "e")]) == 0
+    assert "heads=2" in capsys.readouterr().out
+    unet = UNet2DModel.from_pretrained(tmp_path / "e" / "unet")
+    proj = load_file(str(tmp_path / "e" / "rep_proj.safetensors"))
+    for mod in unet.modules():
+        if isinstance(mod, Attention):
+            mod.heads = m.config.attention_num_heads
+    x, t, r = torch.randn(2, 3, 16, 16), torch.tensor([3, 500]), torch.randn(2, 10) * 3 + 1
+    with torch.no_grad():
+        plain = unet(x, t, class_labels=r @ proj["weight"].T + proj["bias"]).sample
+        assert (plain - m(x, t, r)).abs().max().item() < 1e-4
+        null = unet(x, t, class_labels=proj["null_embedding"].expand(2, -1)).sample
+        assert (null - m(x, t, None)).abs().max().item() < 1e-4
 
 
 def test_published_network_size_and_heads():

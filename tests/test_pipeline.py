@@ -48,3 +48,12 @@ def test_a_scheduler_with_another_schedule_is_refused(model):
     pipe = RCDMPipeline(base.rcdm, DDIMScheduler(beta_schedule="scaled_linear"))
     with pytest.raises(RCDMError, match="scaled_linear"):
         pipe(representations=torch.randn(1, 12), num_inference_steps=2)
+
+
+def test_a_saved_pipeline_loads_back_with_diffusers(model, tmp_path):
+    pipe = RCDMPipeline.from_rcdm(model)
+    pipe.save_pretrained(tmp_path / "pipe")
+    assert (tmp_path / "pipe" / "rcdm" / "diffusion_pytorch_model.rcdm.safetensors").is_file()
+    back = RCDMPipeline.from_pretrained(tmp_path / "pipe")
+    want, got = pipe.rcdm.state_dict(), back.rcdm.state_dict()
+    assert want.keys() == got.keys() and all(torch.equal(want[k], got[k]) for k in want)

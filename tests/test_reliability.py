@@ -154,7 +154,7 @@ def test_version(capsys):
 
 # --- the load and sample side: models, encoder weights, outputs ------------------------------------------
 
-WEIGHTS = "diffusion_pytorch_model.safetensors"
+WEIGHTS = "diffusion_pytorch_model.rcdm.safetensors"
 
 
 @pytest.fixture

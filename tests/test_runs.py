@@ -164,13 +164,13 @@ def test_a_damaged_checkpoint_is_named_with_its_file_and_the_newest_intact_one(t
         _save(tmp_path, step)
     assert resume_checkpoint(tmp_path).name == "step-00000003"
     ck = tmp_path / "checkpoints"
-    safetensors = ck / "step-00000003" / "model" / "diffusion_pytorch_model.safetensors"
+    safetensors = ck / "step-00000003" / "model" / "diffusion_pytorch_model.rcdm.safetensors"
     safetensors.write_bytes(safetensors.read_bytes()[:5000])
     (ck / "step-00000002" / "optimizer.pt").write_bytes(b"not a zip")
     with pytest.raises(RCDMError) as e:
         resume_checkpoint(tmp_path)
     msg = str(e.value)
-    assert "step-00000003" in msg and "model/diffusion_pytorch_model.safetensors" in msg
+    assert "step-00000003" in msg and "model/diffusion_pytorch_model.rcdm.safetensors" in msg
     assert "step-00000001 is intact" in msg and "mv " in msg and "\n" not in msg
     assert checkpoint_problem(ck / "step-00000002").startswith("optimizer.pt: ")
     (ck / "step-00000001" / "state.json").write_text('{"step": ')
@@ -210,3 +210,13 @@ def test_cpu_seconds_do_not_count_sleeping():
     c0 = cpu_seconds()
     time.sleep(0.3)
     assert cpu_seconds() - c0 < 0.15
+
+
+def test_a_checkpoint_saved_under_the_plain_weights_name_still_resumes(tmp_path):
+    _save(tmp_path, 1)
+    ck = tmp_path / "checkpoints" / "step-00000001"
+    for part in ("model", "ema"):  # what rcdm wrote before its weights variant name
+        (ck / part / "diffusion_pytorch_model.rcdm.safetensors").rename(
+            ck / part / "diffusion_pytorch_model.safetensors"
+        )
+    assert checkpoint_problem(ck) is None and resume_checkpoint(tmp_path) == ck

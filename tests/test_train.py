@@ -178,7 +178,7 @@ def test_two_cpu_processes_train_the_one_process_model(few_images, tmp_path):
 
 # --- faults: a damaged checkpoint, a full disk, a second run in the folder, --data a file -------------------
 
-MODEL_FILE = "model/diffusion_pytorch_model.safetensors"
+MODEL_FILE = "model/diffusion_pytorch_model.rcdm.safetensors"
 
 
 class _Evil:

@@ -12,9 +12,29 @@ import importlib.metadata
 import logging
 import sys
 
+from .commands.common import HelpFormatter
 from .errors import NonFiniteLossError, RCDMError
 
-COMMANDS = ("train", "sample", "encode", "convert", "analyze", "evaluate", "demo", "recipe", "push", "app")
+COMMANDS = (
+    "train",
+    "sample",
+    "encode",
+    "convert",
+    "export",
+    "analyze",
+    "evaluate",
+    "demo",
+    "recipe",
+    "push",
+    "app",
+)
+
+
+EPILOG = """examples (`rcdm COMMAND --help` for each command's options and examples):
+  rcdm demo                                                             # offline demo, demo-out/index.html
+  rcdm sample --model official:dino-backbone --images my.jpg --out samples/
+  rcdm train --data ~/data/cifar10/train --encoder cifar-resnet20:resnet20.th --out runs/r20
+"""
 
 
 def _version() -> str:
@@ -26,7 +46,10 @@ def _version() -> str:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="rcdm", description="See what an image encoder's representation keeps."
+        prog="rcdm",
+        description="See what an image encoder's representation keeps.",
+        epilog=EPILOG,
+        formatter_class=HelpFormatter,
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug information")
     parser.add_argument("--version", action="version", version=f"rcdm {_version()}")

@@ -262,17 +262,30 @@ def convert(
     return model.eval().requires_grad_(False)
 
 
+@torch.no_grad()
 def export_diffusers(model: RCDM, folder: str | Path) -> Path:
     """Save the UNet for plain `UNet2DModel.from_pretrained(folder / 'unet')` and the projection.
 
     Writes folder/unet/ (config.json + safetensors) and folder/rep_proj.safetensors (weight (E, dim), bias (E,);
     metadata: attention_num_heads). Plain diffusers builds one head per attention layer: set
     `heads = attention_num_heads` on every Attention after loading (docs/official.md shows the 5 lines).
+    A model that standardises its representations has that folded into weight and bias (raw features in); a
+    model with a learned null representation (guidance) adds `null_embedding` (E,), the class_labels row of the
+    unconditional branch.
     """
     folder = Path(folder)
     model.unet.save_pretrained(folder / "unet")
+    weight, bias = model.rep_proj.weight.float(), model.rep_proj.bias.float()
+    tensors = {"weight": weight, "bias": bias}
+    if (
+        model.rep_mean is not None and model.rep_std is not None
+    ):  # W (r - m) / s + b = (W / s) r + (b - W m / s)
+        folded = weight / model.rep_std.float()
+        tensors = {"weight": folded, "bias": bias - folded @ model.rep_mean.float()}
+    if model.null_rep is not None:  # the null representation lives in the standardised space
+        tensors["null_embedding"] = weight @ model.null_rep.float() + bias
     save_file(
-        {k: v.contiguous() for k, v in model.rep_proj.state_dict().items()},
+        {k: v.contiguous() for k, v in tensors.items()},
         str(folder / "rep_proj.safetensors"),
         metadata={
             "attention_num_heads": str(model.config.attention_num_heads or 1),

@@ -1,7 +1,7 @@
 """Models on the Hugging Face Hub: `--model user/repo[@revision]` through huggingface_hub's cache, and
 `rcdm push RUN user/repo` with a generated model card.
 
-A hub repo holds one rcdm model folder at its root (config.json + diffusion_pytorch_model.safetensors, as
+A hub repo holds one rcdm model folder at its root (config.json + diffusion_pytorch_model.rcdm.safetensors, as
 `RCDM.save_pretrained` writes) plus README.md (the model card). Downloads go to huggingface_hub's own cache
 (HF_HOME / HF_HUB_CACHE), so a model fetched once is reused offline (HF_HUB_OFFLINE=1 never touches the network).
 """

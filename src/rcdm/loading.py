@@ -22,7 +22,7 @@ from .encoders import Encoder, Feature, create_encoder
 from .encoders.published import PUBLISHED, describe_published
 from .errors import RCDMError
 from .hub import parse_hub_ref, resolve_hub_model
-from .model import RCDM, check_config, check_encoder
+from .model import RCDM, WEIGHTS_VARIANT, check_config, check_encoder
 from .runs import atomic_dir, latest_checkpoint
 from .weights import (
     Weights,
@@ -184,10 +184,12 @@ def _load_strict(folder: Path) -> RCDM:
     if not isinstance(config, dict):
         raise RCDMError(f"{str(config_file)!r} holds no JSON object: not an rcdm model folder")
     check_config(config, repr(str(config_file)))
-    weights_file = folder / "diffusion_pytorch_model.safetensors"
+    weights_file = folder / f"diffusion_pytorch_model.{WEIGHTS_VARIANT}.safetensors"
     # safetensors only (use_safetensors below): there is nothing to unpickle
     if not any(folder.glob("diffusion_pytorch_model*.safetensors*")):
         raise RCDMError(f"model {str(folder)!r} has no weights: {weights_file.name} is missing")
+    if not weights_file.is_file():  # a folder saved before rcdm's weights name
+        weights_file = folder / "diffusion_pytorch_model.safetensors"
     if weights_file.is_file():  # keys and shapes from the header, before anything is loaded
         with init_empty_weights():
             expected = {k: v.shape for k, v in RCDM.from_config(config).state_dict().items()}

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import inspect
 import json
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -18,6 +19,12 @@ from diffusers.models.attention_processor import Attention
 from torch import nn
 
 from .errors import RCDMError
+
+# An rcdm folder's weights file is diffusion_pytorch_model.rcdm.safetensors (a diffusers weights "variant"): its
+# keys are unet.* and rep_proj.*, and its config.json carries UNet2DModel's own architecture keys, so under the
+# plain name `UNet2DModel.from_pretrained(folder)` would build a random UNet from it with only a warning. With
+# the variant name diffusers finds no weights there and raises. Folders saved without it still load here.
+WEIGHTS_VARIANT = "rcdm"
 
 # name -> architecture (edm2 style). Channels/levels follow guided-diffusion ADM; see DESIGN.md.
 PRESETS: dict[str, dict[str, Any]] = {
@@ -144,6 +151,43 @@ class RCDM(ModelMixin, ConfigMixin):
             self.register_buffer("rep_std", torch.ones(representation_dim))
         else:
             self.rep_mean = self.rep_std = None
+
+    def save_pretrained(
+        self,
+        save_directory: str | Path,
+        is_main_process: bool = True,
+        save_function: Any = None,
+        safe_serialization: bool = True,
+        variant: str | None = None,
+        **kwargs: Any,
+    ) -> None:
+        """ModelMixin.save_pretrained, weights as diffusion_pytorch_model.rcdm.safetensors (see WEIGHTS_VARIANT)."""
+        super().save_pretrained(
+            save_directory,
+            is_main_process=is_main_process,
+            save_function=save_function,
+            safe_serialization=safe_serialization,
+            variant=variant or WEIGHTS_VARIANT,
+            **kwargs,
+        )
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path: str | Path, **kwargs: Any) -> RCDM:
+        """ModelMixin.from_pretrained reading the rcdm weights file, or the plain name of older folders."""
+        if kwargs.get("variant") is not None:
+            return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
+        folder = Path(pretrained_model_name_or_path, kwargs.get("subfolder") or "")
+        if folder.is_dir():
+            saved = any(folder.glob(f"diffusion_pytorch_model*.{WEIGHTS_VARIANT}.*"))
+            return super().from_pretrained(
+                pretrained_model_name_or_path, **{**kwargs, "variant": WEIGHTS_VARIANT if saved else None}
+            )
+        try:  # a hub repo id: rcdm's name first, then the plain one
+            return super().from_pretrained(
+                pretrained_model_name_or_path, **{**kwargs, "variant": WEIGHTS_VARIANT}
+            )
+        except OSError:
+            return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
 
     @torch.no_grad()
     def set_representation_stats(self, representations: torch.Tensor) -> None:

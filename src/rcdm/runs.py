@@ -29,16 +29,18 @@ from torch import nn
 
 from .errors import DiskFullError, RCDMError
 from .locks import output_lock
+from .model import WEIGHTS_VARIANT
 
 log = logging.getLogger(__name__)
 
 CHECKPOINTS = "checkpoints"
 # The files of a complete rcdm.train checkpoint, relative to its folder (what `save_checkpoint` writes).
+# Checkpoints saved before rcdm's weights name (model.WEIGHTS_VARIANT) hold diffusion_pytorch_model.safetensors.
 STEP_FILES: tuple[str, ...] = (
     "model/config.json",
-    "model/diffusion_pytorch_model.safetensors",
+    f"model/diffusion_pytorch_model.{WEIGHTS_VARIANT}.safetensors",
     "ema/config.json",
-    "ema/diffusion_pytorch_model.safetensors",
+    f"ema/diffusion_pytorch_model.{WEIGHTS_VARIANT}.safetensors",
     "optimizer.pt",
     "state.json",
 )
@@ -238,6 +240,9 @@ def checkpoint_problem(ckpt: Path, files: tuple[str, ...] = STEP_FILES) -> str |
     """
     for name in files:
         path = ckpt / name
+        legacy = path.with_name(path.name.replace(f".{WEIGHTS_VARIANT}.", "."))
+        if not path.is_file() and legacy.is_file():  # saved before the rcdm weights name
+            name, path = str(legacy.relative_to(ckpt)), legacy
         try:
             if not path.is_file():
                 return f"{name} is missing"

@@ -118,22 +118,28 @@ def _notice_license(folder: Path, license: str) -> None:
         pass
 
 
-def fetch(remote: Weights, folder: Path | None = None, *, progress: bool = True) -> Path:
+def fetch(
+    remote: Weights,
+    folder: Path | None = None,
+    *,
+    progress: bool = True,
+    instead: str = "pass --weights PATH",
+) -> Path:
     """The local path of `remote`, downloading it into `folder` (default: the official cache) on first use.
 
     Every call checks the file (`verify_file`: size, published sha256, or else the digest recorded at its first
     use), whether it was downloaded or put there by hand. Raises RCDMError naming the URL and the cache path
-    when the download fails (e.g. offline).
+    when the download fails (e.g. offline); `instead` ends that line with what else the user can do.
     """
     folder = Path(folder) if folder is not None else official_cache()
     dst = folder / remote.filename
     if not dst.is_file():
-        _download(remote, dst, progress)
+        _download(remote, dst, progress, instead)
     verify_file(dst, remote)
     return dst
 
 
-def _download(remote: Weights, dst: Path, progress: bool) -> None:
+def _download(remote: Weights, dst: Path, progress: bool, instead: str) -> None:
     """Download to DST.part, check it against the published size / sha256, then move it into place."""
     _notice_license(dst.parent, remote.license)
     log.info("downloading %s to %s", remote.url, dst)
@@ -144,8 +150,7 @@ def _download(remote: Weights, dst: Path, progress: bool) -> None:
     except (urllib.error.URLError, OSError, ValueError) as e:
         reason = getattr(e, "reason", None) or e
         raise RCDMError(
-            f"cannot download {remote.url} ({reason}): if offline, put the file at {dst} "
-            f"(or pass --weights PATH)"
+            f"cannot download {remote.url} ({reason}): if offline, put the file at {dst} (or {instead})"
         ) from None
     try:
         verify_file(part, remote)

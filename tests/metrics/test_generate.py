@@ -24,17 +24,22 @@ def test_cli_generate_is_resumable_and_deterministic(
     out = tmp_path / "gen"
     argv = ["evaluate", "generate", "--model", str(tiny_run), "--images", str(few_images), "--steps", "2"]
     argv += ["--batch-size", "2", "--precision", "fp32", "--out", str(out)]  # fp32: batch-size invariant
-    assert main([*argv, "--num-samples", "5"]) == 0
+    assert main([*argv, "--total-samples", "5"]) == 0
     assert "5 samples drawn, 0 already there" in capsys.readouterr().out
     first = _pixels(sample_path(out, 4))
     sample_path(out, 4).unlink()
-    assert main([*argv, "--num-samples", "7"]) == 0  # redraws the batch [4, 6) and draws 6
+    assert main([*argv, "--total-samples", "7"]) == 0  # redraws the batch [4, 6) and draws 6
     assert "3 samples drawn, 4 already there" in capsys.readouterr().out
     # Same noise and representation, now in a batch of 2 instead of 1: equal up to float rounding of the kernels.
     again = _pixels(sample_path(out, 4))
     assert (again - first).abs().max() <= 2 and (again - first).abs().float().mean() < 0.05
-    assert main([*argv, "--num-samples", "7", "--seed", "1"]) == 2
+    assert main([*argv, "--total-samples", "7", "--seed", "1"]) == 2
     assert "seed" in capsys.readouterr().err
+    # --num-samples counts per reference image, as in every other command: 1 x 8 images.
+    assert main([*argv[:-1], str(tmp_path / "per-image"), "--num-samples", "1"]) == 0
+    assert "8 samples drawn, 0 already there" in capsys.readouterr().out
+    assert main([*argv, "--num-samples", "1", "--total-samples", "8"]) == 2
+    assert "--total-samples" in capsys.readouterr().err
 
 
 def test_generate_splits_between_torchrun_processes_on_cpu(tiny_run: Path, few_images: Path, tmp_path: Path):
@@ -46,7 +51,7 @@ def test_generate_splits_between_torchrun_processes_on_cpu(tiny_run: Path, few_i
         pytest.skip("checks the CPU (gloo) process group; on a GPU machine processes take GPUs")
     torchrun = Path(sys.executable).with_name("torchrun")
     args = ["evaluate", "generate", "--model", str(tiny_run), "--images", str(few_images), "--steps", "2"]
-    args += ["--batch-size", "2", "--num-samples", "6"]
+    args += ["--batch-size", "2", "--total-samples", "6"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}  # both runs on one thread each: the same float kernels
     cli = [sys.executable, "-m", "rcdm.cli", *args]
     one = subprocess.run(

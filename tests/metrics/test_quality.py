@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -120,7 +121,7 @@ def test_cli_quality_writes_json_and_markdown(cifar_root: Path, resnet56_path: P
     fake = _folder(_class_files(cifar_root, "dog", 40, 40), tmp_path / "fake")
     out = tmp_path / "q" / "quality.json"
     spec = f"cifar-resnet56:{resnet56_path}"
-    argv = ["evaluate", "quality", "--real", str(real), "--fake", str(fake), "--features", spec]
+    argv = ["evaluate", "quality", "--real", str(real), "--fake", str(fake), "--extractor", spec]
     assert main([*argv, "--out", str(out), "--num-workers", "0", "--kid-subsets", "10"]) == 0
     data = json.loads(out.read_text())
     assert data["features"] == spec and data["standard"] is False
@@ -139,23 +140,144 @@ def test_cli_quality_writes_json_and_markdown(cifar_root: Path, resnet56_path: P
     assert "FID" in capsys.readouterr().out
 
 
+def test_fid_from_real_stats_equals_fid_from_the_real_images(
+    cifar_root: Path, resnet56_path: Path, tmp_path: Path, capsys
+):
+    import numpy as np
+
+    real = _folder(_class_files(cifar_root, "cat", 0, 40), tmp_path / "real")
+    fake = _folder(_class_files(cifar_root, "dog", 0, 40), tmp_path / "fake")
+    spec = f"cifar-resnet56:{resnet56_path}"
+    argv = ["evaluate", "quality", "--fake", str(fake), "--extractor", spec, "--num-workers", "0"]
+    assert main([*argv, "--real", str(real), "--out", str(tmp_path / "a.json"), "--kid-subsets", "5"]) == 0
+    images = json.loads((tmp_path / "a.json").read_text())
+    feats = np.load(Path(images["settings"]["real_store"]) / "features.npy").astype(np.float64)
+    # ADM's reference-batch layout: the images (arr_0) beside mu/sigma (and the spatial mu_s/sigma_s).
+    stats = tmp_path / "ref.npz"
+    np.savez(
+        stats,
+        arr_0=np.zeros((2, 8, 8, 3), np.uint8),
+        mu=feats.mean(0),
+        sigma=np.cov(feats, rowvar=False),
+        mu_s=np.zeros(3),
+        sigma_s=np.eye(3),
+    )
+    both = ["--real", str(real), "--real-stats", str(stats), "--kid-subsets", "5"]
+    assert main([*argv, *both, "--out", str(tmp_path / "b.json")]) == 0
+    with_stats = json.loads((tmp_path / "b.json").read_text())
+    assert with_stats["fid"] == pytest.approx(images["fid"], rel=1e-6) and images["fid"] > 1
+    assert with_stats["fid_reference"] == str(stats) and images["fid_reference"] == "real images"
+    assert with_stats["kid"] == images["kid"] and with_stats["precision"] == images["precision"]
+    # Statistics alone: FID (and IS, from the fake logits); the scores that need real images are null.
+    assert main([*argv, "--real-stats", str(stats), "--out", str(tmp_path / "c.json")]) == 0
+    alone = json.loads((tmp_path / "c.json").read_text())
+    assert alone["fid"] == pytest.approx(images["fid"], rel=1e-6)
+    assert alone["num_real"] is None and alone["kid"] is None and alone["precision"] is None
+    assert alone["inception_score"] == pytest.approx(images["inception_score"])
+    assert "n/a" in (tmp_path / "c.md").read_text()
+    capsys.readouterr()
+
+
+def test_real_stats_files_are_checked_in_one_line(
+    few_images: Path, resnet20_spec: str, tmp_path: Path, capsys
+):
+    import numpy as np
+
+    def run(stats: Path) -> str:
+        argv = ["evaluate", "quality", "--fake", str(few_images), "--extractor", resnet20_spec]
+        assert main([*argv, "--real-stats", str(stats), "--out", str(tmp_path / "q.json")]) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and str(stats) in err
+        return err
+
+    images_only = tmp_path / "images.npz"
+    np.savez(images_only, arr_0=np.zeros((2, 8, 8, 3), np.uint8))
+    assert "no mu/sigma" in run(images_only) and "arr_0" in run(images_only)
+    inception = tmp_path / "inception.npz"
+    np.savez(inception, mu=np.zeros(2048), sigma=np.eye(2048))
+    assert "2048-d" in run(inception) and "64-d" in run(inception)
+    square = tmp_path / "bad-sigma.npz"
+    np.savez(square, mu=np.zeros(64), sigma=np.eye(63))
+    assert "(63, 63)" in run(square)
+    pickled = tmp_path / "pickled.npz"
+    np.savez(pickled, mu=np.array([{"a": 1}], dtype=object), sigma=np.eye(1))
+    assert "allow_pickle=False" in run(pickled)  # never unpickled
+    assert "No such file" in run(tmp_path / "absent.npz")
+    assert not (tmp_path / "q.json").exists()
+    argv = ["evaluate", "quality", "--fake", str(few_images), "--out", str(tmp_path / "q.json")]
+    assert main(argv) == 2 and "--real-stats" in capsys.readouterr().err
+
+
+def _offline_inception(monkeypatch, tmp_path: Path, url: str = "http://127.0.0.1:9/") -> str:
+    """TORCH_HOME in tmp_path and the Inception URL on the discard port (refused at once: offline, no network)."""
+    from rcdm.metrics import features
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    monkeypatch.delenv("RCDM_INCEPTION_WEIGHTS", raising=False)
+    remote = features.INCEPTION_WEIGHTS
+    url = url + remote.filename if url.endswith("/") else url
+    monkeypatch.setattr(features, "INCEPTION_WEIGHTS", replace(remote, url=url))
+    return url
+
+
 def test_cli_missing_inception_weights_is_a_one_line_error(
     few_images: Path, tmp_path: Path, monkeypatch, capsys
 ):
-    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
-    monkeypatch.delenv("RCDM_INCEPTION_WEIGHTS", raising=False)
+    url = _offline_inception(monkeypatch, tmp_path)
     argv = ["evaluate", "quality", "--real", str(few_images), "--fake", str(few_images)]
     assert main([*argv, "--out", str(tmp_path / "q.json")]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1
-    assert "weights-inception-2015-12-05-6726825d.pth" in err
-    assert str(tmp_path / "torch" / "hub" / "checkpoints") in err
+    assert url in err and "weights-inception-2015-12-05-6726825d.pth" in err and "--inception-weights" in err
+    assert (
+        str(tmp_path / "torch" / "hub" / "checkpoints" / "weights-inception-2015-12-05-6726825d.pth") in err
+    )
     assert (
         main([*argv, "--out", str(tmp_path / "q.json"), "--inception-weights", str(tmp_path / "nope.pth")])
         == 2
     )
     assert "nope.pth" in capsys.readouterr().err
     assert not (tmp_path / "q.json").exists()
+
+
+def test_inception_weights_record_is_torch_fidelitys_file():
+    from torch_fidelity.feature_extractor_inceptionv3 import URL_INCEPTION_V3
+
+    from rcdm.metrics.features import INCEPTION_WEIGHTS
+
+    assert INCEPTION_WEIGHTS.url == URL_INCEPTION_V3
+    # torch.hub's convention: the name carries the first hex digits of the file's sha256.
+    assert INCEPTION_WEIGHTS.sha256 is not None and len(INCEPTION_WEIGHTS.sha256) == 64
+    assert INCEPTION_WEIGHTS.sha256.startswith(INCEPTION_WEIGHTS.filename.rsplit("-", 1)[1].split(".")[0])
+
+
+def test_inception_weights_are_downloaded_once_and_checked_at_every_use(tmp_path: Path, monkeypatch):
+    import hashlib
+
+    from rcdm.errors import RCDMError
+    from rcdm.metrics import features
+
+    src = tmp_path / "served.pth"
+    src.write_bytes(b"inception" * 1000)
+    _offline_inception(monkeypatch, tmp_path, src.as_uri())
+    digest = hashlib.sha256(src.read_bytes()).hexdigest()
+    monkeypatch.setattr(
+        features, "INCEPTION_WEIGHTS", replace(features.INCEPTION_WEIGHTS, size=9000, sha256=digest)
+    )
+    cached = tmp_path / "torch" / "hub" / "checkpoints" / "weights-inception-2015-12-05-6726825d.pth"
+    assert features.find_inception_weights(progress=False) == cached
+    assert cached.read_bytes() == src.read_bytes()
+    src.unlink()  # the second use reads the cache, no download
+    assert features.find_inception_weights(progress=False) == cached
+    cached.write_bytes(b"x" * 9000)  # same size, other content
+    with pytest.raises(RCDMError, match="sha256"):
+        features.find_inception_weights(progress=False)
+    # A download with the wrong digest is refused and leaves nothing in the cache.
+    cached.unlink()
+    src.write_bytes(b"y" * 9000)
+    with pytest.raises(RCDMError, match="sha256"):
+        features.find_inception_weights(progress=False)
+    assert not cached.exists() and not cached.with_name(cached.name + ".part").exists()
 
 
 def test_inception_extractor_with_a_weights_file(tmp_path: Path, monkeypatch):

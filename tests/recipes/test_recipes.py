@@ -182,7 +182,7 @@ def test_pack_labels_an_allowed_smoke_bundle(
     card = json.loads((out / TARGET / "card.json").read_text())
     assert card["steps"] == 2 and card["images_seen"] == 8 and card["metrics"] == {"x": 1.0}
     assert card["cpu_time_s"] > 0 and "| CPU time |" in (out / TARGET / "README.md").read_text()
-    with safe_open(str(out / TARGET / "diffusion_pytorch_model.safetensors"), "pt") as f:
+    with safe_open(str(out / TARGET / "diffusion_pytorch_model.rcdm.safetensors"), "pt") as f:
         assert {f.get_slice(k).get_dtype() for k in f.keys()} == {"F16"}  # noqa: SIM118
     assert len(list((out / "demo-inputs").iterdir())) == 2
     # The bundled model finds its bundled encoder by name, and the identity check passes.

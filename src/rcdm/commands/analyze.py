@@ -31,7 +31,43 @@ from ..devices import default_device
 from ..errors import RCDMError
 from ..loading import encoder_for, load_model
 from ..runs import check_writable_dir
-from .common import add_model_args, add_sampling_args, load_model_and_encoder, positive, sampling_from_args
+from .common import (
+    add_command,
+    add_model_args,
+    add_sampling_args,
+    load_model_and_encoder,
+    positive,
+    sampling_from_args,
+)
+
+EPILOGS = {
+    "analyze": """examples:
+  rcdm analyze invariance --model runs/r20 --images photos/ --out inv/
+  rcdm analyze report --model runs/r20 --images photos/ --neighbours data/train --target photos/cat.jpg --out report/
+""",
+    "invariance": """examples:
+  rcdm analyze invariance --model runs/r20 --images photos/ --out inv/
+  rcdm analyze invariance --model runs/r20 --images photos/ --augmentations grayscale hflip \\
+      --compare-features runs/r20-projector --out inv/
+""",
+    "adversarial": """examples:
+  rcdm analyze adversarial --model runs/r20 --images photos/ --eps 4/255 --out adv/
+  rcdm analyze adversarial --model runs/r20 --images photos/ --attack targeted --compare runs/supervised --out adv-vs/
+""",
+    "interpolate": """examples:
+  rcdm analyze interpolate --model runs/r20 --images a.jpg b.jpg --num-steps 7 --out interp/
+""",
+    "manipulate": """examples:
+  rcdm analyze manipulate --model runs/r20 --images photos/ --neighbours data/train --target photos/dog.jpg --out manip/
+""",
+    "variance": """examples:
+  rcdm analyze variance --model runs/r20 --images photos/ --num-samples 16 --out var/
+""",
+    "report": """examples:
+  rcdm analyze report --model runs/r20 --images photos/ --neighbours data/train --target photos/cat.jpg \\
+      --out report/   # report/index.html
+""",
+}
 
 
 def fraction(text: str) -> float:
@@ -50,10 +86,15 @@ def _common(p: argparse.ArgumentParser) -> None:
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("analyze", help="the paper's analyses: invariance, adversarial, interpolate, ...")
+    p = add_command(
+        sub, "analyze", "the paper's analyses: invariance, adversarial, interpolate, ...", EPILOGS["analyze"]
+    )
     asub = p.add_subparsers(dest="analysis", required=True, metavar="ANALYSIS")
 
-    q = asub.add_parser("invariance", help="samples from augmented images' representations (findings 1, 2)")
+    def command(name: str, help: str) -> argparse.ArgumentParser:
+        return add_command(asub, name, help, EPILOGS[name])
+
+    q = command("invariance", "samples from augmented images' representations (findings 1, 2)")
     _common(q)
     q.add_argument(
         "--augmentations",
@@ -66,55 +107,80 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "--compare-features",
         default=None,
         metavar="MODEL",
-        help="a second model (e.g. the same encoder's projector) shown in the same figure and table",
+        help="a second model (e.g. the same encoder's projector) shown in the same figure and table "
+        "(default: none)",
     )
     q.set_defaults(func=run_invariance)
 
-    q = asub.add_parser(
-        "adversarial", help="PGD on the input, samples from the attacked representation (finding 3)"
-    )
+    q = command("adversarial", "PGD on the input, samples from the attacked representation (finding 3)")
     _common(q)
-    q.add_argument("--attack", choices=ATTACKS, default="untargeted")
+    q.add_argument("--attack", choices=ATTACKS, default="untargeted", help="PGD objective")
     q.add_argument("--eps", type=fraction, default=4 / 255, help="L-infinity radius (default 4/255)")
-    q.add_argument("--pgd-steps", type=int, default=10)
+    q.add_argument("--pgd-steps", type=int, default=10, help="PGD steps")
     q.add_argument("--step-size", type=fraction, default=None, help="default 2.5 * eps / pgd-steps")
     q.add_argument(
         "--target", nargs="+", default=None, help="targeted attack: target image(s); default next image"
     )
-    q.add_argument("--compare", default=None, metavar="MODEL", help="a second model (e.g. supervised vs SSL)")
+    q.add_argument(
+        "--compare",
+        default=None,
+        metavar="MODEL",
+        help="a second model, e.g. supervised vs SSL (default: none)",
+    )
     q.set_defaults(func=run_adversarial)
 
-    q = asub.add_parser("interpolate", help="mix the first two images' representations (finding 4)")
+    q = command("interpolate", "mix the first two images' representations (finding 4)")
     _common(q)
     q.add_argument("--num-steps", type=int, default=7, help="number of t values in [0, 1]")
-    q.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
+    q.add_argument(
+        "--methods",
+        nargs="+",
+        choices=METHODS,
+        default=list(METHODS),
+        help=f"interpolation paths (default: {' '.join(METHODS)})",
+    )
     q.set_defaults(func=run_interpolate)
 
-    q = asub.add_parser("manipulate", help="zero or transfer the dimensions common to nearest neighbours")
+    q = command("manipulate", "zero or transfer the dimensions common to nearest neighbours")
     _common(q)
     _manipulate_args(q, required=True)
     q.set_defaults(func=run_manipulate)
 
-    q = asub.add_parser("variance", help="per-pixel std over samples of one representation")
+    q = command("variance", "per-pixel std over samples of one representation")
     _common(q)
     q.set_defaults(func=run_variance)
 
-    q = asub.add_parser("report", help="every analysis in one offline index.html")
+    q = command("report", "every analysis in one offline index.html")
     _common(q)
     _manipulate_args(q, required=False)
-    q.add_argument("--augmentations", nargs="+", default=None, metavar="NAME[=STRENGTH]")
-    q.add_argument("--eps", type=fraction, default=4 / 255)
-    q.add_argument("--pgd-steps", type=int, default=10)
+    q.add_argument(
+        "--augmentations",
+        nargs="+",
+        default=None,
+        metavar="NAME[=STRENGTH]",
+        help=f"invariance section (default: all of {', '.join(list_augmentations())})",
+    )
+    q.add_argument(
+        "--eps", type=fraction, default=4 / 255, help="adversarial section: L-infinity radius (default 4/255)"
+    )
+    q.add_argument("--pgd-steps", type=int, default=10, help="adversarial section: PGD steps")
     q.set_defaults(func=run_report)
 
 
 def _manipulate_args(q: argparse.ArgumentParser, required: bool) -> None:
-    q.add_argument("--neighbours", required=required, help="folder of images to search neighbours in")
-    q.add_argument("--target", required=required, help="image whose common dimensions are copied")
+    skipped = "" if required else " (default: none: the manipulation section is skipped)"
+    q.add_argument(
+        "--neighbours", required=required, help=f"folder of images to search neighbours in{skipped}"
+    )
+    q.add_argument("--target", required=required, help=f"image whose common dimensions are copied{skipped}")
     q.add_argument("--k", type=int, default=20, help="nearest neighbours (default 20)")
     q.add_argument("--n-common", type=int, default=14, help="common = non-zero in more than this many (14)")
     q.add_argument("--threshold", type=float, default=0.0, help="'non-zero' means > threshold (default 0)")
-    q.add_argument("--cache", default=None, help="folder to cache the neighbour folder's representations in")
+    q.add_argument(
+        "--cache",
+        default=None,
+        help="folder to cache the neighbour folder's representations in (default: none, recomputed)",
+    )
 
 
 def _setup(args: argparse.Namespace, model_source: str | None = None):
@@ -129,7 +195,9 @@ def _setup(args: argparse.Namespace, model_source: str | None = None):
 
 
 def _sampling(args: argparse.Namespace) -> dict:
-    return dict(num_samples=args.num_samples, sampling=sampling_from_args(args), progress=True)
+    return dict(
+        num_samples=args.num_samples, sampling=sampling_from_args(args), progress=not args.no_progress
+    )
 
 
 def _write(args: argparse.Namespace, figure, results: dict) -> int:

@@ -4,10 +4,21 @@ from __future__ import annotations
 
 import argparse
 
+from .common import add_command
+
+EPILOG = """examples:
+  pip install -e '.[app]'
+  rcdm app                                        # the bundled pack and cached official models
+  rcdm app --model runs/r20 --model official:dino-backbone --port 8080
+"""
+
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "app", help="a web page: drop in a photo, see what each representation keeps (needs rcdm[app])"
+    p = add_command(
+        sub,
+        "app",
+        "a web page: drop in a photo, see what each representation keeps (needs rcdm[app])",
+        EPILOG,
     )
     p.add_argument(
         "--model",
@@ -20,10 +31,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "--runs",
         action="append",
         default=None,
-        help="without --model: also offer the run folders in this folder (repeatable)",
+        help="without --model: also offer the run folders in this folder (repeatable; default: none)",
     )
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default: this machine only)")
-    p.add_argument("--port", type=int, default=7860)
+    p.add_argument("--port", type=int, default=7860, help="port to serve on")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when available)")
     p.add_argument(
         "--trust-remote-code",

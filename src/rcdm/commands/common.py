@@ -1,4 +1,10 @@
-"""Argument helpers shared by subcommands: the model options, the sampling options, and loading both."""
+"""Argument helpers shared by subcommands: the help format, the model options, the sampling options (and the
+precision / compile / progress options every long-running command shares), and loading model and encoder.
+
+One spelling per concept in every command: --precision {auto,bf16,fp32}, --compile MODE / --no-compile,
+--no-progress, --num-samples (per input image), --feature {backbone,projector} (representation level) and
+--extractor SPEC (the metrics' feature network). tests/test_cli.py walks the whole parser tree to keep it so.
+"""
 
 from __future__ import annotations
 
@@ -16,9 +22,60 @@ from ..loading import encoder_for, load_model
 from ..model import RCDM
 
 
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Epilogs printed as written; every option's default shown: ' (default: X)' is appended unless the help
+    already states it. Options whose default is None say in their help what not giving them means."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        default = action.default
+        if (
+            action.option_strings
+            and action.nargs != 0  # flags (store_true, --x/--no-x) are off unless given
+            and default not in (None, argparse.SUPPRESS)
+            and "default" not in text.lower()
+        ):
+            text += " (default: %(default)s)"
+        return text
+
+
+def add_precision_arg(p: argparse.ArgumentParser, dest: str = "precision", help: str = "") -> None:
+    """--precision {auto,bf16,fp32} (default None: auto); --mixed-precision, its old spelling, still parses."""
+    p.add_argument(
+        "--precision",
+        dest=dest,
+        choices=PRECISIONS,
+        type=lambda s: "fp32" if s == "no" else s,  # accelerate's (and old run.json's) 'no'
+        default=None,
+        help=help
+        or "auto (default): bf16 autocast on CUDA and on CPUs with native bf16 (AMX or AVX512-BF16), "
+        "fp32 elsewhere",
+    )
+    p.add_argument(
+        "--mixed-precision",
+        dest=dest,
+        choices=PRECISIONS,
+        type=lambda s: "fp32" if s == "no" else s,
+        default=argparse.SUPPRESS,
+        help=argparse.SUPPRESS,
+    )
+
+
+def add_progress_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--no-progress", action="store_true", help="no progress bars (for logs and batch jobs)")
+
+
 def add_model_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", required=True, help="run folder, saved model folder, or official:NAME")
-    p.add_argument("--weights", default=None, help="local checkpoint file for a named model (official:...)")
+    p.add_argument(
+        "--model",
+        required=True,
+        help="run folder, saved model folder, hub repo user/repo[@revision], or official:NAME",
+    )
+    p.add_argument(
+        "--weights",
+        default=None,
+        help="local checkpoint file for a named model (official:...); default: downloaded once",
+    )
     p.add_argument("--encoder", default=None, help="encoder spec; default: the one the model was trained on")
     p.add_argument("--feature", choices=FEATURES, default=None, help="default: the model's")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when available)")
@@ -40,22 +97,29 @@ def load_model_and_encoder(
 
 
 def add_sampling_args(
-    p: argparse.ArgumentParser, num_samples: int = 8, what: str = "samples per image"
+    p: argparse.ArgumentParser, num_samples: int | None = 8, what: str = "samples per image"
 ) -> None:
-    """--num-samples, --sampling PRESET and its overrides (default None: the preset, else SamplingConfig())."""
-    p.add_argument("--num-samples", type=int, default=num_samples, help=f"{what} (default {num_samples})")
+    """--num-samples (per input image), --sampling PRESET and its overrides (default None: the preset, else
+    SamplingConfig()), --no-progress."""
+    p.add_argument(
+        "--num-samples",
+        type=int,
+        default=num_samples,
+        help=what if num_samples is not None else f"{what} (default: see --total-samples)",
+    )
     presets = ", ".join(f"{k} ({v.sampler} {v.steps})" for k, v in SAMPLING_PRESETS.items())
     p.add_argument(
         "--sampling",
         choices=list(SAMPLING_PRESETS),
         default=None,
-        help=f"named settings: {presets}; the options below override single fields",
+        help=f"named settings: {presets}; the options below override single fields (default: none, each "
+        "option's own default)",
     )
-    p.add_argument("--sampler", choices=SAMPLERS, default=None, help="default dpm++")
+    p.add_argument("--sampler", choices=SAMPLERS, default=None, help="sampler (default dpm++)")
     p.add_argument(
         "--steps", type=int, default=None, help="sampler steps (default: dpm++ 20, ddim 50, ddpm 100)"
     )
-    p.add_argument("--seed", type=int, default=None, help="default 0")
+    p.add_argument("--seed", type=int, default=None, help="first noise seed (default 0)")
     p.add_argument(
         "--guidance", type=float, default=None, help="classifier-free guidance weight (default 1 = none)"
     )
@@ -70,18 +134,14 @@ def add_sampling_args(
     p.add_argument(
         "--no-compile", dest="compile", action="store_const", const="off", help="same as --compile off"
     )
-    p.add_argument(
-        "--precision",
-        choices=PRECISIONS,
-        default=None,
-        help="auto (default): bf16 autocast on CUDA and on CPUs with native bf16 (AMX or AVX512-BF16), "
-        "fp32 elsewhere",
-    )
+    add_precision_arg(p)
+    add_progress_arg(p)
 
 
 def sampling_from_args(args: argparse.Namespace) -> SamplingConfig:
     """The preset named by --sampling (default `SamplingConfig()`) with the options given on the command line."""
-    positive("--num-samples", args.num_samples)
+    if args.num_samples is not None:
+        positive("--num-samples", args.num_samples)
     if args.batch_size is not None:
         positive("--batch-size", args.batch_size)
     base = sampling_preset(args.sampling) if args.sampling else SamplingConfig()
@@ -105,10 +165,8 @@ def positive(name: str, value: int) -> int:
 def add_command(
     sub: argparse._SubParsersAction, name: str, help: str, epilog: str
 ) -> argparse.ArgumentParser:
-    """A subcommand whose --help ends with its examples (`epilog`, printed as written)."""
-    return sub.add_parser(
-        name, help=help, epilog=epilog, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    """A subcommand whose --help shows every option's default and ends with its examples (`epilog`, as written)."""
+    return sub.add_parser(name, help=help, description=help, epilog=epilog, formatter_class=HelpFormatter)
 
 
 def read_json_object(path: str | None, flag: str) -> dict | None:

@@ -9,12 +9,18 @@ from ..convert import convert, export_diffusers
 from ..encoders import FEATURES
 from ..loading import MODELS, encoder_description, published_name_for
 from ..runs import output_folder
+from .common import add_command
 
 log = logging.getLogger(__name__)
 
+EPILOG = """examples:
+  rcdm convert rcdm_ema_dino_trunk.pt --out models/dino-backbone   # + models/dino-backbone/unet (plain diffusers)
+  rcdm convert my.pt --out models/mine --encoder official:resnet50.simclr_in1k --feature projector --no-diffusers
+"""
+
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("convert", help="convert a published RCDM checkpoint into an rcdm model folder")
+    p = add_command(sub, "convert", "convert a published RCDM checkpoint into an rcdm model folder", EPILOG)
     p.add_argument("checkpoint", help="published checkpoint, e.g. rcdm_ema_dino_trunk.pt (or .safetensors)")
     p.add_argument("--out", required=True, help="output folder (RCDM.from_pretrained reads it)")
     p.add_argument("--image-size", type=int, default=128, help="training resolution (published: 128)")
@@ -26,7 +32,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         default=None,
         help="encoder spec to record (default: inferred from a published file name, e.g. official:resnet50.dino_in1k)",
     )
-    p.add_argument("--feature", choices=FEATURES, default=None, help="default: inferred with --encoder")
+    p.add_argument(
+        "--feature",
+        choices=FEATURES,
+        default=None,
+        help="representation level (default: inferred with --encoder)",
+    )
     p.add_argument(
         "--diffusers",
         action=argparse.BooleanOptionalAction,

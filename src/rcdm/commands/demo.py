@@ -12,14 +12,23 @@ from ..demo import DEMO_ENCODER, PACK_DEMO_PRESETS, run_demo, run_pack_demo
 from ..devices import default_device
 from ..errors import RCDMError
 from ..recipes.bundle import bundled_pack
+from .common import add_command, add_progress_arg
+
+EPILOG = """examples:
+  rcdm demo                                   # demo-out/index.html
+  rcdm demo --bundle packs/cifar10 --preset quick --out demo-quick
+  rcdm demo --smoke-scale --steps 200         # the tiny model trained here, even with a pack installed
+"""
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
+    p = add_command(
+        sub,
         "demo",
-        help="offline demo -> OUT/index.html: the bundled CIFAR-10 pack, or a smoke-scale model when none is",
+        "offline demo -> OUT/index.html: the bundled CIFAR-10 pack, or a smoke-scale model when none is",
+        EPILOG,
     )
-    p.add_argument("--out", default="demo-out")
+    p.add_argument("--out", default="demo-out", help="output folder")
     p.add_argument(
         "--bundle",
         default=None,
@@ -44,7 +53,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help=f"smoke-scale demo: encoder spec (default {DEMO_ENCODER}: no weights)",
     )
     p.add_argument("--steps", type=int, default=None, help="smoke-scale demo: training steps (default 800)")
-    p.add_argument("--no-progress", action="store_true")
+    add_progress_arg(p)
     p.set_defaults(func=run)
 
 

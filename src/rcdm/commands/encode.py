@@ -14,16 +14,23 @@ from ..encoders import FEATURES, create_encoder
 from ..errors import RCDMError
 from ..locks import output_lock
 from ..runs import check_writable_file
+from .common import add_command, add_progress_arg
+
+EPILOG = """examples:
+  rcdm encode --encoder cifar-resnet20:resnet20.th --images data/test --out reps.safetensors
+  rcdm encode --encoder official:resnet50.dino_in1k --feature projector --images my.jpg --out dino.safetensors
+"""
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("encode", help="save the representations of images")
+    p = add_command(sub, "encode", "save the representations of images", EPILOG)
     p.add_argument("--encoder", required=True, help="encoder spec, e.g. cifar-resnet20:PATH or timm:NAME")
-    p.add_argument("--feature", choices=FEATURES, default="backbone")
+    p.add_argument("--feature", choices=FEATURES, default="backbone", help="representation level")
     p.add_argument("--images", nargs="+", required=True, help="image files or folders")
     p.add_argument("--out", required=True, help="FILE.safetensors")
-    p.add_argument("--device", default=None)
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when available)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
+    add_progress_arg(p)
     p.set_defaults(func=run)
 
 
@@ -36,7 +43,7 @@ def run(args: argparse.Namespace) -> int:
     paths = expand_image_args(args.images)
     with output_lock(out, command="rcdm encode"):
         encoder = create_encoder(args.encoder, args.feature).to(args.device or default_device())
-        reps = encoder.encode_files(paths, progress=True)
+        reps = encoder.encode_files(paths, progress=not args.no_progress)
         meta = {
             **{k: str(v) for k, v in encoder.describe().items()},
             "files": json.dumps([str(p) for p in paths]),

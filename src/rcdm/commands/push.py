@@ -22,7 +22,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p = add_command(sub, "push", "upload a model to the Hugging Face Hub with a model card", EPILOG)
     p.add_argument("model", help="a run folder from `rcdm train` or a saved model folder")
     p.add_argument("repo", help="the hub repo id, user/repo (created if missing)")
-    p.add_argument("--metrics", default=None, help="JSON file of {metric name: value} for the model card")
+    p.add_argument(
+        "--metrics", default=None, help="JSON file of {metric name: value} for the model card (default: none)"
+    )
     p.add_argument("--private", action="store_true", help="create the repo private")
     p.add_argument("--token", default=None, help="hub token (default: the one `huggingface-cli login` saved)")
     p.set_defaults(func=run)

@@ -9,16 +9,39 @@ from pathlib import Path
 from ..recipes.bundle import MAX_BUNDLE_MB, pack
 from ..recipes.demo_pack import RCDM_PROFILES, RCDMRecipe, train_rcdms
 from ..recipes.ssl import SSLConfig, resolve_config, train_encoder
-from .common import read_json_object
+from .common import add_command, add_precision_arg, add_progress_arg, read_json_object
+
+EPILOGS = {
+    "recipe": """examples (docs/recipes.md):
+  rcdm recipe ssl --data ~/data/cifar10 --out runs/ssl
+  rcdm recipe ssl --data ~/data/cifar10 --objective supervised --out runs/supervised
+  rcdm recipe rcdm --runs runs --data ~/data/cifar10
+  rcdm recipe pack --runs runs --out src/rcdm/assets/models
+""",
+    "ssl": """examples:
+  rcdm recipe ssl --data ~/data/cifar10 --out runs/ssl                 # VICReg, ResNet-20 x2
+  rcdm recipe ssl --data ~/data/cifar10 --out runs/ssl --resume        # continue after a stop
+""",
+    "rcdm": """examples:
+  rcdm recipe rcdm --runs runs --data ~/data/cifar10                   # three RCDMs on one GPU
+  rcdm recipe rcdm --runs runs --data ~/data/cifar10 --profile cpu --time-budget-s 3600
+""",
+    "pack": """examples:
+  rcdm recipe pack --runs runs --out src/rcdm/assets/models --demo-images src/rcdm/assets/demo-images/*.jpg
+""",
+}
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("recipe", help="train the CIFAR-10 demo encoder and RCDMs, and bundle them")
+    p = add_command(
+        sub, "recipe", "train the CIFAR-10 demo encoder and RCDMs, and bundle them", EPILOGS["recipe"]
+    )
     rs = p.add_subparsers(dest="recipe", required=True, metavar="RECIPE")
 
-    s = rs.add_parser(
-        "ssl", help="train a small CIFAR-10 encoder (VICReg or supervised) and report k-NN accuracy"
-    )
+    def command(name: str, help: str) -> argparse.ArgumentParser:
+        return add_command(rs, name, help, EPILOGS[name])
+
+    s = command("ssl", "train a small CIFAR-10 encoder (VICReg or supervised) and report k-NN accuracy")
     s.add_argument(
         "--data", required=True, help="CIFAR-10 root (train/ and test/ class folders) or the .tar.gz"
     )
@@ -35,22 +58,20 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "--projector", type=int, nargs="+", default=None, help="VICReg MLP widths (default: 512 512 512)"
     )
     s.add_argument(
-        "--limit", type=int, default=None, help="use N images per split (marks the run as a smoke run)"
+        "--limit",
+        type=int,
+        default=None,
+        help="use N images per split (marks the run as a smoke run; default: all)",
     )
     s.add_argument("--smoke", action="store_true", default=None, help="mark the run as a smoke test")
     s.add_argument("--num-workers", type=int, default=None, help="augmentation workers (default: 8)")
-    s.add_argument("--seed", type=int, default=None)
-    s.add_argument(
-        "--mixed-precision",
-        choices=("auto", "fp32", "bf16", "no"),
-        default=None,
-        help="auto: bf16 on CUDA and on CPUs with native bf16 (AMX or AVX512-BF16), fp32 elsewhere; no = fp32",
-    )
+    s.add_argument("--seed", type=int, default=None, help="data order and initial weights (default: 0)")
+    add_precision_arg(s, dest="mixed_precision")
     s.add_argument("--resume", action="store_true", help="continue from the newest epoch checkpoint in --out")
-    s.add_argument("--no-progress", action="store_true")
+    add_progress_arg(s)
     s.set_defaults(func=run_ssl)
 
-    r = rs.add_parser("rcdm", help="train the demo RCDMs on ROOT/ssl and ROOT/supervised encoders")
+    r = command("rcdm", "train the demo RCDMs on ROOT/ssl and ROOT/supervised encoders")
     r.add_argument("--runs", required=True, help="ROOT holding ssl/encoder and supervised/encoder")
     r.add_argument(
         "--data", required=True, help="CIFAR-10 root (its train/ split is used) or an image folder"
@@ -68,7 +89,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         default=None,
         help="standardise representations (default: on with --profile cpu)",
     )
-    r.add_argument("--keep-checkpoints", type=int, default=None, help="checkpoints kept per run")
+    r.add_argument(
+        "--keep-checkpoints", type=int, default=None, help="checkpoints kept per run (default: the profile's)"
+    )
     r.add_argument("--preset", default=None, help="model preset (default: cifar32-small)")
     r.add_argument("--steps", type=int, default=None, help="default: 8000")
     r.add_argument("--batch-size", type=int, default=None, help="default: 128")
@@ -77,19 +100,28 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     r.add_argument("--save-every", type=int, default=None, help="default: 500")
     r.add_argument("--num-workers", type=int, default=None, help="default: 4")
     r.add_argument(
-        "--time-budget-s", type=float, default=None, help="stop at the first checkpoint after this"
+        "--time-budget-s",
+        type=float,
+        default=None,
+        help="stop at the first checkpoint after this many seconds (default: no limit)",
     )
     r.add_argument("--smoke", action="store_true", default=None, help="mark the runs as smoke tests")
-    r.add_argument("--resume", action="store_true")
-    r.add_argument("--no-progress", action="store_true")
+    r.add_argument("--resume", action="store_true", help="continue each run from its newest checkpoint")
+    add_progress_arg(r)
     r.set_defaults(func=run_rcdm)
 
-    k = rs.add_parser("pack", help="bundle finished runs: fp16 safetensors + model cards, size-checked")
+    k = command("pack", "bundle finished runs: fp16 safetensors + model cards, size-checked")
     k.add_argument("--runs", required=True, help="ROOT of `rcdm recipe ssl` / `rcdm recipe rcdm` runs")
     k.add_argument("--out", required=True, help="bundle folder (e.g. src/rcdm/assets/models)")
-    k.add_argument("--only", nargs="+", default=None, help="pack only these RCDM targets")
-    k.add_argument("--metrics", default=None, help="JSON file: {target name: {labelled metric: value}}")
-    k.add_argument("--demo-images", nargs="+", default=(), help="image files copied to OUT/demo-inputs")
+    k.add_argument("--only", nargs="+", default=None, help="pack only these RCDM targets (default: all)")
+    k.add_argument(
+        "--metrics",
+        default=None,
+        help="JSON file: {target name: {labelled metric: value}} for the cards (default: none)",
+    )
+    k.add_argument(
+        "--demo-images", nargs="+", default=(), help="image files copied to OUT/demo-inputs (default: none)"
+    )
     k.add_argument("--max-mb", type=float, default=None, help="size limit in MB of 10^6 bytes (default: 30)")
     k.add_argument(
         "--allow-smoke", action="store_true", help="pack undertrained runs, labelled as smoke tests"

@@ -8,11 +8,22 @@ import json
 from ..data import expand_image_args
 from ..runs import output_folder
 from ..visualize import save_visualization, visualize
-from .common import add_model_args, add_sampling_args, load_model_and_encoder, sampling_from_args
+from .common import (
+    add_command,
+    add_model_args,
+    add_sampling_args,
+    load_model_and_encoder,
+    sampling_from_args,
+)
+
+EPILOG = """examples:
+  rcdm sample --model runs/r20 --images photos/ --num-samples 8 --out samples/
+  rcdm sample --model official:dino-backbone --images my.jpg --sampling published --out figure1/
+"""
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("sample", help="draw samples from the representation of each image")
+    p = add_command(sub, "sample", "draw samples from the representation of each image", EPILOG)
     add_model_args(p)
     p.add_argument("--images", nargs="+", required=True, help="image files or folders")
     add_sampling_args(p)
@@ -33,7 +44,14 @@ def run(args: argparse.Namespace) -> int:
         args.out, overwrite=args.overwrite, marker="sample.json", command="rcdm sample"
     ) as out:
         model, encoder = load_model_and_encoder(args)
-        vis = visualize(model, encoder, paths, num_samples=args.num_samples, sampling=sampling, progress=True)
+        vis = visualize(
+            model,
+            encoder,
+            paths,
+            num_samples=args.num_samples,
+            sampling=sampling,
+            progress=not args.no_progress,
+        )
         grids = save_visualization(vis, out)
         settings = {"model": args.model, "num_samples": args.num_samples, **sampling.record()}
         (out / "sample.json").write_text(

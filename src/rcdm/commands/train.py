@@ -10,7 +10,7 @@ from ..errors import RCDMError
 from ..model import PRESETS
 from ..train import TrainConfig, train
 from ..train_config import REPORT_TO, saved_config
-from .common import add_command
+from .common import add_command, add_precision_arg
 
 EPILOG = """examples:
   rcdm train --data ~/data/cifar10/train --encoder cifar-resnet20:resnet20.th --preset cifar32-small \\
@@ -24,6 +24,13 @@ D = TrainConfig.__dataclass_fields__  # the defaults shown in --help come from t
 
 def _default(name: str) -> str:
     return f"default: {D[name].default}"
+
+
+class _CompileFlag(argparse.Action):
+    """--compile [default|off] (the sampling commands' vocabulary) -> TrainConfig.compile, a bool."""
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        setattr(namespace, self.dest, values != "off")
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -75,12 +82,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--seed", type=int, default=None, help=f"data order, noise and initial weights ({_default('seed')})"
     )
-    p.add_argument(
-        "--mixed-precision",
-        choices=("auto", "fp32", "bf16", "no"),
-        default=None,
-        help="auto: bf16 on CUDA and on CPUs with native bf16 (AMX or AVX512-BF16), fp32 elsewhere; no = fp32 "
-        "(default: auto)",
+    add_precision_arg(
+        p,
+        dest="mixed_precision",
+        help="bf16 or fp32 training; auto: bf16 on CUDA and on CPUs with native bf16 (AMX or AVX512-BF16), "
+        "fp32 elsewhere (default: auto)",
     )
     p.add_argument(
         "--gradient-checkpointing",
@@ -89,7 +95,18 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="recompute activations in backward (less memory, slower)",
     )
     p.add_argument(
-        "--compile", action="store_true", default=None, help="torch.compile the UNet (docs/speed.md)"
+        "--compile",
+        action=_CompileFlag,
+        nargs="?",
+        const="default",
+        choices=("default", "off"),
+        default=None,
+        metavar="MODE",
+        help="torch.compile the UNet: --compile (= default, torch.compile's default mode) or --compile off "
+        "(default: off; docs/speed.md)",
+    )
+    p.add_argument(
+        "--no-compile", dest="compile", action="store_const", const=False, help="same as --compile off"
     )
     p.add_argument(
         "--standardize",
@@ -100,7 +117,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--feature-cache",
         default=None,
-        help="FILE.safetensors: representations computed once (centre crops + flips)",
+        help="FILE.safetensors: representations computed once (centre crops + flips); default: none, the "
+        "encoder runs on every batch",
     )
     p.add_argument(
         "--num-workers", type=int, default=None, help=f"data loader workers ({_default('num_workers')})"

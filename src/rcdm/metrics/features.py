@@ -1,4 +1,4 @@
-"""Features for the quality metrics: the extractors (FID Inception-v3 from a local file, or any rcdm Encoder) and
+"""Features for the quality metrics: the extractors (FID Inception-v3, downloaded once, or any rcdm Encoder) and
 the streamed feature store (`extract_features` -> `FeatureSet`, `.npy` files on disk, resumable and shareable
 across processes; every metric reads it in chunks).
 """
@@ -24,12 +24,23 @@ from ..data import batched, center_square, files_digest, load_image
 from ..devices import process_state
 from ..encoders import Encoder, create_encoder
 from ..errors import RCDMError
+from ..weights import Weights, fetch
 
 # The FID network: torch-fidelity's conversion of TF's inception-2015-12-05 (what torchmetrics' FID uses).
 INCEPTION_FILE = "weights-inception-2015-12-05-6726825d.pth"
 INCEPTION_ALIASES = (INCEPTION_FILE, "pt_inception-2015-12-05-6726825d.pth")
 INCEPTION_URL = "https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/weights-inception-2015-12-05-6726825d.pth"
 INCEPTION_ENV = "RCDM_INCEPTION_WEIGHTS"
+# torch-fidelity's file (its URL_INCEPTION_V3). The file name carries the sha256 prefix (torch.hub's convention);
+# the full digest and size are the ones other projects record for this file, and they agree with that prefix.
+INCEPTION_WEIGHTS = Weights(
+    url=INCEPTION_URL,
+    filename=INCEPTION_FILE,
+    size=95_628_359,
+    sha256="6726825d0af5f729cebd5821db510b11b1cfad8faad88a03f1befd49fb9129b2",
+    license="Apache-2.0",
+    paper="Szegedy et al. 2016 (Inception-v3, TF 2015-12-05 graph); Heusel et al. 2017 (FID); torch-fidelity",
+)
 INCEPTION_NAMES = ("inception", "inception-v3")
 
 
@@ -40,12 +51,13 @@ class FeatureExtractor(nn.Module):
     """forward(images): uint8 (B, 3, H, W) RGB -> (features (B, dim) float32, logits (B, classes) or None).
 
     `name` labels the scores; `standard` is True only for the FID Inception-v3 (scores comparable to papers);
-    `has_logits` says whether an Inception Score can be computed (from these logits).
+    `has_logits` says whether an Inception Score can be computed (from these logits); `dim` is the feature width.
     """
 
     name: str
     standard: bool
     has_logits: bool
+    dim: int
 
     @property
     def device(self) -> torch.device:
@@ -63,7 +75,7 @@ class InceptionFeatures(FeatureExtractor):
             import torch_fidelity.feature_extractor_inceptionv3 as tf_inception
         except ImportError:
             raise RCDMError(
-                "Inception features need torch-fidelity: pip install torch-fidelity (or pass --features SPEC)"
+                "Inception features need torch-fidelity: pip install torch-fidelity (or pass --extractor SPEC)"
             ) from None
         path = Path(weights)
         try:  # refuse pickles that are not plain tensors before torch-fidelity loads the file
@@ -89,6 +101,7 @@ class InceptionFeatures(FeatureExtractor):
         self.name = "inception-v3"
         self.standard = True
         self.has_logits = True
+        self.dim = 2048  # pool3
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         feats, logits = self.net(images)
@@ -104,6 +117,7 @@ class EncoderFeatures(FeatureExtractor):
         self.name = encoder.spec
         self.standard = False
         self.has_logits = encoder.classifier is not None
+        self.dim = encoder.dim
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         x = images.float() / 255.0
@@ -113,19 +127,16 @@ class EncoderFeatures(FeatureExtractor):
         return feats, logits
 
 
-def inception_search_paths() -> list[Path]:
-    """Where the Inception weights are looked for, after an explicit path: $RCDM_INCEPTION_WEIGHTS, then the
-    torch hub cache (`torch.hub.get_dir()/checkpoints/`, where torch-fidelity/torchmetrics download it)."""
-    out = []
-    if os.environ.get(INCEPTION_ENV):
-        out.append(Path(os.environ[INCEPTION_ENV]).expanduser())
-    hub = Path(torch.hub.get_dir()) / "checkpoints"
-    out.extend(hub / name for name in INCEPTION_ALIASES)
-    return out
+def inception_cache() -> Path:
+    """The torch hub cache (`torch.hub.get_dir()/checkpoints/`): where torch-fidelity / torchmetrics keep the file."""
+    return Path(torch.hub.get_dir()) / "checkpoints"
 
 
-def find_inception_weights(path: str | Path | None = None) -> Path:
-    """The FID Inception weights file: `path` if given, else the first of `inception_search_paths()` that exists."""
+def find_inception_weights(path: str | Path | None = None, *, progress: bool = True) -> Path:
+    """The FID Inception weights file: `path` if given, else $RCDM_INCEPTION_WEIGHTS, else torch-fidelity's file
+    in the torch hub cache (downloaded there on first use by rcdm.weights.fetch, size and sha256 checked at every
+    use; pytorch-fid's copy of it there is taken as it is). Offline: RCDMError naming the file's URL and where to
+    put it."""
     if path is not None:
         p = Path(path).expanduser()
         if not p.is_file():
@@ -133,22 +144,28 @@ def find_inception_weights(path: str | Path | None = None) -> Path:
                 f"Inception weights not found at {str(p)!r}: download {INCEPTION_URL} to that path"
             )
         return p
-    for p in inception_search_paths():
-        if p.is_file():
-            return p
-    target = Path(torch.hub.get_dir()) / "checkpoints" / INCEPTION_FILE
-    raise RCDMError(
-        f"FID Inception-v3 weights not found (offline): put {INCEPTION_FILE} (from {INCEPTION_URL}) at "
-        f"{target}, or pass --inception-weights PATH, or use --features SPEC for another extractor"
+    env = os.environ.get(INCEPTION_ENV)
+    if env and Path(env).expanduser().is_file():
+        return Path(env).expanduser()
+    cache = inception_cache()
+    pytorch_fid = cache / INCEPTION_ALIASES[1]
+    if not (cache / INCEPTION_FILE).is_file() and pytorch_fid.is_file():
+        return pytorch_fid
+    return fetch(
+        INCEPTION_WEIGHTS,
+        cache,
+        progress=progress,
+        instead="pass --inception-weights PATH, or --extractor SPEC for another feature network",
     )
 
 
 def create_feature_extractor(
     spec: str = "inception", inception_weights: str | Path | None = None
 ) -> FeatureExtractor:
-    """'inception' (the FID network, from a local file) or any encoder spec (its backbone feature)."""
+    """'inception' (the FID network; downloaded on first use) or any encoder spec (its backbone feature)."""
     if spec in INCEPTION_NAMES:
-        return InceptionFeatures(find_inception_weights(inception_weights))
+        with process_state().main_process_first():  # one process downloads, the others then find the file
+            return InceptionFeatures(find_inception_weights(inception_weights))
     return EncoderFeatures(create_encoder(spec, "backbone"))
 
 

@@ -1,13 +1,16 @@
 """Sample quality: FID, KID, Inception Score, precision/recall and density/coverage, streamed from disk.
 
 Features come from a `FeatureExtractor` (metrics/features.py): the standard FID Inception-v3 (torch-fidelity's port of the 2015-12-05
-TensorFlow graph, loaded from a local file; no downloads) or any rcdm Encoder (`cifar-resnet56:PATH`,
+TensorFlow graph, downloaded once into the torch hub cache, sha256-checked) or any rcdm Encoder (`cifar-resnet56:PATH`,
 `timm:vit_small_patch14_dinov2.lvd142m`, ...). Scores from non-Inception features are not comparable with
 published numbers and are labelled with the extractor's name.
 
 Images are read batch by batch and their features written to a `.npy` store on disk (resumable, shareable
 across processes); every metric then reads the store in chunks, so neither the images nor an N x N matrix are
 ever held in memory beyond one chunk.
+
+FID can also be taken against reference statistics (`load_reference_stats`: an `.npz` with `mu` and `sigma`, as
+ADM's reference batches and clean-fid's stats files hold them), which is how papers report ImageNet FIDs.
 """
 
 from __future__ import annotations
@@ -44,6 +47,47 @@ def frechet_distance(
     return float(
         fid_statistics_to_metric(stats(mu1, sigma1), stats(mu2, sigma2), verbose=False)[KEY_METRIC_FID]
     )
+
+
+def load_reference_stats(
+    path: str | Path, dim: int | None, extractor: str = "inception-v3"
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """FILE.npz with `mu` (dim,) and `sigma` (dim, dim) -> both as float64 tensors; RCDMError in one line if not.
+
+    ADM's reference batches (`VIRTUAL_imagenet128_labeled.npz` ...) hold them next to `arr_0` (the images) and
+    the spatial `mu_s`/`sigma_s`; only `mu`/`sigma` are read. `dim` is the extractor's feature width (2048 for
+    the FID Inception-v3's pool features; None: not checked). Read with allow_pickle=False: a file that pickles objects is refused.
+    """
+    path = Path(path).expanduser()
+    try:
+        data = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as e:
+        raise RCDMError(f"cannot read --real-stats {str(path)!r}: {str(e).splitlines()[0]}") from None
+    if not isinstance(data, np.lib.npyio.NpzFile):
+        raise RCDMError(f"--real-stats {str(path)!r} is a single array, not an .npz with mu and sigma")
+    with data:
+        keys = list(data.keys())
+        if "mu" not in keys or "sigma" not in keys:
+            raise RCDMError(
+                f"--real-stats {str(path)!r} has no mu/sigma (keys: {', '.join(keys) or 'none'}): pass reference "
+                "statistics as ADM's reference batches and clean-fid store them (np.savez(FILE, mu=..., sigma=...))"
+            )
+        try:  # an .npz reads its arrays lazily: a pickled (object) array is refused here
+            mu, sigma = data["mu"], data["sigma"]
+        except (OSError, ValueError) as e:
+            raise RCDMError(f"cannot read --real-stats {str(path)!r}: {str(e).splitlines()[0]}") from None
+    if mu.ndim != 1 or sigma.shape != (mu.shape[0], mu.shape[0]):
+        raise RCDMError(
+            f"--real-stats {str(path)!r}: mu has shape {mu.shape} and sigma {sigma.shape}; expected (D,) and (D, D)"
+        )
+    if dim is not None and mu.shape[0] != dim:
+        raise RCDMError(
+            f"--real-stats {str(path)!r} holds {mu.shape[0]}-d statistics but the {extractor} features are "
+            f"{dim}-d: use statistics of the same extractor (Inception-v3 pool: 2048) or the matching --extractor"
+        )
+    if not (np.isfinite(mu).all() and np.isfinite(sigma).all()):
+        raise RCDMError(f"--real-stats {str(path)!r} holds non-finite values")
+    return torch.from_numpy(mu.astype(np.float64)), torch.from_numpy(sigma.astype(np.float64))
 
 
 def polynomial_kernel(
@@ -179,23 +223,28 @@ def manifold_metrics(
 
 @dataclass
 class QualityResult:
-    """Scores of a fake set against a real set. `standard` is True only for Inception-v3 features."""
+    """Scores of a fake set against a real set. `standard` is True only for Inception-v3 features.
+
+    Against reference statistics alone (no real images), the scores that need real features (KID, precision,
+    recall, density, coverage) and num_real are None.
+    """
 
     features: str  # the extractor's name, e.g. "inception-v3" or "cifar-resnet56:PATH"
     standard: bool
-    num_real: int
+    num_real: int | None
     num_fake: int
     fid: float
-    kid: float
-    kid_std: float
+    kid: float | None
+    kid_std: float | None
     inception_score: float | None
     inception_score_std: float | None
     inception_score_note: str  # which logits gave IS, or why it is null
-    precision: float
-    recall: float
-    density: float
-    coverage: float
+    precision: float | None
+    recall: float | None
+    density: float | None
+    coverage: float | None
     settings: dict = field(default_factory=dict)
+    fid_reference: str = "real images"  # or the reference statistics file (--real-stats)
 
     def to_dict(self) -> dict:
         return {"metric": "quality", **asdict(self)}
@@ -206,11 +255,12 @@ def _device() -> torch.device:
 
 
 def quality_from_features(
-    real: FeatureSet,
+    real: FeatureSet | None,
     fake: FeatureSet,
     *,
     extractor_name: str,
     standard: bool,
+    real_stats: str | Path | None = None,
     kid_subsets: int = 100,
     kid_subset_size: int = 1000,
     k_pr: int = 3,
@@ -220,22 +270,34 @@ def quality_from_features(
     seed: int = 0,
 ) -> QualityResult:
     """All scores from two feature stores. Precision/recall/density/coverage use at most `manifold_samples`
-    rows of each set (a fixed random subset, as in both papers' 10k protocol)."""
-    mu_r, cov_r = real.mean_cov()
+    rows of each set (a fixed random subset, as in both papers' 10k protocol).
+
+    real_stats: an .npz with the real set's `mu`/`sigma` (`load_reference_stats`); FID is then taken against
+    it instead of `real`'s features. `real` may then be None: the scores that need real features are None.
+    """
+    if real is None and real_stats is None:
+        raise RCDMError("quality needs real images or reference statistics (--real and/or --real-stats)")
+    if real_stats is not None:
+        mu_r, cov_r = load_reference_stats(real_stats, fake.dim, extractor_name)
+    else:
+        mu_r, cov_r = real.mean_cov()
     mu_f, cov_f = fake.mean_cov()
     fid = frechet_distance(mu_r, cov_r, mu_f, cov_f)
-    kid, kid_std, kid_size = kernel_inception_distance(
-        real, fake, subsets=kid_subsets, subset_size=kid_subset_size, seed=seed
-    )
-    g = torch.Generator().manual_seed(seed + 1)
+    kid = kid_std = kid_size = None
+    pr = dict.fromkeys(("precision", "recall", "density", "coverage"))
+    if real is not None:
+        kid, kid_std, kid_size = kernel_inception_distance(
+            real, fake, subsets=kid_subsets, subset_size=kid_subset_size, seed=seed
+        )
+        g = torch.Generator().manual_seed(seed + 1)
 
-    def subset(s: FeatureSet) -> torch.Tensor:
-        if s.count <= manifold_samples:
-            return torch.cat(list(s.chunks()))
-        return s.rows(torch.randperm(s.count, generator=g)[:manifold_samples].numpy())
+        def subset(s: FeatureSet) -> torch.Tensor:
+            if s.count <= manifold_samples:
+                return torch.cat(list(s.chunks()))
+            return s.rows(torch.randperm(s.count, generator=g)[:manifold_samples].numpy())
 
-    device = _device()
-    pr = manifold_metrics(subset(real).to(device), subset(fake).to(device), k_pr=k_pr, k_dc=k_dc)
+        device = _device()
+        pr = manifold_metrics(subset(real).to(device), subset(fake).to(device), k_pr=k_pr, k_dc=k_dc)
     logits = fake.logits()
     if logits is not None:
         is_mean, is_std = inception_score(logits, is_splits, seed)
@@ -246,11 +308,11 @@ def quality_from_features(
         )
     else:
         is_mean = is_std = None
-        note = f"not available: {extractor_name} has no classifier logits (use --features inception)"
+        note = f"not available: {extractor_name} has no classifier logits (use --extractor inception)"
     return QualityResult(
         features=extractor_name,
         standard=standard,
-        num_real=real.count,
+        num_real=real.count if real is not None else None,
         num_fake=fake.count,
         fid=fid,
         kid=kid,
@@ -262,27 +324,29 @@ def quality_from_features(
         recall=pr["recall"],
         density=pr["density"],
         coverage=pr["coverage"],
+        fid_reference=str(real_stats) if real_stats is not None else "real images",
         settings={
             "kid_subsets": kid_subsets,
             "kid_subset_size": kid_size,
             "k_precision_recall": k_pr,
             "k_density_coverage": k_dc,
-            "manifold_samples_real": min(manifold_samples, real.count),
+            "manifold_samples_real": min(manifold_samples, real.count) if real is not None else None,
             "manifold_samples_fake": min(manifold_samples, fake.count),
             "is_splits": is_splits,
             "seed": seed,
-            "real_store": str(real.folder),
+            "real_store": str(real.folder) if real is not None else None,
             "fake_store": str(fake.folder),
         },
     )
 
 
 def evaluate_quality(
-    real: Sequence[Path],
+    real: Sequence[Path] | None,
     fake: Sequence[Path],
     extractor: FeatureExtractor,
     store: str | Path,
     *,
+    real_stats: str | Path | None = None,
     image_size: int | None = None,
     batch_size: int = 100,
     num_workers: int = 0,
@@ -291,14 +355,20 @@ def evaluate_quality(
 ) -> QualityResult:
     """Extract (or reuse) features of both image lists into `store`, then score. kwargs: see quality_from_features.
 
-    Both sets are brought to the same side before the extractor: `image_size`, default the first real file's.
+    Both sets are brought to the same side before the extractor: `image_size`, default the first real file's
+    (the first fake file's without real images). real_stats: FID against these statistics (see
+    quality_from_features); `real` may then be None.
     """
-    size = image_size or native_size(Path(real[0]))
+    if not real and real_stats is None:
+        raise RCDMError("quality needs real images or reference statistics (--real and/or --real-stats)")
+    if real_stats is not None:  # a wrong file fails now, before any feature is extracted
+        load_reference_stats(real_stats, extractor.dim, extractor.name)
+    size = image_size or native_size(Path(real[0] if real else fake[0]))
     common = dict(image_size=size, batch_size=batch_size, num_workers=num_workers, progress=progress)
-    fr = extract_features(real, extractor, store, label="real", **common)
+    fr = extract_features(real, extractor, store, label="real", **common) if real else None
     ff = extract_features(fake, extractor, store, label="fake", **common)
     result = quality_from_features(
-        fr, ff, extractor_name=extractor.name, standard=extractor.standard, **kwargs
+        fr, ff, extractor_name=extractor.name, standard=extractor.standard, real_stats=real_stats, **kwargs
     )
     result.settings["image_size"] = size
     return result

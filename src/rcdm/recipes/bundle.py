@@ -3,7 +3,7 @@ README.md per model, bundle.json) and `read_bundle` checks and opens one. `rcdm-
 `rcdm sample --model FOLDER` read its models; `rcdm demo` shows them.
 
 Layout: BUNDLE/<encoder name>/{encoder.safetensors, card.json, README.md}, BUNDLE/<target>/{config.json,
-diffusion_pytorch_model.safetensors, card.json, README.md}, BUNDLE/demo-inputs/*, BUNDLE/bundle.json.
+diffusion_pytorch_model.rcdm.safetensors, card.json, README.md}, BUNDLE/demo-inputs/*, BUNDLE/bundle.json.
 """
 
 from __future__ import annotations
@@ -369,7 +369,7 @@ def pack(
     """Bundle the encoders and RCDMs of ROOT into OUT (written as a whole or not at all).
 
     OUT/<encoder name>/{encoder.safetensors, card.json, README.md}, OUT/<target>/{config.json,
-    diffusion_pytorch_model.safetensors, card.json, README.md}, OUT/demo-inputs/*, OUT/bundle.json. The RCDMs'
+    diffusion_pytorch_model.rcdm.safetensors, card.json, README.md}, OUT/demo-inputs/*, OUT/bundle.json. The RCDMs'
     config names their encoder as `rcdm-cifar:<encoder name>` so that a bundle under rcdm/assets/models is
     found by name. Raises RCDMError for smoke runs (unless allow_smoke: then every card says so) and when the
     bundle exceeds `max_mb` MB (10**6 bytes).
