@@ -32,7 +32,7 @@ from ..errors import RCDMError
 from ..loading import encoder_for, load_model
 from ..runs import check_writable_dir
 from .common import (
-    add_command,
+    add_command_group,
     add_model_args,
     add_sampling_args,
     load_model_and_encoder,
@@ -86,13 +86,14 @@ def _common(p: argparse.ArgumentParser) -> None:
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = add_command(
-        sub, "analyze", "the paper's analyses: invariance, adversarial, interpolate, ...", EPILOGS["analyze"]
+    command = add_command_group(
+        sub,
+        "analyze",
+        "the paper's analyses: invariance, adversarial, interpolate, ...",
+        EPILOGS,
+        dest="analysis",
+        metavar="ANALYSIS",
     )
-    asub = p.add_subparsers(dest="analysis", required=True, metavar="ANALYSIS")
-
-    def command(name: str, help: str) -> argparse.ArgumentParser:
-        return add_command(asub, name, help, EPILOGS[name])
 
     q = command("invariance", "samples from augmented images' representations (findings 1, 2)")
     _common(q)

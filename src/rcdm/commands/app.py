@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from .common import add_command
+from .common import add_command, add_device_args
 
 EPILOG = """examples:
   pip install -e '.[app]'
@@ -35,12 +35,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default: this machine only)")
     p.add_argument("--port", type=int, default=7860, help="port to serve on")
-    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when available)")
-    p.add_argument(
-        "--trust-remote-code",
-        action="store_true",
-        help="allow a model whose config names an encoder that runs code (hub:, module:)",
-    )
+    add_device_args(p)
     p.set_defaults(func=run)
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -78,12 +79,30 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--encoder", default=None, help="encoder spec; default: the one the model was trained on")
     p.add_argument("--feature", choices=FEATURES, default=None, help="default: the model's")
+    add_device_args(p)
+
+
+def add_device_args(p: argparse.ArgumentParser) -> None:
+    """--device and --trust-remote-code: where a model runs, and whether its config may name code to run."""
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when available)")
     p.add_argument(
         "--trust-remote-code",
         action="store_true",
         help="allow a model whose config names an encoder that runs code (hub:, module:); off by default",
     )
+
+
+def add_standardize_arg(p: argparse.ArgumentParser, default: str) -> None:
+    p.add_argument(
+        "--standardize",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help=f"standardise representations with the training set's per-dimension mean/std (default: {default})",
+    )
+
+
+def add_overwrite_arg(p: argparse.ArgumentParser, what: str) -> None:
+    p.add_argument("--overwrite", action="store_true", help=f"replace {what}")
 
 
 def load_model_and_encoder(
@@ -167,6 +186,17 @@ def add_command(
 ) -> argparse.ArgumentParser:
     """A subcommand whose --help shows every option's default and ends with its examples (`epilog`, as written)."""
     return sub.add_parser(name, help=help, description=help, epilog=epilog, formatter_class=HelpFormatter)
+
+
+def add_command_group(
+    sub: argparse._SubParsersAction, name: str, help: str, epilogs: dict[str, str], dest: str, metavar: str
+) -> Callable[[str, str], argparse.ArgumentParser]:
+    """A command with subcommands (`rcdm analyze ANALYSIS`, ...); returns the function that adds one of them, whose
+    examples are `epilogs[its name]` (the group's own: `epilogs[name]`)."""
+    group = add_command(sub, name, help, epilogs[name]).add_subparsers(
+        dest=dest, required=True, metavar=metavar
+    )
+    return lambda sub_name, sub_help: add_command(group, sub_name, sub_help, epilogs[sub_name])
 
 
 def read_json_object(path: str | None, flag: str) -> dict | None:

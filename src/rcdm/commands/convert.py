@@ -9,7 +9,7 @@ from ..convert import convert, export_diffusers
 from ..encoders import FEATURES
 from ..loading import MODELS, encoder_description, published_name_for
 from ..runs import output_folder
-from .common import add_command
+from .common import add_command, add_overwrite_arg
 
 log = logging.getLogger(__name__)
 
@@ -44,11 +44,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         default=True,
         help="also write OUT/unet (UNet2DModel.from_pretrained) and OUT/rep_proj.safetensors",
     )
-    p.add_argument(
-        "--overwrite",
-        action="store_true",
-        help="replace an earlier model folder at --out (one with config.json)",
-    )
+    add_overwrite_arg(p, "an earlier model folder at --out (one with config.json)")
     p.set_defaults(func=run)
 
 

@@ -14,7 +14,7 @@ from ..encoders import FEATURES, create_encoder
 from ..errors import RCDMError
 from ..locks import output_lock
 from ..runs import check_writable_file
-from .common import add_command, add_progress_arg
+from .common import add_command, add_overwrite_arg, add_progress_arg
 
 EPILOG = """examples:
   rcdm encode --encoder cifar-resnet20:resnet20.th --images data/test --out reps.safetensors
@@ -29,7 +29,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--images", nargs="+", required=True, help="image files or folders")
     p.add_argument("--out", required=True, help="FILE.safetensors")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when available)")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
+    add_overwrite_arg(p, "an existing --out file")
     add_progress_arg(p)
     p.set_defaults(func=run)
 

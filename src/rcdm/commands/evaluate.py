@@ -17,7 +17,7 @@ from ..metrics.generate import MANIFEST, generate_samples, sample_files
 from ..metrics.quality import evaluate_quality, load_reference_stats, quality_tables
 from ..runs import check_writable_dir, check_writable_file
 from .common import (
-    add_command,
+    add_command_group,
     add_model_args,
     add_progress_arg,
     add_sampling_args,
@@ -52,11 +52,9 @@ EPILOGS = {
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = add_command(sub, "evaluate", "faithfulness and sample-quality metrics", EPILOGS["evaluate"])
-    ev = p.add_subparsers(dest="metric", required=True, metavar="METRIC")
-
-    def command(name: str, help: str) -> argparse.ArgumentParser:
-        return add_command(ev, name, help, EPILOGS[name])
+    command = add_command_group(
+        sub, "evaluate", "faithfulness and sample-quality metrics", EPILOGS, dest="metric", metavar="METRIC"
+    )
 
     f = command("faithfulness", "rank / cosine of samples' representations to their condition")
     add_model_args(f)

@@ -9,7 +9,14 @@ from pathlib import Path
 from ..recipes.bundle import MAX_BUNDLE_MB, pack
 from ..recipes.demo_pack import RCDM_PROFILES, RCDMRecipe, train_rcdms
 from ..recipes.ssl import SSLConfig, resolve_config, train_encoder
-from .common import add_command, add_precision_arg, add_progress_arg, read_json_object
+from .common import (
+    add_command_group,
+    add_overwrite_arg,
+    add_precision_arg,
+    add_progress_arg,
+    add_standardize_arg,
+    read_json_object,
+)
 
 EPILOGS = {
     "recipe": """examples (docs/recipes.md):
@@ -33,13 +40,14 @@ EPILOGS = {
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = add_command(
-        sub, "recipe", "train the CIFAR-10 demo encoder and RCDMs, and bundle them", EPILOGS["recipe"]
+    command = add_command_group(
+        sub,
+        "recipe",
+        "train the CIFAR-10 demo encoder and RCDMs, and bundle them",
+        EPILOGS,
+        dest="recipe",
+        metavar="RECIPE",
     )
-    rs = p.add_subparsers(dest="recipe", required=True, metavar="RECIPE")
-
-    def command(name: str, help: str) -> argparse.ArgumentParser:
-        return add_command(rs, name, help, EPILOGS[name])
 
     s = command("ssl", "train a small CIFAR-10 encoder (VICReg or supervised) and report k-NN accuracy")
     s.add_argument(
@@ -83,12 +91,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         default="gpu",
         help="named defaults: gpu (one GPU, three runs side by side) or cpu (one core per run; docs/recipes.md)",
     )
-    r.add_argument(
-        "--standardize",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="standardise representations (default: on with --profile cpu)",
-    )
+    add_standardize_arg(r, "on with --profile cpu")
     r.add_argument(
         "--keep-checkpoints", type=int, default=None, help="checkpoints kept per run (default: the profile's)"
     )
@@ -126,7 +129,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     k.add_argument(
         "--allow-smoke", action="store_true", help="pack undertrained runs, labelled as smoke tests"
     )
-    k.add_argument("--overwrite", action="store_true", help="replace bundle entries already in --out")
+    add_overwrite_arg(k, "bundle entries already in --out")
     k.set_defaults(func=run_pack)
 
 

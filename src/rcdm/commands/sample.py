@@ -11,6 +11,7 @@ from ..visualize import save_visualization, visualize
 from .common import (
     add_command,
     add_model_args,
+    add_overwrite_arg,
     add_sampling_args,
     load_model_and_encoder,
     sampling_from_args,
@@ -28,11 +29,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--images", nargs="+", required=True, help="image files or folders")
     add_sampling_args(p)
     p.add_argument("--out", required=True, help="output folder (new or empty; see --overwrite)")
-    p.add_argument(
-        "--overwrite",
-        action="store_true",
-        help="replace an earlier `rcdm sample` output in --out (never a folder of other files)",
-    )
+    add_overwrite_arg(p, "an earlier `rcdm sample` output in --out (never a folder of other files)")
     p.set_defaults(func=run)
 
 

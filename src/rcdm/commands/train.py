@@ -10,7 +10,7 @@ from ..errors import RCDMError
 from ..model import PRESETS
 from ..train import TrainConfig, train
 from ..train_config import REPORT_TO, saved_config
-from .common import add_command, add_precision_arg
+from .common import add_command, add_precision_arg, add_standardize_arg
 
 EPILOG = """examples:
   rcdm train --data ~/data/cifar10/train --encoder cifar-resnet20:resnet20.th --preset cifar32-small \\
@@ -108,12 +108,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--no-compile", dest="compile", action="store_const", const=False, help="same as --compile off"
     )
-    p.add_argument(
-        "--standardize",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="standardise representations with the training set's per-dimension mean/std (default: off)",
-    )
+    add_standardize_arg(p, "off")
     p.add_argument(
         "--feature-cache",
         default=None,
