@@ -294,15 +294,14 @@ def test_cli_switches(model_dir, image, tmp_path, capsys):
 
 
 def test_train_compile_flag(monkeypatch, tmp_path):
-    from types import SimpleNamespace
-
     from rcdm.commands import train as train_cmd
+    from rcdm.train import TrainResult
 
     seen = []
 
     def fake_train(cfg, out, **kw):
         seen.append(cfg)
-        return SimpleNamespace(steps=0, last_loss=0.0, images_per_second=0.0, run_dir=Path(out))
+        return TrainResult(Path(out), steps=1, last_loss=0.0, images_per_second=0.0, history=[0.0])
 
     monkeypatch.setattr(train_cmd, "train", fake_train)
     argv = ["train", "--data", str(tmp_path), "--encoder", "pixels:2", "--out", str(tmp_path / "r")]
