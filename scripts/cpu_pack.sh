@@ -5,6 +5,9 @@
 #   bash scripts/cpu_pack.sh rcdms      three cifar32-small RCDMs (--profile cpu), two at a time, one core each
 #   bash scripts/cpu_pack.sh evaluate   the gates on 1,000 class-balanced CIFAR-10 test images (judge: ResNet-56),
 #                                       for the final model and each kept checkpoint (the curve): CURVE=0 skips
+#   bash scripts/cpu_pack.sh samplers   faithfulness per second of each sampling preset (fast, paired, published)
+#                                       on the first $SAMPLER_IMAGES eval images, for each backbone RCDM (its final
+#                                       model, else its newest checkpoint): what the pack's default sampler rests on
 #   bash scripts/cpu_pack.sh pack       the bundle into src/rcdm/assets/models (fp16, model cards, metrics)
 #
 # Every stage resumes where it stopped (epoch checkpoints for the encoders, step checkpoints for the RCDMs; a
@@ -14,7 +17,7 @@
 # chunk), to be resumed later.
 set -uo pipefail
 
-STAGE=${1:?usage: cpu_pack.sh encoders|rcdms|evaluate|pack}
+STAGE=${1:?usage: cpu_pack.sh encoders|rcdms|evaluate|samplers|pack}
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 WORK=${WORK:-$HOME/rcdm-work}
 PY=${PY:-$ROOT/.venv/bin/python}
@@ -24,6 +27,7 @@ SSL_EPOCHS=${SSL_EPOCHS:-60}
 SUP_EPOCHS=${SUP_EPOCHS:-30}
 RCDM_STEPS=${RCDM_STEPS:-8000}
 EVAL_IMAGES=${EVAL_IMAGES:-1000}
+SAMPLER_IMAGES=${SAMPLER_IMAGES:-200}
 TARGETS=(rcdm-cifar10-supervised rcdm-cifar10-vicreg-backbone rcdm-cifar10-vicreg-projector)
 export OMP_NUM_THREADS=1 PYTHONUNBUFFERED=1
 RCDM="nice -n 10 $PY -m rcdm.cli"
@@ -65,6 +69,12 @@ evaluate() { # evaluate TARGET MODEL_DIR TAG
             >>"$WORK/evaluate.log" 2>&1
 }
 
+newest_model() { # newest_model RUN: its final model folder, else its newest complete checkpoint's EMA
+    if [ -f "$1/model/config.json" ]; then echo "$1/model"; return; fi
+    local ck
+    for ck in "$1"/checkpoints/step-*; do [ -f "$ck/state.json" ] && echo "$ck/ema"; done | tail -n 1
+}
+
 case $STAGE in
 encoders)
     encoder ssl vicreg "$SSL_EPOCHS" &
@@ -94,12 +104,31 @@ evaluate)
     done
     $PY "$ROOT/scripts/pack_metrics.py" "$WORK/metrics" "$EVAL_IMAGES" >"$WORK/metrics.json" && cat "$WORK/metrics.json"
     ;;
+samplers)
+    [ -d "$WORK/sampler-images" ] ||
+        $PY "$ROOT/scripts/copy_test_images.py" "$CIFAR/test" "$WORK/sampler-images" "$SAMPLER_IMAGES"
+    for t in "${TARGETS[@]:0:2}"; do
+        model=$(newest_model "$WORK/runs/$t")
+        [ -n "$model" ] || continue
+        for preset in fast paired published; do
+            out="$WORK/metrics/$t/sampler-$preset"
+            mkdir -p "$out"
+            echo "$t: $model, sampling $preset" >>"$WORK/evaluate.log"
+            start=$(date +%s%N)
+            $RCDM evaluate faithfulness --model "$model" --images "$WORK/sampler-images" --num-samples 1 \
+                --sampling "$preset" --judge "cifar-resnet56:$RESNET56" --out "$out/faithfulness.json" \
+                --no-progress >>"$WORK/evaluate.log" 2>&1 &&
+                awk "BEGIN { print ($(date +%s%N) - $start) / 1e9 }" >"$out/seconds"
+        done
+    done
+    $PY "$ROOT/scripts/pack_metrics.py" "$WORK/metrics" "$EVAL_IMAGES" >"$WORK/metrics.json" && cat "$WORK/metrics.json"
+    ;;
 pack)
     $PY -m rcdm.cli recipe pack --runs "$WORK/runs" --out "$ROOT/src/rcdm/assets/models" --metrics "$WORK/metrics.json" \
         --overwrite --demo-images "$CIFAR"/test/{airplane,automobile,bird,cat,deer,dog,frog,horse}/0001.jpg
     ;;
 *)
-    echo "unknown stage $STAGE: use encoders, rcdms, evaluate or pack" >&2
+    echo "unknown stage $STAGE: use encoders, rcdms, evaluate, samplers or pack" >&2
     exit 2
     ;;
 esac

@@ -80,7 +80,7 @@ def _png_header_only(path: Path, w: int, h: int) -> None:
 def test_decompression_bombs_and_huge_images_are_refused_by_name(tmp_path, monkeypatch):
     bomb = tmp_path / "bomb.png"
     _png_header_only(bomb, 100_000, 100_000)
-    with pytest.raises(RCDMError, match=r"bomb\.png"):
+    with pytest.raises(RCDMError, match=r"bomb\.png.* too large to decode"):
         load_image(bomb)
     Image.new("RGB", (64, 64)).save(tmp_path / "ok.png")
     monkeypatch.setenv("RCDM_MAX_IMAGE_PIXELS", "1000")

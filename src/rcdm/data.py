@@ -91,7 +91,9 @@ def load_image(path: str | Path) -> Image.Image:
             return _to_rgb(im)
     except RCDMError:
         raise
-    except (UnidentifiedImageError, OSError, Image.DecompressionBombError, ValueError) as e:
+    except Image.DecompressionBombError as e:  # over Pillow's own hard limit, refused before our check
+        raise RCDMError(f"image {str(path)!r} is too large to decode ({e}): resize it") from None
+    except (UnidentifiedImageError, OSError, ValueError) as e:
         raise RCDMError(
             f"cannot read image {str(path)!r}: {e.__class__.__name__}; is it a jpg/png/webp?"
         ) from None
