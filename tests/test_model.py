@@ -70,6 +70,14 @@ def test_folders_saved_under_the_plain_weights_name_still_load(tmp_path):
     assert _same_weights(m, RCDM.from_pretrained(tmp_path / "old"))
 
 
+def test_rcdm_export_checks_its_out_before_loading_the_model(tmp_path, capsys):
+    from rcdm.cli import main
+
+    (tmp_path / "file.txt").write_text("x")
+    assert main(["export", str(tmp_path / "no-model"), "--out", str(tmp_path / "file.txt")]) == 2
+    assert "file.txt' is a file, not a folder" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("standardize", [False, True])
 def test_rcdm_export_writes_a_plain_diffusers_unet_that_gives_the_same_output(tmp_path, standardize, capsys):
     from diffusers import UNet2DModel

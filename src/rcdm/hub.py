@@ -46,9 +46,9 @@ def resolve_hub_model(text: str) -> Path:
         folder = Path(snapshot_download(repo, revision=rev, allow_patterns=MODEL_FILES, library_name="rcdm"))
     except LocalEntryNotFoundError:
         raise RCDMError(
-            f"model {text!r} is not in the Hugging Face cache and the hub cannot be reached (offline or "
-            f"HF_HUB_OFFLINE=1): run `huggingface-cli download {repo}` where there is internet and copy the "
-            "cache (HF_HOME), or pass a local model folder"
+            f"model {text!r} is no local folder, and as a hub repo it is not in the Hugging Face cache and the "
+            f"hub cannot be reached (offline or HF_HUB_OFFLINE=1): check the path, or run `huggingface-cli "
+            f"download {repo}` where there is internet and copy the cache (HF_HOME)"
         ) from None
     except RevisionNotFoundError:
         raise RCDMError(f"repo {repo!r} has no revision {rev!r}: check the branch, tag or commit") from None

@@ -203,6 +203,10 @@ def test_real_stats_files_are_checked_in_one_line(
     np.savez(pickled, mu=np.array([{"a": 1}], dtype=object), sigma=np.eye(1))
     assert "allow_pickle=False" in run(pickled)  # never unpickled
     assert "No such file" in run(tmp_path / "absent.npz")
+    text = tmp_path / "notes.npz"
+    text.write_text("hello\n")
+    said = run(text)
+    assert "not a numpy .npz" in said and "allow_pickle" not in said  # numpy's unsafe advice is never relayed
     assert not (tmp_path / "q.json").exists()
     argv = ["evaluate", "quality", "--fake", str(few_images), "--out", str(tmp_path / "q.json")]
     assert main(argv) == 2 and "--real-stats" in capsys.readouterr().err
@@ -299,3 +303,14 @@ def test_inception_extractor_with_a_weights_file(tmp_path: Path, monkeypatch):
     assert feats.shape == (2, 2048) and logits is not None and logits.shape == (2, 1008)
     with pytest.raises(RCDMError, match="not the FID Inception"):
         create_feature_extractor("inception", empty)
+
+
+def test_a_bad_real_stats_file_is_named_before_the_inception_weights_are_fetched(
+    few_images: Path, tmp_path: Path, monkeypatch, capsys
+):
+    url = _offline_inception(monkeypatch, tmp_path)
+    absent = tmp_path / "absent.npz"
+    argv = ["evaluate", "quality", "--fake", str(few_images), "--real-stats", str(absent)]
+    assert main([*argv, "--out", str(tmp_path / "q.json")]) == 2
+    err = capsys.readouterr().err
+    assert str(absent) in err and url not in err

@@ -248,6 +248,8 @@ def run_quality(args: argparse.Namespace) -> int:
     out = _json_out(args.out)
     if args.real is None and args.real_stats is None:
         raise RCDMError("pass --real FOLDER (real images) and/or --real-stats FILE.npz (reference mu/sigma)")
+    if args.real_stats:  # a wrong file fails before the extractor is fetched or any image is read
+        load_reference_stats(args.real_stats, None)
     real = list_images(args.real) if args.real else None
     fake = _fake_files(args.fake)
     cache = Path(args.cache) if args.cache else out.with_name(out.stem + ".features")

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from ..convert import export_diffusers
 from ..loading import load_model
+from ..runs import check_writable_dir
 from .common import add_command
 
 EPILOG = """examples:
@@ -35,6 +36,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    check_writable_dir(args.out)
     model = load_model(args.model, weights=args.weights)
     out = export_diffusers(model, args.out)
     heads = model.config.attention_num_heads or 1

@@ -61,8 +61,13 @@ def load_reference_stats(
     path = Path(path).expanduser()
     try:
         data = np.load(path, allow_pickle=False)
-    except (OSError, ValueError) as e:
-        raise RCDMError(f"cannot read --real-stats {str(path)!r}: {str(e).splitlines()[0]}") from None
+    except OSError as e:
+        raise RCDMError(f"cannot read --real-stats {str(path)!r}: {e.strerror or e}") from None
+    except ValueError:  # numpy's message advises allow_pickle=True: never relay that
+        raise RCDMError(
+            f"--real-stats {str(path)!r} is not a numpy .npz of arrays (it is another kind of file, or holds "
+            "pickled objects, which rcdm does not read): pass an .npz with mu and sigma"
+        ) from None
     if not isinstance(data, np.lib.npyio.NpzFile):
         raise RCDMError(f"--real-stats {str(path)!r} is a single array, not an .npz with mu and sigma")
     with data:
