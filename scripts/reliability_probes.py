@@ -474,23 +474,14 @@ def probes(work: Path):
 
     yield "SEC-3", sec3
 
+    def pytest(*args: str) -> subprocess.CompletedProcess:
+        argv = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *args]
+        env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+        return subprocess.run(argv, capture_output=True, text=True, cwd=ROOT, env=env)
+
     def sec4():
         claim = "Downloads are verified (size / sha256)" in (ROOT / "README.md").read_text()
-        p = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "pytest",
-                "-q",
-                "-p",
-                "no:cacheprovider",
-                str(ROOT / "tests" / "test_weights.py"),
-            ],
-            capture_output=True,
-            text=True,
-            cwd=ROOT,
-            env={**os.environ, "PYTHONPATH": str(ROOT / "src")},
-        )
+        p = pytest("tests/test_weights.py")
         return (
             p.returncode == 0 and not claim,
             f"README claim gone: {not claim}; tests/test_weights.py: {last_line(p)}",
@@ -499,23 +490,7 @@ def probes(work: Path):
     yield "SEC-4", sec4
 
     def sec6():
-        p = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "pytest",
-                "-q",
-                "-p",
-                "no:cacheprovider",
-                "-k",
-                "inception",
-                "tests/metrics",
-            ],
-            capture_output=True,
-            text=True,
-            cwd=ROOT,
-            env={**os.environ, "PYTHONPATH": str(ROOT / "src")},
-        )
+        p = pytest("-k", "inception", "tests/metrics")
         return p.returncode == 0, f"tests/metrics -k inception: {last_line(p)}"
 
     yield "SEC-6", sec6

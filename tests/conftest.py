@@ -115,3 +115,20 @@ def golden_model(golden_state):
     from rcdm.convert import convert
 
     return convert(golden_state, image_size=32, num_heads=4)
+
+
+@pytest.fixture
+def random_inception(tmp_path, monkeypatch):
+    """torch-fidelity's FID Inception-v3 with random weights of the right shapes, saved under the real file's name
+    (the real file is not available here): (the network, its weights file, an empty .pth beside it)."""
+    import torch
+
+    fid = pytest.importorskip("torch_fidelity.feature_extractor_inceptionv3")
+    empty = tmp_path / "empty.pth"
+    torch.save({}, empty)
+    with monkeypatch.context() as m:
+        m.setattr(fid.FeatureExtractorInceptionV3, "load_state_dict", lambda self, sd, *a, **k: None)
+        net = fid.FeatureExtractorInceptionV3("x", ["2048"], feature_extractor_weights_path=str(empty))
+    weights = tmp_path / "weights-inception-2015-12-05-6726825d.pth"
+    torch.save(net.state_dict(), weights)
+    return net, weights, empty

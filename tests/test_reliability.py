@@ -271,19 +271,12 @@ def test_a_text_file_as_feature_cache_is_one_line(few_images, tmp_path, capsys):
     assert text.read_text() == "not a cache\n"
 
 
-def test_inception_weights_are_never_reloaded_with_weights_only_false(tmp_path, monkeypatch):
+def test_inception_weights_are_never_reloaded_with_weights_only_false(random_inception, monkeypatch):
     import torch
 
-    fid = pytest.importorskip("torch_fidelity.feature_extractor_inceptionv3")
     from rcdm.metrics import create_feature_extractor
 
-    empty = tmp_path / "empty.pth"
-    torch.save({}, empty)
-    with monkeypatch.context() as m:
-        m.setattr(fid.FeatureExtractorInceptionV3, "load_state_dict", lambda self, sd, *a, **k: None)
-        net = fid.FeatureExtractorInceptionV3("x", ["2048"], feature_extractor_weights_path=str(empty))
-    weights = tmp_path / "weights-inception-2015-12-05-6726825d.pth"
-    torch.save(net.state_dict(), weights)
+    net, weights, _ = random_inception
     real_load = torch.load
     calls = []
 

@@ -284,19 +284,12 @@ def test_inception_weights_are_downloaded_once_and_checked_at_every_use(tmp_path
     assert not cached.exists() and not cached.with_name(cached.name + ".part").exists()
 
 
-def test_inception_extractor_with_a_weights_file(tmp_path: Path, monkeypatch):
+def test_inception_extractor_with_a_weights_file(random_inception):
     """The FID network's plumbing, with random weights of the right shape (the real file is not available)."""
-    fid = pytest.importorskip("torch_fidelity.feature_extractor_inceptionv3")
     from rcdm.errors import RCDMError
     from rcdm.metrics import create_feature_extractor
 
-    empty = tmp_path / "empty.pth"
-    torch.save({}, empty)
-    with monkeypatch.context() as m:
-        m.setattr(fid.FeatureExtractorInceptionV3, "load_state_dict", lambda self, sd, *a, **k: None)
-        net = fid.FeatureExtractorInceptionV3("x", ["2048"], feature_extractor_weights_path=str(empty))
-    weights = tmp_path / "weights-inception-2015-12-05-6726825d.pth"
-    torch.save(net.state_dict(), weights)
+    _, weights, empty = random_inception
     extractor = create_feature_extractor("inception", weights)
     assert extractor.standard and extractor.has_logits and extractor.name == "inception-v3"
     feats, logits = extractor(torch.randint(0, 256, (2, 3, 32, 32), dtype=torch.uint8))
