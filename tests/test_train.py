@@ -17,7 +17,7 @@ from rcdm.errors import NonFiniteLossError, RCDMError
 from rcdm.model import RCDM
 from rcdm.runs import latest_checkpoint
 from rcdm.train import train
-from training_for_tests import assert_same, weights
+from training_for_tests import assert_same, tiny_argv, weights
 from training_for_tests import tiny_config as config
 
 train_mod = importlib.import_module("rcdm.train")
@@ -238,19 +238,7 @@ def test_a_full_disk_during_a_checkpoint_is_one_line_and_the_run_resumes(
     from rcdm.cli import main
 
     run = tmp_path / "run"
-    args = [
-        "train",
-        "--data",
-        str(few_images),
-        "--encoder",
-        "pixels:2",
-        "--preset",
-        "tiny",
-        "--image-size",
-        "16",
-    ]
-    args += ["--steps", "6", "--batch-size", "4", "--lr", "1e-3", "--ema-decay", "0.9", "--save-every", "2"]
-    args += ["--num-workers", "0", "--no-progress", "--out", str(run)]
+    args = [*tiny_argv(few_images), "--steps", "6", "--no-progress", "--out", str(run)]
     real_save, calls = torch.save, []
 
     def fills_up(*a, **kw):

@@ -15,7 +15,7 @@ from PIL import Image
 from rcdm.cli import main
 from rcdm.errors import RCDMError
 from rcdm.train import train
-from training_for_tests import tiny_config, weights
+from training_for_tests import tiny_argv, tiny_config, weights
 
 # test_train's tiny run, shorter, logged every step, in fp32
 config = functools.partial(tiny_config, steps=4, log_every=1, mixed_precision="fp32")
@@ -59,29 +59,7 @@ def test_tensorboard_tracker_gets_the_scalars(few_images, tmp_path):
 
 def test_resume_reads_run_json_and_refuses_changed_settings(few_images, tmp_path, capsys):
     run = tmp_path / "run"
-    argv = [
-        "train",
-        "--data",
-        str(few_images),
-        "--encoder",
-        "pixels:2",
-        "--preset",
-        "tiny",
-        "--image-size",
-        "16",
-    ]
-    argv += [
-        "--batch-size",
-        "4",
-        "--lr",
-        "1e-3",
-        "--ema-decay",
-        "0.9",
-        "--save-every",
-        "2",
-        "--num-workers",
-        "0",
-    ]
+    argv = tiny_argv(few_images)
     argv += ["--log-every", "1", "--mixed-precision", "fp32", "--no-progress", "--out", str(run)]
     assert main([*argv, "--steps", "2"]) == 0
     # Changed settings are refused, each named with both values; nothing is trained or rewritten.

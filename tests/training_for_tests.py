@@ -27,6 +27,12 @@ def tiny_config(data: Path, **kw) -> TrainConfig:
     return TrainConfig(**{**base, **kw})
 
 
+def tiny_argv(data: Path) -> list[str]:
+    """`rcdm train` with tiny_config's settings, less --steps and --out (the CLI spelling of the same run)."""
+    flags = "--encoder pixels:2 --preset tiny --image-size 16 --batch-size 4 --lr 1e-3 --ema-decay 0.9"
+    return ["train", "--data", str(data), *flags.split(), "--save-every", "2", "--num-workers", "0"]
+
+
 def weights(folder: Path) -> dict[str, torch.Tensor]:
     return RCDM.from_pretrained(folder).state_dict()
 
