@@ -68,17 +68,6 @@ def _quiet(*args: Any, **kwargs: Any) -> None:
     """The default progress callback: nothing."""
 
 
-def _each(
-    models: Sequence[tuple[str, Any, Any]], progress: Callable, desc: str, run: Callable[[str, Any, Any], Any]
-) -> list[tuple[str, Any]]:
-    """(label, run(label, model, encoder)) per model, telling `progress` "LABEL: desc" before each."""
-    out = []
-    for k, (label, model, enc) in enumerate(models):
-        progress((k, len(models)), desc=f"{label}: {desc}")
-        out.append((label, run(label, model, enc)))
-    return out
-
-
 class Views:
     """The page's computations, callable without gradio (the tests and a notebook can use them directly)."""
 
@@ -90,12 +79,23 @@ class Views:
             raise RCDMError("pick at least one model")
         return [(label, *self.cache.get(label)) for label in labels]
 
+    def _each(
+        self, labels: Sequence[str], progress: Callable, desc: str, run: Callable[[str, Any, Any], Any]
+    ) -> list[tuple[str, Any]]:
+        """(label, run(label, model, encoder)) per model, telling `progress` "LABEL: desc" before each."""
+        models = self._models(labels)
+        out = []
+        for k, (label, model, enc) in enumerate(models):
+            progress((k, len(models)), desc=f"{label}: {desc}")
+            out.append((label, run(label, model, enc)))
+        return out
+
     def samples(
         self, labels: Sequence[str], image: Path, s: Sampling, progress: Callable = _quiet
     ) -> ViewResult:
         """Per model: the input and N samples of its representation; sample j of every model: same noise."""
         rows, row_labels, images, stds = [], [], [], []
-        runs = _each(self._models(labels), progress, "sampling", lambda _, m, e: _samples(m, e, image, s))
+        runs = self._each(labels, progress, "sampling", lambda _, m, e: _samples(m, e, image, s))
         for label, (original, samples) in runs:
             rows.append([original, *samples])
             row_labels.append(label)
@@ -119,7 +119,7 @@ class Views:
         """Per model: the input, the mean sample and the per-pixel std across samples (one colour scale)."""
         if s.num_samples < 2:
             raise RCDMError("the variance needs at least 2 samples: raise the number of samples")
-        results = _each(self._models(labels), progress, "sampling", lambda _, m, e: _variance(m, e, image, s))
+        results = self._each(labels, progress, "sampling", lambda _, m, e: _variance(m, e, image, s))
         vmax = max(float(r.std.max()) for _, r in results)
         rows, images = [], []
         for label, r in results:
@@ -148,13 +148,11 @@ class Views:
         progress: Callable = _quiet,
     ) -> ViewResult:
         """Samples of rep(x) and rep(aug x) per model, with the representation cosine and the retention score."""
-        runs = _each(
-            self._models(labels),
-            progress,
-            name,
-            lambda lab, m, e: _augment(m, e, image, name, strength, s, lab),
-        )
-        results = [r for _, r in runs]
+
+        def run(lab: str, m: Any, e: Any) -> Any:
+            return _augment(m, e, image, name, strength, s, lab)
+
+        results = [r for _, r in self._each(labels, progress, name, run)]
         analysis = _figures()[0]
         fig = analysis.invariance_figure(results)
         images = []
@@ -187,8 +185,8 @@ class Views:
         progress: Callable = _quiet,
     ) -> ViewResult:
         """Samples along the path between two images' representations; each row keeps its starting noise."""
-        runs = _each(
-            self._models(labels),
+        runs = self._each(
+            labels,
             progress,
             "interpolating",
             lambda _, m, e: _interpolate(m, e, a, b, points, method, rows, s),
@@ -212,12 +210,11 @@ class Views:
     ) -> ViewResult:
         """Untargeted PGD on each model's encoder; the supervised twin is added when no picked model has labels."""
         labels = list(labels)
-        models = self._models(labels)
-        if not any(enc.classifier is not None for _, _, enc in models):
+        if not any(enc.classifier is not None for _, _, enc in self._models(labels)):
             twins = [c.label for c in self.cache.choices.values() if c.supervised and c.label not in labels]
-            models += self._models(twins[:1])
-        results = _each(
-            models, progress, "PGD", lambda lab, m, e: _attack(m, e, image, eps, pgd_steps, s, lab)
+            labels += twins[:1]
+        results = self._each(
+            labels, progress, "PGD", lambda lab, m, e: _attack(m, e, image, eps, pgd_steps, s, lab)
         )
         fig = _figures()[0].adversarial_figure([r for _, r in results])
         images = []
