@@ -1,0 +1,192 @@
+"""The pack demo's page (`rcdm.demo.run_pack_demo`): what it samples (`PackDemoSettings`, `PACK_DEMO_PRESETS`)
+and its four sections (`SECTIONS`), each built from the analysis report's section builders."""
+
+from __future__ import annotations
+
+import html
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from .analysis import adversarial, interpolate, invariance
+from .analysis.interpolate import Method
+from .analysis.report import adversarial_section, interpolation_section, invariance_section, samples_section
+from .diffusion import SamplingConfig
+from .encoders import Encoder
+from .encoders.cifar import read_card
+from .errors import RCDMError
+from .figures import Section
+from .model import RCDM
+from .recipes.bundle import ROLES, DemoBundle
+
+# dpm++ 20 steps, 32 images per call (the CPU batch size of docs/recipes.md).
+CPU_SAMPLING = SamplingConfig(steps=20, batch_size=32)
+
+
+@dataclass(frozen=True)
+class PackDemoSettings:
+    """What the pack demo samples. Every sample uses `sampling` (deterministic: dpm++ or ddim, which the
+    interpolation needs); column j of every figure starts from the same noise, so two rows differ only through
+    their representations."""
+
+    max_images: int = 8  # demo inputs used by the samples and the adversarial comparison (the first ones)
+    num_samples: int = 4  # samples per representation: backbone vs projector
+    sampling: SamplingConfig = CPU_SAMPLING
+    invariance_images: int = 4  # the first ones of the inputs
+    invariance_samples: int = 2
+    augmentations: tuple[str, ...] = ("grayscale", "colour_jitter", "random_resized_crop", "hflip")
+    interpolation_images: tuple[int, int] = (0, 1)  # indices into the inputs
+    interpolation_steps: int = 6  # t values in [0, 1]
+    interpolation_methods: tuple[Method, ...] = ("linear", "spherical")
+    interpolation_samples: int = 1
+    adversarial_samples: int = 2
+    eps: float = 4 / 255  # L-infinity radius of the untargeted PGD attack on each encoder's representation
+    pgd_steps: int = 10
+
+
+PACK_DEMO_PRESETS: dict[str, PackDemoSettings] = {
+    # The CPU setting: 220 samples x 20 steps of the cifar32-small RCDMs (timings: docs/recipes.md).
+    "cpu": PackDemoSettings(),
+    # A first look (and the tests): a few samples of a few images, 4 sampling steps.
+    "quick": PackDemoSettings(
+        max_images=4,
+        num_samples=2,
+        sampling=CPU_SAMPLING.replace(steps=4),
+        invariance_images=2,
+        invariance_samples=1,
+        augmentations=("grayscale", "hflip"),
+        interpolation_steps=3,
+        interpolation_methods=("linear",),
+        adversarial_samples=1,
+        pgd_steps=3,
+    ),
+}
+
+
+@dataclass
+class PageContext:
+    """What every section needs: the loaded (model, encoder) per role, the inputs, the settings, OUT."""
+
+    bundle: DemoBundle
+    loaded: dict[str, tuple[RCDM, Encoder]]
+    paths: list[Path]
+    settings: PackDemoSettings
+    out: Path
+    progress: bool
+
+    @property
+    def sampling(self) -> dict:
+        return dict(sampling=self.settings.sampling, progress=self.progress)
+
+    def compare(self, analysis: Callable, roles: dict[str, str], images: list[Path], **kw) -> dict:
+        """key -> analysis(model, encoder, images, label=, **kw) for each key -> role, with the demo's sampling."""
+        return {
+            key: analysis(*self.loaded[role], images, label=ROLES[role][1], **self.sampling, **kw)
+            for key, role in roles.items()
+        }
+
+
+def _samples_section(ctx: PageContext) -> Section:
+    """Samples of the same inputs from the backbone and the projector representation, with the same noise."""
+    return samples_section(
+        {role: (ROLES[role][1], *ctx.loaded[role]) for role in ("backbone", "projector")},
+        ctx.paths,
+        ctx.out,
+        ctx.settings.num_samples,
+        ctx.settings.sampling,
+        note="Each row: a demo input, then samples drawn from its VICReg <b>backbone</b> representation, then "
+        "from its <b>projector</b> embedding. Sample j of both starts from the same noise with a deterministic "
+        "sampler, so what differs is the representation alone. What stays the same across a row's samples is "
+        "what the representation keeps. Faithfulness is judged by the conditioning encoder: is each sample's own "
+        f"representation nearest to its source's among the {len(ctx.paths)} inputs?",
+        heading="Samples: backbone vs projector",
+        progress=ctx.progress,
+    )
+
+
+def _invariance_section(ctx: PageContext) -> Section:
+    """rcdm.analysis.invariance for the backbone and the projector RCDM (the paper's findings 1 and 2)."""
+    s = ctx.settings
+    inv = ctx.compare(
+        invariance,
+        {"backbone": "backbone", "projector": "projector"},
+        ctx.paths[: s.invariance_images],
+        augmentations=list(s.augmentations),
+        num_samples=s.invariance_samples,
+    )
+    section = invariance_section(
+        [inv["backbone"], inv["projector"]],
+        ctx.out,
+        "Per image, rows [0] are the backbone RCDM and rows [1] the projector RCDM: the clean input, then each "
+        "augmented input, each followed by samples of its representation. d = how far the augmentation moved the "
+        "representation, relative to the typical distance between the images' representations; r = retention "
+        "score (1: the samples carry the augmentation, 0: they do not; docs/analysis.md). The paper found "
+        "backbones keep the augmentations SSL trains with and projectors largely do not.",
+        heading="Invariance: backbone vs projector",
+    )
+    section.numbers = {role: r.summary() for role, r in inv.items()}
+    return section
+
+
+def _interpolation_section(ctx: PageContext) -> Section:
+    """rcdm.analysis.interpolate between two inputs' backbone representations."""
+    s = ctx.settings
+    i, j = s.interpolation_images
+    if not (0 <= i < len(ctx.paths) and 0 <= j < len(ctx.paths) and i != j):
+        raise RCDMError(
+            f"interpolation_images {s.interpolation_images} must be two different indices below {len(ctx.paths)}"
+        )
+    itp = interpolate(
+        *ctx.loaded["backbone"],
+        [ctx.paths[i], ctx.paths[j]],
+        num_steps=s.interpolation_steps,
+        methods=s.interpolation_methods,
+        num_samples=s.interpolation_samples,
+        **ctx.sampling,
+    )
+    return interpolation_section(
+        itp,
+        ctx.out,
+        f"Samples of the VICReg backbone RCDM from representations mixed between {html.escape(itp.names[0])} "
+        f"(t = 0) and {html.escape(itp.names[1])} (t = 1); each row keeps its starting noise, so only the "
+        "representation changes along t. Frame change: mean absolute pixel change from the previous t.",
+        heading="Interpolation",
+    )
+
+
+def _adversarial_section(ctx: PageContext) -> Section:
+    """The same untargeted PGD on the VICReg and the supervised backbone (the paper's finding 3)."""
+    s = ctx.settings
+    adv = ctx.compare(
+        adversarial,
+        {"ssl": "backbone", "supervised": "supervised"},
+        ctx.paths,
+        attack="untargeted",
+        eps=s.eps,
+        pgd_steps=s.pgd_steps,
+        num_samples=s.adversarial_samples,
+    )
+    bundle = ctx.bundle
+    classes = read_card(bundle.folder / bundle.encoder_name(ROLES["supervised"][0])).get("classes") or []
+    section = adversarial_section(
+        [adv["ssl"], adv["supervised"]],
+        ctx.out,
+        f"Untargeted L-infinity PGD (eps = {s.eps * 255:.1f}/255, {s.pgd_steps} steps) pushes each encoder's "
+        "backbone representation away from the clean one; rows [0] VICReg, rows [1] supervised: the clean input "
+        "and samples of its representation, then the attacked input and samples of its representation. Relative "
+        "shift: distance moved over the typical distance between the images' representations. The paper found "
+        "samples from attacked supervised representations drift to another class while SSL ones stay. The label "
+        "flip rate is that of the supervised encoder's own classifier (the VICReg encoder has none).",
+        heading="Adversarial: SSL vs supervised",
+        class_names=classes,
+    )
+    section.numbers = {**{key: r.summary() for key, r in adv.items()}, "classes": classes}
+    return section
+
+
+SECTIONS: dict[str, Callable[[PageContext], Section]] = {
+    "samples": _samples_section,
+    "invariance": _invariance_section,
+    "interpolation": _interpolation_section,
+    "adversarial": _adversarial_section,
+}
