@@ -46,6 +46,24 @@ def test_atomic_dir_replaces_the_folder_only_when_complete(tmp_path):
     assert (final / "a.txt").read_text() == "two" and sorted(p.name for p in tmp_path.iterdir()) == ["model"]
 
 
+def test_atomic_dir_keeps_the_old_folder_when_the_final_rename_fails(tmp_path, monkeypatch):
+    final = tmp_path / "model"
+    with atomic_dir(final) as tmp:
+        (tmp / "a.txt").write_text("one")
+    real_rename = os.rename
+
+    def rename(src, dst):
+        if Path(src).name.startswith(".tmp-"):
+            raise OSError(28, "No space left on device")
+        real_rename(src, dst)
+
+    monkeypatch.setattr(runs.os, "rename", rename)
+    with pytest.raises(OSError), atomic_dir(final) as tmp:
+        (tmp / "a.txt").write_text("two")
+    assert (final / "a.txt").read_text() == "one"  # never removed before its replacement is in place
+    assert not list(tmp_path.glob(".old-*"))
+
+
 def test_latest_and_prune_ignore_incomplete_checkpoints(tmp_path):
     ck = tmp_path / "checkpoints"
     for step in (1, 2, 3):

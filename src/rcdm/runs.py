@@ -63,12 +63,32 @@ def atomic_dir(final: str | Path, tmp: str | Path | None = None) -> Iterator[Pat
     """
     final = Path(final)
     tmp = Path(tmp) if tmp is not None else final.parent / f".tmp-{final.name}-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
+    _fresh_dir(tmp)
     yield tmp
+    _swap_into(tmp, final)
+
+
+def _fresh_dir(path: Path) -> None:
+    shutil.rmtree(path, ignore_errors=True)
+    path.mkdir(parents=True)
+
+
+def _swap_into(tmp: Path, final: Path) -> None:
+    """fsync `tmp`, then rename it to `final`. An existing `final` is first renamed aside and removed after, so
+    `final` is never a mix of old and new files, and it is put back when the second rename fails."""
     fsync_tree(tmp)
-    shutil.rmtree(final, ignore_errors=True)
-    os.rename(tmp, final)
+    if final.exists():
+        old = final.parent / f".old-{final.name}-{os.getpid()}"
+        shutil.rmtree(old, ignore_errors=True)
+        os.rename(final, old)
+        try:
+            os.rename(tmp, final)
+        except BaseException:
+            os.rename(old, final)
+            raise
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.rename(tmp, final)
 
 
 def write_text_atomic(path: str | Path, text: str) -> None:
@@ -140,20 +160,12 @@ def output_folder(
                 )
         tmp = out.parent / f".tmp-{out.name}-{os.getpid()}"
         try:
-            shutil.rmtree(tmp, ignore_errors=True)
-            tmp.mkdir(parents=True)
+            _fresh_dir(tmp)
         except OSError as e:
             raise RCDMError(f"cannot write {flag} {str(out)!r}: {e.strerror or e}") from None
         try:
             yield tmp
-            fsync_tree(tmp)
-            if out.exists():
-                old = out.parent / f".old-{out.name}-{os.getpid()}"
-                os.rename(out, old)
-                os.rename(tmp, out)
-                shutil.rmtree(old, ignore_errors=True)
-            else:
-                os.rename(tmp, out)
+            _swap_into(tmp, out)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
 
