@@ -140,7 +140,9 @@ def test_cpu_profile_trains_a_standardized_model_and_keeps_its_checkpoints(
     run = root / "rcdm-cifar10-supervised"
     rec = json.loads((run / "recipe.json").read_text())["recipe"]
     assert rec["standardize"] is True and rec["lr"] == 5e-4 and rec["batch_size"] == 4  # profile, then flags
-    assert json.loads((run / "model" / "config.json").read_text())["standardize_representation"] is True
+    config = json.loads((run / "model" / "config.json").read_text())
+    assert config["standardize_representation"] is True
+    assert rec["cond_drop"] == 0.1 and config["null_representation"] is True  # its samples can be guided
     assert len(list((run / "checkpoints").glob("step-*"))) == 4  # the CPU profile keeps the curve
     # Resumed after a session whose CPU time is unknown (here: recorded before CPU time was): the record says
     # which steps its CPU time covers.
