@@ -7,12 +7,14 @@ from pathlib import Path
 
 import pytest
 import torch
+from torchvision.io import read_image
 
 from rcdm.cli import main
 from rcdm.metrics import (
     faithfulness_scores,
     retrieval_ranks,
 )
+from rcdm.metrics.generate import sample_path
 
 # --- faithfulness: pure tensors -------------------------------------------------------------------------
 
@@ -88,3 +90,33 @@ def test_cli_faithfulness_on_tiny_run(tiny_run: Path, few_images: Path, resnet56
     assert 0 <= judge["class_agreement"] <= 1 and 0 <= own["class_agreement"] <= 1  # both ResNets classify
     md = out.with_suffix(".md").read_text()
     assert f"{own['mean_rank']:.4f}" in md and f"{judge['cosine']:.4f}" in md and "class agreement" in md
+
+
+def test_cli_faithfulness_saves_the_samples_that_generate_would_draw(
+    tiny_run: Path, few_images: Path, tmp_path: Path, capsys
+):
+    """--save-samples writes the scored samples in generate's layout: with 1 sample per image they are the very
+    images `evaluate generate` draws, so `evaluate quality` can score them without sampling twice."""
+    images = sorted(few_images.glob("*.jpg"))[:3]
+    common = ["--model", str(tiny_run), "--images", *map(str, images), "--num-samples", "1", "--steps", "2"]
+    common += ["--precision", "fp32"]
+    saved, gen = tmp_path / "saved", tmp_path / "gen"
+    faith = [
+        "evaluate",
+        "faithfulness",
+        *common,
+        "--out",
+        str(tmp_path / "f.json"),
+        "--save-samples",
+        str(saved),
+    ]
+    assert main(faith) == 0
+    assert main(["evaluate", "generate", *common, "--out", str(gen)]) == 0
+    assert (saved / "references.txt").read_text().split() == [str(p) for p in images]
+    for g in range(3):
+        a, b = read_image(str(sample_path(saved, g))).int(), read_image(str(sample_path(gen, g))).int()
+        assert (a - b).abs().max() <= 1
+    assert not sample_path(saved, 3).exists()
+    capsys.readouterr()
+    assert main(faith) == 2  # an earlier output is never mixed with a new one
+    assert "--save-samples" in capsys.readouterr().err

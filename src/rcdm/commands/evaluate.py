@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import functools
 import logging
 from pathlib import Path
 
@@ -13,9 +15,9 @@ from ..errors import RCDMError
 from ..figures import fmt, write_report
 from ..metrics.faithfulness import evaluate_faithfulness, faithfulness_tables
 from ..metrics.features import create_feature_extractor
-from ..metrics.generate import MANIFEST, generate_samples, sample_files
+from ..metrics.generate import MANIFEST, generate_samples, sample_files, save_samples
 from ..metrics.quality import evaluate_quality, load_reference_stats, quality_tables
-from ..runs import check_writable_dir, check_writable_file
+from ..runs import check_writable_dir, check_writable_file, output_folder
 from .common import (
     add_command_group,
     add_model_args,
@@ -71,6 +73,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "--distance", choices=("cosine", "l2"), default="cosine", help="for ranks (docs/metrics.md)"
     )
     f.add_argument("--out", required=True, help="FILE.json (FILE.md is written beside it)")
+    f.add_argument(
+        "--save-samples",
+        default=None,
+        metavar="DIR",
+        help="also write the samples, in `evaluate generate`'s layout (sample g of DIR/references.txt line "
+        "g // --num-samples), so that `evaluate quality --fake DIR` scores them without drawing them again "
+        "(a new or empty folder)",
+    )
     f.set_defaults(func=run_faithfulness)
 
     q = command("quality", "FID, KID, IS, precision/recall, density/coverage of a fake folder")
@@ -162,18 +172,32 @@ def run_faithfulness(args: argparse.Namespace) -> int:
     out = _json_out(args.out)
     sampling = sampling_from_args(args)
     paths = expand_image_args(args.images)
-    model, encoder = load_model_and_encoder(args)
-    judges = [create_encoder(spec, "backbone").to(encoder.device) for spec in args.judge]
-    result = evaluate_faithfulness(
-        model,
-        encoder,
-        paths,
-        num_samples=args.num_samples,
-        judges=judges,
-        distance=args.distance,
-        sampling=sampling,
-        progress=not args.no_progress,
-    )
+    with contextlib.ExitStack() as stack:
+        saved = None
+        if args.save_samples is not None:
+            saved = stack.enter_context(
+                output_folder(
+                    args.save_samples,
+                    marker="references.txt",
+                    flag="--save-samples",
+                    command="rcdm evaluate faithfulness",
+                )
+            )
+        model, encoder = load_model_and_encoder(args)
+        judges = [create_encoder(spec, "backbone").to(encoder.device) for spec in args.judge]
+        result = evaluate_faithfulness(
+            model,
+            encoder,
+            paths,
+            num_samples=args.num_samples,
+            judges=judges,
+            distance=args.distance,
+            sampling=sampling,
+            progress=not args.no_progress,
+            on_samples=None if saved is None else functools.partial(save_samples, saved),
+        )
+        if saved is not None:
+            (saved / "references.txt").write_text("".join(f"{p}\n" for p in paths))
     data = {**result.to_dict(), "model": args.model}
     notes = [
         f"Model `{args.model}`; {len(paths)} reference images x {args.num_samples} samples; "
@@ -186,7 +210,7 @@ def run_faithfulness(args: argparse.Namespace) -> int:
             f"top-1 {s.top1:.3f}, top-5 {s.top5:.3f}"
             + (f", class agreement {s.class_agreement:.3f}" if s.class_agreement is not None else "")
         )
-    print(f"wrote {out} and {md}")
+    print(f"wrote {out} and {md}" + (f"; samples in {args.save_samples}" if args.save_samples else ""))
     return 0
 
 

@@ -9,7 +9,7 @@ docs/metrics.md: for sample s of reference i, rank = 1 + #{j != i : d(z_is, r_j)
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -171,13 +171,15 @@ def evaluate_faithfulness(
     distance: Distance = "cosine",
     sampling: SamplingConfig | None = None,
     progress: bool = False,
+    on_samples: Callable[[int, torch.Tensor], None] | None = None,
     **settings,
 ) -> FaithfulnessResult:
     """Encode `images` with `encoder`, draw `num_samples` per representation, re-encode them, and score.
 
-    Samples are drawn and encoded batch by batch (only representations are kept). Sample j of image i has
-    global index i * num_samples + j (the same images `sample_many` would give). Each judge encodes the
-    reference images itself (centre square at its input size) and the samples (resized by its preprocessing).
+    Samples are drawn and encoded batch by batch (only representations are kept; `on_samples(first_index,
+    images)` sees each batch, e.g. to save it). Sample j of image i has global index i * num_samples + j (the
+    same images `sample_many` would give). Each judge encodes the reference images itself (centre square at its
+    input size) and the samples (resized by its preprocessing).
     """
     cfg = sampling_config(sampling, **settings)
     paths = [Path(p) for p in images]
@@ -192,6 +194,8 @@ def evaluate_faithfulness(
     cond = refs[0].repeat_interleave(s, dim=0)
     for a, b in tqdm(list(batched(n * s, cfg.batch_size)), disable=not progress, desc="faithfulness"):
         imgs = sample(model, cond[a:b], cfg, first_index=a)
+        if on_samples is not None:
+            on_samples(a, imgs)
         for k, e in enumerate(encoders):
             sample_reps[k][a:b] = e.encode(imgs)
     scores = [

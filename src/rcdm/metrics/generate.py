@@ -44,11 +44,14 @@ class GenerateResult:
     skipped: int  # already there from an earlier run
 
 
-def _save_atomic(img: torch.Tensor, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    to_pil(img).save(tmp, format="PNG")
-    tmp.replace(path)  # a killed job never leaves a truncated PNG under the final name
+def save_samples(out_dir: str | Path, first_index: int, images: torch.Tensor) -> None:
+    """Write images[k] (values in [0, 1]) as sample first_index + k: an 8-bit PNG at `sample_path`."""
+    for g, img in enumerate(images, start=first_index):
+        path = sample_path(out_dir, g)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        to_pil(img).save(tmp, format="PNG")
+        tmp.replace(path)  # a killed job never leaves a truncated PNG under the final name
 
 
 def _check_manifest(out_dir: Path, manifest: dict, references: list[str]) -> None:
@@ -129,9 +132,7 @@ def generate_samples(
             views = load_images(
                 [refs[g % len(refs)] for g in range(a, b)], size, encoder.preprocessing.resample
             )
-            imgs = sample(model, encoder.encode(views), cfg, first_index=a)
-            for g, img in zip(range(a, b), imgs, strict=True):
-                _save_atomic(img, sample_path(out_dir, g))
+            save_samples(out_dir, a, sample(model, encoder.encode(views), cfg, first_index=a))
             bar.update(state.num_processes)  # the main process's view of everyone's progress
         bar.close()
     state.wait_for_everyone()
