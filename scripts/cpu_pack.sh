@@ -4,10 +4,13 @@
 #   bash scripts/cpu_pack.sh encoders   VICReg encoder + its supervised twin (CIFAR ResNet-20 x1), side by side
 #   bash scripts/cpu_pack.sh rcdms      three cifar32-small RCDMs (--profile cpu), two at a time, one core each
 #   bash scripts/cpu_pack.sh evaluate   the gates on 1,000 class-balanced CIFAR-10 test images (judge: ResNet-56),
-#                                       for the final model and each kept checkpoint (the curve): CURVE=0 skips
-#   bash scripts/cpu_pack.sh samplers   faithfulness per second of each sampling preset (fast, paired, published)
-#                                       on the first $SAMPLER_IMAGES eval images, for each backbone RCDM (its final
-#                                       model, else its newest checkpoint): what the pack's default sampler rests on
+#                                       sampled with $EVAL_SAMPLING once per model (faithfulness, then the Frechet
+#                                       distance of the same samples): the final model at each weight in $GUIDANCE,
+#                                       and the checkpoints every $CURVE_EVERY steps (the curve; 0 skips it)
+#   bash scripts/cpu_pack.sh samplers   faithfulness per second of each sampling setting in $SAMPLERS
+#                                       (preset:guidance) on the first $SAMPLER_IMAGES eval images, for each backbone
+#                                       RCDM (its final model, else its newest checkpoint): what the pack's default
+#                                       sampler rests on
 #   bash scripts/cpu_pack.sh pack       the bundle into src/rcdm/assets/models (fp16, model cards, metrics)
 #
 # Every stage resumes where it stopped (epoch checkpoints for the encoders, step checkpoints for the RCDMs; a
@@ -28,6 +31,10 @@ SUP_EPOCHS=${SUP_EPOCHS:-30}
 RCDM_STEPS=${RCDM_STEPS:-8000}
 EVAL_IMAGES=${EVAL_IMAGES:-1000}
 SAMPLER_IMAGES=${SAMPLER_IMAGES:-200}
+EVAL_SAMPLING=${EVAL_SAMPLING:-fast}
+GUIDANCE=${GUIDANCE:-1}            # guidance weights for the final models (> 1 needs the CPU profile's cond_drop)
+CURVE_EVERY=${CURVE_EVERY:-2000}
+SAMPLERS=${SAMPLERS:-fast:1 paired:1 published:1 fast:2 fast:3}
 TARGETS=(rcdm-cifar10-supervised rcdm-cifar10-vicreg-backbone rcdm-cifar10-vicreg-projector)
 export OMP_NUM_THREADS=1 PYTHONUNBUFFERED=1
 RCDM="nice -n 10 $PY -m rcdm.cli"
@@ -58,15 +65,18 @@ rcdm() { # rcdm TARGET (skipped, with a note, until its encoder is finished)
         >>"$WORK/$1.log" 2>&1
 }
 
-evaluate() { # evaluate TARGET MODEL_DIR TAG
+evaluate() { # evaluate TARGET MODEL_DIR TAG [GUIDANCE]: one sampling pass, scored for faithfulness and quality
     local out="$WORK/metrics/$1/$3"
-    [ -f "$out/faithfulness.json" ] && [ -f "$out/samples/quality.json" ] && return 0
-    mkdir -p "$out"
-    $RCDM evaluate faithfulness --model "$2" --images "$WORK/eval-images" --num-samples 1 \
-        --judge "cifar-resnet56:$RESNET56" --out "$out/faithfulness.json" >>"$WORK/evaluate.log" 2>&1 &&
-        $RCDM evaluate generate --model "$2" --images "$WORK/eval-images" --num-samples 1 \
-            --out "$out/samples" --real "$WORK/eval-images" --extractor "cifar-resnet56:$RESNET56" \
-            >>"$WORK/evaluate.log" 2>&1
+    if [ ! -f "$out/faithfulness.json" ] || [ ! -f "$out/samples/references.txt" ]; then
+        rm -rf "$out" && mkdir -p "$out"
+        $RCDM evaluate faithfulness --model "$2" --images "$WORK/eval-images" --num-samples 1 \
+            --sampling "$EVAL_SAMPLING" --guidance "${4:-1}" --judge "cifar-resnet56:$RESNET56" \
+            --out "$out/faithfulness.json" --save-samples "$out/samples" --no-progress >>"$WORK/evaluate.log" 2>&1 ||
+            return 1
+    fi
+    [ -f "$out/quality.json" ] ||
+        $RCDM evaluate quality --real "$WORK/eval-images" --fake "$out/samples" \
+            --extractor "cifar-resnet56:$RESNET56" --out "$out/quality.json" >>"$WORK/evaluate.log" 2>&1
 }
 
 newest_model() { # newest_model RUN: its final model folder, else its newest complete checkpoint's EMA
@@ -95,12 +105,17 @@ evaluate)
     for t in "${TARGETS[@]}"; do
         run="$WORK/runs/$t"
         [ -d "$run" ] || continue
-        if [ -f "$run/model/config.json" ]; then evaluate "$t" "$run/model" final; fi
-        if [ "${CURVE:-1}" = 1 ]; then
-            for ck in "$run"/checkpoints/step-*; do
-                [ -f "$ck/state.json" ] && evaluate "$t" "$ck/ema" "$(basename "$ck")"
+        if [ -f "$run/model/config.json" ]; then
+            for g in $GUIDANCE; do
+                # shellcheck disable=SC2046  # the tag: final, final-g2, ...
+                evaluate "$t" "$run/model" final$([ "$g" = 1 ] || echo "-g$g") "$g"
             done
         fi
+        [ "$CURVE_EVERY" -gt 0 ] || continue
+        for ck in "$run"/checkpoints/step-*; do
+            step=$((10#${ck##*step-}))
+            [ -f "$ck/state.json" ] && [ $((step % CURVE_EVERY)) = 0 ] && evaluate "$t" "$ck/ema" "$(basename "$ck")"
+        done
     done
     $PY "$ROOT/scripts/pack_metrics.py" "$WORK/metrics" "$EVAL_IMAGES" >"$WORK/metrics.json" && cat "$WORK/metrics.json"
     ;;
@@ -110,14 +125,16 @@ samplers)
     for t in "${TARGETS[@]:0:2}"; do
         model=$(newest_model "$WORK/runs/$t")
         [ -n "$model" ] || continue
-        for preset in fast paired published; do
-            out="$WORK/metrics/$t/sampler-$preset"
+        for setting in $SAMPLERS; do
+            preset=${setting%%:*} g=${setting##*:}
+            out="$WORK/metrics/$t/sampler-$preset$([ "$g" = 1 ] || echo "-g$g")"
+            [ -f "$out/seconds" ] && continue
             mkdir -p "$out"
-            echo "$t: $model, sampling $preset" >>"$WORK/evaluate.log"
+            echo "$t: $model, sampling $preset, guidance $g" >>"$WORK/evaluate.log"
             start=$(date +%s%N)
             $RCDM evaluate faithfulness --model "$model" --images "$WORK/sampler-images" --num-samples 1 \
-                --sampling "$preset" --judge "cifar-resnet56:$RESNET56" --out "$out/faithfulness.json" \
-                --no-progress >>"$WORK/evaluate.log" 2>&1 &&
+                --sampling "$preset" --guidance "$g" --judge "cifar-resnet56:$RESNET56" \
+                --out "$out/faithfulness.json" --no-progress >>"$WORK/evaluate.log" 2>&1 &&
                 awk "BEGIN { print ($(date +%s%N) - $start) / 1e9 }" >"$out/seconds"
         done
     done

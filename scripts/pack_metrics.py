@@ -2,11 +2,12 @@
 
     python scripts/pack_metrics.py METRICS_DIR N_IMAGES > metrics.json
 
-METRICS_DIR/<target>/<tag>/faithfulness.json and .../samples/quality.json, where tag is `final` or a checkpoint
-`step-NNNNNNNN`. Output: {target: {labelled metric: value, ..., "curve": "images seen: rank-1 / agreement; ..."}}
-with the labelled numbers of the final model (else the newest checkpoint) and the curve over checkpoints.
-METRICS_DIR/<target>/sampler-<preset>/ (scripts/cpu_pack.sh samplers) hold the same faithfulness on a subset with
-each sampling preset and `seconds` (wall time of the run): they become "sampler table" rows.
+METRICS_DIR/<target>/<tag>/faithfulness.json and quality.json (the same samples), where tag is `final`,
+`final-g<W>` (the final model sampled with guidance W) or a checkpoint `step-NNNNNNNN`. Output: {target:
+{labelled metric: value, ..., "curve": "images seen: rank-1 / agreement; ..."}} with the labelled numbers of the
+final model (else the newest checkpoint), those of each guided run, and the curve over checkpoints.
+METRICS_DIR/<target>/sampler-<preset>[-g<W>]/ (scripts/cpu_pack.sh samplers) hold the same faithfulness on a
+subset with each sampling setting and `seconds` (wall time of the run): they become "sampler table" rows.
 Gates (issue 12): backbone models class agreement >= 0.60 and rank-1 >= 0.05 under the ResNet-56 judge.
 """
 
@@ -23,28 +24,50 @@ def read(tag_dir: Path) -> dict:
     out: dict = {}
     f = tag_dir / "faithfulness.json"
     if f.is_file():
-        for s in json.loads(f.read_text())["scores"]:
+        data = json.loads(f.read_text())
+        st = data.get("settings", {})
+        out["sampling"] = f"{st.get('sampler')} {st.get('steps')}" + (
+            f", guidance {st['guidance']:g}" if st.get("guidance", 1) != 1 else ""
+        )
+        out["images"] = len(data.get("images", [])) or 1
+        for s in data["scores"]:
             if s["role"] == "judge":
                 out.update(top1=s["top1"], agreement=s.get("class_agreement"), mean_rank=s["mean_rank"])
             else:
                 out.update(own_top1=s["top1"], own_cosine=s["cosine"])
-    q = tag_dir / "samples" / "quality.json"
+    q = tag_dir / "quality.json"
     if q.is_file():
         out["frechet"] = json.loads(q.read_text()).get("fid")
     return out
 
 
+def labelled(m: dict, n: str) -> dict:
+    """The numbers of one evaluation, labelled with what they were measured on."""
+    judge = (
+        f"on {n} class-balanced CIFAR-10 test images, 1 sample each ({m.get('sampling')}), judged by CIFAR "
+        "ResNet-56"
+    )
+    return {
+        f"rank-1 retrieval {judge} (chance {1 / int(n):.4f})": m.get("top1"),
+        f"class agreement {judge}": m.get("agreement"),
+        f"mean rank {judge} (chance {(int(n) + 1) / 2})": m.get("mean_rank"),
+        f"rank-1 under the conditioning encoder ({m.get('sampling')})": m.get("own_top1"),
+        f"Frechet distance in CIFAR ResNet-56 features, {n} samples ({m.get('sampling')}) vs {n} test images "
+        "(not FID)": m.get("frechet"),
+    }
+
+
 def sampler_rows(target: Path) -> str:
-    """One row per sampling preset measured on the same images: faithfulness and wall time per image."""
+    """One row per sampling setting measured on the same images: faithfulness and wall time per image."""
     rows = []
     for d in sorted(target.glob("sampler-*")):
-        f, secs = d / "faithfulness.json", d / "seconds"
-        if not (f.is_file() and secs.is_file()):
+        secs = d / "seconds"
+        if not ((d / "faithfulness.json").is_file() and secs.is_file()):
             continue
-        m, n = read(d), len(json.loads(f.read_text()).get("images", [])) or 1
-        per_image = float(secs.read_text()) / n
+        m = read(d)
+        per_image = float(secs.read_text()) / m["images"]
         rows.append(
-            f"{d.name[8:]}: {m['top1']:.3f} / {m.get('agreement') or float('nan'):.3f} / {per_image:.2f}"
+            f"{m['sampling']}: {m['top1']:.3f} / {m.get('agreement') or float('nan'):.3f} / {per_image:.2f}"
         )
     return "; ".join(rows)
 
@@ -53,31 +76,24 @@ def main(root: Path, n: str) -> dict:
     result: dict = {}
     for target in sorted(p for p in root.iterdir() if p.is_dir()):
         tags = {t.name: read(t) for t in target.iterdir() if t.is_dir() and not t.name.startswith("sampler-")}
-        steps = sorted(t for t in tags if t.startswith("step-"))
+        steps = sorted(t for t in tags if t.startswith("step-") and tags[t])
         best = tags.get("final") or (tags[steps[-1]] if steps else {})
-        judge = (
-            f"on {n} class-balanced CIFAR-10 test images, 1 sample each (dpm++ 20), judged by CIFAR ResNet-56"
-        )
-        m = {
-            f"rank-1 retrieval {judge} (chance {1 / int(n):.4f})": best.get("top1"),
-            f"class agreement {judge}": best.get("agreement"),
-            f"mean rank {judge} (chance {(int(n) + 1) / 2})": best.get("mean_rank"),
-            "rank-1 under the conditioning encoder": best.get("own_top1"),
-            f"Frechet distance in CIFAR ResNet-56 features, {n} samples vs {n} test images (not FID)": best.get(
-                "frechet"
-            ),
-        }
+        m = labelled(best, n) if best else {}
+        for tag in sorted(t for t in tags if t.startswith("final-g") and tags[t]):
+            m.update(labelled(tags[tag], n))
         curve = [
             f"{int(t.split('-')[1]) * BATCH['cpu']}: {tags[t].get('top1', float('nan')):.3f} / "
             f"{tags[t].get('agreement') or float('nan'):.3f}"
             for t in steps
-            if tags[t]
         ]
         if curve:
-            m["curve (images seen: rank-1 / class agreement)"] = "; ".join(curve)
+            sampling = tags[steps[-1]].get("sampling")
+            m[f"curve (images seen: rank-1 / class agreement; {sampling}; ResNet-56 judge)"] = "; ".join(
+                curve
+            )
         samplers = sampler_rows(target)
         if samplers:
-            m["sampler table (preset: rank-1 / class agreement / s per image, CPU)"] = samplers
+            m["sampler table (setting: rank-1 / class agreement / s per image, CPU)"] = samplers
         result[target.name] = {k: v for k, v in m.items() if v is not None}
     return result
 

@@ -1,0 +1,63 @@
+"""scripts/pack_metrics.py: the CPU pack's evaluation folders -> the labelled metrics `recipe pack` puts on cards."""
+
+from __future__ import annotations
+
+import json
+import runpy
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+SCRIPT = ROOT / "scripts" / "pack_metrics.py"
+
+
+def _evaluation(folder: Path, top1: float, agreement: float, guidance: float = 1.0, fid: float | None = None):
+    folder.mkdir(parents=True)
+    settings = {"num_images": 4, "num_samples": 1, "sampler": "dpm++", "steps": 20, "guidance": guidance}
+    scores = [
+        {"role": "conditioning", "top1": 0.5, "cosine": 0.9, "mean_rank": 1.5, "class_agreement": 0.75},
+        {"role": "judge", "top1": top1, "cosine": 0.8, "mean_rank": 2.0, "class_agreement": agreement},
+    ]
+    images = [f"img{i}.png" for i in range(4)]
+    (folder / "faithfulness.json").write_text(
+        json.dumps({"settings": settings, "scores": scores, "images": images})
+    )
+    if fid is not None:
+        (folder / "quality.json").write_text(json.dumps({"fid": fid}))
+
+
+def test_pack_metrics_labels_the_final_guided_curve_and_sampler_numbers(tmp_path: Path) -> None:
+    target = tmp_path / "metrics" / "rcdm-cifar10-supervised"
+    _evaluation(target / "final", 0.25, 0.5, fid=3.5)
+    _evaluation(target / "final-g2", 0.5, 0.75, guidance=2.0, fid=4.25)
+    _evaluation(target / "step-00002000", 0.0, 0.25)
+    _evaluation(target / "step-00004000", 0.25, 0.5)
+    _evaluation(target / "sampler-fast-g2", 0.5, 1.0, guidance=2.0)
+    (target / "sampler-fast-g2" / "seconds").write_text("8.0")
+    (target / "sampler-paired").mkdir()  # an interrupted sampler run: no row
+
+    out = subprocess.run(
+        [sys.executable, str(SCRIPT), str(tmp_path / "metrics"), "4"], capture_output=True, text=True
+    )
+    assert out.returncode == 0, out.stderr
+    m = json.loads(out.stdout)["rcdm-cifar10-supervised"]
+    plain = "on 4 class-balanced CIFAR-10 test images, 1 sample each (dpm++ 20), judged by CIFAR ResNet-56"
+    guided = plain.replace("(dpm++ 20)", "(dpm++ 20, guidance 2)")
+    assert m[f"class agreement {plain}"] == 0.5 and m[f"rank-1 retrieval {plain} (chance 0.2500)"] == 0.25
+    assert m[f"class agreement {guided}"] == 0.75 and m[f"rank-1 retrieval {guided} (chance 0.2500)"] == 0.5
+    frechet = [v for k, v in m.items() if k.startswith("Frechet")]
+    assert sorted(frechet) == [3.5, 4.25]
+    curve = m["curve (images seen: rank-1 / class agreement; dpm++ 20; ResNet-56 judge)"]
+    assert curve == "128000: 0.000 / 0.250; 256000: 0.250 / 0.500"  # 64 images per step of the CPU profile
+    assert m["sampler table (setting: rank-1 / class agreement / s per image, CPU)"] == (
+        "dpm++ 20, guidance 2: 0.500 / 1.000 / 2.00"
+    )
+
+
+def test_pack_metrics_falls_back_to_the_newest_checkpoint(tmp_path: Path) -> None:
+    target = tmp_path / "rcdm-cifar10-vicreg-backbone"
+    _evaluation(target / "step-00000500", 0.0, 0.0)
+    _evaluation(target / "step-00001000", 0.25, 0.25)
+    m = runpy.run_path(str(SCRIPT))["main"](tmp_path, "4")["rcdm-cifar10-vicreg-backbone"]
+    assert [v for k, v in m.items() if k.startswith("class agreement")] == [0.25]
