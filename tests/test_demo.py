@@ -3,6 +3,7 @@ the smoke-scale fallback that says the CIFAR-10 pack is not bundled."""
 
 from __future__ import annotations
 
+import html
 import json
 import math
 import re
@@ -31,6 +32,7 @@ SECTIONS = (
     "Invariance: backbone vs projector",
     "Interpolation",
     "Adversarial: SSL vs supervised",
+    "The paper&#x27;s findings, as this pack shows them",
     "Settings and timings",
 )
 
@@ -115,6 +117,19 @@ def test_pack_demo_cli_writes_page_figures_and_numbers(bundle: Path, tmp_path: P
     assert all(v["clean_label"] is not None for v in adv["supervised"]["per_image"].values())
     assert res["models"]["projector"]["feature"] == "projector" and res["models"]["supervised"]["smoke"]
     assert not any(isinstance(v, float) and math.isnan(v) for v in res["seconds"].values())
+    # The paper's findings, each judged from the numbers above.
+    f = {row["finding"]: row for row in res["findings"]}
+    assert sorted(f) == [1, 2, 3, 4]
+    assert f[3]["agrees"] == (
+        "yes" if adv["ssl"]["relative_shift"] < adv["supervised"]["relative_shift"] else "no"
+    )
+    assert f"supervised {adv['supervised']['relative_shift']:.3f}" in f[3]["measured"]
+    ret = {role: {r["augmentation"]: r["retention"] for r in inv[role]["augmentations"]} for role in inv}
+    both = [a for a in s.augmentations if ret["backbone"][a] is not None and ret["projector"][a] is not None]
+    lower = sum(ret["projector"][a] < ret["backbone"][a] for a in both)
+    expected = "undefined" if not both else {len(both): "yes", 0: "no"}.get(lower, "partly")
+    assert f[2]["agrees"] == expected and f"for {lower} of {len(both)} augmentations" in f[2]["measured"]
+    assert html.escape(f[1]["measured"]) in page
 
 
 def test_only_a_smoke_bundle_gets_the_warning(bundle: Path, tmp_path: Path) -> None:

@@ -19,7 +19,7 @@ from typing import Any
 import torch
 
 from .data import list_images
-from .demo_page import PACK_DEMO_PRESETS, SECTIONS, PackDemoSettings, PageContext
+from .demo_page import PACK_DEMO_PRESETS, SECTIONS, PackDemoSettings, PageContext, findings_section
 from .diffusion import SamplingConfig
 from .errors import RCDMError
 from .figures import Section, grid, html_page, html_table
@@ -111,6 +111,8 @@ def run_pack_demo(
         sections.append(section)
         numbers[key] = section.numbers
         seconds[key] = time.perf_counter() - t0
+    sections.append(findings_section(numbers))
+    numbers.update(sections[-1].numbers)
     seconds["total"] = time.perf_counter() - t_start
     numbers["seconds"] = {k: round(v, 2) for k, v in seconds.items()}
     sections.append(
