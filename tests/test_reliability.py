@@ -40,6 +40,8 @@ TRAIN += ["--num-workers", "0", "--no-progress"]
         ("--ema-decay", "2", "--ema-decay 2.0"),
         ("--num-workers", "-1", "--num-workers -1"),
         ("--gradient-accumulation-steps", "3", "--gradient-accumulation-steps 3"),
+        ("--seed", "-1", "--seed -1"),
+        ("--seed", str(2**32), f"--seed {2**32}"),
     ],
 )
 def test_bad_training_settings_are_refused_before_any_work(few_images, tmp_path, capsys, flag, value, says):
@@ -48,6 +50,19 @@ def test_bad_training_settings_are_refused_before_any_work(few_images, tmp_path,
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and says in err, err
     assert not (run / "model").exists() and not (run / "checkpoints").exists()
+
+
+@pytest.mark.parametrize(
+    ("flag", "value", "says"),
+    [("--seed", "-1", "--seed -1"), ("--steps", "0", "--steps 0"), ("--guidance", "nan", "--guidance nan")],
+)
+def test_bad_sampling_settings_are_refused_in_one_line(few_images, tmp_path, capsys, flag, value, says):
+    for command in (["sample"], ["analyze", "variance"], ["evaluate", "faithfulness"]):
+        argv = [*command, "--model", str(tmp_path / "model"), "--images", str(few_images), flag, value]
+        assert main([*argv, "--out", str(tmp_path / "out.json")]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.count("\n") == 0 and says in err, (command, err)
+    assert not (tmp_path / "out.json").exists()
 
 
 def test_an_output_that_is_a_file_is_refused(few_images, tmp_path, capsys):
@@ -468,6 +483,11 @@ def test_a_sample_out_folder_is_never_a_mix_of_two_runs(pixels_model, few_images
     assert main(_sample_argv(pixels_model, few_images, out, "--overwrite")) == 0
     assert sorted(p.name for p in out.iterdir()) == first  # the stale file went with the earlier output
     assert not list(tmp_path.glob(".tmp-*")) and not list(tmp_path.glob(".*.lock"))
+    # What a killed sampler left beside OUT goes at the next write; another output's temporary folder stays.
+    (tmp_path / ".tmp-out-999999").mkdir()
+    (tmp_path / ".tmp-out-other-999999").mkdir()
+    assert main(_sample_argv(pixels_model, few_images, out, "--overwrite")) == 0
+    assert sorted(p.name for p in tmp_path.glob(".tmp-*")) == [".tmp-out-other-999999"]
 
 
 def test_a_second_writer_to_the_same_out_is_refused_naming_the_first(

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import glob
 import json
 import logging
 import os
@@ -159,6 +160,11 @@ def output_folder(
                     f"choose a new {flag}"
                 )
         tmp = out.parent / f".tmp-{out.name}-{os.getpid()}"
+        # the lock is ours, so another .tmp-OUT-PID is what a killed writer left
+        own = re.compile(rf"\.tmp-{re.escape(out.name)}-\d+")
+        for stale in out.parent.glob(f".tmp-{glob.escape(out.name)}-*"):
+            if own.fullmatch(stale.name) and stale.is_dir():
+                shutil.rmtree(stale, ignore_errors=True)
         try:
             _fresh_dir(tmp)
         except OSError as e:

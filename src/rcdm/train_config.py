@@ -139,6 +139,7 @@ def validate_config(cfg: TrainConfig) -> None:
         raise RCDMError(f"grad_clip {cfg.grad_clip} must be >= 0 (0 disables clipping)")
     if not 0.0 < cfg.min_scale <= 1.0:
         raise RCDMError(f"min_scale {cfg.min_scale} is out of range: use a fraction in (0, 1]")
+    check_seed(cfg.seed)
     if not 0.0 <= cfg.cond_drop < 1.0:
         raise RCDMError(f"--cond-drop {cfg.cond_drop} is out of range: use a probability in [0, 1)")
     if cfg.loss not in ("simple", "hybrid"):
@@ -150,6 +151,13 @@ def validate_config(cfg: TrainConfig) -> None:
             f"--gradient-accumulation-steps {cfg.gradient_accumulation_steps} must be at least 1 and divide the "
             f"batch size {cfg.batch_size} (each micro-batch is batch / steps images)"
         )
+
+
+def check_seed(seed: int) -> int:
+    """A seed in [0, 2**32): the range every generator rcdm seeds accepts, each seed its own stream."""
+    if not 0 <= seed < 2**32:
+        raise RCDMError(f"--seed {seed} is out of range: use a whole number from 0 to {2**32 - 1}")
+    return seed
 
 
 def check_output_folder(run_dir: Path) -> None:

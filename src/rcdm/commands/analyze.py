@@ -187,6 +187,7 @@ def _manipulate_args(q: argparse.ArgumentParser, required: bool) -> None:
 def _setup(args: argparse.Namespace, model_source: str | None = None):
     """The model of --model and its encoder; or `model_source` (a comparison) with the encoder it records."""
     positive("--num-samples", args.num_samples)
+    sampling_from_args(args)  # its settings are checked before any work
     if model_source is None:
         check_writable_dir(args.out)  # before any work
         return load_model_and_encoder(args)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 from collections.abc import Callable
 from pathlib import Path
 
@@ -21,6 +22,7 @@ from ..encoders import FEATURES, Encoder
 from ..errors import RCDMError
 from ..loading import encoder_for, load_model
 from ..model import RCDM
+from ..train_config import check_seed
 
 
 class HelpFormatter(argparse.RawDescriptionHelpFormatter):
@@ -163,6 +165,12 @@ def sampling_from_args(args: argparse.Namespace) -> SamplingConfig:
         positive("--num-samples", args.num_samples)
     if args.batch_size is not None:
         positive("--batch-size", args.batch_size)
+    if args.steps is not None:
+        positive("--steps", args.steps)
+    if args.seed is not None:
+        check_seed(args.seed)
+    if args.guidance is not None and not math.isfinite(args.guidance):
+        raise RCDMError(f"--guidance {args.guidance} must be a finite number (1 = no guidance)")
     base = sampling_preset(args.sampling) if args.sampling else SamplingConfig()
     return base.replace(
         sampler=args.sampler,

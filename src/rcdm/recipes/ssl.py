@@ -57,7 +57,7 @@ from ..runs import (
     resume_checkpoint,
     sweep_checkpoints,
 )
-from ..train_config import check_output_folder
+from ..train_config import check_output_folder, check_seed
 from .cifar10 import cifar10_root, labelled_files, load_uint8
 
 log = logging.getLogger(__name__)
@@ -292,6 +292,7 @@ def train_encoder(
     for name in ("epochs", "batch_size"):
         if getattr(cfg, name) < 1:
             raise RCDMError(f"{name} {getattr(cfg, name)} must be at least 1")
+    check_seed(cfg.seed)
     root = cifar10_root(cfg.data)
     check_output_folder(run_dir)  # a writable folder (created), or one line saying why not
     with (
