@@ -16,9 +16,10 @@ from PIL import Image
 
 from rcdm.cli import main
 from rcdm.demo import PACK_DEMO_PRESETS, PackDemoSettings, run_demo, run_pack_demo
+from rcdm.demo_page import smoke_notice
 from rcdm.diffusion import SamplingConfig
 from rcdm.errors import RCDMError
-from rcdm.recipes.bundle import pack, read_bundle, smoke_notice
+from rcdm.recipes.bundle import pack, read_bundle
 from rcdm.recipes.demo_pack import TARGETS, RCDMRecipe, train_rcdms
 from rcdm.recipes.ssl import SSLConfig, train_encoder
 
@@ -46,7 +47,7 @@ def bundle(cifar_root: Path, few_images: Path, tmp_path_factory: pytest.TempPath
         SSLConfig(data=str(cifar_root), objective="supervised", **TINY), root / "supervised", progress=False
     )
     recipe = RCDMRecipe(
-        data=str(few_images), preset="tiny", steps=2, batch_size=4, save_every=2, num_workers=0
+        data=str(few_images), preset="tiny", steps=2, batch_size=4, save_every=2, num_workers=0, cond_drop=0.1
     )
     train_rcdms(recipe, root, progress=False)
     out = root / "bundle"
@@ -151,6 +152,55 @@ def test_only_a_smoke_bundle_gets_the_warning(bundle: Path, tmp_path: Path) -> N
             settings=PackDemoSettings(sampling=SamplingConfig(sampler="ddpm")),
             progress=False,
         )
+
+
+def test_the_pack_demo_samples_with_the_bundle_guidance_unless_told(
+    bundle: Path, few_images: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    root, guided = bundle.parent, tmp_path / "guided"
+    assert (
+        main(
+            ["recipe", "pack", "--runs", str(root), "--out", str(guided), "--allow-smoke", "--guidance", "2"]
+        )
+        == 0
+    )
+    assert read_bundle(guided).guidance == 2.0 and read_bundle(bundle).guidance == 1.0
+    stds = {}
+    for extra, expected in (([], 2.0), (["--guidance", "1"], 1.0)):
+        out = tmp_path / f"demo-{expected}"
+        argv = [
+            "demo",
+            "--bundle",
+            str(guided),
+            "--out",
+            str(out),
+            "--preset",
+            "quick",
+            "--no-progress",
+            *extra,
+        ]
+        assert main(argv) == 0
+        res = json.loads((out / "results.json").read_text())
+        assert res["settings"]["sampling"]["guidance"] == expected
+        assert res["invariance"]["projector"]["settings"]["guidance"] == expected  # every section samples so
+        stds[expected] = res["samples"]["backbone"]["mean_pixel_std"]
+    assert stds[2.0] != stds[1.0]  # guidance changed the samples
+
+    # RCDMs without a null representation cannot be guided: refused before anything is written.
+    plain = tmp_path / "plain-runs"
+    for run in ("ssl", "supervised"):
+        shutil.copytree(root / run, plain / run)
+    recipe = RCDMRecipe(
+        data=str(few_images), preset="tiny", steps=1, batch_size=4, save_every=1, num_workers=0
+    )
+    train_rcdms(recipe, plain, only=[TARGETS[2].name], progress=False)
+    capsys.readouterr()
+    argv = ["recipe", "pack", "--runs", str(plain), "--out", str(tmp_path / "b"), "--only", TARGETS[2].name]
+    assert main([*argv, "--allow-smoke", "--guidance", "2"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "condition dropout" in err and TARGETS[2].name in err, err
+    assert not (tmp_path / "b").exists() or not any((tmp_path / "b").iterdir())
+    assert main(["demo", "--smoke-scale", "--guidance", "2", "--out", str(tmp_path / "s")]) == 2
 
 
 def test_demo_bundle_errors_exit_2_with_one_line(

@@ -12,28 +12,29 @@ from __future__ import annotations
 import html
 import json
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from .data import list_images
-from .demo_page import PACK_DEMO_PRESETS, SECTIONS, PackDemoSettings, PageContext, findings_section
+from .demo_page import (
+    PACK_DEMO_PRESETS,
+    SECTIONS,
+    PackDemoSettings,
+    PageContext,
+    bundle_section,
+    findings_section,
+    pack_note,
+    smoke_notice,
+)
 from .diffusion import SamplingConfig
 from .errors import RCDMError
 from .figures import Section, grid, html_page, html_table
 from .loading import encoder_for, load_model
 from .metrics.faithfulness import faithfulness_scores
-from .recipes.bundle import (
-    ROLES,
-    bundle_section,
-    bundled_pack,
-    demo_images,
-    pack_note,
-    read_bundle,
-    smoke_notice,
-)
+from .recipes.bundle import ROLES, bundled_pack, demo_images, read_bundle
 from .train import TrainConfig, train
 from .visualize import save_visualization, visualize
 
@@ -73,18 +74,22 @@ def run_pack_demo(
     settings: PackDemoSettings | None = None,
     device: str | torch.device | None = None,
     progress: bool = True,
+    guidance: float | None = None,
 ) -> PackDemoResult:
     """Sample the bundled RCDMs on the bundle's demo inputs; write OUT/index.html, its PNGs and OUT/results.json.
 
     Sections (SECTIONS): samples of the VICReg backbone vs projector RCDM (same noise), invariance backbone vs
     projector, an interpolation (backbone RCDM), and untargeted PGD on the VICReg vs the supervised backbone.
-    Images are in [0, 1] at the models' 32 px. Raises RCDMError when BUNDLE is not a complete bundle.
+    Images are in [0, 1] at the models' 32 px. guidance: the classifier-free guidance weight of every sample
+    (default: the bundle's, from `rcdm recipe pack --guidance`). Raises RCDMError when BUNDLE is not a complete
+    bundle.
     """
     s = settings or PACK_DEMO_PRESETS["cpu"]
     if s.sampling.sampler == "ddpm":
         raise RCDMError("the pack demo needs a deterministic sampler (dpm++ or ddim), not ddpm")
     t_start = time.perf_counter()
     bundle = read_bundle(bundle_dir)
+    s = replace(s, sampling=s.sampling.replace(guidance=bundle.guidance if guidance is None else guidance))
     paths = bundle.inputs[: s.max_images]
     if len(paths) < 2:
         raise RCDMError(f"the demo needs at least 2 input images but {str(bundle.folder)!r} has {len(paths)}")
@@ -188,6 +193,7 @@ def run_demo(
         cell=64,
     )
     overview.save(out / "overview.png")
+    bundled = bundled_pack() is not None
     numbers = {
         "encoder": encoder,
         "train_steps": steps,
@@ -197,7 +203,7 @@ def run_demo(
         "samples_per_image": num_samples,
         "rank1_retrieval": rank1,
         "chance": 1 / len(images),
-        "cifar10_pack_bundled": bundled_pack() is not None,
+        "cifar10_pack_bundled": bundled,
     }
     (out / "results.json").write_text(json.dumps(numbers, indent=2))
     page = html_page(
@@ -219,7 +225,7 @@ def run_demo(
                 "is nearest to their source image's among the ten (chance 0.1).</p>",
             ),
         ],
-        notice=pack_note(),
+        notice=pack_note(bundled),
     )
     index = out / "index.html"
     index.write_text(page)

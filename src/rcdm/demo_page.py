@@ -4,6 +4,7 @@ and its four sections (`SECTIONS`), each built from the analysis report's sectio
 from __future__ import annotations
 
 import html
+import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,7 +16,7 @@ from .diffusion import SamplingConfig
 from .encoders import Encoder
 from .encoders.cifar import read_card
 from .errors import RCDMError
-from .figures import Section, html_table
+from .figures import Section, fmt, html_table
 from .model import RCDM
 from .recipes.bundle import ROLES, DemoBundle
 
@@ -264,4 +265,117 @@ def findings_section(numbers: dict) -> Section:
         f"model is said to keep an augmentation at a mean retention of {RETAINED} or more. A few images and "
         "samples make these numbers noisy: read them with the figures above.</p>",
         {"findings": rows},
+    )
+
+
+# HTML: what to do when no bundle is installed
+HOW_TO_PACK = (
+    "Produce it with <code>scripts/gpu_demo_pack.sh</code> (one GPU) or the three <code>rcdm recipe</code> "
+    "commands of <code>docs/recipes.md</code>, then run <code>rcdm demo --bundle BUNDLE</code> (or put the "
+    "bundle at <code>src/rcdm/assets/models</code>, where <code>make demo</code> finds it)."
+)
+
+
+# --- what a bundle's cards say, as HTML ------------------------------------------------------------------
+
+
+def model_cards(bundle: DemoBundle, roles: dict[str, tuple[str, str]]) -> dict[str, dict]:
+    """Role -> what the bundle's cards say (roles: role -> (target name, label)) about its RCDM and encoder (training, k-NN accuracy, metrics)."""
+    out = {}
+    for role, (target, label) in roles.items():
+        path = bundle.folder / target / "card.json"
+        card = json.loads(path.read_text()) if path.is_file() else {}
+        enc = read_card(bundle.folder / bundle.encoder_name(target))
+        feature = bundle.index["rcdms"][target].get("feature", card.get("feature"))
+        out[role] = {
+            "label": label,
+            "target": target,
+            "feature": feature,
+            "preset": card.get("preset"),
+            "steps": card.get("steps"),
+            "images_seen": card.get("images_seen"),
+            "wall_time_s": card.get("wall_time_s"),
+            "cpu_time_s": card.get("cpu_time_s"),
+            "device": card.get("device"),
+            "metrics": card.get("metrics") or {},
+            "encoder": enc.get("name"),
+            "encoder_objective": enc.get("objective"),
+            "encoder_epochs": enc.get("epochs"),
+            "encoder_knn_accuracy": (enc.get("knn_accuracy") or {}).get(feature),
+            "smoke": bool(card.get("smoke") or enc.get("smoke")),
+        }
+    return out
+
+
+def bundle_section(bundle: DemoBundle, roles: dict[str, tuple[str, str]]) -> tuple[Section, dict[str, dict]]:
+    """The demo page's first section (what the bundle holds, its model cards as a table) and the cards."""
+    models = model_cards(bundle, roles)
+    intro = (
+        "<p>Representation-conditional diffusion models (RCDM, Bordes et al. 2022) trained on CIFAR-10, "
+        "conditioned on a small VICReg encoder (its backbone and its projector) and on a supervised one, from "
+        f"the bundle <code>{html.escape(str(bundle.folder))}</code> (<code>rcdm recipe pack</code>, "
+        "docs/recipes.md). Inputs: the bundle's CIFAR-10 test images.</p>"
+    )
+    return Section("What this is", intro + models_html(models)), models
+
+
+def models_html(models: dict[str, dict]) -> str:
+    rows = [
+        [
+            m["label"],
+            m["target"],
+            f"{m['encoder']} ({m['encoder_objective']}, {m['encoder_epochs']} epochs)",
+            fmt(m["encoder_knn_accuracy"]),
+            f"{m['preset']}, {m['steps']} steps, {m['images_seen']} images",
+            "n/a" if m["wall_time_s"] is None else f"{m['wall_time_s']:.0f} s on {m['device']}",
+            "n/a" if m.get("cpu_time_s") is None else f"{m['cpu_time_s']:.0f} s",
+            "YES" if m["smoke"] else "no",
+        ]
+        for m in models.values()
+    ]
+    text = html_table(
+        [
+            "RCDM",
+            "bundle entry",
+            "encoder",
+            "k-NN accuracy of the feature",
+            "training",
+            "wall time",
+            "CPU time",
+            "smoke",
+        ],
+        rows,
+    )
+    metrics = [[m["label"], k, v] for m in models.values() for k, v in m["metrics"].items()]
+    if metrics:
+        text += "<p>Metrics recorded in the model cards:</p>" + html_table(
+            ["RCDM", "metric", "value"], metrics
+        )
+    return text
+
+
+def smoke_notice(bundle: DemoBundle) -> str | None:
+    if not bundle.smoke:
+        return None
+    reasons = (
+        "; ".join(str(r) for r in bundle.index.get("smoke_reasons", [])) or "marked smoke in bundle.json"
+    )
+    return (
+        "<b>SMOKE TEST: these are NOT trained models.</b> This bundle was packed with <code>--allow-smoke</code> "
+        f"({html.escape(reasons)}). The pictures and numbers below only show that the pipeline runs; they say "
+        "nothing about what a VICReg or a supervised representation keeps. " + HOW_TO_PACK
+    )
+
+
+def pack_note(bundled: bool) -> str:
+    """HTML for the smoke-scale demo page: whether this install bundles the CIFAR-10 pack, and what to do."""
+    if not bundled:
+        return (
+            "<b>The real CIFAR-10 pack (a VICReg encoder, a supervised one and three RCDMs) is not bundled with "
+            "this install yet</b>, so this page shows the smoke-scale stand-in below: a tiny model, not a research "
+            "model. " + HOW_TO_PACK
+        )
+    return (
+        "This install bundles the CIFAR-10 pack: run <code>rcdm demo</code> without <code>--smoke-scale</code> "
+        "to see backbone vs projector samples, invariance, interpolation and the adversarial comparison."
     )

@@ -7,6 +7,7 @@ the adversarial comparison of the bundled models. Without one: the smoke-scale d
 from __future__ import annotations
 
 import argparse
+import math
 
 from ..demo import DEMO_ENCODER, PACK_DEMO_PRESETS, run_demo, run_pack_demo
 from ..devices import default_device
@@ -43,6 +44,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--device", default=None, help="pack demo: cuda or cpu (default: cuda when available)")
     p.add_argument(
+        "--guidance",
+        type=float,
+        default=None,
+        help="pack demo: classifier-free guidance weight (default: the bundle's, 1 = none)",
+    )
+    p.add_argument(
         "--smoke-scale",
         action="store_true",
         help="train and show the smoke-scale model even when a pack is installed",
@@ -62,6 +69,8 @@ def run(args: argparse.Namespace) -> int:
     if args.bundle is not None and args.smoke_scale:
         raise RCDMError("--bundle and --smoke-scale exclude each other: pass one of them")
     bundle = None if args.smoke_scale else (args.bundle or bundled_pack())
+    if bundle is None and args.guidance is not None:
+        raise RCDMError("--guidance is a pack demo option; the smoke-scale model has no null representation")
     if bundle is None:
         result = run_demo(
             args.out,
@@ -74,6 +83,8 @@ def run(args: argparse.Namespace) -> int:
             f"{result.sample_seconds:.0f} s; rank-1 retrieval {result.rank1:.2f} (chance 0.10); open {result.index}"
         )
         return 0
+    if args.guidance is not None and not math.isfinite(args.guidance):
+        raise RCDMError(f"--guidance {args.guidance} must be a finite number (1 = no guidance)")
     if args.encoder is not None or args.steps is not None:
         raise RCDMError(
             "--encoder and --steps set the smoke-scale demo's training; the pack demo uses the bundled models "
@@ -85,6 +96,7 @@ def run(args: argparse.Namespace) -> int:
         settings=PACK_DEMO_PRESETS[args.preset],
         device=args.device or default_device(),
         progress=progress,
+        guidance=args.guidance,
     )
     smoke = " (SMOKE-TEST bundle: not trained models)" if res.smoke else ""
     print(f"pack demo{smoke} in {res.seconds['total']:.0f} s; open {res.index}")

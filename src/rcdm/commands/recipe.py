@@ -129,6 +129,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     k.add_argument(
         "--allow-smoke", action="store_true", help="pack undertrained runs, labelled as smoke tests"
     )
+    k.add_argument(
+        "--guidance",
+        type=float,
+        default=1.0,
+        help="classifier-free guidance weight `rcdm demo` samples the bundle with (default 1: none; > 1 needs "
+        "RCDMs trained with condition dropout, as --profile cpu does)",
+    )
     add_overwrite_arg(k, "bundle entries already in --out")
     k.set_defaults(func=run_pack)
 
@@ -183,6 +190,7 @@ def run_pack(args: argparse.Namespace) -> int:
         max_mb=args.max_mb if args.max_mb is not None else MAX_BUNDLE_MB,
         demo_images=[Path(p) for p in args.demo_images],
         overwrite=args.overwrite,
+        guidance=args.guidance,
     )
     label = " (SMOKE TEST: undertrained, labelled so)" if result.smoke else ""
     print(

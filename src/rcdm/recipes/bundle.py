@@ -8,8 +8,8 @@ diffusion_pytorch_model.rcdm.safetensors, card.json, README.md}, BUNDLE/demo-inp
 
 from __future__ import annotations
 
-import html
 import json
+import math
 import os
 import shutil
 from dataclasses import dataclass, field
@@ -31,7 +31,6 @@ from ..encoders.cifar import (
     save_encoder,
 )
 from ..errors import RCDMError
-from ..figures import Section, fmt, html_table
 from ..loading import encoder_for, load_model, resolve_model_dir
 from ..model import RCDM
 from .demo_pack import MIN_KNN_ACCURACY, RECIPE_NAME, TARGETS, Target, encoder_dir, select_targets
@@ -39,11 +38,6 @@ from .ssl import CIFAR_LICENSE, model_card_markdown
 
 MAX_BUNDLE_MB = 30.0  # MB = 10**6 bytes
 BUNDLE_INDEX = "bundle.json"
-HOW_TO_PACK = (  # HTML: what to do when no bundle is installed
-    "Produce it with <code>scripts/gpu_demo_pack.sh</code> (one GPU) or the three <code>rcdm recipe</code> "
-    "commands of <code>docs/recipes.md</code>, then run <code>rcdm demo --bundle BUNDLE</code> (or put the "
-    "bundle at <code>src/rcdm/assets/models</code>, where <code>make demo</code> finds it)."
-)
 # Roles of the three bundled RCDMs in the demo and the app -> (target name, label on figures and tables).
 ROLES: dict[str, tuple[str, str]] = {
     "backbone": ("rcdm-cifar10-vicreg-backbone", "VICReg backbone"),
@@ -74,6 +68,11 @@ class DemoBundle:
     @property
     def smoke(self) -> bool:
         return bool(self.index.get("smoke"))
+
+    @property
+    def guidance(self) -> float:
+        """The guidance weight the bundle's models are sampled with by default (1: none)."""
+        return float(self.index.get("guidance", 1.0))
 
     def encoder_name(self, target: str) -> str:
         return str(self.index["rcdms"][target]["encoder"])
@@ -121,111 +120,6 @@ def read_bundle(folder: str | Path) -> DemoBundle:
         )
     inputs = list_images(path / "demo-inputs") if (path / "demo-inputs").is_dir() else []
     return DemoBundle(path, index, inputs or list_images(demo_images()))
-
-
-# --- what a bundle's cards say, as HTML ------------------------------------------------------------------
-
-
-def model_cards(bundle: DemoBundle, roles: dict[str, tuple[str, str]]) -> dict[str, dict]:
-    """Role -> what the bundle's cards say (roles: role -> (target name, label)) about its RCDM and encoder (training, k-NN accuracy, metrics)."""
-    out = {}
-    for role, (target, label) in roles.items():
-        path = bundle.folder / target / "card.json"
-        card = json.loads(path.read_text()) if path.is_file() else {}
-        enc = read_card(bundle.folder / bundle.encoder_name(target))
-        feature = bundle.index["rcdms"][target].get("feature", card.get("feature"))
-        out[role] = {
-            "label": label,
-            "target": target,
-            "feature": feature,
-            "preset": card.get("preset"),
-            "steps": card.get("steps"),
-            "images_seen": card.get("images_seen"),
-            "wall_time_s": card.get("wall_time_s"),
-            "cpu_time_s": card.get("cpu_time_s"),
-            "device": card.get("device"),
-            "metrics": card.get("metrics") or {},
-            "encoder": enc.get("name"),
-            "encoder_objective": enc.get("objective"),
-            "encoder_epochs": enc.get("epochs"),
-            "encoder_knn_accuracy": (enc.get("knn_accuracy") or {}).get(feature),
-            "smoke": bool(card.get("smoke") or enc.get("smoke")),
-        }
-    return out
-
-
-def bundle_section(bundle: DemoBundle, roles: dict[str, tuple[str, str]]) -> tuple[Section, dict[str, dict]]:
-    """The demo page's first section (what the bundle holds, its model cards as a table) and the cards."""
-    models = model_cards(bundle, roles)
-    intro = (
-        "<p>Representation-conditional diffusion models (RCDM, Bordes et al. 2022) trained on CIFAR-10, "
-        "conditioned on a small VICReg encoder (its backbone and its projector) and on a supervised one, from "
-        f"the bundle <code>{html.escape(str(bundle.folder))}</code> (<code>rcdm recipe pack</code>, "
-        "docs/recipes.md). Inputs: the bundle's CIFAR-10 test images.</p>"
-    )
-    return Section("What this is", intro + models_html(models)), models
-
-
-def models_html(models: dict[str, dict]) -> str:
-    rows = [
-        [
-            m["label"],
-            m["target"],
-            f"{m['encoder']} ({m['encoder_objective']}, {m['encoder_epochs']} epochs)",
-            fmt(m["encoder_knn_accuracy"]),
-            f"{m['preset']}, {m['steps']} steps, {m['images_seen']} images",
-            "n/a" if m["wall_time_s"] is None else f"{m['wall_time_s']:.0f} s on {m['device']}",
-            "n/a" if m.get("cpu_time_s") is None else f"{m['cpu_time_s']:.0f} s",
-            "YES" if m["smoke"] else "no",
-        ]
-        for m in models.values()
-    ]
-    text = html_table(
-        [
-            "RCDM",
-            "bundle entry",
-            "encoder",
-            "k-NN accuracy of the feature",
-            "training",
-            "wall time",
-            "CPU time",
-            "smoke",
-        ],
-        rows,
-    )
-    metrics = [[m["label"], k, v] for m in models.values() for k, v in m["metrics"].items()]
-    if metrics:
-        text += "<p>Metrics recorded in the model cards:</p>" + html_table(
-            ["RCDM", "metric", "value"], metrics
-        )
-    return text
-
-
-def smoke_notice(bundle: DemoBundle) -> str | None:
-    if not bundle.smoke:
-        return None
-    reasons = (
-        "; ".join(str(r) for r in bundle.index.get("smoke_reasons", [])) or "marked smoke in bundle.json"
-    )
-    return (
-        "<b>SMOKE TEST: these are NOT trained models.</b> This bundle was packed with <code>--allow-smoke</code> "
-        f"({html.escape(reasons)}). The pictures and numbers below only show that the pipeline runs; they say "
-        "nothing about what a VICReg or a supervised representation keeps. " + HOW_TO_PACK
-    )
-
-
-def pack_note() -> str:
-    """HTML for the smoke-scale demo page: whether this install bundles the CIFAR-10 pack, and what to do."""
-    if bundled_pack() is None:
-        return (
-            "<b>The real CIFAR-10 pack (a VICReg encoder, a supervised one and three RCDMs) is not bundled with "
-            "this install yet</b>, so this page shows the smoke-scale stand-in below: a tiny model, not a research "
-            "model. " + HOW_TO_PACK
-        )
-    return (
-        "This install bundles the CIFAR-10 pack: run <code>rcdm demo</code> without <code>--smoke-scale</code> "
-        "to see backbone vs projector samples, invariance, interpolation and the adversarial comparison."
-    )
 
 
 # --- pack ------------------------------------------------------------------------------------------
@@ -365,6 +259,7 @@ def pack(
     overwrite: bool = False,
     min_fp16_cosine: float = 0.999,  # encoders below this stay float32
     max_fp16_error: float = 1e-2,  # RCDMs above this relative output error stay float32
+    guidance: float = 1.0,  # the weight the demo samples the bundle with (> 1 needs models with condition dropout)
 ) -> PackResult:
     """Bundle the encoders and RCDMs of ROOT into OUT (written as a whole or not at all).
 
@@ -375,6 +270,8 @@ def pack(
     bundle exceeds `max_mb` MB (10**6 bytes).
     """
     root, out = Path(runs_root), Path(out_dir)
+    if not math.isfinite(guidance):
+        raise RCDMError(f"--guidance {guidance} must be a finite number (1 = no guidance)")
     targets = select_targets(only)
     metrics = dict(metrics or {})
     unknown = sorted(set(metrics) - {t.name for t in targets})
@@ -427,6 +324,11 @@ def pack(
                     f"{t.name} was trained on encoder {model.config.encoder_identity} but {encoders[t.encoder_run]} "
                     f"is {identities[t.encoder_run]}: retrain it with `rcdm recipe rcdm`"
                 )
+            if guidance != 1.0 and model.null_rep is None:
+                raise RCDMError(
+                    f"--guidance {guidance:g} needs RCDMs trained with condition dropout, and {t.name} was not: "
+                    "pack with --guidance 1, or train with `rcdm recipe rcdm --profile cpu` (--cond-drop 0.1)"
+                )
             err = _fp16_rcdm_error(model)
             half = err <= max_fp16_error
             if not half:
@@ -478,6 +380,7 @@ def pack(
             },
             "notes": notes,
             "max_bytes": int(max_mb * 1e6),
+            "guidance": guidance,
         }
         (tmp / "bundle.json").write_text(json.dumps(index, indent=2))
         sizes["bundle.json"] = _folder_bytes(tmp / "bundle.json")
