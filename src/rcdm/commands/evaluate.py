@@ -79,7 +79,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         metavar="DIR",
         help="also write the samples, in `evaluate generate`'s layout (sample g of DIR/references.txt line "
         "g // --num-samples), so that `evaluate quality --fake DIR` scores them without drawing them again "
-        "(a new or empty folder)",
+        "(a new or empty folder; default: none, only representations are kept)",
     )
     f.set_defaults(func=run_faithfulness)
 
