@@ -198,13 +198,17 @@ def test_pack_models_and_the_supervised_twin(tiny_model: Path, monkeypatch: pyte
     sup = mean_colour_classifier()
     assert ssl.classifier is None and sup.classifier is not None
     loaded = {"rcdm-cifar10-supervised": (model, sup)}
-    monkeypatch.setattr(app_models, "_bundled_pack", lambda: (tiny_model, ROLES))
+    monkeypatch.setattr(app_models, "_bundled_pack", lambda: (tiny_model, ROLES, 2.5))
     monkeypatch.setattr(app_models, "_pack_classes", lambda folder, target: [f"c{k}" for k in range(10)])
     monkeypatch.setattr(app_models, "_load_bundled", lambda folder, t, d: loaded.get(t, (model, ssl)))
     monkeypatch.setattr(app_models, "_cached_official", lambda: [])
     choices = discover_models()
     assert [c.label for c in choices] == ["VICReg backbone", "VICReg projector", "supervised backbone"]
     assert [c.supervised for c in choices] == [False, False, True]
+    assert {c.guidance for c in choices} == {2.5}  # the bundle's weight, the page's default
+    page = app_module.build_app(choices, "cpu")
+    sliders = [c["props"] for c in page.config["components"] if c.get("type") == "slider"]
+    assert [p["value"] for p in sliders if p.get("label", "").startswith("guidance")] == [2.5]
     views = app_module.Views(app_module.ModelCache(choices, "cpu"))
     image = app_module.resolve_image(None, "cat.jpg")
     r = views.attack(["VICReg backbone"], image, 2 / 255, 1, app_module.Sampling(num_samples=1, steps=1))

@@ -160,7 +160,12 @@ def build_app(
                     steps = gr.Slider(0, 100, value=0, step=1, label="steps (0: the preset's)")
                     seed = gr.Number(0, precision=0, label="seed")
                 guidance = gr.Slider(
-                    1.0, 5.0, value=1.0, step=0.25, visible=False, label="guidance (models trained with it)"
+                    1.0,
+                    5.0,
+                    value=max([1.0] + [cache.choices[label].guidance for label in default_models]),
+                    step=0.25,
+                    visible=False,
+                    label="guidance (models trained with it)",
                 )
         status = gr.Markdown(elem_id="status")
         common = [n, preset, steps, seed, guidance]

@@ -8,7 +8,7 @@ import logging
 import os
 import threading
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -148,10 +148,10 @@ def _demo_images() -> list[Path]:
     return list_images(demo_images())
 
 
-def _bundled_pack() -> tuple[Path, dict] | None:
-    """(bundle folder, {role: (target, label)}) of the installed CIFAR-10 pack, or None."""
+def _bundled_pack() -> tuple[Path, dict, float] | None:
+    """(bundle folder, {role: (target, label)}, its guidance weight) of the installed CIFAR-10 pack, or None."""
     folder = bundled_pack()
-    return None if folder is None else (folder, ROLES)
+    return None if folder is None else (folder, ROLES, read_bundle(folder).guidance)
 
 
 def _pack_classes(folder: Path, target: str) -> list[str]:
@@ -214,6 +214,9 @@ class ModelChoice:
     load: Callable[[torch.device], tuple[Any, Any]]
     classes: tuple[str, ...] = ()
     supervised: bool = False
+    guidance: float = (
+        1.0  # the weight its samples are drawn with by default (a bundle's `recipe pack --guidance`)
+    )
 
 
 def discover_models(
@@ -231,7 +234,7 @@ def discover_models(
     else:
         pack = _bundled_pack()
         if pack is not None:
-            folder, roles = pack
+            folder, roles, guidance = pack
             for role, (target, label) in roles.items():
                 out.append(
                     ModelChoice(
@@ -240,6 +243,7 @@ def discover_models(
                         lambda d, t=target: _load_bundled(folder, t, d),
                         classes=tuple(_pack_classes(folder, target)) if role == "supervised" else (),
                         supervised=role == "supervised",
+                        guidance=guidance,
                     )
                 )
         for r in runs:
@@ -257,10 +261,7 @@ def discover_models(
             "or install the CIFAR-10 pack (docs/recipes.md)"
         )
     labels = [c.label for c in out]
-    return [
-        c if labels.count(c.label) == 1 else ModelChoice(c.source, c.source, c.load, c.classes, c.supervised)
-        for c in out
-    ]
+    return [c if labels.count(c.label) == 1 else replace(c, label=c.source) for c in out]
 
 
 def _source_choice(source: str, trust_remote_code: bool = False) -> ModelChoice:
