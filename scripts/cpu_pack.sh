@@ -11,7 +11,8 @@
 #                                       (preset:guidance) on the first $SAMPLER_IMAGES eval images, for each backbone
 #                                       RCDM (its final model, else its newest checkpoint): what the pack's default
 #                                       sampler rests on
-#   bash scripts/cpu_pack.sh pack       the bundle into src/rcdm/assets/models (fp16, model cards, metrics)
+#   bash scripts/cpu_pack.sh pack       the bundle into src/rcdm/assets/models (fp16, model cards, metrics); the
+#                                       demo samples it with guidance $PACK_GUIDANCE (the sampler table's choice)
 #
 # Every stage resumes where it stopped (epoch checkpoints for the encoders, step checkpoints for the RCDMs; a
 # finished run is left alone), so run it again after an interruption. Each job gets one thread and `nice`: on a
@@ -35,6 +36,7 @@ EVAL_SAMPLING=${EVAL_SAMPLING:-fast}
 GUIDANCE=${GUIDANCE:-1}            # guidance weights for the final models (> 1 needs the CPU profile's cond_drop)
 CURVE_EVERY=${CURVE_EVERY:-2000}
 SAMPLERS=${SAMPLERS:-fast:1 paired:1 published:1 fast:2 fast:3}
+PACK_GUIDANCE=${PACK_GUIDANCE:-1}
 TARGETS=(rcdm-cifar10-supervised rcdm-cifar10-vicreg-backbone rcdm-cifar10-vicreg-projector)
 export OMP_NUM_THREADS=1 PYTHONUNBUFFERED=1
 RCDM="nice -n 10 $PY -m rcdm.cli"
@@ -142,7 +144,7 @@ samplers)
     ;;
 pack)
     $PY -m rcdm.cli recipe pack --runs "$WORK/runs" --out "$ROOT/src/rcdm/assets/models" --metrics "$WORK/metrics.json" \
-        --overwrite --demo-images "$CIFAR"/test/{airplane,automobile,bird,cat,deer,dog,frog,horse}/0001.jpg
+        --overwrite --guidance "$PACK_GUIDANCE" --demo-images "$CIFAR"/test/{airplane,automobile,bird,cat,deer,dog,frog,horse}/0001.jpg
     ;;
 *)
     echo "unknown stage $STAGE: use encoders, rcdms, evaluate, samplers or pack" >&2
