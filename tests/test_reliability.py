@@ -485,9 +485,10 @@ def test_a_sample_out_folder_is_never_a_mix_of_two_runs(pixels_model, few_images
     assert not list(tmp_path.glob(".tmp-*")) and not list(tmp_path.glob(".*.lock"))
     # What a killed sampler left beside OUT goes at the next write; another output's temporary folder stays.
     (tmp_path / ".tmp-out-999999").mkdir()
+    (tmp_path / ".old-out-999999").mkdir()
     (tmp_path / ".tmp-out-other-999999").mkdir()
     assert main(_sample_argv(pixels_model, few_images, out, "--overwrite")) == 0
-    assert sorted(p.name for p in tmp_path.glob(".tmp-*")) == [".tmp-out-other-999999"]
+    assert sorted(p.name for p in tmp_path.glob(".*-out-*")) == [".tmp-out-other-999999"]
 
 
 def test_a_second_writer_to_the_same_out_is_refused_naming_the_first(

@@ -160,9 +160,9 @@ def output_folder(
                     f"choose a new {flag}"
                 )
         tmp = out.parent / f".tmp-{out.name}-{os.getpid()}"
-        # the lock is ours, so another .tmp-OUT-PID is what a killed writer left
-        own = re.compile(rf"\.tmp-{re.escape(out.name)}-\d+")
-        for stale in out.parent.glob(f".tmp-{glob.escape(out.name)}-*"):
+        # the lock is ours, so another .tmp-OUT-PID or .old-OUT-PID is what a killed writer left
+        own = re.compile(rf"\.(tmp|old)-{re.escape(out.name)}-\d+")
+        for stale in out.parent.glob(f".*-{glob.escape(out.name)}-*"):
             if own.fullmatch(stale.name) and stale.is_dir():
                 shutil.rmtree(stale, ignore_errors=True)
         try:
