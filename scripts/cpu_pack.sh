@@ -35,7 +35,7 @@ SAMPLER_IMAGES=${SAMPLER_IMAGES:-200}
 EVAL_SAMPLING=${EVAL_SAMPLING:-fast}
 GUIDANCE=${GUIDANCE:-1}            # guidance weights for the final models (> 1 needs the CPU profile's cond_drop)
 CURVE_EVERY=${CURVE_EVERY:-2000}
-SAMPLERS=${SAMPLERS:-fast:1 paired:1 published:1 fast:2 fast:3}
+SAMPLERS=${SAMPLERS:-fast:1 paired:1 published:1 fast:3 fast:5 fast:8}
 PACK_GUIDANCE=${PACK_GUIDANCE:-1}
 TARGETS=(rcdm-cifar10-supervised rcdm-cifar10-vicreg-backbone rcdm-cifar10-vicreg-projector)
 export OMP_NUM_THREADS=1 PYTHONUNBUFFERED=1
