@@ -6,7 +6,8 @@
 #   bash scripts/cpu_pack.sh evaluate   the gates on 1,000 class-balanced CIFAR-10 test images (judge: ResNet-56),
 #                                       sampled with $EVAL_SAMPLING once per model (faithfulness, then the Frechet
 #                                       distance of the same samples): the final model at each weight in $GUIDANCE,
-#                                       and the checkpoints every $CURVE_EVERY steps (the curve; 0 skips it)
+#                                       and the checkpoints every $CURVE_EVERY steps at each weight in
+#                                       $CURVE_GUIDANCE (the curves; CURVE_EVERY=0 skips them)
 #   bash scripts/cpu_pack.sh samplers   faithfulness per second of each sampling setting in $SAMPLERS
 #                                       (preset:guidance) on the first $SAMPLER_IMAGES eval images, for each backbone
 #                                       RCDM (its final model, else its newest checkpoint): what the pack's default
@@ -33,7 +34,8 @@ RCDM_STEPS=${RCDM_STEPS:-8000}
 EVAL_IMAGES=${EVAL_IMAGES:-1000}
 SAMPLER_IMAGES=${SAMPLER_IMAGES:-200}
 EVAL_SAMPLING=${EVAL_SAMPLING:-fast}
-GUIDANCE=${GUIDANCE:-1}            # guidance weights for the final models (> 1 needs the CPU profile's cond_drop)
+GUIDANCE=${GUIDANCE:-1 5}          # guidance weights for the final models (> 1 needs the CPU profile's cond_drop)
+CURVE_GUIDANCE=${CURVE_GUIDANCE:-1 5}
 CURVE_EVERY=${CURVE_EVERY:-2000}
 SAMPLERS=${SAMPLERS:-fast:1 paired:1 published:1 fast:3 fast:5 fast:8}
 PACK_GUIDANCE=${PACK_GUIDANCE:-1}
@@ -116,7 +118,11 @@ evaluate)
         [ "$CURVE_EVERY" -gt 0 ] || continue
         for ck in "$run"/checkpoints/step-*; do
             step=$((10#${ck##*step-}))
-            [ -f "$ck/state.json" ] && [ $((step % CURVE_EVERY)) = 0 ] && evaluate "$t" "$ck/ema" "$(basename "$ck")"
+            [ -f "$ck/state.json" ] && [ $((step % CURVE_EVERY)) = 0 ] || continue
+            for g in $CURVE_GUIDANCE; do
+                # shellcheck disable=SC2046  # the tag: step-NNNNNNNN, step-NNNNNNNN-g5, ...
+                evaluate "$t" "$ck/ema" "$(basename "$ck")$([ "$g" = 1 ] || echo "-g$g")" "$g"
+            done
         done
     done
     $PY "$ROOT/scripts/pack_metrics.py" "$WORK/metrics" "$EVAL_IMAGES" >"$WORK/metrics.json" && cat "$WORK/metrics.json"

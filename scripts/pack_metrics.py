@@ -3,9 +3,9 @@
     python scripts/pack_metrics.py METRICS_DIR N_IMAGES > metrics.json
 
 METRICS_DIR/<target>/<tag>/faithfulness.json and quality.json (the same samples), where tag is `final`,
-`final-g<W>` (the final model sampled with guidance W) or a checkpoint `step-NNNNNNNN`. Output: {target:
+`final-g<W>` (the final model sampled with guidance W) or a checkpoint `step-NNNNNNNN[-g<W>]`. Output: {target:
 {labelled metric: value, ..., "curve": "images seen: rank-1 / agreement; ..."}} with the labelled numbers of the
-final model (else the newest checkpoint), those of each guided run, and the curve over checkpoints.
+final model (else the newest checkpoint), those of each guided run, and a curve over checkpoints per sampling.
 METRICS_DIR/<target>/sampler-<preset>[-g<W>]/ (scripts/cpu_pack.sh samplers) hold the same faithfulness on a
 subset with each sampling setting and `seconds` (wall time of the run): they become "sampler table" rows.
 Gates (issue 12): backbone models class agreement >= 0.60 and rank-1 >= 0.05 under the ResNet-56 judge.
@@ -14,10 +14,12 @@ Gates (issue 12): backbone models class agreement >= 0.60 and rank-1 >= 0.05 und
 from __future__ import annotations
 
 import json
+import re
 import sys
 from pathlib import Path
 
 BATCH = {"cpu": 64}  # images per step of the CPU profile, for images seen
+STEP = re.compile(r"step-(\d+)(?:-g(.+))?")  # a checkpoint's tag: step-NNNNNNNN, or step-NNNNNNNN-gW (guided)
 
 
 def read(tag_dir: Path) -> dict:
@@ -76,20 +78,22 @@ def main(root: Path, n: str) -> dict:
     result: dict = {}
     for target in sorted(p for p in root.iterdir() if p.is_dir()):
         tags = {t.name: read(t) for t in target.iterdir() if t.is_dir() and not t.name.startswith("sampler-")}
-        steps = sorted(t for t in tags if t.startswith("step-") and tags[t])
-        best = tags.get("final") or (tags[steps[-1]] if steps else {})
+        steps = sorted(t for t in tags if STEP.fullmatch(t) and tags[t])
+        plain = [t for t in steps if not STEP.fullmatch(t).group(2)]
+        best = tags.get("final") or (tags[plain[-1]] if plain else {})
         m = labelled(best, n) if best else {}
         for tag in sorted(t for t in tags if t.startswith("final-g") and tags[t]):
             m.update(labelled(tags[tag], n))
-        curve = [
-            f"{int(t.split('-')[1]) * BATCH['cpu']}: {tags[t].get('top1', float('nan')):.3f} / "
-            f"{tags[t].get('agreement') or float('nan'):.3f}"
-            for t in steps
-        ]
-        if curve:
-            sampling = tags[steps[-1]].get("sampling")
+        curves: dict[str, list[str]] = {}
+        for t in steps:  # one curve per sampling setting, in order of images seen
+            step = int(STEP.fullmatch(t).group(1))
+            curves.setdefault(tags[t].get("sampling", "?"), []).append(
+                f"{step * BATCH['cpu']}: {tags[t].get('top1', float('nan')):.3f} / "
+                f"{tags[t].get('agreement') or float('nan'):.3f}"
+            )
+        for sampling, points in curves.items():
             m[f"curve (images seen: rank-1 / class agreement; {sampling}; ResNet-56 judge)"] = "; ".join(
-                curve
+                points
             )
         samplers = sampler_rows(target)
         if samplers:

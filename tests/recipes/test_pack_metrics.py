@@ -33,6 +33,7 @@ def test_pack_metrics_labels_the_final_guided_curve_and_sampler_numbers(tmp_path
     _evaluation(target / "final-g2", 0.5, 0.75, guidance=2.0, fid=4.25)
     _evaluation(target / "step-00002000", 0.0, 0.25)
     _evaluation(target / "step-00004000", 0.25, 0.5)
+    _evaluation(target / "step-00004000-g2", 0.5, 0.75, guidance=2.0)
     _evaluation(target / "sampler-fast-g2", 0.5, 1.0, guidance=2.0)
     (target / "sampler-fast-g2" / "seconds").write_text("8.0")
     (target / "sampler-paired").mkdir()  # an interrupted sampler run: no row
@@ -50,6 +51,9 @@ def test_pack_metrics_labels_the_final_guided_curve_and_sampler_numbers(tmp_path
     assert sorted(frechet) == [3.5, 4.25]
     curve = m["curve (images seen: rank-1 / class agreement; dpm++ 20; ResNet-56 judge)"]
     assert curve == "128000: 0.000 / 0.250; 256000: 0.250 / 0.500"  # 64 images per step of the CPU profile
+    assert m["curve (images seen: rank-1 / class agreement; dpm++ 20, guidance 2; ResNet-56 judge)"] == (
+        "256000: 0.500 / 0.750"
+    )
     assert m["sampler table (setting: rank-1 / class agreement / s per image, CPU)"] == (
         "dpm++ 20, guidance 2: 0.500 / 1.000 / 2.00"
     )
