@@ -136,8 +136,9 @@ samplers)
         for setting in $SAMPLERS; do
             preset=${setting%%:*} g=${setting##*:}
             out="$WORK/metrics/$t/sampler-$preset$([ "$g" = 1 ] || echo "-g$g")"
-            [ -f "$out/seconds" ] && continue
-            mkdir -p "$out"
+            # done for this model already (a table measured on an earlier checkpoint is measured again)
+            [ -f "$out/seconds" ] && [ "$(cat "$out/model" 2>/dev/null)" = "$model" ] && continue
+            rm -rf "$out" && mkdir -p "$out" && echo "$model" >"$out/model"
             echo "$t: $model, sampling $preset, guidance $g" >>"$WORK/evaluate.log"
             start=$(date +%s%N)
             $RCDM evaluate faithfulness --model "$model" --images "$WORK/sampler-images" --num-samples 1 \

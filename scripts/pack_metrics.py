@@ -68,8 +68,11 @@ def sampler_rows(target: Path) -> str:
             continue
         m = read(d)
         per_image = float(secs.read_text()) / m["images"]
+        model = (d / "model").read_text().strip() if (d / "model").is_file() else ""
+        on = re.search(r"step-\d+", model)  # measured on a checkpoint, not the final model
         rows.append(
             f"{m['sampling']}: {m['top1']:.3f} / {m.get('agreement') or float('nan'):.3f} / {per_image:.2f}"
+            + (f" ({on.group(0)})" if on else "")
         )
     return "; ".join(rows)
 

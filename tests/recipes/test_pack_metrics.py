@@ -36,6 +36,9 @@ def test_pack_metrics_labels_the_final_guided_curve_and_sampler_numbers(tmp_path
     _evaluation(target / "step-00004000-g2", 0.5, 0.75, guidance=2.0)
     _evaluation(target / "sampler-fast-g2", 0.5, 1.0, guidance=2.0)
     (target / "sampler-fast-g2" / "seconds").write_text("8.0")
+    _evaluation(target / "sampler-published", 0.25, 0.5)
+    (target / "sampler-published" / "seconds").write_text("4.0")
+    (target / "sampler-published" / "model").write_text("/w/runs/t/checkpoints/step-00002500/ema\n")
     (target / "sampler-paired").mkdir()  # an interrupted sampler run: no row
 
     out = subprocess.run(
@@ -55,7 +58,7 @@ def test_pack_metrics_labels_the_final_guided_curve_and_sampler_numbers(tmp_path
         "256000: 0.500 / 0.750"
     )
     assert m["sampler table (setting: rank-1 / class agreement / s per image, CPU)"] == (
-        "dpm++ 20, guidance 2: 0.500 / 1.000 / 2.00"
+        "dpm++ 20, guidance 2: 0.500 / 1.000 / 2.00; dpm++ 20: 0.250 / 0.500 / 1.00 (step-00002500)"
     )
 
 
