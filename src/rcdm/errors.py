@@ -11,3 +11,9 @@ class NonFiniteLossError(RuntimeError):
 
 class DiskFullError(RCDMError):
     """A write failed for lack of disk space; the message names the folder and what was kept intact."""
+
+
+def first_line(e: BaseException) -> str:
+    """An exception as one line: its first non-empty line, else its type name."""
+    lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+    return lines[0] if lines else type(e).__name__

@@ -23,7 +23,7 @@ from huggingface_hub.errors import (
     RevisionNotFoundError,
 )
 
-from .errors import RCDMError
+from .errors import RCDMError, first_line
 
 # user/repo, optionally @revision (a branch, tag or commit); names as the hub allows them.
 _REF = re.compile(r"^(?P<repo>[A-Za-z0-9][\w.-]*/[\w.-]+)(?:@(?P<rev>[\w./-]+))?$")
@@ -57,7 +57,7 @@ def resolve_hub_model(text: str) -> Path:
             f"no model repo {repo!r} on the hub (or it is private: log in with `huggingface-cli login`)"
         ) from None
     except HfHubHTTPError as e:
-        raise RCDMError(f"the hub refused {text!r}: {str(e).splitlines()[0]}") from None
+        raise RCDMError(f"the hub refused {text!r}: {first_line(e)}") from None
     if not (folder / "config.json").is_file():
         raise RCDMError(f"hub repo {text!r} holds no rcdm model (config.json): is it an rcdm repo?")
     return folder
@@ -148,6 +148,6 @@ def push(
             api.upload_folder(repo_id=repo_id, folder_path=staged, commit_message="rcdm push")
         except HfHubHTTPError as e:
             raise RCDMError(
-                f"the hub refused the push to {repo_id!r}: {str(e).splitlines()[0]} (log in with `huggingface-cli login`)"
+                f"the hub refused the push to {repo_id!r}: {first_line(e)} (log in with `huggingface-cli login`)"
             ) from None
     return str(url)

@@ -20,7 +20,7 @@ from accelerate import init_empty_weights
 from .convert import convert
 from .encoders import Encoder, Feature, create_encoder
 from .encoders.published import PUBLISHED, describe_published
-from .errors import RCDMError
+from .errors import RCDMError, first_line
 from .hub import parse_hub_ref, resolve_hub_model
 from .model import RCDM, WEIGHTS_VARIANT, check_config, check_encoder
 from .runs import atomic_dir, latest_checkpoint
@@ -28,7 +28,6 @@ from .weights import (
     Weights,
     check_keys,
     fetch,
-    first_line,
     first_nonfinite,
     official_cache,
     safetensors_shapes,

@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .errors import RCDMError
+from .errors import RCDMError, first_line
 
 log = logging.getLogger(__name__)
 
@@ -309,9 +309,3 @@ def first_nonfinite(state: Mapping[str, torch.Tensor]) -> str | None:
         if t.is_floating_point() and not bool(torch.isfinite(t).all()):
             return name
     return None
-
-
-def first_line(e: BaseException) -> str:
-    """An exception as one line: its first non-empty line, else its type name."""
-    lines = [line.strip() for line in str(e).splitlines() if line.strip()]
-    return lines[0] if lines else type(e).__name__

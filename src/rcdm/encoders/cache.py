@@ -22,8 +22,7 @@ from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from ..data import batched, center_square, files_digest, resize
-from ..errors import RCDMError
-from ..weights import first_line
+from ..errors import RCDMError, first_line
 from .base import Encoder
 
 log = logging.getLogger(__name__)

@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 from ..data import batched, center_square, files_digest, load_image
 from ..devices import process_state
 from ..encoders import Encoder, create_encoder
-from ..errors import RCDMError
+from ..errors import RCDMError, first_line
 from ..weights import Weights, fetch
 
 # The FID network: torch-fidelity's conversion of TF's inception-2015-12-05 (what torchmetrics' FID uses).
@@ -94,9 +94,8 @@ class InceptionFeatures(FeatureExtractor):
                     "inception-v3-compat", ["2048", "logits_unbiased"], feature_extractor_weights_path=None
                 )
         except RuntimeError as e:
-            first = str(e).strip().splitlines()[0] if str(e).strip() else e.__class__.__name__
             raise RCDMError(
-                f"{str(path)!r} is not the FID Inception-v3 ({INCEPTION_FILE}): {first}"
+                f"{str(path)!r} is not the FID Inception-v3 ({INCEPTION_FILE}): {first_line(e)}"
             ) from None
         self.name = "inception-v3"
         self.standard = True

@@ -26,7 +26,7 @@ from torch_fidelity.metric_fid import KEY_METRIC_FID, fid_statistics_to_metric
 
 from ..data import batched
 from ..devices import process_state
-from ..errors import RCDMError
+from ..errors import RCDMError, first_line
 from ..figures import fmt, markdown_table
 from .features import FeatureExtractor, FeatureSet, extract_features, native_size
 
@@ -80,7 +80,7 @@ def load_reference_stats(
         try:  # an .npz reads its arrays lazily: a pickled (object) array is refused here
             mu, sigma = data["mu"], data["sigma"]
         except (OSError, ValueError) as e:
-            raise RCDMError(f"cannot read --real-stats {str(path)!r}: {str(e).splitlines()[0]}") from None
+            raise RCDMError(f"cannot read --real-stats {str(path)!r}: {first_line(e)}") from None
     if mu.ndim != 1 or sigma.shape != (mu.shape[0], mu.shape[0]):
         raise RCDMError(
             f"--real-stats {str(path)!r}: mu has shape {mu.shape} and sigma {sigma.shape}; expected (D,) and (D, D)"
