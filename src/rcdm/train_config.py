@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from .devices import Precision, training_precision
-from .diffusion import LossType
+from .diffusion import LossType, check_seed
 from .encoders import Feature
 from .errors import RCDMError
 from .model import PRESETS
@@ -151,13 +151,6 @@ def validate_config(cfg: TrainConfig) -> None:
             f"--gradient-accumulation-steps {cfg.gradient_accumulation_steps} must be at least 1 and divide the "
             f"batch size {cfg.batch_size} (each micro-batch is batch / steps images)"
         )
-
-
-def check_seed(seed: int) -> int:
-    """A seed in [0, 2**32): the range every generator rcdm seeds accepts, each seed its own stream."""
-    if not 0 <= seed < 2**32:
-        raise RCDMError(f"--seed {seed} is out of range: use a whole number from 0 to {2**32 - 1}")
-    return seed
 
 
 def check_output_folder(run_dir: Path) -> None:

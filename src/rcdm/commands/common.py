@@ -10,19 +10,24 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
 from ..devices import COMPILE_MODES, PRECISIONS, default_device
-from ..diffusion import SAMPLERS, SAMPLING_PRESETS, SamplingConfig, sampling_preset
+from ..diffusion import (
+    SAMPLERS,
+    SAMPLING_PRESETS,
+    SamplingConfig,
+    check_guidance,
+    check_seed,
+    sampling_preset,
+)
 from ..encoders import FEATURES, Encoder
 from ..errors import RCDMError
 from ..loading import encoder_for, load_model
 from ..model import RCDM
-from ..train_config import check_seed
 
 
 class HelpFormatter(argparse.RawDescriptionHelpFormatter):
@@ -169,8 +174,8 @@ def sampling_from_args(args: argparse.Namespace) -> SamplingConfig:
         positive("--steps", args.steps)
     if args.seed is not None:
         check_seed(args.seed)
-    if args.guidance is not None and not math.isfinite(args.guidance):
-        raise RCDMError(f"--guidance {args.guidance} must be a finite number (1 = no guidance)")
+    if args.guidance is not None:
+        check_guidance(args.guidance)
     base = sampling_preset(args.sampling) if args.sampling else SamplingConfig()
     return base.replace(
         sampler=args.sampler,

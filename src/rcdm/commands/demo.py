@@ -7,10 +7,10 @@ the adversarial comparison of the bundled models. Without one: the smoke-scale d
 from __future__ import annotations
 
 import argparse
-import math
 
 from ..demo import DEMO_ENCODER, PACK_DEMO_PRESETS, run_demo, run_pack_demo
 from ..devices import default_device
+from ..diffusion import check_guidance
 from ..errors import RCDMError
 from ..recipes.bundle import bundled_pack
 from .common import add_command, add_progress_arg
@@ -83,8 +83,8 @@ def run(args: argparse.Namespace) -> int:
             f"{result.sample_seconds:.0f} s; rank-1 retrieval {result.rank1:.2f} (chance 0.10); open {result.index}"
         )
         return 0
-    if args.guidance is not None and not math.isfinite(args.guidance):
-        raise RCDMError(f"--guidance {args.guidance} must be a finite number (1 = no guidance)")
+    if args.guidance is not None:
+        check_guidance(args.guidance)
     if args.encoder is not None or args.steps is not None:
         raise RCDMError(
             "--encoder and --steps set the smoke-scale demo's training; the pack demo uses the bundled models "

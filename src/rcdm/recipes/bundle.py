@@ -9,7 +9,6 @@ diffusion_pytorch_model.rcdm.safetensors, card.json, README.md}, BUNDLE/demo-inp
 from __future__ import annotations
 
 import json
-import math
 import os
 import shutil
 from dataclasses import dataclass, field
@@ -21,6 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from ..data import list_images
+from ..diffusion import check_guidance
 from ..encoders import Encoder, create_encoder
 from ..encoders.cifar import (
     CifarEncoderNet,
@@ -270,8 +270,7 @@ def pack(
     bundle exceeds `max_mb` MB (10**6 bytes).
     """
     root, out = Path(runs_root), Path(out_dir)
-    if not math.isfinite(guidance):
-        raise RCDMError(f"--guidance {guidance} must be a finite number (1 = no guidance)")
+    check_guidance(guidance)
     targets = select_targets(only)
     metrics = dict(metrics or {})
     unknown = sorted(set(metrics) - {t.name for t in targets})

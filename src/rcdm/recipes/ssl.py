@@ -33,6 +33,7 @@ from torchvision.transforms import v2
 from tqdm.auto import tqdm
 
 from ..devices import autocast_for, training_precision
+from ..diffusion import check_seed
 from ..encoders import create_encoder
 from ..encoders.cifar import (
     CifarEncoderArch,
@@ -57,7 +58,7 @@ from ..runs import (
     resume_checkpoint,
     sweep_checkpoints,
 )
-from ..train_config import check_output_folder, check_seed
+from ..train_config import check_output_folder
 from .cifar10 import cifar10_root, labelled_files, load_uint8
 
 log = logging.getLogger(__name__)
