@@ -25,6 +25,7 @@ from torchvision.transforms.functional import pil_to_tensor
 from tqdm.auto import tqdm
 
 from .errors import RCDMError
+from .runs import atomic_file
 
 log = logging.getLogger(__name__)
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp"}
@@ -271,9 +272,8 @@ def decode_images(
     rate = n / max(1e-9, time.perf_counter() - t0)
     log.info("decoded %d images (%dx%d) at %.0f img/s into %s", n, w, h, rate, path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    save_file({"images": out}, str(tmp))
-    os.replace(tmp, path)
+    with atomic_file(path) as tmp:
+        save_file({"images": out}, str(tmp))
     return out
 
 

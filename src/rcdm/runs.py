@@ -92,12 +92,23 @@ def _swap_into(tmp: Path, final: Path) -> None:
         os.rename(tmp, final)
 
 
-def write_text_atomic(path: str | Path, text: str) -> None:
-    """Write a small file whole or not at all (temporary file + rename): a reader never sees half of it."""
+@contextlib.contextmanager
+def atomic_file(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary path beside `path`; when the block completes, rename it to `path` (replacing it), so a
+    reader never sees half a file and a killed writer leaves the old one. When the block raises, it is removed."""
     path = Path(path)
     tmp = path.with_name(f".tmp-{path.name}-{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_text_atomic(path: str | Path, text: str) -> None:
+    """Write a small file whole or not at all (temporary file + rename): a reader never sees half of it."""
+    with atomic_file(path) as tmp:
+        tmp.write_text(text)
 
 
 def _nearest_existing(path: Path) -> Path:

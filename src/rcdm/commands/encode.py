@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 
 from safetensors.torch import save_file
 
@@ -13,7 +12,7 @@ from ..devices import default_device
 from ..encoders import FEATURES, create_encoder
 from ..errors import RCDMError
 from ..locks import output_lock
-from ..runs import check_writable_file
+from ..runs import atomic_file, check_writable_file
 from .common import add_command, add_overwrite_arg, add_progress_arg
 
 EPILOG = """examples:
@@ -49,11 +48,7 @@ def run(args: argparse.Namespace) -> int:
             "files": json.dumps([str(p) for p in paths]),
         }
         meta["preprocessing"] = json.dumps(encoder.preprocessing.to_dict())
-        tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
-        try:
+        with atomic_file(out) as tmp:
             save_file({"representations": reps.contiguous()}, str(tmp), metadata=meta)
-            os.replace(tmp, out)
-        finally:
-            tmp.unlink(missing_ok=True)
     print(f"wrote {tuple(reps.shape)} representations to {args.out}")
     return 0

@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -23,6 +22,7 @@ from tqdm.auto import tqdm
 
 from ..data import batched, center_square, files_digest, resize
 from ..errors import RCDMError, first_line
+from ..runs import atomic_file
 from .base import Encoder
 
 log = logging.getLogger(__name__)
@@ -94,9 +94,8 @@ def cached_representations(
     )
     meta = {**cache_key(encoder, files), "encoder": encoder.spec}
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    save_file(tensors, str(tmp), metadata=meta)
-    os.replace(tmp, path)
+    with atomic_file(path) as tmp:
+        save_file(tensors, str(tmp), metadata=meta)
     path.with_suffix(".json").write_text(json.dumps({**meta, "paths": [str(p) for p in files]}))
     return path
 

@@ -11,7 +11,6 @@ num_samples) only draws what is missing and every image is the same whoever draw
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +25,7 @@ from ..encoders import Encoder
 from ..errors import RCDMError
 from ..figures import to_pil
 from ..model import RCDM
+from ..runs import atomic_file
 
 MANIFEST = "generate.json"
 SHARD = 1000
@@ -49,9 +49,8 @@ def save_samples(out_dir: str | Path, first_index: int, images: torch.Tensor) ->
     for g, img in enumerate(images, start=first_index):
         path = sample_path(out_dir, g)
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        to_pil(img).save(tmp, format="PNG")
-        tmp.replace(path)  # a killed job never leaves a truncated PNG under the final name
+        with atomic_file(path) as tmp:  # a killed job never leaves a truncated PNG under the final name
+            to_pil(img).save(tmp, format="PNG")
 
 
 def _check_manifest(out_dir: Path, manifest: dict, references: list[str]) -> None:
