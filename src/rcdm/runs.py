@@ -63,10 +63,15 @@ def atomic_dir(final: str | Path, tmp: str | Path | None = None) -> Iterator[Pat
     write (`prune_checkpoints` for checkpoints) removes it.
     """
     final = Path(final)
-    tmp = Path(tmp) if tmp is not None else final.parent / f".tmp-{final.name}-{os.getpid()}"
+    tmp = Path(tmp) if tmp is not None else _beside(final, "tmp")
     _fresh_dir(tmp)
     yield tmp
     _swap_into(tmp, final)
+
+
+def _beside(path: Path, kind: str) -> Path:
+    """This process's temporary name for `path`, in its folder: .tmp-NAME-PID (being written), .old-NAME-PID."""
+    return path.parent / f".{kind}-{path.name}-{os.getpid()}"
 
 
 def _fresh_dir(path: Path) -> None:
@@ -79,7 +84,7 @@ def _swap_into(tmp: Path, final: Path) -> None:
     `final` is never a mix of old and new files, and it is put back when the second rename fails."""
     fsync_tree(tmp)
     if final.exists():
-        old = final.parent / f".old-{final.name}-{os.getpid()}"
+        old = _beside(final, "old")
         shutil.rmtree(old, ignore_errors=True)
         os.rename(final, old)
         try:
@@ -97,7 +102,7 @@ def atomic_file(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path beside `path`; when the block completes, rename it to `path` (replacing it), so a
     reader never sees half a file and a killed writer leaves the old one. When the block raises, it is removed."""
     path = Path(path)
-    tmp = path.with_name(f".tmp-{path.name}-{os.getpid()}")
+    tmp = _beside(path, "tmp")
     try:
         yield tmp
         os.replace(tmp, path)
@@ -111,8 +116,13 @@ def write_text_atomic(path: str | Path, text: str) -> None:
         tmp.write_text(text)
 
 
-def _nearest_existing(path: Path) -> Path:
-    return next((p for p in (path, *path.parents) if p.exists()), Path("."))
+def _check_creatable(path: Path, folder: Path, flag: str) -> None:
+    """`folder` exists as a writable folder, or its nearest existing ancestor is one (so it can be created)."""
+    probe = next((p for p in (folder, *folder.parents) if p.exists()), Path("."))
+    if not probe.is_dir():
+        raise RCDMError(f"cannot write {flag} {str(path)!r}: {str(probe)!r} is a file, not a folder")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise RCDMError(f"cannot write {flag} {str(path)!r}: {str(probe)!r} is not a writable folder")
 
 
 def check_writable_dir(path: str | Path, flag: str = "--out") -> Path:
@@ -123,11 +133,7 @@ def check_writable_dir(path: str | Path, flag: str = "--out") -> Path:
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise RCDMError(f"{flag} {str(path)!r} is a file, not a folder: choose a folder")
-    probe = _nearest_existing(path)
-    if not probe.is_dir():
-        raise RCDMError(f"cannot write {flag} {str(path)!r}: {str(probe)!r} is a file, not a folder")
-    if not os.access(probe, os.W_OK | os.X_OK):
-        raise RCDMError(f"cannot write {flag} {str(path)!r}: {str(probe)!r} is not a writable folder")
+    _check_creatable(path, path, flag)
     return path
 
 
@@ -138,11 +144,7 @@ def check_writable_file(path: str | Path, flag: str = "--out") -> Path:
         raise RCDMError(f"{flag} {str(path)!r} is a folder: pass a file path")
     if path.exists() and not os.access(path, os.W_OK):
         raise RCDMError(f"cannot write {flag} {str(path)!r}: the file is read-only")
-    probe = _nearest_existing(path.parent)
-    if not probe.is_dir():
-        raise RCDMError(f"cannot write {flag} {str(path)!r}: {str(probe)!r} is a file, not a folder")
-    if not os.access(probe, os.W_OK | os.X_OK):
-        raise RCDMError(f"cannot write {flag} {str(path)!r}: {str(probe)!r} is not a writable folder")
+    _check_creatable(path, path.parent, flag)
     return path
 
 
@@ -170,7 +172,7 @@ def output_folder(
                     f"{flag} {str(out)!r} already holds an earlier output: pass --overwrite to replace it, or "
                     f"choose a new {flag}"
                 )
-        tmp = out.parent / f".tmp-{out.name}-{os.getpid()}"
+        tmp = _beside(out, "tmp")
         # the lock is ours, so another .tmp-OUT-PID or .old-OUT-PID is what a killed writer left
         own = re.compile(rf"\.(tmp|old)-{re.escape(out.name)}-\d+")
         for stale in out.parent.glob(f".*-{glob.escape(out.name)}-*"):
