@@ -214,9 +214,8 @@ class ModelChoice:
     load: Callable[[torch.device], tuple[Any, Any]]
     classes: tuple[str, ...] = ()
     supervised: bool = False
-    guidance: float = (
-        1.0  # the weight its samples are drawn with by default (a bundle's `recipe pack --guidance`)
-    )
+    # the weight its samples are drawn with by default (a bundle's `recipe pack --guidance`)
+    guidance: float = 1.0
 
 
 def discover_models(

@@ -127,30 +127,27 @@ class Encoder(nn.Module):
             return p.device
         return torch.device("cpu")
 
-    def with_feature(self, feature: Feature) -> Encoder:
-        """The same frozen modules returning another feature (shares weights)."""
+    def _copy(self, feature: Feature, spec: str, identity: str, dim: int | None = None) -> Encoder:
+        """The same frozen modules (shared weights) under other settings; dim None: measured again."""
         return Encoder(
             self.backbone,
             self.preprocessing,
             projector=self.projector,
             feature=feature,
-            spec=self.spec,
-            identity=self.identity,
+            spec=spec,
+            identity=identity,
+            dim=dim,
             classifier=self.classifier,
         )
 
+    def with_feature(self, feature: Feature) -> Encoder:
+        """The same frozen modules returning another feature (shares weights)."""
+        return self._copy(feature, self.spec, self.identity)
+
     def with_spec(self, spec: str) -> Encoder:
         """The same encoder recorded under `spec` (its identity too, unless it has one of its own)."""
-        enc = Encoder(
-            self.backbone,
-            self.preprocessing,
-            projector=self.projector,
-            feature=self.feature,
-            spec=spec,
-            identity=spec if self.identity == self.spec else self.identity,
-            dim=self.dim,
-            classifier=self.classifier,
-        )
+        identity = spec if self.identity == self.spec else self.identity
+        enc = self._copy(self.feature, spec, identity, dim=self.dim)
         enc._weights_digest = self._weights_digest
         return enc
 
