@@ -550,17 +550,22 @@ def factories(tmp_path, monkeypatch) -> str:
     return "user_factories"
 
 
+def _train_on(spec: str, few_images: Path, tmp_path: Path) -> tuple[Path, dict]:
+    """A tiny run on the encoder `spec` in tmp_path/run, and its model's config.json."""
+    import json
+
+    run = tmp_path / "run"
+    assert main([*TRAIN, "--data", str(few_images), "--encoder", spec, "--out", str(run)]) == 0
+    return run, json.loads((run / "model" / "config.json").read_text())
+
+
 def test_a_model_records_the_digest_of_its_encoders_weights_and_refuses_others(
     factories, few_images, tmp_path, capsys
 ):
-    import json
-
     from rcdm.encoders import create_encoder
 
     spec = f"module:{factories}:random_net"
-    run = tmp_path / "run"
-    assert main([*TRAIN, "--data", str(few_images), "--encoder", spec, "--out", str(run)]) == 0
-    cfg = json.loads((run / "model" / "config.json").read_text())
+    run, cfg = _train_on(spec, few_images, tmp_path)
     assert cfg["encoder"] == spec and re.fullmatch(r"[0-9a-f]{16}", cfg["encoder_weights"])
     assert create_encoder(spec).weights_digest() != cfg["encoder_weights"]  # a new random init
     capsys.readouterr()
@@ -583,12 +588,8 @@ def test_models_without_a_recorded_digest_keep_working(pixels_model):
 def test_a_factory_returning_an_encoder_without_a_spec_records_the_spec_the_user_gave(
     factories, few_images, tmp_path, capsys
 ):
-    import json
-
     spec = f"module:{factories}:readme_encoder"
-    run = tmp_path / "run"
-    assert main([*TRAIN, "--data", str(few_images), "--encoder", spec, "--out", str(run)]) == 0
-    cfg = json.loads((run / "model" / "config.json").read_text())
+    run, cfg = _train_on(spec, few_images, tmp_path)
     assert cfg["encoder"] == spec and cfg["encoder_identity"] == spec  # not python:custom
     out = tmp_path / "out"
     assert main(_sample_argv(run, few_images, out, "--trust-remote-code")) == 0, capsys.readouterr().err
