@@ -15,6 +15,10 @@
 #   bash scripts/cpu_pack.sh pack       the bundle into src/rcdm/assets/models (fp16, model cards, metrics); the
 #                                       demo samples it with guidance $PACK_GUIDANCE (the sampler table's choice)
 #
+# PACK_STEP=N (evaluate, pack): the pack holds every RCDM at its step-N checkpoint instead of its final model (the
+# models then share their training, and a pack can ship before the runs end); evaluate measures that checkpoint at
+# each weight in $GUIDANCE.
+#
 # Every stage resumes where it stopped (epoch checkpoints for the encoders, step checkpoints for the RCDMs; a
 # finished run is left alone), so run it again after an interruption. Each job gets one thread and `nice`: on a
 # 2-core machine that is one free core per job. Outputs live outside the work tree in $WORK (default
@@ -39,6 +43,7 @@ CURVE_GUIDANCE=${CURVE_GUIDANCE:-1 5}
 CURVE_EVERY=${CURVE_EVERY:-2000}
 SAMPLERS=${SAMPLERS:-fast:1 paired:1 published:1 fast:3 fast:5 fast:8}
 PACK_GUIDANCE=${PACK_GUIDANCE:-1}
+PACK_STEP=${PACK_STEP:-}
 TARGETS=(rcdm-cifar10-supervised rcdm-cifar10-vicreg-backbone rcdm-cifar10-vicreg-projector)
 export OMP_NUM_THREADS=1 PYTHONUNBUFFERED=1
 RCDM="nice -n 10 $PY -m rcdm.cli"
@@ -109,7 +114,13 @@ evaluate)
     for t in "${TARGETS[@]}"; do
         run="$WORK/runs/$t"
         [ -d "$run" ] || continue
-        if [ -f "$run/model/config.json" ]; then
+        if [ -n "$PACK_STEP" ]; then
+            ck=$run/checkpoints/$(printf step-%08d "$PACK_STEP")
+            for g in $GUIDANCE; do
+                # shellcheck disable=SC2046  # the tag: step-NNNNNNNN, step-NNNNNNNN-g2, ...
+                evaluate "$t" "$ck/ema" "$(basename "$ck")$([ "$g" = 1 ] || echo "-g$g")" "$g"
+            done
+        elif [ -f "$run/model/config.json" ]; then
             for g in $GUIDANCE; do
                 # shellcheck disable=SC2046  # the tag: final, final-g2, ...
                 evaluate "$t" "$run/model" final$([ "$g" = 1 ] || echo "-g$g") "$g"
@@ -125,7 +136,7 @@ evaluate)
             done
         done
     done
-    $PY "$ROOT/scripts/pack_metrics.py" "$WORK/metrics" "$EVAL_IMAGES" >"$WORK/metrics.json" && cat "$WORK/metrics.json"
+    $PY "$ROOT/scripts/pack_metrics.py" "$WORK/metrics" "$EVAL_IMAGES" $PACK_STEP >"$WORK/metrics.json" && cat "$WORK/metrics.json"
     ;;
 samplers)
     [ -d "$WORK/sampler-images" ] ||
@@ -147,11 +158,11 @@ samplers)
                 awk "BEGIN { print ($(date +%s%N) - $start) / 1e9 }" >"$out/seconds"
         done
     done
-    $PY "$ROOT/scripts/pack_metrics.py" "$WORK/metrics" "$EVAL_IMAGES" >"$WORK/metrics.json" && cat "$WORK/metrics.json"
+    $PY "$ROOT/scripts/pack_metrics.py" "$WORK/metrics" "$EVAL_IMAGES" $PACK_STEP >"$WORK/metrics.json" && cat "$WORK/metrics.json"
     ;;
 pack)
     $PY -m rcdm.cli recipe pack --runs "$WORK/runs" --out "$ROOT/src/rcdm/assets/models" --metrics "$WORK/metrics.json" \
-        --overwrite --guidance "$PACK_GUIDANCE" --demo-images "$CIFAR"/test/{airplane,automobile,bird,cat,deer,dog,frog,horse}/0001.jpg
+        --overwrite --guidance "$PACK_GUIDANCE" ${PACK_STEP:+--step "$PACK_STEP"} --demo-images "$CIFAR"/test/{airplane,automobile,bird,cat,deer,dog,frog,horse}/0001.jpg
     ;;
 *)
     echo "unknown stage $STAGE: use encoders, rcdms, evaluate, samplers or pack" >&2

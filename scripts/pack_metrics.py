@@ -1,11 +1,12 @@
 """Gate metrics of the CPU pack (scripts/cpu_pack.sh evaluate) -> one JSON for `rcdm recipe pack --metrics`.
 
-    python scripts/pack_metrics.py METRICS_DIR N_IMAGES > metrics.json
+    python scripts/pack_metrics.py METRICS_DIR N_IMAGES [STEP] > metrics.json
 
 METRICS_DIR/<target>/<tag>/faithfulness.json and quality.json (the same samples), where tag is `final`,
 `final-g<W>` (the final model sampled with guidance W) or a checkpoint `step-NNNNNNNN[-g<W>]`. Output: {target:
 {labelled metric: value, ..., "curve": "images seen: rank-1 / agreement; ..."}} with the labelled numbers of the
-final model (else the newest checkpoint), those of each guided run, and a curve over checkpoints per sampling.
+final model (else the newest checkpoint; with STEP, the checkpoint `recipe pack --step STEP` packs), those of
+each of its guided runs, and a curve over checkpoints per sampling.
 METRICS_DIR/<target>/sampler-<preset>[-g<W>]/ (scripts/cpu_pack.sh samplers) hold the same faithfulness on a
 subset with each sampling setting and `seconds` (wall time of the run): they become "sampler table" rows.
 Gates (issue 12): backbone models class agreement >= 0.60 and rank-1 >= 0.05 under the ResNet-56 judge.
@@ -77,15 +78,16 @@ def sampler_rows(target: Path) -> str:
     return "; ".join(rows)
 
 
-def main(root: Path, n: str) -> dict:
+def main(root: Path, n: str, step: int | None = None) -> dict:
     result: dict = {}
     for target in sorted(p for p in root.iterdir() if p.is_dir()):
         tags = {t.name: read(t) for t in target.iterdir() if t.is_dir() and not t.name.startswith("sampler-")}
         steps = sorted(t for t in tags if STEP.fullmatch(t) and tags[t])
         plain = [t for t in steps if not STEP.fullmatch(t).group(2)]
-        best = tags.get("final") or (tags[plain[-1]] if plain else {})
+        packed = "final" if step is None else f"step-{step:08d}"  # the model the bundle holds
+        best = tags.get(packed) or ({} if step is not None else tags[plain[-1]] if plain else {})
         m = labelled(best, n) if best else {}
-        for tag in sorted(t for t in tags if t.startswith("final-g") and tags[t]):
+        for tag in sorted(t for t in tags if t.startswith(f"{packed}-g") and tags[t]):
             m.update(labelled(tags[tag], n))
         curves: dict[str, list[str]] = {}
         for t in steps:  # one curve per sampling setting, in order of images seen
@@ -106,4 +108,8 @@ def main(root: Path, n: str) -> dict:
 
 
 if __name__ == "__main__":
-    print(json.dumps(main(Path(sys.argv[1]), sys.argv[2]), indent=1))
+    print(
+        json.dumps(
+            main(Path(sys.argv[1]), sys.argv[2], int(sys.argv[3]) if len(sys.argv) > 3 else None), indent=1
+        )
+    )

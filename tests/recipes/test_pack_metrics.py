@@ -68,3 +68,18 @@ def test_pack_metrics_falls_back_to_the_newest_checkpoint(tmp_path: Path) -> Non
     _evaluation(target / "step-00001000", 0.25, 0.25)
     m = runpy.run_path(str(SCRIPT))["main"](tmp_path, "4")["rcdm-cifar10-vicreg-backbone"]
     assert [v for k, v in m.items() if k.startswith("class agreement")] == [0.25]
+
+
+def test_pack_metrics_reports_the_packed_checkpoint_and_its_guided_runs(tmp_path: Path) -> None:
+    target = tmp_path / "rcdm-cifar10-vicreg-backbone"
+    _evaluation(target / "step-00000500", 0.0, 0.0)
+    _evaluation(target / "step-00000500-g5", 0.25, 0.5, guidance=5.0)
+    _evaluation(target / "step-00001000", 0.25, 0.25)  # newer, but not the packed step
+    m = runpy.run_path(str(SCRIPT))["main"](tmp_path, "4", 500)["rcdm-cifar10-vicreg-backbone"]
+    assert [v for k, v in m.items() if k.startswith("class agreement")] == [0.0, 0.5]
+    assert runpy.run_path(str(SCRIPT))["main"](tmp_path, "4", 1500)[
+        "rcdm-cifar10-vicreg-backbone"
+    ].keys() == {
+        "curve (images seen: rank-1 / class agreement; dpm++ 20; ResNet-56 judge)",
+        "curve (images seen: rank-1 / class agreement; dpm++ 20, guidance 5; ResNet-56 judge)",
+    }  # an unevaluated step: no gate numbers, rather than another checkpoint's

@@ -200,6 +200,49 @@ def test_pack_labels_an_allowed_smoke_bundle(
         pack(runs, out, only=[TARGET], allow_smoke=True)
 
 
+def test_pack_at_a_checkpoint_of_an_interrupted_run(runs: Path, few_images: Path, tmp_path: Path) -> None:
+    import shutil
+
+    root = tmp_path / "runs"
+    shutil.copytree(runs / "ssl", root / "ssl")
+    recipe = RCDMRecipe(
+        data=str(few_images),
+        preset="tiny",
+        steps=3,
+        batch_size=4,
+        save_every=1,
+        num_workers=0,
+        keep_checkpoints=5,
+    )
+    train_rcdms(recipe, root, only=[TARGET], progress=False)
+    run = root / TARGET
+    # A session killed after step 3 and resumed from step 2 (no recipe.json): two sessions in metrics.jsonl.
+    (run / "recipe.json").unlink()
+    rows = [(1, 10.0, 5.0), (2, 20.0, 10.0), (3, 30.0, 15.0), (3, 12.0, 6.0)]
+    (run / "metrics.jsonl").write_text(
+        "".join(json.dumps({"step": s, "loss": 0.1, "elapsed_s": e, "cpu_s": c}) + "\n" for s, e, c in rows)
+    )
+    out = tmp_path / "bundle"
+    pack(root, out, only=[TARGET], allow_smoke=True, step=2)
+    card = json.loads((out / TARGET / "card.json").read_text())
+    assert card["steps"] == 2 and card["planned_steps"] == 3 and card["images_seen"] == 8
+    assert card["wall_time_s"] == 20.0 and card["cpu_time_s"] == 10.0 and card["stopped_early"] is True
+    assert "2 (of 3 planned)" in (out / TARGET / "README.md").read_text()
+    packed = load_file(str(out / TARGET / "diffusion_pytorch_model.rcdm.safetensors"))
+    for step, same in ((2, True), (3, False)):
+        ema = load_file(
+            str(run / "checkpoints" / f"step-{step:08d}" / "ema" / "diffusion_pytorch_model.rcdm.safetensors")
+        )
+        assert all(torch.equal(packed[k].float(), ema[k].half().float()) for k in ema) is same, step
+    # The newest checkpoint, by default: both sessions' time, including the step the kill lost.
+    pack(root, out, only=[TARGET], allow_smoke=True, overwrite=True)
+    card = json.loads((out / TARGET / "card.json").read_text())
+    assert card["steps"] == 3 and card["wall_time_s"] == 42.0 and card["cpu_time_s"] == 21.0
+    args = ["recipe", "pack", "--runs", str(root), "--out", str(out), "--only", TARGET, "--allow-smoke"]
+    assert main([*args, "--overwrite", "--step", "7"]) == 2  # no such checkpoint: the message lists 1, 2, 3
+    assert main([*args, "--overwrite", "--step", "0"]) == 2
+
+
 def test_ssl_run_resumes_exactly_after_an_interruption(cifar_root: Path, tmp_path: Path) -> None:
     cfg = SSLConfig(data=str(cifar_root), **{**TINY, "epochs": 2, "limit": 20})
 

@@ -15,6 +15,7 @@ from .common import (
     add_precision_arg,
     add_progress_arg,
     add_standardize_arg,
+    positive,
     read_json_object,
 )
 
@@ -136,6 +137,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="classifier-free guidance weight `rcdm demo` samples the bundle with (default 1: none; > 1 needs "
         "RCDMs trained with condition dropout, as --profile cpu does)",
     )
+    k.add_argument(
+        "--step",
+        type=int,
+        default=None,
+        help="pack every RCDM at this checkpoint step (models compared on the demo page then share their "
+        "training; default: each run's final model, else its newest checkpoint)",
+    )
     add_overwrite_arg(k, "bundle entries already in --out")
     k.set_defaults(func=run_pack)
 
@@ -181,6 +189,8 @@ def run_rcdm(args: argparse.Namespace) -> int:
 
 def run_pack(args: argparse.Namespace) -> int:
     metrics = read_json_object(args.metrics, "--metrics")
+    if args.step is not None:
+        positive("--step", args.step)
     result = pack(
         args.runs,
         args.out,
@@ -191,6 +201,7 @@ def run_pack(args: argparse.Namespace) -> int:
         demo_images=[Path(p) for p in args.demo_images],
         overwrite=args.overwrite,
         guidance=args.guidance,
+        step=args.step,
     )
     label = " (SMOKE TEST: undertrained, labelled so)" if result.smoke else ""
     print(

@@ -31,9 +31,9 @@ from ..encoders.cifar import (
     save_encoder,
 )
 from ..errors import RCDMError
-from ..loading import encoder_for, load_model, resolve_model_dir
+from ..loading import encoder_for, load_model
 from ..model import RCDM
-from .demo_pack import MIN_KNN_ACCURACY, RECIPE_NAME, TARGETS, Target, encoder_dir, select_targets
+from .demo_pack import MIN_KNN_ACCURACY, TARGETS, Target, encoder_dir, run_record, select_targets
 from .ssl import CIFAR_LICENSE, model_card_markdown
 
 MAX_BUNDLE_MB = 30.0  # MB = 10**6 bytes
@@ -142,17 +142,7 @@ def _folder_bytes(path: Path) -> int:
     )
 
 
-def _model_dir(run_dir: Path) -> Path:
-    """The trained model of a recipe run (its model/, else the newest checkpoint's EMA: loading.resolve_model_dir)."""
-    try:
-        return resolve_model_dir(run_dir)
-    except RCDMError:
-        raise RCDMError(
-            f"no trained model in {str(run_dir)!r}: run `rcdm recipe rcdm --runs {run_dir.parent}` first"
-        ) from None
-
-
-def _problems(runs_root: Path, targets: tuple[Target, ...]) -> list[str]:
+def _problems(runs_root: Path, targets: tuple[Target, ...], records: dict[str, dict]) -> list[str]:
     """Why these runs would be undertrained (empty when all look like real runs)."""
     out = []
     for run in sorted({t.encoder_run for t in targets}):
@@ -162,14 +152,7 @@ def _problems(runs_root: Path, targets: tuple[Target, ...]) -> list[str]:
         knn = (card.get("knn_accuracy") or {}).get("backbone", 0.0)
         if knn < MIN_KNN_ACCURACY:
             out.append(f"encoder {run} has backbone k-NN accuracy {knn:.3f} < {MIN_KNN_ACCURACY}")
-    for t in targets:
-        rec_path = runs_root / t.name / RECIPE_NAME
-        if not rec_path.is_file():
-            raise RCDMError(
-                f"{str(rec_path)!r} is missing: train it with `rcdm recipe rcdm --runs {runs_root}`"
-            )
-        if json.loads(rec_path.read_text()).get("smoke"):
-            out.append(f"{t.name} is a smoke run")
+    out += [f"{t.name} is a smoke run" for t in targets if records[t.name].get("smoke")]
     return out
 
 
@@ -217,7 +200,13 @@ def _rcdm_readme(card: dict) -> str:
         "",
         "| field | value |",
         "| --- | --- |",
-        f"| steps / batch / images seen | {card['steps']} / {card['batch_size']} / {card['images_seen']} |",
+        f"| steps / batch / images seen | {card['steps']}"
+        + (
+            f" (of {card['planned_steps']} planned)"
+            if (card.get("planned_steps") or 0) > card["steps"]
+            else ""
+        )
+        + f" / {card['batch_size']} / {card['images_seen']} |",
         f"| wall time | {card['wall_time_s']:.0f} s on {card['device']} |",
         *(
             [
@@ -232,7 +221,7 @@ def _rcdm_readme(card: dict) -> str:
             if card.get("cpu_time_s") is not None
             else []
         ),
-        f"| stopped early (time budget) | {card['stopped_early']} |",
+        f"| stopped before its planned steps | {card['stopped_early']} |",
         f"| weights | {card['dtype']} (relative output error from fp16 rounding: {card['fp16_relative_error']:.2e}) |",
         f"| data license | {card['data_license']} |",
         f"| rcdm commit | {card['git_commit']} |",
@@ -260,13 +249,17 @@ def pack(
     min_fp16_cosine: float = 0.999,  # encoders below this stay float32
     max_fp16_error: float = 1e-2,  # RCDMs above this relative output error stay float32
     guidance: float = 1.0,  # the weight the demo samples the bundle with (> 1 needs models with condition dropout)
+    step: int
+    | None = None,  # pack every RCDM at this checkpoint (same training for all), not its newest model
 ) -> PackResult:
     """Bundle the encoders and RCDMs of ROOT into OUT (written as a whole or not at all).
 
     OUT/<encoder name>/{encoder.safetensors, card.json, README.md}, OUT/<target>/{config.json,
     diffusion_pytorch_model.rcdm.safetensors, card.json, README.md}, OUT/demo-inputs/*, OUT/bundle.json. The RCDMs'
     config names their encoder as `rcdm-cifar:<encoder name>` so that a bundle under rcdm/assets/models is
-    found by name. Raises RCDMError for smoke runs (unless allow_smoke: then every card says so) and when the
+    found by name. `step` packs each run's EMA at that checkpoint, with its record rebuilt for that step
+    (demo_pack.run_record), so that models compared on the demo page have seen the same number of images.
+    Raises RCDMError for smoke runs (unless allow_smoke: then every card says so) and when the
     bundle exceeds `max_mb` MB (10**6 bytes).
     """
     root, out = Path(runs_root), Path(out_dir)
@@ -276,7 +269,8 @@ def pack(
     unknown = sorted(set(metrics) - {t.name for t in targets})
     if unknown:
         raise RCDMError(f"metrics given for {unknown}, which are not packed: use {[t.name for t in targets]}")
-    problems = _problems(root, targets)
+    runs = {t.name: run_record(root / t.name, step) for t in targets}  # name -> (model folder, record)
+    problems = _problems(root, targets, {name: rec for name, (_, rec) in runs.items()})
     if problems and not allow_smoke:
         raise RCDMError(
             f"refusing to bundle undertrained models ({'; '.join(problems)}): train with the full recipe, or pass "
@@ -316,8 +310,8 @@ def pack(
             full = read_card(folder)
             (folder / "README.md").write_text(model_card_markdown(full))
         for t in targets:
-            rec = json.loads((root / t.name / RECIPE_NAME).read_text())
-            model = RCDM.from_pretrained(_model_dir(root / t.name)).eval()
+            model_dir, rec = runs[t.name]
+            model = RCDM.from_pretrained(model_dir).eval()
             if model.config.encoder_identity != identities[t.encoder_run]:
                 raise RCDMError(
                     f"{t.name} was trained on encoder {model.config.encoder_identity} but {encoders[t.encoder_run]} "
@@ -346,7 +340,9 @@ def pack(
                 "feature": t.feature,
                 "preset": run_cfg.get("preset"),
                 "steps": rec["steps"],
-                "batch_size": rec["recipe"]["batch_size"],
+                "planned_steps": rec.get("planned_steps", run_cfg.get("steps")),
+                "packed_from": str(model_dir),
+                "batch_size": run_cfg["batch_size"],
                 "images_seen": rec["images_seen"],
                 "wall_time_s": rec["wall_time_s"],
                 "cpu_time_s": rec.get("cpu_time_s"),  # None: a run recorded before CPU time was

@@ -22,6 +22,7 @@ from ..diffusion import LossType
 from ..encoders import Feature
 from ..encoders.cifar import CARD_NAME, read_card
 from ..errors import RCDMError
+from ..loading import resolve_model_dir
 from ..model import PRESETS
 from ..runs import cpu_seconds, device_name, git_commit
 from ..train import TrainConfig, train
@@ -233,3 +234,79 @@ def train_rcdms(
             )
         )
     return runs
+
+
+def _segments(run_dir: Path) -> list[list[dict]]:
+    """metrics.jsonl cut into training sessions: a new one starts where the step stops increasing (a resume)."""
+    path = run_dir / "metrics.jsonl"
+    rows = (
+        [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
+    )
+    out: list[list[dict]] = []
+    for row in rows:
+        if not out or row["step"] <= out[-1][-1]["step"]:
+            out.append([])
+        out[-1].append(row)
+    return out
+
+
+def run_record(run_dir: str | Path, step: int | None = None) -> tuple[Path, dict]:
+    """The model of a recipe run to pack and its record (recipe.json's fields), at checkpoint `step` or its newest.
+
+    recipe.json is written when a training session ends; a session that was killed (a machine handed back)
+    leaves none, and a run packed at an earlier checkpoint must not carry the record of a later step. Then the
+    record is rebuilt from run.json and metrics.jsonl: wall and CPU time are summed over the sessions up to
+    `step`, including work that an interruption lost (it was spent), and `planned_steps` says where it was going.
+    """
+    run_dir = Path(run_dir)
+    saved = json.loads((run_dir / RECIPE_NAME).read_text()) if (run_dir / RECIPE_NAME).is_file() else {}
+    if step is None:
+        try:
+            model = resolve_model_dir(run_dir)
+        except RCDMError:
+            raise RCDMError(
+                f"no trained model in {str(run_dir)!r}: run `rcdm recipe rcdm --runs {run_dir.parent}` first"
+            ) from None
+        if model == run_dir / "model":  # a finished run: its record, else (none written) its planned steps
+            if saved:
+                return model, saved
+            step = int(json.loads((run_dir / "run.json").read_text())["steps"])
+        else:
+            step = int(json.loads((model.parent / "state.json").read_text())["step"])
+    else:
+        model = run_dir / "checkpoints" / f"step-{step:08d}" / "ema"
+        if not (model.parent / "state.json").is_file() or not (model / "config.json").is_file():
+            have = [int(p.name.split("-")[1]) for p in sorted((run_dir / "checkpoints").glob("step-*"))]
+            raise RCDMError(
+                f"{run_dir.name} has no complete checkpoint at step {step}: choose one of {have or 'none'}"
+            )
+    if saved.get("steps") == step:
+        return model, saved
+    cfg_path = run_dir / "run.json"
+    if not cfg_path.is_file():
+        raise RCDMError(f"{str(cfg_path)!r} is missing: {run_dir.name} is not an `rcdm recipe rcdm` run")
+    cfg = json.loads(cfg_path.read_text())
+    wall = cpu = 0.0
+    cpu_known = True
+    for seg in _segments(run_dir):
+        done = [r for r in seg if r["step"] <= step]
+        if done:
+            wall += float(done[-1]["elapsed_s"])
+            cpu_known = cpu_known and "cpu_s" in done[-1]
+            cpu += float(done[-1].get("cpu_s", 0.0))
+    record = {
+        **{k: saved[k] for k in ("target", "recipe", "encoder_card", "git_commit") if k in saved},
+        "steps": step,
+        "planned_steps": cfg["steps"],
+        "images_seen": step * cfg["batch_size"],
+        "batch_size": cfg["batch_size"],
+        "wall_time_s": wall,
+        "cpu_time_s": cpu if cpu_known else None,
+        "cpu_time_from_step": 0,
+        "device": saved.get("device")
+        or f"{device_name(torch.device('cpu'))}, the packing machine (not recorded)",
+        "smoke": bool(saved.get("smoke", cfg.get("preset") == "tiny")),
+        "stopped_early": step < cfg["steps"],
+        "rebuilt_from": "run.json + metrics.jsonl",
+    }
+    return model, record
