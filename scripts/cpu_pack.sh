@@ -14,6 +14,11 @@
 #                                       sampler rests on
 #   bash scripts/cpu_pack.sh pack       the bundle into src/rcdm/assets/models (fp16, model cards, metrics); the
 #                                       demo samples it with guidance $PACK_GUIDANCE (the sampler table's choice)
+#   bash scripts/cpu_pack.sh findings   the paper's findings 1-3 on the installed pack, on $FINDING_IMAGES
+#                                       class-balanced test images (more than the 60-second demo's 4 and 8):
+#                                       invariance backbone vs projector (the four augmentations VICReg trains with,
+#                                       and vflip and invert, which it does not) and PGD on the VICReg vs the
+#                                       supervised backbone, sampled like the demo (dpm++ 20, $PACK_GUIDANCE)
 #
 # PACK_STEP=N (evaluate, pack): the pack holds every RCDM at its step-N checkpoint instead of its final model (the
 # models then share their training, and a pack can ship before the runs end); evaluate measures that checkpoint at
@@ -26,7 +31,7 @@
 # chunk), to be resumed later.
 set -uo pipefail
 
-STAGE=${1:?usage: cpu_pack.sh encoders|rcdms|evaluate|samplers|pack}
+STAGE=${1:?usage: cpu_pack.sh encoders|rcdms|evaluate|samplers|pack|findings}
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 WORK=${WORK:-$HOME/rcdm-work}
 PY=${PY:-$ROOT/.venv/bin/python}
@@ -44,6 +49,7 @@ CURVE_EVERY=${CURVE_EVERY:-2000}
 SAMPLERS=${SAMPLERS:-fast:1 paired:1 published:1 fast:3 fast:5 fast:8}
 PACK_GUIDANCE=${PACK_GUIDANCE:-1}
 PACK_STEP=${PACK_STEP:-}
+FINDING_IMAGES=${FINDING_IMAGES:-40}
 TARGETS=(rcdm-cifar10-supervised rcdm-cifar10-vicreg-backbone rcdm-cifar10-vicreg-projector)
 export OMP_NUM_THREADS=1 PYTHONUNBUFFERED=1
 RCDM="nice -n 10 $PY -m rcdm.cli"
@@ -164,8 +170,21 @@ pack)
     $PY -m rcdm.cli recipe pack --runs "$WORK/runs" --out "$ROOT/src/rcdm/assets/models" --metrics "$WORK/metrics.json" \
         --overwrite --guidance "$PACK_GUIDANCE" ${PACK_STEP:+--step "$PACK_STEP"} --demo-images "$CIFAR"/test/{airplane,automobile,bird,cat,deer,dog,frog,horse}/0001.jpg
     ;;
+findings)
+    PACK=$ROOT/src/rcdm/assets/models
+    [ -f "$PACK/bundle.json" ] || { echo "no pack at $PACK: run the pack stage first" >&2; exit 2; }
+    [ -d "$WORK/finding-images" ] ||
+        $PY "$ROOT/scripts/copy_test_images.py" "$CIFAR/test" "$WORK/finding-images" "$FINDING_IMAGES"
+    common=(--images "$WORK/finding-images" --num-samples 2 --sampling fast --guidance "$PACK_GUIDANCE" --no-progress)
+    $RCDM analyze invariance --model "$PACK/rcdm-cifar10-vicreg-backbone" "${common[@]}" \
+        --compare-features "$PACK/rcdm-cifar10-vicreg-projector" --out "$WORK/findings/invariance" \
+        --augmentations random_resized_crop hflip colour_jitter grayscale vflip invert >>"$WORK/findings.log" 2>&1 &
+    $RCDM analyze adversarial --model "$PACK/rcdm-cifar10-vicreg-backbone" "${common[@]}" \
+        --compare "$PACK/rcdm-cifar10-supervised" --out "$WORK/findings/adversarial" >>"$WORK/findings.log" 2>&1
+    wait
+    ;;
 *)
-    echo "unknown stage $STAGE: use encoders, rcdms, evaluate, samplers or pack" >&2
+    echo "unknown stage $STAGE: use encoders, rcdms, evaluate, samplers, pack or findings" >&2
     exit 2
     ;;
 esac

@@ -16,7 +16,7 @@ from PIL import Image
 
 from rcdm.cli import main
 from rcdm.demo import PACK_DEMO_PRESETS, PackDemoSettings, run_demo, run_pack_demo
-from rcdm.demo_page import smoke_notice
+from rcdm.demo_page import models_html, smoke_notice
 from rcdm.diffusion import SamplingConfig
 from rcdm.errors import RCDMError
 from rcdm.recipes.bundle import pack, read_bundle
@@ -255,3 +255,26 @@ class _Done:
     smoke = False
     seconds: ClassVar[dict[str, float]] = {"total": 0.0}
     index = Path("index.html")
+
+
+def test_the_model_table_says_when_a_model_stopped_before_its_planned_steps() -> None:
+    m = {
+        "label": "VICReg backbone",
+        "target": "rcdm-cifar10-vicreg-backbone",
+        "encoder": "cifar10-vicreg",
+        "encoder_objective": "vicreg",
+        "encoder_epochs": 60,
+        "encoder_knn_accuracy": 0.7,
+        "preset": "cifar32-small",
+        "steps": 3000,
+        "planned_steps": 8000,
+        "images_seen": 192000,
+        "wall_time_s": 10.0,
+        "device": "cpu",
+        "cpu_time_s": 5.0,
+        "smoke": False,
+        "metrics": {},
+    }
+    assert "3000 steps of 8000 planned, 192000 images" in models_html({"backbone": m})
+    assert "planned" not in models_html({"backbone": {**m, "steps": 8000}})
+    assert "planned" not in models_html({"backbone": {**m, "planned_steps": None}})  # a card from before

@@ -293,6 +293,7 @@ def model_cards(bundle: DemoBundle, roles: dict[str, tuple[str, str]]) -> dict[s
             "feature": feature,
             "preset": card.get("preset"),
             "steps": card.get("steps"),
+            "planned_steps": card.get("planned_steps"),
             "images_seen": card.get("images_seen"),
             "wall_time_s": card.get("wall_time_s"),
             "cpu_time_s": card.get("cpu_time_s"),
@@ -326,7 +327,13 @@ def models_html(models: dict[str, dict]) -> str:
             m["target"],
             f"{m['encoder']} ({m['encoder_objective']}, {m['encoder_epochs']} epochs)",
             fmt(m["encoder_knn_accuracy"]),
-            f"{m['preset']}, {m['steps']} steps, {m['images_seen']} images",
+            f"{m['preset']}, {m['steps']} steps"
+            + (
+                f" of {m['planned_steps']} planned"
+                if (m.get("planned_steps") or 0) > (m["steps"] or 0)
+                else ""
+            )
+            + f", {m['images_seen']} images",
             "n/a" if m["wall_time_s"] is None else f"{m['wall_time_s']:.0f} s on {m['device']}",
             "n/a" if m.get("cpu_time_s") is None else f"{m['cpu_time_s']:.0f} s",
             "YES" if m["smoke"] else "no",
