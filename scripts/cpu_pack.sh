@@ -18,7 +18,8 @@
 #                                       class-balanced test images (more than the 60-second demo's 4 and 8):
 #                                       invariance backbone vs projector (the four augmentations VICReg trains with,
 #                                       and vflip and invert, which it does not) and PGD on the VICReg vs the
-#                                       supervised backbone, sampled like the demo (dpm++ 20, $PACK_GUIDANCE)
+#                                       supervised backbone, sampled like the demo (dpm++ 20, $PACK_GUIDANCE);
+#                                       tables with standard errors: $WORK/findings/tables.md
 #
 # PACK_STEP=N (evaluate, pack): the pack holds every RCDM at its step-N checkpoint instead of its final model (the
 # models then share their training, and a pack can ship before the runs end); evaluate measures that checkpoint at
@@ -182,6 +183,7 @@ findings)
     $RCDM analyze adversarial --model "$PACK/rcdm-cifar10-vicreg-backbone" "${common[@]}" \
         --compare "$PACK/rcdm-cifar10-supervised" --out "$WORK/findings/adversarial" >>"$WORK/findings.log" 2>&1
     wait
+    $PY "$ROOT/scripts/findings_table.py" "$WORK/findings" >"$WORK/findings/tables.md" && cat "$WORK/findings/tables.md"
     ;;
 *)
     echo "unknown stage $STAGE: use encoders, rcdms, evaluate, samplers, pack or findings" >&2
