@@ -237,14 +237,16 @@ def train_rcdms(
 
 
 def _segments(run_dir: Path) -> list[list[dict]]:
-    """metrics.jsonl cut into training sessions: a new one starts where the step stops increasing (a resume)."""
+    """metrics.jsonl cut into training sessions. A resume drops the rows after its checkpoint and restarts the
+    clock (rcdm.monitor), so a new session starts where elapsed_s falls (or the step does not increase)."""
     path = run_dir / "metrics.jsonl"
     rows = (
         [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
     )
     out: list[list[dict]] = []
     for row in rows:
-        if not out or row["step"] <= out[-1][-1]["step"]:
+        last = out[-1][-1] if out else None
+        if last is None or row["step"] <= last["step"] or row.get("elapsed_s", 0) < last.get("elapsed_s", 0):
             out.append([])
         out[-1].append(row)
     return out
@@ -256,7 +258,8 @@ def run_record(run_dir: str | Path, step: int | None = None) -> tuple[Path, dict
     recipe.json is written when a training session ends; a session that was killed (a machine handed back)
     leaves none, and a run packed at an earlier checkpoint must not carry the record of a later step. Then the
     record is rebuilt from run.json and metrics.jsonl: wall and CPU time are summed over the sessions up to
-    `step`, including work that an interruption lost (it was spent), and `planned_steps` says where it was going.
+    `step`, and `planned_steps` says where it was going. Work a kill lost after the last checkpoint is not
+    counted: the resume dropped its rows.
     """
     run_dir = Path(run_dir)
     saved = json.loads((run_dir / RECIPE_NAME).read_text()) if (run_dir / RECIPE_NAME).is_file() else {}
