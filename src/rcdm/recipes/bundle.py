@@ -249,8 +249,8 @@ def pack(
     min_fp16_cosine: float = 0.999,  # encoders below this stay float32
     max_fp16_error: float = 1e-2,  # RCDMs above this relative output error stay float32
     guidance: float = 1.0,  # the weight the demo samples the bundle with (> 1 needs models with condition dropout)
-    step: int
-    | None = None,  # pack every RCDM at this checkpoint (same training for all), not its newest model
+    # pack every RCDM at this checkpoint (the same training for all), not its newest model
+    step: int | None = None,
 ) -> PackResult:
     """Bundle the encoders and RCDMs of ROOT into OUT (written as a whole or not at all).
 

@@ -24,7 +24,7 @@ from ..encoders.cifar import CARD_NAME, read_card
 from ..errors import RCDMError
 from ..loading import resolve_model_dir
 from ..model import PRESETS
-from ..runs import cpu_seconds, device_name, git_commit
+from ..runs import complete_checkpoints, cpu_seconds, device_name, git_commit
 from ..train import TrainConfig, train
 
 log = logging.getLogger(__name__)
@@ -279,7 +279,7 @@ def run_record(run_dir: str | Path, step: int | None = None) -> tuple[Path, dict
     else:
         model = run_dir / "checkpoints" / f"step-{step:08d}" / "ema"
         if not (model.parent / "state.json").is_file() or not (model / "config.json").is_file():
-            have = [int(p.name.split("-")[1]) for p in sorted((run_dir / "checkpoints").glob("step-*"))]
+            have = [int(p.name.split("-")[1]) for p in complete_checkpoints(run_dir)]
             raise RCDMError(
                 f"{run_dir.name} has no complete checkpoint at step {step}: choose one of {have or 'none'}"
             )
