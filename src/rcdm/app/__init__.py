@@ -161,7 +161,7 @@ def build_app(
                     seed = gr.Number(0, precision=0, label="seed")
                 guidance = gr.Slider(
                     1.0,
-                    5.0,
+                    10.0,  # the pack's 5 in the middle; 8 was more faithful but less natural (README)
                     value=max([1.0] + [cache.choices[label].guidance for label in default_models]),
                     step=0.25,
                     visible=False,
