@@ -60,6 +60,12 @@ CIFAR=$($PY -c "import sys; from rcdm.recipes.cifar10 import cifar10_root; print
 
 resume_flag() { [ -d "$1/checkpoints" ] && echo --resume; }
 
+one_at_a_time() { # the evaluate and samplers stages clear and rewrite folders under $WORK/metrics: one at a time
+    command -v flock >/dev/null || return 0 # no flock (macOS): run as told
+    exec 9>"$WORK/.metrics.lock"
+    flock -n 9 || { echo "another evaluate or samplers stage is running on $WORK: wait for it" >&2; exit 2; }
+}
+
 encoder() { # encoder NAME OBJECTIVE EPOCHS
     [ -f "$WORK/runs/$1/encoder/card.json" ] && { echo "$1: finished"; return 0; }
     # shellcheck disable=SC2046  # resume_flag: no flag or one word
@@ -115,6 +121,7 @@ rcdms)
     rcdm "${TARGETS[2]}"
     ;;
 evaluate)
+    one_at_a_time
     # N class-balanced test images, copied flat as <class>-<file> (no model trained on the test split).
     [ -d "$WORK/eval-images" ] ||
         $PY "$ROOT/scripts/copy_test_images.py" "$CIFAR/test" "$WORK/eval-images" "$EVAL_IMAGES"
@@ -146,6 +153,7 @@ evaluate)
     $PY "$ROOT/scripts/pack_metrics.py" "$WORK/metrics" "$EVAL_IMAGES" $PACK_STEP >"$WORK/metrics.json" && cat "$WORK/metrics.json"
     ;;
 samplers)
+    one_at_a_time
     [ -d "$WORK/sampler-images" ] ||
         $PY "$ROOT/scripts/copy_test_images.py" "$CIFAR/test" "$WORK/sampler-images" "$SAMPLER_IMAGES"
     for t in "${TARGETS[@]:0:2}"; do
