@@ -91,9 +91,9 @@ def main(root: Path, n: str, step: int | None = None) -> dict:
             m.update(labelled(tags[tag], n))
         curves: dict[str, list[str]] = {}
         for t in steps:  # one curve per sampling setting, in order of images seen
-            step = int(STEP.fullmatch(t).group(1))
+            seen = int(STEP.fullmatch(t).group(1)) * BATCH["cpu"]
             curves.setdefault(tags[t].get("sampling", "?"), []).append(
-                f"{step * BATCH['cpu']}: {tags[t].get('top1', float('nan')):.3f} / "
+                f"{seen}: {tags[t].get('top1', float('nan')):.3f} / "
                 f"{tags[t].get('agreement') or float('nan'):.3f}"
             )
         for sampling, points in curves.items():

@@ -83,3 +83,12 @@ def test_pack_metrics_reports_the_packed_checkpoint_and_its_guided_runs(tmp_path
         "curve (images seen: rank-1 / class agreement; dpm++ 20; ResNet-56 judge)",
         "curve (images seen: rank-1 / class agreement; dpm++ 20, guidance 5; ResNet-56 judge)",
     }  # an unevaluated step: no gate numbers, rather than another checkpoint's
+
+
+def test_pack_metrics_reads_each_target_at_its_own_packed_model(tmp_path: Path) -> None:
+    # The first target's curve must not change which model the next one reports (a loop variable once did).
+    _evaluation(tmp_path / "rcdm-cifar10-supervised" / "step-00002000", 0.0, 0.25)
+    _evaluation(tmp_path / "rcdm-cifar10-vicreg-backbone" / "final", 0.5, 0.75)
+    _evaluation(tmp_path / "rcdm-cifar10-vicreg-backbone" / "step-00002000", 0.0, 0.0)
+    m = runpy.run_path(str(SCRIPT))["main"](tmp_path, "4")["rcdm-cifar10-vicreg-backbone"]
+    assert [v for k, v in m.items() if k.startswith("class agreement")] == [0.75]
