@@ -28,6 +28,25 @@ LOG_INTERVAL_S = 30.0  # plain log lines: at most one per this many seconds (plu
 METRICS_NAME = "metrics.jsonl"
 
 
+def _rows(path: Path) -> list[tuple[str, dict]]:
+    """(line, record) of each whole record in a metrics.jsonl; a line cut by a kill mid-write is skipped."""
+    out = []
+    for line in path.read_text().splitlines():
+        try:
+            row = json.loads(line)
+            if isinstance(row, dict) and "step" in row:
+                out.append((line, row))
+        except ValueError:
+            continue
+    return out
+
+
+def read_metrics(run_dir: str | Path) -> list[dict]:
+    """The records of RUN_DIR/metrics.jsonl in file order (none when it is missing)."""
+    path = Path(run_dir) / METRICS_NAME
+    return [row for _, row in _rows(path)] if path.is_file() else []
+
+
 class TrainingMonitor:
     def __init__(
         self,
@@ -60,13 +79,7 @@ class TrainingMonitor:
     def _truncate_after(self, step: int) -> None:
         if not self.path.is_file():
             return
-        keep = []
-        for line in self.path.read_text().splitlines():
-            try:
-                if json.loads(line)["step"] <= step:
-                    keep.append(line)
-            except (ValueError, KeyError, TypeError):
-                continue  # a line cut by a kill mid-write
+        keep = [line for line, row in _rows(self.path) if row["step"] <= step]
         self.path.write_text("".join(f"{line}\n" for line in keep))
 
     def step(

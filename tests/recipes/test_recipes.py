@@ -222,6 +222,7 @@ def test_pack_at_a_checkpoint_of_an_interrupted_run(runs: Path, few_images: Path
     rows = [(1, 10.0, 5.0), (2, 20.0, 10.0), (3, 12.0, 6.0)]
     (run / "metrics.jsonl").write_text(
         "".join(json.dumps({"step": s, "loss": 0.1, "elapsed_s": e, "cpu_s": c}) + "\n" for s, e, c in rows)
+        + '{"step": 4, "lo'  # the line a kill cut mid-write
     )
     out = tmp_path / "bundle"
     pack(root, out, only=[TARGET], allow_smoke=True, step=2)

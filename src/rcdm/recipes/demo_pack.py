@@ -24,6 +24,7 @@ from ..encoders.cifar import CARD_NAME, read_card
 from ..errors import RCDMError
 from ..loading import resolve_model_dir
 from ..model import PRESETS
+from ..monitor import read_metrics
 from ..runs import complete_checkpoints, cpu_seconds, device_name, git_commit
 from ..train import TrainConfig, train
 
@@ -239,12 +240,8 @@ def train_rcdms(
 def _segments(run_dir: Path) -> list[list[dict]]:
     """metrics.jsonl cut into training sessions. A resume drops the rows after its checkpoint and restarts the
     clock (rcdm.monitor), so a new session starts where elapsed_s falls (or the step does not increase)."""
-    path = run_dir / "metrics.jsonl"
-    rows = (
-        [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
-    )
     out: list[list[dict]] = []
-    for row in rows:
+    for row in read_metrics(run_dir):
         last = out[-1][-1] if out else None
         if last is None or row["step"] <= last["step"] or row.get("elapsed_s", 0) < last.get("elapsed_s", 0):
             out.append([])
