@@ -101,6 +101,14 @@ evaluate() { # evaluate TARGET MODEL_DIR TAG [GUIDANCE]: one sampling pass, scor
             --extractor "cifar-resnet56:$RESNET56" --out "$out/quality.json" >>"$WORK/evaluate.log" 2>&1
 }
 
+evaluate_at() { # evaluate_at TARGET MODEL_DIR TAG "WEIGHTS": one evaluation per weight, tagged TAG or TAG-gW
+    local g
+    for g in $4; do
+        # shellcheck disable=SC2046  # the tag suffix: none for weight 1, else -gW
+        evaluate "$1" "$2" "$3$([ "$g" = 1 ] || echo "-g$g")" "$g"
+    done
+}
+
 newest_model() { # newest_model RUN: its final model folder, else its newest complete checkpoint's EMA
     if [ -f "$1/model/config.json" ]; then echo "$1/model"; return; fi
     local ck
@@ -129,25 +137,16 @@ evaluate)
         run="$WORK/runs/$t"
         [ -d "$run" ] || continue
         if [ -n "$PACK_STEP" ]; then
-            ck=$run/checkpoints/$(printf step-%08d "$PACK_STEP")
-            for g in $GUIDANCE; do
-                # shellcheck disable=SC2046  # the tag: step-NNNNNNNN, step-NNNNNNNN-g2, ...
-                evaluate "$t" "$ck/ema" "$(basename "$ck")$([ "$g" = 1 ] || echo "-g$g")" "$g"
-            done
+            ck=$(printf step-%08d "$PACK_STEP")
+            evaluate_at "$t" "$run/checkpoints/$ck/ema" "$ck" "$GUIDANCE"
         elif [ -f "$run/model/config.json" ]; then
-            for g in $GUIDANCE; do
-                # shellcheck disable=SC2046  # the tag: final, final-g2, ...
-                evaluate "$t" "$run/model" final$([ "$g" = 1 ] || echo "-g$g") "$g"
-            done
+            evaluate_at "$t" "$run/model" final "$GUIDANCE"
         fi
         [ "$CURVE_EVERY" -gt 0 ] || continue
         for ck in "$run"/checkpoints/step-*; do
             step=$((10#${ck##*step-}))
-            [ -f "$ck/state.json" ] && [ $((step % CURVE_EVERY)) = 0 ] || continue
-            for g in $CURVE_GUIDANCE; do
-                # shellcheck disable=SC2046  # the tag: step-NNNNNNNN, step-NNNNNNNN-g5, ...
-                evaluate "$t" "$ck/ema" "$(basename "$ck")$([ "$g" = 1 ] || echo "-g$g")" "$g"
-            done
+            [ -f "$ck/state.json" ] && [ $((step % CURVE_EVERY)) = 0 ] &&
+                evaluate_at "$t" "$ck/ema" "$(basename "$ck")" "$CURVE_GUIDANCE"
         done
     done
     $PY "$ROOT/scripts/pack_metrics.py" "$WORK/metrics" "$EVAL_IMAGES" $PACK_STEP >"$WORK/metrics.json" && cat "$WORK/metrics.json"
