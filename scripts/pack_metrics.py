@@ -6,7 +6,9 @@ METRICS_DIR/<target>/<tag>/faithfulness.json and quality.json (the same samples)
 `final-g<W>` (the final model sampled with guidance W) or a checkpoint `step-NNNNNNNN[-g<W>]`. Output: {target:
 {labelled metric: value, ..., "curve": "images seen: rank-1 / agreement; ..."}} with the labelled numbers of the
 final model (else the newest checkpoint; with STEP, the checkpoint `recipe pack --step STEP` packs), those of
-each of its guided runs, and a curve over checkpoints per sampling.
+each of its guided runs, and a curve over checkpoints per sampling, with its trend against the gates: the
+least-squares line of each gate metric against log2(images seen), its gain per doubling and where the line would
+meet the gate (an extrapolation, labelled as one).
 METRICS_DIR/<target>/sampler-<preset>[-g<W>]/ (scripts/cpu_pack.sh samplers) hold the same faithfulness on a
 subset with each sampling setting and `seconds` (wall time of the run): they become "sampler table" rows.
 Gates (issue 12): backbone models class agreement >= 0.60 and rank-1 >= 0.05 under the ResNet-56 judge.
@@ -15,11 +17,14 @@ Gates (issue 12): backbone models class agreement >= 0.60 and rank-1 >= 0.05 und
 from __future__ import annotations
 
 import json
+import math
 import re
+import statistics
 import sys
 from pathlib import Path
 
 BATCH = {"cpu": 64}  # images per step of the CPU profile, for images seen
+GATES = {"agreement": ("class agreement", 0.60), "top1": ("rank-1 retrieval", 0.05)}  # backbone models' gates
 STEP = re.compile(r"step-(\d+)(?:-g(.+))?")  # a checkpoint's tag: step-NNNNNNNN, or step-NNNNNNNN-gW (guided)
 
 
@@ -78,6 +83,29 @@ def sampler_rows(target: Path) -> str:
     return "; ".join(rows)
 
 
+def trend(points: list[tuple[int, float]], gate: float) -> str | None:
+    """The least-squares line of a metric against log2(images seen): its gain per doubling of images seen and the
+    images seen at which the line reaches `gate`. Needs two points; an extrapolation, and labelled as one."""
+    points = [(seen, v) for seen, v in points if v is not None and not math.isnan(v)]
+    if len({seen for seen, _ in points}) < 2:
+        return None
+    fit = statistics.linear_regression([math.log2(seen) for seen, _ in points], [v for _, v in points])
+    per_doubling = f"{fit.slope:+.3f} per doubling of images seen ({len(points)} checkpoints)"
+    if max(v for _, v in points) >= gate:
+        return per_doubling + f"; at or above {gate:g} already"
+    if fit.slope <= 0:
+        return per_doubling + f"; no gain, so no estimate of where it reaches {gate:g}"
+    reach = 2 ** ((gate - fit.intercept) / fit.slope)
+    where = (
+        "over 1000G"
+        if reach >= 1e12
+        else f"about {reach / 1e9:.1f}G"
+        if reach >= 1e9
+        else f"about {reach / 1e6:.1f}M"
+    )
+    return per_doubling + f"; the line reaches {gate:g} at {where} images seen (extrapolated)"
+
+
 def main(root: Path, n: str, step: int | None = None) -> dict:
     result: dict = {}
     for target in sorted(p for p in root.iterdir() if p.is_dir()):
@@ -89,17 +117,19 @@ def main(root: Path, n: str, step: int | None = None) -> dict:
         m = labelled(best, n) if best else {}
         for tag in sorted(t for t in tags if t.startswith(f"{packed}-g") and tags[t]):
             m.update(labelled(tags[tag], n))
-        curves: dict[str, list[str]] = {}
+        curves: dict[str, list[tuple[int, dict]]] = {}
         for t in steps:  # one curve per sampling setting, in order of images seen
             seen = int(STEP.fullmatch(t).group(1)) * BATCH["cpu"]
-            curves.setdefault(tags[t].get("sampling", "?"), []).append(
-                f"{seen}: {tags[t].get('top1', float('nan')):.3f} / "
-                f"{tags[t].get('agreement') or float('nan'):.3f}"
-            )
+            curves.setdefault(tags[t].get("sampling", "?"), []).append((seen, tags[t]))
         for sampling, points in curves.items():
             m[f"curve (images seen: rank-1 / class agreement; {sampling}; ResNet-56 judge)"] = "; ".join(
-                points
+                f"{seen}: {e.get('top1', float('nan')):.3f} / {e.get('agreement') or float('nan'):.3f}"
+                for seen, e in points
             )
+            for key, (name, gate) in GATES.items():
+                m[f"trend of {name} ({sampling}; ResNet-56 judge) against log2(images seen)"] = trend(
+                    [(seen, e.get(key)) for seen, e in points], gate
+                )
         samplers = sampler_rows(target)
         if samplers:
             m["sampler table (setting: rank-1 / class agreement / s per image, CPU)"] = samplers

@@ -57,6 +57,15 @@ def test_pack_metrics_labels_the_final_guided_curve_and_sampler_numbers(tmp_path
     assert m["curve (images seen: rank-1 / class agreement; dpm++ 20, guidance 2; ResNet-56 judge)"] == (
         "256000: 0.500 / 0.750"
     )
+    # the trend of each gate metric along the two-point curve: agreement 0.25 -> 0.5 in one doubling
+    assert m["trend of class agreement (dpm++ 20; ResNet-56 judge) against log2(images seen)"] == (
+        "+0.250 per doubling of images seen (2 checkpoints); the line reaches 0.6 at about 0.3M images seen "
+        "(extrapolated)"
+    )
+    assert m["trend of rank-1 retrieval (dpm++ 20; ResNet-56 judge) against log2(images seen)"].endswith(
+        "at or above 0.05 already"
+    )
+    assert not any(k.startswith("trend") and "guidance 2" in k for k in m)  # one point: no line
     assert m["sampler table (setting: rank-1 / class agreement / s per image, CPU)"] == (
         "dpm++ 20, guidance 2: 0.500 / 1.000 / 2.00; dpm++ 20: 0.250 / 0.500 / 1.00 (step-00002500)"
     )
@@ -81,6 +90,8 @@ def test_pack_metrics_reports_the_packed_checkpoint_and_its_guided_runs(tmp_path
         "rcdm-cifar10-vicreg-backbone"
     ].keys() == {
         "curve (images seen: rank-1 / class agreement; dpm++ 20; ResNet-56 judge)",
+        "trend of class agreement (dpm++ 20; ResNet-56 judge) against log2(images seen)",
+        "trend of rank-1 retrieval (dpm++ 20; ResNet-56 judge) against log2(images seen)",
         "curve (images seen: rank-1 / class agreement; dpm++ 20, guidance 5; ResNet-56 judge)",
     }  # an unevaluated step: no gate numbers, rather than another checkpoint's
 
@@ -92,3 +103,21 @@ def test_pack_metrics_reads_each_target_at_its_own_packed_model(tmp_path: Path) 
     _evaluation(tmp_path / "rcdm-cifar10-vicreg-backbone" / "step-00002000", 0.0, 0.0)
     m = runpy.run_path(str(SCRIPT))["main"](tmp_path, "4")["rcdm-cifar10-vicreg-backbone"]
     assert [v for k, v in m.items() if k.startswith("class agreement")] == [0.75]
+
+
+def test_trend_fits_the_metric_against_log_images_and_extrapolates_to_the_gate() -> None:
+    trend = runpy.run_path(str(SCRIPT))["trend"]
+    # 0.2, 0.3, 0.4 at 1M, 2M, 4M images: +0.1 per doubling, so 0.6 at 16M
+    line = trend([(1_000_000, 0.2), (2_000_000, 0.3), (4_000_000, 0.4)], 0.6)
+    assert (
+        line
+        == "+0.100 per doubling of images seen (3 checkpoints); the line reaches 0.6 at about 16.0M images seen (extrapolated)"
+    )
+    assert trend([(1_000_000, 0.3), (2_000_000, 0.2)], 0.6).endswith(
+        "no gain, so no estimate of where it reaches 0.6"
+    )
+    assert trend([(1_000_000, 0.0), (2_000_000, 0.01)], 0.6).endswith(
+        "at over 1000G images seen (extrapolated)"
+    )
+    assert trend([(1_000_000, 0.2)], 0.6) is None  # one point is no line
+    assert trend([(1_000_000, 0.2), (2_000_000, float("nan"))], 0.6) is None  # an unscored point is left out
