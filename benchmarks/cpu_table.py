@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import datetime
 import os
-import platform
 import shutil
 import statistics
 import tempfile
@@ -25,7 +24,7 @@ from pathlib import Path
 import torch
 
 from rcdm.data import decode_images, list_images
-from rcdm.devices import cpu_has_native_bf16
+from rcdm.devices import cpu_has_native_bf16, cpu_model
 from rcdm.diffusion import sample
 from rcdm.encoders import create_encoder
 from rcdm.encoders.cache import cached_representations
@@ -105,7 +104,7 @@ def cpu_table(args) -> str:
     header = [
         "# CPU speed (benchmarks/speed.py --cpu-table)",
         "",
-        f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores visible, "
+        f"{cpu_model()}, {os.cpu_count()} cores visible, "
         f"{torch.get_num_threads()} torch threads, native bf16: {cpu_has_native_bf16()}; torch {torch.__version__}; "
         f"{datetime.date.today().isoformat()}; 1-min load average at start {load:.2f}"
         + ("; QUICK SMOKE RUN: not a measurement" if args.quick else ""),

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -374,3 +375,15 @@ def test_cpu_bf16_detection_reads_the_cpu_flags(monkeypatch):
         assert cpu_has_native_bf16() == ("amx_bf16" in flags or "avx512_bf16" in flags)
     finally:
         cpu_has_native_bf16.cache_clear()
+
+
+def test_the_cpu_is_named_by_its_model_and_bf16_extensions():
+    # Cards and speed tables name the machine: platform.processor() is empty on Linux, so cpuinfo is read.
+    from rcdm.devices import cpu_model
+    from rcdm.runs import device_name
+
+    xeon = "processor\t: 0\nmodel name\t: Intel(R) Xeon(R) Platinum 8480+\nflags\t\t: fpu avx512f amx_bf16 avx512_bf16\n"
+    assert cpu_model(xeon) == "Intel(R) Xeon(R) Platinum 8480+, AMX-BF16, AVX512-BF16"
+    assert cpu_model("processor\t: 0\nmodel name\t: AMD EPYC\nflags\t\t: fpu avx512f\n") == "AMD EPYC"
+    assert cpu_model("processor\t: 0\n")  # no model name: the machine type, never an empty name
+    assert device_name(torch.device("cpu")) == f"cpu ({os.cpu_count()} cores visible, {cpu_model()})"

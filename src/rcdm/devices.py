@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
+import platform
 import weakref
 from pathlib import Path
 from typing import Literal
@@ -33,6 +34,25 @@ CUDA_DEFAULT_COMPILE = "graphs"
 
 def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def cpu_model(cpuinfo: str | None = None) -> str:
+    """The CPU's model name as /proc/cpuinfo gives it ("AMD EPYC", "Intel(R) Xeon(R) ..."), with its native bf16
+    extensions; the machine type (platform.machine()) where there is no cpuinfo. What a model card or a speed
+    table needs to name the machine: `platform.processor()` is empty on Linux."""
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text()
+        except OSError:
+            return platform.machine() or "unknown CPU"
+    name = next(
+        (line.split(":", 1)[1].strip() for line in cpuinfo.splitlines() if line.startswith("model name")), ""
+    )
+    flags = cpuinfo.split()
+    bf16 = [
+        label for flag, label in (("amx_bf16", "AMX-BF16"), ("avx512_bf16", "AVX512-BF16")) if flag in flags
+    ]
+    return ", ".join([name or platform.machine() or "unknown CPU", *bf16])
 
 
 @functools.cache

@@ -28,6 +28,7 @@ import torch
 from safetensors import safe_open
 from torch import nn
 
+from .devices import cpu_model
 from .errors import DiskFullError, RCDMError
 from .locks import output_lock
 from .model import WEIGHTS_VARIANT
@@ -482,4 +483,4 @@ def git_commit() -> str | None:
 def device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    return f"{device.type} ({os.cpu_count()} cores visible)"
+    return f"{device.type} ({os.cpu_count()} cores visible, {cpu_model()})"
