@@ -9,9 +9,9 @@
 #                                       and the checkpoints every $CURVE_EVERY steps at each weight in
 #                                       $CURVE_GUIDANCE (the curves; CURVE_EVERY=0 skips them)
 #   bash scripts/cpu_pack.sh samplers   faithfulness per second of each sampling setting in $SAMPLERS
-#                                       (preset:guidance) on the first $SAMPLER_IMAGES eval images, for each backbone
-#                                       RCDM (its final model, else its newest checkpoint): what the pack's default
-#                                       sampler rests on
+#                                       (preset:guidance) on the first $SAMPLER_IMAGES eval images, for each RCDM in
+#                                       $SAMPLER_TARGETS (default: the two backbone RCDMs; its final model, else its
+#                                       newest checkpoint): what the pack's default sampler rests on
 #   bash scripts/cpu_pack.sh pack       the bundle into src/rcdm/assets/models (fp16, model cards, metrics); the
 #                                       demo samples it with guidance $PACK_GUIDANCE (the sampler table's choice)
 #   bash scripts/cpu_pack.sh findings   the paper's findings 1-3 on the installed pack, on $FINDING_IMAGES
@@ -52,6 +52,7 @@ PACK_GUIDANCE=${PACK_GUIDANCE:-1}
 PACK_STEP=${PACK_STEP:-}
 FINDING_IMAGES=${FINDING_IMAGES:-40}
 TARGETS=(rcdm-cifar10-supervised rcdm-cifar10-vicreg-backbone rcdm-cifar10-vicreg-projector)
+SAMPLER_TARGETS=${SAMPLER_TARGETS:-${TARGETS[*]:0:2}}
 export OMP_NUM_THREADS=1 PYTHONUNBUFFERED=1
 RCDM="nice -n 10 $PY -m rcdm.cli"
 mkdir -p "$WORK/runs"
@@ -155,7 +156,7 @@ samplers)
     one_at_a_time
     [ -d "$WORK/sampler-images" ] ||
         $PY "$ROOT/scripts/copy_test_images.py" "$CIFAR/test" "$WORK/sampler-images" "$SAMPLER_IMAGES"
-    for t in "${TARGETS[@]:0:2}"; do
+    for t in $SAMPLER_TARGETS; do
         model=$(newest_model "$WORK/runs/$t")
         [ -n "$model" ] || continue
         for setting in $SAMPLERS; do

@@ -1,4 +1,5 @@
-"""scripts/cpu_pack.sh: the stages that rewrite $WORK/metrics refuse to run beside each other."""
+"""scripts/cpu_pack.sh: the stages that rewrite $WORK/metrics refuse to run beside each other; samplers measures
+$SAMPLER_TARGETS only."""
 
 from __future__ import annotations
 
@@ -32,3 +33,33 @@ def test_a_second_metrics_stage_is_refused_while_one_runs(stage: str, tmp_path: 
     assert (
         not (work / "eval-images").exists() and not (work / "sampler-images").exists()
     )  # nothing was touched
+
+
+def test_samplers_measures_only_the_sampler_targets(tmp_path: Path) -> None:
+    # A stand-in Python records each call: the stage's loop, not the sampling, is under test here.
+    work, cifar = tmp_path / "work", tmp_path / "cifar"
+    for t in ("rcdm-cifar10-supervised", "rcdm-cifar10-vicreg-backbone"):
+        (work / "runs" / t / "model").mkdir(parents=True)
+        (work / "runs" / t / "model" / "config.json").write_text("{}")
+    (work / "sampler-images").mkdir()
+    fake = tmp_path / "python"
+    fake.write_text(
+        f'#!/usr/bin/env bash\necho "$*" >> {tmp_path}/calls\n[ "$1" = -c ] && echo {cifar}\nexit 0\n'
+    )
+    fake.chmod(0o755)
+    env = {**os.environ, "WORK": str(work), "PY": str(fake), "SAMPLERS": "fast:1 fast:5"}
+    run = subprocess.run(
+        ["bash", str(SCRIPT), "samplers"],
+        env={**env, "SAMPLER_TARGETS": "rcdm-cifar10-vicreg-backbone"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert run.returncode == 0, run.stderr
+    calls = [c for c in (tmp_path / "calls").read_text().splitlines() if "evaluate faithfulness" in c]
+    assert len(calls) == 2 and all("runs/rcdm-cifar10-vicreg-backbone/model" in c for c in calls)
+    assert sorted(p.name for p in (work / "metrics" / "rcdm-cifar10-vicreg-backbone").iterdir()) == [
+        "sampler-fast",
+        "sampler-fast-g5",
+    ]
+    assert not (work / "metrics" / "rcdm-cifar10-supervised").exists()
