@@ -36,22 +36,30 @@ def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
+# cpuinfo flags of native bf16 matrix maths, with the names cards and tables print.
+NATIVE_BF16_FLAGS = {"amx_bf16": "AMX-BF16", "avx512_bf16": "AVX512-BF16"}
+
+
+def _cpuinfo() -> str | None:
+    """/proc/cpuinfo's text, or None where there is none (not Linux)."""
+    try:
+        return Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return None
+
+
 def cpu_model(cpuinfo: str | None = None) -> str:
     """The CPU's model name as /proc/cpuinfo gives it ("AMD EPYC", "Intel(R) Xeon(R) ..."), with its native bf16
     extensions; the machine type (platform.machine()) where there is no cpuinfo. What a model card or a speed
     table needs to name the machine: `platform.processor()` is empty on Linux."""
+    cpuinfo = _cpuinfo() if cpuinfo is None else cpuinfo
     if cpuinfo is None:
-        try:
-            cpuinfo = Path("/proc/cpuinfo").read_text()
-        except OSError:
-            return platform.machine() or "unknown CPU"
+        return platform.machine() or "unknown CPU"
     name = next(
         (line.split(":", 1)[1].strip() for line in cpuinfo.splitlines() if line.startswith("model name")), ""
     )
     flags = cpuinfo.split()
-    bf16 = [
-        label for flag, label in (("amx_bf16", "AMX-BF16"), ("avx512_bf16", "AVX512-BF16")) if flag in flags
-    ]
+    bf16 = [label for flag, label in NATIVE_BF16_FLAGS.items() if flag in flags]
     return ", ".join([name or platform.machine() or "unknown CPU", *bf16])
 
 
@@ -65,11 +73,8 @@ def cpu_has_native_bf16() -> bool:
     forced = os.environ.get("RCDM_CPU_BF16")
     if forced in ("0", "1"):
         return forced == "1"
-    try:
-        flags = Path("/proc/cpuinfo").read_text().split()
-    except OSError:
-        return False
-    return "amx_bf16" in flags or "avx512_bf16" in flags
+    flags = (_cpuinfo() or "").split()
+    return any(flag in flags for flag in NATIVE_BF16_FLAGS)
 
 
 def resolve_precision(precision: Precision, device: torch.device | str) -> torch.dtype:
