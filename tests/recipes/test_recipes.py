@@ -243,6 +243,10 @@ def test_pack_at_a_checkpoint_of_an_interrupted_run(runs: Path, few_images: Path
     args = ["recipe", "pack", "--runs", str(root), "--out", str(out), "--only", TARGET, "--allow-smoke"]
     assert main([*args, "--overwrite", "--step", "7"]) == 2  # no such checkpoint: the message lists 1, 2, 3
     assert main([*args, "--overwrite", "--step", "0"]) == 2
+    # A finished run with neither recipe.json nor run.json: a message naming the missing file, not a traceback.
+    (run / "run.json").unlink()
+    with pytest.raises(RCDMError, match=r"run\.json' is missing"):
+        pack(root, out, only=[TARGET], allow_smoke=True, overwrite=True)
 
 
 def test_ssl_run_resumes_exactly_after_an_interruption(cifar_root: Path, tmp_path: Path) -> None:

@@ -9,6 +9,7 @@ Run layout (one folder, ROOT):
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import time
@@ -260,6 +261,14 @@ def run_record(run_dir: str | Path, step: int | None = None) -> tuple[Path, dict
     """
     run_dir = Path(run_dir)
     saved = json.loads((run_dir / RECIPE_NAME).read_text()) if (run_dir / RECIPE_NAME).is_file() else {}
+
+    @functools.cache
+    def run_config() -> dict:  # run.json, read once and only where recipe.json does not answer
+        cfg_path = run_dir / "run.json"
+        if not cfg_path.is_file():
+            raise RCDMError(f"{str(cfg_path)!r} is missing: {run_dir.name} is not an `rcdm recipe rcdm` run")
+        return json.loads(cfg_path.read_text())
+
     if step is None:
         try:
             model = resolve_model_dir(run_dir)
@@ -270,7 +279,7 @@ def run_record(run_dir: str | Path, step: int | None = None) -> tuple[Path, dict
         if model == run_dir / "model":  # a finished run: its record, else (none written) its planned steps
             if saved:
                 return model, saved
-            step = int(json.loads((run_dir / "run.json").read_text())["steps"])
+            step = int(run_config()["steps"])
         else:
             step = int(json.loads((model.parent / "state.json").read_text())["step"])
     else:
@@ -282,10 +291,7 @@ def run_record(run_dir: str | Path, step: int | None = None) -> tuple[Path, dict
             )
     if saved.get("steps") == step:
         return model, saved
-    cfg_path = run_dir / "run.json"
-    if not cfg_path.is_file():
-        raise RCDMError(f"{str(cfg_path)!r} is missing: {run_dir.name} is not an `rcdm recipe rcdm` run")
-    cfg = json.loads(cfg_path.read_text())
+    cfg = run_config()
     wall = cpu = 0.0
     cpu_known = True
     for seg in _segments(run_dir):
