@@ -96,12 +96,16 @@ def trend(points: list[tuple[int, float]], gate: float) -> str | None:
     if fit.slope <= 0:
         return per_doubling + f"; no gain, so no estimate of where it reaches {gate:g}"
     reach = 2 ** ((gate - fit.intercept) / fit.slope)
+
+    def sig2(v: float) -> str:  # two significant figures (0.65, 4.4, 45), whole numbers from 100 on
+        return f"{v:.2g}" if v < 100 else f"{v:.0f}"
+
     where = (
         "over 1000G"
         if reach >= 1e12
-        else f"about {reach / 1e9:.1f}G"
+        else f"about {sig2(reach / 1e9)}G"
         if reach >= 1e9
-        else f"about {reach / 1e6:.1f}M"
+        else f"about {sig2(reach / 1e6)}M"
     )
     return per_doubling + f"; the line reaches {gate:g} at {where} images seen (extrapolated)"
 

@@ -59,7 +59,7 @@ def test_pack_metrics_labels_the_final_guided_curve_and_sampler_numbers(tmp_path
     )
     # the trend of each gate metric along the two-point curve: agreement 0.25 -> 0.5 in one doubling
     assert m["trend of class agreement (dpm++ 20; ResNet-56 judge) against log2(images seen)"] == (
-        "+0.250 per doubling of images seen (2 checkpoints); the line reaches 0.6 at about 0.3M images seen "
+        "+0.250 per doubling of images seen (2 checkpoints); the line reaches 0.6 at about 0.34M images seen "
         "(extrapolated)"
     )
     assert m["trend of rank-1 retrieval (dpm++ 20; ResNet-56 judge) against log2(images seen)"].endswith(
@@ -111,7 +111,7 @@ def test_trend_fits_the_metric_against_log_images_and_extrapolates_to_the_gate()
     line = trend([(1_000_000, 0.2), (2_000_000, 0.3), (4_000_000, 0.4)], 0.6)
     assert (
         line
-        == "+0.100 per doubling of images seen (3 checkpoints); the line reaches 0.6 at about 16.0M images seen (extrapolated)"
+        == "+0.100 per doubling of images seen (3 checkpoints); the line reaches 0.6 at about 16M images seen (extrapolated)"
     )
     assert trend([(1_000_000, 0.3), (2_000_000, 0.2)], 0.6).endswith(
         "no gain, so no estimate of where it reaches 0.6"
@@ -119,5 +119,7 @@ def test_trend_fits_the_metric_against_log_images_and_extrapolates_to_the_gate()
     assert trend([(1_000_000, 0.0), (2_000_000, 0.01)], 0.6).endswith(
         "at over 1000G images seen (extrapolated)"
     )
+    # two significant figures where the crossing is under a million images (one decimal said 0.6M for 640k)
+    assert "at about 0.64M images" in trend([(160_000, 0.4), (320_000, 0.5)], 0.6)  # 640k
     assert trend([(1_000_000, 0.2)], 0.6) is None  # one point is no line
     assert trend([(1_000_000, 0.2), (2_000_000, float("nan"))], 0.6) is None  # an unscored point is left out
