@@ -23,7 +23,8 @@
 #
 # PACK_STEP=N (evaluate, pack): the pack holds every RCDM at its step-N checkpoint instead of its final model (the
 # models then share their training, and a pack can ship before the runs end); evaluate measures that checkpoint at
-# each weight in $GUIDANCE.
+# each weight in $GUIDANCE. PACK_STEPS="TARGET=N ..." sets it per RCDM, over PACK_STEP (a model past its gates stays
+# at its step while the others train on).
 #
 # Every stage resumes where it stopped (epoch checkpoints for the encoders, step checkpoints for the RCDMs; a
 # finished run is left alone), so run it again after an interruption. Each job gets one thread and `nice`: on a
@@ -50,6 +51,7 @@ CURVE_EVERY=${CURVE_EVERY:-2000}
 SAMPLERS=${SAMPLERS:-fast:1 paired:1 published:1 fast:3 fast:5 fast:8}
 PACK_GUIDANCE=${PACK_GUIDANCE:-1}
 PACK_STEP=${PACK_STEP:-}
+PACK_STEPS=${PACK_STEPS:-}
 FINDING_IMAGES=${FINDING_IMAGES:-40}
 TARGETS=(rcdm-cifar10-supervised rcdm-cifar10-vicreg-backbone rcdm-cifar10-vicreg-projector)
 SAMPLER_TARGETS=${SAMPLER_TARGETS:-${TARGETS[*]:0:2}}
@@ -60,6 +62,12 @@ CIFAR=$($PY -c "import sys; from rcdm.recipes.cifar10 import cifar10_root; print
     exit 1
 
 resume_flag() { [ -d "$1/checkpoints" ] && echo --resume; }
+
+step_of() { # step_of TARGET: the checkpoint step it is packed at (PACK_STEPS, else PACK_STEP), or nothing (final)
+    local s
+    for s in $PACK_STEPS; do [ "${s%%=*}" = "$1" ] && { echo "${s#*=}"; return; }; done
+    echo "$PACK_STEP"
+}
 
 one_at_a_time() { # the evaluate and samplers stages clear and rewrite folders under $WORK/metrics: one at a time
     command -v flock >/dev/null || return 0 # no flock (macOS): run as told
@@ -137,8 +145,9 @@ evaluate)
     for t in "${TARGETS[@]}"; do
         run="$WORK/runs/$t"
         [ -d "$run" ] || continue
-        if [ -n "$PACK_STEP" ]; then
-            ck=$(printf step-%08d "$PACK_STEP")
+        st=$(step_of "$t")
+        if [ -n "$st" ]; then
+            ck=$(printf step-%08d "$st")
             evaluate_at "$t" "$run/checkpoints/$ck/ema" "$ck" "$GUIDANCE"
         elif [ -f "$run/model/config.json" ]; then
             evaluate_at "$t" "$run/model" final "$GUIDANCE"
@@ -150,7 +159,9 @@ evaluate)
                 evaluate_at "$t" "$ck/ema" "$(basename "$ck")" "$CURVE_GUIDANCE"
         done
     done
-    $PY "$ROOT/scripts/pack_metrics.py" "$WORK/metrics" "$EVAL_IMAGES" $PACK_STEP >"$WORK/metrics.json" && cat "$WORK/metrics.json"
+    # shellcheck disable=SC2086  # a step and TARGET=N words
+    $PY "$ROOT/scripts/pack_metrics.py" "$WORK/metrics" "$EVAL_IMAGES" $PACK_STEP $PACK_STEPS >"$WORK/metrics.json" &&
+        cat "$WORK/metrics.json"
     ;;
 samplers)
     one_at_a_time
@@ -173,11 +184,15 @@ samplers)
                 awk "BEGIN { print ($(date +%s%N) - $start) / 1e9 }" >"$out/seconds"
         done
     done
-    $PY "$ROOT/scripts/pack_metrics.py" "$WORK/metrics" "$EVAL_IMAGES" $PACK_STEP >"$WORK/metrics.json" && cat "$WORK/metrics.json"
+    # shellcheck disable=SC2086
+    $PY "$ROOT/scripts/pack_metrics.py" "$WORK/metrics" "$EVAL_IMAGES" $PACK_STEP $PACK_STEPS >"$WORK/metrics.json" &&
+        cat "$WORK/metrics.json"
     ;;
 pack)
+    steps=()
+    for s in $PACK_STEP $PACK_STEPS; do steps+=(--step "$s"); done
     $PY -m rcdm.cli recipe pack --runs "$WORK/runs" --out "$ROOT/src/rcdm/assets/models" --metrics "$WORK/metrics.json" \
-        --overwrite --guidance "$PACK_GUIDANCE" ${PACK_STEP:+--step "$PACK_STEP"} --demo-images "$CIFAR"/test/{airplane,automobile,bird,cat,deer,dog,frog,horse}/0001.jpg
+        --overwrite --guidance "$PACK_GUIDANCE" ${steps[@]+"${steps[@]}"} --demo-images "$CIFAR"/test/{airplane,automobile,bird,cat,deer,dog,frog,horse}/0001.jpg
     ;;
 findings)
     PACK=$ROOT/src/rcdm/assets/models

@@ -1,11 +1,12 @@
 """Gate metrics of the CPU pack (scripts/cpu_pack.sh evaluate) -> one JSON for `rcdm recipe pack --metrics`.
 
-    python scripts/pack_metrics.py METRICS_DIR N_IMAGES [STEP] > metrics.json
+    python scripts/pack_metrics.py METRICS_DIR N_IMAGES [STEP] [TARGET=STEP ...] > metrics.json
 
 METRICS_DIR/<target>/<tag>/faithfulness.json and quality.json (the same samples), where tag is `final`,
 `final-g<W>` (the final model sampled with guidance W) or a checkpoint `step-NNNNNNNN[-g<W>]`. Output: {target:
 {labelled metric: value, ..., "curve": "images seen: rank-1 / agreement; ..."}} with the labelled numbers of the
-final model (else the newest checkpoint; with STEP, the checkpoint `recipe pack --step STEP` packs), those of
+final model (else the newest checkpoint; with STEP, the checkpoint `recipe pack --step STEP` packs; TARGET=STEP
+sets it for one target, as `--step TARGET=STEP` does), those of
 each of its guided runs, and a curve over checkpoints per sampling, with its trend against the gates: the
 least-squares line of each gate metric against log2(images seen), its gain per doubling and where the line would
 meet the gate (an extrapolation, labelled as one).
@@ -110,14 +111,15 @@ def trend(points: list[tuple[int, float]], gate: float) -> str | None:
     return per_doubling + f"; the line reaches {gate:g} at {where} images seen (extrapolated)"
 
 
-def main(root: Path, n: str, step: int | None = None) -> dict:
+def main(root: Path, n: str, step: int | None = None, per_target: dict[str, int] | None = None) -> dict:
     result: dict = {}
     for target in sorted(p for p in root.iterdir() if p.is_dir()):
+        step_here = (per_target or {}).get(target.name, step)
         tags = {t.name: read(t) for t in target.iterdir() if t.is_dir() and not t.name.startswith("sampler-")}
         steps = sorted(t for t in tags if STEP.fullmatch(t) and tags[t])
         plain = [t for t in steps if not STEP.fullmatch(t).group(2)]
-        packed = "final" if step is None else f"step-{step:08d}"  # the model the bundle holds
-        best = tags.get(packed) or ({} if step is not None else tags[plain[-1]] if plain else {})
+        packed = "final" if step_here is None else f"step-{step_here:08d}"  # the model the bundle holds
+        best = tags.get(packed) or ({} if step_here is not None else tags[plain[-1]] if plain else {})
         m = labelled(best, n) if best else {}
         for tag in sorted(t for t in tags if t.startswith(f"{packed}-g") and tags[t]):
             m.update(labelled(tags[tag], n))
@@ -142,8 +144,16 @@ def main(root: Path, n: str, step: int | None = None) -> dict:
 
 
 if __name__ == "__main__":
+    plain_steps = [int(a) for a in sys.argv[3:] if "=" not in a]
+    named = dict(a.split("=", 1) for a in sys.argv[3:] if "=" in a)
     print(
         json.dumps(
-            main(Path(sys.argv[1]), sys.argv[2], int(sys.argv[3]) if len(sys.argv) > 3 else None), indent=1
+            main(
+                Path(sys.argv[1]),
+                sys.argv[2],
+                plain_steps[0] if plain_steps else None,
+                {t: int(v) for t, v in named.items()},
+            ),
+            indent=1,
         )
     )

@@ -63,3 +63,40 @@ def test_samplers_measures_only_the_sampler_targets(tmp_path: Path) -> None:
         "sampler-fast-g5",
     ]
     assert not (work / "metrics" / "rcdm-cifar10-supervised").exists()
+
+
+def test_pack_steps_sets_one_rcdm_apart_in_evaluate_and_pack(tmp_path: Path) -> None:
+    # PACK_STEP for every RCDM, PACK_STEPS=TARGET=N over it: evaluate measures, and pack bundles, each at its step.
+    work, cifar = tmp_path / "work", tmp_path / "cifar"
+    for t in ("rcdm-cifar10-supervised", "rcdm-cifar10-vicreg-backbone"):
+        (work / "runs" / t).mkdir(parents=True)
+    (work / "eval-images").mkdir()
+    fake = tmp_path / "python"
+    fake.write_text(
+        f'#!/usr/bin/env bash\necho "$*" >> {tmp_path}/calls\n[ "$1" = -c ] && echo {cifar}\nexit 0\n'
+    )
+    fake.chmod(0o755)
+    env = {
+        **os.environ,
+        "WORK": str(work),
+        "PY": str(fake),
+        "GUIDANCE": "5",
+        "CURVE_EVERY": "0",
+        "PACK_STEP": "11000",
+        "PACK_STEPS": "rcdm-cifar10-supervised=7000",
+    }
+    for stage in ("evaluate", "pack"):
+        run = subprocess.run(
+            ["bash", str(SCRIPT), stage], env=env, capture_output=True, text=True, timeout=120
+        )
+        assert run.returncode == 0, run.stderr
+    calls = (tmp_path / "calls").read_text().splitlines()
+    sampled = [c.split("--model ")[1].split()[0] for c in calls if "evaluate faithfulness" in c]
+    assert sorted(sampled) == [
+        f"{work}/runs/rcdm-cifar10-supervised/checkpoints/step-00007000/ema",
+        f"{work}/runs/rcdm-cifar10-vicreg-backbone/checkpoints/step-00011000/ema",
+    ]
+    (metrics,) = [c for c in calls if "pack_metrics.py" in c]
+    assert metrics.endswith(" 1000 11000 rcdm-cifar10-supervised=7000")  # N_IMAGES, the plain step, TARGET=N
+    (pack,) = [c for c in calls if "recipe pack" in c]
+    assert "--step 11000 --step rcdm-cifar10-supervised=7000 " in pack

@@ -123,3 +123,20 @@ def test_trend_fits_the_metric_against_log_images_and_extrapolates_to_the_gate()
     assert "at about 0.64M images" in trend([(160_000, 0.4), (320_000, 0.5)], 0.6)  # 640k
     assert trend([(1_000_000, 0.2)], 0.6) is None  # one point is no line
     assert trend([(1_000_000, 0.2), (2_000_000, float("nan"))], 0.6) is None  # an unscored point is left out
+
+
+def test_pack_metrics_reads_a_target_given_its_own_step_at_that_step(tmp_path: Path) -> None:
+    # `TARGET=STEP` on the command line, as `recipe pack --step TARGET=STEP`: that target at its step, the others
+    # at the plain one.
+    for t in ("rcdm-cifar10-supervised", "rcdm-cifar10-vicreg-backbone"):
+        _evaluation(tmp_path / t / "step-00000500", 0.0, 0.25)
+        _evaluation(tmp_path / t / "step-00001000", 0.25, 0.5)
+    out = subprocess.run(
+        [sys.executable, str(SCRIPT), str(tmp_path), "4", "1000", "rcdm-cifar10-supervised=500"],
+        capture_output=True,
+        text=True,
+    )
+    assert out.returncode == 0, out.stderr
+    m = json.loads(out.stdout)
+    agreement = {t: [v for k, v in m[t].items() if k.startswith("class agreement")] for t in m}
+    assert agreement == {"rcdm-cifar10-supervised": [0.25], "rcdm-cifar10-vicreg-backbone": [0.5]}

@@ -243,6 +243,14 @@ def test_pack_at_a_checkpoint_of_an_interrupted_run(runs: Path, few_images: Path
     args = ["recipe", "pack", "--runs", str(root), "--out", str(out), "--only", TARGET, "--allow-smoke"]
     assert main([*args, "--overwrite", "--step", "7"]) == 2  # no such checkpoint: the message lists 1, 2, 3
     assert main([*args, "--overwrite", "--step", "0"]) == 2
+    # One target at its own step, over the plain one (a model past its gates stays while the others train on).
+    assert main([*args, "--overwrite", "--step", "3", "--step", f"{TARGET}=2"]) == 0
+    assert json.loads((out / TARGET / "card.json").read_text())["steps"] == 2
+    assert (
+        main([*args, "--overwrite", "--step", f"{TARGET}=x"]) == 2
+    )  # not a step: the message gives the form
+    with pytest.raises(RCDMError, match="not packed"):
+        pack(root, out, only=[TARGET], allow_smoke=True, overwrite=True, steps={"rcdm-cifar10-supervised": 2})
     # A finished run with neither recipe.json nor run.json: a message naming the missing file, not a traceback.
     (run / "run.json").unlink()
     with pytest.raises(RCDMError, match=r"run\.json' is missing"):

@@ -6,6 +6,7 @@ import argparse
 from dataclasses import fields
 from pathlib import Path
 
+from ..errors import RCDMError
 from ..recipes.bundle import MAX_BUNDLE_MB, pack
 from ..recipes.demo_pack import RCDM_PROFILES, RCDMRecipe, train_rcdms
 from ..recipes.ssl import SSLConfig, resolve_config, train_encoder
@@ -139,10 +140,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     k.add_argument(
         "--step",
-        type=int,
-        default=None,
-        help="pack every RCDM at this checkpoint step (models compared on the demo page then share their "
-        "training; default: each run's final model, else its newest checkpoint)",
+        action="append",
+        default=[],
+        metavar="N|TARGET=N",
+        help="pack every RCDM at checkpoint step N (models compared on the demo page then share their "
+        "training), or one TARGET at N (repeatable; over a plain N); default: each run's final model, else its "
+        "newest checkpoint",
     )
     add_overwrite_arg(k, "bundle entries already in --out")
     k.set_defaults(func=run_pack)
@@ -187,10 +190,29 @@ def run_rcdm(args: argparse.Namespace) -> int:
     return 0
 
 
+def parse_steps(values: list[str]) -> tuple[int | None, dict[str, int]]:
+    """--step values -> (the step for every RCDM or None, {target: step}); a bad value names itself and the form."""
+    step: int | None = None
+    steps: dict[str, int] = {}
+    for value in values:
+        target, _, number = value.rpartition("=")
+        if not number.strip().isdigit() or (target == "" and "=" in value):
+            raise RCDMError(f"--step {value!r}: give a checkpoint step N or TARGET=N, e.g. --step 7000")
+        n = positive("--step", int(number))
+        if not target and step is not None:
+            raise RCDMError(f"--step {step} and --step {n}: give one plain step (others as TARGET=N)")
+        if target in steps:
+            raise RCDMError(f"--step for {target} given twice ({steps[target]} and {n}): give it once")
+        if target:
+            steps[target] = n
+        else:
+            step = n
+    return step, steps
+
+
 def run_pack(args: argparse.Namespace) -> int:
     metrics = read_json_object(args.metrics, "--metrics")
-    if args.step is not None:
-        positive("--step", args.step)
+    step, steps = parse_steps(args.step)
     result = pack(
         args.runs,
         args.out,
@@ -201,7 +223,8 @@ def run_pack(args: argparse.Namespace) -> int:
         demo_images=[Path(p) for p in args.demo_images],
         overwrite=args.overwrite,
         guidance=args.guidance,
-        step=args.step,
+        step=step,
+        steps=steps,
     )
     label = " (SMOKE TEST: undertrained, labelled so)" if result.smoke else ""
     print(

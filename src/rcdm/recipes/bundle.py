@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -251,6 +252,7 @@ def pack(
     guidance: float = 1.0,  # the weight the demo samples the bundle with (> 1 needs models with condition dropout)
     # pack every RCDM at this checkpoint (the same training for all), not its newest model
     step: int | None = None,
+    steps: Mapping[str, int] | None = None,  # per target, over `step`: {target: checkpoint step}
 ) -> PackResult:
     """Bundle the encoders and RCDMs of ROOT into OUT (written as a whole or not at all).
 
@@ -258,7 +260,8 @@ def pack(
     diffusion_pytorch_model.rcdm.safetensors, card.json, README.md}, OUT/demo-inputs/*, OUT/bundle.json. The RCDMs'
     config names their encoder as `rcdm-cifar:<encoder name>` so that a bundle under rcdm/assets/models is
     found by name. `step` packs each run's EMA at that checkpoint, with its record rebuilt for that step
-    (demo_pack.run_record), so that models compared on the demo page have seen the same number of images.
+    (demo_pack.run_record), so that models compared on the demo page have seen the same number of images;
+    `steps` sets it per target (a model that met its gates earlier stays at its step while others train on).
     Raises RCDMError for smoke runs (unless allow_smoke: then every card says so) and when the
     bundle exceeds `max_mb` MB (10**6 bytes).
     """
@@ -269,7 +272,12 @@ def pack(
     unknown = sorted(set(metrics) - {t.name for t in targets})
     if unknown:
         raise RCDMError(f"metrics given for {unknown}, which are not packed: use {[t.name for t in targets]}")
-    runs = {t.name: run_record(root / t.name, step) for t in targets}  # name -> (model folder, record)
+    steps = dict(steps or {})
+    stray = sorted(set(steps) - {t.name for t in targets})
+    if stray:
+        raise RCDMError(f"a step given for {stray}, which are not packed: use {[t.name for t in targets]}")
+    # name -> (model folder, record)
+    runs = {t.name: run_record(root / t.name, steps.get(t.name, step)) for t in targets}
     problems = _problems(root, targets, {name: rec for name, (_, rec) in runs.items()})
     if problems and not allow_smoke:
         raise RCDMError(
