@@ -69,6 +69,12 @@ step_of() { # step_of TARGET: the checkpoint step it is packed at (PACK_STEPS, e
     echo "$PACK_STEP"
 }
 
+write_metrics() { # the evaluations under $WORK/metrics -> $WORK/metrics.json (recipe pack --metrics), and shown
+    # shellcheck disable=SC2086  # a step and TARGET=N words
+    $PY "$ROOT/scripts/pack_metrics.py" "$WORK/metrics" "$EVAL_IMAGES" $PACK_STEP $PACK_STEPS >"$WORK/metrics.json" &&
+        cat "$WORK/metrics.json"
+}
+
 one_at_a_time() { # the evaluate and samplers stages clear and rewrite folders under $WORK/metrics: one at a time
     command -v flock >/dev/null || return 0 # no flock (macOS): run as told
     exec 9>"$WORK/.metrics.lock"
@@ -159,9 +165,7 @@ evaluate)
                 evaluate_at "$t" "$ck/ema" "$(basename "$ck")" "$CURVE_GUIDANCE"
         done
     done
-    # shellcheck disable=SC2086  # a step and TARGET=N words
-    $PY "$ROOT/scripts/pack_metrics.py" "$WORK/metrics" "$EVAL_IMAGES" $PACK_STEP $PACK_STEPS >"$WORK/metrics.json" &&
-        cat "$WORK/metrics.json"
+    write_metrics
     ;;
 samplers)
     one_at_a_time
@@ -184,9 +188,7 @@ samplers)
                 awk "BEGIN { print ($(date +%s%N) - $start) / 1e9 }" >"$out/seconds"
         done
     done
-    # shellcheck disable=SC2086
-    $PY "$ROOT/scripts/pack_metrics.py" "$WORK/metrics" "$EVAL_IMAGES" $PACK_STEP $PACK_STEPS >"$WORK/metrics.json" &&
-        cat "$WORK/metrics.json"
+    write_metrics
     ;;
 pack)
     steps=()

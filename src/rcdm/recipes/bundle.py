@@ -268,14 +268,12 @@ def pack(
     root, out = Path(runs_root), Path(out_dir)
     check_guidance(guidance)
     targets = select_targets(only)
-    metrics = dict(metrics or {})
-    unknown = sorted(set(metrics) - {t.name for t in targets})
-    if unknown:
-        raise RCDMError(f"metrics given for {unknown}, which are not packed: use {[t.name for t in targets]}")
-    steps = dict(steps or {})
-    stray = sorted(set(steps) - {t.name for t in targets})
-    if stray:
-        raise RCDMError(f"a step given for {stray}, which are not packed: use {[t.name for t in targets]}")
+    metrics, steps = dict(metrics or {}), dict(steps or {})
+    packed = [t.name for t in targets]
+    for what, given in (("metrics", metrics), ("a step", steps)):  # keyed by target: each key must be packed
+        unknown = sorted(set(given) - set(packed))
+        if unknown:
+            raise RCDMError(f"{what} given for {unknown}, which are not packed: use {packed}")
     # name -> (model folder, record)
     runs = {t.name: run_record(root / t.name, steps.get(t.name, step)) for t in targets}
     problems = _problems(root, targets, {name: rec for name, (_, rec) in runs.items()})
