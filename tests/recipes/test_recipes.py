@@ -172,7 +172,14 @@ def test_pack_labels_an_allowed_smoke_bundle(
 
     out = tmp_path / "bundle"
     demo = sorted(few_images.glob("*.jpg"))[:2]
-    result = pack(runs, out, only=[TARGET], allow_smoke=True, demo_images=demo, metrics={TARGET: {"x": 1.0}})
+    result = pack(
+        runs,
+        out,
+        only=[TARGET],
+        allow_smoke=True,
+        demo_images=demo,
+        metrics={TARGET: {"x": 1.0, "y": 0.1 + 0.2}},
+    )
     assert result.smoke and result.total_bytes <= 30e6
     assert result.total_bytes == sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
     index = json.loads((out / "bundle.json").read_text())
@@ -182,7 +189,8 @@ def test_pack_labels_an_allowed_smoke_bundle(
         assert json.loads((out / name / "card.json").read_text())["smoke"] is True
         assert "SMOKE TEST" in (out / name / "README.md").read_text()
     card = json.loads((out / TARGET / "card.json").read_text())
-    assert card["steps"] == 2 and card["images_seen"] == 8 and card["metrics"] == {"x": 1.0}
+    assert card["steps"] == 2 and card["images_seen"] == 8 and card["metrics"] == {"x": 1.0, "y": 0.1 + 0.2}
+    assert "| y | 0.3 |" in (out / TARGET / "README.md").read_text()  # the table rounds; card.json does not
     assert card["cpu_time_s"] > 0 and "| CPU time |" in (out / TARGET / "README.md").read_text()
     with safe_open(str(out / TARGET / "diffusion_pytorch_model.rcdm.safetensors"), "pt") as f:
         assert {f.get_slice(k).get_dtype() for k in f.keys()} == {"F16"}  # noqa: SIM118

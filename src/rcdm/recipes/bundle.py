@@ -225,12 +225,15 @@ def _rcdm_readme(card: dict) -> str:
         f"| stopped before its planned steps | {card['stopped_early']} |",
         f"| weights | {card['dtype']} (relative output error from fp16 rounding: {card['fp16_relative_error']:.2e}) |",
         f"| data license | {card['data_license']} |",
-        f"| rcdm commit | {card['git_commit']} |",
+        f"| rcdm commit | {card['git_commit'] or 'not recorded'} |",
         "",
     ]
     if card.get("metrics"):
+        # card.json keeps the measured floats; the table shows 4 significant digits (0.061, not 0.061000000685453415)
         lines += ["## Metrics", "", "| metric | value |", "| --- | --- |"]
-        lines += [f"| {k} | {v} |" for k, v in card["metrics"].items()]
+        lines += [
+            f"| {k} | {f'{v:.4g}' if isinstance(v, float) else v} |" for k, v in card["metrics"].items()
+        ]
         lines.append("")
     else:
         lines += ["No metrics were given when this model was packed.", ""]

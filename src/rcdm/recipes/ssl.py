@@ -260,7 +260,7 @@ def model_card_markdown(card: dict) -> str:
         ),
         f"| input | 32 px RGB in [0, 1], normalised with mean {card['preprocessing']['mean']}, "
         f"std {card['preprocessing']['std']} |",
-        f"| rcdm commit | {card.get('git_commit')} |",
+        f"| rcdm commit | {card.get('git_commit') or 'not recorded'} |",
         f"| weights dtype | {card.get('dtype', 'float32')} |",
         "",
     ]
