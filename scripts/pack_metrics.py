@@ -143,17 +143,29 @@ def main(root: Path, n: str, step: int | None = None, per_target: dict[str, int]
     return result
 
 
+def _usage_error(message: str) -> None:
+    print(f"pack_metrics.py: {message}", file=sys.stderr)
+    sys.exit(2)
+
+
+def parse_steps(words: list[str]) -> tuple[int | None, dict[str, int]]:
+    """[STEP] [TARGET=STEP ...] -> (STEP or None, {TARGET: STEP}); otherwise a one-line message and exit 2."""
+    plain, named = [], {}
+    for w in words:
+        target, _, value = w.rpartition("=")
+        if not value.isdigit() or (target in named) or ("=" in w and not target):
+            _usage_error(f"bad step {w!r}: give STEP or TARGET=STEP (a whole number), each target once")
+        if target:
+            named[target] = int(value)
+        else:
+            plain.append(int(value))
+    if len(plain) > 1:
+        _usage_error(f"several plain steps {plain}: give one STEP, and TARGET=STEP for the others")
+    return (plain[0] if plain else None), named
+
+
 if __name__ == "__main__":
-    plain_steps = [int(a) for a in sys.argv[3:] if "=" not in a]
-    named = dict(a.split("=", 1) for a in sys.argv[3:] if "=" in a)
-    print(
-        json.dumps(
-            main(
-                Path(sys.argv[1]),
-                sys.argv[2],
-                plain_steps[0] if plain_steps else None,
-                {t: int(v) for t, v in named.items()},
-            ),
-            indent=1,
-        )
-    )
+    if len(sys.argv) < 3:
+        _usage_error("usage: pack_metrics.py METRICS_DIR N_IMAGES [STEP] [TARGET=STEP ...]")
+    step, named = parse_steps(sys.argv[3:])
+    print(json.dumps(main(Path(sys.argv[1]), sys.argv[2], step, named), indent=1))

@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "scripts" / "pack_metrics.py"
 
@@ -140,3 +142,26 @@ def test_pack_metrics_reads_a_target_given_its_own_step_at_that_step(tmp_path: P
     m = json.loads(out.stdout)
     agreement = {t: [v for k, v in m[t].items() if k.startswith("class agreement")] for t in m}
     assert agreement == {"rcdm-cifar10-supervised": [0.25], "rcdm-cifar10-vicreg-backbone": [0.5]}
+
+
+@pytest.mark.parametrize(
+    ("words", "message"),
+    [
+        (["1000", "2000"], "several plain steps [1000, 2000]"),
+        (
+            ["rcdm-cifar10-supervised=500", "rcdm-cifar10-supervised=700"],
+            "bad step 'rcdm-cifar10-supervised=700'",
+        ),
+        (["=500"], "bad step '=500'"),
+        (["rcdm-cifar10-supervised=x"], "bad step 'rcdm-cifar10-supervised=x'"),
+    ],
+)
+def test_pack_metrics_refuses_ambiguous_steps_in_one_line(
+    tmp_path: Path, words: list[str], message: str
+) -> None:
+    _evaluation(tmp_path / "rcdm-cifar10-supervised" / "step-00000500", 0.0, 0.25)
+    out = subprocess.run(
+        [sys.executable, str(SCRIPT), str(tmp_path), "4", *words], capture_output=True, text=True
+    )
+    assert out.returncode == 2 and out.stdout == ""
+    assert message in out.stderr and len(out.stderr.strip().splitlines()) == 1
