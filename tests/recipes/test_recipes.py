@@ -226,6 +226,7 @@ def test_pack_at_a_checkpoint_of_an_interrupted_run(runs: Path, few_images: Path
     run = root / TARGET
     # A session killed after its step-2 checkpoint and resumed from it (no recipe.json): the resume dropped the
     # rows after step 2 and restarted the clock (rcdm.monitor), so metrics.jsonl holds two sessions.
+    finished = json.loads((run / "recipe.json").read_text())
     (run / "recipe.json").unlink()
     rows = [(1, 10.0, 5.0), (2, 20.0, 10.0), (3, 12.0, 6.0)]
     (run / "metrics.jsonl").write_text(
@@ -248,6 +249,14 @@ def test_pack_at_a_checkpoint_of_an_interrupted_run(runs: Path, few_images: Path
     pack(root, out, only=[TARGET], allow_smoke=True, overwrite=True)
     card = json.loads((out / TARGET / "card.json").read_text())
     assert card["steps"] == 3 and card["wall_time_s"] == 32.0 and card["cpu_time_s"] == 16.0
+    # The resumed session finished the run and wrote recipe.json with its own time only (since step 2): the card
+    # still sums both sessions, and keeps the record's other fields.
+    last = {"wall_time_s": 12.0, "cpu_time_s": 6.0, "cpu_time_from_step": 2, "device": "cpu (the test's)"}
+    (run / "recipe.json").write_text(json.dumps({**finished, **last}))
+    pack(root, out, only=[TARGET], allow_smoke=True, overwrite=True)
+    card = json.loads((out / TARGET / "card.json").read_text())
+    assert (card["steps"], card["wall_time_s"], card["cpu_time_s"]) == (3, 32.0, 16.0)
+    assert not card["cpu_time_from_step"] and card["device"] == "cpu (the test's)"
     args = ["recipe", "pack", "--runs", str(root), "--out", str(out), "--only", TARGET, "--allow-smoke"]
     assert main([*args, "--overwrite", "--step", "7"]) == 2  # no such checkpoint: the message lists 1, 2, 3
     assert main([*args, "--overwrite", "--step", "0"]) == 2

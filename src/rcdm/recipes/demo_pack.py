@@ -256,8 +256,9 @@ def run_record(run_dir: str | Path, step: int | None = None) -> tuple[Path, dict
     recipe.json is written when a training session ends; a session that was killed (a machine handed back)
     leaves none, and a run packed at an earlier checkpoint must not carry the record of a later step. Then the
     record is rebuilt from run.json and metrics.jsonl: wall and CPU time are summed over the sessions up to
-    `step`, and `planned_steps` says where it was going. Work a kill lost after the last checkpoint is not
-    counted: the resume dropped its rows.
+    `step`, and `planned_steps` says where it was going. So is the record of a run finished by a resumed session,
+    which holds that session's time only. Work a kill lost after the last checkpoint is not counted: the resume
+    dropped its rows.
     """
     run_dir = Path(run_dir)
     saved = json.loads((run_dir / RECIPE_NAME).read_text()) if (run_dir / RECIPE_NAME).is_file() else {}
@@ -277,9 +278,7 @@ def run_record(run_dir: str | Path, step: int | None = None) -> tuple[Path, dict
                 f"no trained model in {str(run_dir)!r}: run `rcdm recipe rcdm --runs {run_dir.parent}` first"
             ) from None
         if model == run_dir / "model":  # a finished run: its record, else (none written) its planned steps
-            if saved:
-                return model, saved
-            step = int(run_config()["steps"])
+            step = int(saved.get("steps") or run_config()["steps"])
         else:
             step = int(json.loads((model.parent / "state.json").read_text())["step"])
     else:
@@ -289,8 +288,10 @@ def run_record(run_dir: str | Path, step: int | None = None) -> tuple[Path, dict
             raise RCDMError(
                 f"{run_dir.name} has no complete checkpoint at step {step}: choose one of {have or 'none'}"
             )
-    if saved.get("steps") == step:
+    if saved.get("steps") == step and not saved.get("cpu_time_from_step"):
         return model, saved
+    # Rebuilt: an earlier checkpoint, no record, or a record of the resumed session alone (its time since
+    # `cpu_time_from_step`), which would understate the run's time on the card.
     cfg = run_config()
     wall = cpu = 0.0
     cpu_known = True
