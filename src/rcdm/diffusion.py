@@ -34,6 +34,13 @@ Sampler = Literal["dpm++", "ddim", "ddpm"]
 SAMPLERS: tuple[str, ...] = ("dpm++", "ddim", "ddpm")
 DEFAULT_STEPS: dict[str, int] = {"dpm++": 20, "ddim": 50, "ddpm": 100}
 LossType = Literal["simple", "hybrid"]
+# Per-image weights of the mean-squared term: none (published), or Min-SNR-gamma (Hang et al. 2023, Eq. 9-11).
+LossWeighting = Literal["none", "min-snr"]
+LOSS_WEIGHTINGS: tuple[str, ...] = ("none", "min-snr")
+# How training timesteps are drawn: uniform (published), or logit-normal over t / T (Esser et al. 2024, Eq. 19:
+# m = 0, s = 1), which spends more of the training on the middle of the schedule and less on its two ends.
+TimestepSampling = Literal["uniform", "logit-normal"]
+TIMESTEP_SAMPLINGS: tuple[str, ...] = ("uniform", "logit-normal")
 
 # guided-diffusion's linear schedule for T = 1000 (Ho et al. 2020).
 SCHEDULE = dict(num_train_timesteps=1000, beta_schedule="linear", beta_start=1e-4, beta_end=0.02)
@@ -72,6 +79,28 @@ def make_scheduler(sampler: Sampler, learned_variance: bool):
 
 def _extract(a: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
     return a.to(t.device)[t].float().view(-1, 1, 1, 1)
+
+
+def draw_timesteps(
+    gens: Sequence[torch.Generator], num_timesteps: int, sampling: TimestepSampling = "uniform"
+) -> torch.Tensor:
+    """One training timestep in [0, num_timesteps) per generator, (B,) long: each image's from its own stream."""
+    if sampling == "uniform":
+        return torch.cat([torch.randint(0, num_timesteps, (1,), generator=g) for g in gens])
+    if sampling == "logit-normal":
+        u = torch.sigmoid(torch.cat([torch.randn(1, generator=g) for g in gens]))
+        return (u * num_timesteps).long().clamp(0, num_timesteps - 1)
+    raise RCDMError(f"unknown timestep sampling {sampling!r}: choose one of {', '.join(TIMESTEP_SAMPLINGS)}")
+
+
+def v_to_epsilon(out: torch.Tensor, x: torch.Tensor, alpha_bar: torch.Tensor) -> torch.Tensor:
+    """A v-prediction output -> the same output with epsilon in its first 3 channels (Salimans & Ho 2022, Eq. 2).
+
+    out: (B, 3 or 6, H, W); x: (B, 3, H, W) the noisy input x_t; alpha_bar: abar_t, a scalar or (B, 1, 1, 1).
+    eps = sqrt(abar) v + sqrt(1 - abar) x_t. Extra (variance) channels pass through unchanged.
+    """
+    eps = alpha_bar**0.5 * out[:, :3] + (1 - alpha_bar) ** 0.5 * x
+    return torch.cat([eps.to(out.dtype), out[:, 3:]], dim=1) if out.shape[1] > 3 else eps.to(out.dtype)
 
 
 def normal_kl(mean1, logvar1, mean2, logvar2) -> torch.Tensor:
@@ -144,12 +173,17 @@ class GaussianDiffusion:
         t: torch.Tensor | None = None,
         noise: torch.Tensor | None = None,
         terms: dict[str, float] | None = None,  # filled with the batch means of 'mse' (and 'vb'), for logging
+        prediction: str = "epsilon",  # the model's prediction_type: 'epsilon' or 'v_prediction'
+        snr_gamma: float | None = None,  # Min-SNR-gamma weighting of the squared error; None: unweighted
     ) -> torch.Tensor:
-        """Per-sample loss (B,): epsilon MSE, plus the VLB term when `loss == 'hybrid'` (published).
+        """Per-sample loss (B,): the squared error of the prediction (epsilon, published, or v), plus the VLB
+        term for the learned variance when `loss == 'hybrid'` (published).
 
         x0: (B, 3, H, W) in [-1, 1]; representation: (B, dim); drop: (B,) bool, use the null representation.
-        Timesteps are uniform; `t` (B,) and `noise` (like x0), when not given, come from `generator` (CPU), so
-        a run replays exactly.
+        `t` (B,) and `noise` (like x0), when not given, are uniform timesteps and Gaussian noise from
+        `generator` (CPU), so a run replays exactly. With `snr_gamma` the squared error of an image at SNR(t) =
+        abar / (1 - abar) is weighted by min(SNR, gamma) / SNR for epsilon and min(SNR, gamma) / (SNR + 1) for
+        v (Hang et al. 2023, Eq. 11: both are min(SNR, gamma) in x0 units); terms['mse'] logs the unweighted error.
         """
         b = x0.shape[0]
         if t is None:
@@ -159,13 +193,25 @@ class GaussianDiffusion:
         t, noise = t.to(x0.device), noise.to(x0.device, x0.dtype)
         xt = self.q_sample(x0, t, noise).to(x0.dtype)
         out = model(xt, t, representation, drop=drop).float()
-        mse = ((noise.float() - out[:, :3]) ** 2).mean(dim=(1, 2, 3))
+        ab = _extract(self.alphas_cumprod, t)
+        if prediction == "v_prediction":
+            target = ab.sqrt() * noise.float() - (1 - ab).sqrt() * x0.float()
+        elif prediction == "epsilon":
+            target = noise.float()
+        else:
+            raise RCDMError(f"unknown prediction {prediction!r}: choose epsilon or v_prediction")
+        mse = ((target - out[:, :3]) ** 2).mean(dim=(1, 2, 3))
         if terms is not None:
             terms["mse"] = float(mse.detach().mean())
+        if snr_gamma is not None:
+            snr = (ab / (1 - ab)).view(-1)
+            mse = mse * snr.clamp(max=snr_gamma) / (snr + 1 if prediction == "v_prediction" else snr)
         if loss == "simple":
             return mse
         if out.shape[1] != 6:
             raise RCDMError("loss 'hybrid' needs a model with learned variance (6 output channels)")
+        if prediction == "v_prediction":
+            out = v_to_epsilon(out, xt.float(), ab)
         vb = self.vb_term(out, x0.float(), xt.float(), t) * self.num_timesteps / 1000.0
         if terms is not None:
             terms["vb"] = float(vb.detach().mean())
@@ -401,10 +447,14 @@ def sample(
                 cond = model.condition(rep, b)
         cond = cond.float()
         run = denoiser(model, mode, dtype)
+        v_pred = model.prediction_type == "v_prediction"
+        alphas = sched.alphas_cumprod.to(device)
         for i, t in enumerate(tqdm(ts, disable=not progress, desc=f"{sampler} sampling")):
             tt = torch.full((cond.shape[0],), t, device=device, dtype=torch.long)
             xin = x if sampler == "ddpm" else sched.scale_model_input(x, sched.timesteps[i])
             out = run(torch.cat([xin, xin]) if guidance != 1.0 else xin, tt, cond)
+            if v_pred:  # every scheduler below takes epsilon (and the variance channels) as trained
+                out = v_to_epsilon(out, torch.cat([xin, xin]) if guidance != 1.0 else xin, alphas[t])
             if guidance != 1.0:
                 cond_out, uncond = out.chunk(2)
                 out = cond_out.clone()

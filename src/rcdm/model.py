@@ -25,6 +25,7 @@ from .errors import RCDMError
 # plain name `UNet2DModel.from_pretrained(folder)` would build a random UNet from it with only a warning. With
 # the variant name diffusers finds no weights there and raises. Folders saved without it still load here.
 WEIGHTS_VARIANT = "rcdm"
+PREDICTION_TYPES: tuple[str, ...] = ("epsilon", "v_prediction")
 
 # name -> architecture (edm2 style). Channels/levels follow guided-diffusion ADM; see DESIGN.md.
 PRESETS: dict[str, dict[str, Any]] = {
@@ -90,7 +91,8 @@ class RCDM(ModelMixin, ConfigMixin):
     forward(x, t, representation) -> (B, out_channels, H, W): x (B, 3, H, W) noisy image in the model's
     [-1, 1] space, t (B,) or scalar integer timesteps in [0, 1000), representation (B, representation_dim)
     float (or None for the learned null representation when trained with condition dropout). With
-    `learned_variance` the output is [epsilon (3 channels), variance interpolation v in [-1, 1] (3)].
+    `learned_variance` the output is [epsilon (3 channels), variance interpolation v in [-1, 1] (3)]; with
+    prediction_type 'v_prediction' the first 3 channels are v instead of epsilon.
     """
 
     config_name = "config.json"
@@ -107,6 +109,9 @@ class RCDM(ModelMixin, ConfigMixin):
         norm_num_groups: int = 32,
         attention_num_heads: int | None = 4,  # heads of C/heads channels at every level (published); None: 1
         learned_variance: bool = True,  # 6 output channels: epsilon + variance fraction (hybrid loss)
+        # What the first 3 output channels are (diffusers' words): "epsilon" (published) or "v_prediction"
+        # (v = sqrt(abar) eps - sqrt(1 - abar) x0; Salimans & Ho 2022, Sec. 4).
+        prediction_type: str = "epsilon",
         null_representation: bool = False,  # a learned 'no condition' vector (condition dropout, CFG)
         dropout: float = 0.0,
         # What the model was trained on; checked when it is used with an encoder.
@@ -121,6 +126,10 @@ class RCDM(ModelMixin, ConfigMixin):
         standardize_representation: bool = False,
     ):
         super().__init__()
+        if prediction_type not in PREDICTION_TYPES:
+            raise RCDMError(
+                f"prediction_type {prediction_type!r} is not one of {', '.join(PREDICTION_TYPES)}: fix the config"
+            )
         self.unet = UNet2DModel(
             sample_size=sample_size,
             in_channels=3,
@@ -211,6 +220,11 @@ class RCDM(ModelMixin, ConfigMixin):
     @property
     def learned_variance(self) -> bool:
         return bool(self.config.learned_variance)
+
+    @property
+    def prediction_type(self) -> str:
+        """'epsilon' or 'v_prediction' (older configs, without the key, predict epsilon)."""
+        return getattr(self.config, "prediction_type", "epsilon")
 
     def condition(
         self, representation: torch.Tensor | None, batch: int, drop: torch.Tensor | None = None

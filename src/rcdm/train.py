@@ -33,7 +33,7 @@ from .data import (
     to_model_space,
 )
 from .devices import Precision, autocast_for, resolve_precision, training_precision
-from .diffusion import GaussianDiffusion, sample, sample_generators
+from .diffusion import GaussianDiffusion, draw_timesteps, sample, sample_generators
 from .encoders import Encoder, create_encoder
 from .encoders.cache import cached_representations, check_cache, load_cache
 from .errors import NonFiniteLossError, RCDMError
@@ -75,6 +75,16 @@ class TrainResult:
     # time the process was stopped or starved, and CPU seconds of the process and its data workers, which do not.
     wall_time_s: float = 0.0
     cpu_time_s: float = 0.0
+
+
+def learning_rate(cfg: TrainConfig, step: int) -> float:
+    """The learning rate of optimizer step `step` (0-based): linear warm-up over cfg.warmup_steps, then cfg.lr.
+
+    A pure function of the step, so a resumed run continues the schedule exactly.
+    """
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    return cfg.lr
 
 
 def _fixed_views(files: list[Path], size: int, enc: Encoder, n: int = 4) -> tuple[torch.Tensor, torch.Tensor]:
@@ -227,6 +237,8 @@ def _train(
     arch = dict(
         sample_size=size,
         learned_variance=cfg.loss == "hybrid",
+        prediction_type=cfg.prediction,
+        dropout=cfg.dropout,
         null_representation=cfg.cond_drop > 0,
         standardize_representation=cfg.standardize,
         **enc.describe(),
@@ -348,7 +360,7 @@ def _train(
         # each rank draws only its own rows.
         b = x0.shape[0]
         gens = sample_generators(cfg.seed + NOISE_STREAM, step * cfg.batch_size + acc.process_index * b, b)
-        t = torch.cat([torch.randint(0, diffusion.num_timesteps, (1,), generator=g) for g in gens])
+        t = draw_timesteps(gens, diffusion.num_timesteps, cfg.timestep_sampling)
         noise = torch.cat([torch.randn((1, *x0.shape[1:]), generator=g) for g in gens])
         drop = None
         if cfg.cond_drop > 0:
@@ -370,6 +382,8 @@ def _train(
                         t=t[a:e],
                         noise=noise[a:e],
                         terms=terms,
+                        prediction=cfg.prediction,
+                        snr_gamma=cfg.snr_gamma if cfg.loss_weighting == "min-snr" else None,
                     ).mean()
                     / k
                 )
@@ -388,6 +402,9 @@ def _train(
             grad_norm = float(acc.clip_grad_norm_(pmodel.parameters(), cfg.grad_clip))
         elif logging_step:
             grad_norm = float(torch.nn.utils.clip_grad_norm_(pmodel.parameters(), float("inf")))
+        lr = learning_rate(cfg, step)
+        for group in opt.param_groups:
+            group["lr"] = lr
         opt.step()
         opt.zero_grad(set_to_none=True)
         ema.step(acc.unwrap_model(pmodel).parameters())
@@ -395,9 +412,7 @@ def _train(
         seen += x0.shape[0] * acc.num_processes
         last = value
         history.append(value)
-        monitor.step(
-            step, value, x0.shape[0] * acc.num_processes, terms=terms, lr=cfg.lr, grad_norm=grad_norm
-        )
+        monitor.step(step, value, x0.shape[0] * acc.num_processes, terms=terms, lr=lr, grad_norm=grad_norm)
         if fixed is not None and (step % cfg.sample_every == 0 or step == cfg.steps):
             ema.copy_to(ema_model.parameters())
             monitor.samples(step, fixed[0], _sample_fixed(ema_model, fixed[1], precision))

@@ -12,10 +12,17 @@ from pathlib import Path
 from typing import Any, Literal
 
 from .devices import Precision, training_precision
-from .diffusion import LossType, check_seed
+from .diffusion import (
+    LOSS_WEIGHTINGS,
+    TIMESTEP_SAMPLINGS,
+    LossType,
+    LossWeighting,
+    TimestepSampling,
+    check_seed,
+)
 from .encoders import Feature
 from .errors import RCDMError
-from .model import PRESETS
+from .model import PREDICTION_TYPES, PRESETS
 from .runs import check_writable_dir
 
 
@@ -33,6 +40,13 @@ class TrainConfig:
     lr: float = 1e-4  # published: AdamW 1e-4, no weight decay
     weight_decay: float = 0.0
     loss: LossType = "hybrid"  # published: epsilon MSE + VLB term for the learned variance
+    # What the network predicts (diffusers' words): epsilon (published) or v_prediction (Salimans & Ho 2022).
+    prediction: Literal["epsilon", "v_prediction"] = "epsilon"
+    loss_weighting: LossWeighting = "none"  # min-snr: Min-SNR-gamma (Hang et al. 2023); none: published
+    snr_gamma: float = 5.0  # gamma of --loss-weighting min-snr (the paper's 5)
+    timestep_sampling: TimestepSampling = "uniform"  # uniform (published) or logit-normal over t / T
+    warmup_steps: int = 0  # linear learning-rate warm-up from 0 over this many steps; 0: the full lr at once
+    dropout: float = 0.0  # dropout in the UNet's residual blocks (the model's config records it)
     cond_drop: float = 0.0  # probability of the learned null representation (> 0 enables guidance)
     ema_decay: float = 0.9999
     grad_clip: float = 1.0  # max grad norm; 0 disables
@@ -114,6 +128,7 @@ def validate_config(cfg: TrainConfig) -> None:
         "log_every": (cfg.log_every, 1),
         "num_workers": (cfg.num_workers, 0),
         "sample_every": (cfg.sample_every, 0),
+        "warmup_steps": (cfg.warmup_steps, 0),
     }
     for name, (value, low) in whole.items():
         if not isinstance(value, int) or value < low:
@@ -144,6 +159,22 @@ def validate_config(cfg: TrainConfig) -> None:
         raise RCDMError(f"--cond-drop {cfg.cond_drop} is out of range: use a probability in [0, 1)")
     if cfg.loss not in ("simple", "hybrid"):
         raise RCDMError(f"unknown loss {cfg.loss!r}: choose simple or hybrid")
+    if cfg.prediction not in PREDICTION_TYPES:
+        raise RCDMError(
+            f"unknown --prediction {cfg.prediction!r}: choose one of {', '.join(PREDICTION_TYPES)}"
+        )
+    if cfg.loss_weighting not in LOSS_WEIGHTINGS:
+        raise RCDMError(
+            f"unknown --loss-weighting {cfg.loss_weighting!r}: choose one of {', '.join(LOSS_WEIGHTINGS)}"
+        )
+    if not (math.isfinite(cfg.snr_gamma) and cfg.snr_gamma > 0):
+        raise RCDMError(f"--snr-gamma {cfg.snr_gamma} must be a positive number (Min-SNR's paper: 5)")
+    if cfg.timestep_sampling not in TIMESTEP_SAMPLINGS:
+        raise RCDMError(
+            f"unknown --timestep-sampling {cfg.timestep_sampling!r}: choose one of {', '.join(TIMESTEP_SAMPLINGS)}"
+        )
+    if not (math.isfinite(cfg.dropout) and 0.0 <= cfg.dropout < 1.0):
+        raise RCDMError(f"--dropout {cfg.dropout} is out of range: use a probability in [0, 1)")
     if cfg.report_to not in REPORT_TO:
         raise RCDMError(f"unknown --report-to {cfg.report_to!r}: choose one of {', '.join(REPORT_TO)}")
     if cfg.gradient_accumulation_steps < 1 or cfg.batch_size % cfg.gradient_accumulation_steps:

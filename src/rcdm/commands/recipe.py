@@ -7,7 +7,9 @@ from dataclasses import fields
 from pathlib import Path
 
 from ..errors import RCDMError
+from ..recipes.ab import VARIANTS, ABConfig, train_variants, with_images
 from ..recipes.bundle import MAX_BUNDLE_MB, pack
+from ..recipes.cifar10 import cifar10_root
 from ..recipes.demo_pack import RCDM_PROFILES, RCDMRecipe, train_rcdms
 from ..recipes.ssl import SSLConfig, resolve_config, train_encoder
 from .common import (
@@ -34,6 +36,10 @@ EPILOGS = {
     "rcdm": """examples:
   rcdm recipe rcdm --runs runs --data ~/data/cifar10                   # three RCDMs on one GPU
   rcdm recipe rcdm --runs runs --data ~/data/cifar10 --profile cpu --time-budget-s 3600
+""",
+    "ab": """examples (docs/recipes.md, "Recipe A/B"):
+  rcdm recipe ab --runs ~/rcdm-work/ab --data cifar10-jpeg.tar.gz --variants baseline min-snr
+  rcdm recipe ab --runs ~/rcdm-work/ab --data cifar10-jpeg.tar.gz --variants min-snr+v-prediction
 """,
     "pack": """examples:
   rcdm recipe pack --runs runs --out src/rcdm/assets/models --demo-images src/rcdm/assets/demo-images/*.jpg
@@ -115,6 +121,27 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     add_progress_arg(r)
     r.set_defaults(func=run_rcdm)
 
+    a = command("ab", "train one RCDM under several training-recipe variants for the same number of images")
+    a.add_argument("--runs", required=True, help="ROOT: one run folder per variant, ROOT/<variant>")
+    a.add_argument("--data", required=True, help="CIFAR-10 root or .tar.gz (its train/ split is used)")
+    a.add_argument(
+        "--variants",
+        nargs="+",
+        default=None,
+        help=f"variants to train, in order; join names with + to combine them (choices: {', '.join(VARIANTS)}; "
+        "default: all)",
+    )
+    a.add_argument(
+        "--images",
+        type=int,
+        default=None,
+        help="images seen per variant (default: 128000; evaluated at 64k too)",
+    )
+    a.add_argument("--encoder", default=None, help="encoder spec (default: the pack's VICReg encoder)")
+    a.add_argument("--feature", choices=("backbone", "projector"), default=None, help="default: backbone")
+    add_progress_arg(a)
+    a.set_defaults(func=run_ab)
+
     k = command("pack", "bundle finished runs: fp16 safetensors + model cards, size-checked")
     k.add_argument("--runs", required=True, help="ROOT of `rcdm recipe ssl` / `rcdm recipe rcdm` runs")
     k.add_argument("--out", required=True, help="bundle folder (e.g. src/rcdm/assets/models)")
@@ -187,6 +214,24 @@ def run_rcdm(args: argparse.Namespace) -> int:
             f"{r.name}: {r.steps} steps, {r.images_seen} images seen, {r.wall_time_s:.0f} s wall ({cpu}) on "
             f"{r.device}{note}; run in {r.run_dir}"
         )
+    return 0
+
+
+def run_ab(args: argparse.Namespace) -> int:
+    data = cifar10_root(args.data)
+    ab = ABConfig(data=str(data / "train"), **_given(args, ["encoder", "feature"]))
+    if args.images is not None:
+        ab = with_images(ab, positive("--images", args.images))
+    names = args.variants or list(VARIANTS)
+    results = train_variants(ab, args.runs, names, progress=not args.no_progress)
+    for name, r in results.items():
+        where = Path(args.runs) / name
+        if r is None:
+            print(f"{name}: already finished; run in {where}")
+        else:
+            print(
+                f"{name}: {r.steps} steps, {r.wall_time_s:.0f} s wall, {r.cpu_time_s:.0f} s CPU; run in {where}"
+            )
     return 0
 
 

@@ -5,9 +5,10 @@ from __future__ import annotations
 import argparse
 import dataclasses
 
+from ..diffusion import LOSS_WEIGHTINGS, TIMESTEP_SAMPLINGS
 from ..encoders import FEATURES
 from ..errors import RCDMError
-from ..model import PRESETS
+from ..model import PREDICTION_TYPES, PRESETS
 from ..train import TrainConfig, train
 from ..train_config import REPORT_TO, saved_config
 from .common import add_command, add_precision_arg, add_standardize_arg
@@ -62,6 +63,42 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         choices=("simple", "hybrid"),
         default=None,
         help="simple: epsilon MSE; hybrid: + VLB for the learned variance (default: hybrid, published)",
+    )
+    p.add_argument(
+        "--prediction",
+        choices=PREDICTION_TYPES,
+        default=None,
+        help="what the network predicts: epsilon (published) or v_prediction (v = sqrt(abar) eps - "
+        f"sqrt(1 - abar) x0; Salimans & Ho 2022); recorded in the model ({_default('prediction')})",
+    )
+    p.add_argument(
+        "--loss-weighting",
+        choices=LOSS_WEIGHTINGS,
+        default=None,
+        help="weights of the squared error per timestep: none (published) or min-snr (Min-SNR-gamma, Hang et "
+        f"al. 2023; the VLB term of --loss hybrid stays unweighted) ({_default('loss_weighting')})",
+    )
+    p.add_argument(
+        "--snr-gamma", type=float, default=None, help=f"gamma of min-snr ({_default('snr_gamma')})"
+    )
+    p.add_argument(
+        "--timestep-sampling",
+        choices=TIMESTEP_SAMPLINGS,
+        default=None,
+        help="how training timesteps are drawn: uniform (published) or logit-normal over t/T (m 0, s 1; "
+        f"Esser et al. 2024) ({_default('timestep_sampling')})",
+    )
+    p.add_argument(
+        "--warmup-steps",
+        type=int,
+        default=None,
+        help=f"linear learning-rate warm-up over this many steps ({_default('warmup_steps')})",
+    )
+    p.add_argument(
+        "--dropout",
+        type=float,
+        default=None,
+        help=f"dropout probability in the UNet's residual blocks ({_default('dropout')})",
     )
     p.add_argument(
         "--cond-drop",
