@@ -57,3 +57,19 @@ def test_a_saved_pipeline_loads_back_with_diffusers(model, tmp_path):
     back = RCDMPipeline.from_pretrained(tmp_path / "pipe")
     want, got = pipe.rcdm.state_dict(), back.rcdm.state_dict()
     assert want.keys() == got.keys() and all(torch.equal(want[k], got[k]) for k in want)
+
+
+def test_a_v_prediction_model_gets_a_v_scheduler_and_samples_as_rcdm_does(tmp_path):
+    torch.manual_seed(0)
+    m = RCDM.from_preset("tiny", representation_dim=12, sample_size=16, prediction_type="v_prediction")
+    m.save_pretrained(tmp_path / "v")
+    pipe = RCDMPipeline.from_rcdm(str(tmp_path / "v"))
+    pipe.set_progress_bar_config(disable=True)
+    assert pipe.scheduler.config.prediction_type == "v_prediction"
+    reps = torch.randn(2, 12)
+    got = pipe(representations=reps, num_inference_steps=4, seed=3, output_type="pt").images
+    want = sample(pipe.rcdm, reps, steps=4, sampler="ddpm", seed=3, precision="fp32")
+    assert (got - want).abs().max() < 1e-4
+    eps = RCDMPipeline(pipe.rcdm, DDIMScheduler.from_config(pipe.scheduler.config, prediction_type="epsilon"))
+    with pytest.raises(RCDMError, match="prediction_type 'v_prediction'"):
+        eps(representations=reps, num_inference_steps=2)

@@ -44,17 +44,19 @@ class RCDMPipeline(DiffusionPipeline):
                 variance_type="learned_range" if model.learned_variance else "fixed_small",
                 clip_sample=True,
                 timestep_spacing="linspace",
+                prediction_type=model.prediction_type,
             )
         return cls(model, scheduler)
 
     def _check_scheduler(self) -> None:
         cfg = self.scheduler.config
         schedule = {k: cfg.get(k) for k in SCHEDULE}
-        if schedule != SCHEDULE or cfg.get("prediction_type", "epsilon") != "epsilon":
+        wanted = self.rcdm.prediction_type
+        if schedule != SCHEDULE or cfg.get("prediction_type", "epsilon") != wanted:
             raise RCDMError(
                 f"scheduler {type(self.scheduler).__name__} has {schedule}, prediction "
-                f"{cfg.get('prediction_type')!r}; rcdm models are trained with {SCHEDULE} and epsilon prediction: "
-                "build it with Scheduler.from_config(pipe.scheduler.config) or pass those values"
+                f"{cfg.get('prediction_type')!r}; this model is trained with {SCHEDULE} and prediction_type "
+                f"{wanted!r}: build it with Scheduler.from_config(pipe.scheduler.config) or pass those values"
             )
 
     def encode(self, images: Sequence[Image.Image | str], encoder: Encoder | None = None) -> torch.Tensor:
