@@ -6,8 +6,9 @@ import argparse
 from dataclasses import fields
 from pathlib import Path
 
+from ..diffusion import check_guidance
 from ..errors import RCDMError
-from ..recipes.ab import VARIANTS, ABConfig, train_variants, with_images
+from ..recipes.ab import VARIANTS, ABConfig, ab_table, evaluate_variants, train_variants, with_images
 from ..recipes.bundle import MAX_BUNDLE_MB, pack
 from ..recipes.cifar10 import cifar10_root
 from ..recipes.demo_pack import RCDM_PROFILES, RCDMRecipe, train_rcdms
@@ -137,6 +138,28 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         default=None,
         help="images seen per variant (default: 128000; evaluated at 64k too)",
     )
+    a.add_argument(
+        "--stage",
+        choices=("train", "evaluate", "table"),
+        default="train",
+        help="train the variants (default); evaluate their checkpoints at 64k and 128k images with --judge; "
+        "or print the table of the evaluations written so far",
+    )
+    a.add_argument(
+        "--judge",
+        default=None,
+        help="evaluate: the judge encoder spec, e.g. cifar-resnet56:resnet56-4bfd9763.th (required there)",
+    )
+    a.add_argument(
+        "--guidance",
+        type=float,
+        nargs="+",
+        default=None,
+        help="evaluate: guidance weights to score each checkpoint at; the table keeps the best (default: 3 5)",
+    )
+    a.add_argument(
+        "--eval-images", type=int, default=None, help="evaluate: class-balanced test images (default: 1000)"
+    )
     a.add_argument("--encoder", default=None, help="encoder spec (default: the pack's VICReg encoder)")
     a.add_argument("--feature", choices=("backbone", "projector"), default=None, help="default: backbone")
     add_progress_arg(a)
@@ -223,6 +246,27 @@ def run_ab(args: argparse.Namespace) -> int:
     if args.images is not None:
         ab = with_images(ab, positive("--images", args.images))
     names = args.variants or list(VARIANTS)
+    if args.stage == "table":
+        print(ab_table(ab, args.runs, args.variants), end="")
+        return 0
+    if args.stage == "evaluate":
+        if not args.judge:
+            raise RCDMError("--stage evaluate needs --judge SPEC (e.g. cifar-resnet56:resnet56-4bfd9763.th)")
+        for g in args.guidance or ():
+            check_guidance(g)
+        written = evaluate_variants(
+            ab,
+            args.runs,
+            names,
+            args.judge,
+            data,
+            guidances=tuple(args.guidance or (3.0, 5.0)),
+            num_images=positive("--eval-images", args.eval_images or 1000),
+            progress=not args.no_progress,
+        )
+        print(f"wrote {len(written)} evaluations under {args.runs}")
+        print(ab_table(ab, args.runs, names), end="")
+        return 0
     results = train_variants(ab, args.runs, names, progress=not args.no_progress)
     for name, r in results.items():
         where = Path(args.runs) / name

@@ -9,14 +9,21 @@ is the curve against CPU seconds (metrics.jsonl's `cpu_s`) for comparisons at eq
 
 from __future__ import annotations
 
+import json
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from ..diffusion import sampling_preset
+from ..encoders import create_encoder
 from ..errors import RCDMError
-from ..runs import latest_checkpoint
+from ..loading import encoder_for, load_model
+from ..runs import latest_checkpoint, write_text_atomic
 from ..train import TrainConfig, TrainResult, train
+from .demo_pack import training_sessions
+from .evaluation import evaluation_images, score_model
 
 log = logging.getLogger(__name__)
 
@@ -123,3 +130,105 @@ def with_images(ab: ABConfig, images: int | None) -> ABConfig:
     return replace(
         ab, images=images, eval_images=tuple(i for i in ab.eval_images if i <= images) or (images,)
     )
+
+
+def eval_path(root: str | Path, name: str, images: int, guidance: float) -> Path:
+    return Path(root) / name / "eval" / f"{images}-g{guidance:g}.json"
+
+
+def evaluate_variants(
+    ab: ABConfig,
+    root: str | Path,
+    names: list[str],
+    judge: str,
+    cifar_root: str | Path,
+    *,
+    guidances: Sequence[float] = (3.0, 5.0),
+    num_images: int = 1000,
+    progress: bool = False,
+) -> list[Path]:
+    """Score each variant's checkpoint at each evaluation point and guidance (`evaluation.score_model`) into
+    ROOT/<name>/eval/<images>-g<guidance>.json; a score already written is kept, a missing checkpoint skipped."""
+    for name in names:
+        variant_config(ab, name)  # every name checked before any work
+    images = evaluation_images(cifar_root, num_images)
+    judge_enc = create_encoder(judge, "backbone")
+    written = []
+    for name in names:
+        for seen, step in eval_steps(ab, name).items():
+            ckpt = Path(root) / name / "checkpoints" / f"step-{step:08d}"
+            todo = [g for g in guidances if not eval_path(root, name, seen, g).is_file()]
+            if not todo:
+                continue
+            if not (ckpt / "state.json").is_file():
+                log.info("%s: no checkpoint at step %d (%d images) yet", name, step, seen)
+                continue
+            model = load_model(ckpt / "ema")
+            enc = encoder_for(model)
+            for g in todo:
+                score = score_model(
+                    model,
+                    enc,
+                    judge_enc,
+                    images,
+                    replace(sampling_preset("fast"), guidance=g),
+                    progress=progress,
+                )
+                path = eval_path(root, name, seen, g)
+                path.parent.mkdir(parents=True, exist_ok=True)
+                record = {
+                    "variant": name,
+                    "images_seen": seen,
+                    "step": step,
+                    "judge": judge,
+                    **score.record(),
+                }
+                write_text_atomic(path, json.dumps(record, indent=2))
+                log.info("%s at %d images, guidance %g: %s", name, seen, g, score)
+                written.append(path)
+    return written
+
+
+def _cpu_seconds_at(run_dir: Path, step: int) -> float | None:
+    """CPU seconds the run spent up to checkpoint `step`, summed over its sessions; None when unknown."""
+    total, reached = 0.0, False
+    for session in training_sessions(run_dir):
+        done = [r for r in session if r["step"] <= step]
+        if done:
+            if "cpu_s" not in done[-1]:
+                return None
+            total += float(done[-1]["cpu_s"])
+            reached = reached or done[-1]["step"] == step
+    return total if reached else None
+
+
+def ab_table(ab: ABConfig, root: str | Path, names: list[str] | None = None) -> str:
+    """A markdown table: each variant at each evaluation point, at its best guidance (highest class agreement,
+    then rank-1), with the CPU seconds its training took to get there."""
+    names = names or sorted(p.name for p in Path(root).iterdir() if (p / "eval").is_dir())
+    header = (
+        "| variant | images seen | best guidance | class agreement | rank-1 | mean rank | Fréchet (ResNet-56) "
+        "| other guidance (agreement / rank-1) | training CPU s |\n"
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | --- | ---: |"
+    )
+    lines = [header]
+    for name in names:
+        for seen, step in eval_steps(ab, name).items():
+            rows = [
+                json.loads(p.read_text())
+                for p in sorted((Path(root) / name / "eval").glob(f"{seen}-g*.json"))
+            ]
+            if not rows:
+                continue
+            rows.sort(key=lambda r: (r["class_agreement"] or 0.0, r["rank1"]), reverse=True)
+            best, others = rows[0], rows[1:]
+            cpu = _cpu_seconds_at(Path(root) / name, step)
+            lines.append(
+                f"| {name} | {seen:,} | {best['guidance']:g} | {best['class_agreement']:.3f} | {best['rank1']:.3f} "
+                f"| {best['mean_rank']:.1f} | {best['frechet']:.2f} | "
+                + ", ".join(
+                    f"g{r['guidance']:g}: {r['class_agreement']:.3f} / {r['rank1']:.3f}" for r in others
+                )
+                + f" | {'' if cpu is None else f'{cpu:,.0f}'} |"
+            )
+    return "\n".join(lines) + "\n"

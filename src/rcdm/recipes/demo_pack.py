@@ -238,7 +238,7 @@ def train_rcdms(
     return runs
 
 
-def _segments(run_dir: Path) -> list[list[dict]]:
+def training_sessions(run_dir: Path) -> list[list[dict]]:
     """metrics.jsonl cut into training sessions. A resume drops the rows after its checkpoint and restarts the
     clock (rcdm.monitor), so a new session starts where elapsed_s falls (or the step does not increase)."""
     out: list[list[dict]] = []
@@ -295,7 +295,7 @@ def run_record(run_dir: str | Path, step: int | None = None) -> tuple[Path, dict
     cfg = run_config()
     wall = cpu = 0.0
     cpu_known = True
-    for seg in _segments(run_dir):
+    for seg in training_sessions(run_dir):
         done = [r for r in seg if r["step"] <= step]
         if done:
             wall += float(done[-1]["elapsed_s"])

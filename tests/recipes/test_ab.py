@@ -1,0 +1,61 @@
+"""The recipe A/B's evaluation stage and table, on checkpoints of a tiny model (tests only) laid out as A/B runs."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from rcdm.cli import main
+from rcdm.recipes.ab import ABConfig, ab_table, eval_path, evaluate_variants
+
+
+@pytest.fixture
+def ab_runs(tiny_run: Path, tmp_path: Path) -> tuple[ABConfig, Path]:
+    """ROOT/baseline with checkpoints at steps 1 and 2 (64 and 128 images at batch 64), each the tiny model, and a
+    metrics.jsonl of two sessions (the second resumed at step 1: its CPU clock restarted)."""
+    ab = ABConfig(data="unused", images=128, eval_images=(64, 128), save_every_images=64)
+    run = tmp_path / "ab" / "baseline"
+    for step in (1, 2):
+        ck = run / "checkpoints" / f"step-{step:08d}"
+        shutil.copytree(tiny_run / "model", ck / "ema")
+        (ck / "state.json").write_text(json.dumps({"step": step}))
+    rows = [
+        {"step": 1, "loss": 1.0, "cpu_s": 30.0, "elapsed_s": 20.0},
+        {"step": 2, "loss": 1.0, "cpu_s": 12.0},
+    ]
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return ab, tmp_path / "ab"
+
+
+def test_evaluation_scores_each_point_and_guidance_once_and_tabulates_the_best(
+    ab_runs, cifar_root, resnet56_path, monkeypatch
+):
+    ab, root = ab_runs
+    judge = f"cifar-resnet56:{resnet56_path}"
+    written = evaluate_variants(ab, root, ["baseline"], judge, cifar_root, guidances=(1.0,), num_images=10)
+    assert written == [eval_path(root, "baseline", 64, 1.0), eval_path(root, "baseline", 128, 1.0)]
+    score = json.loads(written[0].read_text())
+    assert score["num_images"] == 10 and score["step"] == 1 and score["judge"] == judge
+    assert 0 <= score["class_agreement"] <= 1 and 1 <= score["mean_rank"] <= 10 and score["frechet"] > 0
+    assert evaluate_variants(ab, root, ["baseline"], judge, cifar_root, guidances=(1.0,), num_images=10) == []
+    # A better score at another guidance becomes the row's best; the first moves to 'other guidance'.
+    better = {**score, "guidance": 4.0, "class_agreement": 1.0, "rank1": 0.5}
+    eval_path(root, "baseline", 64, 4.0).write_text(json.dumps(better))
+    table = ab_table(ab, root)
+    row64 = next(line for line in table.splitlines() if line.startswith("| baseline | 64 |"))
+    assert "| 4 | 1.000 | 0.500 |" in row64 and "g1: " in row64
+    assert row64.endswith("| 30 |")  # CPU seconds to step 1
+    row128 = next(line for line in table.splitlines() if line.startswith("| baseline | 128 |"))
+    assert row128.endswith("| 42 |")  # both sessions: 30 + 12
+
+
+def test_cli_evaluate_needs_a_judge_and_names_bad_variants(ab_runs, cifar_root, capsys):
+    _, root = ab_runs
+    base = ["recipe", "ab", "--runs", str(root), "--data", str(cifar_root), "--images", "128"]
+    assert main([*base, "--stage", "evaluate"]) == 2
+    assert "--stage evaluate needs --judge" in capsys.readouterr().err
+    assert main([*base, "--stage", "table", "--variants", "baseline+warp"]) == 2
+    assert "unknown A/B variant 'warp'" in capsys.readouterr().err
