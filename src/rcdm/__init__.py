@@ -1,5 +1,6 @@
 """rcdm: Representation-Conditional Diffusion Models (Bordes, Balestriero, Vincent, TMLR 2022)."""
 
+from .adaptation import AdaptConfig, adapt
 from .diffusion import SAMPLING_PRESETS, GaussianDiffusion, SamplingConfig, sample, sample_many
 from .encoders import Encoder, Preprocessing, create_encoder, list_encoders, register_encoder
 from .errors import NonFiniteLossError, RCDMError
@@ -13,6 +14,7 @@ __all__ = [
     "PRESETS",
     "RCDM",
     "SAMPLING_PRESETS",
+    "AdaptConfig",
     "Encoder",
     "GaussianDiffusion",
     "NonFiniteLossError",
@@ -21,6 +23,7 @@ __all__ = [
     "SamplingConfig",
     "TrainConfig",
     "Visualization",
+    "adapt",
     "create_encoder",
     "encoder_for",
     "list_encoders",

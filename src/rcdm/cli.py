@@ -17,6 +17,7 @@ from .errors import NonFiniteLossError, RCDMError
 
 COMMANDS = (
     "train",
+    "adapt",
     "sample",
     "encode",
     "convert",

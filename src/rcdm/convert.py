@@ -274,16 +274,27 @@ def export_diffusers(model: RCDM, folder: str | Path) -> Path:
     unconditional branch.
     """
     folder = Path(folder)
+    adapter = model.rep_adapter
+    if adapter is not None and adapter.mlp is not None:
+        raise RCDMError(
+            "this adapted model's mlp adapter is not one linear map, so rep_proj.safetensors cannot hold it: "
+            "adapt with --adapter linear to export, or sample it with rcdm"
+        )
     model.unet.save_pretrained(folder / "unet")
     weight, bias = model.rep_proj.weight.float(), model.rep_proj.bias.float()
+    null_embedding = weight @ model.null_rep.float() + bias if model.null_rep is not None else None
+    if (
+        adapter is not None
+    ):  # W (A z + a) + b = (W A) z + (W a + b): the linear adapter folds into the projection
+        weight, bias = weight @ adapter.linear.weight.float(), weight @ adapter.linear.bias.float() + bias
     tensors = {"weight": weight, "bias": bias}
     if (
         model.rep_mean is not None and model.rep_std is not None
     ):  # W (r - m) / s + b = (W / s) r + (b - W m / s)
         folded = weight / model.rep_std.float()
         tensors = {"weight": folded, "bias": bias - folded @ model.rep_mean.float()}
-    if model.null_rep is not None:  # the null representation lives in the standardised space
-        tensors["null_embedding"] = weight @ model.null_rep.float() + bias
+    if null_embedding is not None:  # the null representation lives in the standardised (base) space
+        tensors["null_embedding"] = null_embedding
     save_file(
         {k: v.contiguous() for k, v in tensors.items()},
         str(folder / "rep_proj.safetensors"),

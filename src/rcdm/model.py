@@ -26,6 +26,7 @@ from .errors import RCDMError
 # the variant name diffusers finds no weights there and raises. Folders saved without it still load here.
 WEIGHTS_VARIANT = "rcdm"
 PREDICTION_TYPES: tuple[str, ...] = ("epsilon", "v_prediction")
+ADAPTERS: tuple[str, ...] = ("linear", "mlp")
 
 # name -> architecture (edm2 style). Channels/levels follow guided-diffusion ADM; see DESIGN.md.
 PRESETS: dict[str, dict[str, Any]] = {
@@ -124,6 +125,14 @@ class RCDM(ModelMixin, ConfigMixin):
         # Standardise each representation dimension with the training set's mean and std (stored as buffers)
         # before the projection. The published models take raw features (False).
         standardize_representation: bool = False,
+        # An adapted model (rcdm.adapt): `adapter` ("linear" or "mlp") maps this model's representation into the
+        # adapter_dim-d space of the base RCDM it was adapted from, whose projection and null representation it
+        # keeps. None: an ordinary model. adapter_hidden: the mlp's width.
+        adapter: str | None = None,
+        adapter_dim: int | None = None,
+        adapter_hidden: int | None = None,
+        # Where an adapted model comes from (base model and weights digest, encoder, adapter, map R^2, cost).
+        adapted_from: dict | None = None,
     ):
         super().__init__()
         if prediction_type not in PREDICTION_TYPES:
@@ -153,8 +162,16 @@ class RCDM(ModelMixin, ConfigMixin):
         if attention_num_heads is not None:
             set_attention_heads(self.unet, attention_num_heads)
         time_embed_dim = block_out_channels[0] * 4
-        self.rep_proj = nn.Linear(representation_dim, time_embed_dim)
-        self.null_rep = nn.Parameter(torch.zeros(representation_dim)) if null_representation else None
+        if (adapter is None) != (adapter_dim is None):
+            raise RCDMError("adapter and adapter_dim go together: set both (an adapted model) or neither")
+        self.rep_adapter = (
+            RepresentationAdapter(adapter, representation_dim, adapter_dim, adapter_hidden)
+            if adapter is not None
+            else None
+        )
+        proj_dim = adapter_dim or representation_dim  # the space the projection and the null vector live in
+        self.rep_proj = nn.Linear(proj_dim, time_embed_dim)
+        self.null_rep = nn.Parameter(torch.zeros(proj_dim)) if null_representation else None
         if standardize_representation:
             self.register_buffer("rep_mean", torch.zeros(representation_dim))
             self.register_buffer("rep_std", torch.ones(representation_dim))
@@ -235,23 +252,26 @@ class RCDM(ModelMixin, ConfigMixin):
         statistics; the learned null representation lives in that standardised space.
         """
         dim = self.config.representation_dim
-        standardize = self.rep_mean is not None and self.rep_std is not None
-        if standardize and representation is not None and representation.shape[-1] == dim:
-            representation = (representation.float() - self.rep_mean) / self.rep_std
+        dtype = self.rep_proj.weight.dtype
+        if representation is not None:
+            if representation.ndim != 2 or representation.shape[1] != dim:
+                raise RCDMError(
+                    f"representation has shape {tuple(representation.shape)} but this model expects "
+                    f"(batch, {dim}): use the encoder it was trained on ({self.config.encoder})"
+                )
+            if self.rep_mean is not None and self.rep_std is not None:
+                representation = (representation.float() - self.rep_mean) / self.rep_std
+            if self.rep_adapter is not None:  # into the base model's (standardised) space
+                representation = self.rep_adapter(representation.to(dtype))
         if representation is None or drop is not None:
             if self.null_rep is None:
                 raise RCDMError("this model was trained without condition dropout: it needs a representation")
-            null = self.null_rep.to(self.rep_proj.weight.dtype).expand(batch, dim)
+            null = self.null_rep.to(dtype).expand(batch, self.null_rep.shape[0])
             if representation is None:
                 representation = null
             else:
-                representation = torch.where(drop.view(-1, 1), null, representation)
-        if representation.ndim != 2 or representation.shape[1] != dim:
-            raise RCDMError(
-                f"representation has shape {tuple(representation.shape)} but this model expects "
-                f"(batch, {dim}): use the encoder it was trained on ({self.config.encoder})"
-            )
-        return self.rep_proj(representation.to(self.rep_proj.weight.dtype))
+                representation = torch.where(drop.view(-1, 1), null, representation.to(dtype))
+        return self.rep_proj(representation.to(dtype))
 
     def forward(
         self,
@@ -265,6 +285,30 @@ class RCDM(ModelMixin, ConfigMixin):
             t = torch.full((b,), int(t), device=x.device, dtype=torch.long)
         cond = self.condition(representation, b, drop)
         return self.unet(x, t, class_labels=cond).sample
+
+
+class RepresentationAdapter(nn.Module):
+    """An adapted model's map from its encoder's (standardised) representation into its base model's space.
+
+    linear: z -> A z + a. mlp: the same linear map plus a residual MLP, Linear(in, hidden) - SiLU -
+    Linear(hidden, out), whose last layer starts at zero, so a fresh mlp adapter equals its linear part.
+    """
+
+    def __init__(self, kind: str, in_dim: int, out_dim: int, hidden: int | None = None) -> None:
+        super().__init__()
+        if kind not in ADAPTERS:
+            raise RCDMError(f"unknown adapter {kind!r}: choose one of {', '.join(ADAPTERS)}")
+        self.linear = nn.Linear(in_dim, out_dim)
+        self.mlp = None
+        if kind == "mlp":
+            width = hidden or 4 * out_dim
+            self.mlp = nn.Sequential(nn.Linear(in_dim, width), nn.SiLU(), nn.Linear(width, out_dim))
+            nn.init.zeros_(self.mlp[2].weight)
+            nn.init.zeros_(self.mlp[2].bias)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        out = self.linear(z)
+        return out if self.mlp is None else out + self.mlp(z)
 
 
 def set_attention_heads(unet: nn.Module, heads: int) -> None:

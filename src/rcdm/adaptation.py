@@ -1,0 +1,476 @@
+"""A new encoder onto a frozen RCDM, in minutes: a closed-form map, then an adapter under the diffusion loss.
+
+An adapted model is the base RCDM's image prior (its UNet, projection and null representation, frozen) steered
+by another encoder's representation through `RCDM.rep_adapter`, a map into the base's representation space:
+    1. encode a sample of images with the base's own encoder and the new one (the representation cache);
+    2. fit ridge regression from the new (standardised) representation to the base's conditioning input, the
+       regulariser chosen on held-out images (the map's held-out R^2 says how much of the base space the new
+       representation predicts linearly);
+    3. in the time left, train the adapter (optionally the UNet's per-block embedding projections too) under the
+       base's own diffusion loss, from the map, with condition dropout so guidance keeps working.
+The result, RUN/model, is an ordinary model folder. What the base never learned to draw cannot appear.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from dataclasses import asdict, dataclass, fields, replace
+from pathlib import Path
+from typing import Literal
+
+import torch
+
+from .data import batched, center_square, decode_images, list_images, load_views, resize, to_model_space
+from .devices import autocast_for, resolve_precision, training_precision
+from .diffusion import GaussianDiffusion, draw_timesteps, sample_generators
+from .encoders import Encoder, Feature, create_encoder
+from .encoders.cache import cache_file, cached_representations, load_cache
+from .errors import RCDMError
+from .loading import encoder_for, load_model, resolve_model_dir
+from .locks import run_lock
+from .model import ADAPTERS, RCDM, WEIGHTS_VARIANT
+from .monitor import TrainingMonitor
+from .runs import atomic_dir, cpu_seconds, write_text_atomic
+from .weights import sha256_file
+
+log = logging.getLogger(__name__)
+
+Trainable = Literal["adapter", "adapter+embedding"]
+TRAINABLE: tuple[str, ...] = ("adapter", "adapter+embedding")
+MUTABLE_ON_RESUME = frozenset({"minutes", "steps", "save_every_s"})
+# Ridge regularisers searched on the held-out images, in units of the number of training pairs.
+RIDGE_ALPHAS = tuple(10.0**k for k in range(-7, 3))
+CARD_NOTE = (
+    "An adapted model shows the base model's image prior, steered by the new representation: what the base "
+    "model never learned to draw cannot appear, and what the new representation keeps but the base's did not "
+    "can only show as far as the adapter carries it into the base's space."
+)
+
+
+@dataclass(frozen=True)
+class AdaptConfig:
+    """Settings of `adapt`; written to RUN/adapt.json."""
+
+    model: str  # the base RCDM: any `load_model` source (a pack name, a run or model folder, official:NAME)
+    encoder: str  # the new encoder's spec
+    data: str  # an image folder: a sample of it is encoded and trained on
+    feature: Feature = "backbone"
+    minutes: float = 10.0  # the whole budget, encoding included
+    steps: int | None = (
+        None  # stop after this many adapter steps if the budget lasts longer; 0: the map alone
+    )
+    num_images: int = 20_000  # images drawn from DATA for the map and the adapter (all when fewer)
+    adapter: str = "linear"  # linear: one affine map; mlp: the map plus a residual MLP
+    hidden: int = 512  # the mlp adapter's width
+    trainable: Trainable = (
+        "adapter"  # adapter+embedding: also the UNet's per-block time-embedding projections
+    )
+    lr: float = 1e-3
+    batch_size: int = 64
+    cond_drop: float = 0.1  # the null representation's share of the batch (keeps guidance working)
+    holdout: float = 0.1  # share of the images held out to choose the ridge regulariser
+    seed: int = 0
+    save_every_s: float = 120.0  # a checkpoint at least this often (seconds)
+    precision: str = "auto"
+
+
+@dataclass(frozen=True)
+class RidgeMap:
+    """z_base ~ weight @ z_new + bias, z_new standardised (weight (d_base, d_new), bias (d_base,))."""
+
+    weight: torch.Tensor
+    bias: torch.Tensor
+    alpha: float  # the chosen regulariser, x n
+    r2_heldout: float  # 1 - SSE / SST over every base dimension, on the held-out images
+
+
+@dataclass
+class AdaptResult:
+    model_dir: Path
+    steps: int
+    images: int
+    r2_heldout: float
+    wall_s: float
+    cpu_s: float
+
+
+def saved_config(run_dir: str | Path) -> dict:
+    """The AdaptConfig fields recorded in RUN/adapt.json ({} when there is none)."""
+    path = Path(run_dir) / "adapt.json"
+    if not path.is_file():
+        return {}
+    try:
+        saved = json.loads(path.read_text())
+    except ValueError as e:
+        raise RCDMError(f"{str(path)!r} is not valid JSON ({e}): restore it or start a new --out") from None
+    names = {f.name for f in fields(AdaptConfig)}
+    return {k: v for k, v in saved.items() if k in names}
+
+
+def check_config(cfg: AdaptConfig) -> None:
+    """Refuse settings that would crash later, naming the value and the fix."""
+    if not (math.isfinite(cfg.minutes) and cfg.minutes > 0):
+        raise RCDMError(f"--minutes {cfg.minutes} must be a positive number (default 10)")
+    for name, value in (
+        ("num_images", cfg.num_images),
+        ("batch_size", cfg.batch_size),
+        ("hidden", cfg.hidden),
+    ):
+        if value < 2:
+            raise RCDMError(f"--{name.replace('_', '-')} {value} is too small: use at least 2")
+    if cfg.adapter not in ADAPTERS:
+        raise RCDMError(f"unknown --adapter {cfg.adapter!r}: choose one of {', '.join(ADAPTERS)}")
+    if cfg.trainable not in TRAINABLE:
+        raise RCDMError(f"unknown --trainable {cfg.trainable!r}: choose one of {', '.join(TRAINABLE)}")
+    if not (math.isfinite(cfg.lr) and cfg.lr > 0):
+        raise RCDMError(f"--lr {cfg.lr} must be a positive number (default 1e-3)")
+    if not 0.0 <= cfg.cond_drop < 1.0:
+        raise RCDMError(f"--cond-drop {cfg.cond_drop} is out of range: use a probability in [0, 1)")
+    if cfg.steps is not None and cfg.steps < 0:
+        raise RCDMError(f"--steps {cfg.steps} must be >= 0 (0: the ridge map alone)")
+    if not 0.0 < cfg.holdout < 0.5:
+        raise RCDMError(f"holdout {cfg.holdout} is out of range: use a fraction in (0, 0.5)")
+
+
+@torch.no_grad()
+def fit_ridge(
+    x: torch.Tensor, y: torch.Tensor, holdout: float = 0.1, alphas: tuple[float, ...] = RIDGE_ALPHAS
+) -> RidgeMap:
+    """Ridge regression y ~ W x + b, x (N, d_in) standardised, y (N, d_out); the regulariser (alpha x n) with the
+    best held-out R^2 (the last `holdout` share of the rows), then refitted on every row.
+
+    Written out (a few lines of linear algebra in float64) rather than through scikit-learn, which rcdm does not
+    otherwise need.
+    """
+    n = x.shape[0]
+    k = max(1, round(n * holdout))
+    if n - k < 2:
+        raise RCDMError(f"{n} images are too few to fit and check a map: use at least {k + 2}")
+    x, y = x.double(), y.double()
+
+    def solve(xs: torch.Tensor, ys: torch.Tensor, alpha: float) -> tuple[torch.Tensor, torch.Tensor]:
+        mx, my = xs.mean(0), ys.mean(0)
+        xc, yc = xs - mx, ys - my
+        gram = xc.T @ xc + alpha * xs.shape[0] * torch.eye(xs.shape[1], dtype=xs.dtype)
+        w = torch.linalg.solve(gram, xc.T @ yc).T  # (d_out, d_in)
+        return w, my - w @ mx
+
+    def r2(w: torch.Tensor, b: torch.Tensor, xs: torch.Tensor, ys: torch.Tensor) -> float:
+        sse = ((xs @ w.T + b - ys) ** 2).sum()
+        return float(1 - sse / ((ys - ys.mean(0)) ** 2).sum().clamp_min(1e-12))
+
+    scores = {a: r2(*solve(x[: n - k], y[: n - k], a), x[n - k :], y[n - k :]) for a in alphas}
+    best = max(scores, key=scores.__getitem__)
+    w, b = solve(x, y, best)
+    return RidgeMap(w.float(), b.float(), best, scores[best])
+
+
+def _files(cfg: AdaptConfig) -> list[Path]:
+    files = list_images(cfg.data)
+    if len(files) <= cfg.num_images:
+        return files
+    pick = torch.randperm(len(files), generator=torch.Generator().manual_seed(cfg.seed))[: cfg.num_images]
+    return [files[i] for i in sorted(pick.tolist())]
+
+
+def _diffusion_views(files: list[Path], size: int, progress: bool) -> torch.Tensor:
+    """(N, 3, size, size) uint8: each file's centre square at the base model's size."""
+    decoded = decode_images(files, progress=progress)
+    if decoded is None:
+        return (load_views(files, size, size)[0] * 255).round().to(torch.uint8)
+    out = [
+        (resize(center_square(decoded[s:e].float() / 255), size) * 255).round().to(torch.uint8)
+        for s, e in batched(len(files), 1024)
+    ]
+    return torch.cat(out)
+
+
+def base_targets(base: RCDM, reps: torch.Tensor) -> torch.Tensor:
+    """Base representations -> what its projection reads: standardised when the base standardises."""
+    if base.rep_mean is not None and base.rep_std is not None:
+        return (reps.float() - base.rep_mean) / base.rep_std
+    return reps.float()
+
+
+def build_adapted(
+    base: RCDM,
+    encoder: Encoder,
+    ridge: RidgeMap,
+    stats: tuple[torch.Tensor, torch.Tensor],
+    kind: str,
+    hidden: int,
+    provenance: dict,
+) -> RCDM:
+    """The adapted model: the base's weights, the new encoder's description, the adapter set to the ridge map."""
+    base_dim = base.rep_proj.in_features
+    if base.rep_adapter is not None:
+        raise RCDMError("the base model is itself adapted: adapt from the model it was adapted from")
+    config = {k: v for k, v in base.config.items() if not k.startswith("_")}
+    config.update(
+        **encoder.describe(),
+        standardize_representation=True,
+        adapter=kind,
+        adapter_dim=base_dim,
+        adapter_hidden=hidden if kind == "mlp" else None,
+        adapted_from=provenance,
+    )
+    model = RCDM(**config)
+    state = {k: v for k, v in base.state_dict().items() if not k.startswith(("rep_mean", "rep_std"))}
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if unexpected or any(not k.startswith(("rep_adapter.", "rep_mean", "rep_std")) for k in missing):
+        raise RCDMError(
+            f"cannot carry the base model's weights over: missing {missing}, unexpected {unexpected}"
+        )
+    with torch.no_grad():
+        model.rep_mean.copy_(stats[0])
+        model.rep_std.copy_(stats[1])
+        model.rep_adapter.linear.weight.copy_(ridge.weight)
+        model.rep_adapter.linear.bias.copy_(ridge.bias)
+    return model
+
+
+def trainable_parameters(model: RCDM, trainable: Trainable) -> list[torch.nn.Parameter]:
+    """The adapter's parameters, plus every ResNet block's time-embedding projection with 'adapter+embedding'."""
+    model.requires_grad_(False)
+    params = list(model.rep_adapter.parameters())
+    if trainable == "adapter+embedding":
+        params += [p for name, p in model.unet.named_parameters() if "time_emb_proj" in name]
+    for p in params:
+        p.requires_grad_(True)
+    return params
+
+
+def _card(model: RCDM, cfg: AdaptConfig, record: dict) -> str:
+    p = model.config.adapted_from
+    return "\n".join(
+        [
+            f"# Adapted RCDM: `{cfg.encoder}` ({cfg.feature}) through `{p['base_model']}`",
+            "",
+            CARD_NOTE,
+            "",
+            f"- base model: `{p['base_model']}` (weights sha256 {p['base_weights'][:16]}), conditioned on "
+            f"`{p['base_encoder']}` ({p['base_feature']})",
+            f"- new encoder: `{cfg.encoder}` ({model.config.encoder_identity}, weights "
+            f"{model.config.encoder_weights or 'not recorded'}), {model.config.representation_dim}-d",
+            f"- adapter: {cfg.adapter}, trained: {cfg.trainable}; ridge map held-out R² {p['map_r2_heldout']:.3f}",
+            f"- {record['images_trained']:,} images trained in {record['steps']} steps; {p['num_images']:,} images "
+            f"encoded; {record['wall_s']:.0f} s wall, {record['cpu_s']:.0f} s CPU",
+            "",
+        ]
+    )
+
+
+def adapt(
+    cfg: AdaptConfig,
+    run_dir: str | Path,
+    *,
+    resume: bool = False,
+    progress: bool = True,
+    encoder: Encoder | None = None,  # a ready encoder (Python API); else built from cfg.encoder
+) -> AdaptResult:
+    """Adapt `cfg.encoder` onto the frozen RCDM `cfg.model`; RUN/model is the adapted model (see the module)."""
+    check_config(cfg)
+    run_dir = Path(run_dir)
+    if (run_dir / "adapt.json").is_file() and not resume:
+        raise RCDMError(
+            f"{str(run_dir)!r} already holds an adapt run: pass --resume to continue, or a new --out"
+        )
+    if resume:
+        saved = saved_config(run_dir)
+        diffs = [
+            f"{k} {saved[k]!r} -> {v!r}"
+            for k, v in asdict(cfg).items()
+            if k in saved and k not in MUTABLE_ON_RESUME and saved[k] != v
+        ]
+        if diffs:
+            raise RCDMError(
+                f"--resume of {str(run_dir)!r} with other settings than its adapt.json ({'; '.join(diffs)}): only "
+                f"{', '.join(sorted(MUTABLE_ON_RESUME))} may change; or start a new --out"
+            )
+    run_dir.mkdir(parents=True, exist_ok=True)
+    with run_lock(run_dir, "rcdm adapt"):
+        return _adapt(cfg, run_dir, resume, progress, encoder)
+
+
+def _adapt(
+    cfg: AdaptConfig, run_dir: Path, resume: bool, progress: bool, encoder: Encoder | None
+) -> AdaptResult:
+    state_path = run_dir / "checkpoint"
+    saved = (
+        json.loads((state_path / "state.json").read_text()) if (state_path / "state.json").is_file() else None
+    )
+    wall0, cpu0 = time.perf_counter(), cpu_seconds()
+    spent_wall, spent_cpu = (saved["wall_s"], saved["cpu_s"]) if saved else (0.0, 0.0)
+    deadline = wall0 + cfg.minutes * 60 - spent_wall
+    base_dir = resolve_model_dir(cfg.model)
+    base = load_model(base_dir)
+    base_enc = encoder_for(base)
+    new_enc = encoder if encoder is not None else create_encoder(cfg.encoder, cfg.feature)
+    if new_enc.feature != cfg.feature:
+        new_enc = new_enc.with_feature(cfg.feature)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    write_text_atomic(run_dir / "adapt.json", json.dumps(asdict(cfg), indent=2))
+    files = _files(cfg)
+    log.info(
+        "adapting %s (%d-d) onto %s (%s, %d-d): %d images, %.1f min budget, %s adapter, training %s",
+        cfg.encoder,
+        new_enc.dim,
+        cfg.model,
+        base.config.encoder,
+        base_enc.dim,
+        len(files),
+        cfg.minutes,
+        cfg.adapter,
+        cfg.trainable,
+    )
+    caches = run_dir / "cache"
+    reps = {}
+    for role, enc in (("base", base_enc), ("new", new_enc)):
+        path = cached_representations(
+            enc, files, cache_file(caches, enc, files), flipped=True, progress=progress
+        )
+        reps[role] = load_cache(path)
+    x_all = torch.cat([reps["new"]["representations"], reps["new"]["flipped"]])
+    mean, std = x_all.mean(0), x_all.std(0)
+    std = std.clamp_min(max(1e-6, 0.01 * float(std.mean())))
+    standardise = lambda r: (r.float() - mean) / std  # noqa: E731
+    # Held-out images are whole images (both views), the last `holdout` share of the file order.
+    n = len(files)
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(cfg.seed + 1))
+    k = max(1, round(n * cfg.holdout))
+    train_idx, held_idx = order[: n - k], order[n - k :]
+    pairs = [torch.cat([train_idx, held_idx]), torch.cat([train_idx + n, held_idx + n])]
+    idx = torch.stack(pairs, 1).flatten()  # each image's two views side by side, held-out images last
+    y_all = base_targets(base, torch.cat([reps["base"]["representations"], reps["base"]["flipped"]]))
+    ridge = fit_ridge(standardise(x_all)[idx], y_all[idx], holdout=cfg.holdout)
+    log.info("ridge map: held-out R^2 %.3f (alpha %.0e x n)", ridge.r2_heldout, ridge.alpha)
+    provenance = {
+        "base_model": str(cfg.model),
+        "base_weights": sha256_file(base_dir / f"diffusion_pytorch_model.{WEIGHTS_VARIANT}.safetensors"),
+        "base_encoder": base.config.encoder,
+        "base_feature": base.config.feature,
+        "adapter": cfg.adapter,
+        "trainable": cfg.trainable,
+        "map_r2_heldout": ridge.r2_heldout,
+        "map_alpha": ridge.alpha,
+        "num_images": n,
+    }
+    model = build_adapted(base, new_enc, ridge, (mean, std), cfg.adapter, cfg.hidden, provenance)
+    del base
+    params = trainable_parameters(model, cfg.trainable)
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
+    step = 0
+    if saved is not None:
+        model.load_state_dict(torch.load(state_path / "trainable.pt", weights_only=True), strict=False)
+        opt.load_state_dict(torch.load(state_path / "optimizer.pt", weights_only=True))
+        step = int(saved["step"])
+    views = _diffusion_views(files, model.config.sample_size, progress)
+    new_reps = reps["new"]
+    model.to(device)
+    precision = training_precision(cfg.precision)
+    bf16 = resolve_precision(precision, device) == torch.bfloat16
+    diffusion = GaussianDiffusion()
+    loss_type = "hybrid" if model.learned_variance else "simple"
+    model.eval()  # the frozen UNet's own layers (dropout) as at sampling; the gradients still flow
+    monitor = TrainingMonitor(
+        run_dir,
+        start=step,
+        total=step + 1,
+        log_every=1,
+        progress=progress,
+        main_process=True,
+        accelerator=None,
+    )
+    last_save = time.perf_counter()
+    t_train, steps_this = time.perf_counter(), 0
+
+    def save() -> None:
+        with atomic_dir(state_path) as tmp:
+            torch.save(
+                {k: v for k, v in model.state_dict().items() if k in trainable_names}, tmp / "trainable.pt"
+            )
+            torch.save(opt.state_dict(), tmp / "optimizer.pt")
+            state = {
+                "step": step,
+                "wall_s": spent_wall + time.perf_counter() - wall0,
+                "cpu_s": spent_cpu + cpu_seconds() - cpu0,
+            }
+            (tmp / "state.json").write_text(json.dumps(state))
+
+    trainable_names = {name for name, p in model.named_parameters() if p.requires_grad}
+    while True:
+        now = time.perf_counter()
+        per_step = (now - t_train) / max(1, steps_this)
+        if (cfg.steps is not None and step >= cfg.steps) or now + (per_step if steps_this else 0) > deadline:
+            break
+        b = cfg.batch_size
+        gens = sample_generators(cfg.seed, step * b, b)
+        pick = torch.cat([torch.randint(0, n, (1,), generator=g) for g in gens])
+        flip = torch.cat([torch.rand(1, generator=g) < 0.5 for g in gens])
+        x0 = to_model_space(views[pick].float() / 255)
+        x0 = torch.where(flip.view(-1, 1, 1, 1), x0.flip(-1), x0).to(device)
+        rep = torch.where(flip.view(-1, 1), new_reps["flipped"][pick], new_reps["representations"][pick])
+        rep = rep.to(device)
+        ngens = sample_generators(cfg.seed + (1 << 20), step * b, b)
+        t = draw_timesteps(ngens, diffusion.num_timesteps)
+        noise = torch.cat([torch.randn((1, *x0.shape[1:]), generator=g) for g in ngens])
+        drop = None
+        if cfg.cond_drop > 0 and model.null_rep is not None:
+            drop = (torch.cat([torch.rand(1, generator=g) for g in ngens]) < cfg.cond_drop).to(device)
+        terms: dict[str, float] = {}
+        with autocast_for(device, precision):
+            loss = diffusion.losses(
+                model,
+                x0,
+                rep,
+                loss_type,
+                drop=drop,
+                t=t,
+                noise=noise,
+                terms=terms,
+                prediction=model.prediction_type,
+            ).mean()
+        loss.backward()
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(params, 1.0))
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        step += 1
+        steps_this += 1
+        value = float(loss.detach())
+        if not math.isfinite(value):
+            raise RCDMError(f"the adapter's loss became {value} at step {step}: lower --lr (now {cfg.lr})")
+        monitor.total = step + max(0, int((deadline - time.perf_counter()) / max(1e-9, per_step)))
+        monitor.step(step, value, b, terms=terms, lr=cfg.lr, grad_norm=grad_norm)
+        if time.perf_counter() - last_save > cfg.save_every_s:
+            save()
+            last_save = time.perf_counter()
+    monitor.close()
+    save()
+    wall = spent_wall + time.perf_counter() - wall0
+    cpu = spent_cpu + cpu_seconds() - cpu0
+    record = {"steps": step, "images_trained": step * cfg.batch_size, "wall_s": wall, "cpu_s": cpu}
+    model.register_to_config(adapted_from={**provenance, **record})
+    model.requires_grad_(False).cpu()
+    with atomic_dir(run_dir / "model") as tmp:
+        model.save_pretrained(tmp)
+        (tmp / "README.md").write_text(_card(model, cfg, record))
+        (tmp / "card.json").write_text(
+            json.dumps({"note": CARD_NOTE, "adapt": asdict(cfg), **model.config.adapted_from}, indent=2)
+        )
+    log.info(
+        "adapted model in %s: %d steps, %.0f s wall, %.0f s CPU%s",
+        run_dir / "model",
+        step,
+        wall,
+        cpu,
+        ", bf16 autocast" if bf16 else "",
+    )
+    return AdaptResult(run_dir / "model", step, step * cfg.batch_size, ridge.r2_heldout, wall, cpu)
+
+
+def with_overrides(cfg: AdaptConfig, **changes: object) -> AdaptConfig:
+    """A copy with `changes` applied; None values keep the current setting (CLI overrides)."""
+    return replace(cfg, **{k: v for k, v in changes.items() if v is not None})

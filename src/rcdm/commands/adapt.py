@@ -1,0 +1,112 @@
+"""rcdm adapt: a new encoder onto a frozen RCDM (a ridge map, then an adapter under the diffusion loss)."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+
+from ..adaptation import TRAINABLE, AdaptConfig, adapt, saved_config
+from ..encoders import FEATURES
+from ..errors import RCDMError
+from ..model import ADAPTERS
+from .common import add_command, add_precision_arg, add_progress_arg
+
+EPILOG = """examples (docs/adapt.md):
+  rcdm adapt --model cifar10-vicreg-backbone --encoder cifar-resnet20:resnet20.th --data ~/data/cifar10/train \\
+      --out runs/r20-via-vicreg                      # 10 minutes on 2 CPU cores
+  rcdm sample --model runs/r20-via-vicreg --images cat.jpg --guidance 5 --out samples/
+  rcdm adapt --model official:dino-backbone --encoder timm:vit_small_patch14_dinov2.lvd142m \\
+      --data ~/imagenet/val --out runs/dinov2-via-dino --minutes 30     # a GPU is used when there is one
+"""
+
+D = AdaptConfig.__dataclass_fields__
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = add_command(sub, "adapt", "show a new encoder through a trained RCDM, in minutes", EPILOG)
+    p.add_argument(
+        "--model", default=None, help="the base RCDM (a bundled name, run or model folder, official:NAME)"
+    )
+    p.add_argument("--encoder", default=None, help="the new encoder's spec (README: Encoders)")
+    p.add_argument(
+        "--feature", choices=FEATURES, default=None, help="its representation level (default: backbone)"
+    )
+    p.add_argument("--data", default=None, help="image folder to encode and train on (a sample of it)")
+    p.add_argument("--out", required=True, help="run folder; the adapted model lands in OUT/model")
+    p.add_argument(
+        "--minutes",
+        type=float,
+        default=None,
+        help=f"the whole budget in wall-clock minutes, encoding included (default: {D['minutes'].default:g})",
+    )
+    p.add_argument(
+        "--steps",
+        type=int,
+        default=None,
+        help="stop the adapter after this many steps (0: the ridge map alone; "
+        "default: as many as the budget allows)",
+    )
+    p.add_argument(
+        "--num-images",
+        type=int,
+        default=None,
+        help=f"images drawn from --data (default: {D['num_images'].default})",
+    )
+    p.add_argument(
+        "--adapter",
+        choices=ADAPTERS,
+        default=None,
+        help="linear: one affine map into the base's representation "
+        "space; mlp: that map plus a residual MLP (default: linear)",
+    )
+    p.add_argument(
+        "--hidden", type=int, default=None, help=f"the mlp's width (default: {D['hidden'].default})"
+    )
+    p.add_argument(
+        "--trainable",
+        choices=TRAINABLE,
+        default=None,
+        help="what the diffusion loss trains: the adapter, or also "
+        "the UNet's per-block time-embedding projections (default: adapter)",
+    )
+    p.add_argument(
+        "--lr", type=float, default=None, help=f"AdamW learning rate (default: {D['lr'].default:g})"
+    )
+    p.add_argument("--batch-size", type=int, default=None, help=f"default: {D['batch_size'].default}")
+    p.add_argument(
+        "--cond-drop",
+        type=float,
+        default=None,
+        help="share of the batch trained on the base's null "
+        f"representation, so guidance keeps working (default: {D['cond_drop'].default})",
+    )
+    p.add_argument("--seed", type=int, default=None, help="image sample, batches and noise (default: 0)")
+    add_precision_arg(p)
+    p.add_argument("--resume", action="store_true", help="continue OUT with the settings in OUT/adapt.json")
+    add_progress_arg(p)
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    names = [f.name for f in dataclasses.fields(AdaptConfig)]
+    given = {n: getattr(args, n) for n in names if getattr(args, n, None) is not None}
+    cfg = saved_or_new(args.out, given, args.resume)
+    result = adapt(cfg, args.out, resume=args.resume, progress=not args.no_progress)
+    print(
+        f"adapted {cfg.encoder} onto {cfg.model}: ridge map held-out R² {result.r2_heldout:.3f}, then "
+        f"{result.steps} adapter steps ({result.images:,} images); {result.wall_s:.0f} s wall, {result.cpu_s:.0f} s "
+        f"CPU; model in {result.model_dir}"
+    )
+    return 0
+
+
+def saved_or_new(out: str, given: dict, resume: bool) -> AdaptConfig:
+    """OUT/adapt.json's settings on --resume (a flag given again may change them), else the flags."""
+    settings = {**(saved_config(out) if resume else {}), **given}
+    for name in ("model", "encoder", "data"):
+        if settings.get(name) is None:
+            raise RCDMError(
+                f"--{name} is required: give it, or --resume a run folder whose adapt.json records it"
+                + (f" ({out!r} has none)" if resume else "")
+            )
+    return AdaptConfig(**settings)

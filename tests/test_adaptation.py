@@ -1,0 +1,178 @@
+"""rcdm adapt: the ridge map, the adapted model as an ordinary model folder, training, resume and the CLI.
+
+Bases here are tiny untrained RCDMs (tests only): what is checked is how conditioning is carried over, which does
+not depend on what the base learned.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from rcdm import AdaptConfig, adapt, load_model
+from rcdm.adaptation import CARD_NOTE, fit_ridge
+from rcdm.cli import main
+from rcdm.convert import export_diffusers
+from rcdm.diffusion import sample
+from rcdm.encoders import create_encoder
+from rcdm.errors import RCDMError
+from rcdm.loading import encoder_for
+from rcdm.model import RCDM
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory, few_images: Path) -> Path:
+    """A tiny RCDM on pixels:2 (12-d), standardised representations and a null representation, saved."""
+    torch.manual_seed(0)
+    enc = create_encoder("pixels:2")
+    model = RCDM.from_preset(
+        "tiny", sample_size=16, null_representation=True, standardize_representation=True, **enc.describe()
+    )
+    reps = enc.encode_files(sorted(few_images.iterdir()))
+    model.set_representation_stats(reps)
+    with torch.no_grad():
+        model.null_rep.normal_()
+        model.rep_proj.weight.mul_(10)  # a projection that matters
+    folder = tmp_path_factory.mktemp("base") / "model"
+    model.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory, cifar_root: Path) -> Path:
+    """100 class-balanced CIFAR-10 test images (enough pairs to pin a 12-d affine map down)."""
+    from rcdm.recipes.cifar10 import labelled_files
+
+    out = tmp_path_factory.mktemp("images")
+    for f in labelled_files(cifar_root / "test", 100)[0]:
+        (out / f"{f.parent.name}-{f.name}").write_bytes(f.read_bytes())
+    return out
+
+
+def _cfg(base: Path, data: Path, encoder: str, **kw) -> AdaptConfig:
+    return AdaptConfig(model=str(base), encoder=encoder, data=str(data), minutes=5, batch_size=4, **kw)
+
+
+def test_ridge_recovers_a_linear_map_and_scores_held_out_images():
+    torch.manual_seed(0)
+    x = torch.randn(400, 5)
+    w, b = torch.randn(3, 5), torch.randn(3)
+    exact = fit_ridge(x, x @ w.T + b)
+    assert exact.r2_heldout > 0.9999
+    torch.testing.assert_close(exact.weight, w, atol=1e-3, rtol=1e-3)
+    torch.testing.assert_close(exact.bias, b, atol=1e-3, rtol=1e-3)
+    noisy = fit_ridge(x, x @ w.T + b + 3 * torch.randn(400, 3))
+    assert 0.1 < noisy.r2_heldout < 0.9
+    with pytest.raises(RCDMError, match="too few"):
+        fit_ridge(x[:2], x[:2])
+
+
+def test_adapting_the_base_encoder_onto_itself_reproduces_the_base(base, images, few_images, tmp_path):
+    result = adapt(_cfg(base, images, "pixels:2", steps=0), tmp_path / "run", progress=False)
+    assert result.steps == 0 and result.r2_heldout > 0.9999
+    adapted, original = load_model(result.model_dir), load_model(base)
+    assert adapted.config.adapter == "linear" and adapted.config.adapter_dim == 12
+    enc = encoder_for(adapted)  # the new encoder, from the adapted model's own config
+    reps = enc.encode_files(sorted(few_images.iterdir()))
+    torch.testing.assert_close(adapted.condition(reps, 8), original.condition(reps, 8), atol=2e-3, rtol=1e-3)
+    assert torch.equal(
+        adapted.condition(None, 2), original.condition(None, 2)
+    )  # guidance's null branch: exact
+    kw = dict(steps=4, guidance=3.0, seed=1, precision="fp32")
+    torch.testing.assert_close(
+        sample(adapted, reps[:2], **kw), sample(original, reps[:2], **kw), atol=2e-3, rtol=0
+    )
+
+
+def test_another_encoder_trains_only_the_adapter_and_records_where_it_came_from(base, few_images, tmp_path):
+    result = adapt(_cfg(base, few_images, "pixels:1", steps=3, lr=1e-2), tmp_path / "run", progress=False)
+    adapted, original = load_model(result.model_dir), load_model(base)
+    assert adapted.config.representation_dim == 3 and adapted.config.encoder == "pixels:1"
+    a, o = adapted.state_dict(), original.state_dict()
+    assert all(torch.equal(a[k], o[k]) for k in o if k.startswith(("unet.", "rep_proj.", "null_rep")))
+    record = adapted.config.adapted_from
+    assert record["base_model"] == str(base) and len(record["base_weights"]) == 64
+    assert record["steps"] == 3 and record["images_trained"] == 12 and record["map_r2_heldout"] <= 1
+    assert CARD_NOTE in (result.model_dir / "README.md").read_text()
+    assert json.loads((result.model_dir / "card.json").read_text())["base_encoder"] == "pixels:2"
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert rows[-1]["step"] == 3
+    export_diffusers(adapted, tmp_path / "export")  # the linear adapter folds into the projection
+    proj = load_file(str(tmp_path / "export" / "rep_proj.safetensors"))
+    rep = torch.rand(2, 3)
+    torch.testing.assert_close(
+        rep @ proj["weight"].T + proj["bias"], adapted.condition(rep, 2), atol=1e-4, rtol=1e-4
+    )
+    torch.testing.assert_close(proj["null_embedding"], adapted.condition(None, 1)[0], atol=1e-5, rtol=1e-5)
+
+
+def test_embedding_projections_train_with_adapter_plus_embedding(base, few_images, tmp_path):
+    cfg = _cfg(base, few_images, "pixels:1", steps=2, lr=1e-2, trainable="adapter+embedding", adapter="mlp")
+    adapted, original = load_model(adapt(cfg, tmp_path / "run", progress=False).model_dir), load_model(base)
+    a, o = adapted.state_dict(), original.state_dict()
+    changed = {k for k in o if k.startswith("unet.") and not torch.equal(a[k], o[k])}
+    assert changed and all("time_emb_proj" in k for k in changed)
+    assert adapted.config.adapter == "mlp" and any(k.startswith("rep_adapter.mlp.") for k in a)
+    with pytest.raises(RCDMError, match="mlp adapter is not one linear map"):
+        export_diffusers(adapted, tmp_path / "export")
+
+
+def test_resume_continues_and_a_second_run_in_the_folder_is_refused(base, few_images, tmp_path):
+    run = tmp_path / "run"
+    adapt(_cfg(base, few_images, "pixels:1", steps=2), run, progress=False)
+    with pytest.raises(RCDMError, match="already holds an adapt run"):
+        adapt(_cfg(base, few_images, "pixels:1", steps=2), run, progress=False)
+    with pytest.raises(RCDMError, match="encoder 'pixels:1' -> 'pixels:2'"):
+        adapt(_cfg(base, few_images, "pixels:2", steps=4), run, resume=True, progress=False)
+    result = adapt(_cfg(base, few_images, "pixels:1", steps=4), run, resume=True, progress=False)
+    assert result.steps == 4
+    steps = [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [1, 2, 3, 4]  # each step once: the resume continued at step 3
+
+
+def test_cli_adapts_and_bad_input_is_one_line(base, few_images, tmp_path, capsys):
+    out = tmp_path / "run"
+    argv = [
+        "adapt",
+        "--model",
+        str(base),
+        "--encoder",
+        "pixels:1",
+        "--data",
+        str(few_images),
+        "--out",
+        str(out),
+    ]
+    assert main([*argv, "--steps", "1", "--batch-size", "4", "--no-progress"]) == 0
+    assert "adapted pixels:1 onto" in capsys.readouterr().out
+    assert (
+        main(
+            [
+                "sample",
+                "--model",
+                str(out / "model"),
+                "--images",
+                str(next(few_images.iterdir())),
+                "--num-samples",
+                "2",
+                "--steps",
+                "2",
+                "--guidance",
+                "2",
+                "--out",
+                str(tmp_path / "s"),
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
+    assert (
+        main(["adapt", "--encoder", "pixels:1", "--data", str(few_images), "--out", str(tmp_path / "x")]) == 2
+    )
+    assert "--model is required" in capsys.readouterr().err
+    assert main([*argv[:-1], str(tmp_path / "y"), "--minutes", "0"]) == 2
+    assert "--minutes 0.0 must be a positive number" in capsys.readouterr().err
