@@ -7,6 +7,7 @@ but no training losses for learned variance (Nichol & Dhariwal 2021, Eq. 16).
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -29,6 +30,8 @@ from .devices import (
 )
 from .errors import RCDMError
 from .model import RCDM
+
+log = logging.getLogger(__name__)
 
 Sampler = Literal["dpm++", "ddim", "ddpm"]
 SAMPLERS: tuple[str, ...] = ("dpm++", "ddim", "ddpm")
@@ -227,7 +230,8 @@ class SamplingConfig:
 
     sampler: Sampler = "dpm++"
     steps: int | None = None  # None: the sampler's default (DEFAULT_STEPS: dpm++ 20, ddim 50, ddpm 100)
-    guidance: float = 1.0  # classifier-free guidance weight; 1 = plain conditional
+    # classifier-free guidance weight, 1 = plain conditional; None: the model's default (`resolve_sampling`)
+    guidance: float | None = None
     seed: int = 0  # sample i of a call uses a generator seeded by (seed, global index i)
     batch_size: int = 64  # images per network call; never changes a sample
     compile: Compile = "auto"  # auto: CUDA_DEFAULT_COMPILE on CUDA, off elsewhere (see `sample`)
@@ -249,6 +253,37 @@ SAMPLING_PRESETS: dict[str, SamplingConfig] = {
     "paired": SamplingConfig(sampler="ddim", steps=50),
     "published": SamplingConfig(sampler="ddpm", steps=100),
 }
+
+
+_ANNOUNCED: set[tuple[int, str]] = set()
+
+
+def model_default_sampling(model: RCDM) -> dict:
+    """The sampling recorded in the model's config (`sampling`: sampler, steps, guidance, and how they were
+    measured), or {} for a model without one."""
+    return dict(getattr(model.config, "sampling", None) or {})
+
+
+def resolve_sampling(model: RCDM, sampling: SamplingConfig | None = None) -> SamplingConfig:
+    """`sampling` with what it leaves open taken from the model's recorded default sampling.
+
+    guidance None: the model's default guidance, else 1. steps None with the model's default sampler: the
+    model's default steps (else the sampler's own default, in `sample`). Explicit values always win. What came
+    from the model is logged once per model ("guidance 5: the model's default").
+    """
+    cfg = sampling or SamplingConfig()
+    default = model_default_sampling(model)
+    changes: dict[str, object] = {}
+    if cfg.guidance is None:
+        changes["guidance"] = float(default.get("guidance", 1.0))
+    if cfg.steps is None and default.get("steps") and default.get("sampler", cfg.sampler) == cfg.sampler:
+        changes["steps"] = int(default["steps"])
+    said = ", ".join(f"{k} {v:g}" for k, v in changes.items() if k in default or k == "steps")
+    key = (id(model), said)
+    if said and key not in _ANNOUNCED:
+        _ANNOUNCED.add(key)
+        log.info("%s: the model's default sampling (pass --guidance / --steps to choose others)", said)
+    return replace(cfg, **changes) if changes else cfg
 
 
 def sampling_preset(name: str) -> SamplingConfig:
@@ -406,7 +441,7 @@ def sample(
     Every mode computes the same function: results differ by floating-point rounding only.
     callback gets {'i', 't', 'x', 'pred'} after each step.
     """
-    cfg_s = sampling_config(sampling, **settings)
+    cfg_s = resolve_sampling(model, sampling_config(sampling, **settings))
     sampler, steps, seed, guidance = cfg_s.sampler, cfg_s.steps, cfg_s.seed, cfg_s.guidance
     if sampler not in SAMPLERS:
         raise RCDMError(f"unknown sampler {sampler!r}: choose one of {', '.join(SAMPLERS)}")
@@ -502,7 +537,7 @@ def sample_many(
     their representations (exactly so with a deterministic sampler: dpm++, ddim; the 'paired' preset).
     `settings` override single fields of `sampling`, as in `sample`.
     """
-    cfg = sampling_config(sampling, **settings)
+    cfg = resolve_sampling(model, sampling_config(sampling, **settings))
     m = representations.shape[0]
     flat = representations.float().repeat_interleave(num_samples, dim=0)
     noise = (

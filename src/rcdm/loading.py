@@ -19,6 +19,7 @@ from accelerate import init_empty_weights
 
 from .convert import convert
 from .encoders import Encoder, Feature, create_encoder
+from .encoders.cifar import bundled_models_dir
 from .encoders.published import PUBLISHED, describe_published
 from .errors import RCDMError, first_line
 from .hub import parse_hub_ref, resolve_hub_model
@@ -150,12 +151,17 @@ def resolve_model_dir(source: str | Path, weights: str | None = None) -> Path:
     ckpt = latest_checkpoint(path) if path.is_dir() else None
     if ckpt is not None and (ckpt / "ema" / "config.json").is_file():
         return ckpt / "ema"
+    if not path.exists() and "/" not in text:  # a bundled model's name, with or without its rcdm- prefix
+        for name in (text, f"rcdm-{text}"):
+            if (bundled_models_dir() / name / "config.json").is_file():
+                return bundled_models_dir() / name
     if not path.exists() and parse_hub_ref(text) is not None:
         return resolve_hub_model(text)
     named = ", ".join(f"{p}:NAME" for p in _SOURCES) or "none registered"
+    bundled = sorted(p.parent.name for p in bundled_models_dir().glob("rcdm-*/config.json"))
     raise RCDMError(
         f"no model at {text!r}: pass a run folder from `rcdm train`, a saved model folder, a hub repo "
-        f"(user/repo[@revision]), or a named model ({named})"
+        f"(user/repo[@revision]), a named model ({named}) or a bundled one ({', '.join(bundled) or 'none'})"
     )
 
 

@@ -133,6 +133,9 @@ class RCDM(ModelMixin, ConfigMixin):
         adapter_hidden: int | None = None,
         # Where an adapted model comes from (base model and weights digest, encoder, adapter, map R^2, cost).
         adapted_from: dict | None = None,
+        # The sampling every command uses when the user gives none (rcdm.diffusion.resolve_sampling): sampler,
+        # steps, guidance, and what they were chosen on. None: the library's defaults.
+        sampling: dict | None = None,
     ):
         super().__init__()
         if prediction_type not in PREDICTION_TYPES:
@@ -187,7 +190,11 @@ class RCDM(ModelMixin, ConfigMixin):
         variant: str | None = None,
         **kwargs: Any,
     ) -> None:
-        """ModelMixin.save_pretrained, weights as diffusion_pytorch_model.rcdm.safetensors (see WEIGHTS_VARIANT)."""
+        """ModelMixin.save_pretrained, weights as diffusion_pytorch_model.rcdm.safetensors (see WEIGHTS_VARIANT).
+
+        The config leaves out diffusers' `_name_or_path` (the folder the model was loaded from): a model folder
+        that is shared must not carry a path of the machine that wrote it.
+        """
         super().save_pretrained(
             save_directory,
             is_main_process=is_main_process,
@@ -196,6 +203,11 @@ class RCDM(ModelMixin, ConfigMixin):
             variant=variant or WEIGHTS_VARIANT,
             **kwargs,
         )
+        config_file = Path(save_directory) / self.config_name
+        if is_main_process and config_file.is_file():
+            config = json.loads(config_file.read_text())
+            if config.pop("_name_or_path", None) is not None:
+                config_file.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path: str | Path, **kwargs: Any) -> RCDM:

@@ -17,7 +17,7 @@ from tqdm.auto import tqdm
 
 from ..data import load_views, resize
 from ..devices import autocast_for
-from ..diffusion import SamplingConfig, sample_many, sampling_config
+from ..diffusion import SamplingConfig, resolve_sampling, sample_many, sampling_config
 from ..encoders import Encoder
 from ..errors import RCDMError
 from ..figures import fmt, number
@@ -172,7 +172,7 @@ def adversarial(
 
     Targeted attacks aim at `targets` (one file, or one per image); by default image i aims at image i + 1.
     """
-    cfg = sampling_config(sampling, **settings)
+    cfg = resolve_sampling(model, sampling_config(sampling, **settings))
     paths = image_paths(images, 2 if attack == "targeted" and not targets else 1, "a targeted attack")
     size, enc_size = model.config.sample_size, encoder.preprocessing.input_size
     originals, enc_views = load_views(paths, size, enc_size, encoder.preprocessing.resample)

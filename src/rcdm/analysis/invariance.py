@@ -21,7 +21,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from ..data import load_views
-from ..diffusion import SamplingConfig, sample_many, sampling_config
+from ..diffusion import SamplingConfig, resolve_sampling, sample_many, sampling_config
 from ..encoders import Encoder
 from ..figures import fmt, number
 from ..model import RCDM
@@ -196,7 +196,7 @@ def invariance(
     Augmentation a on image i draws its parameters from seed (seed, a, i), identically on the diffusion view,
     the encoder view and (for the retention score) on the clean samples. All samples of column j share noise.
     """
-    cfg = sampling_config(sampling, **settings)
+    cfg = resolve_sampling(model, sampling_config(sampling, **settings))
     seed = cfg.seed
     augs = parse_augmentations(list(augmentations) if augmentations else None)
     paths = image_paths(images)

@@ -24,7 +24,7 @@ from safetensors import safe_open
 from tqdm.auto import tqdm
 
 from ..data import batched, list_images, load_views
-from ..diffusion import SamplingConfig, sample_many, sampling_config
+from ..diffusion import SamplingConfig, resolve_sampling, sample_many, sampling_config
 from ..encoders import Encoder
 from ..encoders.cache import cache_file, cached_representations
 from ..errors import RCDMError
@@ -187,7 +187,7 @@ def manipulate(
 ) -> ManipulationResult:
     """The published manipulation: zero, or copy from `target`, the dimensions common to the source's k
     nearest neighbours among `neighbours` (a folder of images, or precomputed representations)."""
-    cfg = sampling_config(sampling, **settings)
+    cfg = resolve_sampling(model, sampling_config(sampling, **settings))
     if not 0 <= n_common < k:
         raise RCDMError(
             f"n_common={n_common} must be in 0..k-1 (k={k}): a dimension counts if non-zero in more"

@@ -15,7 +15,7 @@ from pathlib import Path
 from PIL import Image
 
 from ..data import load_views
-from ..diffusion import SamplingConfig, sample_many, sampling_config
+from ..diffusion import SamplingConfig, resolve_sampling, sample_many, sampling_config
 from ..encoders import Encoder
 from ..figures import Section, fmt, grid, html_page, html_table, number
 from ..metrics.faithfulness import faithfulness_scores
@@ -251,7 +251,7 @@ def report(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = image_paths(images)
-    cfg = sampling_config(sampling, **settings)
+    cfg = resolve_sampling(model, sampling_config(sampling, **settings))
     common = dict(sampling=cfg, progress=progress)
     sections: dict[str, Section] = {}
 

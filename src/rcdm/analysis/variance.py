@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from ..diffusion import SamplingConfig, sampling_config
+from ..diffusion import SamplingConfig, resolve_sampling, sampling_config
 from ..encoders import Encoder
 from ..figures import grid, number
 from ..model import RCDM
@@ -69,7 +69,7 @@ def variance(
     **settings,
 ) -> VarianceResult:
     """N samples per image and their per-pixel standard deviation (`settings` override fields of `sampling`)."""
-    cfg = sampling_config(sampling, **settings)
+    cfg = resolve_sampling(model, sampling_config(sampling, **settings))
     vis = visualize(
         model, encoder, image_paths(images), num_samples=num_samples, sampling=cfg, progress=progress
     )

@@ -6,6 +6,7 @@ import argparse
 import json
 
 from ..data import expand_image_args
+from ..diffusion import resolve_sampling
 from ..runs import output_folder
 from ..visualize import save_visualization, visualize
 from .common import (
@@ -41,6 +42,7 @@ def run(args: argparse.Namespace) -> int:
         args.out, overwrite=args.overwrite, marker="sample.json", command="rcdm sample"
     ) as out:
         model, encoder = load_model_and_encoder(args)
+        sampling = resolve_sampling(model, sampling)  # the model's default where the flags leave it open
         vis = visualize(
             model,
             encoder,

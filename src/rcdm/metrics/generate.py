@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 
 from ..data import batched, files_digest, load_images
 from ..devices import process_state
-from ..diffusion import SamplingConfig, sample, sampling_config
+from ..diffusion import SamplingConfig, resolve_sampling, sample, sampling_config
 from ..encoders import Encoder
 from ..errors import RCDMError
 from ..figures import to_pil
@@ -93,7 +93,7 @@ def generate_samples(
     Call it in every process of an `accelerate launch`; each draws its share on its own device (the model and
     encoder are moved to `device`, default the process's). Images are written as 8-bit PNGs of the model's sample size, values from [0, 1].
     """
-    cfg = sampling_config(sampling, **settings)
+    cfg = resolve_sampling(model, sampling_config(sampling, **settings))
     refs = [Path(p) for p in references]
     if not refs:
         raise RCDMError("no reference images: pass --images FOLDER")

@@ -38,6 +38,9 @@ from .demo_pack import MIN_KNN_ACCURACY, TARGETS, Target, encoder_dir, run_recor
 from .ssl import CIFAR_LICENSE, model_card_markdown
 
 MAX_BUNDLE_MB = 30.0  # MB = 10**6 bytes
+# The sampler the pack's gates are measured with; each packed RCDM records it with the pack's guidance as its
+# default sampling (RCDM config `sampling`), so a plain `rcdm sample` uses what was measured.
+PACK_SAMPLING = {"sampler": "dpm++", "steps": 20}
 BUNDLE_INDEX = "bundle.json"
 # Roles of the three bundled RCDMs in the demo and the app -> (target name, label on figures and tables).
 ROLES: dict[str, tuple[str, str]] = {
@@ -338,7 +341,9 @@ def pack(
             # the packed encoder's weights are fp16-rounded: record their digest, which sampling checks
             packed = create_encoder(f"rcdm-cifar:{tmp / enc_names[t.encoder_run]}", t.feature)
             model.register_to_config(
-                encoder=f"rcdm-cifar:{enc_names[t.encoder_run]}", encoder_weights=packed.weights_digest()
+                encoder=f"rcdm-cifar:{enc_names[t.encoder_run]}",
+                encoder_weights=packed.weights_digest(),
+                sampling={**PACK_SAMPLING, "guidance": guidance, "chosen_by": "rcdm recipe pack --guidance"},
             )
             (model.half() if half else model).save_pretrained(tmp / t.name)
             run_cfg = json.loads((root / t.name / "run.json").read_text())
