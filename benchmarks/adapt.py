@@ -1,0 +1,154 @@
+"""The adapt table (benchmarks/results/adapt-cpu-2core.md): what `rcdm adapt` shows of a new encoder, per budget.
+
+    python benchmarks/adapt.py --cifar ~/.cache/rcdm/cifar10 --shared ../shared/data/cifar-resnet \
+        --work ~/rcdm-work/adapt-bench --out benchmarks/results/adapt-cpu-2core.md
+
+Base: the pack's VICReg backbone RCDM. Encoders: the pack's supervised ResNet-20 (whose own RCDM is the reference
+row), the supervised ResNet-20 of ../shared/data/cifar-resnet, and `pixels:8`. For each: the ridge map alone
+(`--steps 0`), then the adapter after each budget in --budgets (one run, resumed to the next budget: the budget
+is cumulative). Scores (rcdm.recipes.evaluation.score_model): class agreement, rank-1 among the evaluation images
+and the Fréchet distance in the judge's (ResNet-56) features, one sample each, dpm++ 20, guidance --guidance.
+--bases-for ENCODER adds that encoder through the two other pack RCDMs (map + the first budget): which base
+serves best. Every finished cell is kept in WORK/cells.json, so a killed run resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+
+from rcdm.adaptation import AdaptConfig, adapt
+from rcdm.devices import cpu_has_native_bf16, cpu_model
+from rcdm.diffusion import sampling_preset
+from rcdm.encoders import create_encoder
+from rcdm.loading import encoder_for, load_model
+from rcdm.recipes.evaluation import evaluation_images, score_model
+
+BASE = "cifar10-vicreg-backbone"
+OTHER_BASES = ("cifar10-vicreg-projector", "cifar10-supervised")
+
+
+def encoders(shared: Path) -> dict[str, str]:
+    return {
+        "pack supervised ResNet-20": "rcdm-cifar:cifar10-supervised-r20w1",
+        "shared supervised ResNet-20": f"cifar-resnet20:{shared / 'resnet20-12fca82f.th'}",
+        "pixels:8": "pixels:8",
+    }
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--cifar", required=True, help="CIFAR-10 root (train/ and test/)")
+    p.add_argument(
+        "--shared", required=True, help="../shared/data/cifar-resnet (ResNet-20 and the ResNet-56 judge)"
+    )
+    p.add_argument("--work", required=True, help="run folders and the cell store")
+    p.add_argument("--out", default=None, help="the markdown table (default: print it)")
+    p.add_argument(
+        "--budgets", type=float, nargs="+", default=[1, 5, 15], help="adapter minutes (cumulative)"
+    )
+    p.add_argument("--eval-images", type=int, default=1000)
+    p.add_argument("--guidance", type=float, default=5.0)
+    p.add_argument("--only", nargs="+", default=None, help="encoder labels to run (default: all)")
+    p.add_argument(
+        "--bases-for", default="pack supervised ResNet-20", help="encoder label tried on other bases"
+    )
+    p.add_argument("--adapter", default="linear", choices=("linear", "mlp"))
+    p.add_argument("--trainable", default="adapter", choices=("adapter", "adapter+embedding"))
+    args = p.parse_args()
+    work = Path(args.work)
+    work.mkdir(parents=True, exist_ok=True)
+    store = work / "cells.json"
+    cells = json.loads(store.read_text()) if store.is_file() else {}
+    images = evaluation_images(args.cifar, args.eval_images)
+    judge = create_encoder(f"cifar-resnet56:{Path(args.shared) / 'resnet56-4bfd9763.th'}")
+    sampling = replace(sampling_preset("fast"), guidance=args.guidance)
+
+    def cell(key: str, model_dir: str | Path, extra: dict) -> None:
+        if key in cells:
+            return
+        model = load_model(model_dir)
+        score = score_model(model, encoder_for(model), judge, images, sampling)
+        cells[key] = {**extra, **score.record()}
+        store.write_text(json.dumps(cells, indent=2))
+        print(key, cells[key], flush=True)
+
+    cell(
+        "reference: the pack's supervised RCDM",
+        "cifar10-supervised",
+        {"how": "its own RCDM", "train_s": None},
+    )
+    todo = {k: v for k, v in encoders(Path(args.shared)).items() if not args.only or k in args.only}
+    runs = [(label, spec, BASE) for label, spec in todo.items()]
+    if args.bases_for in todo:
+        runs += [(args.bases_for, todo[args.bases_for], base) for base in OTHER_BASES]
+    for label, spec, base in runs:
+        slug = f"{label.replace(' ', '-')}@{base}"
+        cfg = AdaptConfig(
+            model=base,
+            encoder=spec,
+            data=str(Path(args.cifar) / "train"),
+            adapter=args.adapter,
+            trainable=args.trainable,
+            steps=0,
+        )
+        result = adapt(
+            cfg, work / f"{slug}-map", resume=(work / f"{slug}-map" / "adapt.json").is_file(), progress=False
+        )
+        extra = {"encoder": label, "base": base, "r2": result.r2_heldout}
+        cell(f"{slug} map", result.model_dir, {**extra, "how": "ridge map", "train_s": result.wall_s})
+        budgets = args.budgets if base == BASE else args.budgets[:1]
+        run = work / f"{slug}-{args.adapter}-{args.trainable}"
+        for minutes in budgets:
+            key = f"{slug} {args.adapter} {args.trainable} {minutes:g} min"
+            if key in cells:
+                continue
+            cfg_b = replace(cfg, steps=None, minutes=minutes)
+            result = adapt(cfg_b, run, resume=(run / "adapt.json").is_file(), progress=False)
+            how = f"map + {args.adapter} adapter ({args.trainable}), {minutes:g} min"
+            cell(
+                key,
+                result.model_dir,
+                {**extra, "how": how, "train_s": result.wall_s, "cpu_s_train": result.cpu_s},
+            )
+    table = render(cells, args)
+    if args.out:
+        Path(args.out).write_text(table)
+    print(table)
+
+
+def render(cells: dict, args: argparse.Namespace) -> str:
+    threads = torch.get_num_threads()
+    lines = [
+        "# rcdm adapt on the CPU",
+        "",
+        f"Made by `python benchmarks/adapt.py` on {datetime.date.today()}: {cpu_model()}"
+        f"{' (native bf16)' if cpu_has_native_bf16() else ''}, {threads} threads, load average at the end "
+        f"{os.getloadavg()[0]:.1f}. {args.eval_images} class-balanced CIFAR-10 test images, one sample each, "
+        f"dpm++ 20, guidance {args.guidance:g}; judge: the shared ResNet-56 (no RCDM is conditioned on it); chance: "
+        f"class agreement 0.10, rank-1 {1 / args.eval_images:.4f}. Time: wall seconds of `rcdm adapt`, encoding "
+        "included.",
+        "",
+        "| encoder | base | how | map R² (held out) | class agreement | rank-1 | mean rank | Fréchet (ResNet-56) "
+        "| adapt wall s |",
+        "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for c in cells.values():
+        r2 = f"{c['r2']:.3f}" if c.get("r2") is not None else ""
+        t = f"{c['train_s']:.0f}" if c.get("train_s") is not None else "3.7 CPU h (pack)"
+        lines.append(
+            f"| {c.get('encoder', 'pack supervised ResNet-20')} | {c.get('base', 'cifar10-supervised')} | {c['how']} "
+            f"| {r2} | {c['class_agreement']:.3f} | {c['rank1']:.3f} | {c['mean_rank']:.1f} | {c['frechet']:.2f} "
+            f"| {t} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    main()
