@@ -18,7 +18,7 @@ from rcdm.adaptation import CARD_NOTE, fit_ridge
 from rcdm.cli import main
 from rcdm.convert import export_diffusers
 from rcdm.diffusion import sample
-from rcdm.encoders import create_encoder
+from rcdm.encoders import Encoder, create_encoder
 from rcdm.errors import RCDMError
 from rcdm.loading import encoder_for
 from rcdm.model import RCDM
@@ -176,3 +176,25 @@ def test_cli_adapts_and_bad_input_is_one_line(base, few_images, tmp_path, capsys
     assert "--model is required" in capsys.readouterr().err
     assert main([*argv[:-1], str(tmp_path / "y"), "--minutes", "0"]) == 2
     assert "--minutes 0.0 must be a positive number" in capsys.readouterr().err
+
+
+def test_a_published_layout_base_takes_a_new_encoder(golden_model, images, tmp_path):
+    """The converted published network (the golden vector's 32 px config, 96-d input) as a base; its own encoder
+    is given as an object (published weights cannot be downloaded here): a 96-d map of the pixels."""
+    golden_model.save_pretrained(tmp_path / "published")
+    torch.manual_seed(0)
+    pixels = create_encoder("pixels:4")  # 48-d
+    lift = torch.nn.Linear(48, 96)
+
+    class Lifted(torch.nn.Module):
+        def forward(self, x):
+            return lift(pixels.backbone_features(x))
+
+    base_enc = Encoder(Lifted(), pixels.preprocessing, spec="test:lifted-pixels", dim=96)
+    cfg = AdaptConfig(
+        model=str(tmp_path / "published"), encoder="pixels:2", data=str(images), steps=1, batch_size=2
+    )
+    result = adapt(cfg, tmp_path / "run", progress=False, base_encoder=base_enc)
+    adapted = load_model(result.model_dir)
+    assert adapted.config.adapter_dim == 96 and adapted.config.representation_dim == 12
+    assert sample(adapted, torch.rand(1, 12), steps=2).shape == (1, 3, 32, 32)

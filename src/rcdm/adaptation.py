@@ -58,6 +58,9 @@ class AdaptConfig:
     encoder: str  # the new encoder's spec
     data: str  # an image folder: a sample of it is encoded and trained on
     feature: Feature = "backbone"
+    # The base model's encoder, when the spec in its config cannot be used as it is (a published checkpoint's
+    # encoder from local weights, a `hub:`/`module:` spec you trust); None: the one its config names.
+    base_encoder: str | None = None
     minutes: float = 10.0  # the whole budget, encoding included
     steps: int | None = (
         None  # stop after this many adapter steps if the budget lasts longer; 0: the map alone
@@ -270,6 +273,7 @@ def adapt(
     resume: bool = False,
     progress: bool = True,
     encoder: Encoder | None = None,  # a ready encoder (Python API); else built from cfg.encoder
+    base_encoder: Encoder | None = None,  # a ready encoder for the base (Python API); else cfg.base_encoder
 ) -> AdaptResult:
     """Adapt `cfg.encoder` onto the frozen RCDM `cfg.model`; RUN/model is the adapted model (see the module)."""
     check_config(cfg)
@@ -292,11 +296,16 @@ def adapt(
             )
     run_dir.mkdir(parents=True, exist_ok=True)
     with run_lock(run_dir, "rcdm adapt"):
-        return _adapt(cfg, run_dir, resume, progress, encoder)
+        return _adapt(cfg, run_dir, resume, progress, encoder, base_encoder)
 
 
 def _adapt(
-    cfg: AdaptConfig, run_dir: Path, resume: bool, progress: bool, encoder: Encoder | None
+    cfg: AdaptConfig,
+    run_dir: Path,
+    resume: bool,
+    progress: bool,
+    encoder: Encoder | None,
+    base_encoder: Encoder | None,
 ) -> AdaptResult:
     state_path = run_dir / "checkpoint"
     saved = (
@@ -307,7 +316,7 @@ def _adapt(
     deadline = wall0 + cfg.minutes * 60 - spent_wall
     base_dir = resolve_model_dir(cfg.model)
     base = load_model(base_dir)
-    base_enc = encoder_for(base)
+    base_enc = encoder_for(base, base_encoder or cfg.base_encoder)  # checked against the base's config
     new_enc = encoder if encoder is not None else create_encoder(cfg.encoder, cfg.feature)
     if new_enc.feature != cfg.feature:
         new_enc = new_enc.with_feature(cfg.feature)

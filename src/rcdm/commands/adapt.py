@@ -31,6 +31,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--feature", choices=FEATURES, default=None, help="its representation level (default: backbone)"
     )
+    p.add_argument(
+        "--base-encoder",
+        default=None,
+        help="the base model's encoder spec, when the one its config names cannot be used as it is (a published "
+        "model's encoder from local weights); default: the config's",
+    )
     p.add_argument("--data", default=None, help="image folder to encode and train on (a sample of it)")
     p.add_argument("--out", required=True, help="run folder; the adapted model lands in OUT/model")
     p.add_argument(
