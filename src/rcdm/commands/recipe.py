@@ -3,15 +3,25 @@
 from __future__ import annotations
 
 import argparse
-from dataclasses import fields
+from dataclasses import fields, replace
 from pathlib import Path
 
-from ..diffusion import check_guidance
+from ..diffusion import check_guidance, sampling_preset
+from ..encoders import create_encoder
 from ..errors import RCDMError
+from ..loading import encoder_for, load_model, resolve_model_dir
 from ..recipes.ab import VARIANTS, ABConfig, ab_table, evaluate_variants, train_variants, with_images
 from ..recipes.bundle import MAX_BUNDLE_MB, pack
 from ..recipes.cifar10 import cifar10_root
 from ..recipes.demo_pack import RCDM_PROFILES, RCDMRecipe, train_rcdms
+from ..recipes.evaluation import (
+    choose_guidance,
+    evaluation_images,
+    guidance_table,
+    record_model_sampling,
+    sampling_record,
+    score_model,
+)
 from ..recipes.ssl import SSLConfig, resolve_config, train_encoder
 from .common import (
     add_command_group,
@@ -41,6 +51,10 @@ EPILOGS = {
     "ab": """examples (docs/recipes.md, "Recipe A/B"):
   rcdm recipe ab --runs ~/rcdm-work/ab --data cifar10-jpeg.tar.gz --variants baseline min-snr
   rcdm recipe ab --runs ~/rcdm-work/ab --data cifar10-jpeg.tar.gz --variants min-snr+v-prediction
+""",
+    "guidance": """examples (docs/recipes.md, "Sampling that travels with the model"):
+  rcdm recipe guidance --model cifar10-vicreg-backbone --data cifar10-jpeg.tar.gz \
+      --judge cifar-resnet56:resnet56-4bfd9763.th --guidance 1 2 3 5 --eval-images 1000 --record
 """,
     "pack": """examples:
   rcdm recipe pack --runs runs --out src/rcdm/assets/models --demo-images src/rcdm/assets/demo-images/*.jpg
@@ -165,6 +179,36 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     add_progress_arg(a)
     a.set_defaults(func=run_ab)
 
+    g = command(
+        "guidance",
+        "measure faithfulness and diversity against guidance on CIFAR-10 test images; --record keeps the choice",
+    )
+    g.add_argument(
+        "--model", required=True, help="an RCDM trained with condition dropout (any --model source)"
+    )
+    g.add_argument("--data", required=True, help="CIFAR-10 root or .tar.gz (its test/ split is used)")
+    g.add_argument(
+        "--judge", required=True, help="judge encoder spec, e.g. cifar-resnet56:resnet56-4bfd9763.th"
+    )
+    g.add_argument(
+        "--guidance",
+        type=float,
+        nargs="+",
+        default=[1.0, 2.0, 3.0, 5.0],
+        help="weights to measure (default: 1 2 3 5)",
+    )
+    g.add_argument("--eval-images", type=int, default=200, help="class-balanced test images (default: 200)")
+    g.add_argument(
+        "--num-samples", type=int, default=2, help="samples per image, >= 2 for diversity (default: 2)"
+    )
+    g.add_argument(
+        "--record",
+        action="store_true",
+        help="write the chosen sampling and the measurements into the model folder's config.json",
+    )
+    add_progress_arg(g)
+    g.set_defaults(func=run_guidance)
+
     k = command("pack", "bundle finished runs: fp16 safetensors + model cards, size-checked")
     k.add_argument("--runs", required=True, help="ROOT of `rcdm recipe ssl` / `rcdm recipe rcdm` runs")
     k.add_argument("--out", required=True, help="bundle folder (e.g. src/rcdm/assets/models)")
@@ -276,6 +320,39 @@ def run_ab(args: argparse.Namespace) -> int:
             print(
                 f"{name}: {r.steps} steps, {r.wall_time_s:.0f} s wall, {r.cpu_time_s:.0f} s CPU; run in {where}"
             )
+    return 0
+
+
+def run_guidance(args: argparse.Namespace) -> int:
+    for w in args.guidance:
+        check_guidance(w)
+    if positive("--num-samples", args.num_samples) < 2:
+        raise RCDMError(f"--num-samples {args.num_samples}: diversity needs at least 2 samples per image")
+    folder = resolve_model_dir(args.model)
+    model = load_model(folder)
+    encoder = encoder_for(model)
+    judge = create_encoder(args.judge, "backbone")
+    images = evaluation_images(cifar10_root(args.data), positive("--eval-images", args.eval_images))
+    scores = [
+        score_model(
+            model,
+            encoder,
+            judge,
+            images,
+            replace(sampling_preset("fast"), guidance=w),
+            num_samples=args.num_samples,
+            progress=not args.no_progress,
+        )
+        for w in sorted(set(args.guidance))
+    ]
+    chosen = choose_guidance(scores)
+    print(guidance_table(scores, chosen), end="")
+    print(f"chosen: guidance {chosen.guidance:g} (the lowest within the slacks of the best; docs/recipes.md)")
+    if args.record:
+        record_model_sampling(folder, sampling_record(scores, chosen, args.judge))
+        print(
+            f"recorded in {folder / 'config.json'}: `rcdm sample` now uses guidance {chosen.guidance:g} by default"
+        )
     return 0
 
 

@@ -1,0 +1,75 @@
+"""The pack's scorer: diversity across samples, the guidance choice and its record in the model's config."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import torch
+
+from rcdm.cli import main
+from rcdm.diffusion import resolve_sampling
+from rcdm.model import RCDM
+from rcdm.recipes.evaluation import Score, choose_guidance, sampling_record
+
+BASE = Score(
+    num_images=100,
+    sampler="dpm++",
+    steps=20,
+    guidance=1.0,
+    class_agreement=0.3,
+    rank1=0.02,
+    mean_rank=40.0,
+    frechet=5.0,
+    own_rank1=0.1,
+    diversity=0.3,
+    pixel_spread=0.2,
+    num_samples=2,
+    wall_s=1.0,
+    cpu_s=1.0,
+)
+
+
+def test_the_lowest_guidance_nearly_as_faithful_as_the_best_is_chosen():
+    scores = [
+        BASE,
+        replace(BASE, guidance=2.0, class_agreement=0.55, rank1=0.05),
+        replace(BASE, guidance=3.0, class_agreement=0.60, rank1=0.06),
+        replace(BASE, guidance=5.0, class_agreement=0.61, rank1=0.065),
+    ]
+    assert choose_guidance(scores).guidance == 3.0  # 0.60 is within 0.02 of 0.61, 0.06 within 0.01 of 0.065
+    assert choose_guidance(scores[:3]).guidance == 3.0
+    worse_rank = [*scores[:3], replace(BASE, guidance=5.0, class_agreement=0.61, rank1=0.09)]
+    assert choose_guidance(worse_rank).guidance == 5.0
+    record = sampling_record(scores, scores[2], "judge:x")
+    assert record["guidance"] == 3.0 and [m["guidance"] for m in record["measured"]] == [1.0, 2.0, 3.0, 5.0]
+
+
+@pytest.fixture
+def guided(tmp_path, few_images) -> Path:
+    torch.manual_seed(0)
+    m = RCDM.from_preset(
+        "tiny", representation_dim=12, sample_size=16, null_representation=True, encoder="pixels:2"
+    )
+    with torch.no_grad():
+        m.null_rep.normal_()
+    m.save_pretrained(tmp_path / "model")
+    return tmp_path / "model"
+
+
+def test_cli_guidance_measures_diversity_and_records_the_choice(guided, cifar_root, resnet56_path, capsys):
+    judge = f"cifar-resnet56:{resnet56_path}"
+    argv = ["recipe", "guidance", "--model", str(guided), "--data", str(cifar_root), "--judge", judge]
+    assert main([*argv, "--guidance", "1", "4", "--eval-images", "10", "--record", "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "| guidance | class agreement |" in out and "chosen: guidance" in out
+    config = json.loads((guided / "config.json").read_text())
+    measured = config["sampling"]["measured"]
+    assert [m["guidance"] for m in measured] == [1.0, 4.0]
+    assert all(0 < m["diversity"] <= 2 and 0 < m["pixel_spread"] < 1 for m in measured)
+    chosen = config["sampling"]["guidance"]
+    assert resolve_sampling(RCDM.from_pretrained(guided)).guidance == chosen  # sampling now uses it
+    assert main([*argv, "--num-samples", "1"]) == 2
+    assert "diversity needs at least 2 samples" in capsys.readouterr().err
