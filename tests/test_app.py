@@ -263,3 +263,26 @@ def test_a_model_whose_encoder_runs_code_needs_the_opt_in(tiny_model: Path) -> N
     cache = app_module.ModelCache(discover_models([str(tiny_model)]), "cpu")
     with pytest.raises(RCDMError, match="--trust-remote-code"):
         cache.get("tiny")
+
+
+def test_a_model_folder_s_recorded_guidance_is_the_page_default(tmp_path: Path) -> None:
+    import json
+
+    import torch
+
+    from rcdm.app import models as app_models
+    from rcdm.model import RCDM
+
+    torch.manual_seed(0)
+    m = RCDM.from_preset(
+        "tiny", representation_dim=12, sample_size=16, null_representation=True, encoder="pixels:2"
+    )
+    m.save_pretrained(tmp_path / "guided")
+    config = json.loads((tmp_path / "guided" / "config.json").read_text())
+    config["sampling"] = {"sampler": "dpm++", "steps": 20, "guidance": 3.5}
+    (tmp_path / "guided" / "config.json").write_text(json.dumps(config))
+    (choice,) = app_models.discover_models([str(tmp_path / "guided")])
+    assert choice.guidance == 3.5
+    page = build_app([choice], "cpu")
+    sliders = [c["props"] for c in page.config["components"] if c.get("type") == "slider"]
+    assert [p["value"] for p in sliders if p.get("label", "").startswith("guidance")] == [3.5]

@@ -4,6 +4,7 @@ See rcdm.app for the page."""
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import threading
@@ -263,11 +264,29 @@ def discover_models(
     return [c if labels.count(c.label) == 1 else replace(c, label=c.source) for c in out]
 
 
+def _default_guidance(source: str) -> float:
+    """The guidance a local model folder records as its default (config `sampling`), else 1; nothing is loaded."""
+    path = Path(source).expanduser()
+    for config in (path / "config.json", path / "model" / "config.json"):
+        if config.is_file():
+            try:
+                recorded = json.loads(config.read_text()).get("sampling") or {}
+                return float(recorded.get("guidance", 1.0))
+            except (OSError, ValueError, TypeError, AttributeError):
+                return 1.0  # loading the model reports what is wrong with the file
+    return 1.0
+
+
 def _source_choice(source: str, trust_remote_code: bool = False) -> ModelChoice:
     label = (
         source if source.startswith("official:") else Path(os.path.abspath(Path(source).expanduser())).name
     )
-    return ModelChoice(label, source, lambda d, s=source: _load_source(s, d, trust_remote_code))
+    return ModelChoice(
+        label,
+        source,
+        lambda d, s=source: _load_source(s, d, trust_remote_code),
+        guidance=_default_guidance(source),
+    )
 
 
 class ModelCache:
