@@ -21,9 +21,10 @@ from .convert import convert
 from .encoders import Encoder, Feature, create_encoder
 from .encoders.published import PUBLISHED, describe_published
 from .errors import RCDMError, first_line
+from .files import atomic_dir
 from .hub import parse_hub_ref, resolve_hub_model
 from .model import RCDM, WEIGHTS_VARIANT, check_config, check_encoder
-from .runs import atomic_dir, latest_checkpoint
+from .runs import latest_checkpoint
 from .weights import (
     Weights,
     check_keys,

@@ -22,8 +22,8 @@ from .diffusion import (
 )
 from .encoders import Feature
 from .errors import RCDMError
+from .files import check_writable_dir
 from .model import PREDICTION_TYPES, PRESETS
-from .runs import check_writable_dir
 
 
 @dataclass(frozen=True)

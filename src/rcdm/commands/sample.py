@@ -6,7 +6,7 @@ import argparse
 import json
 
 from ..data import expand_image_args
-from ..runs import output_folder
+from ..files import output_folder
 from ..visualize import save_visualization, visualize
 from .common import (
     add_command,

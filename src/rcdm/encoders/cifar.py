@@ -26,7 +26,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from ..errors import RCDMError
-from ..runs import atomic_dir
+from ..files import atomic_dir
 from ..weights import load_strict, read_checkpoint
 from .base import IMAGENET_MEAN, IMAGENET_STD, Encoder, Feature, Preprocessing, file_identity
 from .registry import register_encoder

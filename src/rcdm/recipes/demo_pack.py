@@ -19,6 +19,7 @@ from typing import Any, Literal
 
 import torch
 
+from ..devices import cpu_seconds, device_name, git_commit
 from ..diffusion import LossType
 from ..encoders import Feature
 from ..encoders.cifar import CARD_NAME, read_card
@@ -26,7 +27,7 @@ from ..errors import RCDMError
 from ..loading import resolve_model_dir
 from ..model import PRESETS
 from ..monitor import read_metrics
-from ..runs import complete_checkpoints, cpu_seconds, device_name, git_commit
+from ..runs import complete_checkpoints
 from ..train import TrainConfig, train
 
 log = logging.getLogger(__name__)

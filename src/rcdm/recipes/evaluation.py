@@ -15,12 +15,12 @@ from pathlib import Path
 
 import torch
 
+from ..devices import cpu_seconds
 from ..diffusion import SamplingConfig, sampling_preset
 from ..encoders import Encoder
 from ..metrics.faithfulness import evaluate_faithfulness
 from ..metrics.quality import frechet_distance
 from ..model import RCDM
-from ..runs import cpu_seconds
 from .cifar10 import labelled_files
 
 
