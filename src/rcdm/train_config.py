@@ -11,6 +11,7 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, Literal
 
+from .checks import check_seed
 from .devices import Precision, training_precision
 from .diffusion import (
     LOSS_WEIGHTINGS,
@@ -18,7 +19,6 @@ from .diffusion import (
     LossType,
     LossWeighting,
     TimestepSampling,
-    check_seed,
 )
 from .encoders import Feature
 from .errors import RCDMError

@@ -6,7 +6,7 @@ import argparse
 from dataclasses import fields
 from pathlib import Path
 
-from ..diffusion import check_guidance
+from ..checks import check_guidance
 from ..errors import RCDMError
 from ..recipes.ab import VARIANTS, ABConfig, ab_table, evaluate_variants, train_variants, with_images
 from ..recipes.bundle import MAX_BUNDLE_MB, pack

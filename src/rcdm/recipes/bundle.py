@@ -20,8 +20,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from ..checks import check_guidance
 from ..data import list_images
-from ..diffusion import check_guidance
 from ..encoders import Encoder, create_encoder
 from ..encoders.cifar import (
     CifarEncoderNet,

@@ -32,8 +32,8 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import v2
 from tqdm.auto import tqdm
 
+from ..checks import check_seed
 from ..devices import autocast_for, cpu_seconds, device_name, git_commit, training_precision
-from ..diffusion import check_seed
 from ..encoders import create_encoder
 from ..encoders.cifar import (
     CifarEncoderArch,
