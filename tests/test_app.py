@@ -189,9 +189,9 @@ def test_pack_models_and_the_supervised_twin(tiny_model: Path, monkeypatch: pyte
     import rcdm.app as app_module
     import rcdm.app.models as app_models
     from encoders_for_tests import mean_colour_classifier
+    from rcdm.bundle import ROLES
     from rcdm.encoders import create_encoder
     from rcdm.loading import load_model
-    from rcdm.recipes.bundle import ROLES
 
     model = load_model(tiny_model)
     ssl = create_encoder("module:encoders_for_tests:mean_colour", "backbone")

@@ -14,12 +14,13 @@ from typing import ClassVar
 import pytest
 from PIL import Image
 
+from rcdm.bundle import read_bundle
 from rcdm.cli import main
 from rcdm.demo import PACK_DEMO_PRESETS, PackDemoSettings, run_demo, run_pack_demo
 from rcdm.demo_page import models_html, smoke_notice
 from rcdm.diffusion import SamplingConfig
 from rcdm.errors import RCDMError
-from rcdm.recipes.bundle import pack, read_bundle
+from rcdm.recipes.bundle import pack
 from rcdm.recipes.demo_pack import TARGETS, RCDMRecipe, train_rcdms
 from rcdm.recipes.ssl import SSLConfig, train_encoder
 

@@ -379,8 +379,7 @@ def test_cpu_bf16_detection_reads_the_cpu_flags(monkeypatch):
 
 def test_the_cpu_is_named_by_its_model_and_bf16_extensions():
     # Cards and speed tables name the machine: platform.processor() is empty on Linux, so cpuinfo is read.
-    from rcdm.devices import cpu_model
-    from rcdm.runs import device_name
+    from rcdm.devices import cpu_model, device_name
 
     xeon = "processor\t: 0\nmodel name\t: Intel(R) Xeon(R) Platinum 8480+\nflags\t\t: fpu avx512f amx_bf16 avx512_bf16\n"
     assert cpu_model(xeon) == "Intel(R) Xeon(R) Platinum 8480+, AMX-BF16, AVX512-BF16"

@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from rcdm.bundle import bundled_models_dir
 from rcdm.cli import main
 from rcdm.diffusion import SamplingConfig, resolve_sampling, sample
-from rcdm.encoders.cifar import bundled_models_dir
 from rcdm.errors import RCDMError
 from rcdm.loading import resolve_model_dir
 from rcdm.model import RCDM

@@ -24,16 +24,16 @@ from typing import Literal
 import torch
 
 from .data import batched, center_square, decode_images, list_images, load_views, resize, to_model_space
-from .devices import autocast_for, resolve_precision, training_precision
+from .devices import autocast_for, cpu_seconds, resolve_precision, training_precision
 from .diffusion import GaussianDiffusion, draw_timesteps, sample_generators
 from .encoders import Encoder, Feature, create_encoder
 from .encoders.cache import cache_file, cached_representations, load_cache
 from .errors import RCDMError
+from .files import atomic_dir, write_text_atomic
 from .loading import encoder_for, load_model, resolve_model_dir
 from .locks import run_lock
 from .model import ADAPTERS, RCDM, WEIGHTS_VARIANT
 from .monitor import TrainingMonitor
-from .runs import atomic_dir, cpu_seconds, write_text_atomic
 from .weights import sha256_file
 
 log = logging.getLogger(__name__)

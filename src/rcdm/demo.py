@@ -18,6 +18,7 @@ from typing import Any
 
 import torch
 
+from .bundle import ROLES, bundled_pack, demo_images, read_bundle
 from .data import list_images
 from .demo_page import (
     PACK_DEMO_PRESETS,
@@ -32,9 +33,8 @@ from .demo_page import (
 from .diffusion import SamplingConfig
 from .errors import RCDMError
 from .figures import Section, grid, html_page, html_table
-from .loading import encoder_for, load_model
+from .loading import encoder_for, load_bundled, load_model
 from .metrics.faithfulness import faithfulness_scores
-from .recipes.bundle import ROLES, bundled_pack, demo_images, read_bundle
 from .train import TrainConfig, train
 from .visualize import save_visualization, visualize
 
@@ -95,7 +95,7 @@ def run_pack_demo(
         raise RCDMError(f"the demo needs at least 2 input images but {str(bundle.folder)!r} has {len(paths)}")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    loaded = {role: bundle.load(target, device) for role, (target, _) in ROLES.items()}
+    loaded = {role: load_bundled(bundle, target, device) for role, (target, _) in ROLES.items()}
     ctx = PageContext(bundle, loaded, paths, s, out, progress)
     seconds: dict[str, float] = {"load": time.perf_counter() - t_start}
     intro, models = bundle_section(bundle, ROLES)

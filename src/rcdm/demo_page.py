@@ -12,13 +12,12 @@ from pathlib import Path
 from .analysis import adversarial, interpolate, invariance
 from .analysis.interpolate import Method
 from .analysis.report import adversarial_section, interpolation_section, invariance_section, samples_section
+from .bundle import ROLES, DemoBundle, read_card
 from .diffusion import SamplingConfig
 from .encoders import Encoder
-from .encoders.cifar import read_card
 from .errors import RCDMError
 from .figures import Section, fmt, html_table
 from .model import RCDM
-from .recipes.bundle import ROLES, DemoBundle
 
 # dpm++ 15 steps, 32 images per call (the CPU batch size of docs/recipes.md). 15 rather than the gates' 20: on the
 # pack's VICReg backbone RCDM at guidance 5 (200 test images, ResNet-56 judge) 15 steps gave rank-1 0.140 and class

@@ -1,5 +1,6 @@
 """How networks run on a device: the default device, the precision (autocast) rule, the compile modes of the
-sampler's fast path (CUDA graph replay, torch.compile), and the process group of a multi-process run.
+sampler's fast path (CUDA graph replay, torch.compile), the process group of a multi-process run, and what a run
+records of where it ran (`device_name`, `cpu_seconds`, `git_commit`).
 
 One precision vocabulary serves training, sampling and encoding: 'auto' | 'bf16' | 'fp32' ('auto' = bf16 autocast
 on CUDA and on CPUs with native bf16, fp32 elsewhere). Training also accepts accelerate's 'no' (= 'fp32'), so
@@ -12,6 +13,7 @@ import contextlib
 import functools
 import os
 import platform
+import subprocess
 import weakref
 from pathlib import Path
 from typing import Literal
@@ -200,3 +202,38 @@ def process_state() -> PartialState:
     then every rank would redo all the work instead of its share.
     """
     return PartialState(cpu=not torch.cuda.is_available())
+
+
+def cpu_seconds() -> float:
+    """CPU time (user + system, all threads) of this process and of its finished children (data workers), in s.
+
+    Unlike wall time it does not count time the process was stopped (SIGSTOP) or waiting for a busy CPU.
+    """
+    t = os.times()
+    return t.user + t.system + t.children_user + t.children_system
+
+
+def git_commit() -> str | None:
+    """The rcdm source tree's git commit (with '+dirty' when modified), or None outside a checkout."""
+    here = Path(__file__).resolve().parent
+    try:
+        sha = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, check=True, timeout=10
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=here,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return sha + ("+dirty" if dirty else "")
+
+
+def device_name(device: torch.device) -> str:
+    """The device as a card or run.json names it: the GPU's model, or the CPU's with the cores visible."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"{device.type} ({os.cpu_count()} cores visible, {cpu_model()})"

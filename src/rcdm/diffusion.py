@@ -324,20 +324,6 @@ def denoiser(
     return run
 
 
-def check_seed(seed: int) -> int:
-    """A seed in [0, 2**32): the range every generator rcdm seeds accepts, each seed its own stream."""
-    if not 0 <= seed < 2**32:
-        raise RCDMError(f"--seed {seed} is out of range: use a whole number from 0 to {2**32 - 1}")
-    return seed
-
-
-def check_guidance(guidance: float) -> float:
-    """A finite classifier-free guidance weight (1 = none)."""
-    if not math.isfinite(guidance):
-        raise RCDMError(f"--guidance {guidance} must be a finite number (1 = no guidance)")
-    return guidance
-
-
 def sample_generators(seed: int, first_index: int, count: int) -> list[torch.Generator]:
     """One CPU generator per sample, seeded by (seed, global sample index): batching never changes a sample."""
     return [torch.Generator().manual_seed(seed * 1_000_003 + first_index + i) for i in range(count)]

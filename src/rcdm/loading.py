@@ -1,4 +1,4 @@
-"""Where a model comes from: a run folder, a saved model folder, or a named model.
+"""Where a model comes from: a run folder, a saved model folder, a named model, or a demo bundle.
 
 Named models: `official:NAME`, the nine published RCDM checkpoints (`MODELS`), downloaded and converted once
 (rcdm.convert) into $RCDM_CACHE/official/models/NAME; more sources can be added with `register_model_source`.
@@ -17,14 +17,15 @@ from pathlib import Path
 import torch
 from accelerate import init_empty_weights
 
+from .bundle import DemoBundle, bundled_models_dir
 from .convert import convert
 from .encoders import Encoder, Feature, create_encoder
-from .encoders.cifar import bundled_models_dir
 from .encoders.published import PUBLISHED, describe_published
 from .errors import RCDMError, first_line
+from .files import atomic_dir
 from .hub import parse_hub_ref, resolve_hub_model
 from .model import RCDM, WEIGHTS_VARIANT, check_config, check_encoder
-from .runs import atomic_dir, latest_checkpoint
+from .runs import latest_checkpoint
 from .weights import (
     Weights,
     check_keys,
@@ -256,3 +257,13 @@ def encoder_for(
         enc = create_encoder(spec, feature)
     check_encoder(model, enc.describe())
     return enc
+
+
+def load_bundled(
+    bundle: DemoBundle, target: str, device: str | torch.device | None = None
+) -> tuple[RCDM, Encoder]:
+    """One RCDM of a demo bundle (float32, eval) and its bundled encoder, checked to be the one it was trained on."""
+    model = load_model(bundle.folder / target, device=device).float()
+    enc = create_encoder(f"rcdm-cifar:{bundle.folder / bundle.encoder_name(target)}", model.config.feature)
+    enc = encoder_for(model, enc)
+    return model, enc.to(device) if device is not None else enc

@@ -20,8 +20,8 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from .devices import cpu_seconds
 from .figures import grid
-from .runs import cpu_seconds
 
 log = logging.getLogger(__name__)
 LOG_INTERVAL_S = 30.0  # plain log lines: at most one per this many seconds (plus one per checkpoint)

@@ -1,17 +1,15 @@
-"""Run folders: atomic folder writes, training checkpoints (save, check, find the newest, prune), disk-full
-reporting and provenance.
+"""Run folders: training checkpoints (save, check, find the newest, prune) and disk-full reporting.
 
 A run folder holds run.json, checkpoints/step-NNNNNNNN/{model,ema,optimizer.pt,state.json} and, when done,
-model/. Every folder is written under a temporary name, fsynced and renamed into place, so a run killed at any
-point (even mid-save) leaves only complete folders under their final names. One process at a time writes a run
-folder: it holds RUN/.lock (`rcdm.locks.run_lock`), which names it to anyone else who tries.
+model/. Every folder is written through `rcdm.files.atomic_dir` (temporary name, fsync, rename), so a run killed
+at any point (even mid-save) leaves only complete folders under their final names. One process at a time writes
+a run folder: it holds RUN/.lock (`rcdm.locks.run_lock`), which names it to anyone else who tries.
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno
-import glob
 import json
 import logging
 import os
@@ -19,7 +17,6 @@ import pickle
 import re
 import shlex
 import shutil
-import subprocess
 import zipfile
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -28,9 +25,8 @@ import torch
 from safetensors import safe_open
 from torch import nn
 
-from .devices import cpu_model
 from .errors import DiskFullError, RCDMError
-from .locks import output_lock
+from .files import atomic_dir
 from .model import WEIGHTS_VARIANT
 
 log = logging.getLogger(__name__)
@@ -46,148 +42,6 @@ STEP_FILES: tuple[str, ...] = (
     "optimizer.pt",
     "state.json",
 )
-
-
-def fsync_tree(folder: Path) -> None:
-    for p in folder.rglob("*"):
-        if p.is_file():
-            with open(p, "rb") as f:
-                os.fsync(f.fileno())
-
-
-@contextlib.contextmanager
-def atomic_dir(final: str | Path, tmp: str | Path | None = None) -> Iterator[Path]:
-    """Yield an empty temporary folder; when the block completes, fsync it and rename it to `final` (replacing it).
-
-    tmp: the temporary folder (default: `.tmp-<name>-<pid>` beside `final`). When the block raises (or the process
-    dies) `final` is untouched and the temporary folder stays, as after a kill: readers ignore it and the next
-    write (`prune_checkpoints` for checkpoints) removes it.
-    """
-    final = Path(final)
-    tmp = Path(tmp) if tmp is not None else _beside(final, "tmp")
-    _fresh_dir(tmp)
-    yield tmp
-    _swap_into(tmp, final)
-
-
-def _beside(path: Path, kind: str) -> Path:
-    """This process's temporary name for `path`, in its folder: .tmp-NAME-PID (being written), .old-NAME-PID."""
-    return path.parent / f".{kind}-{path.name}-{os.getpid()}"
-
-
-def _fresh_dir(path: Path) -> None:
-    shutil.rmtree(path, ignore_errors=True)
-    path.mkdir(parents=True)
-
-
-def _swap_into(tmp: Path, final: Path) -> None:
-    """fsync `tmp`, then rename it to `final`. An existing `final` is first renamed aside and removed after, so
-    `final` is never a mix of old and new files, and it is put back when the second rename fails."""
-    fsync_tree(tmp)
-    if final.exists():
-        old = _beside(final, "old")
-        shutil.rmtree(old, ignore_errors=True)
-        os.rename(final, old)
-        try:
-            os.rename(tmp, final)
-        except BaseException:
-            os.rename(old, final)
-            raise
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.rename(tmp, final)
-
-
-@contextlib.contextmanager
-def atomic_file(path: str | Path) -> Iterator[Path]:
-    """Yield a temporary path beside `path`; when the block completes, rename it to `path` (replacing it), so a
-    reader never sees half a file and a killed writer leaves the old one. When the block raises, it is removed."""
-    path = Path(path)
-    tmp = _beside(path, "tmp")
-    try:
-        yield tmp
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def write_text_atomic(path: str | Path, text: str) -> None:
-    """Write a small file whole or not at all (temporary file + rename): a reader never sees half of it."""
-    with atomic_file(path) as tmp:
-        tmp.write_text(text)
-
-
-def _check_creatable(path: Path, folder: Path, flag: str) -> None:
-    """`folder` exists as a writable folder, or its nearest existing ancestor is one (so it can be created)."""
-    probe = next((p for p in (folder, *folder.parents) if p.exists()), Path("."))
-    if not probe.is_dir():
-        raise RCDMError(f"cannot write {flag} {str(path)!r}: {str(probe)!r} is a file, not a folder")
-    if not os.access(probe, os.W_OK | os.X_OK):
-        raise RCDMError(f"cannot write {flag} {str(path)!r}: {str(probe)!r} is not a writable folder")
-
-
-def check_writable_dir(path: str | Path, flag: str = "--out") -> Path:
-    """Refuse (one RCDMError line) an output folder that is a file or cannot be written; checked before any work.
-
-    The folder need not exist: its nearest existing ancestor must then be a writable folder.
-    """
-    path = Path(path)
-    if path.exists() and not path.is_dir():
-        raise RCDMError(f"{flag} {str(path)!r} is a file, not a folder: choose a folder")
-    _check_creatable(path, path, flag)
-    return path
-
-
-def check_writable_file(path: str | Path, flag: str = "--out") -> Path:
-    """Refuse an output file that is a folder or cannot be written (checked before any work)."""
-    path = Path(path)
-    if path.is_dir():
-        raise RCDMError(f"{flag} {str(path)!r} is a folder: pass a file path")
-    if path.exists() and not os.access(path, os.W_OK):
-        raise RCDMError(f"cannot write {flag} {str(path)!r}: the file is read-only")
-    _check_creatable(path, path.parent, flag)
-    return path
-
-
-@contextlib.contextmanager
-def output_folder(
-    out: str | Path, *, overwrite: bool = False, marker: str, flag: str = "--out", command: str = "rcdm"
-) -> Iterator[Path]:
-    """Check and lock an output folder before any work, then yield an empty temporary folder beside it; when the
-    block completes, the temporary folder becomes `out` (so `out` holds this run's files only, never a mix).
-
-    `out` may be absent or empty. A folder with files needs `overwrite` and must hold `marker` (the file this
-    command writes last), so that only an earlier output of the same command is replaced, never files of
-    the user's. When the block raises, `out` is untouched and the temporary folder is removed.
-    """
-    out = check_writable_dir(out, flag)
-    with output_lock(out, flag, command):
-        if out.is_dir() and any(out.iterdir()):
-            if not (out / marker).is_file():
-                raise RCDMError(
-                    f"{flag} {str(out)!r} holds files that rcdm did not write (it has no {marker}): choose "
-                    f"an empty or new {flag}"
-                )
-            if not overwrite:
-                raise RCDMError(
-                    f"{flag} {str(out)!r} already holds an earlier output: pass --overwrite to replace it, or "
-                    f"choose a new {flag}"
-                )
-        tmp = _beside(out, "tmp")
-        # the lock is ours, so another .tmp-OUT-PID or .old-OUT-PID is what a killed writer left
-        own = re.compile(rf"\.(tmp|old)-{re.escape(out.name)}-\d+")
-        for stale in out.parent.glob(f".*-{glob.escape(out.name)}-*"):
-            if own.fullmatch(stale.name) and stale.is_dir():
-                shutil.rmtree(stale, ignore_errors=True)
-        try:
-            _fresh_dir(tmp)
-        except OSError as e:
-            raise RCDMError(f"cannot write {flag} {str(out)!r}: {e.strerror or e}") from None
-        try:
-            yield tmp
-            _swap_into(tmp, out)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
 
 
 def complete_checkpoints(run_dir: str | Path, pattern: str = "step-*") -> list[Path]:
@@ -450,37 +304,3 @@ def save_checkpoint(
         (out / "state.json").write_text(json.dumps({"step": step}))
     prune_checkpoints(run_dir, keep)
     return final
-
-
-def cpu_seconds() -> float:
-    """CPU time (user + system, all threads) of this process and of its finished children (data workers), in s.
-
-    Unlike wall time it does not count time the process was stopped (SIGSTOP) or waiting for a busy CPU.
-    """
-    t = os.times()
-    return t.user + t.system + t.children_user + t.children_system
-
-
-def git_commit() -> str | None:
-    """The rcdm source tree's git commit (with '+dirty' when modified), or None outside a checkout."""
-    here = Path(__file__).resolve().parent
-    try:
-        sha = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, check=True, timeout=10
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"],
-            cwd=here,
-            capture_output=True,
-            text=True,
-            timeout=10,
-        ).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return sha + ("+dirty" if dirty else "")
-
-
-def device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    return f"{device.type} ({os.cpu_count()} cores visible, {cpu_model()})"

@@ -32,17 +32,16 @@ from .data import (
     load_views,
     to_model_space,
 )
-from .devices import Precision, autocast_for, resolve_precision, training_precision
+from .devices import Precision, autocast_for, cpu_seconds, resolve_precision, training_precision
 from .diffusion import GaussianDiffusion, draw_timesteps, sample, sample_generators
 from .encoders import Encoder, create_encoder
 from .encoders.cache import cached_representations, check_cache, load_cache
 from .errors import NonFiniteLossError, RCDMError
+from .files import atomic_dir, write_text_atomic
 from .locks import run_lock
 from .model import PRESETS, RCDM, check_encoder
 from .monitor import TrainingMonitor
 from .runs import (
-    atomic_dir,
-    cpu_seconds,
     latest_checkpoint,
     nbytes,
     reading_checkpoint,
@@ -50,7 +49,6 @@ from .runs import (
     resume_checkpoint,
     save_checkpoint,
     sweep_checkpoints,
-    write_text_atomic,
 )
 from .train_config import (
     TrainConfig,

@@ -11,6 +11,7 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, Literal
 
+from .checks import check_seed
 from .devices import Precision, training_precision
 from .diffusion import (
     LOSS_WEIGHTINGS,
@@ -18,12 +19,11 @@ from .diffusion import (
     LossType,
     LossWeighting,
     TimestepSampling,
-    check_seed,
 )
 from .encoders import Feature
 from .errors import RCDMError
+from .files import check_writable_dir
 from .model import PREDICTION_TYPES, PRESETS
-from .runs import check_writable_dir
 
 
 @dataclass(frozen=True)

@@ -19,13 +19,12 @@ from PIL import Image
 from .. import analysis, figures
 from ..analysis import adversarial, interpolate, invariance, list_augmentations, pixel_std, variance
 from ..analysis.variance import heat_map
+from ..bundle import ROLES, bundled_pack, demo_images, read_bundle, read_card
 from ..data import list_images, load_image
 from ..devices import default_device
 from ..diffusion import SamplingConfig
-from ..encoders.cifar import read_card
 from ..errors import RCDMError
-from ..loading import MODELS, encoder_for, load_model, resolve_model_dir
-from ..recipes.bundle import ROLES, bundled_pack, demo_images, read_bundle
+from ..loading import MODELS, encoder_for, load_bundled, load_model, resolve_model_dir
 from ..visualize import visualize
 from ..weights import official_cache
 
@@ -72,7 +71,7 @@ def _load_source(source: str, device: torch.device, trust_remote_code: bool = Fa
 
 
 def _load_bundled(folder: Path, target: str, device: torch.device) -> tuple[Any, Any]:
-    return read_bundle(folder).load(target, device)
+    return load_bundled(read_bundle(folder), target, device)
 
 
 def _check_image(path: str | Path) -> Image.Image:

@@ -29,8 +29,8 @@ from ..analysis.interpolate import METHODS
 from ..data import expand_image_args
 from ..devices import default_device
 from ..errors import RCDMError
+from ..files import check_writable_dir
 from ..loading import encoder_for, load_model
-from ..runs import check_writable_dir
 from .common import (
     add_command_group,
     add_model_args,

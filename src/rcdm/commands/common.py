@@ -15,13 +15,12 @@ from pathlib import Path
 
 import torch
 
+from ..checks import check_guidance, check_seed
 from ..devices import COMPILE_MODES, PRECISIONS, default_device
 from ..diffusion import (
     SAMPLERS,
     SAMPLING_PRESETS,
     SamplingConfig,
-    check_guidance,
-    check_seed,
     sampling_preset,
 )
 from ..encoders import FEATURES, Encoder

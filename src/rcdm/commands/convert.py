@@ -7,8 +7,8 @@ import logging
 
 from ..convert import convert, export_diffusers
 from ..encoders import FEATURES
+from ..files import output_folder
 from ..loading import MODELS, encoder_description, published_name_for
-from ..runs import output_folder
 from .common import add_command, add_overwrite_arg
 
 log = logging.getLogger(__name__)

@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import argparse
 
+from ..bundle import bundled_pack
+from ..checks import check_guidance
 from ..demo import DEMO_ENCODER, PACK_DEMO_PRESETS, run_demo, run_pack_demo
 from ..devices import default_device
-from ..diffusion import check_guidance
 from ..errors import RCDMError
-from ..recipes.bundle import bundled_pack
 from .common import add_command, add_progress_arg
 
 EPILOG = """examples:

@@ -11,8 +11,8 @@ from ..data import expand_image_args
 from ..devices import default_device
 from ..encoders import FEATURES, create_encoder
 from ..errors import RCDMError
+from ..files import atomic_file, check_writable_file
 from ..locks import output_lock
-from ..runs import atomic_file, check_writable_file
 from .common import add_command, add_overwrite_arg, add_progress_arg
 
 EPILOG = """examples:

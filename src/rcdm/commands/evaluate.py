@@ -13,11 +13,11 @@ from ..devices import process_state
 from ..encoders import create_encoder
 from ..errors import RCDMError
 from ..figures import fmt, write_report
+from ..files import check_writable_dir, check_writable_file, output_folder
 from ..metrics.faithfulness import evaluate_faithfulness, faithfulness_tables
 from ..metrics.features import create_feature_extractor
 from ..metrics.generate import MANIFEST, generate_samples, sample_files, save_samples
 from ..metrics.quality import evaluate_quality, load_reference_stats, quality_tables
-from ..runs import check_writable_dir, check_writable_file, output_folder
 from .common import (
     add_command_group,
     add_model_args,

@@ -7,8 +7,8 @@ import argparse
 from pathlib import Path
 
 from ..convert import export_diffusers
+from ..files import check_writable_dir
 from ..loading import load_model
-from ..runs import check_writable_dir
 from .common import add_command
 
 EPILOG = """examples:

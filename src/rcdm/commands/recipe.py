@@ -6,7 +6,8 @@ import argparse
 from dataclasses import fields, replace
 from pathlib import Path
 
-from ..diffusion import check_guidance, sampling_preset
+from ..checks import check_guidance
+from ..diffusion import sampling_preset
 from ..encoders import create_encoder
 from ..errors import RCDMError
 from ..loading import encoder_for, load_model, resolve_model_dir

@@ -7,7 +7,7 @@ import json
 
 from ..data import expand_image_args
 from ..diffusion import resolve_sampling
-from ..runs import output_folder
+from ..files import output_folder
 from ..visualize import save_visualization, visualize
 from .common import (
     add_command,

@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 
 from ..data import batched, center_square, files_digest, resize
 from ..errors import RCDMError, first_line
-from ..runs import atomic_file
+from ..files import atomic_file
 from .base import Encoder
 
 log = logging.getLogger(__name__)

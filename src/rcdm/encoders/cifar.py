@@ -16,7 +16,6 @@ import logging
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -25,8 +24,9 @@ import torch.nn.functional as F
 from safetensors.torch import save_file
 from torch import nn
 
+from ..bundle import CARD_NAME, ENCODER_FORMAT, model_search_dirs, read_card
 from ..errors import RCDMError
-from ..runs import atomic_dir
+from ..files import atomic_dir
 from ..weights import load_strict, read_checkpoint
 from .base import IMAGENET_MEAN, IMAGENET_STD, Encoder, Feature, Preprocessing, file_identity
 from .registry import register_encoder
@@ -34,16 +34,9 @@ from .registry import register_encoder
 log = logging.getLogger(__name__)
 
 WEIGHTS_NAME = "encoder.safetensors"
-CARD_NAME = "card.json"
-FORMAT = "rcdm-cifar-encoder/1"
 # CIFAR-10 train-split statistics (RGB in [0, 1]).
 CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR_STD = (0.2470, 0.2435, 0.2616)
-
-
-def bundled_models_dir() -> Path:
-    """The folder of models that ship with the package: rcdm/assets/models (may not exist)."""
-    return Path(str(resources.files("rcdm"))) / "assets" / "models"
 
 
 @dataclass(frozen=True)
@@ -220,24 +213,18 @@ def save_encoder(
     }
     full = {
         **card,
-        "format": FORMAT,
+        "format": ENCODER_FORMAT,
         "arch": net.arch.to_dict(),
         "preprocessing": (preprocessing or default_preprocessing()).to_dict(),
         "dtype": str(dtype).removeprefix("torch."),
     }
     with atomic_dir(folder) as tmp:
-        save_file(state, str(tmp / WEIGHTS_NAME), metadata={"format": FORMAT})
+        save_file(state, str(tmp / WEIGHTS_NAME), metadata={"format": ENCODER_FORMAT})
         full.setdefault("identity", file_identity("rcdm-cifar", tmp / WEIGHTS_NAME))
         (tmp / CARD_NAME).write_text(json.dumps(full, indent=2, default=str))
         if readme is not None:
             (tmp / "README.md").write_text(readme)
     return folder
-
-
-def model_search_dirs() -> list[Path]:
-    """Where `rcdm-cifar:NAME` looks: the folders in $RCDM_MODELS (os.pathsep-separated), then the bundled ones."""
-    extra = [Path(p).expanduser() for p in os.environ.get("RCDM_MODELS", "").split(os.pathsep) if p]
-    return [*extra, bundled_models_dir()]
 
 
 def resolve_encoder_dir(arg: str) -> Path:
@@ -255,17 +242,6 @@ def resolve_encoder_dir(arg: str) -> Path:
         f"rcdm-cifar:{arg} is neither a folder with {CARD_NAME} + {WEIGHTS_NAME} (from `rcdm recipe ssl`) "
         f"nor a known encoder name ({choices}; set RCDM_MODELS to a bundle folder to add more)"
     )
-
-
-def read_card(folder: str | Path) -> dict[str, Any]:
-    path = Path(folder) / CARD_NAME
-    try:
-        card = json.loads(path.read_text())
-    except (OSError, ValueError) as e:
-        raise RCDMError(f"cannot read encoder card {str(path)!r}: {e}") from None
-    if card.get("format") != FORMAT:
-        raise RCDMError(f"{str(path)!r} has format {card.get('format')!r}, expected {FORMAT!r}")
-    return card
 
 
 def load_encoder_net(folder: str | Path) -> tuple[CifarEncoderNet, dict[str, Any]]:

@@ -24,8 +24,8 @@ from ..diffusion import SamplingConfig, resolve_sampling, sample, sampling_confi
 from ..encoders import Encoder
 from ..errors import RCDMError
 from ..figures import to_pil
+from ..files import atomic_file
 from ..model import RCDM
-from ..runs import atomic_file
 
 MANIFEST = "generate.json"
 SHARD = 1000

@@ -19,8 +19,9 @@ from typing import Any
 from ..diffusion import sampling_preset
 from ..encoders import create_encoder
 from ..errors import RCDMError
+from ..files import write_text_atomic
 from ..loading import encoder_for, load_model
-from ..runs import latest_checkpoint, write_text_atomic
+from ..runs import latest_checkpoint
 from ..train import TrainConfig, TrainResult, train
 from .demo_pack import training_sessions
 from .evaluation import evaluation_images, score_model

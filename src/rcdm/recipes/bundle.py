@@ -1,6 +1,7 @@
-"""The demo bundle format, both ways: `pack` writes a bundle from the recipe runs (fp16 safetensors + card.json +
-README.md per model, bundle.json) and `read_bundle` checks and opens one. `rcdm-cifar:NAME` and
-`rcdm sample --model FOLDER` read its models; `rcdm demo` shows them.
+"""`pack` writes a demo bundle from the recipe runs (fp16 safetensors + card.json + README.md per model,
+bundle.json); `rcdm.bundle.read_bundle` checks one and `rcdm.loading.load_bundled` opens its models, so that
+readers never import this training-side module. `rcdm-cifar:NAME` and `rcdm sample --model FOLDER` read its
+models; `rcdm demo` shows them.
 
 Layout: BUNDLE/<encoder name>/{encoder.safetensors, card.json, README.md}, BUNDLE/<target>/{config.json,
 diffusion_pytorch_model.rcdm.safetensors, card.json, README.md}, BUNDLE/demo-inputs/*, BUNDLE/bundle.json.
@@ -13,119 +14,25 @@ import os
 import shutil
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
-from ..data import list_images
-from ..diffusion import check_guidance
-from ..encoders import Encoder, create_encoder
-from ..encoders.cifar import (
-    CifarEncoderNet,
-    bundled_models_dir,
-    default_preprocessing,
-    load_encoder_net,
-    read_card,
-    save_encoder,
-)
+from ..bundle import BUNDLE_INDEX, read_card
+from ..checks import check_guidance
+from ..encoders import create_encoder
+from ..encoders.cifar import CifarEncoderNet, default_preprocessing, load_encoder_net, save_encoder
 from ..errors import RCDMError
-from ..loading import encoder_for, load_model
 from ..model import RCDM
-from .demo_pack import MIN_KNN_ACCURACY, TARGETS, Target, encoder_dir, run_record, select_targets
+from .demo_pack import MIN_KNN_ACCURACY, Target, encoder_dir, run_record, select_targets
 from .ssl import CIFAR_LICENSE, model_card_markdown
 
 MAX_BUNDLE_MB = 30.0  # MB = 10**6 bytes
 # The sampler the pack's gates are measured with; each packed RCDM records it with the pack's guidance as its
 # default sampling (RCDM config `sampling`), so a plain `rcdm sample` uses what was measured.
 PACK_SAMPLING = {"sampler": "dpm++", "steps": 20}
-BUNDLE_INDEX = "bundle.json"
-# Roles of the three bundled RCDMs in the demo and the app -> (target name, label on figures and tables).
-ROLES: dict[str, tuple[str, str]] = {
-    "backbone": ("rcdm-cifar10-vicreg-backbone", "VICReg backbone"),
-    "projector": ("rcdm-cifar10-vicreg-projector", "VICReg projector"),
-    "supervised": ("rcdm-cifar10-supervised", "supervised backbone"),
-}
-
-
-def demo_images() -> Path:
-    """The folder of bundled demo inputs (10 CIFAR-10 test images, see its README.md)."""
-    return Path(str(resources.files("rcdm") / "assets" / "demo-images"))
-
-
-def bundled_pack() -> Path | None:
-    """The CIFAR-10 pack installed with the package (rcdm/assets/models/bundle.json), or None."""
-    folder = bundled_models_dir()
-    return folder if (folder / BUNDLE_INDEX).is_file() else None
-
-
-@dataclass
-class DemoBundle:
-    """A bundle folder from `rcdm recipe pack`: its index (bundle.json) and the demo inputs it carries."""
-
-    folder: Path
-    index: dict
-    inputs: list[Path]  # BUNDLE/demo-inputs/*, or the package's demo images when the bundle has none
-
-    @property
-    def smoke(self) -> bool:
-        return bool(self.index.get("smoke"))
-
-    @property
-    def guidance(self) -> float:
-        """The guidance weight the bundle's models are sampled with by default (1: none)."""
-        return float(self.index.get("guidance", 1.0))
-
-    def encoder_name(self, target: str) -> str:
-        return str(self.index["rcdms"][target]["encoder"])
-
-    def load(self, target: str, device: str | torch.device | None = None) -> tuple[RCDM, Encoder]:
-        """One bundled RCDM (float32, eval) and its bundled encoder, checked to be the one it was trained on."""
-        model = load_model(self.folder / target, device=device).float()
-        enc = create_encoder(f"rcdm-cifar:{self.folder / self.encoder_name(target)}", model.config.feature)
-        enc = encoder_for(model, enc)
-        return model, enc.to(device) if device is not None else enc
-
-
-def read_bundle(folder: str | Path) -> DemoBundle:
-    """Check that FOLDER is a complete demo bundle (bundle.json, the three RCDMs and their encoders)."""
-    path = Path(folder).expanduser()
-    if not path.is_dir():
-        raise RCDMError(
-            f"no demo bundle at {str(path)!r}: the folder does not exist; make one with `rcdm recipe pack` "
-            "(docs/recipes.md) or leave out --bundle"
-        )
-    index_path = path / BUNDLE_INDEX
-    if not index_path.is_file():
-        raise RCDMError(
-            f"{str(path)!r} is not a demo bundle: it has no {BUNDLE_INDEX}; pass the --out folder of "
-            "`rcdm recipe pack` (docs/recipes.md)"
-        )
-    try:
-        index = json.loads(index_path.read_text())
-        rcdms = index["rcdms"]
-        if not isinstance(rcdms, dict) or not all(isinstance(v, dict) for v in rcdms.values()):
-            raise TypeError("'rcdms' is not a mapping of entry name -> {encoder, feature, bytes}")
-    except (OSError, ValueError, KeyError, TypeError) as e:
-        raise RCDMError(f"cannot read {str(index_path)!r} as a bundle index: {e!r}") from None
-    missing = [
-        t.name
-        for t in TARGETS
-        if t.name not in rcdms
-        or not (path / t.name / "config.json").is_file()
-        or not (path / str(rcdms[t.name].get("encoder")) / "card.json").is_file()
-    ]
-    if missing:
-        raise RCDMError(
-            f"the bundle {str(path)!r} lacks {missing} (or their encoders): the demo needs all of "
-            f"{[t.name for t in TARGETS]}; pack them with `rcdm recipe pack` without --only"
-        )
-    inputs = list_images(path / "demo-inputs") if (path / "demo-inputs").is_dir() else []
-    return DemoBundle(path, index, inputs or list_images(demo_images()))
-
-
 # --- pack ------------------------------------------------------------------------------------------
 
 
@@ -291,7 +198,7 @@ def pack(
     smoke = bool(problems)
     encoders = {run: encoder_dir(root, run) for run in sorted({t.encoder_run for t in targets})}
     enc_names = {run: read_card(path)["name"] for run, path in encoders.items()}
-    entries = [*enc_names.values(), *(t.name for t in targets), "bundle.json"]
+    entries = [*enc_names.values(), *(t.name for t in targets), BUNDLE_INDEX]
     if demo_images:
         entries.append("demo-inputs")
     clash = [e for e in entries if (out / e).exists()]
@@ -378,7 +285,7 @@ def pack(
             for p in demo_images:
                 name = f"{Path(p).parent.name}-{Path(p).name}" if Path(p).parent.name else Path(p).name
                 shutil.copyfile(p, tmp / "demo-inputs" / name)
-        sizes = {e: _folder_bytes(tmp / e) for e in entries if e != "bundle.json"}
+        sizes = {e: _folder_bytes(tmp / e) for e in entries if e != BUNDLE_INDEX}
         index = {
             "smoke": smoke,
             "smoke_reasons": problems,
@@ -391,8 +298,8 @@ def pack(
             "max_bytes": int(max_mb * 1e6),
             "guidance": guidance,
         }
-        (tmp / "bundle.json").write_text(json.dumps(index, indent=2))
-        sizes["bundle.json"] = _folder_bytes(tmp / "bundle.json")
+        (tmp / BUNDLE_INDEX).write_text(json.dumps(index, indent=2))
+        sizes[BUNDLE_INDEX] = _folder_bytes(tmp / BUNDLE_INDEX)
         total = sum(sizes.values())
         if total > max_mb * 1e6:
             listing = ", ".join(f"{k} {v / 1e6:.2f} MB" for k, v in sizes.items())

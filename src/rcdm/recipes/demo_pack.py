@@ -19,14 +19,15 @@ from typing import Any, Literal
 
 import torch
 
+from ..bundle import CARD_NAME, ROLES, read_card
+from ..devices import cpu_seconds, device_name, git_commit
 from ..diffusion import LossType
 from ..encoders import Feature
-from ..encoders.cifar import CARD_NAME, read_card
 from ..errors import RCDMError
 from ..loading import resolve_model_dir
 from ..model import PRESETS
 from ..monitor import read_metrics
-from ..runs import complete_checkpoints, cpu_seconds, device_name, git_commit
+from ..runs import complete_checkpoints
 from ..train import TrainConfig, train
 
 log = logging.getLogger(__name__)
@@ -45,10 +46,11 @@ class Target:
     feature: Feature
 
 
+# The three RCDMs, named as the demo's roles name them (rcdm.bundle.ROLES).
 TARGETS: tuple[Target, ...] = (
-    Target("rcdm-cifar10-vicreg-backbone", "ssl", "backbone"),
-    Target("rcdm-cifar10-vicreg-projector", "ssl", "projector"),
-    Target("rcdm-cifar10-supervised", "supervised", "backbone"),
+    Target(ROLES["backbone"][0], "ssl", "backbone"),
+    Target(ROLES["projector"][0], "ssl", "projector"),
+    Target(ROLES["supervised"][0], "supervised", "backbone"),
 )
 
 

@@ -17,12 +17,13 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from ..devices import cpu_seconds
 from ..diffusion import SamplingConfig, resolve_sampling, sampling_preset
 from ..encoders import Encoder
+from ..files import write_text_atomic
 from ..metrics.faithfulness import evaluate_faithfulness
 from ..metrics.quality import frechet_distance
 from ..model import RCDM
-from ..runs import cpu_seconds, write_text_atomic
 from .cifar10 import labelled_files
 
 

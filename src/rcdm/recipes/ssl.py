@@ -32,8 +32,8 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import v2
 from tqdm.auto import tqdm
 
-from ..devices import autocast_for, training_precision
-from ..diffusion import check_seed
+from ..checks import check_seed
+from ..devices import autocast_for, cpu_seconds, device_name, git_commit, training_precision
 from ..encoders import create_encoder
 from ..encoders.cifar import (
     CifarEncoderArch,
@@ -42,14 +42,11 @@ from ..encoders.cifar import (
     save_encoder,
 )
 from ..errors import NonFiniteLossError, RCDMError
+from ..files import atomic_dir
 from ..locks import run_lock
 from ..metrics.knn import encoder_features, knn_accuracy
 from ..runs import (
     CHECKPOINTS,
-    atomic_dir,
-    cpu_seconds,
-    device_name,
-    git_commit,
     latest_checkpoint,
     nbytes,
     prune_checkpoints,
@@ -200,7 +197,7 @@ def vicreg_loss(
 def _save_epoch(
     run_dir: Path, epoch: int, net: CifarEncoderNet, opt: torch.optim.Optimizer, state: dict
 ) -> None:
-    """RUN_DIR/checkpoints/epoch-NNNN written atomically (runs.atomic_dir); keeps the newest two."""
+    """RUN_DIR/checkpoints/epoch-NNNN written atomically (files.atomic_dir); keeps the newest two."""
     ck = run_dir / CHECKPOINTS
     final, tmp = ck / f"epoch-{epoch:04d}", ck / f".tmp-epoch-{epoch:04d}-{os.getpid()}"
     needed = nbytes(net.state_dict(), *opt.state.values())
