@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file
 
 from rcdm import AdaptConfig, adapt, load_model
@@ -103,6 +104,8 @@ def test_another_encoder_trains_only_the_adapter_and_records_where_it_came_from(
     assert rows[-1]["step"] == 3
     export_diffusers(adapted, tmp_path / "export")  # the linear adapter folds into the projection
     proj = load_file(str(tmp_path / "export" / "rep_proj.safetensors"))
+    with safe_open(str(tmp_path / "export" / "rep_proj.safetensors"), "pt") as f:
+        assert f.metadata()["prediction_type"] == "epsilon"
     rep = torch.rand(2, 3)
     torch.testing.assert_close(
         rep @ proj["weight"].T + proj["bias"], adapted.condition(rep, 2), atol=1e-4, rtol=1e-4

@@ -301,6 +301,8 @@ def export_diffusers(model: RCDM, folder: str | Path) -> Path:
         metadata={
             "attention_num_heads": str(model.config.attention_num_heads or 1),
             "representation_dim": str(model.config.representation_dim),
+            # what the UNet's first 3 output channels are: epsilon, or v (eps = sqrt(abar) v + sqrt(1-abar) x_t)
+            "prediction_type": model.prediction_type,
             "usage": "emb = features @ weight.T + bias; unet(x, t, class_labels=emb)",
         },
     )

@@ -25,9 +25,13 @@ D = AdaptConfig.__dataclass_fields__
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = add_command(sub, "adapt", "show a new encoder through a trained RCDM, in minutes", EPILOG)
     p.add_argument(
-        "--model", default=None, help="the base RCDM (a bundled name, run or model folder, official:NAME)"
+        "--model",
+        default=None,
+        help="the base RCDM (a bundled name, run or model folder, official:NAME); required unless --resume",
     )
-    p.add_argument("--encoder", default=None, help="the new encoder's spec (README: Encoders)")
+    p.add_argument(
+        "--encoder", default=None, help="the new encoder's spec (README: Encoders); required unless --resume"
+    )
     p.add_argument(
         "--feature", choices=FEATURES, default=None, help="its representation level (default: backbone)"
     )
@@ -37,7 +41,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="the base model's encoder spec, when the one its config names cannot be used as it is (a published "
         "model's encoder from local weights); default: the config's",
     )
-    p.add_argument("--data", default=None, help="image folder to encode and train on (a sample of it)")
+    p.add_argument(
+        "--data",
+        default=None,
+        help="image folder to encode and train on (a sample of it); required unless --resume",
+    )
     p.add_argument("--out", required=True, help="run folder; the adapted model lands in OUT/model")
     p.add_argument(
         "--minutes",
