@@ -6,7 +6,7 @@
 Base: the pack's VICReg backbone RCDM. Encoders: the pack's supervised ResNet-20 (whose own RCDM is the reference
 row), the supervised ResNet-20 of ../shared/data/cifar-resnet, and `pixels:8`. For each: the ridge map alone
 (`--steps 0`), then the adapter after each budget in --budgets (one run, resumed to the next budget: the budget
-is cumulative). Scores (rcdm.recipes.evaluation.score_model): class agreement, rank-1 among the evaluation images
+is cumulative; the representations are encoded once, by the map's run, into a shared cache). Scores (rcdm.recipes.evaluation.score_model): class agreement, rank-1 among the evaluation images
 and the Fréchet distance in the judge's (ResNet-56) features, one sample each, dpm++ 20, guidance --guidance.
 --bases-for ENCODER adds that encoder through the two other pack RCDMs (map + the first budget): which base
 serves best. Every finished cell is kept in WORK/cells.json, so a killed run resumes where it stopped.
@@ -97,6 +97,7 @@ def main() -> None:
             adapter=args.adapter,
             trainable=args.trainable,
             steps=0,
+            cache=str(work / "cache"),  # encoded once per encoder: a budget below is spent on the adapter
         )
         result = adapt(
             cfg, work / f"{slug}-map", resume=(work / f"{slug}-map" / "adapt.json").is_file(), progress=False

@@ -201,3 +201,12 @@ def test_a_published_layout_base_takes_a_new_encoder(golden_model, images, tmp_p
     adapted = load_model(result.model_dir)
     assert adapted.config.adapter_dim == 96 and adapted.config.representation_dim == 12
     assert sample(adapted, torch.rand(1, 12), steps=2).shape == (1, 3, 32, 32)
+
+
+def test_runs_on_the_same_images_share_one_representation_cache(base, few_images, tmp_path):
+    shared = tmp_path / "cache"
+    for run in ("a", "b"):
+        adapt(_cfg(base, few_images, "pixels:1", steps=0, cache=str(shared)), tmp_path / run, progress=False)
+        assert not (tmp_path / run / "cache").exists()
+    files = sorted(shared.glob("reps-*.safetensors"))
+    assert len(files) == 2  # the base encoder's and the new one's, written by the first run, read by the second

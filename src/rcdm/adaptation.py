@@ -40,7 +40,7 @@ log = logging.getLogger(__name__)
 
 Trainable = Literal["adapter", "adapter+embedding"]
 TRAINABLE: tuple[str, ...] = ("adapter", "adapter+embedding")
-MUTABLE_ON_RESUME = frozenset({"minutes", "steps", "save_every_s"})
+MUTABLE_ON_RESUME = frozenset({"minutes", "steps", "save_every_s", "cache"})
 # Ridge regularisers searched on the held-out images, in units of the number of training pairs.
 RIDGE_ALPHAS = tuple(10.0**k for k in range(-7, 3))
 CARD_NOTE = (
@@ -78,6 +78,9 @@ class AdaptConfig:
     seed: int = 0
     save_every_s: float = 120.0  # a checkpoint at least this often (seconds)
     precision: str = "auto"
+    cache: str | None = (
+        None  # folder of the representation cache (shared by runs on the same images); RUN/cache
+    )
 
 
 @dataclass(frozen=True)
@@ -335,7 +338,7 @@ def _adapt(
         cfg.adapter,
         cfg.trainable,
     )
-    caches = run_dir / "cache"
+    caches = Path(cfg.cache).expanduser() if cfg.cache else run_dir / "cache"
     reps = {}
     for role, enc in (("base", base_enc), ("new", new_enc)):
         path = cached_representations(

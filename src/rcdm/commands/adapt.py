@@ -94,6 +94,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="share of the batch trained on the base's null "
         f"representation, so guidance keeps working (default: {D['cond_drop'].default})",
     )
+    p.add_argument(
+        "--cache",
+        default=None,
+        help="folder of the representation cache, to share it between runs on the same images (default: OUT/cache)",
+    )
     p.add_argument("--seed", type=int, default=None, help="image sample, batches and noise (default: 0)")
     add_precision_arg(p)
     p.add_argument("--resume", action="store_true", help="continue OUT with the settings in OUT/adapt.json")
