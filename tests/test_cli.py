@@ -277,3 +277,10 @@ def test_old_spellings_still_parse():
     argv = ["evaluate", "generate", "--model", "m", "--images", "i", "--out", "o", "--no-progress"]
     args = parser.parse_args(argv)
     assert args.num_samples is None and args.total_samples is None and args.no_progress
+
+
+def test_progress_bars_stay_out_of_a_log_that_is_not_a_terminal(few_images, tmp_path, capfd):
+    # pytest's captured stderr is not a terminal: no bar (and none of its carriage returns) may reach it
+    out = tmp_path / "reps.safetensors"
+    assert main(["encode", "--encoder", "pixels:2", "--images", str(few_images), "--out", str(out)]) == 0
+    assert "\r" not in capfd.readouterr().err

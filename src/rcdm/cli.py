@@ -68,6 +68,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     for noisy in ("accelerate", "diffusers", "PIL", "urllib3", "filelock", "httpx"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    if getattr(args, "no_progress", None) is False and not sys.stderr.isatty():
+        # a log file or pipe: no progress bars, whose carriage returns garble it (training logs plain lines)
+        args.no_progress = True
     try:
         return int(args.func(args) or 0)
     except (RCDMError, NonFiniteLossError) as e:
