@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .analysis import adversarial, interpolate, invariance
+from .analysis.adversarial import DEFAULT_EPS
 from .analysis.interpolate import Method
 from .analysis.report import adversarial_section, interpolation_section, invariance_section, samples_section
 from .bundle import ROLES, DemoBundle, read_card
@@ -42,7 +43,9 @@ class PackDemoSettings:
     interpolation_methods: tuple[Method, ...] = ("linear", "spherical")
     interpolation_samples: int = 1
     adversarial_samples: int = 2
-    eps: float = 4 / 255  # L-infinity radius of the untargeted PGD attack on each encoder's representation
+    eps: float = (
+        DEFAULT_EPS  # L-infinity radius of the untargeted PGD attack on each encoder's representation
+    )
     pgd_steps: int = 10
 
 

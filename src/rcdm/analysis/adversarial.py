@@ -26,6 +26,9 @@ from ._common import Rows, comparison_figure, image_paths, representation_shift,
 
 Attack = Literal["untargeted", "targeted", "label"]
 ATTACKS: tuple[str, ...] = ("untargeted", "targeted", "label")
+# The attack's L-infinity radius unless told otherwise, for images in [0, 1]: every command, the demo and the app
+# take it from here.
+DEFAULT_EPS = 4 / 255
 
 
 def pgd(
@@ -33,7 +36,7 @@ def pgd(
     images: torch.Tensor,
     *,
     attack: Attack = "untargeted",
-    eps: float = 4 / 255,
+    eps: float = DEFAULT_EPS,
     steps: int = 10,
     step_size: float | None = None,  # None: 2.5 * eps / steps (Madry et al. 2018)
     targets: torch.Tensor | None = None,
@@ -158,7 +161,7 @@ def adversarial(
     images: Sequence[str | Path],
     *,
     attack: Attack = "untargeted",
-    eps: float = 4 / 255,
+    eps: float = DEFAULT_EPS,
     pgd_steps: int = 10,
     step_size: float | None = None,
     targets: Sequence[str | Path] | None = None,

@@ -21,7 +21,7 @@ from ..figures import Section, fmt, grid, html_page, html_table, number
 from ..metrics.faithfulness import faithfulness_scores
 from ..model import RCDM
 from ._common import image_paths
-from .adversarial import AdversarialResult, adversarial, adversarial_figure
+from .adversarial import DEFAULT_EPS, AdversarialResult, adversarial, adversarial_figure
 from .interpolate import InterpolationResult, interpolate, interpolation_figure
 from .invariance import InvarianceResult, invariance, invariance_figure
 from .manipulate import ManipulationResult, manipulate, manipulation_figure
@@ -234,7 +234,7 @@ def report(
     num_samples: int = 4,
     sampling: SamplingConfig | None = None,
     augmentations: Sequence[str] | None = None,
-    eps: float = 4 / 255,
+    eps: float = DEFAULT_EPS,
     pgd_steps: int = 10,
     interpolation_steps: int = 5,
     neighbours: str | Path | None = None,

@@ -18,6 +18,7 @@ from typing import Any
 
 import torch
 
+from ..analysis.adversarial import DEFAULT_EPS
 from ..errors import RCDMError
 from .models import (
     DEFAULT_PRESET,
@@ -285,7 +286,9 @@ def build_app(
                     "pack's supervised model) is attacked too, for the paper's SSL vs supervised comparison."
                 )
                 with gr.Row():
-                    eps = gr.Slider(0.5, 16, value=4, step=0.5, label="epsilon (/255)")
+                    eps = gr.Slider(
+                        0.5, 16, value=round(DEFAULT_EPS * 255, 2), step=0.5, label="epsilon (/255)"
+                    )
                     pgd_steps = gr.Slider(1, 20, value=10, step=1, label="PGD steps")
                 go = gr.Button("attack", variant="primary")
                 out = outputs()

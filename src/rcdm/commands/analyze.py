@@ -25,6 +25,7 @@ from ..analysis import (
     variance,
     variance_figure,
 )
+from ..analysis.adversarial import DEFAULT_EPS
 from ..analysis.interpolate import METHODS
 from ..data import expand_image_args
 from ..devices import default_device
@@ -68,6 +69,9 @@ EPILOGS = {
       --out report/   # report/index.html
 """,
 }
+
+
+EPS_TEXT = f"{round(DEFAULT_EPS * 255):g}/255"
 
 
 def fraction(text: str) -> float:
@@ -116,7 +120,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     q = command("adversarial", "PGD on the input, samples from the attacked representation (finding 3)")
     _common(q)
     q.add_argument("--attack", choices=ATTACKS, default="untargeted", help="PGD objective")
-    q.add_argument("--eps", type=fraction, default=4 / 255, help="L-infinity radius (default 4/255)")
+    q.add_argument(
+        "--eps", type=fraction, default=DEFAULT_EPS, help=f"L-infinity radius (default {EPS_TEXT})"
+    )
     q.add_argument("--pgd-steps", type=int, default=10, help="PGD steps")
     q.add_argument("--step-size", type=fraction, default=None, help="default 2.5 * eps / pgd-steps")
     q.add_argument(
@@ -162,7 +168,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help=f"invariance section (default: all of {', '.join(list_augmentations())})",
     )
     q.add_argument(
-        "--eps", type=fraction, default=4 / 255, help="adversarial section: L-infinity radius (default 4/255)"
+        "--eps",
+        type=fraction,
+        default=DEFAULT_EPS,
+        help=f"adversarial section: L-infinity radius (default {EPS_TEXT})",
     )
     q.add_argument("--pgd-steps", type=int, default=10, help="adversarial section: PGD steps")
     q.set_defaults(func=run_report)
