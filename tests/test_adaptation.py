@@ -209,4 +209,6 @@ def test_runs_on_the_same_images_share_one_representation_cache(base, few_images
         adapt(_cfg(base, few_images, "pixels:1", steps=0, cache=str(shared)), tmp_path / run, progress=False)
         assert not (tmp_path / run / "cache").exists()
     files = sorted(shared.glob("reps-*.safetensors"))
-    assert len(files) == 2  # the base encoder's and the new one's, written by the first run, read by the second
+    assert (
+        len(files) == 2
+    )  # the base encoder's and the new one's, written by the first run, read by the second

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from rcdm.analysis import augment, invariance, retention_score
-from rcdm.analysis.invariance import saturation
+from rcdm.analysis.invariance import InvarianceResult, invariance_figure, saturation
 from rcdm.errors import RCDMError
 
 
@@ -59,3 +59,32 @@ def test_invariance_on_tiny_model(tiny, two_images, fast):
     json.dumps(res.summary())  # JSON-ready
     with pytest.raises(RCDMError, match="unknown augmentation"):
         invariance(model, enc, two_images, augmentations=["mirror"], **fast)
+
+
+def _result(label: str, seed: int, inputs_seed: int = 0) -> InvarianceResult:
+    g = torch.Generator().manual_seed(inputs_seed)
+    m, a, n = 2, 3, 2
+    originals, augmented = torch.rand(m, 3, 8, 8, generator=g), torch.rand(a, m, 3, 8, 8, generator=g)
+    s = torch.Generator().manual_seed(seed)
+    return InvarianceResult(
+        label=label,
+        names=["x", "y"],
+        augmentations=[("hflip", 1.0), ("grayscale", 1.0), ("invert", 1.0)],
+        originals=originals,
+        augmented=augmented,
+        clean_samples=torch.rand(m, n, 3, 8, 8, generator=s),
+        aug_samples=torch.rand(a, m, n, 3, 8, 8, generator=s),
+        shift=torch.rand(a, m, generator=s),
+        relative_shift=torch.rand(a, m, generator=s),
+        cosine=torch.rand(a, m, generator=s),
+        retention=torch.rand(a, m, generator=s),
+        typical_distance=1.0,
+    )
+
+
+def test_a_comparison_on_the_same_inputs_is_one_row_per_augmentation_with_both_side_by_side():
+    one = invariance_figure([_result("backbone", 1)])
+    pair = invariance_figure([_result("backbone", 1), _result("projector", 2)])
+    apart = invariance_figure([_result("backbone", 1), _result("projector", 2, inputs_seed=9)])
+    assert pair.height == one.height and pair.width > one.width  # 8 rows, 1 + 2 + 2 columns
+    assert apart.height > 1.8 * one.height  # other inputs: a row per result, as before

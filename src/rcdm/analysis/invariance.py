@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 from ..data import load_views
 from ..diffusion import SamplingConfig, resolve_sampling, sample_many, sampling_config
 from ..encoders import Encoder
-from ..figures import fmt, number
+from ..figures import fmt, grid, number
 from ..model import RCDM
 from ._common import (
     Rows,
@@ -252,10 +252,18 @@ def invariance(
 
 
 def invariance_figure(results: Sequence[InvarianceResult]) -> Image.Image:
-    """One grid: per image, the clean row then one row per augmentation (and per result when comparing).
+    """One grid: per image, the clean row then one row per augmentation; column 0 is the (augmented) input.
 
-    Row labels carry the relative shift (d) and retention (r); column 0 is the (augmented) input.
+    Row labels carry the relative shift (d) and retention (r). Results compared on the same augmented inputs
+    (backbone vs projector) stand side by side in one row per augmentation, [0]'s samples then [1]'s, the labels
+    giving each one's numbers: half the height of a row per result, and each pair of samples beside its input.
     """
+    same_inputs = len(results) > 1 and all(
+        torch.equal(r.augmented, results[0].augmented) and torch.equal(r.originals, results[0].originals)
+        for r in results
+    )
+    if same_inputs:
+        return _side_by_side(results)
 
     def rows(res: InvarianceResult, i: int) -> Rows:
         return [([res.originals[i], *res.clean_samples[i]], res.names[i])] + [
@@ -267,3 +275,26 @@ def invariance_figure(results: Sequence[InvarianceResult]) -> Image.Image:
         ]
 
     return comparison_figure(results, rows, "invariance: ")
+
+
+def _side_by_side(results: Sequence[InvarianceResult]) -> Image.Image:
+    first = results[0]
+    cells, labels = [], []
+
+    def numbers(values: Sequence[float]) -> str:
+        return " | ".join(fmt(v) for v in values)
+
+    for i, name in enumerate(first.names):
+        cells.append([first.originals[i], *(x for r in results for x in r.clean_samples[i])])
+        labels.append(name)
+        for a, (aug, _) in enumerate(first.augmentations):
+            cells.append([first.augmented[a, i], *(x for r in results for x in r.aug_samples[a, i])])
+            d = numbers([float(r.relative_shift[a, i]) for r in results])
+            ret = numbers([float(r.retention[a, i]) for r in results])
+            labels.append(f"{aug} d={d} r={ret}")
+    per = first.clean_samples.shape[1]
+    cols = ["input"] + [f"[{k}] s{j}" for k in range(len(results)) for j in range(per)]
+    title = "invariance (d: rep. shift, r: retention; [0] | [1]): " + " vs ".join(
+        f"[{k}] {r.label}" for k, r in enumerate(results)
+    )
+    return grid(cells, row_labels=labels, col_labels=cols, title=title)
