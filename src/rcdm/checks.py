@@ -20,3 +20,10 @@ def check_guidance(guidance: float) -> float:
     if not math.isfinite(guidance):
         raise RCDMError(f"--guidance {guidance} must be a finite number (1 = no guidance)")
     return guidance
+
+
+def check_rep_noise(scale: float) -> float:
+    """A finite, non-negative representation-noise scale (0 = none)."""
+    if not (math.isfinite(scale) and scale >= 0):
+        raise RCDMError(f"--rep-noise {scale} must be a number >= 0 (standard deviations; 0 = none)")
+    return scale

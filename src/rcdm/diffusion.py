@@ -18,6 +18,7 @@ import torch
 from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler
 from tqdm.auto import tqdm
 
+from .checks import check_rep_noise
 from .data import batched
 from .devices import (
     Compile,
@@ -233,6 +234,9 @@ class SamplingConfig:
     # classifier-free guidance weight, 1 = plain conditional; None: the model's default (`resolve_sampling`)
     guidance: float | None = None
     seed: int = 0  # sample i of a call uses a generator seeded by (seed, global index i)
+    # Gaussian noise of this many standard deviations added to the standardised representation before
+    # conditioning (the model's training statistics; the vector's RMS for models without them); 0: none.
+    rep_noise: float = 0.0
     batch_size: int = 64  # images per network call; never changes a sample
     compile: Compile = "auto"  # auto: CUDA_DEFAULT_COMPILE on CUDA, off elsewhere (see `sample`)
     precision: Precision = "auto"  # auto: bf16 autocast on CUDA and bf16-native CPUs, fp32 elsewhere
@@ -441,7 +445,9 @@ def sample(
     dtype = resolve_precision(cfg_s.precision, device)
     cfg = model.config
     b, size = representation.shape[0], cfg.sample_size
-    rep = representation.to(device=device, dtype=torch.float32)
+    rep = noisy_representation(
+        model, representation.to(device=device, dtype=torch.float32), cfg_s, first_index
+    )
     gens = sample_generators(seed, first_index, b)
     if noise is None:
         noise = torch.cat([torch.randn((1, 3, size, size), generator=g) for g in gens])
@@ -496,6 +502,28 @@ def sample(
             step_noise.close()
         model.train(was_training)
     return ((x.float().clamp(-1, 1) + 1) / 2).cpu()
+
+
+REP_NOISE_STREAM = 1 << 21  # offsets the representation-noise seeds from the image-noise seeds
+
+
+def noisy_representation(
+    model: RCDM, rep: torch.Tensor, sampling: SamplingConfig, first_index: int = 0
+) -> torch.Tensor:
+    """(B, dim) representations with `sampling.rep_noise` standard deviations of Gaussian noise added in the
+    model's standardised space (its training std per dimension; else the vector's RMS). Row i's noise comes from
+    its own generator, seeded by (seed, first_index + i): batching never changes it, and the image noise is
+    unchanged."""
+    scale = check_rep_noise(sampling.rep_noise)
+    if not scale:
+        return rep
+    gens = sample_generators(sampling.seed + REP_NOISE_STREAM, first_index, rep.shape[0])
+    eps = torch.cat([torch.randn((1, rep.shape[1]), generator=g) for g in gens]).to(rep.device)
+    if model.rep_std is not None:
+        unit = model.rep_std.float().to(rep.device)
+    else:
+        unit = rep.pow(2).mean(1, keepdim=True).sqrt()
+    return rep + scale * unit * eps
 
 
 def start_noise(sample_size: int, num_samples: int, seed: int) -> torch.Tensor:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from ..checks import check_guidance, check_seed
+from ..checks import check_guidance, check_rep_noise, check_seed
 from ..devices import COMPILE_MODES, PRECISIONS, default_device
 from ..diffusion import (
     SAMPLERS,
@@ -146,7 +146,17 @@ def add_sampling_args(
     )
     p.add_argument("--seed", type=int, default=None, help="first noise seed (default 0)")
     p.add_argument(
-        "--guidance", type=float, default=None, help="classifier-free guidance weight (default 1 = none)"
+        "--guidance",
+        type=float,
+        default=None,
+        help="classifier-free guidance weight (default: the model's recorded default, else 1 = none)",
+    )
+    p.add_argument(
+        "--rep-noise",
+        type=float,
+        default=None,
+        help="standard deviations of Gaussian noise added to the standardised representation before "
+        "conditioning: how much of it the samples depend on (default 0)",
     )
     p.add_argument("--batch-size", type=int, default=None, help="images per network call (default 64)")
     p.add_argument(
@@ -175,12 +185,15 @@ def sampling_from_args(args: argparse.Namespace) -> SamplingConfig:
         check_seed(args.seed)
     if args.guidance is not None:
         check_guidance(args.guidance)
+    if args.rep_noise is not None:
+        check_rep_noise(args.rep_noise)
     base = sampling_preset(args.sampling) if args.sampling else SamplingConfig()
     return base.replace(
         sampler=args.sampler,
         steps=args.steps,
         seed=args.seed,
         guidance=args.guidance,
+        rep_noise=args.rep_noise,
         batch_size=args.batch_size,
         compile=args.compile,
         precision=args.precision,
