@@ -6,7 +6,7 @@
 Base: the pack's VICReg backbone RCDM. Encoders: the pack's supervised ResNet-20 (whose own RCDM is the reference
 row), the supervised ResNet-20 of ../shared/data/cifar-resnet, and `pixels:8`. For each: the ridge map alone
 (`--steps 0`), then the adapter after each budget in --budgets (one run, resumed to the next budget: the budget
-is cumulative; the representations are encoded once, by the map's run, into a shared cache). Scores (rcdm.recipes.evaluation.score_model): class agreement, rank-1 among the evaluation images
+is cumulative; the representations are encoded once, by the map's run, into a shared cache). Scores (rcdm.pack.evaluation.score_model): class agreement, rank-1 among the evaluation images
 and the Fréchet distance in the judge's (ResNet-56) features, one sample each, dpm++ 20, guidance --guidance.
 --bases-for ENCODER adds that encoder through the two other pack RCDMs (map + the first budget): which base
 serves best. Every finished cell is kept in WORK/cells.json, so a killed run resumes where it stopped.
@@ -28,7 +28,7 @@ from rcdm.devices import cpu_has_native_bf16, cpu_model
 from rcdm.diffusion import sampling_preset
 from rcdm.encoders import create_encoder
 from rcdm.loading import encoder_for, load_model
-from rcdm.recipes.evaluation import evaluation_images, score_model
+from rcdm.pack.evaluation import evaluation_images, score_model
 
 BASE = "cifar10-vicreg-backbone"
 OTHER_BASES = ("cifar10-vicreg-projector", "cifar10-supervised")

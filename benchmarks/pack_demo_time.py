@@ -19,9 +19,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from rcdm.recipes.bundle import pack
-from rcdm.recipes.demo_pack import RCDMRecipe, train_rcdms
-from rcdm.recipes.ssl import SSLConfig, train_encoder
+from rcdm.pack.rcdms import RCDMRecipe, train_rcdms
+from rcdm.pack.ssl import SSLConfig, train_encoder
+from rcdm.pack.write import pack
 
 
 def build_bundle(cifar: str, root: Path) -> Path:

@@ -3,7 +3,7 @@
     python scripts/copy_test_images.py SRC DST N
 
 SRC/<class>/<image> (e.g. CIFAR-10's test split: no model here trains on it); DST is created when missing. The
-selection is `rcdm.recipes.cifar10.labelled_files(SRC, N)`: round-robin over the classes, so any N is balanced.
+selection is `rcdm.pack.cifar10.labelled_files(SRC, N)`: round-robin over the classes, so any N is balanced.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import shutil
 import sys
 from pathlib import Path
 
-from rcdm.recipes.cifar10 import labelled_files
+from rcdm.pack.cifar10 import labelled_files
 
 
 def copy_test_images(src: Path, dst: Path, n: int) -> list[Path]:

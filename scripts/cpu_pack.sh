@@ -58,7 +58,7 @@ SAMPLER_TARGETS=${SAMPLER_TARGETS:-${TARGETS[*]:0:2}}
 export OMP_NUM_THREADS=1 PYTHONUNBUFFERED=1
 RCDM="nice -n 10 $PY -m rcdm.cli"
 mkdir -p "$WORK/runs"
-CIFAR=$($PY -c "import sys; from rcdm.recipes.cifar10 import cifar10_root; print(cifar10_root(sys.argv[1]))" "$DATA") ||
+CIFAR=$($PY -c "import sys; from rcdm.pack.cifar10 import cifar10_root; print(cifar10_root(sys.argv[1]))" "$DATA") ||
     exit 1
 
 resume_flag() { [ -d "$1/checkpoints" ] && echo --resume; }

@@ -46,7 +46,7 @@ PY=${PY:-python3}
 . "$(dirname "$0")/device_env.sh"
 
 # 1. encoders, side by side (VICReg gets most augmentation workers). Extract the data set once first.
-CIFAR=$($PY -c "import sys; from rcdm.recipes.cifar10 import cifar10_root; print(cifar10_root(sys.argv[1]))" "$DATA") ||
+CIFAR=$($PY -c "import sys; from rcdm.pack.cifar10 import cifar10_root; print(cifar10_root(sys.argv[1]))" "$DATA") ||
     exit 1
 stamp "ssl: vicreg ${SSL_EPOCHS} epochs + supervised ${SUP_EPOCHS} epochs (data in $CIFAR)"
 # shellcheck disable=SC2086  # *_ARGS: extra options, word-split on purpose (tiny settings for a CPU dry run)

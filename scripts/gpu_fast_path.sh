@@ -52,7 +52,7 @@ fi
 nvidia-smi -q -d CLOCK,POWER,PERFORMANCE,MEMORY >"$OUT/nvidia-smi.txt" 2>&1 || echo "no nvidia-smi" >"$OUT/nvidia-smi.txt"
 
 # 1. correctness tests || the faithfulness model's training (CPU-side data loading; the tests are small).
-CIFAR=$($PY -c "import sys; from rcdm.recipes.cifar10 import cifar10_root; print(cifar10_root(sys.argv[1]))" "$DATA") ||
+CIFAR=$($PY -c "import sys; from rcdm.pack.cifar10 import cifar10_root; print(cifar10_root(sys.argv[1]))" "$DATA") ||
     { stamp "no CIFAR-10 at $DATA"; exit 1; }
 stamp "train the faithfulness model for ${FAITH_TRAIN_S} s || pytest -m gpu"
 rm -rf "$WORK/faith-run"

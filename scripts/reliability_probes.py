@@ -73,7 +73,7 @@ def make_data(work: Path) -> None:
     from PIL import Image
 
     sys.path.insert(0, str(ROOT / "src"))
-    from rcdm.recipes.cifar10 import cifar10_root
+    from rcdm.pack.cifar10 import cifar10_root
 
     cifar = cifar10_root(str(SHARED / "cifar10" / "cifar10-jpeg.tar.gz"))
     d = work / "data"

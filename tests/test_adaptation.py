@@ -46,7 +46,7 @@ def base(tmp_path_factory, few_images: Path) -> Path:
 @pytest.fixture(scope="module")
 def images(tmp_path_factory, cifar_root: Path) -> Path:
     """100 class-balanced CIFAR-10 test images (enough pairs to pin a 12-d affine map down)."""
-    from rcdm.recipes.cifar10 import labelled_files
+    from rcdm.pack.cifar10 import labelled_files
 
     out = tmp_path_factory.mktemp("images")
     for f in labelled_files(cifar_root / "test", 100)[0]:

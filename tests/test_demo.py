@@ -20,9 +20,9 @@ from rcdm.demo import PACK_DEMO_PRESETS, PackDemoSettings, run_demo, run_pack_de
 from rcdm.demo_page import models_html, smoke_notice
 from rcdm.diffusion import SamplingConfig
 from rcdm.errors import RCDMError
-from rcdm.recipes.bundle import pack
-from rcdm.recipes.demo_pack import TARGETS, RCDMRecipe, train_rcdms
-from rcdm.recipes.ssl import SSLConfig, train_encoder
+from rcdm.pack.rcdms import TARGETS, RCDMRecipe, train_rcdms
+from rcdm.pack.ssl import SSLConfig, train_encoder
+from rcdm.pack.write import pack
 
 TINY = dict(
     epochs=1, batch_size=10, limit=20, depth=8, width=1, projector=(32, 32), num_workers=0, warmup_epochs=0

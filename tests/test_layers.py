@@ -151,4 +151,4 @@ def test_file_helpers_and_validators_stay_leaves(module):
 
 
 def test_reading_a_bundle_needs_no_encoder_model_or_training_code():
-    _assert_not_reached("rcdm.bundle", ("rcdm.encoders", "rcdm.model", "rcdm.train", "rcdm.recipes"))
+    _assert_not_reached("rcdm.bundle", ("rcdm.encoders", "rcdm.model", "rcdm.train", "rcdm.pack"))

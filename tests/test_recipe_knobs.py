@@ -15,7 +15,7 @@ from rcdm.diffusion import GaussianDiffusion, draw_timesteps, sample, sample_gen
 from rcdm.errors import RCDMError
 from rcdm.model import RCDM
 from rcdm.monitor import read_metrics
-from rcdm.recipes.ab import VARIANTS, ABConfig, eval_steps, variant_config, with_images
+from rcdm.pack.ab import VARIANTS, ABConfig, eval_steps, variant_config, with_images
 from rcdm.train import learning_rate, train
 from rcdm.train_config import validate_config
 from training_for_tests import tiny_argv, tiny_config

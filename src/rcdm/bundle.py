@@ -1,6 +1,6 @@
 """Where packaged models live and how a demo bundle is read: the bundle's index and roles, the encoder cards, the
 package's model and demo-image folders. Everything that only *reads* a bundle (the demo, the app, `rcdm-cifar:NAME`)
-imports this module, which imports no encoder, model or training code; `rcdm.recipes.bundle.pack` writes bundles and
+imports this module, which imports no encoder, model or training code; `rcdm.pack.write.pack` writes bundles and
 `rcdm.loading.load_bundled` opens one of their models.
 
 Layout: BUNDLE/<encoder name>/{encoder.safetensors, card.json, README.md}, BUNDLE/<target>/{config.json,

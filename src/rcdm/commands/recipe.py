@@ -11,11 +11,9 @@ from ..diffusion import sampling_preset
 from ..encoders import create_encoder
 from ..errors import RCDMError
 from ..loading import encoder_for, load_model, resolve_model_dir
-from ..recipes.ab import VARIANTS, ABConfig, ab_table, evaluate_variants, train_variants, with_images
-from ..recipes.bundle import MAX_BUNDLE_MB, pack
-from ..recipes.cifar10 import cifar10_root
-from ..recipes.demo_pack import RCDM_PROFILES, RCDMRecipe, train_rcdms
-from ..recipes.evaluation import (
+from ..pack.ab import VARIANTS, ABConfig, ab_table, evaluate_variants, train_variants, with_images
+from ..pack.cifar10 import cifar10_root
+from ..pack.evaluation import (
     choose_guidance,
     evaluation_images,
     guidance_table,
@@ -23,7 +21,9 @@ from ..recipes.evaluation import (
     sampling_record,
     score_model,
 )
-from ..recipes.ssl import SSLConfig, resolve_config, train_encoder
+from ..pack.rcdms import RCDM_PROFILES, RCDMRecipe, train_rcdms
+from ..pack.ssl import SSLConfig, resolve_config, train_encoder
+from ..pack.write import MAX_BUNDLE_MB, pack
 from .common import (
     add_command_group,
     add_overwrite_arg,

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from rcdm.cli import main
-from rcdm.recipes.ab import ABConfig, ab_table, eval_path, evaluate_variants
+from rcdm.pack.ab import ABConfig, ab_table, eval_path, evaluate_variants
 
 
 @pytest.fixture

@@ -15,10 +15,10 @@ from rcdm.encoders import create_encoder
 from rcdm.encoders.cifar import CifarEncoderArch, CifarEncoderNet, default_preprocessing
 from rcdm.errors import RCDMError
 from rcdm.metrics.knn import encoder_features, knn_accuracy, knn_predict
-from rcdm.recipes.bundle import pack
-from rcdm.recipes.cifar10 import labelled_files, load_uint8
-from rcdm.recipes.demo_pack import RCDMRecipe, train_rcdms
-from rcdm.recipes.ssl import SSLConfig, train_encoder, vicreg_loss
+from rcdm.pack.cifar10 import labelled_files, load_uint8
+from rcdm.pack.rcdms import RCDMRecipe, train_rcdms
+from rcdm.pack.ssl import SSLConfig, train_encoder, vicreg_loss
+from rcdm.pack.write import pack
 
 TARGET = "rcdm-cifar10-vicreg-projector"
 TINY = dict(

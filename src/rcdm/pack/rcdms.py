@@ -4,7 +4,7 @@ Run layout (one folder, ROOT):
     ROOT/ssl/encoder          `rcdm recipe ssl --objective vicreg --out ROOT/ssl`
     ROOT/supervised/encoder   `rcdm recipe ssl --objective supervised --out ROOT/supervised`
     ROOT/<target name>/       `rcdm recipe rcdm --runs ROOT`: one rcdm.train run per TARGETS entry + recipe.json
-`rcdm.recipes.bundle.pack` turns these into the bundle that ships them.
+`rcdm.pack.write.pack` turns these into the bundle that ships them.
 """
 
 from __future__ import annotations

@@ -23,8 +23,8 @@ from ..files import write_text_atomic
 from ..loading import encoder_for, load_model
 from ..runs import latest_checkpoint
 from ..train import TrainConfig, TrainResult, train
-from .demo_pack import training_sessions
 from .evaluation import evaluation_images, score_model
+from .rcdms import training_sessions
 
 log = logging.getLogger(__name__)
 

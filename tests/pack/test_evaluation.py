@@ -12,7 +12,7 @@ import torch
 from rcdm.cli import main
 from rcdm.diffusion import resolve_sampling
 from rcdm.model import RCDM
-from rcdm.recipes.evaluation import Score, choose_guidance, sampling_record
+from rcdm.pack.evaluation import Score, choose_guidance, sampling_record
 
 BASE = Score(
     num_images=100,

@@ -26,7 +26,7 @@ from ..encoders import create_encoder
 from ..encoders.cifar import CifarEncoderNet, default_preprocessing, load_encoder_net, save_encoder
 from ..errors import RCDMError
 from ..model import RCDM
-from .demo_pack import MIN_KNN_ACCURACY, Target, encoder_dir, run_record, select_targets
+from .rcdms import MIN_KNN_ACCURACY, Target, encoder_dir, run_record, select_targets
 from .ssl import CIFAR_LICENSE, model_card_markdown
 
 MAX_BUNDLE_MB = 30.0  # MB = 10**6 bytes
@@ -173,7 +173,7 @@ def pack(
     diffusion_pytorch_model.rcdm.safetensors, card.json, README.md}, OUT/demo-inputs/*, OUT/bundle.json. The RCDMs'
     config names their encoder as `rcdm-cifar:<encoder name>` so that a bundle under rcdm/assets/models is
     found by name. `step` packs each run's EMA at that checkpoint, with its record rebuilt for that step
-    (demo_pack.run_record), so that models compared on the demo page have seen the same number of images;
+    (rcdms.run_record), so that models compared on the demo page have seen the same number of images;
     `steps` sets it per target (a model that met its gates earlier stays at its step while others train on).
     Raises RCDMError for smoke runs (unless allow_smoke: then every card says so) and when the
     bundle exceeds `max_mb` MB (10**6 bytes).
