@@ -70,8 +70,10 @@ step_of() { # step_of TARGET: the checkpoint step it is packed at (PACK_STEPS, e
 }
 
 write_metrics() { # the evaluations under $WORK/metrics -> $WORK/metrics.json (recipe pack --metrics), and shown
-    # shellcheck disable=SC2086  # a step and TARGET=N words
-    $PY "$ROOT/scripts/pack_metrics.py" "$WORK/metrics" "$EVAL_IMAGES" $PACK_STEP $PACK_STEPS >"$WORK/metrics.json" &&
+    local steps=() s
+    for s in $PACK_STEP $PACK_STEPS; do steps+=(--step "$s"); done
+    $PY -m rcdm.cli recipe metrics --metrics-dir "$WORK/metrics" --eval-images "$EVAL_IMAGES" ${steps[@]+"${steps[@]}"} \
+        >"$WORK/metrics.json" &&
         cat "$WORK/metrics.json"
 }
 

@@ -96,7 +96,7 @@ def test_pack_steps_sets_one_rcdm_apart_in_evaluate_and_pack(tmp_path: Path) -> 
         f"{work}/runs/rcdm-cifar10-supervised/checkpoints/step-00007000/ema",
         f"{work}/runs/rcdm-cifar10-vicreg-backbone/checkpoints/step-00011000/ema",
     ]
-    (metrics,) = [c for c in calls if "pack_metrics.py" in c]
-    assert metrics.endswith(" 1000 11000 rcdm-cifar10-supervised=7000")  # N_IMAGES, the plain step, TARGET=N
+    (metrics,) = [c for c in calls if "recipe metrics" in c]
+    assert metrics.endswith("--eval-images 1000 --step 11000 --step rcdm-cifar10-supervised=7000")
     (pack,) = [c for c in calls if "recipe pack" in c]
     assert "--step 11000 --step rcdm-cifar10-supervised=7000 " in pack

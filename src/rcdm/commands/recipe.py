@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 from dataclasses import fields, replace
 from pathlib import Path
 
@@ -21,6 +22,7 @@ from ..pack.evaluation import (
     sampling_record,
     score_model,
 )
+from ..pack.gates import gate_metrics, parse_steps
 from ..pack.rcdms import RCDM_PROFILES, RCDMRecipe, train_rcdms
 from ..pack.ssl import SSLConfig, resolve_config, train_encoder
 from ..pack.write import MAX_BUNDLE_MB, pack
@@ -56,6 +58,10 @@ EPILOGS = {
     "guidance": """examples (docs/recipes.md, "Sampling that travels with the model"):
   rcdm recipe guidance --model cifar10-vicreg-backbone --data cifar10-jpeg.tar.gz \
       --judge cifar-resnet56:resnet56-4bfd9763.th --guidance 1 2 3 5 --eval-images 1000 --record
+""",
+    "metrics": """examples:
+  rcdm recipe metrics --metrics-dir ~/rcdm-work/metrics --eval-images 1000 --step 11000 \\
+      --step rcdm-cifar10-supervised=7000 > metrics.json
 """,
     "pack": """examples:
   rcdm recipe pack --runs runs --out src/rcdm/assets/models --demo-images src/rcdm/assets/demo-images/*.jpg
@@ -210,6 +216,23 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     add_progress_arg(g)
     g.set_defaults(func=run_guidance)
 
+    m = command(
+        "metrics", "the pack's gate metrics from its evaluation folders, as JSON for `recipe pack --metrics`"
+    )
+    m.add_argument(
+        "--metrics-dir", required=True, help="METRICS_DIR/<target>/<tag>/ of `cpu_pack.sh evaluate`"
+    )
+    m.add_argument("--eval-images", type=int, required=True, help="how many test images each evaluation used")
+    m.add_argument(
+        "--step",
+        action="append",
+        default=[],
+        metavar="N|TARGET=N",
+        help="read every RCDM at checkpoint step N, or one TARGET at N (repeatable), as `recipe pack --step`; "
+        "default: each one's final model, else its newest checkpoint",
+    )
+    m.set_defaults(func=run_metrics)
+
     k = command("pack", "bundle finished runs: fp16 safetensors + model cards, size-checked")
     k.add_argument("--runs", required=True, help="ROOT of `rcdm recipe ssl` / `rcdm recipe rcdm` runs")
     k.add_argument("--out", required=True, help="bundle folder (e.g. src/rcdm/assets/models)")
@@ -357,24 +380,16 @@ def run_guidance(args: argparse.Namespace) -> int:
     return 0
 
 
-def parse_steps(values: list[str]) -> tuple[int | None, dict[str, int]]:
-    """--step values -> (the step for every RCDM or None, {target: step}); a bad value names itself and the form."""
-    step: int | None = None
-    steps: dict[str, int] = {}
-    for value in values:
-        target, _, number = value.rpartition("=")
-        if not number.strip().isdigit() or (target == "" and "=" in value):
-            raise RCDMError(f"--step {value!r}: give a checkpoint step N or TARGET=N, e.g. --step 7000")
-        n = positive("--step", int(number))
-        if not target and step is not None:
-            raise RCDMError(f"--step {step} and --step {n}: give one plain step (others as TARGET=N)")
-        if target in steps:
-            raise RCDMError(f"--step for {target} given twice ({steps[target]} and {n}): give it once")
-        if target:
-            steps[target] = n
-        else:
-            step = n
-    return step, steps
+def run_metrics(args: argparse.Namespace) -> int:
+    step, steps = parse_steps(args.step)
+    folder = Path(args.metrics_dir)
+    if not folder.is_dir():
+        raise RCDMError(
+            f"--metrics-dir {args.metrics_dir!r} is not a folder: run `scripts/cpu_pack.sh evaluate` first"
+        )
+    positive("--eval-images", args.eval_images)
+    print(json.dumps(gate_metrics(folder, str(args.eval_images), step, steps), indent=1))
+    return 0
 
 
 def run_pack(args: argparse.Namespace) -> int:

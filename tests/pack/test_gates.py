@@ -1,17 +1,15 @@
-"""scripts/pack_metrics.py: the CPU pack's evaluation folders -> the labelled metrics `recipe pack` puts on cards."""
+"""rcdm.pack.gates (`rcdm recipe metrics`): the CPU pack's evaluation folders -> the labelled metrics `recipe pack`
+puts on cards."""
 
 from __future__ import annotations
 
 import json
-import runpy
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
-SCRIPT = ROOT / "scripts" / "pack_metrics.py"
+from rcdm.cli import main
+from rcdm.pack.gates import gate_metrics, trend
 
 
 def _evaluation(folder: Path, top1: float, agreement: float, guidance: float = 1.0, fid: float | None = None):
@@ -29,7 +27,7 @@ def _evaluation(folder: Path, top1: float, agreement: float, guidance: float = 1
         (folder / "quality.json").write_text(json.dumps({"fid": fid}))
 
 
-def test_pack_metrics_labels_the_final_guided_curve_and_sampler_numbers(tmp_path: Path) -> None:
+def test_pack_metrics_labels_the_final_guided_curve_and_sampler_numbers(tmp_path: Path, capsys) -> None:
     target = tmp_path / "metrics" / "rcdm-cifar10-supervised"
     _evaluation(target / "final", 0.25, 0.5, fid=3.5)
     _evaluation(target / "final-g2", 0.5, 0.75, guidance=2.0, fid=4.25)
@@ -43,11 +41,8 @@ def test_pack_metrics_labels_the_final_guided_curve_and_sampler_numbers(tmp_path
     (target / "sampler-published" / "model").write_text("/w/runs/t/checkpoints/step-00002500/ema\n")
     (target / "sampler-paired").mkdir()  # an interrupted sampler run: no row
 
-    out = subprocess.run(
-        [sys.executable, str(SCRIPT), str(tmp_path / "metrics"), "4"], capture_output=True, text=True
-    )
-    assert out.returncode == 0, out.stderr
-    m = json.loads(out.stdout)["rcdm-cifar10-supervised"]
+    assert main(["recipe", "metrics", "--metrics-dir", str(tmp_path / "metrics"), "--eval-images", "4"]) == 0
+    m = json.loads(capsys.readouterr().out)["rcdm-cifar10-supervised"]
     plain = "on 4 class-balanced CIFAR-10 test images, 1 sample each (dpm++ 20), judged by CIFAR ResNet-56"
     guided = plain.replace("(dpm++ 20)", "(dpm++ 20, guidance 2)")
     assert m[f"class agreement {plain}"] == 0.5 and m[f"rank-1 retrieval {plain} (chance 0.2500)"] == 0.25
@@ -77,7 +72,7 @@ def test_pack_metrics_falls_back_to_the_newest_checkpoint(tmp_path: Path) -> Non
     target = tmp_path / "rcdm-cifar10-vicreg-backbone"
     _evaluation(target / "step-00000500", 0.0, 0.0)
     _evaluation(target / "step-00001000", 0.25, 0.25)
-    m = runpy.run_path(str(SCRIPT))["main"](tmp_path, "4")["rcdm-cifar10-vicreg-backbone"]
+    m = gate_metrics(tmp_path, "4")["rcdm-cifar10-vicreg-backbone"]
     assert [v for k, v in m.items() if k.startswith("class agreement")] == [0.25]
 
 
@@ -86,11 +81,9 @@ def test_pack_metrics_reports_the_packed_checkpoint_and_its_guided_runs(tmp_path
     _evaluation(target / "step-00000500", 0.0, 0.0)
     _evaluation(target / "step-00000500-g5", 0.25, 0.5, guidance=5.0)
     _evaluation(target / "step-00001000", 0.25, 0.25)  # newer, but not the packed step
-    m = runpy.run_path(str(SCRIPT))["main"](tmp_path, "4", 500)["rcdm-cifar10-vicreg-backbone"]
+    m = gate_metrics(tmp_path, "4", 500)["rcdm-cifar10-vicreg-backbone"]
     assert [v for k, v in m.items() if k.startswith("class agreement")] == [0.0, 0.5]
-    assert runpy.run_path(str(SCRIPT))["main"](tmp_path, "4", 1500)[
-        "rcdm-cifar10-vicreg-backbone"
-    ].keys() == {
+    assert gate_metrics(tmp_path, "4", 1500)["rcdm-cifar10-vicreg-backbone"].keys() == {
         "curve (images seen: rank-1 / class agreement; dpm++ 20; ResNet-56 judge)",
         "trend of class agreement (dpm++ 20; ResNet-56 judge) against log2(images seen)",
         "trend of rank-1 retrieval (dpm++ 20; ResNet-56 judge) against log2(images seen)",
@@ -103,12 +96,11 @@ def test_pack_metrics_reads_each_target_at_its_own_packed_model(tmp_path: Path) 
     _evaluation(tmp_path / "rcdm-cifar10-supervised" / "step-00002000", 0.0, 0.25)
     _evaluation(tmp_path / "rcdm-cifar10-vicreg-backbone" / "final", 0.5, 0.75)
     _evaluation(tmp_path / "rcdm-cifar10-vicreg-backbone" / "step-00002000", 0.0, 0.0)
-    m = runpy.run_path(str(SCRIPT))["main"](tmp_path, "4")["rcdm-cifar10-vicreg-backbone"]
+    m = gate_metrics(tmp_path, "4")["rcdm-cifar10-vicreg-backbone"]
     assert [v for k, v in m.items() if k.startswith("class agreement")] == [0.75]
 
 
 def test_trend_fits_the_metric_against_log_images_and_extrapolates_to_the_gate() -> None:
-    trend = runpy.run_path(str(SCRIPT))["trend"]
     # 0.2, 0.3, 0.4 at 1M, 2M, 4M images: +0.1 per doubling, so 0.6 at 16M
     line = trend([(1_000_000, 0.2), (2_000_000, 0.3), (4_000_000, 0.4)], 0.6)
     assert (
@@ -127,19 +119,15 @@ def test_trend_fits_the_metric_against_log_images_and_extrapolates_to_the_gate()
     assert trend([(1_000_000, 0.2), (2_000_000, float("nan"))], 0.6) is None  # an unscored point is left out
 
 
-def test_pack_metrics_reads_a_target_given_its_own_step_at_that_step(tmp_path: Path) -> None:
+def test_pack_metrics_reads_a_target_given_its_own_step_at_that_step(tmp_path: Path, capsys) -> None:
     # `TARGET=STEP` on the command line, as `recipe pack --step TARGET=STEP`: that target at its step, the others
     # at the plain one.
     for t in ("rcdm-cifar10-supervised", "rcdm-cifar10-vicreg-backbone"):
         _evaluation(tmp_path / t / "step-00000500", 0.0, 0.25)
         _evaluation(tmp_path / t / "step-00001000", 0.25, 0.5)
-    out = subprocess.run(
-        [sys.executable, str(SCRIPT), str(tmp_path), "4", "1000", "rcdm-cifar10-supervised=500"],
-        capture_output=True,
-        text=True,
-    )
-    assert out.returncode == 0, out.stderr
-    m = json.loads(out.stdout)
+    argv = ["recipe", "metrics", "--metrics-dir", str(tmp_path), "--eval-images", "4", "--step", "1000"]
+    assert main([*argv, "--step", "rcdm-cifar10-supervised=500"]) == 0
+    m = json.loads(capsys.readouterr().out)
     agreement = {t: [v for k, v in m[t].items() if k.startswith("class agreement")] for t in m}
     assert agreement == {"rcdm-cifar10-supervised": [0.25], "rcdm-cifar10-vicreg-backbone": [0.5]}
 
@@ -147,21 +135,18 @@ def test_pack_metrics_reads_a_target_given_its_own_step_at_that_step(tmp_path: P
 @pytest.mark.parametrize(
     ("words", "message"),
     [
-        (["1000", "2000"], "several plain steps [1000, 2000]"),
+        (["1000", "2000"], "--step 1000 and --step 2000: give one plain step"),
         (
             ["rcdm-cifar10-supervised=500", "rcdm-cifar10-supervised=700"],
-            "bad step 'rcdm-cifar10-supervised=700'",
+            "--step for rcdm-cifar10-supervised given twice (500 and 700)",
         ),
-        (["=500"], "bad step '=500'"),
-        (["rcdm-cifar10-supervised=x"], "bad step 'rcdm-cifar10-supervised=x'"),
+        (["=500"], "--step '=500': give a checkpoint step N or TARGET=N"),
+        (["rcdm-cifar10-supervised=x"], "--step 'rcdm-cifar10-supervised=x': give a checkpoint step N"),
     ],
 )
-def test_pack_metrics_refuses_ambiguous_steps_in_one_line(
-    tmp_path: Path, words: list[str], message: str
-) -> None:
+def test_pack_metrics_refuses_ambiguous_steps_in_one_line(tmp_path: Path, capsys, words, message) -> None:
     _evaluation(tmp_path / "rcdm-cifar10-supervised" / "step-00000500", 0.0, 0.25)
-    out = subprocess.run(
-        [sys.executable, str(SCRIPT), str(tmp_path), "4", *words], capture_output=True, text=True
-    )
-    assert out.returncode == 2 and out.stdout == ""
-    assert message in out.stderr and len(out.stderr.strip().splitlines()) == 1
+    steps = [w for word in words for w in ("--step", word)]
+    assert main(["recipe", "metrics", "--metrics-dir", str(tmp_path), "--eval-images", "4", *steps]) == 2
+    out = capsys.readouterr()
+    assert out.out == "" and message in out.err and len(out.err.strip().splitlines()) == 1

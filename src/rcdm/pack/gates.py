@@ -1,18 +1,16 @@
-"""Gate metrics of the CPU pack (scripts/cpu_pack.sh evaluate) -> one JSON for `rcdm recipe pack --metrics`.
-
-    python scripts/pack_metrics.py METRICS_DIR N_IMAGES [STEP] [TARGET=STEP ...] > metrics.json
+"""The CIFAR-10 pack's gates: its evaluation folders -> the labelled metrics `rcdm recipe pack --metrics` puts on
+cards (`rcdm recipe metrics`, which `scripts/cpu_pack.sh evaluate` calls).
 
 METRICS_DIR/<target>/<tag>/faithfulness.json and quality.json (the same samples), where tag is `final`,
 `final-g<W>` (the final model sampled with guidance W) or a checkpoint `step-NNNNNNNN[-g<W>]`. Output: {target:
 {labelled metric: value, ..., "curve": "images seen: rank-1 / agreement; ..."}} with the labelled numbers of the
-final model (else the newest checkpoint; with STEP, the checkpoint `recipe pack --step STEP` packs; TARGET=STEP
-sets it for one target, as `--step TARGET=STEP` does), those of
-each of its guided runs, and a curve over checkpoints per sampling, with its trend against the gates: the
-least-squares line of each gate metric against log2(images seen), its gain per doubling and where the line would
-meet the gate (an extrapolation, labelled as one).
-METRICS_DIR/<target>/sampler-<preset>[-g<W>]/ (scripts/cpu_pack.sh samplers) hold the same faithfulness on a
-subset with each sampling setting and `seconds` (wall time of the run): they become "sampler table" rows.
-Gates (issue 12): backbone models class agreement >= 0.60 and rank-1 >= 0.05 under the ResNet-56 judge.
+final model (else the newest checkpoint; with a step, the checkpoint `recipe pack --step STEP` packs; a
+TARGET=STEP sets it for one target, as `--step TARGET=STEP` does), those of each of its guided runs, and a curve
+over checkpoints per sampling, with its trend against the gates: the least-squares line of each gate metric
+against log2(images seen), its gain per doubling and where the line would meet the gate (an extrapolation,
+labelled as one). METRICS_DIR/<target>/sampler-<preset>[-g<W>]/ (`cpu_pack.sh samplers`) hold the same
+faithfulness on a subset with each sampling setting and `seconds` (wall time of the run): they become "sampler
+table" rows. Gates: backbone models' class agreement >= 0.60 and rank-1 >= 0.05 under the ResNet-56 judge.
 """
 
 from __future__ import annotations
@@ -21,8 +19,9 @@ import json
 import math
 import re
 import statistics
-import sys
 from pathlib import Path
+
+from ..errors import RCDMError
 
 BATCH = {"cpu": 64}  # images per step of the CPU profile, for images seen
 GATES = {"agreement": ("class agreement", 0.60), "top1": ("rank-1 retrieval", 0.05)}  # backbone models' gates
@@ -111,7 +110,9 @@ def trend(points: list[tuple[int, float]], gate: float) -> str | None:
     return per_doubling + f"; the line reaches {gate:g} at {where} images seen (extrapolated)"
 
 
-def main(root: Path, n: str, step: int | None = None, per_target: dict[str, int] | None = None) -> dict:
+def gate_metrics(
+    root: Path, n: str, step: int | None = None, per_target: dict[str, int] | None = None
+) -> dict:
     result: dict = {}
     for target in sorted(p for p in root.iterdir() if p.is_dir()):
         step_here = (per_target or {}).get(target.name, step)
@@ -143,29 +144,23 @@ def main(root: Path, n: str, step: int | None = None, per_target: dict[str, int]
     return result
 
 
-def _usage_error(message: str) -> None:
-    print(f"pack_metrics.py: {message}", file=sys.stderr)
-    sys.exit(2)
-
-
-def parse_steps(words: list[str]) -> tuple[int | None, dict[str, int]]:
-    """[STEP] [TARGET=STEP ...] -> (STEP or None, {TARGET: STEP}); otherwise a one-line message and exit 2."""
-    plain, named = [], {}
-    for w in words:
-        target, _, value = w.rpartition("=")
-        if not value.isdigit() or (target in named) or ("=" in w and not target):
-            _usage_error(f"bad step {w!r}: give STEP or TARGET=STEP (a whole number), each target once")
+def parse_steps(values: list[str]) -> tuple[int | None, dict[str, int]]:
+    """--step values -> (the step for every RCDM or None, {target: step}); a bad value names itself and the form."""
+    step: int | None = None
+    steps: dict[str, int] = {}
+    for value in values:
+        target, _, number = value.rpartition("=")
+        if not number.strip().isdigit() or (target == "" and "=" in value):
+            raise RCDMError(f"--step {value!r}: give a checkpoint step N or TARGET=N, e.g. --step 7000")
+        n = int(number)
+        if n < 1:
+            raise RCDMError(f"--step {n} must be at least 1")
+        if not target and step is not None:
+            raise RCDMError(f"--step {step} and --step {n}: give one plain step (others as TARGET=N)")
+        if target in steps:
+            raise RCDMError(f"--step for {target} given twice ({steps[target]} and {n}): give it once")
         if target:
-            named[target] = int(value)
+            steps[target] = n
         else:
-            plain.append(int(value))
-    if len(plain) > 1:
-        _usage_error(f"several plain steps {plain}: give one STEP, and TARGET=STEP for the others")
-    return (plain[0] if plain else None), named
-
-
-if __name__ == "__main__":
-    if len(sys.argv) < 3:
-        _usage_error("usage: pack_metrics.py METRICS_DIR N_IMAGES [STEP] [TARGET=STEP ...]")
-    step, named = parse_steps(sys.argv[3:])
-    print(json.dumps(main(Path(sys.argv[1]), sys.argv[2], step, named), indent=1))
+            step = n
+    return step, steps
