@@ -73,3 +73,19 @@ def test_a_v_prediction_model_gets_a_v_scheduler_and_samples_as_rcdm_does(tmp_pa
     eps = RCDMPipeline(pipe.rcdm, DDIMScheduler.from_config(pipe.scheduler.config, prediction_type="epsilon"))
     with pytest.raises(RCDMError, match="prediction_type 'v_prediction'"):
         eps(representations=reps, num_inference_steps=2)
+
+
+def test_guidance_scale_is_rcdms_guidance(tmp_path):
+    torch.manual_seed(0)
+    m = RCDM.from_preset("tiny", representation_dim=12, sample_size=16, null_representation=True)
+    with torch.no_grad():
+        m.null_rep.normal_()
+    m.save_pretrained(tmp_path / "g")
+    pipe = RCDMPipeline.from_rcdm(str(tmp_path / "g"))
+    pipe.set_progress_bar_config(disable=True)
+    reps = torch.randn(2, 12)
+    kw = dict(representations=reps, num_inference_steps=4, seed=3, output_type="pt")
+    guided = pipe(guidance_scale=3.0, **kw).images
+    want = sample(pipe.rcdm, reps, steps=4, sampler="ddpm", seed=3, guidance=3.0, precision="fp32")
+    assert (guided - want).abs().max() < 1e-4
+    assert (guided - pipe(guidance_scale=1.0, **kw).images).abs().max() > 1e-2

@@ -7,6 +7,7 @@ but no training losses for learned variance (Nichol & Dhariwal 2021, Eq. 16).
 
 from __future__ import annotations
 
+import inspect
 import logging
 import math
 from collections.abc import Callable, Sequence
@@ -415,6 +416,7 @@ def sample(
     noise: torch.Tensor | None = None,
     callback: Callable[[dict], None] | None = None,
     progress: bool = False,
+    scheduler=None,  # any diffusers scheduler with the training schedule, instead of `sampling.sampler`'s
     **settings,
 ) -> torch.Tensor:
     """Draw one image per row of `representation`.
@@ -452,11 +454,29 @@ def sample(
     if noise is None:
         noise = torch.cat([torch.randn((1, 3, size, size), generator=g) for g in gens])
     x = noise.to(device=device, dtype=torch.float32)
-    sched = make_scheduler(sampler, model.learned_variance)
+    custom = scheduler is not None  # RCDMPipeline's: stepped through its own `step`, generators per sample
+    if custom:
+        sampler = "custom"
+        if scheduler.config.get("prediction_type", "epsilon") != model.prediction_type:
+            raise RCDMError(
+                f"scheduler {type(scheduler).__name__} has prediction_type "
+                f"{scheduler.config.get('prediction_type')!r} but the model predicts {model.prediction_type!r}: "
+                "build it with prediction_type set to the model's"
+            )
+    sched = scheduler if custom else make_scheduler(sampler, model.learned_variance)
     # Timesteps stay on the CPU: reading one (int(t), t > 0, the scheduler's index lookup) never waits on the GPU.
     sched.set_timesteps(steps)
     ts = [int(t) for t in sched.timesteps]
     step_kwargs = {"use_clipped_model_output": True, "eta": 0.0} if sampler == "ddim" else {}
+    if custom:  # stochastic schedulers draw each sample's step noise from its own generator
+        takes_generator = "generator" in inspect.signature(sched.step).parameters
+        step_kwargs = {"generator": gens} if takes_generator else {}
+        # only DDPM's learned_range reads the variance channels; every other scheduler takes the 3 first
+        learned = (
+            isinstance(sched, DDPMScheduler)
+            and sched.config.variance_type == "learned_range"
+            and model.learned_variance
+        )
     x = x * sched.init_noise_sigma
     was_training = model.training
     model.eval()
@@ -474,11 +494,13 @@ def sample(
                 cond = model.condition(rep, b)
         cond = cond.float()
         run = denoiser(model, mode, dtype)
-        v_pred = model.prediction_type == "v_prediction"
+        v_pred = model.prediction_type == "v_prediction" and not custom  # a custom scheduler reads v itself
         alphas = sched.alphas_cumprod.to(device)
         for i, t in enumerate(tqdm(ts, disable=not progress, desc=f"{sampler} sampling")):
             tt = torch.full((cond.shape[0],), t, device=device, dtype=torch.long)
             xin = x if sampler == "ddpm" else sched.scale_model_input(x, sched.timesteps[i])
+            if custom:
+                xin = xin.to(device)
             out = run(torch.cat([xin, xin]) if guidance != 1.0 else xin, tt, cond)
             if v_pred:  # every scheduler below takes epsilon (and the variance channels) as trained
                 out = v_to_epsilon(out, torch.cat([xin, xin]) if guidance != 1.0 else xin, alphas[t])
@@ -492,6 +514,10 @@ def sample(
                 if not model.learned_variance:
                     out = out[:, :3]
                 x, pred = ddpm_step(sched, out, t, prev_t, x, eps_noise)
+            elif custom:
+                out = out if learned else out[:, :3]
+                res = sched.step(out.cpu(), sched.timesteps[i], x.cpu(), **step_kwargs)
+                x, pred = res.prev_sample.to(device), getattr(res, "pred_original_sample", None)
             else:
                 res = sched.step(out[:, :3], sched.timesteps[i], x, **step_kwargs)
                 x, pred = res.prev_sample, getattr(res, "pred_original_sample", None)

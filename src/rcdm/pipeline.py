@@ -10,7 +10,6 @@ the plain diffusers loop, for swapping schedulers and for users of diffusers' pi
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Sequence
 
 import numpy as np
@@ -19,7 +18,7 @@ from diffusers import DDPMScheduler, DiffusionPipeline, ImagePipelineOutput
 from PIL import Image
 
 from .data import center_square, load_image, resize
-from .diffusion import SCHEDULE, sample_generators
+from .diffusion import SCHEDULE, SamplingConfig, sample
 from .encoders import Encoder
 from .errors import RCDMError
 from .figures import to_pil
@@ -47,6 +46,10 @@ class RCDMPipeline(DiffusionPipeline):
                 prediction_type=model.prediction_type,
             )
         return cls(model, scheduler)
+
+    def _progress_enabled(self) -> bool:
+        """Whether `set_progress_bar_config(disable=True)` left the progress bar on."""
+        return not getattr(self, "_progress_bar_config", {}).get("disable", False)
 
     def _check_scheduler(self) -> None:
         cfg = self.scheduler.config
@@ -79,40 +82,27 @@ class RCDMPipeline(DiffusionPipeline):
         *,
         num_samples: int = 1,
         num_inference_steps: int = 50,
+        guidance_scale: float | None = None,
         seed: int = 0,
         encoder: Encoder | None = None,
         output_type: str = "pil",
     ) -> ImagePipelineOutput:
         """num_samples images per input image (or representation row), in input order.
 
-        Sample k's starting and step noise come from a CPU generator seeded by (seed, k), as in
-        `rcdm.diffusion.sample`, so a sample does not depend on the batch. output_type: 'pil' or 'pt' ((N, 3,
-        H, W) in [0, 1]).
+        rcdm's one sampling loop (`rcdm.diffusion.sample`) with this pipeline's scheduler: sample k's starting
+        and step noise come from a CPU generator seeded by (seed, k), so a sample does not depend on the batch.
+        guidance_scale: classifier-free guidance (needs a model trained with condition dropout); None: the
+        model's recorded default, else 1. output_type: 'pil' or 'pt' ((N, 3, H, W) in [0, 1]).
         """
         if (images is None) == (representations is None):
             raise RCDMError("pass images or representations (one of the two)")
         self._check_scheduler()
         reps = self.encode(images, encoder) if images is not None else representations.float().to(self.device)
         reps = reps.repeat_interleave(num_samples, 0)
-        b, size = reps.shape[0], self.rcdm.config.sample_size
-        gens = sample_generators(seed, 0, b)
-        x = torch.cat([torch.randn((1, 3, size, size), generator=g) for g in gens]).to(self.device)
-        x = x * self.scheduler.init_noise_sigma
-        self.scheduler.set_timesteps(num_inference_steps)
-        # Only DDPM's learned_range reads the variance channels; every other scheduler takes epsilon alone.
-        learned = (
-            isinstance(self.scheduler, DDPMScheduler)
-            and self.scheduler.config.variance_type == "learned_range"
+        settings = SamplingConfig(
+            steps=num_inference_steps, seed=seed, guidance=guidance_scale, precision="fp32"
         )
-        # Stochastic schedulers take per-sample generators (co_varnames would also match a local of that name).
-        takes_generator = "generator" in inspect.signature(self.scheduler.step).parameters
-        for t in self.progress_bar(self.scheduler.timesteps):
-            model_in = self.scheduler.scale_model_input(x, t)
-            out = self.rcdm(model_in, torch.full((b,), int(t), device=self.device, dtype=torch.long), reps)
-            out = out if learned and self.rcdm.learned_variance else out[:, :3]
-            kwargs = {"generator": gens} if takes_generator else {}
-            x = self.scheduler.step(out.cpu(), t, x.cpu(), **kwargs).prev_sample.to(self.device)
-        imgs = ((x.clamp(-1, 1) + 1) / 2).cpu()
+        imgs = sample(self.rcdm, reps, settings, scheduler=self.scheduler, progress=self._progress_enabled())
         if output_type == "pt":
             return ImagePipelineOutput(images=imgs)
         return ImagePipelineOutput(images=[to_pil(im) for im in imgs])
