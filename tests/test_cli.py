@@ -284,3 +284,14 @@ def test_progress_bars_stay_out_of_a_log_that_is_not_a_terminal(few_images, tmp_
     out = tmp_path / "reps.safetensors"
     assert main(["encode", "--encoder", "pixels:2", "--images", str(few_images), "--out", str(out)]) == 0
     assert "\r" not in capfd.readouterr().err
+
+
+def test_models_lists_the_bundled_short_names_and_the_published_ones(capsys):
+    assert main(["models"]) == 0
+    out = capsys.readouterr().out
+    assert "| official:dino-backbone | published | resnet50.dino_in1k | backbone |" in out
+    from rcdm.bundle import bundled_models_dir
+
+    for config in bundled_models_dir().glob("rcdm-*/config.json"):
+        short = config.parent.name.removeprefix("rcdm-")
+        assert f"| {short} | bundled |" in out

@@ -28,6 +28,7 @@ COMMANDS = (
     "recipe",
     "push",
     "app",
+    "models",
 )
 
 

@@ -267,3 +267,52 @@ def load_bundled(
     enc = create_encoder(f"rcdm-cifar:{bundle.folder / bundle.encoder_name(target)}", model.config.feature)
     enc = encoder_for(model, enc)
     return model, enc.to(device) if device is not None else enc
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    """A model `--model NAME` finds without a path: a bundled one or a published one."""
+
+    name: str  # what to pass as --model
+    kind: str  # "bundled" or "published"
+    encoder: str
+    feature: str
+    note: str  # the default sampling (bundled), or whether the weights are cached (published)
+
+
+def official_is_cached(name: str) -> bool:
+    """Whether official:NAME's converted folder or its published checkpoint is in the cache (no download)."""
+    root = official_cache()
+    return (root / "models" / name / "config.json").is_file() or (
+        root / MODELS[name].checkpoint.filename
+    ).is_file()
+
+
+def list_models() -> list[ModelEntry]:
+    """The bundled RCDMs (by short name) and the published ones (official:NAME), configs read, nothing loaded."""
+    out = []
+    for config_file in sorted(bundled_models_dir().glob("rcdm-*/config.json")):
+        try:
+            config = json.loads(config_file.read_text())
+        except (OSError, ValueError):
+            continue  # loading it names what is wrong
+        sampling = config.get("sampling") or {}
+        note = (
+            f"default: {sampling.get('sampler', 'dpm++')} {sampling.get('steps') or ''}, guidance "
+            f"{sampling.get('guidance', 1):g}".replace("  ", " ")
+            if sampling
+            else "default: the library's sampling"
+        )
+        out.append(
+            ModelEntry(
+                config_file.parent.name.removeprefix("rcdm-"),
+                "bundled",
+                str(config.get("encoder")),
+                str(config.get("feature")),
+                note,
+            )
+        )
+    for name, m in MODELS.items():
+        note = "cached" if official_is_cached(name) else "downloads on first use"
+        out.append(ModelEntry(f"official:{name}", "published", m.encoder, m.feature, note))
+    return out

@@ -52,5 +52,21 @@ def test_manipulate_on_tiny_model(tiny, two_images, few_images, tmp_path, fast):
         model, enc, two_images[0], two_images[1], few_images, k=4, n_common=2, cache=tmp_path, **fast
     )
     assert torch.equal(again.common, res.common) and torch.equal(again.samples, res.samples)
+    # ResNet-20 features are all positive after their ReLU and pooling: every dimension counts as common, and
+    # the result says so instead of passing off 'zeroed' as what is specific to the image.
+    assert res.common.float().mean() >= 0.9 and "dimensions count as common" in res.summary()["warnings"][0]
+    sparse = manipulate(
+        model,
+        enc,
+        two_images[0],
+        two_images[1],
+        few_images,
+        k=4,
+        n_common=2,
+        threshold=1e9,
+        cache=tmp_path,
+        **fast,
+    )
+    assert not sparse.common.any() and sparse.summary()["warnings"] == []
     with pytest.raises(RCDMError, match="has 8 images but k=20"):
         manipulate(model, enc, two_images[0], two_images[1], few_images, **fast)

@@ -13,6 +13,7 @@ memory-mapped safetensors cache read slice by slice), or uses faiss when install
 from __future__ import annotations
 
 import importlib.util
+import logging
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -98,6 +99,12 @@ def topk_cosine(
     return best_s, best_i
 
 
+log = logging.getLogger(__name__)
+
+# A manipulation where at least this share of the dimensions counts as common is flagged: nothing specific remains.
+MOSTLY_COMMON = 0.9
+
+
 def common_dimensions(neighbours: torch.Tensor, n_common: int = 14, threshold: float = 0.0) -> torch.Tensor:
     """neighbours (k, dim) -> (dim,) bool: dimensions > threshold in MORE than n_common of the k rows."""
     return (neighbours > threshold).sum(0) > n_common
@@ -154,6 +161,7 @@ class ManipulationResult:
     common: torch.Tensor
     neighbours: list[tuple[str, float]]
     settings: dict = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
 
     ROWS = ("source", "common dims zeroed", "common dims from target")
 
@@ -166,6 +174,7 @@ class ManipulationResult:
             "common_dimensions": [int(i) for i in self.common.nonzero().flatten()],
             "neighbours": [{"file": f, "cosine": number(c)} for f, c in self.neighbours],
             "settings": self.settings,
+            "warnings": self.warnings,
         }
 
 
@@ -213,6 +222,15 @@ def manipulate(
     rep_s, rep_t = encoder.encode(enc_views)
     scores, idx = topk_cosine(rep_s[None], bank.bank, k, progress=progress)
     common = common_dimensions(bank.rows(idx[0]), n_common, threshold)
+    warnings = []
+    if int(common.sum()) >= MOSTLY_COMMON * common.numel():
+        warnings.append(
+            f"{int(common.sum())} of {common.numel()} dimensions count as common (> {threshold:g} in more than "
+            f"{n_common} of the {k} neighbours): the published rule expects sparse features, and these are not, "
+            "so 'zeroed' removes nearly the whole representation; raise --threshold (e.g. to the features' median) "
+            "to find what the neighbours share"
+        )
+        log.warning("manipulation: %s", warnings[-1])
     zeroed = torch.where(common, torch.zeros_like(rep_s), rep_s)
     copied = torch.where(common, rep_t, rep_s)
     reps = torch.stack([rep_s, zeroed, copied])
@@ -227,6 +245,7 @@ def manipulate(
         samples=samples,
         common=common,
         neighbours=[(str(bank.files[int(i)]), float(s)) for s, i in zip(scores[0], idx[0], strict=True)],
+        warnings=warnings,
         settings=dict(
             k=k,
             n_common=n_common,

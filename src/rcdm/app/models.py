@@ -24,9 +24,8 @@ from ..data import list_images, load_image
 from ..devices import default_device
 from ..diffusion import SamplingConfig
 from ..errors import RCDMError
-from ..loading import MODELS, encoder_for, load_bundled, load_model, resolve_model_dir
+from ..loading import MODELS, encoder_for, load_bundled, load_model, official_is_cached, resolve_model_dir
 from ..visualize import visualize
-from ..weights import official_cache
 
 log = logging.getLogger(__name__)
 
@@ -178,12 +177,7 @@ def _is_model(path: Path) -> bool:
 
 def _cached_official() -> list[str]:
     """official:NAME models whose weights (published checkpoint or converted folder) are in the cache."""
-    root = official_cache()
-    return [
-        f"official:{name}"
-        for name, m in MODELS.items()
-        if (root / "models" / name / "config.json").is_file() or (root / m.checkpoint.filename).is_file()
-    ]
+    return [f"official:{name}" for name in MODELS if official_is_cached(name)]
 
 
 def _default_device() -> torch.device:
