@@ -17,7 +17,7 @@ import json
 import logging
 import math
 import time
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Literal
 
@@ -34,6 +34,7 @@ from .loading import encoder_for, load_model, resolve_model_dir
 from .locks import run_lock
 from .model import ADAPTERS, RCDM, WEIGHTS_VARIANT
 from .monitor import TrainingMonitor
+from .train_config import saved_fields
 from .weights import sha256_file
 
 log = logging.getLogger(__name__)
@@ -105,15 +106,7 @@ class AdaptResult:
 
 def saved_config(run_dir: str | Path) -> dict:
     """The AdaptConfig fields recorded in RUN/adapt.json ({} when there is none)."""
-    path = Path(run_dir) / "adapt.json"
-    if not path.is_file():
-        return {}
-    try:
-        saved = json.loads(path.read_text())
-    except ValueError as e:
-        raise RCDMError(f"{str(path)!r} is not valid JSON ({e}): restore it or start a new --out") from None
-    names = {f.name for f in fields(AdaptConfig)}
-    return {k: v for k, v in saved.items() if k in names}
+    return saved_fields(Path(run_dir) / "adapt.json", AdaptConfig) or {}
 
 
 def check_config(cfg: AdaptConfig) -> None:

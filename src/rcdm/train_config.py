@@ -78,17 +78,22 @@ MUTABLE_ON_RESUME = frozenset(
 REPORT_TO: tuple[str, ...] = ("none", "tensorboard", "wandb", "all")
 
 
-def saved_config(run_dir: str | Path) -> dict[str, Any] | None:
-    """The TrainConfig fields recorded in RUN_DIR/run.json, or None when there is none."""
-    path = Path(run_dir) / "run.json"
+def saved_fields(path: Path, settings: type) -> dict[str, Any] | None:
+    """The fields of the dataclass `settings` recorded in the JSON file `path` (a run's settings), or None when
+    there is no such file; a file that is not JSON is one line naming it."""
     if not path.is_file():
         return None
     try:
         saved = json.loads(path.read_text())
     except ValueError as e:
         raise RCDMError(f"{str(path)!r} is not valid JSON ({e}): restore it or start a new --out") from None
-    names = {f.name for f in fields(TrainConfig)}
+    names = {f.name for f in fields(settings)}
     return {k: v for k, v in saved.items() if k in names}
+
+
+def saved_config(run_dir: str | Path) -> dict[str, Any] | None:
+    """The TrainConfig fields recorded in RUN_DIR/run.json, or None when there is none."""
+    return saved_fields(Path(run_dir) / "run.json", TrainConfig)
 
 
 def _comparable(name: str, value: Any) -> Any:

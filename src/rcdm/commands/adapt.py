@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 
 from ..adaptation import TRAINABLE, AdaptConfig, adapt, saved_config
 from ..encoders import FEATURES
-from ..errors import RCDMError
 from ..model import ADAPTERS
-from .common import add_command, add_precision_arg, add_progress_arg
+from .common import add_command, add_precision_arg, add_progress_arg, settings_from_args
 
 EPILOG = """examples (docs/adapt.md):
   rcdm adapt --model cifar10-vicreg-backbone --encoder cifar-resnet20:resnet20.th --data ~/data/cifar10/train \\
@@ -107,9 +105,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    names = [f.name for f in dataclasses.fields(AdaptConfig)]
-    given = {n: getattr(args, n) for n in names if getattr(args, n, None) is not None}
-    cfg = saved_or_new(args.out, given, args.resume)
+    saved = saved_config(args.out) if args.resume else None
+    cfg = AdaptConfig(
+        **settings_from_args(args, AdaptConfig, saved, ("model", "encoder", "data"), "adapt.json")
+    )
     result = adapt(cfg, args.out, resume=args.resume, progress=not args.no_progress)
     print(
         f"adapted {cfg.encoder} onto {cfg.model}: ridge map held-out R² {result.r2_heldout:.3f}, then "
@@ -117,15 +116,3 @@ def run(args: argparse.Namespace) -> int:
         f"CPU; model in {result.model_dir}"
     )
     return 0
-
-
-def saved_or_new(out: str, given: dict, resume: bool) -> AdaptConfig:
-    """OUT/adapt.json's settings on --resume (a flag given again may change them), else the flags."""
-    settings = {**(saved_config(out) if resume else {}), **given}
-    for name in ("model", "encoder", "data"):
-        if settings.get(name) is None:
-            raise RCDMError(
-                f"--{name} is required: give it, or --resume a run folder whose adapt.json records it"
-                + (f" ({out!r} has none)" if resume else "")
-            )
-    return AdaptConfig(**settings)

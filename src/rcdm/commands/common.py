@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import argparse
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import fields
 from pathlib import Path
 
 import torch
@@ -235,3 +236,21 @@ def read_json_object(path: str | None, flag: str) -> dict | None:
     if not isinstance(data, dict):
         raise RCDMError(f"{flag} {path!r} must hold a JSON object {{name: value}}")
     return data
+
+
+def settings_from_args(
+    args: argparse.Namespace, settings: type, saved: dict | None, required: Sequence[str], record: str
+) -> dict:
+    """The dataclass `settings`' fields given as flags (options default to None), over `saved` (the run's own
+    record, on --resume); each of `required` must come from one of the two (one line naming it otherwise)."""
+    given = {
+        f.name: getattr(args, f.name) for f in fields(settings) if getattr(args, f.name, None) is not None
+    }
+    out = {**(saved or {}), **given}
+    for name in required:
+        if out.get(name) is None:
+            raise RCDMError(
+                f"--{name} is required: give it, or --resume a run folder whose {record} records it"
+                + (f" ({args.out!r} has none)" if args.resume else "")
+            )
+    return out

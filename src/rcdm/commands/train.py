@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 
 from ..diffusion import LOSS_WEIGHTINGS, TIMESTEP_SAMPLINGS
 from ..encoders import FEATURES
-from ..errors import RCDMError
 from ..model import PREDICTION_TYPES, PRESETS
 from ..train import TrainConfig, train
 from ..train_config import REPORT_TO, saved_config
-from .common import add_command, add_precision_arg, add_standardize_arg
+from .common import add_command, add_precision_arg, add_standardize_arg, settings_from_args
 
 EPILOG = """examples:
   rcdm train --data ~/data/cifar10/train --encoder cifar-resnet20:resnet20.th --preset cifar32-small \\
@@ -186,19 +184,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     # Options default to None; run.json (on --resume) and then the dataclass defaults fill the rest (edm2 style).
-    given = {
-        f.name: getattr(args, f.name)
-        for f in dataclasses.fields(TrainConfig)
-        if getattr(args, f.name, None) is not None
-    }
-    base = (saved_config(args.out) or {}) if args.resume else {}
-    settings = {**base, **given}
-    for name in ("data", "encoder"):
-        if settings.get(name) is None:
-            raise RCDMError(
-                f"--{name} is required: give it, or --resume a run folder whose run.json records it"
-                + (f" ({args.out!r} has none)" if args.resume else "")
-            )
+    base = saved_config(args.out) if args.resume else None
+    settings = settings_from_args(args, TrainConfig, base, ("data", "encoder"), "run.json")
     cfg = TrainConfig(**settings)
     result = train(cfg, args.out, resume=args.resume, progress=not args.no_progress)
     if not result.history:  # resumed at (or past) its last step: say so, not "last loss nan; 0.0 img/s"
