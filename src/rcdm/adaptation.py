@@ -34,7 +34,7 @@ from .loading import encoder_for, load_model, resolve_model_dir
 from .locks import run_lock
 from .model import ADAPTERS, RCDM, WEIGHTS_VARIANT
 from .monitor import TrainingMonitor
-from .train_config import saved_fields
+from .train_config import saved_fields, setting_changes
 from .weights import sha256_file
 
 log = logging.getLogger(__name__)
@@ -279,12 +279,7 @@ def adapt(
             f"{str(run_dir)!r} already holds an adapt run: pass --resume to continue, or a new --out"
         )
     if resume:
-        saved = saved_config(run_dir)
-        diffs = [
-            f"{k} {saved[k]!r} -> {v!r}"
-            for k, v in asdict(cfg).items()
-            if k in saved and k not in MUTABLE_ON_RESUME and saved[k] != v
-        ]
+        diffs = setting_changes(saved_config(run_dir), asdict(cfg), MUTABLE_ON_RESUME)
         if diffs:
             raise RCDMError(
                 f"--resume of {str(run_dir)!r} with other settings than its adapt.json ({'; '.join(diffs)}): only "

@@ -501,9 +501,10 @@ def sample(
             xin = x if sampler == "ddpm" else sched.scale_model_input(x, sched.timesteps[i])
             if custom:
                 xin = xin.to(device)
-            out = run(torch.cat([xin, xin]) if guidance != 1.0 else xin, tt, cond)
+            batch_in = torch.cat([xin, xin]) if guidance != 1.0 else xin
+            out = run(batch_in, tt, cond)
             if v_pred:  # every scheduler below takes epsilon (and the variance channels) as trained
-                out = v_to_epsilon(out, torch.cat([xin, xin]) if guidance != 1.0 else xin, alphas[t])
+                out = v_to_epsilon(out, batch_in, alphas[t])
             if guidance != 1.0:
                 cond_out, uncond = out.chunk(2)
                 out = cond_out.clone()

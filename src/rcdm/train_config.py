@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import math
 import os
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, Literal
@@ -102,19 +103,29 @@ def _comparable(name: str, value: Any) -> Any:
     return list(value) if isinstance(value, tuple) else value
 
 
+def setting_changes(
+    saved: dict[str, Any],
+    now: dict[str, Any],
+    mutable: frozenset[str],
+    comparable: Callable[[str, Any], Any] = lambda name, value: value,
+) -> list[str]:
+    """'name old -> new' for each recorded setting that differs now, except the `mutable` ones (a resume's check)."""
+    return [
+        f"{name} {saved[name]!r} -> {now[name]!r}"
+        for name in sorted(now)
+        if name in saved
+        and name not in mutable
+        and comparable(name, saved[name]) != comparable(name, now[name])
+    ]
+
+
 def check_resume_config(cfg: TrainConfig, run_dir: str | Path, image_size: int) -> None:
     """Refuse to resume with settings that differ from RUN_DIR/run.json, except MUTABLE_ON_RESUME."""
     saved = saved_config(run_dir)
     if saved is None:
         return
     now = {**asdict(cfg), "image_size": image_size}
-    diffs = [
-        f"{name} {saved[name]!r} -> {now[name]!r}"
-        for name in sorted(now)
-        if name in saved
-        and name not in MUTABLE_ON_RESUME
-        and _comparable(name, saved[name]) != _comparable(name, now[name])
-    ]
+    diffs = setting_changes(saved, now, MUTABLE_ON_RESUME, _comparable)
     if diffs:
         raise RCDMError(
             f"--resume of {str(run_dir)!r} with other settings than its run.json ({'; '.join(diffs)}): "
