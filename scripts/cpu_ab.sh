@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # The training-recipe A/B on the CPU (docs/recipes.md, "Recipe A/B"): two workers, one core and one thread each,
-# each training its list of variants in turn (`rcdm recipe ab`); every run resumes from its newest checkpoint, so
-# run this again after an interruption. Outputs and logs live in $WORK/ab (default ~/rcdm-work/ab).
+# each training its list of variants in turn (`rcdm recipe ab`) and scoring each one as soon as it is trained
+# (`--stage evaluate`, judged by the ResNet-56). Every run resumes from its newest checkpoint, so run this again
+# after an interruption. Runs and logs live in $WORK/ab (default ~/rcdm-work/ab); the scores, small JSON records
+# that stand alone, are copied to $RESULTS (default benchmarks/results/recipe-ab) to be committed.
 #
 #   bash scripts/cpu_ab.sh                      the default split of the variants over two workers
 #   WORKER_A="baseline" WORKER_B="min-snr" bash scripts/cpu_ab.sh
@@ -10,14 +12,20 @@ ROOT=$(cd "$(dirname "$0")/.." && pwd)
 WORK=${WORK:-$HOME/rcdm-work}
 PY=${PY:-$ROOT/.venv/bin/python}
 DATA=${DATA:-$ROOT/../shared/data/cifar10/cifar10-jpeg.tar.gz}
+JUDGE=${JUDGE:-cifar-resnet56:$ROOT/../shared/data/cifar-resnet/resnet56-4bfd9763.th}
+RESULTS=${RESULTS:-$ROOT/benchmarks/results/recipe-ab}
 WORKER_A=${WORKER_A:-baseline v-prediction lr1e-3-batch128 cifar32}
 WORKER_B=${WORKER_B:-min-snr logit-normal dropout}
 export OMP_NUM_THREADS=1 PYTHONUNBUFFERED=1
-mkdir -p "$WORK/ab"
+mkdir -p "$WORK/ab" "$RESULTS"
 worker() { # worker NAME "VARIANTS"
-    # shellcheck disable=SC2086  # a list of variant names
-    nice -n 10 "$PY" -m rcdm.cli recipe ab --runs "$WORK/ab" --data "$DATA" --variants $2 --no-progress \
-        >>"$WORK/ab/worker-$1.log" 2>&1
+    for variant in $2; do
+        for stage in train evaluate; do
+            nice -n 10 "$PY" -m rcdm.cli recipe ab --runs "$WORK/ab" --data "$DATA" --variants "$variant" \
+                --stage "$stage" --judge "$JUDGE" --no-progress >>"$WORK/ab/worker-$1.log" 2>&1 || return 1
+        done
+        mkdir -p "$RESULTS/$variant/eval" && cp "$WORK/ab/$variant"/eval/*.json "$RESULTS/$variant/eval/"
+    done
 }
 worker a "$WORKER_A" &
 worker b "$WORKER_B" &

@@ -31,7 +31,7 @@ def ab_runs(tiny_run: Path, tmp_path: Path) -> tuple[ABConfig, Path]:
 
 
 def test_evaluation_scores_each_point_and_guidance_once_and_tabulates_the_best(
-    ab_runs, cifar_root, resnet56_path, monkeypatch
+    ab_runs, cifar_root, resnet56_path, tmp_path
 ):
     ab, root = ab_runs
     judge = f"cifar-resnet56:{resnet56_path}"
@@ -50,6 +50,11 @@ def test_evaluation_scores_each_point_and_guidance_once_and_tabulates_the_best(
     assert row64.endswith("| 30 |")  # CPU seconds to step 1
     row128 = next(line for line in table.splitlines() if line.startswith("| baseline | 128 |"))
     assert row128.endswith("| 42 |")  # both sessions: 30 + 12
+    # The records stand alone: with the checkpoints and metrics gone (a new machine), the table is the same.
+    assert score["training_cpu_s"] == 30.0 and score["machine"]
+    kept = tmp_path / "kept"
+    shutil.copytree(root / "baseline" / "eval", kept / "baseline" / "eval")
+    assert ab_table(ab, kept) == table
 
 
 def test_cli_evaluate_needs_a_judge_and_names_bad_variants(ab_runs, cifar_root, capsys):

@@ -16,6 +16,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from ..devices import cpu_model
 from ..diffusion import sampling_preset
 from ..encoders import create_encoder
 from ..errors import RCDMError
@@ -182,6 +183,9 @@ def evaluate_variants(
                     "images_seen": seen,
                     "step": step,
                     "judge": judge,
+                    # the record stands alone once the run folder is gone (docs/recipes.md keeps the records)
+                    "training_cpu_s": _cpu_seconds_at(Path(root) / name, step),
+                    "machine": cpu_model(),
                     **score.record(),
                 }
                 write_text_atomic(path, json.dumps(record, indent=2))
@@ -223,7 +227,7 @@ def ab_table(ab: ABConfig, root: str | Path, names: list[str] | None = None) -> 
                 continue
             rows.sort(key=lambda r: (r["class_agreement"] or 0.0, r["rank1"]), reverse=True)
             best, others = rows[0], rows[1:]
-            cpu = _cpu_seconds_at(Path(root) / name, step)
+            cpu = best.get("training_cpu_s", _cpu_seconds_at(Path(root) / name, step))
             lines.append(
                 f"| {name} | {seen:,} | {best['guidance']:g} | {best['class_agreement']:.3f} | {best['rank1']:.3f} "
                 f"| {best['mean_rank']:.1f} | {best['frechet']:.2f} | "
