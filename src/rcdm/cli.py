@@ -19,6 +19,7 @@ COMMANDS = (
     "train",
     "adapt",
     "sample",
+    "invert",
     "encode",
     "convert",
     "export",

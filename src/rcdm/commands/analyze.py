@@ -1,4 +1,5 @@
-"""rcdm analyze NAME: the paper's analyses (invariance, adversarial, interpolate, manipulate, variance, report).
+"""rcdm analyze NAME: the paper's analyses (invariance, adversarial, interpolate, manipulate, variance, report)
+and what the noise keeps (noise).
 
 Each writes OUT/figure.png (labelled rows and columns) and OUT/results.json; `report` writes OUT/index.html.
 """
@@ -27,10 +28,12 @@ from ..analysis import (
 )
 from ..analysis.adversarial import DEFAULT_EPS
 from ..analysis.interpolate import METHODS
+from ..analysis.noise import noise_figure, noise_keeps
 from ..data import expand_image_args
 from ..devices import default_device
 from ..errors import RCDMError
 from ..files import check_writable_dir
+from ..inversion import INVERT_DEFAULTS
 from ..loading import encoder_for, load_model
 from .common import (
     add_command_group,
@@ -63,6 +66,9 @@ EPILOGS = {
 """,
     "variance": """examples:
   rcdm analyze variance --model runs/r20 --images photos/ --num-samples 16 --out var/
+""",
+    "noise": """examples:
+  rcdm analyze noise --model cifar10-vicreg-backbone --images photos/ --num-samples 4 --out noise/
 """,
     "report": """examples:
   rcdm analyze report --model runs/r20 --images photos/ --neighbours data/train --target photos/cat.jpg \\
@@ -156,6 +162,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     q = command("variance", "per-pixel std over samples of one representation")
     _common(q)
     q.set_defaults(func=run_variance)
+
+    q = command("noise", "what the noise keeps: reconstruction from inverted noise vs fresh samples")
+    _common(q)
+    q.set_defaults(func=run_noise)
 
     q = command("report", "every analysis in one offline index.html")
     _common(q)
@@ -286,6 +296,23 @@ def run_variance(args: argparse.Namespace) -> int:
     model, encoder = _setup(args)
     res = variance(model, encoder, paths, **_sampling(args))
     return _write(args, variance_figure(res), res.summary())
+
+
+def run_noise(args: argparse.Namespace) -> int:
+    paths = expand_image_args(args.images)
+    model, encoder = _setup(args)
+    # inversion's defaults (ddim 50, guidance 1), not the model's sampling default: see rcdm.inversion
+    sampling = INVERT_DEFAULTS.replace(
+        steps=args.steps,
+        guidance=args.guidance,
+        seed=args.seed,
+        precision=args.precision,
+        batch_size=args.batch_size,
+    )
+    res = noise_keeps(
+        model, encoder, paths, num_samples=args.num_samples, sampling=sampling, progress=not args.no_progress
+    )
+    return _write(args, noise_figure(res, title=f"{args.model}: what the noise keeps"), res.summary())
 
 
 def run_report(args: argparse.Namespace) -> int:

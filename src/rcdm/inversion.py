@@ -1,0 +1,216 @@
+"""Deterministic inversion: the starting noise from which the model, under an image's own representation, draws
+that image again (DDIM inversion, Song et al. 2021 Sec. 4.3; Diffusion Autoencoders, Preechakul et al. 2022).
+
+diffusers' `DDIMInverseScheduler` takes the steps up and `DDIMScheduler` (the same "trailing" timesteps,
+x0 unclipped, so the two are mirror images) takes them down. What stays in the noise is what the representation
+did not fix: decoding one image's noise under another image's representation keeps the layout of the first and
+the content the second's representation carries.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import torch
+from diffusers import DDIMInverseScheduler, DDIMScheduler
+from safetensors.torch import save_file
+from tqdm.auto import tqdm
+
+from .data import batched, load_views
+from .devices import autocast, resolve_compile, resolve_precision
+from .diffusion import SCHEDULE, SamplingConfig, denoiser, sample
+from .encoders import Encoder
+from .errors import RCDMError
+from .figures import grid, save_png
+from .model import RCDM
+from .visualize import unique_names
+
+# Inversion's own defaults, not the model's sampling default: exact inversion needs the unguided ODE (guidance
+# above 1 makes the reconstruction drift). Steps and precision: docs/invert.md has the measured round trips.
+INVERT_DEFAULTS = SamplingConfig(sampler="ddim", steps=50, guidance=1.0)
+
+
+def inversion_schedulers(model: RCDM, steps: int) -> tuple[DDIMInverseScheduler, DDIMScheduler]:
+    """The up (inverse) and down schedulers of one round trip of `steps` steps, with the model's prediction."""
+    if not 1 <= steps <= 1000:
+        raise RCDMError(f"steps={steps} is out of range for inversion: use 1..1000")
+    common = dict(
+        **SCHEDULE,
+        clip_sample=False,
+        set_alpha_to_one=True,
+        timestep_spacing="trailing",
+        prediction_type=model.prediction_type,
+    )
+    up, down = DDIMInverseScheduler(**common), DDIMScheduler(**common)
+    up.set_timesteps(steps)
+    return up, down
+
+
+def _steps(cfg: SamplingConfig) -> int:
+    return INVERT_DEFAULTS.steps if cfg.steps is None else cfg.steps  # type: ignore[return-value]
+
+
+def _check(cfg: SamplingConfig, model: RCDM) -> None:
+    if cfg.guidance != 1.0 and model.null_rep is None:
+        raise RCDMError(
+            f"guidance={cfg.guidance} needs a model trained with --cond-drop > 0; use --guidance 1"
+        )
+
+
+@torch.no_grad()
+def invert_noise(
+    model: RCDM,
+    images: torch.Tensor,
+    representations: torch.Tensor,
+    sampling: SamplingConfig = INVERT_DEFAULTS,
+    *,
+    progress: bool = False,
+) -> torch.Tensor:
+    """images (B, 3, H, W) in [0, 1] at the model's size, representations (B, dim) -> the noise (B, 3, H, W)
+    from which `decode` under the same representations redraws them (up to the round trip's error)."""
+    _check(sampling, model)
+    up, _ = inversion_schedulers(model, _steps(sampling))
+    device = next(model.parameters()).device
+    dtype = resolve_precision(sampling.precision, device)
+    run = denoiser(model, resolve_compile(sampling.compile, device), dtype)
+    out: list[torch.Tensor] = []
+    was_training = model.training
+    model.eval()
+    try:
+        for s, e in batched(images.shape[0], sampling.batch_size):
+            x = (images[s:e].to(device=device, dtype=torch.float32) * 2 - 1).contiguous()
+            rep = representations[s:e].to(device=device, dtype=torch.float32)
+            b, guided = x.shape[0], sampling.guidance != 1.0
+            with autocast(device, dtype):
+                if guided:
+                    drop = torch.cat([torch.zeros(b, dtype=torch.bool), torch.ones(b, dtype=torch.bool)])
+                    cond = model.condition(torch.cat([rep, rep]), 2 * b, drop.to(device))
+                else:
+                    cond = model.condition(rep, b)
+            cond = cond.float()
+            for t in tqdm(up.timesteps, disable=not progress, desc="inverting"):
+                tt = torch.full((cond.shape[0],), int(t), device=device, dtype=torch.long)
+                pred = run(torch.cat([x, x]) if guided else x, tt, cond)[:, :3]
+                if guided:
+                    cond_out, uncond = pred.chunk(2)
+                    pred = uncond + sampling.guidance * (cond_out - uncond)
+                x = up.step(pred, t, x).prev_sample
+            out.append(x.cpu())
+    finally:
+        model.train(was_training)
+    return torch.cat(out)
+
+
+def decode(
+    model: RCDM,
+    noise: torch.Tensor,
+    representations: torch.Tensor,
+    sampling: SamplingConfig = INVERT_DEFAULTS,
+) -> torch.Tensor:
+    """noise (B, 3, H, W) from `invert_noise`, representations (B, dim) -> images (B, 3, H, W) in [0, 1]."""
+    _check(sampling, model)
+    steps = _steps(sampling)
+    out = []
+    for s, e in batched(noise.shape[0], sampling.batch_size):
+        _, down = inversion_schedulers(model, steps)
+        out.append(
+            sample(
+                model, representations[s:e], replace(sampling, steps=steps), noise=noise[s:e], scheduler=down
+            )
+        )
+    return torch.cat(out)
+
+
+def psnr(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Peak signal-to-noise ratio in dB of images (B, 3, H, W) in [0, 1], each quantised to 8 bits as a PNG
+    stores it; (B,). Identical images give inf."""
+    qa, qb = (a.clamp(0, 1) * 255).round() / 255, (b.clamp(0, 1) * 255).round() / 255
+    mse = (qa - qb).pow(2).flatten(1).mean(1)
+    return 10 * torch.log10(1 / mse)
+
+
+@dataclass
+class Inversion:
+    """originals, reconstructions (M, 3, H, W) in [0, 1]; noise (M, 3, H, W); representations (M, dim);
+    psnr (M,) in dB: reconstruction against original."""
+
+    names: list[str]
+    originals: torch.Tensor
+    representations: torch.Tensor
+    noise: torch.Tensor
+    reconstructions: torch.Tensor
+    psnr: torch.Tensor
+    sampling: SamplingConfig
+
+    @property
+    def mean_psnr(self) -> float:
+        finite = self.psnr[torch.isfinite(self.psnr)]
+        return float(finite.mean()) if finite.numel() else math.inf
+
+
+def invert(
+    model: RCDM,
+    encoder: Encoder,
+    images: Sequence[str | Path],
+    sampling: SamplingConfig | None = None,
+    *,
+    progress: bool = False,
+) -> Inversion:
+    """Invert each image file under its own representation and redraw it from the noise found.
+
+    sampling: steps, guidance, precision, batch_size and compile are read (default `INVERT_DEFAULTS`: 50 steps,
+    guidance 1); the sampler is always ddim, the one deterministic sampler diffusers can invert.
+    """
+    cfg = replace(sampling or INVERT_DEFAULTS, sampler="ddim")
+    originals, views = load_views(
+        images, model.config.sample_size, encoder.preprocessing.input_size, encoder.preprocessing.resample
+    )
+    reps = encoder.encode(views).float()
+    if not torch.isfinite(reps).all():
+        raise RCDMError(f"encoder {encoder.spec!r} gave non-finite representations: check its weights")
+    noise = invert_noise(model, originals, reps, cfg, progress=progress)
+    recon = decode(model, noise, reps, cfg)
+    return Inversion(
+        [Path(p).stem for p in images], originals, reps, noise, recon, psnr(recon, originals), cfg
+    )
+
+
+def redraw_under(model: RCDM, inversion: Inversion, representation: torch.Tensor) -> torch.Tensor:
+    """Each inverted image's noise decoded under one other representation (dim,) or (1, dim): the layout the
+    noise kept, with the content that representation carries. (M, 3, H, W) in [0, 1]."""
+    rep = representation.reshape(1, -1).float().expand(inversion.noise.shape[0], -1)
+    return decode(model, inversion.noise, rep, inversion.sampling)
+
+
+def save_inversion(
+    inversion: Inversion,
+    out_dir: str | Path,
+    swap: tuple[str, torch.Tensor] | None = None,
+) -> dict:
+    """Write OUT/<stem>/{noise.safetensors, reconstruction.png} (and with-<other>.png for a `swap`: the other
+    image's name and the redrawn images) and OUT/figure.png; returns the per-image record for results.json."""
+    out_dir = Path(out_dir)
+    names = unique_names(inversion.names)
+    rows, records = [], []
+    for i, name in enumerate(names):
+        folder = out_dir / name
+        folder.mkdir(parents=True, exist_ok=True)
+        meta = {"steps": str(inversion.sampling.steps), "guidance": f"{inversion.sampling.guidance:g}"}
+        save_file({"noise": inversion.noise[i].contiguous()}, folder / "noise.safetensors", metadata=meta)
+        save_png(inversion.reconstructions[i], folder / "reconstruction.png")
+        row = [inversion.originals[i], inversion.reconstructions[i]]
+        record = {"name": name, "psnr_db": round(float(inversion.psnr[i]), 3)}
+        if swap is not None:
+            other, images = swap
+            save_png(images[i], folder / f"with-{other}.png")
+            row.append(images[i])
+            record["swap"] = f"{name}/with-{other}.png"
+        rows.append(row)
+        records.append(record)
+    cols = ["original", "reconstruction"] + ([f"rep of {swap[0]}"] if swap else [])
+    labels = [f"{n} {float(p):.1f} dB" for n, p in zip(names, inversion.psnr, strict=True)]
+    grid(rows, row_labels=labels, col_labels=cols, cell=96).save(out_dir / "figure.png")
+    return {"images": records, "mean_psnr_db": round(inversion.mean_psnr, 3)}
