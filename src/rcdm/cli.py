@@ -20,6 +20,8 @@ COMMANDS = (
     "adapt",
     "sample",
     "invert",
+    "prior",
+    "generate",
     "encode",
     "convert",
     "export",

@@ -1,0 +1,286 @@
+"""A representation prior: a small diffusion model trained on the representations themselves (RCG, Li, Katabi &
+He 2024), so that an RCDM can draw images from representations nobody encoded: unconditional generation from an
+SSL space, and a picture of what that space holds.
+
+The network is RCG's representation diffusion model scaled to a 2-core CPU: a residual MLP whose blocks are
+modulated by the timestep embedding (adaptive LayerNorm), predicting the noise under diffusers' cosine schedule,
+on representations standardised by their own training statistics. Sampling is DDIM (diffusers). diffusers has
+the schedulers and the timestep embeddings but no MLP denoiser, so that part is written here.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from diffusers import DDIMScheduler, DDPMScheduler
+from diffusers.configuration_utils import ConfigMixin, register_to_config
+from diffusers.models.embeddings import TimestepEmbedding, Timesteps
+from diffusers.models.modeling_utils import ModelMixin
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from .data import list_images
+from .devices import cpu_model, cpu_seconds
+from .diffusion import sample_generators
+from .encoders import Encoder
+from .encoders.cache import cache_file, cached_representations, load_cache
+from .errors import RCDMError
+from .files import atomic_dir, write_text_atomic
+from .loading import encoder_for, load_model
+from .monitor import TrainingMonitor
+from .runs import prune_checkpoints, reading_checkpoint, resume_checkpoint
+
+log = logging.getLogger(__name__)
+
+SCHEDULE = dict(num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2")  # RCG's cosine schedule
+PRIOR_CHECKPOINT_FILES = ("prior.safetensors", "optimizer.pt", "state.json")
+
+
+class _Block(nn.Module):
+    """x + gate * MLP(LN(x) * (1 + scale) + shift), (shift, scale, gate) from the timestep embedding."""
+
+    def __init__(self, width: int) -> None:
+        super().__init__()
+        self.norm = nn.LayerNorm(width, elementwise_affine=False)
+        self.mlp = nn.Sequential(nn.Linear(width, width), nn.SiLU(), nn.Linear(width, width))
+        self.mod = nn.Sequential(nn.SiLU(), nn.Linear(width, 3 * width))
+        nn.init.zeros_(self.mod[1].weight)
+        nn.init.zeros_(self.mod[1].bias)
+
+    def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+        shift, scale, gate = self.mod(emb).chunk(3, dim=-1)
+        return x + (1 + gate) * self.mlp(self.norm(x) * (1 + scale) + shift)
+
+
+class RepresentationPrior(ModelMixin, ConfigMixin):
+    """eps(z_t, t) for standardised representations z (B, dim); `rep_mean` / `rep_std` map z back to the encoder's."""
+
+    @register_to_config
+    def __init__(self, representation_dim: int, width: int = 512, depth: int = 6) -> None:
+        super().__init__()
+        self.time_proj = Timesteps(width, flip_sin_to_cos=True, downscale_freq_shift=0)
+        self.time_embedding = TimestepEmbedding(width, width)
+        self.proj_in = nn.Linear(representation_dim, width)
+        self.blocks = nn.ModuleList(_Block(width) for _ in range(depth))
+        self.norm_out = nn.LayerNorm(width)
+        self.proj_out = nn.Linear(width, representation_dim)
+        nn.init.zeros_(self.proj_out.weight)
+        nn.init.zeros_(self.proj_out.bias)
+        self.register_buffer("rep_mean", torch.zeros(representation_dim))
+        self.register_buffer("rep_std", torch.ones(representation_dim))
+
+    def forward(self, z: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        emb = self.time_embedding(self.time_proj(t).to(z.dtype))
+        h = self.proj_in(z)
+        for block in self.blocks:
+            h = block(h, emb)
+        return self.proj_out(self.norm_out(h))
+
+
+@dataclass(frozen=True)
+class PriorConfig:
+    model: str  # the RCDM whose encoder's representations are modelled (its folder or name)
+    data: str  # folder of training images
+    steps: int = 10_000
+    batch_size: int = 256
+    lr: float = 1e-3
+    ema_decay: float = 0.999
+    width: int = 512
+    depth: int = 6
+    save_every: int = 1000
+    seed: int = 0
+    cache: str | None = None  # representation cache folder (default OUT/cache)
+
+
+def check_prior_config(cfg: PriorConfig) -> None:
+    for name in ("steps", "batch_size", "width", "depth", "save_every"):
+        if getattr(cfg, name) < 1:
+            raise RCDMError(f"--{name.replace('_', '-')} {getattr(cfg, name)} must be at least 1")
+    if not 0 < cfg.lr < 1:
+        raise RCDMError(f"--lr {cfg.lr} is out of range: use a learning rate in (0, 1), e.g. 1e-3")
+    if cfg.width > 8192 or cfg.depth > 64:
+        raise RCDMError(
+            f"--width {cfg.width} / --depth {cfg.depth} is too large: use width <= 8192, depth <= 64"
+        )
+
+
+def _save(run_dir: Path, step: int, net: RepresentationPrior, ema: RepresentationPrior, opt) -> None:
+    final = run_dir / "checkpoints" / f"step-{step:08d}"
+    with atomic_dir(final, final.parent / f".tmp-{final.name}-{os.getpid()}") as out:
+        tensors = {f"net.{k}": v.contiguous() for k, v in net.state_dict().items()}
+        tensors.update({f"ema.{k}": v.contiguous() for k, v in ema.state_dict().items()})
+        save_file(tensors, out / "prior.safetensors")
+        torch.save(opt.state_dict(), out / "optimizer.pt")
+        (out / "state.json").write_text(json.dumps({"step": step}))
+    prune_checkpoints(run_dir, 2)
+
+
+def train_prior(cfg: PriorConfig, out: str | Path, *, resume: bool = False, progress: bool = True) -> Path:
+    """Train a prior on the representations of cfg.data's images (by the RCDM's encoder) into OUT; returns
+    OUT/prior (a `RepresentationPrior.from_pretrained` folder). Checkpoints every cfg.save_every steps;
+    `resume` continues from the newest one."""
+    check_prior_config(cfg)
+    run_dir = Path(out)
+    saved = run_dir / "prior-run.json"
+    if resume:
+        if not saved.is_file():
+            raise RCDMError(f"--resume: {str(run_dir)!r} holds no rcdm prior run; drop --resume to start one")
+        before = {k: v for k, v in json.loads(saved.read_text()).items() if k not in ("steps", "save_every")}
+        now = {k: v for k, v in asdict(cfg).items() if k not in ("steps", "save_every")}
+        if before != now:
+            changed = sorted(k for k in now if before.get(k) != now[k])
+            raise RCDMError(
+                f"--resume: {', '.join(changed)} differ from the run's; keep them or start a new --out"
+            )
+    elif run_dir.exists() and any(run_dir.iterdir()):
+        raise RCDMError(f"--out {str(run_dir)!r} is not empty: choose a new folder, or pass --resume")
+    model = load_model(cfg.model)
+    encoder = encoder_for(model)
+    files = list_images(cfg.data)
+    if len(files) < 2:
+        raise RCDMError(f"--data {cfg.data!r} holds {len(files)} image(s): a prior needs a folder of many")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(saved, json.dumps(asdict(cfg), indent=2))
+    caches = Path(cfg.cache).expanduser() if cfg.cache else run_dir / "cache"
+    path = cached_representations(encoder, files, cache_file(caches, encoder, files), progress=progress)
+    reps = load_cache(path)["representations"].float()
+    dim = reps.shape[1]
+    torch.manual_seed(cfg.seed)
+    net = RepresentationPrior(dim, cfg.width, cfg.depth)
+    net.rep_mean.copy_(reps.mean(0))
+    net.rep_std.copy_(reps.std(0).clamp_min(1e-6))
+    ema = RepresentationPrior(dim, cfg.width, cfg.depth)
+    ema.load_state_dict(net.state_dict())
+    ema.requires_grad_(False)
+    opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=0.0)
+    start = 0
+    ckpt = resume_checkpoint(run_dir, files=PRIOR_CHECKPOINT_FILES) if resume else None
+    if ckpt is not None:
+        with reading_checkpoint(ckpt, "prior.safetensors", files=PRIOR_CHECKPOINT_FILES):
+            state = load_file(str(ckpt / "prior.safetensors"))
+            net.load_state_dict({k[4:]: v for k, v in state.items() if k.startswith("net.")})
+            ema.load_state_dict({k[4:]: v for k, v in state.items() if k.startswith("ema.")})
+            opt.load_state_dict(torch.load(ckpt / "optimizer.pt", weights_only=True))
+            start = json.loads((ckpt / "state.json").read_text())["step"]
+    z = (reps - net.rep_mean) / net.rep_std
+    sched = DDPMScheduler(**SCHEDULE)
+    log.info(
+        "training a representation prior (%.1fM parameters, %d-d, width %d, depth %d) on %d representations of "
+        "%s (%s); steps %d -> %d, batch %d, checkpoints every %d in %s",
+        sum(p.numel() for p in net.parameters()) / 1e6,
+        dim,
+        cfg.width,
+        cfg.depth,
+        len(files),
+        encoder.spec,
+        encoder.feature,
+        start,
+        cfg.steps,
+        cfg.batch_size,
+        cfg.save_every,
+        run_dir,
+    )
+    monitor = TrainingMonitor(
+        run_dir, start=start, total=cfg.steps, log_every=50, progress=progress, main_process=True
+    )
+    t0, cpu0 = time.perf_counter(), cpu_seconds()
+    net.train()
+    for step in range(start + 1, cfg.steps + 1):
+        # each step's draws from its own generator: a resumed run replays the same batches
+        g = sample_generators(cfg.seed, step, 1)[0]
+        idx = torch.randint(0, z.shape[0], (cfg.batch_size,), generator=g)
+        t = torch.randint(0, SCHEDULE["num_train_timesteps"], (cfg.batch_size,), generator=g)
+        noise = torch.randn(cfg.batch_size, dim, generator=g)
+        loss = nn.functional.mse_loss(net(sched.add_noise(z[idx], noise, t), t), noise)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        with torch.no_grad():
+            for pe, pn in zip(ema.parameters(), net.parameters(), strict=True):
+                pe.lerp_(pn, 1 - cfg.ema_decay)
+        if not torch.isfinite(loss):
+            raise RCDMError(f"the prior's loss became {float(loss)} at step {step}: try a smaller --lr")
+        monitor.step(step, float(loss), cfg.batch_size, terms={}, lr=cfg.lr, grad_norm=None)
+        if step % cfg.save_every == 0 or step == cfg.steps:
+            _save(run_dir, step, net, ema, opt)
+    monitor.close()
+    final = run_dir / "prior"
+    with atomic_dir(final, run_dir / f".tmp-prior-{os.getpid()}") as folder:
+        ema.save_pretrained(folder)
+        record = {
+            "model": cfg.model,
+            "encoder": encoder.spec,
+            "encoder_identity": encoder.identity,
+            "feature": encoder.feature,
+            "representations": len(files),
+            "steps": cfg.steps,
+            "wall_time_s": round(time.perf_counter() - t0, 1),
+            "cpu_time_s": round(cpu_seconds() - cpu0, 1),
+            "machine": cpu_model(),
+        }
+        (folder / "prior.json").write_text(json.dumps(record, indent=2))
+        (folder / "README.md").write_text(_card(record, cfg))
+    return final
+
+
+def _card(record: dict, cfg: PriorConfig) -> str:
+    return (
+        "# Representation prior\n\n"
+        f"A diffusion model of the representations of `{record['encoder']}` ({record['feature']}), trained by "
+        f"`rcdm prior` on {record['representations']} images of `{cfg.data}` for {cfg.steps} steps of "
+        f"{cfg.batch_size} (RCG's design: a residual MLP, width {cfg.width}, depth {cfg.depth}, cosine "
+        "schedule). `rcdm generate --model MODEL --prior THIS` samples representations from it and draws one "
+        f"image for each with an RCDM conditioned on the same encoder, such as `{record['model']}`.\n\n"
+        "What it shows: the images the RCDM draws from representations typical of the training images. A "
+        "representation the prior never learned to produce cannot appear; nor can an image the RCDM never learned "
+        "to draw.\n"
+    )
+
+
+def load_prior(folder: str | Path) -> tuple[RepresentationPrior, dict]:
+    """A prior folder (OUT/prior, or a run folder holding one) -> the network (eval) and its prior.json."""
+    folder = Path(folder)
+    if (folder / "prior" / "prior.json").is_file():
+        folder = folder / "prior"
+    if not (folder / "prior.json").is_file():
+        raise RCDMError(
+            f"--prior {str(folder)!r} is not an rcdm prior (no prior.json): train one with rcdm prior"
+        )
+    return RepresentationPrior.from_pretrained(folder).eval(), json.loads((folder / "prior.json").read_text())
+
+
+def check_prior_matches(record: dict, encoder: Encoder) -> None:
+    """The prior must model the representations of the encoder the RCDM is conditioned on."""
+    if record.get("encoder_identity") != encoder.identity or record.get("feature") != encoder.feature:
+        raise RCDMError(
+            f"the prior models {record.get('encoder')!r} ({record.get('feature')}) but the model is conditioned "
+            f"on {encoder.spec!r} ({encoder.feature}): train a prior with this model (rcdm prior --model ...)"
+        )
+
+
+@torch.no_grad()
+def sample_representations(
+    prior: RepresentationPrior, n: int, *, steps: int = 50, seed: int = 0
+) -> torch.Tensor:
+    """n representations (n, dim) in the encoder's own space, by DDIM; row i from its own generator (seed, i)."""
+    if not 1 <= steps <= 1000:
+        raise RCDMError(f"--prior-steps {steps} is out of range: use 1..1000")
+    # "leading" + offset 1 starts at t = 981 of a 50-step schedule: the cosine schedule's last beta is capped at
+    # 0.999, so abar_999 is ~1e-6 and a first step from there would multiply the network's error a thousandfold.
+    sched = DDIMScheduler(
+        **SCHEDULE, clip_sample=False, set_alpha_to_one=True, timestep_spacing="leading", steps_offset=1
+    )
+    sched.set_timesteps(steps)
+    dim = prior.config.representation_dim
+    gens = sample_generators(seed, 0, n)
+    z = torch.cat([torch.randn((1, dim), generator=g) for g in gens])
+    for t in sched.timesteps:
+        eps = prior(z, torch.full((n,), int(t), dtype=torch.long))
+        z = sched.step(eps, t, z).prev_sample
+    return z * prior.rep_std + prior.rep_mean

@@ -1,0 +1,137 @@
+"""rcdm prior and rcdm generate: a diffusion model of representations, and images drawn from its samples."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from rcdm.cli import main
+from rcdm.errors import RCDMError
+from rcdm.loading import encoder_for, load_model
+from rcdm.prior import (
+    PriorConfig,
+    RepresentationPrior,
+    check_prior_matches,
+    load_prior,
+    sample_representations,
+    train_prior,
+)
+
+TINY = dict(width=32, depth=2, batch_size=16)  # a tiny prior: tests only
+
+
+@pytest.fixture(scope="module")
+def prior_run(tiny_run, few_images, tmp_path_factory):
+    out = tmp_path_factory.mktemp("prior") / "run"
+    train_prior(
+        PriorConfig(model=str(tiny_run), data=str(few_images), steps=40, save_every=20, **TINY),
+        out,
+        progress=False,
+    )
+    return out
+
+
+def test_a_prior_learns_a_known_distribution():
+    """Trained directly on 2-d points around two centres, its samples land near the centres, not between them."""
+    torch.manual_seed(0)
+    centres = torch.tensor([[4.0, 0.0], [-4.0, 0.0]])
+    data = centres[torch.randint(0, 2, (2000,))] + 0.3 * torch.randn(2000, 2)
+    net = RepresentationPrior(2, width=64, depth=2)
+    net.rep_mean.copy_(data.mean(0))
+    net.rep_std.copy_(data.std(0))
+    z = (data - net.rep_mean) / net.rep_std
+    from diffusers import DDPMScheduler
+
+    from rcdm.prior import SCHEDULE
+
+    sched = DDPMScheduler(**SCHEDULE)
+    opt = torch.optim.AdamW(net.parameters(), lr=2e-3)
+    for _ in range(1500):
+        idx, t = torch.randint(0, 2000, (256,)), torch.randint(0, 1000, (256,))
+        noise = torch.randn(256, 2)
+        loss = torch.nn.functional.mse_loss(net(sched.add_noise(z[idx], noise, t), t), noise)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    samples = sample_representations(net.eval(), 400, steps=50, seed=1)
+    nearest = torch.cdist(samples, centres).min(1).values
+    assert float(nearest.median()) < 1.0  # the middle (0, 0) is 4 away from both
+    assert 0.3 < float((samples[:, 0] > 0).float().mean()) < 0.7  # both modes drawn
+    torch.testing.assert_close(samples, sample_representations(net, 400, steps=50, seed=1))
+
+
+def test_training_writes_a_loadable_prior_and_resumes_where_it_stopped(prior_run, tiny_run, few_images):
+    prior, record = load_prior(prior_run)
+    model = load_model(tiny_run)
+    enc = encoder_for(model)
+    assert record["representations"] == 8 and record["steps"] == 40
+    assert prior.config.representation_dim == model.config.representation_dim
+    check_prior_matches(record, enc)
+    assert (prior_run / "prior" / "README.md").read_text().startswith("# Representation prior")
+    rows = [json.loads(line) for line in (prior_run / "metrics.jsonl").read_text().splitlines()]
+    assert rows[-1]["step"] == 40
+    # Resuming from the step-20 checkpoint replays steps 21..40 exactly.
+    state = load_file(prior_run / "checkpoints" / "step-00000040" / "prior.safetensors")
+    resumed = prior_run.parent / "resumed"
+    cfg = PriorConfig(model=str(tiny_run), data=str(few_images), steps=20, save_every=20, **TINY)
+    train_prior(cfg, resumed, progress=False)
+    train_prior(PriorConfig(**{**cfg.__dict__, "steps": 40}), resumed, resume=True, progress=False)
+    again = load_file(resumed / "checkpoints" / "step-00000040" / "prior.safetensors")
+    for k in state:
+        torch.testing.assert_close(again[k], state[k], rtol=0, atol=1e-6)
+    with pytest.raises(RCDMError, match="--resume: lr differ"):
+        train_prior(PriorConfig(**{**cfg.__dict__, "lr": 5e-4}), resumed, resume=True, progress=False)
+    with pytest.raises(RCDMError, match="not empty"):
+        train_prior(cfg, resumed, progress=False)
+
+
+def test_generate_draws_one_image_per_sampled_representation(prior_run, tiny_run, tmp_path, capsys):
+    out = tmp_path / "gen"
+    args = [
+        "generate",
+        "--model",
+        str(tiny_run),
+        "--prior",
+        str(prior_run),
+        "--num-images",
+        "3",
+        "--steps",
+        "2",
+    ]
+    assert main([*args, "--prior-steps", "5", "--no-progress", "--out", str(out)]) == 0
+    assert sorted(p.name for p in out.glob("0*.png")) == ["00000.png", "00001.png", "00002.png"]
+    settings = json.loads((out / "generate.json").read_text())
+    assert settings["num_images"] == 3 and settings["prior_steps"] == 5 and settings["steps"] == 2
+    reps = load_file(out / "representations.safetensors")["representations"]
+    prior, _ = load_prior(prior_run)
+    torch.testing.assert_close(reps, sample_representations(prior, 3, steps=5, seed=0))
+    assert (out / "grid.png").is_file()
+    # bad values: one line, exit 2, nothing written
+    for bad, message in (
+        (["--num-images", "0"], "--num-images"),
+        (["--prior", str(tmp_path)], "not an rcdm prior"),
+        (["--prior-steps", "5000"], "--prior-steps 5000"),
+    ):
+        assert main([*args, *bad, "--no-progress", "--out", str(tmp_path / "bad")]) == 2
+        assert message in capsys.readouterr().err
+    assert not (tmp_path / "bad").exists()
+
+
+def test_a_prior_of_another_encoder_is_refused(prior_run, tiny_run):
+    _, record = load_prior(prior_run)
+    enc = encoder_for(load_model(tiny_run))
+    with pytest.raises(RCDMError, match="train a prior with this model"):
+        check_prior_matches({**record, "encoder_identity": "something-else"}, enc)
+
+
+def test_prior_cli_checks_its_numbers(tiny_run, few_images, tmp_path, capsys):
+    base = ["prior", "--model", str(tiny_run), "--data", str(few_images), "--out", str(tmp_path / "p")]
+    assert main([*base, "--steps", "0"]) == 2
+    assert "--steps 0" in capsys.readouterr().err
+    assert main([*base, "--lr", "5"]) == 2
+    assert "--lr 5" in capsys.readouterr().err
+    assert main([*base, "--resume"]) == 2
+    assert "holds no rcdm prior run" in capsys.readouterr().err
