@@ -97,6 +97,14 @@ def test_interpolate_view(client: tuple) -> None:
     _check(result, 3)  # one frame per point
 
 
+def test_invert_view(client: tuple) -> None:
+    c, model = client
+    result = c.predict(None, "cat.jpg", [model], "dog.jpg", 5, api_name="/invert")
+    numbers = _check(result, 2)  # the reconstruction, and the cat's noise under the dog's representation
+    assert "reconstruction PSNR" in numbers and " dB" in numbers
+    _check(c.predict(None, "cat.jpg", [model], None, 5, api_name="/invert"), 1)
+
+
 def test_attack_view(client: tuple) -> None:
     c, model = client
     numbers = _check(c.predict(None, "cat.jpg", [model], 2.0, 2, *COMMON, api_name="/attack"), 3)

@@ -232,6 +232,34 @@ def build_app(
                 go.click(
                     on_augment, [upload, example, picked, aug, strength, *common], out, api_name="augment"
                 )
+            with gr.Tab("Invert"):
+                gr.Markdown(
+                    "The noise from which the model redraws the input under its own representation (DDIM "
+                    "inversion), and that noise decoded under a second image's representation: the layout is "
+                    "what the noise keeps, the content what the representation keeps."
+                )
+                with gr.Row():
+                    swap_from = gr.Dropdown(
+                        examples,
+                        value=examples[1] if len(examples) > 1 else None,
+                        label="representation from",
+                    )
+                    inv_steps = gr.Slider(5, 100, value=50, step=1, label="inversion steps")
+                go = gr.Button("invert", variant="primary")
+                out = outputs()
+
+                def on_invert(up, ex, pk, other, k, progress=gr.Progress(track_tqdm=True)):
+                    return run(
+                        lambda: views.invert(
+                            pk,
+                            resolve_image(up, ex),
+                            resolve_image(None, other) if other else None,
+                            int(k),
+                            progress,
+                        )
+                    )
+
+                go.click(on_invert, [upload, example, picked, swap_from, inv_steps], out, api_name="invert")
             with gr.Tab("Interpolate"):
                 with gr.Row():
                     upload_b = gr.File(label="second image", type="filepath")

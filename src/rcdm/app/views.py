@@ -234,6 +234,47 @@ class Views:
         )
         return ViewResult(fig, images, text)
 
+    def invert(
+        self,
+        labels: Sequence[str],
+        image: Path,
+        other: Path | None,
+        steps: int,
+        progress: Callable = _quiet,
+    ) -> ViewResult:
+        """Per model: the input, its reconstruction from its inverted noise, and (with `other`) that noise decoded
+        under the other image's representation: the layout the noise keeps, the content the representation does."""
+        from ..inversion import INVERT_DEFAULTS, invert, redraw_under
+
+        if not 1 <= steps <= 200:
+            raise RCDMError(f"{steps} inversion steps is out of range: use 1..200")
+        cfg = INVERT_DEFAULTS.replace(steps=steps)
+
+        def run(_: str, m: Any, e: Any) -> tuple:
+            inv = invert(m, e, [image], cfg)
+            swap = None
+            if other is not None:
+                swap = redraw_under(m, inv, e.encode_files([other]))
+            return inv, swap
+
+        results = self._each(labels, progress, "inverting", run)
+        rows, images, table = [], [], []
+        for label, (inv, swap) in results:
+            row = [inv.originals[0], inv.reconstructions[0]] + ([swap[0]] if swap is not None else [])
+            rows.append(row)
+            images.append((_pil(inv.reconstructions[0]), f"{label} · reconstruction"))
+            if swap is not None:
+                images.append((_pil(swap[0]), f"{label} · its noise, {other.stem}'s representation"))
+            table.append([label, f"{float(inv.psnr[0]):.1f} dB"])
+        cols = ["input", "reconstruction"] + ([f"rep of {other.stem}"] if other is not None else [])
+        fig = _figures()[1].grid(
+            rows,
+            row_labels=[label for label, _ in results],
+            col_labels=cols,
+            title=f"DDIM inversion, {steps} steps, guidance 1",
+        )
+        return ViewResult(fig, images, _table(["model", "reconstruction PSNR"], table))
+
 
 def _name(classes: Sequence[str], k: int) -> str:
     return classes[k] if 0 <= k < len(classes) else f"class {k}"
