@@ -4,8 +4,10 @@ one-line answers (no gradio, no models)."""
 
 from __future__ import annotations
 
+import json
 import shutil
 import sys
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -147,6 +149,16 @@ def test_a_user_mistake_is_a_message_in_the_page(client: tuple) -> None:
     c, model = client
     # guidance on a model trained without a null representation is ignored, not an error
     _check(c.predict(None, "cat.jpg", [model], 2, PRESET, 2, 0, 3.0, api_name="/samples"), 2)
+    # NaN passes gradio's slider range check (NaN compares false); gradio_client cannot send it, so raw HTTP does
+    url = c.src.rstrip("/") + "/gradio_api/call/samples"
+    for bad, says in (("NaN", "**error:** guidance nan is out of range"), ("1e30", "1e+30 is greater than")):
+        body = f'{{"data": [null, "cat.jpg", ["{model}"], 2, "{PRESET}", 2, 0, {bad}]}}'.encode()
+        req = urllib.request.Request(url, body, {"Content-Type": "application/json"})
+        with urllib.request.urlopen(req, timeout=60) as r:
+            event = json.load(r)["event_id"]
+        with urllib.request.urlopen(f"{url}/{event}", timeout=120) as r:
+            stream = r.read().decode()
+        assert says in stream, stream[-500:]  # in the page; 1e30 is gradio's own range check
     *_, status = c.predict(None, "cat.jpg", [], *COMMON, api_name="/samples")
     assert status == "**error:** pick at least one model"
 

@@ -54,7 +54,13 @@ def test_bad_training_settings_are_refused_before_any_work(few_images, tmp_path,
 
 @pytest.mark.parametrize(
     ("flag", "value", "says"),
-    [("--seed", "-1", "--seed -1"), ("--steps", "0", "--steps 0"), ("--guidance", "nan", "--guidance nan")],
+    [
+        ("--seed", "-1", "--seed -1"),
+        ("--steps", "0", "--steps 0"),
+        ("--guidance", "nan", "--guidance nan"),
+        ("--guidance", "1e30", "--guidance 1e+30 is out of range"),
+        ("--guidance", "-50", "--guidance -50.0 is out of range"),
+    ],
 )
 def test_bad_sampling_settings_are_refused_in_one_line(few_images, tmp_path, capsys, flag, value, says):
     for command in (["sample"], ["analyze", "variance"], ["evaluate", "faithfulness"]):
@@ -594,3 +600,20 @@ def test_a_factory_returning_an_encoder_without_a_spec_records_the_spec_the_user
     out = tmp_path / "out"
     assert main(_sample_argv(run, few_images, out, "--trust-remote-code")) == 0, capsys.readouterr().err
     assert list(out.glob("*.png"))
+
+
+def test_guidance_is_bounded_wherever_it_comes_from(tmp_path):
+    """The API and a bundle's index are checked too, not only the command line (saturated noise otherwise)."""
+    import torch
+
+    from rcdm.bundle import DemoBundle
+    from rcdm.diffusion import sample
+    from rcdm.model import RCDM
+
+    model = RCDM.from_preset("tiny", representation_dim=4, sample_size=16, null_representation=True)
+    with pytest.raises(RCDMError, match="guidance 1e\\+30 is out of range"):
+        sample(model, torch.randn(1, 4), steps=2, guidance=1e30)
+    for bad in ("abc", 1e30, -3):
+        with pytest.raises(RCDMError, match=r"bundle.json's guidance .* is out of range"):
+            _ = DemoBundle(tmp_path, {"guidance": bad}, []).guidance
+    assert DemoBundle(tmp_path, {"guidance": 5}, []).guidance == 5.0

@@ -16,6 +16,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from .checks import check_guidance
 from .data import list_images
 from .errors import RCDMError
 
@@ -81,7 +82,8 @@ class DemoBundle:
     @property
     def guidance(self) -> float:
         """The guidance weight the bundle's models are sampled with by default (1: none)."""
-        return float(self.index.get("guidance", 1.0))
+        value = self.index.get("guidance", 1.0)
+        return check_guidance(value, f"{self.folder / 'bundle.json'}'s guidance")
 
     def encoder_name(self, target: str) -> str:
         return str(self.index["rcdms"][target]["encoder"])

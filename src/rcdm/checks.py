@@ -15,11 +15,18 @@ def check_seed(seed: int) -> int:
     return seed
 
 
-def check_guidance(guidance: float) -> float:
-    """A finite classifier-free guidance weight (1 = none)."""
-    if not math.isfinite(guidance):
-        raise RCDMError(f"--guidance {guidance} must be a finite number (1 = no guidance)")
-    return guidance
+# Classifier-free guidance weights past this saturate every pixel (published RCDM and diffusers' pipelines use
+# 1-15); 0 is the unconditional model, below it the representation is pushed away from.
+MAX_GUIDANCE = 30.0
+
+
+def check_guidance(guidance: float, what: str = "--guidance") -> float:
+    """A classifier-free guidance weight in [0, MAX_GUIDANCE] (1 = none, 0 = unconditional)."""
+    if not (isinstance(guidance, int | float) and math.isfinite(guidance) and 0 <= guidance <= MAX_GUIDANCE):
+        raise RCDMError(
+            f"{what} {guidance!r} is out of range: use a number from 0 to {MAX_GUIDANCE:g} (1 = no guidance)"
+        )
+    return float(guidance)
 
 
 def check_rep_noise(scale: float) -> float:

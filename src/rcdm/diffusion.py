@@ -19,7 +19,7 @@ import torch
 from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler
 from tqdm.auto import tqdm
 
-from .checks import check_rep_noise
+from .checks import check_guidance, check_rep_noise
 from .data import batched
 from .devices import (
     Compile,
@@ -440,6 +440,9 @@ def sample(
     steps = DEFAULT_STEPS[sampler] if steps is None else steps  # 0 is refused, not replaced
     if not 1 <= steps <= 1000:
         raise RCDMError(f"steps={steps} is out of range: use 1..1000")
+    check_guidance(
+        guidance, "guidance"
+    )  # the API, the app and model configs come here without the CLI's checks
     if guidance != 1.0 and model.null_rep is None:
         raise RCDMError(f"guidance={guidance} needs a model trained with --cond-drop > 0; use --guidance 1")
     device = next(model.parameters()).device

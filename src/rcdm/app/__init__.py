@@ -11,6 +11,7 @@ functions (rcdm.analysis.*_figure, rcdm.figures.grid), as in `rcdm analyze`.
 from __future__ import annotations
 
 import logging
+import math
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -19,6 +20,7 @@ from typing import Any
 import torch
 
 from ..analysis.adversarial import DEFAULT_EPS
+from ..checks import check_guidance
 from ..errors import RCDMError
 from .models import (
     DEFAULT_PRESET,
@@ -84,6 +86,17 @@ def resolve_image(upload: str | None, example: str | None) -> Path:
     return path
 
 
+def _bounded(value: Any, name: str, lo: float, hi: float) -> float:
+    """A number sent to the page's API, checked: gradio's sliders let NaN through (NaN compares false)."""
+    try:
+        x = float(value)
+    except (TypeError, ValueError):
+        raise RCDMError(f"{name} {value!r} is not a number") from None
+    if not (math.isfinite(x) and lo <= x <= hi):
+        raise RCDMError(f"{name} {value!r} is out of range: use a number from {lo:g} to {hi:g}")
+    return x
+
+
 def build_app(
     choices: Sequence[ModelChoice],
     device: str | torch.device | None = None,
@@ -104,11 +117,11 @@ def build_app(
             raise RCDMError(f"unknown sampling preset {preset!r}: choose from {', '.join(SAMPLING_PRESETS)}")
         sampler, preset_steps = SAMPLING_PRESETS[preset]
         return Sampling(
-            num_samples=int(n),
+            num_samples=int(_bounded(n, "samples", 1, 16)),
             sampler=sampler,
-            steps=int(steps) or preset_steps,
-            seed=int(seed),
-            guidance=float(guidance),
+            steps=int(_bounded(steps, "steps", 0, 1000)) or preset_steps,
+            seed=int(_bounded(seed, "seed", 0, 2**32 - 1)),
+            guidance=check_guidance(_bounded(guidance, "guidance", 0, 1e9), "guidance"),
         )
 
     def run(fn: Callable[[], ViewResult]) -> tuple:
