@@ -35,7 +35,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from rcdm.devices import resolve_compile
-from rcdm.diffusion import GaussianDiffusion, denoiser, sample
+from rcdm.diffusion import denoiser, sample
+from rcdm.losses import GaussianDiffusion
 from rcdm.model import RCDM
 
 SECTIONS = ("forward", "sample", "train", "data")

@@ -6,7 +6,6 @@ import torch
 from rcdm.diffusion import (
     SAMPLERS,
     SAMPLING_PRESETS,
-    GaussianDiffusion,
     SamplingConfig,
     make_scheduler,
     sample,
@@ -16,6 +15,7 @@ from rcdm.diffusion import (
     start_noise,
 )
 from rcdm.errors import RCDMError
+from rcdm.losses import GaussianDiffusion
 from rcdm.model import RCDM
 
 

@@ -11,8 +11,9 @@ import torch
 from torch import nn
 
 from rcdm.cli import main
-from rcdm.diffusion import GaussianDiffusion, draw_timesteps, sample, sample_generators, v_to_epsilon
+from rcdm.diffusion import sample, sample_generators
 from rcdm.errors import RCDMError
+from rcdm.losses import GaussianDiffusion, draw_timesteps, v_to_epsilon
 from rcdm.model import RCDM
 from rcdm.monitor import read_metrics
 from rcdm.pack.ab import VARIANTS, ABConfig, eval_steps, variant_config, with_images

@@ -1,10 +1,11 @@
 """rcdm: Representation-Conditional Diffusion Models (Bordes, Balestriero, Vincent, TMLR 2022)."""
 
 from .adaptation import AdaptConfig, adapt
-from .diffusion import SAMPLING_PRESETS, GaussianDiffusion, SamplingConfig, sample, sample_many
+from .diffusion import SAMPLING_PRESETS, SamplingConfig, sample, sample_many
 from .encoders import Encoder, Preprocessing, create_encoder, list_encoders, register_encoder
 from .errors import NonFiniteLossError, RCDMError
 from .loading import encoder_for, load_model, register_model_source
+from .losses import GaussianDiffusion
 from .model import PRESETS, RCDM
 from .train import TrainConfig, train
 from .visualize import Visualization, save_visualization, visualize

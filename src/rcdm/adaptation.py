@@ -25,13 +25,14 @@ import torch
 
 from .data import batched, center_square, decode_images, list_images, load_views, resize, to_model_space
 from .devices import autocast_for, cpu_seconds, resolve_precision, training_precision
-from .diffusion import GaussianDiffusion, draw_timesteps, sample_generators
+from .diffusion import sample_generators
 from .encoders import Encoder, Feature, create_encoder
 from .encoders.cache import cache_file, cached_representations, load_cache
 from .errors import RCDMError
 from .files import atomic_dir, write_text_atomic
 from .loading import encoder_for, load_model, resolve_model_dir
 from .locks import run_lock
+from .losses import GaussianDiffusion, draw_timesteps
 from .model import ADAPTERS, RCDM, WEIGHTS_VARIANT
 from .monitor import TrainingMonitor
 from .train_config import saved_fields, setting_changes

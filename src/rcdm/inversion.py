@@ -21,10 +21,11 @@ from tqdm.auto import tqdm
 
 from .data import batched, load_views
 from .devices import autocast, resolve_compile, resolve_precision
-from .diffusion import SCHEDULE, SamplingConfig, denoiser, sample
+from .diffusion import SamplingConfig, denoiser, sample
 from .encoders import Encoder
 from .errors import RCDMError
 from .figures import grid, save_png
+from .losses import SCHEDULE
 from .model import RCDM
 from .visualize import unique_names
 

@@ -18,11 +18,12 @@ from diffusers import DDPMScheduler, DiffusionPipeline, ImagePipelineOutput
 from PIL import Image
 
 from .data import center_square, load_image, resize
-from .diffusion import SCHEDULE, SamplingConfig, sample
+from .diffusion import SamplingConfig, sample
 from .encoders import Encoder
 from .errors import RCDMError
 from .figures import to_pil
 from .loading import encoder_for, load_model
+from .losses import SCHEDULE
 from .model import RCDM
 
 

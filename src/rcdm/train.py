@@ -33,12 +33,13 @@ from .data import (
     to_model_space,
 )
 from .devices import Precision, autocast_for, cpu_seconds, resolve_precision, training_precision
-from .diffusion import GaussianDiffusion, draw_timesteps, sample, sample_generators
+from .diffusion import sample, sample_generators
 from .encoders import Encoder, create_encoder
 from .encoders.cache import cached_representations, check_cache, load_cache
 from .errors import NonFiniteLossError, RCDMError
 from .files import atomic_dir, write_text_atomic
 from .locks import run_lock
+from .losses import GaussianDiffusion, draw_timesteps
 from .model import PRESETS, RCDM, check_encoder
 from .monitor import TrainingMonitor
 from .runs import (

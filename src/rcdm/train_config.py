@@ -14,16 +14,16 @@ from typing import Any, Literal
 
 from .checks import check_seed
 from .devices import Precision, training_precision
-from .diffusion import (
+from .encoders import Feature
+from .errors import RCDMError
+from .files import check_writable_dir
+from .losses import (
     LOSS_WEIGHTINGS,
     TIMESTEP_SAMPLINGS,
     LossType,
     LossWeighting,
     TimestepSampling,
 )
-from .encoders import Feature
-from .errors import RCDMError
-from .files import check_writable_dir
 from .model import PREDICTION_TYPES, PRESETS
 
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from ..diffusion import LOSS_WEIGHTINGS, TIMESTEP_SAMPLINGS
 from ..encoders import FEATURES
+from ..losses import LOSS_WEIGHTINGS, TIMESTEP_SAMPLINGS
 from ..model import PREDICTION_TYPES, PRESETS
 from ..train import TrainConfig, train
 from ..train_config import REPORT_TO, saved_config

@@ -21,10 +21,10 @@ import torch
 
 from ..bundle import CARD_NAME, ROLES, read_card
 from ..devices import cpu_seconds, device_name, git_commit
-from ..diffusion import LossType
 from ..encoders import Feature
 from ..errors import RCDMError
 from ..loading import resolve_model_dir
+from ..losses import LossType
 from ..model import PRESETS
 from ..monitor import read_metrics
 from ..runs import complete_checkpoints
