@@ -150,17 +150,55 @@ def test_a_user_mistake_is_a_message_in_the_page(client: tuple) -> None:
     # guidance on a model trained without a null representation is ignored, not an error
     _check(c.predict(None, "cat.jpg", [model], 2, PRESET, 2, 0, 3.0, api_name="/samples"), 2)
     # NaN passes gradio's slider range check (NaN compares false); gradio_client cannot send it, so raw HTTP does
-    url = c.src.rstrip("/") + "/gradio_api/call/samples"
     for bad, says in (("NaN", "**error:** guidance nan is out of range"), ("1e30", "1e+30 is greater than")):
-        body = f'{{"data": [null, "cat.jpg", ["{model}"], 2, "{PRESET}", 2, 0, {bad}]}}'.encode()
-        req = urllib.request.Request(url, body, {"Content-Type": "application/json"})
-        with urllib.request.urlopen(req, timeout=60) as r:
-            event = json.load(r)["event_id"]
-        with urllib.request.urlopen(f"{url}/{event}", timeout=120) as r:
-            stream = r.read().decode()
-        assert says in stream, stream[-500:]  # in the page; 1e30 is gradio's own range check
+        data = f'{{"data": [null, "cat.jpg", ["{model}"], 2, "{PRESET}", 2, 0, {bad}]}}'
+        assert says in _raw_call(c, "samples", data)  # in the page; 1e30 is gradio's own range check
     *_, status = c.predict(None, "cat.jpg", [], *COMMON, api_name="/samples")
     assert status == "**error:** pick at least one model"
+
+
+def _raw_call(c, endpoint: str, data: str) -> str:
+    """POST /gradio_api/call/ENDPOINT with a raw JSON body (NaN and other values gradio_client will not send);
+    the event stream of its answer."""
+    url = c.src.rstrip("/") + f"/gradio_api/call/{endpoint}"
+    req = urllib.request.Request(url, data.encode(), {"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=60) as r:
+        event = json.load(r)["event_id"]
+    with urllib.request.urlopen(f"{url}/{event}", timeout=120) as r:
+        return r.read().decode()
+
+
+@pytest.mark.parametrize(
+    ("endpoint", "data", "says"),
+    [
+        ("samples", '[null, "cat.jpg", ["M"], NaN, "P", 2, 0, 1]', "samples nan is out of range"),
+        ("samples", '[null, "cat.jpg", ["M"], 2, "P", NaN, 0, 1]', "steps nan is out of range"),
+        ("samples", '[null, "cat.jpg", ["M"], 2, "P", 2, -5, 1]', "seed -5 is out of range"),
+        ("attack", '[null, "cat.jpg", ["M"], NaN, 2, 2, "P", 2, 0, 1]', "epsilon nan is out of range"),
+        (
+            "interpolate",
+            '[null, "cat.jpg", null, "dog.jpg", ["M"], NaN, "linear", 1, 2, "P", 2, 0, 1]',
+            "points nan",
+        ),
+    ],
+)
+def test_numbers_the_sliders_let_through_are_refused_in_the_page(client: tuple, endpoint, data, says) -> None:
+    """NaN passes gradio's range checks (comparisons with NaN are false), and a seed field takes any number."""
+    c, model = client
+    stream = _raw_call(
+        c, endpoint, '{"data": ' + data.replace('"M"', f'"{model}"').replace('"P"', f'"{PRESET}"') + "}"
+    )
+    assert "**error:** " + says in stream, stream[-400:]
+
+
+def test_a_thin_upload_is_not_enlarged_to_gigabytes() -> None:
+    from rcdm.app.views import PREVIEW_MAX_SIDE, _shown
+
+    assert _shown(Image.new("RGB", (20000, 1))).size == (20000, 1)
+    small = _shown(Image.new("RGB", (32, 32)))
+    assert small.size == (160, 160) and max(_shown(Image.new("RGB", (1000, 2))).size) <= max(
+        1000, PREVIEW_MAX_SIDE
+    )
 
 
 def test_models_offered(tiny_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

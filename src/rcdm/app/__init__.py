@@ -238,7 +238,12 @@ def build_app(
                 def on_augment(up, ex, pk, a, sg, n_, pr, st, sd, gd, progress=gr.Progress(track_tqdm=True)):
                     return run(
                         lambda: views.augment(
-                            pk, resolve_image(up, ex), a, float(sg), sampling(n_, pr, st, sd, gd), progress
+                            pk,
+                            resolve_image(up, ex),
+                            a,
+                            _bounded(sg, "strength", 0, 1),
+                            sampling(n_, pr, st, sd, gd),
+                            progress,
                         )
                     )
 
@@ -267,7 +272,7 @@ def build_app(
                             pk,
                             resolve_image(up, ex),
                             resolve_image(None, other) if other else None,
-                            int(k),
+                            int(_bounded(k, "inversion steps", 1, 200)),
                             progress,
                         )
                     )
@@ -306,9 +311,9 @@ def build_app(
                             pk,
                             resolve_image(up, ex),
                             resolve_image(ub, eb),
-                            int(k),
+                            int(_bounded(k, "points", 2, 64)),
                             m,
-                            int(r),
+                            int(_bounded(r, "rows", 1, 16)),
                             sampling(n_, pr, st, sd, gd),
                             progress,
                         )
@@ -339,8 +344,8 @@ def build_app(
                         lambda: views.attack(
                             pk,
                             resolve_image(up, ex),
-                            float(e) / 255,
-                            int(ps),
+                            _bounded(e, "epsilon", 0, 255) / 255,
+                            int(_bounded(ps, "PGD steps", 1, 100)),
                             sampling(n_, pr, st, sd, gd),
                             progress,
                         )

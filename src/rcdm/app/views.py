@@ -27,6 +27,8 @@ from .models import (
 
 log = logging.getLogger(__name__)
 
+PREVIEW_MAX_SIDE = 1024  # the input preview is never enlarged past this many pixels on its longer side
+
 # ============================================================================================================
 # Views: inputs -> (figure, images at model size, numbers as Markdown). No analysis happens here.
 # ============================================================================================================
@@ -283,6 +285,7 @@ def _name(classes: Sequence[str], k: int) -> str:
 def _shown(img: Image.Image, least: int = 160) -> Image.Image:
     """An image for the input preview: small ones (CIFAR's 32 px) enlarged with nearest neighbours."""
     k = -(-least // max(1, min(img.size)))
+    k = min(k, max(1, PREVIEW_MAX_SIDE // max(img.size)))  # a 20000x1 upload is not enlarged to 3,200,000x160
     return img.resize((img.width * k, img.height * k), Image.NEAREST) if k > 1 else img
 
 
