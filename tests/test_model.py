@@ -154,3 +154,34 @@ def test_check_encoder_refuses_another_encoder():
         check_encoder(m, {**ok, "representation_dim": 11})
     with pytest.raises(RCDMError, match="--feature backbone"):
         check_encoder(m, {**ok, "feature": "projector"})
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "says"),
+    [
+        ("dropout", 5.0, "dropout = 5.0 is out of range"),
+        ("dropout", -0.5, "dropout = -0.5 is out of range"),
+        ("dropout", float("nan"), "dropout = NaN is out of range"),
+        ("sample_size", 33, "sample_size = 33 must be at most 1024 and divisible by 2"),
+        ("sample_size", 100_000, "sample_size = 100000 must be at most 1024"),
+        ("down_block_types", ["EvilBlock2D", "AttnDownBlock2D"], "unknown block type 'EvilBlock2D'"),
+        ("block_out_channels", [32, 64, 128], "have 3, 2 and 2 entries"),
+        ("block_out_channels", [32, 1 << 20], "block_out_channels = [32, 1048576] must be at most 4096"),
+        ("representation_dim", 10**12, "representation_dim = 1000000000000 is too large"),
+    ],
+)
+def test_configs_that_cannot_build_are_refused_in_one_line_before_anything_is_built(
+    tmp_path, key, value, says
+):
+    """Each passed the key and type checks and then crashed the loader or asked for gigabytes (reliability.md)."""
+    import json
+
+    from rcdm.loading import load_model
+
+    folder = tmp_path / "m"
+    tiny().save_pretrained(folder)
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, key: value}))
+    with pytest.raises(RCDMError, match=r"config\.json") as e:
+        load_model(folder)
+    assert says in str(e.value) and "\n" not in str(e.value)

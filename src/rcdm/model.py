@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import inspect
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -412,3 +413,63 @@ def check_config(config: dict[str, Any], where: str) -> None:
             raise RCDMError(f"{where}: {key} = {json.dumps(value)} must be at least 1")
     if "representation_dim" not in config:
         raise RCDMError(f"{where}: missing representation_dim: not an RCDM model config")
+    check_architecture(config, where)
+
+
+# diffusers' 2-D UNet blocks an RCDM may name (UNet2DModel builds them by name).
+DOWN_BLOCKS = ("DownBlock2D", "ResnetDownsampleBlock2D", "AttnDownBlock2D")
+UP_BLOCKS = ("UpBlock2D", "ResnetUpsampleBlock2D", "AttnUpBlock2D")
+# Sane bounds on what a config may ask to be built: far past any published or trained RCDM (the largest, 256 px,
+# 256..1024 channels), small enough that building the network never asks for more memory than its weights.
+MAX_SIZE, MAX_CHANNELS, MAX_DIM, MAX_LAYERS = 1024, 4096, 1 << 20, 16
+
+
+def check_architecture(config: dict[str, Any], where: str) -> None:
+    """Refuse a config whose network cannot be built or would be absurdly large, before anything is built."""
+    defaults = {k: p.default for k, p in inspect.signature(RCDM.__init__).parameters.items()}
+
+    def get(key: str) -> Any:
+        return config.get(key, defaults.get(key))
+
+    def bad(key: str, why: str) -> RCDMError:
+        return RCDMError(f"{where}: {key} = {json.dumps(get(key))} {why}: fix the config")
+
+    dropout = get("dropout")
+    if not (math.isfinite(dropout) and 0 <= dropout < 1):
+        raise bad("dropout", "is out of range (0 <= dropout < 1)")
+    for key, limit in (
+        ("representation_dim", MAX_DIM),
+        ("adapter_dim", MAX_DIM),
+        ("adapter_hidden", MAX_DIM),
+    ):
+        if get(key) is not None and get(key) > limit:
+            raise bad(key, f"is too large (at most {limit})")
+    if get("layers_per_block") > MAX_LAYERS:
+        raise bad("layers_per_block", f"is too large (at most {MAX_LAYERS})")
+    channels, down, up = (
+        list(get("block_out_channels")),
+        list(get("down_block_types")),
+        list(get("up_block_types")),
+    )
+    if not len(channels) == len(down) == len(up):
+        raise RCDMError(
+            f"{where}: block_out_channels, down_block_types and up_block_types have {len(channels)}, {len(down)} "
+            f"and {len(up)} entries: give one per level: fix the config"
+        )
+    unknown = [b for b in down if b not in DOWN_BLOCKS] + [b for b in up if b not in UP_BLOCKS]
+    if unknown:
+        raise RCDMError(
+            f"{where}: unknown block type {unknown[0]!r}: use {', '.join(DOWN_BLOCKS)} (down) or "
+            f"{', '.join(UP_BLOCKS)} (up): fix the config"
+        )
+    groups = get("norm_num_groups")
+    if any(c > MAX_CHANNELS or c % groups for c in channels):
+        raise bad(
+            "block_out_channels", f"must be at most {MAX_CHANNELS} and multiples of norm_num_groups {groups}"
+        )
+    size, halvings = get("sample_size"), len(channels) - 1
+    if size > MAX_SIZE or size % (1 << halvings):
+        raise bad(
+            "sample_size",
+            f"must be at most {MAX_SIZE} and divisible by {1 << halvings} ({halvings} halvings)",
+        )

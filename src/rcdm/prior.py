@@ -206,7 +206,7 @@ def train_prior(cfg: PriorConfig, out: str | Path, *, resume: bool = False, prog
                 pe.lerp_(pn, 1 - cfg.ema_decay)
         if not torch.isfinite(loss):
             raise RCDMError(f"the prior's loss became {float(loss)} at step {step}: try a smaller --lr")
-        monitor.step(step, float(loss), cfg.batch_size, terms={}, lr=cfg.lr, grad_norm=None)
+        monitor.step(step, float(loss.detach()), cfg.batch_size, terms={}, lr=cfg.lr, grad_norm=None)
         if step % cfg.save_every == 0 or step == cfg.steps:
             _save(run_dir, step, net, ema, opt)
     monitor.close()
