@@ -124,3 +124,33 @@ def test_pixels_encoder_needs_no_weights(few_images):
     assert enc.dim == 48 and enc.encode(views).shape == (2, 48)
     with pytest.raises(RCDMError, match="pixels:N"):
         create_encoder("pixels:abc")
+
+
+@pytest.mark.parametrize(
+    ("change", "says"),
+    [
+        ({"width": 300}, "arch width = 300 is out of range"),
+        ({"width": 100000}, "arch width = 100000 is out of range"),
+        ({"projector": [-5]}, "arch projector = -5 is out of range"),
+        ({"depth": 21}, "arch depth = 21 is not 6n + 2"),
+        (
+            {"width": 2},
+            "its card's architecture",
+        ),  # in bounds, but the weights are width 1: read from the header
+    ],
+)
+def test_a_crafted_encoder_card_is_refused_before_anything_is_built(tmp_path, change, says):
+    """A card asking for width 300 built a network of tens of GB before any check (reliability.md, finding 1)."""
+    import json
+    import shutil
+
+    from rcdm.bundle import bundled_models_dir
+
+    folder = tmp_path / "enc"
+    shutil.copytree(bundled_models_dir() / "cifar10-vicreg-r20w1", folder)
+    card = json.loads((folder / "card.json").read_text())
+    card["arch"] = {**card["arch"], **change}
+    (folder / "card.json").write_text(json.dumps(card))
+    with pytest.raises(RCDMError) as e:
+        create_encoder(f"rcdm-cifar:{folder}")
+    assert says in str(e.value) and "\n" not in str(e.value)

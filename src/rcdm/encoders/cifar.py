@@ -21,13 +21,14 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from accelerate import init_empty_weights
 from safetensors.torch import save_file
 from torch import nn
 
 from ..bundle import CARD_NAME, ENCODER_FORMAT, model_search_dirs, read_card
 from ..errors import RCDMError
 from ..files import atomic_dir
-from ..weights import load_strict, read_checkpoint
+from ..weights import check_keys, load_strict, read_checkpoint, safetensors_shapes
 from .base import IMAGENET_MEAN, IMAGENET_STD, Encoder, Feature, Preprocessing, file_identity
 from .registry import register_encoder
 
@@ -37,6 +38,10 @@ WEIGHTS_NAME = "encoder.safetensors"
 # CIFAR-10 train-split statistics (RGB in [0, 1]).
 CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR_STD = (0.2470, 0.2435, 0.2616)
+
+
+# Bounds on a card's architecture: far past any recipe encoder (ResNet-20..56, width 1..4, 2048-wide projectors).
+MAX_DEPTH, MAX_WIDTH, MAX_PROJECTOR_WIDTH, MAX_PROJECTOR_LAYERS, MAX_CLASSES = 200, 16, 16384, 8, 100_000
 
 
 @dataclass(frozen=True)
@@ -56,12 +61,32 @@ class CifarEncoderArch:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> CifarEncoderArch:
+    def from_dict(cls, d: dict[str, Any], where: str = "card.json") -> CifarEncoderArch:
+        """The arch a card describes, its numbers checked against sane bounds before anything is built (a card
+        asking for width 300 would allocate tens of GB)."""
+
+        def whole(key: str, value: Any, lo: int, hi: int) -> int:
+            if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
+                raise RCDMError(
+                    f"{where}: arch {key} = {value!r} is out of range: use a whole number {lo}..{hi}"
+                )
+            return value
+
+        if not isinstance(d, dict) or "depth" not in d or "width" not in d:
+            raise RCDMError(f"{where}: arch must give depth and width (from `rcdm recipe ssl`)")
+        depth = whole("depth", d["depth"], 8, MAX_DEPTH)
+        if (depth - 2) % 6:
+            raise RCDMError(
+                f"{where}: arch depth = {depth} is not 6n + 2 (20, 32, 44, 56, ...): fix the card"
+            )
+        projector = d.get("projector", ())
+        if not isinstance(projector, list | tuple) or len(projector) > MAX_PROJECTOR_LAYERS:
+            raise RCDMError(f"{where}: arch projector = {projector!r} must be a list of at most 8 widths")
         return cls(
-            depth=int(d["depth"]),
-            width=int(d["width"]),
-            projector=tuple(int(v) for v in d.get("projector", ())),
-            num_classes=int(d.get("num_classes", 0)),
+            depth=depth,
+            width=whole("width", d["width"], 1, MAX_WIDTH),
+            projector=tuple(whole("projector", v, 1, MAX_PROJECTOR_WIDTH) for v in projector),
+            num_classes=whole("num_classes", d.get("num_classes", 0), 0, MAX_CLASSES),
         )
 
 
@@ -248,8 +273,19 @@ def load_encoder_net(folder: str | Path) -> tuple[CifarEncoderNet, dict[str, Any
     """Rebuild the network a card describes and load its weights strictly (as float32, eval mode)."""
     folder = Path(folder)
     card = read_card(folder)
-    net = CifarEncoderNet(CifarEncoderArch.from_dict(card["arch"]))
-    state = read_checkpoint(folder / WEIGHTS_NAME)
+    arch = CifarEncoderArch.from_dict(card.get("arch"), repr(str(folder / CARD_NAME)))
+    weights = folder / WEIGHTS_NAME
+    if weights.is_file():  # keys and shapes from the header, against a network built without memory
+        with init_empty_weights():
+            expected = {k: v.shape for k, v in CifarEncoderNet(arch).state_dict().items()}
+        check_keys(
+            safetensors_shapes(weights),
+            expected,
+            repr(str(weights)),
+            f"its card's architecture {card['arch']}",
+        )
+    net = CifarEncoderNet(arch)
+    state = read_checkpoint(weights)
     load_strict(
         net, state, repr(str(folder / WEIGHTS_NAME)), layout=f"its card's architecture {card['arch']}"
     )
