@@ -107,6 +107,32 @@ def test_invert_view(client: tuple) -> None:
     _check(c.predict(None, "cat.jpg", [model], None, 5, api_name="/invert"), 1)
 
 
+def test_dream_view_with_a_prior(tiny_model: Path) -> None:
+    """`rcdm app --prior P`: a Dream tab draws images from representations sampled from the prior."""
+    from encoders_for_tests import mean_colour_classifier
+    from rcdm.prior import RepresentationPrior
+
+    enc = mean_colour_classifier().describe()
+    record = {
+        "encoder": enc["encoder"],
+        "encoder_identity": enc["encoder_identity"],
+        "feature": enc["feature"],
+    }
+    prior = (RepresentationPrior(3, width=16, depth=1).eval(), {**record, "representations": 10})
+    app = build_app(discover_models([str(tiny_model)], trust_remote_code=True), "cpu", prior=prior)
+    url = start(app, "127.0.0.1", None)
+    try:
+        c = gradio_client.Client(url, verbose=False)
+        numbers = _check(c.predict(["tiny"], 3, *COMMON, api_name="/dream"), 3)
+        assert "prior" in numbers and enc["encoder"] in numbers
+        # a prior of another encoder is a message in the page
+        prior[1]["encoder_identity"] = "another"
+        *_, status = c.predict(["tiny"], 2, *COMMON, api_name="/dream")
+        assert "train a prior with this model" in status
+    finally:
+        app.close()
+
+
 def test_attack_view(client: tuple) -> None:
     c, model = client
     numbers = _check(c.predict(None, "cat.jpg", [model], 2.0, 2, *COMMON, api_name="/attack"), 3)

@@ -94,6 +94,14 @@ def test_rcdm_export_writes_a_plain_diffusers_unet_that_gives_the_same_output(tm
             m.set_representation_stats(torch.randn(50, 10) * 3 + 1)
     m.save_pretrained(tmp_path / "m")
     assert main(["export", str(tmp_path / "m"), "--out", str(tmp_path / "e")]) == 0
+    # a second export into it is refused without --overwrite; a folder of the user's files never replaced
+    assert main(["export", str(tmp_path / "m"), "--out", str(tmp_path / "e")]) == 2
+    assert "--overwrite" in capsys.readouterr().err
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("mine")
+    assert main(["export", str(tmp_path / "m"), "--out", str(tmp_path / "mine"), "--overwrite"]) == 2
+    assert (tmp_path / "mine" / "notes.txt").read_text() == "mine"
+    assert main(["export", str(tmp_path / "m"), "--out", str(tmp_path / "e"), "--overwrite"]) == 0
     assert "heads=2" in capsys.readouterr().out
     unet = UNet2DModel.from_pretrained(tmp_path / "e" / "unet")
     proj = load_file(str(tmp_path / "e" / "rep_proj.safetensors"))

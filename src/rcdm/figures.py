@@ -13,6 +13,8 @@ from pathlib import Path
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
+from .files import write_text_atomic
+
 
 def to_pil(img: torch.Tensor) -> Image.Image:
     """(3, H, W) in [0, 1] -> PIL RGB."""
@@ -113,10 +115,11 @@ def write_report(
     """Write `data` to json_path and `# title`, the tables and notes to json_path with suffix .md."""
     json_path = Path(json_path)
     json_path.parent.mkdir(parents=True, exist_ok=True)
-    json_path.write_text(json.dumps(data, indent=2) + "\n")
     md_path = json_path.with_suffix(".md")
     body = [f"# {title}\n", *tables, *(f"{n}\n" for n in notes)]
-    md_path.write_text("\n".join(body))
+    # each written whole (temporary file + rename): a full disk leaves the earlier file, never a 0-byte one
+    write_text_atomic(md_path, "\n".join(body))
+    write_text_atomic(json_path, json.dumps(data, indent=2) + "\n")
     return json_path, md_path
 
 

@@ -29,6 +29,15 @@ def test_cli_writes_figure_and_results(tiny_run, two_images, tmp_path, analyze):
     out = tmp_path / "itp"
     assert analyze("interpolate", tiny_run, two_images, out, "--num-steps", "3") == 0
     assert (out / "figure.png").is_file() and len(json.loads((out / "results.json").read_text())["t"]) == 3
+    # sample's rules for --out: an earlier analysis is replaced only with --overwrite, other files never
+    assert analyze("interpolate", tiny_run, two_images, out, "--num-steps", "3") == 2
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "sample.json").write_text("{}")  # e.g. an rcdm sample output
+    assert analyze("variance", tiny_run, two_images, mine, "--overwrite") == 2
+    assert sorted(p.name for p in mine.iterdir()) == ["sample.json"]
+    assert analyze("interpolate", tiny_run, two_images, out, "--num-steps", "4", "--overwrite") == 0
+    assert len(json.loads((out / "results.json").read_text())["t"]) == 4
 
 
 def test_cli_bad_input_exit_code_2(tiny_run, two_images, few_images, tmp_path, capsys, analyze):

@@ -90,6 +90,10 @@ def test_cli_faithfulness_on_tiny_run(tiny_run: Path, few_images: Path, resnet56
     assert 0 <= judge["class_agreement"] <= 1 and 0 <= own["class_agreement"] <= 1  # both ResNets classify
     md = out.with_suffix(".md").read_text()
     assert f"{own['mean_rank']:.4f}" in md and f"{judge['cosine']:.4f}" in md and "class agreement" in md
+    # an earlier result is replaced only with --overwrite (as rcdm sample's folder)
+    assert main([*argv, "--no-compile"]) == 2
+    assert json.loads(out.read_text()) == data
+    assert main([*argv, "--no-compile", "--precision", "fp32", "--overwrite"]) == 0
 
 
 def test_cli_faithfulness_saves_the_samples_that_generate_would_draw(
@@ -118,5 +122,7 @@ def test_cli_faithfulness_saves_the_samples_that_generate_would_draw(
         assert (a - b).abs().max() <= 1
     assert not sample_path(saved, 3).exists()
     capsys.readouterr()
-    assert main(faith) == 2  # an earlier output is never mixed with a new one
+    assert main(faith) == 2  # an earlier result is replaced only with --overwrite
+    assert "--overwrite" in capsys.readouterr().err
+    assert main([*faith, "--overwrite"]) == 2  # an earlier samples folder is never mixed with a new one
     assert "--save-samples" in capsys.readouterr().err

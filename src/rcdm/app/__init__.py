@@ -102,11 +102,13 @@ def build_app(
     device: str | torch.device | None = None,
     *,
     prefill: bool = False,  # True: draw the Samples view of the first example now, so the page opens with it
+    prior: tuple[Any, dict]
+    | None = None,  # (RepresentationPrior, prior.json) from rcdm.prior.load_prior: a Dream tab
 ) -> Any:
     """The gradio Blocks page over `choices` (see `discover_models`); models load on first use."""
     gr = _import_gradio()
     cache = ModelCache(choices, torch.device(device) if device else _default_device())
-    views = Views(cache)
+    views = Views(cache, prior)
     examples = [p.name for p in _demo_images()]
     augs = _augmentations()
     labels = list(cache.choices)
@@ -278,6 +280,25 @@ def build_app(
                     )
 
                 go.click(on_invert, [upload, example, picked, swap_from, inv_steps], out, api_name="invert")
+            if prior is not None:
+                with gr.Tab("Dream"):
+                    gr.Markdown(
+                        f"Images from representations sampled from a prior of `{prior[1].get('encoder')}` "
+                        f"({prior[1].get('feature')}) trained on {prior[1].get('representations')} images: what "
+                        "that representation space holds, drawn by each picked model conditioned on it."
+                    )
+                    dreams = gr.Slider(1, 16, value=8, step=1, label="images")
+                    go = gr.Button("dream", variant="primary")
+                    out = outputs()
+
+                    def on_dream(pk, k, n_, pr, st, sd, gd, progress=gr.Progress(track_tqdm=True)):
+                        return run(
+                            lambda: views.dream(
+                                pk, int(_bounded(k, "images", 1, 16)), sampling(n_, pr, st, sd, gd), progress
+                            )
+                        )
+
+                    go.click(on_dream, [picked, dreams, *common], out, api_name="dream")
             with gr.Tab("Interpolate"):
                 with gr.Row():
                     upload_b = gr.File(label="second image", type="filepath")

@@ -22,6 +22,7 @@ from .models import (
     _interpolate,
     _pixel_std,
     _samples,
+    _sampling,
     _variance,
 )
 
@@ -73,8 +74,9 @@ def _quiet(*args: Any, **kwargs: Any) -> None:
 class Views:
     """The page's computations, callable without gradio (the tests and a notebook can use them directly)."""
 
-    def __init__(self, cache: ModelCache):
+    def __init__(self, cache: ModelCache, prior: tuple[Any, dict] | None = None):
         self.cache = cache
+        self.prior = prior  # (RepresentationPrior, prior.json) for the Dream view, or None
 
     def _models(self, labels: Sequence[str]) -> list[tuple[str, Any, Any]]:
         if not labels:
@@ -276,6 +278,35 @@ class Views:
             title=f"DDIM inversion, {steps} steps, guidance 1",
         )
         return ViewResult(fig, images, _table(["model", "reconstruction PSNR"], table))
+
+    def dream(self, labels: Sequence[str], n: int, s: Sampling, progress: Callable = _quiet) -> ViewResult:
+        """n representations sampled from the prior (seeded by the page's seed), one image each per model; every
+        model draws from the same representations."""
+        from ..diffusion import sample_many
+        from ..prior import check_prior_matches, sample_representations
+
+        if self.prior is None:
+            raise RCDMError("no prior: start the app with --prior FOLDER (from rcdm prior)")
+        net, record = self.prior
+        reps = sample_representations(net, n, seed=s.seed)
+
+        def run(_: str, m: Any, e: Any) -> torch.Tensor:
+            check_prior_matches(record, e)
+            return sample_many(m, reps.to(next(m.parameters()).device), 1, _sampling(s, m))[:, 0]
+
+        results = self._each(labels, progress, "dreaming", run)
+        images = [(_pil(x), f"{label} · dream {j}") for label, imgs in results for j, x in enumerate(imgs)]
+        fig = _figures()[1].grid(
+            [list(imgs) for _, imgs in results],
+            row_labels=[label for label, _ in results],
+            col_labels=[f"dream {j}" for j in range(n)],
+            title=f"column j: the same sampled representation in every row (seed {s.seed})",
+        )
+        text = _table(
+            ["prior", "trained on", "images"],
+            [[str(record.get("encoder")), str(record.get("representations")), str(n)]],
+        )
+        return ViewResult(fig, images, text)
 
 
 def _name(classes: Sequence[str], k: int) -> str:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from collections.abc import Callable
 from fractions import Fraction
 from pathlib import Path
 
@@ -32,12 +33,13 @@ from ..analysis.noise import noise_figure, noise_keeps
 from ..data import expand_image_args
 from ..devices import default_device
 from ..errors import RCDMError
-from ..files import check_writable_dir
+from ..files import output_folder
 from ..inversion import INVERT_DEFAULTS
 from ..loading import encoder_for, load_model
 from .common import (
     add_command_group,
     add_model_args,
+    add_overwrite_arg,
     add_sampling_args,
     load_model_and_encoder,
     positive,
@@ -92,7 +94,8 @@ def _common(p: argparse.ArgumentParser) -> None:
     add_model_args(p)
     p.add_argument("--images", nargs="+", required=True, help="image files or folders")
     add_sampling_args(p, num_samples=4)
-    p.add_argument("--out", required=True, help="output folder (figure.png, results.json)")
+    p.add_argument("--out", required=True, help="output folder (new or empty; see --overwrite)")
+    add_overwrite_arg(p, "an earlier output of the same analysis in --out (never a folder of other files)")
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -121,7 +124,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="a second model (e.g. the same encoder's projector) shown in the same figure and table "
         "(default: none)",
     )
-    q.set_defaults(func=run_invariance)
+    q.set_defaults(func=_in_output_folder(run_invariance))
 
     q = command("adversarial", "PGD on the input, samples from the attacked representation (finding 3)")
     _common(q)
@@ -140,7 +143,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         metavar="MODEL",
         help="a second model, e.g. supervised vs SSL (default: none)",
     )
-    q.set_defaults(func=run_adversarial)
+    q.set_defaults(func=_in_output_folder(run_adversarial))
 
     q = command("interpolate", "mix the first two images' representations (finding 4)")
     _common(q)
@@ -152,20 +155,20 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         default=list(METHODS),
         help=f"interpolation paths (default: {' '.join(METHODS)})",
     )
-    q.set_defaults(func=run_interpolate)
+    q.set_defaults(func=_in_output_folder(run_interpolate))
 
     q = command("manipulate", "zero or transfer the dimensions common to nearest neighbours")
     _common(q)
     _manipulate_args(q, required=True)
-    q.set_defaults(func=run_manipulate)
+    q.set_defaults(func=_in_output_folder(run_manipulate))
 
     q = command("variance", "per-pixel std over samples of one representation")
     _common(q)
-    q.set_defaults(func=run_variance)
+    q.set_defaults(func=_in_output_folder(run_variance))
 
     q = command("noise", "what the noise keeps: reconstruction from inverted noise vs fresh samples")
     _common(q)
-    q.set_defaults(func=run_noise)
+    q.set_defaults(func=_in_output_folder(run_noise))
 
     q = command("report", "every analysis in one offline index.html")
     _common(q)
@@ -184,7 +187,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help=f"adversarial section: L-infinity radius (default {EPS_TEXT})",
     )
     q.add_argument("--pgd-steps", type=int, default=10, help="adversarial section: PGD steps")
-    q.set_defaults(func=run_report)
+    q.set_defaults(func=_in_output_folder(run_report))
 
 
 def _manipulate_args(q: argparse.ArgumentParser, required: bool) -> None:
@@ -203,12 +206,30 @@ def _manipulate_args(q: argparse.ArgumentParser, required: bool) -> None:
     )
 
 
+def _in_output_folder(run: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
+    """`run` with sample's rules for --out: new or empty, or this analysis' own earlier output with --overwrite;
+    locked; written into a temporary folder that becomes --out only when the analysis completes."""
+
+    def guarded(args: argparse.Namespace) -> int:
+        marker = "index.html" if args.analysis == "report" else "results.json"
+        final = args.out
+        with output_folder(
+            final, overwrite=args.overwrite, marker=marker, command=f"rcdm analyze {args.analysis}"
+        ) as tmp:
+            args.out, args.final_out = str(tmp), final
+            try:
+                return run(args)
+            finally:
+                args.out = final
+
+    return guarded
+
+
 def _setup(args: argparse.Namespace, model_source: str | None = None):
     """The model of --model and its encoder; or `model_source` (a comparison) with the encoder it records."""
     positive("--num-samples", args.num_samples)
     sampling_from_args(args)  # its settings are checked before any work
     if model_source is None:
-        check_writable_dir(args.out)  # before any work
         return load_model_and_encoder(args)
     device = args.device or default_device()
     model = load_model(model_source, device=device)
@@ -227,7 +248,8 @@ def _write(args: argparse.Namespace, figure, results: dict) -> int:
     figure.save(out / "figure.png")
     results = {"analysis": args.analysis, "model": args.model, **results}
     (out / "results.json").write_text(json.dumps(results, indent=2))
-    print(f"wrote {out / 'figure.png'} and {out / 'results.json'}")
+    final = Path(getattr(args, "final_out", args.out))
+    print(f"wrote {final / 'figure.png'} and {final / 'results.json'}")
     return 0
 
 
@@ -336,5 +358,5 @@ def run_report(args: argparse.Namespace) -> int:
         cache=args.cache,
         **_sampling(args),
     )
-    print(f"wrote {rep.index} with {len(rep.figures)} figures")
+    print(f"wrote {Path(args.final_out) / rep.index.name} with {len(rep.figures)} figures")
     return 0

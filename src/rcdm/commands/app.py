@@ -33,6 +33,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         default=None,
         help="without --model: also offer the run folders in this folder (repeatable; default: none)",
     )
+    p.add_argument(
+        "--prior",
+        default=None,
+        help="a representation prior (rcdm prior's --out): adds a Dream tab, images from representations it "
+        "samples, for each picked model conditioned on the prior's encoder (default: none, no Dream tab)",
+    )
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default: this machine only)")
     p.add_argument("--port", type=int, default=7860, help="port to serve on")
     add_device_args(p)
@@ -43,7 +49,12 @@ def run(args: argparse.Namespace) -> int:
     from ..app import build_app, discover_models, start  # lazily: the app module is only needed here
 
     choices = discover_models(args.model or (), args.runs or (), trust_remote_code=args.trust_remote_code)
-    app = build_app(choices, args.device)
+    prior = None
+    if args.prior:
+        from ..prior import load_prior
+
+        prior = load_prior(args.prior)  # a bad folder is refused before the page starts
+    app = build_app(choices, args.device, prior=prior)
     url = start(app, args.host, args.port)
     where = (
         "this machine only"

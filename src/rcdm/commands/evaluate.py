@@ -6,6 +6,7 @@ import argparse
 import contextlib
 import functools
 import logging
+from collections.abc import Callable
 from pathlib import Path
 
 from ..data import expand_image_args, list_images
@@ -14,6 +15,7 @@ from ..encoders import create_encoder
 from ..errors import RCDMError
 from ..figures import fmt, write_report
 from ..files import check_writable_dir, check_writable_file, output_folder
+from ..locks import output_lock
 from ..metrics.faithfulness import evaluate_faithfulness, faithfulness_tables
 from ..metrics.features import create_feature_extractor
 from ..metrics.generate import MANIFEST, generate_samples, sample_files, save_samples
@@ -21,6 +23,7 @@ from ..metrics.quality import evaluate_quality, load_reference_stats, quality_ta
 from .common import (
     add_command_group,
     add_model_args,
+    add_overwrite_arg,
     add_progress_arg,
     add_sampling_args,
     load_model_and_encoder,
@@ -81,7 +84,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "g // --num-samples), so that `evaluate quality --fake DIR` scores them without drawing them again "
         "(a new or empty folder; default: none, only representations are kept)",
     )
-    f.set_defaults(func=run_faithfulness)
+    add_overwrite_arg(f, "an earlier result in --out")
+    f.set_defaults(func=_locked(run_faithfulness))
 
     q = command("quality", "FID, KID, IS, precision/recall, density/coverage of a fake folder")
     q.add_argument(
@@ -96,7 +100,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     _quality_args(q)
     add_progress_arg(q)
     q.add_argument("--out", required=True, help="FILE.json (FILE.md is written beside it)")
-    q.set_defaults(func=run_quality)
+    add_overwrite_arg(q, "an earlier result in --out")
+    q.set_defaults(func=_locked(run_quality))
 
     g = command("generate", "draw many samples into a resumable folder (multi-GPU: accelerate launch)")
     add_model_args(g)
@@ -166,6 +171,24 @@ def _json_out(path: str) -> Path:
     if not path.endswith(".json"):
         raise RCDMError(f"--out {path!r} must end with .json (the Markdown table goes beside it as .md)")
     return check_writable_file(path)  # before any work
+
+
+def _locked(run: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
+    """`run` with --out checked (.json, writable; an existing file replaced only with --overwrite) and locked
+    against a second rcdm writing it, before any work. The files themselves are written whole (write_report)."""
+
+    def guarded(args: argparse.Namespace) -> int:
+        out = _json_out(args.out)
+        for existing in (out, out.with_suffix(".md")):
+            if existing.exists() and not args.overwrite:
+                raise RCDMError(
+                    f"--out {str(out)!r}: {existing.name} already exists: pass --overwrite to replace it, or choose "
+                    "a new --out"
+                )
+        with output_lock(out, command=f"rcdm evaluate {args.metric}"):
+            return run(args)
+
+    return guarded
 
 
 def run_faithfulness(args: argparse.Namespace) -> int:

@@ -7,9 +7,9 @@ import argparse
 from pathlib import Path
 
 from ..convert import export_diffusers
-from ..files import check_writable_dir
+from ..files import output_folder
 from ..loading import load_model
-from .common import add_command
+from .common import add_command, add_overwrite_arg
 
 EPILOG = """examples:
   rcdm export runs/r20 --out r20-diffusers            # r20-diffusers/unet + r20-diffusers/rep_proj.safetensors
@@ -26,7 +26,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "model", help="run folder, saved model folder, hub repo user/repo[@revision], or official:NAME"
     )
-    p.add_argument("--out", required=True, help="output folder: OUT/unet and OUT/rep_proj.safetensors")
+    p.add_argument(
+        "--out",
+        required=True,
+        help="output folder (new or empty; see --overwrite): OUT/unet, OUT/rep_proj.safetensors",
+    )
+    add_overwrite_arg(p, "an earlier `rcdm export` output in --out (never a folder of other files)")
     p.add_argument(
         "--weights",
         default=None,
@@ -36,9 +41,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    check_writable_dir(args.out)
-    model = load_model(args.model, weights=args.weights)
-    out = export_diffusers(model, args.out)
+    # checked and locked before any work; written beside --out and moved into place when complete
+    with output_folder(
+        args.out, overwrite=args.overwrite, marker="rep_proj.safetensors", command="rcdm export"
+    ) as tmp:
+        model = load_model(args.model, weights=args.weights)
+        export_diffusers(model, tmp)
+    out = args.out
     heads = model.config.attention_num_heads or 1
     print(
         f"wrote {Path(out) / 'unet'} (UNet2DModel.from_pretrained; set heads={heads} on every Attention) and "

@@ -44,7 +44,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "--representation-from",
         default=None,
         metavar="IMAGE",
-        help="also decode each image's noise under IMAGE's representation (OUT/<stem>/with-<IMAGE stem>.png)",
+        help="also decode each image's noise under IMAGE's representation (OUT/<stem>/with-<IMAGE stem>.png; "
+        "default: none)",
     )
     p.add_argument(
         "--steps",
