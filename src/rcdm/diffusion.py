@@ -245,6 +245,21 @@ def ddpm_step(
     return prev, x0
 
 
+def guided_condition(model: RCDM, rep: torch.Tensor, guidance: float, dtype: torch.dtype) -> torch.Tensor:
+    """The UNet's conditioning (float32) for representations rep (B, dim) on the model's device: (B, E), or with
+    guidance != 1 (2B, E), the conditional half first and the null representation's half second."""
+    b = rep.shape[0]
+    with autocast(rep.device, dtype):
+        if guidance != 1.0:
+            drop = torch.cat([torch.zeros(b, dtype=torch.bool), torch.ones(b, dtype=torch.bool)]).to(
+                rep.device
+            )
+            cond = model.condition(torch.cat([rep, rep]), 2 * b, drop)
+        else:
+            cond = model.condition(rep, b)
+    return cond.float()
+
+
 @torch.no_grad()
 def sample(
     model: RCDM,
@@ -326,15 +341,7 @@ def sample(
     step_noise = _StepNoise(gens, (3, size, size), device) if sampler == "ddpm" and ts[0] > 0 else None
     try:
         # The representation is projected once per call, not once per step (RCDM.condition).
-        with autocast(device, dtype):
-            if guidance != 1.0:
-                drop = torch.cat([torch.zeros(b, dtype=torch.bool), torch.ones(b, dtype=torch.bool)]).to(
-                    device
-                )
-                cond = model.condition(torch.cat([rep, rep]), 2 * b, drop)
-            else:
-                cond = model.condition(rep, b)
-        cond = cond.float()
+        cond = guided_condition(model, rep, guidance, dtype)
         run = denoiser(model, mode, dtype)
         v_pred = model.prediction_type == "v_prediction" and not custom  # a custom scheduler reads v itself
         alphas = sched.alphas_cumprod.to(device)

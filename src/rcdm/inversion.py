@@ -20,8 +20,8 @@ from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
 from .data import batched, load_views
-from .devices import autocast, resolve_compile, resolve_precision
-from .diffusion import SamplingConfig, denoiser, sample
+from .devices import resolve_compile, resolve_precision
+from .diffusion import SamplingConfig, denoiser, guided_condition, sample
 from .encoders import Encoder
 from .errors import RCDMError
 from .figures import grid, save_png
@@ -84,14 +84,8 @@ def invert_noise(
         for s, e in batched(images.shape[0], sampling.batch_size):
             x = (images[s:e].to(device=device, dtype=torch.float32) * 2 - 1).contiguous()
             rep = representations[s:e].to(device=device, dtype=torch.float32)
-            b, guided = x.shape[0], sampling.guidance != 1.0
-            with autocast(device, dtype):
-                if guided:
-                    drop = torch.cat([torch.zeros(b, dtype=torch.bool), torch.ones(b, dtype=torch.bool)])
-                    cond = model.condition(torch.cat([rep, rep]), 2 * b, drop.to(device))
-                else:
-                    cond = model.condition(rep, b)
-            cond = cond.float()
+            guided = sampling.guidance != 1.0
+            cond = guided_condition(model, rep, sampling.guidance, dtype)
             for t in tqdm(up.timesteps, disable=not progress, desc="inverting"):
                 tt = torch.full((cond.shape[0],), int(t), device=device, dtype=torch.long)
                 pred = run(torch.cat([x, x]) if guided else x, tt, cond)[:, :3]

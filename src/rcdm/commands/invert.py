@@ -7,7 +7,7 @@ import json
 import logging
 
 from ..checks import check_guidance
-from ..data import expand_image_args, load_views
+from ..data import expand_image_args
 from ..errors import RCDMError
 from ..files import output_folder
 from ..inversion import INVERT_DEFAULTS, invert, redraw_under, save_inversion
@@ -87,13 +87,7 @@ def run(args: argparse.Namespace) -> int:
         inv = invert(model, encoder, paths, sampling, progress=not args.no_progress)
         swap = None
         if other is not None:
-            _, view = load_views(
-                other,
-                model.config.sample_size,
-                encoder.preprocessing.input_size,
-                encoder.preprocessing.resample,
-            )
-            swap = (other[0].stem, redraw_under(model, inv, encoder.encode(view)))
+            swap = (other[0].stem, redraw_under(model, inv, encoder.encode_files(other)))
         record = save_inversion(inv, out, swap)
         results = {
             "model": args.model,
