@@ -35,6 +35,7 @@ from .files import atomic_dir, write_text_atomic
 from .loading import encoder_for, load_model
 from .monitor import TrainingMonitor
 from .runs import prune_checkpoints, reading_checkpoint, resume_checkpoint
+from .train_config import setting_changes
 
 log = logging.getLogger(__name__)
 
@@ -133,12 +134,13 @@ def train_prior(cfg: PriorConfig, out: str | Path, *, resume: bool = False, prog
     if resume:
         if not saved.is_file():
             raise RCDMError(f"--resume: {str(run_dir)!r} holds no rcdm prior run; drop --resume to start one")
-        before = {k: v for k, v in json.loads(saved.read_text()).items() if k not in ("steps", "save_every")}
-        now = {k: v for k, v in asdict(cfg).items() if k not in ("steps", "save_every")}
-        if before != now:
-            changed = sorted(k for k in now if before.get(k) != now[k])
+        diffs = setting_changes(
+            json.loads(saved.read_text()), asdict(cfg), frozenset({"steps", "save_every"})
+        )
+        if diffs:
+            names = ", ".join(d.split()[0] for d in diffs)
             raise RCDMError(
-                f"--resume: {', '.join(changed)} differ from the run's; keep them or start a new --out"
+                f"--resume: {names} differ from the run's ({'; '.join(diffs)}); keep them or start a new --out"
             )
     elif run_dir.exists() and any(run_dir.iterdir()):
         raise RCDMError(f"--out {str(run_dir)!r} is not empty: choose a new folder, or pass --resume")
