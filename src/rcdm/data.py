@@ -43,7 +43,19 @@ def list_images(root: str | Path) -> list[Path]:
                 f"({'/'.join(sorted(IMAGE_SUFFIXES))}): pass the folder that holds the images"
             )
         return [root]
-    files = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    named = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+    files = [p for p in named if p.is_file()]
+    unreadable = [p for p in named if not p.is_file() and not p.is_dir()]
+    if unreadable:  # a dangling link, a FIFO, a socket: reported, never opened (a FIFO would block)
+        shown = ", ".join(repr(str(p)) for p in unreadable[:3]) + (" ..." if len(unreadable) > 3 else "")
+        log.warning(
+            "skipped %d entr%s of %s that %s not a readable file (a broken link, a FIFO or a device): %s",
+            len(unreadable),
+            "y" if len(unreadable) == 1 else "ies",
+            str(root),
+            "is" if len(unreadable) == 1 else "are",
+            shown,
+        )
     if not files:
         raise RCDMError(
             f"no images in {str(root)!r}: put .jpg/.png/.webp files in it (any sub-folders are searched)"
@@ -57,7 +69,9 @@ def expand_image_args(paths: Iterable[str | Path]) -> list[Path]:
     for p in paths:
         p = Path(p).expanduser()
         if not p.exists():
-            raise RCDMError(f"image not found: {str(p)!r}")
+            raise RCDMError(f"image not found: {str(p)!r}" + (" (a broken link)" if p.is_symlink() else ""))
+        if not p.is_dir() and not p.is_file():
+            raise RCDMError(f"{str(p)!r} is not a regular file (a FIFO or a device?): pass an image file")
         out.extend(list_images(p) if p.is_dir() else [p])
     if not out:
         raise RCDMError("no images given: pass --images FILE_OR_FOLDER ...")
@@ -71,7 +85,11 @@ MAX_IMAGE_PIXELS = 64 * 2**20
 
 def _to_rgb(im: Image.Image) -> Image.Image:
     """RGB, with 16/32-bit grayscale scaled to 8 bits first (Pillow's convert('RGB') clips them at 255)."""
-    if im.mode in ("I;16", "I;16B", "I;16L", "I"):
+    if im.mode == "F":  # 32-bit float: [0, 1] as most float images are stored, else 0-255
+        arr = np.nan_to_num(np.asarray(im, dtype=np.float64), nan=0.0, posinf=0.0, neginf=0.0)
+        scale = 255.0 if arr.max(initial=0) <= 1.0 else 1.0
+        im = Image.fromarray(np.clip(np.rint(arr * scale), 0, 255).astype(np.uint8), mode="L")
+    elif im.mode in ("I;16", "I;16B", "I;16L", "I"):
         arr = np.asarray(im, dtype=np.float64)
         top = 65535.0 if im.mode.startswith("I;16") or arr.max(initial=0) > 255 else 255.0
         im = Image.fromarray(np.clip(np.rint(arr / top * 255.0), 0, 255).astype(np.uint8), mode="L")
@@ -81,6 +99,8 @@ def _to_rgb(im: Image.Image) -> Image.Image:
 def load_image(path: str | Path) -> Image.Image:
     """Open an image as RGB; an unreadable or too large file is an RCDMError naming it."""
     limit = int(os.environ.get("RCDM_MAX_IMAGE_PIXELS", MAX_IMAGE_PIXELS))
+    if Path(path).exists() and not Path(path).is_file():  # a FIFO would block open() for good
+        raise RCDMError(f"cannot read image {str(path)!r}: it is not a regular file")
     try:
         with Image.open(path) as im:
             w, h = im.size
