@@ -370,3 +370,58 @@ def test_a_model_folder_s_recorded_guidance_is_the_page_default(tmp_path: Path) 
     page = build_app([choice], "cpu")
     sliders = [c["props"] for c in page.config["components"] if c.get("type") == "slider"]
     assert [p["value"] for p in sliders if p.get("label", "").startswith("guidance")] == [3.5]
+
+
+def test_a_request_past_the_time_limit_is_stopped_with_a_message(tiny_model: Path) -> None:
+    app = build_app(discover_models([str(tiny_model)], trust_remote_code=True), "cpu", request_limit_s=1e-9)
+    url = start(app, "127.0.0.1", None)
+    try:
+        c = gradio_client.Client(url, verbose=False)
+        *_, status = c.predict(None, "cat.jpg", ["tiny"], *COMMON, api_name="/samples")
+    finally:
+        app.close()
+    assert status.startswith("**error:** stopped after 1e-09 s, the limit on one request"), status
+
+
+def test_uploads_are_deleted_when_the_app_stops(
+    tiny_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("GRADIO_TEMP_DIR", str(tmp_path / "gradio"))
+    Image.new("RGB", (SIZE, SIZE), (9, 99, 199)).save(tmp_path / "mine.png")
+    app = build_app(discover_models([str(tiny_model)], trust_remote_code=True), "cpu")
+    url = start(app, "127.0.0.1", None)
+    try:
+        c = gradio_client.Client(url, verbose=False)
+        c.predict(gradio_client.handle_file(str(tmp_path / "mine.png")), None, api_name="/check")
+        assert list((tmp_path / "gradio").rglob("mine.png")), "the upload never reached the app's folder"
+    finally:
+        app.close()
+    assert not list((tmp_path / "gradio").rglob("mine.png"))
+
+
+@pytest.mark.parametrize(
+    ("args", "says"),
+    [
+        (["--port", "-1"], "--port -1 is out of range: use a port from 1 to 65535"),
+        (["--port", "99999"], "--port 99999 is out of range"),
+        (["--device", "tpu"], "--device 'tpu' is not a device: use cpu, cuda, cuda:N or mps"),
+        (["--request-limit", "nan"], "--request-limit nan must be a number of seconds >= 0"),
+    ],
+)
+def test_bad_serving_options_are_one_line_before_anything_loads(
+    tiny_model: Path, capsys: pytest.CaptureFixture, args: list[str], says: str
+) -> None:
+    assert main(["app", "--model", str(tiny_model), "--trust-remote-code", *args]) == 2
+    err = capsys.readouterr().err.strip()
+    assert says in err and "\n" not in err, err
+
+
+def test_a_port_in_use_is_one_line(tiny_model: Path, capsys: pytest.CaptureFixture) -> None:
+    import socket
+
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        held.listen()
+        port = held.getsockname()[1]
+        assert main(["app", "--model", str(tiny_model), "--trust-remote-code", "--port", str(port)]) == 2
+    assert f"--port {port} on 127.0.0.1 is in use by another program" in capsys.readouterr().err

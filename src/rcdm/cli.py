@@ -13,6 +13,7 @@ import logging
 import sys
 
 from .commands.common import HelpFormatter
+from .devices import check_device
 from .errors import NonFiniteLossError, RCDMError
 
 COMMANDS = (
@@ -76,6 +77,10 @@ def main(argv: list[str] | None = None) -> int:
         # a log file or pipe: no progress bars, whose carriage returns garble it (training logs plain lines)
         args.no_progress = True
     try:
+        if isinstance(
+            getattr(args, "device", None), str
+        ):  # every command's --device, checked before any work
+            check_device(args.device)
         return int(args.func(args) or 0)
     except (RCDMError, NonFiniteLossError) as e:
         print(f"rcdm {args.command}: error: {e}", file=sys.stderr)

@@ -38,6 +38,31 @@ def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
+def check_device(text: str, what: str = "--device") -> torch.device:
+    """A device the user named, checked before any work: one line when it is no device or is not on this machine
+    (torch would fail later, at the first tensor moved, with a trace)."""
+    try:
+        device = torch.device(text)
+    except (RuntimeError, ValueError):
+        raise RCDMError(f"{what} {text!r} is not a device: use cpu, cuda, cuda:N or mps") from None
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise RCDMError(
+                f"{what} {text!r}: this machine has no CUDA GPU that torch can use: use --device cpu"
+            )
+        if device.index is not None and device.index >= count:
+            raise RCDMError(
+                f"{what} {text!r}: this machine has {count} CUDA GPU(s): use cuda:0 to cuda:{count - 1}"
+            )
+    elif device.type == "mps":
+        if not torch.backends.mps.is_available():
+            raise RCDMError(f"{what} {text!r}: Apple's MPS is not available here: use --device cpu")
+    elif device.type != "cpu":
+        raise RCDMError(f"{what} {text!r} is not a device rcdm runs on: use cpu, cuda, cuda:N or mps")
+    return device
+
+
 # cpuinfo flags of native bf16 matrix maths, with the names cards and tables print.
 NATIVE_BF16_FLAGS = {"amx_bf16": "AMX-BF16", "avx512_bf16": "AVX512-BF16"}
 

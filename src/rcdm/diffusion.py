@@ -18,6 +18,7 @@ from tqdm.auto import tqdm
 
 from .checks import check_guidance, check_rep_noise
 from .data import batched
+from .deadline import check_deadline
 from .devices import (
     Compile,
     Precision,
@@ -346,6 +347,7 @@ def sample(
         v_pred = model.prediction_type == "v_prediction" and not custom  # a custom scheduler reads v itself
         alphas = sched.alphas_cumprod.to(device)
         for i, t in enumerate(tqdm(ts, disable=not progress, desc=f"{sampler} sampling")):
+            check_deadline()
             tt = torch.full((cond.shape[0],), t, device=device, dtype=torch.long)
             xin = x if sampler == "ddpm" else sched.scale_model_input(x, sched.timesteps[i])
             if custom:

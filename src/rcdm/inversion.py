@@ -20,6 +20,7 @@ from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
 from .data import batched, load_views
+from .deadline import check_deadline
 from .devices import resolve_compile, resolve_precision
 from .diffusion import SamplingConfig, denoiser, guided_condition, sample
 from .encoders import Encoder
@@ -87,6 +88,7 @@ def invert_noise(
             guided = sampling.guidance != 1.0
             cond = guided_condition(model, rep, sampling.guidance, dtype)
             for t in tqdm(up.timesteps, disable=not progress, desc="inverting"):
+                check_deadline()
                 tt = torch.full((cond.shape[0],), int(t), device=device, dtype=torch.long)
                 pred = run(torch.cat([x, x]) if guided else x, tt, cond)[:, :3]
                 if guided:

@@ -16,6 +16,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from ..data import load_views, resize
+from ..deadline import check_deadline
 from ..devices import autocast_for
 from ..diffusion import SamplingConfig, resolve_sampling, sample_many, sampling_config
 from ..encoders import Encoder
@@ -80,6 +81,7 @@ def pgd(
                 anchor = encoder.logits(x).float().argmax(-1)
         delta = ((x + delta).clamp(0, 1) - x).detach()
         for _ in range(steps):
+            check_deadline()
             delta.requires_grad_(True)
             with autocast_for(device):
                 xa = x + delta

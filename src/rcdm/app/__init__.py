@@ -21,6 +21,8 @@ import torch
 
 from ..analysis.adversarial import DEFAULT_EPS
 from ..checks import check_guidance
+from ..deadline import time_limit
+from ..devices import check_device
 from ..errors import RCDMError
 from .models import (
     DEFAULT_PRESET,
@@ -37,6 +39,10 @@ from .models import (
     discover_models,
 )
 from .views import ViewResult, Views, _shown
+
+# Wall-clock seconds one request may sample before it is stopped with a message (`rcdm app --request-limit`): a
+# 16-sample, 3-model request of the CIFAR-10 pack at the default 20 steps takes about 10 s on 2 CPU cores.
+REQUEST_LIMIT_S = 120.0
 
 __all__ = [
     "ModelCache",
@@ -104,10 +110,13 @@ def build_app(
     prefill: bool = False,  # True: draw the Samples view of the first example now, so the page opens with it
     prior: tuple[Any, dict]
     | None = None,  # (RepresentationPrior, prior.json) from rcdm.prior.load_prior: a Dream tab
+    request_limit_s: float | None = REQUEST_LIMIT_S,
 ) -> Any:
-    """The gradio Blocks page over `choices` (see `discover_models`); models load on first use."""
+    """The gradio Blocks page over `choices` (see `discover_models`); models load on first use. A request that
+    samples longer than `request_limit_s` seconds is stopped with a message (None: no limit), so that one request
+    cannot hold the only queue slot for minutes."""
     gr = _import_gradio()
-    cache = ModelCache(choices, torch.device(device) if device else _default_device())
+    cache = ModelCache(choices, check_device(str(device)) if device else _default_device())
     views = Views(cache, prior)
     examples = [p.name for p in _demo_images()]
     augs = _augmentations()
@@ -128,7 +137,8 @@ def build_app(
 
     def run(fn: Callable[[], ViewResult]) -> tuple:
         try:
-            r = fn()
+            with time_limit(request_limit_s):
+                r = fn()
         except RCDMError as e:
             return None, [], "", f"**error:** {e}"
         except Exception as e:  # never a stack trace in the page; the log has it
@@ -149,7 +159,9 @@ def build_app(
             ok = False
         return gr.update(visible=ok)
 
-    with gr.Blocks(title="rcdm: what does a representation keep?") as app:
+    # delete_cache: uploads and drawn images older than an hour go every 10 minutes, and all of them when the app
+    # stops, so that anonymous uploads cannot fill the disk (each is capped at 64 MB by start()).
+    with gr.Blocks(title="rcdm: what does a representation keep?", delete_cache=(600, 3600)) as app:
         gr.Markdown(
             "## rcdm: what does a representation keep?\n"
             "Samples drawn from one image's representation: what stays the same across samples is what the "

@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import errno
+import math
+import socket
 
+from ..errors import RCDMError
 from .common import add_command, add_device_args
 
 EPILOG = """examples:
@@ -40,21 +44,36 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "samples, for each picked model conditioned on the prior's encoder (default: none, no Dream tab)",
     )
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default: this machine only)")
-    p.add_argument("--port", type=int, default=7860, help="port to serve on")
+    p.add_argument("--port", type=int, default=7860, help="port to serve on (1-65535)")
+    p.add_argument(
+        "--request-limit",
+        type=float,
+        default=None,
+        help="seconds one request may sample before it is stopped with a message, so one request cannot hold "
+        "the page for minutes; 0 = no limit (default: 120)",
+    )
     add_device_args(p)
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..app import build_app, discover_models, start  # lazily: the app module is only needed here
+    from ..app import REQUEST_LIMIT_S, build_app, discover_models, start  # lazily: only needed here
 
+    if not 1 <= args.port <= 65535:
+        raise RCDMError(f"--port {args.port} is out of range: use a port from 1 to 65535 (default 7860)")
+    limit = REQUEST_LIMIT_S if args.request_limit is None else args.request_limit
+    if not (math.isfinite(limit) and limit >= 0):
+        raise RCDMError(
+            f"--request-limit {args.request_limit} must be a number of seconds >= 0 (0 = no limit)"
+        )
+    check_port_free(args.host, args.port)
     choices = discover_models(args.model or (), args.runs or (), trust_remote_code=args.trust_remote_code)
     prior = None
     if args.prior:
         from ..prior import load_prior
 
         prior = load_prior(args.prior)  # a bad folder is refused before the page starts
-    app = build_app(choices, args.device, prior=prior)
+    app = build_app(choices, args.device, prior=prior, request_limit_s=limit or None)
     url = start(app, args.host, args.port)
     where = (
         "this machine only"
@@ -69,3 +88,19 @@ def run(args: argparse.Namespace) -> int:
     finally:
         app.close()
     return 0
+
+
+def check_port_free(host: str, port: int) -> None:
+    """Refuse, in one line, a port that another program holds (gradio would fail with a trace after loading)."""
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as gradio binds: a closing port is free
+        try:
+            s.bind((host, port))
+        except OSError as e:
+            if e.errno == errno.EADDRINUSE:
+                raise RCDMError(
+                    f"--port {port} on {host} is in use by another program: choose another --port"
+                ) from None
+            raise RCDMError(
+                f"cannot serve on {host}:{port}: {e.strerror or e}: check --host and --port"
+            ) from None
