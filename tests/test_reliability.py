@@ -60,6 +60,7 @@ def test_bad_training_settings_are_refused_before_any_work(few_images, tmp_path,
         ("--guidance", "nan", "--guidance nan"),
         ("--guidance", "1e30", "--guidance 1e+30 is out of range"),
         ("--guidance", "-50", "--guidance -50.0 is out of range"),
+        ("--num-samples", "1000000000", "--num-samples 1000000000 is too large: use at most 10,000"),
     ],
 )
 def test_bad_sampling_settings_are_refused_in_one_line(few_images, tmp_path, capsys, flag, value, says):
@@ -617,3 +618,10 @@ def test_guidance_is_bounded_wherever_it_comes_from(tmp_path):
         with pytest.raises(RCDMError, match=r"bundle.json's guidance .* is out of range"):
             _ = DemoBundle(tmp_path, {"guidance": bad}, []).guidance
     assert DemoBundle(tmp_path, {"guidance": 5}, []).guidance == 5.0
+
+
+def test_an_interpolation_of_a_hundred_million_points_is_refused_before_any_work(few_images, tmp_path, capsys):
+    images = [str(p) for p in sorted(few_images.iterdir())[:2]]
+    argv = ["analyze", "interpolate", "--model", str(tmp_path / "none"), "--images", *images]
+    assert main([*argv, "--num-steps", "100000000", "--out", str(tmp_path / "o")]) == 2
+    assert "--num-steps 100000000 is out of range: use 2" in capsys.readouterr().err

@@ -73,6 +73,16 @@ class InterpolationResult:
         }
 
 
+# Points along one path at most: a figure shows a few dozen; 1e8 of them took 25 GB before the first sample.
+MAX_POINTS = 1000
+
+
+def check_num_steps(num_steps: int, what: str = "num_steps") -> int:
+    if not 2 <= num_steps <= MAX_POINTS:
+        raise RCDMError(f"{what} {num_steps} is out of range: use 2 (t = 0 and t = 1) to {MAX_POINTS} points")
+    return num_steps
+
+
 def interpolate(
     model: RCDM,
     encoder: Encoder,
@@ -91,8 +101,7 @@ def interpolate(
         raise RCDMError(
             "interpolation needs a deterministic sampler so rows differ only by t: use dpm++ or ddim"
         )
-    if num_steps < 2:
-        raise RCDMError(f"num_steps {num_steps} is too small: use at least 2 (t = 0 and t = 1)")
+    check_num_steps(num_steps)
     for m in methods:
         if m not in METHODS:
             raise RCDMError(f"unknown interpolation {m!r}: choose from {', '.join(METHODS)}")

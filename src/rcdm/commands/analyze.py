@@ -28,7 +28,7 @@ from ..analysis import (
     variance_figure,
 )
 from ..analysis.adversarial import DEFAULT_EPS
-from ..analysis.interpolate import METHODS
+from ..analysis.interpolate import METHODS, check_num_steps
 from ..analysis.noise import noise_figure, noise_keeps
 from ..data import expand_image_args
 from ..devices import default_device
@@ -37,6 +37,7 @@ from ..files import output_folder
 from ..inversion import INVERT_DEFAULTS
 from ..loading import encoder_for, load_model
 from .common import (
+    MAX_SAMPLES_PER_IMAGE,
     add_command_group,
     add_model_args,
     add_overwrite_arg,
@@ -227,7 +228,7 @@ def _in_output_folder(run: Callable[[argparse.Namespace], int]) -> Callable[[arg
 
 def _setup(args: argparse.Namespace, model_source: str | None = None):
     """The model of --model and its encoder; or `model_source` (a comparison) with the encoder it records."""
-    positive("--num-samples", args.num_samples)
+    positive("--num-samples", args.num_samples, MAX_SAMPLES_PER_IMAGE)
     sampling_from_args(args)  # its settings are checked before any work
     if model_source is None:
         return load_model_and_encoder(args)
@@ -288,6 +289,7 @@ def run_interpolate(args: argparse.Namespace) -> int:
     paths = expand_image_args(args.images)
     if len(paths) < 2:
         raise RCDMError(f"interpolate needs two images but got {len(paths)}: pass --images A B")
+    check_num_steps(args.num_steps, "--num-steps")
     model, encoder = _setup(args)
     res = interpolate(
         model, encoder, paths[:2], num_steps=args.num_steps, methods=args.methods, **_sampling(args)

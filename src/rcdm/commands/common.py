@@ -177,7 +177,7 @@ def add_sampling_args(
 def sampling_from_args(args: argparse.Namespace) -> SamplingConfig:
     """The preset named by --sampling (default `SamplingConfig()`) with the options given on the command line."""
     if args.num_samples is not None:
-        positive("--num-samples", args.num_samples)
+        positive("--num-samples", args.num_samples, MAX_SAMPLES_PER_IMAGE)
     if args.batch_size is not None:
         positive("--batch-size", args.batch_size)
     if args.steps is not None:
@@ -201,9 +201,19 @@ def sampling_from_args(args: argparse.Namespace) -> SamplingConfig:
     )
 
 
-def positive(name: str, value: int) -> int:
+# The most samples one command draws per input image: more would not fit in memory as one batch of
+# representations (1e9 of them: 256 GB) and no figure shows them; several runs, each with its own --seed, can.
+MAX_SAMPLES_PER_IMAGE = 10_000
+
+
+def positive(name: str, value: int, most: int | None = None) -> int:
+    """A count of at least 1 (and at most `most`), or one line naming the option."""
     if value < 1:
         raise RCDMError(f"{name} {value} must be at least 1")
+    if most is not None and value > most:
+        raise RCDMError(
+            f"{name} {value} is too large: use at most {most:,} (split the work into several runs)"
+        )
     return value
 
 

@@ -303,6 +303,10 @@ def run_quality(args: argparse.Namespace) -> int:
     return _score(args, real, fake, out, cache)
 
 
+# Images one generation run writes at most (50,000 is the FID standard): one file each.
+MAX_GENERATED = 1_000_000
+
+
 def _total_samples(args: argparse.Namespace, num_refs: int) -> int:
     """--num-samples per reference image, or --total-samples in all (default 50,000)."""
     if args.num_samples is not None and args.total_samples is not None:
@@ -322,7 +326,8 @@ def _total_samples(args: argparse.Namespace, num_refs: int) -> int:
                 total,
             )
         return total
-    return positive("--total-samples", args.total_samples if args.total_samples is not None else 50_000)
+    total = args.total_samples if args.total_samples is not None else 50_000
+    return positive("--total-samples", total, MAX_GENERATED)
 
 
 def run_generate(args: argparse.Namespace) -> int:

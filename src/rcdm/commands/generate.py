@@ -57,7 +57,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    n = positive("--num-images", args.num_images)
+    n = positive("--num-images", args.num_images, 1_000_000)
     positive("--prior-steps", args.prior_steps)
     sampling = SamplingConfig(
         seed=check_seed(args.seed), batch_size=positive("--batch-size", args.batch_size)
