@@ -132,3 +132,17 @@ def random_inception(tmp_path, monkeypatch):
     weights = tmp_path / "weights-inception-2015-12-05-6726825d.pth"
     torch.save(net.state_dict(), weights)
     return net, weights, empty
+
+
+@pytest.fixture
+def pixels_model(tmp_path) -> Path:
+    """An untrained tiny RCDM folder on pixels:4 (a weight-free encoder): cheap to write, load and sample."""
+    import torch
+
+    from rcdm.encoders import create_encoder
+    from rcdm.model import RCDM
+
+    torch.manual_seed(0)
+    folder = tmp_path / "model"
+    RCDM.from_preset("tiny", **create_encoder("pixels:4").describe()).save_pretrained(folder)
+    return folder

@@ -179,20 +179,6 @@ def test_version(capsys):
 WEIGHTS = "diffusion_pytorch_model.rcdm.safetensors"
 
 
-@pytest.fixture
-def pixels_model(tmp_path) -> Path:
-    """An untrained tiny RCDM folder on pixels:4 (a weight-free encoder): cheap to write, load and sample."""
-    import torch
-
-    from rcdm.encoders import create_encoder
-    from rcdm.model import RCDM
-
-    torch.manual_seed(0)
-    folder = tmp_path / "model"
-    RCDM.from_preset("tiny", **create_encoder("pixels:4").describe()).save_pretrained(folder)
-    return folder
-
-
 def _sample_argv(model: Path, images: Path, out: Path, *extra: str) -> list[str]:
     image = str(sorted(images.iterdir())[0])
     return ["sample", "--model", str(model), "--images", image, "--num-samples", "1", "--steps", "2",

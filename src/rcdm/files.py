@@ -10,6 +10,7 @@ the commands all write through it.
 from __future__ import annotations
 
 import contextlib
+import errno
 import glob
 import os
 import re
@@ -17,8 +18,40 @@ import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
-from .errors import RCDMError
+from .errors import DiskFullError, RCDMError
 from .locks import output_lock
+
+# --- a full disk ---------------------------------------------------------------------------------------------
+
+_NO_SPACE = {errno.ENOSPC, errno.EDQUOT}
+
+
+def free_bytes(folder: Path) -> int | None:
+    with contextlib.suppress(OSError):
+        return shutil.disk_usage(next(p for p in (folder, *folder.parents) if p.exists())).free
+    return None
+
+
+def is_disk_full(e: BaseException, folder: Path, needed: int | None) -> bool:
+    """True for ENOSPC / EDQUOT, however the writer wrapped it (torch's zip writer and safetensors raise their
+    own errors), or when a write failed while less than `needed` bytes are free."""
+    for err in (e, e.__cause__, e.__context__):
+        if isinstance(err, OSError) and err.errno in _NO_SPACE:
+            return True
+    text = str(e)
+    if "No space left" in text or "os error 28" in text or "Disk quota exceeded" in text:
+        return True
+    free = free_bytes(folder)
+    return needed is not None and free is not None and free < needed
+
+
+def _disk_full_error(e: BaseException, path: Path, flag: str) -> DiskFullError:
+    free = free_bytes(path)
+    return DiskFullError(
+        f"the disk holding {flag} {str(path)!r} is full"
+        + (f" ({free / 1e6:,.1f} MB free)" if free is not None else "")
+        + ": nothing was written; free some space and run again"
+    )
 
 
 def fsync_tree(folder: Path) -> None:
@@ -80,6 +113,12 @@ def atomic_file(path: str | Path) -> Iterator[Path]:
     try:
         yield tmp
         os.replace(tmp, path)
+    except RCDMError:
+        raise
+    except Exception as e:
+        if is_disk_full(e, path.parent, None):
+            raise _disk_full_error(e, path, "the file") from e
+        raise
     finally:
         tmp.unlink(missing_ok=True)
 
@@ -159,5 +198,11 @@ def output_folder(
         try:
             yield tmp
             _swap_into(tmp, out)
+        except RCDMError:
+            raise
+        except Exception as e:
+            if is_disk_full(e, out, None):
+                raise _disk_full_error(e, out, flag) from e
+            raise
         finally:
             shutil.rmtree(tmp, ignore_errors=True)

@@ -9,7 +9,6 @@ a run folder: it holds RUN/.lock (`rcdm.locks.run_lock`), which names it to anyo
 from __future__ import annotations
 
 import contextlib
-import errno
 import json
 import logging
 import os
@@ -26,7 +25,7 @@ from safetensors import safe_open
 from torch import nn
 
 from .errors import DiskFullError, RCDMError
-from .files import atomic_dir
+from .files import atomic_dir, free_bytes, is_disk_full
 from .model import WEIGHTS_VARIANT
 
 log = logging.getLogger(__name__)
@@ -195,8 +194,6 @@ def reading_checkpoint(
 
 # --- a full disk --------------------------------------------------------------------------------------------
 
-_NO_SPACE = {errno.ENOSPC, errno.EDQUOT}
-
 
 def nbytes(*states: Mapping) -> int:
     """Bytes of the tensors in (nested) state dicts: what writing them needs, about."""
@@ -212,25 +209,6 @@ def nbytes(*states: Mapping) -> int:
 
 def _mb(n: float) -> str:
     return f"{n / 1e6:,.1f} MB"
-
-
-def _free(folder: Path) -> int | None:
-    with contextlib.suppress(OSError):
-        return shutil.disk_usage(next(p for p in (folder, *folder.parents) if p.exists())).free
-    return None
-
-
-def _is_disk_full(e: BaseException, folder: Path, needed: int | None) -> bool:
-    """True for ENOSPC / EDQUOT, however the writer wrapped it (torch's zip writer and safetensors raise their
-    own errors), or when a write failed while less than `needed` bytes are free."""
-    for err in (e, e.__cause__, e.__context__):
-        if isinstance(err, OSError) and err.errno in _NO_SPACE:
-            return True
-    text = str(e)
-    if "No space left" in text or "os error 28" in text or "Disk quota exceeded" in text:
-        return True
-    free = _free(folder)
-    return needed is not None and free is not None and free < needed
 
 
 @contextlib.contextmanager
@@ -249,14 +227,14 @@ def reporting_full_disk(
     except RCDMError:
         raise
     except Exception as e:
-        if not _is_disk_full(e, run_dir, needed):
+        if not is_disk_full(e, run_dir, needed):
             raise
         if partial is not None:
             shutil.rmtree(partial, ignore_errors=True)
         full, disk = run_dir, f"the disk holding {str(run_dir)!r}"
         if partial is None and isinstance(e, OSError) and e.filename:  # the file may be elsewhere (/dev/shm)
             full, disk, what = Path(e.filename), "the disk", repr(str(e.filename))
-        free = _free(full)
+        free = free_bytes(full)
         sizes = ", ".join(
             s
             for s in (
