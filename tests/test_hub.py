@@ -11,6 +11,7 @@ import torch
 from huggingface_hub import constants
 
 from rcdm.cli import main
+from rcdm.errors import RCDMError
 from rcdm.hub import parse_hub_ref, push
 from rcdm.loading import load_model, resolve_model_dir
 from rcdm.model import RCDM
@@ -125,3 +126,48 @@ def test_push_cli_refuses_a_bad_repo_id(tmp_path, capsys):
     tiny_model().save_pretrained(tmp_path / "m")
     assert main(["push", str(tmp_path / "m"), "not a repo"]) == 2
     assert "not a repo id" in capsys.readouterr().err
+
+
+def _unloadable(folder: Path, how: str) -> Path:
+    tiny_model().save_pretrained(folder)
+    weights = folder / "diffusion_pytorch_model.rcdm.safetensors"
+    if how == "config":
+        config = json.loads((folder / "config.json").read_text())
+        (folder / "config.json").write_text(json.dumps({**config, "dropout": 5.0}))
+    elif how == "nan":
+        from safetensors.torch import load_file, save_file
+
+        state = load_file(weights)
+        name = next(iter(state))
+        state[name] = torch.full_like(state[name], float("nan"))
+        save_file(state, weights)
+    else:  # a pickle under the safetensors name
+        torch.save({"x": torch.zeros(1)}, weights)
+    return folder
+
+
+@pytest.mark.parametrize("how", ["config", "nan", "pickle"])
+def test_push_refuses_a_model_that_would_not_load_before_uploading_anything(tmp_path, how):
+    api = RecordingApi()
+    with pytest.raises(RCDMError):
+        push(_unloadable(tmp_path / "m", how), "me/r", api=api)
+    assert api.repo is None and api.files == {}
+
+
+def test_push_without_the_network_is_one_line(tmp_path, capsys, monkeypatch):
+    tiny_model().save_pretrained(tmp_path / "m")
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    assert main(["push", str(tmp_path / "m"), "me/test", "--token", "hf_FAKEsecret123"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "cannot reach the hub to push to 'me/test'" in err, err
+    assert "hf_FAKEsecret123" not in err
+
+
+def test_push_refuses_a_damaged_run_record_and_a_hub_reference(tmp_path, capsys):
+    run = tmp_path / "run"
+    tiny_model().save_pretrained(run / "model")
+    (run / "run.json").write_text("{not json")
+    assert main(["push", str(run), "me/test"]) == 2
+    assert "cannot read the run's record" in capsys.readouterr().err
+    assert main(["push", "someone/else", "me/test"]) == 2
+    assert "rcdm push uploads a local folder, and 'someone/else' is none" in capsys.readouterr().err

@@ -15,10 +15,12 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+import httpx
 from huggingface_hub import HfApi, snapshot_download
 from huggingface_hub.errors import (
     HfHubHTTPError,
     LocalEntryNotFoundError,
+    OfflineModeIsEnabled,
     RepositoryNotFoundError,
     RevisionNotFoundError,
 )
@@ -131,6 +133,9 @@ def push(
     """Upload an rcdm model folder and its model card to `repo_id` (created if missing); returns the repo URL."""
     if parse_hub_ref(repo_id) is None or "@" in repo_id:
         raise RCDMError(f"{repo_id!r} is not a repo id: use user/repo")
+    from .loading import load_model  # loading resolves hub references through this module
+
+    load_model(model_dir)  # what users would download must load: config, strict weights, all finite
     config = json.loads((model_dir / "config.json").read_text())
     api = api or HfApi(token=token)
     with tempfile.TemporaryDirectory() as tmp:
@@ -149,5 +154,10 @@ def push(
         except HfHubHTTPError as e:
             raise RCDMError(
                 f"the hub refused the push to {repo_id!r}: {first_line(e)} (log in with `huggingface-cli login`)"
+            ) from None
+        except (OfflineModeIsEnabled, httpx.TransportError) as e:
+            raise RCDMError(
+                f"cannot reach the hub to push to {repo_id!r} ({type(e).__name__}: {first_line(e)}): "
+                "check the network (and that HF_HUB_OFFLINE is not set), then run again"
             ) from None
     return str(url)

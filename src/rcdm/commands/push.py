@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
+from ..errors import RCDMError
 from ..hub import push
 from ..loading import resolve_model_dir
 from .common import add_command, read_json_object
@@ -31,9 +31,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if not Path(args.model).is_dir():
+        raise RCDMError(
+            f"rcdm push uploads a local folder, and {args.model!r} is none: pass a run folder from `rcdm train` "
+            "or a saved model folder"
+        )
     folder = resolve_model_dir(args.model)
     run_json = Path(args.model) / "run.json"
-    settings = json.loads(run_json.read_text()) if run_json.is_file() else None
+    settings = read_json_object(str(run_json), "the run's record") if run_json.is_file() else None
     metrics = read_json_object(args.metrics, "--metrics")
     url = push(folder, args.repo, run=settings, metrics=metrics, private=args.private, token=args.token)
     print(f"pushed {folder} to {url}")
