@@ -606,7 +606,9 @@ def test_guidance_is_bounded_wherever_it_comes_from(tmp_path):
     assert DemoBundle(tmp_path, {"guidance": 5}, []).guidance == 5.0
 
 
-def test_an_interpolation_of_a_hundred_million_points_is_refused_before_any_work(few_images, tmp_path, capsys):
+def test_an_interpolation_of_a_hundred_million_points_is_refused_before_any_work(
+    few_images, tmp_path, capsys
+):
     images = [str(p) for p in sorted(few_images.iterdir())[:2]]
     argv = ["analyze", "interpolate", "--model", str(tmp_path / "none"), "--images", *images]
     assert main([*argv, "--num-steps", "100000000", "--out", str(tmp_path / "o")]) == 2

@@ -24,7 +24,8 @@ from ..pack.evaluation import (
 )
 from ..pack.gates import gate_metrics, parse_steps
 from ..pack.rcdms import RCDM_PROFILES, RCDMRecipe, train_rcdms
-from ..pack.ssl import SSLConfig, resolve_config, train_encoder
+from ..pack.ssl import train_encoder
+from ..pack.ssl_config import SSLConfig, resolve_config
 from ..pack.write import MAX_BUNDLE_MB, pack
 from .common import (
     add_command_group,

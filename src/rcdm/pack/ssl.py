@@ -21,9 +21,8 @@ import os
 import shutil
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -32,7 +31,6 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import v2
 from tqdm.auto import tqdm
 
-from ..checks import check_seed
 from ..devices import autocast_for, cpu_seconds, device_name, git_commit, training_precision
 from ..encoders import create_encoder
 from ..encoders.cifar import (
@@ -57,50 +55,16 @@ from ..runs import (
 )
 from ..train_config import check_output_folder
 from .cifar10 import cifar10_root, labelled_files, load_uint8
+from .ssl_config import SSLConfig, validate_ssl_config
 
 log = logging.getLogger(__name__)
 
-Objective = Literal["vicreg", "supervised"]
-OBJECTIVES: tuple[str, ...] = ("vicreg", "supervised")
 CIFAR_LICENSE = (
     "CIFAR-10 (Krizhevsky, 2009, 'Learning Multiple Layers of Features from Tiny Images'): the authors publish "
     "no formal license; it is distributed for research use. Weights trained on it inherit that status."
 )
 EPOCH = "epoch-*"  # checkpoint folders: RUN_DIR/checkpoints/epoch-NNNN/ holding EPOCH_FILES
 EPOCH_FILES: tuple[str, ...] = ("net.safetensors", "optimizer.pt", "state.json")
-
-
-@dataclass(frozen=True)
-class SSLConfig:
-    """Run settings for `train_encoder`; written to RUN_DIR/recipe.json. Defaults: the GPU recipe (docs/recipes.md)."""
-
-    data: str  # CIFAR-10 root with train/<class>/*.jpg and test/<class>/*.jpg, or the cifar10-jpeg.tar.gz
-    objective: Objective = "vicreg"
-    epochs: int = 30
-    batch_size: int = 512
-    lr: float = 2e-3  # AdamW peak learning rate (linear warm-up, cosine decay to 0)
-    weight_decay: float = 1e-4
-    warmup_epochs: int = 2
-    depth: int = 20
-    width: int = 2
-    projector: tuple[int, ...] = (512, 512, 512)  # VICReg expander widths (ignored for supervised)
-    # VICReg coefficients (paper defaults): invariance, variance, covariance.
-    sim_coeff: float = 25.0
-    std_coeff: float = 25.0
-    cov_coeff: float = 1.0
-    # SSL augmentations (VICReg / SimCLR CIFAR recipe). The supervised objective uses pad-4 crop + flip.
-    min_crop: float = 0.2  # RandomResizedCrop scale lower bound
-    jitter: float = 0.8  # probability of colour jitter (0.4, 0.4, 0.2, 0.1)
-    grayscale: float = 0.2
-    solarize: float = 0.1
-    blur: float = 0.0  # off by default at 32 px
-    knn_k: int = 20
-    knn_temperature: float = 0.07
-    limit: int | None = None  # use only this many images of each split, class-balanced (tests, smoke runs)
-    smoke: bool = False  # a tiny / test run: `rcdm recipe pack` refuses it without --allow-smoke
-    seed: int = 0
-    num_workers: int = 8
-    mixed_precision: Literal["auto", "fp32", "no", "bf16"] = "auto"  # auto: bf16 on GPU and bf16-native CPUs
 
 
 @dataclass
@@ -285,12 +249,7 @@ def train_encoder(
     Holds RUN_DIR/.lock meanwhile (a second run in the folder is refused); a full disk raises DiskFullError.
     """
     run_dir = Path(run_dir)
-    if cfg.objective not in OBJECTIVES:
-        raise RCDMError(f"unknown objective {cfg.objective!r}: choose one of {', '.join(OBJECTIVES)}")
-    for name in ("epochs", "batch_size"):
-        if getattr(cfg, name) < 1:
-            raise RCDMError(f"{name} {getattr(cfg, name)} must be at least 1")
-    check_seed(cfg.seed)
+    validate_ssl_config(cfg)
     root = cifar10_root(cfg.data)
     check_output_folder(run_dir)  # a writable folder (created), or one line saying why not
     with (
@@ -327,6 +286,13 @@ def _train_encoder(
     test_files, test_labels, test_classes = labelled_files(root / "test", cfg.limit)
     if classes != test_classes:
         raise RCDMError(f"train classes {classes} and test classes {test_classes} differ in {str(root)!r}")
+    for split, labels in (("train", train_labels), ("test", test_labels)):
+        if len(set(labels)) < 2:  # one class: every k-NN (and linear) prediction is right, and means nothing
+            raise RCDMError(
+                f"the {split} split of {str(root)!r} has images of {len(set(labels))} class(es) "
+                f"({', '.join(classes[i] for i in sorted(set(labels)))}): the k-NN accuracy needs two classes or "
+                "more, so add class folders" + (" or raise --limit" if cfg.limit is not None else "")
+            )
     if cfg.batch_size > len(train_files):
         raise RCDMError(
             f"batch size {cfg.batch_size} exceeds the {len(train_files)} training images: lower --batch-size"
@@ -487,10 +453,3 @@ def _train_encoder(
         state["cpu_time_s"],
         state["cpu_time_from_epoch"],
     )
-
-
-def resolve_config(given: dict) -> SSLConfig:
-    """CLI options (None = unset) -> SSLConfig; a tuple field accepts a list."""
-    cfg = SSLConfig(data=given.pop("data"))
-    clean = {k: (tuple(v) if isinstance(v, list) else v) for k, v in given.items() if v is not None}
-    return replace(cfg, **clean)
