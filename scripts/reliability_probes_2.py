@@ -1,22 +1,22 @@
-"""Replay the bad probes of the second reliability review (../shared/reviews/reliability.md, 2026-12-02) on this tree.
+"""Replay the bad probes of the second reliability review (../shared/reviews/reliability.md, 2026-12-02).
 
     python scripts/reliability_probes_2.py [--work DIR] [--only APP-seedneg,M-dropout5] > probes2.md
 
-The review ran 277 probes; this replays the 79 it rated bad-traceback, bad-silent, bad-hang or bad-security, with
-its commands (or the closest the fixtures here allow), on fixtures it builds in --work (default: a new temp dir):
-copies of the bundled model with one config.json value changed (mdl/*), crafted encoder cards (enc/*) and bundles
-(bundles/*), a seeded Hugging Face cache (hf/, HF_HUB_OFFLINE=1), a FIFO, a dangling symlink, small runs.
-It prints one Markdown row per probe: id, verdict, exit code, last line of output, and a note (why a row is bad).
+The review ran 277 probes; this replays the 79 it rated bad-traceback, bad-silent, bad-hang or bad-security,
+with its commands (or the closest the fixtures here allow), on fixtures built in --work (default: a new temp
+dir): copies of the bundled model with one config.json value changed (mdl/), crafted encoder cards (enc/) and
+bundles (bundles/), a seeded Hugging Face cache (hf/, HF_HUB_OFFLINE=1), a FIFO, a dangling symlink, small runs.
+One Markdown row per probe: id, verdict, exit code, last line of output, note (why a row is bad, and timing).
 
-The review's expectations: a user mistake exits 2 with one `rcdm ...: error:` line naming the bad value, no
-traceback and no "internal error"; nothing silently wrong (an output folder that is not the command's own earlier
-output is refused without --overwrite, an absurd guidance or NaN is refused, a half-written result is not left);
-no hang (every command has a timeout, and a timeout is bad). Every command runs under `ulimit -v 8000000` (the
-app under 12 GB): a probe of the review took all 23 GB of RAM without one. App probes start `rcdm app` on a free
-port (TMPDIR in --work, so its gradio upload folder is known) and call its API by raw POST
+Expectations (the review's): a user mistake exits 2 with one `rcdm ...: error:` line naming the bad value, no
+traceback, no "internal error"; nothing silently wrong (an --out that is not the command's own earlier output
+is refused without --overwrite, absurd guidance and NaN are refused, no half-written result is left); no hang
+(every command has a timeout, and a timeout is bad). Every command runs under `ulimit -v 8000000` (the app
+under 12 GB): one probe of the review took all 23 GB of RAM without a cap. App probes start `rcdm app` on a
+free port (TMPDIR in --work, so gradio's upload folder is known) and call its API by raw POST
 /gradio_api/call/ENDPOINT (NaN included), parameters matched by name against /gradio_api/info; good there is a
-one-line `**error:**` status (or a gradio error event with a message), never "unexpected error". Full-disk probes
-need root (20 MB tmpfs); without it their rows say n/a. About 15 minutes on 2 cores; logs in WORK/logs/ID.log.
+one-line `**error:**` status (or a gradio error event with a message), never "unexpected error".
+Full-disk probes need root (20 MB tmpfs); without it their rows say n/a. Logs: WORK/logs/ID.log.
 """
 
 from __future__ import annotations
@@ -42,26 +42,26 @@ from functools import cache
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-_spec = importlib.util.spec_from_file_location(
-    "reliability_probes", ROOT / "scripts" / "reliability_probes.py"
-)
+_spec = importlib.util.spec_from_file_location("reliability_probes", ROOT / "scripts" / "reliability_probes.py")
 rp = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(rp)  # the first runner: its output helpers and the shared data folder
 last_line, traceback = rp.last_line, rp.traceback
 
 MODELS = ROOT / "src" / "rcdm" / "assets" / "models"
-BB = "$M/rcdm-cifar10-vicreg-backbone"  # $M is set in every command's environment, as in the review
+BB = "$M/rcdm-cifar10-vicreg-backbone"  # $M: the bundled models, set in every command's environment
 VLIMIT_KB, APP_VLIMIT_KB, TIMEOUT = 8_000_000, 12_000_000, 120
 TOKEN = "hf_FAKEsecretTOKEN1234567890abcdef"
 PY = shlex.quote(sys.executable)
-S1 = "--images data/imgs8/cat.jpg --num-samples 1 --steps 2"
+CAT = "--images data/imgs8/cat.jpg"
+S1 = f"{CAT} --num-samples 1 --steps 2"
 CATDOG = "--images data/imgs8/cat.jpg data/imgs8/dog.jpg"
 SSL = "--epochs 1 --batch-size 4 --depth 8 --width 1 --projector 16 16 --num-workers 0 --no-progress"
 MANIP = (
-    f"analyze manipulate --model {BB} --images data/imgs8/cat.jpg --num-samples 1 --steps 2 --neighbours "
-    "data/imgs8 --target data/imgs8/dog.jpg --k 4 --n-common 2"
+    f"analyze manipulate --model {BB} {S1} --neighbours data/imgs8 --target data/imgs8/dog.jpg --k 4"
+    " --n-common 2"
 )
 FCACHE = "train --data data/imgs8 --encoder pixels:4 --preset tiny --steps 2 --batch-size 4 --no-progress"
+PACK = "recipe pack --runs runs/rroot --only rcdm-cifar10-vicreg-backbone --allow-smoke"
 WORK = Path(".")
 CURRENT = ["setup"]  # the probe running now: its commands' output goes to WORK/logs/ID.log
 
@@ -87,7 +87,7 @@ def base_env() -> dict:
 
 
 def start(script: str, *, env: dict | None = None, vlimit: int = VLIMIT_KB, stdout=subprocess.PIPE):
-    """`bash -c 'ulimit -v VLIMIT; SCRIPT'` in WORK, in its own process group, Ctrl-C (SIGINT) not ignored."""
+    """`bash -c 'ulimit -v VLIMIT; SCRIPT'` in WORK, in its own process group, with Ctrl-C (SIGINT) not ignored."""
     return subprocess.Popen(
         ["bash", "-c", f"ulimit -v {vlimit}; {script}"],
         cwd=WORK,
@@ -137,19 +137,14 @@ def row(ok: bool | None, rc, line: str, note: str = "") -> tuple:
 
 
 def internal(p: subprocess.CompletedProcess) -> str:
-    hits = [
-        x.strip() for x in (p.stdout + p.stderr).splitlines() if "internal error" in x or "Traceback (" in x
-    ]
-    return hits[0][:200] if hits or not traceback(p) else "traceback"
-
-
-def names(text: str, words) -> list[str]:
-    """The entries of `words` (each 'a|b': a or b) that `text` does not mention."""
-    return [w for w in words if not any(a.lower() in text.lower() for a in w.split("|"))]
+    """The internal-error line (or 'traceback') when rcdm's safety net or a traceback shows; else ''."""
+    hits = [x.strip() for x in (p.stdout + p.stderr).splitlines() if "internal error" in x]
+    return hits[0][:200] if hits else "traceback" if traceback(p) else ""
 
 
 def refused(p, *words: str, forbid: tuple[str, ...] = (), not_words: tuple[str, ...] = ()) -> tuple:
-    """The review's expectation for a user mistake: exit 2, one error line naming `words`, no traceback."""
+    """The review's expectation for a user mistake: exit 2, one error line naming `words` (each 'a|b': a or b),
+    no traceback; `forbid`: never printed; `not_words`: not the reason given."""
     problems = []
     if p.returncode == 124:
         problems.append("no answer before its timeout (killed)")
@@ -157,24 +152,24 @@ def refused(p, *words: str, forbid: tuple[str, ...] = (), not_words: tuple[str, 
         problems.append(f"exit {p.returncode}")
     if ie := internal(p):
         problems.append(ie)
-    errors = [x for x in p.stderr.splitlines() if ": error:" in x]
+    errors = " ".join(x for x in p.stderr.splitlines() if ": error:" in x)
     if p.returncode == 2:
-        if len(errors) != 1:
-            problems.append(f"{len(errors)} error lines")
-        if missing := names(" ".join(errors), words):
+        if (n := p.stderr.count(": error:")) != 1:
+            problems.append(f"{n} error lines")
+        if missing := [w for w in words if not any(a.lower() in errors.lower() for a in w.split("|"))]:
             problems.append(f"the error does not name {' / '.join(missing)}")
-        if said := [w for w in not_words if w.lower() in " ".join(errors).lower()]:
-            problems.append(f"refused for the wrong reason ({said})")
+        if said := [w for w in not_words if w.lower() in errors.lower()]:
+            problems.append(f"refused for another reason ({', '.join(said)})")
     if leaked := [f for f in forbid if f in p.stdout + p.stderr]:
         problems.append(f"printed {leaked}")
     return row(not problems, p.returncode, last_line(p), "; ".join(problems))
 
 
 def also(res: tuple, ok: bool, why: str) -> tuple:
-    """`res`, made bad with `why` when `ok` is false."""
-    if ok:
+    """`res`, made bad with `why` added when `ok` is false (a note only when ok is None)."""
+    if ok is True or not why:
         return res
-    return row(False, res[1], res[2], "; ".join(filter(None, [res[3], why])))
+    return (res[0] if ok is None else "bad", res[1], res[2], "; ".join(filter(None, [res[3], why])))
 
 
 def digest(*paths: Path) -> str:
@@ -186,26 +181,25 @@ def digest(*paths: Path) -> str:
     return h.hexdigest()
 
 
-def unchanged(cmd: str, *paths: Path, words=()) -> tuple:
-    """`cmd` must be refused (exit 2, one line) and leave `paths` as they were."""
+def unchanged(cmd: str, *paths: str) -> tuple:
+    """`rcdm CMD` must be refused (exit 2, one line) and leave `paths` (under WORK) as they were."""
     before = digest(*[WORK / p for p in paths])
-    res = refused(r(cmd), *words)
-    return also(res, digest(*[WORK / p for p in paths]) == before, f"{', '.join(map(str, paths))} changed")
+    res = refused(r(cmd))
+    return also(res, digest(*[WORK / p for p in paths]) == before, f"{', '.join(paths)} changed")
 
 
 # --- fixtures --------------------------------------------------------------------------------------------------
 
 
 def cifar_root() -> Path:
-    cache_dir = Path(os.environ.get("RCDM_CACHE", Path.home() / ".cache" / "rcdm")) / "cifar10"
-    if not (
-        cache_dir / ".extracted"
-    ).exists():  # as rcdm.pack.cifar10.cifar10_root does, without importing rcdm
-        cache_dir.mkdir(parents=True, exist_ok=True)
+    """The extracted CIFAR-10 copy, as rcdm.pack.cifar10.cifar10_root makes it (without importing torch here)."""
+    root = Path(os.environ.get("RCDM_CACHE", Path.home() / ".cache" / "rcdm")) / "cifar10"
+    if not (root / ".extracted").exists():
+        root.mkdir(parents=True, exist_ok=True)
         with tarfile.open(rp.SHARED / "cifar10" / "cifar10-jpeg.tar.gz") as tar:
-            tar.extractall(cache_dir, filter="data")
-        (cache_dir / ".extracted").touch()
-    return cache_dir
+            tar.extractall(root, filter="data")
+        (root / ".extracted").touch()
+    return root
 
 
 def edit_json(path: Path, fn) -> None:
@@ -218,15 +212,13 @@ def build_fixtures(work: Path) -> None:
     import numpy as np
     from PIL import Image
 
-    cifar = cifar_root()
-    d = work / "data"
-    classes = sorted(p.name for p in (cifar / "test").iterdir())
+    cifar, d = cifar_root(), work / "data"
     (d / "imgs8").mkdir(parents=True)
-    for c in classes[:8]:
+    for c in sorted(p.name for p in (cifar / "test").iterdir())[:8]:  # airplane ... cat, dog ... horse
         shutil.copyfile(cifar / "test" / c / "0000.jpg", d / "imgs8" / f"{c}.jpg")
-    for root, cls, n_train, n_test in (("mini", ("cat", "dog"), 6, 4), ("rec-oneclass", ("cat",), 4, 4)):
+    for root, classes, n_train, n_test in (("mini", ("cat", "dog"), 6, 4), ("rec-oneclass", ("cat",), 4, 4)):
         for split, n in (("train", n_train), ("test", n_test)):
-            for c in cls:
+            for c in classes:
                 (d / root / split / c).mkdir(parents=True)
                 for i in range(n):
                     shutil.copyfile(cifar / split / c / f"{i:04d}.jpg", d / root / split / c / f"{i:04d}.jpg")
@@ -239,8 +231,8 @@ def build_fixtures(work: Path) -> None:
     (work / "out" / "afile.txt").write_text("not an image\n")
     (work / "out" / "userdir" / "unet" / "config.json").write_text("my notes\n")
     Image.new("RGB", (64, 48), "orange").save(work / "out" / "myphotos" / "figure.png")
-    rng = np.random.default_rng(0)
-    Image.fromarray(rng.random((32, 32), dtype=np.float32), mode="F").save(work / "up" / "float.tif")
+    noise = np.random.default_rng(0).random((32, 32), dtype=np.float32)  # values in [0, 1], mean ~0.5
+    Image.fromarray(noise, mode="F").save(work / "up" / "float.tif")
     for w in (20000, 60000):
         Image.new("RGB", (w, 1), "white").save(work / "up" / f"thin{w}.png")
 
@@ -251,30 +243,23 @@ def build_fixtures(work: Path) -> None:
         return dst
 
     model("good")
-    for name, changes in {
-        "bigchan": {"block_out_channels": [100000, 96, 96]},
-        "bigchan1": {"block_out_channels": [64]},
-        "sample100k": {"sample_size": 100000},
-        "sample1": {"sample_size": 1},
-        "sample33": {"sample_size": 33},
-        "dropout5": {"dropout": 5.0},
-        "dropoutneg": {"dropout": -1.0},
-        "dropoutnan": {"dropout": float("nan")},
-        "blocktype": {"down_block_types": ["os.system", "AttnDownBlock2D", "AttnDownBlock2D"]},
-        "repdim_huge": {"representation_dim": 10**12},
-        "enc_ossystem": {"encoder": "module:os:system"},
-    }.items():
-        model(name, **changes)
+    model("bigchan", block_out_channels=[100000, 96, 96])
+    model("bigchan1", block_out_channels=[64])  # a list of another length than the block types
+    model("sample100k", sample_size=100000)
+    model("sample1", sample_size=1)
+    model("sample33", sample_size=33)
+    model("dropout5", dropout=5.0)
+    model("dropoutneg", dropout=-1.0)
+    model("dropoutnan", dropout=float("nan"))
+    model("blocktype", down_block_types=["os.system", "AttnDownBlock2D", "AttnDownBlock2D"])
+    model("repdim_huge", representation_dim=10**12)
+    model("enc_ossystem", encoder="module:os:system")
     weights = model("pickle_named_st") / "diffusion_pytorch_model.rcdm.safetensors"
     weights.write_bytes(pickle.dumps({"unet.conv_out.weight": [0.0] * 16}, protocol=4))
-    for name, arch in (
-        ("evilenc", {"width": 100000}),
-        ("evilenc2", {"projector": [-5]}),
-        ("w300", {"width": 300}),
-    ):
+    for name, arch in (("evilenc", {"width": 100000}), ("evilenc2", {"projector": [-5]}), ("w300", {"width": 300})):
         shutil.copytree(MODELS / "cifar10-vicreg-r20w1", work / "enc" / name)
         edit_json(work / "enc" / name / "card.json", lambda c, a=arch: c["arch"].update(a))
-    repo = work / "hf" / "hub" / "models--evil--good"
+    repo = work / "hf" / "hub" / "models--evil--good"  # evil/good, cached at revision main = aaa...a
     (repo / "refs").mkdir(parents=True)
     (repo / "refs" / "main").write_text("a" * 40)
     shutil.copytree(work / "mdl" / "good", repo / "snapshots" / ("a" * 40))
@@ -288,27 +273,24 @@ def build_fixtures(work: Path) -> None:
     edit_json(card, lambda c: c["arch"].update(width=100000))
 
 
+BASELINES = {  # the normal runs some probes compare against, made once on first use
+    "b0": [f"sample --model {BB} {CAT} --num-samples 2 --steps 5 --out out/b0"],
+    "exp1": [f"export {BB} --out out/exp1"],
+    "ana1": [f"analyze variance --model {BB} {CAT} --num-samples 2 --steps 2 --out out/ana1"],
+    "f2": [f"evaluate faithfulness --model {BB} --images data/imgs8 --num-samples 1 --steps 2 --out out/f2.json"],
+    "mcache": [f"{MANIP} --cache out/mcache --out out/am7"],
+    "fc": [f"{FCACHE} --feature-cache out/fc.safetensors --out runs/fc1"],
+    "rroot": [
+        f"recipe ssl --data data/mini {SSL} --out runs/rroot/ssl",
+        "recipe rcdm --runs runs/rroot --data data/mini --preset tiny --steps 2 --batch-size 4 --save-every 1"
+        " --num-workers 0 --no-progress --only rcdm-cifar10-vicreg-backbone",
+    ],
+}
+
+
 @cache
 def baseline(name: str) -> None:
-    """The normal runs some probes compare against (made once, on first use)."""
-    cmds = {
-        "b0": [f"sample --model {BB} --images data/imgs8/cat.jpg --num-samples 2 --steps 5 --out out/b0"],
-        "exp1": [f"export {BB} --out out/exp1"],
-        "ana1": [
-            f"analyze variance --model {BB} --images data/imgs8/cat.jpg --num-samples 2 --steps 2 --out out/ana1"
-        ],
-        "f2": [
-            f"evaluate faithfulness --model {BB} --images data/imgs8 --num-samples 1 --steps 2 --out out/f2.json"
-        ],
-        "mcache": [f"{MANIP} --cache out/mcache --out out/am7"],
-        "fc": [f"{FCACHE} --feature-cache out/fc.safetensors --out runs/fc1"],
-        "rroot": [
-            f"recipe ssl --data data/mini {SSL} --out runs/rroot/ssl",
-            "recipe rcdm --runs runs/rroot --data data/mini --preset tiny --steps 2 --batch-size 4 --save-every 1"
-            " --num-workers 0 --no-progress --only rcdm-cifar10-vicreg-backbone",
-        ],
-    }[name]
-    for cmd in cmds:
+    for cmd in BASELINES[name]:
         ok_or_setup(r(cmd, timeout=600), f"baseline `rcdm {cmd}`")
 
 
@@ -338,13 +320,11 @@ def free_port() -> int:
 
 @contextmanager
 def full_disk(name: str):
-    """A 20 MB tmpfs at WORK/full/NAME filled to its last 24 KB (as the review's dd count=20456); None if not root."""
+    """A 20 MB tmpfs at WORK/full/NAME with 24 KB left (the review's dd count=20456), or None when not root."""
     mnt = WORK / "full" / name
     mnt.mkdir(parents=True)
-    if (
-        os.geteuid() != 0
-        or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=20m", "tmpfs", str(mnt)]).returncode
-    ):
+    mount = ["mount", "-t", "tmpfs", "-o", "size=20m", "tmpfs", str(mnt)]
+    if os.geteuid() != 0 or subprocess.run(mount, capture_output=True).returncode:
         yield None
         return
     try:
@@ -355,26 +335,25 @@ def full_disk(name: str):
 
 
 def diskfull(name: str, cmd: str, target: str) -> tuple:
+    """`cmd` with --out OUT on a full disk: one line naming the disk/space, no broken or partial files left."""
     with full_disk(name) as mnt:
         if mnt is None:
             return row(None, "-", "", "could not run: mounting a tmpfs needs root")
         res = refused(r(cmd.replace("OUT", f"full/{name}/{target}")), "space|disk")
-        left = [f for f in mnt.rglob("*") if f.name != "fill" and (f.is_file() or not any(f.iterdir()))]
-        empty = [str(f.relative_to(mnt)) for f in left if f.is_file() and f.stat().st_size == 0]
-        partial = [
-            str(f.relative_to(mnt)) for f in left if str(f.relative_to(mnt)).startswith(target.split(".")[0])
-        ]
-        res = also(res, not empty, f"left 0-byte files {empty}")
-        res = also(res, not partial, f"left a partial --out {partial[:4]}")
-        others = sorted({str(f.relative_to(mnt)) for f in left} - set(partial))
-        return (*res[:3], "; ".join(filter(None, [res[3], others and f"also left {others[:4]}"])))
+        files = [str(f.relative_to(mnt)) for f in mnt.rglob("*") if f.is_file() and f.name != "fill"]
+        empty = [f for f in files if (mnt / f).stat().st_size == 0]
+        mine = (target, Path(target).stem + ".md")
+        partial = [f for f in files if f.split("/")[0] in mine]
+        res = also(res, not empty, f"left 0-byte files {empty[:4]}")
+        res = also(res, not partial, f"left a partial --out: {partial[:4]}")
+        return also(res, None, f"also left {sorted(set(files) - set(partial))[:4]}" if files else "")
 
 
 # --- the app ---------------------------------------------------------------------------------------------------
 
 
 class App:
-    """`rcdm app ARGS` on a free port, its TMPDIR (so gradio's upload folder) in WORK/apptmp/NAME."""
+    """`rcdm app ARGS` on a free port, with TMPDIR (so gradio's upload folder) in WORK/apptmp/NAME."""
 
     def __init__(self, args: str, name: str):
         import httpx
@@ -402,39 +381,34 @@ class App:
         text = self.log_path.read_text()
         return subprocess.CompletedProcess(self.p.args, self.p.poll(), text, text)
 
-    @cache  # noqa: B019 (one App per session)
-    def params(self, endpoint: str) -> list[tuple[str, object]]:
+    def params(self, endpoint: str) -> list[dict]:
+        """The endpoint's parameters now (name, default, type), from /gradio_api/info."""
         info = self.http.get(self.url + "/gradio_api/info", timeout=30).json()["named_endpoints"]
         if f"/{endpoint}" not in info:
             raise SetupError(f"the app has no /{endpoint} endpoint now: {sorted(info)}")
-        return [(p["parameter_name"], p.get("parameter_default")) for p in info[f"/{endpoint}"]["parameters"]]
+        return info[f"/{endpoint}"]["parameters"]
 
     def choices(self, endpoint: str, name: str) -> list[str]:
-        info = self.http.get(self.url + "/gradio_api/info", timeout=30).json()["named_endpoints"]
-        t = next(p["type"] for p in info[f"/{endpoint}"]["parameters"] if p["parameter_name"] == name)
+        t = next(p["type"] for p in self.params(endpoint) if p["parameter_name"] == name)
         return t.get("enum") or t.get("items", {}).get("enum") or []
 
     def upload(self, path: Path) -> dict:
         with open(path, "rb") as f:
-            got = self.http.post(
-                self.url + "/gradio_api/upload", files=[("files", (path.name, f))], timeout=120
-            )
+            got = self.http.post(f"{self.url}/gradio_api/upload", files=[("files", (path.name, f))], timeout=120)
         got.raise_for_status()
         return {"path": got.json()[0], "orig_name": path.name, "meta": {"_type": "gradio.FileData"}}
 
     def call(self, endpoint: str, timeout: float = 300, **values) -> tuple[str, object]:
         """Raw POST /gradio_api/call/ENDPOINT (NaN allowed), then its event stream: ('complete', outputs),
-        ('error', message) or ('timeout', None). `values` by parameter name; the rest take their defaults."""
-        params = self.params(endpoint)
-        if unknown := set(values) - {n for n, _ in params}:
-            raise SetupError(f"/{endpoint} takes {[n for n, _ in params]}, not {sorted(unknown)}")
-        body = json.dumps({"data": [values.get(n, default) for n, default in params]})
+        ('error', message) or ('timeout', None). `values` by parameter name; the others take their defaults."""
+        params = {p["parameter_name"]: p.get("parameter_default") for p in self.params(endpoint)}
+        if unknown := set(values) - set(params):
+            raise SetupError(f"/{endpoint} takes {list(params)} now, not {sorted(unknown)}")
+        body = json.dumps({"data": [values.get(n, default) for n, default in params.items()]})
         base = f"{self.url}/gradio_api/call/{endpoint}"
-        event_id = self.http.post(base, content=body, headers={"content-type": "application/json"}).json()[
-            "event_id"
-        ]
+        sent = self.http.post(base, content=body, headers={"content-type": "application/json"}, timeout=60)
         deadline, event = time.monotonic() + timeout, None
-        with self.http.stream("GET", f"{base}/{event_id}", timeout=timeout) as resp:
+        with self.http.stream("GET", f"{base}/{sent.json()['event_id']}", timeout=timeout) as resp:
             for line in resp.iter_lines():
                 if line.startswith("event:"):
                     event = line[6:].strip()
@@ -462,17 +436,15 @@ class App:
                 break
             os.killpg(self.p.pid, sig)
             how = sig.name
-            try:
+            with suppress(subprocess.TimeoutExpired):
                 self.p.wait(wait)
-            except subprocess.TimeoutExpired:
-                continue
         self.log.close()
         return how
 
 
 def page(res: tuple[str, object], *, refuse: bool = True) -> tuple:
-    """A view's answer: good is a one-line `**error:**` status (or a gradio error with a message); with
-    refuse=False a drawn result is good too. Never "unexpected error"."""
+    """A view's answer: good is a one-line `**error:**` status (or a gradio error event with a message); with
+    refuse=False a drawn result is good too. Never "unexpected error". Exit column as in the review."""
     kind, data = res
     if kind == "complete":
         status = (data[-1] or "").strip()
@@ -484,14 +456,12 @@ def page(res: tuple[str, object], *, refuse: bool = True) -> tuple:
         return row(not refuse, 0, line, "accepted" if refuse else "")
     if kind == "error":
         ok = bool(data) and "upstream gradio app" not in str(data).lower()
-        return row(
-            ok, 1, f"error event: {data}", "" if ok else "gradio error without a message: a bare 'Error'"
-        )
+        return row(ok, 1, f"error event: {data}", "" if ok else "gradio error without a message: a bare 'Error'")
     return row(False, 124, "no answer", "no answer within 300 s")
 
 
 def app_probes():
-    """(id, fn(app, ctx)): run in this order against one `rcdm app` (the bundled pack)."""
+    """(id, fn(app, ctx)), run in this order against one `rcdm app` (the bundled pack)."""
 
     def sampling(app, ctx, endpoint="samples", **kw):
         base = {"up": None, "ex": ctx["cat"], "pk": [ctx["label"]], "n_": 1, "pr": ctx["fast"], "st": 2}
@@ -504,7 +474,7 @@ def app_probes():
             res = page(app.call("check", upload=fd, example=None), refuse=False)
             rise = app.peak_kb() - before
             res = also(res, rise < 1_000_000, "the app's memory rose by over 1 GB")
-            return (*res[:3], "; ".join(filter(None, [res[3], f"app peak RSS +{rise / 1e6:.2f} GB"])))
+            return also(res, None, f"app peak RSS +{rise / 1e6:.2f} GB")
 
         return probe
 
@@ -512,31 +482,30 @@ def app_probes():
         res = page(sampling(app, ctx, up=app.upload(WORK / "up" / "float.tif"), ex=None, n_=2), refuse=False)
         if res[3] == "refused in the page" or res[0] == "bad":
             return res
-        code = "import sys, numpy as n; from rcdm.data import load_image as L; print(n.asarray(L(sys.argv[1])).mean())"
+        code = "import sys, numpy; from rcdm.data import load_image as L; print(numpy.asarray(L(sys.argv[1])).mean())"
         p = py(code, str(WORK / "up" / "float.tif"))
         mean = float(p.stdout.split()[-1]) if p.returncode == 0 else -1.0
-        return also(
-            res, mean > 20, f"decoded as black, no warning (load_image mean {mean:.1f}; the noise is ~127)"
-        )
+        why = f"decoded without a word to mean {mean:.1f} (the noise in [0, 1] should give ~127)"
+        return also(res, mean > 20, why)
 
     def accumulate(app, ctx):
         import numpy as np
         from PIL import Image
 
         tag = uuid.uuid4().hex[:8]
-        for i in range(3):
+        for i in range(3):  # random pixels: ~1.9 MB PNGs (the review's were 58 MB)
             pixels = np.random.default_rng(i).integers(0, 255, (800, 800, 3), dtype=np.uint8)
             Image.fromarray(pixels).save(WORK / "up" / f"rnd-{tag}-{i}.png")
             app.upload(WORK / "up" / f"rnd-{tag}-{i}.png")
 
         def found() -> list[Path]:
-            return [f for d in (app.tmp, Path("/tmp/gradio")) for f in d.rglob(f"rnd-{tag}-*")]
+            return [f for d in (app.tmp, Path("/tmp/gradio")) if d.is_dir() for f in d.rglob(f"rnd-{tag}-*")]
 
-        during = found()
-        how = app.stop()
+        during, how = found(), app.stop()
         after = found()
-        line = f"{len(during)} uploads in the app's temp folder while it ran; {len(after)} left after it stopped ({how})"
-        return row(len(during) == 3 and not after, 0, line, "" if not after else f"left: {after[0].parent}")
+        line = f"{len(during)} uploads in the app's temp folder while it ran, {len(after)} left after {how}"
+        ok = len(during) == 3 and not after
+        return row(ok, 0, line, "" if ok else f"left in {after[0].parent}" if after else "uploads not found")
 
     yield "APP-thin20000-preview", thin(20000)
     yield "APP-thin60000-preview", thin(60000)
@@ -553,22 +522,20 @@ def app_probes():
 
 @cache
 def cuda_app() -> tuple[str, object]:
-    """`rcdm app --device cuda` with no GPU: ('exited', output) or ('served', the first /samples call)."""
+    """`rcdm app --device cuda` with no GPU: ('exited', output) or ('served', its first /samples answer)."""
     app = App("--device cuda", "cuda")
     try:
         if not app.wait(120):
             app.stop()
             return "exited", app.output()
-        ex = "cat.jpg" if "cat.jpg" in app.choices("samples", "ex") else None
-        res = app.call("samples", up=None, ex=ex, n_=1, st=2, sd=0, gd=5)
-        return "served", res
+        return "served", app.call("samples", up=None, n_=1, st=2, sd=0, gd=5)
     finally:
         app.stop()
 
 
 # --- the CLI probes --------------------------------------------------------------------------------------------
 
-# id ~ words its error must name ('a|b': a or b) ~ options ~ the command after `rcdm` ({...} expanded by `simple`)
+# id ~ words its error must name ('a|b': a or b) ~ options (see `simple`) ~ the command after `rcdm`
 SIMPLE = """
 APP-port-neg ~ port ~ t=90 ~ app --port -1
 APP-port-huge ~ port ~ t=90 ~ app --port 99999
@@ -583,10 +550,13 @@ M-dropoutneg ~ dropout ~ ~ sample --model mdl/dropoutneg {S1} --out out/m-dropou
 M-dropoutnan ~ dropout ~ ~ sample --model mdl/dropoutnan {S1} --out out/m-dropoutnan
 M-blocktype ~ down_block_types|os.system ~ ~ sample --model mdl/blocktype {S1} --out out/m-blocktype
 M-repdim_huge ~ representation_dim ~ ~ sample --model mdl/repdim_huge {S1} --out out/m-repdim_huge
-M-enc_ossystem-trust ~ os:system|os.system ~ ~ sample --trust-remote-code --model mdl/enc_ossystem {S1} --out out/m-eos
+M-enc_ossystem-trust ~ os:system|os.system ~ ~ sample --trust-remote-code --model mdl/enc_ossystem {S1}
+    --out out/m-eos
 ENC-card-width ~ width ~ ~ encode --encoder rcdm-cifar:{WORK}/enc/evilenc {CAT} --out out/enc-w.safetensors
-ENC-card-projneg ~ projector ~ ~ encode --encoder rcdm-cifar:{WORK}/enc/evilenc2 --feature projector {CAT} --out out/enc-p.safetensors
-ENC-card-width300 ~ width ~ t=300 ~ encode --encoder rcdm-cifar:{WORK}/enc/w300 {CAT} --out out/enc-w300.safetensors
+ENC-card-projneg ~ projector ~ ~ encode --encoder rcdm-cifar:{WORK}/enc/evilenc2 --feature projector {CAT}
+    --out out/enc-p.safetensors
+ENC-card-width300 ~ width ~ t=300 ~ encode --encoder rcdm-cifar:{WORK}/enc/w300 {CAT}
+    --out out/enc-w300.safetensors
 HUB-rev-traversal ~ evil/good|revision ~ ~ sample --model evil/good@../../../../mdl/good {S1} --out out/hub-rt
 PUSH-offline ~ offline|reach ~ forbid ~ push mdl/good me/test --token {TOKEN}
 PUSH-nonet ~ reach|connect|network|internet|offline ~ forbid nonet ~ push mdl/good me/test --token {TOKEN}
@@ -595,29 +565,38 @@ PUSH-badconfig ~ dropout ~ notoffline ~ push mdl/dropout5 me/test --token x
 PUSH-nanweights-check ~ safetensors|weights ~ notoffline ~ push mdl/pickle_named_st me/test --token x
 PUSH-hubref ~ ~ ~ push evil/good me/test --token x
 EXP-unloadable ~ dropout ~ ~ export mdl/dropout5 --out out/exp-d5
-EVA-ns-huge2 ~ num-samples|num_samples ~ ~ evaluate faithfulness --model {BB} {CATDOG} --num-samples 1000000000 --steps 1 --out out/e3.json
-SAM-ns-huge ~ num-samples|num_samples ~ ~ sample --model {BB} {CAT} --num-samples 1000000000 --steps 1 --out out/s-huge
-ANA-interp-stepshuge ~ num-steps|num_steps ~ ~ analyze interpolate --model {BB} {CATDOG} --num-samples 1 --steps 2 --num-steps 100000000 --out out/aihuge
+EVA-ns-huge2 ~ num-samples|num_samples ~ ~ evaluate faithfulness --model {BB} {CATDOG} --num-samples 1000000000
+    --steps 1 --out out/e3.json
+SAM-ns-huge ~ num-samples|num_samples ~ ~ sample --model {BB} {CAT} --num-samples 1000000000 --steps 1
+    --out out/s-huge
+ANA-interp-stepshuge ~ num-steps|num_steps ~ ~ analyze interpolate --model {BB} {CATDOG} --num-samples 1
+    --steps 2 --num-steps 100000000 --out out/aihuge
 ANA-man-threshold-nan ~ threshold ~ ~ {MANIP} --threshold nan --out out/am4
 REC-ssl-limitneg ~ limit ~ ~ recipe ssl --data data/mini {SSL} --limit -4 --out runs/ssl-lneg
 REC-ssl-projneg ~ projector ~ ~ recipe ssl --data data/mini {SSL} --projector -5 --out runs/ssl-pneg
 REC-ssl-lrneg ~ lr ~ ~ recipe ssl --data data/mini {SSL} --lr -1 --out runs/ssl-lrneg
 REC-ssl-lrnan ~ lr ~ ~ recipe ssl --data data/mini {SSL} --lr nan --out runs/ssl-lrnan
-REC-ssl-workersneg ~ num-workers|num_workers ~ ~ recipe ssl --data data/mini {SSL} --num-workers -1 --out runs/ssl-wneg
-REC-rcdm-budget-neg ~ time-budget ~ needs=rroot ~ recipe rcdm --runs runs/rroot --data data/mini --preset tiny --steps 2 --batch-size 4 --save-every 1 --num-workers 0 --no-progress --time-budget-s -5 --only rcdm-cifar10-vicreg-projector
+REC-ssl-workersneg ~ num-workers|num_workers ~ ~ recipe ssl --data data/mini {SSL} --num-workers -1
+    --out runs/ssl-wneg
+REC-rcdm-budget-neg ~ time-budget ~ needs=rroot ~ recipe rcdm --runs runs/rroot --data data/mini --preset tiny
+    --steps 2 --batch-size 4 --save-every 1 --num-workers 0 --no-progress --time-budget-s -5
+    --only rcdm-cifar10-vicreg-projector
 PACK-outfile ~ afile.txt ~ needs=rroot ~ {PACK} --out out/afile.txt
 PACK-maxmb-nan ~ max-mb ~ needs=rroot ~ {PACK} --max-mb nan --out out/pack3
 PACK-demo-notimg ~ afile.txt ~ needs=rroot ~ {PACK} --demo-images out/afile.txt --out out/pack9
 PACK-demo-missing ~ nope.jpg ~ needs=rroot ~ {PACK} --demo-images nope.jpg --out out/pack10
-IMG-fifo-arg ~ fifo.jpg ~ t=60 ~ sample --model {BB} --images data/fifo.jpg --num-samples 1 --steps 2 --out out/i-fifo
+IMG-fifo-arg ~ fifo.jpg ~ t=60 ~ sample --model {BB} --images data/fifo.jpg --num-samples 1 --steps 2
+    --out out/i-fifo
 SAM-device-tpu ~ tpu ~ ~ sample --model {BB} {S1} --device tpu --out out/s-tpu
 SAM-device-cuda ~ cuda ~ ~ sample --model {BB} {S1} --device cuda --out out/s-cuda
 SAM-device-cuda9 ~ cuda ~ ~ sample --model {BB} {S1} --device cuda:9 --out out/s-cuda9
 DEMO-guidance-abc ~ guidance ~ ~ demo --bundle bundles/bg-abc --out out/d-abc
 DEMO-guidance-1e30 ~ guidance ~ ~ demo --bundle bundles/bg-huge --out out/d-huge
 DEMO-card-width-bomb ~ width ~ ~ demo --bundle bundles/bd-width --out out/d-width
-SAM-guidance-1e30 ~ guidance ~ ~ sample --model {BB} {CAT} --num-samples 2 --steps 4 --guidance 1e30 --out out/s-g1e30
-SAM-guidance-neg ~ guidance ~ ~ sample --model {BB} {CAT} --num-samples 2 --steps 4 --guidance -50 --out out/s-gneg
+SAM-guidance-1e30 ~ guidance ~ ~ sample --model {BB} {CAT} --num-samples 2 --steps 4 --guidance 1e30
+    --out out/s-g1e30
+SAM-guidance-neg ~ guidance ~ ~ sample --model {BB} {CAT} --num-samples 2 --steps 4 --guidance -50
+    --out out/s-gneg
 """
 
 
@@ -633,19 +612,41 @@ def simple(words: str, opts: str, cmd: str) -> tuple:
             check_kw["forbid"] = (TOKEN,)
         elif opt == "nonet":  # no network: the hub endpoint is a closed local port
             run_kw["env"] = {"HF_HUB_OFFLINE": "0", "HF_ENDPOINT": "http://127.0.0.1:9"}
-        elif opt == "notoffline":  # refused for the model itself, before any upload is tried
+        elif opt == "notoffline":  # refused for the model itself, before an upload is tried
             check_kw["not_words"] = ("offline",)
-    pack = "recipe pack --runs runs/rroot --only rcdm-cifar10-vicreg-backbone --allow-smoke"
-    cmd = cmd.format(
-        BB=BB, S1=S1, CAT="--images data/imgs8/cat.jpg", CATDOG=CATDOG, SSL=SSL, MANIP=MANIP, PACK=pack,
-        TOKEN=TOKEN, WORK=WORK, PORT=free_port(),
-    )  # fmt: skip
+    fields = {"BB": BB, "S1": S1, "CAT": CAT, "CATDOG": CATDOG, "SSL": SSL, "MANIP": MANIP, "PACK": PACK}
+    cmd = cmd.format(**fields, TOKEN=TOKEN, WORK=WORK, PORT=free_port())
     return refused(r(cmd, **run_kw), *words.split(), **check_kw)
 
 
+PUSH_API = """
+import sys
+from pathlib import Path
+from rcdm import hub
+from rcdm.errors import RCDMError
+class FakeApi:  # records what would be published
+    def __init__(self):
+        self.calls = []
+    def create_repo(self, repo_id, **kw):
+        self.calls.append("create_repo")
+        return "https://huggingface.co/" + repo_id
+    def upload_folder(self, *, repo_id, folder_path, **kw):
+        self.calls.append("upload " + ",".join(sorted(p.name for p in Path(folder_path).iterdir())))
+for m in sys.argv[1:]:
+    api = FakeApi()
+    try:
+        hub.push(Path(m), "me/test", api=api)
+        print(m, "ACCEPTED", api.calls)
+    except Exception as e:
+        late = any(c.startswith("upload") for c in api.calls)
+        kind = "LATE" if late else "REFUSED" if isinstance(e, RCDMError) else "CRASHED"
+        print(m, kind, type(e).__name__, (str(e).splitlines() or [""])[0][:100])
+"""
+
+
 def cli_probes():
-    for line in filter(None, SIMPLE.splitlines()):
-        pid, words, opts, cmd = (x.strip() for x in line.split("~"))
+    lines = SIMPLE.replace("\n    ", " ").strip().splitlines()
+    for pid, words, opts, cmd in (tuple(x.strip() for x in line.split("~")) for line in lines):
         yield pid, lambda w=words, o=opts, c=cmd: simple(w, o, c)
 
     def port_busy():
@@ -654,142 +655,70 @@ def cli_probes():
             s.listen()
             return refused(r(f"app --port {s.getsockname()[1]}", timeout=90), "port")
 
-    yield "APP-port-busy", port_busy
-
     def device_cuda():
         kind, got = cuda_app()
         if kind == "exited":
             return refused(got, "cuda")
-        return row(
-            False, 124, "rcdm app: serving ...", "with --device cuda and no GPU the app started serving"
-        )
+        return row(False, 124, "rcdm app: serving ...", "with --device cuda and no GPU the app started serving")
 
     def device_cuda_use():
         kind, got = cuda_app()
         if kind == "exited":
-            return row(
-                True, "-", "", "the app refused --device cuda at start (APP-device-cuda): no first use"
-            )
+            return row(True, "-", "", "the app refused --device cuda at start (APP-device-cuda): no first use")
         return page(got)
 
-    yield "APP-device-cuda", device_cuda
-    yield "APP-device-cuda-use", device_cuda_use
-
     def push_api():
-        code = (
-            "import sys\nfrom pathlib import Path\nfrom rcdm import hub\nfrom rcdm.errors import RCDMError\n"
-            "class FakeApi:\n    calls = []\n"
-            "    def create_repo(self, repo_id, **kw):\n        self.calls.append('create_repo')\n"
-            "        return 'https://huggingface.co/' + repo_id\n"
-            "    def upload_folder(self, *, repo_id, folder_path, **kw):\n"
-            "        self.calls.append('upload ' + ','.join(sorted(p.name for p in Path(folder_path).iterdir())))\n"
-            "for m in sys.argv[1:]:\n    api = FakeApi(); api.calls = []\n    try:\n"
-            "        hub.push(Path(m), 'me/test', api=api); print(m, 'ACCEPTED', api.calls)\n"
-            "    except Exception as e:\n        late = any(c.startswith('upload') for c in api.calls)\n"
-            "        kind = 'LATE' if late else 'REFUSED' if isinstance(e, RCDMError) else 'CRASHED'\n"
-            "        print(m, kind, type(e).__name__, str(e).splitlines()[0][:100] if str(e) else '')\n"
-        )
-        p = py(code, "mdl/pickle_named_st", "mdl/dropout5", "mdl/sample1")
+        p = py(PUSH_API, "mdl/pickle_named_st", "mdl/dropout5", "mdl/sample1")
         lines = [x for x in p.stdout.splitlines() if x.startswith("mdl/")]
         verdicts = {x.split()[0]: x.split()[1] for x in lines}
         ok = p.returncode == 0 and len(verdicts) == 3 and set(verdicts.values()) == {"REFUSED"}
-        line = "; ".join(f"{m.split('/')[1]}: {v}" for m, v in verdicts.items()) or last_line(p)
-        return row(ok, p.returncode, line, "" if ok else " / ".join(lines)[:300] or internal(p))
+        line = "; ".join(f"{m[4:]}: {v}" for m, v in verdicts.items()) or last_line(p)
+        return row(ok, p.returncode, line, " / ".join(lines) or internal(p))
 
+    yield "APP-port-busy", port_busy
+    yield "APP-device-cuda", device_cuda
+    yield "APP-device-cuda-use", device_cuda_use
     yield "PUSH-unloadable-api", push_api
-
-    def exp_userdir():
-        return unchanged(f"export {BB} --out out/userdir", Path("out/userdir"))
-
-    def exp_over_previous():
-        baseline("exp1")
-        return unchanged("export $M/rcdm-cifar10-supervised --out out/exp1", Path("out/exp1"))
-
-    yield "EXP-out-userdir", exp_userdir
-    yield "EXP-over-previous", exp_over_previous
+    yield "EXP-out-userdir", lambda: unchanged(f"export {BB} --out out/userdir", "out/userdir")
+    yield "EXP-over-previous", lambda: baseline("exp1") or unchanged(
+        "export $M/rcdm-cifar10-supervised --out out/exp1", "out/exp1"
+    )
     yield "EXP-diskfull", lambda: diskfull("exp", f"export {BB} --out OUT", "exp")
-    yield (
-        "SAM-diskfull",
-        lambda: diskfull(
-            "sam", f"sample --model {BB} --images data/imgs8 --num-samples 4 --steps 2 --out OUT", "s"
-        ),
-    )
-    yield (
-        "ANA-diskfull",
-        lambda: diskfull(
-            "ana",
-            f"analyze variance --model {BB} --images data/imgs8/cat.jpg --num-samples 2 --steps 2 --out OUT",
-            "a",
-        ),
-    )
-    yield (
-        "EVA-diskfull",
-        lambda: diskfull(
-            "eva",
-            f"evaluate faithfulness --model {BB} --images data/imgs8 --num-samples 1 --steps 2 --out OUT",
-            "f.json",
-        ),
-    )
-
-    def eva_rerun():
-        baseline("f2")
-        cmd = f"evaluate faithfulness --model {BB} {CATDOG} --num-samples 1 --steps 2 --out out/f2.json"
-        return unchanged(cmd, Path("out/f2.json"), Path("out/f2.md"))
-
-    def ana_over_previous():
-        baseline("ana1")
-        cmd = f"analyze interpolate --model {BB} {CATDOG} --num-samples 1 --num-steps 2 --steps 2 --out out/ana1"
-        return unchanged(cmd, Path("out/ana1"))
-
-    def ana_into_sample_out():
-        baseline("b0")
-        cmd = f"analyze variance --model {BB} --images data/imgs8/cat.jpg --num-samples 2 --steps 2 --out out/b0"
-        return unchanged(cmd, Path("out/b0"))
-
-    yield "EVA-rerun-same-out", eva_rerun
-    yield "ANA-over-previous", ana_over_previous
-    yield (
-        "ANA-userdir",
-        lambda: unchanged(
-            f"analyze variance --model {BB} --images data/imgs8/cat.jpg --num-samples 2 --steps 2 --out out/myphotos",
-            Path("out/myphotos"),
-        ),
-    )
-    yield "ANA-into-sample-out", ana_into_sample_out
+    sam = f"sample --model {BB} --images data/imgs8 --num-samples 4 --steps 2 --out OUT"
+    yield "SAM-diskfull", lambda: diskfull("sam", sam, "s")
+    ana = f"analyze variance --model {BB} {CAT} --num-samples 2 --steps 2 --out OUT"
+    yield "ANA-diskfull", lambda: diskfull("ana", ana, "a")
+    eva = f"evaluate faithfulness --model {BB} --images data/imgs8 --num-samples 1 --steps 2 --out OUT"
+    yield "EVA-diskfull", lambda: diskfull("eva", eva, "f.json")
+    eva2 = f"evaluate faithfulness --model {BB} {CATDOG} --num-samples 1 --steps 2 --out out/f2.json"
+    yield "EVA-rerun-same-out", lambda: baseline("f2") or unchanged(eva2, "out/f2.json", "out/f2.md")
+    interp = f"analyze interpolate --model {BB} {CATDOG} --num-samples 1 --num-steps 2 --steps 2 --out out/ana1"
+    yield "ANA-over-previous", lambda: baseline("ana1") or unchanged(interp, "out/ana1")
+    variance = f"analyze variance --model {BB} {CAT} --num-samples 2 --steps 2 --out"
+    yield "ANA-userdir", lambda: unchanged(f"{variance} out/myphotos", "out/myphotos")
+    yield "ANA-into-sample-out", lambda: baseline("b0") or unchanged(f"{variance} out/b0", "out/b0")
 
     def ana_concurrent():
-        a = start(
-            f"exec {PY} -m rcdm.cli analyze variance --model {BB} --images data/imgs8 --num-samples 2"
-            " --steps 4 --out out/mix"
-        )
+        a = start(f"exec {PY} -m rcdm.cli analyze variance --model {BB} --images data/imgs8 --num-samples 2"
+                  " --steps 4 --out out/mix")  # fmt: skip
         time.sleep(0.5)
         b = r(f"analyze interpolate --model {BB} {CATDOG} --num-samples 1 --steps 4 --out out/mix")
-        a = finish(a, TIMEOUT)
-        rcs = (a.returncode, b.returncode)
+        a = finish(a)
         loser = a if a.returncode else b
-        ok = sorted(rcs) == [0, 2] and refused(loser)[0] == "good" and not (internal(a) or internal(b))
+        ok = sorted([a.returncode, b.returncode]) == [0, 2] and refused(loser)[0] == "good"
+        ok = ok and not (internal(a) or internal(b))
         line = f"A (variance): {last_line(a)[:75]} / B (interpolate): {last_line(b)[:75]}"
-        return row(
-            ok, f"{rcs[0]} / {rcs[1]}", line, "" if ok else "both ran into one --out, or a bad refusal"
-        )
-
-    yield "ANA-concurrent", ana_concurrent
+        note = "" if ok else "not one run and one one-line refusal"
+        return row(ok, f"{a.returncode} / {b.returncode}", line, note)
 
     def adv_eps2():
-        p = r(
-            f"analyze adversarial --model {BB} {CATDOG} --num-samples 1 --steps 2 --eps 2 --pgd-steps 1 --out out/aa2"
-        )
+        p = r(f"analyze adversarial --model {BB} {CATDOG} --num-samples 1 --steps 2 --eps 2 --pgd-steps 1"
+              " --out out/aa2")  # fmt: skip
         if p.returncode != 0:
             return refused(p, "eps")
         warned = [x for x in p.stderr.splitlines() if "eps" in x.lower() and "warn" in x.lower()]
-        return row(
-            bool(warned),
-            0,
-            last_line(p),
-            "accepted with a warning" if warned else "--eps 2 taken as 510/255, no word",
-        )
-
-    yield "ANA-adv-eps-2", adv_eps2
+        note = "accepted with a warning" if warned else "--eps 2 taken as an L-inf radius of 510/255, no word"
+        return row(bool(warned), 0, last_line(p), note)
 
     def man_cache_nan():
         baseline("mcache")
@@ -800,11 +729,8 @@ def cli_probes():
             return refused(p, "cache|nan|non-finite")
         results = WORK / "out" / "am8" / "results.json"
         text = results.read_text() if results.is_file() else "NaN"
-        finite = not any(token in text for token in ("NaN", "Infinity"))
-        warned = "cache" in p.stderr.lower()
-        return row(
-            finite and warned, 0, last_line(p), "" if finite and warned else "the NaN cache was used as is"
-        )
+        ok = "cache" in p.stderr.lower() and not any(t in text for t in ("NaN", "Infinity"))
+        return row(ok, 0, last_line(p), "rebuilt with a warning" if ok else "the NaN cache was used as is")
 
     def fcache_nan():
         baseline("fc")
@@ -812,13 +738,8 @@ def cli_probes():
         p = r(f"{FCACHE} --feature-cache out/fc.safetensors --out runs/fc2")
         if p.returncode != 0:
             return refused(p, "fc.safetensors|feature-cache|cache")
-        warned = "fc.safetensors" in p.stderr
-        return row(
-            warned, 0, last_line(p), "" if warned else "one NaN in --feature-cache not detected on read"
-        )
-
-    yield "ANA-man-cache-nan", man_cache_nan
-    yield "TRN-fcache-nan", fcache_nan
+        ok = "fc.safetensors" in p.stderr
+        return row(ok, 0, last_line(p), "warned" if ok else "one NaN in --feature-cache not detected on read")
 
     def oneclass(out: str, extra: str = ""):
         p = r(f"recipe ssl --data data/rec-oneclass {SSL} {extra} --out runs/{out}")
@@ -827,24 +748,20 @@ def cli_probes():
         card_file = WORK / "runs" / out / "encoder" / "card.json"
         card = json.loads(card_file.read_text()) if card_file.is_file() else {}
         ok = card.get("smoke") is True
-        note = (
-            "accepted, card marked smoke"
-            if ok
-            else f"accepted as real: smoke {card.get('smoke')}, k-NN {card.get('knn_accuracy')}"
-        )
-        return row(ok, 0, last_line(p), note)
-
-    yield "REC-ssl-oneclass", lambda: oneclass("ssl-oneclass")
-    yield "REC-ssl-oneclass-sup", lambda: oneclass("ssl-oneclass-sup", "--objective supervised")
+        smoke, knn = card.get("smoke"), card.get("knn_accuracy")
+        return row(ok, 0, last_line(p), "card marked smoke" if ok else f"accepted as real: smoke {smoke}, k-NN {knn}")
 
     def dangling():
         p = r(f"sample --model {BB} --images data/dangling --num-samples 1 --steps 2 --out out/i-dangling")
-        said = "gone.jpg" in p.stdout + p.stderr
-        ok = said and p.returncode in (0, 2) and not internal(p)
-        return row(
-            ok, p.returncode, last_line(p), "" if ok else "the dangling symlink gone.jpg is not reported"
-        )
+        ok = "gone.jpg" in p.stdout + p.stderr and p.returncode in (0, 2) and not internal(p)
+        return row(ok, p.returncode, last_line(p), "" if ok else "the dangling symlink gone.jpg is not reported")
 
+    yield "ANA-concurrent", ana_concurrent
+    yield "ANA-adv-eps-2", adv_eps2
+    yield "ANA-man-cache-nan", man_cache_nan
+    yield "TRN-fcache-nan", fcache_nan
+    yield "REC-ssl-oneclass", lambda: oneclass("ssl-oneclass")
+    yield "REC-ssl-oneclass-sup", lambda: oneclass("ssl-oneclass-sup", "--objective supervised")
     yield "IMG-dangling", dangling
 
 
@@ -857,36 +774,32 @@ def esc(text, limit: int | None = 160) -> str:
 
 def unmount_under(path: Path) -> None:
     for line in Path("/proc/mounts").read_text().splitlines():
-        point = line.split()[1]
-        if point.startswith(str(path) + "/"):
-            subprocess.run(["umount", "-l", point], capture_output=True)
+        if line.split()[1].startswith(f"{path}/"):
+            subprocess.run(["umount", "-l", line.split()[1]], capture_output=True)
 
 
 def main() -> int:
     global WORK
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument(
-        "--work", type=Path, default=None, help="scratch folder (emptied first; default: a new temp dir)"
-    )
+    ap.add_argument("--work", type=Path, default=None, help="scratch folder (emptied first; default: a new temp dir)")
     ap.add_argument("--only", default="", help="comma-separated probe ids")
     args = ap.parse_args()
     WORK = (args.work or Path(tempfile.mkdtemp(prefix="rcdm-probes2-"))).resolve()
-    if WORK.exists() and args.work:
+    if args.work and WORK.exists():
         unmount_under(WORK)
         shutil.rmtree(WORK)
     WORK.mkdir(parents=True, exist_ok=True)
-    build_fixtures(WORK)
     cli, apps = list(cli_probes()), list(app_probes())
     only = set(filter(None, args.only.split(",")))
     if unknown := only - {pid for pid, _ in cli + apps}:
         ap.error(f"unknown probe ids: {sorted(unknown)}")
-    print(f"work folder: {WORK}\n", file=sys.stderr)
-    print("| id | verdict | exit | last line | note |\n|---|---|---:|---|---|")
+    build_fixtures(WORK)
+    print(f"work folder: {WORK}", file=sys.stderr)
+    print("| id | verdict | exit | last line | note |\n|---|---|---:|---|---|", flush=True)
     counts: dict[str, int] = {}
 
     def report(pid: str, fn, *a) -> None:
-        CURRENT[0] = pid
-        t0 = time.monotonic()
+        CURRENT[0], t0 = pid, time.monotonic()
         try:
             verdict, rc, line, note = fn(*a)
         except Exception as e:  # a probe's own set-up failed: a row that says so, then the rest
@@ -906,18 +819,17 @@ def main() -> int:
             try:
                 if not app.wait(120):
                     raise SetupError(f"rcdm app did not start: {last_line(app.output())}")
+                examples = app.choices("samples", "ex")
                 ctx = {
-                    "cat": "cat.jpg"
-                    if "cat.jpg" in app.choices("samples", "ex")
-                    else app.choices("samples", "ex")[0],
+                    "cat": "cat.jpg" if "cat.jpg" in examples else examples[0],
                     "label": app.choices("samples", "pk")[0],
                     "fast": next(c for c in app.choices("samples", "pr") if c.startswith("fast")),
                 }
                 for pid, fn in todo:
                     report(pid, fn, app, ctx)
-            except SetupError as e:
+            except Exception as e:  # the app did not start, or its API changed past what the probes expect
                 for pid, _ in todo:
-                    report(pid, lambda e=e: row(False, "-", "", str(e)))
+                    report(pid, lambda e=e: row(False, "-", "", f"{type(e).__name__}: {e}"))
             finally:
                 app.stop()
     finally:

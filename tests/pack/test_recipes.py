@@ -165,6 +165,35 @@ def test_pack_refuses_smoke_runs_and_oversized_bundles(runs: Path, tmp_path: Pat
         pack(runs, out, only=[TARGET], metrics={"rcdm-cifar10-supervised": {}}, allow_smoke=True)
 
 
+@pytest.mark.parametrize(
+    ("extra", "says"),
+    [
+        (["--max-mb", "nan"], "--max-mb nan must be a positive number of MB"),
+        (["--demo-images", "NOTE"], "is not an image"),
+        (["--demo-images", "nope.jpg"], "--demo-images 'nope.jpg': no such image file"),
+        (["--out", "NOTE"], "is a file, not a folder"),
+    ],
+)
+def test_pack_options_are_checked_in_one_line_before_any_work(
+    runs: Path, tmp_path: Path, capsys: pytest.CaptureFixture, extra: list[str], says: str
+) -> None:
+    note = tmp_path / "note.txt"
+    note.write_text("not an image")
+    extra = [str(note) if a == "NOTE" else a for a in extra]
+    args = ["recipe", "pack", "--runs", str(runs), "--only", TARGET, "--allow-smoke"]
+    out = ["--out", str(tmp_path / "bundle")] if "--out" not in extra else []
+    assert main([*args, *out, *extra]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and says in err, err
+    assert not (tmp_path / "bundle").exists()
+
+
+def test_a_time_budget_that_is_not_positive_is_refused(runs: Path, cifar_root: Path, capsys) -> None:
+    argv = ["recipe", "rcdm", "--runs", str(runs), "--data", str(cifar_root), "--time-budget-s", "-5"]
+    assert main([*argv, "--only", TARGET]) == 2
+    assert "--time-budget-s -5.0 must be a positive number of seconds" in capsys.readouterr().err
+
+
 def test_pack_labels_an_allowed_smoke_bundle(
     runs: Path, few_images: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

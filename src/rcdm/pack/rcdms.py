@@ -12,6 +12,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import math
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -155,6 +156,9 @@ def train_rcdms(
     """Train each target RCDM with rcdm.train.train into ROOT/<name>, writing ROOT/<name>/recipe.json."""
     if recipe.preset not in PRESETS:
         raise RCDMError(f"unknown preset {recipe.preset!r}: choose one of {', '.join(PRESETS)}")
+    budget = recipe.time_budget_s
+    if budget is not None and not (math.isfinite(budget) and budget > 0):
+        raise RCDMError(f"--time-budget-s {budget} must be a positive number of seconds (default: no limit)")
     root = Path(runs_root)
     runs = []
     for target in select_targets(only):

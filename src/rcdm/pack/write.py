@@ -10,6 +10,7 @@ diffusion_pytorch_model.rcdm.safetensors, card.json, README.md}, BUNDLE/demo-inp
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 from collections.abc import Mapping
@@ -22,6 +23,7 @@ import torch.nn.functional as F
 
 from ..bundle import BUNDLE_INDEX, read_card
 from ..checks import check_guidance
+from ..data import IMAGE_SUFFIXES, load_image
 from ..encoders import create_encoder
 from ..encoders.cifar import CifarEncoderNet, default_preprocessing, load_encoder_net, save_encoder
 from ..errors import RCDMError
@@ -180,6 +182,18 @@ def pack(
     """
     root, out = Path(runs_root), Path(out_dir)
     check_guidance(guidance)
+    if not (isinstance(max_mb, int | float) and math.isfinite(max_mb) and max_mb > 0):
+        raise RCDMError(f"--max-mb {max_mb} must be a positive number of MB (default {MAX_BUNDLE_MB:g})")
+    if out.exists() and not out.is_dir():
+        raise RCDMError(f"--out {str(out)!r} is a file, not a folder: choose a folder")
+    for image in demo_images:  # each must be an image rcdm can read, before any work
+        if not Path(image).is_file():
+            raise RCDMError(f"--demo-images {str(image)!r}: no such image file")
+        if Path(image).suffix.lower() not in IMAGE_SUFFIXES:
+            raise RCDMError(
+                f"--demo-images {str(image)!r} is not an image ({'/'.join(sorted(IMAGE_SUFFIXES))}): pass images"
+            )
+        load_image(image)  # a damaged file is one line naming it
     targets = select_targets(only)
     metrics, steps = dict(metrics or {}), dict(steps or {})
     packed = [t.name for t in targets]
