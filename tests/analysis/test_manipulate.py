@@ -70,3 +70,27 @@ def test_manipulate_on_tiny_model(tiny, two_images, few_images, tmp_path, fast):
     assert not sparse.common.any() and sparse.summary()["warnings"] == []
     with pytest.raises(RCDMError, match="has 8 images but k=20"):
         manipulate(model, enc, two_images[0], two_images[1], few_images, **fast)
+
+
+def test_a_cache_holding_nan_is_refused_naming_the_row(tmp_path: Path):
+    bank = torch.randn(300, 8, generator=torch.Generator().manual_seed(0))
+    bank[211, 3] = float("nan")
+    path = tmp_path / "bank.safetensors"
+    save_file({"representations": bank}, str(path))
+    with pytest.raises(
+        RCDMError, match=r"bank\.safetensors' holds non-finite values \(representations, row 211"
+    ):
+        topk_cosine(torch.randn(2, 8), path, 5, chunk=100)
+
+
+def test_bad_manipulation_and_attack_numbers_are_one_line_before_any_work(tmp_path: Path, capsys):
+    from rcdm.cli import main
+
+    base = ["--model", str(tmp_path / "none"), "--images", str(tmp_path), "--out", str(tmp_path / "o")]
+    manip = ["analyze", "manipulate", *base, "--neighbours", str(tmp_path), "--target", str(tmp_path)]
+    assert main([*manip, "--threshold", "nan"]) == 2
+    assert "--threshold nan must be a finite number" in capsys.readouterr().err
+    assert main(["analyze", "adversarial", *base, "--eps", "2"]) == 2
+    assert (
+        "--eps 2 is out of range: it is an L-infinity radius on pixels in [0, 1]" in capsys.readouterr().err
+    )

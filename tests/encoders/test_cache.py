@@ -47,3 +47,20 @@ def test_cache_refuses_another_encoder_or_file_list(images, tmp_path):
     assert cache_file(tmp_path, create_encoder("pixels:4"), images) != cache_file(
         tmp_path, create_encoder("pixels:2"), images
     )
+
+
+def test_a_cache_edited_to_hold_nan_is_refused_when_read(images, tmp_path):
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    from rcdm.encoders.cache import load_cache
+
+    enc = create_encoder("pixels:2")
+    path = cached_representations(enc, images, tmp_path / "c.safetensors", flipped=True)
+    with safe_open(str(path), "pt") as f:
+        meta = f.metadata()
+    tensors = load_file(str(path))
+    tensors["flipped"][1, 0] = float("nan")
+    save_file(tensors, str(path), metadata=meta)  # the key still matches: only the values are damaged
+    with pytest.raises(RCDMError, match=r"holds non-finite values \(flipped, row 1, 1 row\(s\) in all\)"):
+        load_cache(path)

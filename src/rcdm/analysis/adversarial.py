@@ -55,8 +55,11 @@ def pgd(
     """
     if attack not in ATTACKS:
         raise RCDMError(f"unknown attack {attack!r}: choose one of {', '.join(ATTACKS)}")
-    if not eps > 0 or steps < 1:
-        raise RCDMError(f"PGD needs eps > 0 and steps >= 1; got eps={eps}, steps={steps}")
+    if not 0 < eps <= 1 or steps < 1:
+        raise RCDMError(
+            f"PGD needs 0 < eps <= 1 and steps >= 1; got eps={eps:g}, steps={steps}: eps is an L-infinity radius "
+            "on pixels in [0, 1], so 2/255 is written 2/255 (or 0.0078)"
+        )
     if attack == "targeted" and (targets is None or targets.shape != images.shape):
         raise RCDMError("a targeted attack needs one target image per image: pass --target IMG or 2+ images")
     if attack == "label" and encoder.classifier is None:

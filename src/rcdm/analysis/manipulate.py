@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import importlib.util
 import logging
+import math
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,7 +28,7 @@ from tqdm.auto import tqdm
 from ..data import batched, list_images, load_views
 from ..diffusion import SamplingConfig, resolve_sampling, sample_many, sampling_config
 from ..encoders import Encoder
-from ..encoders.cache import cache_file, cached_representations
+from ..encoders.cache import cache_file, cached_representations, check_finite_rows
 from ..errors import RCDMError
 from ..figures import grid, number
 from ..model import RCDM
@@ -55,7 +56,9 @@ def iter_bank(bank: Bank, chunk: int) -> Iterator[tuple[int, torch.Tensor]]:
         sl = f.get_slice("representations")
         n = sl.get_shape()[0]
         for s, e in batched(n, chunk):
-            yield s, sl[s:e].float()
+            rows = sl[s:e].float()
+            check_finite_rows(rows, bank, start=s)
+            yield s, rows
 
 
 def topk_cosine(
@@ -197,6 +200,8 @@ def manipulate(
     """The published manipulation: zero, or copy from `target`, the dimensions common to the source's k
     nearest neighbours among `neighbours` (a folder of images, or precomputed representations)."""
     cfg = resolve_sampling(model, sampling_config(sampling, **settings))
+    if not math.isfinite(threshold):
+        raise RCDMError(f"--threshold {threshold} must be a finite number ('non-zero' means > threshold)")
     if not 0 <= n_common < k:
         raise RCDMError(
             f"n_common={n_common} must be in 0..k-1 (k={k}): a dimension counts if non-zero in more"

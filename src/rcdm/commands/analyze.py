@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 from collections.abc import Callable
 from fractions import Fraction
 from pathlib import Path
@@ -271,6 +272,11 @@ def run_invariance(args: argparse.Namespace) -> int:
 
 def run_adversarial(args: argparse.Namespace) -> int:
     positive("--pgd-steps", args.pgd_steps)
+    if not 0 < args.eps <= 1:
+        raise RCDMError(
+            f"--eps {args.eps:g} is out of range: it is an L-infinity radius on pixels in [0, 1], so use a number "
+            f"in (0, 1], e.g. 2/255 for two grey levels (default {EPS_TEXT})"
+        )
     paths = expand_image_args(args.images)
     attack = dict(attack=args.attack, eps=args.eps, pgd_steps=args.pgd_steps, step_size=args.step_size)
     targets = expand_image_args(args.target) if args.target else None
@@ -298,6 +304,8 @@ def run_interpolate(args: argparse.Namespace) -> int:
 
 
 def run_manipulate(args: argparse.Namespace) -> int:
+    if not math.isfinite(args.threshold):
+        raise RCDMError(f"--threshold {args.threshold} must be a finite number ('non-zero' means > threshold)")
     paths = expand_image_args(args.images)
     model, encoder = _setup(args)
     res = manipulate(

@@ -119,5 +119,22 @@ def _encode(
 
 
 def load_cache(path: str | Path) -> dict[str, torch.Tensor]:
-    """Every tensor of a cache file, in memory."""
-    return load_file(str(path))
+    """Every tensor of a cache file, in memory, each checked finite."""
+    tensors = load_file(str(path))
+    for name, t in tensors.items():
+        check_finite_rows(t, path, name)
+    return tensors
+
+
+def check_finite_rows(
+    rows: torch.Tensor, path: str | Path, name: str = "representations", start: int = 0
+) -> None:
+    """Refuse cached rows holding NaN or inf (a damaged or edited cache), naming the file and the first bad row:
+    a representation of NaN would train on garbage or make every neighbour's cosine undefined, silently."""
+    bad = ~torch.isfinite(rows.reshape(rows.shape[0], -1)).all(-1) if rows.ndim else ~torch.isfinite(rows)
+    if bool(bad.any()):
+        first = start + int(bad.nonzero()[0, 0]) if rows.ndim else 0
+        raise RCDMError(
+            f"representation cache {str(path)!r} holds non-finite values ({name}, row {first}, "
+            f"{int(bad.sum())} row(s) in all): delete it to rebuild"
+        )
