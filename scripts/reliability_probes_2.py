@@ -3,20 +3,19 @@
     python scripts/reliability_probes_2.py [--work DIR] [--only APP-seedneg,M-dropout5] > probes2.md
 
 The review ran 277 probes; this replays the 79 it rated bad-traceback, bad-silent, bad-hang or bad-security,
-with its commands (or the closest the fixtures here allow), on fixtures built in --work (default: a new temp
-dir): copies of the bundled model with one config.json value changed (mdl/), crafted encoder cards (enc/) and
-bundles (bundles/), a seeded Hugging Face cache (hf/, HF_HUB_OFFLINE=1), a FIFO, a dangling symlink, small runs.
-One Markdown row per probe: id, verdict, exit code, last line of output, note (why a row is bad, and timing).
-
+with its commands (or the closest the fixtures allow), on fixtures built in --work (default: a new temp dir):
+copies of the bundled model with one config.json value changed (mdl/), crafted encoder cards (enc/) and
+bundles, a seeded Hugging Face cache (hf/, HF_HUB_OFFLINE=1), a FIFO, a dangling symlink, small runs. One
+Markdown row per probe: id, verdict, exit code, last line of output, note (why a row is bad; seconds).
 Expectations (the review's): a user mistake exits 2 with one `rcdm ...: error:` line naming the bad value, no
 traceback, no "internal error"; nothing silently wrong (an --out that is not the command's own earlier output
 is refused without --overwrite, absurd guidance and NaN are refused, no half-written result is left); no hang
-(every command has a timeout, and a timeout is bad). Every command runs under `ulimit -v 8000000` (the app
-under 12 GB): one probe of the review took all 23 GB of RAM without a cap. App probes start `rcdm app` on a
-free port (TMPDIR in --work, so gradio's upload folder is known) and call its API by raw POST
-/gradio_api/call/ENDPOINT (NaN included), parameters matched by name against /gradio_api/info; good there is a
-one-line `**error:**` status (or a gradio error event with a message), never "unexpected error".
-Full-disk probes need root (20 MB tmpfs); without it their rows say n/a. Logs: WORK/logs/ID.log.
+(a timeout is bad). Every command runs under `ulimit -v 8000000` (the app under 12 GB): a probe of the review
+took all 23 GB of RAM without a cap. App probes start `rcdm app` on a free port (TMPDIR in --work, so gradio's
+upload folder is known) and call its API by raw POST /gradio_api/call/ENDPOINT (NaN included), parameters
+matched by name against /gradio_api/info; good there is a one-line `**error:**` status (or a gradio error
+event with a message), never "unexpected error". Full-disk probes need root (20 MB tmpfs), else n/a.
+Logs: WORK/logs/ID.log.
 """
 
 from __future__ import annotations
@@ -42,7 +41,7 @@ from functools import cache
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-_spec = importlib.util.spec_from_file_location("reliability_probes", ROOT / "scripts" / "reliability_probes.py")
+_spec = importlib.util.spec_from_file_location("reliability_probes", ROOT / "scripts/reliability_probes.py")
 rp = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(rp)  # the first runner: its output helpers and the shared data folder
 last_line, traceback = rp.last_line, rp.traceback
@@ -56,10 +55,8 @@ CAT = "--images data/imgs8/cat.jpg"
 S1 = f"{CAT} --num-samples 1 --steps 2"
 CATDOG = "--images data/imgs8/cat.jpg data/imgs8/dog.jpg"
 SSL = "--epochs 1 --batch-size 4 --depth 8 --width 1 --projector 16 16 --num-workers 0 --no-progress"
-MANIP = (
-    f"analyze manipulate --model {BB} {S1} --neighbours data/imgs8 --target data/imgs8/dog.jpg --k 4"
-    " --n-common 2"
-)
+MANIP = f"analyze manipulate --model {BB} {S1} --neighbours data/imgs8 --target data/imgs8/dog.jpg --k 4"
+MANIP += " --n-common 2"
 FCACHE = "train --data data/imgs8 --encoder pixels:4 --preset tiny --steps 2 --batch-size 4 --no-progress"
 PACK = "recipe pack --runs runs/rroot --only rcdm-cifar10-vicreg-backbone --allow-smoke"
 WORK = Path(".")
@@ -70,45 +67,35 @@ class SetupError(Exception):
     """A probe's baseline or fixture could not be made: its row is bad and says so."""
 
 
-# --- running commands ------------------------------------------------------------------------------------------
+# --- running commands ---------------------------------------------------------------------------------------
 
 
 def base_env() -> dict:
     return {
-        **os.environ,
-        "OMP_NUM_THREADS": "1",
-        "PYTHONPATH": str(ROOT / "src"),
-        "HF_HOME": str(WORK / "hf"),
-        "HF_HUB_OFFLINE": "1",
-        "HF_HUB_DISABLE_TELEMETRY": "1",
-        "GRADIO_ANALYTICS_ENABLED": "False",
+        **os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT / "src"), "HF_HOME": str(WORK / "hf"),
+        "HF_HUB_OFFLINE": "1", "HF_HUB_DISABLE_TELEMETRY": "1", "GRADIO_ANALYTICS_ENABLED": "False",
         "M": str(MODELS),
-    }
+    }  # fmt: skip
 
 
 def start(script: str, *, env: dict | None = None, vlimit: int = VLIMIT_KB, stdout=subprocess.PIPE):
-    """`bash -c 'ulimit -v VLIMIT; SCRIPT'` in WORK, in its own process group, with Ctrl-C (SIGINT) not ignored."""
+    """`bash -c 'ulimit -v VLIMIT; SCRIPT'` in WORK, in its own process group, with Ctrl-C not ignored."""
+    stderr = subprocess.PIPE if stdout == subprocess.PIPE else subprocess.STDOUT
     return subprocess.Popen(
-        ["bash", "-c", f"ulimit -v {vlimit}; {script}"],
-        cwd=WORK,
-        stdout=stdout,
-        stderr=subprocess.PIPE if stdout == subprocess.PIPE else subprocess.STDOUT,
-        text=True,
-        env={**base_env(), **(env or {})},
-        start_new_session=True,
+        ["bash", "-c", f"ulimit -v {vlimit}; {script}"], cwd=WORK, stdout=stdout, stderr=stderr, text=True,
+        env={**base_env(), **(env or {})}, start_new_session=True,
         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
-    )
+    )  # fmt: skip
 
 
 def finish(p: subprocess.Popen, timeout: float = TIMEOUT) -> subprocess.CompletedProcess:
-    """Wait for `p`; past `timeout` its process group is killed and the exit code is 124, as with timeout(1)."""
+    """Wait for `p`; past `timeout` its process group is killed and the exit code is 124 (as timeout(1))."""
     try:
         out, err = p.communicate(timeout=timeout)
         rc = p.returncode
     except subprocess.TimeoutExpired:
         os.killpg(p.pid, signal.SIGKILL)
-        out, err = p.communicate()
-        rc = 124
+        (out, err), rc = p.communicate(), 124
     cp = subprocess.CompletedProcess(p.args, rc, out or "", err or "")
     with open(WORK / "logs" / f"{CURRENT[0]}.log", "a") as log:
         log.write(f"$ {p.args[-1]}\n{cp.stdout}{cp.stderr}[exit {rc}]\n\n")
@@ -129,7 +116,7 @@ def ok_or_setup(p: subprocess.CompletedProcess, what: str) -> None:
         raise SetupError(f"{what} failed (exit {p.returncode}): {last_line(p)}")
 
 
-# --- verdicts --------------------------------------------------------------------------------------------------
+# --- verdicts -----------------------------------------------------------------------------------------------
 
 
 def row(ok: bool | None, rc, line: str, note: str = "") -> tuple:
@@ -143,30 +130,25 @@ def internal(p: subprocess.CompletedProcess) -> str:
 
 
 def refused(p, *words: str, forbid: tuple[str, ...] = (), not_words: tuple[str, ...] = ()) -> tuple:
-    """The review's expectation for a user mistake: exit 2, one error line naming `words` (each 'a|b': a or b),
-    no traceback; `forbid`: never printed; `not_words`: not the reason given."""
-    problems = []
-    if p.returncode == 124:
-        problems.append("no answer before its timeout (killed)")
-    elif p.returncode != 2:
-        problems.append(f"exit {p.returncode}")
-    if ie := internal(p):
-        problems.append(ie)
-    errors = " ".join(x for x in p.stderr.splitlines() if ": error:" in x)
+    """A user mistake: exit 2, one error line naming `words` (each 'a|b': a or b), no traceback, no internal
+    error; `forbid`: never printed; `not_words`: not the reason the error gives."""
+    problems = ["no answer before its timeout (killed)" if p.returncode == 124 else f"exit {p.returncode}"]
+    problems = [x for x in problems if p.returncode != 2] + [x for x in [internal(p)] if x]
+    errors = " ".join(x for x in p.stderr.splitlines() if ": error:" in x).lower()
     if p.returncode == 2:
         if (n := p.stderr.count(": error:")) != 1:
             problems.append(f"{n} error lines")
-        if missing := [w for w in words if not any(a.lower() in errors.lower() for a in w.split("|"))]:
+        if missing := [w for w in words if not any(a.lower() in errors for a in w.split("|"))]:
             problems.append(f"the error does not name {' / '.join(missing)}")
-        if said := [w for w in not_words if w.lower() in errors.lower()]:
+        if said := [w for w in not_words if w.lower() in errors]:
             problems.append(f"refused for another reason ({', '.join(said)})")
     if leaked := [f for f in forbid if f in p.stdout + p.stderr]:
         problems.append(f"printed {leaked}")
     return row(not problems, p.returncode, last_line(p), "; ".join(problems))
 
 
-def also(res: tuple, ok: bool, why: str) -> tuple:
-    """`res`, made bad with `why` added when `ok` is false (a note only when ok is None)."""
+def also(res: tuple, ok: bool | None, why: str) -> tuple:
+    """`res` made bad, with `why` added to its note, when `ok` is False; ok None: only the note."""
     if ok is True or not why:
         return res
     return (res[0] if ok is None else "bad", res[1], res[2], "; ".join(filter(None, [res[3], why])))
@@ -188,11 +170,11 @@ def unchanged(cmd: str, *paths: str) -> tuple:
     return also(res, digest(*[WORK / p for p in paths]) == before, f"{', '.join(paths)} changed")
 
 
-# --- fixtures --------------------------------------------------------------------------------------------------
+# --- fixtures -----------------------------------------------------------------------------------------------
 
 
 def cifar_root() -> Path:
-    """The extracted CIFAR-10 copy, as rcdm.pack.cifar10.cifar10_root makes it (without importing torch here)."""
+    """The extracted CIFAR-10 copy, as rcdm.pack.cifar10.cifar10_root makes it (without importing torch)."""
     root = Path(os.environ.get("RCDM_CACHE", Path.home() / ".cache" / "rcdm")) / "cifar10"
     if not (root / ".extracted").exists():
         root.mkdir(parents=True, exist_ok=True)
@@ -206,6 +188,24 @@ def edit_json(path: Path, fn) -> None:
     data = json.loads(path.read_text())
     fn(data)
     path.write_text(json.dumps(data, indent=2))  # NaN is written as the bare token NaN, as a hand edit would
+
+
+MODEL_EDITS = {  # mdl/NAME: the bundled vicreg-backbone model with these config.json values
+    "good": {},
+    "bigchan": {"block_out_channels": [100000, 96, 96]},
+    "bigchan1": {"block_out_channels": [64]},  # a list of another length than the block types
+    "sample100k": {"sample_size": 100000},
+    "sample1": {"sample_size": 1},
+    "sample33": {"sample_size": 33},
+    "dropout5": {"dropout": 5.0},
+    "dropoutneg": {"dropout": -1.0},
+    "dropoutnan": {"dropout": float("nan")},
+    "blocktype": {"down_block_types": ["os.system", "AttnDownBlock2D", "AttnDownBlock2D"]},
+    "repdim_huge": {"representation_dim": 10**12},
+    "enc_ossystem": {"encoder": "module:os:system"},
+    "pickle_named_st": {},  # its weights file replaced by a pickle below
+}
+CARD_EDITS = {"evilenc": {"width": 100000}, "evilenc2": {"projector": [-5]}, "w300": {"width": 300}}
 
 
 def build_fixtures(work: Path) -> None:
@@ -235,28 +235,12 @@ def build_fixtures(work: Path) -> None:
     Image.fromarray(noise, mode="F").save(work / "up" / "float.tif")
     for w in (20000, 60000):
         Image.new("RGB", (w, 1), "white").save(work / "up" / f"thin{w}.png")
-
-    def model(name: str, **changes) -> Path:
-        dst = work / "mdl" / name
-        shutil.copytree(MODELS / "rcdm-cifar10-vicreg-backbone", dst)
-        edit_json(dst / "config.json", lambda c: c.update(changes))
-        return dst
-
-    model("good")
-    model("bigchan", block_out_channels=[100000, 96, 96])
-    model("bigchan1", block_out_channels=[64])  # a list of another length than the block types
-    model("sample100k", sample_size=100000)
-    model("sample1", sample_size=1)
-    model("sample33", sample_size=33)
-    model("dropout5", dropout=5.0)
-    model("dropoutneg", dropout=-1.0)
-    model("dropoutnan", dropout=float("nan"))
-    model("blocktype", down_block_types=["os.system", "AttnDownBlock2D", "AttnDownBlock2D"])
-    model("repdim_huge", representation_dim=10**12)
-    model("enc_ossystem", encoder="module:os:system")
-    weights = model("pickle_named_st") / "diffusion_pytorch_model.rcdm.safetensors"
+    for name, changes in MODEL_EDITS.items():
+        shutil.copytree(MODELS / "rcdm-cifar10-vicreg-backbone", work / "mdl" / name)
+        edit_json(work / "mdl" / name / "config.json", lambda c, ch=changes: c.update(ch))
+    weights = work / "mdl" / "pickle_named_st" / "diffusion_pytorch_model.rcdm.safetensors"
     weights.write_bytes(pickle.dumps({"unet.conv_out.weight": [0.0] * 16}, protocol=4))
-    for name, arch in (("evilenc", {"width": 100000}), ("evilenc2", {"projector": [-5]}), ("w300", {"width": 300})):
+    for name, arch in CARD_EDITS.items():
         shutil.copytree(MODELS / "cifar10-vicreg-r20w1", work / "enc" / name)
         edit_json(work / "enc" / name / "card.json", lambda c, a=arch: c["arch"].update(a))
     repo = work / "hf" / "hub" / "models--evil--good"  # evil/good, cached at revision main = aaa...a
@@ -277,7 +261,9 @@ BASELINES = {  # the normal runs some probes compare against, made once on first
     "b0": [f"sample --model {BB} {CAT} --num-samples 2 --steps 5 --out out/b0"],
     "exp1": [f"export {BB} --out out/exp1"],
     "ana1": [f"analyze variance --model {BB} {CAT} --num-samples 2 --steps 2 --out out/ana1"],
-    "f2": [f"evaluate faithfulness --model {BB} --images data/imgs8 --num-samples 1 --steps 2 --out out/f2.json"],
+    "f2": [
+        f"evaluate faithfulness --model {BB} --images data/imgs8 --num-samples 1 --steps 2 --out out/f2.json"
+    ],
     "mcache": [f"{MANIP} --cache out/mcache --out out/am7"],
     "fc": [f"{FCACHE} --feature-cache out/fc.safetensors --out runs/fc1"],
     "rroot": [
@@ -285,7 +271,7 @@ BASELINES = {  # the normal runs some probes compare against, made once on first
         "recipe rcdm --runs runs/rroot --data data/mini --preset tiny --steps 2 --batch-size 4 --save-every 1"
         " --num-workers 0 --no-progress --only rcdm-cifar10-vicreg-backbone",
     ],
-}
+}  # fmt: skip
 
 
 @cache
@@ -308,7 +294,6 @@ for k, t in sd.items():
     elif k == "representations":
         t[-1, 0] = float("nan")
 save_file(sd, path, metadata=meta)
-print(path, {k: int(torch.isnan(t).sum()) for k, t in sd.items()})
 """
 
 
@@ -320,7 +305,7 @@ def free_port() -> int:
 
 @contextmanager
 def full_disk(name: str):
-    """A 20 MB tmpfs at WORK/full/NAME with 24 KB left (the review's dd count=20456), or None when not root."""
+    """A 20 MB tmpfs at WORK/full/NAME with 24 KB left (the review's dd count=20456); None when not root."""
     mnt = WORK / "full" / name
     mnt.mkdir(parents=True)
     mount = ["mount", "-t", "tmpfs", "-o", "size=20m", "tmpfs", str(mnt)]
@@ -335,21 +320,20 @@ def full_disk(name: str):
 
 
 def diskfull(name: str, cmd: str, target: str) -> tuple:
-    """`cmd` with --out OUT on a full disk: one line naming the disk/space, no broken or partial files left."""
+    """`cmd` with --out OUT on a full disk: one line naming the disk or space, no broken or partial files."""
     with full_disk(name) as mnt:
         if mnt is None:
             return row(None, "-", "", "could not run: mounting a tmpfs needs root")
         res = refused(r(cmd.replace("OUT", f"full/{name}/{target}")), "space|disk")
         files = [str(f.relative_to(mnt)) for f in mnt.rglob("*") if f.is_file() and f.name != "fill"]
         empty = [f for f in files if (mnt / f).stat().st_size == 0]
-        mine = (target, Path(target).stem + ".md")
-        partial = [f for f in files if f.split("/")[0] in mine]
+        partial = [f for f in files if f.split("/")[0] in (target, Path(target).stem + ".md")]
         res = also(res, not empty, f"left 0-byte files {empty[:4]}")
         res = also(res, not partial, f"left a partial --out: {partial[:4]}")
         return also(res, None, f"also left {sorted(set(files) - set(partial))[:4]}" if files else "")
 
 
-# --- the app ---------------------------------------------------------------------------------------------------
+# --- the app ------------------------------------------------------------------------------------------------
 
 
 class App:
@@ -370,11 +354,9 @@ class App:
         """True once the page answers; False when the app exits (or is still silent after `timeout` s)."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline and self.p.poll() is None:
-            try:
-                self.http.get(self.url + "/", timeout=3)
-                return True
-            except self.http.HTTPError:
-                time.sleep(1)
+            with suppress(self.http.HTTPError):
+                return self.http.get(self.url + "/", timeout=3) is not None
+            time.sleep(1)
         return False
 
     def output(self) -> subprocess.CompletedProcess:
@@ -394,13 +376,14 @@ class App:
 
     def upload(self, path: Path) -> dict:
         with open(path, "rb") as f:
-            got = self.http.post(f"{self.url}/gradio_api/upload", files=[("files", (path.name, f))], timeout=120)
+            files = [("files", (path.name, f))]
+            got = self.http.post(f"{self.url}/gradio_api/upload", files=files, timeout=120)
         got.raise_for_status()
         return {"path": got.json()[0], "orig_name": path.name, "meta": {"_type": "gradio.FileData"}}
 
     def call(self, endpoint: str, timeout: float = 300, **values) -> tuple[str, object]:
         """Raw POST /gradio_api/call/ENDPOINT (NaN allowed), then its event stream: ('complete', outputs),
-        ('error', message) or ('timeout', None). `values` by parameter name; the others take their defaults."""
+        ('error', message) or ('timeout', None). `values` by parameter name; the others default."""
         params = {p["parameter_name"]: p.get("parameter_default") for p in self.params(endpoint)}
         if unknown := set(values) - set(params):
             raise SetupError(f"/{endpoint} takes {list(params)} now, not {sorted(unknown)}")
@@ -456,7 +439,8 @@ def page(res: tuple[str, object], *, refuse: bool = True) -> tuple:
         return row(not refuse, 0, line, "accepted" if refuse else "")
     if kind == "error":
         ok = bool(data) and "upstream gradio app" not in str(data).lower()
-        return row(ok, 1, f"error event: {data}", "" if ok else "gradio error without a message: a bare 'Error'")
+        why = "" if ok else "gradio error without a message: a bare 'Error' in the page"
+        return row(ok, 1, f"error event: {data}", why)
     return row(False, 124, "no answer", "no answer within 300 s")
 
 
@@ -482,11 +466,11 @@ def app_probes():
         res = page(sampling(app, ctx, up=app.upload(WORK / "up" / "float.tif"), ex=None, n_=2), refuse=False)
         if res[3] == "refused in the page" or res[0] == "bad":
             return res
-        code = "import sys, numpy; from rcdm.data import load_image as L; print(numpy.asarray(L(sys.argv[1])).mean())"
+        load = "from rcdm.data import load_image as L; print(numpy.asarray(L(sys.argv[1])).mean())"
+        code = f"import sys, numpy; {load}"
         p = py(code, str(WORK / "up" / "float.tif"))
         mean = float(p.stdout.split()[-1]) if p.returncode == 0 else -1.0
-        why = f"decoded without a word to mean {mean:.1f} (the noise in [0, 1] should give ~127)"
-        return also(res, mean > 20, why)
+        return also(res, mean > 20, f"decoded without a word to mean {mean:.1f} (the [0, 1] noise: ~127)")
 
     def accumulate(app, ctx):
         import numpy as np
@@ -507,15 +491,16 @@ def app_probes():
         ok = len(during) == 3 and not after
         return row(ok, 0, line, "" if ok else f"left in {after[0].parent}" if after else "uploads not found")
 
+    nan = float("nan")
+    interp = {"ub": None, "eb": "dog.jpg", "k": nan, "m": "linear", "r": 1}
     yield "APP-thin20000-preview", thin(20000)
     yield "APP-thin60000-preview", thin(60000)
     yield "APP-float-tif", float_tif
     yield "APP-seedneg", lambda app, ctx: page(sampling(app, ctx, sd=-5))
     yield "APP-seedhuge", lambda app, ctx: page(sampling(app, ctx, sd=1e30))
-    yield "APP-nnan-raw", lambda app, ctx: page(sampling(app, ctx, n_=float("nan")))
-    yield "APP-stnan-raw", lambda app, ctx: page(sampling(app, ctx, st=float("nan")))
-    yield "APP-attack-ps-nan", lambda app, ctx: page(sampling(app, ctx, "attack", e=4, ps=float("nan")))
-    interp = {"ub": None, "eb": "dog.jpg", "k": float("nan"), "m": "linear", "r": 1}
+    yield "APP-nnan-raw", lambda app, ctx: page(sampling(app, ctx, n_=nan))
+    yield "APP-stnan-raw", lambda app, ctx: page(sampling(app, ctx, st=nan))
+    yield "APP-attack-ps-nan", lambda app, ctx: page(sampling(app, ctx, "attack", e=4, ps=nan))
     yield "APP-interp-k-nan", lambda app, ctx: page(sampling(app, ctx, "interpolate", **interp))
     yield "APP-upload-accumulate", accumulate
 
@@ -533,7 +518,7 @@ def cuda_app() -> tuple[str, object]:
         app.stop()
 
 
-# --- the CLI probes --------------------------------------------------------------------------------------------
+# --- the CLI probes -----------------------------------------------------------------------------------------
 
 # id ~ words its error must name ('a|b': a or b) ~ options (see `simple`) ~ the command after `rcdm`
 SIMPLE = """
@@ -565,8 +550,8 @@ PUSH-badconfig ~ dropout ~ notoffline ~ push mdl/dropout5 me/test --token x
 PUSH-nanweights-check ~ safetensors|weights ~ notoffline ~ push mdl/pickle_named_st me/test --token x
 PUSH-hubref ~ ~ ~ push evil/good me/test --token x
 EXP-unloadable ~ dropout ~ ~ export mdl/dropout5 --out out/exp-d5
-EVA-ns-huge2 ~ num-samples|num_samples ~ ~ evaluate faithfulness --model {BB} {CATDOG} --num-samples 1000000000
-    --steps 1 --out out/e3.json
+EVA-ns-huge2 ~ num-samples|num_samples ~ ~ evaluate faithfulness --model {BB} {CATDOG}
+    --num-samples 1000000000 --steps 1 --out out/e3.json
 SAM-ns-huge ~ num-samples|num_samples ~ ~ sample --model {BB} {CAT} --num-samples 1000000000 --steps 1
     --out out/s-huge
 ANA-interp-stepshuge ~ num-steps|num_steps ~ ~ analyze interpolate --model {BB} {CATDOG} --num-samples 1
@@ -657,15 +642,13 @@ def cli_probes():
 
     def device_cuda():
         kind, got = cuda_app()
-        if kind == "exited":
-            return refused(got, "cuda")
-        return row(False, 124, "rcdm app: serving ...", "with --device cuda and no GPU the app started serving")
+        why = "with --device cuda and no GPU the app started serving"
+        return refused(got, "cuda") if kind == "exited" else row(False, 124, "rcdm app: serving ...", why)
 
     def device_cuda_use():
         kind, got = cuda_app()
-        if kind == "exited":
-            return row(True, "-", "", "the app refused --device cuda at start (APP-device-cuda): no first use")
-        return page(got)
+        why = "the app refused --device cuda at start (APP-device-cuda): no first use"
+        return row(True, "-", "", why) if kind == "exited" else page(got)
 
     def push_api():
         p = py(PUSH_API, "mdl/pickle_named_st", "mdl/dropout5", "mdl/sample1")
@@ -679,22 +662,20 @@ def cli_probes():
     yield "APP-device-cuda", device_cuda
     yield "APP-device-cuda-use", device_cuda_use
     yield "PUSH-unloadable-api", push_api
+    supervised = "export $M/rcdm-cifar10-supervised --out out/exp1"
     yield "EXP-out-userdir", lambda: unchanged(f"export {BB} --out out/userdir", "out/userdir")
-    yield "EXP-over-previous", lambda: baseline("exp1") or unchanged(
-        "export $M/rcdm-cifar10-supervised --out out/exp1", "out/exp1"
-    )
+    yield "EXP-over-previous", lambda: baseline("exp1") or unchanged(supervised, "out/exp1")
     yield "EXP-diskfull", lambda: diskfull("exp", f"export {BB} --out OUT", "exp")
     sam = f"sample --model {BB} --images data/imgs8 --num-samples 4 --steps 2 --out OUT"
     yield "SAM-diskfull", lambda: diskfull("sam", sam, "s")
-    ana = f"analyze variance --model {BB} {CAT} --num-samples 2 --steps 2 --out OUT"
-    yield "ANA-diskfull", lambda: diskfull("ana", ana, "a")
-    eva = f"evaluate faithfulness --model {BB} --images data/imgs8 --num-samples 1 --steps 2 --out OUT"
-    yield "EVA-diskfull", lambda: diskfull("eva", eva, "f.json")
-    eva2 = f"evaluate faithfulness --model {BB} {CATDOG} --num-samples 1 --steps 2 --out out/f2.json"
-    yield "EVA-rerun-same-out", lambda: baseline("f2") or unchanged(eva2, "out/f2.json", "out/f2.md")
-    interp = f"analyze interpolate --model {BB} {CATDOG} --num-samples 1 --num-steps 2 --steps 2 --out out/ana1"
-    yield "ANA-over-previous", lambda: baseline("ana1") or unchanged(interp, "out/ana1")
     variance = f"analyze variance --model {BB} {CAT} --num-samples 2 --steps 2 --out"
+    yield "ANA-diskfull", lambda: diskfull("ana", f"{variance} OUT", "a")
+    faith = f"evaluate faithfulness --model {BB} --num-samples 1 --steps 2"
+    yield "EVA-diskfull", lambda: diskfull("eva", f"{faith} --images data/imgs8 --out OUT", "f.json")
+    faith2 = f"{faith} {CATDOG} --out out/f2.json"
+    yield "EVA-rerun-same-out", lambda: baseline("f2") or unchanged(faith2, "out/f2.json", "out/f2.md")
+    interp = f"analyze interpolate --model {BB} {CATDOG} --num-samples 1 --num-steps 2 --steps 2"
+    yield "ANA-over-previous", lambda: baseline("ana1") or unchanged(f"{interp} --out out/ana1", "out/ana1")
     yield "ANA-userdir", lambda: unchanged(f"{variance} out/myphotos", "out/myphotos")
     yield "ANA-into-sample-out", lambda: baseline("b0") or unchanged(f"{variance} out/b0", "out/b0")
 
@@ -708,8 +689,7 @@ def cli_probes():
         ok = sorted([a.returncode, b.returncode]) == [0, 2] and refused(loser)[0] == "good"
         ok = ok and not (internal(a) or internal(b))
         line = f"A (variance): {last_line(a)[:75]} / B (interpolate): {last_line(b)[:75]}"
-        note = "" if ok else "not one run and one one-line refusal"
-        return row(ok, f"{a.returncode} / {b.returncode}", line, note)
+        return row(ok, f"{a.returncode} / {b.returncode}", line, "" if ok else "not one run and one refusal")
 
     def adv_eps2():
         p = r(f"analyze adversarial --model {BB} {CATDOG} --num-samples 1 --steps 2 --eps 2 --pgd-steps 1"
@@ -747,14 +727,15 @@ def cli_probes():
             return refused(p, "class")
         card_file = WORK / "runs" / out / "encoder" / "card.json"
         card = json.loads(card_file.read_text()) if card_file.is_file() else {}
-        ok = card.get("smoke") is True
         smoke, knn = card.get("smoke"), card.get("knn_accuracy")
-        return row(ok, 0, last_line(p), "card marked smoke" if ok else f"accepted as real: smoke {smoke}, k-NN {knn}")
+        note = "card marked smoke" if smoke is True else f"accepted as real: smoke {smoke}, k-NN {knn}"
+        return row(smoke is True, 0, last_line(p), note)
 
     def dangling():
         p = r(f"sample --model {BB} --images data/dangling --num-samples 1 --steps 2 --out out/i-dangling")
         ok = "gone.jpg" in p.stdout + p.stderr and p.returncode in (0, 2) and not internal(p)
-        return row(ok, p.returncode, last_line(p), "" if ok else "the dangling symlink gone.jpg is not reported")
+        note = "named it" if ok else "the dangling symlink gone.jpg is not reported"
+        return row(ok, p.returncode, last_line(p), note)
 
     yield "ANA-concurrent", ana_concurrent
     yield "ANA-adv-eps-2", adv_eps2
@@ -765,7 +746,7 @@ def cli_probes():
     yield "IMG-dangling", dangling
 
 
-# --- main ------------------------------------------------------------------------------------------------------
+# --- main ---------------------------------------------------------------------------------------------------
 
 
 def esc(text, limit: int | None = 160) -> str:
@@ -781,7 +762,7 @@ def unmount_under(path: Path) -> None:
 def main() -> int:
     global WORK
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--work", type=Path, default=None, help="scratch folder (emptied first; default: a new temp dir)")
+    ap.add_argument("--work", type=Path, help="scratch folder (emptied first; default: a new temp dir)")
     ap.add_argument("--only", default="", help="comma-separated probe ids")
     args = ap.parse_args()
     WORK = (args.work or Path(tempfile.mkdtemp(prefix="rcdm-probes2-"))).resolve()
@@ -812,8 +793,7 @@ def main() -> int:
         for pid, fn in cli:
             if not only or pid in only:
                 report(pid, fn)
-        todo = [(pid, fn) for pid, fn in apps if not only or pid in only]
-        if todo:
+        if todo := [(pid, fn) for pid, fn in apps if not only or pid in only]:
             CURRENT[0] = "app-start"
             app = App("", "main")
             try:

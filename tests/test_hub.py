@@ -40,6 +40,17 @@ def put_in_cache(cache: Path, repo: str, model: RCDM, revision: str = "main", co
     (root / "refs" / revision).write_text(commit)
 
 
+def test_a_revision_or_name_that_walks_out_of_the_cache_is_no_hub_reference(offline_cache, capsys, tmp_path):
+    assert parse_hub_ref("evil/good@../../../../mdl/good") is None
+    assert parse_hub_ref("evil/good@/etc") is None and parse_hub_ref("../good") is None
+    from PIL import Image
+
+    Image.new("RGB", (8, 8)).save(tmp_path / "a.png")
+    argv = ["sample", "--model", "evil/good@../../x", "--images", str(tmp_path / "a.png")]
+    assert main([*argv, "--out", str(tmp_path / "o")]) == 2
+    assert "evil/good@../../x" in capsys.readouterr().err
+
+
 def test_hub_references_parse():
     assert parse_hub_ref("me/rcdm-r20") == ("me/rcdm-r20", None)
     assert parse_hub_ref("me/rcdm-r20@v1.0") == ("me/rcdm-r20", "v1.0")

@@ -35,7 +35,9 @@ MODEL_FILES = ["config.json", "*.safetensors", "README.md", "metrics.json", "run
 def parse_hub_ref(text: str) -> tuple[str, str | None] | None:
     """'user/repo[@rev]' -> (repo id, revision or None); None when `text` is not such a reference."""
     m = _REF.match(text)
-    return (m["repo"], m["rev"]) if m else None
+    if m is None or ".." in m["repo"] or (m["rev"] and (".." in m["rev"] or m["rev"].startswith("/"))):
+        return None  # '..' would walk out of the hub cache: the revision becomes a path there
+    return m["repo"], m["rev"]
 
 
 def resolve_hub_model(text: str) -> Path:
