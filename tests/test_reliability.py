@@ -4,6 +4,7 @@ unforeseen exception is one line from the `rcdm` command (exit 1) but reaches Py
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
 import shutil
@@ -552,20 +553,44 @@ def _train_on(spec: str, few_images: Path, tmp_path: Path) -> tuple[Path, dict]:
     return run, json.loads((run / "model" / "config.json").read_text())
 
 
+def test_an_encoder_with_new_random_weights_at_each_build_is_refused_when_training_starts(
+    factories, few_images, tmp_path, capsys
+):
+    run = tmp_path / "run"
+    argv = [
+        *TRAIN,
+        "--data",
+        str(few_images),
+        "--encoder",
+        f"module:{factories}:random_net",
+        "--out",
+        str(run),
+    ]
+    assert main(argv) == 2
+    err = _one_line(capsys)
+    assert "has different weights each time it is built (random initialisation?)" in err, err
+    assert not (run / "model").exists() and not (run / "checkpoints").exists()
+
+
 def test_a_model_records_the_digest_of_its_encoders_weights_and_refuses_others(
     factories, few_images, tmp_path, capsys
 ):
     from rcdm.encoders import create_encoder
+    from rcdm.train import TrainConfig, train
 
     spec = f"module:{factories}:random_net"
-    run, cfg = _train_on(spec, few_images, tmp_path)
-    assert cfg["encoder"] == spec and re.fullmatch(r"[0-9a-f]{16}", cfg["encoder_weights"])
-    assert create_encoder(spec).weights_digest() != cfg["encoder_weights"]  # a new random init
+    run = tmp_path / "run"
+    # the Python API takes a ready encoder (not rebuilt): a model of one random draw of the factory
+    cfg = TrainConfig(data=str(few_images), encoder=spec, preset="tiny", steps=2, batch_size=4, num_workers=0)
+    train(cfg, run, progress=False, encoder=create_encoder(spec))
+    recorded = json.loads((run / "model" / "config.json").read_text())
+    assert recorded["encoder"] == spec and re.fullmatch(r"[0-9a-f]{16}", recorded["encoder_weights"])
+    assert create_encoder(spec).weights_digest() != recorded["encoder_weights"]  # a new random init
     capsys.readouterr()
     argv = _sample_argv(run, few_images, tmp_path / "out", "--trust-remote-code")
     assert main(argv) == 2
     err = _one_line(capsys)
-    assert f"sha256:{cfg['encoder_weights']}" in err and err.count("sha256:") == 2, err
+    assert f"sha256:{recorded['encoder_weights']}" in err and err.count("sha256:") == 2, err
     assert not (tmp_path / "out").exists()
 
 
@@ -613,3 +638,12 @@ def test_an_interpolation_of_a_hundred_million_points_is_refused_before_any_work
     argv = ["analyze", "interpolate", "--model", str(tmp_path / "none"), "--images", *images]
     assert main([*argv, "--num-steps", "100000000", "--out", str(tmp_path / "o")]) == 2
     assert "--num-steps 100000000 is out of range: use 2" in capsys.readouterr().err
+
+
+def test_a_trusted_factory_that_fails_is_one_line_naming_it(capsys):
+    from rcdm.encoders import create_encoder
+
+    with pytest.raises(RCDMError, match=r"module:os:system: calling system\(\) failed with TypeError"):
+        create_encoder("module:os:system")  # os.system() needs an argument: the review's probe
+    with pytest.raises(RCDMError, match="module:os:sep: sep is a str, not a function"):
+        create_encoder("module:os:sep")

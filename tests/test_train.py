@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import logging
 import os
 import shutil
 import signal
@@ -13,6 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from rcdm.encoders import create_encoder
 from rcdm.errors import NonFiniteLossError, RCDMError
 from rcdm.model import RCDM
 from rcdm.runs import latest_checkpoint
@@ -101,6 +103,7 @@ def test_non_finite_loss_stops_and_keeps_the_checkpoint(few_images, tmp_path):
 
 
 def test_unreadable_images_are_skipped(few_images, tmp_path, caplog):
+    caplog.set_level(logging.INFO, logger="rcdm.train")
     data = tmp_path / "data" / "nested" / "deeper"
     data.mkdir(parents=True)
     for p in sorted(few_images.iterdir())[:3]:
@@ -109,6 +112,9 @@ def test_unreadable_images_are_skipped(few_images, tmp_path, caplog):
     train(config(data.parent.parent, steps=2, save_every=2), tmp_path / "run", progress=False)
     assert "broken.png" in caplog.text
     assert (tmp_path / "run" / "model" / "config.json").is_file()
+    # the start-up summary says what the encoder sees: its input size and normalisation
+    enc = create_encoder(config(data).encoder)
+    assert f"sees {enc.preprocessing.summary()}" in caplog.text
 
 
 def test_feature_cache_matches_on_the_fly(few_images, tmp_path):

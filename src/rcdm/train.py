@@ -36,6 +36,7 @@ from .devices import Precision, autocast_for, cpu_seconds, resolve_precision, tr
 from .diffusion import sample, sample_generators
 from .encoders import Encoder, create_encoder
 from .encoders.cache import cached_representations, check_cache, load_cache
+from .encoders.registry import check_rebuilds_the_same
 from .errors import NonFiniteLossError, RCDMError
 from .files import atomic_dir, write_text_atomic
 from .locks import run_lock
@@ -230,6 +231,8 @@ def _train(
     precision = training_precision(mp)
     bf16 = resolve_precision(precision, acc.device) == torch.bfloat16
     enc = encoder if encoder is not None else create_encoder(cfg.encoder, cfg.feature)
+    if encoder is None:
+        check_rebuilds_the_same(enc)
     if encoder is not None and enc.feature != cfg.feature:
         enc = enc.with_feature(cfg.feature)
     enc.to(acc.device)
@@ -310,8 +313,8 @@ def _train(
 
     if acc.is_main_process:
         log.info(
-            "training %s (%.1fM parameters, %d px) on %d images (%s) with %s %s (%d-d%s); global batch %d on %d "
-            "process(es), %s, steps %d -> %d, checkpoints every %d in %s",
+            "training %s (%.1fM parameters, %d px) on %d images (%s) with %s %s (%d-d%s; sees %s); global batch "
+            "%d on %d process(es), %s, steps %d -> %d, checkpoints every %d in %s",
             cfg.preset,
             sum(p.numel() for p in model.parameters()) / 1e6,
             size,
@@ -321,6 +324,7 @@ def _train(
             cfg.feature,
             enc.dim,
             ", cached features" if cache is not None else "",
+            enc.preprocessing.summary(),
             cfg.batch_size,
             acc.num_processes,
             "bf16 autocast" if bf16 else "fp32",

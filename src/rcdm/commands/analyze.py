@@ -305,7 +305,9 @@ def run_interpolate(args: argparse.Namespace) -> int:
 
 def run_manipulate(args: argparse.Namespace) -> int:
     if not math.isfinite(args.threshold):
-        raise RCDMError(f"--threshold {args.threshold} must be a finite number ('non-zero' means > threshold)")
+        raise RCDMError(
+            f"--threshold {args.threshold} must be a finite number ('non-zero' means > threshold)"
+        )
     paths = expand_image_args(args.images)
     model, encoder = _setup(args)
     res = manipulate(

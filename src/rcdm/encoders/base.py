@@ -41,6 +41,14 @@ class Preprocessing:
     # how files are cut to input_size (rcdm.data.Resample): "published" = guided-diffusion's PIL BOX + BICUBIC
     resample: Literal["antialias", "published"] = "antialias"
 
+    def summary(self) -> str:
+        """'224 px, ImageNet mean/std' or '32 px, mean (0.5, 0.5, 0.5) std (0.5, 0.5, 0.5)': for start-up logs."""
+        if (tuple(self.mean), tuple(self.std)) == (IMAGENET_MEAN, IMAGENET_STD):
+            norm = "ImageNet mean/std"
+        else:
+            norm = f"mean ({', '.join(f'{v:.3g}' for v in self.mean)}) std ({', '.join(f'{v:.3g}' for v in self.std)})"
+        return f"{self.input_size} px {self.interpolation}, {norm}"
+
     def to_dict(self) -> dict:
         return asdict(self)
 

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..errors import RCDMError
+from ..errors import RCDMError, first_line
 from ..weights import load_strict, read_checkpoint
 from .base import Encoder, Feature, Preprocessing, file_identity
 
@@ -46,6 +46,24 @@ def create_encoder(spec: str, feature: Feature = "backbone") -> Encoder:
         valid = ", ".join(f"{p}:{h}" for p, h in list_encoders().items())
         raise RCDMError(f"unknown encoder spec {spec!r}: use one of {valid}")
     return _REGISTRY[prefix][0](arg, feature)
+
+
+# Kinds whose weights come from code rather than a weights file: built twice to be sure they are the same.
+CODE_BUILT = ("module", "hub")
+
+
+def check_rebuilds_the_same(encoder: Encoder) -> None:
+    """A model records its encoder by spec and weights digest, and `rcdm sample` rebuilds the encoder from the spec.
+    An encoder whose factory draws random weights would train a model that no later run can use: caught when
+    training starts (the spec is built a second time and the digests compared), not at the first sample after."""
+    if encoder.spec.partition(":")[0] not in CODE_BUILT:
+        return
+    again = create_encoder(encoder.spec, encoder.feature)
+    if again.weights_digest() != encoder.weights_digest():
+        raise RCDMError(
+            f"encoder {encoder.spec!r} has different weights each time it is built (random initialisation?), so a "
+            "model trained on it could not be used later: make the factory load its trained weights (or seed it)"
+        )
 
 
 # --- built-in entries -------------------------------------------------------------------------------
@@ -192,7 +210,15 @@ def _module(arg: str, feature: Feature) -> Encoder:
         fn = getattr(importlib.import_module(mod_name), fn_name)
     except (ImportError, AttributeError) as e:
         raise RCDMError(f"cannot import {arg!r}: {e}") from None
-    obj = fn()
+    if not callable(fn):
+        raise RCDMError(f"module:{arg}: {fn_name} is a {type(fn).__name__}, not a function: name a factory")
+    try:
+        obj = fn()
+    except Exception as e:  # the user's own code (trusted with --trust-remote-code): its failure, in one line
+        raise RCDMError(
+            f"module:{arg}: calling {fn_name}() failed with {type(e).__name__}: {first_line(e)} (a factory takes "
+            "no arguments and returns an nn.Module or an rcdm Encoder; call it in Python to see the trace)"
+        ) from e
     if isinstance(obj, Encoder):  # recorded under the spec the user gave, so that a model can rebuild it
         obj = obj if obj.feature == feature else obj.with_feature(feature)
         return obj.with_spec(f"module:{arg}")
