@@ -16,7 +16,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors.torch import save_file
 
 from .errors import RCDMError
 from .model import RCDM
@@ -262,48 +261,5 @@ def convert(
     return model.eval().requires_grad_(False)
 
 
-@torch.no_grad()
-def export_diffusers(model: RCDM, folder: str | Path) -> Path:
-    """Save the UNet for plain `UNet2DModel.from_pretrained(folder / 'unet')` and the projection.
-
-    Writes folder/unet/ (config.json + safetensors) and folder/rep_proj.safetensors (weight (E, dim), bias (E,);
-    metadata: attention_num_heads). Plain diffusers builds one head per attention layer: set
-    `heads = attention_num_heads` on every Attention after loading (docs/official.md shows the 5 lines).
-    A model that standardises its representations has that folded into weight and bias (raw features in); a
-    model with a learned null representation (guidance) adds `null_embedding` (E,), the class_labels row of the
-    unconditional branch.
-    """
-    folder = Path(folder)
-    adapter = model.rep_adapter
-    if adapter is not None and adapter.mlp is not None:
-        raise RCDMError(
-            "this adapted model's mlp adapter is not one linear map, so rep_proj.safetensors cannot hold it: "
-            "adapt with --adapter linear to export, or sample it with rcdm"
-        )
-    model.unet.save_pretrained(folder / "unet")
-    weight, bias = model.rep_proj.weight.float(), model.rep_proj.bias.float()
-    null_embedding = weight @ model.null_rep.float() + bias if model.null_rep is not None else None
-    if (
-        adapter is not None
-    ):  # W (A z + a) + b = (W A) z + (W a + b): the linear adapter folds into the projection
-        weight, bias = weight @ adapter.linear.weight.float(), weight @ adapter.linear.bias.float() + bias
-    tensors = {"weight": weight, "bias": bias}
-    if (
-        model.rep_mean is not None and model.rep_std is not None
-    ):  # W (r - m) / s + b = (W / s) r + (b - W m / s)
-        folded = weight / model.rep_std.float()
-        tensors = {"weight": folded, "bias": bias - folded @ model.rep_mean.float()}
-    if null_embedding is not None:  # the null representation lives in the standardised (base) space
-        tensors["null_embedding"] = null_embedding
-    save_file(
-        {k: v.contiguous() for k, v in tensors.items()},
-        str(folder / "rep_proj.safetensors"),
-        metadata={
-            "attention_num_heads": str(model.config.attention_num_heads or 1),
-            "representation_dim": str(model.config.representation_dim),
-            # what the UNet's first 3 output channels are: epsilon, or v (eps = sqrt(abar) v + sqrt(1-abar) x_t)
-            "prediction_type": model.prediction_type,
-            "usage": "emb = features @ weight.T + bias; unet(x, t, class_labels=emb)",
-        },
-    )
-    return folder
+# `rcdm.convert.export_diffusers` is where README and earlier releases named it
+from .export import export_diffusers  # noqa: E402, F401

@@ -5,8 +5,9 @@ from __future__ import annotations
 import argparse
 import logging
 
-from ..convert import convert, export_diffusers
+from ..convert import convert
 from ..encoders import FEATURES
+from ..export import export_diffusers
 from ..files import output_folder
 from ..loading import MODELS, encoder_description, published_name_for
 from .common import add_command, add_overwrite_arg

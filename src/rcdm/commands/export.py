@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..convert import export_diffusers
+from ..export import export_diffusers
 from ..files import output_folder
 from ..loading import load_model
 from .common import add_command, add_overwrite_arg
@@ -46,11 +46,12 @@ def run(args: argparse.Namespace) -> int:
         args.out, overwrite=args.overwrite, marker="rep_proj.safetensors", command="rcdm export"
     ) as tmp:
         model = load_model(args.model, weights=args.weights)
-        export_diffusers(model, tmp)
+        export_diffusers(model, tmp, source=str(args.model), name=Path(args.out).name)
     out = args.out
     heads = model.config.attention_num_heads or 1
     print(
-        f"wrote {Path(out) / 'unet'} (UNet2DModel.from_pretrained; set heads={heads} on every Attention) and "
-        f"{Path(out) / 'rep_proj.safetensors'}"
+        f"wrote {Path(out) / 'unet'} (UNet2DModel.from_pretrained; set heads={heads} on every Attention), "
+        f"{Path(out) / 'rep_proj.safetensors'}, {Path(out) / 'scheduler'} and {Path(out) / 'README.md'} (a loop "
+        "that draws what rcdm sample draws)"
     )
     return 0
