@@ -349,6 +349,17 @@ def test_a_model_whose_encoder_runs_code_needs_the_opt_in(tiny_model: Path) -> N
         cache.get("tiny")
 
 
+def test_the_opt_in_names_the_models_whose_code_it_lets_run(
+    tiny_model: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    (runs / "mine").symlink_to(tiny_model)
+    with caplog.at_level("INFO", logger="rcdm.app.models"):
+        discover_models((), [str(runs)], trust_remote_code=True)
+    assert "the encoders of 1 model(s) run code when first used: mine (module:encoders_for_tests:" in caplog.text
+
+
 def test_a_model_folder_s_recorded_guidance_is_the_page_default(tmp_path: Path) -> None:
     import json
 

@@ -21,6 +21,7 @@ from .bundle import DemoBundle, bundled_models_dir
 from .convert import convert
 from .encoders import Encoder, Feature, create_encoder
 from .encoders.published import PUBLISHED, describe_published
+from .encoders.registry import CODE_RUNNING_SPECS
 from .errors import RCDMError, first_line
 from .files import atomic_dir
 from .hub import parse_hub_ref, resolve_hub_model
@@ -222,10 +223,6 @@ def _load_strict(folder: Path) -> RCDM:
             "blank images; use an earlier checkpoint of the run, or retrain"
         )
     return model
-
-
-# Encoder specs that run code named by the spec (a torch.hub repo's hubconf, an importable factory).
-CODE_RUNNING_SPECS = ("hub", "module")
 
 
 def encoder_for(

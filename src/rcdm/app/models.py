@@ -23,6 +23,7 @@ from ..bundle import ROLES, bundled_pack, demo_images, read_bundle, read_card
 from ..data import list_images, load_image
 from ..devices import default_device
 from ..diffusion import SamplingConfig
+from ..encoders.registry import CODE_RUNNING_SPECS
 from ..errors import RCDMError
 from ..loading import MODELS, encoder_for, load_bundled, load_model, official_is_cached, resolve_model_dir
 from ..visualize import visualize
@@ -254,7 +255,30 @@ def discover_models(
             "or install the CIFAR-10 pack (docs/recipes.md)"
         )
     labels = [c.label for c in out]
-    return [c if labels.count(c.label) == 1 else replace(c, label=c.source) for c in out]
+    out = [c if labels.count(c.label) == 1 else replace(c, label=c.source) for c in out]
+    if trust_remote_code:  # say whose code the opt-in lets run, by name, before anything runs
+        runs_code = [f"{c.label} ({spec})" for c in out if (spec := _code_running_encoder(c.source))]
+        if runs_code:
+            log.warning(
+                "--trust-remote-code: the encoders of %d model(s) run code when first used: %s",
+                len(runs_code),
+                "; ".join(runs_code),
+            )
+        else:
+            log.info("--trust-remote-code: no offered model's encoder runs code")
+    return out
+
+
+def _code_running_encoder(source: str) -> str | None:
+    """The encoder spec of a local model folder's config when it runs code (hub:, module:), else None."""
+    if ":" in source.split("/")[0]:  # official:NAME and other named sources: encoders rcdm ships
+        return None
+    try:
+        config = json.loads((resolve_model_dir(source) / "config.json").read_text())
+    except (RCDMError, OSError, ValueError):
+        return None  # the load says what is wrong, when the model is picked
+    spec = str(config.get("encoder") or "")
+    return spec if spec.split(":", 1)[0] in CODE_RUNNING_SPECS else None
 
 
 def _default_guidance(source: str) -> float:

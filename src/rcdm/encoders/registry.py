@@ -48,15 +48,17 @@ def create_encoder(spec: str, feature: Feature = "backbone") -> Encoder:
     return _REGISTRY[prefix][0](arg, feature)
 
 
-# Kinds whose weights come from code rather than a weights file: built twice to be sure they are the same.
-CODE_BUILT = ("module", "hub")
+# Kinds of spec that run code to build the encoder (import a module, a torch.hub repo): never run for a spec read
+# from a downloaded config without the user's opt-in (rcdm.loading), and built twice at training start, since
+# their weights come from that code rather than from a weights file.
+CODE_RUNNING_SPECS = ("hub", "module")
 
 
 def check_rebuilds_the_same(encoder: Encoder) -> None:
     """A model records its encoder by spec and weights digest, and `rcdm sample` rebuilds the encoder from the spec.
     An encoder whose factory draws random weights would train a model that no later run can use: caught when
     training starts (the spec is built a second time and the digests compared), not at the first sample after."""
-    if encoder.spec.partition(":")[0] not in CODE_BUILT:
+    if encoder.spec.partition(":")[0] not in CODE_RUNNING_SPECS:
         return
     again = create_encoder(encoder.spec, encoder.feature)
     if again.weights_digest() != encoder.weights_digest():
