@@ -52,3 +52,12 @@ def test_float_images_decode_to_their_grey_not_black(tmp_path, top):
     x = image_tensor(tmp_path / "f.tif")
     assert abs(float(x.mean()) - 0.5) < 0.02  # Pillow's convert('RGB') gives 0 for values in [0, 1]
     assert float(x.max()) > 0.99
+
+
+def test_the_decoding_bar_never_writes_carriage_returns_into_a_log(tmp_path, capsys, monkeypatch):
+    from rcdm.data import decode_images
+
+    monkeypatch.setenv("RCDM_CACHE", str(tmp_path / "cache"))
+    files = [_rgb(tmp_path / f"{i}.png") for i in range(3)]
+    decode_images(files, progress=True)  # progress asked for, but stderr is captured: no terminal
+    assert "\r" not in capsys.readouterr().err

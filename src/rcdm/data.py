@@ -284,7 +284,8 @@ def decode_images(
     t0 = time.perf_counter()
     with (
         ThreadPoolExecutor(threads or min(8, os.cpu_count() or 1)) as pool,
-        tqdm(total=n, desc="decoding images", unit="img", disable=not progress) as bar,
+        # disable=None: tqdm stays silent when stderr is no terminal, so a log file never gets its \r redraws
+        tqdm(total=n, desc="decoding images", unit="img", disable=None if progress else True) as bar,
     ):
         for i, x in enumerate(pool.map(one, files, chunksize=256)):
             out[i] = x

@@ -346,7 +346,7 @@ def sample(
         run = denoiser(model, mode, dtype)
         v_pred = model.prediction_type == "v_prediction" and not custom  # a custom scheduler reads v itself
         alphas = sched.alphas_cumprod.to(device)
-        for i, t in enumerate(tqdm(ts, disable=not progress, desc=f"{sampler} sampling")):
+        for i, t in enumerate(tqdm(ts, disable=None if progress else True, desc=f"{sampler} sampling")):
             check_deadline()
             tt = torch.full((cond.shape[0],), t, device=device, dtype=torch.long)
             xin = x if sampler == "ddpm" else sched.scale_model_input(x, sched.timesteps[i])
@@ -438,7 +438,9 @@ def sample_many(
         else None
     )
     out: list[torch.Tensor] = []
-    for s, e in tqdm(list(batched(flat.shape[0], cfg.batch_size)), disable=not progress, desc=desc):
+    for s, e in tqdm(
+        list(batched(flat.shape[0], cfg.batch_size)), disable=None if progress else True, desc=desc
+    ):
         out.append(sample(model, flat[s:e], cfg, first_index=s, noise=None if noise is None else noise[s:e]))
     imgs = torch.cat(out)
     bad = int((~torch.isfinite(imgs).flatten(1).all(1)).sum())

@@ -87,7 +87,7 @@ def invert_noise(
             rep = representations[s:e].to(device=device, dtype=torch.float32)
             guided = sampling.guidance != 1.0
             cond = guided_condition(model, rep, sampling.guidance, dtype)
-            for t in tqdm(up.timesteps, disable=not progress, desc="inverting"):
+            for t in tqdm(up.timesteps, disable=None if progress else True, desc="inverting"):
                 check_deadline()
                 tt = torch.full((cond.shape[0],), int(t), device=device, dtype=torch.long)
                 pred = run(torch.cat([x, x]) if guided else x, tt, cond)[:, :3]

@@ -69,7 +69,7 @@ def pgd(
     g = torch.Generator().manual_seed(seed)
     out = []
     chunks = list(range(0, images.shape[0], batch_size))
-    bar = tqdm(total=len(chunks) * steps, disable=not progress, desc=f"PGD {attack}")
+    bar = tqdm(total=len(chunks) * steps, disable=None if progress else True, desc=f"PGD {attack}")
     for s in chunks:
         x = images[s : s + batch_size].float()
         start = (torch.rand(x.shape, generator=g) * 2 - 1) * eps if random_start else torch.zeros_like(x)

@@ -227,7 +227,7 @@ def invariance(
     clean, aug_samples = samples[:m], samples[m:].view(n_aug, m, *samples.shape[1:])
     shift, relative_shift, cosine = representation_shift(reps, aug_reps)
     retention = torch.full((n_aug, m), math.nan)
-    for a, (name, s) in enumerate(tqdm(augs, disable=not progress, desc="retention")):
+    for a, (name, s) in enumerate(tqdm(augs, disable=None if progress else True, desc="retention")):
         stat = get_augmentation(name).statistic
         for i in range(m):
             t_clean = augment(clean[i], name, s, seed=aug_seed[a][i])

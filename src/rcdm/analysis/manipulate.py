@@ -92,7 +92,7 @@ def topk_cosine(
     best_s = torch.full((q.shape[0], 0), -float("inf"))
     best_i = torch.zeros((q.shape[0], 0), dtype=torch.long)
     for start, rows in tqdm(
-        iter_bank(bank, chunk), total=-(-n // chunk), disable=not progress, desc="neighbours"
+        iter_bank(bank, chunk), total=-(-n // chunk), disable=None if progress else True, desc="neighbours"
     ):
         sims = q @ F.normalize(rows, dim=-1).T
         cand_s = torch.cat([best_s, sims], dim=1)

@@ -223,7 +223,9 @@ class Encoder(nn.Module):
         """
         size, resample = self.preprocessing.input_size, self.preprocessing.resample
         out = []
-        for s, e in tqdm(list(batched(len(paths), batch_size)), disable=not progress, desc="encoding"):
+        for s, e in tqdm(
+            list(batched(len(paths), batch_size)), disable=None if progress else True, desc="encoding"
+        ):
             views = load_images(paths[s:e], size, resample)
             out.append(self.encode(views.flip(-1) if flip else views, batch_size, precision))
         return torch.cat(out) if out else torch.empty(0, self.dim)

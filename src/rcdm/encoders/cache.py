@@ -112,7 +112,9 @@ def _encode(
     if decoded is None or encoder.preprocessing.resample != "antialias":
         return encoder.encode_files(files, batch_size, flip=flip, progress=progress).contiguous()
     size, out = encoder.preprocessing.input_size, []
-    for s, e in tqdm(list(batched(len(files), batch_size)), disable=not progress, desc="encoding"):
+    for s, e in tqdm(
+        list(batched(len(files), batch_size)), disable=None if progress else True, desc="encoding"
+    ):
         views = resize(center_square(decoded[s:e].float() / 255.0), size)
         out.append(encoder.encode(views.flip(-1) if flip else views, batch_size))
     return torch.cat(out).contiguous()

@@ -192,7 +192,9 @@ def evaluate_faithfulness(
     n, s = len(paths), num_samples
     sample_reps = [torch.empty(n * s, r.shape[1]) for r in refs]
     cond = refs[0].repeat_interleave(s, dim=0)
-    for a, b in tqdm(list(batched(n * s, cfg.batch_size)), disable=not progress, desc="faithfulness"):
+    for a, b in tqdm(
+        list(batched(n * s, cfg.batch_size)), disable=None if progress else True, desc="faithfulness"
+    ):
         imgs = sample(model, cond[a:b], cfg, first_index=a)
         if on_samples is not None:
             on_samples(a, imgs)

@@ -341,7 +341,10 @@ def _train_encoder(
     dataset = AugmentedViews(train_u8, labels_t, transform, two_views=not supervised)
     steps_per_epoch = len(dataset) // cfg.batch_size
     bar = tqdm(
-        total=cfg.epochs * steps_per_epoch, initial=state["step"], disable=not progress, desc=cfg.objective
+        total=cfg.epochs * steps_per_epoch,
+        initial=state["step"],
+        disable=None if progress else True,
+        desc=cfg.objective,
     )
     core = acc.unwrap_model(net)  # the heads are called directly; `net` (prepared) runs the backbone
     step = state["step"]
