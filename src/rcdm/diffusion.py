@@ -90,6 +90,13 @@ class SamplingConfig:
         """The settings as a JSON-ready dict (written beside results)."""
         return asdict(self)
 
+    def describe(self) -> str:
+        """'dpm++ 20 steps, guidance 5, seed 0' (the sampler's default steps when unset): for figure captions."""
+        steps = self.steps or DEFAULT_STEPS.get(self.sampler)
+        guidance = "guidance: the model's default" if self.guidance is None else f"guidance {self.guidance:g}"
+        noise = f", rep-noise {self.rep_noise:g}" if self.rep_noise else ""
+        return f"{self.sampler} {steps} steps, {guidance}, seed {self.seed}{noise}"
+
 
 # Named settings: fast (the default sampler), paired (deterministic, for shared-noise comparisons: two rows that
 # start from the same noise differ only through their representations), published (the paper's 100-step ddpm).

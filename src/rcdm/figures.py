@@ -9,6 +9,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 from PIL import Image, ImageDraw, ImageFont
@@ -29,6 +30,29 @@ def save_png(img: torch.Tensor, path: str | Path) -> Path:
     return path
 
 
+def _wrapped(text: str, font: Any, width: int) -> list[str]:
+    """`text` in lines no wider than `width` px (words kept whole unless one alone is wider)."""
+    lines: list[str] = []
+    for para in text.split("\n"):
+        line = ""
+        for word in para.split(" "):
+            trial = f"{line} {word}" if line else word
+            if font.getlength(trial) <= width or not line:
+                line = trial
+            else:
+                lines.append(line)
+                line = word
+            while font.getlength(line) > width and len(line) > 1:  # one word wider than the figure: split it
+                cut = max(1, int(len(line) * width / font.getlength(line)))
+                lines.append(line[:cut])
+                line = line[cut:]
+        lines.append(line)
+    return lines
+
+
+LINE = 14  # px per line of the default font
+
+
 def grid(
     rows: Sequence[Sequence[torch.Tensor]] | torch.Tensor,
     *,
@@ -38,22 +62,24 @@ def grid(
     pad: int = 2,
     title: str | None = None,
 ) -> Image.Image:
-    """A labelled grid: rows[r][c] is an image (3, H, W) in [0, 1]; cells are upscaled to `cell` px (nearest)."""
+    """A labelled grid: rows[r][c] is an image (3, H, W) in [0, 1]; cells are upscaled to `cell` px (nearest).
+    A title wider than the grid wraps onto more lines instead of being cut."""
     rows = [list(r) for r in rows]
     n_cols = max(len(r) for r in rows)
     h = rows[0][0].shape[-2]
     cell = cell or max(64, h)
     font = ImageFont.load_default()
-    left = 0 if not row_labels else 8 + 7 * max(len(s) for s in row_labels)
-    top = (18 if col_labels else 0) + (18 if title else 0)
+    left = 0 if not row_labels else 8 + int(max(font.getlength(s) for s in row_labels))
     width = left + n_cols * (cell + pad) + pad
+    title_lines = _wrapped(title, font, width - 2 * pad) if title else []
+    top = (18 if col_labels else 0) + LINE * len(title_lines) + (4 if title_lines else 0)
     height = top + len(rows) * (cell + pad) + pad
     canvas = Image.new("RGB", (width, height), "white")
     draw = ImageDraw.Draw(canvas)
-    if title:
-        draw.text((pad, 2), title, fill="black", font=font)
+    for i, line in enumerate(title_lines):
+        draw.text((pad, 2 + i * LINE), line, fill="black", font=font)
     if col_labels:
-        y = 2 + (18 if title else 0)
+        y = top - 16
         for c, lab in enumerate(col_labels):
             draw.text(
                 (left + pad + c * (cell + pad), y), str(lab)[: max(4, cell // 6)], fill="black", font=font
@@ -65,6 +91,20 @@ def grid(
         for c, img in enumerate(row):
             pil = to_pil(img).resize((cell, int(cell * img.shape[-2] / img.shape[-1])), Image.NEAREST)
             canvas.paste(pil, (left + pad + c * (cell + pad), y))
+    return canvas
+
+
+def with_caption(image: Image.Image, caption: str, min_width: int = 360) -> Image.Image:
+    """`image` with `caption` below it (wrapped to the figure's width, at least `min_width` px): what a figure
+    shows and how it was drawn travel with the PNG, whoever opens it."""
+    font = ImageFont.load_default()
+    width = max(image.width, min_width)
+    lines = _wrapped(caption, font, width - 8)
+    canvas = Image.new("RGB", (width, image.height + 6 + LINE * len(lines)), "white")
+    canvas.paste(image.convert("RGB"), (0, 0))
+    draw = ImageDraw.Draw(canvas)
+    for i, line in enumerate(lines):
+        draw.text((4, image.height + 3 + i * LINE), line, fill="dimgray", font=font)
     return canvas
 
 

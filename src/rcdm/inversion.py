@@ -25,7 +25,7 @@ from .devices import resolve_compile, resolve_precision
 from .diffusion import SamplingConfig, denoiser, guided_condition, sample
 from .encoders import Encoder
 from .errors import RCDMError
-from .figures import grid, save_png
+from .figures import grid, save_png, with_caption
 from .losses import SCHEDULE
 from .model import RCDM
 from .visualize import unique_names
@@ -186,6 +186,7 @@ def save_inversion(
     inversion: Inversion,
     out_dir: str | Path,
     swap: tuple[str, torch.Tensor] | None = None,
+    caption: str | None = None,
 ) -> dict:
     """Write OUT/<stem>/{noise.safetensors, reconstruction.png} (and with-<other>.png for a `swap`: the other
     image's name and the redrawn images) and OUT/figure.png; returns the per-image record for results.json."""
@@ -209,5 +210,6 @@ def save_inversion(
         records.append(record)
     cols = ["original", "reconstruction"] + ([f"rep of {swap[0]}"] if swap else [])
     labels = [f"{n} {float(p):.1f} dB" for n, p in zip(names, inversion.psnr, strict=True)]
-    grid(rows, row_labels=labels, col_labels=cols, cell=96).save(out_dir / "figure.png")
+    figure = grid(rows, row_labels=labels, col_labels=cols, cell=96)
+    (with_caption(figure, caption) if caption else figure).save(out_dir / "figure.png")
     return {"images": records, "mean_psnr_db": round(inversion.mean_psnr, 3)}

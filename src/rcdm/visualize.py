@@ -12,7 +12,7 @@ from .data import load_views
 from .diffusion import SamplingConfig, sample_many
 from .encoders import Encoder
 from .errors import RCDMError
-from .figures import sample_grid, save_png
+from .figures import sample_grid, save_png, with_caption
 from .model import RCDM
 
 
@@ -66,14 +66,16 @@ def unique_names(names: Sequence[str]) -> list[str]:
     return out
 
 
-def save_visualization(vis: Visualization, out_dir: str | Path) -> list[Path]:
-    """Write OUT/<stem>/sample_000.png ... and the grid OUT/<stem>.png (original first). Returns the grids."""
+def save_visualization(vis: Visualization, out_dir: str | Path, caption: str | None = None) -> list[Path]:
+    """Write OUT/<stem>/sample_000.png ... and the grid OUT/<stem>.png (original first, `caption` below it: the
+    model and the sampling). Returns the grids."""
     out_dir = Path(out_dir)
     grids = []
     for name, original, samples in zip(unique_names(vis.names), vis.originals, vis.samples, strict=True):
         for j, s in enumerate(samples):
             save_png(s, out_dir / name / f"sample_{j:03d}.png")
         path = out_dir / f"{name}.png"
-        sample_grid(original, samples, title=name).save(path)
+        figure = sample_grid(original, samples, title=name)
+        (with_caption(figure, caption) if caption else figure).save(path)
         grids.append(path)
     return grids

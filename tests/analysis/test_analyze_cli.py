@@ -29,6 +29,10 @@ def test_cli_writes_figure_and_results(tiny_run, two_images, tmp_path, analyze):
     out = tmp_path / "itp"
     assert analyze("interpolate", tiny_run, two_images, out, "--num-steps", "3") == 0
     assert (out / "figure.png").is_file() and len(json.loads((out / "results.json").read_text())["t"]) == 3
+    # the results and the figure say how the samples were drawn (the figure: a caption below it)
+    results = json.loads((out / "results.json").read_text())
+    assert {"sampler", "steps", "guidance", "seed"} <= set(results["sampling"])
+    assert results["sampling"]["guidance"] is not None  # the resolved weight, not "the model's default"
     # sample's rules for --out: an earlier analysis is replaced only with --overwrite, other files never
     assert analyze("interpolate", tiny_run, two_images, out, "--num-steps", "3") == 2
     mine = tmp_path / "mine"

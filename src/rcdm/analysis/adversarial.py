@@ -128,6 +128,10 @@ class AdversarialResult:
     clean_labels: torch.Tensor | None
     adv_labels: torch.Tensor | None
     settings: dict = field(default_factory=dict)
+    class_names: tuple[str, ...] = ()  # the classifier's, index order, when known
+
+    def class_name(self, index: int) -> str:
+        return self.class_names[index] if 0 <= index < len(self.class_names) else f"class {index}"
 
     @property
     def label_flip_rate(self) -> float:
@@ -153,6 +157,12 @@ class AdversarialResult:
                     "linf": number(self.linf[i]),
                     "clean_label": None if self.clean_labels is None else int(self.clean_labels[i]),
                     "adv_label": None if self.adv_labels is None else int(self.adv_labels[i]),
+                    "clean_class": None
+                    if self.clean_labels is None
+                    else self.class_name(int(self.clean_labels[i])),
+                    "adv_class": None
+                    if self.adv_labels is None
+                    else self.class_name(int(self.adv_labels[i])),
                 }
                 for i, n in enumerate(self.names)
             },
@@ -225,6 +235,7 @@ def adversarial(
             adv_labels = encoder.logits(adv.to(dev)).argmax(-1).cpu()
     shift, relative_shift, cosine = representation_shift(reps, adv_reps)
     return AdversarialResult(
+        class_names=encoder.class_names,
         label=result_label(encoder, label),
         names=[Path(p).stem for p in paths],
         attack=attack,
@@ -252,8 +263,8 @@ def adversarial_figure(results: Sequence[AdversarialResult]) -> Image.Image:
     """Per image (and per result when comparing): the clean row, then the attacked row with its numbers."""
 
     def rows(res: AdversarialResult, i: int) -> Rows:
-        cl = "" if res.clean_labels is None else f" y={int(res.clean_labels[i])}"
-        al = "" if res.adv_labels is None else f" y={int(res.adv_labels[i])}"
+        cl = "" if res.clean_labels is None else f": {res.class_name(int(res.clean_labels[i]))}"
+        al = "" if res.adv_labels is None else f": {res.class_name(int(res.adv_labels[i]))}"
         numbers = f"d={fmt(float(res.relative_shift[i]))} cos={fmt(float(res.cosine[i]))}"
         return [
             ([res.originals[i], *res.clean_samples[i]], f"{res.names[i]} clean{cl}"),

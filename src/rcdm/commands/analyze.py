@@ -33,7 +33,9 @@ from ..analysis.interpolate import METHODS, check_num_steps
 from ..analysis.noise import noise_figure, noise_keeps
 from ..data import expand_image_args
 from ..devices import default_device
+from ..diffusion import resolve_sampling
 from ..errors import RCDMError
+from ..figures import with_caption
 from ..files import output_folder
 from ..inversion import INVERT_DEFAULTS
 from ..loading import encoder_for, load_model
@@ -232,7 +234,10 @@ def _setup(args: argparse.Namespace, model_source: str | None = None):
     positive("--num-samples", args.num_samples, MAX_SAMPLES_PER_IMAGE)
     sampling_from_args(args)  # its settings are checked before any work
     if model_source is None:
-        return load_model_and_encoder(args)
+        model, encoder = load_model_and_encoder(args)
+        args.sampling_used = resolve_sampling(model, sampling_from_args(args))
+        args.caption = f"{args.model} ({encoder.spec}, {encoder.feature}); {args.sampling_used.describe()}"
+        return model, encoder
     device = args.device or default_device()
     model = load_model(model_source, device=device)
     return model, encoder_for(model, trust_remote_code=args.trust_remote_code).to(device)
@@ -247,8 +252,11 @@ def _sampling(args: argparse.Namespace) -> dict:
 def _write(args: argparse.Namespace, figure, results: dict) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    figure.save(out / "figure.png")
+    caption = getattr(args, "caption", None)  # the model and the sampling, on the figure itself
+    (with_caption(figure, caption) if caption else figure).save(out / "figure.png")
     results = {"analysis": args.analysis, "model": args.model, **results}
+    if getattr(args, "sampling_used", None) is not None:
+        results["sampling"] = args.sampling_used.record()
     (out / "results.json").write_text(json.dumps(results, indent=2))
     final = Path(getattr(args, "final_out", args.out))
     print(f"wrote {final / 'figure.png'} and {final / 'results.json'}")

@@ -9,7 +9,7 @@ from safetensors.torch import save_file
 
 from ..checks import check_guidance, check_seed
 from ..diffusion import SAMPLERS, SamplingConfig, resolve_sampling, sample_many
-from ..figures import grid, save_png
+from ..figures import grid, save_png, with_caption
 from ..files import output_folder
 from ..prior import check_prior_matches, load_prior, sample_representations
 from .common import (
@@ -80,7 +80,12 @@ def run(args: argparse.Namespace) -> int:
             save_png(img, out / f"{i:05d}.png")
         shown = images[:64]
         cols = 8
-        grid([list(shown[r : r + cols]) for r in range(0, len(shown), cols)]).save(out / "grid.png")
+        caption = (
+            f"{args.model} ({encoder.spec}, {encoder.feature}) from representations of the prior {args.prior} "
+            f"({args.prior_steps} steps); {sampling.describe()}"
+        )
+        figure = grid([list(shown[r : r + cols]) for r in range(0, len(shown), cols)])
+        with_caption(figure, caption).save(out / "grid.png")
         save_file({"representations": reps.contiguous()}, out / "representations.safetensors")
         settings = {
             "model": args.model,

@@ -88,7 +88,11 @@ def run(args: argparse.Namespace) -> int:
         swap = None
         if other is not None:
             swap = (other[0].stem, redraw_under(model, inv, encoder.encode_files(other)))
-        record = save_inversion(inv, out, swap)
+        caption = (
+            f"{args.model} ({encoder.spec}, {encoder.feature}); DDIM inversion, {inv.sampling.steps} steps, "
+            f"guidance {inv.sampling.guidance:g}"
+        )
+        record = save_inversion(inv, out, swap, caption)
         results = {
             "model": args.model,
             "sampling": {k: inv.sampling.record()[k] for k in ("sampler", "steps", "guidance", "precision")},

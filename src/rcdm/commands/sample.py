@@ -51,7 +51,8 @@ def run(args: argparse.Namespace) -> int:
             sampling=sampling,
             progress=not args.no_progress,
         )
-        grids = save_visualization(vis, out)
+        caption = f"{args.model} ({encoder.spec}, {encoder.feature}); {sampling.describe()}"
+        grids = save_visualization(vis, out, caption)
         settings = {"model": args.model, "num_samples": args.num_samples, **sampling.record()}
         (out / "sample.json").write_text(
             json.dumps({**settings, "images": [str(p) for p in paths]}, indent=2)

@@ -186,6 +186,16 @@ class Encoder(nn.Module):
             h = self.projector(h).float()
         return h
 
+    @property
+    def class_names(self) -> tuple[str, ...]:
+        """The classifier's class names, index order, when known (its `class_names` attribute); else ()."""
+        return tuple(getattr(self.classifier, "class_names", None) or ())
+
+    def class_name(self, index: int) -> str:
+        """Class `index` by name when known, else 'class N'."""
+        names = self.class_names
+        return names[index] if 0 <= index < len(names) else f"class {index}"
+
     def logits(self, images: torch.Tensor) -> torch.Tensor:
         """Class logits (B, classes) for encoders that carry a classifier."""
         if self.classifier is None:

@@ -41,6 +41,10 @@ CIFAR_STD = (0.2470, 0.2435, 0.2616)
 
 
 # Bounds on a card's architecture: far past any recipe encoder (ResNet-20..56, width 1..4, 2048-wide projectors).
+# CIFAR-10's label order (the data set's batches.meta), the classes of the published CIFAR ResNets.
+CIFAR10_CLASSES = (
+    "airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck",
+)  # fmt: skip
 MAX_DEPTH, MAX_WIDTH, MAX_PROJECTOR_WIDTH, MAX_PROJECTOR_LAYERS, MAX_CLASSES = 200, 16, 16384, 8, 100_000
 
 
@@ -302,6 +306,8 @@ def _rcdm_cifar(arg: str, feature: Feature) -> Encoder:
     if card.get("smoke"):
         log.warning("encoder %s is from a smoke-test run: undertrained, for tests only", folder)
     named = "/" not in arg and os.sep not in arg and not Path(arg).expanduser().is_dir()
+    if net.classifier is not None:
+        net.classifier.class_names = tuple(card.get("classes") or ())
     return Encoder(
         net.backbone,
         Preprocessing.from_dict(card["preprocessing"]),
@@ -319,6 +325,7 @@ def _rcdm_cifar(arg: str, feature: Feature) -> Encoder:
 def _cifar(depth: str) -> Callable[[str, Feature], Encoder]:
     def factory(arg: str, feature: Feature) -> Encoder:
         net = load_cifar_resnet(depth, arg)
+        net.linear.class_names = CIFAR10_CLASSES  # the published CIFAR ResNets' label order
         return Encoder(
             net,
             Preprocessing(input_size=32, mean=IMAGENET_MEAN, std=IMAGENET_STD, interpolation="bilinear"),

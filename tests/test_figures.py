@@ -1,0 +1,33 @@
+"""rcdm.figures: titles that fit (wrapped, never cut) and captions that carry how a figure was drawn."""
+
+from __future__ import annotations
+
+import torch
+
+from rcdm.diffusion import SamplingConfig
+from rcdm.figures import grid, with_caption
+
+
+def _cells(n: int) -> list[list[torch.Tensor]]:
+    return [[torch.rand(3, 16, 16) for _ in range(n)]]
+
+
+def test_a_long_title_wraps_onto_more_lines_instead_of_being_cut():
+    short = grid(_cells(2), title="airplane")
+    long = grid(_cells(2), title="adversarial: " + "/a/very/long/path/to/some/model/folder" * 4)
+    assert long.width == short.width  # the grid sets the width, the title does not
+    assert long.height >= short.height + 3 * 14  # the title's extra lines, not cut at the edge
+
+
+def test_a_caption_goes_below_the_figure_and_widens_a_narrow_one():
+    fig = grid(_cells(1))
+    out = with_caption(fig, "runs/r20 (pixels:4, backbone); " + SamplingConfig(steps=20, guidance=5).describe())
+    assert out.width == max(fig.width, 360) and out.height > fig.height
+    assert out.crop((0, 0, fig.width, fig.height)).tobytes() == fig.convert("RGB").tobytes()  # figure untouched
+
+
+def test_sampling_describes_itself_for_captions():
+    assert SamplingConfig(guidance=5.0).describe() == "dpm++ 20 steps, guidance 5, seed 0"
+    assert SamplingConfig(sampler="ddim", seed=3, rep_noise=0.5, guidance=1).describe() == (
+        "ddim 50 steps, guidance 1, seed 3, rep-noise 0.5"
+    )
