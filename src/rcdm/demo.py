@@ -27,6 +27,7 @@ from .demo_page import (
     PageContext,
     bundle_section,
     findings_section,
+    metrics_section,
     pack_note,
     smoke_notice,
 )
@@ -118,6 +119,9 @@ def run_pack_demo(
         seconds[key] = time.perf_counter() - t0
     sections.append(findings_section(numbers))
     numbers.update(sections[-1].numbers)
+    card_metrics = metrics_section(models)  # after the pictures and the verdicts: numbers for the record
+    if card_metrics is not None:
+        sections.append(card_metrics)
     seconds["total"] = time.perf_counter() - t_start
     numbers["seconds"] = {k: round(v, 2) for k, v in seconds.items()}
     sections.append(

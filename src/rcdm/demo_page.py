@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import html
 import json
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -103,7 +104,10 @@ def _samples_section(ctx: PageContext) -> Section:
         "from its <b>projector</b> embedding. Sample j of both starts from the same noise with a deterministic "
         "sampler, so what differs is the representation alone. What stays the same across a row's samples is "
         "what the representation keeps. Faithfulness is judged by the conditioning encoder: is each sample's own "
-        f"representation nearest to its source's among the {len(ctx.paths)} inputs?",
+        f"representation nearest to its source's among the {len(ctx.paths)} inputs? (Chance is "
+        f"1/{len(ctx.paths)}: an easy test; the model cards' retrieval scores, at the end, are among 1,000 images.) "
+        f"Sampling: {ctx.settings.sampling.describe()}; guidance above 1 makes a row's samples more alike, so "
+        "compare rows drawn with the same guidance.",
         heading="Samples: backbone vs projector",
         progress=ctx.progress,
     )
@@ -357,12 +361,27 @@ def models_html(models: dict[str, dict]) -> str:
         ],
         rows,
     )
-    metrics = [[m["label"], k, v] for m in models.values() for k, v in m["metrics"].items()]
-    if metrics:
-        text += "<p>Metrics recorded in the model cards:</p>" + html_table(
-            ["RCDM", "metric", "value"], metrics
-        )
     return text
+
+
+def _rounded(value: object) -> str:
+    """A card metric for people: 3 significant digits (0.019, 200), whole numbers as they are."""
+    if isinstance(value, bool) or not isinstance(value, float):
+        return fmt(value)
+    return fmt(value) if not math.isfinite(value) else f"{value:.3g}"
+
+
+def metrics_section(models: dict[str, dict]) -> Section | None:
+    """The model cards' recorded metrics, rounded, after the pictures (None when the cards record none)."""
+    rows = [[m["label"], k, _rounded(v)] for m in models.values() for k, v in m["metrics"].items()]
+    if not rows:
+        return None
+    return Section(
+        "Metrics recorded in the model cards",
+        "<p>Measured when the pack was made (docs/metrics.md). Each metric's name says on how many CIFAR-10 test "
+        "images and with which sampling; rank-1 retrieval among 1,000 images has chance 0.001.</p>"
+        + html_table(["RCDM", "metric", "value"], rows),
+    )
 
 
 def smoke_notice(bundle: DemoBundle) -> str | None:
