@@ -436,3 +436,13 @@ def test_a_port_in_use_is_one_line(tiny_model: Path, capsys: pytest.CaptureFixtu
         port = held.getsockname()[1]
         assert main(["app", "--model", str(tiny_model), "--trust-remote-code", "--port", str(port)]) == 2
     assert f"--port {port} on 127.0.0.1 is in use by another program" in capsys.readouterr().err
+
+
+def test_the_api_speaks_the_cli_s_vocabulary(client: tuple) -> None:
+    c, _ = client
+    api = c.view_api(print_info=False, return_format="dict")
+    endpoints = api["named_endpoints"]
+    assert not [e for e in endpoints if "lambda" in e], list(endpoints)
+    names = {p["parameter_name"] for e in endpoints.values() for p in e["parameters"]}
+    assert {"image", "example", "models", "num_samples", "steps", "seed", "guidance"} <= names
+    assert not names & {"up", "ex", "pk", "n_", "gd", "sd", "st", "pr"}, names

@@ -214,10 +214,23 @@ def build_app(
                     else None
                 )
 
-                def on_samples(up, ex, pk, n_, pr, st, sd, gd, progress=gr.Progress(track_tqdm=True)):
+                def on_samples(
+                    image,
+                    example,
+                    models,
+                    num_samples,
+                    sampling_preset,
+                    steps,
+                    seed,
+                    guidance,
+                    progress=gr.Progress(track_tqdm=True),
+                ):
                     return run(
                         lambda: views.samples(
-                            pk, resolve_image(up, ex), sampling(n_, pr, st, sd, gd), progress
+                            models,
+                            resolve_image(image, example),
+                            sampling(num_samples, sampling_preset, steps, seed, guidance),
+                            progress,
                         )
                     )
 
@@ -226,9 +239,24 @@ def build_app(
                 go = gr.Button("variance map", variant="primary")
                 out = outputs()
 
-                def on_kept(up, ex, pk, n_, pr, st, sd, gd, progress=gr.Progress(track_tqdm=True)):
+                def on_kept(
+                    image,
+                    example,
+                    models,
+                    num_samples,
+                    sampling_preset,
+                    steps,
+                    seed,
+                    guidance,
+                    progress=gr.Progress(track_tqdm=True),
+                ):
                     return run(
-                        lambda: views.kept(pk, resolve_image(up, ex), sampling(n_, pr, st, sd, gd), progress)
+                        lambda: views.kept(
+                            models,
+                            resolve_image(image, example),
+                            sampling(num_samples, sampling_preset, steps, seed, guidance),
+                            progress,
+                        )
                     )
 
                 go.click(on_kept, [upload, example, picked, *common], out, api_name="kept")
@@ -245,18 +273,31 @@ def build_app(
                     ),
                     aug,
                     [strength, help_md],
+                    api_name=False,
                 )
                 go = gr.Button("augment and sample", variant="primary")
                 out = outputs()
 
-                def on_augment(up, ex, pk, a, sg, n_, pr, st, sd, gd, progress=gr.Progress(track_tqdm=True)):
+                def on_augment(
+                    image,
+                    example,
+                    models,
+                    augmentation,
+                    strength,
+                    num_samples,
+                    sampling_preset,
+                    steps,
+                    seed,
+                    guidance,
+                    progress=gr.Progress(track_tqdm=True),
+                ):
                     return run(
                         lambda: views.augment(
-                            pk,
-                            resolve_image(up, ex),
-                            a,
-                            _bounded(sg, "strength", 0, 1),
-                            sampling(n_, pr, st, sd, gd),
+                            models,
+                            resolve_image(image, example),
+                            augmentation,
+                            _bounded(strength, "strength", 0, 1),
+                            sampling(num_samples, sampling_preset, steps, seed, guidance),
                             progress,
                         )
                     )
@@ -280,13 +321,20 @@ def build_app(
                 go = gr.Button("invert", variant="primary")
                 out = outputs()
 
-                def on_invert(up, ex, pk, other, k, progress=gr.Progress(track_tqdm=True)):
+                def on_invert(
+                    image,
+                    example,
+                    models,
+                    representation_from,
+                    inversion_steps,
+                    progress=gr.Progress(track_tqdm=True),
+                ):
                     return run(
                         lambda: views.invert(
-                            pk,
-                            resolve_image(up, ex),
-                            resolve_image(None, other) if other else None,
-                            int(_bounded(k, "inversion steps", 1, 200)),
+                            models,
+                            resolve_image(image, example),
+                            resolve_image(None, representation_from) if representation_from else None,
+                            int(_bounded(inversion_steps, "inversion steps", 1, 200)),
                             progress,
                         )
                     )
@@ -303,10 +351,22 @@ def build_app(
                     go = gr.Button("dream", variant="primary")
                     out = outputs()
 
-                    def on_dream(pk, k, n_, pr, st, sd, gd, progress=gr.Progress(track_tqdm=True)):
+                    def on_dream(
+                        models,
+                        num_images,
+                        num_samples,
+                        sampling_preset,
+                        steps,
+                        seed,
+                        guidance,
+                        progress=gr.Progress(track_tqdm=True),
+                    ):
                         return run(
                             lambda: views.dream(
-                                pk, int(_bounded(k, "images", 1, 16)), sampling(n_, pr, st, sd, gd), progress
+                                models,
+                                int(_bounded(num_images, "images", 1, 16)),
+                                sampling(num_samples, sampling_preset, steps, seed, guidance),
+                                progress,
                             )
                         )
 
@@ -324,30 +384,30 @@ def build_app(
                 out = outputs()
 
                 def on_interpolate(
-                    up,
-                    ex,
-                    ub,
-                    eb,
-                    pk,
-                    k,
-                    m,
-                    r,
-                    n_,
-                    pr,
-                    st,
-                    sd,
-                    gd,
+                    image,
+                    example,
+                    second_image,
+                    second_example,
+                    models,
+                    num_points,
+                    path,
+                    rows,
+                    num_samples,
+                    sampling_preset,
+                    steps,
+                    seed,
+                    guidance,
                     progress=gr.Progress(track_tqdm=True),
                 ):
                     return run(
                         lambda: views.interpolate(
-                            pk,
-                            resolve_image(up, ex),
-                            resolve_image(ub, eb),
-                            int(_bounded(k, "points", 2, 64)),
-                            m,
-                            int(_bounded(r, "rows", 1, 16)),
-                            sampling(n_, pr, st, sd, gd),
+                            models,
+                            resolve_image(image, example),
+                            resolve_image(second_image, second_example),
+                            int(_bounded(num_points, "points", 2, 64)),
+                            path,
+                            int(_bounded(rows, "rows", 1, 16)),
+                            sampling(num_samples, sampling_preset, steps, seed, guidance),
                             progress,
                         )
                     )
@@ -372,14 +432,26 @@ def build_app(
                 go = gr.Button("attack", variant="primary")
                 out = outputs()
 
-                def on_attack(up, ex, pk, e, ps, n_, pr, st, sd, gd, progress=gr.Progress(track_tqdm=True)):
+                def on_attack(
+                    image,
+                    example,
+                    models,
+                    eps_255,
+                    pgd_steps,
+                    num_samples,
+                    sampling_preset,
+                    steps,
+                    seed,
+                    guidance,
+                    progress=gr.Progress(track_tqdm=True),
+                ):
                     return run(
                         lambda: views.attack(
-                            pk,
-                            resolve_image(up, ex),
-                            _bounded(e, "epsilon", 0, 255) / 255,
-                            int(_bounded(ps, "PGD steps", 1, 100)),
-                            sampling(n_, pr, st, sd, gd),
+                            models,
+                            resolve_image(image, example),
+                            _bounded(eps_255, "epsilon", 0, 255) / 255,
+                            int(_bounded(pgd_steps, "PGD steps", 1, 100)),
+                            sampling(num_samples, sampling_preset, steps, seed, guidance),
                             progress,
                         )
                     )

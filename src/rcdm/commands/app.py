@@ -66,7 +66,6 @@ def run(args: argparse.Namespace) -> int:
         raise RCDMError(
             f"--request-limit {args.request_limit} must be a number of seconds >= 0 (0 = no limit)"
         )
-    check_port_free(args.host, args.port)
     choices = discover_models(args.model or (), args.runs or (), trust_remote_code=args.trust_remote_code)
     prior = None
     if args.prior:
@@ -74,6 +73,7 @@ def run(args: argparse.Namespace) -> int:
 
         prior = load_prior(args.prior)  # a bad folder is refused before the page starts
     app = build_app(choices, args.device, prior=prior, request_limit_s=limit or None)
+    check_port_free(args.host, args.port)  # gradio would fail after building the page, with a trace
     url = start(app, args.host, args.port)
     where = (
         "this machine only"
