@@ -338,3 +338,19 @@ def test_resuming_a_finished_run_says_there_is_nothing_to_train(reference, tmp_p
     out = capsys.readouterr().out
     assert "nothing to train" in out and "already at step 6 of 6" in out and "nan" not in out
     assert_same(weights(run / "model"), weights(reference / "model"))
+
+
+def test_a_time_budget_stops_at_a_checkpoint_and_the_run_stays_usable(few_images, tmp_path, capsys):
+    from rcdm.cli import main
+    from rcdm.loading import resolve_model_dir
+
+    run = tmp_path / "run"
+    args = ["train", "--data", str(few_images), "--encoder", "pixels:2", "--preset", "tiny", "--steps", "6"]
+    args += ["--batch-size", "2", "--save-every", "2", "--num-workers", "0", "--no-progress", "--out", str(run)]
+    assert main([*args, "--time-budget-s", "1e-9"]) == 0  # past the budget at the first checkpoint
+    assert "stopped by --time-budget-s 1e-09 at the checkpoint of step 2 of 6" in capsys.readouterr().out
+    assert resolve_model_dir(run).parent.name == "step-00000002"  # sample reads the newest checkpoint's EMA
+    assert main([*args, "--resume"]) == 0 and (run / "model" / "config.json").is_file()
+    assert "trained 6 steps; mean loss" in capsys.readouterr().out
+    assert main([*args[:-2], "--out", str(tmp_path / "r2"), "--time-budget-s", "-5"]) == 2
+    assert "--time-budget-s -5.0 must be a positive number of seconds" in capsys.readouterr().err

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import math
+import time
 
 from ..encoders import FEATURES
+from ..errors import RCDMError
 from ..losses import LOSS_WEIGHTINGS, TIMESTEP_SAMPLINGS
 from ..model import PREDICTION_TYPES, PRESETS
 from ..train import TrainConfig, train
@@ -174,6 +177,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--out", required=True, help="run folder")
     p.add_argument(
+        "--time-budget-s",
+        type=float,
+        default=None,
+        help="stop at the first checkpoint after this many seconds of this session; the run is usable as it is "
+        "(rcdm sample --model RUN reads its newest checkpoint) and --resume continues it (default: no limit)",
+    )
+    p.add_argument(
         "--resume",
         action="store_true",
         help="continue from the newest checkpoint in --out with the settings of its run.json",
@@ -187,15 +197,39 @@ def run(args: argparse.Namespace) -> int:
     base = saved_config(args.out) if args.resume else None
     settings = settings_from_args(args, TrainConfig, base, ("data", "encoder"), "run.json")
     cfg = TrainConfig(**settings)
-    result = train(cfg, args.out, resume=args.resume, progress=not args.no_progress)
+    budget = args.time_budget_s
+    if budget is not None and not (math.isfinite(budget) and budget > 0):
+        raise RCDMError(f"--time-budget-s {budget} must be a positive number of seconds (default: no limit)")
+    t0, reached = time.perf_counter(), {}
+
+    def on_step(step: int, loss: float) -> None:
+        if budget is not None and step % cfg.save_every == 0 and time.perf_counter() - t0 > budget:
+            reached["step"] = step
+            raise _TimeUp  # after the checkpoint of `step` was written
+
+    try:
+        result = train(cfg, args.out, resume=args.resume, progress=not args.no_progress, on_step=on_step)
+    except _TimeUp:
+        print(
+            f"stopped by --time-budget-s {budget:g} at the checkpoint of step {reached['step']} of {cfg.steps} "
+            f"({time.perf_counter() - t0:.0f} s); rcdm sample --model {args.out} uses it, and "
+            f"rcdm train --out {args.out} --resume continues"
+        )
+        return 0
     if not result.history:  # resumed at (or past) its last step: say so, not "last loss nan; 0.0 img/s"
         print(
             f"nothing to train: {args.out} is already at step {result.steps} of {cfg.steps} (pass a larger --steps "
             f"to train longer); model in {result.run_dir / 'model'}"
         )
         return 0
+    window = result.history[-cfg.save_every :]
     print(
-        f"trained {result.steps} steps; last loss {result.last_loss:.4f}; {result.images_per_second:.1f} img/s; "
+        f"trained {result.steps} steps; mean loss {sum(window) / len(window):.4f} over the last {len(window)} "
+        f"steps; {result.images_per_second:.1f} img/s; "
         f"{result.wall_time_s:.1f} s wall, {result.cpu_time_s:.1f} s CPU; model in {result.run_dir / 'model'}"
     )
     return 0
+
+
+class _TimeUp(Exception):
+    """Raised from the step callback once --time-budget-s has passed at a checkpoint."""
