@@ -112,6 +112,18 @@ def test_torchvision_and_timm_local_weights(tmp_path):
     assert enc2.dim == 512 and enc2.identity.startswith("timm:resnet18@sha256:")
 
 
+@pytest.mark.parametrize("kind", ["timm", "torchvision"])
+def test_a_seeded_random_init_is_a_baseline_that_rebuilds_the_same(kind):
+    torch.manual_seed(123)
+    before = torch.rand(1)
+    torch.manual_seed(123)
+    a, b = create_encoder(f"{kind}:resnet18:random"), create_encoder(f"{kind}:resnet18:random-7")
+    assert torch.rand(1) == before  # the caller's random stream is untouched
+    assert a.identity == f"{kind}:resnet18:random-0" and b.identity == f"{kind}:resnet18:random-7"
+    assert a.weights_digest() == create_encoder(f"{kind}:resnet18:random").weights_digest()  # no download, offline
+    assert a.weights_digest() != b.weights_digest()
+
+
 def test_wrong_local_weights_name_the_keys(tmp_path):
     save_file({"bogus.weight": torch.zeros(1)}, tmp_path / "bad.safetensors")
     with pytest.raises(RCDMError, match=r"bogus\.weight"):

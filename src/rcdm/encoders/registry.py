@@ -7,8 +7,9 @@ A spec is `PREFIX:ARGUMENT`, e.g. `torchvision:resnet50`, `timm:vit_small_patch1
 
 from __future__ import annotations
 
+import contextlib
 import importlib
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 
 import torch
@@ -131,17 +132,43 @@ def _strip_classifier(net: nn.Module) -> nn.Module | None:
     return None
 
 
+def _random_seed(path: str) -> int | None:
+    """`random` / `random-SEED` in a spec's PATH slot: a seeded random initialisation (the baseline an SSL
+    study compares against: what does an untrained network's representation keep?), else None."""
+    if path == "random":
+        return 0
+    head, _, seed = path.partition("-")
+    if head == "random" and seed.isdigit():
+        return int(seed)
+    return None
+
+
+@contextlib.contextmanager
+def _seeded(seed: int | None) -> Iterator[None]:
+    """Build under `seed` (CPU RNG forked: the caller's stream is untouched); a no-op for None."""
+    if seed is None:
+        yield
+        return
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        yield
+
+
 @register_encoder(
-    "torchvision", "NAME[.WEIGHTS][:PATH] (e.g. resnet50.IMAGENET1K_V2; PATH: local weights; fc removed)"
+    "torchvision",
+    "NAME[.WEIGHTS][:PATH] (e.g. resnet50.IMAGENET1K_V2; PATH: local weights, or random[-SEED] for a seeded "
+    "random init; fc removed)",
 )
 def _torchvision(arg: str, feature: Feature) -> Encoder:
     import torchvision
 
     model_part, _, path = arg.partition(":")
     name, _, weights = model_part.partition(".")
+    seed = _random_seed(path)
     try:
         tv_weights = torchvision.models.get_model_weights(name)[weights or "DEFAULT"]
-        net = torchvision.models.get_model(name, weights=None if path else tv_weights)
+        with _seeded(seed):
+            net = torchvision.models.get_model(name, weights=None if path else tv_weights)
     except (ValueError, KeyError) as e:
         raise RCDMError(f"torchvision model {model_part!r} unknown: {e}") from None
     except OSError as e:
@@ -149,32 +176,44 @@ def _torchvision(arg: str, feature: Feature) -> Encoder:
             f"cannot download torchvision weights for {model_part!r} (offline?): {e}; "
             f"pass torchvision:{model_part}:PATH with a local weights file"
         ) from None
-    if path:
+    if path and seed is None:
         _load_local_weights(net, path, f"torchvision:{model_part}")
     classifier = _strip_classifier(net)
     t = tv_weights.transforms()
     size = int(t.crop_size[0]) if hasattr(t, "crop_size") else 224
     prep = Preprocessing(size, tuple(t.mean), tuple(t.std), "bilinear")  # type: ignore[arg-type]
-    identity = file_identity(f"torchvision:{model_part}", path) if path else f"torchvision:{model_part}"
+    identity = (
+        f"torchvision:{model_part}:random-{seed}"
+        if seed is not None
+        else file_identity(f"torchvision:{model_part}", path)
+        if path
+        else f"torchvision:{model_part}"
+    )
     return Encoder(
         net, prep, feature=feature, spec=f"torchvision:{arg}", identity=identity, classifier=classifier
     )
 
 
-@register_encoder("timm", "NAME[:PATH] (any timm model; weights via the HF cache, or PATH for local weights)")
+@register_encoder(
+    "timm",
+    "NAME[:PATH] (any timm model; weights via the HF cache, PATH for local weights, random[-SEED] for a seeded "
+    "random init)",
+)
 def _timm(arg: str, feature: Feature) -> Encoder:
     import timm
 
     name, _, path = arg.partition(":")
+    seed = _random_seed(path)
     try:
-        net = timm.create_model(name, pretrained=not path, num_classes=0)
+        with _seeded(seed):
+            net = timm.create_model(name, pretrained=not path, num_classes=0)
     except RuntimeError as e:
         raise RCDMError(f"timm model {name!r}: {e}") from None
     except OSError as e:
         raise RCDMError(
             f"cannot download timm weights for {name!r} (offline?): {e}; pass timm:{name}:PATH with local weights"
         ) from None
-    if path:
+    if path and seed is None:
         _load_local_weights(net, path, f"timm:{name}")
     cfg = timm.data.resolve_data_config({}, model=net)
     prep = Preprocessing(
@@ -183,7 +222,13 @@ def _timm(arg: str, feature: Feature) -> Encoder:
         tuple(cfg["std"]),
         "bicubic" if cfg.get("interpolation") == "bicubic" else "bilinear",
     )
-    identity = file_identity(f"timm:{name}", path) if path else f"timm:{name}"
+    identity = (
+        f"timm:{name}:random-{seed}"
+        if seed is not None
+        else file_identity(f"timm:{name}", path)
+        if path
+        else f"timm:{name}"
+    )
     return Encoder(net, prep, feature=feature, spec=f"timm:{arg}", identity=identity)
 
 
