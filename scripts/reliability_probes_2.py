@@ -338,7 +338,8 @@ def diskfull(name: str, cmd: str, target: str) -> tuple:
             else:
                 res = also(refused(p, "space|disk"), not partial, f"left a partial --out: {partial[:4]}")
             res = also(res, not empty, f"left 0-byte files {empty[:4]}")
-            runs.append(also(res, None, f"left {sorted(set(files) - set(partial))[:3]}" if files else ""))
+            others = sorted(set(files) - set(partial) if p.returncode == 0 else set(files))
+            runs.append(also(res, None, f"left {others[:3]}" if others else ""))
     (v24, rc24, line24, note24), (v0, rc0, line0, note0) = runs
     ok = v24 == v0 == "good"
     line = line24 if v24 == "bad" else line0
@@ -447,8 +448,17 @@ ROLES = {  # each API endpoint's inputs in order (the components its go.click li
     "check": ["image", "example"],
     "samples": ["image", "example", "models", *SAMPLING],
     "attack": ["image", "example", "models", "eps", "pgd_steps", *SAMPLING],
-    "interpolate": ["image", "example", "image_b", "example_b", "models",
-                    "points", "method", "rows", *SAMPLING],
+    "interpolate": [
+        "image",
+        "example",
+        "image_b",
+        "example_b",
+        "models",
+        "points",
+        "method",
+        "rows",
+        *SAMPLING,
+    ],
 }
 
 

@@ -199,7 +199,11 @@ def _raw_call(c, endpoint: str, data: str) -> str:
     [
         ("samples", '[null, "cat.jpg", ["M"], NaN, "P", 2, 0, 1]', "samples nan is out of range"),
         ("samples", '[null, "cat.jpg", ["M"], 2, "P", NaN, 0, 1]', "steps nan is out of range"),
-        ("samples", '[null, "cat.jpg", ["M"], 2, "P", 2, -5, 1]', "seed -5 is out of range"),
+        (
+            "samples",
+            '[null, "cat.jpg", ["M"], 2, "P", 2, -5, 1]',
+            "seed -5 is out of range: use a number from 0 to 4294967295",
+        ),
         ("attack", '[null, "cat.jpg", ["M"], NaN, 2, 2, "P", 2, 0, 1]', "epsilon nan is out of range"),
         (
             "interpolate",
@@ -296,8 +300,10 @@ def test_pack_models_and_the_supervised_twin(tiny_model: Path, monkeypatch: pyte
     views = app_module.Views(app_module.ModelCache(choices, "cpu"))
     image = app_module.resolve_image(None, "cat.jpg")
     r = views.attack(["VICReg backbone"], image, 2 / 255, 1, app_module.Sampling(num_samples=1, steps=1))
-    rows = r.text.splitlines()[2:]
+    table, note = r.text.split("\n\n", 1)
+    rows = table.splitlines()[2:]
     assert [row.split(" | ")[0].strip("| ") for row in rows] == ["VICReg backbone", "supervised backbone"]
+    assert "relative_shift" in note  # where the CLI's relative number is, which one image cannot give
     assert "no classifier" in rows[0] and "c" in rows[1].split(" | ")[-1] and "→" in rows[1]
     assert len(r.images) == 2 * 2 and all(im.size == (SIZE, SIZE) for im, _ in r.images)
 
@@ -357,7 +363,9 @@ def test_the_opt_in_names_the_models_whose_code_it_lets_run(
     (runs / "mine").symlink_to(tiny_model)
     with caplog.at_level("INFO", logger="rcdm.app.models"):
         discover_models((), [str(runs)], trust_remote_code=True)
-    assert "the encoders of 1 model(s) run code when first used: mine (module:encoders_for_tests:" in caplog.text
+    assert (
+        "the encoders of 1 model(s) run code when first used: mine (module:encoders_for_tests:" in caplog.text
+    )
 
 
 def test_a_model_folder_s_recorded_guidance_is_the_page_default(tmp_path: Path) -> None:
@@ -380,7 +388,9 @@ def test_a_model_folder_s_recorded_guidance_is_the_page_default(tmp_path: Path) 
     assert choice.guidance == 3.5
     page = build_app([choice], "cpu")
     sliders = [c["props"] for c in page.config["components"] if c.get("type") == "slider"]
-    assert [p["value"] for p in sliders if p.get("label", "").startswith("guidance")] == [3.5]
+    assert [(p["value"], p["visible"]) for p in sliders if p.get("label", "").startswith("guidance")] == [
+        (3.5, True)  # shown on first load, before the page's load event has loaded the model
+    ]
 
 
 def test_a_request_past_the_time_limit_is_stopped_with_a_message(tiny_model: Path) -> None:

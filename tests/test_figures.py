@@ -21,9 +21,13 @@ def test_a_long_title_wraps_onto_more_lines_instead_of_being_cut():
 
 def test_a_caption_goes_below_the_figure_and_widens_a_narrow_one():
     fig = grid(_cells(1))
-    out = with_caption(fig, "runs/r20 (pixels:4, backbone); " + SamplingConfig(steps=20, guidance=5).describe())
+    out = with_caption(
+        fig, "runs/r20 (pixels:4, backbone); " + SamplingConfig(steps=20, guidance=5).describe()
+    )
     assert out.width == max(fig.width, 360) and out.height > fig.height
-    assert out.crop((0, 0, fig.width, fig.height)).tobytes() == fig.convert("RGB").tobytes()  # figure untouched
+    assert (
+        out.crop((0, 0, fig.width, fig.height)).tobytes() == fig.convert("RGB").tobytes()
+    )  # figure untouched
 
 
 def test_sampling_describes_itself_for_captions():

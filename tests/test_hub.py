@@ -174,6 +174,15 @@ def test_push_without_the_network_is_one_line(tmp_path, capsys, monkeypatch):
     assert "hf_FAKEsecret123" not in err
 
 
+def test_push_to_a_hub_that_does_not_answer_is_one_line(tmp_path, capsys, monkeypatch):
+    tiny_model().save_pretrained(tmp_path / "m")
+    monkeypatch.setattr(constants, "ENDPOINT", "http://127.0.0.1:9")  # nothing listens there: refused at once
+    assert main(["push", str(tmp_path / "m"), "me/test", "--token", "hf_FAKEsecret123"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "cannot reach the hub to push to 'me/test'" in err, err
+    assert "hf_FAKEsecret123" not in err
+
+
 def test_push_refuses_a_damaged_run_record_and_a_hub_reference(tmp_path, capsys):
     run = tmp_path / "run"
     tiny_model().save_pretrained(run / "model")

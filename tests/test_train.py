@@ -346,7 +346,17 @@ def test_a_time_budget_stops_at_a_checkpoint_and_the_run_stays_usable(few_images
 
     run = tmp_path / "run"
     args = ["train", "--data", str(few_images), "--encoder", "pixels:2", "--preset", "tiny", "--steps", "6"]
-    args += ["--batch-size", "2", "--save-every", "2", "--num-workers", "0", "--no-progress", "--out", str(run)]
+    args += [
+        "--batch-size",
+        "2",
+        "--save-every",
+        "2",
+        "--num-workers",
+        "0",
+        "--no-progress",
+        "--out",
+        str(run),
+    ]
     assert main([*args, "--time-budget-s", "1e-9"]) == 0  # past the budget at the first checkpoint
     assert "stopped by --time-budget-s 1e-09 at the checkpoint of step 2 of 6" in capsys.readouterr().out
     assert resolve_model_dir(run).parent.name == "step-00000002"  # sample reads the newest checkpoint's EMA

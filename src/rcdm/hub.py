@@ -8,6 +8,8 @@ A hub repo holds one rcdm model folder at its root (config.json + diffusion_pyto
 
 from __future__ import annotations
 
+import contextlib
+import importlib
 import json
 import re
 import shutil
@@ -15,7 +17,6 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-import httpx
 from huggingface_hub import HfApi, snapshot_download
 from huggingface_hub.errors import (
     HfHubHTTPError,
@@ -26,6 +27,21 @@ from huggingface_hub.errors import (
 )
 
 from .errors import RCDMError, first_line
+
+
+def _transport_errors() -> tuple[type[BaseException], ...]:
+    """The network errors huggingface_hub lets through: httpx's (hub 1.x), httpx2's (hub 2.x) or requests' (0.x),
+    whichever are installed; looked up here because which one the installed hub uses is not ours to pin."""
+    found: list[type[BaseException]] = [OfflineModeIsEnabled, ConnectionError, TimeoutError]
+    for module, name in (
+        ("httpx", "TransportError"),
+        ("httpx2", "TransportError"),
+        ("requests", "ConnectionError"),
+    ):
+        with contextlib.suppress(ImportError, AttributeError):
+            found.append(getattr(importlib.import_module(module), name))
+    return tuple(found)
+
 
 # user/repo, optionally @revision (a branch, tag or commit); names as the hub allows them.
 _REF = re.compile(r"^(?P<repo>[A-Za-z0-9][\w.-]*/[\w.-]+)(?:@(?P<rev>[\w./-]+))?$")
@@ -157,7 +173,7 @@ def push(
             raise RCDMError(
                 f"the hub refused the push to {repo_id!r}: {first_line(e)} (log in with `huggingface-cli login`)"
             ) from None
-        except (OfflineModeIsEnabled, httpx.TransportError) as e:
+        except _transport_errors() as e:
             raise RCDMError(
                 f"cannot reach the hub to push to {repo_id!r} ({type(e).__name__}: {first_line(e)}): "
                 "check the network (and that HF_HUB_OFFLINE is not set), then run again"

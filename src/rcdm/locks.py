@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from .errors import RCDMError
+from .errors import DiskFullError, RCDMError
 
 try:
     import fcntl
@@ -119,9 +119,23 @@ def _lock(path: Path, command: str, busy: Callable[[dict | None], RCDMError], wh
         log.warning("%s was left by %s, which is gone: taking it over", path, _describe(old))
     since = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())
     mine = json.dumps({"pid": os.getpid(), "host": host, "since": since, "command": command})
-    os.ftruncate(fd, 0)
-    os.lseek(fd, 0, os.SEEK_SET)
-    os.write(fd, mine.encode())
+    try:
+        os.ftruncate(fd, 0)
+        os.lseek(fd, 0, os.SEEK_SET)
+        os.write(fd, mine.encode())
+    except (
+        OSError
+    ) as e:  # a full disk fails here first, before any work: say so, and leave no empty lock behind
+        with contextlib.suppress(OSError):
+            path.unlink()
+        os.close(fd)
+        if e.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise DiskFullError(
+                f"the disk holding {str(path.parent)!r} is full: nothing was written; free some space and run again"
+            ) from None
+        raise RCDMError(
+            f"cannot write {what} {str(path)!r} ({e.strerror or e}): make the folder writable"
+        ) from None
     try:
         yield
     finally:

@@ -36,3 +36,18 @@ def test_adversarial_on_tiny_model(tiny, two_images, fast):
     assert (res.linf <= 4 / 255 + 1e-6).all() and (res.shift > 0).all()
     assert res.clean_labels is not None and 0.0 <= res.label_flip_rate <= 1.0
     assert (res.cosine < 1.0).all()
+
+
+def test_the_report_drops_label_columns_for_an_encoder_without_a_classifier(tiny, two_images, fast, tmp_path):
+    import dataclasses
+
+    from rcdm.analysis.report import adversarial_section
+
+    model, enc = tiny
+    res = adversarial(model, enc, two_images, pgd_steps=1, **fast)
+    with_labels = adversarial_section([res], tmp_path).body
+    assert "label flip rate" in with_labels and "class (clean -&gt; attacked)" in with_labels
+    unlabelled = dataclasses.replace(res, clean_labels=None, adv_labels=None)  # e.g. a pixels: or SSL encoder
+    body = adversarial_section([unlabelled], tmp_path).body
+    assert "label flip rate" not in body and "class (clean" not in body and "n/a -&gt; n/a" not in body
+    assert "relative rep. shift" in body  # the rest of the table stays

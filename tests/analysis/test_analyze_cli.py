@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 
-def test_cli_writes_figure_and_results(tiny_run, two_images, tmp_path, analyze):
+def test_cli_writes_figure_and_results(tiny_run, two_images, tmp_path, analyze, capsys):
     out = tmp_path / "inv"
     assert (
         analyze(
@@ -15,13 +15,18 @@ def test_cli_writes_figure_and_results(tiny_run, two_images, tmp_path, analyze):
             out,
             "--augmentations",
             "grayscale",
-            "--compare-features",
+            "--compare",  # as adversarial spells it; --compare-features still parses
             str(tiny_run),
         )
         == 0
     )
     assert (out / "figure.png").stat().st_size > 0
     results = json.loads((out / "results.json").read_text())
+    retention = results["results"][0]["augmentations"][0]["retention"]
+    said = capsys.readouterr().out  # the headline numbers on the terminal, those of results.json
+    assert (
+        "(backbone) · grayscale: strength 1, relative_shift" in said and f"retention {retention:.3g}" in said
+    ), said
     assert (
         len(results["results"]) == 2
         and results["results"][0]["augmentations"][0]["augmentation"] == "grayscale"

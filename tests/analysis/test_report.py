@@ -38,4 +38,6 @@ def test_report_writes_index_referencing_every_figure(tiny_run, two_images, few_
     ]
     for name in pngs:
         assert f"src='{name}'" in page
+    # the tiny run's ResNet-20 has a classifier: its labels before and after the attack, none of them n/a
+    assert "class (clean -&gt; attacked)" in page and "n/a -&gt; n/a" not in page
     assert "http" not in page.replace("http-equiv", "")  # nothing to fetch: readable offline

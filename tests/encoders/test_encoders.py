@@ -120,7 +120,9 @@ def test_a_seeded_random_init_is_a_baseline_that_rebuilds_the_same(kind):
     a, b = create_encoder(f"{kind}:resnet18:random"), create_encoder(f"{kind}:resnet18:random-7")
     assert torch.rand(1) == before  # the caller's random stream is untouched
     assert a.identity == f"{kind}:resnet18:random-0" and b.identity == f"{kind}:resnet18:random-7"
-    assert a.weights_digest() == create_encoder(f"{kind}:resnet18:random").weights_digest()  # no download, offline
+    assert (
+        a.weights_digest() == create_encoder(f"{kind}:resnet18:random").weights_digest()
+    )  # no download, offline
     assert a.weights_digest() != b.weights_digest()
 
 

@@ -113,7 +113,7 @@ def samples_section(
 
 def variance_section(res: VarianceResult, out: Path, note: str = "") -> Section:
     table = html_table(
-        ["image", "mean pixel std"], [[n, fmt(v)] for n, v in zip(res.names, res.mean_std, strict=True)]
+        ["image", "mean pixel std"], [[n, fmt(v)] for n, v in zip(res.names, res.mean_pixel_std, strict=True)]
     )
     fig = figure_html(out, "variance", variance_figure(res))
     return Section("Samples and their per-pixel variance", _body(note, fig, table), res.summary())
@@ -153,10 +153,21 @@ def adversarial_section(
     def name(k: int | None) -> str:
         return "n/a" if k is None else (class_names[k] if 0 <= k < len(class_names) else str(k))
 
+    flips = any(s["label_flip_rate"] is not None for s in sums)  # no classifier anywhere: no n/a column
     summary = html_table(
-        ["encoder", "relative rep. shift", "cosine to clean", "label flip rate (its classifier)"],
         [
-            [s["label"], fmt(s["relative_shift"]), fmt(s["cosine_to_clean"]), fmt(s["label_flip_rate"])]
+            "encoder",
+            "relative rep. shift",
+            "cosine to clean",
+            *(["label flip rate (its classifier)"] * flips),
+        ],
+        [
+            [
+                s["label"],
+                fmt(s["relative_shift"]),
+                fmt(s["cosine_to_clean"]),
+                *([fmt(s["label_flip_rate"])] * flips),
+            ]
             for s in sums
         ],
     )
@@ -171,13 +182,14 @@ def adversarial_section(
         )
     ]
     last = sums[-1]["per_image"]
+    labelled = any(v["clean_label"] is not None or v["adv_label"] is not None for v in last.values())
     per_image = html_table(
-        ["image", *cols, "class (clean -> attacked)"],
+        ["image", *cols, *(["class (clean -> attacked)"] * labelled)],
         [
             [
                 image,
                 *(fmt(s["per_image"][image][k]) for s in sums for k in ("relative_shift", "cosine_to_clean")),
-                f"{name(last[image]['clean_label'])} -> {name(last[image]['adv_label'])}",
+                *([f"{name(last[image]['clean_label'])} -> {name(last[image]['adv_label'])}"] * labelled),
             ]
             for image in sums[0]["per_image"]
         ],

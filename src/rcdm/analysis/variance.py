@@ -40,19 +40,25 @@ def heat_map(values: torch.Tensor, vmax: float) -> torch.Tensor:
 @dataclass
 class VarianceResult:
     """originals (M, 3, S, S) and mean_samples (M, 3, S, S) in [0, 1]; std (M, S, S) in [0, 0.5];
-    mean_std (M,) its spatial mean (the scalar summary); samples (M, N, 3, S, S)."""
+    mean_pixel_std (M,) its spatial mean (the scalar summary, results.json's `mean_pixel_std`); samples
+    (M, N, 3, S, S)."""
 
     names: list[str]
     originals: torch.Tensor
     samples: torch.Tensor
     mean_samples: torch.Tensor
     std: torch.Tensor
-    mean_std: torch.Tensor
+    mean_pixel_std: torch.Tensor
     settings: dict = field(default_factory=dict)
+
+    @property
+    def mean_std(self) -> torch.Tensor:
+        """The earlier name of `mean_pixel_std`, kept for scripts."""
+        return self.mean_pixel_std
 
     def summary(self) -> dict:
         return {
-            "mean_pixel_std": {n: number(v) for n, v in zip(self.names, self.mean_std, strict=True)},
+            "mean_pixel_std": {n: number(v) for n, v in zip(self.names, self.mean_pixel_std, strict=True)},
             "heat_map_max": number(self.std.max()),
             "settings": self.settings,
         }
@@ -81,7 +87,7 @@ def variance(
         samples=samples,
         mean_samples=samples.mean(1),
         std=std,
-        mean_std=std.mean(dim=(-2, -1)),
+        mean_pixel_std=std.mean(dim=(-2, -1)),
         settings=dict(num_samples=num_samples, **cfg.record()),
     )
 
@@ -94,6 +100,6 @@ def variance_figure(res: VarianceResult, max_samples: int = 4) -> Image.Image:
         [res.originals[i], res.mean_samples[i], heat_map(res.std[i], vmax), *res.samples[i, :shown]]
         for i in range(len(res.names))
     ]
-    labels = [f"{n} std={float(v):.3f}" for n, v in zip(res.names, res.mean_std, strict=True)]
+    labels = [f"{n} std={float(v):.3f}" for n, v in zip(res.names, res.mean_pixel_std, strict=True)]
     cols = ["original", "mean", "pixel std", *[f"sample {j}" for j in range(shown)]]
     return grid(rows, row_labels=labels, col_labels=cols, title=f"per-pixel std (heat map 0..{vmax:.3f})")

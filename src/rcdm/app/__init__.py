@@ -99,7 +99,11 @@ def _bounded(value: Any, name: str, lo: float, hi: float) -> float:
     except (TypeError, ValueError):
         raise RCDMError(f"{name} {value!r} is not a number") from None
     if not (math.isfinite(x) and lo <= x <= hi):
-        raise RCDMError(f"{name} {value!r} is out of range: use a number from {lo:g} to {hi:g}")
+        whole = (
+            float(lo).is_integer() and float(hi).is_integer()
+        )  # a seed's bound in full, not as 4.29497e+09
+        span = f"{int(lo)} to {int(hi)}" if whole else f"{lo:g} to {hi:g}"
+        raise RCDMError(f"{name} {value!r} is out of range: use a number from {span}")
     return x
 
 
@@ -187,12 +191,15 @@ def build_app(
                     preset = gr.Dropdown(list(SAMPLING_PRESETS), value=DEFAULT_PRESET, label="sampling")
                     steps = gr.Slider(0, 100, value=0, step=1, label="steps (0: the preset's)")
                     seed = gr.Number(0, precision=0, label="seed")
+                recorded = max([1.0] + [cache.choices[label].guidance for label in default_models])
                 guidance = gr.Slider(
                     1.0,
                     10.0,  # the pack's 5 in the middle; 8 was more faithful but less natural (README)
-                    value=max([1.0] + [cache.choices[label].guidance for label in default_models]),
+                    value=recorded,
                     step=0.25,
-                    visible=False,
+                    # shown at once when a model records a weight above 1 (it was trained for guidance); the
+                    # page's load event then asks the models themselves, which loads them
+                    visible=recorded > 1,
                     label="guidance (models trained with it)",
                 )
         status = gr.Markdown(elem_id="status")

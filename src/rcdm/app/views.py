@@ -138,7 +138,7 @@ class Views:
         )
         text = _table(
             ["model", "mean pixel std (lower: more is kept)"],
-            [[label, _f(float(r.mean_std[0]))] for label, r in results],
+            [[label, _f(float(r.mean_pixel_std[0]))] for label, r in results],
         )
         return ViewResult(fig, images, text)
 
@@ -167,7 +167,7 @@ class Views:
             [
                 "model",
                 "representation cosine (aug vs clean)",
-                "shift ‖Δrep‖",
+                "shift ‖Δrep‖ (absolute: results.json's shift)",
                 "retention (1 kept, 0 invariant)",
             ],
             [
@@ -195,13 +195,16 @@ class Views:
             "interpolating",
             lambda _, m, e: _interpolate(m, e, a, b, points, method, rows, s),
         )
-        figs, images = [], []
+        figs, images, rows_out = [], [], []
         analysis = _figures()[0]
         for label, r in runs:
             fig = analysis.interpolation_figure(r)
             figs.append(_stack([_caption(label, fig.width), fig]))
             images += [(_pil(r.samples[0, t, 0]), f"{label} · t={float(r.ts[t]):.2f}") for t in range(points)]
-        return ViewResult(_stack(figs), images, "")
+            change = r.summary()["methods"][method]["frame_change"]  # the CLI's numbers, from its summary
+            rows_out.append([label, " ".join(_f(v) for v in change), _f(max(change) if change else None)])
+        text = _table(["model", "frame change (mean |Δpixel| between neighbours)", "largest"], rows_out)
+        return ViewResult(_stack(figs), images, text)
 
     def attack(
         self,
@@ -234,7 +237,17 @@ class Views:
                 lab = f"{_name(classes, c)} → {_name(classes, a)}"
             rows.append([label, _f(float(r.shift[0])), _f(float(r.cosine[0])), lab])
         text = _table(
-            ["model", "representation shift ‖Δrep‖", "cosine to clean", "label before → after"], rows
+            [
+                "model",
+                "shift ‖Δrep‖ (absolute: results.json's shift)",
+                "cosine to clean",
+                "label before → after",
+            ],
+            rows,
+        )
+        text += (
+            "\n\n`rcdm analyze adversarial` also gives the shift relative to the typical distance between its "
+            "images' representations (relative_shift), which needs two images or more."
         )
         return ViewResult(fig, images, text)
 

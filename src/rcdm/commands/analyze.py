@@ -29,6 +29,7 @@ from ..analysis import (
     variance_figure,
 )
 from ..analysis.adversarial import DEFAULT_EPS
+from ..analysis.headline import headline
 from ..analysis.interpolate import METHODS, check_num_steps
 from ..analysis.noise import noise_figure, noise_keeps
 from ..data import expand_image_args
@@ -122,11 +123,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help=f"default: all of {', '.join(list_augmentations())}",
     )
     q.add_argument(
-        "--compare-features",
+        "--compare",
+        "--compare-features",  # the earlier spelling
+        dest="compare_features",
         default=None,
         metavar="MODEL",
-        help="a second model (e.g. the same encoder's projector) shown in the same figure and table "
-        "(default: none)",
+        help="a second model (e.g. the same encoder's projector) shown in the same figure and table, as in "
+        "adversarial (default: none)",
     )
     q.set_defaults(func=_in_output_folder(run_invariance))
 
@@ -259,6 +262,8 @@ def _write(args: argparse.Namespace, figure, results: dict) -> int:
         results["sampling"] = args.sampling_used.record()
     (out / "results.json").write_text(json.dumps(results, indent=2))
     final = Path(getattr(args, "final_out", args.out))
+    for line in headline(results):
+        print(f"  {line}")
     print(f"wrote {final / 'figure.png'} and {final / 'results.json'}")
     return 0
 
