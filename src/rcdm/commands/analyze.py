@@ -59,7 +59,7 @@ EPILOGS = {
     "invariance": """examples:
   rcdm analyze invariance --model runs/r20 --images photos/ --out inv/
   rcdm analyze invariance --model runs/r20 --images photos/ --augmentations grayscale hflip \\
-      --compare-features runs/r20-projector --out inv/
+      --compare runs/r20-projector --out inv/
 """,
     "adversarial": """examples:
   rcdm analyze adversarial --model runs/r20 --images photos/ --eps 4/255 --out adv/
