@@ -1,5 +1,10 @@
 """Errors raised for user mistakes: the CLI turns them into one line and exit code 2."""
 
+import errno
+
+# The errno values of a full disk or an exhausted quota: a DiskFullError, not a bug.
+NO_SPACE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
+
 
 class RCDMError(ValueError):
     """A bad input from the user (a path, a spec, a shape). The message names the value and the fix."""

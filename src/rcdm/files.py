@@ -10,7 +10,6 @@ the commands all write through it.
 from __future__ import annotations
 
 import contextlib
-import errno
 import glob
 import os
 import re
@@ -18,12 +17,10 @@ import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
-from .errors import DiskFullError, RCDMError
+from .errors import NO_SPACE_ERRNOS, DiskFullError, RCDMError
 from .locks import output_lock
 
 # --- a full disk ---------------------------------------------------------------------------------------------
-
-_NO_SPACE = {errno.ENOSPC, errno.EDQUOT}
 
 
 def free_bytes(folder: Path) -> int | None:
@@ -36,7 +33,7 @@ def is_disk_full(e: BaseException, folder: Path, needed: int | None) -> bool:
     """True for ENOSPC / EDQUOT, however the writer wrapped it (torch's zip writer and safetensors raise their
     own errors), or when a write failed while less than `needed` bytes are free."""
     for err in (e, e.__cause__, e.__context__):
-        if isinstance(err, OSError) and err.errno in _NO_SPACE:
+        if isinstance(err, OSError) and err.errno in NO_SPACE_ERRNOS:
             return True
     text = str(e)
     if "No space left" in text or "os error 28" in text or "Disk quota exceeded" in text:

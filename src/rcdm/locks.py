@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from .errors import DiskFullError, RCDMError
+from .errors import NO_SPACE_ERRNOS, DiskFullError, RCDMError
 
 try:
     import fcntl
@@ -119,17 +119,16 @@ def _lock(path: Path, command: str, busy: Callable[[dict | None], RCDMError], wh
         log.warning("%s was left by %s, which is gone: taking it over", path, _describe(old))
     since = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())
     mine = json.dumps({"pid": os.getpid(), "host": host, "since": since, "command": command})
+    # a full disk fails here first, before any work: say so, and leave no empty lock behind
     try:
         os.ftruncate(fd, 0)
         os.lseek(fd, 0, os.SEEK_SET)
         os.write(fd, mine.encode())
-    except (
-        OSError
-    ) as e:  # a full disk fails here first, before any work: say so, and leave no empty lock behind
+    except OSError as e:
         with contextlib.suppress(OSError):
             path.unlink()
         os.close(fd)
-        if e.errno in (errno.ENOSPC, errno.EDQUOT):
+        if e.errno in NO_SPACE_ERRNOS:
             raise DiskFullError(
                 f"the disk holding {str(path.parent)!r} is full: nothing was written; free some space and run again"
             ) from None

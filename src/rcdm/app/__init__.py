@@ -99,9 +99,7 @@ def _bounded(value: Any, name: str, lo: float, hi: float) -> float:
     except (TypeError, ValueError):
         raise RCDMError(f"{name} {value!r} is not a number") from None
     if not (math.isfinite(x) and lo <= x <= hi):
-        whole = (
-            float(lo).is_integer() and float(hi).is_integer()
-        )  # a seed's bound in full, not as 4.29497e+09
+        whole = float(lo).is_integer() and float(hi).is_integer()  # a seed's bound in full, not 4.29e+09
         span = f"{int(lo)} to {int(hi)}" if whole else f"{lo:g} to {hi:g}"
         raise RCDMError(f"{name} {value!r} is out of range: use a number from {span}")
     return x

@@ -29,6 +29,8 @@ from .models import (
 log = logging.getLogger(__name__)
 
 PREVIEW_MAX_SIDE = 1024  # the input preview is never enlarged past this many pixels on its longer side
+# the representation shift as the app shows it (one image): absolute, as results.json's `shift`
+_ABS_SHIFT = "shift ‖Δrep‖ (absolute: results.json's shift)"
 
 # ============================================================================================================
 # Views: inputs -> (figure, images at model size, numbers as Markdown). No analysis happens here.
@@ -167,7 +169,7 @@ class Views:
             [
                 "model",
                 "representation cosine (aug vs clean)",
-                "shift ‖Δrep‖ (absolute: results.json's shift)",
+                _ABS_SHIFT,
                 "retention (1 kept, 0 invariant)",
             ],
             [
@@ -239,7 +241,7 @@ class Views:
         text = _table(
             [
                 "model",
-                "shift ‖Δrep‖ (absolute: results.json's shift)",
+                _ABS_SHIFT,
                 "cosine to clean",
                 "label before → after",
             ],
