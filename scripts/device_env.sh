@@ -1,13 +1,11 @@
 # Sourced by the one-shot device scripts (gpu_demo_pack.sh, gpu_fast_path.sh) after they set OUT, WORK and PY:
 # output folders, a timestamped summary, diffusers from the carried wheels when the image lacks it, this
-# checkout on PYTHONPATH, $RCDM, copy_test_images, and the device line (card, torch, diffusers) at the top of
+# checkout on PYTHONPATH, $RCDM, and the device line (card, torch, diffusers) at the top of
 # summary.txt.
 export PYTHONUNBUFFERED=1 RCDM_CACHE=$WORK/cache
 mkdir -p "$OUT" "$WORK"
 T0=$(date +%s)
 stamp() { echo "[$(($(date +%s) - T0)) s] $*" | tee -a "$OUT/summary.txt"; }
-# copy_test_images SRC DST N: N class-balanced images of SRC's class folders, copied flat into DST.
-copy_test_images() { $PY "$(dirname "${BASH_SOURCE[0]}")/copy_test_images.py" "$@"; }
 
 if ! $PY -c "import diffusers" 2>/dev/null; then
     $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .whl/*.whl || exit 1

@@ -83,38 +83,9 @@ tail -n 2 "$WORK"/rcdm-cifar10-*.log | tee -a "$OUT/summary.txt"
 
 # 3. metrics (best effort): 1,000 class-balanced test images.
 stamp "metrics on $EVAL_IMAGES test images"
-copy_test_images "$CIFAR/test" "$WORK/eval-images" "$EVAL_IMAGES"
-mkdir -p "$WORK/metrics"
-for target in rcdm-cifar10-vicreg-backbone rcdm-cifar10-vicreg-projector rcdm-cifar10-supervised; do
-    timeout 60 $RCDM evaluate faithfulness --model "$WORK/runs/$target" --images "$WORK/eval-images" \
-        --num-samples 1 --out "$WORK/metrics/$target-faithfulness.json" >>"$WORK/metrics.log" 2>&1 ||
-        echo "faithfulness failed for $target" >>"$WORK/metrics.log"
-    timeout 60 $RCDM evaluate generate --model "$WORK/runs/$target" --images "$WORK/eval-images" \
-        --num-samples 1 --out "$WORK/metrics/$target-samples" --real "$WORK/eval-images" \
-        --extractor "cifar-resnet56:$RESNET56" >>"$WORK/metrics.log" 2>&1 ||
-        echo "frechet failed for $target" >>"$WORK/metrics.log"
-done
-$PY - "$WORK/metrics" "$EVAL_IMAGES" >"$WORK/metrics.json" <<'EOF'
-# Flat, labelled numbers for the model cards (faithfulness: the conditioning encoder judges; Frechet: ResNet-56).
-import json, sys
-from pathlib import Path
-root, n, out = Path(sys.argv[1]), sys.argv[2], {}
-for t in ("rcdm-cifar10-vicreg-backbone", "rcdm-cifar10-vicreg-projector", "rcdm-cifar10-supervised"):
-    m = {}
-    f = root / f"{t}-faithfulness.json"
-    if f.is_file():
-        s = json.loads(f.read_text())["scores"][0]
-        tag = f"faithfulness on {n} CIFAR-10 test images, 1 sample each, judged by the conditioning encoder"
-        m[f"{tag}: mean rank (chance {s.get('chance_rank')})"] = s.get("mean_rank")
-        m[f"{tag}: top-1"] = s.get("top1")
-        m[f"{tag}: cosine"] = s.get("cosine")
-    q = root / f"{t}-samples" / "quality.json"
-    if q.is_file():
-        tag = f"Frechet distance in CIFAR ResNet-56 features, {n} samples vs {n} test images (non-standard: not FID)"
-        m[tag] = json.loads(q.read_text()).get("fid")
-    out[t] = m
-print(json.dumps(out, indent=1))
-EOF
+timeout 300 $RCDM recipe evaluate --runs "$WORK/runs" --data "$CIFAR" --judge "cifar-resnet56:$RESNET56" \
+    --metrics "$WORK/metrics" --eval-images "$EVAL_IMAGES" --guidance 1 --curve-every 0 --no-progress \
+    >"$WORK/metrics.log" 2>&1 || echo "evaluate failed" >>"$WORK/metrics.log"
 tail -n 5 "$WORK/metrics.log" >>"$OUT/summary.txt" 2>/dev/null
 
 # 4. bundle.
@@ -125,7 +96,7 @@ $RCDM recipe pack --runs "$WORK/runs" --out "$WORK/bundle" --metrics "$WORK/metr
     2>&1 | tee -a "$OUT/summary.txt"
 PACK_RC=${PIPESTATUS[0]}
 cp "$WORK/metrics.json" "$OUT/" 2>/dev/null
-(cd "$WORK" && tar -cf logs.tar ./*.log metrics/*.json) 2>/dev/null
+(cd "$WORK" && tar -cf logs.tar ./*.log metrics) 2>/dev/null
 cp "$WORK/logs.tar" "$OUT/" 2>/dev/null
 if [ "$PACK_RC" -eq 0 ]; then
     tar -C "$WORK" -cf "$WORK/bundle.tar" bundle

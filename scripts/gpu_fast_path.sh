@@ -76,7 +76,7 @@ stamp "benchmark rc=$?"
 
 # 3. faithfulness: dpm++ at 20 steps vs ddpm at 100 (the published sampler), same images, same seeds.
 stamp "faithfulness on $FAITH_IMAGES CIFAR-10 test images"
-copy_test_images "$CIFAR/test" "$WORK/faith-images" "$FAITH_IMAGES"
+$RCDM recipe eval-images --data "$CIFAR" --out "$WORK/faith-images" --num-images "$FAITH_IMAGES"
 for s in "dpm dpm++ 20" "ddpm ddpm 100"; do
     set -- $s
     steps=$3

@@ -17,7 +17,7 @@ from PIL import Image
 from rcdm.bundle import read_bundle
 from rcdm.cli import main
 from rcdm.demo import PACK_DEMO_PRESETS, PackDemoSettings, run_demo, run_pack_demo
-from rcdm.demo_page import models_html, smoke_notice
+from rcdm.demo.page import models_html, smoke_notice
 from rcdm.diffusion import SamplingConfig
 from rcdm.errors import RCDMError
 from rcdm.pack.rcdms import TARGETS, RCDMRecipe, train_rcdms
@@ -282,7 +282,7 @@ def test_the_model_table_says_when_a_model_stopped_before_its_planned_steps() ->
 
 
 def test_card_metrics_come_after_the_pictures_rounded() -> None:
-    from rcdm.demo_page import metrics_section
+    from rcdm.demo.page import metrics_section
 
     models = {"backbone": {"label": "VICReg backbone", "metrics": {"rank-1 (chance 0.0010)": 0.01899999938905239,
                                                                   "mean rank": 199.97300720214844, "n": 1000}}}  # fmt: skip

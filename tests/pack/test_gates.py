@@ -9,22 +9,37 @@ from pathlib import Path
 import pytest
 
 from rcdm.cli import main
-from rcdm.pack.gates import gate_metrics, trend
+from rcdm.pack.gates import STEP, gate_metrics, trend
 
 
-def _evaluation(folder: Path, top1: float, agreement: float, guidance: float = 1.0, fid: float | None = None):
+def _evaluation(
+    folder: Path,
+    top1: float,
+    agreement: float,
+    guidance: float = 1.0,
+    fid: float = 3.0,
+    wall_s: float = 4.0,
+    model: str = "/w/runs/t/model",
+):
+    """A score.json as `rcdm.pack.stages.score_into` writes it, on 4 images; a checkpoint's carries its images
+    seen at 64 images per step."""
     folder.mkdir(parents=True)
-    settings = {"num_images": 4, "num_samples": 1, "sampler": "dpm++", "steps": 20, "guidance": guidance}
-    scores = [
-        {"role": "conditioning", "top1": 0.5, "cosine": 0.9, "mean_rank": 1.5, "class_agreement": 0.75},
-        {"role": "judge", "top1": top1, "cosine": 0.8, "mean_rank": 2.0, "class_agreement": agreement},
-    ]
-    images = [f"img{i}.png" for i in range(4)]
-    (folder / "faithfulness.json").write_text(
-        json.dumps({"settings": settings, "scores": scores, "images": images})
-    )
-    if fid is not None:
-        (folder / "quality.json").write_text(json.dumps({"fid": fid}))
+    step = STEP.fullmatch(folder.name)
+    record = {
+        "num_images": 4,
+        "sampler": "dpm++",
+        "steps": 20,
+        "guidance": guidance,
+        "class_agreement": agreement,
+        "rank1": top1,
+        "mean_rank": 2.0,
+        "frechet": fid,
+        "own_rank1": 0.5,
+        "wall_s": wall_s,
+        "model": model,
+        **({"step": int(step.group(1)), "images_seen": int(step.group(1)) * 64} if step else {}),
+    }
+    (folder / "score.json").write_text(json.dumps(record))
 
 
 def test_pack_metrics_labels_the_final_guided_curve_and_sampler_numbers(tmp_path: Path, capsys) -> None:
@@ -34,11 +49,8 @@ def test_pack_metrics_labels_the_final_guided_curve_and_sampler_numbers(tmp_path
     _evaluation(target / "step-00002000", 0.0, 0.25)
     _evaluation(target / "step-00004000", 0.25, 0.5)
     _evaluation(target / "step-00004000-g2", 0.5, 0.75, guidance=2.0)
-    _evaluation(target / "sampler-fast-g2", 0.5, 1.0, guidance=2.0)
-    (target / "sampler-fast-g2" / "seconds").write_text("8.0")
-    _evaluation(target / "sampler-published", 0.25, 0.5)
-    (target / "sampler-published" / "seconds").write_text("4.0")
-    (target / "sampler-published" / "model").write_text("/w/runs/t/checkpoints/step-00002500/ema\n")
+    _evaluation(target / "sampler-fast-g2", 0.5, 1.0, guidance=2.0, wall_s=8.0)
+    _evaluation(target / "sampler-published", 0.25, 0.5, model="/w/runs/t/checkpoints/step-00002500/ema")
     (target / "sampler-paired").mkdir()  # an interrupted sampler run: no row
 
     assert main(["recipe", "metrics", "--metrics-dir", str(tmp_path / "metrics"), "--eval-images", "4"]) == 0

@@ -1,7 +1,7 @@
 """One offline HTML page with every analysis for a set of images: index.html plus its PNGs in the same folder.
 
 The section builders (`variance_section`, `invariance_section`, ...) turn results into a `figures.Section`
-(figure saved beside the page, a table, a note); `report` and the pack demo (`rcdm.demo_page`) both use them.
+(figure saved beside the page, a table, a note); `report` and the pack demo (`rcdm.demo.page`) both use them.
 Builders that take a list compare results side by side (e.g. a backbone and a projector RCDM).
 """
 

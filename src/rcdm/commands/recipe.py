@@ -1,9 +1,9 @@
-"""rcdm recipe ssl|rcdm|pack: the CIFAR-10 demo pack (own SSL encoder, three RCDMs, a bundle). See docs/recipes.md."""
+"""rcdm recipe ssl|rcdm|ab|guidance|pack: the CIFAR-10 demo pack (own SSL encoder, three RCDMs, a bundle); its
+measuring stages are in `recipe_stages`. See docs/recipes.md."""
 
 from __future__ import annotations
 
 import argparse
-import json
 from dataclasses import fields, replace
 from pathlib import Path
 
@@ -22,7 +22,7 @@ from ..pack.evaluation import (
     sampling_record,
     score_model,
 )
-from ..pack.gates import gate_metrics, parse_steps
+from ..pack.gates import parse_steps
 from ..pack.rcdms import RCDM_PROFILES, RCDMRecipe, train_rcdms
 from ..pack.ssl import train_encoder
 from ..pack.ssl_config import SSLConfig, resolve_config
@@ -36,6 +36,8 @@ from .common import (
     positive,
     read_json_object,
 )
+from .recipe_stages import EPILOGS as STAGE_EPILOGS
+from .recipe_stages import add_stage_parsers
 
 EPILOGS = {
     "recipe": """examples (docs/recipes.md):
@@ -60,13 +62,10 @@ EPILOGS = {
   rcdm recipe guidance --model cifar10-vicreg-backbone --data cifar10-jpeg.tar.gz \
       --judge cifar-resnet56:resnet56-4bfd9763.th --guidance 1 2 3 5 --eval-images 1000 --record
 """,
-    "metrics": """examples:
-  rcdm recipe metrics --metrics-dir ~/rcdm-work/metrics --eval-images 1000 --step 11000 \\
-      --step rcdm-cifar10-supervised=7000 > metrics.json
-""",
     "pack": """examples:
   rcdm recipe pack --runs runs --out src/rcdm/assets/models --demo-images src/rcdm/assets/demo-images/*.jpg
 """,
+    **STAGE_EPILOGS,
 }
 
 
@@ -217,22 +216,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     add_progress_arg(g)
     g.set_defaults(func=run_guidance)
 
-    m = command(
-        "metrics", "the pack's gate metrics from its evaluation folders, as JSON for `recipe pack --metrics`"
-    )
-    m.add_argument(
-        "--metrics-dir", required=True, help="METRICS_DIR/<target>/<tag>/ of `cpu_pack.sh evaluate`"
-    )
-    m.add_argument("--eval-images", type=int, required=True, help="how many test images each evaluation used")
-    m.add_argument(
-        "--step",
-        action="append",
-        default=[],
-        metavar="N|TARGET=N",
-        help="read every RCDM at checkpoint step N, or one TARGET at N (repeatable), as `recipe pack --step`; "
-        "default: each one's final model, else its newest checkpoint",
-    )
-    m.set_defaults(func=run_metrics)
+    add_stage_parsers(command)
 
     k = command("pack", "bundle finished runs: fp16 safetensors + model cards, size-checked")
     k.add_argument("--runs", required=True, help="ROOT of `rcdm recipe ssl` / `rcdm recipe rcdm` runs")
@@ -378,18 +362,6 @@ def run_guidance(args: argparse.Namespace) -> int:
         print(
             f"recorded in {folder / 'config.json'}: `rcdm sample` now uses guidance {chosen.guidance:g} by default"
         )
-    return 0
-
-
-def run_metrics(args: argparse.Namespace) -> int:
-    step, steps = parse_steps(args.step)
-    folder = Path(args.metrics_dir)
-    if not folder.is_dir():
-        raise RCDMError(
-            f"--metrics-dir {args.metrics_dir!r} is not a folder: run `scripts/cpu_pack.sh evaluate` first"
-        )
-    positive("--eval-images", args.eval_images)
-    print(json.dumps(gate_metrics(folder, str(args.eval_images), step, steps), indent=1))
     return 0
 
 

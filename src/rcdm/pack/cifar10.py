@@ -1,10 +1,11 @@
 """CIFAR-10 as files: the class-folder tree (extracted once from the .tar.gz into the rcdm cache), class-balanced
-file lists and a threaded decode to uint8. Used by the encoder recipe, the pack scripts and the tests.
+file lists and a threaded decode to uint8. Used by the encoder recipe, the pack stages and the tests.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 import tarfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -68,3 +69,17 @@ def load_uint8(files: list[Path], size: int = 32, threads: int = 8) -> torch.Ten
 
     with ThreadPoolExecutor(threads) as pool:
         return torch.stack(list(pool.map(one, files)))
+
+
+def copy_test_images(split_dir: str | Path, dst: str | Path, n: int) -> list[Path]:
+    """The first n class-balanced images of split_dir (`labelled_files`), copied flat into dst as
+    <class>-<file>: evaluation inputs for commands that take a folder. dst is created when missing; images already
+    there are kept."""
+    files, _, _ = labelled_files(Path(split_dir), n)
+    out = Path(dst)
+    out.mkdir(parents=True, exist_ok=True)
+    copied = [out / f"{f.parent.name}-{f.name}" for f in files]
+    for f, to in zip(files, copied, strict=True):
+        if not to.is_file():
+            shutil.copyfile(f, to)
+    return copied

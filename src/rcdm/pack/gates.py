@@ -1,16 +1,16 @@
 """The CIFAR-10 pack's gates: its evaluation folders -> the labelled metrics `rcdm recipe pack --metrics` puts on
-cards (`rcdm recipe metrics`, which `scripts/cpu_pack.sh evaluate` calls).
+cards (`rcdm recipe metrics`; `rcdm recipe evaluate` prints them when it is done).
 
-METRICS_DIR/<target>/<tag>/faithfulness.json and quality.json (the same samples), where tag is `final`,
-`final-g<W>` (the final model sampled with guidance W) or a checkpoint `step-NNNNNNNN[-g<W>]`. Output: {target:
-{labelled metric: value, ..., "curve": "images seen: rank-1 / agreement; ..."}} with the labelled numbers of the
-final model (else the newest checkpoint; with a step, the checkpoint `recipe pack --step STEP` packs; a
-TARGET=STEP sets it for one target, as `--step TARGET=STEP` does), those of each of its guided runs, and a curve
-over checkpoints per sampling, with its trend against the gates: the least-squares line of each gate metric
-against log2(images seen), its gain per doubling and where the line would meet the gate (an extrapolation,
-labelled as one). METRICS_DIR/<target>/sampler-<preset>[-g<W>]/ (`cpu_pack.sh samplers`) hold the same
-faithfulness on a subset with each sampling setting and `seconds` (wall time of the run): they become "sampler
-table" rows. Gates: backbone models' class agreement >= 0.60 and rank-1 >= 0.05 under the ResNet-56 judge.
+METRICS_DIR/<target>/<tag>/score.json (`rcdm.pack.stages`), where tag is `final`, `final-g<W>` (the final model
+sampled with guidance W) or a checkpoint `step-NNNNNNNN[-g<W>]`. Output: {target: {labelled metric: value, ...,
+"curve": "images seen: rank-1 / agreement; ..."}} with the labelled numbers of the final model (else the newest
+checkpoint; with a step, the checkpoint `recipe pack --step STEP` packs; a TARGET=STEP sets it for one target, as
+`--step TARGET=STEP` does), those of each of its guided runs, and a curve over checkpoints per sampling, with its
+trend against the gates: the least-squares line of each gate metric against log2(images seen), its gain per
+doubling and where the line would meet the gate (an extrapolation, labelled as one).
+METRICS_DIR/<target>/sampler-<preset>[-g<W>]/ (`rcdm recipe samplers`) hold the same scores on a subset with each
+sampling setting and its wall time: they become "sampler table" rows. Gates: backbone models' class agreement
+>= 0.60 and rank-1 >= 0.05 under the ResNet-56 judge.
 """
 
 from __future__ import annotations
@@ -22,31 +22,31 @@ import statistics
 from pathlib import Path
 
 from ..errors import RCDMError
+from .stages import SCORE
 
-BATCH = {"cpu": 64}  # images per step of the CPU profile, for images seen
 GATES = {"agreement": ("class agreement", 0.60), "top1": ("rank-1 retrieval", 0.05)}  # backbone models' gates
 STEP = re.compile(r"step-(\d+)(?:-g(.+))?")  # a checkpoint's tag: step-NNNNNNNN, or step-NNNNNNNN-gW (guided)
 
 
 def read(tag_dir: Path) -> dict:
-    out: dict = {}
-    f = tag_dir / "faithfulness.json"
-    if f.is_file():
-        data = json.loads(f.read_text())
-        st = data.get("settings", {})
-        out["sampling"] = f"{st.get('sampler')} {st.get('steps')}" + (
-            f", guidance {st['guidance']:g}" if st.get("guidance", 1) != 1 else ""
-        )
-        out["images"] = len(data.get("images", [])) or 1
-        for s in data["scores"]:
-            if s["role"] == "judge":
-                out.update(top1=s["top1"], agreement=s.get("class_agreement"), mean_rank=s["mean_rank"])
-            else:
-                out.update(own_top1=s["top1"], own_cosine=s["cosine"])
-    q = tag_dir / "quality.json"
-    if q.is_file():
-        out["frechet"] = json.loads(q.read_text()).get("fid")
-    return out
+    """One evaluation folder's score.json (`rcdm.pack.stages.score_into`) in the gates' words; {} if not scored."""
+    path = tag_dir / SCORE
+    if not path.is_file():
+        return {}
+    s = json.loads(path.read_text())
+    guidance = s.get("guidance") or 1
+    return {
+        "sampling": f"{s['sampler']} {s['steps']}" + (f", guidance {guidance:g}" if guidance != 1 else ""),
+        "images": s["num_images"],
+        "top1": s["rank1"],
+        "agreement": s.get("class_agreement"),
+        "mean_rank": s["mean_rank"],
+        "own_top1": s.get("own_rank1"),
+        "frechet": s.get("frechet"),
+        "images_seen": s.get("images_seen"),
+        "wall_s": s.get("wall_s"),
+        "model": s.get("model", ""),
+    }
 
 
 def labelled(m: dict, n: str) -> dict:
@@ -69,13 +69,11 @@ def sampler_rows(target: Path) -> str:
     """One row per sampling setting measured on the same images: faithfulness and wall time per image."""
     rows = []
     for d in sorted(target.glob("sampler-*")):
-        secs = d / "seconds"
-        if not ((d / "faithfulness.json").is_file() and secs.is_file()):
-            continue
         m = read(d)
-        per_image = float(secs.read_text()) / m["images"]
-        model = (d / "model").read_text().strip() if (d / "model").is_file() else ""
-        on = re.search(r"step-\d+", model)  # measured on a checkpoint, not the final model
+        if not m:
+            continue
+        per_image = m["wall_s"] / m["images"]
+        on = re.search(r"step-\d+", m["model"])  # measured on a checkpoint, not the final model
         rows.append(
             f"{m['sampling']}: {m['top1']:.3f} / {m.get('agreement') or float('nan'):.3f} / {per_image:.2f}"
             + (f" ({on.group(0)})" if on else "")
@@ -126,8 +124,8 @@ def gate_metrics(
             m.update(labelled(tags[tag], n))
         curves: dict[str, list[tuple[int, dict]]] = {}
         for t in steps:  # one curve per sampling setting, in order of images seen
-            seen = int(STEP.fullmatch(t).group(1)) * BATCH["cpu"]
-            curves.setdefault(tags[t].get("sampling", "?"), []).append((seen, tags[t]))
+            if tags[t].get("images_seen"):
+                curves.setdefault(tags[t]["sampling"], []).append((tags[t]["images_seen"], tags[t]))
         for sampling, points in curves.items():
             m[f"curve (images seen: rank-1 / class agreement; {sampling}; ResNet-56 judge)"] = "; ".join(
                 f"{seen}: {e.get('top1', float('nan')):.3f} / {e.get('agreement') or float('nan'):.3f}"

@@ -18,9 +18,16 @@ from typing import Any
 
 import torch
 
-from .bundle import ROLES, bundled_pack, demo_images, read_bundle
-from .data import list_images
-from .demo_page import (
+from ..bundle import ROLES, bundled_pack, demo_images, read_bundle
+from ..data import list_images
+from ..diffusion import SamplingConfig
+from ..errors import RCDMError
+from ..figures import Section, grid, html_page, html_table
+from ..loading import encoder_for, load_bundled, load_model
+from ..metrics.faithfulness import faithfulness_scores
+from ..train import TrainConfig, train
+from ..visualize import save_visualization, visualize
+from .page import (
     PACK_DEMO_PRESETS,
     SECTIONS,
     PackDemoSettings,
@@ -31,13 +38,6 @@ from .demo_page import (
     pack_note,
     smoke_notice,
 )
-from .diffusion import SamplingConfig
-from .errors import RCDMError
-from .figures import Section, grid, html_page, html_table
-from .loading import encoder_for, load_bundled, load_model
-from .metrics.faithfulness import faithfulness_scores
-from .train import TrainConfig, train
-from .visualize import save_visualization, visualize
 
 __all__ = [
     "PACK_DEMO_PRESETS",

@@ -10,16 +10,17 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from .analysis import adversarial, interpolate, invariance
-from .analysis.adversarial import DEFAULT_EPS
-from .analysis.interpolate import Method
-from .analysis.report import adversarial_section, interpolation_section, invariance_section, samples_section
-from .bundle import ROLES, DemoBundle, read_card
-from .diffusion import SamplingConfig
-from .encoders import Encoder
-from .errors import RCDMError
-from .figures import Section, fmt, html_table
-from .model import RCDM
+from ..analysis import adversarial, interpolate, invariance
+from ..analysis.adversarial import DEFAULT_EPS
+from ..analysis.findings import RETAINED, findings
+from ..analysis.interpolate import Method
+from ..analysis.report import adversarial_section, interpolation_section, invariance_section, samples_section
+from ..bundle import ROLES, DemoBundle, read_card
+from ..diffusion import SamplingConfig
+from ..encoders import Encoder
+from ..errors import RCDMError
+from ..figures import Section, fmt, html_table
+from ..model import RCDM
 
 # dpm++ 15 steps, 32 images per call (the CPU batch size of docs/recipes.md). 15 rather than the gates' 20: on the
 # pack's VICReg backbone RCDM at guidance 5 (200 test images, ResNet-56 judge) 15 steps gave rank-1 0.140 and class
@@ -202,63 +203,6 @@ SECTIONS: dict[str, Callable[[PageContext], Section]] = {
 
 
 # --- the paper's findings against the numbers ---------------------------------------------------------------
-
-RETAINED = 0.5  # mean retention at or above which a model's samples are said to keep an augmentation
-
-
-def _verdict(hits: int, total: int) -> str:
-    if total == 0:
-        return "undefined"
-    return "yes" if hits == total else "no" if hits == 0 else "partly"
-
-
-def findings(numbers: dict) -> list[dict]:
-    """The paper's findings 1-3 next to what this run measured (numbers: the sections' `numbers`), with a
-    verdict each: yes, partly, no, or undefined (no number to judge by). Finding 4 (interpolation) is a picture;
-    no number judges it."""
-    inv, adv = numbers["invariance"], numbers["adversarial"]
-    ret = {
-        role: {r["augmentation"]: r["retention"] for r in inv[role]["augmentations"]}
-        for role in ("backbone", "projector")
-    }
-    both = [a for a, r in ret["backbone"].items() if r is not None and ret["projector"].get(a) is not None]
-    kept = [a for a in both if ret["backbone"][a] >= RETAINED]
-    lower = [a for a in both if ret["projector"][a] < ret["backbone"][a]]
-    ssl, sup = adv["ssl"]["relative_shift"], adv["supervised"]["relative_shift"]
-    flips = adv["supervised"].get("label_flip_rate")
-
-    def pairs(names: list[str]) -> str:
-        return ", ".join(f"{a} {ret['backbone'][a]:.2f} / {ret['projector'][a]:.2f}" for a in names) or "none"
-
-    return [
-        {
-            "finding": 1,
-            "paper": "backbone representations keep the augmentations SSL trains with",
-            "measured": f"backbone retention >= {RETAINED} for {len(kept)} of {len(both)} augmentations "
-            f"({', '.join(kept) or 'none'}); retention backbone / projector: {pairs(both)}",
-            "agrees": _verdict(len(kept), len(both)),
-        },
-        {
-            "finding": 2,
-            "paper": "projector embeddings are largely invariant to them",
-            "measured": f"projector retention below the backbone's for {len(lower)} of {len(both)} augmentations "
-            f"({', '.join(lower) or 'none'})",
-            "agrees": _verdict(len(lower), len(both)),
-        },
-        {
-            "finding": 3,
-            "paper": "SSL representations move less than supervised ones under a small adversarial perturbation",
-            "measured": f"relative representation shift under the same PGD: SSL {ssl:.3f}, supervised {sup:.3f}"
-            + ("" if flips is None else f"; the supervised classifier's label flip rate {flips:.2f}"),
-            "agrees": "yes" if ssl < sup else "no",
-        },
-        {
-            "finding": 4,
-            "paper": "interpolating two representations gives a gradual path of images",
-            "measured": "see the interpolation figure (frame change per step in results.json)",
-            "agrees": "not judged by a number",
-        },
-    ]
 
 
 def findings_section(numbers: dict) -> Section:

@@ -1,12 +1,8 @@
-"""scripts/findings_table.py: the pack's findings study -> the README's tables, with standard errors."""
+"""rcdm.analysis.findings: the paper's findings judged by numbers, and the tables with standard errors."""
 
 from __future__ import annotations
 
-import json
-import runpy
-from pathlib import Path
-
-SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "findings_table.py"
+from rcdm.analysis.findings import findings, findings_tables, mean_se, verdict
 
 
 def _inv(retention: dict[str, list[float]]) -> dict:
@@ -31,15 +27,11 @@ def _adv(shifts: list[float], flips: float | None) -> dict:
     }
 
 
-def test_findings_table_gives_means_with_standard_errors_and_the_demo_verdicts(tmp_path: Path) -> None:
-    (tmp_path / "invariance").mkdir()
-    (tmp_path / "adversarial").mkdir()
+def test_findings_table_gives_means_with_standard_errors_and_the_demo_verdicts() -> None:
     backbone = _inv({"grayscale": [1.0, 0.5, 0.0], "hflip": [0.2, 0.2, float("nan")]})
     projector = _inv({"grayscale": [0.0, 0.0, 0.0], "hflip": [0.5, 0.5, 0.5]})
-    (tmp_path / "invariance" / "results.json").write_text(json.dumps({"results": [backbone, projector]}))
     adv = [_adv([0.1, 0.3], None), _adv([0.4, 0.6], 0.5)]
-    (tmp_path / "adversarial" / "results.json").write_text(json.dumps({"results": adv}))
-    text = runpy.run_path(str(SCRIPT))["tables"](tmp_path)
+    text = findings_tables([backbone, projector], adv)
     assert "Invariance, 3 CIFAR-10 test images" in text
     assert "| grayscale | 0.50 ± 0.29 | 0.00 ± 0.00 | 0.50 ± 0.00 | 0.50 ± 0.00 |" in text  # sd 0.5 / sqrt 3
     assert "| hflip | 0.20 ± 0.00 | 0.50 ± 0.00 |" in text  # the non-finite retention is left out
@@ -49,3 +41,24 @@ def test_findings_table_gives_means_with_standard_errors_and_the_demo_verdicts(t
     # The demo page's verdicts: backbone keeps 1 of 2 (grayscale 0.50 >= 0.5), projector lower for 1 of 2.
     lines = [line for line in text.splitlines() if line.startswith("| 1 |") or line.startswith("| 3 |")]
     assert lines[0].endswith("| partly |") and lines[1].endswith("| yes |")
+
+
+def test_verdicts_follow_the_numbers() -> None:
+    assert [verdict(2, 2), verdict(1, 2), verdict(0, 2), verdict(0, 0)] == [
+        "yes",
+        "partly",
+        "no",
+        "undefined",
+    ]
+    assert mean_se([float("nan"), None]) == "n/a" and mean_se([1.0, 3.0]) == "2.00 ± 1.00"
+    numbers = {
+        "invariance": {
+            "backbone": _inv({"grayscale": [0.9, 0.9, 0.9], "hflip": [0.8, 0.8, 0.8]}),
+            "projector": _inv({"grayscale": [0.1, 0.1, 0.1], "hflip": [0.9, 0.9, 0.9]}),
+        },
+        "adversarial": {"ssl": _adv([0.5, 0.5], None), "supervised": _adv([0.2, 0.2], 0.1)},
+    }
+    rows = findings(numbers)
+    # the backbone keeps both; the projector is below it for grayscale only; SSL moves more than supervised here
+    assert [r["agrees"] for r in rows[:3]] == ["yes", "partly", "no"]
+    assert "(grayscale)" in rows[1]["measured"]

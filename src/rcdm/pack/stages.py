@@ -1,0 +1,278 @@
+"""The pack's measuring stages, which `scripts/cpu_pack.sh` and `scripts/gpu_demo_pack.sh` launch as
+`rcdm recipe evaluate | samplers | findings` (docs/recipes.md, "The CPU pack").
+
+- `evaluate_runs`: each RCDM run scored by `rcdm.pack.evaluation.score_model` on class-balanced CIFAR-10 test
+  images: the model the bundle will hold (its checkpoint at `step`, else its final model, else its newest
+  checkpoint) at each weight of
+  `guidance`, and every `curve_every`-th checkpoint at each weight of `curve_guidance` (the curves).
+- `score_samplers`: the newest model of each run scored under each sampling setting, with its wall time.
+- `findings`: the paper's findings 1-3 on an installed pack (`rcdm.analysis.findings`).
+
+Scores land in METRICS/<target>/<tag>/score.json, which `rcdm.pack.gates.gate_metrics` reads: tag `final`,
+`step-NNNNNNNN`, either with `-gW` for guidance W, or `sampler-<preset>[-gW]`. A tag already scored for the same
+model folder is kept, so a stage run again after an interruption resumes; one stage writes METRICS at a time.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import torch
+
+from ..analysis import adversarial, adversarial_figure, invariance, invariance_figure
+from ..analysis.findings import findings_tables
+from ..bundle import ROLES
+from ..diffusion import SAMPLING_PRESETS, SamplingConfig, sampling_preset
+from ..encoders import Encoder
+from ..errors import RCDMError
+from ..files import write_text_atomic
+from ..loading import encoder_for, load_model, resolve_model_dir
+from ..locks import output_lock
+from ..runs import CHECKPOINTS, complete_checkpoints
+from .evaluation import score_model
+from .rcdms import TARGETS
+
+log = logging.getLogger(__name__)
+
+SCORE = "score.json"
+# The augmentations the findings measure: the four VICReg trains with, and two it does not.
+FINDING_AUGMENTATIONS = ("random_resized_crop", "hflip", "colour_jitter", "grayscale", "vflip", "invert")
+
+
+def tag(name: str, guidance: float) -> str:
+    """An evaluation's folder name: `name` at guidance 1, `name-gW` otherwise."""
+    return name if guidance == 1 else f"{name}-g{guidance:g}"
+
+
+def step_name(step: int) -> str:
+    return f"step-{step:08d}"
+
+
+def score_into(
+    folder: Path,
+    model_dir: Path,
+    judge: Encoder,
+    images: Sequence[Path],
+    sampling: SamplingConfig,
+    *,
+    extra: dict | None = None,
+    device: str | torch.device = "cpu",
+    progress: bool = False,
+) -> dict:
+    """Score the model in `model_dir` once into folder/score.json (the `Score` record, the model folder and
+    `extra`, e.g. a checkpoint's images seen); a folder already scored for this model on as many images is read
+    back instead."""
+    path = folder / SCORE
+    if path.is_file():
+        done = json.loads(path.read_text())
+        if done.get("model") == str(model_dir) and done.get("num_images") == len(images):
+            return done
+    model = load_model(model_dir, device=device)
+    encoder = encoder_for(model).to(device)
+    log.info("scoring %s (%s) on %d images", model_dir, sampling.describe(), len(images))
+    record = {
+        **score_model(model, encoder, judge, images, sampling, progress=progress).record(),
+        "model": str(model_dir),
+        **(extra or {}),
+    }
+    folder.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(path, json.dumps(record, indent=1) + "\n")
+    return record
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """What `evaluate_runs` measures (the defaults of `rcdm recipe evaluate`)."""
+
+    guidance: tuple[float, ...] = (1.0, 5.0)  # weights for the packed model
+    curve_guidance: tuple[float, ...] = (1.0, 5.0)  # weights for the curve's checkpoints
+    curve_every: int = 2000  # steps between the curve's checkpoints; 0: no curve
+    sampling: SamplingConfig = SAMPLING_PRESETS["fast"]
+
+
+def evaluate_runs(
+    runs: str | Path,
+    metrics: str | Path,
+    images: Sequence[Path],
+    judge: Encoder,
+    plan: Evaluation = Evaluation(),
+    *,
+    only: Sequence[str] | None = None,
+    step: int | None = None,
+    steps: dict[str, int] | None = None,
+    device: str | torch.device = "cpu",
+    progress: bool = False,
+) -> list[Path]:
+    """Score every RCDM run under RUNS (see the module docstring); returns the folders scored. `step` (or
+    `steps[target]`) names the checkpoint the bundle will hold instead of the final model."""
+    runs, metrics = Path(runs), Path(metrics)
+    scored: list[Path] = []
+    with output_lock(metrics, flag="--metrics", command="rcdm recipe evaluate"):
+        for target in TARGETS:
+            run = runs / target.name
+            if (only and target.name not in only) or not run.is_dir():
+                continue
+            at = (steps or {}).get(target.name, step)
+            extra = None
+            if at is not None:
+                packed, name, extra = run / CHECKPOINTS / step_name(at) / "ema", step_name(at), _seen(run, at)
+                if not (packed / "config.json").is_file():
+                    raise RCDMError(f"{target.name} has no complete checkpoint at step {at} in {run}")
+            elif (run / "model" / "config.json").is_file() or not complete_checkpoints(run):
+                packed, name = run / "model", "final"
+            else:  # not finished: its newest checkpoint, as `recipe pack` would bundle it
+                newest = complete_checkpoints(run)[-1]
+                n = int(newest.name.removeprefix("step-"))
+                packed, name, extra = newest / "ema", newest.name, _seen(run, n)
+            if (packed / "config.json").is_file():
+                for g in plan.guidance:
+                    folder = metrics / target.name / tag(name, g)
+                    score_into(
+                        folder,
+                        packed,
+                        judge,
+                        images,
+                        replace(plan.sampling, guidance=g),
+                        extra=extra,
+                        device=device,
+                        progress=progress,
+                    )
+                    scored.append(folder)
+            if plan.curve_every <= 0:
+                continue
+            for ckpt in complete_checkpoints(run):
+                n = int(ckpt.name.removeprefix("step-"))
+                if n % plan.curve_every:
+                    continue
+                for g in plan.curve_guidance:
+                    folder = metrics / target.name / tag(ckpt.name, g)
+                    score_into(
+                        folder,
+                        ckpt / "ema",
+                        judge,
+                        images,
+                        replace(plan.sampling, guidance=g),
+                        extra=_seen(run, n),
+                        device=device,
+                        progress=progress,
+                    )
+                    scored.append(folder)
+    return scored
+
+
+def _seen(run: Path, step: int) -> dict:
+    """A checkpoint's step and images seen (steps x the run's batch size, from RUN/run.json)."""
+    return {"step": step, "images_seen": step * json.loads((run / "run.json").read_text())["batch_size"]}
+
+
+def parse_setting(text: str) -> tuple[str, float]:
+    """'PRESET:GUIDANCE' (or 'PRESET', guidance 1) -> (preset, guidance), the preset checked."""
+    preset, _, g = text.partition(":")
+    try:
+        sampling_preset(preset)
+        guidance = float(g) if g else 1.0
+    except (RCDMError, ValueError):
+        raise RCDMError(f"--settings {text!r}: give PRESET:GUIDANCE, e.g. fast:5") from None
+    return preset, guidance
+
+
+def score_samplers(
+    runs: str | Path,
+    metrics: str | Path,
+    images: Sequence[Path],
+    judge: Encoder,
+    settings: Sequence[tuple[str, float]],
+    *,
+    only: Sequence[str] | None = None,
+    device: str | torch.device = "cpu",
+    progress: bool = False,
+) -> list[Path]:
+    """Score the newest model of each run (final, else its newest checkpoint's EMA) under each (preset, guidance)
+    into METRICS/<target>/sampler-<preset>[-gW]; a table measured on an older checkpoint is measured again."""
+    runs, metrics = Path(runs), Path(metrics)
+    scored: list[Path] = []
+    with output_lock(metrics, flag="--metrics", command="rcdm recipe samplers"):
+        for target in TARGETS:
+            run = runs / target.name
+            if (only and target.name not in only) or not run.is_dir():
+                continue
+            try:
+                model_dir = resolve_model_dir(run)
+            except RCDMError:
+                continue  # nothing trained yet
+            for preset, g in settings:
+                folder = metrics / target.name / tag(f"sampler-{preset}", g)
+                score_into(
+                    folder,
+                    model_dir,
+                    judge,
+                    images,
+                    replace(sampling_preset(preset), guidance=g),
+                    device=device,
+                    progress=progress,
+                )
+                scored.append(folder)
+    return scored
+
+
+def findings(
+    pack: str | Path,
+    images: Sequence[Path],
+    out: str | Path,
+    *,
+    sampling: SamplingConfig | None = None,
+    num_samples: int = 2,
+    parts: Sequence[str] = ("invariance", "adversarial", "table"),
+    device: str | torch.device = "cpu",
+    progress: bool = False,
+) -> Path | None:
+    """The paper's findings 1-3 on the pack installed at PACK: invariance of the VICReg backbone vs projector
+    RCDM, PGD on the VICReg vs the supervised backbone RCDM; each part writes OUT/<part>/{results.json,
+    figure.png}, and `table` writes OUT/tables.md from both (returned). sampling: default dpm++ 20 at each
+    model's own guidance."""
+    pack, out = Path(pack), Path(out)
+    for role in ("backbone", "projector", "supervised"):
+        if not (pack / ROLES[role][0] / "config.json").is_file():
+            raise RCDMError(f"no {ROLES[role][0]} in {str(pack)!r}: give the folder of an installed pack")
+
+    def load(role: str):
+        model = load_model(pack / ROLES[role][0], device=device)
+        return model, encoder_for(model).to(device)
+
+    common = dict(num_samples=num_samples, sampling=sampling or SAMPLING_PRESETS["fast"], progress=progress)
+    if "invariance" in parts:
+        results = [
+            invariance(
+                *load(role), images, augmentations=FINDING_AUGMENTATIONS, label=ROLES[role][1], **common
+            )
+            for role in ("backbone", "projector")
+        ]
+        _write_part(out / "invariance", "invariance", results, invariance_figure(results))
+    if "adversarial" in parts:
+        results = [
+            adversarial(*load(role), images, label=ROLES[role][1], **common)
+            for role in ("backbone", "supervised")
+        ]
+        _write_part(out / "adversarial", "adversarial", results, adversarial_figure(results))
+    if "table" not in parts:
+        return None
+    done = {}
+    for part in ("invariance", "adversarial"):
+        f = out / part / "results.json"
+        if not f.is_file():
+            raise RCDMError(f"no {f}: run the {part} part first")
+        done[part] = json.loads(f.read_text())["results"]
+    table = out / "tables.md"
+    write_text_atomic(table, findings_tables(done["invariance"], done["adversarial"]))
+    return table
+
+
+def _write_part(folder: Path, analysis: str, results: list, figure) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    figure.save(folder / "figure.png")
+    record = {"analysis": analysis, "results": [r.summary() for r in results]}
+    write_text_atomic(folder / "results.json", json.dumps(record, indent=2) + "\n")

@@ -1,0 +1,167 @@
+"""rcdm.pack.stages (`rcdm recipe evaluate | samplers | findings | eval-images`): which models each stage scores,
+where the scores land, resuming, the metrics lock, and the findings on the shipped pack."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+import rcdm.pack.stages as stages
+from rcdm.bundle import bundled_pack
+from rcdm.cli import main
+from rcdm.diffusion import SamplingConfig
+from rcdm.errors import RCDMError
+from rcdm.locks import output_lock
+from rcdm.pack.evaluation import Score
+from rcdm.pack.gates import gate_metrics
+
+SUPERVISED, BACKBONE, PROJECTOR = (
+    "rcdm-cifar10-supervised",
+    "rcdm-cifar10-vicreg-backbone",
+    "rcdm-cifar10-vicreg-projector",
+)
+SCORE = Score(
+    num_images=4,
+    sampler="dpm++",
+    steps=20,
+    guidance=1.0,
+    class_agreement=0.5,
+    rank1=0.25,
+    mean_rank=2.0,
+    frechet=3.0,
+    own_rank1=0.5,
+    diversity=None,
+    pixel_spread=None,
+    num_samples=1,
+    wall_s=2.0,
+    cpu_s=2.0,
+)
+
+
+def _run(root: Path, name: str, steps: list[int], final: bool, batch: int = 64) -> None:
+    run = root / name
+    run.mkdir(parents=True)
+    (run / "run.json").write_text(json.dumps({"batch_size": batch}))
+    for s in steps:
+        ck = run / "checkpoints" / f"step-{s:08d}"
+        (ck / "ema").mkdir(parents=True)
+        (ck / "ema" / "config.json").write_text("{}")
+        (ck / "state.json").write_text(json.dumps({"step": s}))
+    if final:
+        (run / "model").mkdir()
+        (run / "model" / "config.json").write_text("{}")
+
+
+@pytest.fixture
+def scored(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, float]]:
+    """Stand-ins for loading and scoring: the stages' choice of models is under test, not the sampling."""
+    calls: list[tuple[str, float]] = []
+
+    def fake_score(model, encoder, judge, images, sampling, **kw):
+        calls.append((model, sampling.guidance))
+        return replace(SCORE, guidance=sampling.guidance, num_images=len(images))
+
+    monkeypatch.setattr(stages, "load_model", lambda folder, device=None: str(folder))
+    monkeypatch.setattr(stages, "encoder_for", lambda model: type("E", (), {"to": lambda self, d: self})())
+    monkeypatch.setattr(stages, "score_model", fake_score)
+    return calls
+
+
+def test_evaluate_scores_the_packed_model_and_the_curve_once(tmp_path: Path, scored) -> None:
+    runs, metrics, images = tmp_path / "runs", tmp_path / "metrics", [Path(f"i{k}.jpg") for k in range(4)]
+    _run(runs, SUPERVISED, [1000, 2000, 3000], final=True)
+    _run(runs, BACKBONE, [1000, 2000], final=False, batch=128)  # not finished: its newest checkpoint
+    _run(runs, PROJECTOR, [1000, 2000], final=True)
+    plan = stages.Evaluation(guidance=(1.0, 5.0), curve_guidance=(5.0,), curve_every=2000)
+    stages.evaluate_runs(runs, metrics, images, judge=None, plan=plan, steps={PROJECTOR: 1000})
+    got = {t.name: sorted(p.name for p in t.iterdir()) for t in metrics.iterdir()}
+    assert got == {
+        SUPERVISED: ["final", "final-g5", "step-00002000-g5"],
+        BACKBONE: ["step-00002000", "step-00002000-g5"],  # the newest checkpoint, also a curve point
+        PROJECTOR: ["step-00001000", "step-00001000-g5", "step-00002000-g5"],  # the step asked for
+    }
+    record = json.loads((metrics / BACKBONE / "step-00002000" / "score.json").read_text())
+    assert record["images_seen"] == 2000 * 128 and record["model"].endswith("step-00002000/ema")
+    assert record["rank1"] == 0.25 and record["guidance"] == 1.0
+    n = len(scored)
+    stages.evaluate_runs(runs, metrics, images, judge=None, plan=plan, steps={PROJECTOR: 1000})
+    assert len(scored) == n  # everything already scored for the same models: nothing sampled again
+    m = gate_metrics(metrics, "4", None, {PROJECTOR: 1000})
+    assert m[BACKBONE][
+        "curve (images seen: rank-1 / class agreement; dpm++ 20, guidance 5; ResNet-56 judge)"
+    ] == ("256000: 0.250 / 0.500")
+
+
+def test_samplers_score_the_newest_model_of_the_runs_asked_for(tmp_path: Path, scored) -> None:
+    runs, metrics = tmp_path / "runs", tmp_path / "metrics"
+    _run(runs, SUPERVISED, [1000], final=True)
+    _run(runs, BACKBONE, [1000, 1500], final=False)
+    settings = [stages.parse_setting("fast:1"), stages.parse_setting("paired:5")]
+    stages.score_samplers(runs, metrics, [Path("a.jpg")], None, settings, only=[BACKBONE])
+    assert [m for m, _ in scored] == [str(runs / BACKBONE / "checkpoints" / "step-00001500" / "ema")] * 2
+    assert sorted(p.name for p in (metrics / BACKBONE).iterdir()) == ["sampler-fast", "sampler-paired-g5"]
+    assert not (metrics / SUPERVISED).exists()
+    table = gate_metrics(metrics, "1")[BACKBONE][
+        "sampler table (setting: rank-1 / class agreement / s per image, CPU)"
+    ]
+    assert table.endswith("(step-00001500)") and "/ 2.00" in table  # 2 s for 1 image
+
+
+def test_a_bad_sampler_setting_is_one_line(capsys) -> None:
+    argv = ["recipe", "samplers", "--runs", "r", "--data", "d", "--judge", "j", "--metrics", "m"]
+    assert main([*argv, "--settings", "fastest:2"]) == 2
+    err = capsys.readouterr().err
+    assert "--settings 'fastest:2': give PRESET:GUIDANCE" in err and len(err.strip().splitlines()) == 1
+
+
+def test_a_second_metrics_stage_is_refused_while_one_runs(tmp_path: Path, scored) -> None:
+    runs, metrics = tmp_path / "runs", tmp_path / "metrics"
+    _run(runs, SUPERVISED, [1000], final=True)
+    # another evaluate stage, running
+    with output_lock(metrics, flag="--metrics"), pytest.raises(RCDMError, match="is being written by"):
+        stages.evaluate_runs(runs, metrics, [Path("a.jpg")], None)
+    assert scored == [] and not metrics.exists()
+
+
+def test_eval_images_copies_a_class_balanced_prefix(cifar_root: Path, tmp_path: Path) -> None:
+    assert (
+        main(
+            [
+                "recipe",
+                "eval-images",
+                "--data",
+                str(cifar_root),
+                "--out",
+                str(tmp_path / "e"),
+                "--num-images",
+                "20",
+            ]
+        )
+        == 0
+    )
+    names = sorted(p.name for p in (tmp_path / "e").iterdir())
+    assert len(names) == 20 and {n.split("-")[0] for n in names} == {
+        p.name for p in (cifar_root / "test").iterdir()
+    }
+
+
+def test_findings_on_the_shipped_pack_write_results_and_tables(cifar_root: Path, tmp_path: Path) -> None:
+    pack = bundled_pack()
+    if pack is None:
+        pytest.skip("no pack is installed in src/rcdm/assets/models")
+    images = sorted((cifar_root / "test" / "cat").glob("*.jpg"))[:2]
+    out = tmp_path / "findings"
+    cheap = SamplingConfig(sampler="dpm++", steps=2, guidance=1.0)
+    for part in ("invariance", "adversarial"):  # one part per call, as the launcher runs them side by side
+        assert stages.findings(pack, images, out, sampling=cheap, num_samples=1, parts=[part]) is None
+    table = stages.findings(pack, images, out, parts=["table"])
+    text = table.read_text()
+    assert "Invariance, 2 CIFAR-10 test images" in text and "| vflip |" in text
+    rows = [line for line in text.splitlines() if line.startswith(("| 1 |", "| 2 |", "| 3 |"))]
+    assert len(rows) == 3 and all(r.rstrip(" |").rsplit("| ", 1)[1] in {"yes", "partly", "no"} for r in rows)
+    results = json.loads((out / "adversarial" / "results.json").read_text())["results"]
+    assert [r["label"] for r in results] == ["VICReg backbone", "supervised backbone"]
+    assert (out / "invariance" / "figure.png").is_file()
