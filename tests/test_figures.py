@@ -35,3 +35,20 @@ def test_sampling_describes_itself_for_captions():
     assert SamplingConfig(sampler="ddim", seed=3, rep_noise=0.5, guidance=1).describe() == (
         "ddim 50 steps, guidance 1, seed 3, rep-noise 0.5"
     )
+
+
+def test_model_card_has_one_shape_for_every_card() -> None:
+    from rcdm.figures import SMOKE_BANNER, model_card
+
+    text = model_card(
+        "m",
+        ["intro"],
+        [("score", 0.061000000685453415), ("steps", 7)],
+        smoke=True,
+        sections=[("Metrics", "| a | b |")],
+        front_matter=["library_name: rcdm"],
+    )
+    assert text.startswith("---\nlibrary_name: rcdm\n---\n\n# m\n\n" + SMOKE_BANNER + "\n\nintro\n")
+    assert "| score | 0.061 |" in text and "| steps | 7 |" in text  # floats to 4 significant digits
+    assert text.index("| field | value |") < text.index("## Metrics") and text.endswith("| a | b |\n\n")
+    assert SMOKE_BANNER not in model_card("m", [], [])

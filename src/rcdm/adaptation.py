@@ -29,6 +29,7 @@ from .diffusion import sample_generators
 from .encoders import Encoder, Feature, create_encoder
 from .encoders.cache import cache_file, cached_representations, load_cache
 from .errors import RCDMError
+from .figures import model_card
 from .files import atomic_dir, write_text_atomic
 from .loading import encoder_for, load_model, resolve_model_dir
 from .locks import run_lock
@@ -245,21 +246,28 @@ def trainable_parameters(model: RCDM, trainable: Trainable) -> list[torch.nn.Par
 
 def _card(model: RCDM, cfg: AdaptConfig, record: dict) -> str:
     p = model.config.adapted_from
-    return "\n".join(
+    return model_card(
+        f"Adapted RCDM: `{cfg.encoder}` ({cfg.feature}) through `{p['base_model']}`",
+        [CARD_NOTE],
         [
-            f"# Adapted RCDM: `{cfg.encoder}` ({cfg.feature}) through `{p['base_model']}`",
-            "",
-            CARD_NOTE,
-            "",
-            f"- base model: `{p['base_model']}` (weights sha256 {p['base_weights'][:16]}), conditioned on "
-            f"`{p['base_encoder']}` ({p['base_feature']})",
-            f"- new encoder: `{cfg.encoder}` ({model.config.encoder_identity}, weights "
-            f"{model.config.encoder_weights or 'not recorded'}), {model.config.representation_dim}-d",
-            f"- adapter: {cfg.adapter}, trained: {cfg.trainable}; ridge map held-out R² {p['map_r2_heldout']:.3f}",
-            f"- {record['images_trained']:,} images trained in {record['steps']} steps; {p['num_images']:,} images "
-            f"encoded; {record['wall_s']:.0f} s wall, {record['cpu_s']:.0f} s CPU",
-            "",
-        ]
+            (
+                "base model",
+                f"`{p['base_model']}` (weights sha256 {p['base_weights'][:16]}), conditioned on "
+                f"`{p['base_encoder']}` ({p['base_feature']})",
+            ),
+            (
+                "new encoder",
+                f"`{cfg.encoder}` ({model.config.encoder_identity}, weights "
+                f"{model.config.encoder_weights or 'not recorded'}), {model.config.representation_dim}-d",
+            ),
+            ("adapter", f"{cfg.adapter}, trained: {cfg.trainable}"),
+            ("ridge map held-out R²", f"{p['map_r2_heldout']:.3f}"),
+            (
+                "cost",
+                f"{record['images_trained']:,} images trained in {record['steps']} steps; {p['num_images']:,} "
+                f"images encoded; {record['wall_s']:.0f} s wall, {record['cpu_s']:.0f} s CPU",
+            ),
+        ],
     )
 
 

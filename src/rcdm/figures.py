@@ -185,3 +185,31 @@ def html_page(title: str, sections: Sequence[Section], *, notice: str | None = N
         ".notice{border:3px solid #c00;background:#fee;padding:0.5em 1em;margin:1em 0;font-size:1.1em}</style>"
         f"</head><body><h1>{html.escape(title)}</h1>\n{box}{body}\n</body></html>"
     )
+
+
+SMOKE_BANNER = "**SMOKE TEST: undertrained, for tests only; not the real model.**"
+
+
+def model_card(
+    title: str,
+    intro: Sequence[str],
+    fields: Sequence[tuple[str, object]],
+    *,
+    smoke: bool = False,
+    sections: Sequence[tuple[str, str]] = (),
+    front_matter: Sequence[str] = (),
+) -> str:
+    """A model card (README.md), the one shape every rcdm card has: YAML front matter when given, `# title`, the
+    smoke-test banner when `smoke`, the intro paragraphs, a field | value table (floats to 4 significant digits),
+    then each (heading, Markdown) section."""
+    lines = [*(["---", *front_matter, "---", ""] if front_matter else []), f"# {title}", ""]
+    lines += [SMOKE_BANNER, ""] if smoke else []
+    for paragraph in intro:
+        lines += [paragraph, ""]
+    if fields:
+        lines += ["| field | value |", "| --- | --- |"]
+        lines += [f"| {k} | {f'{v:.4g}' if isinstance(v, float) else v} |" for k, v in fields]
+        lines.append("")
+    for heading, body in sections:
+        lines += [f"## {heading}", "", body.rstrip("\n"), ""]
+    return "\n".join(lines) + "\n"

@@ -26,6 +26,7 @@ from huggingface_hub.errors import (
     RevisionNotFoundError,
 )
 
+from . import figures
 from .errors import RCDMError, first_line
 
 
@@ -106,36 +107,34 @@ def model_card(
         ),
         ("loss", run.get("loss", "not recorded")),
     ]
-    lines = [
-        "---",
-        "library_name: rcdm",
-        f"license: {license_}",
-        "tags:",
-        "- rcdm",
-        "- diffusion",
-        "- representation-learning",
-        "---",
-        "",
-        f"# {repo_id}",
-        "",
-        "A Representation-Conditional Diffusion Model (Bordes, Balestriero, Vincent, TMLR 2022): samples drawn from "
-        "one image's representation show what the representation keeps.",
-        "",
-        "```bash",
-        "pip install rcdm",
-        f"rcdm sample --model {repo_id} --images my.jpg --num-samples 8 --out samples/",
-        "```",
-        "",
-        "| field | value |",
-        "| --- | --- |",
-        *(f"| {k} | {v} |" for k, v in rows),
-        *(f"| {k} | {v} |" for k, v in (metrics or {}).items()),
-        "",
-        "The weights' licence is the uploader's choice (Apache-2.0 by default); weights trained on CC-BY-NC data or "
-        "encoders inherit those terms. Cite the paper: https://openreview.net/forum?id=urfWb7VjmL",
-        "",
-    ]
-    return "\n".join(lines)
+    usage = (
+        "```bash\npip install rcdm\n"
+        f"rcdm sample --model {repo_id} --images my.jpg --num-samples 8 --out samples/\n```"
+    )
+    return figures.model_card(
+        repo_id,
+        [
+            "A Representation-Conditional Diffusion Model (Bordes, Balestriero, Vincent, TMLR 2022): samples drawn "
+            "from one image's representation show what the representation keeps.",
+            usage,
+        ],
+        [*rows, *(metrics or {}).items()],
+        sections=[
+            (
+                "Licence and citation",
+                "The weights' licence is the uploader's choice (Apache-2.0 by default); weights trained on CC-BY-NC "
+                "data or encoders inherit those terms. Cite the paper: https://openreview.net/forum?id=urfWb7VjmL",
+            )
+        ],
+        front_matter=[
+            "library_name: rcdm",
+            f"license: {license_}",
+            "tags:",
+            "- rcdm",
+            "- diffusion",
+            "- representation-learning",
+        ],
+    )
 
 
 def push(

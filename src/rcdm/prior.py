@@ -31,6 +31,7 @@ from .diffusion import sample_generators
 from .encoders import Encoder
 from .encoders.cache import cache_file, cached_representations, load_cache
 from .errors import RCDMError
+from .figures import model_card
 from .files import atomic_dir, write_text_atomic
 from .loading import encoder_for, load_model
 from .monitor import TrainingMonitor
@@ -234,16 +235,19 @@ def train_prior(cfg: PriorConfig, out: str | Path, *, resume: bool = False, prog
 
 
 def _card(record: dict, cfg: PriorConfig) -> str:
-    return (
-        "# Representation prior\n\n"
-        f"A diffusion model of the representations of `{record['encoder']}` ({record['feature']}), trained by "
-        f"`rcdm prior` on {record['representations']} images of `{cfg.data}` for {cfg.steps} steps of "
-        f"{cfg.batch_size} (RCG's design: a residual MLP, width {cfg.width}, depth {cfg.depth}, cosine "
-        "schedule). `rcdm generate --model MODEL --prior THIS` samples representations from it and draws one "
-        f"image for each with an RCDM conditioned on the same encoder, such as `{record['model']}`.\n\n"
-        "What it shows: the images the RCDM draws from representations typical of the training images. A "
-        "representation the prior never learned to produce cannot appear; nor can an image the RCDM never learned "
-        "to draw.\n"
+    return model_card(
+        "Representation prior",
+        [
+            f"A diffusion model of the representations of `{record['encoder']}` ({record['feature']}), trained by "
+            f"`rcdm prior` on {record['representations']} images of `{cfg.data}` for {cfg.steps} steps of "
+            f"{cfg.batch_size} (RCG's design: a residual MLP, width {cfg.width}, depth {cfg.depth}, cosine "
+            "schedule). `rcdm generate --model MODEL --prior THIS` samples representations from it and draws one "
+            f"image for each with an RCDM conditioned on the same encoder, such as `{record['model']}`.",
+            "What it shows: the images the RCDM draws from representations typical of the training images. A "
+            "representation the prior never learned to produce cannot appear; nor can an image the RCDM never "
+            "learned to draw.",
+        ],
+        [],
     )
 
 

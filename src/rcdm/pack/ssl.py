@@ -54,6 +54,7 @@ from ..runs import (
     sweep_checkpoints,
 )
 from ..train_config import check_output_folder
+from .cards import encoder_card
 from .cifar10 import cifar10_root, labelled_files, load_uint8
 from .ssl_config import SSLConfig, validate_ssl_config
 
@@ -184,55 +185,6 @@ def _lr_at(cfg: SSLConfig, step: int, steps_per_epoch: int) -> float:
     if step < warm:
         return cfg.lr * (step + 1) / warm
     return cfg.lr * 0.5 * (1 + math.cos(math.pi * (step - warm) / max(1, total - warm)))
-
-
-def model_card_markdown(card: dict) -> str:
-    """A human-readable model card (README.md) from card.json's fields."""
-    knn = card.get("knn_accuracy", {})
-    lines = [
-        f"# {card.get('name', 'rcdm-cifar encoder')}",
-        "",
-        *(
-            ["**SMOKE TEST: undertrained, for tests only; not the real model.**", ""]
-            if card.get("smoke")
-            else []
-        ),
-        f"A {card['arch']['depth']}-layer CIFAR ResNet (width x{card['arch']['width']}) trained with the "
-        f"`{card['objective']}` objective by `rcdm recipe ssl`. Load it with "
-        f"`rcdm.encoders.create_encoder('rcdm-cifar:PATH', feature='backbone' | 'projector')`.",
-        "",
-        "| field | value |",
-        "| --- | --- |",
-        f"| data | {card['data']['name']}: {card['data']['train_images']} train / "
-        f"{card['data']['test_images']} test images |",
-        f"| data license | {card['data']['license']} |",
-        f"| epochs / steps / images seen | {card['epochs']} / {card['steps']} / {card['images_seen']} |",
-        f"| wall time | {card['wall_time_s']:.0f} s on {card['device']} |",
-        *(
-            [
-                f"| CPU time | {card['cpu_time_s']:.0f} s (process + data workers, all threads{_epochs_note(card)}) |"
-            ]
-            if card.get("cpu_time_s") is not None
-            else []
-        ),
-        *(
-            f"| k-NN accuracy ({name}, k={card['recipe']['knn_k']}, test split) | {acc:.4f} |"
-            for name, acc in knn.items()
-        ),
-        f"| input | 32 px RGB in [0, 1], normalised with mean {card['preprocessing']['mean']}, "
-        f"std {card['preprocessing']['std']} |",
-        f"| rcdm commit | {card.get('git_commit') or 'not recorded'} |",
-        f"| weights dtype | {card.get('dtype', 'float32')} |",
-        "",
-    ]
-    return "\n".join(lines) + "\n"
-
-
-def _epochs_note(card: dict) -> str:
-    first = card.get("cpu_time_from_epoch") or 0
-    return (
-        f"; epochs {first + 1}-{card['epochs']} only: earlier ones predate CPU-time records" if first else ""
-    )
 
 
 def train_encoder(
@@ -444,7 +396,7 @@ def _train_encoder(
     card["identity"] = json.loads((enc_dir / "card.json").read_text())["identity"]
     final = save_encoder(model, run_dir / "encoder", card, readme=None)
     card = json.loads((final / "card.json").read_text())
-    (final / "README.md").write_text(model_card_markdown(card))
+    (final / "README.md").write_text(encoder_card(card))
     shutil.rmtree(enc_dir, ignore_errors=True)
     return SSLResult(
         final,

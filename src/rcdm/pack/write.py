@@ -28,8 +28,9 @@ from ..encoders import create_encoder
 from ..encoders.cifar import CifarEncoderNet, default_preprocessing, load_encoder_net, save_encoder
 from ..errors import RCDMError
 from ..model import RCDM
+from .cards import encoder_card, rcdm_card
 from .rcdms import MIN_KNN_ACCURACY, Target, encoder_dir, run_record, select_targets
-from .ssl import CIFAR_LICENSE, model_card_markdown
+from .ssl import CIFAR_LICENSE
 
 MAX_BUNDLE_MB = 30.0  # MB = 10**6 bytes
 # The sampler the pack's gates are measured with; each packed RCDM records it with the pack's guidance as its
@@ -100,56 +101,6 @@ def _fp16_rcdm_error(model: RCDM) -> float:
     )
     out = rounded.eval()(x, t, rep)
     return float((out - ref).norm() / ref.norm().clamp_min(1e-12))
-
-
-def _rcdm_readme(card: dict) -> str:
-    lines = [
-        f"# {card['name']}",
-        "",
-        *(["**SMOKE TEST: undertrained, for tests only; not the real model.**", ""] if card["smoke"] else []),
-        f"An RCDM (preset `{card['preset']}`) conditioned on the {card['feature']} feature of the bundled encoder "
-        f"`{card['encoder']}`, trained on the CIFAR-10 train split by `rcdm recipe rcdm`. Sample with "
-        f"`rcdm sample --model PATH_TO_THIS_FOLDER --images ...`.",
-        "",
-        "| field | value |",
-        "| --- | --- |",
-        f"| steps / batch / images seen | {card['steps']}"
-        + (
-            f" (of {card['planned_steps']} planned)"
-            if (card.get("planned_steps") or 0) > card["steps"]
-            else ""
-        )
-        + f" / {card['batch_size']} / {card['images_seen']} |",
-        f"| wall time | {card['wall_time_s']:.0f} s on {card['device']} |",
-        *(
-            [
-                f"| CPU time | {card['cpu_time_s']:.0f} s (process + data workers, all threads"
-                + (
-                    f"; steps after {card['cpu_time_from_step']} only"
-                    if card.get("cpu_time_from_step")
-                    else ""
-                )
-                + ") |"
-            ]
-            if card.get("cpu_time_s") is not None
-            else []
-        ),
-        f"| stopped before its planned steps | {card['stopped_early']} |",
-        f"| weights | {card['dtype']} (relative output error from fp16 rounding: {card['fp16_relative_error']:.2e}) |",
-        f"| data license | {card['data_license']} |",
-        f"| rcdm commit | {card['git_commit'] or 'not recorded'} |",
-        "",
-    ]
-    if card.get("metrics"):
-        # card.json keeps the measured floats; the table shows 4 significant digits (0.061, not 0.061000000685453415)
-        lines += ["## Metrics", "", "| metric | value |", "| --- | --- |"]
-        lines += [
-            f"| {k} | {f'{v:.4g}' if isinstance(v, float) else v} |" for k, v in card["metrics"].items()
-        ]
-        lines.append("")
-    else:
-        lines += ["No metrics were given when this model was packed.", ""]
-    return "\n".join(lines)
 
 
 def pack(
@@ -241,7 +192,7 @@ def pack(
             identities[run] = card["identity"]
             folder = save_encoder(net, tmp / enc_names[run], card, dtype=dtype)
             full = read_card(folder)
-            (folder / "README.md").write_text(model_card_markdown(full))
+            (folder / "README.md").write_text(encoder_card(full))
         for t in targets:
             model_dir, rec = runs[t.name]
             model = RCDM.from_pretrained(model_dir).eval()
@@ -293,7 +244,7 @@ def pack(
                 "git_commit": rec.get("git_commit"),
             }
             (tmp / t.name / "card.json").write_text(json.dumps(card, indent=2, default=str))
-            (tmp / t.name / "README.md").write_text(_rcdm_readme(card))
+            (tmp / t.name / "README.md").write_text(rcdm_card(card))
         if demo_images:
             (tmp / "demo-inputs").mkdir()
             for p in demo_images:

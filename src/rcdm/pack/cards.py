@@ -1,0 +1,97 @@
+"""The pack's model cards (README.md beside each bundled encoder and RCDM), written from their card.json fields by
+the one card writer, `rcdm.figures.model_card`."""
+
+from __future__ import annotations
+
+from ..figures import model_card
+
+
+def encoder_card(card: dict) -> str:
+    """The card of an encoder trained by `rcdm recipe ssl`."""
+    first_epoch = card.get("cpu_time_from_epoch") or 0
+    epochs_note = (
+        f"; epochs {first_epoch + 1}-{card['epochs']} only: earlier ones predate CPU-time records"
+        if first_epoch
+        else ""
+    )
+    fields: list[tuple[str, object]] = [
+        (
+            "data",
+            f"{card['data']['name']}: {card['data']['train_images']} train / {card['data']['test_images']} test "
+            "images",
+        ),
+        ("data license", card["data"]["license"]),
+        ("epochs / steps / images seen", f"{card['epochs']} / {card['steps']} / {card['images_seen']}"),
+        ("wall time", f"{card['wall_time_s']:.0f} s on {card['device']}"),
+    ]
+    if card.get("cpu_time_s") is not None:
+        fields.append(
+            ("CPU time", f"{card['cpu_time_s']:.0f} s (process + data workers, all threads{epochs_note})")
+        )
+    fields += [
+        (f"k-NN accuracy ({name}, k={card['recipe']['knn_k']}, test split)", f"{acc:.4f}")
+        for name, acc in card.get("knn_accuracy", {}).items()
+    ]
+    fields += [
+        (
+            "input",
+            f"32 px RGB in [0, 1], normalised with mean {card['preprocessing']['mean']}, std "
+            f"{card['preprocessing']['std']}",
+        ),
+        ("rcdm commit", card.get("git_commit") or "not recorded"),
+        ("weights dtype", card.get("dtype", "float32")),
+    ]
+    intro = (
+        f"A {card['arch']['depth']}-layer CIFAR ResNet (width x{card['arch']['width']}) trained with the "
+        f"`{card['objective']}` objective by `rcdm recipe ssl`. Load it with "
+        "`rcdm.encoders.create_encoder('rcdm-cifar:PATH', feature='backbone' | 'projector')`."
+    )
+    return model_card(card.get("name", "rcdm-cifar encoder"), [intro], fields, smoke=bool(card.get("smoke")))
+
+
+def rcdm_card(card: dict) -> str:
+    """The card of a bundled RCDM (`rcdm.pack.write.pack`), with its measured metrics when it has them."""
+    planned = card.get("planned_steps") or 0
+    steps = f"{card['steps']}" + (f" (of {planned} planned)" if planned > card["steps"] else "")
+    fields: list[tuple[str, object]] = [
+        ("steps / batch / images seen", f"{steps} / {card['batch_size']} / {card['images_seen']}"),
+        ("wall time", f"{card['wall_time_s']:.0f} s on {card['device']}"),
+    ]
+    if card.get("cpu_time_s") is not None:
+        since = card.get("cpu_time_from_step")
+        fields.append(
+            (
+                "CPU time",
+                f"{card['cpu_time_s']:.0f} s (process + data workers, all threads"
+                + (f"; steps after {since} only" if since else "")
+                + ")",
+            )
+        )
+    fields += [
+        ("stopped before its planned steps", card["stopped_early"]),
+        (
+            "weights",
+            f"{card['dtype']} (relative output error from fp16 rounding: {card['fp16_relative_error']:.2e})",
+        ),
+        ("data license", card["data_license"]),
+        ("rcdm commit", card["git_commit"] or "not recorded"),
+    ]
+    intro = (
+        f"An RCDM (preset `{card['preset']}`) conditioned on the {card['feature']} feature of the bundled encoder "
+        f"`{card['encoder']}`, trained on the CIFAR-10 train split by `rcdm recipe rcdm`. Sample with "
+        "`rcdm sample --model PATH_TO_THIS_FOLDER --images ...`."
+    )
+    metrics = card.get("metrics")
+    # card.json keeps the measured floats; the table shows 4 significant digits
+    section = (
+        "Metrics",
+        "| metric | value |\n| --- | --- |\n"
+        + "\n".join(f"| {k} | {f'{v:.4g}' if isinstance(v, float) else v} |" for k, v in metrics.items()),
+    )
+    return model_card(
+        card["name"],
+        [intro] if metrics else [intro, "No metrics were given when this model was packed."],
+        fields,
+        smoke=bool(card["smoke"]),
+        sections=[section] if metrics else [],
+    )
