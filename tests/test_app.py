@@ -22,7 +22,7 @@ gr = pytest.importorskip("gradio", reason="the app tests need gradio: pip instal
 gradio_client = pytest.importorskip("gradio_client", reason="the app tests need gradio_client (in .[dev])")
 
 SIZE = 16  # the tiny model's sample size
-PRESET = "fast (dpm++, 10 steps)"
+PRESET = "fast"
 COMMON = [2, PRESET, 2, 0, 1.0]  # samples, preset, steps, seed, guidance
 
 
@@ -299,7 +299,13 @@ def test_pack_models_and_the_supervised_twin(tiny_model: Path, monkeypatch: pyte
     assert [p["value"] for p in sliders if p.get("label", "").startswith("guidance")] == [2.5]
     views = app_module.Views(app_module.ModelCache(choices, "cpu"))
     image = app_module.resolve_image(None, "cat.jpg")
-    r = views.attack(["VICReg backbone"], image, 2 / 255, 1, app_module.Sampling(num_samples=1, steps=1))
+    r = views.attack(
+        ["VICReg backbone"],
+        image,
+        2 / 255,
+        1,
+        app_module.Sampling(1, app_module.APP_SAMPLING.replace(steps=1)),
+    )
     table, note = r.text.split("\n\n", 1)
     rows = table.splitlines()[2:]
     assert [row.split(" | ")[0].strip("| ") for row in rows] == ["VICReg backbone", "supervised backbone"]
@@ -338,7 +344,7 @@ def test_guidance_applies_only_to_models_trained_for_it(tiny_model: Path, tmp_pa
     image = app_module.resolve_image(None, "cat.jpg")
 
     def draw(guidance: float) -> list:
-        s = app_module.Sampling(num_samples=1, steps=2, guidance=guidance)
+        s = app_module.Sampling(1, app_module.APP_SAMPLING.replace(steps=2, guidance=guidance))
         return [im.tobytes() for im, _ in views.samples(["tiny", "guided"], image, s).images]
 
     plain, strong = draw(1.0), draw(3.0)

@@ -23,11 +23,12 @@ from ..analysis.adversarial import DEFAULT_EPS
 from ..checks import check_guidance
 from ..deadline import time_limit
 from ..devices import check_device
+from ..diffusion import SAMPLING_PRESETS
 from ..errors import RCDMError
 from .models import (
+    APP_SAMPLING,
     DEFAULT_PRESET,
     INSTALL_HINT,
-    SAMPLING_PRESETS,
     ModelCache,
     ModelChoice,
     Sampling,
@@ -128,13 +129,14 @@ def build_app(
     def sampling(n: float, preset: str, steps: float, seed: float, guidance: float) -> Sampling:
         if preset not in SAMPLING_PRESETS:
             raise RCDMError(f"unknown sampling preset {preset!r}: choose from {', '.join(SAMPLING_PRESETS)}")
-        sampler, preset_steps = SAMPLING_PRESETS[preset]
         return Sampling(
             num_samples=int(_bounded(n, "samples", 1, 16)),
-            sampler=sampler,
-            steps=int(_bounded(steps, "steps", 0, 1000)) or preset_steps,
-            seed=int(_bounded(seed, "seed", 0, 2**32 - 1)),
-            guidance=check_guidance(_bounded(guidance, "guidance", 0, 1e9), "guidance"),
+            config=APP_SAMPLING.replace(
+                sampler=SAMPLING_PRESETS[preset].sampler,
+                steps=int(_bounded(steps, "steps", 0, 1000)) or SAMPLING_PRESETS[preset].steps,
+                seed=int(_bounded(seed, "seed", 0, 2**32 - 1)),
+                guidance=check_guidance(_bounded(guidance, "guidance", 0, 1e9), "guidance"),
+            ),
         )
 
     def run(fn: Callable[[], ViewResult]) -> tuple:
@@ -186,7 +188,11 @@ def build_app(
                 picked = gr.CheckboxGroup(labels, value=default_models, label="models (side by side)")
                 with gr.Row():
                     n = gr.Slider(1, 16, value=8, step=1, label="samples")
-                    preset = gr.Dropdown(list(SAMPLING_PRESETS), value=DEFAULT_PRESET, label="sampling")
+                    preset = gr.Dropdown(
+                        [(f"{k} ({c.sampler}, {c.steps} steps)", k) for k, c in SAMPLING_PRESETS.items()],
+                        value=DEFAULT_PRESET,
+                        label="sampling",
+                    )
                     steps = gr.Slider(0, 100, value=0, step=1, label="steps (0: the preset's)")
                     seed = gr.Number(0, precision=0, label="seed")
                 recorded = max([1.0] + [cache.choices[label].guidance for label in default_models])

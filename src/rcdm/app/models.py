@@ -22,7 +22,7 @@ from ..analysis.variance import heat_map
 from ..bundle import ROLES, bundled_pack, demo_images, read_bundle, read_card
 from ..data import list_images, load_image
 from ..devices import default_device
-from ..diffusion import SamplingConfig
+from ..diffusion import SAMPLING_PRESETS, SamplingConfig
 from ..encoders.registry import CODE_RUNNING_SPECS
 from ..errors import RCDMError
 from ..loading import MODELS, encoder_for, load_bundled, load_model, official_is_cached, resolve_model_dir
@@ -39,16 +39,18 @@ INSTALL_HINT = "rcdm app needs gradio: pip install 'rcdm[app]'"
 # ============================================================================================================
 
 
+# The app samples in small batches, so that its progress bar moves (8 samples of a 32 px model take about the
+# same time either way); sampler and steps come from the library's presets (`rcdm.SAMPLING_PRESETS`).
+DEFAULT_PRESET = "fast"
+APP_SAMPLING = SAMPLING_PRESETS[DEFAULT_PRESET].replace(batch_size=4, seed=0, guidance=1.0)
+
+
 @dataclass(frozen=True)
 class Sampling:
-    """What every view samples with. steps None: the sampler's default; guidance 1 = none."""
+    """What a view samples: samples per representation, and the library's sampling settings (guidance 1 = none)."""
 
     num_samples: int = 8
-    sampler: str = "dpm++"
-    steps: int | None = None
-    seed: int = 0
-    guidance: float = 1.0
-    batch_size: int = 4  # small batches: the progress bar moves (8 samples of a 32 px model: ~the same time)
+    config: SamplingConfig = APP_SAMPLING
 
 
 def _supports_guidance(model: Any) -> bool:
@@ -57,11 +59,8 @@ def _supports_guidance(model: Any) -> bool:
 
 
 def _sampling(s: Sampling, model: Any) -> SamplingConfig:
-    """The library's sampling settings for a view; guidance only for models that support it (1 for others)."""
-    guidance = s.guidance if _supports_guidance(model) else 1.0
-    return SamplingConfig(
-        sampler=s.sampler, steps=s.steps, seed=s.seed, guidance=guidance, batch_size=s.batch_size
-    )  # type: ignore[arg-type]
+    """The view's sampling settings for `model`: guidance only for models that support it (1 for others)."""
+    return s.config if _supports_guidance(model) else s.config.replace(guidance=1.0)
 
 
 def _load_source(source: str, device: torch.device, trust_remote_code: bool = False) -> tuple[Any, Any]:
@@ -188,15 +187,6 @@ def _default_device() -> torch.device:
 # ============================================================================================================
 # Models offered by the page, loaded once per process.
 # ============================================================================================================
-
-# name -> (sampler, steps): what the "sampling" dropdown offers; the steps slider overrides the steps.
-SAMPLING_PRESETS: dict[str, tuple[str, int]] = {
-    "fast (dpm++, 10 steps)": ("dpm++", 10),
-    "default (dpm++, 20 steps)": ("dpm++", 20),
-    "ddim, 50 steps": ("ddim", 50),
-    "published (ddpm, 100 steps)": ("ddpm", 100),
-}
-DEFAULT_PRESET = "default (dpm++, 20 steps)"
 
 
 @dataclass(frozen=True)

@@ -303,7 +303,7 @@ class Views:
         if self.prior is None:
             raise RCDMError("no prior: start the app with --prior FOLDER (from rcdm prior)")
         net, record = self.prior
-        reps = sample_representations(net, n, seed=s.seed)
+        reps = sample_representations(net, n, seed=s.config.seed)
 
         def run(_: str, m: Any, e: Any) -> torch.Tensor:
             check_prior_matches(record, e)
@@ -315,7 +315,7 @@ class Views:
             [list(imgs) for _, imgs in results],
             row_labels=[label for label, _ in results],
             col_labels=[f"dream {j}" for j in range(n)],
-            title=f"column j: the same sampled representation in every row (seed {s.seed})",
+            title=f"column j: the same sampled representation in every row (seed {s.config.seed})",
         )
         text = _table(
             ["prior", "trained on", "images"],
