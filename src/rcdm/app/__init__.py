@@ -10,6 +10,7 @@ functions (rcdm.analysis.*_figure, rcdm.figures.grid), as in `rcdm analyze`.
 
 from __future__ import annotations
 
+import inspect
 import logging
 import math
 import os
@@ -44,6 +45,10 @@ from .views import ViewResult, Views, _shown
 # Wall-clock seconds one request may sample before it is stopped with a message (`rcdm app --request-limit`): a
 # 16-sample, 3-model request of the CIFAR-10 pack at the default 20 steps takes about 10 s on 2 CPU cores.
 REQUEST_LIMIT_S = 120.0
+# The API's parameter names, the CLI's words: the image (an upload, else an example) and the models, then per view
+# its own, then the sampling settings.
+IMAGE_ARGS = ["image", "example", "models"]
+SAMPLING_ARGS = ["num_samples", "sampling_preset", "steps", "seed", "guidance"]
 
 __all__ = [
     "ModelCache",
@@ -150,6 +155,30 @@ def build_app(
             return None, [], "", f"**unexpected error:** {e.__class__.__name__}: {e}"
         return r.figure, r.images, r.text, ""
 
+    def endpoint(names: Sequence[str], view: Callable[[dict], ViewResult]) -> Callable:
+        """A click handler taking `names` (then `progress`) and calling `view` with {name: value} inside `run`.
+        Gradio names an endpoint's API parameters after its handler's signature, so the signature is built
+        here once instead of being written out per tab."""
+        params = [inspect.Parameter(name, inspect.Parameter.POSITIONAL_OR_KEYWORD) for name in names]
+        progress = inspect.Parameter(
+            "progress", inspect.Parameter.POSITIONAL_OR_KEYWORD, default=gr.Progress(track_tqdm=True)
+        )
+        signature = inspect.Signature([*params, progress])
+
+        def handler(*args: Any, **kwargs: Any) -> tuple:
+            bound = signature.bind(*args, **kwargs)
+            bound.apply_defaults()
+            return run(lambda: view(bound.arguments))
+
+        handler.__signature__ = signature  # type: ignore[attr-defined]
+        return handler
+
+    def image_of(a: dict) -> Path:
+        return resolve_image(a["image"], a["example"])
+
+    def sampling_of(a: dict) -> Sampling:
+        return sampling(*(a[name] for name in SAMPLING_ARGS))
+
     def preview(upload: str | None, example: str | None) -> tuple:
         try:
             return _shown(_check_image(resolve_image(upload, example))), ""
@@ -225,52 +254,28 @@ def build_app(
                     else None
                 )
 
-                def on_samples(
-                    image,
-                    example,
-                    models,
-                    num_samples,
-                    sampling_preset,
-                    steps,
-                    seed,
-                    guidance,
-                    progress=gr.Progress(track_tqdm=True),
-                ):
-                    return run(
-                        lambda: views.samples(
-                            models,
-                            resolve_image(image, example),
-                            sampling(num_samples, sampling_preset, steps, seed, guidance),
-                            progress,
-                        )
-                    )
-
-                go.click(on_samples, [upload, example, picked, *common], out, api_name="samples")
+                go.click(
+                    endpoint(
+                        IMAGE_ARGS + SAMPLING_ARGS,
+                        lambda a: views.samples(a["models"], image_of(a), sampling_of(a), a["progress"]),
+                    ),
+                    [upload, example, picked, *common],
+                    out,
+                    api_name="samples",
+                )
             with gr.Tab("What is kept"):
                 go = gr.Button("variance map", variant="primary")
                 out = outputs()
 
-                def on_kept(
-                    image,
-                    example,
-                    models,
-                    num_samples,
-                    sampling_preset,
-                    steps,
-                    seed,
-                    guidance,
-                    progress=gr.Progress(track_tqdm=True),
-                ):
-                    return run(
-                        lambda: views.kept(
-                            models,
-                            resolve_image(image, example),
-                            sampling(num_samples, sampling_preset, steps, seed, guidance),
-                            progress,
-                        )
-                    )
-
-                go.click(on_kept, [upload, example, picked, *common], out, api_name="kept")
+                go.click(
+                    endpoint(
+                        IMAGE_ARGS + SAMPLING_ARGS,
+                        lambda a: views.kept(a["models"], image_of(a), sampling_of(a), a["progress"]),
+                    ),
+                    [upload, example, picked, *common],
+                    out,
+                    api_name="kept",
+                )
             with gr.Tab("Augment"):
                 with gr.Row():
                     aug = gr.Dropdown(
@@ -289,32 +294,21 @@ def build_app(
                 go = gr.Button("augment and sample", variant="primary")
                 out = outputs()
 
-                def on_augment(
-                    image,
-                    example,
-                    models,
-                    augmentation,
-                    strength,
-                    num_samples,
-                    sampling_preset,
-                    steps,
-                    seed,
-                    guidance,
-                    progress=gr.Progress(track_tqdm=True),
-                ):
-                    return run(
-                        lambda: views.augment(
-                            models,
-                            resolve_image(image, example),
-                            augmentation,
-                            _bounded(strength, "strength", 0, 1),
-                            sampling(num_samples, sampling_preset, steps, seed, guidance),
-                            progress,
-                        )
-                    )
-
                 go.click(
-                    on_augment, [upload, example, picked, aug, strength, *common], out, api_name="augment"
+                    endpoint(
+                        [*IMAGE_ARGS, "augmentation", "strength", *SAMPLING_ARGS],
+                        lambda a: views.augment(
+                            a["models"],
+                            image_of(a),
+                            a["augmentation"],
+                            _bounded(a["strength"], "strength", 0, 1),
+                            sampling_of(a),
+                            a["progress"],
+                        ),
+                    ),
+                    [upload, example, picked, aug, strength, *common],
+                    out,
+                    api_name="augment",
                 )
             with gr.Tab("Invert"):
                 gr.Markdown(
@@ -332,25 +326,23 @@ def build_app(
                 go = gr.Button("invert", variant="primary")
                 out = outputs()
 
-                def on_invert(
-                    image,
-                    example,
-                    models,
-                    representation_from,
-                    inversion_steps,
-                    progress=gr.Progress(track_tqdm=True),
-                ):
-                    return run(
-                        lambda: views.invert(
-                            models,
-                            resolve_image(image, example),
-                            resolve_image(None, representation_from) if representation_from else None,
-                            int(_bounded(inversion_steps, "inversion steps", 1, 200)),
-                            progress,
-                        )
-                    )
-
-                go.click(on_invert, [upload, example, picked, swap_from, inv_steps], out, api_name="invert")
+                go.click(
+                    endpoint(
+                        [*IMAGE_ARGS, "representation_from", "inversion_steps"],
+                        lambda a: views.invert(
+                            a["models"],
+                            image_of(a),
+                            resolve_image(None, a["representation_from"])
+                            if a["representation_from"]
+                            else None,
+                            int(_bounded(a["inversion_steps"], "inversion steps", 1, 200)),
+                            a["progress"],
+                        ),
+                    ),
+                    [upload, example, picked, swap_from, inv_steps],
+                    out,
+                    api_name="invert",
+                )
             if prior is not None:
                 with gr.Tab("Dream"):
                     gr.Markdown(
@@ -362,26 +354,20 @@ def build_app(
                     go = gr.Button("dream", variant="primary")
                     out = outputs()
 
-                    def on_dream(
-                        models,
-                        num_images,
-                        num_samples,
-                        sampling_preset,
-                        steps,
-                        seed,
-                        guidance,
-                        progress=gr.Progress(track_tqdm=True),
-                    ):
-                        return run(
-                            lambda: views.dream(
-                                models,
-                                int(_bounded(num_images, "images", 1, 16)),
-                                sampling(num_samples, sampling_preset, steps, seed, guidance),
-                                progress,
-                            )
-                        )
-
-                    go.click(on_dream, [picked, dreams, *common], out, api_name="dream")
+                    go.click(
+                        endpoint(
+                            ["models", "num_images", *SAMPLING_ARGS],
+                            lambda a: views.dream(
+                                a["models"],
+                                int(_bounded(a["num_images"], "images", 1, 16)),
+                                sampling_of(a),
+                                a["progress"],
+                            ),
+                        ),
+                        [picked, dreams, *common],
+                        out,
+                        api_name="dream",
+                    )
             with gr.Tab("Interpolate"):
                 with gr.Row():
                     upload_b = gr.File(label="second image", type="filepath")
@@ -394,37 +380,30 @@ def build_app(
                 go = gr.Button("interpolate", variant="primary")
                 out = outputs()
 
-                def on_interpolate(
-                    image,
-                    example,
-                    second_image,
-                    second_example,
-                    models,
-                    num_points,
-                    path,
-                    rows,
-                    num_samples,
-                    sampling_preset,
-                    steps,
-                    seed,
-                    guidance,
-                    progress=gr.Progress(track_tqdm=True),
-                ):
-                    return run(
-                        lambda: views.interpolate(
-                            models,
-                            resolve_image(image, example),
-                            resolve_image(second_image, second_example),
-                            int(_bounded(num_points, "points", 2, 64)),
-                            path,
-                            int(_bounded(rows, "rows", 1, 16)),
-                            sampling(num_samples, sampling_preset, steps, seed, guidance),
-                            progress,
-                        )
-                    )
-
                 go.click(
-                    on_interpolate,
+                    endpoint(
+                        [
+                            "image",
+                            "example",
+                            "second_image",
+                            "second_example",
+                            "models",
+                            "num_points",
+                            "path",
+                            "rows",
+                            *SAMPLING_ARGS,
+                        ],
+                        lambda a: views.interpolate(
+                            a["models"],
+                            image_of(a),
+                            resolve_image(a["second_image"], a["second_example"]),
+                            int(_bounded(a["num_points"], "points", 2, 64)),
+                            a["path"],
+                            int(_bounded(a["rows"], "rows", 1, 16)),
+                            sampling_of(a),
+                            a["progress"],
+                        ),
+                    ),
                     [upload, example, upload_b, example_b, picked, points, method, rows, *common],
                     out,
                     api_name="interpolate",
@@ -443,32 +422,21 @@ def build_app(
                 go = gr.Button("attack", variant="primary")
                 out = outputs()
 
-                def on_attack(
-                    image,
-                    example,
-                    models,
-                    eps_255,
-                    pgd_steps,
-                    num_samples,
-                    sampling_preset,
-                    steps,
-                    seed,
-                    guidance,
-                    progress=gr.Progress(track_tqdm=True),
-                ):
-                    return run(
-                        lambda: views.attack(
-                            models,
-                            resolve_image(image, example),
-                            _bounded(eps_255, "epsilon", 0, 255) / 255,
-                            int(_bounded(pgd_steps, "PGD steps", 1, 100)),
-                            sampling(num_samples, sampling_preset, steps, seed, guidance),
-                            progress,
-                        )
-                    )
-
                 go.click(
-                    on_attack, [upload, example, picked, eps, pgd_steps, *common], out, api_name="attack"
+                    endpoint(
+                        [*IMAGE_ARGS, "eps_255", "pgd_steps", *SAMPLING_ARGS],
+                        lambda a: views.attack(
+                            a["models"],
+                            image_of(a),
+                            _bounded(a["eps_255"], "epsilon", 0, 255) / 255,
+                            int(_bounded(a["pgd_steps"], "PGD steps", 1, 100)),
+                            sampling_of(a),
+                            a["progress"],
+                        ),
+                    ),
+                    [upload, example, picked, eps, pgd_steps, *common],
+                    out,
+                    api_name="attack",
                 )
 
         upload.change(preview, [upload, example], [shown, status], api_name="check")
