@@ -246,36 +246,27 @@ def build_app(
             return [fig, gal, gr.Markdown(first.text), status]
 
         with gr.Tabs():
-            with gr.Tab("Samples"):
-                go = gr.Button("sample", variant="primary")
-                out = outputs(
-                    views.samples(default_models, resolve_image(None, examples[0]), Sampling())
-                    if prefill and examples
-                    else None
-                )
-
-                go.click(
-                    endpoint(
-                        IMAGE_ARGS + SAMPLING_ARGS,
-                        lambda a: views.samples(a["models"], image_of(a), sampling_of(a), a["progress"]),
-                    ),
-                    [upload, example, picked, *common],
-                    out,
-                    api_name="samples",
-                )
-            with gr.Tab("What is kept"):
-                go = gr.Button("variance map", variant="primary")
-                out = outputs()
-
-                go.click(
-                    endpoint(
-                        IMAGE_ARGS + SAMPLING_ARGS,
-                        lambda a: views.kept(a["models"], image_of(a), sampling_of(a), a["progress"]),
-                    ),
-                    [upload, example, picked, *common],
-                    out,
-                    api_name="kept",
-                )
+            for title, button, api_name, view in (
+                ("Samples", "sample", "samples", views.samples),
+                ("What is kept", "variance map", "kept", views.kept),
+            ):
+                with gr.Tab(title):
+                    go = gr.Button(button, variant="primary")
+                    first = prefill and examples and api_name == "samples"
+                    out = outputs(
+                        view(default_models, resolve_image(None, examples[0]), Sampling()) if first else None
+                    )
+                    go.click(
+                        endpoint(
+                            IMAGE_ARGS + SAMPLING_ARGS,
+                            lambda a, view=view: view(
+                                a["models"], image_of(a), sampling_of(a), a["progress"]
+                            ),
+                        ),
+                        [upload, example, picked, *common],
+                        out,
+                        api_name=api_name,
+                    )
             with gr.Tab("Augment"):
                 with gr.Row():
                     aug = gr.Dropdown(

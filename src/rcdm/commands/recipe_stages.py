@@ -87,20 +87,10 @@ def add_stage_parsers(command: Callable[[str, str], argparse.ArgumentParser]) ->
 
     e = command("evaluate", "score the pack's RCDM runs and their checkpoints (the gates and the curves)")
     _scoring_args(e, 1000)
-    e.add_argument(
-        "--guidance",
-        type=float,
-        nargs="+",
-        default=[1.0, 5.0],
-        help="weights for the model the bundle holds (default: 1 5)",
-    )
-    e.add_argument(
-        "--curve-guidance",
-        type=float,
-        nargs="+",
-        default=[1.0, 5.0],
-        help="weights for the curve (default: 1 5)",
-    )
+    for flag, what in (("--guidance", "the model the bundle holds"), ("--curve-guidance", "the curve")):
+        e.add_argument(
+            flag, type=float, nargs="+", default=[1.0, 5.0], help=f"weights for {what} (default: 1 5)"
+        )
     e.add_argument(
         "--curve-every",
         type=int,

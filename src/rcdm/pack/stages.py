@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -112,25 +112,26 @@ def evaluate_runs(
     runs, metrics = Path(runs), Path(metrics)
     scored: list[Path] = []
     with output_lock(metrics, flag="--metrics", command="rcdm recipe evaluate"):
-        for target in TARGETS:
-            run = runs / target.name
-            if (only and target.name not in only) or not run.is_dir():
-                continue
-            at = (steps or {}).get(target.name, step)
+        for name, run in _runs(runs, only):
+            at = (steps or {}).get(name, step)
             extra = None
             if at is not None:
-                packed, name, extra = run / CHECKPOINTS / step_name(at) / "ema", step_name(at), _seen(run, at)
+                packed, tagged, extra = (
+                    run / CHECKPOINTS / step_name(at) / "ema",
+                    step_name(at),
+                    _seen(run, at),
+                )
                 if not (packed / "config.json").is_file():
-                    raise RCDMError(f"{target.name} has no complete checkpoint at step {at} in {run}")
+                    raise RCDMError(f"{name} has no complete checkpoint at step {at} in {run}")
             elif (run / "model" / "config.json").is_file() or not complete_checkpoints(run):
-                packed, name = run / "model", "final"
+                packed, tagged = run / "model", "final"
             else:  # not finished: its newest checkpoint, as `recipe pack` would bundle it
                 newest = complete_checkpoints(run)[-1]
                 n = int(newest.name.removeprefix("step-"))
-                packed, name, extra = newest / "ema", newest.name, _seen(run, n)
+                packed, tagged, extra = newest / "ema", newest.name, _seen(run, n)
             if (packed / "config.json").is_file():
                 for g in plan.guidance:
-                    folder = metrics / target.name / tag(name, g)
+                    folder = metrics / name / tag(tagged, g)
                     score_into(
                         folder,
                         packed,
@@ -149,7 +150,7 @@ def evaluate_runs(
                 if n % plan.curve_every:
                     continue
                 for g in plan.curve_guidance:
-                    folder = metrics / target.name / tag(ckpt.name, g)
+                    folder = metrics / name / tag(ckpt.name, g)
                     score_into(
                         folder,
                         ckpt / "ema",
@@ -162,6 +163,14 @@ def evaluate_runs(
                     )
                     scored.append(folder)
     return scored
+
+
+def _runs(runs: Path, only: Sequence[str] | None) -> Iterator[tuple[str, Path]]:
+    """(name, folder) of the pack's RCDM runs under RUNS that exist (those in `only`, when given)."""
+    for target in TARGETS:
+        run = runs / target.name
+        if (not only or target.name in only) and run.is_dir():
+            yield target.name, run
 
 
 def _seen(run: Path, step: int) -> dict:
@@ -196,16 +205,13 @@ def score_samplers(
     runs, metrics = Path(runs), Path(metrics)
     scored: list[Path] = []
     with output_lock(metrics, flag="--metrics", command="rcdm recipe samplers"):
-        for target in TARGETS:
-            run = runs / target.name
-            if (only and target.name not in only) or not run.is_dir():
-                continue
+        for name, run in _runs(runs, only):
             try:
                 model_dir = resolve_model_dir(run)
             except RCDMError:
                 continue  # nothing trained yet
             for preset, g in settings:
-                folder = metrics / target.name / tag(f"sampler-{preset}", g)
+                folder = metrics / name / tag(f"sampler-{preset}", g)
                 score_into(
                     folder,
                     model_dir,
