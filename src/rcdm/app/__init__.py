@@ -179,6 +179,11 @@ def build_app(
     def sampling_of(a: dict) -> Sampling:
         return sampling(*(a[name] for name in SAMPLING_ARGS))
 
+    def button(label: str, names: Sequence[str], view: Callable[[dict], ViewResult], inputs: list, api: str):
+        """A tab's button and outputs; the button calls `view` through `endpoint(names, view)`."""
+        go = gr.Button(label, variant="primary")
+        go.click(endpoint(names, view), inputs, outputs(), api_name=api)
+
     def preview(upload: str | None, example: str | None) -> tuple:
         try:
             return _shown(_check_image(resolve_image(upload, example))), ""
@@ -282,24 +287,19 @@ def build_app(
                     [strength, help_md],
                     api_name=False,
                 )
-                go = gr.Button("augment and sample", variant="primary")
-                out = outputs()
-
-                go.click(
-                    endpoint(
-                        [*IMAGE_ARGS, "augmentation", "strength", *SAMPLING_ARGS],
-                        lambda a: views.augment(
-                            a["models"],
-                            image_of(a),
-                            a["augmentation"],
-                            _bounded(a["strength"], "strength", 0, 1),
-                            sampling_of(a),
-                            a["progress"],
-                        ),
+                button(
+                    "augment and sample",
+                    [*IMAGE_ARGS, "augmentation", "strength", *SAMPLING_ARGS],
+                    lambda a: views.augment(
+                        a["models"],
+                        image_of(a),
+                        a["augmentation"],
+                        _bounded(a["strength"], "strength", 0, 1),
+                        sampling_of(a),
+                        a["progress"],
                     ),
                     [upload, example, picked, aug, strength, *common],
-                    out,
-                    api_name="augment",
+                    "augment",
                 )
             with gr.Tab("Invert"):
                 gr.Markdown(
@@ -314,25 +314,18 @@ def build_app(
                         label="representation from",
                     )
                     inv_steps = gr.Slider(5, 100, value=50, step=1, label="inversion steps")
-                go = gr.Button("invert", variant="primary")
-                out = outputs()
-
-                go.click(
-                    endpoint(
-                        [*IMAGE_ARGS, "representation_from", "inversion_steps"],
-                        lambda a: views.invert(
-                            a["models"],
-                            image_of(a),
-                            resolve_image(None, a["representation_from"])
-                            if a["representation_from"]
-                            else None,
-                            int(_bounded(a["inversion_steps"], "inversion steps", 1, 200)),
-                            a["progress"],
-                        ),
+                button(
+                    "invert",
+                    [*IMAGE_ARGS, "representation_from", "inversion_steps"],
+                    lambda a: views.invert(
+                        a["models"],
+                        image_of(a),
+                        resolve_image(None, a["representation_from"]) if a["representation_from"] else None,
+                        int(_bounded(a["inversion_steps"], "inversion steps", 1, 200)),
+                        a["progress"],
                     ),
                     [upload, example, picked, swap_from, inv_steps],
-                    out,
-                    api_name="invert",
+                    "invert",
                 )
             if prior is not None:
                 with gr.Tab("Dream"):
@@ -342,22 +335,17 @@ def build_app(
                         "that representation space holds, drawn by each picked model conditioned on it."
                     )
                     dreams = gr.Slider(1, 16, value=8, step=1, label="images")
-                    go = gr.Button("dream", variant="primary")
-                    out = outputs()
-
-                    go.click(
-                        endpoint(
-                            ["models", "num_images", *SAMPLING_ARGS],
-                            lambda a: views.dream(
-                                a["models"],
-                                int(_bounded(a["num_images"], "images", 1, 16)),
-                                sampling_of(a),
-                                a["progress"],
-                            ),
+                    button(
+                        "dream",
+                        ["models", "num_images", *SAMPLING_ARGS],
+                        lambda a: views.dream(
+                            a["models"],
+                            int(_bounded(a["num_images"], "images", 1, 16)),
+                            sampling_of(a),
+                            a["progress"],
                         ),
                         [picked, dreams, *common],
-                        out,
-                        api_name="dream",
+                        "dream",
                     )
             with gr.Tab("Interpolate"):
                 with gr.Row():
@@ -368,36 +356,31 @@ def build_app(
                     points = gr.Slider(2, 12, value=6, step=1, label="points on the path")
                     method = gr.Radio(["linear", "spherical"], value="linear", label="path")
                     rows = gr.Slider(1, 4, value=1, step=1, label="noises (rows)")
-                go = gr.Button("interpolate", variant="primary")
-                out = outputs()
-
-                go.click(
-                    endpoint(
-                        [
-                            "image",
-                            "example",
-                            "second_image",
-                            "second_example",
-                            "models",
-                            "num_points",
-                            "path",
-                            "rows",
-                            *SAMPLING_ARGS,
-                        ],
-                        lambda a: views.interpolate(
-                            a["models"],
-                            image_of(a),
-                            resolve_image(a["second_image"], a["second_example"]),
-                            int(_bounded(a["num_points"], "points", 2, 64)),
-                            a["path"],
-                            int(_bounded(a["rows"], "rows", 1, 16)),
-                            sampling_of(a),
-                            a["progress"],
-                        ),
+                button(
+                    "interpolate",
+                    [
+                        "image",
+                        "example",
+                        "second_image",
+                        "second_example",
+                        "models",
+                        "num_points",
+                        "path",
+                        "rows",
+                        *SAMPLING_ARGS,
+                    ],
+                    lambda a: views.interpolate(
+                        a["models"],
+                        image_of(a),
+                        resolve_image(a["second_image"], a["second_example"]),
+                        int(_bounded(a["num_points"], "points", 2, 64)),
+                        a["path"],
+                        int(_bounded(a["rows"], "rows", 1, 16)),
+                        sampling_of(a),
+                        a["progress"],
                     ),
                     [upload, example, upload_b, example_b, picked, points, method, rows, *common],
-                    out,
-                    api_name="interpolate",
+                    "interpolate",
                 )
             with gr.Tab("Attack"):
                 gr.Markdown(
@@ -410,24 +393,19 @@ def build_app(
                         0.5, 16, value=round(DEFAULT_EPS * 255, 2), step=0.5, label="epsilon (/255)"
                     )
                     pgd_steps = gr.Slider(1, 20, value=10, step=1, label="PGD steps")
-                go = gr.Button("attack", variant="primary")
-                out = outputs()
-
-                go.click(
-                    endpoint(
-                        [*IMAGE_ARGS, "eps_255", "pgd_steps", *SAMPLING_ARGS],
-                        lambda a: views.attack(
-                            a["models"],
-                            image_of(a),
-                            _bounded(a["eps_255"], "epsilon", 0, 255) / 255,
-                            int(_bounded(a["pgd_steps"], "PGD steps", 1, 100)),
-                            sampling_of(a),
-                            a["progress"],
-                        ),
+                button(
+                    "attack",
+                    [*IMAGE_ARGS, "eps_255", "pgd_steps", *SAMPLING_ARGS],
+                    lambda a: views.attack(
+                        a["models"],
+                        image_of(a),
+                        _bounded(a["eps_255"], "epsilon", 0, 255) / 255,
+                        int(_bounded(a["pgd_steps"], "PGD steps", 1, 100)),
+                        sampling_of(a),
+                        a["progress"],
                     ),
                     [upload, example, picked, eps, pgd_steps, *common],
-                    out,
-                    api_name="attack",
+                    "attack",
                 )
 
         upload.change(preview, [upload, example], [shown, status], api_name="check")

@@ -147,10 +147,18 @@ def run_eval_images(args: argparse.Namespace) -> int:
     return 0
 
 
-def _setup(args: argparse.Namespace):
+def _scoring(args: argparse.Namespace) -> dict:
+    """The arguments `evaluate_runs` and `score_samplers` share, from the options of `_scoring_args`."""
     device = args.device or default_device()
-    images = evaluation_images(cifar10_root(args.data), positive("--eval-images", args.eval_images))
-    return device, images, create_encoder(args.judge, "backbone").to(device)
+    return dict(
+        runs=args.runs,
+        metrics=args.metrics,
+        images=evaluation_images(cifar10_root(args.data), positive("--eval-images", args.eval_images)),
+        judge=create_encoder(args.judge, "backbone").to(device),
+        only=args.only,
+        device=device,
+        progress=not args.no_progress,
+    )
 
 
 def _print_metrics(metrics: Path, n: int, step: int | None, steps: dict[str, int]) -> None:
@@ -169,21 +177,10 @@ def run_evaluate(args: argparse.Namespace) -> int:
     plan = Evaluation(
         guidance=tuple(args.guidance), curve_guidance=tuple(args.curve_guidance), curve_every=args.curve_every
     )
-    device, images, judge = _setup(args)
-    scored = evaluate_runs(
-        args.runs,
-        args.metrics,
-        images,
-        judge,
-        plan,
-        only=args.only,
-        step=step,
-        steps=steps,
-        device=device,
-        progress=not args.no_progress,
-    )
+    common = _scoring(args)
+    scored = evaluate_runs(**common, plan=plan, step=step, steps=steps)
     print(f"{len(scored)} evaluations under {args.metrics}")
-    _print_metrics(Path(args.metrics), len(images), step, steps)
+    _print_metrics(Path(args.metrics), len(common["images"]), step, steps)
     return 0
 
 
@@ -191,19 +188,10 @@ def run_samplers(args: argparse.Namespace) -> int:
     settings = [parse_setting(s) for s in args.settings]
     for _, g in settings:
         check_guidance(g)
-    device, images, judge = _setup(args)
-    scored = score_samplers(
-        args.runs,
-        args.metrics,
-        images,
-        judge,
-        settings,
-        only=args.only,
-        device=device,
-        progress=not args.no_progress,
-    )
+    common = _scoring(args)
+    scored = score_samplers(**common, settings=settings)
     print(f"{len(scored)} sampler evaluations under {args.metrics}")
-    _print_metrics(Path(args.metrics), len(images), None, {})
+    _print_metrics(Path(args.metrics), len(common["images"]), None, {})
     return 0
 
 
