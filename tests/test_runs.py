@@ -21,14 +21,7 @@ from rcdm import runs
 from rcdm.devices import cpu_seconds
 from rcdm.errors import DiskFullError, RCDMError
 from rcdm.locks import LOCK_NAME, run_lock
-from rcdm.runs import (
-    checkpoint_problem,
-    complete_checkpoints,
-    latest_checkpoint,
-    prune_checkpoints,
-    resume_checkpoint,
-    save_checkpoint,
-)
+from rcdm.runs import Checkpoints
 
 
 def test_latest_and_prune_ignore_incomplete_checkpoints(tmp_path):
@@ -38,10 +31,11 @@ def test_latest_and_prune_ignore_incomplete_checkpoints(tmp_path):
         (ck / f"step-{step:08d}" / "state.json").write_text("{}")
     (ck / "step-00000004").mkdir()  # interrupted: no state.json
     (ck / ".tmp-step-00000005-1").mkdir()
-    assert latest_checkpoint(tmp_path).name == "step-00000003"
-    prune_checkpoints(tmp_path, keep=2)
+    ckpts = Checkpoints(tmp_path)
+    assert ckpts.latest().name == "step-00000003"
+    ckpts.prune(keep=2)
     assert sorted(p.name for p in ck.iterdir()) == ["step-00000002", "step-00000003", "step-00000004"]
-    assert latest_checkpoint(tmp_path / "nothing") is None
+    assert Checkpoints(tmp_path / "nothing").latest() is None
 
 
 # --- the run-folder lock ------------------------------------------------------------------------------------
@@ -104,7 +98,7 @@ def test_checkpoints_half_deleted_by_a_killed_pruning_are_removed_at_the_next_sa
     (ck / "step-00000000" / "notes").mkdir(parents=True)  # not something rcdm writes: left alone
     (ck / "step-00000009" / "model").mkdir(parents=True)  # newer than the newest complete one: left alone
     with caplog.at_level(logging.INFO, logger="rcdm.runs"):
-        prune_checkpoints(tmp_path, keep=2)
+        Checkpoints(tmp_path).prune(keep=2)
     assert sorted(p.name for p in ck.iterdir()) == [
         "step-00000000",
         "step-00000005",
@@ -126,8 +120,8 @@ def test_pruning_deletes_state_json_first(tmp_path, monkeypatch):
 
     monkeypatch.setattr(runs.shutil, "rmtree", killed)
     with pytest.raises(KeyboardInterrupt):
-        prune_checkpoints(tmp_path, keep=2)
-    assert [p.name for p in complete_checkpoints(tmp_path)] == ["step-00000002", "step-00000003"]
+        Checkpoints(tmp_path).prune(keep=2)
+    assert [p.name for p in Checkpoints(tmp_path).complete()] == ["step-00000002", "step-00000003"]
 
 
 # --- damaged checkpoints and a full disk ----------------------------------------------------------------------
@@ -141,27 +135,28 @@ def _save(run: Path, step: int) -> Path:
     opt = torch.optim.AdamW(model.parameters())
     model(torch.zeros(1, 3, 16, 16), torch.zeros(1, dtype=torch.long), torch.zeros(1, 3)).sum().backward()
     opt.step()
-    return save_checkpoint(run, step, model, model, opt, keep=0)
+    return Checkpoints(run).save(step, {"step": step}, model=model, ema=model, optimizer=opt)
 
 
 def test_a_damaged_checkpoint_is_named_with_its_file_and_the_newest_intact_one(tmp_path):
     for step in (1, 2, 3):
         _save(tmp_path, step)
-    assert resume_checkpoint(tmp_path).name == "step-00000003"
+    ckpts = Checkpoints(tmp_path)
+    assert ckpts.resume().name == "step-00000003"
     ck = tmp_path / "checkpoints"
     safetensors = ck / "step-00000003" / "model" / "diffusion_pytorch_model.rcdm.safetensors"
     safetensors.write_bytes(safetensors.read_bytes()[:5000])
     (ck / "step-00000002" / "optimizer.pt").write_bytes(b"not a zip")
     with pytest.raises(RCDMError) as e:
-        resume_checkpoint(tmp_path)
+        ckpts.resume()
     msg = str(e.value)
     assert "step-00000003" in msg and "model/diffusion_pytorch_model.rcdm.safetensors" in msg
     assert "step-00000001 is intact" in msg and "mv " in msg and "\n" not in msg
-    assert checkpoint_problem(ck / "step-00000002").startswith("optimizer.pt: ")
+    assert ckpts.problem(ck / "step-00000002").startswith("optimizer.pt: ")
     (ck / "step-00000001" / "state.json").write_text('{"step": ')
-    assert "state.json" in checkpoint_problem(ck / "step-00000001")
+    assert "state.json" in ckpts.problem(ck / "step-00000001")
     with pytest.raises(RCDMError, match="no older checkpoint is intact"):
-        resume_checkpoint(tmp_path)
+        ckpts.resume()
 
 
 def test_a_full_disk_during_a_save_is_one_line_and_keeps_the_last_checkpoint(tmp_path, monkeypatch):
@@ -204,4 +199,4 @@ def test_a_checkpoint_saved_under_the_plain_weights_name_still_resumes(tmp_path)
         (ck / part / "diffusion_pytorch_model.rcdm.safetensors").rename(
             ck / part / "diffusion_pytorch_model.safetensors"
         )
-    assert checkpoint_problem(ck) is None and resume_checkpoint(tmp_path) == ck
+    assert Checkpoints(tmp_path).problem(ck) is None and Checkpoints(tmp_path).resume() == ck
