@@ -159,6 +159,67 @@ def test_a_damaged_checkpoint_is_named_with_its_file_and_the_newest_intact_one(t
         ckpts.resume()
 
 
+def test_resume_takes_the_newest_complete_checkpoint_and_save_prune_keep_n(tmp_path):
+    for step in (1, 2, 3):
+        _save(tmp_path, step)
+    ck = tmp_path / "checkpoints"
+    (ck / "step-00000004" / "model").mkdir(parents=True)  # a folder without state.json is not a checkpoint
+    (ck / ".tmp-step-00000005-1").mkdir()
+    ckpts = Checkpoints(tmp_path)
+    assert ckpts.resume() == ck / "step-00000003" == ckpts.latest()
+    with pytest.raises(RCDMError, match="already holds checkpoints: pass --resume"):
+        ckpts.start(resume=False)
+    assert ckpts.start(resume=True) == ck / "step-00000003"
+    assert not (ck / ".tmp-step-00000005-1").exists()  # swept
+    ckpts.prune(keep=2)
+    assert [p.name for p in ckpts.complete()] == ["step-00000002", "step-00000003"]
+    assert Checkpoints(tmp_path / "empty").start(resume=True) is None
+
+
+def test_save_writes_each_part_by_its_kind_and_read_gives_it_back(tmp_path):
+    from rcdm.model import RCDM
+
+    saved = _save(tmp_path, 7)
+    assert saved.name == "step-00000007"
+    assert sorted(str(p.relative_to(saved)) for p in saved.rglob("*") if p.is_file()) == sorted(
+        runs.STEP_FILES
+    )
+    ckpts = Checkpoints(tmp_path)
+    model = ckpts.read(saved, "model/", RCDM)
+    assert isinstance(model, RCDM) and model.config.representation_dim == 3
+    assert ckpts.read(saved, "optimizer.pt")["state"]  # plain tensors, one step's moments
+    assert ckpts.state(saved, "step") == {"step": 7}
+
+    net = torch.nn.Linear(2, 2)
+    opt = torch.optim.SGD(net.parameters(), lr=0.1)
+    epochs = Checkpoints(tmp_path / "ssl", "epoch-*", ("net.safetensors", "optimizer.pt", "state.json"), 4)
+    one = epochs.save(1, {"epoch": "1", "step": 3}, net=net, optimizer=opt)
+    assert one.name == "epoch-0001" and epochs.problem(one) is None
+    assert torch.equal(epochs.read(one, "net.safetensors")["weight"], net.weight)
+    assert epochs.state(one, "epoch", "step") == {"epoch": 1, "step": 3}
+    (one / "state.json").write_text('{"epoch": 1}')
+    with pytest.raises(RCDMError, match=r"epoch-0001 .* is damaged \(state\.json: KeyError: 'step'\)"):
+        epochs.state(one, "epoch", "step")
+
+
+def test_a_save_that_fails_leaves_no_checkpoint_and_the_next_save_sweeps_its_folder(tmp_path, monkeypatch):
+    first = _save(tmp_path, 1)
+
+    def dies(*a, **kw):
+        raise KeyboardInterrupt  # a kill in the middle of writing optimizer.pt
+
+    monkeypatch.setattr(runs.torch, "save", dies)
+    with pytest.raises(KeyboardInterrupt):
+        _save(tmp_path, 2)
+    monkeypatch.undo()
+    ck = tmp_path / "checkpoints"
+    assert sorted(p.name for p in ck.iterdir()) == [f".tmp-step-00000002-{os.getpid()}", "step-00000001"]
+    assert Checkpoints(tmp_path).resume() == first  # the partial one is not a checkpoint
+    _save(tmp_path, 2)
+    Checkpoints(tmp_path).prune(keep=0)
+    assert sorted(p.name for p in ck.iterdir()) == ["step-00000001", "step-00000002"]
+
+
 def test_a_full_disk_during_a_save_is_one_line_and_keeps_the_last_checkpoint(tmp_path, monkeypatch):
     _save(tmp_path, 1)
 
