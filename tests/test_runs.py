@@ -21,14 +21,7 @@ from rcdm import runs
 from rcdm.devices import cpu_seconds
 from rcdm.errors import DiskFullError, RCDMError
 from rcdm.locks import LOCK_NAME, run_lock
-from rcdm.runs import (
-    checkpoint_problem,
-    complete_checkpoints,
-    latest_checkpoint,
-    prune_checkpoints,
-    resume_checkpoint,
-    save_checkpoint,
-)
+from rcdm.runs import Checkpoints
 
 
 def test_latest_and_prune_ignore_incomplete_checkpoints(tmp_path):
@@ -38,10 +31,11 @@ def test_latest_and_prune_ignore_incomplete_checkpoints(tmp_path):
         (ck / f"step-{step:08d}" / "state.json").write_text("{}")
     (ck / "step-00000004").mkdir()  # interrupted: no state.json
     (ck / ".tmp-step-00000005-1").mkdir()
-    assert latest_checkpoint(tmp_path).name == "step-00000003"
-    prune_checkpoints(tmp_path, keep=2)
+    ckpts = Checkpoints(tmp_path)
+    assert ckpts.latest().name == "step-00000003"
+    ckpts.prune(keep=2)
     assert sorted(p.name for p in ck.iterdir()) == ["step-00000002", "step-00000003", "step-00000004"]
-    assert latest_checkpoint(tmp_path / "nothing") is None
+    assert Checkpoints(tmp_path / "nothing").latest() is None
 
 
 # --- the run-folder lock ------------------------------------------------------------------------------------
@@ -104,7 +98,7 @@ def test_checkpoints_half_deleted_by_a_killed_pruning_are_removed_at_the_next_sa
     (ck / "step-00000000" / "notes").mkdir(parents=True)  # not something rcdm writes: left alone
     (ck / "step-00000009" / "model").mkdir(parents=True)  # newer than the newest complete one: left alone
     with caplog.at_level(logging.INFO, logger="rcdm.runs"):
-        prune_checkpoints(tmp_path, keep=2)
+        Checkpoints(tmp_path).prune(keep=2)
     assert sorted(p.name for p in ck.iterdir()) == [
         "step-00000000",
         "step-00000005",
@@ -126,8 +120,8 @@ def test_pruning_deletes_state_json_first(tmp_path, monkeypatch):
 
     monkeypatch.setattr(runs.shutil, "rmtree", killed)
     with pytest.raises(KeyboardInterrupt):
-        prune_checkpoints(tmp_path, keep=2)
-    assert [p.name for p in complete_checkpoints(tmp_path)] == ["step-00000002", "step-00000003"]
+        Checkpoints(tmp_path).prune(keep=2)
+    assert [p.name for p in Checkpoints(tmp_path).complete()] == ["step-00000002", "step-00000003"]
 
 
 # --- damaged checkpoints and a full disk ----------------------------------------------------------------------
@@ -141,27 +135,89 @@ def _save(run: Path, step: int) -> Path:
     opt = torch.optim.AdamW(model.parameters())
     model(torch.zeros(1, 3, 16, 16), torch.zeros(1, dtype=torch.long), torch.zeros(1, 3)).sum().backward()
     opt.step()
-    return save_checkpoint(run, step, model, model, opt, keep=0)
+    return Checkpoints(run).save(step, {"step": step}, model=model, ema=model, optimizer=opt)
 
 
 def test_a_damaged_checkpoint_is_named_with_its_file_and_the_newest_intact_one(tmp_path):
     for step in (1, 2, 3):
         _save(tmp_path, step)
-    assert resume_checkpoint(tmp_path).name == "step-00000003"
+    ckpts = Checkpoints(tmp_path)
+    assert ckpts.resume().name == "step-00000003"
     ck = tmp_path / "checkpoints"
     safetensors = ck / "step-00000003" / "model" / "diffusion_pytorch_model.rcdm.safetensors"
     safetensors.write_bytes(safetensors.read_bytes()[:5000])
     (ck / "step-00000002" / "optimizer.pt").write_bytes(b"not a zip")
     with pytest.raises(RCDMError) as e:
-        resume_checkpoint(tmp_path)
+        ckpts.resume()
     msg = str(e.value)
     assert "step-00000003" in msg and "model/diffusion_pytorch_model.rcdm.safetensors" in msg
     assert "step-00000001 is intact" in msg and "mv " in msg and "\n" not in msg
-    assert checkpoint_problem(ck / "step-00000002").startswith("optimizer.pt: ")
+    assert ckpts.problem(ck / "step-00000002").startswith("optimizer.pt: ")
     (ck / "step-00000001" / "state.json").write_text('{"step": ')
-    assert "state.json" in checkpoint_problem(ck / "step-00000001")
+    assert "state.json" in ckpts.problem(ck / "step-00000001")
     with pytest.raises(RCDMError, match="no older checkpoint is intact"):
-        resume_checkpoint(tmp_path)
+        ckpts.resume()
+
+
+def test_resume_takes_the_newest_complete_checkpoint_and_save_prune_keep_n(tmp_path):
+    for step in (1, 2, 3):
+        _save(tmp_path, step)
+    ck = tmp_path / "checkpoints"
+    (ck / "step-00000004" / "model").mkdir(parents=True)  # a folder without state.json is not a checkpoint
+    (ck / ".tmp-step-00000005-1").mkdir()
+    ckpts = Checkpoints(tmp_path)
+    assert ckpts.resume() == ck / "step-00000003" == ckpts.latest()
+    with pytest.raises(RCDMError, match="already holds checkpoints: pass --resume"):
+        ckpts.start(resume=False)
+    assert ckpts.start(resume=True) == ck / "step-00000003"
+    assert not (ck / ".tmp-step-00000005-1").exists()  # swept
+    ckpts.prune(keep=2)
+    assert [p.name for p in ckpts.complete()] == ["step-00000002", "step-00000003"]
+    assert Checkpoints(tmp_path / "empty").start(resume=True) is None
+
+
+def test_save_writes_each_part_by_its_kind_and_read_gives_it_back(tmp_path):
+    from rcdm.model import RCDM
+
+    saved = _save(tmp_path, 7)
+    assert saved.name == "step-00000007"
+    assert sorted(str(p.relative_to(saved)) for p in saved.rglob("*") if p.is_file()) == sorted(
+        runs.STEP_FILES
+    )
+    ckpts = Checkpoints(tmp_path)
+    model = ckpts.read(saved, "model/", RCDM)
+    assert isinstance(model, RCDM) and model.config.representation_dim == 3
+    assert ckpts.read(saved, "optimizer.pt")["state"]  # plain tensors, one step's moments
+    assert ckpts.state(saved, "step") == {"step": 7}
+
+    net = torch.nn.Linear(2, 2)
+    opt = torch.optim.SGD(net.parameters(), lr=0.1)
+    epochs = Checkpoints(tmp_path / "ssl", "epoch-*", ("net.safetensors", "optimizer.pt", "state.json"), 4)
+    one = epochs.save(1, {"epoch": "1", "step": 3}, net=net, optimizer=opt)
+    assert one.name == "epoch-0001" and epochs.problem(one) is None
+    assert torch.equal(epochs.read(one, "net.safetensors")["weight"], net.weight)
+    assert epochs.state(one, "epoch", "step") == {"epoch": 1, "step": 3}
+    (one / "state.json").write_text('{"epoch": 1}')
+    with pytest.raises(RCDMError, match=r"epoch-0001 .* is damaged \(state\.json: KeyError: 'step'\)"):
+        epochs.state(one, "epoch", "step")
+
+
+def test_a_save_that_fails_leaves_no_checkpoint_and_the_next_save_sweeps_its_folder(tmp_path, monkeypatch):
+    first = _save(tmp_path, 1)
+
+    def dies(*a, **kw):
+        raise KeyboardInterrupt  # a kill in the middle of writing optimizer.pt
+
+    monkeypatch.setattr(runs.torch, "save", dies)
+    with pytest.raises(KeyboardInterrupt):
+        _save(tmp_path, 2)
+    monkeypatch.undo()
+    ck = tmp_path / "checkpoints"
+    assert sorted(p.name for p in ck.iterdir()) == [f".tmp-step-00000002-{os.getpid()}", "step-00000001"]
+    assert Checkpoints(tmp_path).resume() == first  # the partial one is not a checkpoint
+    _save(tmp_path, 2)
+    Checkpoints(tmp_path).prune(keep=0)
+    assert sorted(p.name for p in ck.iterdir()) == ["step-00000001", "step-00000002"]
 
 
 def test_a_full_disk_during_a_save_is_one_line_and_keeps_the_last_checkpoint(tmp_path, monkeypatch):
@@ -204,4 +260,4 @@ def test_a_checkpoint_saved_under_the_plain_weights_name_still_resumes(tmp_path)
         (ck / part / "diffusion_pytorch_model.rcdm.safetensors").rename(
             ck / part / "diffusion_pytorch_model.safetensors"
         )
-    assert checkpoint_problem(ck) is None and resume_checkpoint(tmp_path) == ck
+    assert Checkpoints(tmp_path).problem(ck) is None and Checkpoints(tmp_path).resume() == ck

@@ -17,7 +17,7 @@ import torch
 from rcdm.encoders import create_encoder
 from rcdm.errors import NonFiniteLossError, RCDMError
 from rcdm.model import RCDM
-from rcdm.runs import latest_checkpoint
+from rcdm.runs import Checkpoints
 from rcdm.train import train
 from training_for_tests import assert_same, tiny_argv, weights
 from training_for_tests import tiny_config as config
@@ -38,7 +38,7 @@ def reference(few_images: Path, tmp_path_factory: pytest.TempPathFactory) -> Pat
 def test_run_folder_layout(reference: Path):
     assert (reference / "model" / "config.json").is_file()
     assert (reference / "run.json").is_file()
-    ck = latest_checkpoint(reference)
+    ck = Checkpoints(reference).latest()
     assert ck is not None and ck.name == "step-00000006"
     assert {p.name for p in ck.iterdir()} == {"model", "ema", "optimizer.pt", "state.json"}
     # keep_checkpoints=2: older ones are pruned
@@ -56,7 +56,7 @@ def test_exact_resume_after_a_kill_and_a_kill_during_save(few_images, reference,
 
     with pytest.raises(KeyboardInterrupt):
         train(config(few_images), run, progress=False, on_step=kill_at_3)
-    assert latest_checkpoint(run).name == "step-00000002"
+    assert Checkpoints(run).latest().name == "step-00000002"
 
     # Resume; killed in the middle of writing the step-4 checkpoint (model and EMA written, optimizer not).
     real_save = torch.save
@@ -71,13 +71,15 @@ def test_exact_resume_after_a_kill_and_a_kill_during_save(few_images, reference,
     assert list((run / "checkpoints").glob(".tmp-step-00000004-*")), (
         "the interrupted save left its temp folder"
     )
-    assert latest_checkpoint(run).name == "step-00000002"
+    assert Checkpoints(run).latest().name == "step-00000002"
 
     result = train(config(few_images), run, resume=True, progress=False)
     assert result.steps == 6
     assert not list((run / "checkpoints").glob(".tmp-*"))
     assert_same(weights(run / "model"), weights(reference / "model"))  # EMA
-    assert_same(weights(latest_checkpoint(run) / "model"), weights(latest_checkpoint(reference) / "model"))
+    assert_same(
+        weights(Checkpoints(run).latest() / "model"), weights(Checkpoints(reference).latest() / "model")
+    )
 
 
 def test_existing_run_needs_resume(few_images, reference):
@@ -99,7 +101,7 @@ def test_non_finite_loss_stops_and_keeps_the_checkpoint(few_images, tmp_path):
     cfg = config(few_images, encoder="module:encoders_for_tests:nan_after_two")
     with pytest.raises(NonFiniteLossError, match=r"nan at step 2.*step-00000002"):
         train(cfg, tmp_path / "run", progress=False)
-    assert latest_checkpoint(tmp_path / "run").name == "step-00000002"
+    assert Checkpoints(tmp_path / "run").latest().name == "step-00000002"
 
 
 def test_unreadable_images_are_skipped(few_images, tmp_path, caplog):
@@ -144,11 +146,11 @@ def test_sigkill_then_resume_from_the_cli(few_images, reference, tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads())}
     proc = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
     deadline = time.time() + 120
-    while latest_checkpoint(run) is None and time.time() < deadline and proc.poll() is None:
+    while Checkpoints(run).latest() is None and time.time() < deadline and proc.poll() is None:
         time.sleep(0.01)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    assert latest_checkpoint(run) is not None and not (run / "model").exists()
+    assert Checkpoints(run).latest() is not None and not (run / "model").exists()
     done = subprocess.run([*args, "--resume"], cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
     assert done.returncode == 0, done.stderr[-2000:]
     assert_same(weights(run / "model"), weights(reference / "model"))

@@ -64,7 +64,7 @@ def atomic_dir(final: str | Path, tmp: str | Path | None = None) -> Iterator[Pat
 
     tmp: the temporary folder (default: `.tmp-<name>-<pid>` beside `final`). When the block raises (or the process
     dies) `final` is untouched and the temporary folder stays, as after a kill: readers ignore it and the next
-    write (`rcdm.runs.prune_checkpoints` for checkpoints) removes it.
+    write (`rcdm.runs.Checkpoints.prune` for checkpoints) removes it.
     """
     final = Path(final)
     tmp = Path(tmp) if tmp is not None else _beside(final, "tmp")

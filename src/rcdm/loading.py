@@ -26,7 +26,7 @@ from .errors import RCDMError, first_line
 from .files import atomic_dir
 from .hub import parse_hub_ref, resolve_hub_model
 from .model import RCDM, WEIGHTS_VARIANT, check_config, check_encoder
-from .runs import latest_checkpoint
+from .runs import Checkpoints
 from .weights import (
     Weights,
     check_keys,
@@ -150,7 +150,7 @@ def resolve_model_dir(source: str | Path, weights: str | None = None) -> Path:
         return path
     if (path / "model" / "config.json").is_file():
         return path / "model"
-    ckpt = latest_checkpoint(path) if path.is_dir() else None
+    ckpt = Checkpoints(path).latest() if path.is_dir() else None
     if ckpt is not None and (ckpt / "ema" / "config.json").is_file():
         return ckpt / "ema"
     if not path.exists() and "/" not in text:  # a bundled model's name, with or without its rcdm- prefix

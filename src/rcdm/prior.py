@@ -22,7 +22,6 @@ from diffusers import DDIMScheduler, DDPMScheduler
 from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.embeddings import TimestepEmbedding, Timesteps
 from diffusers.models.modeling_utils import ModelMixin
-from safetensors.torch import load_file, save_file
 from torch import nn
 
 from .data import list_images
@@ -35,7 +34,7 @@ from .figures import model_card
 from .files import atomic_dir, write_text_atomic
 from .loading import encoder_for, load_model
 from .monitor import TrainingMonitor
-from .runs import prune_checkpoints, reading_checkpoint, resume_checkpoint
+from .runs import Checkpoints
 from .train_config import setting_changes
 
 log = logging.getLogger(__name__)
@@ -114,17 +113,6 @@ def check_prior_config(cfg: PriorConfig) -> None:
         )
 
 
-def _save(run_dir: Path, step: int, net: RepresentationPrior, ema: RepresentationPrior, opt) -> None:
-    final = run_dir / "checkpoints" / f"step-{step:08d}"
-    with atomic_dir(final, final.parent / f".tmp-{final.name}-{os.getpid()}") as out:
-        tensors = {f"net.{k}": v.contiguous() for k, v in net.state_dict().items()}
-        tensors.update({f"ema.{k}": v.contiguous() for k, v in ema.state_dict().items()})
-        save_file(tensors, out / "prior.safetensors")
-        torch.save(opt.state_dict(), out / "optimizer.pt")
-        (out / "state.json").write_text(json.dumps({"step": step}))
-    prune_checkpoints(run_dir, 2)
-
-
 def train_prior(cfg: PriorConfig, out: str | Path, *, resume: bool = False, progress: bool = True) -> Path:
     """Train a prior on the representations of cfg.data's images (by the RCDM's encoder) into OUT; returns
     OUT/prior (a `RepresentationPrior.from_pretrained` folder). Checkpoints every cfg.save_every steps;
@@ -164,15 +152,15 @@ def train_prior(cfg: PriorConfig, out: str | Path, *, resume: bool = False, prog
     ema.load_state_dict(net.state_dict())
     ema.requires_grad_(False)
     opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=0.0)
+    pair = nn.ModuleDict({"net": net, "ema": ema})  # prior.safetensors: net.* and ema.*
+    ckpts = Checkpoints(run_dir, files=PRIOR_CHECKPOINT_FILES)
     start = 0
-    ckpt = resume_checkpoint(run_dir, files=PRIOR_CHECKPOINT_FILES) if resume else None
+    ckpt = ckpts.start(resume)
     if ckpt is not None:
-        with reading_checkpoint(ckpt, "prior.safetensors", files=PRIOR_CHECKPOINT_FILES):
-            state = load_file(str(ckpt / "prior.safetensors"))
-            net.load_state_dict({k[4:]: v for k, v in state.items() if k.startswith("net.")})
-            ema.load_state_dict({k[4:]: v for k, v in state.items() if k.startswith("ema.")})
-            opt.load_state_dict(torch.load(ckpt / "optimizer.pt", weights_only=True))
-            start = json.loads((ckpt / "state.json").read_text())["step"]
+        with ckpts.reading(ckpt, "prior.safetensors"):
+            pair.load_state_dict(ckpts.read(ckpt, "prior.safetensors"))
+            opt.load_state_dict(ckpts.read(ckpt, "optimizer.pt"))
+        start = ckpts.state(ckpt, "step")["step"]
     z = (reps - net.rep_mean) / net.rep_std
     sched = DDPMScheduler(**SCHEDULE)
     log.info(
@@ -213,7 +201,8 @@ def train_prior(cfg: PriorConfig, out: str | Path, *, resume: bool = False, prog
             raise RCDMError(f"the prior's loss became {float(loss)} at step {step}: try a smaller --lr")
         monitor.step(step, float(loss.detach()), cfg.batch_size, terms={}, lr=cfg.lr, grad_norm=None)
         if step % cfg.save_every == 0 or step == cfg.steps:
-            _save(run_dir, step, net, ema, opt)
+            ckpts.save(step, {"step": step}, prior=pair, optimizer=opt)
+            ckpts.prune(2)
     monitor.close()
     final = run_dir / "prior"
     with atomic_dir(final, run_dir / f".tmp-prior-{os.getpid()}") as folder:

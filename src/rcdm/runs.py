@@ -1,9 +1,10 @@
-"""Run folders: training checkpoints (save, check, find the newest, prune) and disk-full reporting.
+"""Run folders: training checkpoints (save, check, find the newest, read, prune) and disk-full reporting.
 
 A run folder holds run.json, checkpoints/step-NNNNNNNN/{model,ema,optimizer.pt,state.json} and, when done,
 model/. Every folder is written through `rcdm.files.atomic_dir` (temporary name, fsync, rename), so a run killed
 at any point (even mid-save) leaves only complete folders under their final names. One process at a time writes
 a run folder: it holds RUN/.lock (`rcdm.locks.run_lock`), which names it to anyone else who tries.
+`Checkpoints` is the one object the training loops (train, prior, pack.ssl) find, read and write them through.
 """
 
 from __future__ import annotations
@@ -19,9 +20,12 @@ import shutil
 import zipfile
 from collections.abc import Iterator, Mapping
 from pathlib import Path
+from typing import Any
 
 import torch
+from diffusers.models.modeling_utils import ModelMixin
 from safetensors import safe_open
+from safetensors.torch import load_file, save_file
 from torch import nn
 
 from .errors import DiskFullError, RCDMError
@@ -31,7 +35,7 @@ from .model import WEIGHTS_VARIANT
 log = logging.getLogger(__name__)
 
 CHECKPOINTS = "checkpoints"
-# The files of a complete rcdm.train checkpoint, relative to its folder (what `save_checkpoint` writes).
+# The files of a complete rcdm.train checkpoint, relative to its folder (what its `Checkpoints.save` writes).
 # Checkpoints saved before rcdm's weights name (model.WEIGHTS_VARIANT) hold diffusion_pytorch_model.safetensors.
 STEP_FILES: tuple[str, ...] = (
     "model/config.json",
@@ -43,156 +47,11 @@ STEP_FILES: tuple[str, ...] = (
 )
 
 
-def complete_checkpoints(run_dir: str | Path, pattern: str = "step-*") -> list[Path]:
-    """The complete checkpoints (with state.json) of a run, oldest first; interrupted saves are ignored."""
-    ck = Path(run_dir) / CHECKPOINTS
-    return sorted(p for p in ck.glob(pattern) if (p / "state.json").is_file()) if ck.is_dir() else []
-
-
-def latest_checkpoint(run_dir: str | Path, pattern: str = "step-*") -> Path | None:
-    """The newest complete checkpoint of a run (temporary folders from an interrupted save are ignored)."""
-    done = complete_checkpoints(run_dir, pattern)
-    return done[-1] if done else None
-
-
-def _own_name(pattern: str) -> re.Pattern:
-    """'step-*' -> the names rcdm gives such checkpoints (step-00001000): the '*' is digits."""
-    return re.compile(re.escape(pattern).replace(r"\*", r"\d+") + "$")
-
-
-def _leftovers(run_dir: Path, pattern: str, files: tuple[str, ...]) -> list[Path]:
-    """Checkpoint folders that a kill during pruning left half deleted: rcdm's own name, no state.json, only
-    files rcdm writes there, and older than the newest complete checkpoint (saves are renamed into place
-    complete, so nothing else can be missing its state.json)."""
-    ck = run_dir / CHECKPOINTS
-    newest = latest_checkpoint(run_dir, pattern)
-    if newest is None or not ck.is_dir():
-        return []
-    own, known = _own_name(pattern), {f.split("/")[0] for f in files}
-    return sorted(
-        p
-        for p in ck.glob(pattern)
-        if p.is_dir()
-        and own.match(p.name)
-        and p.name < newest.name
-        and not (p / "state.json").exists()
-        and all(c.name in known for c in p.iterdir())
-    )
-
-
-def prune_checkpoints(
-    run_dir: str | Path, keep: int, pattern: str = "step-*", files: tuple[str, ...] = STEP_FILES
-) -> None:
-    """Keep the newest `keep` complete checkpoints (all when keep <= 0); drop leftover temporary folders and
-    the half-deleted folders of a pruning that was killed. Only the holder of the run's lock may call it."""
-    run_dir = Path(run_dir)
-    done = complete_checkpoints(run_dir, pattern)
-    for old in done[:-keep] if keep > 0 else []:
-        # state.json first: a kill in the middle leaves a folder that readers already ignore
-        (old / "state.json").unlink(missing_ok=True)
-        shutil.rmtree(old, ignore_errors=True)
-    sweep_checkpoints(run_dir, pattern, files)
-
-
-def sweep_checkpoints(
-    run_dir: str | Path, pattern: str = "step-*", files: tuple[str, ...] = STEP_FILES
-) -> None:
-    """Remove what interrupted saves and prunings left: temporary folders and half-deleted checkpoints (see
-    `_leftovers`). Only the holder of the run's lock may call it (another run's temporary folder is in use)."""
-    run_dir = Path(run_dir)
-    for stale in (run_dir / CHECKPOINTS).glob(f".tmp-{pattern}"):
-        shutil.rmtree(stale, ignore_errors=True)
-    for half in _leftovers(run_dir, pattern, files):
-        log.info("removing %s: an incomplete checkpoint (no state.json) left by an interrupted pruning", half)
-        shutil.rmtree(half, ignore_errors=True)
-
-
-# --- damaged checkpoints -------------------------------------------------------------------------------------
-
-
 def _reason(e: BaseException) -> str:
     if isinstance(e, pickle.UnpicklingError):
         return "it holds pickled objects or is not a torch file; rcdm reads only plain tensors (weights_only)"
     text = str(e).strip().splitlines()[0] if str(e).strip() else ""
     return f"{type(e).__name__}: {text[:200]}" if text else type(e).__name__
-
-
-def checkpoint_problem(ckpt: Path, files: tuple[str, ...] = STEP_FILES) -> str | None:
-    """Why a checkpoint folder cannot be resumed from ('optimizer.pt: BadZipFile: ...'), or None when it reads.
-
-    Checks structure, cheaply: every file present; JSON parses (state.json to an object); a safetensors header
-    parses and covers its file; a .pt file's zip directory reads. Values are not checked (there is no checksum).
-    """
-    for name in files:
-        path = ckpt / name
-        legacy = path.with_name(path.name.replace(f".{WEIGHTS_VARIANT}.", "."))
-        if not path.is_file() and legacy.is_file():  # saved before the rcdm weights name
-            name, path = str(legacy.relative_to(ckpt)), legacy
-        try:
-            if not path.is_file():
-                return f"{name} is missing"
-            if path.stat().st_size == 0:
-                return f"{name} is empty"
-            if path.suffix == ".json":
-                value = json.loads(path.read_text())
-                if name == "state.json" and not isinstance(value, dict):
-                    return f"{name} holds no state object"
-            elif path.suffix == ".safetensors":
-                with safe_open(str(path), "pt"):
-                    pass
-            elif path.suffix == ".pt":
-                with zipfile.ZipFile(path) as z:
-                    z.infolist()
-        except Exception as e:
-            return f"{name}: {_reason(e)}"
-    return None
-
-
-def damaged_checkpoint(
-    ckpt: Path, problem: str, pattern: str = "step-*", files: tuple[str, ...] = STEP_FILES
-) -> RCDMError:
-    """The one-line error for a damaged checkpoint: which file, why, and the newest intact older checkpoint."""
-    run_dir = ckpt.parent.parent
-    older = [p for p in reversed(complete_checkpoints(run_dir, pattern)) if p.name < ckpt.name]
-    intact = next((p for p in older if checkpoint_problem(p, files) is None), None)
-    aside = run_dir / f"damaged-{ckpt.name}"
-    if intact is not None:
-        fix = (
-            f"{intact.name} is intact: move the damaged one aside (mv {shlex.quote(str(ckpt))} "
-            f"{shlex.quote(str(aside))}) and run with --resume again to continue from {intact.name}"
-        )
-    else:
-        fix = "no older checkpoint is intact: restore the file, or start again with a new --out"
-    return RCDMError(f"checkpoint {ckpt.name} in {str(run_dir)!r} is damaged ({problem}); {fix}")
-
-
-def resume_checkpoint(
-    run_dir: str | Path, pattern: str = "step-*", files: tuple[str, ...] = STEP_FILES
-) -> Path | None:
-    """The newest complete checkpoint to resume from, checked (`checkpoint_problem`); None when there is none.
-
-    A damaged one raises `damaged_checkpoint`'s error: it is never skipped silently for an older one.
-    """
-    ckpt = latest_checkpoint(run_dir, pattern)
-    if ckpt is not None and (problem := checkpoint_problem(ckpt, files)) is not None:
-        raise damaged_checkpoint(ckpt, problem, pattern, files)
-    return ckpt
-
-
-@contextlib.contextmanager
-def reading_checkpoint(
-    ckpt: Path, name: str, pattern: str = "step-*", files: tuple[str, ...] = STEP_FILES
-) -> Iterator[None]:
-    """Turn a failure to read `name` from checkpoint `ckpt` (damage the cheap check missed) into its error."""
-    try:
-        yield
-    except RCDMError:
-        raise
-    except Exception as e:
-        raise damaged_checkpoint(ckpt, f"{name}: {_reason(e)}", pattern, files) from e
-
-
-# --- a full disk --------------------------------------------------------------------------------------------
 
 
 def nbytes(*states: Mapping) -> int:
@@ -211,74 +70,250 @@ def _mb(n: float) -> str:
     return f"{n / 1e6:,.1f} MB"
 
 
-@contextlib.contextmanager
-def reporting_full_disk(
-    run_dir: Path,
-    what: str,
-    *,
-    needed: int | None = None,
-    partial: Path | None = None,
-    pattern: str = "step-*",
-) -> Iterator[None]:
-    """Turn a write that failed for lack of space into a one-line DiskFullError: where, how much was needed (when
-    known), and which checkpoint is intact; the partial write `partial` is removed to give the space back."""
-    try:
-        yield
-    except RCDMError:
-        raise
-    except Exception as e:
-        if not is_disk_full(e, run_dir, needed):
-            raise
-        if partial is not None:
-            shutil.rmtree(partial, ignore_errors=True)
-        full, disk = run_dir, f"the disk holding {str(run_dir)!r}"
-        if partial is None and isinstance(e, OSError) and e.filename:  # the file may be elsewhere (/dev/shm)
-            full, disk, what = Path(e.filename), "the disk", repr(str(e.filename))
-        free = free_bytes(full)
-        sizes = ", ".join(
-            s
-            for s in (
-                f"needs about {_mb(needed)}" if needed is not None else "",
-                f"{_mb(free)} free" if free is not None else "",
+class Checkpoints:
+    """The checkpoints of one run folder, RUN/checkpoints/NAME: find, check, read, save and prune them.
+
+    Checkpoint n is named `pattern` with its '*' replaced by n in `digits` digits ('step-*' -> step-00001000) and
+    holds `files`; its state.json, written last, marks it complete. Only the holder of the run's lock (or the one
+    process writing the run) may save, prune or sweep: another run's temporary folder is in use.
+    """
+
+    def __init__(
+        self,
+        run_dir: str | Path,
+        pattern: str = "step-*",
+        files: tuple[str, ...] = STEP_FILES,
+        digits: int = 8,  # of n in a checkpoint's name
+    ) -> None:
+        self.run_dir = Path(run_dir)
+        self.folder = self.run_dir / CHECKPOINTS
+        self.pattern, self.files, self.digits = pattern, files, digits
+
+    def name(self, n: int) -> str:
+        """Checkpoint n's folder name: 'step-*' -> step-00001000."""
+        return self.pattern.replace("*", f"{n:0{self.digits}d}")
+
+    # --- finding -------------------------------------------------------------------------------------------
+
+    def complete(self) -> list[Path]:
+        """The complete checkpoints (with state.json), oldest first; interrupted saves are ignored."""
+        if not self.folder.is_dir():
+            return []
+        return sorted(p for p in self.folder.glob(self.pattern) if (p / "state.json").is_file())
+
+    def latest(self) -> Path | None:
+        """The newest complete checkpoint (temporary folders from an interrupted save are ignored)."""
+        done = self.complete()
+        return done[-1] if done else None
+
+    def resume(self) -> Path | None:
+        """The newest complete checkpoint to resume from, checked (`problem`); None when there is none.
+
+        A damaged one raises `damaged`'s error: it is never skipped silently for an older one.
+        """
+        ckpt = self.latest()
+        if ckpt is not None and (problem := self.problem(ckpt)) is not None:
+            raise self.damaged(ckpt, problem)
+        return ckpt
+
+    def start(self, resume: bool, *, sweep: bool = True) -> Path | None:
+        """The checkpoint a run starts from: with `resume`, `resume()` (and leftovers swept when `sweep`); without,
+        None, refusing a run folder that already holds checkpoints."""
+        if not resume:
+            if self.latest() is not None:
+                raise RCDMError(
+                    f"{str(self.run_dir)!r} already holds checkpoints: pass --resume to continue, or a new --out"
+                )
+            return None
+        ckpt = self.resume()  # a damaged newest one is named, never skipped
+        if sweep:
+            self.sweep()
+        return ckpt
+
+    # --- damage ----------------------------------------------------------------------------------------------
+
+    def problem(self, ckpt: Path) -> str | None:
+        """Why a checkpoint folder cannot be resumed from ('optimizer.pt: BadZipFile: ...'), or None when it reads.
+
+        Checks structure, cheaply: every file present; JSON parses (state.json to an object); a safetensors
+        header parses and covers its file; a .pt file's zip directory reads. Values are not checked (there is no
+        checksum).
+        """
+        for name in self.files:
+            path = ckpt / name
+            legacy = path.with_name(path.name.replace(f".{WEIGHTS_VARIANT}.", "."))
+            if not path.is_file() and legacy.is_file():  # saved before the rcdm weights name
+                name, path = str(legacy.relative_to(ckpt)), legacy
+            try:
+                if not path.is_file():
+                    return f"{name} is missing"
+                if path.stat().st_size == 0:
+                    return f"{name} is empty"
+                if path.suffix == ".json":
+                    value = json.loads(path.read_text())
+                    if name == "state.json" and not isinstance(value, dict):
+                        return f"{name} holds no state object"
+                elif path.suffix == ".safetensors":
+                    with safe_open(str(path), "pt"):
+                        pass
+                elif path.suffix == ".pt":
+                    with zipfile.ZipFile(path) as z:
+                        z.infolist()
+            except Exception as e:
+                return f"{name}: {_reason(e)}"
+        return None
+
+    def damaged(self, ckpt: Path, problem: str) -> RCDMError:
+        """The one-line error for a damaged checkpoint: which file, why, and the newest intact older checkpoint."""
+        older = [p for p in reversed(self.complete()) if p.name < ckpt.name]
+        intact = next((p for p in older if self.problem(p) is None), None)
+        aside = self.run_dir / f"damaged-{ckpt.name}"
+        if intact is not None:
+            fix = (
+                f"{intact.name} is intact: move the damaged one aside (mv {shlex.quote(str(ckpt))} "
+                f"{shlex.quote(str(aside))}) and run with --resume again to continue from {intact.name}"
             )
-            if s
+        else:
+            fix = "no older checkpoint is intact: restore the file, or start again with a new --out"
+        return RCDMError(f"checkpoint {ckpt.name} in {str(self.run_dir)!r} is damaged ({problem}); {fix}")
+
+    # --- reading -------------------------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def reading(self, ckpt: Path, name: str) -> Iterator[None]:
+        """Turn a failure to read `name` from checkpoint `ckpt` (damage `problem` missed) into `damaged`'s error."""
+        try:
+            yield
+        except RCDMError:
+            raise
+        except Exception as e:
+            raise self.damaged(ckpt, f"{name}: {_reason(e)}") from e
+
+    def read(self, ckpt: Path, name: str, cls: type[ModelMixin] | None = None) -> Any:
+        """One part of checkpoint `ckpt` as `save` wrote it: a folder NAME/ by `cls.from_pretrained`, NAME.safetensors
+        as its tensors, NAME.pt as its state (plain tensors only: weights_only) on the CPU. A part that does not
+        read raises `damaged`'s error, naming it."""
+        path = ckpt / name
+        with self.reading(ckpt, name):
+            if cls is not None:
+                return cls.from_pretrained(path)
+            if path.suffix == ".safetensors":
+                return load_file(str(path))
+            return torch.load(path, map_location="cpu", weights_only=True)
+
+    def state(self, ckpt: Path, *counts: str) -> dict:
+        """Checkpoint `ckpt`'s state.json, its `counts` (e.g. "step") as ints; a missing or bad one names the file."""
+        with self.reading(ckpt, "state.json"):
+            state = json.loads((ckpt / "state.json").read_text())
+            return {**state, **{k: int(state[k]) for k in counts}}
+
+    # --- writing -------------------------------------------------------------------------------------------
+
+    def save(self, n: int, state: Mapping, **parts: nn.Module | torch.optim.Optimizer) -> Path:
+        """Write checkpoint n atomically (temporary folder + rename): each part by its kind, then state.json.
+
+        A diffusers model -> NAME/ (save_pretrained); another module -> NAME.safetensors (its state dict); an
+        optimizer -> NAME.pt (its state dict). A full disk raises DiskFullError (the partial folder removed, the
+        previous checkpoint intact).
+        """
+        self.folder.mkdir(parents=True, exist_ok=True)
+        final = self.folder / self.name(n)
+        tmp = self.folder / f".tmp-{final.name}-{os.getpid()}"
+        needed = nbytes(*(p.state_dict() if isinstance(p, nn.Module) else p.state for p in parts.values()))
+        with (
+            self.reporting_full_disk(f"checkpoint {final.name}", needed=needed, partial=tmp),
+            atomic_dir(final, tmp) as out,
+        ):
+            for name, part in parts.items():
+                if isinstance(part, ModelMixin):
+                    part.save_pretrained(out / name)
+                elif isinstance(part, nn.Module):
+                    tensors = {k: v.detach().cpu().contiguous() for k, v in part.state_dict().items()}
+                    save_file(tensors, str(out / f"{name}.safetensors"))
+                else:
+                    torch.save(part.state_dict(), out / f"{name}.pt")
+            (out / "state.json").write_text(json.dumps(state))
+        return final
+
+    def _leftovers(self) -> list[Path]:
+        """Checkpoint folders that a kill during pruning left half deleted: rcdm's own name, no state.json, only
+        files rcdm writes there, and older than the newest complete checkpoint (saves are renamed into place
+        complete, so nothing else can be missing its state.json)."""
+        newest = self.latest()
+        if newest is None or not self.folder.is_dir():
+            return []
+        own = re.compile(re.escape(self.pattern).replace(r"\*", r"\d+") + "$")  # the '*' is digits
+        known = {f.split("/")[0] for f in self.files}
+        return sorted(
+            p
+            for p in self.folder.glob(self.pattern)
+            if p.is_dir()
+            and own.match(p.name)
+            and p.name < newest.name
+            and not (p / "state.json").exists()
+            and all(c.name in known for c in p.iterdir())
         )
-        kept = latest_checkpoint(run_dir, pattern)
-        where = (
-            f"the last checkpoint, {kept.name}, is intact"
-            if kept is not None
-            else "no checkpoint was written yet"
-        )
-        raise DiskFullError(
-            f"{disk} is full: could not write {what}"
-            + (f" ({sizes})" if sizes else "")
-            + f"; {where}: free some space (or move the run folder) and run again with --resume"
-        ) from e
 
+    def prune(self, keep: int) -> None:
+        """Keep the newest `keep` complete checkpoints (all when keep <= 0), then `sweep`."""
+        done = self.complete()
+        for old in done[:-keep] if keep > 0 else []:
+            # state.json first: a kill in the middle leaves a folder that readers already ignore
+            (old / "state.json").unlink(missing_ok=True)
+            shutil.rmtree(old, ignore_errors=True)
+        self.sweep()
 
-def save_checkpoint(
-    run_dir: Path,
-    step: int,
-    model: nn.Module,
-    ema_model: nn.Module,
-    optimizer: torch.optim.Optimizer,
-    keep: int,
-) -> Path:
-    """Write RUN_DIR/checkpoints/step-NNNNNNNN atomically (temp folder + rename) and prune old ones.
+    def sweep(self) -> None:
+        """Remove what interrupted saves and prunings left: temporary folders and half-deleted checkpoints (see
+        `_leftovers`)."""
+        for stale in self.folder.glob(f".tmp-{self.pattern}"):
+            shutil.rmtree(stale, ignore_errors=True)
+        for half in self._leftovers():
+            log.info(
+                "removing %s: an incomplete checkpoint (no state.json) left by an interrupted pruning", half
+            )
+            shutil.rmtree(half, ignore_errors=True)
 
-    A full disk raises DiskFullError (the partial folder removed, the previous checkpoint intact)."""
-    ck = run_dir / CHECKPOINTS
-    ck.mkdir(parents=True, exist_ok=True)
-    final = ck / f"step-{step:08d}"
-    tmp = ck / f".tmp-step-{step:08d}-{os.getpid()}"
-    needed = nbytes(model.state_dict(), ema_model.state_dict(), *optimizer.state.values())
-    with (
-        reporting_full_disk(run_dir, f"checkpoint {final.name}", needed=needed, partial=tmp),
-        atomic_dir(final, tmp) as out,
-    ):
-        model.save_pretrained(out / "model")
-        ema_model.save_pretrained(out / "ema")
-        torch.save(optimizer.state_dict(), out / "optimizer.pt")
-        (out / "state.json").write_text(json.dumps({"step": step}))
-    prune_checkpoints(run_dir, keep)
-    return final
+    # --- a full disk -----------------------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def reporting_full_disk(
+        self, what: str, *, needed: int | None = None, partial: Path | None = None
+    ) -> Iterator[None]:
+        """Turn a write that failed for lack of space into a one-line DiskFullError: where, how much was needed
+        (when known), and which checkpoint is intact; the partial write `partial` is removed to give the space
+        back."""
+        try:
+            yield
+        except RCDMError:
+            raise
+        except Exception as e:
+            if not is_disk_full(e, self.run_dir, needed):
+                raise
+            if partial is not None:
+                shutil.rmtree(partial, ignore_errors=True)
+            full, disk = self.run_dir, f"the disk holding {str(self.run_dir)!r}"
+            if (
+                partial is None and isinstance(e, OSError) and e.filename
+            ):  # the file may be elsewhere (/dev/shm)
+                full, disk, what = Path(e.filename), "the disk", repr(str(e.filename))
+            free = free_bytes(full)
+            sizes = ", ".join(
+                s
+                for s in (
+                    f"needs about {_mb(needed)}" if needed is not None else "",
+                    f"{_mb(free)} free" if free is not None else "",
+                )
+                if s
+            )
+            kept = self.latest()
+            where = (
+                f"the last checkpoint, {kept.name}, is intact"
+                if kept is not None
+                else "no checkpoint was written yet"
+            )
+            raise DiskFullError(
+                f"{disk} is full: could not write {what}"
+                + (f" ({sizes})" if sizes else "")
+                + f"; {where}: free some space (or move the run folder) and run again with --resume"
+            ) from e

@@ -43,15 +43,7 @@ from .locks import run_lock
 from .losses import GaussianDiffusion, draw_timesteps
 from .model import PRESETS, RCDM, check_encoder
 from .monitor import TrainingMonitor
-from .runs import (
-    latest_checkpoint,
-    nbytes,
-    reading_checkpoint,
-    reporting_full_disk,
-    resume_checkpoint,
-    save_checkpoint,
-    sweep_checkpoints,
-)
+from .runs import Checkpoints, nbytes
 from .train_config import (
     TrainConfig,
     check_output_folder,
@@ -150,19 +142,6 @@ def _holding_run_folder(acc: Accelerator, run_dir: Path) -> Iterator[None]:
         yield
 
 
-def _read_checkpoint(ckpt: Path) -> tuple[RCDM, RCDM, dict, int]:
-    """A checkpoint's model, EMA, optimizer state and step; a file that does not read raises, naming it."""
-    with reading_checkpoint(ckpt, "model/"):
-        model = RCDM.from_pretrained(ckpt / "model")
-    with reading_checkpoint(ckpt, "ema/"):
-        ema = RCDM.from_pretrained(ckpt / "ema")
-    with reading_checkpoint(ckpt, "optimizer.pt"):
-        opt = torch.load(ckpt / "optimizer.pt", map_location="cpu", weights_only=True)
-    with reading_checkpoint(ckpt, "state.json"):
-        step = int(json.loads((ckpt / "state.json").read_text())["step"])
-    return model, ema, opt, step
-
-
 def train(
     cfg: TrainConfig,
     run_dir: str | Path,
@@ -189,15 +168,16 @@ def train(
         log_with=None if cfg.report_to == "none" else cfg.report_to,
         project_dir=str(run_dir),  # trackers write under RUN_DIR/rcdm
     )
-    with _holding_run_folder(acc, run_dir), reporting_full_disk(run_dir, "to the run folder"):
-        result = _train(cfg, run_dir, acc, resume=resume, progress=progress, on_step=on_step, encoder=encoder)
+    ckpts = Checkpoints(run_dir)
+    with _holding_run_folder(acc, run_dir), ckpts.reporting_full_disk("to the run folder"):
+        result = _train(cfg, ckpts, acc, resume=resume, progress=progress, on_step=on_step, encoder=encoder)
     result.wall_time_s, result.cpu_time_s = time.perf_counter() - wall0, cpu_seconds() - cpu0
     return result
 
 
 def _train(
     cfg: TrainConfig,
-    run_dir: Path,
+    ckpts: Checkpoints,
     acc: Accelerator,
     *,
     resume: bool,
@@ -206,15 +186,8 @@ def _train(
     encoder: Encoder | None,
 ) -> TrainResult:
     """`train` once the settings are checked and the run folder is this run's."""
-    ckpt = latest_checkpoint(run_dir)
-    if ckpt is not None and not resume:
-        raise RCDMError(
-            f"{str(run_dir)!r} already holds checkpoints: pass --resume to continue, or a new --out"
-        )
-    if resume:
-        ckpt = resume_checkpoint(run_dir)  # a damaged newest one is named, never skipped
-        if acc.is_main_process:
-            sweep_checkpoints(run_dir)
+    run_dir = ckpts.run_dir
+    ckpt = ckpts.start(resume, sweep=acc.is_main_process)
     if resume and ckpt is None and (run_dir / "run.json").is_file():
         log.warning("no complete checkpoint in %s: starting from step 0", run_dir)
 
@@ -250,7 +223,8 @@ def _train(
         model = RCDM.from_preset(cfg.preset, **arch)
     saved_ema, saved_opt, start = model, None, 0
     if ckpt is not None:
-        saved, saved_ema, saved_opt, start = _read_checkpoint(ckpt)
+        saved, saved_ema = ckpts.read(ckpt, "model/", RCDM), ckpts.read(ckpt, "ema/", RCDM)
+        saved_opt, start = ckpts.read(ckpt, "optimizer.pt"), ckpts.state(ckpt, "step")["step"]
         check_encoder(saved, enc.describe())
         model.load_state_dict(saved.state_dict(), strict=True)
     ema_model = RCDM.from_config(model.config)
@@ -394,7 +368,7 @@ def _train(
             total += part.detach()
         value = float(acc.gather(total).mean())
         if not math.isfinite(value):
-            good = latest_checkpoint(run_dir)
+            good = ckpts.latest()
             where = f"the last good checkpoint is {good}" if good else "no checkpoint was written yet"
             raise NonFiniteLossError(
                 f"loss became {value} at step {step}: stopped; {where} (lower --lr or check the encoder's output)"
@@ -422,9 +396,10 @@ def _train(
         if step % cfg.save_every == 0 or step == cfg.steps:
             if acc.is_main_process:
                 ema.copy_to(ema_model.parameters())
-                saved = save_checkpoint(
-                    run_dir, step, acc.unwrap_model(pmodel), ema_model, opt, cfg.keep_checkpoints
+                saved = ckpts.save(
+                    step, {"step": step}, model=acc.unwrap_model(pmodel), ema=ema_model, optimizer=opt
                 )
+                ckpts.prune(cfg.keep_checkpoints)
                 window = history[-cfg.save_every :]
                 log.info(
                     "step %d/%d: mean loss %.4f over the last %d steps, %.1f img/s; saved %s",
@@ -443,8 +418,8 @@ def _train(
         ema.copy_to(ema_model.parameters())
         tmp_model = run_dir / ".tmp-model"
         with (
-            reporting_full_disk(
-                run_dir, "the final model/", needed=nbytes(ema_model.state_dict()), partial=tmp_model
+            ckpts.reporting_full_disk(
+                "the final model/", needed=nbytes(ema_model.state_dict()), partial=tmp_model
             ),
             atomic_dir(run_dir / "model", tmp_model) as tmp,
         ):

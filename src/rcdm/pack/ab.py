@@ -22,7 +22,7 @@ from ..encoders import create_encoder
 from ..errors import RCDMError
 from ..files import write_text_atomic
 from ..loading import encoder_for, load_model
-from ..runs import latest_checkpoint
+from ..runs import Checkpoints
 from ..train import TrainConfig, TrainResult, train
 from .evaluation import evaluation_images, score_model
 from .rcdms import training_sessions
@@ -113,7 +113,7 @@ def train_variants(
             log.info("%s: finished (%s)", name, run_dir)
             results[name] = None
             continue
-        resume = latest_checkpoint(run_dir) is not None
+        resume = Checkpoints(run_dir).latest() is not None
         log.info(
             "%s: %s %d steps of %d images",
             name,

@@ -28,7 +28,7 @@ from ..loading import resolve_model_dir
 from ..losses import LossType
 from ..model import PRESETS
 from ..monitor import read_metrics
-from ..runs import complete_checkpoints
+from ..runs import Checkpoints
 from ..train import TrainConfig, train
 
 log = logging.getLogger(__name__)
@@ -290,7 +290,7 @@ def run_record(run_dir: str | Path, step: int | None = None) -> tuple[Path, dict
     else:
         model = run_dir / "checkpoints" / f"step-{step:08d}" / "ema"
         if not (model.parent / "state.json").is_file() or not (model / "config.json").is_file():
-            have = [int(p.name.split("-")[1]) for p in complete_checkpoints(run_dir)]
+            have = [int(p.name.split("-")[1]) for p in Checkpoints(run_dir).complete()]
             raise RCDMError(
                 f"{run_dir.name} has no complete checkpoint at step {step}: choose one of {have or 'none'}"
             )

@@ -17,7 +17,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import shutil
 import time
 from collections.abc import Callable
@@ -26,7 +25,6 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
 from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import v2
 from tqdm.auto import tqdm
@@ -40,19 +38,9 @@ from ..encoders.cifar import (
     save_encoder,
 )
 from ..errors import NonFiniteLossError, RCDMError
-from ..files import atomic_dir
 from ..locks import run_lock
 from ..metrics.knn import encoder_features, knn_accuracy
-from ..runs import (
-    CHECKPOINTS,
-    latest_checkpoint,
-    nbytes,
-    prune_checkpoints,
-    reading_checkpoint,
-    reporting_full_disk,
-    resume_checkpoint,
-    sweep_checkpoints,
-)
+from ..runs import Checkpoints
 from ..train_config import check_output_folder
 from .cards import encoder_card
 from .cifar10 import cifar10_root, labelled_files, load_uint8
@@ -64,7 +52,7 @@ CIFAR_LICENSE = (
     "CIFAR-10 (Krizhevsky, 2009, 'Learning Multiple Layers of Features from Tiny Images'): the authors publish "
     "no formal license; it is distributed for research use. Weights trained on it inherit that status."
 )
-EPOCH = "epoch-*"  # checkpoint folders: RUN_DIR/checkpoints/epoch-NNNN/ holding EPOCH_FILES
+# checkpoint folders: RUN_DIR/checkpoints/epoch-NNNN/ holding EPOCH_FILES (the newest two are kept)
 EPOCH_FILES: tuple[str, ...] = ("net.safetensors", "optimizer.pt", "state.json")
 
 
@@ -159,26 +147,6 @@ def vicreg_loss(
 # --- training --------------------------------------------------------------------------------------
 
 
-def _save_epoch(
-    run_dir: Path, epoch: int, net: CifarEncoderNet, opt: torch.optim.Optimizer, state: dict
-) -> None:
-    """RUN_DIR/checkpoints/epoch-NNNN written atomically (files.atomic_dir); keeps the newest two."""
-    ck = run_dir / CHECKPOINTS
-    final, tmp = ck / f"epoch-{epoch:04d}", ck / f".tmp-epoch-{epoch:04d}-{os.getpid()}"
-    needed = nbytes(net.state_dict(), *opt.state.values())
-    with (
-        reporting_full_disk(run_dir, f"checkpoint {final.name}", needed=needed, partial=tmp, pattern=EPOCH),
-        atomic_dir(final, tmp) as out,
-    ):
-        save_file(
-            {k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()},
-            str(out / "net.safetensors"),
-        )
-        torch.save(opt.state_dict(), out / "optimizer.pt")
-        (out / "state.json").write_text(json.dumps(state))
-    prune_checkpoints(run_dir, 2, EPOCH, EPOCH_FILES)
-
-
 def _lr_at(cfg: SSLConfig, step: int, steps_per_epoch: int) -> float:
     """Linear warm-up for `warmup_epochs`, then cosine decay to 0 at the last step."""
     total, warm = cfg.epochs * steps_per_epoch, cfg.warmup_epochs * steps_per_epoch
@@ -204,16 +172,14 @@ def train_encoder(
     validate_ssl_config(cfg)
     root = cifar10_root(cfg.data)
     check_output_folder(run_dir)  # a writable folder (created), or one line saying why not
-    with (
-        run_lock(run_dir, "rcdm recipe ssl"),
-        reporting_full_disk(run_dir, "to the run folder", pattern=EPOCH),
-    ):
-        return _train_encoder(cfg, run_dir, root, resume=resume, progress=progress, on_step=on_step)
+    ckpts = Checkpoints(run_dir, "epoch-*", EPOCH_FILES, digits=4)
+    with run_lock(run_dir, "rcdm recipe ssl"), ckpts.reporting_full_disk("to the run folder"):
+        return _train_encoder(cfg, ckpts, root, resume=resume, progress=progress, on_step=on_step)
 
 
 def _train_encoder(
     cfg: SSLConfig,
-    run_dir: Path,
+    ckpts: Checkpoints,
     root: Path,
     *,
     resume: bool,
@@ -223,16 +189,10 @@ def _train_encoder(
     """`train_encoder` once the settings are checked and the run folder is this run's."""
     from accelerate import Accelerator
 
-    ckpt = latest_checkpoint(run_dir, EPOCH)
-    if ckpt is not None and not resume:
-        raise RCDMError(
-            f"{str(run_dir)!r} already holds checkpoints: pass --resume to continue, or a new --out"
-        )
+    run_dir = ckpts.run_dir
+    ckpt = ckpts.start(resume)
     if (run_dir / "encoder").exists() and not resume:
         raise RCDMError(f"{str(run_dir)!r} already holds a finished encoder: choose a new --out")
-    if resume:
-        ckpt = resume_checkpoint(run_dir, EPOCH, EPOCH_FILES)  # a damaged newest one is named, never skipped
-        sweep_checkpoints(run_dir, EPOCH, EPOCH_FILES)
 
     train_files, train_labels, classes = labelled_files(root / "train", cfg.limit)
     test_files, test_labels, test_classes = labelled_files(root / "test", cfg.limit)
@@ -269,15 +229,10 @@ def _train_encoder(
     opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, fused=fused)
     state = {"epoch": 0, "step": 0, "losses": [], "wall_time_s": 0.0}
     if ckpt is not None:
-        with reading_checkpoint(ckpt, "net.safetensors", EPOCH, EPOCH_FILES):
-            weights = load_file(str(ckpt / "net.safetensors"))
-        with reading_checkpoint(ckpt, "optimizer.pt", EPOCH, EPOCH_FILES):
-            opt_state = torch.load(ckpt / "optimizer.pt", map_location="cpu", weights_only=True)
+        weights, opt_state = ckpts.read(ckpt, "net.safetensors"), ckpts.read(ckpt, "optimizer.pt")
         net.load_state_dict(weights, strict=True)
         opt.load_state_dict(opt_state)
-        with reading_checkpoint(ckpt, "state.json", EPOCH, EPOCH_FILES):
-            state = json.loads((ckpt / "state.json").read_text())
-            state["epoch"], state["step"] = int(state["epoch"]), int(state["step"])
+        state = ckpts.state(ckpt, "epoch", "step")
     # Checkpoints written before CPU time was recorded: count it from their epoch on, and say so in the card.
     state.setdefault("cpu_time_s", 0.0)
     state.setdefault("cpu_time_from_epoch", state["epoch"])
@@ -350,7 +305,8 @@ def _train_encoder(
             "cpu_time_from_epoch": state["cpu_time_from_epoch"],
         }
         t0, c0 = time.perf_counter(), cpu_seconds()
-        _save_epoch(run_dir, epoch + 1, acc.unwrap_model(net), opt, state)
+        ckpts.save(epoch + 1, state, net=acc.unwrap_model(net), optimizer=opt)
+        ckpts.prune(2)
         log.info("epoch %d/%d: loss %.4f", epoch + 1, cfg.epochs, state["losses"][-1])
     bar.close()
 
