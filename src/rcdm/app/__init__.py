@@ -251,12 +251,12 @@ def build_app(
             return [fig, gal, gr.Markdown(first.text), status]
 
         with gr.Tabs():
-            for title, button, api_name, view in (
+            for title, label, api_name, view in (
                 ("Samples", "sample", "samples", views.samples),
                 ("What is kept", "variance map", "kept", views.kept),
             ):
                 with gr.Tab(title):
-                    go = gr.Button(button, variant="primary")
+                    go = gr.Button(label, variant="primary")
                     first = prefill and examples and api_name == "samples"
                     out = outputs(
                         view(default_models, resolve_image(None, examples[0]), Sampling()) if first else None

@@ -32,7 +32,7 @@ from ..errors import RCDMError
 from ..files import write_text_atomic
 from ..loading import encoder_for, load_model, resolve_model_dir
 from ..locks import output_lock
-from ..runs import CHECKPOINTS, complete_checkpoints
+from ..runs import Checkpoints
 from .evaluation import score_model
 from .rcdms import TARGETS
 
@@ -46,10 +46,6 @@ FINDING_AUGMENTATIONS = ("random_resized_crop", "hflip", "colour_jitter", "grays
 def tag(name: str, guidance: float) -> str:
     """An evaluation's folder name: `name` at guidance 1, `name-gW` otherwise."""
     return name if guidance == 1 else f"{name}-g{guidance:g}"
-
-
-def step_name(step: int) -> str:
-    return f"step-{step:08d}"
 
 
 def score_into(
@@ -114,19 +110,16 @@ def evaluate_runs(
     with output_lock(metrics, flag="--metrics", command="rcdm recipe evaluate"):
         for name, run in _runs(runs, only):
             at = (steps or {}).get(name, step)
+            ckpts = Checkpoints(run)
             extra = None
             if at is not None:
-                packed, tagged, extra = (
-                    run / CHECKPOINTS / step_name(at) / "ema",
-                    step_name(at),
-                    _seen(run, at),
-                )
+                packed, tagged, extra = ckpts.folder / ckpts.name(at) / "ema", ckpts.name(at), _seen(run, at)
                 if not (packed / "config.json").is_file():
                     raise RCDMError(f"{name} has no complete checkpoint at step {at} in {run}")
-            elif (run / "model" / "config.json").is_file() or not complete_checkpoints(run):
+            elif (run / "model" / "config.json").is_file() or not ckpts.complete():
                 packed, tagged = run / "model", "final"
             else:  # not finished: its newest checkpoint, as `recipe pack` would bundle it
-                newest = complete_checkpoints(run)[-1]
+                newest = ckpts.complete()[-1]
                 n = int(newest.name.removeprefix("step-"))
                 packed, tagged, extra = newest / "ema", newest.name, _seen(run, n)
             if (packed / "config.json").is_file():
@@ -145,7 +138,7 @@ def evaluate_runs(
                     scored.append(folder)
             if plan.curve_every <= 0:
                 continue
-            for ckpt in complete_checkpoints(run):
+            for ckpt in ckpts.complete():
                 n = int(ckpt.name.removeprefix("step-"))
                 if n % plan.curve_every:
                     continue
