@@ -14,7 +14,7 @@ from safetensors.torch import load_file, save_file
 
 from rcdm.cli import main
 from rcdm.convert import convert, convert_state_dict, infer_layout, key_map, rcdm_config
-from rcdm.diffusion import SamplingConfig, sample, spaced_timesteps
+from rcdm.diffusion import SamplingConfig, sample
 from rcdm.errors import RCDMError
 from rcdm.loading import load_model
 from rcdm.model import PRESETS, RCDM
@@ -325,11 +325,6 @@ def test_read_checkpoint_accepts_numpy_scalars_of_training_loops(tmp_path):
 
 
 # --- sampling -------------------------------------------------------------------------------------------
-
-
-def test_published_respacing():
-    ts = spaced_timesteps(100)
-    assert len(ts) == 100 and ts[0] == 999 and ts[-1] == 0 and ts[1] == 989
 
 
 @pytest.mark.parametrize(("sampler", "steps"), [("ddpm", 20), ("ddim", 10), ("dpm++", 10)])

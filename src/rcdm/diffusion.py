@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import inspect
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, replace
 from typing import Literal
@@ -453,10 +453,3 @@ def sample_many(
             "check the model's weights and the representations (a NaN in either spreads), or try --precision fp32"
         )
     return imgs.view(m, num_samples, *imgs.shape[1:])
-
-
-def spaced_timesteps(steps: int) -> Sequence[int]:
-    """The published respacing: `steps` evenly spaced timesteps from 999 down to 0 inclusive."""
-    sched = make_scheduler("ddpm", True)
-    sched.set_timesteps(steps)
-    return [int(t) for t in sched.timesteps]
