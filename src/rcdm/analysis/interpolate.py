@@ -73,7 +73,8 @@ class InterpolationResult:
         }
 
 
-# Points along one path at most: a figure shows a few dozen; 1e8 of them took 25 GB before the first sample.
+# Points along one path at most: a figure shows a few dozen; a huge count would fill the memory before the first
+# sample.
 MAX_POINTS = 1000
 
 
