@@ -34,8 +34,8 @@ log = logging.getLogger(__name__)
 INSTALL_HINT = "rcdm app needs gradio: pip install 'rcdm[app]'"
 
 # ============================================================================================================
-# Adapter: every call into the rest of the library. When the library's signatures change (e.g. a sampling
-# settings dataclass), re-point these functions and nothing else.
+# Adapter: every call into the rest of the library. When the library's signatures change, re-point these
+# functions and nothing else.
 # ============================================================================================================
 
 
@@ -48,7 +48,7 @@ class Sampling:
     steps: int | None = None
     seed: int = 0
     guidance: float = 1.0
-    batch_size: int = 4  # small batches: the progress bar moves (8 samples of a 32 px model: ~the same time)
+    batch_size: int = 4  # small batches: the progress bar moves (what it costs: docs/app.md, "Speed")
 
 
 def _supports_guidance(model: Any) -> bool:
