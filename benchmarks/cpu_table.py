@@ -25,7 +25,7 @@ import torch
 
 from rcdm.data import decode_images, list_images
 from rcdm.devices import cpu_has_native_bf16, cpu_model
-from rcdm.diffusion import sample
+from rcdm.diffusion import SamplingConfig, sample
 from rcdm.encoders import create_encoder
 from rcdm.encoders.cache import cached_representations
 from rcdm.model import PRESETS, RCDM
@@ -72,11 +72,12 @@ def sample_seconds(preset: str, precision: str, dim: int, sampler: str, steps: i
     torch.manual_seed(0)
     model = RCDM.from_preset(preset, representation_dim=dim).eval()
     rep = torch.randn(1, dim).expand(8, -1)
-    sample(model, rep, steps=steps, sampler=sampler, precision=precision, progress=False)  # warm-up
+    cfg = SamplingConfig(sampler=sampler, steps=steps, precision=precision)
+    sample(model, rep, cfg, progress=False)  # warm-up
     times = []
     for _ in range(repeats):
         t0 = time.perf_counter()
-        sample(model, rep, steps=steps, sampler=sampler, precision=precision, progress=False)
+        sample(model, rep, cfg, progress=False)
         times.append(time.perf_counter() - t0)
     return statistics.median(times)
 

@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from rcdm.devices import resolve_compile
-from rcdm.diffusion import denoiser, sample
+from rcdm.diffusion import SamplingConfig, denoiser, sample
 from rcdm.losses import GaussianDiffusion
 from rcdm.model import RCDM
 
@@ -265,15 +265,9 @@ class Bench:
             x = ((image - mean) / std).to(dev, non_blocking=True)
             with torch.no_grad(), torch.autocast(dev.type, dtype=BF16, enabled=v.dtype == BF16):
                 rep = enc(x).float()
-            return sample(
-                m,
-                rep.expand(n, -1),
-                steps=steps,
-                sampler=sampler,
-                seed=0,
-                compile=v.mode,
-                precision="bf16" if v.dtype == BF16 else "fp32",
-            )
+            precision = "bf16" if v.dtype == BF16 else "fp32"
+            cfg = SamplingConfig(sampler=sampler, steps=steps, seed=0, compile=v.mode, precision=precision)
+            return sample(m, rep.expand(n, -1), cfg)
 
         out = visualize()
         first, sec, spread = timed(visualize, dev, self.args.sample_repeats, 0)

@@ -18,7 +18,7 @@ from rcdm import AdaptConfig, adapt, load_model
 from rcdm.adaptation import CARD_NOTE, fit_ridge
 from rcdm.cli import main
 from rcdm.convert import export_diffusers
-from rcdm.diffusion import sample
+from rcdm.diffusion import SamplingConfig, sample
 from rcdm.encoders import Encoder, create_encoder
 from rcdm.errors import RCDMError
 from rcdm.loading import encoder_for
@@ -83,9 +83,9 @@ def test_adapting_the_base_encoder_onto_itself_reproduces_the_base(base, images,
     assert torch.equal(
         adapted.condition(None, 2), original.condition(None, 2)
     )  # guidance's null branch: exact
-    kw = dict(steps=4, guidance=3.0, seed=1, precision="fp32")
+    cfg = SamplingConfig(steps=4, guidance=3.0, seed=1, precision="fp32")
     torch.testing.assert_close(
-        sample(adapted, reps[:2], **kw), sample(original, reps[:2], **kw), atol=2e-3, rtol=0
+        sample(adapted, reps[:2], cfg), sample(original, reps[:2], cfg), atol=2e-3, rtol=0
     )
 
 
@@ -200,7 +200,7 @@ def test_a_published_layout_base_takes_a_new_encoder(golden_model, images, tmp_p
     result = adapt(cfg, tmp_path / "run", progress=False, base_encoder=base_enc)
     adapted = load_model(result.model_dir)
     assert adapted.config.adapter_dim == 96 and adapted.config.representation_dim == 12
-    assert sample(adapted, torch.rand(1, 12), steps=2).shape == (1, 3, 32, 32)
+    assert sample(adapted, torch.rand(1, 12), SamplingConfig(steps=2)).shape == (1, 3, 32, 32)
 
 
 def test_runs_on_the_same_images_share_one_representation_cache(base, few_images, tmp_path):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from rcdm.data import list_images, load_views
-from rcdm.diffusion import sample_many
+from rcdm.diffusion import SamplingConfig, sample_many
 from rcdm.loading import encoder_for, load_model
 from rcdm.train import TrainConfig, train
 
@@ -34,7 +34,7 @@ def test_samples_are_retrieved_by_their_own_representation(few_images, tmp_path)
     source = torch.arange(len(files)).repeat_interleave(n)
     rates = {}
     for sampler, steps in (("ddpm", 50), ("ddim", 25), ("dpm++", 20)):
-        samples = sample_many(model, reps, n, steps=steps, sampler=sampler, seed=0)
+        samples = sample_many(model, reps, n, SamplingConfig(sampler=sampler, steps=steps, seed=0))
         nearest = torch.cdist(enc.encode(samples.flatten(0, 1)), reps).argmin(1)
         rates[sampler] = float((nearest == source).float().mean())
     chance = 1 / len(files)

@@ -14,7 +14,7 @@ from safetensors.torch import load_file, save_file
 
 from rcdm.cli import main
 from rcdm.convert import convert, convert_state_dict, infer_layout, key_map, rcdm_config
-from rcdm.diffusion import sample, spaced_timesteps
+from rcdm.diffusion import SamplingConfig, sample
 from rcdm.errors import RCDMError
 from rcdm.loading import load_model
 from rcdm.model import PRESETS, RCDM
@@ -327,20 +327,14 @@ def test_read_checkpoint_accepts_numpy_scalars_of_training_loops(tmp_path):
 # --- sampling -------------------------------------------------------------------------------------------
 
 
-def test_published_respacing():
-    ts = spaced_timesteps(100)
-    assert len(ts) == 100 and ts[0] == 999 and ts[-1] == 0 and ts[1] == 989
-
-
 @pytest.mark.parametrize(("sampler", "steps"), [("ddpm", 20), ("ddim", 10), ("dpm++", 10)])
 def test_samplers_on_converted_model(small_published, sampler, steps):
     """The published sampler (ddpm, learned-range variance; 100 steps in use, 20 here for CPU time) and the fast ones."""
     _, state = small_published
     model = convert(state, image_size=8)  # the same weights at 8 px: a quarter of the CPU time
     seen = []
-    imgs = sample(
-        model, torch.randn(1, 2048), sampler=sampler, steps=steps, callback=lambda d: seen.append(d["t"])
-    )
+    cfg = SamplingConfig(sampler=sampler, steps=steps)
+    imgs = sample(model, torch.randn(1, 2048), cfg, callback=lambda d: seen.append(d["t"]))
     assert imgs.shape == (1, 3, 8, 8) and torch.isfinite(imgs).all()
     assert imgs.min().item() >= 0.0 and imgs.max().item() <= 1.0
     assert len(seen) == steps and seen[0] == 999

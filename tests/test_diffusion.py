@@ -11,7 +11,6 @@ from rcdm.diffusion import (
     sample,
     sample_many,
     sampling_preset,
-    spaced_timesteps,
     start_noise,
 )
 from rcdm.errors import RCDMError
@@ -29,16 +28,20 @@ def model() -> RCDM:
 
 
 def test_published_respacing():
-    ts = spaced_timesteps(100)
+    """The ddpm sampler's 100 steps are the published respacing: evenly spaced from 999 down to 0."""
+    sched = make_scheduler("ddpm", True)
+    sched.set_timesteps(100)
+    ts = [int(t) for t in sched.timesteps]
     assert len(ts) == 100 and ts[0] == 999 and ts[-1] == 0 and ts[-2] == 10 and ts[1] == 989
 
 
 @pytest.mark.parametrize("sampler", SAMPLERS)
 def test_samplers_shape_range_and_seeds(model, sampler):
     reps = torch.randn(2, 6)
-    a = sample(model, reps, steps=4, sampler=sampler, seed=1)
-    b = sample(model, reps, steps=4, sampler=sampler, seed=1)
-    c = sample(model, reps, steps=4, sampler=sampler, seed=2)
+    cfg = SamplingConfig(sampler=sampler, steps=4, seed=1)
+    a = sample(model, reps, cfg)
+    b = sample(model, reps, cfg)
+    c = sample(model, reps, cfg.replace(seed=2))
     assert a.shape == (2, 3, 16, 16) and a.min() >= 0 and a.max() <= 1
     assert torch.equal(a, b)
     assert not torch.allclose(a, c)
@@ -47,8 +50,9 @@ def test_samplers_shape_range_and_seeds(model, sampler):
 @pytest.mark.parametrize("sampler", SAMPLERS)
 def test_batching_never_changes_a_sample(model, sampler):
     reps = torch.randn(2, 6)
-    whole = sample_many(model, reps, 3, batch_size=6, steps=3, sampler=sampler, seed=5)
-    split = sample_many(model, reps, 3, batch_size=4, steps=3, sampler=sampler, seed=5)
+    cfg = SamplingConfig(sampler=sampler, steps=3, seed=5, batch_size=6)
+    whole = sample_many(model, reps, 3, cfg)
+    split = sample_many(model, reps, 3, cfg.replace(batch_size=4))
     assert whole.shape == (2, 3, 3, 16, 16)
     assert torch.allclose(whole, split, atol=1e-3)  # float noise only; another seed differs by ~0.5
 
@@ -61,19 +65,21 @@ def test_ddpm_uses_the_learned_variance(model):
 
 def test_guidance(model):
     reps = torch.randn(1, 6)
-    plain = sample(model, reps, steps=3, sampler="ddim", seed=0)
-    guided = sample(model, reps, steps=3, sampler="ddim", seed=0, guidance=3.0)
+    cfg = SamplingConfig(sampler="ddim", steps=3, seed=0)
+    plain = sample(model, reps, cfg)
+    guided = sample(model, reps, cfg.replace(guidance=3.0))
     assert not torch.allclose(plain, guided)
     no_null = RCDM.from_preset("tiny", representation_dim=6, sample_size=16)
     with pytest.raises(RCDMError, match="cond-drop"):
-        sample(no_null, reps, steps=2, guidance=2.0)
+        sample(no_null, reps, SamplingConfig(steps=2, guidance=2.0))
 
 
 def test_bad_sampler_arguments(model):
     with pytest.raises(RCDMError, match="unknown sampler"):
-        sample(model, torch.randn(1, 6), sampler="euler")
-    with pytest.raises(RCDMError, match="out of range"):
-        sample(model, torch.randn(1, 6), steps=0 or -1)
+        sample(model, torch.randn(1, 6), SamplingConfig(sampler="euler"))
+    for steps in (0, -1):  # 0 is refused, not read as "the default"
+        with pytest.raises(RCDMError, match="out of range"):
+            sample(model, torch.randn(1, 6), SamplingConfig(steps=steps))
 
 
 def test_losses_hybrid_and_simple(model):
@@ -117,6 +123,7 @@ def test_sampling_presets_and_overrides():
 
 
 def test_settings_object_and_keywords_draw_the_same_images(model):
+    """`sample` and `sample_many` still take single fields as keywords (scripts written before SamplingConfig)."""
     reps = torch.randn(2, 6)
     cfg = SamplingConfig(sampler="ddim", steps=3, seed=4)
     assert torch.equal(sample(model, reps, cfg), sample(model, reps, sampler="ddim", steps=3, seed=4))

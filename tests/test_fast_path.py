@@ -18,6 +18,7 @@ from rcdm.cli import main
 from rcdm.devices import resolve_compile, resolve_precision
 from rcdm.diffusion import (
     SAMPLERS,
+    SamplingConfig,
     _StepNoise,
     ddpm_step,
     denoiser,
@@ -89,7 +90,9 @@ def reference_sample(
 def test_sample_equals_the_plain_loop_bit_for_bit(model, sampler, guidance):
     # Projecting the representation once, CPU timesteps, drawing ddpm's noise ourselves: the same arithmetic.
     reps = torch.randn(3, 6)
-    fast = sample(model, reps, steps=5, sampler=sampler, seed=4, guidance=guidance, precision="fp32")
+    fast = sample(
+        model, reps, SamplingConfig(sampler=sampler, steps=5, guidance=guidance, seed=4, precision="fp32")
+    )
     plain = reference_sample(model, reps, 5, sampler, 4, guidance)
     assert torch.equal(fast, plain)
 
@@ -98,7 +101,7 @@ def test_ddpm_without_learned_variance_equals_the_plain_loop():
     m = tiny(learned_variance=False, null=False)
     reps = torch.randn(2, 6)
     assert torch.equal(
-        sample(m, reps, steps=4, sampler="ddpm", seed=1, precision="fp32"),
+        sample(m, reps, SamplingConfig(sampler="ddpm", steps=4, seed=1, precision="fp32")),
         reference_sample(m, reps, 4, "ddpm", 1),
     )
 
@@ -146,9 +149,9 @@ def test_modes_resolve_and_refuse_with_the_fix():
         with pytest.raises(RCDMError, match=f"'{mode}'.*CUDA.*'default'"):
             resolve_compile(mode, cpu)
     with pytest.raises(RCDMError, match=r"'turbo'.*auto, off, graphs"):
-        sample(tiny(), torch.randn(1, 6), compile="turbo")
+        sample(tiny(), torch.randn(1, 6), SamplingConfig(compile="turbo"))
     with pytest.raises(RCDMError, match=r"'fp8'.*bf16"):
-        sample(tiny(), torch.randn(1, 6), precision="fp8")
+        sample(tiny(), torch.randn(1, 6), SamplingConfig(precision="fp8"))
 
 
 def test_denoiser_is_the_model(model):
@@ -162,10 +165,12 @@ def test_denoiser_is_the_model(model):
 @pytest.mark.parametrize("sampler", SAMPLERS)
 def test_bf16_on_the_cpu_is_bf16_rounding_and_keeps_seeds(model, sampler):
     reps = torch.randn(2, 6)
-    fp32 = sample(model, reps, steps=3, sampler=sampler, seed=2, precision="fp32")
-    bf16 = sample(model, reps, steps=3, sampler=sampler, seed=2, precision="bf16")
-    assert torch.equal(bf16, sample(model, reps, steps=3, sampler=sampler, seed=2, precision="bf16"))
-    other = sample(model, reps, steps=3, sampler=sampler, seed=3, precision="fp32")
+    fp32 = sample(model, reps, SamplingConfig(sampler=sampler, steps=3, seed=2, precision="fp32"))
+    bf16 = sample(model, reps, SamplingConfig(sampler=sampler, steps=3, seed=2, precision="bf16"))
+    assert torch.equal(
+        bf16, sample(model, reps, SamplingConfig(sampler=sampler, steps=3, seed=2, precision="bf16"))
+    )
+    other = sample(model, reps, SamplingConfig(sampler=sampler, steps=3, seed=3, precision="fp32"))
     # Mean distance: ~0.002 to fp32, ~0.45 to another seed (the max is not a fair measure: one pixel near the
     # x0 clip of an untrained model can flip).
     assert (bf16 - fp32).abs().mean() < 0.02 < 0.2 < (other - fp32).abs().mean()
@@ -185,9 +190,13 @@ def test_compiled_sampling_matches_eager_on_the_cpu(model, sampler):
     if shutil.which("c++") is None and shutil.which("g++") is None:
         pytest.skip("torch.compile on the CPU needs a C++ compiler")
     reps = torch.randn(2, 6)
-    eager = sample_many(model, reps, 2, batch_size=4, steps=4, sampler=sampler, seed=9)
-    comp = sample_many(model, reps, 2, batch_size=4, steps=4, sampler=sampler, seed=9, compile="default")
-    split = sample_many(model, reps, 2, batch_size=2, steps=4, sampler=sampler, seed=9, compile="default")
+    eager = sample_many(model, reps, 2, SamplingConfig(sampler=sampler, steps=4, seed=9, batch_size=4))
+    comp = sample_many(
+        model, reps, 2, SamplingConfig(sampler=sampler, steps=4, seed=9, batch_size=4, compile="default")
+    )
+    split = sample_many(
+        model, reps, 2, SamplingConfig(sampler=sampler, steps=4, seed=9, batch_size=2, compile="default")
+    )
     assert (comp - eager).abs().mean() < 1e-3
     assert (split - comp).abs().mean() < 1e-3  # compiled per batch size; a sample does not depend on it
 
@@ -210,13 +219,13 @@ def cuda_model() -> RCDM:
 def test_cuda_fast_modes_match_eager_bf16(cuda_model, mode, sampler):
     m = cuda_model
     reps = torch.randn(4, 6)
-    eager = sample(m, reps, steps=6, sampler=sampler, seed=3, compile="off")
-    fast = sample(m, reps, steps=6, sampler=sampler, seed=3, compile=mode)
-    again = sample(m, reps, steps=6, sampler=sampler, seed=3, compile=mode)
+    eager = sample(m, reps, SamplingConfig(sampler=sampler, steps=6, seed=3, compile="off"))
+    fast = sample(m, reps, SamplingConfig(sampler=sampler, steps=6, seed=3, compile=mode))
+    again = sample(m, reps, SamplingConfig(sampler=sampler, steps=6, seed=3, compile=mode))
     assert torch.equal(fast, again)  # same seed, same images
     assert (fast - eager).abs().mean() < 0.02, (fast - eager).abs().mean()  # rounding; another seed: ~0.45
-    guided = sample(m, reps, steps=6, sampler=sampler, seed=3, compile=mode, guidance=2.0)
-    plain = sample(m, reps, steps=6, sampler=sampler, seed=3, guidance=2.0, compile="off")
+    guided = sample(m, reps, SamplingConfig(sampler=sampler, steps=6, guidance=2.0, seed=3, compile=mode))
+    plain = sample(m, reps, SamplingConfig(sampler=sampler, steps=6, guidance=2.0, seed=3, compile="off"))
     assert (guided - plain).abs().mean() < 0.02
 
 
@@ -226,13 +235,16 @@ def test_cuda_fast_modes_match_eager_bf16(cuda_model, mode, sampler):
 def test_cuda_default_path_is_batch_independent_and_near_fp32(sampler):
     m = tiny().cuda()
     reps = torch.randn(2, 6)
-    whole = sample_many(m, reps, 3, batch_size=6, steps=4, sampler=sampler, seed=5)
-    split = sample_many(m, reps, 3, batch_size=4, steps=4, sampler=sampler, seed=5)
+    whole = sample_many(m, reps, 3, SamplingConfig(sampler=sampler, steps=4, seed=5, batch_size=6))
+    split = sample_many(m, reps, 3, SamplingConfig(sampler=sampler, steps=4, seed=5, batch_size=4))
     assert (whole - split).abs().mean() < 0.02
     fp32 = sample_many(
-        m, reps, 3, batch_size=6, steps=4, sampler=sampler, seed=5, precision="fp32", compile="off"
+        m,
+        reps,
+        3,
+        SamplingConfig(sampler=sampler, steps=4, seed=5, batch_size=6, compile="off", precision="fp32"),
     )
-    cpu = sample_many(tiny(), reps, 3, batch_size=6, steps=4, sampler=sampler, seed=5)
+    cpu = sample_many(tiny(), reps, 3, SamplingConfig(sampler=sampler, steps=4, seed=5, batch_size=6))
     assert (
         fp32 - cpu
     ).abs().mean() < 5e-3  # the same noise on every device: CUDA fp32 ~ CPU fp32 (TF32 convs)
@@ -244,15 +256,15 @@ def test_cuda_default_path_is_batch_independent_and_near_fp32(sampler):
 def test_cuda_graph_follows_weight_updates_and_moves():
     m = tiny().cuda()
     reps = torch.randn(2, 6)
-    a = sample(m, reps, steps=3, seed=0, compile="graphs")
+    a = sample(m, reps, SamplingConfig(steps=3, seed=0, compile="graphs"))
     with torch.no_grad():
         for p in m.parameters():
             p.mul_(0.9)  # in place, as an optimizer or EMA copy does
-    b = sample(m, reps, steps=3, seed=0, compile="graphs")
-    assert (b - sample(m, reps, steps=3, seed=0, compile="off")).abs().mean() < 0.02
+    b = sample(m, reps, SamplingConfig(steps=3, seed=0, compile="graphs"))
+    assert (b - sample(m, reps, SamplingConfig(steps=3, seed=0, compile="off"))).abs().mean() < 0.02
     assert not torch.allclose(a, b)
     m.cpu().cuda()  # new storage: the cached graph must not be replayed on the old weights
-    assert (sample(m, reps, steps=3, seed=0, compile="graphs") - b).abs().mean() < 0.02
+    assert (sample(m, reps, SamplingConfig(steps=3, seed=0, compile="graphs")) - b).abs().mean() < 0.02
 
 
 # --- CLI ------------------------------------------------------------------------------------------------

@@ -49,9 +49,13 @@ def test_open_settings_come_from_the_model_and_explicit_ones_win(guided):
 def test_sample_uses_the_model_default_guidance(guided):
     model = RCDM.from_pretrained(guided).eval()
     reps = torch.randn(2, 12)
-    default = sample(model, reps, seed=1, precision="fp32")
-    assert torch.equal(default, sample(model, reps, seed=1, steps=6, guidance=3.0, precision="fp32"))
-    assert not torch.allclose(default, sample(model, reps, seed=1, steps=6, guidance=1.0, precision="fp32"))
+    default = sample(model, reps, SamplingConfig(seed=1, precision="fp32"))
+    assert torch.equal(
+        default, sample(model, reps, SamplingConfig(steps=6, guidance=3.0, seed=1, precision="fp32"))
+    )
+    assert not torch.allclose(
+        default, sample(model, reps, SamplingConfig(steps=6, guidance=1.0, seed=1, precision="fp32"))
+    )
 
 
 def test_cli_sample_says_and_records_the_model_default(guided, few_images, tmp_path, caplog):

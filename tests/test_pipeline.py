@@ -6,7 +6,7 @@ import pytest
 import torch
 from diffusers import DDIMScheduler, EulerDiscreteScheduler
 
-from rcdm.diffusion import sample
+from rcdm.diffusion import SamplingConfig, sample
 from rcdm.errors import RCDMError
 from rcdm.model import RCDM
 from rcdm.pipeline import RCDMPipeline
@@ -28,7 +28,7 @@ def test_the_default_pipeline_is_rcdms_published_sampler(model):
     pipe.set_progress_bar_config(disable=True)
     reps = torch.randn(2, 12)
     got = pipe(representations=reps, num_samples=1, num_inference_steps=4, seed=3, output_type="pt").images
-    want = sample(pipe.rcdm, reps, steps=4, sampler="ddpm", seed=3, precision="fp32")
+    want = sample(pipe.rcdm, reps, SamplingConfig(sampler="ddpm", steps=4, seed=3, precision="fp32"))
     assert got.shape == (2, 3, 16, 16) and (got - want).abs().max() < 1e-5
 
 
@@ -68,7 +68,7 @@ def test_a_v_prediction_model_gets_a_v_scheduler_and_samples_as_rcdm_does(tmp_pa
     assert pipe.scheduler.config.prediction_type == "v_prediction"
     reps = torch.randn(2, 12)
     got = pipe(representations=reps, num_inference_steps=4, seed=3, output_type="pt").images
-    want = sample(pipe.rcdm, reps, steps=4, sampler="ddpm", seed=3, precision="fp32")
+    want = sample(pipe.rcdm, reps, SamplingConfig(sampler="ddpm", steps=4, seed=3, precision="fp32"))
     assert (got - want).abs().max() < 1e-4
     eps = RCDMPipeline(pipe.rcdm, DDIMScheduler.from_config(pipe.scheduler.config, prediction_type="epsilon"))
     with pytest.raises(RCDMError, match="prediction_type 'v_prediction'"):
@@ -86,6 +86,8 @@ def test_guidance_scale_is_rcdms_guidance(tmp_path):
     reps = torch.randn(2, 12)
     kw = dict(representations=reps, num_inference_steps=4, seed=3, output_type="pt")
     guided = pipe(guidance_scale=3.0, **kw).images
-    want = sample(pipe.rcdm, reps, steps=4, sampler="ddpm", seed=3, guidance=3.0, precision="fp32")
+    want = sample(
+        pipe.rcdm, reps, SamplingConfig(sampler="ddpm", steps=4, guidance=3.0, seed=3, precision="fp32")
+    )
     assert (guided - want).abs().max() < 1e-4
     assert (guided - pipe(guidance_scale=1.0, **kw).images).abs().max() > 1e-2

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from rcdm.cli import main
-from rcdm.diffusion import sample, sample_generators
+from rcdm.diffusion import SamplingConfig, sample, sample_generators
 from rcdm.errors import RCDMError
 from rcdm.losses import GaussianDiffusion, draw_timesteps, v_to_epsilon
 from rcdm.model import RCDM
@@ -129,8 +129,8 @@ def test_a_v_model_samples_what_the_same_function_as_epsilon_samples(sampler, gu
     v_model.load_state_dict(eps_model.state_dict())
     v_model.unet = _AsV(v_model.unet)
     reps = torch.randn(2, 4)
-    kw = dict(steps=5, sampler=sampler, seed=3, guidance=guidance, precision="fp32")
-    a, b = sample(eps_model, reps, **kw), sample(v_model, reps, **kw)
+    cfg = SamplingConfig(sampler=sampler, steps=5, guidance=guidance, seed=3, precision="fp32")
+    a, b = sample(eps_model, reps, cfg), sample(v_model, reps, cfg)
     torch.testing.assert_close(a, b, rtol=0, atol=2e-4)
 
 
@@ -174,7 +174,9 @@ def test_a_run_with_the_new_knobs_records_them_and_logs_the_warmup(few_images: P
     assert model.prediction_type == "v_prediction" and model.config.dropout == 0.1
     rows = read_metrics(tmp_path / "run")
     assert rows[0]["lr"] == pytest.approx(cfg.lr / 2)  # step 1 of a 2-step warm-up
-    imgs = sample(model, torch.randn(2, model.config.representation_dim), steps=3, guidance=2.0)
+    imgs = sample(
+        model, torch.randn(2, model.config.representation_dim), SamplingConfig(steps=3, guidance=2.0)
+    )
     assert torch.isfinite(imgs).all()
 
 

@@ -378,19 +378,20 @@ def test_a_model_with_non_finite_weights_is_refused_naming_the_tensor(
 def test_non_finite_samples_are_refused_not_written_black(pixels_model):
     import torch
 
-    from rcdm.diffusion import sample_many
+    from rcdm.diffusion import SamplingConfig, sample_many
     from rcdm.loading import load_model
 
     model = load_model(pixels_model)
     with torch.no_grad():
         model.unet.conv_out.bias.fill_(float("inf"))  # e.g. an overflow in the network
     with pytest.raises(RCDMError, match=r"non-finite pixels .* in 2 of 2 samples"):
-        sample_many(model, torch.zeros(1, 48), 2, steps=2)
+        sample_many(model, torch.zeros(1, 48), 2, SamplingConfig(steps=2))
 
 
 def test_non_finite_representations_are_refused_naming_the_image(few_images):
     import torch
 
+    from rcdm.diffusion import SamplingConfig
     from rcdm.encoders import Encoder, Preprocessing
     from rcdm.model import RCDM
     from rcdm.visualize import visualize
@@ -403,7 +404,7 @@ def test_non_finite_representations_are_refused_naming_the_image(few_images):
     model = RCDM.from_preset("tiny", **enc.describe())
     image = sorted(few_images.iterdir())[0]
     with pytest.raises(RCDMError, match=rf"non-finite representations .*{image.name}"):
-        visualize(model, enc, [image], num_samples=1, steps=2)
+        visualize(model, enc, [image], num_samples=1, sampling=SamplingConfig(steps=2))
 
 
 # --- outputs: checked before the work, never mixed, never two writers ------------------------------------
@@ -619,12 +620,12 @@ def test_guidance_is_bounded_wherever_it_comes_from(tmp_path):
     import torch
 
     from rcdm.bundle import DemoBundle
-    from rcdm.diffusion import sample
+    from rcdm.diffusion import SamplingConfig, sample
     from rcdm.model import RCDM
 
     model = RCDM.from_preset("tiny", representation_dim=4, sample_size=16, null_representation=True)
     with pytest.raises(RCDMError, match="guidance 1e\\+30 is out of range"):
-        sample(model, torch.randn(1, 4), steps=2, guidance=1e30)
+        sample(model, torch.randn(1, 4), SamplingConfig(steps=2, guidance=1e30))
     for bad in ("abc", 1e30, -3):
         with pytest.raises(RCDMError, match=r"bundle.json's guidance .* is out of range"):
             _ = DemoBundle(tmp_path, {"guidance": bad}, []).guidance

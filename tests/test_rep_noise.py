@@ -33,19 +33,16 @@ def test_noise_is_in_standard_deviations_of_the_training_representations(model):
 
 def test_samples_change_with_noise_replay_with_the_seed_and_ignore_batching(model):
     reps = torch.randn(3, 6)
-    clean = sample(model, reps, steps=3, seed=2)
-    a = sample(model, reps, steps=3, seed=2, rep_noise=1.0)
+    clean = sample(model, reps, SamplingConfig(steps=3, seed=2))
+    a = sample(model, reps, SamplingConfig(steps=3, seed=2, rep_noise=1.0))
     assert not torch.allclose(a, clean) and torch.equal(
-        a, sample(model, reps, steps=3, seed=2, rep_noise=1.0)
+        a, sample(model, reps, SamplingConfig(steps=3, seed=2, rep_noise=1.0))
     )
-    kw = dict(steps=3, seed=2, rep_noise=1.0, precision="fp32")
-    whole, split = (
-        sample_many(model, reps, 2, batch_size=6, **kw),
-        sample_many(model, reps, 2, batch_size=1, **kw),
-    )
+    cfg = SamplingConfig(steps=3, seed=2, rep_noise=1.0, batch_size=6, precision="fp32")
+    whole, split = sample_many(model, reps, 2, cfg), sample_many(model, reps, 2, cfg.replace(batch_size=1))
     torch.testing.assert_close(whole, split, atol=1e-4, rtol=0)  # each row's noise is its own
     with pytest.raises(RCDMError, match="--rep-noise -1"):
-        sample(model, reps, steps=3, rep_noise=-1.0)
+        sample(model, reps, SamplingConfig(steps=3, rep_noise=-1.0))
 
 
 def test_cli_rep_noise_is_recorded_and_a_bad_value_exits_2(model, few_images, tmp_path, capsys):

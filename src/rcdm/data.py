@@ -319,7 +319,6 @@ class PairedViews(Dataset):
         image_size: int,
         encoder_size: int,
         min_scale: float = 0.8,  # random crop side as a fraction of the shorter side (1.0: centre square)
-        flip: bool = True,
         decoded: torch.Tensor | None = None,  # (N, 3, H, W) uint8, one per file
     ):
         if decoded is not None and decoded.shape[0] != len(files):
@@ -329,7 +328,6 @@ class PairedViews(Dataset):
         self.image_size = image_size
         self.encoder_size = encoder_size
         self.min_scale = min_scale
-        self.flip = flip
         self._bad: set[int] = set()
 
     def __len__(self) -> int:
@@ -366,7 +364,7 @@ class PairedViews(Dataset):
             top = int(torch.randint(0, h - s + 1, (), generator=g))
             left = int(torch.randint(0, w - s + 1, (), generator=g))
         crop = img[:, top : top + s, left : left + s]
-        flipped = self.flip and torch.rand((), generator=g).item() < 0.5
+        flipped = torch.rand((), generator=g).item() < 0.5
         if flipped:
             crop = crop.flip(-1)
         return {

@@ -214,12 +214,6 @@ def graphed_unet(
     return per_model[key]
 
 
-def clear_compile_cache() -> None:
-    """Forget every compiled UNet and captured CUDA graph (frees their memory pools)."""
-    _COMPILED.clear()
-    _GRAPHS.clear()
-
-
 def process_state() -> PartialState:
     """accelerate's PartialState, with CPU processes joined through gloo when there is no GPU.
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import inspect
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, replace
 from typing import Literal
@@ -142,11 +142,6 @@ def sampling_preset(name: str) -> SamplingConfig:
     if name not in SAMPLING_PRESETS:
         raise RCDMError(f"unknown sampling preset {name!r}: choose one of {', '.join(SAMPLING_PRESETS)}")
     return SAMPLING_PRESETS[name]
-
-
-def sampling_config(sampling: SamplingConfig | None = None, **settings: object) -> SamplingConfig:
-    """`sampling` (default `SamplingConfig()`) with single fields overridden by keyword (steps=, sampler=, ...)."""
-    return replace(sampling or SamplingConfig(), **settings)
 
 
 def denoiser(
@@ -284,8 +279,9 @@ def sample(
     """Draw one image per row of `representation`.
 
     representation: (B, dim) float, on any device (moved to the model's). Returns (B, 3, H, W) in [0, 1], float32 CPU.
-    sampling: the settings (default `SamplingConfig()`); keyword `settings` (steps=, sampler=, seed=, guidance=,
-    compile=, precision=) override single fields. batch_size is ignored here: the call is one batch.
+    sampling: the settings (default `SamplingConfig()`); batch_size is ignored here: the call is one batch.
+    `settings` (steps=, sampler=, seed=, ...) override single fields of `sampling`: the spelling of scripts
+    written before `SamplingConfig`, kept on `sample` and `sample_many` only; pass `sampling=` instead.
     guidance: classifier-free guidance weight w (1 = plain conditional; needs a model with a null
     representation when != 1): eps = eps_null + w (eps_cond - eps_null).
     Sample i uses a generator seeded by (seed, first_index + i); `noise` (B, 3, H, W) overrides the start.
@@ -295,7 +291,7 @@ def sample(
     Every mode computes the same function: results differ by floating-point rounding only.
     callback gets {'i', 't', 'x', 'pred'} after each step.
     """
-    cfg_s = resolve_sampling(model, sampling_config(sampling, **settings))
+    cfg_s = resolve_sampling(model, replace(sampling or SamplingConfig(), **settings))
     sampler, steps, seed, guidance = cfg_s.sampler, cfg_s.steps, cfg_s.seed, cfg_s.guidance
     if sampler not in SAMPLERS:
         raise RCDMError(f"unknown sampler {sampler!r}: choose one of {', '.join(SAMPLERS)}")
@@ -434,9 +430,9 @@ def sample_many(
     Sample j of representation m is global index m * num_samples + j, so results do not depend on batch_size.
     shared_noise: sample j of EVERY row starts from the same noise (column j), so two rows differ only through
     their representations (exactly so with a deterministic sampler: dpm++, ddim; the 'paired' preset).
-    `settings` override single fields of `sampling`, as in `sample`.
+    `settings` override single fields of `sampling`, as in `sample` (kept for older scripts).
     """
-    cfg = resolve_sampling(model, sampling_config(sampling, **settings))
+    cfg = resolve_sampling(model, replace(sampling or SamplingConfig(), **settings))
     m = representations.shape[0]
     flat = representations.float().repeat_interleave(num_samples, dim=0)
     noise = (
@@ -457,10 +453,3 @@ def sample_many(
             "check the model's weights and the representations (a NaN in either spreads), or try --precision fp32"
         )
     return imgs.view(m, num_samples, *imgs.shape[1:])
-
-
-def spaced_timesteps(steps: int) -> Sequence[int]:
-    """The published respacing: `steps` evenly spaced timesteps from 999 down to 0 inclusive."""
-    sched = make_scheduler("ddpm", True)
-    sched.set_timesteps(steps)
-    return [int(t) for t in sched.timesteps]

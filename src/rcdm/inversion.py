@@ -31,7 +31,7 @@ from .model import RCDM
 from .visualize import unique_names
 
 # Inversion's own defaults, not the model's sampling default: exact inversion needs the unguided ODE (guidance
-# above 1 makes the reconstruction drift). Steps and precision: docs/invert.md has the measured round trips.
+# above 1 makes the reconstruction drift). Steps and precision: docs/beyond.md has the measured round trips.
 INVERT_DEFAULTS = SamplingConfig(sampler="ddim", steps=50, guidance=1.0)
 
 

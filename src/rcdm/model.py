@@ -51,8 +51,8 @@ PRESETS: dict[str, dict[str, Any]] = {
         norm_num_groups=32,
         attention_num_heads=4,
     ),
-    # CIFAR-10 at 32 px, narrower and one block per level (~3.7M parameters, 7.5 MB in fp16): three of these
-    # plus two recipe encoders fit the 30 MB demo bundle (`rcdm recipe pack`); cifar32 (16 MB each) does not.
+    # CIFAR-10 at 32 px, narrower and one block per level: three of these plus two recipe encoders fit the demo
+    # bundle (`rcdm recipe pack`); three cifar32 do not (the sizes: docs/recipes.md).
     "cifar32-small": dict(
         sample_size=32,
         block_out_channels=(64, 96, 96),

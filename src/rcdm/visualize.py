@@ -34,13 +34,11 @@ def visualize(
     num_samples: int = 8,
     sampling: SamplingConfig | None = None,
     progress: bool = False,
-    **settings,
 ) -> Visualization:
     """Draw `num_samples` images from the representation of each file in `images`.
 
     Each file is encoded once; its representation is repeated for its samples. sampling: see
-    `rcdm.diffusion.SamplingConfig` (default: dpm++ 20 steps, the fast path on CUDA, eager on the CPU);
-    keyword `settings` (steps=, sampler=, ...) override single fields.
+    `rcdm.diffusion.SamplingConfig` (default: dpm++ 20 steps, the fast path on CUDA, eager on the CPU).
     """
     originals, enc_views = load_views(
         images, model.config.sample_size, encoder.preprocessing.input_size, encoder.preprocessing.resample
@@ -52,7 +50,7 @@ def visualize(
             f"encoder {encoder.spec!r} gave non-finite representations (NaN or inf) for {len(bad)} image(s), "
             f"first {bad[0]!r}: check the encoder's weights"
         )
-    samples = sample_many(model, reps, num_samples, sampling, progress=progress, **settings)
+    samples = sample_many(model, reps, num_samples, sampling, progress=progress)
     return Visualization([Path(p).stem for p in images], originals, reps, samples)
 
 

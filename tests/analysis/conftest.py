@@ -27,7 +27,7 @@ def two_images(few_images: Path) -> list[Path]:
 @pytest.fixture
 def fast() -> dict:
     """Two samples of three steps: enough to check shapes and numbers on the tiny model."""
-    return dict(num_samples=2, steps=3)
+    return dict(num_samples=2, sampling=rcdm.SamplingConfig(steps=3))
 
 
 def _colourful(n: int = 4, size: int = 16, seed: int = 0) -> torch.Tensor:

@@ -28,14 +28,15 @@ def test_lerp_and_slerp_endpoints_and_norms():
 
 def test_interpolation_endpoints_equal_sampling_the_endpoints(tiny, two_images):
     model, enc = tiny
-    res = interpolate(model, enc, two_images, num_steps=3, num_samples=2, steps=3, sampler="ddim")
+    ddim = rcdm.SamplingConfig(sampler="ddim", steps=3)
+    res = interpolate(model, enc, two_images, num_steps=3, num_samples=2, sampling=ddim)
     assert res.samples.shape == (2, 3, 2, 3, 32, 32)
     reps = enc.encode(load_views(two_images, 32, 32)[1])
     noise = start_noise(model.config.sample_size, 2, 0)
     for k, rep in ((0, reps[0]), (-1, reps[1])):
-        direct = rcdm.sample(model, rep[None].repeat(2, 1), noise=noise, steps=3, sampler="ddim")
+        direct = rcdm.sample(model, rep[None].repeat(2, 1), ddim, noise=noise)
         for m in range(2):  # linear and spherical agree at the endpoints
             assert torch.allclose(res.samples[m, k], direct, atol=1e-4)
     assert not torch.allclose(res.samples[0, 0], res.samples[0, -1])
     with pytest.raises(RCDMError, match="deterministic"):
-        interpolate(model, enc, two_images, sampler="ddpm")
+        interpolate(model, enc, two_images, sampling=rcdm.SamplingConfig(sampler="ddpm"))

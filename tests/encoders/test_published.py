@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from rcdm.encoders import create_encoder
-from rcdm.encoders.published import PUBLISHED, build_projector, preprocessing_mode, resnet50_trunk
+from rcdm.encoders import create_encoder, published_preprocessing
+from rcdm.encoders.published import PUBLISHED, build_projector, resnet50_trunk
 from rcdm.errors import RCDMError
 
 # --- published encoders ---------------------------------------------------------------------------------
@@ -67,7 +67,7 @@ def test_published_encoder_maps_every_key(tmp_path, name):
     assert enc.dim == 2048 and enc.spec == f"official:{name}" and enc.identity == f"official:{name}"
     got = enc.backbone.state_dict()
     assert all(torch.equal(got[k], trunk[k]) for k in trunk)
-    assert enc.preprocessing == preprocessing_mode("published")
+    assert enc.preprocessing == published_preprocessing()
     assert not any(p.requires_grad for p in enc.parameters())
     if pub.projector_dim is None:
         with pytest.raises(RCDMError, match="no projector"):
@@ -94,11 +94,9 @@ def test_published_encoder_refuses_extra_key(tmp_path):
 
 
 def test_published_preprocessing_is_minus1_to_1():
-    prep = preprocessing_mode("published")
+    prep = published_preprocessing()
     x = torch.zeros(1, 3, 224, 224)
     assert prep.input_size == 224 and prep(x).min().item() == -1.0 and prep(x + 1).max().item() == 1.0
-    with pytest.raises(RCDMError, match="published"):
-        preprocessing_mode("nope")
 
 
 def test_published_views_are_cut_as_guided_diffusion_did(tmp_path):
@@ -113,7 +111,7 @@ def test_published_views_are_cut_as_guided_diffusion_did(tmp_path):
     path = tmp_path / "wide.png"
     Image.fromarray(big.permute(1, 2, 0).numpy()).save(path)
     expected = small[:, :, 8:40].float() / 255  # the centre 32 x 32 of the 32 x 48 halving
-    prep = preprocessing_mode("published")
+    prep = published_preprocessing()
     assert prep.resample == "published"
     views, enc_views = load_views([path], 32, 32, prep.resample)
     assert torch.equal(enc_views[0], expected) and torch.equal(views[0], expected)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import shutil
 from dataclasses import replace
@@ -242,6 +243,33 @@ def test_cli_missing_inception_weights_is_a_one_line_error(
     )
     assert "nope.pth" in capsys.readouterr().err
     assert not (tmp_path / "q.json").exists()
+
+
+def test_inception_features_load_the_files_weights_without_unpickling_objects(tmp_path: Path, monkeypatch):
+    """The FID network gets exactly the file's tensors; a file holding other objects never reaches torch-fidelity."""
+    import pathlib
+
+    import torch_fidelity.feature_extractor_inceptionv3 as tf_inception
+
+    from rcdm.errors import RCDMError
+    from rcdm.metrics.features import InceptionFeatures
+
+    empty = io.BytesIO()
+    torch.save({}, empty)
+    empty.seek(0)
+    with monkeypatch.context() as m:  # a randomly initialised network, for weights that are not the real ones
+        m.setattr(tf_inception.FeatureExtractorInceptionV3, "load_state_dict", lambda self, state: None)
+        state = tf_inception.FeatureExtractorInceptionV3("x", ["2048"], empty).state_dict()
+    path = tmp_path / "inception.pth"
+    torch.save(state, path)
+    got = InceptionFeatures(path).net.state_dict()
+    assert got.keys() == state.keys() and all(torch.equal(got[k], state[k]) for k in state)
+    torch.save({"w": pathlib.PurePosixPath("x")}, tmp_path / "pickled.pth")
+    with pytest.raises(RCDMError, match="cannot read Inception weights"):
+        InceptionFeatures(tmp_path / "pickled.pth")
+    torch.save({"w": torch.zeros(1)}, tmp_path / "other.pth")
+    with pytest.raises(RCDMError, match="is not the FID Inception-v3"):
+        InceptionFeatures(tmp_path / "other.pth")
 
 
 def test_inception_weights_record_is_torch_fidelitys_file():

@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 from ..data import load_views, resize
 from ..deadline import check_deadline
 from ..devices import autocast_for
-from ..diffusion import SamplingConfig, resolve_sampling, sample_many, sampling_config
+from ..diffusion import SamplingConfig, resolve_sampling, sample_many
 from ..encoders import Encoder
 from ..errors import RCDMError
 from ..figures import fmt, number
@@ -184,13 +184,12 @@ def adversarial(
     sampling: SamplingConfig | None = None,
     label: str | None = None,
     progress: bool = False,
-    **settings,
 ) -> AdversarialResult:
     """Attack each image's representation with PGD and sample from the clean and attacked representations.
 
     Targeted attacks aim at `targets` (one file, or one per image); by default image i aims at image i + 1.
     """
-    cfg = resolve_sampling(model, sampling_config(sampling, **settings))
+    cfg = resolve_sampling(model, sampling)
     paths = image_paths(images, 2 if attack == "targeted" and not targets else 1, "a targeted attack")
     size, enc_size = model.config.sample_size, encoder.preprocessing.input_size
     originals, enc_views = load_views(paths, size, enc_size, encoder.preprocessing.resample)

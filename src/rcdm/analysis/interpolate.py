@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from ..data import load_views
-from ..diffusion import SamplingConfig, resolve_sampling, sample_many, sampling_config
+from ..diffusion import SamplingConfig, resolve_sampling, sample_many
 from ..encoders import Encoder
 from ..errors import RCDMError
 from ..figures import grid, number
@@ -73,7 +73,8 @@ class InterpolationResult:
         }
 
 
-# Points along one path at most: a figure shows a few dozen; 1e8 of them took 25 GB before the first sample.
+# Points along one path at most: a figure shows a few dozen; a huge count would fill the memory before the first
+# sample.
 MAX_POINTS = 1000
 
 
@@ -93,10 +94,9 @@ def interpolate(
     num_samples: int = 2,
     sampling: SamplingConfig | None = None,
     progress: bool = False,
-    **settings,
 ) -> InterpolationResult:
     """Samples from representations mixed between the first two images, t = 0 ... 1 in `num_steps` steps."""
-    cfg = resolve_sampling(model, sampling_config(sampling, **settings))
+    cfg = resolve_sampling(model, sampling)
     if cfg.sampler == "ddpm":
         raise RCDMError(
             "interpolation needs a deterministic sampler so rows differ only by t: use dpm++ or ddim"

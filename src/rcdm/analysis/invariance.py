@@ -21,7 +21,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from ..data import load_views
-from ..diffusion import SamplingConfig, resolve_sampling, sample_many, sampling_config
+from ..diffusion import SamplingConfig, resolve_sampling, sample_many
 from ..encoders import Encoder
 from ..figures import fmt, grid, number
 from ..model import RCDM
@@ -189,14 +189,13 @@ def invariance(
     sampling: SamplingConfig | None = None,
     label: str | None = None,
     progress: bool = False,
-    **settings,
 ) -> InvarianceResult:
     """Samples from rep(aug x) and rep(x) for each image and augmentation ('NAME' or 'NAME=STRENGTH').
 
     Augmentation a on image i draws its parameters from seed (seed, a, i), identically on the diffusion view,
     the encoder view and (for the retention score) on the clean samples. All samples of column j share noise.
     """
-    cfg = resolve_sampling(model, sampling_config(sampling, **settings))
+    cfg = resolve_sampling(model, sampling)
     seed = cfg.seed
     augs = parse_augmentations(list(augmentations) if augmentations else None)
     paths = image_paths(images)

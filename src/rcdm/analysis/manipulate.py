@@ -26,7 +26,7 @@ from safetensors import safe_open
 from tqdm.auto import tqdm
 
 from ..data import batched, list_images, load_views
-from ..diffusion import SamplingConfig, resolve_sampling, sample_many, sampling_config
+from ..diffusion import SamplingConfig, resolve_sampling, sample_many
 from ..encoders import Encoder
 from ..encoders.cache import cache_file, cached_representations, check_finite_rows
 from ..errors import RCDMError
@@ -195,11 +195,10 @@ def manipulate(
     num_samples: int = 4,
     sampling: SamplingConfig | None = None,
     progress: bool = False,
-    **settings,
 ) -> ManipulationResult:
     """The published manipulation: zero, or copy from `target`, the dimensions common to the source's k
     nearest neighbours among `neighbours` (a folder of images, or precomputed representations)."""
-    cfg = resolve_sampling(model, sampling_config(sampling, **settings))
+    cfg = resolve_sampling(model, sampling)
     if not math.isfinite(threshold):
         raise RCDMError(f"--threshold {threshold} must be a finite number ('non-zero' means > threshold)")
     if not 0 <= n_common < k:

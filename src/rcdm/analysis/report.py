@@ -15,7 +15,7 @@ from pathlib import Path
 from PIL import Image
 
 from ..data import load_views
-from ..diffusion import SamplingConfig, resolve_sampling, sample_many, sampling_config
+from ..diffusion import SamplingConfig, resolve_sampling, sample_many
 from ..encoders import Encoder
 from ..figures import Section, fmt, grid, html_page, html_table, number
 from ..metrics.faithfulness import faithfulness_scores
@@ -256,14 +256,13 @@ def report(
     threshold: float = 0.0,
     cache: str | Path | None = None,
     progress: bool = False,
-    **settings,
 ) -> Report:
     """Run variance, invariance, adversarial, interpolation (2+ images) and manipulation (with `neighbours` and
     `target`) on `images` and write OUT/index.html, OUT/<analysis>.png and OUT/results.json."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = image_paths(images)
-    cfg = resolve_sampling(model, sampling_config(sampling, **settings))
+    cfg = resolve_sampling(model, sampling)
     common = dict(sampling=cfg, progress=progress)
     sections: dict[str, Section] = {}
 

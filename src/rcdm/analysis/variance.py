@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from ..diffusion import SamplingConfig, resolve_sampling, sampling_config
+from ..diffusion import SamplingConfig, resolve_sampling
 from ..encoders import Encoder
 from ..figures import grid, number
 from ..model import RCDM
@@ -72,10 +72,9 @@ def variance(
     num_samples: int = 8,
     sampling: SamplingConfig | None = None,
     progress: bool = False,
-    **settings,
 ) -> VarianceResult:
-    """N samples per image and their per-pixel standard deviation (`settings` override fields of `sampling`)."""
-    cfg = resolve_sampling(model, sampling_config(sampling, **settings))
+    """N samples per image and their per-pixel standard deviation."""
+    cfg = resolve_sampling(model, sampling)
     vis = visualize(
         model, encoder, image_paths(images), num_samples=num_samples, sampling=cfg, progress=progress
     )

@@ -42,8 +42,8 @@ from .models import (
 )
 from .views import ViewResult, Views, _shown
 
-# Wall-clock seconds one request may sample before it is stopped with a message (`rcdm app --request-limit`): a
-# 16-sample, 3-model request of the CIFAR-10 pack at the default 20 steps takes about 10 s on 2 CPU cores.
+# Wall-clock seconds one request may sample before it is stopped with a message (`rcdm app --request-limit`; how
+# long requests take: docs/app.md).
 REQUEST_LIMIT_S = 120.0
 # The API's parameter names, the CLI's words: the image (an upload, else an example) and the models, then per view
 # its own, then the sampling settings.

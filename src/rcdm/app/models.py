@@ -34,13 +34,13 @@ log = logging.getLogger(__name__)
 INSTALL_HINT = "rcdm app needs gradio: pip install 'rcdm[app]'"
 
 # ============================================================================================================
-# Adapter: every call into the rest of the library. When the library's signatures change (e.g. a sampling
-# settings dataclass), re-point these functions and nothing else.
+# Adapter: every call into the rest of the library. When the library's signatures change, re-point these
+# functions and nothing else.
 # ============================================================================================================
 
 
-# The app samples in small batches, so that its progress bar moves (8 samples of a 32 px model take about the
-# same time either way); sampler and steps come from the library's presets (`rcdm.SAMPLING_PRESETS`).
+# The app samples in small batches, so that its progress bar moves (what it costs: docs/app.md, "Speed");
+# sampler and steps come from the library's presets (`rcdm.SAMPLING_PRESETS`).
 DEFAULT_PRESET = "fast"
 APP_SAMPLING = SAMPLING_PRESETS[DEFAULT_PRESET].replace(batch_size=4, seed=0, guidance=1.0)
 

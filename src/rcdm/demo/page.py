@@ -22,9 +22,8 @@ from ..errors import RCDMError
 from ..figures import Section, fmt, html_table
 from ..model import RCDM
 
-# dpm++ 15 steps, 32 images per call (the CPU batch size of docs/recipes.md). 15 rather than the gates' 20: on the
-# pack's VICReg backbone RCDM at guidance 5 (200 test images, ResNet-56 judge) 15 steps gave rank-1 0.140 and class
-# agreement 0.510 against 0.145 and 0.515 with 20, and they keep the guided demo inside its 60 seconds on 2 cores.
+# dpm++ 15 steps, 32 images per call: 15 rather than the gates' 20, nearly as faithful and inside the demo's time
+# budget on a CPU (the measurements and the batch size: docs/recipes.md, "`rcdm demo`: the pack demo").
 CPU_SAMPLING = SamplingConfig(steps=15, batch_size=32)
 
 

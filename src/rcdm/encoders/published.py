@@ -9,7 +9,7 @@ pixels in [-1, 1], no ImageNet mean/std). Facts: ../shared/official-rcdm/README.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -19,7 +19,7 @@ from torch import nn
 
 from ..errors import RCDMError
 from ..weights import Weights, fetch, load_strict, read_checkpoint, subtree
-from .base import Encoder, Feature, Preprocessing, published_preprocessing
+from .base import Encoder, Feature, published_preprocessing
 from .registry import register_encoder
 
 SSLMethod = Literal["supervised", "dino", "simclr", "barlowtwins", "vicreg"]
@@ -97,19 +97,6 @@ PUBLISHED: dict[str, PublishedEncoder] = {
         ),
     )
 }
-
-# Named preprocessing modes: "published" is what the published RCDMs' encoders saw.
-PREPROCESSING: dict[str, Callable[[], Preprocessing]] = {
-    "published": published_preprocessing,  # 224 px, pixels in [-1, 1], no mean/std
-    "imagenet": lambda: Preprocessing(224),  # 224 px, ImageNet mean/std
-}
-
-
-def preprocessing_mode(name: str) -> Preprocessing:
-    if name not in PREPROCESSING:
-        raise RCDMError(f"unknown preprocessing {name!r}: choose one of {', '.join(PREPROCESSING)}")
-    return PREPROCESSING[name]()
-
 
 # --- modules --------------------------------------------------------------------------------------------
 

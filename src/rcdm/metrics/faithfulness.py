@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from ..data import batched
-from ..diffusion import SamplingConfig, resolve_sampling, sample, sampling_config
+from ..diffusion import SamplingConfig, resolve_sampling, sample
 from ..encoders import Encoder
 from ..errors import RCDMError
 from ..figures import markdown_table
@@ -172,7 +172,6 @@ def evaluate_faithfulness(
     sampling: SamplingConfig | None = None,
     progress: bool = False,
     on_samples: Callable[[int, torch.Tensor], None] | None = None,
-    **settings,
 ) -> FaithfulnessResult:
     """Encode `images` with `encoder`, draw `num_samples` per representation, re-encode them, and score.
 
@@ -181,7 +180,7 @@ def evaluate_faithfulness(
     same images `sample_many` would give). Each judge encodes the reference images itself (centre square at its
     input size) and the samples (resized by its preprocessing).
     """
-    cfg = resolve_sampling(model, sampling_config(sampling, **settings))
+    cfg = resolve_sampling(model, sampling)
     paths = [Path(p) for p in images]
     if len(paths) < 2:
         raise RCDMError(f"faithfulness needs at least 2 reference images to rank among; got {len(paths)}")

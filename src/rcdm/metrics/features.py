@@ -6,12 +6,12 @@ across processes; every metric reads it in chunks).
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from unittest import mock
 
 import numpy as np
 import torch
@@ -86,13 +86,15 @@ class InceptionFeatures(FeatureExtractor):
             raise RCDMError(
                 f"{str(path)!r} holds no state dict: expected the FID Inception file {INCEPTION_FILE}"
             )
-        # torch-fidelity would torch.load the file again with weights_only=False: hand it the state dict read
-        # safely above instead (it asks its module-level loader when given no path; nothing is downloaded).
+        # torch-fidelity torch.loads what it is given with weights_only=False: give it the state dict read safely
+        # above, written again into memory (plain tensors only), instead of the file.
+        buffer = io.BytesIO()
+        torch.save(state, buffer)
+        buffer.seek(0)
         try:
-            with mock.patch.object(tf_inception, "load_state_dict_from_url", lambda *a, **k: state):
-                self.net = tf_inception.FeatureExtractorInceptionV3(
-                    "inception-v3-compat", ["2048", "logits_unbiased"], feature_extractor_weights_path=None
-                )
+            self.net = tf_inception.FeatureExtractorInceptionV3(
+                "inception-v3-compat", ["2048", "logits_unbiased"], feature_extractor_weights_path=buffer
+            )
         except RuntimeError as e:
             raise RCDMError(
                 f"{str(path)!r} is not the FID Inception-v3 ({INCEPTION_FILE}): {first_line(e)}"

@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 
 from ..data import batched, files_digest, load_images
 from ..devices import process_state
-from ..diffusion import SamplingConfig, resolve_sampling, sample, sampling_config
+from ..diffusion import SamplingConfig, resolve_sampling, sample
 from ..encoders import Encoder
 from ..errors import RCDMError
 from ..figures import to_pil
@@ -86,14 +86,13 @@ def generate_samples(
     model_name: str = "",
     device: str | torch.device | None = None,  # None: this process's device (accelerate)
     progress: bool = False,
-    **settings,
 ) -> GenerateResult:
     """Draw `num_samples` images conditioned on `references` (cycled) into `out_dir`, resumably.
 
     Call it in every process of an `accelerate launch`; each draws its share on its own device (the model and
     encoder are moved to `device`, default the process's). Images are written as 8-bit PNGs of the model's sample size, values from [0, 1].
     """
-    cfg = resolve_sampling(model, sampling_config(sampling, **settings))
+    cfg = resolve_sampling(model, sampling)
     refs = [Path(p) for p in references]
     if not refs:
         raise RCDMError("no reference images: pass --images FOLDER")
