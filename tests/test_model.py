@@ -61,13 +61,15 @@ def test_plain_diffusers_refuses_an_rcdm_folder(tmp_path):
     assert _same_weights(m, RCDM.from_pretrained(tmp_path / "m"))
 
 
-def test_folders_saved_under_the_plain_weights_name_still_load(tmp_path):
+def test_a_folder_under_the_plain_diffusers_weights_name_is_refused_in_one_line(tmp_path):
     from diffusers import ModelMixin
 
-    m = tiny()
-    ModelMixin.save_pretrained(m, tmp_path / "old")  # what rcdm wrote before the weights variant
-    assert (tmp_path / "old" / "diffusion_pytorch_model.safetensors").is_file()
-    assert _same_weights(m, RCDM.from_pretrained(tmp_path / "old"))
+    from rcdm.loading import load_model
+
+    ModelMixin.save_pretrained(tiny(), tmp_path / "plain")  # the plain name, not rcdm's
+    assert (tmp_path / "plain" / "diffusion_pytorch_model.safetensors").is_file()
+    with pytest.raises(RCDMError, match="a plain diffusers UNet's name"):
+        load_model(tmp_path / "plain")
 
 
 def test_rcdm_export_checks_its_out_before_loading_the_model(tmp_path, capsys):

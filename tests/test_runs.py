@@ -251,13 +251,3 @@ def test_cpu_seconds_do_not_count_sleeping():
     c0 = cpu_seconds()
     time.sleep(0.3)
     assert cpu_seconds() - c0 < 0.15
-
-
-def test_a_checkpoint_saved_under_the_plain_weights_name_still_resumes(tmp_path):
-    _save(tmp_path, 1)
-    ck = tmp_path / "checkpoints" / "step-00000001"
-    for part in ("model", "ema"):  # what rcdm wrote before its weights variant name
-        (ck / part / "diffusion_pytorch_model.rcdm.safetensors").rename(
-            ck / part / "diffusion_pytorch_model.safetensors"
-        )
-    assert Checkpoints(tmp_path).problem(ck) is None and Checkpoints(tmp_path).resume() == ck

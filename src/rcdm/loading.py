@@ -193,10 +193,17 @@ def _load_strict(folder: Path) -> RCDM:
     check_config(config, repr(str(config_file)))
     weights_file = folder / f"diffusion_pytorch_model.{WEIGHTS_VARIANT}.safetensors"
     # safetensors only (use_safetensors below): there is nothing to unpickle
-    if not any(folder.glob("diffusion_pytorch_model*.safetensors*")):
-        raise RCDMError(f"model {str(folder)!r} has no weights: {weights_file.name} is missing")
-    if not weights_file.is_file():  # a folder saved before rcdm's weights name
-        weights_file = folder / "diffusion_pytorch_model.safetensors"
+    if not weights_file.is_file():
+        plain = (folder / "diffusion_pytorch_model.safetensors").is_file()
+        raise RCDMError(
+            f"model {str(folder)!r} has no weights: {weights_file.name} is missing"
+            + (
+                " (it holds diffusion_pytorch_model.safetensors, a plain diffusers UNet's name: an rcdm model "
+                "folder is written by RCDM.save_pretrained, rcdm train or rcdm convert)"
+                if plain
+                else ""
+            )
+        )
     if weights_file.is_file():  # keys and shapes from the header, before anything is loaded
         with init_empty_weights():
             expected = {k: v.shape for k, v in RCDM.from_config(config).state_dict().items()}

@@ -212,21 +212,10 @@ class RCDM(ModelMixin, ConfigMixin):
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path: str | Path, **kwargs: Any) -> RCDM:
-        """ModelMixin.from_pretrained reading the rcdm weights file, or the plain name of older folders."""
-        if kwargs.get("variant") is not None:
-            return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
-        folder = Path(pretrained_model_name_or_path, kwargs.get("subfolder") or "")
-        if folder.is_dir():
-            saved = any(folder.glob(f"diffusion_pytorch_model*.{WEIGHTS_VARIANT}.*"))
-            return super().from_pretrained(
-                pretrained_model_name_or_path, **{**kwargs, "variant": WEIGHTS_VARIANT if saved else None}
-            )
-        try:  # a hub repo id: rcdm's name first, then the plain one
-            return super().from_pretrained(
-                pretrained_model_name_or_path, **{**kwargs, "variant": WEIGHTS_VARIANT}
-            )
-        except OSError:
-            return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
+        """ModelMixin.from_pretrained reading the rcdm weights file (`WEIGHTS_VARIANT`)."""
+        return super().from_pretrained(
+            pretrained_model_name_or_path, **{"variant": WEIGHTS_VARIANT, **kwargs}
+        )
 
     @torch.no_grad()
     def set_representation_stats(self, representations: torch.Tensor) -> None:

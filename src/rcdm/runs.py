@@ -36,7 +36,6 @@ log = logging.getLogger(__name__)
 
 CHECKPOINTS = "checkpoints"
 # The files of a complete rcdm.train checkpoint, relative to its folder (what its `Checkpoints.save` writes).
-# Checkpoints saved before rcdm's weights name (model.WEIGHTS_VARIANT) hold diffusion_pytorch_model.safetensors.
 STEP_FILES: tuple[str, ...] = (
     "model/config.json",
     f"model/diffusion_pytorch_model.{WEIGHTS_VARIANT}.safetensors",
@@ -141,9 +140,6 @@ class Checkpoints:
         """
         for name in self.files:
             path = ckpt / name
-            legacy = path.with_name(path.name.replace(f".{WEIGHTS_VARIANT}.", "."))
-            if not path.is_file() and legacy.is_file():  # saved before the rcdm weights name
-                name, path = str(legacy.relative_to(ckpt)), legacy
             try:
                 if not path.is_file():
                     return f"{name} is missing"

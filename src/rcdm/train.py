@@ -33,7 +33,7 @@ from .data import (
     to_model_space,
 )
 from .devices import Precision, autocast_for, cpu_seconds, resolve_precision, training_precision
-from .diffusion import sample, sample_generators
+from .diffusion import SamplingConfig, sample, sample_generators
 from .encoders import Encoder, create_encoder
 from .encoders.cache import cached_representations, check_cache, load_cache
 from .encoders.registry import check_rebuilds_the_same
@@ -90,7 +90,11 @@ def _fixed_views(files: list[Path], size: int, enc: Encoder, n: int = 4) -> tupl
 def _sample_fixed(model: RCDM, reps: torch.Tensor, precision: Precision, per: int = 4) -> torch.Tensor:
     """per samples of each representation (dpm++ 20, fixed seed) -> (n, per, 3, H, W) in [0, 1]."""
     device = next(model.parameters()).device
-    imgs = sample(model, reps.to(device).repeat_interleave(per, 0), steps=20, seed=0, precision=precision)
+    imgs = sample(
+        model,
+        reps.to(device).repeat_interleave(per, 0),
+        SamplingConfig(steps=20, seed=0, precision=precision),
+    )
     return imgs.view(reps.shape[0], per, *imgs.shape[1:]).cpu()
 
 
