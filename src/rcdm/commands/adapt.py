@@ -5,9 +5,8 @@ from __future__ import annotations
 import argparse
 
 from ..adaptation import TRAINABLE, AdaptConfig, adapt, saved_config
-from ..encoders import FEATURES
 from ..model import ADAPTERS
-from .common import add_command, add_precision_arg, add_progress_arg, settings_from_args
+from .common import add_command, add_config_options, add_precision_arg, add_progress_arg, settings_from_args
 
 EPILOG = """examples (docs/adapt.md):
   rcdm adapt --model cifar10-vicreg-backbone --encoder cifar-resnet20:resnet20.th --data ~/data/cifar10/train \\
@@ -17,7 +16,20 @@ EPILOG = """examples (docs/adapt.md):
       --data ~/imagenet/val --out runs/dinov2-via-dino --minutes 30     # a GPU is used when there is one
 """
 
-D = AdaptConfig.__dataclass_fields__
+# The options that set an AdaptConfig field: name -> help; types, choices and defaults come from the dataclass.
+ADAPT_OPTIONS = {
+    "minutes": "the whole budget in wall-clock minutes, encoding included",
+    "steps": "stop the adapter after this many steps (0: the ridge map alone; default: as many as the budget "
+    "allows)",
+    "num_images": "images drawn from --data",
+    "adapter": "linear: one affine map into the base's representation space; mlp: that map plus a residual MLP",
+    "hidden": "the mlp's width",
+    "trainable": "what the diffusion loss trains: the adapter, or also the UNet's per-block time-embedding "
+    "projections",
+    "lr": "AdamW learning rate",
+    "batch_size": "images per step",
+    "cond_drop": "share of the batch trained on the base's null representation, so guidance keeps working",
+}
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -30,9 +42,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--encoder", default=None, help="the new encoder's spec (README: Encoders); required unless --resume"
     )
-    p.add_argument(
-        "--feature", choices=FEATURES, default=None, help="its representation level (default: backbone)"
-    )
+    add_config_options(p, AdaptConfig, {"feature": "its representation level"})
     p.add_argument(
         "--base-encoder",
         default=None,
@@ -45,59 +55,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="image folder to encode and train on (a sample of it); required unless --resume",
     )
     p.add_argument("--out", required=True, help="run folder; the adapted model lands in OUT/model")
-    p.add_argument(
-        "--minutes",
-        type=float,
-        default=None,
-        help=f"the whole budget in wall-clock minutes, encoding included (default: {D['minutes'].default:g})",
-    )
-    p.add_argument(
-        "--steps",
-        type=int,
-        default=None,
-        help="stop the adapter after this many steps (0: the ridge map alone; "
-        "default: as many as the budget allows)",
-    )
-    p.add_argument(
-        "--num-images",
-        type=int,
-        default=None,
-        help=f"images drawn from --data (default: {D['num_images'].default})",
-    )
-    p.add_argument(
-        "--adapter",
-        choices=ADAPTERS,
-        default=None,
-        help="linear: one affine map into the base's representation "
-        "space; mlp: that map plus a residual MLP (default: linear)",
-    )
-    p.add_argument(
-        "--hidden", type=int, default=None, help=f"the mlp's width (default: {D['hidden'].default})"
-    )
-    p.add_argument(
-        "--trainable",
-        choices=TRAINABLE,
-        default=None,
-        help="what the diffusion loss trains: the adapter, or also "
-        "the UNet's per-block time-embedding projections (default: adapter)",
-    )
-    p.add_argument(
-        "--lr", type=float, default=None, help=f"AdamW learning rate (default: {D['lr'].default:g})"
-    )
-    p.add_argument("--batch-size", type=int, default=None, help=f"default: {D['batch_size'].default}")
-    p.add_argument(
-        "--cond-drop",
-        type=float,
-        default=None,
-        help="share of the batch trained on the base's null "
-        f"representation, so guidance keeps working (default: {D['cond_drop'].default})",
-    )
+    add_config_options(p, AdaptConfig, ADAPT_OPTIONS, choices={"adapter": ADAPTERS, "trainable": TRAINABLE})
     p.add_argument(
         "--cache",
         default=None,
         help="folder of the representation cache, to share it between runs on the same images (default: OUT/cache)",
     )
-    p.add_argument("--seed", type=int, default=None, help="image sample, batches and noise (default: 0)")
+    add_config_options(p, AdaptConfig, {"seed": "image sample, batches and noise"})
     add_precision_arg(p)
     p.add_argument("--resume", action="store_true", help="continue OUT with the settings in OUT/adapt.json")
     add_progress_arg(p)

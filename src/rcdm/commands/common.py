@@ -10,9 +10,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import types
+import typing
 from collections.abc import Callable, Sequence
-from dataclasses import fields
+from dataclasses import MISSING, fields
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -110,6 +113,13 @@ def add_standardize_arg(p: argparse.ArgumentParser, default: str) -> None:
 
 def add_overwrite_arg(p: argparse.ArgumentParser, what: str) -> None:
     p.add_argument("--overwrite", action="store_true", help=f"replace {what}")
+
+
+def add_folder_output_args(p: argparse.ArgumentParser, command: str) -> None:
+    """--precision, --no-progress and --overwrite of a command that samples into an output folder of its own."""
+    add_precision_arg(p)
+    add_progress_arg(p)
+    add_overwrite_arg(p, f"an earlier `{command}` output in --out (never a folder of other files)")
 
 
 def load_model_and_encoder(
@@ -264,3 +274,45 @@ def settings_from_args(
                 + (f" ({args.out!r} has none)" if args.resume else "")
             )
     return out
+
+
+def add_config_options(
+    p: argparse.ArgumentParser,
+    settings: type,
+    helps: dict[str, str],
+    choices: dict[str, Sequence[str]] | None = None,
+) -> None:
+    """One `--field-name` option per entry of `helps`, for the dataclass `settings`' field of that name: its type
+    from the field's annotation (int, float or str; a Literal's values become the choices, unless `choices` names
+    them), default None (so that a run's saved settings, then the dataclass default, apply: `settings_from_args`),
+    and the help followed by the field's default, which is declared once, in the dataclass. A help that speaks of
+    its own default is kept as it is."""
+    hints = typing.get_type_hints(settings)
+    fields_ = {f.name: f for f in fields(settings)}
+    for name, help in helps.items():
+        kind = hints[name]
+        options = [a for a in typing.get_args(kind) if a is not type(None)] if typing.get_origin(kind) else []
+        literal = _literal_values(kind)
+        kwargs: dict[str, Any] = {}
+        if choices and name in choices:
+            kwargs["choices"] = tuple(choices[name])
+        elif literal:
+            kwargs["choices"] = literal
+        else:
+            base = options[0] if options else kind
+            if base in (int, float):
+                kwargs["type"] = base
+        default = fields_[name].default
+        if "default" not in help and default is not MISSING:
+            shown = f"{default:g}" if isinstance(default, float) else default
+            help = f"{help} (default: {shown})"
+        p.add_argument(f"--{name.replace('_', '-')}", default=None, help=help, **kwargs)
+
+
+def _literal_values(kind: Any) -> tuple[str, ...]:
+    """The values of a Literal annotation (also inside a union: Literal[...] | Literal[...]), else ()."""
+    if typing.get_origin(kind) is typing.Literal:
+        return tuple(typing.get_args(kind))
+    if typing.get_origin(kind) in (typing.Union, types.UnionType):
+        return tuple(v for a in typing.get_args(kind) for v in _literal_values(a))
+    return ()

@@ -14,10 +14,8 @@ from ..files import output_folder
 from ..prior import check_prior_matches, load_prior, sample_representations
 from .common import (
     add_command,
+    add_folder_output_args,
     add_model_args,
-    add_overwrite_arg,
-    add_precision_arg,
-    add_progress_arg,
     load_model_and_encoder,
     positive,
 )
@@ -50,9 +48,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "--seed", type=int, default=0, help="seed of the representations and of the images (default 0)"
     )
     p.add_argument("--batch-size", type=int, default=64, help="images per network call (default 64)")
-    add_precision_arg(p)
-    add_progress_arg(p)
-    add_overwrite_arg(p, "an earlier `rcdm generate` output in --out (never a folder of other files)")
+    add_folder_output_args(p, "rcdm generate")
     p.set_defaults(func=run)
 
 

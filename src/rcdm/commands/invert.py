@@ -13,10 +13,8 @@ from ..files import output_folder
 from ..inversion import INVERT_DEFAULTS, invert, redraw_under, save_inversion
 from .common import (
     add_command,
+    add_folder_output_args,
     add_model_args,
-    add_overwrite_arg,
-    add_precision_arg,
-    add_progress_arg,
     load_model_and_encoder,
     positive,
 )
@@ -59,9 +57,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--batch-size", type=int, default=INVERT_DEFAULTS.batch_size, help="images per network call"
     )
-    add_precision_arg(p)
-    add_progress_arg(p)
-    add_overwrite_arg(p, "an earlier `rcdm invert` output in --out (never a folder of other files)")
+    add_folder_output_args(p, "rcdm invert")
     p.set_defaults(func=run)
 
 

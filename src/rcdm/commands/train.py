@@ -6,13 +6,17 @@ import argparse
 import math
 import time
 
-from ..encoders import FEATURES
 from ..errors import RCDMError
-from ..losses import LOSS_WEIGHTINGS, TIMESTEP_SAMPLINGS
-from ..model import PREDICTION_TYPES, PRESETS
+from ..model import PRESETS
 from ..train import TrainConfig, train
-from ..train_config import REPORT_TO, saved_config
-from .common import add_command, add_precision_arg, add_standardize_arg, settings_from_args
+from ..train_config import saved_config
+from .common import (
+    add_command,
+    add_config_options,
+    add_precision_arg,
+    add_standardize_arg,
+    settings_from_args,
+)
 
 EPILOG = """examples:
   rcdm train --data ~/data/cifar10/train --encoder cifar-resnet20:resnet20.th --preset cifar32-small \\
@@ -21,11 +25,40 @@ EPILOG = """examples:
   rcdm train --out runs/r20 --resume --steps 40000    # ... and train longer
 """
 
-D = TrainConfig.__dataclass_fields__  # the defaults shown in --help come from the dataclass
-
-
-def _default(name: str) -> str:
-    return f"default: {D[name].default}"
+# The options that set a TrainConfig field: name -> help; the type, the choices and the default shown come from
+# the dataclass (`add_config_options`).
+TRAINING_OPTIONS = {
+    "feature": "representation level",
+    "preset": "UNet size",
+    "image_size": "image side in px (default: the preset's)",
+    "steps": "optimizer steps in all",
+    "batch_size": "global batch, all processes",
+    "gradient_accumulation_steps": "micro-batches per step; the global batch stays --batch-size",
+    "lr": "AdamW learning rate",
+    "loss": "simple: epsilon MSE; hybrid (published): + VLB for the learned variance",
+    "prediction": "what the network predicts: epsilon (published) or v_prediction (v = sqrt(abar) eps - "
+    "sqrt(1 - abar) x0; Salimans & Ho 2022); recorded in the model",
+    "loss_weighting": "weights of the squared error per timestep: none (published) or min-snr (Min-SNR-gamma, "
+    "Hang et al. 2023; the VLB term of --loss hybrid stays unweighted)",
+    "snr_gamma": "gamma of min-snr",
+    "timestep_sampling": "how training timesteps are drawn: uniform (published) or logit-normal over t/T (m 0, "
+    "s 1; Esser et al. 2024)",
+    "warmup_steps": "linear learning-rate warm-up over this many steps",
+    "dropout": "dropout probability in the UNet's residual blocks",
+    "cond_drop": "condition dropout probability; > 0 enables guidance",
+    "ema_decay": "EMA decay",
+    "save_every": "steps between checkpoints",
+    "keep_checkpoints": "checkpoints kept",
+    "seed": "data order, noise and initial weights",
+}
+RUN_OPTIONS = {
+    "feature_cache": "FILE.safetensors: representations computed once (centre crops + flips); default: none, the "
+    "encoder runs on every batch",
+    "num_workers": "data loader workers",
+    "log_every": "steps per metrics.jsonl record",
+    "sample_every": "steps between sample grids of fixed training images in RUN/samples (0: none)",
+    "report_to": "accelerate trackers (pip install tensorboard / wandb); RUN/metrics.jsonl is always written",
+}
 
 
 class _CompileFlag(argparse.Action):
@@ -43,83 +76,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--encoder", default=None, help="encoder spec (README: Encoders); required unless --resume"
     )
-    p.add_argument(
-        "--feature", choices=FEATURES, default=None, help=f"representation level ({_default('feature')})"
-    )
-    p.add_argument("--preset", choices=list(PRESETS), default=None, help=f"UNet size ({_default('preset')})")
-    p.add_argument("--image-size", type=int, default=None, help="image side in px (default: the preset's)")
-    p.add_argument("--steps", type=int, default=None, help=f"optimizer steps in all ({_default('steps')})")
-    p.add_argument(
-        "--batch-size", type=int, default=None, help=f"global batch, all processes ({_default('batch_size')})"
-    )
-    p.add_argument(
-        "--gradient-accumulation-steps",
-        type=int,
-        default=None,
-        help="micro-batches per step; the global batch stays --batch-size (default: 1)",
-    )
-    p.add_argument("--lr", type=float, default=None, help=f"AdamW learning rate ({_default('lr')})")
-    p.add_argument(
-        "--loss",
-        choices=("simple", "hybrid"),
-        default=None,
-        help="simple: epsilon MSE; hybrid: + VLB for the learned variance (default: hybrid, published)",
-    )
-    p.add_argument(
-        "--prediction",
-        choices=PREDICTION_TYPES,
-        default=None,
-        help="what the network predicts: epsilon (published) or v_prediction (v = sqrt(abar) eps - "
-        f"sqrt(1 - abar) x0; Salimans & Ho 2022); recorded in the model ({_default('prediction')})",
-    )
-    p.add_argument(
-        "--loss-weighting",
-        choices=LOSS_WEIGHTINGS,
-        default=None,
-        help="weights of the squared error per timestep: none (published) or min-snr (Min-SNR-gamma, Hang et "
-        f"al. 2023; the VLB term of --loss hybrid stays unweighted) ({_default('loss_weighting')})",
-    )
-    p.add_argument(
-        "--snr-gamma", type=float, default=None, help=f"gamma of min-snr ({_default('snr_gamma')})"
-    )
-    p.add_argument(
-        "--timestep-sampling",
-        choices=TIMESTEP_SAMPLINGS,
-        default=None,
-        help="how training timesteps are drawn: uniform (published) or logit-normal over t/T (m 0, s 1; "
-        f"Esser et al. 2024) ({_default('timestep_sampling')})",
-    )
-    p.add_argument(
-        "--warmup-steps",
-        type=int,
-        default=None,
-        help=f"linear learning-rate warm-up over this many steps ({_default('warmup_steps')})",
-    )
-    p.add_argument(
-        "--dropout",
-        type=float,
-        default=None,
-        help=f"dropout probability in the UNet's residual blocks ({_default('dropout')})",
-    )
-    p.add_argument(
-        "--cond-drop",
-        type=float,
-        default=None,
-        help=f"condition dropout probability; > 0 enables guidance ({_default('cond_drop')})",
-    )
-    p.add_argument("--ema-decay", type=float, default=None, help=f"EMA decay ({_default('ema_decay')})")
-    p.add_argument(
-        "--save-every", type=int, default=None, help=f"steps between checkpoints ({_default('save_every')})"
-    )
-    p.add_argument(
-        "--keep-checkpoints",
-        type=int,
-        default=None,
-        help=f"checkpoints kept ({_default('keep_checkpoints')})",
-    )
-    p.add_argument(
-        "--seed", type=int, default=None, help=f"data order, noise and initial weights ({_default('seed')})"
-    )
+    add_config_options(p, TrainConfig, TRAINING_OPTIONS, choices={"preset": list(PRESETS)})
     add_precision_arg(
         p,
         dest="mixed_precision",
@@ -147,34 +104,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "--no-compile", dest="compile", action="store_const", const=False, help="same as --compile off"
     )
     add_standardize_arg(p, "off")
-    p.add_argument(
-        "--feature-cache",
-        default=None,
-        help="FILE.safetensors: representations computed once (centre crops + flips); default: none, the "
-        "encoder runs on every batch",
-    )
-    p.add_argument(
-        "--num-workers", type=int, default=None, help=f"data loader workers ({_default('num_workers')})"
-    )
-    p.add_argument(
-        "--log-every",
-        type=int,
-        default=None,
-        help=f"steps per metrics.jsonl record ({_default('log_every')})",
-    )
-    p.add_argument(
-        "--sample-every",
-        type=int,
-        default=None,
-        help="steps between sample grids of fixed training images in RUN/samples (default: 0, none)",
-    )
-    p.add_argument(
-        "--report-to",
-        choices=REPORT_TO,
-        default=None,
-        help="accelerate trackers (pip install tensorboard / wandb); RUN/metrics.jsonl is always written "
-        "(default: none)",
-    )
+    add_config_options(p, TrainConfig, RUN_OPTIONS)
     p.add_argument("--out", required=True, help="run folder")
     p.add_argument(
         "--time-budget-s",

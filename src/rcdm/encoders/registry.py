@@ -164,31 +164,16 @@ def _torchvision(arg: str, feature: Feature) -> Encoder:
 
     model_part, _, path = arg.partition(":")
     name, _, weights = model_part.partition(".")
-    seed = _random_seed(path)
-    try:
+
+    def build(pretrained: bool) -> nn.Module:
         tv_weights = torchvision.models.get_model_weights(name)[weights or "DEFAULT"]
-        with _seeded(seed):
-            net = torchvision.models.get_model(name, weights=None if path else tv_weights)
-    except (ValueError, KeyError) as e:
-        raise RCDMError(f"torchvision model {model_part!r} unknown: {e}") from None
-    except OSError as e:
-        raise RCDMError(
-            f"cannot download torchvision weights for {model_part!r} (offline?): {e}; "
-            f"pass torchvision:{model_part}:PATH with a local weights file"
-        ) from None
-    if path and seed is None:
-        _load_local_weights(net, path, f"torchvision:{model_part}")
+        return torchvision.models.get_model(name, weights=tv_weights if pretrained else None)
+
+    net, identity = _built("torchvision", model_part, path, build, (ValueError, KeyError))
     classifier = _strip_classifier(net)
-    t = tv_weights.transforms()
+    t = torchvision.models.get_model_weights(name)[weights or "DEFAULT"].transforms()
     size = int(t.crop_size[0]) if hasattr(t, "crop_size") else 224
     prep = Preprocessing(size, tuple(t.mean), tuple(t.std), "bilinear")  # type: ignore[arg-type]
-    identity = (
-        f"torchvision:{model_part}:random-{seed}"
-        if seed is not None
-        else file_identity(f"torchvision:{model_part}", path)
-        if path
-        else f"torchvision:{model_part}"
-    )
     return Encoder(
         net, prep, feature=feature, spec=f"torchvision:{arg}", identity=identity, classifier=classifier
     )
@@ -203,18 +188,13 @@ def _timm(arg: str, feature: Feature) -> Encoder:
     import timm
 
     name, _, path = arg.partition(":")
-    seed = _random_seed(path)
-    try:
-        with _seeded(seed):
-            net = timm.create_model(name, pretrained=not path, num_classes=0)
-    except RuntimeError as e:
-        raise RCDMError(f"timm model {name!r}: {e}") from None
-    except OSError as e:
-        raise RCDMError(
-            f"cannot download timm weights for {name!r} (offline?): {e}; pass timm:{name}:PATH with local weights"
-        ) from None
-    if path and seed is None:
-        _load_local_weights(net, path, f"timm:{name}")
+    net, identity = _built(
+        "timm",
+        name,
+        path,
+        lambda pretrained: timm.create_model(name, pretrained=pretrained, num_classes=0),
+        (RuntimeError,),
+    )
     cfg = timm.data.resolve_data_config({}, model=net)
     prep = Preprocessing(
         int(cfg["input_size"][-1]),
@@ -222,14 +202,35 @@ def _timm(arg: str, feature: Feature) -> Encoder:
         tuple(cfg["std"]),
         "bicubic" if cfg.get("interpolation") == "bicubic" else "bilinear",
     )
-    identity = (
-        f"timm:{name}:random-{seed}"
-        if seed is not None
-        else file_identity(f"timm:{name}", path)
-        if path
-        else f"timm:{name}"
-    )
     return Encoder(net, prep, feature=feature, spec=f"timm:{arg}", identity=identity)
+
+
+def _built(
+    kind: str,
+    name: str,
+    path: str,
+    build: Callable[[bool], nn.Module],
+    unknown: tuple[type[Exception], ...],
+) -> tuple[nn.Module, str]:
+    """`kind:name` built by `build(pretrained)`: with its library's weights when PATH is empty, seeded random
+    weights for PATH random[-SEED], else the local weights file PATH -> (network, identity). A name the library
+    does not know (`unknown` errors) and a failed download are one line each."""
+    seed = _random_seed(path)
+    try:
+        with _seeded(seed):
+            net = build(not path)
+    except unknown as e:
+        raise RCDMError(f"{kind} model {name!r} unknown: {e}") from None
+    except OSError as e:
+        raise RCDMError(
+            f"cannot download {kind} weights for {name!r} (offline?): {e}; pass {kind}:{name}:PATH with a local "
+            "weights file"
+        ) from None
+    if path and seed is None:
+        _load_local_weights(net, path, f"{kind}:{name}")
+    if seed is not None:
+        return net, f"{kind}:{name}:random-{seed}"
+    return net, file_identity(f"{kind}:{name}", path) if path else f"{kind}:{name}"
 
 
 def _two_parts(arg: str, kind: str, needs: str) -> tuple[str, str]:
