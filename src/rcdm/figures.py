@@ -180,9 +180,10 @@ def html_page(title: str, sections: Sequence[Section], *, notice: str | None = N
     return (
         "<!doctype html><html><head><meta charset='utf-8'>"
         f"<title>{html.escape(title)}</title>"
-        "<style>body{font-family:sans-serif;max-width:1100px;margin:2em auto}img{image-rendering:pixelated;"
+        "<style>body{font-family:sans-serif;max-width:1400px;margin:2em auto}img{image-rendering:pixelated;"
         "max-width:100%}table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:3px 8px}"
-        ".notice{border:3px solid #c00;background:#fee;padding:0.5em 1em;margin:1em 0;font-size:1.1em}</style>"
+        ".notice{border:3px solid #c00;background:#fee;padding:0.5em 1em;margin:1em 0;font-size:1.1em}"
+        ".pair{display:flex;flex-wrap:wrap;gap:1.5em;align-items:flex-start}</style>"
         f"</head><body><h1>{html.escape(title)}</h1>\n{box}{body}\n</body></html>"
     )
 

@@ -35,7 +35,10 @@ def figure_html(out: Path, name: str, image: Image.Image) -> str:
 
 
 def _body(note: str, figure: str, *tables: str) -> str:
-    return (f"<p>{note}</p>" if note else "") + figure + "\n" + "".join(tables)
+    """The note, then the figure with its numbers beside it (below it where the page is too narrow)."""
+    return (
+        f"<p>{note}</p>" if note else ""
+    ) + f"<div class='pair'>{figure}\n<div>{''.join(tables)}</div></div>"
 
 
 def samples_section(
