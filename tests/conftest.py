@@ -149,3 +149,25 @@ def pixels_model(tmp_path) -> Path:
     folder = tmp_path / "model"
     RCDM.from_preset("tiny", **create_encoder("pixels:4").describe()).save_pretrained(folder)
     return folder
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An untrained tiny RCDM (16 px) on a weight-free 3-d encoder with a classifier (so Attack has labels)."""
+    from app_for_tests import SIZE
+    from encoders_for_tests import mean_colour_classifier
+    from rcdm.model import RCDM
+
+    d = mean_colour_classifier().describe()
+    model = RCDM.from_preset(
+        "tiny",
+        d["representation_dim"],
+        sample_size=SIZE,
+        encoder=d["encoder"],
+        encoder_identity=d["encoder_identity"],
+        feature=d["feature"],
+        preprocessing=d["preprocessing"],
+    )
+    out = tmp_path_factory.mktemp("app-model") / "tiny"
+    model.save_pretrained(out)
+    return out
