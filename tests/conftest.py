@@ -171,3 +171,34 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("app-model") / "tiny"
     model.save_pretrained(out)
     return out
+
+
+@pytest.fixture(scope="session")
+def bundle(cifar_root: Path, few_images: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A smoke bundle of tiny models: two tiny encoders, the three RCDM targets (tiny preset, 2 steps), 4 inputs."""
+    from rcdm.pack.rcdms import RCDMRecipe, train_rcdms
+    from rcdm.pack.ssl import SSLConfig, train_encoder
+    from rcdm.pack.write import pack
+
+    tiny = dict(
+        epochs=1,
+        batch_size=10,
+        limit=20,
+        depth=8,
+        width=1,
+        projector=(32, 32),
+        num_workers=0,
+        warmup_epochs=0,
+    )
+    root = tmp_path_factory.mktemp("demo-runs")
+    train_encoder(SSLConfig(data=str(cifar_root), **tiny), root / "ssl", progress=False)
+    train_encoder(
+        SSLConfig(data=str(cifar_root), objective="supervised", **tiny), root / "supervised", progress=False
+    )
+    recipe = RCDMRecipe(
+        data=str(few_images), preset="tiny", steps=2, batch_size=4, save_every=2, num_workers=0, cond_drop=0.1
+    )
+    train_rcdms(recipe, root, progress=False)
+    out = root / "bundle"
+    pack(root, out, allow_smoke=True, demo_images=sorted(few_images.glob("*.jpg"))[:4])
+    return out
