@@ -9,6 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from rcdm.model import RCDM
+
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("RCDM_SHARED", ROOT.parent / "shared"))
 CIFAR_TAR = SHARED / "data" / "cifar10" / "cifar10-jpeg.tar.gz"
@@ -143,7 +145,6 @@ def pixels_model(tmp_path) -> Path:
     import torch
 
     from rcdm.encoders import create_encoder
-    from rcdm.model import RCDM
 
     torch.manual_seed(0)
     folder = tmp_path / "model"
@@ -156,7 +157,6 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """An untrained tiny RCDM (16 px) on a weight-free 3-d encoder with a classifier (so Attack has labels)."""
     from app_for_tests import SIZE
     from encoders_for_tests import mean_colour_classifier
-    from rcdm.model import RCDM
 
     d = mean_colour_classifier().describe()
     model = RCDM.from_preset(
@@ -202,3 +202,34 @@ def bundle(cifar_root: Path, few_images: Path, tmp_path_factory: pytest.TempPath
     out = root / "bundle"
     pack(root, out, allow_smoke=True, demo_images=sorted(few_images.glob("*.jpg"))[:4])
     return out
+
+
+@pytest.fixture(scope="module")
+def guided(tmp_path_factory) -> Path:
+    """A tiny model (tests only) on pixels:2 with a null representation and a recorded default: dpm++ 6, guidance 3."""
+
+    torch.manual_seed(0)
+    m = RCDM.from_preset(
+        "tiny",
+        representation_dim=12,
+        sample_size=16,
+        null_representation=True,
+        encoder="pixels:2",
+        sampling={"sampler": "dpm++", "steps": 6, "guidance": 3.0},
+    )
+    with torch.no_grad():
+        m.null_rep.normal_()
+    folder = tmp_path_factory.mktemp("guided") / "model"
+    m.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def standardized_model():
+    """An untrained tiny RCDM (6-d representation, 16 px) that standardises its representation with known
+    statistics (standard deviations 1 to 6)."""
+
+    torch.manual_seed(0)
+    m = RCDM.from_preset("tiny", representation_dim=6, sample_size=16, standardize_representation=True)
+    m.set_representation_stats(torch.randn(100, 6) * torch.tensor([1.0, 2, 3, 4, 5, 6]))
+    return m.eval()

@@ -1,3 +1,6 @@
+"""rcdm.train: run folders, exact resume, kills and full disks, and a tiny RCDM that learns to carry its
+representation."""
+
 from __future__ import annotations
 
 import importlib
@@ -14,11 +17,14 @@ from pathlib import Path
 import pytest
 import torch
 
+from rcdm.data import list_images, load_views
+from rcdm.diffusion import SamplingConfig, sample_many
 from rcdm.encoders import create_encoder
 from rcdm.errors import NonFiniteLossError, RCDMError
+from rcdm.loading import encoder_for, load_model
 from rcdm.model import RCDM
 from rcdm.runs import Checkpoints
-from rcdm.train import train
+from rcdm.train import TrainConfig, train
 from training_for_tests import assert_same, tiny_argv, weights
 from training_for_tests import tiny_config as config
 
@@ -366,3 +372,36 @@ def test_a_time_budget_stops_at_a_checkpoint_and_the_run_stays_usable(few_images
     assert "trained 6 steps; mean loss" in capsys.readouterr().out
     assert main([*args[:-2], "--out", str(tmp_path / "r2"), "--time-budget-s", "-5"]) == 2
     assert "--time-budget-s -5.0 must be a positive number of seconds" in capsys.readouterr().err
+
+
+def test_samples_are_retrieved_by_their_own_representation(few_images, tmp_path):
+    cfg = TrainConfig(
+        data=str(few_images),
+        encoder="pixels:4",  # weight-free 48-d representation: the image average-pooled to 4x4
+        preset="tiny",
+        image_size=16,
+        steps=500,
+        batch_size=16,
+        lr=3e-3,
+        ema_decay=0.98,
+        save_every=500,
+        num_workers=0,
+        min_scale=1.0,
+    )
+    train(cfg, tmp_path / "run", progress=False)
+    model = load_model(tmp_path / "run")
+    enc = encoder_for(model)
+    files = list_images(few_images)
+    _, views = load_views(files, 16, enc.preprocessing.input_size)
+    reps = enc.encode(views)
+    n = 4
+    source = torch.arange(len(files)).repeat_interleave(n)
+    rates = {}
+    for sampler, steps in (("ddpm", 50), ("ddim", 25), ("dpm++", 20)):
+        samples = sample_many(model, reps, n, SamplingConfig(sampler=sampler, steps=steps, seed=0))
+        nearest = torch.cdist(enc.encode(samples.flatten(0, 1)), reps).argmin(1)
+        rates[sampler] = float((nearest == source).float().mean())
+    chance = 1 / len(files)
+    print(f"rank-1 retrieval of samples among {len(files)} images (chance {chance:.3f}): {rates}")
+    assert rates["ddpm"] >= 5 * chance
+    assert min(rates.values()) >= 3 * chance

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from PIL import Image
 
 from rcdm.cli import main
+from rcdm.model import RCDM
 
 
 def test_sample_writes_pngs_and_grids(tiny_run, few_images, tmp_path):
@@ -32,3 +34,33 @@ def test_sample_same_seed_same_images(tiny_run, few_images, tmp_path):
     stem = Path(img).stem
     read = lambda n: (tmp_path / n / stem / "sample_000.png").read_bytes()  # noqa: E731
     assert read("a") == read("b") and read("a") != read("c")
+
+
+def test_cli_sample_says_and_records_the_model_default(guided, few_images, tmp_path, caplog):
+    image = str(next(few_images.iterdir()))
+    argv = ["sample", "--model", str(guided), "--images", image, "--num-samples", "1", "--no-progress"]
+    with caplog.at_level("INFO"):
+        assert main([*argv, "--out", str(tmp_path / "a")]) == 0
+    assert "guidance 3, steps 6: the model's default sampling" in caplog.text
+    record = json.loads((tmp_path / "a" / "sample.json").read_text())
+    assert (record["guidance"], record["steps"]) == (3.0, 6)
+    assert main([*argv, "--guidance", "1", "--out", str(tmp_path / "b")]) == 0
+    assert json.loads((tmp_path / "b" / "sample.json").read_text())["guidance"] == 1.0
+
+
+def test_cli_rep_noise_is_recorded_and_a_bad_value_exits_2(few_images, tmp_path, capsys):
+    folder = tmp_path / "m"
+    RCDM.from_preset("tiny", representation_dim=3, sample_size=16, encoder="pixels:1").save_pretrained(folder)
+    argv = [
+        "sample",
+        "--model",
+        str(folder),
+        "--images",
+        str(next(few_images.iterdir())),
+        "--num-samples",
+        "1",
+    ]
+    assert main([*argv, "--steps", "2", "--rep-noise", "0.5", "--out", str(tmp_path / "s")]) == 0
+    assert json.loads((tmp_path / "s" / "sample.json").read_text())["rep_noise"] == 0.5
+    assert main([*argv, "--rep-noise", "nan", "--out", str(tmp_path / "t")]) == 2
+    assert "--rep-noise nan must be a number >= 0" in capsys.readouterr().err
