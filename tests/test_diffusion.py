@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from torch import nn
 
 from rcdm.diffusion import (
     SAMPLERS,
@@ -197,3 +198,41 @@ def test_samples_change_with_noise_replay_with_the_seed_and_ignore_batching(stan
     torch.testing.assert_close(whole, split, atol=1e-4, rtol=0)  # each row's noise is its own
     with pytest.raises(RCDMError, match="--rep-noise -1"):
         sample(standardized_model, reps, SamplingConfig(steps=3, rep_noise=-1.0))
+
+
+D = GaussianDiffusion()
+
+
+class _AsV(nn.Module):
+    """An epsilon UNet re-expressed as a v UNet: v = (eps - sqrt(1 - abar) x) / sqrt(abar)."""
+
+    def __init__(self, unet: nn.Module) -> None:
+        super().__init__()
+        self.inner = unet
+        self.ab = D.alphas_cumprod.float()
+
+    def forward(self, x, t, class_labels=None):
+        out = self.inner(x, t, class_labels=class_labels).sample
+        ab = self.ab[t.cpu()].view(-1, 1, 1, 1)
+        v = (out[:, :3] - (1 - ab).sqrt() * x) / ab.sqrt()
+
+        class Out:
+            sample = torch.cat([v, out[:, 3:]], 1)
+
+        return Out
+
+
+@pytest.mark.parametrize("sampler", ["dpm++", "ddim", "ddpm"])
+@pytest.mark.parametrize("guidance", [1.0, 3.0])
+def test_a_v_model_samples_what_the_same_function_as_epsilon_samples(sampler, guidance):
+    torch.manual_seed(0)
+    kw = dict(representation_dim=4, sample_size=16, null_representation=True)
+    eps_model = RCDM.from_preset("tiny", **kw).eval()
+    v_model = RCDM.from_preset("tiny", prediction_type="v_prediction", **kw).eval()
+    assert v_model.prediction_type == "v_prediction"
+    v_model.load_state_dict(eps_model.state_dict())
+    v_model.unet = _AsV(v_model.unet)
+    reps = torch.randn(2, 4)
+    cfg = SamplingConfig(sampler=sampler, steps=5, guidance=guidance, seed=3, precision="fp32")
+    a, b = sample(eps_model, reps, cfg), sample(v_model, reps, cfg)
+    torch.testing.assert_close(a, b, rtol=0, atol=2e-4)
