@@ -9,6 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from rcdm.model import RCDM
+
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("RCDM_SHARED", ROOT.parent / "shared"))
 CIFAR_TAR = SHARED / "data" / "cifar10" / "cifar10-jpeg.tar.gz"
@@ -143,9 +145,91 @@ def pixels_model(tmp_path) -> Path:
     import torch
 
     from rcdm.encoders import create_encoder
-    from rcdm.model import RCDM
 
     torch.manual_seed(0)
     folder = tmp_path / "model"
     RCDM.from_preset("tiny", **create_encoder("pixels:4").describe()).save_pretrained(folder)
     return folder
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An untrained tiny RCDM (16 px) on a weight-free 3-d encoder with a classifier (so Attack has labels)."""
+    from app_for_tests import SIZE
+    from encoders_for_tests import mean_colour_classifier
+
+    d = mean_colour_classifier().describe()
+    model = RCDM.from_preset(
+        "tiny",
+        d["representation_dim"],
+        sample_size=SIZE,
+        encoder=d["encoder"],
+        encoder_identity=d["encoder_identity"],
+        feature=d["feature"],
+        preprocessing=d["preprocessing"],
+    )
+    out = tmp_path_factory.mktemp("app-model") / "tiny"
+    model.save_pretrained(out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def bundle(cifar_root: Path, few_images: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A smoke bundle of tiny models: two tiny encoders, the three RCDM targets (tiny preset, 2 steps), 4 inputs."""
+    from rcdm.pack.rcdms import RCDMRecipe, train_rcdms
+    from rcdm.pack.ssl import SSLConfig, train_encoder
+    from rcdm.pack.write import pack
+
+    tiny = dict(
+        epochs=1,
+        batch_size=10,
+        limit=20,
+        depth=8,
+        width=1,
+        projector=(32, 32),
+        num_workers=0,
+        warmup_epochs=0,
+    )
+    root = tmp_path_factory.mktemp("demo-runs")
+    train_encoder(SSLConfig(data=str(cifar_root), **tiny), root / "ssl", progress=False)
+    train_encoder(
+        SSLConfig(data=str(cifar_root), objective="supervised", **tiny), root / "supervised", progress=False
+    )
+    recipe = RCDMRecipe(
+        data=str(few_images), preset="tiny", steps=2, batch_size=4, save_every=2, num_workers=0, cond_drop=0.1
+    )
+    train_rcdms(recipe, root, progress=False)
+    out = root / "bundle"
+    pack(root, out, allow_smoke=True, demo_images=sorted(few_images.glob("*.jpg"))[:4])
+    return out
+
+
+@pytest.fixture(scope="module")
+def guided(tmp_path_factory) -> Path:
+    """A tiny model (tests only) on pixels:2 with a null representation and a recorded default: dpm++ 6, guidance 3."""
+
+    torch.manual_seed(0)
+    m = RCDM.from_preset(
+        "tiny",
+        representation_dim=12,
+        sample_size=16,
+        null_representation=True,
+        encoder="pixels:2",
+        sampling={"sampler": "dpm++", "steps": 6, "guidance": 3.0},
+    )
+    with torch.no_grad():
+        m.null_rep.normal_()
+    folder = tmp_path_factory.mktemp("guided") / "model"
+    m.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def standardized_model():
+    """An untrained tiny RCDM (6-d representation, 16 px) that standardises its representation with known
+    statistics (standard deviations 1 to 6)."""
+
+    torch.manual_seed(0)
+    m = RCDM.from_preset("tiny", representation_dim=6, sample_size=16, standardize_representation=True)
+    m.set_representation_stats(torch.randn(100, 6) * torch.tensor([1.0, 2, 3, 4, 5, 6]))
+    return m.eval()

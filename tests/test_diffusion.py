@@ -1,13 +1,18 @@
+"""rcdm.diffusion: samplers, presets, seeds and batching, the model's default sampling, guidance and --rep-noise."""
+
 from __future__ import annotations
 
 import pytest
 import torch
+from torch import nn
 
 from rcdm.diffusion import (
     SAMPLERS,
     SAMPLING_PRESETS,
     SamplingConfig,
     make_scheduler,
+    noisy_representation,
+    resolve_sampling,
     sample,
     sample_many,
     sampling_preset,
@@ -143,3 +148,91 @@ def test_shared_noise_pairs_columns_across_rows(model):
     assert (own[0] - own[1]).abs().mean() > 0.05
     noise = start_noise(16, 2, cfg.seed)
     assert torch.allclose(shared[0], sample(model, rep.repeat(2, 1), cfg, noise=noise), atol=1e-4)
+
+
+def test_open_settings_come_from_the_model_and_explicit_ones_win(guided):
+    model = RCDM.from_pretrained(guided)
+    assert (resolve_sampling(model).guidance, resolve_sampling(model).steps) == (3.0, 6)
+    mine = resolve_sampling(model, SamplingConfig(guidance=1.0, steps=4))
+    assert (mine.guidance, mine.steps) == (1.0, 4)
+    other = resolve_sampling(model, SamplingConfig(sampler="ddim"))
+    assert (other.guidance, other.steps) == (3.0, None)  # the model's steps were chosen for its own sampler
+    plain = RCDM.from_preset("tiny", representation_dim=12, sample_size=16)
+    assert resolve_sampling(plain).guidance == 1.0  # a model without a default: the library's
+
+
+def test_sample_uses_the_model_default_guidance(guided):
+    model = RCDM.from_pretrained(guided).eval()
+    reps = torch.randn(2, 12)
+    default = sample(model, reps, SamplingConfig(seed=1, precision="fp32"))
+    assert torch.equal(
+        default, sample(model, reps, SamplingConfig(steps=6, guidance=3.0, seed=1, precision="fp32"))
+    )
+    assert not torch.allclose(
+        default, sample(model, reps, SamplingConfig(steps=6, guidance=1.0, seed=1, precision="fp32"))
+    )
+
+
+def test_noise_is_in_standard_deviations_of_the_training_representations(standardized_model):
+    rep = torch.zeros(4000, 6)
+    noisy = noisy_representation(standardized_model, rep, SamplingConfig(rep_noise=0.5))
+    torch.testing.assert_close(noisy.std(0), 0.5 * standardized_model.rep_std, rtol=0.06, atol=0)
+    assert torch.equal(noisy_representation(standardized_model, rep, SamplingConfig()), rep)
+    plain = RCDM.from_preset("tiny", representation_dim=6, sample_size=16)
+    x = torch.full((2000, 6), 3.0)  # RMS 3: the unit of a model without training statistics
+    assert abs(float((noisy_representation(plain, x, SamplingConfig(rep_noise=1.0)) - x).std()) - 3.0) < 0.15
+
+
+def test_samples_change_with_noise_replay_with_the_seed_and_ignore_batching(standardized_model):
+    reps = torch.randn(3, 6)
+    clean = sample(standardized_model, reps, SamplingConfig(steps=3, seed=2))
+    a = sample(standardized_model, reps, SamplingConfig(steps=3, seed=2, rep_noise=1.0))
+    assert not torch.allclose(a, clean) and torch.equal(
+        a, sample(standardized_model, reps, SamplingConfig(steps=3, seed=2, rep_noise=1.0))
+    )
+    cfg = SamplingConfig(steps=3, seed=2, rep_noise=1.0, batch_size=6, precision="fp32")
+    whole, split = (
+        sample_many(standardized_model, reps, 2, cfg),
+        sample_many(standardized_model, reps, 2, cfg.replace(batch_size=1)),
+    )
+    torch.testing.assert_close(whole, split, atol=1e-4, rtol=0)  # each row's noise is its own
+    with pytest.raises(RCDMError, match="--rep-noise -1"):
+        sample(standardized_model, reps, SamplingConfig(steps=3, rep_noise=-1.0))
+
+
+D = GaussianDiffusion()
+
+
+class _AsV(nn.Module):
+    """An epsilon UNet re-expressed as a v UNet: v = (eps - sqrt(1 - abar) x) / sqrt(abar)."""
+
+    def __init__(self, unet: nn.Module) -> None:
+        super().__init__()
+        self.inner = unet
+        self.ab = D.alphas_cumprod.float()
+
+    def forward(self, x, t, class_labels=None):
+        out = self.inner(x, t, class_labels=class_labels).sample
+        ab = self.ab[t.cpu()].view(-1, 1, 1, 1)
+        v = (out[:, :3] - (1 - ab).sqrt() * x) / ab.sqrt()
+
+        class Out:
+            sample = torch.cat([v, out[:, 3:]], 1)
+
+        return Out
+
+
+@pytest.mark.parametrize("sampler", ["dpm++", "ddim", "ddpm"])
+@pytest.mark.parametrize("guidance", [1.0, 3.0])
+def test_a_v_model_samples_what_the_same_function_as_epsilon_samples(sampler, guidance):
+    torch.manual_seed(0)
+    kw = dict(representation_dim=4, sample_size=16, null_representation=True)
+    eps_model = RCDM.from_preset("tiny", **kw).eval()
+    v_model = RCDM.from_preset("tiny", prediction_type="v_prediction", **kw).eval()
+    assert v_model.prediction_type == "v_prediction"
+    v_model.load_state_dict(eps_model.state_dict())
+    v_model.unet = _AsV(v_model.unet)
+    reps = torch.randn(2, 4)
+    cfg = SamplingConfig(sampler=sampler, steps=5, guidance=guidance, seed=3, precision="fp32")
+    a, b = sample(eps_model, reps, cfg), sample(v_model, reps, cfg)
+    torch.testing.assert_close(a, b, rtol=0, atol=2e-4)

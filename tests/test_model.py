@@ -1,8 +1,13 @@
+"""rcdm.model: the RCDM network, its self-describing config and weights, and what it refuses."""
+
 from __future__ import annotations
+
+import json
 
 import pytest
 import torch
 
+from rcdm.cli import main
 from rcdm.errors import RCDMError
 from rcdm.model import PRESETS, RCDM, check_encoder
 
@@ -73,7 +78,6 @@ def test_a_folder_under_the_plain_diffusers_weights_name_is_refused_in_one_line(
 
 
 def test_rcdm_export_checks_its_out_before_loading_the_model(tmp_path, capsys):
-    from rcdm.cli import main
 
     (tmp_path / "file.txt").write_text("x")
     assert main(["export", str(tmp_path / "no-model"), "--out", str(tmp_path / "file.txt")]) == 2
@@ -85,8 +89,6 @@ def test_rcdm_export_writes_a_plain_diffusers_unet_that_gives_the_same_output(tm
     from diffusers import UNet2DModel
     from diffusers.models.attention_processor import Attention
     from safetensors.torch import load_file
-
-    from rcdm.cli import main
 
     m = tiny(standardize_representation=standardize, null_representation=True).eval()
     with torch.no_grad():
@@ -195,3 +197,9 @@ def test_configs_that_cannot_build_are_refused_in_one_line_before_anything_is_bu
     with pytest.raises(RCDMError, match=r"config\.json") as e:
         load_model(folder)
     assert says in str(e.value) and "\n" not in str(e.value)
+
+
+def test_saved_configs_carry_no_path_of_the_machine(guided, tmp_path):
+    model = RCDM.from_pretrained(guided)  # diffusers sets _name_or_path to the folder it read
+    model.save_pretrained(tmp_path / "again")
+    assert "_name_or_path" not in json.loads((tmp_path / "again" / "config.json").read_text())

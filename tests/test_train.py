@@ -1,3 +1,6 @@
+"""rcdm.train: run folders, exact resume, kills and full disks, and a tiny RCDM that learns to carry its
+representation."""
+
 from __future__ import annotations
 
 import importlib
@@ -14,12 +17,17 @@ from pathlib import Path
 import pytest
 import torch
 
+from rcdm.cli import main
+from rcdm.data import list_images, load_views
+from rcdm.diffusion import SamplingConfig, sample, sample_many
 from rcdm.encoders import create_encoder
 from rcdm.errors import NonFiniteLossError, RCDMError
+from rcdm.loading import encoder_for, load_model
 from rcdm.model import RCDM
+from rcdm.monitor import read_metrics
 from rcdm.runs import Checkpoints
-from rcdm.train import train
-from training_for_tests import assert_same, tiny_argv, weights
+from rcdm.train import TrainConfig, learning_rate, train
+from training_for_tests import assert_same, tiny_argv, tiny_config, weights
 from training_for_tests import tiny_config as config
 
 train_mod = importlib.import_module("rcdm.train")
@@ -215,7 +223,6 @@ def _damage(ck: Path, how: str) -> str:
 def test_resume_from_a_damaged_checkpoint_names_the_file_and_the_intact_one(
     few_images, reference, tmp_path, capsys, monkeypatch, how
 ):
-    from rcdm.cli import main
 
     run = tmp_path / "run"
     shutil.copytree(reference, run)
@@ -243,7 +250,6 @@ def test_a_full_disk_during_a_checkpoint_is_one_line_and_the_run_resumes(
     import errno
 
     from rcdm import runs
-    from rcdm.cli import main
 
     run = tmp_path / "run"
     args = [*tiny_argv(few_images), "--steps", "6", "--no-progress", "--out", str(run)]
@@ -282,8 +288,6 @@ def test_a_full_disk_during_a_checkpoint_is_one_line_and_the_run_resumes(
 def test_a_second_train_in_the_same_folder_is_refused_naming_the_first(few_images, tmp_path, capsys):
     import socket
 
-    from rcdm.cli import main
-
     run = tmp_path / "run"
     run.mkdir()
     hold = "import sys, time; from rcdm.locks import run_lock\nwith run_lock(sys.argv[1], 'rcdm train'):\n"
@@ -315,7 +319,6 @@ def test_a_second_train_in_the_same_folder_is_refused_naming_the_first(few_image
 
 
 def test_data_that_is_a_file_but_not_an_image_is_named(tmp_path, capsys):
-    from rcdm.cli import main
 
     notes = tmp_path / "README.txt"
     notes.write_text("not an image")
@@ -332,7 +335,6 @@ def test_data_that_is_a_file_but_not_an_image_is_named(tmp_path, capsys):
 
 
 def test_resuming_a_finished_run_says_there_is_nothing_to_train(reference, tmp_path, capsys):
-    from rcdm.cli import main
 
     run = tmp_path / "run"
     shutil.copytree(reference, run)
@@ -343,7 +345,6 @@ def test_resuming_a_finished_run_says_there_is_nothing_to_train(reference, tmp_p
 
 
 def test_a_time_budget_stops_at_a_checkpoint_and_the_run_stays_usable(few_images, tmp_path, capsys):
-    from rcdm.cli import main
     from rcdm.loading import resolve_model_dir
 
     run = tmp_path / "run"
@@ -366,3 +367,67 @@ def test_a_time_budget_stops_at_a_checkpoint_and_the_run_stays_usable(few_images
     assert "trained 6 steps; mean loss" in capsys.readouterr().out
     assert main([*args[:-2], "--out", str(tmp_path / "r2"), "--time-budget-s", "-5"]) == 2
     assert "--time-budget-s -5.0 must be a positive number of seconds" in capsys.readouterr().err
+
+
+def test_samples_are_retrieved_by_their_own_representation(few_images, tmp_path):
+    cfg = TrainConfig(
+        data=str(few_images),
+        encoder="pixels:4",  # weight-free 48-d representation: the image average-pooled to 4x4
+        preset="tiny",
+        image_size=16,
+        steps=500,
+        batch_size=16,
+        lr=3e-3,
+        ema_decay=0.98,
+        save_every=500,
+        num_workers=0,
+        min_scale=1.0,
+    )
+    train(cfg, tmp_path / "run", progress=False)
+    model = load_model(tmp_path / "run")
+    enc = encoder_for(model)
+    files = list_images(few_images)
+    _, views = load_views(files, 16, enc.preprocessing.input_size)
+    reps = enc.encode(views)
+    n = 4
+    source = torch.arange(len(files)).repeat_interleave(n)
+    rates = {}
+    for sampler, steps in (("ddpm", 50), ("ddim", 25), ("dpm++", 20)):
+        samples = sample_many(model, reps, n, SamplingConfig(sampler=sampler, steps=steps, seed=0))
+        nearest = torch.cdist(enc.encode(samples.flatten(0, 1)), reps).argmin(1)
+        rates[sampler] = float((nearest == source).float().mean())
+    chance = 1 / len(files)
+    print(f"rank-1 retrieval of samples among {len(files)} images (chance {chance:.3f}): {rates}")
+    assert rates["ddpm"] >= 5 * chance
+    assert min(rates.values()) >= 3 * chance
+
+
+def test_warmup_rises_linearly_then_holds(tmp_path):
+    cfg = tiny_config(tmp_path, lr=1e-3, warmup_steps=4)
+    assert [learning_rate(cfg, s) for s in range(6)] == pytest.approx(
+        [2.5e-4, 5e-4, 7.5e-4, 1e-3, 1e-3, 1e-3]
+    )
+    assert learning_rate(tiny_config(tmp_path, lr=1e-3), 0) == 1e-3
+
+
+def test_a_run_with_the_new_knobs_records_them_and_logs_the_warmup(few_images: Path, tmp_path):
+    cfg = tiny_config(
+        few_images,
+        steps=4,
+        prediction="v_prediction",
+        loss_weighting="min-snr",
+        timestep_sampling="logit-normal",
+        warmup_steps=2,
+        dropout=0.1,
+        cond_drop=0.2,
+        log_every=1,
+    )
+    train(cfg, tmp_path / "run", progress=False)
+    model = RCDM.from_pretrained(tmp_path / "run" / "model")
+    assert model.prediction_type == "v_prediction" and model.config.dropout == 0.1
+    rows = read_metrics(tmp_path / "run")
+    assert rows[0]["lr"] == pytest.approx(cfg.lr / 2)  # step 1 of a 2-step warm-up
+    imgs = sample(
+        model, torch.randn(2, model.config.representation_dim), SamplingConfig(steps=3, guidance=2.0)
+    )
+    assert torch.isfinite(imgs).all()

@@ -9,7 +9,17 @@ from pathlib import Path
 import pytest
 
 from rcdm.cli import main
-from rcdm.pack.ab import ABConfig, ab_table, eval_path, evaluate_variants
+from rcdm.errors import RCDMError
+from rcdm.pack.ab import (
+    VARIANTS,
+    ABConfig,
+    ab_table,
+    eval_path,
+    eval_steps,
+    evaluate_variants,
+    variant_config,
+    with_images,
+)
 
 
 @pytest.fixture
@@ -64,3 +74,33 @@ def test_cli_evaluate_needs_a_judge_and_names_bad_variants(ab_runs, cifar_root, 
     assert "--stage evaluate needs --judge" in capsys.readouterr().err
     assert main([*base, "--stage", "table", "--variants", "baseline+warp"]) == 2
     assert "unknown A/B variant 'warp'" in capsys.readouterr().err
+
+
+def test_ab_variants_share_everything_but_their_change(tmp_path):
+    ab = ABConfig(data=str(tmp_path))
+    base = variant_config(ab, "baseline")
+    assert (base.preset, base.batch_size, base.lr, base.cond_drop, base.steps) == (
+        "cifar32-small",
+        64,
+        5e-4,
+        0.1,
+        2000,
+    )
+    both = variant_config(ab, "min-snr+v-prediction")
+    assert (both.loss_weighting, both.prediction) == ("min-snr", "v_prediction")
+    assert {k: v for k, v in both.__dict__.items() if k not in ("loss_weighting", "prediction")} == {
+        k: v for k, v in base.__dict__.items() if k not in ("loss_weighting", "prediction")
+    }
+    big = variant_config(ab, "lr1e-3-batch128")
+    assert big.steps * big.batch_size == base.steps * base.batch_size  # equal images seen
+    assert eval_steps(ab, "lr1e-3-batch128") == {64_000: 500, 128_000: 1000}
+    assert eval_steps(ab, "baseline") == {64_000: 1000, 128_000: 2000}
+    for name in ("baseline", "lr1e-3-batch128"):  # every evaluation point is a kept checkpoint
+        cfg = variant_config(ab, name)
+        assert all(s % cfg.save_every == 0 for s in eval_steps(ab, name).values())
+        assert cfg.keep_checkpoints * cfg.save_every >= cfg.steps
+    assert set(VARIANTS) >= {"baseline", "min-snr", "v-prediction", "logit-normal", "dropout", "cifar32"}
+    with pytest.raises(RCDMError, match="unknown A/B variant 'edm'"):
+        variant_config(ab, "baseline+edm")
+    with pytest.raises(RCDMError, match="not a whole number of batches"):
+        variant_config(with_images(ab, 1000), "baseline")

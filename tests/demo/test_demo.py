@@ -1,5 +1,5 @@
-"""`rcdm demo`: the pack demo on a tiny smoke bundle (page, figures, numbers, smoke label), bundle errors, and
-the smoke-scale fallback that says the CIFAR-10 pack is not bundled."""
+"""rcdm.demo (run_pack_demo, run_demo): the pack demo on a tiny smoke bundle (page, figures, numbers, smoke
+label), and the smoke-scale fallback that says the CIFAR-10 pack is not bundled."""
 
 from __future__ import annotations
 
@@ -17,16 +17,10 @@ from PIL import Image
 from rcdm.bundle import read_bundle
 from rcdm.cli import main
 from rcdm.demo import PACK_DEMO_PRESETS, PackDemoSettings, run_demo, run_pack_demo
-from rcdm.demo.page import models_html, smoke_notice
+from rcdm.demo.page import smoke_notice
 from rcdm.diffusion import SamplingConfig
 from rcdm.errors import RCDMError
-from rcdm.pack.rcdms import TARGETS, RCDMRecipe, train_rcdms
-from rcdm.pack.ssl import SSLConfig, train_encoder
-from rcdm.pack.write import pack
 
-TINY = dict(
-    epochs=1, batch_size=10, limit=20, depth=8, width=1, projector=(32, 32), num_workers=0, warmup_epochs=0
-)
 FIGURES = ("samples", "invariance", "interpolation", "adversarial")
 SECTIONS = (
     "What this is",
@@ -37,23 +31,6 @@ SECTIONS = (
     "The paper&#x27;s findings, as this pack shows them",
     "Settings and timings",
 )
-
-
-@pytest.fixture(scope="module")
-def bundle(cifar_root: Path, few_images: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A smoke bundle of tiny models: two tiny encoders, the three RCDM targets (tiny preset, 2 steps), 4 inputs."""
-    root = tmp_path_factory.mktemp("demo-runs")
-    train_encoder(SSLConfig(data=str(cifar_root), **TINY), root / "ssl", progress=False)
-    train_encoder(
-        SSLConfig(data=str(cifar_root), objective="supervised", **TINY), root / "supervised", progress=False
-    )
-    recipe = RCDMRecipe(
-        data=str(few_images), preset="tiny", steps=2, batch_size=4, save_every=2, num_workers=0, cond_drop=0.1
-    )
-    train_rcdms(recipe, root, progress=False)
-    out = root / "bundle"
-    pack(root, out, allow_smoke=True, demo_images=sorted(few_images.glob("*.jpg"))[:4])
-    return out
 
 
 def _sources(page: str) -> set[str]:
@@ -155,81 +132,6 @@ def test_only_a_smoke_bundle_gets_the_warning(bundle: Path, tmp_path: Path) -> N
         )
 
 
-def test_the_pack_demo_samples_with_the_bundle_guidance_unless_told(
-    bundle: Path, few_images: Path, tmp_path: Path, capsys: pytest.CaptureFixture
-) -> None:
-    root, guided = bundle.parent, tmp_path / "guided"
-    assert (
-        main(
-            ["recipe", "pack", "--runs", str(root), "--out", str(guided), "--allow-smoke", "--guidance", "2"]
-        )
-        == 0
-    )
-    assert read_bundle(guided).guidance == 2.0 and read_bundle(bundle).guidance == 1.0
-    stds = {}
-    for extra, expected in (([], 2.0), (["--guidance", "1"], 1.0)):
-        out = tmp_path / f"demo-{expected}"
-        argv = [
-            "demo",
-            "--bundle",
-            str(guided),
-            "--out",
-            str(out),
-            "--preset",
-            "quick",
-            "--no-progress",
-            *extra,
-        ]
-        assert main(argv) == 0
-        res = json.loads((out / "results.json").read_text())
-        assert res["settings"]["sampling"]["guidance"] == expected
-        assert res["invariance"]["projector"]["settings"]["guidance"] == expected  # every section samples so
-        stds[expected] = res["samples"]["backbone"]["mean_pixel_std"]
-    assert stds[2.0] != stds[1.0]  # guidance changed the samples
-
-    # RCDMs without a null representation cannot be guided: refused before anything is written.
-    plain = tmp_path / "plain-runs"
-    for run in ("ssl", "supervised"):
-        shutil.copytree(root / run, plain / run)
-    recipe = RCDMRecipe(
-        data=str(few_images), preset="tiny", steps=1, batch_size=4, save_every=1, num_workers=0
-    )
-    train_rcdms(recipe, plain, only=[TARGETS[2].name], progress=False)
-    capsys.readouterr()
-    argv = ["recipe", "pack", "--runs", str(plain), "--out", str(tmp_path / "b"), "--only", TARGETS[2].name]
-    assert main([*argv, "--allow-smoke", "--guidance", "2"]) == 2
-    err = capsys.readouterr().err.strip()
-    assert "\n" not in err and "condition dropout" in err and TARGETS[2].name in err, err
-    assert not (tmp_path / "b").exists() or not any((tmp_path / "b").iterdir())
-    assert main(["demo", "--smoke-scale", "--guidance", "2", "--out", str(tmp_path / "s")]) == 2
-
-
-def test_demo_bundle_errors_exit_2_with_one_line(
-    bundle: Path, tmp_path: Path, capsys: pytest.CaptureFixture
-) -> None:
-    not_a_bundle = tmp_path / "empty"
-    not_a_bundle.mkdir()
-    partial = tmp_path / "partial"
-    shutil.copytree(bundle, partial)
-    shutil.rmtree(partial / TARGETS[1].name)
-    cases = {
-        str(tmp_path / "nowhere"): "does not exist",
-        str(not_a_bundle): "no bundle.json",
-        str(partial): TARGETS[1].name,
-    }
-    for folder, reason in cases.items():
-        assert main(["demo", "--bundle", folder, "--out", str(tmp_path / "o"), "--no-progress"]) == 2
-        err = capsys.readouterr().err.strip()
-        assert err.startswith("rcdm demo: error:") and "\n" not in err and reason in err, err
-    (not_a_bundle / "bundle.json").write_text("{not json")
-    with pytest.raises(RCDMError, match="bundle index"):
-        read_bundle(not_a_bundle)
-    # Options of the smoke-scale demo do not mix with a bundle.
-    assert main(["demo", "--bundle", str(bundle), "--smoke-scale"]) == 2
-    assert main(["demo", "--bundle", str(bundle), "--steps", "3"]) == 2
-    assert not (tmp_path / "o").exists()
-
-
 def test_demo_uses_the_installed_pack_else_the_smoke_scale_model(
     bundle: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -256,46 +158,3 @@ class _Done:
     smoke = False
     seconds: ClassVar[dict[str, float]] = {"total": 0.0}
     index = Path("index.html")
-
-
-def test_the_model_table_says_when_a_model_stopped_before_its_planned_steps() -> None:
-    m = {
-        "label": "VICReg backbone",
-        "target": "rcdm-cifar10-vicreg-backbone",
-        "encoder": "cifar10-vicreg",
-        "encoder_objective": "vicreg",
-        "encoder_epochs": 60,
-        "encoder_knn_accuracy": 0.7,
-        "preset": "cifar32-small",
-        "steps": 3000,
-        "planned_steps": 8000,
-        "images_seen": 192000,
-        "wall_time_s": 10.0,
-        "device": "cpu",
-        "cpu_time_s": 5.0,
-        "smoke": False,
-        "metrics": {},
-    }
-    assert "3000 steps of 8000 planned, 192000 images" in models_html({"backbone": m})
-    assert "planned" not in models_html({"backbone": {**m, "steps": 8000}})
-    assert "planned" not in models_html({"backbone": {**m, "planned_steps": None}})  # a card from before
-
-
-def test_card_metrics_come_after_the_pictures_rounded() -> None:
-    from rcdm.demo.page import metrics_section
-
-    models = {"backbone": {"label": "VICReg backbone", "metrics": {"rank-1 (chance 0.0010)": 0.01899999938905239,
-                                                                  "mean rank": 199.97300720214844, "n": 1000}}}  # fmt: skip
-    section = metrics_section(models)
-    assert "0.019" in section.body and "200" in section.body and "1000" in section.body
-    assert "0.0189999" not in section.body and "199.97" not in section.body
-    assert "chance 0.001" in section.body
-    assert metrics_section({"backbone": {"label": "x", "metrics": {}}}) is None
-    assert "Metrics recorded" not in models_html(models | {"backbone": {**models["backbone"], **_TABLE_ROW}})
-
-
-_TABLE_ROW = {
-    "target": "t", "encoder": "e", "encoder_objective": "vicreg", "encoder_epochs": 60, "encoder_knn_accuracy": 0.7,
-    "preset": "p", "steps": 1, "planned_steps": 1, "images_seen": 64, "wall_time_s": 1.0, "device": "cpu",
-    "cpu_time_s": 1.0, "smoke": False,
-}  # fmt: skip

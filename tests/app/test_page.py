@@ -1,6 +1,5 @@
-"""`rcdm app`: the page served in-process on 127.0.0.1 with a tiny untrained model, every view called through
-gradio_client (images of the model's size come back), bad uploads answered in the page, and the CLI's
-one-line answers (no gradio, no models)."""
+"""rcdm.app (build_app, start): the page served in-process on 127.0.0.1 with a tiny untrained model, every view
+called through gradio_client (images of the model's size come back), bad uploads answered in the page."""
 
 from __future__ import annotations
 
@@ -14,37 +13,14 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from app_for_tests import SIZE
 from rcdm.app import build_app, discover_models, start
-from rcdm.cli import main
-from rcdm.errors import RCDMError
 
 gr = pytest.importorskip("gradio", reason="the app tests need gradio: pip install -e '.[dev]' installs it")
 gradio_client = pytest.importorskip("gradio_client", reason="the app tests need gradio_client (in .[dev])")
 
-SIZE = 16  # the tiny model's sample size
 PRESET = "fast"
 COMMON = [2, PRESET, 2, 0, 1.0]  # samples, preset, steps, seed, guidance
-
-
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """An untrained tiny RCDM (16 px) on a weight-free 3-d encoder with a classifier (so Attack has labels)."""
-    from encoders_for_tests import mean_colour_classifier
-    from rcdm.model import RCDM
-
-    d = mean_colour_classifier().describe()
-    model = RCDM.from_preset(
-        "tiny",
-        d["representation_dim"],
-        sample_size=SIZE,
-        encoder=d["encoder"],
-        encoder_identity=d["encoder_identity"],
-        feature=d["feature"],
-        preprocessing=d["preprocessing"],
-    )
-    out = tmp_path_factory.mktemp("app-model") / "tiny"
-    model.save_pretrained(out)
-    return out
 
 
 @pytest.fixture(scope="module")
@@ -221,105 +197,12 @@ def test_numbers_the_sliders_let_through_are_refused_in_the_page(client: tuple, 
     assert "**error:** " + says in stream, stream[-400:]
 
 
-def test_a_thin_upload_is_not_enlarged_to_gigabytes() -> None:
-    from rcdm.app.views import PREVIEW_MAX_SIDE, _shown
-
-    assert _shown(Image.new("RGB", (20000, 1))).size == (20000, 1)
-    small = _shown(Image.new("RGB", (32, 32)))
-    assert small.size == (160, 160) and max(_shown(Image.new("RGB", (1000, 2))).size) <= max(
-        1000, PREVIEW_MAX_SIDE
-    )
-
-
-def test_models_offered(tiny_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import rcdm.app.models as app_models
-
-    monkeypatch.setattr(app_models, "_bundled_pack", lambda: None)  # whatever this machine has installed
-    monkeypatch.setattr(app_models, "_cached_official", lambda: [])
-    with pytest.raises(RCDMError, match="no models to offer"):
-        discover_models()
-    runs = tmp_path / "runs"
-    runs.mkdir()
-    (runs / "not-a-run").mkdir()
-    with pytest.raises(RCDMError, match="no model in"):
-        discover_models((), [str(runs)])
-    (runs / "a").symlink_to(tiny_model)
-    assert [c.label for c in discover_models((), [str(runs)])] == ["a"]
-    assert [c.label for c in discover_models([str(tiny_model)], trust_remote_code=True)] == ["tiny"]
-
-
-def test_cli_without_gradio_says_how_to_install(
-    tiny_model: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
-) -> None:
-    monkeypatch.setitem(sys.modules, "gradio", None)  # `import gradio` now fails as if absent
-    assert main(["app", "--model", str(tiny_model)]) == 2
-    assert (
-        capsys.readouterr().err.strip() == "rcdm app: error: rcdm app needs gradio: pip install 'rcdm[app]'"
-    )
-
-
-def test_cli_bad_model_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    assert main(["app", "--model", str(tmp_path / "nowhere")]) == 2
-    err = capsys.readouterr().err.strip()
-    assert err.startswith("rcdm app: error: no model at") and "\n" not in err
-
-
-def test_help_works_without_gradio(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
-    monkeypatch.setitem(sys.modules, "gradio", None)  # any `import gradio` while building the parser fails
-    with pytest.raises(SystemExit) as e:
-        main(["app", "--help"])
-    assert e.value.code == 0 and "--host" in capsys.readouterr().out
-
-
-def test_pack_models_and_the_supervised_twin(tiny_model: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The pack's three roles are offered (backbone + projector picked by default); Attack on an SSL model with
-    no classifier also attacks the supervised twin, whose labels come with class names."""
-    import rcdm.app as app_module
-    import rcdm.app.models as app_models
-    from encoders_for_tests import mean_colour_classifier
-    from rcdm.bundle import ROLES
-    from rcdm.encoders import create_encoder
-    from rcdm.loading import load_model
-
-    model = load_model(tiny_model)
-    ssl = create_encoder("module:encoders_for_tests:mean_colour", "backbone")
-    sup = mean_colour_classifier()
-    assert ssl.classifier is None and sup.classifier is not None
-    loaded = {"rcdm-cifar10-supervised": (model, sup)}
-    monkeypatch.setattr(app_models, "_bundled_pack", lambda: (tiny_model, ROLES, 2.5))
-    monkeypatch.setattr(app_models, "_pack_classes", lambda folder, target: [f"c{k}" for k in range(10)])
-    monkeypatch.setattr(app_models, "_load_bundled", lambda folder, t, d: loaded.get(t, (model, ssl)))
-    monkeypatch.setattr(app_models, "_cached_official", lambda: [])
-    choices = discover_models()
-    assert [c.label for c in choices] == ["VICReg backbone", "VICReg projector", "supervised backbone"]
-    assert [c.supervised for c in choices] == [False, False, True]
-    assert {c.guidance for c in choices} == {2.5}  # the bundle's weight, the page's default
-    page = app_module.build_app(choices, "cpu")
-    sliders = [c["props"] for c in page.config["components"] if c.get("type") == "slider"]
-    assert [p["value"] for p in sliders if p.get("label", "").startswith("guidance")] == [2.5]
-    views = app_module.Views(app_module.ModelCache(choices, "cpu"))
-    image = app_module.resolve_image(None, "cat.jpg")
-    r = views.attack(
-        ["VICReg backbone"],
-        image,
-        2 / 255,
-        1,
-        app_module.Sampling(1, app_module.APP_SAMPLING.replace(steps=1)),
-    )
-    table, note = r.text.split("\n\n", 1)
-    rows = table.splitlines()[2:]
-    assert [row.split(" | ")[0].strip("| ") for row in rows] == ["VICReg backbone", "supervised backbone"]
-    assert "relative_shift" in note  # where the CLI's relative number is, which one image cannot give
-    assert "no classifier" in rows[0] and "c" in rows[1].split(" | ")[-1] and "→" in rows[1]
-    assert len(r.images) == 2 * 2 and all(im.size == (SIZE, SIZE) for im, _ in r.images)
-
-
 @pytest.mark.skipif(
     shutil.which("chromium") is None,
     reason="make app-check needs Chromium (Debian: apt-get install chromium)",
 )
 def test_app_check_screenshots_a_rendered_page(tiny_model: Path, tmp_path: Path) -> None:
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "scripts"))
     try:
         import app_check
     finally:
@@ -329,74 +212,6 @@ def test_app_check_screenshots_a_rendered_page(tiny_model: Path, tmp_path: Path)
     assert app_check.main(argv) == 0
     with Image.open(out) as im:
         assert im.size == (1280, 1100)
-
-
-def test_guidance_applies_only_to_models_trained_for_it(tiny_model: Path, tmp_path: Path) -> None:
-    import rcdm.app as app_module
-    from rcdm.model import RCDM
-
-    cfg = dict(RCDM.load_config(tiny_model))
-    guided = RCDM.from_config({**cfg, "null_representation": True})
-    guided.null_rep.data.normal_()  # a null representation unlike the image's, so guidance changes samples
-    guided.save_pretrained(tmp_path / "guided")
-    choices = discover_models([str(tiny_model), str(tmp_path / "guided")], trust_remote_code=True)
-    views = app_module.Views(app_module.ModelCache(choices, "cpu"))
-    image = app_module.resolve_image(None, "cat.jpg")
-
-    def draw(guidance: float) -> list:
-        s = app_module.Sampling(1, app_module.APP_SAMPLING.replace(steps=2, guidance=guidance))
-        return [im.tobytes() for im, _ in views.samples(["tiny", "guided"], image, s).images]
-
-    plain, strong = draw(1.0), draw(3.0)
-    assert plain[0] == strong[0]  # the tiny model has no null representation: guidance is not applied
-    assert plain[1] != strong[1]
-
-
-def test_a_model_whose_encoder_runs_code_needs_the_opt_in(tiny_model: Path) -> None:
-    # The tiny model's config names a module: encoder; without --trust-remote-code loading it is refused.
-    import rcdm.app as app_module
-
-    cache = app_module.ModelCache(discover_models([str(tiny_model)]), "cpu")
-    with pytest.raises(RCDMError, match="--trust-remote-code"):
-        cache.get("tiny")
-
-
-def test_the_opt_in_names_the_models_whose_code_it_lets_run(
-    tiny_model: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
-) -> None:
-    runs = tmp_path / "runs"
-    runs.mkdir()
-    (runs / "mine").symlink_to(tiny_model)
-    with caplog.at_level("INFO", logger="rcdm.app.models"):
-        discover_models((), [str(runs)], trust_remote_code=True)
-    assert (
-        "the encoders of 1 model(s) run code when first used: mine (module:encoders_for_tests:" in caplog.text
-    )
-
-
-def test_a_model_folder_s_recorded_guidance_is_the_page_default(tmp_path: Path) -> None:
-    import json
-
-    import torch
-
-    from rcdm.app import models as app_models
-    from rcdm.model import RCDM
-
-    torch.manual_seed(0)
-    m = RCDM.from_preset(
-        "tiny", representation_dim=12, sample_size=16, null_representation=True, encoder="pixels:2"
-    )
-    m.save_pretrained(tmp_path / "guided")
-    config = json.loads((tmp_path / "guided" / "config.json").read_text())
-    config["sampling"] = {"sampler": "dpm++", "steps": 20, "guidance": 3.5}
-    (tmp_path / "guided" / "config.json").write_text(json.dumps(config))
-    (choice,) = app_models.discover_models([str(tmp_path / "guided")])
-    assert choice.guidance == 3.5
-    page = build_app([choice], "cpu")
-    sliders = [c["props"] for c in page.config["components"] if c.get("type") == "slider"]
-    assert [(p["value"], p["visible"]) for p in sliders if p.get("label", "").startswith("guidance")] == [
-        (3.5, True)  # shown on first load, before the page's load event has loaded the model
-    ]
 
 
 def test_a_request_past_the_time_limit_is_stopped_with_a_message(tiny_model: Path) -> None:
@@ -424,34 +239,6 @@ def test_uploads_are_deleted_when_the_app_stops(
     finally:
         app.close()
     assert not list((tmp_path / "gradio").rglob("mine.png"))
-
-
-@pytest.mark.parametrize(
-    ("args", "says"),
-    [
-        (["--port", "-1"], "--port -1 is out of range: use a port from 1 to 65535"),
-        (["--port", "99999"], "--port 99999 is out of range"),
-        (["--device", "tpu"], "--device 'tpu' is not a device: use cpu, cuda, cuda:N or mps"),
-        (["--request-limit", "nan"], "--request-limit nan must be a number of seconds >= 0"),
-    ],
-)
-def test_bad_serving_options_are_one_line_before_anything_loads(
-    tiny_model: Path, capsys: pytest.CaptureFixture, args: list[str], says: str
-) -> None:
-    assert main(["app", "--model", str(tiny_model), "--trust-remote-code", *args]) == 2
-    err = capsys.readouterr().err.strip()
-    assert says in err and "\n" not in err, err
-
-
-def test_a_port_in_use_is_one_line(tiny_model: Path, capsys: pytest.CaptureFixture) -> None:
-    import socket
-
-    with socket.socket() as held:
-        held.bind(("127.0.0.1", 0))
-        held.listen()
-        port = held.getsockname()[1]
-        assert main(["app", "--model", str(tiny_model), "--trust-remote-code", "--port", str(port)]) == 2
-    assert f"--port {port} on 127.0.0.1 is in use by another program" in capsys.readouterr().err
 
 
 def test_the_api_speaks_the_cli_s_vocabulary(client: tuple) -> None:
