@@ -16,7 +16,6 @@ from safetensors.torch import load_file
 
 from rcdm import AdaptConfig, adapt, load_model
 from rcdm.adaptation import CARD_NOTE, fit_ridge
-from rcdm.cli import main
 from rcdm.convert import export_diffusers
 from rcdm.diffusion import SamplingConfig, sample
 from rcdm.encoders import Encoder, create_encoder
@@ -135,50 +134,6 @@ def test_resume_continues_and_a_second_run_in_the_folder_is_refused(base, few_im
     assert result.steps == 4
     steps = [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert steps == [1, 2, 3, 4]  # each step once: the resume continued at step 3
-
-
-def test_cli_adapts_and_bad_input_is_one_line(base, few_images, tmp_path, capsys):
-    out = tmp_path / "run"
-    argv = [
-        "adapt",
-        "--model",
-        str(base),
-        "--encoder",
-        "pixels:1",
-        "--data",
-        str(few_images),
-        "--out",
-        str(out),
-    ]
-    assert main([*argv, "--steps", "1", "--batch-size", "4", "--no-progress"]) == 0
-    assert "adapted pixels:1 onto" in capsys.readouterr().out
-    assert (
-        main(
-            [
-                "sample",
-                "--model",
-                str(out / "model"),
-                "--images",
-                str(next(few_images.iterdir())),
-                "--num-samples",
-                "2",
-                "--steps",
-                "2",
-                "--guidance",
-                "2",
-                "--out",
-                str(tmp_path / "s"),
-                "--no-progress",
-            ]
-        )
-        == 0
-    )
-    assert (
-        main(["adapt", "--encoder", "pixels:1", "--data", str(few_images), "--out", str(tmp_path / "x")]) == 2
-    )
-    assert "--model is required" in capsys.readouterr().err
-    assert main([*argv[:-1], str(tmp_path / "y"), "--minutes", "0"]) == 2
-    assert "--minutes 0.0 must be a positive number" in capsys.readouterr().err
 
 
 def test_a_published_layout_base_takes_a_new_encoder(golden_model, images, tmp_path):

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import logging
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
-from rcdm.data import expand_image_args, image_tensor, list_images, load_image
+from rcdm.data import PairedViews, decode_images, expand_image_args, image_tensor, list_images, load_image
 from rcdm.errors import RCDMError
 
 
@@ -61,3 +63,39 @@ def test_the_decoding_bar_never_writes_carriage_returns_into_a_log(tmp_path, cap
     files = [_rgb(tmp_path / f"{i}.png") for i in range(3)]
     decode_images(files, progress=True)  # progress asked for, but stderr is captured: no terminal
     assert "\r" not in capsys.readouterr().err
+
+
+def test_decoded_images_are_the_files_pixels_and_are_cached(few_images: Path, tmp_path: Path):
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for f in list_images(few_images):
+        (folder / f.name).write_bytes(f.read_bytes())
+    files = list_images(folder)
+    tmp_path = tmp_path / "cache"
+    decoded = decode_images(files, cache_dir=tmp_path, progress=False)
+    assert decoded is not None and decoded.dtype == torch.uint8 and decoded.shape == (len(files), 3, 32, 32)
+    plain = PairedViews(files, 32, 32, min_scale=0.6)
+    fast = PairedViews(files, 32, 32, min_scale=0.6, decoded=decoded)
+    for key in [(0, 11), (3, 5), (7, 123)]:
+        a, b = plain[key], fast[key]
+        assert torch.equal(a["image"], b["image"]) and torch.equal(a["enc_image"], b["enc_image"])
+    assert len(list(tmp_path.glob("*.safetensors"))) == 1
+    again = decode_images(files, cache_dir=tmp_path, progress=False)
+    assert again is not None and torch.equal(again, decoded)
+    # A changed file is a new cache entry, with its new pixels.
+    os.utime(files[0], ns=(1, 1))
+    Image.new("RGB", (32, 32), (255, 0, 0)).save(files[0], format="JPEG", quality=100)
+    changed = decode_images(files, cache_dir=tmp_path, progress=False)
+    assert changed is not None and len(list(tmp_path.glob("*.safetensors"))) == 2
+    assert changed[0, 0].float().mean() > 240 and not torch.equal(changed[0], decoded[0])
+
+
+def test_decoding_is_skipped_for_mixed_sizes_and_over_budget(tmp_path: Path):
+    folder = tmp_path / "mixed"
+    folder.mkdir()
+    Image.new("RGB", (32, 32)).save(folder / "a.png")
+    Image.new("RGB", (40, 32)).save(folder / "b.png")
+    assert decode_images(list_images(folder), cache_dir=tmp_path, progress=False) is None
+    same = list_images(folder)[:1]
+    assert decode_images(same, cache_dir=tmp_path, max_bytes=3 * 32 * 32 - 1, progress=False) is None
+    assert decode_images(same, cache_dir=tmp_path, max_bytes=3 * 32 * 32, progress=False) is not None

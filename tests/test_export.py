@@ -9,7 +9,6 @@ from pathlib import Path
 import pytest
 import torch
 
-from rcdm.cli import main
 from rcdm.diffusion import SamplingConfig, sample_many
 from rcdm.export import export_diffusers
 from rcdm.model import RCDM
@@ -59,19 +58,3 @@ def test_the_readme_loop_draws_what_rcdm_sample_draws(guided_model, tmp_path):
     assert (
         _readme_loop(out)["rcdm_sample"](features, num_samples=1, guidance=1) - unguided
     ).abs().max() < 1e-4
-
-
-def test_rcdm_export_writes_the_scheduler_and_a_readme_naming_the_folder(guided_model, tmp_path, capsys):
-    guided_model.save_pretrained(tmp_path / "model")
-    assert main(["export", str(tmp_path / "model"), "--out", str(tmp_path / "r20-diffusers")]) == 0
-    out = tmp_path / "r20-diffusers"
-    assert {p.name for p in out.iterdir()} == {
-        "unet",
-        "rep_proj.safetensors",
-        "scheduler",
-        "rcdm.json",
-        "README.md",
-    }
-    readme = (out / "README.md").read_text()
-    assert 'folder = "r20-diffusers"' in readme and "DPMSolverMultistepScheduler" in readme
-    assert "README.md" in capsys.readouterr().out

@@ -77,15 +77,3 @@ def test_sample_reports_a_full_disk_in_one_line(pixels_model, few_images, tmp_pa
     err = capsys.readouterr().err.strip()
     assert "\n" not in err and "is full" in err and "nothing was written" in err, err
     assert not (tmp_path / "s").exists()
-
-
-def test_a_disk_too_full_for_the_lock_file_is_one_line_and_leaves_no_empty_lock(tmp_path, monkeypatch):
-    from rcdm import locks
-
-    monkeypatch.setattr(locks.os, "write", _no_space)  # a 0-byte disk: the first write is the lock's
-    with (
-        pytest.raises(DiskFullError, match="is full: nothing was written"),
-        files.output_folder(tmp_path / "out", marker="done.txt"),
-    ):
-        pass
-    assert not (tmp_path / "out").exists() and not list(tmp_path.iterdir())

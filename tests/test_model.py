@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
 
-from rcdm.cli import main
 from rcdm.errors import RCDMError
 from rcdm.model import PRESETS, RCDM, check_encoder
 
@@ -75,49 +75,6 @@ def test_a_folder_under_the_plain_diffusers_weights_name_is_refused_in_one_line(
     assert (tmp_path / "plain" / "diffusion_pytorch_model.safetensors").is_file()
     with pytest.raises(RCDMError, match="a plain diffusers UNet's name"):
         load_model(tmp_path / "plain")
-
-
-def test_rcdm_export_checks_its_out_before_loading_the_model(tmp_path, capsys):
-
-    (tmp_path / "file.txt").write_text("x")
-    assert main(["export", str(tmp_path / "no-model"), "--out", str(tmp_path / "file.txt")]) == 2
-    assert "file.txt' is a file, not a folder" in capsys.readouterr().err
-
-
-@pytest.mark.parametrize("standardize", [False, True])
-def test_rcdm_export_writes_a_plain_diffusers_unet_that_gives_the_same_output(tmp_path, standardize, capsys):
-    from diffusers import UNet2DModel
-    from diffusers.models.attention_processor import Attention
-    from safetensors.torch import load_file
-
-    m = tiny(standardize_representation=standardize, null_representation=True).eval()
-    with torch.no_grad():
-        m.rep_proj.weight.normal_()
-        m.null_rep.normal_()
-        if standardize:
-            m.set_representation_stats(torch.randn(50, 10) * 3 + 1)
-    m.save_pretrained(tmp_path / "m")
-    assert main(["export", str(tmp_path / "m"), "--out", str(tmp_path / "e")]) == 0
-    # a second export into it is refused without --overwrite; a folder of the user's files never replaced
-    assert main(["export", str(tmp_path / "m"), "--out", str(tmp_path / "e")]) == 2
-    assert "--overwrite" in capsys.readouterr().err
-    (tmp_path / "mine").mkdir()
-    (tmp_path / "mine" / "notes.txt").write_text("mine")
-    assert main(["export", str(tmp_path / "m"), "--out", str(tmp_path / "mine"), "--overwrite"]) == 2
-    assert (tmp_path / "mine" / "notes.txt").read_text() == "mine"
-    assert main(["export", str(tmp_path / "m"), "--out", str(tmp_path / "e"), "--overwrite"]) == 0
-    assert "heads=2" in capsys.readouterr().out
-    unet = UNet2DModel.from_pretrained(tmp_path / "e" / "unet")
-    proj = load_file(str(tmp_path / "e" / "rep_proj.safetensors"))
-    for mod in unet.modules():
-        if isinstance(mod, Attention):
-            mod.heads = m.config.attention_num_heads
-    x, t, r = torch.randn(2, 3, 16, 16), torch.tensor([3, 500]), torch.randn(2, 10) * 3 + 1
-    with torch.no_grad():
-        plain = unet(x, t, class_labels=r @ proj["weight"].T + proj["bias"]).sample
-        assert (plain - m(x, t, r)).abs().max().item() < 1e-4
-        null = unet(x, t, class_labels=proj["null_embedding"].expand(2, -1)).sample
-        assert (null - m(x, t, None)).abs().max().item() < 1e-4
 
 
 def test_published_network_size_and_heads():
@@ -203,3 +160,22 @@ def test_saved_configs_carry_no_path_of_the_machine(guided, tmp_path):
     model = RCDM.from_pretrained(guided)  # diffusers sets _name_or_path to the folder it read
     model.save_pretrained(tmp_path / "again")
     assert "_name_or_path" not in json.loads((tmp_path / "again" / "config.json").read_text())
+
+
+def test_standardized_model_uses_and_saves_its_statistics(tmp_path: Path):
+    torch.manual_seed(0)
+    m = RCDM.from_preset("tiny", representation_dim=6, standardize_representation=True)
+    reps = torch.randn(500, 6) * torch.tensor([5.0, 1, 1, 1, 1, 0]) + 3
+    m.set_representation_stats(reps)
+    assert (
+        torch.allclose(m.rep_mean, reps.mean(0)) and (m.rep_std > 0).all()
+    )  # the constant dimension is floored
+    x = reps[:2]
+    want = m.rep_proj((x - reps.mean(0)) / m.rep_std)
+    assert torch.allclose(m.condition(x, 2), want, atol=1e-5)
+    m.save_pretrained(tmp_path / "m")
+    back = RCDM.from_pretrained(tmp_path / "m")
+    assert torch.equal(back.rep_mean, m.rep_mean) and torch.equal(back.rep_std, m.rep_std)
+    assert torch.allclose(back.condition(x, 2), want, atol=1e-5)
+    raw = RCDM.from_preset("tiny", representation_dim=6)
+    assert raw.rep_mean is None and "rep_mean" not in raw.state_dict()

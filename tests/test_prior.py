@@ -8,7 +8,6 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from rcdm.cli import main
 from rcdm.errors import RCDMError
 from rcdm.loading import encoder_for, load_model
 from rcdm.prior import (
@@ -88,50 +87,8 @@ def test_training_writes_a_loadable_prior_and_resumes_where_it_stopped(prior_run
         train_prior(cfg, resumed, progress=False)
 
 
-def test_generate_draws_one_image_per_sampled_representation(prior_run, tiny_run, tmp_path, capsys):
-    out = tmp_path / "gen"
-    args = [
-        "generate",
-        "--model",
-        str(tiny_run),
-        "--prior",
-        str(prior_run),
-        "--num-images",
-        "3",
-        "--steps",
-        "2",
-    ]
-    assert main([*args, "--prior-steps", "5", "--no-progress", "--out", str(out)]) == 0
-    assert sorted(p.name for p in out.glob("0*.png")) == ["00000.png", "00001.png", "00002.png"]
-    settings = json.loads((out / "generate.json").read_text())
-    assert settings["num_images"] == 3 and settings["prior_steps"] == 5 and settings["steps"] == 2
-    reps = load_file(out / "representations.safetensors")["representations"]
-    prior, _ = load_prior(prior_run)
-    torch.testing.assert_close(reps, sample_representations(prior, 3, steps=5, seed=0))
-    assert (out / "grid.png").is_file()
-    # bad values: one line, exit 2, nothing written
-    for bad, message in (
-        (["--num-images", "0"], "--num-images"),
-        (["--prior", str(tmp_path)], "not an rcdm prior"),
-        (["--prior-steps", "5000"], "--prior-steps 5000"),
-    ):
-        assert main([*args, *bad, "--no-progress", "--out", str(tmp_path / "bad")]) == 2
-        assert message in capsys.readouterr().err
-    assert not (tmp_path / "bad").exists()
-
-
 def test_a_prior_of_another_encoder_is_refused(prior_run, tiny_run):
     _, record = load_prior(prior_run)
     enc = encoder_for(load_model(tiny_run))
     with pytest.raises(RCDMError, match="train a prior with this model"):
         check_prior_matches({**record, "encoder_identity": "something-else"}, enc)
-
-
-def test_prior_cli_checks_its_numbers(tiny_run, few_images, tmp_path, capsys):
-    base = ["prior", "--model", str(tiny_run), "--data", str(few_images), "--out", str(tmp_path / "p")]
-    assert main([*base, "--steps", "0"]) == 2
-    assert "--steps 0" in capsys.readouterr().err
-    assert main([*base, "--lr", "5"]) == 2
-    assert "--lr 5" in capsys.readouterr().err
-    assert main([*base, "--resume"]) == 2
-    assert "holds no rcdm prior run" in capsys.readouterr().err

@@ -1,5 +1,6 @@
 """User mistakes end in one line and exit 2 before any work; odd images load right or are refused by name; an
-unforeseen exception is one line from the `rcdm` command (exit 1) but reaches Python callers as itself."""
+unforeseen exception is one line from the `rcdm` command (exit 1) but reaches Python callers as itself. End-to-end
+probes across the commands and modules, on purpose (each module's own tests are in its mirrored file)."""
 
 from __future__ import annotations
 

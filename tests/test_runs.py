@@ -3,13 +3,8 @@
 from __future__ import annotations
 
 import errno
-import json
 import logging
 import os
-import signal
-import socket
-import subprocess
-import sys
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -20,7 +15,6 @@ import torch
 from rcdm import runs
 from rcdm.devices import cpu_seconds
 from rcdm.errors import DiskFullError, RCDMError
-from rcdm.locks import LOCK_NAME, run_lock
 from rcdm.runs import Checkpoints
 
 
@@ -36,51 +30,6 @@ def test_latest_and_prune_ignore_incomplete_checkpoints(tmp_path):
     ckpts.prune(keep=2)
     assert sorted(p.name for p in ck.iterdir()) == ["step-00000002", "step-00000003", "step-00000004"]
     assert Checkpoints(tmp_path / "nothing").latest() is None
-
-
-# --- the run-folder lock ------------------------------------------------------------------------------------
-
-HOLD = "import sys, time; from rcdm.locks import run_lock\nwith run_lock(sys.argv[1], 'test holder'):\n"
-HOLD += "    print('held', flush=True); time.sleep(120)\n"
-
-
-def _holder(run: Path) -> subprocess.Popen:
-    proc = subprocess.Popen([sys.executable, "-c", HOLD, str(run)], stdout=subprocess.PIPE, text=True)
-    assert proc.stdout is not None and proc.stdout.readline().strip() == "held"
-    return proc
-
-
-def test_a_second_process_is_refused_naming_the_holder_and_a_killed_holders_lock_is_taken_over(
-    tmp_path, caplog
-):
-    run = tmp_path / "run"
-    run.mkdir()
-    proc = _holder(run)
-    try:
-        with pytest.raises(RCDMError) as e, run_lock(run, "rcdm train"):
-            pass
-        msg = str(e.value)
-        assert f"pid {proc.pid} on {socket.gethostname()} since 20" in msg and "test holder" in msg
-        assert "\n" not in msg and "another --out" in msg
-    finally:
-        proc.send_signal(signal.SIGKILL)  # dies holding it: the kernel drops the flock, the file stays
-        proc.wait()
-    assert json.loads((run / LOCK_NAME).read_text())["pid"] == proc.pid
-    with caplog.at_level(logging.WARNING, logger="rcdm.locks"), run_lock(run, "rcdm train"):
-        assert json.loads((run / LOCK_NAME).read_text())["pid"] == os.getpid()
-    assert f"pid {proc.pid}" in caplog.text and "which is gone" in caplog.text
-    assert not (run / LOCK_NAME).exists()  # released: nothing left behind
-
-
-def test_the_lock_is_one_holder_at_a_time_even_in_one_process(tmp_path):
-    with (
-        run_lock(tmp_path, "first"),
-        pytest.raises(RCDMError, match=rf"in use by first \(pid {os.getpid()} "),
-        run_lock(tmp_path, "second"),
-    ):
-        pass
-    with run_lock(tmp_path, "third"):  # free again once released
-        pass
 
 
 # --- interrupted pruning -------------------------------------------------------------------------------------

@@ -3,6 +3,7 @@ representation."""
 
 from __future__ import annotations
 
+import functools
 import importlib
 import json
 import logging
@@ -27,8 +28,11 @@ from rcdm.model import RCDM
 from rcdm.monitor import read_metrics
 from rcdm.runs import Checkpoints
 from rcdm.train import TrainConfig, learning_rate, train
-from training_for_tests import assert_same, tiny_argv, tiny_config, weights
+from training_for_tests import assert_same, records, tiny_argv, tiny_config, weights
 from training_for_tests import tiny_config as config
+
+# a 4-step fp32 run logging every step (the run.json and gradient-accumulation tests)
+logged = functools.partial(tiny_config, steps=4, log_every=1, mixed_precision="fp32")
 
 train_mod = importlib.import_module("rcdm.train")
 
@@ -431,3 +435,97 @@ def test_a_run_with_the_new_knobs_records_them_and_logs_the_warmup(few_images: P
         model, torch.randn(2, model.config.representation_dim), SamplingConfig(steps=3, guidance=2.0)
     )
     assert torch.isfinite(imgs).all()
+
+
+def test_standardized_training_records_statistics_and_logs_a_summary(
+    few_images, resnet20_spec, tmp_path, caplog
+):
+    cfg = TrainConfig(
+        data=str(few_images),
+        encoder=resnet20_spec,
+        preset="tiny",
+        steps=2,
+        batch_size=4,
+        save_every=2,
+        num_workers=0,
+        standardize=True,
+    )
+    with caplog.at_level(logging.INFO, logger="rcdm.train"):
+        train(cfg, tmp_path / "run", progress=False)
+    model = RCDM.from_pretrained(tmp_path / "run" / "model")
+    assert model.config.standardize_representation
+    assert model.rep_std.shape == (64,) and float(model.rep_std.min()) > 0
+    assert float(model.rep_mean.abs().max()) > 0  # real statistics, not the zero initialisation
+    text = caplog.text
+    assert "8 images (decoded in memory)" in text and "global batch 4" in text
+    assert "step 2/2: mean loss" in text and "img/s; saved" in text
+
+
+def test_training_loss_falls_under_bf16_as_under_fp32(few_images, tmp_path):
+    def run(precision: str) -> list[float]:
+        cfg = TrainConfig(
+            data=str(few_images),
+            encoder="pixels:4",
+            preset="tiny",
+            image_size=16,
+            steps=40,
+            batch_size=8,
+            lr=2e-3,
+            save_every=40,
+            num_workers=0,
+            loss="simple",
+            mixed_precision=precision,
+        )
+        return train(cfg, tmp_path / precision, progress=False).history
+
+    bf16, fp32 = run("bf16"), run("fp32")
+    assert bf16 != fp32  # bf16 autocast did run
+    for history in (bf16, fp32):
+        first, last = sum(history[:5]) / 5, sum(history[-5:]) / 5
+        assert last < 0.5 * first, (first, last)
+    assert abs(sum(bf16[-10:]) - sum(fp32[-10:])) / 10 < 0.05, (bf16[-10:], fp32[-10:])
+
+
+def test_resume_reads_run_json_and_refuses_changed_settings(few_images, tmp_path, capsys):
+    run = tmp_path / "run"
+    argv = tiny_argv(few_images)
+    argv += ["--log-every", "1", "--mixed-precision", "fp32", "--no-progress", "--out", str(run)]
+    assert main([*argv, "--steps", "2"]) == 0
+    # Changed settings are refused, each named with both values; nothing is trained or rewritten.
+    before = (run / "run.json").read_text()
+    for flag, value, name in [
+        ("--lr", "1e-2", "lr"),
+        ("--batch-size", "8", "batch_size"),
+        ("--seed", "3", "seed"),
+    ]:
+        assert main(["train", "--out", str(run), "--resume", flag, value]) == 2
+        err = capsys.readouterr().err
+        assert f"{name} " in err and value.replace("1e-2", "0.01") in err and "run.json" in err
+    assert (run / "run.json").read_text() == before
+    # No flag but --steps: the run continues with its own settings.
+    assert main(["train", "--out", str(run), "--resume", "--steps", "4", "--no-progress"]) == 0
+    assert json.loads((run / "run.json").read_text())["steps"] == 4
+    assert [r["step"] for r in records(run)] == [1, 2, 3, 4]  # each step once
+    straight = tmp_path / "straight"
+    assert main([*argv[:-1], str(straight), "--steps", "4"]) == 0
+    a, b = weights(run / "model"), weights(straight / "model")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert main(["train", "--out", str(tmp_path / "empty"), "--resume"]) == 2
+    assert "--data is required" in capsys.readouterr().err
+
+
+def test_gradient_accumulation_trains_the_same_model_and_resumes_exactly(few_images, tmp_path):
+    one = tmp_path / "k1"
+    train(logged(few_images), one, progress=False)
+    two = tmp_path / "k2"
+    train(logged(few_images, gradient_accumulation_steps=2), two, progress=False)
+    a, b = weights(one / "model"), weights(two / "model")
+    worst = max((a[k] - b[k]).abs().max().item() for k in a)
+    assert 0 < worst < 1e-4 or worst == 0, worst  # the same images, noise and mean loss: float rounding only
+    part = tmp_path / "k2-resumed"
+    train(logged(few_images, gradient_accumulation_steps=2, steps=2), part, progress=False)
+    train(logged(few_images, gradient_accumulation_steps=2), part, resume=True, progress=False)
+    c = weights(part / "model")
+    assert all(torch.equal(b[k], c[k]) for k in b)
+    with pytest.raises(RCDMError, match="gradient-accumulation-steps 3"):
+        train(logged(few_images, gradient_accumulation_steps=3), tmp_path / "bad", progress=False)

@@ -1,7 +1,8 @@
-"""Tiny training settings and weight comparisons shared by the training tests (test_train*.py)."""
+"""Tiny training settings and weight comparisons shared by the training tests (test_train.py, test_monitor.py, ...)."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import torch
@@ -41,3 +42,8 @@ def assert_same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
     assert a.keys() == b.keys()
     different = [k for k in a if not torch.equal(a[k], b[k])]
     assert not different, f"{len(different)} tensors differ, e.g. {different[:3]}"
+
+
+def records(run: Path) -> list[dict]:
+    """RUN/metrics.jsonl as a list of records."""
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]

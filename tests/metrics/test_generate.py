@@ -1,4 +1,4 @@
-"""The resumable sample-generation job: deterministic, resumable, split between processes."""
+"""rcdm.metrics.generate (`rcdm evaluate generate`): samples drawn once, deterministic, resumable, split between processes."""
 
 from __future__ import annotations
 

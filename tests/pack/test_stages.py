@@ -11,7 +11,6 @@ import pytest
 
 import rcdm.pack.stages as stages
 from rcdm.bundle import bundled_pack
-from rcdm.cli import main
 from rcdm.diffusion import SamplingConfig
 from rcdm.errors import RCDMError
 from rcdm.locks import output_lock
@@ -110,13 +109,6 @@ def test_samplers_score_the_newest_model_of_the_runs_asked_for(tmp_path: Path, s
     assert table.endswith("(step-00001500)") and "/ 2.00" in table  # 2 s for 1 image
 
 
-def test_a_bad_sampler_setting_is_one_line(capsys) -> None:
-    argv = ["recipe", "samplers", "--runs", "r", "--data", "d", "--judge", "j", "--metrics", "m"]
-    assert main([*argv, "--settings", "fastest:2"]) == 2
-    err = capsys.readouterr().err
-    assert "--settings 'fastest:2': give PRESET:GUIDANCE" in err and len(err.strip().splitlines()) == 1
-
-
 def test_a_second_metrics_stage_is_refused_while_one_runs(tmp_path: Path, scored) -> None:
     runs, metrics = tmp_path / "runs", tmp_path / "metrics"
     _run(runs, SUPERVISED, [1000], final=True)
@@ -124,28 +116,6 @@ def test_a_second_metrics_stage_is_refused_while_one_runs(tmp_path: Path, scored
     with output_lock(metrics, flag="--metrics"), pytest.raises(RCDMError, match="is being written by"):
         stages.evaluate_runs(runs, metrics, [Path("a.jpg")], None)
     assert scored == [] and not metrics.exists()
-
-
-def test_eval_images_copies_a_class_balanced_prefix(cifar_root: Path, tmp_path: Path) -> None:
-    assert (
-        main(
-            [
-                "recipe",
-                "eval-images",
-                "--data",
-                str(cifar_root),
-                "--out",
-                str(tmp_path / "e"),
-                "--num-images",
-                "20",
-            ]
-        )
-        == 0
-    )
-    names = sorted(p.name for p in (tmp_path / "e").iterdir())
-    assert len(names) == 20 and {n.split("-")[0] for n in names} == {
-        p.name for p in (cifar_root / "test").iterdir()
-    }
 
 
 def test_findings_on_the_shipped_pack_write_results_and_tables(cifar_root: Path, tmp_path: Path) -> None:

@@ -81,17 +81,15 @@ def rcdm_card(card: dict) -> str:
         f"`{card['encoder']}`, trained on the CIFAR-10 train split by `rcdm recipe rcdm`. Sample with "
         "`rcdm sample --model PATH_TO_THIS_FOLDER --images ...`."
     )
-    metrics = card.get("metrics")
+    metrics = card.get("metrics") or {}
     # card.json keeps the measured floats; the table shows 4 significant digits
-    section = (
-        "Metrics",
-        "| metric | value |\n| --- | --- |\n"
-        + "\n".join(f"| {k} | {f'{v:.4g}' if isinstance(v, float) else v} |" for k, v in metrics.items()),
+    table = "| metric | value |\n| --- | --- |\n" + "\n".join(
+        f"| {k} | {f'{v:.4g}' if isinstance(v, float) else v} |" for k, v in metrics.items()
     )
     return model_card(
         card["name"],
         [intro] if metrics else [intro, "No metrics were given when this model was packed."],
         fields,
         smoke=bool(card["smoke"]),
-        sections=[section] if metrics else [],
+        sections=[("Metrics", table)] if metrics else [],
     )

@@ -1,0 +1,51 @@
+"""rcdm.pack.rcdms: the pack's RCDM runs (their records, the CPU profile, the time budget)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from rcdm.cli import main
+
+from .conftest import TARGET
+
+
+def test_rcdm_recipe_records_its_run(runs: Path) -> None:
+    rec = json.loads((runs / TARGET / "recipe.json").read_text())
+    assert rec["steps"] == 2 and rec["images_seen"] == 8 and rec["smoke"] is True
+    assert rec["cpu_time_s"] > 0 and rec["cpu_time_from_step"] == 0
+    assert rec["target"]["feature"] == "projector" and rec["device"].startswith("cpu")
+
+
+def test_cpu_profile_trains_a_standardized_model_and_keeps_its_checkpoints(
+    runs: Path, few_images: Path, tmp_path: Path
+) -> None:
+    import shutil
+
+    root = tmp_path / "runs"
+    shutil.copytree(runs / "supervised", root / "supervised")
+    argv = ["recipe", "rcdm", "--profile", "cpu", "--runs", str(root), "--data", str(few_images)]
+    argv += ["--only", "rcdm-cifar10-supervised", "--preset", "tiny", "--steps", "4", "--batch-size", "4"]
+    assert main([*argv, "--save-every", "1", "--no-progress"]) == 0
+    run = root / "rcdm-cifar10-supervised"
+    rec = json.loads((run / "recipe.json").read_text())["recipe"]
+    assert rec["standardize"] is True and rec["lr"] == 5e-4 and rec["batch_size"] == 4  # profile, then flags
+    config = json.loads((run / "model" / "config.json").read_text())
+    assert config["standardize_representation"] is True
+    assert rec["cond_drop"] == 0.1 and config["null_representation"] is True  # its samples can be guided
+    assert len(list((run / "checkpoints").glob("step-*"))) == 4  # the CPU profile keeps the curve
+    # Resumed after a session whose CPU time is unknown (here: recorded before CPU time was): the record says
+    # which steps its CPU time covers.
+    record = json.loads((run / "recipe.json").read_text())
+    old = {k: v for k, v in record.items() if not k.startswith("cpu_")}
+    (run / "recipe.json").write_text(json.dumps(old))
+    longer = [("5" if i == argv.index("--steps") + 1 else x) for i, x in enumerate(argv)]
+    assert main([*longer, "--save-every", "1", "--no-progress", "--resume"]) == 0
+    rec = json.loads((run / "recipe.json").read_text())
+    assert rec["steps"] == 5 and rec["cpu_time_from_step"] == 4 and rec["cpu_time_s"] > 0
+
+
+def test_a_time_budget_that_is_not_positive_is_refused(runs: Path, cifar_root: Path, capsys) -> None:
+    argv = ["recipe", "rcdm", "--runs", str(runs), "--data", str(cifar_root), "--time-budget-s", "-5"]
+    assert main([*argv, "--only", TARGET]) == 2
+    assert "--time-budget-s -5.0 must be a positive number of seconds" in capsys.readouterr().err

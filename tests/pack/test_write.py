@@ -1,0 +1,161 @@
+"""rcdm.pack.write: bundling runs (refusals, smoke labels, size limit, a checkpoint of an interrupted run)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file
+
+from rcdm.cli import main
+from rcdm.encoders import create_encoder
+from rcdm.errors import RCDMError
+from rcdm.pack.rcdms import RCDMRecipe, train_rcdms
+from rcdm.pack.write import pack
+
+from .conftest import TARGET
+
+
+def test_pack_refuses_smoke_runs_and_oversized_bundles(runs: Path, tmp_path: Path) -> None:
+    out = tmp_path / "bundle"
+    args = ["recipe", "pack", "--runs", str(runs), "--out", str(out), "--only", TARGET]
+    assert main(args) == 2
+    assert main([*args, "--allow-smoke", "--max-mb", "0.5"]) == 2
+    assert not out.exists() or not any(out.iterdir())
+    with pytest.raises(RCDMError, match="not packed"):
+        pack(runs, out, only=[TARGET], metrics={"rcdm-cifar10-supervised": {}}, allow_smoke=True)
+
+
+@pytest.mark.parametrize(
+    ("extra", "says"),
+    [
+        (["--max-mb", "nan"], "--max-mb nan must be a positive number of MB"),
+        (["--demo-images", "NOTE"], "is not an image"),
+        (["--demo-images", "nope.jpg"], "--demo-images 'nope.jpg': no such image file"),
+        (["--out", "NOTE"], "is a file, not a folder"),
+    ],
+)
+def test_pack_options_are_checked_in_one_line_before_any_work(
+    runs: Path, tmp_path: Path, capsys: pytest.CaptureFixture, extra: list[str], says: str
+) -> None:
+    note = tmp_path / "note.txt"
+    note.write_text("not an image")
+    extra = [str(note) if a == "NOTE" else a for a in extra]
+    args = ["recipe", "pack", "--runs", str(runs), "--only", TARGET, "--allow-smoke"]
+    out = ["--out", str(tmp_path / "bundle")] if "--out" not in extra else []
+    assert main([*args, *out, *extra]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and says in err, err
+    assert not (tmp_path / "bundle").exists()
+
+
+def test_pack_labels_an_allowed_smoke_bundle(
+    runs: Path, few_images: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from rcdm.loading import encoder_for, load_model
+
+    out = tmp_path / "bundle"
+    demo = sorted(few_images.glob("*.jpg"))[:2]
+    result = pack(
+        runs,
+        out,
+        only=[TARGET],
+        allow_smoke=True,
+        demo_images=demo,
+        metrics={TARGET: {"x": 1.0, "y": 0.1 + 0.2}},
+    )
+    assert result.smoke and result.total_bytes <= 30e6
+    assert result.total_bytes == sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
+    index = json.loads((out / "bundle.json").read_text())
+    assert index["smoke"] is True and index["smoke_reasons"]
+    enc_name = index["rcdms"][TARGET]["encoder"]
+    for name in (enc_name, TARGET):
+        assert json.loads((out / name / "card.json").read_text())["smoke"] is True
+        assert "SMOKE TEST" in (out / name / "README.md").read_text()
+    card = json.loads((out / TARGET / "card.json").read_text())
+    assert card["steps"] == 2 and card["images_seen"] == 8 and card["metrics"] == {"x": 1.0, "y": 0.1 + 0.2}
+    assert "| y | 0.3 |" in (out / TARGET / "README.md").read_text()  # the table rounds; card.json does not
+    assert card["cpu_time_s"] > 0 and "| CPU time |" in (out / TARGET / "README.md").read_text()
+    with safe_open(str(out / TARGET / "diffusion_pytorch_model.rcdm.safetensors"), "pt") as f:
+        assert {f.get_slice(k).get_dtype() for k in f.keys()} == {"F16"}  # noqa: SIM118
+    assert len(list((out / "demo-inputs").iterdir())) == 2
+    # The bundled model finds its bundled encoder by name, and the identity check passes.
+    monkeypatch.setenv("RCDM_MODELS", str(out))
+    model = load_model(out / TARGET)
+    assert model.config.encoder == f"rcdm-cifar:{enc_name}"
+    enc = encoder_for(model)
+    ref = create_encoder(f"rcdm-cifar:{runs / 'ssl' / 'encoder'}", feature="projector")
+    x = torch.rand(4, 3, 32, 32)
+    assert torch.nn.functional.cosine_similarity(enc(x), ref(x)).min() > 0.999
+    # Packing again into the same folder needs --overwrite.
+    with pytest.raises(RCDMError, match="--overwrite"):
+        pack(runs, out, only=[TARGET], allow_smoke=True)
+
+
+def test_pack_at_a_checkpoint_of_an_interrupted_run(runs: Path, few_images: Path, tmp_path: Path) -> None:
+    import shutil
+
+    root = tmp_path / "runs"
+    shutil.copytree(runs / "ssl", root / "ssl")
+    recipe = RCDMRecipe(
+        data=str(few_images),
+        preset="tiny",
+        steps=3,
+        batch_size=4,
+        save_every=1,
+        num_workers=0,
+        keep_checkpoints=5,
+    )
+    train_rcdms(recipe, root, only=[TARGET], progress=False)
+    run = root / TARGET
+    # A session killed after its step-2 checkpoint and resumed from it (no recipe.json): the resume dropped the
+    # rows after step 2 and restarted the clock (rcdm.monitor), so metrics.jsonl holds two sessions.
+    finished = json.loads((run / "recipe.json").read_text())
+    (run / "recipe.json").unlink()
+    rows = [(1, 10.0, 5.0), (2, 20.0, 10.0), (3, 12.0, 6.0)]
+    (run / "metrics.jsonl").write_text(
+        "".join(json.dumps({"step": s, "loss": 0.1, "elapsed_s": e, "cpu_s": c}) + "\n" for s, e, c in rows)
+        + '{"step": 4, "lo'  # the line a kill cut mid-write
+    )
+    out = tmp_path / "bundle"
+    pack(root, out, only=[TARGET], allow_smoke=True, step=2)
+    card = json.loads((out / TARGET / "card.json").read_text())
+    assert card["steps"] == 2 and card["planned_steps"] == 3 and card["images_seen"] == 8
+    assert card["wall_time_s"] == 20.0 and card["cpu_time_s"] == 10.0 and card["stopped_early"] is True
+    assert "2 (of 3 planned)" in (out / TARGET / "README.md").read_text()
+    packed = load_file(str(out / TARGET / "diffusion_pytorch_model.rcdm.safetensors"))
+    for step, same in ((2, True), (3, False)):
+        ema = load_file(
+            str(run / "checkpoints" / f"step-{step:08d}" / "ema" / "diffusion_pytorch_model.rcdm.safetensors")
+        )
+        assert all(torch.equal(packed[k].float(), ema[k].half().float()) for k in ema) is same, step
+    # The newest checkpoint, by default: both sessions' time.
+    pack(root, out, only=[TARGET], allow_smoke=True, overwrite=True)
+    card = json.loads((out / TARGET / "card.json").read_text())
+    assert card["steps"] == 3 and card["wall_time_s"] == 32.0 and card["cpu_time_s"] == 16.0
+    # The resumed session finished the run and wrote recipe.json with its own time only (since step 2): the card
+    # still sums both sessions, and keeps the record's other fields.
+    last = {"wall_time_s": 12.0, "cpu_time_s": 6.0, "cpu_time_from_step": 2, "device": "cpu (the test's)"}
+    (run / "recipe.json").write_text(json.dumps({**finished, **last}))
+    pack(root, out, only=[TARGET], allow_smoke=True, overwrite=True)
+    card = json.loads((out / TARGET / "card.json").read_text())
+    assert (card["steps"], card["wall_time_s"], card["cpu_time_s"]) == (3, 32.0, 16.0)
+    assert not card["cpu_time_from_step"] and card["device"] == "cpu (the test's)"
+    args = ["recipe", "pack", "--runs", str(root), "--out", str(out), "--only", TARGET, "--allow-smoke"]
+    assert main([*args, "--overwrite", "--step", "7"]) == 2  # no such checkpoint: the message lists 1, 2, 3
+    assert main([*args, "--overwrite", "--step", "0"]) == 2
+    # One target at its own step, over the plain one (a model past its gates stays while the others train on).
+    assert main([*args, "--overwrite", "--step", "3", "--step", f"{TARGET}=2"]) == 0
+    assert json.loads((out / TARGET / "card.json").read_text())["steps"] == 2
+    assert (
+        main([*args, "--overwrite", "--step", f"{TARGET}=x"]) == 2
+    )  # not a step: the message gives the form
+    with pytest.raises(RCDMError, match="not packed"):
+        pack(root, out, only=[TARGET], allow_smoke=True, overwrite=True, steps={"rcdm-cifar10-supervised": 2})
+    # A finished run with neither recipe.json nor run.json: a message naming the missing file, not a traceback.
+    (run / "run.json").unlink()
+    with pytest.raises(RCDMError, match=r"run\.json' is missing"):
+        pack(root, out, only=[TARGET], allow_smoke=True, overwrite=True)
