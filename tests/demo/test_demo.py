@@ -50,6 +50,9 @@ def test_pack_demo_cli_writes_page_figures_and_numbers(bundle: Path, tmp_path: P
         assert Image.open(out / name).size[0] > 100
     for heading in SECTIONS:
         assert f"<h2>{heading}</h2>" in page
+    for name in shown:  # each figure with its numbers beside it: the figure, then its tables, in one pair
+        pair = page.split(f"<div class='pair'><img src='{name}'", 1)[1].split("</div></div>", 1)[0]
+        assert "<table>" in pair
     # A smoke bundle is labelled as such, prominently (the boxed notice right under the title).
     assert "<title>SMOKE TEST" in page
     notice = page.split("<div class='notice'>", 1)[1].split("</div>", 1)[0]
