@@ -214,7 +214,7 @@ class RCDM(ModelMixin, ConfigMixin):
     def from_pretrained(cls, pretrained_model_name_or_path: str | Path, **kwargs: Any) -> RCDM:
         """ModelMixin.from_pretrained reading the rcdm weights file (`WEIGHTS_VARIANT`)."""
         return super().from_pretrained(
-            pretrained_model_name_or_path, **{"variant": WEIGHTS_VARIANT, **kwargs}
+            pretrained_model_name_or_path, **{**kwargs, "variant": kwargs.get("variant") or WEIGHTS_VARIANT}
         )
 
     @torch.no_grad()

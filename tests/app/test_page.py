@@ -157,6 +157,12 @@ def test_a_user_mistake_is_a_message_in_the_page(client: tuple) -> None:
         assert says in _raw_call(c, "samples", data)  # in the page; 1e30 is gradio's own range check
     *_, status = c.predict(None, "cat.jpg", [], *COMMON, api_name="/samples")
     assert status == "**error:** pick at least one model"
+    # the API's earlier preset labels still work; an unknown preset is a message naming the choices
+    _check(
+        c.predict(None, "cat.jpg", [model], 2, "fast (dpm++, 10 steps)", 2, 0, 1.0, api_name="/samples"), 2
+    )
+    *_, status = c.predict(None, "cat.jpg", [model], 2, "fastest", 2, 0, 1.0, api_name="/samples")
+    assert status == "**error:** unknown sampling preset 'fastest': choose from fast, paired, published"
 
 
 def _raw_call(c, endpoint: str, data: str) -> str:

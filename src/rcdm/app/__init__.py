@@ -49,6 +49,13 @@ REQUEST_LIMIT_S = 120.0
 # its own, then the sampling settings.
 IMAGE_ARGS = ["image", "example", "models"]
 SAMPLING_ARGS = ["num_samples", "sampling_preset", "steps", "seed", "guidance"]
+# The API's earlier preset labels -> (the library's preset, steps), so that scripts calling it keep working.
+OLD_PRESETS: dict[str, tuple[str, int]] = {
+    "fast (dpm++, 10 steps)": ("fast", 10),
+    "default (dpm++, 20 steps)": ("fast", 20),
+    "ddim, 50 steps": ("paired", 50),
+    "published (ddpm, 100 steps)": ("published", 100),
+}
 
 __all__ = [
     "ModelCache",
@@ -132,13 +139,16 @@ def build_app(
     default_models = labels[:2] if len(labels) > 1 and not cache.choices[labels[1]].supervised else labels[:1]
 
     def sampling(n: float, preset: str, steps: float, seed: float, guidance: float) -> Sampling:
+        preset, preset_steps = OLD_PRESETS.get(preset, (preset, None))
         if preset not in SAMPLING_PRESETS:
             raise RCDMError(f"unknown sampling preset {preset!r}: choose from {', '.join(SAMPLING_PRESETS)}")
         return Sampling(
             num_samples=int(_bounded(n, "samples", 1, 16)),
             config=APP_SAMPLING.replace(
                 sampler=SAMPLING_PRESETS[preset].sampler,
-                steps=int(_bounded(steps, "steps", 0, 1000)) or SAMPLING_PRESETS[preset].steps,
+                steps=int(_bounded(steps, "steps", 0, 1000))
+                or preset_steps
+                or SAMPLING_PRESETS[preset].steps,
                 seed=int(_bounded(seed, "seed", 0, 2**32 - 1)),
                 guidance=check_guidance(_bounded(guidance, "guidance", 0, 1e9), "guidance"),
             ),
@@ -226,6 +236,7 @@ def build_app(
                         [(f"{k} ({c.sampler}, {c.steps} steps)", k) for k, c in SAMPLING_PRESETS.items()],
                         value=DEFAULT_PRESET,
                         label="sampling",
+                        allow_custom_value=True,  # the API's earlier labels (OLD_PRESETS); others get a message
                     )
                     steps = gr.Slider(0, 100, value=0, step=1, label="steps (0: the preset's)")
                     seed = gr.Number(0, precision=0, label="seed")
