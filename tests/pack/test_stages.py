@@ -14,19 +14,19 @@ from rcdm.bundle import bundled_pack
 from rcdm.diffusion import SamplingConfig
 from rcdm.errors import RCDMError
 from rcdm.locks import output_lock
-from rcdm.pack.evaluation import Score
 from rcdm.pack.gates import gate_metrics
+
+from .test_evaluation import BASE
 
 SUPERVISED, BACKBONE, PROJECTOR = (
     "rcdm-cifar10-supervised",
     "rcdm-cifar10-vicreg-backbone",
     "rcdm-cifar10-vicreg-projector",
 )
-SCORE = Score(
+# the scorer's record of a 4-image evaluation (rank-1 0.25, agreement 0.5, 2 s), one sample each
+SCORE = replace(
+    BASE,
     num_images=4,
-    sampler="dpm++",
-    steps=20,
-    guidance=1.0,
     class_agreement=0.5,
     rank1=0.25,
     mean_rank=2.0,
