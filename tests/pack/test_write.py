@@ -159,3 +159,45 @@ def test_pack_at_a_checkpoint_of_an_interrupted_run(runs: Path, few_images: Path
     (run / "run.json").unlink()
     with pytest.raises(RCDMError, match=r"run\.json' is missing"):
         pack(root, out, only=[TARGET], allow_smoke=True, overwrite=True)
+
+
+def test_a_measured_sampling_travels_into_the_bundle_and_no_card_names_a_machine_path(
+    runs: Path, tmp_path: Path
+) -> None:
+    import shutil
+
+    from rcdm.pack.evaluation import record_model_sampling
+
+    root = tmp_path / "runs"
+    shutil.copytree(runs, root)
+    measured = [
+        {
+            "guidance": g,
+            "class_agreement": a,
+            "rank1": r,
+            "mean_rank": 3.0,
+            "frechet": 2.0,
+            "diversity": d,
+            "pixel_spread": 0.1,
+        }
+        for g, a, r, d in ((1.0, 0.3, 0.02, 0.4), (3.0, 0.6, 0.06, 0.3))
+    ]
+    record = {
+        "sampler": "dpm++",
+        "steps": 20,
+        "guidance": 3.0,
+        "chosen_by": "the lowest ...",
+        "measured": measured,
+    }
+    record_model_sampling(root / TARGET / "model", record)  # what `rcdm recipe guidance --record` writes
+    pack(root, tmp_path / "kept", only=[TARGET], allow_smoke=True)
+    config = json.loads((tmp_path / "kept" / TARGET / "config.json").read_text())
+    assert config["sampling"] == record  # no --guidance: the model keeps what was measured for it
+    readme = (tmp_path / "kept" / TARGET / "README.md").read_text()
+    assert "dpm++ 20, guidance 3 (the lowest ...)" in readme and "## Sampling against guidance" in readme
+    assert "| 3.000 | 0.600 | 0.060 |" in readme
+    pack(root, tmp_path / "given", only=[TARGET], allow_smoke=True, guidance=1.0)
+    given = json.loads((tmp_path / "given" / TARGET / "config.json").read_text())["sampling"]
+    assert given["guidance"] == 1.0 and given["chosen_by"] == "rcdm recipe pack --guidance"  # explicit wins
+    for card in (tmp_path / "kept").rglob("card.json"):
+        assert "/tmp" not in card.read_text(), card  # paths relative to the runs, or their last parts

@@ -237,9 +237,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     k.add_argument(
         "--guidance",
         type=float,
-        default=1.0,
-        help="classifier-free guidance weight `rcdm demo` samples the bundle with (default 1: none; > 1 needs "
-        "RCDMs trained with condition dropout, as --profile cpu does)",
+        default=None,
+        help="classifier-free guidance weight `rcdm demo` samples the bundle with, and each RCDM's default (> 1 "
+        "needs RCDMs trained with condition dropout, as --profile cpu does); default: 1 for the demo, and each "
+        "RCDM keeps the sampling `rcdm recipe guidance --record` measured for it, when it has one",
     )
     k.add_argument(
         "--step",

@@ -3,7 +3,7 @@ the one card writer, `rcdm.figures.model_card`."""
 
 from __future__ import annotations
 
-from ..figures import model_card
+from ..figures import markdown_table, model_card
 
 
 def encoder_card(card: dict) -> str:
@@ -76,6 +76,15 @@ def rcdm_card(card: dict) -> str:
         ("data license", card["data_license"]),
         ("rcdm commit", card["git_commit"] or "not recorded"),
     ]
+    sampling = card.get("sampling") or {}
+    if sampling:
+        fields.append(
+            (
+                "default sampling (`rcdm sample` without flags)",
+                f"{sampling.get('sampler')} {sampling.get('steps')}, guidance {sampling.get('guidance', 1):g} "
+                f"({sampling.get('chosen_by', 'not recorded')})",
+            )
+        )
     intro = (
         f"An RCDM (preset `{card['preset']}`) conditioned on the {card['feature']} feature of the bundled encoder "
         f"`{card['encoder']}`, trained on the CIFAR-10 train split by `rcdm recipe rcdm`. Sample with "
@@ -86,10 +95,34 @@ def rcdm_card(card: dict) -> str:
     table = "| metric | value |\n| --- | --- |\n" + "\n".join(
         f"| {k} | {f'{v:.4g}' if isinstance(v, float) else v} |" for k, v in metrics.items()
     )
+    sections = [("Metrics", table)] if metrics else []
+    if sampling.get("measured"):
+        sections.append(("Sampling against guidance", _guidance_table(sampling["measured"])))
     return model_card(
         card["name"],
         [intro] if metrics else [intro, "No metrics were given when this model was packed."],
         fields,
         smoke=bool(card["smoke"]),
-        sections=[("Metrics", table)] if metrics else [],
+        sections=sections,
+    )
+
+
+def _guidance_table(measured: list[dict]) -> str:
+    """What `rcdm recipe guidance` measured at each weight: faithfulness against diversity across samples."""
+    columns = ("guidance", "class_agreement", "rank1", "mean_rank", "frechet", "diversity", "pixel_spread")
+    return markdown_table(
+        [
+            "guidance",
+            "class agreement",
+            "rank-1",
+            "mean rank",
+            "Fréchet (judge)",
+            "diversity (judge cosine)",
+            "pixel spread",
+        ],
+        [[m.get(c) for c in columns] for m in measured],
+        digits=3,
+    ) + (
+        "\nGuidance buys faithfulness with diversity: the spread across samples is what RCDM asks its reader to "
+        "read, so the default is the lowest weight nearly as faithful as the best (docs/recipes.md).\n"
     )

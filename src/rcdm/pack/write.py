@@ -39,6 +39,37 @@ PACK_SAMPLING = {"sampler": "dpm++", "steps": 20}
 # --- pack ------------------------------------------------------------------------------------------
 
 
+def _public(path: Path, root: Path | None) -> str:
+    """A path as a bundle may show it: relative to the runs folder, else its last two parts (no machine paths)."""
+    if root is not None and path.is_relative_to(root):
+        return str(path.relative_to(root))
+    return str(Path(*path.parts[-2:]))
+
+
+def _public_value(value: Any, root: Path) -> Any:
+    """A run setting as a bundle may show it: an absolute path in it (also after a `prefix:`, also inside a dict
+    or list) made `_public`."""
+    if isinstance(value, dict):
+        return {k: _public_value(v, root) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_public_value(v, root) for v in value]
+    if not isinstance(value, str):
+        return value
+    prefix, sep, rest = value.partition(":")
+    if sep and os.path.isabs(rest):
+        return f"{prefix}:{_public(Path(rest), root)}"
+    return _public(Path(value), root) if os.path.isabs(value) else value
+
+
+def _packed_sampling(model: RCDM, guidance: float | None) -> dict:
+    """The default sampling a packed RCDM records: the pack's `guidance` when given, else the sampling measured
+    for this model by `rcdm recipe guidance --record` (kept with its measurements), else guidance 1."""
+    own = dict(getattr(model.config, "sampling", None) or {})
+    if guidance is None and own.get("measured"):
+        return own
+    return {**PACK_SAMPLING, "guidance": guidance or 1.0, "chosen_by": "rcdm recipe pack --guidance"}
+
+
 @dataclass
 class PackResult:
     out_dir: Path
@@ -115,7 +146,9 @@ def pack(
     overwrite: bool = False,
     min_fp16_cosine: float = 0.999,  # encoders below this stay float32
     max_fp16_error: float = 1e-2,  # RCDMs above this relative output error stay float32
-    guidance: float = 1.0,  # the weight the demo samples the bundle with (> 1 needs models with condition dropout)
+    # the weight the demo samples the bundle with (> 1 needs models with condition dropout); None: 1, and each RCDM
+    # keeps the sampling `rcdm recipe guidance --record` measured for it, when it has one
+    guidance: float | None = None,
     # pack every RCDM at this checkpoint (the same training for all), not its newest model
     step: int | None = None,
     steps: Mapping[str, int] | None = None,  # per target, over `step`: {target: checkpoint step}
@@ -132,7 +165,8 @@ def pack(
     bundle exceeds `max_mb` MB (10**6 bytes).
     """
     root, out = Path(runs_root), Path(out_dir)
-    check_guidance(guidance)
+    if guidance is not None:
+        check_guidance(guidance)
     if not (isinstance(max_mb, int | float) and math.isfinite(max_mb) and max_mb > 0):
         raise RCDMError(f"--max-mb {max_mb} must be a positive number of MB (default {MAX_BUNDLE_MB:g})")
     if out.exists() and not out.is_dir():
@@ -187,7 +221,7 @@ def pack(
             card = {
                 **card,
                 "smoke": smoke or bool(card.get("smoke")),
-                "packed": {"from": str(path), "fp16_min_cosine": cos},
+                "packed": {"from": _public(path, root), "fp16_min_cosine": cos},
             }
             identities[run] = card["identity"]
             folder = save_encoder(net, tmp / enc_names[run], card, dtype=dtype)
@@ -201,7 +235,7 @@ def pack(
                     f"{t.name} was trained on encoder {model.config.encoder_identity} but {encoders[t.encoder_run]} "
                     f"is {identities[t.encoder_run]}: retrain it with `rcdm recipe rcdm`"
                 )
-            if guidance != 1.0 and model.null_rep is None:
+            if (guidance or 1.0) != 1.0 and model.null_rep is None:
                 raise RCDMError(
                     f"--guidance {guidance:g} needs RCDMs trained with condition dropout, and {t.name} was not: "
                     "pack with --guidance 1, or train with `rcdm recipe rcdm --profile cpu` (--cond-drop 0.1)"
@@ -215,7 +249,7 @@ def pack(
             model.register_to_config(
                 encoder=f"rcdm-cifar:{enc_names[t.encoder_run]}",
                 encoder_weights=packed.weights_digest(),
-                sampling={**PACK_SAMPLING, "guidance": guidance, "chosen_by": "rcdm recipe pack --guidance"},
+                sampling=_packed_sampling(model, guidance),
             )
             (model.half() if half else model).save_pretrained(tmp / t.name)
             run_cfg = json.loads((root / t.name / "run.json").read_text())
@@ -227,7 +261,7 @@ def pack(
                 "preset": run_cfg.get("preset"),
                 "steps": rec["steps"],
                 "planned_steps": rec.get("planned_steps", run_cfg.get("steps")),
-                "packed_from": str(model_dir),
+                "packed_from": _public(model_dir, root),
                 "batch_size": run_cfg["batch_size"],
                 "images_seen": rec["images_seen"],
                 "wall_time_s": rec["wall_time_s"],
@@ -239,7 +273,8 @@ def pack(
                 "dtype": "float16" if half else "float32",
                 "fp16_relative_error": err,
                 "metrics": metrics.get(t.name, {}),
-                "train_config": run_cfg,
+                "train_config": {k: _public_value(v, root) for k, v in run_cfg.items()},
+                "sampling": model.config.sampling,
                 "data_license": CIFAR_LICENSE,
                 "git_commit": rec.get("git_commit"),
             }
@@ -261,7 +296,7 @@ def pack(
             },
             "notes": notes,
             "max_bytes": int(max_mb * 1e6),
-            "guidance": guidance,
+            "guidance": guidance or 1.0,
         }
         (tmp / BUNDLE_INDEX).write_text(json.dumps(index, indent=2))
         sizes[BUNDLE_INDEX] = _folder_bytes(tmp / BUNDLE_INDEX)
