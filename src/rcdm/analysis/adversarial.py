@@ -21,9 +21,9 @@ from ..devices import autocast_for
 from ..diffusion import SamplingConfig, resolve_sampling, sample_many
 from ..encoders import Encoder
 from ..errors import RCDMError
-from ..figures import fmt, number
+from ..figures import fmt, grid, number
 from ..model import RCDM
-from ._common import Rows, comparison_figure, image_paths, representation_shift, result_label
+from ._common import image_paths, representation_shift, result_label
 
 Attack = Literal["untargeted", "targeted", "label"]
 ATTACKS: tuple[str, ...] = ("untargeted", "targeted", "label")
@@ -259,16 +259,42 @@ def adversarial(
 
 
 def adversarial_figure(results: Sequence[AdversarialResult]) -> Image.Image:
-    """Per image (and per result when comparing): the clean row, then the attacked row with its numbers."""
-
-    def rows(res: AdversarialResult, i: int) -> Rows:
-        cl = "" if res.clean_labels is None else f": {res.class_name(int(res.clean_labels[i]))}"
-        al = "" if res.adv_labels is None else f": {res.class_name(int(res.adv_labels[i]))}"
-        numbers = f"d={fmt(float(res.relative_shift[i]))} cos={fmt(float(res.cosine[i]))}"
-        return [
-            ([res.originals[i], *res.clean_samples[i]], f"{res.names[i]} clean{cl}"),
-            ([res.attacked[i], *res.adv_samples[i]], f"attacked {numbers}{al}"),
+    """One row per image, as the paper lays it out: the input, then per result [k] its attacked input, the samples
+    of the clean representation and those of the attacked one (same noise). The row label carries each result's
+    relative shift d and, with a classifier, its label before -> after the attack."""
+    first = results[0]
+    n = first.clean_samples.shape[1]
+    columns = ["input"]
+    for k in range(len(results)):
+        columns += [
+            f"[{k}] x'",
+            *(f"[{k}] c{j}" for j in range(n)),
+            *(f"[{k}] a{j}" for j in range(n)),
         ]
 
-    first = results[0]
-    return comparison_figure(results, rows, f"{first.attack} PGD, eps={first.eps * 255:.1f}/255: ")
+    def label(i: int) -> str:
+        parts = [first.names[i]]
+        for k, res in enumerate(results):
+            flip = ""
+            if res.clean_labels is not None and res.adv_labels is not None:
+                before, after = (
+                    res.class_name(int(res.clean_labels[i])),
+                    res.class_name(int(res.adv_labels[i])),
+                )
+                flip = f" {before}" if before == after else f" {before}->{after}"
+            parts.append(f"[{k}] d={fmt(float(res.relative_shift[i]))}{flip}")
+        return "  ".join(parts)
+
+    rows = [
+        [
+            first.originals[i],
+            *(x for res in results for x in (res.attacked[i], *res.clean_samples[i], *res.adv_samples[i])),
+        ]
+        for i in range(len(first.names))
+    ]
+    who = " vs ".join(f"[{k}] {res.label}" for k, res in enumerate(results))
+    title = (
+        f"{first.attack} PGD, eps={first.eps * 255:.1f}/255: {who}. x' = the attacked input; cj / aj = sample j of "
+        "the clean / attacked representation (same noise); d = relative representation shift"
+    )
+    return grid(rows, row_labels=[label(i) for i in range(len(rows))], col_labels=columns, title=title)

@@ -181,8 +181,10 @@ def _adversarial_section(ctx: PageContext) -> Section:
         [adv["ssl"], adv["supervised"]],
         ctx.out,
         f"Untargeted L-infinity PGD (eps = {s.eps * 255:.1f}/255, {s.pgd_steps} steps) pushes each encoder's "
-        "backbone representation away from the clean one; rows [0] VICReg, rows [1] supervised: the clean input "
-        "and samples of its representation, then the attacked input and samples of its representation. Relative "
+        "backbone representation away from the clean one. One row per image: the input, then for [0] VICReg and "
+        "[1] supervised the attacked input x', samples of the clean representation (c) and of the attacked one "
+        "(a), column j of each from the same noise; the row label gives each one's relative shift d and the "
+        "supervised classifier's label before -> after the attack. Relative "
         "shift: distance moved over the typical distance between the images' representations. The paper found "
         "samples from attacked supervised representations drift to another class while SSL ones stay. The label "
         "flip rate is that of the supervised encoder's own classifier (the VICReg encoder has none).",
