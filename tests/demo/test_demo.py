@@ -21,13 +21,14 @@ from rcdm.demo.page import smoke_notice
 from rcdm.diffusion import SamplingConfig
 from rcdm.errors import RCDMError
 
-FIGURES = ("samples", "invariance", "interpolation", "adversarial")
+FIGURES = ("samples", "invariance", "interpolation", "adversarial", "inversion")
 SECTIONS = (
     "What this is",
     "Samples: backbone vs projector",
     "Invariance: backbone vs projector",
     "Interpolation",
     "Adversarial: SSL vs supervised",
+    "Invert: what the noise keeps",
     "The paper&#x27;s findings, as this pack shows them",
     "Settings and timings",
 )
@@ -97,6 +98,11 @@ def test_pack_demo_cli_writes_page_figures_and_numbers(bundle: Path, tmp_path: P
     assert 0.0 <= adv["supervised"]["label_flip_rate"] <= 1.0
     assert len(adv["classes"]) == 10
     assert all(v["clean_label"] is not None for v in adv["supervised"]["per_image"].values())
+    # Invert: a reconstruction PSNR per image under each RCDM, and their mean
+    for role in ("backbone", "projector"):
+        psnr = res["inversion"][role]["psnr"]
+        assert len(psnr) == s.inversion_images and all(p > 0 for p in psnr)
+        assert res["inversion"][role]["mean_psnr"] == pytest.approx(sum(psnr) / len(psnr), rel=1e-6)
     assert res["models"]["projector"]["feature"] == "projector" and res["models"]["supervised"]["smoke"]
     assert not any(isinstance(v, float) and math.isnan(v) for v in res["seconds"].values())
     # The paper's findings, each judged from the numbers above.

@@ -80,7 +80,8 @@ def run_pack_demo(
     """Sample the bundled RCDMs on the bundle's demo inputs; write OUT/index.html, its PNGs and OUT/results.json.
 
     Sections (SECTIONS): samples of the VICReg backbone vs projector RCDM (same noise), invariance backbone vs
-    projector, an interpolation (backbone RCDM), and untargeted PGD on the VICReg vs the supervised backbone.
+    projector, an interpolation (backbone RCDM), untargeted PGD on the VICReg vs the supervised backbone, and DDIM
+    inversion under the backbone and the projector RCDM (what the noise keeps).
     Images are in [0, 1] at the models' 32 px. guidance: the classifier-free guidance weight of every sample
     (default: the bundle's, from `rcdm recipe pack --guidance`). Raises RCDMError when BUNDLE is not a complete
     bundle.

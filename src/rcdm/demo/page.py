@@ -1,5 +1,5 @@
 """The pack demo's page (`rcdm.demo.run_pack_demo`): what it samples (`PackDemoSettings`, `PACK_DEMO_PRESETS`)
-and its four sections (`SECTIONS`), each built from the analysis report's section builders."""
+and its five sections (`SECTIONS`), each built from the analysis report's section builders."""
 
 from __future__ import annotations
 
@@ -14,12 +14,19 @@ from ..analysis import adversarial, interpolate, invariance
 from ..analysis.adversarial import DEFAULT_EPS
 from ..analysis.findings import RETAINED, findings
 from ..analysis.interpolate import Method
-from ..analysis.report import adversarial_section, interpolation_section, invariance_section, samples_section
+from ..analysis.report import (
+    adversarial_section,
+    figure_html,
+    interpolation_section,
+    invariance_section,
+    samples_section,
+)
 from ..bundle import ROLES, DemoBundle, read_card
 from ..diffusion import SamplingConfig
 from ..encoders import Encoder
 from ..errors import RCDMError
-from ..figures import Section, fmt, html_table
+from ..figures import Section, fmt, grid, html_table, number
+from ..inversion import INVERT_DEFAULTS, decode, invert
 from ..model import RCDM
 
 # dpm++ 15 steps, 32 images per call: 15 rather than the gates' 20, nearly as faithful and inside the demo's time
@@ -48,6 +55,10 @@ class PackDemoSettings:
         DEFAULT_EPS  # L-infinity radius of the untargeted PGD attack on each encoder's representation
     )
     pgd_steps: int = 10
+    inversion_images: int = (
+        2  # the first ones of the inputs (two: each redrawn under the other's representation)
+    )
+    inversion_steps: int = 50  # DDIM steps each way (docs/beyond.md: 30 dB on the pack's test images at 50)
 
 
 PACK_DEMO_PRESETS: dict[str, PackDemoSettings] = {
@@ -65,6 +76,8 @@ PACK_DEMO_PRESETS: dict[str, PackDemoSettings] = {
         interpolation_methods=("linear",),
         adversarial_samples=1,
         pgd_steps=3,
+        inversion_images=2,
+        inversion_steps=4,
     ),
 }
 
@@ -195,11 +208,61 @@ def _adversarial_section(ctx: PageContext) -> Section:
     return section
 
 
+def _inversion_section(ctx: PageContext) -> Section:
+    """rcdm.inversion on the first inputs, under the backbone and the projector RCDM: each input redrawn from its
+    own inverted noise, and that noise decoded under the next input's representation."""
+    s = ctx.settings
+    paths = ctx.paths[: s.inversion_images]
+    cfg = INVERT_DEFAULTS.replace(steps=s.inversion_steps)
+    runs = {}
+    for role in ("backbone", "projector"):
+        model, encoder = ctx.loaded[role]
+        inv = invert(model, encoder, paths, cfg, progress=ctx.progress)
+        runs[role] = (inv, decode(model, inv.noise, inv.representations.roll(-1, 0), inv.sampling))
+    first = runs["backbone"][0]
+    names = first.names
+    rows = [
+        [first.originals[i], *(x for inv, swap in runs.values() for x in (inv.reconstructions[i], swap[i]))]
+        for i in range(len(names))
+    ]
+    cols = ["input", *(c for role in runs for c in (f"{role[:4]}: own", f"{role[:4]}: next"))]
+    figure = grid(
+        rows,
+        row_labels=[f"{n} (next: {names[(i + 1) % len(names)]})" for i, n in enumerate(names)],
+        col_labels=cols,
+        title=f"DDIM inversion, {cfg.steps} steps, guidance 1: redrawn from its own noise, then that noise under the "
+        "next input's representation",
+    )
+    table = html_table(
+        ["RCDM", "reconstruction PSNR, mean (dB)", "per image (dB)"],
+        [
+            [ROLES[role][1], fmt(inv.mean_psnr, 1), ", ".join(fmt(float(p), 1) for p in inv.psnr)]
+            for role, (inv, _) in runs.items()
+        ],
+    )
+    note = (
+        "Deterministic DDIM inversion finds the noise from which each RCDM redraws the input under the input's own "
+        "representation. Decoded under the next input's representation, the same noise keeps the layout and takes "
+        "the content of that representation: what the noise keeps against what the representation keeps "
+        "(docs/beyond.md; `rcdm invert`, `rcdm analyze noise`)."
+    )
+    body = f"<p>{note}</p><div class='pair'>{figure_html(ctx.out, 'inversion', figure)}\n<div>{table}</div></div>"
+    return Section(
+        "Invert: what the noise keeps",
+        body,
+        {
+            role: {"psnr": [number(float(p)) for p in inv.psnr], "mean_psnr": number(inv.mean_psnr)}
+            for role, (inv, _) in runs.items()
+        },
+    )
+
+
 SECTIONS: dict[str, Callable[[PageContext], Section]] = {
     "samples": _samples_section,
     "invariance": _invariance_section,
     "interpolation": _interpolation_section,
     "adversarial": _adversarial_section,
+    "inversion": _inversion_section,
 }
 
 
