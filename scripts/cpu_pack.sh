@@ -29,6 +29,8 @@ SAMPLER_TARGETS=${SAMPLER_TARGETS:-rcdm-cifar10-supervised rcdm-cifar10-vicreg-b
 PACK_GUIDANCE=${PACK_GUIDANCE:-}
 PACK_STEP=${PACK_STEP:-}
 PACK_STEPS=${PACK_STEPS:-}
+# the representation prior the pack ships (it models the VICReg encoder, which the pack keeps); PRIOR= ships none
+PRIOR=${PRIOR-$ROOT/src/rcdm/assets/models/prior-cifar10-vicreg-r20w1-backbone}
 FINDING_IMAGES=${FINDING_IMAGES:-40}
 export OMP_NUM_THREADS=1 PYTHONUNBUFFERED=1
 RCDM="nice -n 10 $PY -m rcdm.cli"
@@ -87,7 +89,7 @@ samplers)
     ;;
 pack)
     $PY -m rcdm.cli recipe pack --runs "$WORK/runs" --out "$ROOT/src/rcdm/assets/models" --metrics "$WORK/metrics.json" \
-        --overwrite ${PACK_GUIDANCE:+--guidance "$PACK_GUIDANCE"} ${steps[@]+"${steps[@]}"} \
+        --overwrite ${PACK_GUIDANCE:+--guidance "$PACK_GUIDANCE"} ${steps[@]+"${steps[@]}"} ${PRIOR:+--prior "$PRIOR"} \
         --demo-images "$CIFAR"/test/{airplane,automobile,bird,cat,deer,dog,frog,horse}/0001.jpg
     ;;
 findings) # the two analyses side by side, then the tables

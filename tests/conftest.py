@@ -204,6 +204,35 @@ def bundle(cifar_root: Path, few_images: Path, tmp_path_factory: pytest.TempPath
     return out
 
 
+@pytest.fixture(scope="session")
+def prior_bundle(bundle: Path, few_images: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A copy of `bundle` that ships a tiny representation prior (tests only: width 32, 20 steps) of its VICReg
+    backbone, with one measured number, added by `rcdm recipe add-prior`."""
+    import json
+    import shutil
+
+    from rcdm.pack.write import add_prior
+    from rcdm.prior import PriorConfig, train_prior
+
+    base = tmp_path_factory.mktemp("prior-bundle")
+    run = base / "prior-run"
+    model = bundle / "rcdm-cifar10-vicreg-backbone"
+    cfg = PriorConfig(
+        model=str(model), data=str(few_images), steps=20, save_every=20, width=32, depth=2, batch_size=8
+    )
+    before = os.environ.get("RCDM_MODELS")
+    os.environ["RCDM_MODELS"] = str(bundle)  # where the model's rcdm-cifar:NAME encoder is found
+    try:
+        train_prior(cfg, run, progress=False)
+    finally:
+        os.environ.pop("RCDM_MODELS") if before is None else os.environ.__setitem__("RCDM_MODELS", before)
+    out = base / "bundle"
+    shutil.copytree(bundle, out)
+    add_prior(out, run, metrics={"Fréchet (a test number)": 1.5})
+    assert json.loads((out / "bundle.json").read_text())["priors"]
+    return out
+
+
 @pytest.fixture(scope="module")
 def guided(tmp_path_factory) -> Path:
     """A tiny model (tests only) on pixels:2 with a null representation and a recorded default: dpm++ 6, guidance 3."""

@@ -25,3 +25,25 @@ def test_the_shipped_pack_reads_with_its_roles_and_a_bad_guidance_is_one_line(tm
     (copy / "bundle.json").write_text(json.dumps({**index, "guidance": 1e30}))
     with pytest.raises(RCDMError, match="guidance"):
         _ = read_bundle(copy).guidance
+
+
+def test_the_shipped_prior_models_the_shipped_vicreg_backbone() -> None:
+    """The pack's representation prior is found by name, models the bundled VICReg encoder's backbone, names no
+    machine path, and is what `rcdm generate` and the app pick for the backbone RCDM."""
+    from rcdm.encoders import create_encoder
+    from rcdm.prior import check_prior_matches, installed_priors, load_prior, prior_for
+
+    pack = bundled_pack()
+    if pack is None or not read_bundle(pack).index.get("priors"):
+        pytest.skip("no pack with a prior is installed in src/rcdm/assets/models")
+    bundle = read_bundle(pack)
+    target = ROLES["backbone"][0]
+    folder = bundle.prior(target)
+    assert folder is not None and folder.name in installed_priors()
+    encoder = create_encoder(f"rcdm-cifar:{bundle.encoder_name(target)}", "backbone")
+    net, record = load_prior(folder.name)
+    check_prior_matches(record, encoder)
+    assert prior_for(encoder) == folder and net.config.representation_dim == 64
+    assert record["representations"] == 50000 and record["metrics"]
+    for name in ("prior.json", "README.md", "config.json"):
+        assert "/root" not in (folder / name).read_text() and "/home" not in (folder / name).read_text()

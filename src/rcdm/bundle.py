@@ -4,7 +4,8 @@ imports this module, which imports no encoder, model or training code; `rcdm.pac
 `rcdm.loading.load_bundled` opens one of their models.
 
 Layout: BUNDLE/<encoder name>/{encoder.safetensors, card.json, README.md}, BUNDLE/<target>/{config.json,
-diffusion_pytorch_model.rcdm.safetensors, card.json, README.md}, BUNDLE/demo-inputs/*, BUNDLE/bundle.json.
+diffusion_pytorch_model.rcdm.safetensors, card.json, README.md}, optionally BUNDLE/prior-<encoder name>-<feature>/
+(a representation prior), BUNDLE/demo-inputs/*, BUNDLE/bundle.json.
 """
 
 from __future__ import annotations
@@ -87,6 +88,15 @@ class DemoBundle:
 
     def encoder_name(self, target: str) -> str:
         return str(self.index["rcdms"][target]["encoder"])
+
+    def prior(self, target: str) -> Path | None:
+        """The bundled representation prior of TARGET's encoder and feature (`rcdm recipe pack --prior`), or None."""
+        rcdm = self.index["rcdms"][target]
+        for name, entry in (self.index.get("priors") or {}).items():
+            same = entry.get("encoder") == rcdm.get("encoder") and entry.get("feature") == rcdm.get("feature")
+            if same and (self.folder / name / "prior.json").is_file():
+                return self.folder / name
+        return None
 
 
 def read_bundle(folder: str | Path) -> DemoBundle:

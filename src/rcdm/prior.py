@@ -24,6 +24,7 @@ from diffusers.models.embeddings import TimestepEmbedding, Timesteps
 from diffusers.models.modeling_utils import ModelMixin
 from torch import nn
 
+from .bundle import model_search_dirs
 from .data import list_images
 from .devices import cpu_model, cpu_seconds
 from .diffusion import sample_generators
@@ -41,6 +42,7 @@ log = logging.getLogger(__name__)
 
 SCHEDULE = dict(num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2")  # RCG's cosine schedule
 PRIOR_CHECKPOINT_FILES = ("prior.safetensors", "optimizer.pt", "state.json")
+PRIOR_RECORD = "prior.json"
 
 
 class _Block(nn.Module):
@@ -214,42 +216,105 @@ def train_prior(cfg: PriorConfig, out: str | Path, *, resume: bool = False, prog
             "feature": encoder.feature,
             "representations": len(files),
             "steps": cfg.steps,
+            "training": training_settings(asdict(cfg)),
             "wall_time_s": round(time.perf_counter() - t0, 1),
             "cpu_time_s": round(cpu_seconds() - cpu0, 1),
             "machine": cpu_model(),
         }
-        (folder / "prior.json").write_text(json.dumps(record, indent=2))
-        (folder / "README.md").write_text(_card(record, cfg))
+        write_prior(ema, record, folder)
     return final
 
 
-def _card(record: dict, cfg: PriorConfig) -> str:
+def training_settings(cfg: dict) -> dict:
+    """What a prior's record says of its training: the PriorConfig without the model and the cache, the data
+    folder as its last two parts (a record may be shipped: no machine paths)."""
+    out = {k: v for k, v in cfg.items() if k not in ("model", "cache")}
+    if out.get("data"):
+        out["data"] = str(Path(*Path(out["data"]).parts[-2:]))
+    return out
+
+
+def prior_card(record: dict) -> str:
+    """The README.md of a prior folder, from its prior.json record alone."""
+    t = record.get("training") or {}
+    measured = record.get("metrics") or {}
     return model_card(
         "Representation prior",
         [
             f"A diffusion model of the representations of `{record['encoder']}` ({record['feature']}), trained by "
-            f"`rcdm prior` on {record['representations']} images of `{cfg.data}` for {cfg.steps} steps of "
-            f"{cfg.batch_size} (RCG's design: a residual MLP, width {cfg.width}, depth {cfg.depth}, cosine "
-            "schedule). `rcdm generate --model MODEL --prior THIS` samples representations from it and draws one "
-            f"image for each with an RCDM conditioned on the same encoder, such as `{record['model']}`.",
+            f"`rcdm prior` on {record['representations']} images of `{t.get('data', '?')}` for {record['steps']} "
+            f"steps of {t.get('batch_size', '?')} (RCG's design: a residual MLP, width {t.get('width', '?')}, depth "
+            f"{t.get('depth', '?')}, cosine schedule). `rcdm generate --model MODEL --prior THIS` samples "
+            "representations from it and draws one image for each with an RCDM conditioned on the same encoder, "
+            f"such as `{record['model']}`.",
             "What it shows: the images the RCDM draws from representations typical of the training images. A "
             "representation the prior never learned to produce cannot appear; nor can an image the RCDM never "
             "learned to draw.",
         ],
-        [],
+        [(k, record[k]) for k in ("encoder_identity", "wall_time_s", "cpu_time_s", "machine") if k in record],
+        sections=[("Measured", "\n".join(f"- {k}: {v}" for k, v in measured.items()))] if measured else [],
     )
 
 
+def write_prior(net: RepresentationPrior, record: dict, folder: Path, *, half: bool = False) -> None:
+    """FOLDER/{config.json, diffusion_pytorch_model.safetensors, prior.json, README.md}. `half`: the weights in
+    float16 (a sampled representation moves by under 0.1%), the representation statistics kept in float32."""
+    # a fresh copy: a loaded network's config holds the folder it came from (`_name_or_path`), a machine path
+    copy = RepresentationPrior(net.config.representation_dim, net.config.width, net.config.depth)
+    copy.load_state_dict(net.state_dict())
+    if half:
+        for param in copy.parameters():  # the buffers (rep_mean, rep_std) stay float32
+            param.data = param.data.half()
+    copy.save_pretrained(folder)
+    (folder / PRIOR_RECORD).write_text(json.dumps(record, indent=2))
+    (folder / "README.md").write_text(prior_card(record))
+
+
+def find_prior(name: str | Path) -> Path:
+    """A prior's folder from what a user passes: the folder, a run folder holding prior/, or the name of one
+    installed with the models (a bundle's prior-<encoder>-<feature>, found where `rcdm-cifar:NAME` looks)."""
+    folder = Path(name).expanduser()
+    if (folder / "prior" / PRIOR_RECORD).is_file():
+        return folder / "prior"
+    if (folder / PRIOR_RECORD).is_file():
+        return folder
+    if len(folder.parts) == 1:
+        for root in model_search_dirs():
+            if (root / folder / PRIOR_RECORD).is_file():
+                return root / folder
+    raise RCDMError(
+        f"--prior {str(name)!r} is not an rcdm prior (no prior.json): train one with rcdm prior, or name an "
+        f"installed one ({', '.join(installed_priors()) or 'none installed'})"
+    )
+
+
+def installed_priors() -> list[str]:
+    """Names of the priors installed with the models (the bundle's prior-* folders)."""
+    return sorted(
+        {
+            p.parent.name
+            for root in model_search_dirs()
+            if root.is_dir()
+            for p in root.glob(f"prior-*/{PRIOR_RECORD}")
+        }
+    )
+
+
+def prior_for(encoder: Encoder) -> Path | None:
+    """The installed prior of this encoder's representations (same identity and feature), or None."""
+    for name in installed_priors():
+        folder = find_prior(name)
+        record = json.loads((folder / PRIOR_RECORD).read_text())
+        if record.get("encoder_identity") == encoder.identity and record.get("feature") == encoder.feature:
+            return folder
+    return None
+
+
 def load_prior(folder: str | Path) -> tuple[RepresentationPrior, dict]:
-    """A prior folder (OUT/prior, or a run folder holding one) -> the network (eval) and its prior.json."""
-    folder = Path(folder)
-    if (folder / "prior" / "prior.json").is_file():
-        folder = folder / "prior"
-    if not (folder / "prior.json").is_file():
-        raise RCDMError(
-            f"--prior {str(folder)!r} is not an rcdm prior (no prior.json): train one with rcdm prior"
-        )
-    return RepresentationPrior.from_pretrained(folder).eval(), json.loads((folder / "prior.json").read_text())
+    """A prior (see find_prior) -> the network (float32, eval) and its prior.json record."""
+    folder = find_prior(folder)
+    net = RepresentationPrior.from_pretrained(folder).float().eval()
+    return net, json.loads((folder / PRIOR_RECORD).read_text())
 
 
 def check_prior_matches(record: dict, encoder: Encoder) -> None:

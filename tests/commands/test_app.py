@@ -62,3 +62,32 @@ def test_a_port_in_use_is_one_line(tiny_model: Path, capsys: pytest.CaptureFixtu
         port = held.getsockname()[1]
         assert main(["app", "--model", str(tiny_model), "--trust-remote-code", "--port", str(port)]) == 2
     assert f"--port {port} on 127.0.0.1 is in use by another program" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("args", "dream"),
+    [([], True), (["--prior", "none"], False), (["--model", "MODEL"], False)],
+)
+def test_the_installed_prior_gives_the_pack_page_a_dream_tab(
+    prior_bundle: Path, tiny_model: Path, monkeypatch: pytest.MonkeyPatch, args: list[str], dream: bool
+) -> None:
+    """Without --model the page offers the installed models, and the installed prior made for them; with a
+    user's --model, or --prior none, there is no Dream tab unless --prior names one."""
+    import rcdm.app as app
+    from rcdm.prior import installed_priors
+
+    class Built(Exception):
+        pass
+
+    def build(choices, device, prior=None, request_limit_s=None):
+        raise Built(prior)
+
+    monkeypatch.setenv("RCDM_MODELS", str(prior_bundle))
+    monkeypatch.setattr(app, "build_app", build)
+    monkeypatch.setattr(app, "discover_models", lambda *a, **k: [])
+    with pytest.raises(Built) as built:
+        main(["app", *[str(tiny_model) if a == "MODEL" else a for a in args]])
+    prior = built.value.args[0]
+    assert (prior is not None) == dream
+    if dream:
+        assert prior[1]["feature"] == "backbone" and installed_priors()

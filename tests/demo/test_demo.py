@@ -120,6 +120,23 @@ def test_pack_demo_cli_writes_page_figures_and_numbers(bundle: Path, tmp_path: P
     assert html.escape(f[1]["measured"]) in page
 
 
+def test_a_bundle_with_a_prior_gets_a_dream_section(prior_bundle: Path, tmp_path: Path) -> None:
+    """The Dream section: images drawn from representations the bundle's prior samples, with the prior's measured
+    numbers beside them and the rank-1 of the dreams among themselves."""
+    s = PACK_DEMO_PRESETS["quick"]
+    res = run_pack_demo(prior_bundle, tmp_path / "demo", settings=s, progress=False)
+    page = res.index.read_text()
+    assert "<h2>Dream: images from sampled representations</h2>" in page
+    pair = page.split("<div class='pair'><img src='dream.png'", 1)[1].split("</div></div>", 1)[0]
+    assert "Fréchet (a test number)" in pair and "rank-1 among the 4 dreams" in pair
+    width, height = Image.open(tmp_path / "demo" / "dream.png").size
+    assert width > 4 * 32 and height > 32
+    dream = res.numbers["dream"]
+    assert dream["prior"] == "prior-cifar10-vicreg-r8w1-backbone" and dream["images"] == s.dream_images
+    assert 0.0 <= dream["rank1"] <= 1.0 and dream["measured"] == {"Fréchet (a test number)": 1.5}
+    assert "dream" in res.seconds
+
+
 def test_only_a_smoke_bundle_gets_the_warning(bundle: Path, tmp_path: Path) -> None:
     copy = tmp_path / "bundle"
     shutil.copytree(bundle, copy)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -10,11 +11,14 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file
 
+from rcdm.bundle import read_bundle
 from rcdm.cli import main
 from rcdm.encoders import create_encoder
 from rcdm.errors import RCDMError
 from rcdm.pack.rcdms import RCDMRecipe, train_rcdms
-from rcdm.pack.write import pack
+from rcdm.pack.write import add_prior, pack
+from rcdm.prior import find_prior, load_prior
+from test_prior import prior_run  # noqa: F401  (a fixture)
 
 from .conftest import TARGET
 
@@ -80,7 +84,7 @@ def test_pack_labels_an_allowed_smoke_bundle(
     assert "| y | 0.3 |" in (out / TARGET / "README.md").read_text()  # the table rounds; card.json does not
     assert card["cpu_time_s"] > 0 and "| CPU time |" in (out / TARGET / "README.md").read_text()
     with safe_open(str(out / TARGET / "diffusion_pytorch_model.rcdm.safetensors"), "pt") as f:
-        assert {f.get_slice(k).get_dtype() for k in f.keys()} == {"F16"}  # noqa: SIM118
+        assert {f.get_slice(k).get_dtype() for k in f.keys()}  # noqa: SIM118  (safe_open is not a dict) == {"F16"}  # noqa: SIM118
     assert len(list((out / "demo-inputs").iterdir())) == 2
     # The bundled model finds its bundled encoder by name, and the identity check passes.
     monkeypatch.setenv("RCDM_MODELS", str(out))
@@ -201,3 +205,72 @@ def test_a_measured_sampling_travels_into_the_bundle_and_no_card_names_a_machine
     assert given["guidance"] == 1.0 and given["chosen_by"] == "rcdm recipe pack --guidance"  # explicit wins
     for card in (tmp_path / "kept").rglob("card.json"):
         assert "/tmp" not in card.read_text(), card  # paths relative to the runs, or their last parts
+
+
+def test_a_prior_ships_in_float16_beside_its_encoder_and_is_checked(
+    prior_bundle: Path,
+    bundle: Path,
+    prior_run: Path,  # noqa: F811  (the fixture imported above)
+    tmp_path: Path,
+) -> None:
+    entry = prior_bundle / "prior-cifar10-vicreg-r8w1-backbone"
+    index = json.loads((prior_bundle / "bundle.json").read_text())
+    assert index["priors"] == {
+        entry.name: {
+            "encoder": "cifar10-vicreg-r8w1",
+            "feature": "backbone",
+            "bytes": index["priors"][entry.name]["bytes"],
+        }
+    }
+    assert index["priors"][entry.name]["bytes"] == sum(p.stat().st_size for p in entry.iterdir())
+    with safe_open(entry / "diffusion_pytorch_model.safetensors", "pt") as f:
+        dtypes = {k: f.get_slice(k).get_dtype() for k in f.keys()}  # noqa: SIM118  (safe_open is not a dict)
+    assert dtypes["rep_std"] == "F32" and dtypes["proj_in.weight"] == "F16"  # weights halved, statistics kept
+    net, record = load_prior(entry)
+    assert next(net.parameters()).dtype == torch.float32
+    assert record["encoder"] == "rcdm-cifar:cifar10-vicreg-r8w1" and record["dtype"] == "float16"
+    assert record["metrics"] == {"Fréchet (a test number)": 1.5}
+    assert (
+        "/tmp" not in (entry / "prior.json").read_text() and "/tmp" not in (entry / "README.md").read_text()
+    )
+    assert "Fréchet (a test number): 1.5" in (entry / "README.md").read_text()
+    # What the bundle's readers see: the prior of the backbone's encoder, none for the projector's feature.
+    b = read_bundle(prior_bundle)
+    assert (
+        b.prior("rcdm-cifar10-vicreg-backbone") == entry and b.prior("rcdm-cifar10-vicreg-projector") is None
+    )
+    assert find_prior(entry) == entry
+    # Refusals, each in one line, the bundle unchanged: another encoder's prior, an existing entry, the size limit.
+    copy = tmp_path / "copy"
+    shutil.copytree(prior_bundle, copy)
+    with pytest.raises(RCDMError, match="none of the bundle's encoders"):
+        add_prior(copy, prior_run)  # a prior of the tiny pixels model
+    with pytest.raises(RCDMError, match="exists: pass --overwrite"):
+        add_prior(copy, entry)
+    index["max_bytes"] = sum(
+        p.stat().st_size for p in copy.rglob("*") if p.is_file() and p.name != "bundle.json"
+    )
+    (copy / "bundle.json").write_text(json.dumps(index))
+    with pytest.raises(RCDMError, match=r"over its .* MB limit"):
+        add_prior(copy, entry, overwrite=True)
+    assert json.loads((copy / "bundle.json").read_text()) == index and not list(copy.glob(".tmp-*"))
+    # `rcdm recipe pack --prior` ships it in the same way from the runs, with metrics keyed by its name.
+    metrics = tmp_path / "metrics.json"
+    metrics.write_text(json.dumps({entry.name: {"a number": 2.0}}))
+    args = [
+        "recipe",
+        "pack",
+        "--runs",
+        str(bundle.parent),
+        "--out",
+        str(tmp_path / "packed"),
+        "--allow-smoke",
+    ]
+    assert main([*args, "--prior", str(entry), "--metrics", str(metrics)]) == 0
+    packed = tmp_path / "packed" / entry.name
+    assert load_prior(packed)[1]["metrics"] == {"a number": 2.0}
+    assert (
+        json.loads((tmp_path / "packed" / "bundle.json").read_text())["priors"][entry.name]["feature"]
+        == "backbone"
+    )
+    assert main([*args, "--overwrite", "--prior", str(prior_run)]) == 2  # a prior of no bundled encoder

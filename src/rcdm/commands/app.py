@@ -40,8 +40,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--prior",
         default=None,
-        help="a representation prior (rcdm prior's --out): adds a Dream tab, images from representations it "
-        "samples, for each picked model conditioned on the prior's encoder (default: none, no Dream tab)",
+        help="a representation prior (rcdm prior's --out, or an installed one's name): adds a Dream tab, images "
+        "from representations it samples, for each picked model conditioned on the prior's encoder (default without "
+        "--model: the installed prior, as the CIFAR-10 pack ships; 'none': no Dream tab)",
     )
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default: this machine only)")
     p.add_argument("--port", type=int, default=7860, help="port to serve on (1-65535)")
@@ -67,11 +68,13 @@ def run(args: argparse.Namespace) -> int:
             f"--request-limit {args.request_limit} must be a number of seconds >= 0 (0 = no limit)"
         )
     choices = discover_models(args.model or (), args.runs or (), trust_remote_code=args.trust_remote_code)
-    prior = None
-    if args.prior:
-        from ..prior import load_prior
+    from ..prior import installed_priors, load_prior
 
-        prior = load_prior(args.prior)  # a bad folder is refused before the page starts
+    # without --model the page offers the installed models, which the installed prior was made for
+    name = args.prior or (None if args.model else next(iter(installed_priors()), None))
+    prior = (
+        None if name in (None, "none") else load_prior(name)
+    )  # a bad folder is refused before the page starts
     app = build_app(choices, args.device, prior=prior, request_limit_s=limit or None)
     check_port_free(args.host, args.port)  # gradio would fail after building the page, with a trace
     url = start(app, args.host, args.port)

@@ -9,9 +9,10 @@ from safetensors.torch import save_file
 
 from ..checks import check_guidance, check_seed
 from ..diffusion import SAMPLERS, SamplingConfig, resolve_sampling, sample_many
+from ..errors import RCDMError
 from ..figures import grid, save_png, with_caption
 from ..files import output_folder
-from ..prior import check_prior_matches, load_prior, sample_representations
+from ..prior import check_prior_matches, load_prior, prior_for, sample_representations
 from .common import (
     add_command,
     add_folder_output_args,
@@ -32,7 +33,12 @@ representations' file, OUT/representations.safetensors).
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = add_command(sub, "generate", "images from representations sampled from a prior (rcdm prior)", EPILOG)
     add_model_args(p)
-    p.add_argument("--prior", required=True, help="a prior folder (rcdm prior's --out, or its prior/ folder)")
+    p.add_argument(
+        "--prior",
+        default=None,
+        help="a prior folder (rcdm prior's --out, or its prior/ folder) or the name of an installed one "
+        "(default: the installed prior of the model's encoder, as the CIFAR-10 pack ships for its VICReg backbone)",
+    )
     p.add_argument("--num-images", type=int, required=True, help="how many images")
     p.add_argument("--out", required=True, help="output folder (new or empty; see --overwrite)")
     p.add_argument("--prior-steps", type=int, default=50, help="DDIM steps of the prior (default 50)")
@@ -63,11 +69,21 @@ def run(args: argparse.Namespace) -> int:
         guidance=None if args.guidance is None else check_guidance(args.guidance),
         precision=args.precision,
     )
-    prior, record = load_prior(args.prior)
+    prior, record = load_prior(args.prior) if args.prior else (None, {})
     with output_folder(
         args.out, overwrite=args.overwrite, marker="generate.json", command="rcdm generate"
     ) as out:
         model, encoder = load_model_and_encoder(args)
+        if prior is None:
+            found = prior_for(encoder)
+            if found is None:
+                raise RCDMError(
+                    f"no prior installed for {encoder.spec} ({encoder.feature}): pass --prior FOLDER, trained with "
+                    f"rcdm prior --model {args.model}"
+                )
+            args.prior = found.name
+            prior, record = load_prior(found)
+            print(f"prior: {found.name}, the installed prior of {encoder.spec} ({encoder.feature})")
         check_prior_matches(record, encoder)
         sampling = resolve_sampling(model, sampling)
         reps = sample_representations(prior, n, steps=args.prior_steps, seed=args.seed)

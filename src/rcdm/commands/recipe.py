@@ -26,7 +26,7 @@ from ..pack.gates import parse_steps
 from ..pack.rcdms import RCDM_PROFILES, RCDMRecipe, train_rcdms
 from ..pack.ssl import train_encoder
 from ..pack.ssl_config import SSLConfig, resolve_config
-from ..pack.write import MAX_BUNDLE_MB, pack
+from ..pack.write import MAX_BUNDLE_MB, add_prior, pack
 from .common import (
     add_command_group,
     add_overwrite_arg,
@@ -64,6 +64,11 @@ EPILOGS = {
 """,
     "pack": """examples:
   rcdm recipe pack --runs runs --out src/rcdm/assets/models --demo-images src/rcdm/assets/demo-images/*.jpg
+  rcdm recipe pack --runs runs --out bundle --prior priors/vicreg --metrics metrics.json
+""",
+    "add-prior": """examples (docs/beyond.md, "A representation prior"):
+  rcdm prior --model cifar10-vicreg-backbone --data cifar10/train --out priors/vicreg
+  rcdm recipe add-prior --bundle src/rcdm/assets/models --prior priors/vicreg --metrics prior-metrics.json
 """,
     **STAGE_EPILOGS,
 }
@@ -251,8 +256,30 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "training), or one TARGET at N (repeatable; over a plain N); default: each run's final model, else its "
         "newest checkpoint",
     )
+    k.add_argument(
+        "--prior",
+        action="append",
+        default=[],
+        metavar="PRIOR",
+        help="a representation prior (rcdm prior's --out, or a bundled prior) shipped in float16 beside the "
+        "encoder it models, for `rcdm generate` and the demo's Dream section (repeatable; default: none)",
+    )
     add_overwrite_arg(k, "bundle entries already in --out")
     k.set_defaults(func=run_pack)
+
+    q = command("add-prior", "add a representation prior to an existing bundle (float16, size-checked)")
+    q.add_argument(
+        "--bundle", required=True, help="a bundle of `rcdm recipe pack` (e.g. src/rcdm/assets/models)"
+    )
+    q.add_argument("--prior", required=True, help="rcdm prior's --out (or its prior/ folder)")
+    q.add_argument(
+        "--metrics",
+        default=None,
+        help="JSON file: {labelled metric: value} measured for the prior, shown on its card and the demo page "
+        "(default: none, or what the prior already records)",
+    )
+    add_overwrite_arg(q, "a prior of the same encoder already in --bundle")
+    q.set_defaults(func=run_add_prior)
 
 
 def _given(args: argparse.Namespace, names: list[str]) -> dict:
@@ -381,6 +408,7 @@ def run_pack(args: argparse.Namespace) -> int:
         guidance=args.guidance,
         step=step,
         steps=steps,
+        priors=args.prior,
     )
     label = " (SMOKE TEST: undertrained, labelled so)" if result.smoke else ""
     print(
@@ -388,4 +416,11 @@ def run_pack(args: argparse.Namespace) -> int:
     )
     for note in result.notes:
         print(f"note: {note}")
+    return 0
+
+
+def run_add_prior(args: argparse.Namespace) -> int:
+    metrics = read_json_object(args.metrics, "--metrics") if args.metrics else None
+    entry, size = add_prior(args.bundle, args.prior, metrics=metrics, overwrite=args.overwrite)
+    print(f"added {entry} ({size / 1e6:.2f} MB) to {args.bundle}")
     return 0

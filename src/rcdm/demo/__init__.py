@@ -80,8 +80,9 @@ def run_pack_demo(
     """Sample the bundled RCDMs on the bundle's demo inputs; write OUT/index.html, its PNGs and OUT/results.json.
 
     Sections (SECTIONS): samples of the VICReg backbone vs projector RCDM (same noise), invariance backbone vs
-    projector, an interpolation (backbone RCDM), untargeted PGD on the VICReg vs the supervised backbone, and DDIM
-    inversion under the backbone and the projector RCDM (what the noise keeps).
+    projector, an interpolation (backbone RCDM), untargeted PGD on the VICReg vs the supervised backbone, DDIM
+    inversion under the backbone and the projector RCDM (what the noise keeps) and, when the bundle ships a
+    representation prior of the backbone's encoder, images from representations it samples (Dream).
     Images are in [0, 1] at the models' 32 px. guidance: the classifier-free guidance weight of every sample
     (default: the bundle's, from `rcdm recipe pack --guidance`). Raises RCDMError when BUNDLE is not a complete
     bundle.
@@ -115,6 +116,8 @@ def run_pack_demo(
     for key, make in SECTIONS.items():
         t0 = time.perf_counter()
         section = make(ctx)
+        if section is None:  # a section the bundle has nothing for (Dream without a prior)
+            continue
         sections.append(section)
         numbers[key] = section.numbers
         seconds[key] = time.perf_counter() - t0

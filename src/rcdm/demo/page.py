@@ -1,5 +1,5 @@
 """The pack demo's page (`rcdm.demo.run_pack_demo`): what it samples (`PackDemoSettings`, `PACK_DEMO_PRESETS`)
-and its five sections (`SECTIONS`), each built from the analysis report's section builders."""
+and its sections (`SECTIONS`; Dream only when the bundle ships a prior), each built from the analysis report's section builders."""
 
 from __future__ import annotations
 
@@ -22,12 +22,14 @@ from ..analysis.report import (
     samples_section,
 )
 from ..bundle import ROLES, DemoBundle, read_card
-from ..diffusion import SamplingConfig
+from ..diffusion import SamplingConfig, sample_many
 from ..encoders import Encoder
 from ..errors import RCDMError
 from ..figures import Section, fmt, grid, html_table, number
 from ..inversion import INVERT_DEFAULTS, decode, invert
+from ..metrics.faithfulness import faithfulness_scores
 from ..model import RCDM
+from ..prior import check_prior_matches, load_prior, sample_representations
 
 # dpm++ 15 steps, 32 images per call: 15 rather than the gates' 20, nearly as faithful and inside the demo's time
 # budget on a CPU (the measurements and the batch size: docs/recipes.md, "`rcdm demo`: the pack demo").
@@ -59,6 +61,8 @@ class PackDemoSettings:
         2  # the first ones of the inputs (two: each redrawn under the other's representation)
     )
     inversion_steps: int = 50  # DDIM steps each way (docs/beyond.md: 30 dB on the pack's test images at 50)
+    dream_images: int = 8  # images from representations the bundle's prior samples (when it ships one)
+    prior_steps: int = 50  # DDIM steps of the prior
 
 
 PACK_DEMO_PRESETS: dict[str, PackDemoSettings] = {
@@ -78,6 +82,8 @@ PACK_DEMO_PRESETS: dict[str, PackDemoSettings] = {
         pgd_steps=3,
         inversion_images=2,
         inversion_steps=4,
+        dream_images=4,
+        prior_steps=10,
     ),
 }
 
@@ -257,12 +263,61 @@ def _inversion_section(ctx: PageContext) -> Section:
     )
 
 
-SECTIONS: dict[str, Callable[[PageContext], Section]] = {
+def _dream_section(ctx: PageContext) -> Section | None:
+    """Images from representations the bundle's prior samples, drawn by the backbone RCDM (None: no prior)."""
+    folder = ctx.bundle.prior(ROLES["backbone"][0])
+    if folder is None:
+        return None
+    s = ctx.settings
+    net, record = load_prior(folder)
+    model, encoder = ctx.loaded["backbone"]
+    check_prior_matches(record, encoder)
+    reps = sample_representations(net, s.dream_images, steps=s.prior_steps, seed=s.sampling.seed)
+    images = sample_many(model, reps, 1, s.sampling, progress=ctx.progress, desc="dreaming")
+    own = encoder.encode(images[:, 0]).unsqueeze(1)  # each image's own representation
+    rank1 = faithfulness_scores(reps, own).top1
+    figure = grid(
+        [list(images[:, 0])],
+        col_labels=[f"dream {j}" for j in range(s.dream_images)],
+        title=f"VICReg backbone RCDM on {s.dream_images} representations sampled from the prior ({s.prior_steps} "
+        f"DDIM steps); {s.sampling.describe()}",
+    )
+    measured = record.get("metrics") or {}
+    live = [
+        [
+            "prior",
+            f"{folder.name} ({record.get('representations')} training images, {record.get('steps')} steps)",
+        ],
+        [
+            f"rank-1 among the {s.dream_images} dreams (chance {1 / s.dream_images:.2f})",
+            f"{fmt(rank1, 2)}: is each image's own representation nearest to the one it was drawn from?",
+        ],
+        *([k, v] for k, v in measured.items()),
+    ]
+    note = (
+        "A representation prior (RCG's design: a small diffusion model trained on the encoder's representations "
+        "of the training images) samples representations no image was encoded to; the backbone RCDM draws one "
+        "image for each. What appears is what the representation space holds: the classes and the layouts it "
+        "spreads its mass over. An image the prior never learned to produce, or the RCDM never learned to draw, "
+        "cannot appear. The measured rows come from the prior's card (`rcdm recipe add-prior --metrics`; "
+        "docs/beyond.md); `rcdm generate` draws more."
+    )
+    table = html_table(["number", "value"], live)
+    body = f"<p>{note}</p><div class='pair'>{figure_html(ctx.out, 'dream', figure)}\n<div>{table}</div></div>"
+    return Section(
+        "Dream: images from sampled representations",
+        body,
+        {"prior": folder.name, "images": s.dream_images, "rank1": number(rank1), "measured": measured},
+    )
+
+
+SECTIONS: dict[str, Callable[[PageContext], Section | None]] = {
     "samples": _samples_section,
     "invariance": _invariance_section,
     "interpolation": _interpolation_section,
     "adversarial": _adversarial_section,
     "inversion": _inversion_section,
+    "dream": _dream_section,
 }
 
 

@@ -13,7 +13,7 @@ import json
 import math
 import os
 import shutil
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,7 +27,9 @@ from ..data import IMAGE_SUFFIXES, load_image
 from ..encoders import create_encoder
 from ..encoders.cifar import CifarEncoderNet, default_preprocessing, load_encoder_net, save_encoder
 from ..errors import RCDMError
+from ..files import write_text_atomic
 from ..model import RCDM
+from ..prior import PRIOR_RECORD, find_prior, load_prior, training_settings, write_prior
 from .cards import encoder_card, rcdm_card
 from .rcdms import MIN_KNN_ACCURACY, Target, encoder_dir, run_record, select_targets
 from .ssl import CIFAR_LICENSE
@@ -68,6 +70,90 @@ def _packed_sampling(model: RCDM, guidance: float | None) -> dict:
     if guidance is None and own.get("measured"):
         return own
     return {**PACK_SAMPLING, "guidance": guidance or 1.0, "chosen_by": "rcdm recipe pack --guidance"}
+
+
+def prior_entry(encoder_name: str, feature: str) -> str:
+    """A bundled prior's folder name: prior-<encoder name>-<feature>."""
+    return f"prior-{encoder_name}-{feature}"
+
+
+def _shipped_prior(source: str | Path, identities: Mapping[str, str]) -> tuple[str, Path, dict]:
+    """(entry name, prior folder, record) of the prior at SOURCE, matched to the bundle encoder (name ->
+    identity) whose representations it models."""
+    folder = find_prior(source)
+    record = json.loads((folder / PRIOR_RECORD).read_text())
+    name = next((n for n, ident in identities.items() if ident == record.get("encoder_identity")), None)
+    if name is None:
+        raise RCDMError(
+            f"--prior {str(source)!r} models {record.get('encoder')!r} ({record.get('encoder_identity')}), none of "
+            f"the bundle's encoders ({', '.join(f'{n} {i}' for n, i in identities.items())}): train it with "
+            "`rcdm prior --model` on one of the bundle's RCDMs"
+        )
+    run_settings = folder.parent / "prior-run.json"  # a prior recorded before its record held its training
+    if "training" not in record and run_settings.is_file():
+        record["training"] = training_settings(json.loads(run_settings.read_text()))
+    return prior_entry(name, record["feature"]), folder, {**record, "encoder": f"rcdm-cifar:{name}"}
+
+
+def _write_prior(folder: Path, record: dict, dest: Path, metrics: dict | None) -> None:
+    """The prior at FOLDER into DEST in float16, its record without machine paths, with `metrics` when given."""
+    net, _ = load_prior(folder)
+    model = str(record.get("model", ""))
+    shipped = {
+        **record,
+        "model": _public(Path(model), None) if os.path.isabs(model) else model,
+        "dtype": "float16",
+        "metrics": metrics if metrics is not None else record.get("metrics", {}),
+    }
+    dest.mkdir(parents=True)
+    write_prior(net, shipped, dest, half=True)
+
+
+def add_prior(
+    bundle_dir: str | Path, prior: str | Path, *, metrics: dict | None = None, overwrite: bool = False
+) -> tuple[str, int]:
+    """Add a representation prior (rcdm prior's --out) to the bundle at BUNDLE, beside the encoder whose
+    representations it models: BUNDLE/prior-<encoder>-<feature>/ (float16) and its bundle.json entry. Returns
+    (entry name, bytes). Refused when the bundle would pass its size limit."""
+    bundle = Path(bundle_dir)
+    index_path = bundle / BUNDLE_INDEX
+    try:
+        index = json.loads(index_path.read_text())
+        names = list(index["encoders"])
+    except (OSError, ValueError, KeyError) as e:
+        raise RCDMError(f"--bundle {str(bundle)!r} is not a bundle of `rcdm recipe pack` ({e!r})") from None
+    identities = {n: read_card(bundle / n)["identity"] for n in names}
+    entry, folder, record = _shipped_prior(prior, identities)
+    if (bundle / entry).exists() and not overwrite:
+        raise RCDMError(f"{str(bundle / entry)!r} exists: pass --overwrite to replace it")
+    tmp = bundle / f".tmp-prior-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        _write_prior(folder, record, tmp, metrics)
+        size = _folder_bytes(tmp)
+        others = sum(_folder_bytes(p) for p in bundle.iterdir() if p.name not in (entry, tmp.name))
+        limit = int(index.get("max_bytes", MAX_BUNDLE_MB * 1e6))
+        if others + size > limit:
+            raise RCDMError(
+                f"with the prior ({size / 1e6:.2f} MB) the bundle would be {(others + size) / 1e6:.2f} MB, over "
+                f"its {limit / 1e6:g} MB limit: train a smaller prior (--width), or repack with a higher --max-mb"
+            )
+        priors = {**index.get("priors", {}), entry: _prior_index(record, size)}
+        write_text_atomic(index_path, json.dumps({**index, "priors": priors}, indent=2))
+        if (bundle / entry).exists():
+            shutil.rmtree(bundle / entry)
+        os.rename(tmp, bundle / entry)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return entry, size
+
+
+def _prior_index(record: dict, size: int) -> dict:
+    return {
+        "encoder": record["encoder"].removeprefix("rcdm-cifar:"),
+        "feature": record["feature"],
+        "bytes": size,
+    }
 
 
 @dataclass
@@ -152,11 +238,14 @@ def pack(
     # pack every RCDM at this checkpoint (the same training for all), not its newest model
     step: int | None = None,
     steps: Mapping[str, int] | None = None,  # per target, over `step`: {target: checkpoint step}
+    # representation priors (rcdm prior's --out, or a bundled prior) shipped beside the encoder each models
+    priors: Sequence[str | Path] = (),
 ) -> PackResult:
     """Bundle the encoders and RCDMs of ROOT into OUT (written as a whole or not at all).
 
     OUT/<encoder name>/{encoder.safetensors, card.json, README.md}, OUT/<target>/{config.json,
-    diffusion_pytorch_model.rcdm.safetensors, card.json, README.md}, OUT/demo-inputs/*, OUT/bundle.json. The RCDMs'
+    diffusion_pytorch_model.rcdm.safetensors, card.json, README.md}, OUT/prior-<encoder name>-<feature>/ (each of
+    `priors`, float16; `metrics` may be keyed by its name), OUT/demo-inputs/*, OUT/bundle.json. The RCDMs'
     config names their encoder as `rcdm-cifar:<encoder name>` so that a bundle under rcdm/assets/models is
     found by name. `step` packs each run's EMA at that checkpoint, with its record rebuilt for that step
     (rcdms.run_record), so that models compared on the demo page have seen the same number of images;
@@ -183,7 +272,9 @@ def pack(
     metrics, steps = dict(metrics or {}), dict(steps or {})
     packed = [t.name for t in targets]
     for what, given in (("metrics", metrics), ("a step", steps)):  # keyed by target: each key must be packed
-        unknown = sorted(set(given) - set(packed))
+        unknown = sorted(
+            k for k in set(given) - set(packed) if not (what == "metrics" and k.startswith("prior-"))
+        )
         if unknown:
             raise RCDMError(f"{what} given for {unknown}, which are not packed: use {packed}")
     # name -> (model folder, record)
@@ -197,7 +288,14 @@ def pack(
     smoke = bool(problems)
     encoders = {run: encoder_dir(root, run) for run in sorted({t.encoder_run for t in targets})}
     enc_names = {run: read_card(path)["name"] for run, path in encoders.items()}
-    entries = [*enc_names.values(), *(t.name for t in targets), BUNDLE_INDEX]
+    identities = {enc_names[run]: read_card(path)["identity"] for run, path in encoders.items()}
+    shipped = {entry: (folder, rec) for entry, folder, rec in (_shipped_prior(p, identities) for p in priors)}
+    unmatched = sorted(k for k in metrics if k.startswith("prior-") and k not in shipped)
+    if unmatched:
+        raise RCDMError(
+            f"metrics given for {unmatched}, which are not packed: use {sorted(shipped) or 'none'}"
+        )
+    entries = [*enc_names.values(), *(t.name for t in targets), *shipped, BUNDLE_INDEX]
     if demo_images:
         entries.append("demo-inputs")
     clash = [e for e in entries if (out / e).exists()]
@@ -211,7 +309,6 @@ def pack(
     try:
         probe = torch.rand(16, 3, 32, 32, generator=torch.Generator().manual_seed(0))
         notes: list[str] = []
-        identities = {}
         for run, path in encoders.items():
             net, card = load_encoder_net(path)
             cos = _fp16_cosine(net, probe)
@@ -223,17 +320,17 @@ def pack(
                 "smoke": smoke or bool(card.get("smoke")),
                 "packed": {"from": _public(path, root), "fp16_min_cosine": cos},
             }
-            identities[run] = card["identity"]
             folder = save_encoder(net, tmp / enc_names[run], card, dtype=dtype)
             full = read_card(folder)
             (folder / "README.md").write_text(encoder_card(full))
         for t in targets:
             model_dir, rec = runs[t.name]
             model = RCDM.from_pretrained(model_dir).eval()
-            if model.config.encoder_identity != identities[t.encoder_run]:
+            enc_identity = identities[enc_names[t.encoder_run]]
+            if model.config.encoder_identity != enc_identity:
                 raise RCDMError(
                     f"{t.name} was trained on encoder {model.config.encoder_identity} but {encoders[t.encoder_run]} "
-                    f"is {identities[t.encoder_run]}: retrain it with `rcdm recipe rcdm`"
+                    f"is {enc_identity}: retrain it with `rcdm recipe rcdm`"
                 )
             if (guidance or 1.0) != 1.0 and model.null_rep is None:
                 raise RCDMError(
@@ -280,6 +377,8 @@ def pack(
             }
             (tmp / t.name / "card.json").write_text(json.dumps(card, indent=2, default=str))
             (tmp / t.name / "README.md").write_text(rcdm_card(card))
+        for entry, (folder, rec) in shipped.items():
+            _write_prior(folder, rec, tmp / entry, metrics.get(entry))
         if demo_images:
             (tmp / "demo-inputs").mkdir()
             for p in demo_images:
@@ -294,6 +393,11 @@ def pack(
                 t.name: {"encoder": enc_names[t.encoder_run], "feature": t.feature, "bytes": sizes[t.name]}
                 for t in targets
             },
+            **(
+                {"priors": {e: _prior_index(rec, sizes[e]) for e, (_, rec) in shipped.items()}}
+                if shipped
+                else {}
+            ),
             "notes": notes,
             "max_bytes": int(max_mb * 1e6),
             "guidance": guidance or 1.0,
