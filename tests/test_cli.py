@@ -247,3 +247,17 @@ def test_progress_bars_stay_out_of_a_log_that_is_not_a_terminal(few_images, tmp_
     out = tmp_path / "reps.safetensors"
     assert main(["encode", "--encoder", "pixels:2", "--images", str(few_images), "--out", str(out)]) == 0
     assert "\r" not in capfd.readouterr().err
+
+
+def test_a_reader_that_goes_away_is_not_an_internal_error() -> None:
+    """`rcdm models | head`: the pipe closes before rcdm writes; rcdm stops quietly with 141 (128 + SIGPIPE),
+    not with the internal-error lines."""
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "rcdm.cli", "models"], stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    proc.stdout.close()  # before the child has imported anything, let alone written
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) == 141 and "internal error" not in err, err

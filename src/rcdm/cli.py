@@ -10,6 +10,7 @@ import argparse
 import importlib
 import importlib.metadata
 import logging
+import os
 import sys
 
 from .commands.common import HelpFormatter
@@ -99,6 +100,10 @@ def entry(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     try:
         return main(argv)
+    except BrokenPipeError:  # the reader went away (`rcdm models | head`): not an error of ours
+        # Python's recipe: point stdout at devnull so that the interpreter's final flush does not raise again
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141  # 128 + SIGPIPE, what a shell tool killed by it returns
     except Exception as e:
         if "-v" in args or "--verbose" in args:
             raise
