@@ -205,13 +205,15 @@ def bundle(cifar_root: Path, few_images: Path, tmp_path_factory: pytest.TempPath
 
 
 @pytest.fixture(scope="session")
-def prior_bundle(bundle: Path, few_images: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+def extended_bundle(bundle: Path, few_images: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A copy of `bundle` that ships a tiny representation prior (tests only: width 32, 20 steps) of its VICReg
-    backbone, with one measured number, added by `rcdm recipe add-prior`."""
+    backbone, with one measured number, added by `rcdm recipe add --prior`, and the adapter (the ridge map alone)
+    of its supervised encoder onto its VICReg backbone RCDM, added by `rcdm recipe add --adapter`."""
     import json
     import shutil
 
-    from rcdm.pack.write import add_prior
+    from rcdm.adaptation import AdaptConfig, adapt
+    from rcdm.pack.write import add_to_bundle
     from rcdm.prior import PriorConfig, train_prior
 
     base = tmp_path_factory.mktemp("prior-bundle")
@@ -224,11 +226,22 @@ def prior_bundle(bundle: Path, few_images: Path, tmp_path_factory: pytest.TempPa
     os.environ["RCDM_MODELS"] = str(bundle)  # where the model's rcdm-cifar:NAME encoder is found
     try:
         train_prior(cfg, run, progress=False)
+        adapt(
+            AdaptConfig(
+                model=str(model),
+                encoder=f"rcdm-cifar:{bundle / 'cifar10-supervised-r8w1'}",
+                data=str(few_images),
+                steps=0,
+            ),
+            base / "adapt",
+            progress=False,
+        )
     finally:
         os.environ.pop("RCDM_MODELS") if before is None else os.environ.__setitem__("RCDM_MODELS", before)
     out = base / "bundle"
     shutil.copytree(bundle, out)
-    add_prior(out, run, metrics={"Fréchet (a test number)": 1.5})
+    add_to_bundle(out, prior=run, metrics={"Fréchet (a test number)": 1.5})
+    add_to_bundle(out, adapter=base / "adapt", metrics={"class agreement (a test number)": 0.5})
     assert json.loads((out / "bundle.json").read_text())["priors"]
     return out
 

@@ -15,7 +15,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 
 from rcdm import AdaptConfig, adapt, load_model
-from rcdm.adaptation import CARD_NOTE, fit_ridge
+from rcdm.adaptation import CARD_NOTE
 from rcdm.convert import export_diffusers
 from rcdm.diffusion import SamplingConfig, sample
 from rcdm.encoders import Encoder, create_encoder
@@ -55,20 +55,6 @@ def images(tmp_path_factory, cifar_root: Path) -> Path:
 
 def _cfg(base: Path, data: Path, encoder: str, **kw) -> AdaptConfig:
     return AdaptConfig(model=str(base), encoder=encoder, data=str(data), minutes=5, batch_size=4, **kw)
-
-
-def test_ridge_recovers_a_linear_map_and_scores_held_out_images():
-    torch.manual_seed(0)
-    x = torch.randn(400, 5)
-    w, b = torch.randn(3, 5), torch.randn(3)
-    exact = fit_ridge(x, x @ w.T + b)
-    assert exact.r2_heldout > 0.9999
-    torch.testing.assert_close(exact.weight, w, atol=1e-3, rtol=1e-3)
-    torch.testing.assert_close(exact.bias, b, atol=1e-3, rtol=1e-3)
-    noisy = fit_ridge(x, x @ w.T + b + 3 * torch.randn(400, 3))
-    assert 0.1 < noisy.r2_heldout < 0.9
-    with pytest.raises(RCDMError, match="too few"):
-        fit_ridge(x[:2], x[:2])
 
 
 def test_adapting_the_base_encoder_onto_itself_reproduces_the_base(base, images, few_images, tmp_path):
@@ -121,6 +107,41 @@ def test_embedding_projections_train_with_adapter_plus_embedding(base, few_image
     assert adapted.config.adapter == "mlp" and any(k.startswith("rep_adapter.mlp.") for k in a)
     with pytest.raises(RCDMError, match="mlp adapter is not one linear map"):
         export_diffusers(adapted, tmp_path / "export")
+
+
+def test_the_adapter_folder_holds_only_what_differs_and_loads_over_its_base(base, few_images, tmp_path):
+    """RUN/adapter: the adapted model's config and the tensors that differ from the base (here the adapter, the
+    new statistics and the trained embedding projections), read over the base into the same model as RUN/model;
+    a base whose weights changed is refused in one line."""
+    cfg = _cfg(base, few_images, "pixels:1", steps=2, lr=1e-2, trainable="adapter+embedding")
+    result = adapt(cfg, tmp_path / "run", progress=False)
+    folder = tmp_path / "run" / "adapter"
+    with safe_open(str(folder / "adapter.safetensors"), "pt") as f:
+        keys = set(f.keys())
+    assert {"rep_adapter.linear.weight", "rep_adapter.linear.bias", "rep_mean", "rep_std"} <= keys
+    assert any("time_emb_proj" in k for k in keys) and not any(k.startswith("rep_proj.") for k in keys)
+    assert (folder / "adapter.safetensors").stat().st_size < (
+        base / "diffusion_pytorch_model.rcdm.safetensors"
+    ).stat().st_size / 3
+    full, lean = load_model(result.model_dir), load_model(folder)
+    assert lean.config.adapted_from == full.config.adapted_from and lean.config.encoder == "pixels:1"
+    for k, v in full.state_dict().items():
+        torch.testing.assert_close(lean.state_dict()[k], v, rtol=0, atol=0)
+    # Another base under the recorded name: refused, naming both digests and the fix.
+    moved = tmp_path / "moved"
+    moved.mkdir()
+    config = json.loads((folder / "config.json").read_text())
+    other = tmp_path / "other-base"
+    RCDM.from_config(load_model(base).config).save_pretrained(other)  # same layout, fresh weights
+    config["adapted_from"]["base_model"] = str(other)
+    (moved / "config.json").write_text(json.dumps(config))
+    (moved / "adapter.safetensors").write_bytes((folder / "adapter.safetensors").read_bytes())
+    with pytest.raises(RCDMError, match="adapt again onto this base"):
+        load_model(moved)
+    config["adapted_from"].pop("base_weights")
+    (moved / "config.json").write_text(json.dumps(config))
+    with pytest.raises(RCDMError, match="names no base model and weights"):
+        load_model(moved)
 
 
 def test_resume_continues_and_a_second_run_in_the_folder_is_refused(base, few_images, tmp_path):

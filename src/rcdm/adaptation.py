@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Literal
 
 import torch
+from safetensors.torch import save_file
 
 from .data import batched, center_square, decode_images, list_images, load_views, resize, to_model_space
 from .devices import autocast_for, cpu_seconds, resolve_precision, training_precision
@@ -34,8 +35,9 @@ from .files import atomic_dir, write_text_atomic
 from .loading import encoder_for, load_model, resolve_model_dir
 from .locks import run_lock
 from .losses import GaussianDiffusion, draw_timesteps
-from .model import ADAPTERS, RCDM, WEIGHTS_VARIANT
+from .model import ADAPTER_WEIGHTS, ADAPTERS, RCDM, WEIGHTS_VARIANT
 from .monitor import TrainingMonitor
+from .ridge import RidgeMap, fit_ridge
 from .train_config import saved_fields, setting_changes
 from .weights import sha256_file
 
@@ -44,8 +46,6 @@ log = logging.getLogger(__name__)
 Trainable = Literal["adapter", "adapter+embedding"]
 TRAINABLE: tuple[str, ...] = ("adapter", "adapter+embedding")
 MUTABLE_ON_RESUME = frozenset({"minutes", "steps", "save_every_s", "cache"})
-# Ridge regularisers searched on the held-out images, in units of the number of training pairs.
-RIDGE_ALPHAS = tuple(10.0**k for k in range(-7, 3))
 CARD_NOTE = (
     "An adapted model shows the base model's image prior, steered by the new representation: what the base "
     "model never learned to draw cannot appear, and what the new representation keeps but the base's did not "
@@ -84,16 +84,6 @@ class AdaptConfig:
     cache: str | None = (
         None  # folder of the representation cache (shared by runs on the same images); RUN/cache
     )
-
-
-@dataclass(frozen=True)
-class RidgeMap:
-    """z_base ~ weight @ z_new + bias, z_new standardised (weight (d_base, d_new), bias (d_base,))."""
-
-    weight: torch.Tensor
-    bias: torch.Tensor
-    alpha: float  # the chosen regulariser, x n
-    r2_heldout: float  # 1 - SSE / SST over every base dimension, on the held-out images
 
 
 @dataclass
@@ -136,39 +126,6 @@ def check_config(cfg: AdaptConfig) -> None:
         raise RCDMError(f"holdout {cfg.holdout} is out of range: use a fraction in (0, 0.5)")
 
 
-@torch.no_grad()
-def fit_ridge(
-    x: torch.Tensor, y: torch.Tensor, holdout: float = 0.1, alphas: tuple[float, ...] = RIDGE_ALPHAS
-) -> RidgeMap:
-    """Ridge regression y ~ W x + b, x (N, d_in) standardised, y (N, d_out); the regulariser (alpha x n) with the
-    best held-out R^2 (the last `holdout` share of the rows), then refitted on every row.
-
-    Written out (a few lines of linear algebra in float64) rather than through scikit-learn, which rcdm does not
-    otherwise need.
-    """
-    n = x.shape[0]
-    k = max(1, round(n * holdout))
-    if n - k < 2:
-        raise RCDMError(f"{n} images are too few to fit and check a map: use at least {k + 2}")
-    x, y = x.double(), y.double()
-
-    def solve(xs: torch.Tensor, ys: torch.Tensor, alpha: float) -> tuple[torch.Tensor, torch.Tensor]:
-        mx, my = xs.mean(0), ys.mean(0)
-        xc, yc = xs - mx, ys - my
-        gram = xc.T @ xc + alpha * xs.shape[0] * torch.eye(xs.shape[1], dtype=xs.dtype)
-        w = torch.linalg.solve(gram, xc.T @ yc).T  # (d_out, d_in)
-        return w, my - w @ mx
-
-    def r2(w: torch.Tensor, b: torch.Tensor, xs: torch.Tensor, ys: torch.Tensor) -> float:
-        sse = ((xs @ w.T + b - ys) ** 2).sum()
-        return float(1 - sse / ((ys - ys.mean(0)) ** 2).sum().clamp_min(1e-12))
-
-    scores = {a: r2(*solve(x[: n - k], y[: n - k], a), x[n - k :], y[n - k :]) for a in alphas}
-    best = max(scores, key=scores.__getitem__)
-    w, b = solve(x, y, best)
-    return RidgeMap(w.float(), b.float(), best, scores[best])
-
-
 def _files(cfg: AdaptConfig) -> list[Path]:
     files = list_images(cfg.data)
     if len(files) <= cfg.num_images:
@@ -187,6 +144,13 @@ def _diffusion_views(files: list[Path], size: int, progress: bool) -> torch.Tens
         for s, e in batched(len(files), 1024)
     ]
     return torch.cat(out)
+
+
+def _base_reference(model: str) -> str:
+    """How an adapter names its base: a local folder as an absolute path (found from anywhere), else as given
+    (a bundled or published model's name, a hub repo)."""
+    path = Path(model).expanduser()
+    return str(path.resolve()) if path.exists() else model
 
 
 def base_targets(base: RCDM, reps: torch.Tensor) -> torch.Tensor:
@@ -357,7 +321,7 @@ def _adapt(
     ridge = fit_ridge(standardise(x_all)[idx], y_all[idx], holdout=cfg.holdout)
     log.info("ridge map: held-out R^2 %.3f (alpha %.0e x n)", ridge.r2_heldout, ridge.alpha)
     provenance = {
-        "base_model": str(cfg.model),
+        "base_model": _base_reference(cfg.model),
         "base_weights": sha256_file(base_dir / f"diffusion_pytorch_model.{WEIGHTS_VARIANT}.safetensors"),
         "base_encoder": base.config.encoder,
         "base_feature": base.config.feature,
@@ -376,7 +340,8 @@ def _adapt(
         model.load_state_dict(torch.load(state_path / "trainable.pt", weights_only=True), strict=False)
         opt.load_state_dict(torch.load(state_path / "optimizer.pt", weights_only=True))
         step = int(saved["step"])
-    views = _diffusion_views(files, model.config.sample_size, progress)
+    # the training images, decoded (none for the map alone)
+    views = _diffusion_views(files, model.config.sample_size, progress) if cfg.steps != 0 else None
     new_reps = reps["new"]
     model.to(device)
     precision = training_precision(cfg.precision)
@@ -469,15 +434,34 @@ def _adapt(
         (tmp / "card.json").write_text(
             json.dumps({"note": CARD_NOTE, "adapt": asdict(cfg), **model.config.adapted_from}, indent=2)
         )
+    save_adapter(model, base_dir, run_dir / "adapter", _card(model, cfg, record))
     log.info(
-        "adapted model in %s: %d steps, %.0f s wall, %.0f s CPU%s",
+        "adapted model in %s (and its adapter alone in %s): %d steps, %.0f s wall, %.0f s CPU%s",
         run_dir / "model",
+        run_dir / "adapter",
         step,
         wall,
         cpu,
         ", bf16 autocast" if bf16 else "",
     )
     return AdaptResult(run_dir / "model", step, step * cfg.batch_size, ridge.r2_heldout, wall, cpu)
+
+
+def save_adapter(model: RCDM, base_dir: Path, folder: Path, card: str) -> None:
+    """FOLDER: the adapted model as an adapter of its base, to share or bundle: config.json (the adapted model's,
+    naming the base and its weights' sha256) and ADAPTER_WEIGHTS, the tensors that differ from the base's (the
+    adapter, the new representation's statistics, any trained embedding projections); `load_model` reads it over
+    the base, which must be found where `adapted_from.base_model` says."""
+    base = load_model(base_dir).state_dict()
+    own = {
+        k: v.detach().float().contiguous()
+        for k, v in model.state_dict().items()
+        if k not in base or base[k].shape != v.shape or not torch.equal(base[k].float(), v.float())
+    }
+    with atomic_dir(folder) as tmp:
+        model.save_config(tmp)
+        save_file(own, tmp / ADAPTER_WEIGHTS)
+        (tmp / "README.md").write_text(card)
 
 
 def with_overrides(cfg: AdaptConfig, **changes: object) -> AdaptConfig:

@@ -5,7 +5,8 @@ imports this module, which imports no encoder, model or training code; `rcdm.pac
 
 Layout: BUNDLE/<encoder name>/{encoder.safetensors, card.json, README.md}, BUNDLE/<target>/{config.json,
 diffusion_pytorch_model.rcdm.safetensors, card.json, README.md}, optionally BUNDLE/prior-<encoder name>-<feature>/
-(a representation prior), BUNDLE/demo-inputs/*, BUNDLE/bundle.json.
+(a representation prior) and BUNDLE/rcdm-<encoder>-via-<base>/ (an adapter of a bundled encoder onto a bundled
+RCDM: config.json, adapter.safetensors, README.md), BUNDLE/demo-inputs/*, BUNDLE/bundle.json.
 """
 
 from __future__ import annotations
@@ -87,7 +88,21 @@ class DemoBundle:
         return check_guidance(value, f"{self.folder / 'bundle.json'}'s guidance")
 
     def encoder_name(self, target: str) -> str:
-        return str(self.index["rcdms"][target]["encoder"])
+        """The bundled encoder of an RCDM or an adapter entry."""
+        entry = self.index["rcdms"].get(target) or (self.index.get("adapters") or {})[target]
+        return str(entry["encoder"])
+
+    def adapter(self, base: str, encoder: str) -> str | None:
+        """The bundle's adapter of ENCODER (a bundled encoder's name) onto the RCDM BASE (`rcdm recipe add
+        --adapter`), or None."""
+        for name, entry in (self.index.get("adapters") or {}).items():
+            if (
+                entry.get("base") == base
+                and entry.get("encoder") == encoder
+                and (self.folder / name).is_dir()
+            ):
+                return name
+        return None
 
     def prior(self, target: str) -> Path | None:
         """The bundled representation prior of TARGET's encoder and feature (`rcdm recipe pack --prior`), or None."""

@@ -25,7 +25,7 @@ from .encoders.registry import CODE_RUNNING_SPECS
 from .errors import RCDMError, first_line
 from .files import atomic_dir
 from .hub import parse_hub_ref, resolve_hub_model
-from .model import RCDM, WEIGHTS_VARIANT, check_config, check_encoder
+from .model import ADAPTER_WEIGHTS, RCDM, WEIGHTS_VARIANT, check_config, check_encoder
 from .runs import Checkpoints
 from .weights import (
     Weights,
@@ -33,7 +33,9 @@ from .weights import (
     fetch,
     first_nonfinite,
     official_cache,
+    read_checkpoint,
     safetensors_shapes,
+    sha256_file,
 )
 
 log = logging.getLogger(__name__)
@@ -192,6 +194,8 @@ def _load_strict(folder: Path) -> RCDM:
         raise RCDMError(f"{str(config_file)!r} holds no JSON object: not an rcdm model folder")
     check_config(config, repr(str(config_file)))
     weights_file = folder / f"diffusion_pytorch_model.{WEIGHTS_VARIANT}.safetensors"
+    if not weights_file.is_file() and (folder / ADAPTER_WEIGHTS).is_file():
+        return _load_adapter(folder, config)
     # safetensors only (use_safetensors below): there is nothing to unpickle
     if not weights_file.is_file():
         plain = (folder / "diffusion_pytorch_model.safetensors").is_file()
@@ -229,6 +233,45 @@ def _load_strict(folder: Path) -> RCDM:
             f"model {str(folder)!r} has non-finite weights (NaN or inf), first in {bad!r}: it can only give "
             "blank images; use an earlier checkpoint of the run, or retrain"
         )
+    return model
+
+
+def _load_adapter(folder: Path, config: dict) -> RCDM:
+    """An adapter folder (`rcdm adapt`'s RUN/adapter): the tensors in which an adapted model differs from its base
+    (ADAPTER_WEIGHTS), over the base it names (`adapted_from.base_model`; "../NAME" is the folder NAME beside the
+    adapter's), whose weights must be the ones the adapter was made on (`adapted_from.base_weights`, sha256)."""
+    made_on = config.get("adapted_from") or {}
+    base_spec, digest = made_on.get("base_model"), made_on.get("base_weights")
+    if not base_spec or not digest:
+        raise RCDMError(
+            f"{str(folder)!r} holds {ADAPTER_WEIGHTS} but its config names no base model and weights "
+            "(adapted_from.base_model, base_weights): it is not an adapter folder of rcdm adapt"
+        )
+    # "../NAME": the base beside the adapter (a bundle's entries travel together)
+    base_dir = resolve_model_dir(folder / base_spec if base_spec.startswith("../") else base_spec)
+    found = sha256_file(base_dir / f"diffusion_pytorch_model.{WEIGHTS_VARIANT}.safetensors")
+    if found != digest:
+        raise RCDMError(
+            f"the adapter {str(folder)!r} was made on {base_spec!r} with weights sha256 {digest[:12]}, but "
+            f"{str(base_dir)!r} has {found[:12]}: adapt again onto this base (rcdm adapt --model {base_spec})"
+        )
+    base = _load_strict(base_dir)
+    try:
+        model = RCDM.from_config({k: v for k, v in config.items() if not k.startswith("_")})
+    except (TypeError, ValueError) as e:
+        raise RCDMError(f"cannot build the adapted model of {str(folder)!r}: {first_line(e)}") from None
+    own = dict(read_checkpoint(folder / ADAPTER_WEIGHTS))  # a .safetensors file: nothing to unpickle
+    state = {**{k: v.float() for k, v in base.state_dict().items()}, **own}
+    check_keys(
+        {k: v.shape for k, v in state.items()},
+        {k: v.shape for k, v in model.state_dict().items()},
+        repr(str(folder / ADAPTER_WEIGHTS)),
+        "the adapted model's config (over its base)",
+    )
+    model.load_state_dict(state)
+    bad = first_nonfinite(model.state_dict())
+    if bad is not None:
+        raise RCDMError(f"the adapter {str(folder)!r} has non-finite weights (NaN or inf), first in {bad!r}")
     return model
 
 

@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 
 from rcdm.app import build_app, discover_models
 from rcdm.errors import RCDMError
@@ -75,3 +76,22 @@ def test_a_model_folder_s_recorded_guidance_is_the_page_default(tmp_path: Path) 
     assert [(p["value"], p["visible"]) for p in sliders if p.get("label", "").startswith("guidance")] == [
         (3.5, True)  # shown on first load, before the page's load event has loaded the model
     ]
+
+
+def test_the_pack_page_offers_its_adapter_beside_its_rcdms(
+    extended_bundle: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The pack's adapter is a model of the page (one image prior, another representation), with the supervised
+    encoder's classes for the Attack view; it loads over the bundled base."""
+    import rcdm.app.models as app_models
+    from rcdm.bundle import ROLES
+
+    monkeypatch.setattr(app_models, "_bundled_pack", lambda: (extended_bundle, ROLES, 5.0))
+    monkeypatch.setattr(app_models, "_cached_official", lambda: [])
+    choices = {c.label: c for c in discover_models()}
+    label = "cifar10-supervised-r8w1 through the VICReg backbone RCDM"
+    assert list(choices) == [*(lab for _, lab in ROLES.values()), label]
+    adapter = choices[label]
+    assert adapter.supervised and len(adapter.classes) == 10 and adapter.guidance == 5.0
+    model, encoder = adapter.load(torch.device("cpu"))
+    assert model.config.adapter == "linear" and encoder.spec.endswith("cifar10-supervised-r8w1")

@@ -69,7 +69,7 @@ def test_a_port_in_use_is_one_line(tiny_model: Path, capsys: pytest.CaptureFixtu
     [([], True), (["--prior", "none"], False), (["--model", "MODEL"], False)],
 )
 def test_the_installed_prior_gives_the_pack_page_a_dream_tab(
-    prior_bundle: Path, tiny_model: Path, monkeypatch: pytest.MonkeyPatch, args: list[str], dream: bool
+    extended_bundle: Path, tiny_model: Path, monkeypatch: pytest.MonkeyPatch, args: list[str], dream: bool
 ) -> None:
     """Without --model the page offers the installed models, and the installed prior made for them; with a
     user's --model, or --prior none, there is no Dream tab unless --prior names one."""
@@ -82,7 +82,7 @@ def test_the_installed_prior_gives_the_pack_page_a_dream_tab(
     def build(choices, device, prior=None, request_limit_s=None):
         raise Built(prior)
 
-    monkeypatch.setenv("RCDM_MODELS", str(prior_bundle))
+    monkeypatch.setenv("RCDM_MODELS", str(extended_bundle))
     monkeypatch.setattr(app, "build_app", build)
     monkeypatch.setattr(app, "discover_models", lambda *a, **k: [])
     with pytest.raises(Built) as built:

@@ -47,11 +47,11 @@ def test_generate_draws_one_image_per_sampled_representation(prior_run, tiny_run
 
 
 def test_generate_finds_the_installed_prior_of_the_models_encoder(
-    prior_bundle, tiny_run, tmp_path, monkeypatch, capsys
+    extended_bundle, tiny_run, tmp_path, monkeypatch, capsys
 ):
     """Without --prior, the installed prior of the model's encoder (as the pack ships one); none: one line."""
-    monkeypatch.setenv("RCDM_MODELS", str(prior_bundle))
-    model = prior_bundle / "rcdm-cifar10-vicreg-backbone"
+    monkeypatch.setenv("RCDM_MODELS", str(extended_bundle))
+    model = extended_bundle / "rcdm-cifar10-vicreg-backbone"
     out = tmp_path / "gen"
     args = ["generate", "--num-images", "2", "--steps", "2", "--prior-steps", "3", "--no-progress"]
     assert main([*args, "--model", str(model), "--out", str(out)]) == 0

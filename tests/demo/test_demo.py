@@ -120,11 +120,13 @@ def test_pack_demo_cli_writes_page_figures_and_numbers(bundle: Path, tmp_path: P
     assert html.escape(f[1]["measured"]) in page
 
 
-def test_a_bundle_with_a_prior_gets_a_dream_section(prior_bundle: Path, tmp_path: Path) -> None:
+def test_a_bundle_with_a_prior_and_an_adapter_gets_dream_and_one_base_sections(
+    extended_bundle: Path, tmp_path: Path
+) -> None:
     """The Dream section: images drawn from representations the bundle's prior samples, with the prior's measured
     numbers beside them and the rank-1 of the dreams among themselves."""
     s = PACK_DEMO_PRESETS["quick"]
-    res = run_pack_demo(prior_bundle, tmp_path / "demo", settings=s, progress=False)
+    res = run_pack_demo(extended_bundle, tmp_path / "demo", settings=s, progress=False)
     page = res.index.read_text()
     assert "<h2>Dream: images from sampled representations</h2>" in page
     pair = page.split("<div class='pair'><img src='dream.png'", 1)[1].split("</div></div>", 1)[0]
@@ -135,6 +137,20 @@ def test_a_bundle_with_a_prior_gets_a_dream_section(prior_bundle: Path, tmp_path
     assert dream["prior"] == "prior-cifar10-vicreg-r8w1-backbone" and dream["images"] == s.dream_images
     assert 0.0 <= dream["rank1"] <= 1.0 and dream["measured"] == {"Fréchet (a test number)": 1.5}
     assert "dream" in res.seconds
+    # One base, two encoders: the supervised representation through the VICReg backbone RCDM beside both RCDMs.
+    assert "<h2>One base, two encoders</h2>" in page
+    pair = page.split("<div class='pair'><img src='one-base.png'", 1)[1].split("</div></div>", 1)[0]
+    assert "supervised through the VICReg backbone" in pair
+    assert (
+        "class agreement (a test number)"
+        in page.split("<h2>One base, two encoders</h2>", 1)[1].split("<h2>")[0]
+    )
+    one = res.numbers["one_base"]
+    assert set(one) >= {"vicreg", "supervised", "adapted", "adapter", "map_r2_heldout"}
+    assert one["adapter"] == "rcdm-cifar10-supervised-r8w1-via-cifar10-vicreg-backbone"
+    for key in ("vicreg", "supervised", "adapted"):
+        assert 0.0 <= one[key]["faithfulness"]["top1"] <= 1.0
+    assert one["measured"] == {"class agreement (a test number)": 0.5}
 
 
 def test_only_a_smoke_bundle_gets_the_warning(bundle: Path, tmp_path: Path) -> None:

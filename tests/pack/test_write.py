@@ -15,8 +15,9 @@ from rcdm.bundle import read_bundle
 from rcdm.cli import main
 from rcdm.encoders import create_encoder
 from rcdm.errors import RCDMError
+from rcdm.loading import load_model
 from rcdm.pack.rcdms import RCDMRecipe, train_rcdms
-from rcdm.pack.write import add_prior, pack
+from rcdm.pack.write import add_to_bundle, pack
 from rcdm.prior import find_prior, load_prior
 from test_prior import prior_run  # noqa: F401  (a fixture)
 
@@ -208,13 +209,13 @@ def test_a_measured_sampling_travels_into_the_bundle_and_no_card_names_a_machine
 
 
 def test_a_prior_ships_in_float16_beside_its_encoder_and_is_checked(
-    prior_bundle: Path,
+    extended_bundle: Path,
     bundle: Path,
     prior_run: Path,  # noqa: F811  (the fixture imported above)
     tmp_path: Path,
 ) -> None:
-    entry = prior_bundle / "prior-cifar10-vicreg-r8w1-backbone"
-    index = json.loads((prior_bundle / "bundle.json").read_text())
+    entry = extended_bundle / "prior-cifar10-vicreg-r8w1-backbone"
+    index = json.loads((extended_bundle / "bundle.json").read_text())
     assert index["priors"] == {
         entry.name: {
             "encoder": "cifar10-vicreg-r8w1",
@@ -235,24 +236,24 @@ def test_a_prior_ships_in_float16_beside_its_encoder_and_is_checked(
     )
     assert "Fréchet (a test number): 1.5" in (entry / "README.md").read_text()
     # What the bundle's readers see: the prior of the backbone's encoder, none for the projector's feature.
-    b = read_bundle(prior_bundle)
+    b = read_bundle(extended_bundle)
     assert (
         b.prior("rcdm-cifar10-vicreg-backbone") == entry and b.prior("rcdm-cifar10-vicreg-projector") is None
     )
     assert find_prior(entry) == entry
     # Refusals, each in one line, the bundle unchanged: another encoder's prior, an existing entry, the size limit.
     copy = tmp_path / "copy"
-    shutil.copytree(prior_bundle, copy)
+    shutil.copytree(extended_bundle, copy)
     with pytest.raises(RCDMError, match="none of the bundle's encoders"):
-        add_prior(copy, prior_run)  # a prior of the tiny pixels model
+        add_to_bundle(copy, prior=prior_run)  # a prior of the tiny pixels model
     with pytest.raises(RCDMError, match="exists: pass --overwrite"):
-        add_prior(copy, entry)
+        add_to_bundle(copy, prior=entry)
     index["max_bytes"] = sum(
         p.stat().st_size for p in copy.rglob("*") if p.is_file() and p.name != "bundle.json"
     )
     (copy / "bundle.json").write_text(json.dumps(index))
     with pytest.raises(RCDMError, match=r"over its .* MB limit"):
-        add_prior(copy, entry, overwrite=True)
+        add_to_bundle(copy, prior=entry, overwrite=True)
     assert json.loads((copy / "bundle.json").read_text()) == index and not list(copy.glob(".tmp-*"))
     # `rcdm recipe pack --prior` ships it in the same way from the runs, with metrics keyed by its name.
     metrics = tmp_path / "metrics.json"
@@ -274,3 +275,52 @@ def test_a_prior_ships_in_float16_beside_its_encoder_and_is_checked(
         == "backbone"
     )
     assert main([*args, "--overwrite", "--prior", str(prior_run)]) == 2  # a prior of no bundled encoder
+
+
+def test_an_adapter_ships_as_a_small_entry_that_loads_over_the_bundled_base(
+    extended_bundle: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """rcdm recipe add --adapter: the entry names its base as the folder beside it and its encoder by the
+    bundled name, holds a few KB, loads (from any folder the bundle is copied to) into the base's network with
+    the adapter in front; an adapter of another base or encoder is refused in one line."""
+    entry = extended_bundle / "rcdm-cifar10-supervised-r8w1-via-cifar10-vicreg-backbone"
+    index = json.loads((extended_bundle / "bundle.json").read_text())
+    assert index["adapters"][entry.name] == {
+        "base": "rcdm-cifar10-vicreg-backbone",
+        "encoder": "cifar10-supervised-r8w1",
+        "feature": "backbone",
+        "bytes": sum(p.stat().st_size for p in entry.iterdir()),
+    }
+    config = json.loads((entry / "config.json").read_text())
+    assert config["encoder"] == "rcdm-cifar:cifar10-supervised-r8w1"
+    assert config["adapted_from"]["base_model"] == "../rcdm-cifar10-vicreg-backbone"
+    assert (
+        "/tmp" not in (entry / "config.json").read_text() and "/tmp" not in (entry / "README.md").read_text()
+    )
+    assert (entry / "adapter.safetensors").stat().st_size < 20_000
+    assert json.loads((entry / "card.json").read_text())["metrics"] == {
+        "class agreement (a test number)": 0.5
+    }
+    moved = tmp_path / "moved"
+    shutil.copytree(extended_bundle, moved)
+    model = load_model(moved / entry.name)
+    base = load_model(moved / "rcdm-cifar10-vicreg-backbone")
+    assert model.config.adapter == "linear" and model.config.representation_dim == 64
+    for k, v in base.state_dict().items():
+        if k.startswith(("unet.", "rep_proj.", "null_rep")):
+            assert torch.equal(model.state_dict()[k], v.float()), k
+    assert read_bundle(moved).adapter("rcdm-cifar10-vicreg-backbone", "cifar10-supervised-r8w1") == entry.name
+    # Refusals: another base, another encoder, both kinds at once.
+    src = tmp_path / "adapter"
+    shutil.copytree(entry, src)
+    bad = {**config, "adapted_from": {**config["adapted_from"], "base_weights": "0" * 64}}
+    (src / "config.json").write_text(json.dumps(bad))
+    with pytest.raises(RCDMError, match="none of the bundle's RCDMs"):
+        add_to_bundle(moved, adapter=src, overwrite=True)
+    (src / "config.json").write_text(json.dumps({**config, "encoder_identity": "rcdm-cifar@sha256:0"}))
+    with pytest.raises(RCDMError, match="none of the bundle's encoders"):
+        add_to_bundle(moved, adapter=src, overwrite=True)
+    args = ["recipe", "add", "--bundle", str(moved), "--adapter", str(src), "--prior", str(src)]
+    with pytest.raises(SystemExit):
+        main(args)
+    assert "not allowed with argument" in capsys.readouterr().err

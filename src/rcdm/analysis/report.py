@@ -51,6 +51,7 @@ def samples_section(
     note: str = "",
     heading: str = "Samples",
     progress: bool = False,
+    figure: str = "samples",  # OUT/<figure>.png
 ) -> Section:
     """Samples of the same inputs from several RCDMs (key -> (label, model, encoder)), column j sharing its noise.
 
@@ -111,7 +112,7 @@ def samples_section(
             for key, (label, _, _) in runs.items()
         ],
     )
-    return Section(heading, _body(note, figure_html(out, "samples", fig), table), numbers)
+    return Section(heading, _body(note, figure_html(out, figure, fig), table), numbers)
 
 
 def variance_section(res: VarianceResult, out: Path, note: str = "") -> Section:

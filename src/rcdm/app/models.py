@@ -19,7 +19,7 @@ from PIL import Image
 from .. import analysis, figures
 from ..analysis import adversarial, interpolate, invariance, list_augmentations, pixel_std, variance
 from ..analysis.variance import heat_map
-from ..bundle import ROLES, bundled_pack, demo_images, read_bundle, read_card
+from ..bundle import BUNDLE_INDEX, ROLES, bundled_pack, demo_images, read_bundle, read_card
 from ..data import list_images, load_image
 from ..devices import default_device
 from ..diffusion import SAMPLING_PRESETS, SamplingConfig
@@ -153,6 +153,29 @@ def _bundled_pack() -> tuple[Path, dict, float] | None:
     return None if folder is None else (folder, ROLES, read_bundle(folder).guidance)
 
 
+def _bundled_adapters(folder: Path, guidance: float) -> list[ModelChoice]:
+    """The pack's adapters (`rcdm recipe add --adapter`): another encoder through one of its RCDMs, offered
+    beside the RCDMs so that two encoders can be compared through one image prior."""
+    index = folder / BUNDLE_INDEX
+    adapters = (json.loads(index.read_text()).get("adapters") or {}) if index.is_file() else {}
+    labels = dict(ROLES.values())
+    out = []
+    for name, entry in adapters.items():
+        classes = tuple(_pack_classes(folder, name))
+        base = labels.get(entry.get("base"), entry.get("base"))
+        out.append(
+            ModelChoice(
+                f"{entry.get('encoder')} through the {base} RCDM",
+                f"bundled pack: {name} (an adapter: the {base} RCDM's image prior)",
+                lambda d, t=name: _load_bundled(folder, t, d),
+                classes=classes,
+                supervised=bool(classes),
+                guidance=guidance,
+            )
+        )
+    return out
+
+
 def _pack_classes(folder: Path, target: str) -> list[str]:
     bundle = read_bundle(folder)
     return list(read_card(bundle.folder / bundle.encoder_name(target)).get("classes") or [])
@@ -230,6 +253,7 @@ def discover_models(
                         guidance=guidance,
                     )
                 )
+            out += _bundled_adapters(folder, guidance)
         for r in runs:
             root = Path(r).expanduser()
             if not root.is_dir():

@@ -26,7 +26,7 @@ from ..pack.gates import parse_steps
 from ..pack.rcdms import RCDM_PROFILES, RCDMRecipe, train_rcdms
 from ..pack.ssl import train_encoder
 from ..pack.ssl_config import SSLConfig, resolve_config
-from ..pack.write import MAX_BUNDLE_MB, add_prior, pack
+from ..pack.write import MAX_BUNDLE_MB, add_to_bundle, pack
 from .common import (
     add_command_group,
     add_overwrite_arg,
@@ -66,9 +66,12 @@ EPILOGS = {
   rcdm recipe pack --runs runs --out src/rcdm/assets/models --demo-images src/rcdm/assets/demo-images/*.jpg
   rcdm recipe pack --runs runs --out bundle --prior priors/vicreg --metrics metrics.json
 """,
-    "add-prior": """examples (docs/beyond.md, "A representation prior"):
+    "add": """examples (docs/beyond.md, docs/adapt.md):
   rcdm prior --model cifar10-vicreg-backbone --data cifar10/train --out priors/vicreg
-  rcdm recipe add-prior --bundle src/rcdm/assets/models --prior priors/vicreg --metrics prior-metrics.json
+  rcdm recipe add --bundle src/rcdm/assets/models --prior priors/vicreg --metrics prior-metrics.json
+  rcdm adapt --model cifar10-vicreg-backbone --encoder rcdm-cifar:cifar10-supervised-r20w1 \\
+      --data cifar10/train --steps 0 --out adapt/sup
+  rcdm recipe add --bundle src/rcdm/assets/models --adapter adapt/sup --metrics adapt-metrics.json
 """,
     **STAGE_EPILOGS,
 }
@@ -267,19 +270,29 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     add_overwrite_arg(k, "bundle entries already in --out")
     k.set_defaults(func=run_pack)
 
-    q = command("add-prior", "add a representation prior to an existing bundle (float16, size-checked)")
+    q = command("add", "add a representation prior or an adapter to a finished bundle (size-checked)")
     q.add_argument(
         "--bundle", required=True, help="a bundle of `rcdm recipe pack` (e.g. src/rcdm/assets/models)"
     )
-    q.add_argument("--prior", required=True, help="rcdm prior's --out (or its prior/ folder)")
+    what = q.add_mutually_exclusive_group(required=True)
+    what.add_argument(
+        "--prior",
+        help="rcdm prior's --out (or its prior/ folder): shipped in float16 beside its encoder (this or --adapter "
+        "is required)",
+    )
+    what.add_argument(
+        "--adapter",
+        help="rcdm adapt's --out (or its adapter/ folder), made with a bundled encoder onto a bundled RCDM: shipped "
+        "as rcdm-<encoder>-via-<base>, which loads over the base beside it (this or --prior is required)",
+    )
     q.add_argument(
         "--metrics",
         default=None,
-        help="JSON file: {labelled metric: value} measured for the prior, shown on its card and the demo page "
-        "(default: none, or what the prior already records)",
+        help="JSON file: {labelled number: value} measured for it, shown on its card and the demo page "
+        "(default: none, or what a prior already records)",
     )
-    add_overwrite_arg(q, "a prior of the same encoder already in --bundle")
-    q.set_defaults(func=run_add_prior)
+    add_overwrite_arg(q, "an entry of the same name already in --bundle")
+    q.set_defaults(func=run_add)
 
 
 def _given(args: argparse.Namespace, names: list[str]) -> dict:
@@ -419,8 +432,10 @@ def run_pack(args: argparse.Namespace) -> int:
     return 0
 
 
-def run_add_prior(args: argparse.Namespace) -> int:
+def run_add(args: argparse.Namespace) -> int:
     metrics = read_json_object(args.metrics, "--metrics") if args.metrics else None
-    entry, size = add_prior(args.bundle, args.prior, metrics=metrics, overwrite=args.overwrite)
-    print(f"added {entry} ({size / 1e6:.2f} MB) to {args.bundle}")
+    entry, size = add_to_bundle(
+        args.bundle, prior=args.prior, adapter=args.adapter, metrics=metrics, overwrite=args.overwrite
+    )
+    print(f"added {entry} ({size / 1e6:.3f} MB) to {args.bundle}")
     return 0

@@ -27,6 +27,7 @@ from ..encoders import Encoder
 from ..errors import RCDMError
 from ..figures import Section, fmt, grid, html_table, number
 from ..inversion import INVERT_DEFAULTS, decode, invert
+from ..loading import load_bundled
 from ..metrics.faithfulness import faithfulness_scores
 from ..model import RCDM
 from ..prior import check_prior_matches, load_prior, sample_representations
@@ -61,6 +62,8 @@ class PackDemoSettings:
         2  # the first ones of the inputs (two: each redrawn under the other's representation)
     )
     inversion_steps: int = 50  # DDIM steps each way (docs/beyond.md: 30 dB on the pack's test images at 50)
+    one_base_images: int = 4  # the first inputs, through the bundle's adapter (when it ships one)
+    one_base_samples: int = 2
     dream_images: int = 8  # images from representations the bundle's prior samples (when it ships one)
     prior_steps: int = 50  # DDIM steps of the prior
 
@@ -82,6 +85,8 @@ PACK_DEMO_PRESETS: dict[str, PackDemoSettings] = {
         pgd_steps=3,
         inversion_images=2,
         inversion_steps=4,
+        one_base_images=2,
+        one_base_samples=1,
         dream_images=4,
         prior_steps=10,
     ),
@@ -263,6 +268,49 @@ def _inversion_section(ctx: PageContext) -> Section:
     )
 
 
+def _one_base_section(ctx: PageContext) -> Section | None:
+    """The supervised encoder through the VICReg backbone RCDM (the bundle's adapter) beside both RCDMs: one
+    image prior, two representations (None: the bundle ships no such adapter)."""
+    base, supervised = ROLES["backbone"][0], ROLES["supervised"][0]
+    name = ctx.bundle.adapter(base, ctx.bundle.encoder_name(supervised))
+    if name is None:
+        return None
+    s = ctx.settings
+    adapted = load_bundled(ctx.bundle, name)
+    made_on = adapted[0].config.adapted_from
+    section = samples_section(
+        {
+            "vicreg": (ROLES["backbone"][1], *ctx.loaded["backbone"]),
+            "supervised": (ROLES["supervised"][1], *ctx.loaded["supervised"]),
+            "adapted": ("supervised through the VICReg backbone", *adapted),
+        },
+        ctx.paths[: s.one_base_images],
+        ctx.out,
+        s.one_base_samples,
+        s.sampling,
+        note="Two encoders compared through two RCDMs differ by their representations <i>and</i> by two image "
+        "priors trained apart. Here the supervised backbone's representation also steers the VICReg backbone "
+        f"RCDM, through a map fitted in closed form (ridge, held-out R² {fmt(made_on.get('map_r2_heldout'), 2)}; "
+        "`rcdm adapt`, docs/adapt.md): rows [vicr] and [adap] share one image prior and their noise, so they differ "
+        "only through the representation. Faithfulness is judged by each row's conditioning encoder among these "
+        "inputs; the measured rows below come from the adapter's card.",
+        heading="One base, two encoders",
+        progress=ctx.progress,
+        figure="one-base",
+    )
+    card = ctx.bundle.folder / name / "card.json"
+    measured = (json.loads(card.read_text()) if card.is_file() else {}).get("metrics") or {}
+    if measured:
+        section.body += html_table(["measured (the adapter's card)", "value"], list(measured.items()))
+    section.numbers = {
+        **section.numbers,
+        "adapter": name,
+        "map_r2_heldout": made_on.get("map_r2_heldout"),
+        "measured": measured,
+    }
+    return section
+
+
 def _dream_section(ctx: PageContext) -> Section | None:
     """Images from representations the bundle's prior samples, drawn by the backbone RCDM (None: no prior)."""
     folder = ctx.bundle.prior(ROLES["backbone"][0])
@@ -299,7 +347,7 @@ def _dream_section(ctx: PageContext) -> Section | None:
         "of the training images) samples representations no image was encoded to; the backbone RCDM draws one "
         "image for each. What appears is what the representation space holds: the classes and the layouts it "
         "spreads its mass over. An image the prior never learned to produce, or the RCDM never learned to draw, "
-        "cannot appear. The measured rows come from the prior's card (`rcdm recipe add-prior --metrics`; "
+        "cannot appear. The measured rows come from the prior's card (`rcdm recipe add --metrics`; "
         "docs/beyond.md); `rcdm generate` draws more."
     )
     table = html_table(["number", "value"], live)
@@ -317,6 +365,7 @@ SECTIONS: dict[str, Callable[[PageContext], Section | None]] = {
     "interpolation": _interpolation_section,
     "adversarial": _adversarial_section,
     "inversion": _inversion_section,
+    "one_base": _one_base_section,
     "dream": _dream_section,
 }
 

@@ -21,15 +21,18 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from ..adaptation import CARD_NOTE
 from ..bundle import BUNDLE_INDEX, read_card
 from ..checks import check_guidance
 from ..data import IMAGE_SUFFIXES, load_image
 from ..encoders import create_encoder
 from ..encoders.cifar import CifarEncoderNet, default_preprocessing, load_encoder_net, save_encoder
 from ..errors import RCDMError
+from ..figures import model_card
 from ..files import write_text_atomic
-from ..model import RCDM
+from ..model import ADAPTER_WEIGHTS, RCDM, WEIGHTS_VARIANT
 from ..prior import PRIOR_RECORD, find_prior, load_prior, training_settings, write_prior
+from ..weights import sha256_file
 from .cards import encoder_card, rcdm_card
 from .rcdms import MIN_KNN_ACCURACY, Target, encoder_dir, run_record, select_targets
 from .ssl import CIFAR_LICENSE
@@ -48,7 +51,7 @@ def _public(path: Path, root: Path | None) -> str:
     return str(Path(*path.parts[-2:]))
 
 
-def _public_value(value: Any, root: Path) -> Any:
+def _public_value(value: Any, root: Path | None) -> Any:
     """A run setting as a bundle may show it: an absolute path in it (also after a `prefix:`, also inside a dict
     or list) made `_public`."""
     if isinstance(value, dict):
@@ -109,43 +112,133 @@ def _write_prior(folder: Path, record: dict, dest: Path, metrics: dict | None) -
     write_prior(net, shipped, dest, half=True)
 
 
-def add_prior(
-    bundle_dir: str | Path, prior: str | Path, *, metrics: dict | None = None, overwrite: bool = False
+def add_to_bundle(
+    bundle_dir: str | Path,
+    *,
+    prior: str | Path | None = None,
+    adapter: str | Path | None = None,
+    metrics: dict | None = None,
+    overwrite: bool = False,
 ) -> tuple[str, int]:
-    """Add a representation prior (rcdm prior's --out) to the bundle at BUNDLE, beside the encoder whose
-    representations it models: BUNDLE/prior-<encoder>-<feature>/ (float16) and its bundle.json entry. Returns
-    (entry name, bytes). Refused when the bundle would pass its size limit."""
+    """Add one entry to the bundle at BUNDLE (`rcdm recipe add`), with its bundle.json record:
+
+    - `prior`: a representation prior (rcdm prior's --out), in float16 beside the encoder whose representations
+      it models: BUNDLE/prior-<encoder>-<feature>/;
+    - `adapter`: rcdm adapt's adapter of a bundled encoder onto a bundled RCDM (RUN or RUN/adapter), as
+      BUNDLE/rcdm-<encoder>-via-<base>/, which names its base as the folder beside it.
+
+    `metrics` ({labelled number: value}) go on its card. Returns (entry name, bytes). Refused when the bundle
+    would pass its size limit, or when the entry does not belong to the bundle's models."""
+    if (prior is None) == (adapter is None):
+        raise RCDMError("pass one of --prior or --adapter")
     bundle = Path(bundle_dir)
     index_path = bundle / BUNDLE_INDEX
     try:
         index = json.loads(index_path.read_text())
-        names = list(index["encoders"])
-    except (OSError, ValueError, KeyError) as e:
+        identities = {n: read_card(bundle / n)["identity"] for n in index["encoders"]}
+        rcdms = list(index["rcdms"])
+    except (OSError, ValueError, KeyError, RCDMError) as e:
         raise RCDMError(f"--bundle {str(bundle)!r} is not a bundle of `rcdm recipe pack` ({e!r})") from None
-    identities = {n: read_card(bundle / n)["identity"] for n in names}
-    entry, folder, record = _shipped_prior(prior, identities)
+    if prior is not None:
+        entry, folder, record = _shipped_prior(prior, identities)
+        key, listed = "priors", _prior_index(record, 0)
+        write = lambda dest: _write_prior(folder, record, dest, metrics)  # noqa: E731
+    else:
+        entry, folder, config = _shipped_adapter(adapter, bundle, identities, rcdms)
+        key, listed = (
+            "adapters",
+            {k: config.pop(f"_{k}") for k in ("base", "encoder")} | {"feature": config["feature"]},
+        )
+        write = lambda dest: _write_adapter(folder, config, dest, metrics)  # noqa: E731
     if (bundle / entry).exists() and not overwrite:
         raise RCDMError(f"{str(bundle / entry)!r} exists: pass --overwrite to replace it")
-    tmp = bundle / f".tmp-prior-{os.getpid()}"
+    tmp = bundle / f".tmp-add-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     try:
-        _write_prior(folder, record, tmp, metrics)
+        write(tmp)
         size = _folder_bytes(tmp)
         others = sum(_folder_bytes(p) for p in bundle.iterdir() if p.name not in (entry, tmp.name))
         limit = int(index.get("max_bytes", MAX_BUNDLE_MB * 1e6))
         if others + size > limit:
             raise RCDMError(
-                f"with the prior ({size / 1e6:.2f} MB) the bundle would be {(others + size) / 1e6:.2f} MB, over "
-                f"its {limit / 1e6:g} MB limit: train a smaller prior (--width), or repack with a higher --max-mb"
+                f"with {entry} ({size / 1e6:.2f} MB) the bundle would be {(others + size) / 1e6:.2f} MB, over its "
+                f"{limit / 1e6:g} MB limit: make it smaller, or repack with a higher --max-mb"
             )
-        priors = {**index.get("priors", {}), entry: _prior_index(record, size)}
-        write_text_atomic(index_path, json.dumps({**index, "priors": priors}, indent=2))
+        entries = {**index.get(key, {}), entry: {**listed, "bytes": size}}
+        write_text_atomic(index_path, json.dumps({**index, key: entries}, indent=2))
         if (bundle / entry).exists():
             shutil.rmtree(bundle / entry)
         os.rename(tmp, bundle / entry)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return entry, size
+
+
+def _shipped_adapter(
+    source: str | Path, bundle: Path, identities: Mapping[str, str], rcdms: list[str]
+) -> tuple[str, Path, dict]:
+    """(entry name, adapter folder, the config to ship) of rcdm adapt's adapter at SOURCE, matched to the bundled
+    RCDM it was made on (by weights digest) and the bundled encoder it is conditioned on (by identity)."""
+    folder = Path(source).expanduser()
+    folder = folder / "adapter" if (folder / "adapter" / ADAPTER_WEIGHTS).is_file() else folder
+    if not (folder / ADAPTER_WEIGHTS).is_file():
+        raise RCDMError(
+            f"--adapter {str(source)!r} holds no {ADAPTER_WEIGHTS}: pass an `rcdm adapt` run folder (or its adapter/)"
+        )
+    config = {
+        k: v for k, v in json.loads((folder / "config.json").read_text()).items() if k != "_name_or_path"
+    }
+    made_on = dict(config.get("adapted_from") or {})
+    digests = {
+        t: sha256_file(bundle / t / f"diffusion_pytorch_model.{WEIGHTS_VARIANT}.safetensors") for t in rcdms
+    }
+    base = next((t for t, d in digests.items() if d == made_on.get("base_weights")), None)
+    if base is None:
+        raise RCDMError(
+            f"--adapter {str(source)!r} was made on {made_on.get('base_model')!r}, none of the bundle's RCDMs "
+            f"({', '.join(rcdms)}): adapt onto one of them (rcdm adapt --model BUNDLE/<rcdm>)"
+        )
+    encoder = next((n for n, i in identities.items() if i == config.get("encoder_identity")), None)
+    if encoder is None:
+        raise RCDMError(
+            f"--adapter {str(source)!r} is conditioned on {config.get('encoder')!r}, none of the bundle's encoders "
+            f"({', '.join(identities)}): adapt with --encoder rcdm-cifar:<a bundled encoder>"
+        )
+    made_on = {k: _public_value(v, None) for k, v in made_on.items()}
+    config.update(encoder=f"rcdm-cifar:{encoder}", adapted_from={**made_on, "base_model": f"../{base}"})
+    entry = f"rcdm-{encoder}-via-{base.removeprefix('rcdm-')}"
+    return entry, folder, {**config, "_base": base, "_encoder": encoder}
+
+
+def _write_adapter(folder: Path, config: dict, dest: Path, metrics: dict | None) -> None:
+    """The adapter at FOLDER into DEST: its tensors as they are, its config naming the base beside it, a card."""
+    dest.mkdir(parents=True)
+    shutil.copyfile(folder / ADAPTER_WEIGHTS, dest / ADAPTER_WEIGHTS)
+    (dest / "config.json").write_text(json.dumps(config, indent=2))
+    made_on = config["adapted_from"]
+    card = {"note": CARD_NOTE, "base": made_on["base_model"].removeprefix("../"), "metrics": metrics or {}}
+    (dest / "card.json").write_text(json.dumps(card, indent=2))
+    fields = [
+        (k, made_on[k])
+        for k in ("adapter", "trainable", "map_r2_heldout", "num_images", "steps")
+        if k in made_on
+    ]
+    base = made_on["base_model"].removeprefix("../")
+    (dest / "README.md").write_text(
+        model_card(
+            f"Adapted RCDM: `{config['encoder']}` ({config['feature']}) through `{base}`",
+            [
+                CARD_NOTE,
+                f"Made by `rcdm adapt` onto the bundled `{base}` (its UNet, projection and null representation, "
+                "frozen; weights sha256 "
+                + made_on["base_weights"][:16]
+                + "); this folder holds only what differs "
+                "from it, and loads over it (`rcdm sample --model` this folder).",
+            ],
+            fields,
+            sections=[("Measured", "\n".join(f"- {k}: {v}" for k, v in metrics.items()))] if metrics else [],
+        )
+    )
 
 
 def _prior_index(record: dict, size: int) -> dict:
