@@ -29,7 +29,9 @@ SAMPLER_TARGETS=${SAMPLER_TARGETS:-rcdm-cifar10-supervised rcdm-cifar10-vicreg-b
 PACK_GUIDANCE=${PACK_GUIDANCE:-}
 PACK_STEP=${PACK_STEP:-}
 PACK_STEPS=${PACK_STEPS:-}
-# the representation prior the pack ships (it models the VICReg encoder, which the pack keeps); PRIOR= ships none
+# the representation prior the pack ships (it models the VICReg encoder, which the pack keeps); PRIOR= ships none.
+# The pack stage then adapts the supervised encoder onto the new VICReg backbone RCDM again (ADAPTER_METRICS: a
+# JSON file of its measured numbers for the card).
 PRIOR=${PRIOR-$ROOT/src/rcdm/assets/models/prior-cifar10-vicreg-r20w1-backbone}
 FINDING_IMAGES=${FINDING_IMAGES:-40}
 export OMP_NUM_THREADS=1 PYTHONUNBUFFERED=1
@@ -90,7 +92,13 @@ samplers)
 pack)
     $PY -m rcdm.cli recipe pack --runs "$WORK/runs" --out "$ROOT/src/rcdm/assets/models" --metrics "$WORK/metrics.json" \
         --overwrite ${PACK_GUIDANCE:+--guidance "$PACK_GUIDANCE"} ${steps[@]+"${steps[@]}"} ${PRIOR:+--prior "$PRIOR"} \
-        --demo-images "$CIFAR"/test/{airplane,automobile,bird,cat,deer,dog,frog,horse}/0001.jpg
+        --demo-images "$CIFAR"/test/{airplane,automobile,bird,cat,deer,dog,frog,horse}/0001.jpg || exit 1
+    # the supervised encoder through the new VICReg backbone RCDM (an adapter is tied to its base's weights)
+    rm -rf "$WORK/adapt-sup-map"
+    $RCDM adapt --model cifar10-vicreg-backbone --encoder rcdm-cifar:cifar10-supervised-r20w1 --data "$CIFAR/train" \
+        --steps 0 --out "$WORK/adapt-sup-map" --no-progress 2>>"$WORK/pack.log" &&
+        $PY -m rcdm.cli recipe add --bundle "$ROOT/src/rcdm/assets/models" --adapter "$WORK/adapt-sup-map" --overwrite \
+            ${ADAPTER_METRICS:+--metrics "$ADAPTER_METRICS"}
     ;;
 findings) # the two analyses side by side, then the tables
     common=(--data "$CIFAR" --out "$WORK/findings" --num-images "$FINDING_IMAGES" ${PACK_GUIDANCE:+--guidance "$PACK_GUIDANCE"} --no-progress)
