@@ -144,11 +144,8 @@ def add_to_bundle(
         key, listed = "priors", _prior_index(record, 0)
         write = lambda dest: _write_prior(folder, record, dest, metrics)  # noqa: E731
     else:
-        entry, folder, config = _shipped_adapter(adapter, bundle, identities, rcdms)
-        key, listed = (
-            "adapters",
-            {k: config.pop(f"_{k}") for k in ("base", "encoder")} | {"feature": config["feature"]},
-        )
+        entry, folder, config, listed = _shipped_adapter(adapter, bundle, identities, rcdms)
+        key = "adapters"
         write = lambda dest: _write_adapter(folder, config, dest, metrics)  # noqa: E731
     if (bundle / entry).exists() and not overwrite:
         raise RCDMError(f"{str(bundle / entry)!r} exists: pass --overwrite to replace it")
@@ -164,11 +161,11 @@ def add_to_bundle(
                 f"with {entry} ({size / 1e6:.2f} MB) the bundle would be {(others + size) / 1e6:.2f} MB, over its "
                 f"{limit / 1e6:g} MB limit: make it smaller, or repack with a higher --max-mb"
             )
-        entries = {**index.get(key, {}), entry: {**listed, "bytes": size}}
-        write_text_atomic(index_path, json.dumps({**index, key: entries}, indent=2))
         if (bundle / entry).exists():
             shutil.rmtree(bundle / entry)
-        os.rename(tmp, bundle / entry)
+        os.rename(tmp, bundle / entry)  # then the index: it never lists an entry that is not there
+        entries = {**index.get(key, {}), entry: {**listed, "bytes": size}}
+        write_text_atomic(index_path, json.dumps({**index, key: entries}, indent=2))
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return entry, size
@@ -176,9 +173,10 @@ def add_to_bundle(
 
 def _shipped_adapter(
     source: str | Path, bundle: Path, identities: Mapping[str, str], rcdms: list[str]
-) -> tuple[str, Path, dict]:
-    """(entry name, adapter folder, the config to ship) of rcdm adapt's adapter at SOURCE, matched to the bundled
-    RCDM it was made on (by weights digest) and the bundled encoder it is conditioned on (by identity)."""
+) -> tuple[str, Path, dict, dict]:
+    """(entry name, adapter folder, the config to ship, its bundle.json record) of rcdm adapt's adapter at SOURCE,
+    matched to the bundled RCDM it was made on (by weights digest) and the bundled encoder it is conditioned on
+    (by identity)."""
     folder = Path(source).expanduser()
     folder = folder / "adapter" if (folder / "adapter" / ADAPTER_WEIGHTS).is_file() else folder
     if not (folder / ADAPTER_WEIGHTS).is_file():
@@ -207,7 +205,7 @@ def _shipped_adapter(
     made_on = {k: _public_value(v, None) for k, v in made_on.items()}
     config.update(encoder=f"rcdm-cifar:{encoder}", adapted_from={**made_on, "base_model": f"../{base}"})
     entry = f"rcdm-{encoder}-via-{base.removeprefix('rcdm-')}"
-    return entry, folder, {**config, "_base": base, "_encoder": encoder}
+    return entry, folder, config, {"base": base, "encoder": encoder, "feature": config["feature"]}
 
 
 def _write_adapter(folder: Path, config: dict, dest: Path, metrics: dict | None) -> None:
