@@ -1,5 +1,6 @@
 """The pack demo's page (`rcdm.demo.run_pack_demo`): what it samples (`PackDemoSettings`, `PACK_DEMO_PRESETS`)
-and its sections (`SECTIONS`; Dream only when the bundle ships a prior), each built from the analysis report's section builders."""
+and its sections (`SECTIONS`; "One base, two encoders" only when the bundle ships an adapter, Dream only when
+it ships a prior), each built from the analysis report's section builders."""
 
 from __future__ import annotations
 
