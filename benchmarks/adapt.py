@@ -94,14 +94,14 @@ def main() -> None:
             model=base,
             encoder=spec,
             data=str(Path(args.cifar) / "train"),
-            adapter=args.adapter,
-            trainable=args.trainable,
             steps=0,
             cache=str(work / "cache"),  # encoded once per encoder: a budget below is spent on the adapter
         )
+        # the map alone is the same whatever adapter trains after it: one run per encoder and base
         result = adapt(
             cfg, work / f"{slug}-map", resume=(work / f"{slug}-map" / "adapt.json").is_file(), progress=False
         )
+        cfg = replace(cfg, adapter=args.adapter, trainable=args.trainable)
         extra = {"encoder": label, "base": base, "r2": result.r2_heldout}
         cell(f"{slug} map", result.model_dir, {**extra, "how": "ridge map", "train_s": result.wall_s})
         budgets = args.budgets if base == BASE else args.budgets[:1]
