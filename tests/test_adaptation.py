@@ -75,7 +75,8 @@ def test_adapting_the_base_encoder_onto_itself_reproduces_the_base(base, images,
 
 
 def test_another_encoder_trains_only_the_adapter_and_records_where_it_came_from(base, few_images, tmp_path):
-    result = adapt(_cfg(base, few_images, "pixels:1", steps=3, lr=1e-2), tmp_path / "run", progress=False)
+    cfg = _cfg(base, few_images, "pixels:1", steps=3, lr=1e-2, trainable="adapter")
+    result = adapt(cfg, tmp_path / "run", progress=False)
     adapted, original = load_model(result.model_dir), load_model(base)
     assert adapted.config.representation_dim == 3 and adapted.config.encoder == "pixels:1"
     a, o = adapted.state_dict(), original.state_dict()

@@ -71,9 +71,9 @@ class AdaptConfig:
     num_images: int = 20_000  # images drawn from DATA for the map and the adapter (all when fewer)
     adapter: str = "linear"  # linear: one affine map; mlp: the map plus a residual MLP
     hidden: int = 512  # the mlp adapter's width
-    trainable: Trainable = (
-        "adapter"  # adapter+embedding: also the UNet's per-block time-embedding projections
-    )
+    # adapter+embedding: also the UNet's per-block time-embedding projections (benchmarks/results/adapt-cpu-2core.md:
+    # what makes the diffusion loss pay where the base's space lacks what the new encoder keeps); adapter: alone
+    trainable: Trainable = "adapter+embedding"
     lr: float = 1e-3
     batch_size: int = 64
     cond_drop: float = 0.1  # the null representation's share of the batch (keeps guidance working)
