@@ -332,6 +332,7 @@ def _adapt(
         "num_images": n,
     }
     model = build_adapted(base, new_enc, ridge, (mean, std), cfg.adapter, cfg.hidden, provenance)
+    base_keys = set(base.state_dict())  # what the adapter folder need not hold: the rest is the base's own
     del base
     params = trainable_parameters(model, cfg.trainable)
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
@@ -434,7 +435,14 @@ def _adapt(
         (tmp / "card.json").write_text(
             json.dumps({"note": CARD_NOTE, "adapt": asdict(cfg), **model.config.adapted_from}, indent=2)
         )
-    save_adapter(model, base_dir, run_dir / "adapter", _card(model, cfg, record))
+    # what differs from the base: the new keys (the adapter), the new representation's statistics, and what trained
+    differ = {k for k in model.state_dict() if k not in base_keys or k in ("rep_mean", "rep_std")}
+    save_adapter(
+        model,
+        differ | (trainable_names if step > 0 else set()),
+        run_dir / "adapter",
+        _card(model, cfg, record),
+    )
     log.info(
         "adapted model in %s (and its adapter alone in %s): %d steps, %.0f s wall, %.0f s CPU%s",
         run_dir / "model",
@@ -447,17 +455,12 @@ def _adapt(
     return AdaptResult(run_dir / "model", step, step * cfg.batch_size, ridge.r2_heldout, wall, cpu)
 
 
-def save_adapter(model: RCDM, base_dir: Path, folder: Path, card: str) -> None:
+def save_adapter(model: RCDM, keys: set[str], folder: Path, card: str) -> None:
     """FOLDER: the adapted model as an adapter of its base, to share or bundle: config.json (the adapted model's,
-    naming the base and its weights' sha256) and ADAPTER_WEIGHTS, the tensors that differ from the base's (the
-    adapter, the new representation's statistics, any trained embedding projections); `load_model` reads it over
-    the base, which must be found where `adapted_from.base_model` says."""
-    base = load_model(base_dir).state_dict()
-    own = {
-        k: v.detach().float().contiguous()
-        for k, v in model.state_dict().items()
-        if k not in base or base[k].shape != v.shape or not torch.equal(base[k].float(), v.float())
-    }
+    naming the base and its weights' sha256) and ADAPTER_WEIGHTS, the tensors `keys` in which it differs from the
+    base (the adapter, the new representation's statistics, any trained embedding projections); `load_model`
+    reads it over the base, which must be found where `adapted_from.base_model` says."""
+    own = {k: v.detach().float().contiguous() for k, v in model.state_dict().items() if k in keys}
     with atomic_dir(folder) as tmp:
         model.save_config(tmp)
         save_file(own, tmp / ADAPTER_WEIGHTS)

@@ -278,32 +278,33 @@ def find_prior(name: str | Path) -> Path:
         return folder / "prior"
     if (folder / PRIOR_RECORD).is_file():
         return folder
-    if len(folder.parts) == 1:
-        for root in model_search_dirs():
-            if (root / folder / PRIOR_RECORD).is_file():
-                return root / folder
+    installed = _installed() if len(folder.parts) == 1 else {}
+    if str(folder) in installed:
+        return installed[str(folder)]
     raise RCDMError(
         f"--prior {str(name)!r} is not an rcdm prior (no prior.json): train one with rcdm prior, or name an "
         f"installed one ({', '.join(installed_priors()) or 'none installed'})"
     )
 
 
+def _installed() -> dict[str, Path]:
+    """Name -> folder of the priors installed with the models (the bundle's prior-* folders); the first of a
+    name in the search order wins, as for `rcdm-cifar:NAME`."""
+    found: dict[str, Path] = {}
+    for root in model_search_dirs():
+        for record in sorted(root.glob(f"prior-*/{PRIOR_RECORD}")) if root.is_dir() else []:
+            found.setdefault(record.parent.name, record.parent)
+    return found
+
+
 def installed_priors() -> list[str]:
     """Names of the priors installed with the models (the bundle's prior-* folders)."""
-    return sorted(
-        {
-            p.parent.name
-            for root in model_search_dirs()
-            if root.is_dir()
-            for p in root.glob(f"prior-*/{PRIOR_RECORD}")
-        }
-    )
+    return sorted(_installed())
 
 
 def prior_for(encoder: Encoder) -> Path | None:
     """The installed prior of this encoder's representations (same identity and feature), or None."""
-    for name in installed_priors():
-        folder = find_prior(name)
+    for _, folder in sorted(_installed().items()):
         record = json.loads((folder / PRIOR_RECORD).read_text())
         if record.get("encoder_identity") == encoder.identity and record.get("feature") == encoder.feature:
             return folder

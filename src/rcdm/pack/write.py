@@ -141,7 +141,7 @@ def add_to_bundle(
         raise RCDMError(f"--bundle {str(bundle)!r} is not a bundle of `rcdm recipe pack` ({e!r})") from None
     if prior is not None:
         entry, folder, record = _shipped_prior(prior, identities)
-        key, listed = "priors", _prior_index(record, 0)
+        key, listed = "priors", _prior_index(record)
         write = lambda dest: _write_prior(folder, record, dest, metrics)  # noqa: E731
     else:
         entry, folder, config, listed = _shipped_adapter(adapter, bundle, identities, rcdms)
@@ -239,12 +239,9 @@ def _write_adapter(folder: Path, config: dict, dest: Path, metrics: dict | None)
     )
 
 
-def _prior_index(record: dict, size: int) -> dict:
-    return {
-        "encoder": record["encoder"].removeprefix("rcdm-cifar:"),
-        "feature": record["feature"],
-        "bytes": size,
-    }
+def _prior_index(record: dict) -> dict:
+    """A prior's bundle.json record, less its size."""
+    return {"encoder": record["encoder"].removeprefix("rcdm-cifar:"), "feature": record["feature"]}
 
 
 @dataclass
@@ -485,7 +482,7 @@ def pack(
                 for t in targets
             },
             **(
-                {"priors": {e: _prior_index(rec, sizes[e]) for e, (_, rec) in shipped.items()}}
+                {"priors": {e: {**_prior_index(rec), "bytes": sizes[e]} for e, (_, rec) in shipped.items()}}
                 if shipped
                 else {}
             ),
