@@ -9,7 +9,11 @@ row), the supervised ResNet-20 of ../shared/data/cifar-resnet, and `pixels:8`. F
 is cumulative; the representations are encoded once, by the map's run, into a shared cache). Scores (rcdm.pack.evaluation.score_model): class agreement, rank-1 among the evaluation images
 and the Fréchet distance in the judge's (ResNet-56) features, one sample each, dpm++ 20, guidance --guidance.
 --bases-for ENCODER adds that encoder through the two other pack RCDMs (map + the first budget): which base
-serves best. Every finished cell is kept in WORK/cells.json, so a killed run resumes where it stopped.
+serves best. Every finished cell is a small record in --cells (default benchmarks/results/adapt/cells.json, committed:
+the run folders in WORK are lost when the machine goes, the records are not), so a killed run, or a later session
+on another machine, resumes at the first missing cell; each record names its machine and date. --out rewrites the
+generated part of the markdown file (everything above its first "## " heading) and keeps the hand-written sections
+below it.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from rcdm.adaptation import AdaptConfig, adapt
 from rcdm.devices import cpu_has_native_bf16, cpu_model
 from rcdm.diffusion import sampling_preset
 from rcdm.encoders import create_encoder
+from rcdm.files import write_text_atomic
 from rcdm.loading import encoder_for, load_model
 from rcdm.pack.evaluation import evaluation_images, score_model
 
@@ -48,7 +53,12 @@ def main() -> None:
     p.add_argument(
         "--shared", required=True, help="../shared/data/cifar-resnet (ResNet-20 and the ResNet-56 judge)"
     )
-    p.add_argument("--work", required=True, help="run folders and the cell store")
+    p.add_argument("--work", required=True, help="run folders and the encoding cache")
+    p.add_argument(
+        "--cells",
+        default=str(Path(__file__).parent / "results" / "adapt" / "cells.json"),
+        help="the finished cells (default: benchmarks/results/adapt/cells.json)",
+    )
     p.add_argument("--out", default=None, help="the markdown table (default: print it)")
     p.add_argument(
         "--budgets", type=float, nargs="+", default=[1, 5, 15], help="adapter minutes (cumulative)"
@@ -64,7 +74,8 @@ def main() -> None:
     args = p.parse_args()
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
-    store = work / "cells.json"
+    store = Path(args.cells)
+    store.parent.mkdir(parents=True, exist_ok=True)
     cells = json.loads(store.read_text()) if store.is_file() else {}
     images = evaluation_images(args.cifar, args.eval_images)
     judge = create_encoder(f"cifar-resnet56:{Path(args.shared) / 'resnet56-4bfd9763.th'}")
@@ -75,8 +86,13 @@ def main() -> None:
             return
         model = load_model(model_dir)
         score = score_model(model, encoder_for(model), judge, images, sampling)
-        cells[key] = {**extra, **score.record()}
-        store.write_text(json.dumps(cells, indent=2))
+        made = {
+            "machine": cpu_model(),
+            "date": str(datetime.date.today()),
+            "threads": torch.get_num_threads(),
+        }
+        cells[key] = {**extra, **score.record(), **made}
+        write_text_atomic(store, json.dumps(cells, indent=2))
         print(key, cells[key], flush=True)
 
     cell(
@@ -120,7 +136,9 @@ def main() -> None:
             )
     table = render(cells, args)
     if args.out:
-        Path(args.out).write_text(table)
+        out = Path(args.out)
+        kept = out.read_text().partition("\n## ") if out.is_file() else ("", "", "")
+        write_text_atomic(out, table + (f"\n## {kept[2]}" if kept[1] else ""))
     print(table)
 
 
@@ -129,17 +147,17 @@ def render(cells: dict, args: argparse.Namespace) -> str:
     lines = [
         "# rcdm adapt on the CPU",
         "",
-        f"Made by `python benchmarks/adapt.py` on {datetime.date.today()}: {cpu_model()}"
+        f"Made by `python benchmarks/adapt.py`, last on {datetime.date.today()}: {cpu_model()}"
         f"{' (native bf16)' if cpu_has_native_bf16() else ''}, {threads} threads, load average at the end "
-        f"{os.getloadavg()[0]:.1f}. {args.eval_images} class-balanced CIFAR-10 test images, one sample each, "
+        f"{os.getloadavg()[0]:.1f} (each row names the machine and date of its cell). {args.eval_images} class-balanced CIFAR-10 test images, one sample each, "
         f"dpm++ 20, guidance {args.guidance:g}; judge: the shared ResNet-56 (no RCDM is conditioned on it); chance: "
         f"class agreement 0.10, rank-1 {1 / args.eval_images:.4f}. Rank-1 (own): the same retrieval in the "
         "conditioning encoder's own space (for pixels:8, its 8x8 colours). Time: wall seconds of `rcdm adapt`, "
         "encoding included.",
         "",
         "| encoder | base | how | map R² (held out) | class agreement | rank-1 | rank-1 (own) | mean rank "
-        "| Fréchet (ResNet-56) | adapt wall s |",
-        "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| Fréchet (ResNet-56) | adapt wall s | machine |",
+        "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
     ]
     for c in cells.values():
         r2 = f"{c['r2']:.3f}" if c.get("r2") is not None else ""
@@ -148,7 +166,7 @@ def render(cells: dict, args: argparse.Namespace) -> str:
             f"| {c.get('encoder', 'pack supervised ResNet-20')} | {c.get('base', 'cifar10-supervised')} | {c['how']} "
             f"| {r2} | {c['class_agreement']:.3f} | {c['rank1']:.3f} | {c['own_rank1']:.3f} | {c['mean_rank']:.1f} "
             f"| {c['frechet']:.2f} "
-            f"| {t} |"
+            f"| {t} | {c.get('machine', '').split(',')[0]} {c.get('date', '')} |"
         )
     return "\n".join(lines) + "\n"
 
