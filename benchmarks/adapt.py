@@ -37,6 +37,11 @@ from rcdm.pack.evaluation import evaluation_images, score_model
 
 BASE = "cifar10-vicreg-backbone"
 OTHER_BASES = ("cifar10-vicreg-projector", "cifar10-supervised")
+REFERENCE_FOR = "pack supervised ResNet-20"  # its own RCDM is in the pack: the reference row
+
+
+def load(store: Path) -> dict:
+    return json.loads(store.read_text()) if store.is_file() else {}
 
 
 def encoders(shared: Path) -> dict[str, str]:
@@ -76,13 +81,14 @@ def main() -> None:
     work.mkdir(parents=True, exist_ok=True)
     store = Path(args.cells)
     store.parent.mkdir(parents=True, exist_ok=True)
-    cells = json.loads(store.read_text()) if store.is_file() else {}
     images = evaluation_images(args.cifar, args.eval_images)
     judge = create_encoder(f"cifar-resnet56:{Path(args.shared) / 'resnet56-4bfd9763.th'}")
     sampling = replace(sampling_preset("fast"), guidance=args.guidance)
 
     def cell(key: str, model_dir: str | Path, extra: dict) -> None:
-        if key in cells:
+        # the store is read again before and after each cell: two processes (one per core, each its own --only)
+        # can share one file without overwriting each other's cells
+        if key in load(store):
             return
         model = load_model(model_dir)
         score = score_model(model, encoder_for(model), judge, images, sampling)
@@ -91,21 +97,26 @@ def main() -> None:
             "date": str(datetime.date.today()),
             "threads": torch.get_num_threads(),
         }
-        cells[key] = {**extra, **score.record(), **made}
+        cells = {**load(store), key: {**extra, **score.record(), **made}}
         write_text_atomic(store, json.dumps(cells, indent=2))
         print(key, cells[key], flush=True)
 
-    cell(
-        "reference: the pack's supervised RCDM",
-        "cifar10-supervised",
-        {"how": "its own RCDM", "train_s": None},
-    )
     todo = {k: v for k, v in encoders(Path(args.shared)).items() if not args.only or k in args.only}
+    if REFERENCE_FOR in todo:
+        cell(
+            "reference: the pack's supervised RCDM",
+            "cifar10-supervised",
+            {"how": "its own RCDM", "train_s": None},
+        )
     runs = [(label, spec, BASE) for label, spec in todo.items()]
     if args.bases_for in todo:
         runs += [(args.bases_for, todo[args.bases_for], base) for base in OTHER_BASES]
     for label, spec, base in runs:
         slug = f"{label.replace(' ', '-')}@{base}"
+        budgets = args.budgets if base == BASE else args.budgets[:1]
+        keys = [f"{slug} map"] + [f"{slug} {args.adapter} {args.trainable} {m:g} min" for m in budgets]
+        if all(k in load(store) for k in keys):
+            continue  # not even the map run again: its folder may be gone with an earlier machine
         cfg = AdaptConfig(
             model=base,
             encoder=spec,
@@ -120,11 +131,10 @@ def main() -> None:
         cfg = replace(cfg, adapter=args.adapter, trainable=args.trainable)
         extra = {"encoder": label, "base": base, "r2": result.r2_heldout}
         cell(f"{slug} map", result.model_dir, {**extra, "how": "ridge map", "train_s": result.wall_s})
-        budgets = args.budgets if base == BASE else args.budgets[:1]
         run = work / f"{slug}-{args.adapter}-{args.trainable}"
         for minutes in budgets:
             key = f"{slug} {args.adapter} {args.trainable} {minutes:g} min"
-            if key in cells:
+            if key in load(store):
                 continue
             cfg_b = replace(cfg, steps=None, minutes=minutes)
             result = adapt(cfg_b, run, resume=(run / "adapt.json").is_file(), progress=False)
@@ -134,7 +144,7 @@ def main() -> None:
                 result.model_dir,
                 {**extra, "how": how, "train_s": result.wall_s, "cpu_s_train": result.cpu_s},
             )
-    table = render(cells, args)
+    table = render(load(store), args)
     if args.out:
         out = Path(args.out)
         kept = out.read_text().partition("\n## ") if out.is_file() else ("", "", "")
@@ -159,7 +169,22 @@ def render(cells: dict, args: argparse.Namespace) -> str:
         "| Fréchet (ResNet-56) | adapt wall s | machine |",
         "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
     ]
-    for c in cells.values():
+    order = [REFERENCE_FOR, *encoders(Path(args.shared))]
+    bases = [BASE, *OTHER_BASES]
+
+    def row_order(c: dict) -> tuple:
+        minutes = float(c["how"].rsplit(", ", 1)[1].split()[0]) if ", " in c["how"] else -1.0
+        base = c.get("base", "cifar10-supervised")
+        own = c.get("encoder") is None  # the reference row leads its encoder's rows
+        return (
+            order.index(c.get("encoder", REFERENCE_FOR)),
+            not own,
+            bases.index(base),
+            not c["how"].startswith("ridge"),
+            minutes,
+        )
+
+    for c in sorted(cells.values(), key=row_order):
         r2 = f"{c['r2']:.3f}" if c.get("r2") is not None else ""
         t = f"{c['train_s']:.0f}" if c.get("train_s") is not None else "3.7 CPU h (pack)"
         lines.append(
