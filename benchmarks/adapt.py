@@ -76,6 +76,9 @@ def main() -> None:
     )
     p.add_argument("--adapter", default="linear", choices=("linear", "mlp"))
     p.add_argument("--trainable", default="adapter+embedding", choices=("adapter", "adapter+embedding"))
+    p.add_argument(
+        "--loss-weighting", default="none", choices=("none", "min-snr"), help="of the adapter's loss"
+    )
     args = p.parse_args()
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
@@ -114,7 +117,10 @@ def main() -> None:
     for label, spec, base in runs:
         slug = f"{label.replace(' ', '-')}@{base}"
         budgets = args.budgets if base == BASE else args.budgets[:1]
-        keys = [f"{slug} map"] + [f"{slug} {args.adapter} {args.trainable} {m:g} min" for m in budgets]
+        kind = f"{args.adapter} {args.trainable}" + (
+            "" if args.loss_weighting == "none" else f" {args.loss_weighting}"
+        )
+        keys = [f"{slug} map"] + [f"{slug} {kind} {m:g} min" for m in budgets]
         if all(k in load(store) for k in keys):
             continue  # not even the map run again: its folder may be gone with an earlier machine
         cfg = AdaptConfig(
@@ -128,21 +134,22 @@ def main() -> None:
         result = adapt(
             cfg, work / f"{slug}-map", resume=(work / f"{slug}-map" / "adapt.json").is_file(), progress=False
         )
-        cfg = replace(cfg, adapter=args.adapter, trainable=args.trainable)
+        cfg = replace(cfg, adapter=args.adapter, trainable=args.trainable, loss_weighting=args.loss_weighting)
         extra = {"encoder": label, "base": base, "r2": result.r2_heldout}
         cell(
             f"{slug} map",
             result.model_dir,
             {**extra, "how": "ridge map", "train_s": result.wall_s, "cpu_s_train": result.cpu_s},
         )
-        run = work / f"{slug}-{args.adapter}-{args.trainable}"
+        run = work / f"{slug}-{kind.replace(' ', '-')}"
         for minutes in budgets:
-            key = f"{slug} {args.adapter} {args.trainable} {minutes:g} min"
+            key = f"{slug} {kind} {minutes:g} min"
             if key in load(store):
                 continue
             cfg_b = replace(cfg, steps=None, minutes=minutes)
             result = adapt(cfg_b, run, resume=(run / "adapt.json").is_file(), progress=False)
-            how = f"map + {args.adapter} adapter ({args.trainable}), {minutes:g} min"
+            weighting = "" if args.loss_weighting == "none" else f", {args.loss_weighting}"
+            how = f"map + {args.adapter} adapter ({args.trainable}{weighting}), {minutes:g} min"
             cell(
                 key,
                 result.model_dir,

@@ -110,6 +110,24 @@ def test_embedding_projections_train_with_adapter_plus_embedding(base, few_image
         export_diffusers(adapted, tmp_path / "export")
 
 
+def test_min_snr_weighting_reaches_the_adapters_loss(base, few_images, tmp_path):
+    def trained(name: str, **kw) -> dict[str, torch.Tensor]:
+        cfg = _cfg(base, few_images, "pixels:1", steps=2, lr=1e-2, trainable="adapter", **kw)
+        return load_model(adapt(cfg, tmp_path / name, progress=False).model_dir).state_dict()
+
+    plain = trained("none")
+    weighted = trained("min-snr", loss_weighting="min-snr", snr_gamma=0.5)
+    unbounded = trained("unbounded", loss_weighting="min-snr", snr_gamma=1e30)  # min(SNR, gamma) / SNR = 1
+    adapter = [k for k in plain if k.startswith("rep_adapter.")]
+    assert adapter and all(torch.equal(plain[k], unbounded[k]) for k in adapter)
+    assert any(not torch.equal(plain[k], weighted[k]) for k in adapter)
+    assert json.loads((tmp_path / "min-snr" / "adapt.json").read_text())["loss_weighting"] == "min-snr"
+    with pytest.raises(RCDMError, match="--snr-gamma 0"):
+        adapt(_cfg(base, few_images, "pixels:1", loss_weighting="min-snr", snr_gamma=0), tmp_path / "x")
+    with pytest.raises(RCDMError, match="unknown --loss-weighting 'p2'"):
+        adapt(_cfg(base, few_images, "pixels:1", loss_weighting="p2"), tmp_path / "y")
+
+
 def test_the_adapter_folder_holds_only_what_differs_and_loads_over_its_base(base, few_images, tmp_path):
     """RUN/adapter: the adapted model's config and the tensors that differ from the base (here the adapter, the
     new statistics and the trained embedding projections), read over the base into the same model as RUN/model;

@@ -38,7 +38,7 @@ from .losses import GaussianDiffusion, draw_timesteps
 from .model import ADAPTER_WEIGHTS, ADAPTERS, RCDM, WEIGHTS_VARIANT
 from .monitor import TrainingMonitor
 from .ridge import RidgeMap, fit_ridge
-from .train_config import saved_fields, setting_changes
+from .train_config import LOSS_WEIGHTINGS, LossWeighting, saved_fields, setting_changes
 from .weights import sha256_file
 
 log = logging.getLogger(__name__)
@@ -77,6 +77,11 @@ class AdaptConfig:
     lr: float = 1e-3
     batch_size: int = 64
     cond_drop: float = 0.1  # the null representation's share of the batch (keeps guidance working)
+    # min-snr: Min-SNR-gamma weighting of the squared error (Hang et al. 2023), as `rcdm train --loss-weighting`;
+    # it moves the adapter's gradient from the nearly clean timesteps, where the representation barely matters,
+    # to the noisy ones, where it decides what is drawn
+    loss_weighting: LossWeighting = "none"
+    snr_gamma: float = 5.0
     holdout: float = 0.1  # share of the images held out to choose the ridge regulariser
     seed: int = 0
     save_every_s: float = 120.0  # a checkpoint at least this often (seconds)
@@ -120,6 +125,12 @@ def check_config(cfg: AdaptConfig) -> None:
         raise RCDMError(f"--lr {cfg.lr} must be a positive number (default 1e-3)")
     if not 0.0 <= cfg.cond_drop < 1.0:
         raise RCDMError(f"--cond-drop {cfg.cond_drop} is out of range: use a probability in [0, 1)")
+    if cfg.loss_weighting not in LOSS_WEIGHTINGS:
+        raise RCDMError(
+            f"unknown --loss-weighting {cfg.loss_weighting!r}: choose one of {', '.join(LOSS_WEIGHTINGS)}"
+        )
+    if not (math.isfinite(cfg.snr_gamma) and cfg.snr_gamma > 0):
+        raise RCDMError(f"--snr-gamma {cfg.snr_gamma} must be a positive number (Min-SNR's paper: 5)")
     if cfg.steps is not None and cfg.steps < 0:
         raise RCDMError(f"--steps {cfg.steps} must be >= 0 (0: the ridge map alone)")
     if not 0.0 < cfg.holdout < 0.5:
@@ -407,6 +418,7 @@ def _adapt(
                 noise=noise,
                 terms=terms,
                 prediction=model.prediction_type,
+                snr_gamma=cfg.snr_gamma if cfg.loss_weighting == "min-snr" else None,
             ).mean()
         loss.backward()
         grad_norm = float(torch.nn.utils.clip_grad_norm_(params, 1.0))

@@ -29,6 +29,8 @@ ADAPT_OPTIONS = {
     "lr": "AdamW learning rate",
     "batch_size": "images per step",
     "cond_drop": "share of the batch trained on the base's null representation, so guidance keeps working",
+    "loss_weighting": "min-snr: Min-SNR-gamma weighting of the squared error (as rcdm train); none: unweighted",
+    "snr_gamma": "gamma of --loss-weighting min-snr",
 }
 
 
