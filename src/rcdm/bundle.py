@@ -92,15 +92,17 @@ class DemoBundle:
         entry = self.index["rcdms"].get(target) or (self.index.get("adapters") or {})[target]
         return str(entry["encoder"])
 
+    @property
+    def adapters(self) -> dict[str, dict]:
+        """name -> index entry (base, encoder, ...) of each adapter the bundle ships (`rcdm recipe add
+        --adapter`) whose folder is there."""
+        entries = self.index.get("adapters") or {}
+        return {name: entry for name, entry in entries.items() if (self.folder / name).is_dir()}
+
     def adapter(self, base: str, encoder: str) -> str | None:
-        """The bundle's adapter of ENCODER (a bundled encoder's name) onto the RCDM BASE (`rcdm recipe add
-        --adapter`), or None."""
-        for name, entry in (self.index.get("adapters") or {}).items():
-            if (
-                entry.get("base") == base
-                and entry.get("encoder") == encoder
-                and (self.folder / name).is_dir()
-            ):
+        """The bundle's adapter of ENCODER (a bundled encoder's name) onto the RCDM BASE, or None."""
+        for name, entry in self.adapters.items():
+            if entry.get("base") == base and entry.get("encoder") == encoder:
                 return name
         return None
 

@@ -19,7 +19,7 @@ from PIL import Image
 from .. import analysis, figures
 from ..analysis import adversarial, interpolate, invariance, list_augmentations, pixel_std, variance
 from ..analysis.variance import heat_map
-from ..bundle import BUNDLE_INDEX, ROLES, bundled_pack, demo_images, read_bundle, read_card
+from ..bundle import ROLES, bundled_pack, demo_images, read_bundle, read_card
 from ..data import list_images, load_image
 from ..devices import default_device
 from ..diffusion import SAMPLING_PRESETS, SamplingConfig
@@ -156,11 +156,9 @@ def _bundled_pack() -> tuple[Path, dict, float] | None:
 def _bundled_adapters(folder: Path, guidance: float) -> list[ModelChoice]:
     """The pack's adapters (`rcdm recipe add --adapter`): another encoder through one of its RCDMs, offered
     beside the RCDMs so that two encoders can be compared through one image prior."""
-    index = folder / BUNDLE_INDEX
-    adapters = (json.loads(index.read_text()).get("adapters") or {}) if index.is_file() else {}
     labels = dict(ROLES.values())
     out = []
-    for name, entry in adapters.items():
+    for name, entry in read_bundle(folder).adapters.items():
         classes = tuple(_pack_classes(folder, name))
         base = labels.get(entry.get("base"), entry.get("base"))
         out.append(
