@@ -44,6 +44,20 @@ def load(store: Path) -> dict:
     return json.loads(store.read_text()) if store.is_file() else {}
 
 
+def save_cell(store: Path, key: str, record: dict) -> dict:
+    """Add one cell to the store as it is now on disk (another process may have added cells since this one read
+    it), atomically; the store's cells."""
+    cells = {**load(store), key: record}
+    write_text_atomic(store, json.dumps(cells, indent=2))
+    return cells
+
+
+def write_markdown(out: Path, table: str) -> None:
+    """OUT becomes TABLE followed by OUT's hand-written sections (from its first "## " heading on)."""
+    _, heading, kept = out.read_text().partition("\n## ") if out.is_file() else ("", "", "")
+    write_text_atomic(out, table + (f"\n## {kept}" if heading else ""))
+
+
 def encoders(shared: Path) -> dict[str, str]:
     return {
         "pack supervised ResNet-20": "rcdm-cifar:cifar10-supervised-r20w1",
@@ -100,9 +114,7 @@ def main() -> None:
             "date": str(datetime.date.today()),
             "threads": torch.get_num_threads(),
         }
-        cells = {**load(store), key: {**extra, **score.record(), **made}}
-        write_text_atomic(store, json.dumps(cells, indent=2))
-        print(key, cells[key], flush=True)
+        print(key, save_cell(store, key, {**extra, **score.record(), **made})[key], flush=True)
 
     todo = {k: v for k, v in encoders(Path(args.shared)).items() if not args.only or k in args.only}
     if REFERENCE_FOR in todo:
@@ -157,9 +169,7 @@ def main() -> None:
             )
     table = render(load(store), args)
     if args.out:
-        out = Path(args.out)
-        kept = out.read_text().partition("\n## ") if out.is_file() else ("", "", "")
-        write_text_atomic(out, table + (f"\n## {kept[2]}" if kept[1] else ""))
+        write_markdown(Path(args.out), table)
     print(table)
 
 

@@ -1,0 +1,70 @@
+"""benchmarks/adapt.py's bookkeeping: a cell store two processes share, the table's row order, and the markdown
+file whose hand-written sections survive a regenerated table."""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _bench():
+    spec = importlib.util.spec_from_file_location("rcdm_adapt_bench", ROOT / "benchmarks" / "adapt.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+SCORE = dict(class_agreement=0.5, rank1=0.01, own_rank1=0.2, mean_rank=30.0, frechet=3.0)
+
+
+def test_two_processes_share_one_store_without_losing_cells(tmp_path):
+    bench = _bench()
+    store = tmp_path / "cells.json"
+    bench.save_cell(store, "a map", {**SCORE, "how": "ridge map"})
+    bench.save_cell(store, "b map", {**SCORE, "how": "ridge map"})  # a process that read the store before "a"
+    assert set(json.loads(store.read_text())) == {"a map", "b map"}
+
+
+def test_rows_run_reference_then_map_then_budgets_and_name_their_machine(tmp_path):
+    bench = _bench()
+    cell = dict(SCORE, encoder="pixels:8", base=bench.BASE, r2=0.2, train_s=5.0, machine="AMD EPYC, AVX2")
+    cells = {
+        "15": {**cell, "how": "map + linear adapter (adapter+embedding), 15 min", "cpu_s_train": 900.0},
+        "map": {**cell, "how": "ridge map"},
+        "5": {**cell, "how": "map + linear adapter (adapter+embedding, min-snr), 5 min"},
+        "other base": {
+            **cell,
+            "encoder": bench.REFERENCE_FOR,
+            "base": "cifar10-supervised",
+            "how": "ridge map",
+        },
+        "ref": {**SCORE, "how": "its own RCDM", "train_s": None},
+    }
+    args = argparse.Namespace(eval_images=1000, guidance=5.0, shared=str(tmp_path))
+    rows = [
+        line for line in bench.render(cells, args).splitlines() if line.startswith("| ") and "---" not in line
+    ]
+    hows = [row.split(" | ")[2] for row in rows[1:]]
+    assert hows == [
+        "its own RCDM",
+        "ridge map",  # the reference encoder through another base, after its own RCDM
+        "ridge map",
+        "map + linear adapter (adapter+embedding, min-snr), 5 min",
+        "map + linear adapter (adapter+embedding), 15 min",
+    ]
+    assert "| 900 | AMD EPYC " in rows[-1]
+
+
+def test_a_regenerated_table_keeps_the_hand_written_sections(tmp_path):
+    bench = _bench()
+    out = tmp_path / "adapt.md"
+    out.write_text("# old table\n\n| x |\n\n## What we tried\n\nprose\n\n## More\n\nmore prose\n")
+    bench.write_markdown(out, "# new table\n\n| y |\n")
+    assert out.read_text() == "# new table\n\n| y |\n\n## What we tried\n\nprose\n\n## More\n\nmore prose\n"
+    fresh = tmp_path / "fresh.md"
+    bench.write_markdown(fresh, "# new table\n")
+    assert fresh.read_text() == "# new table\n"
