@@ -42,7 +42,8 @@ def test_pack_models_and_the_supervised_twin(tiny_model: Path, monkeypatch: pyte
     monkeypatch.setattr(app_models, "_pack_classes", lambda folder, target: [f"c{k}" for k in range(10)])
     monkeypatch.setattr(app_models, "_load_bundled", lambda folder, t, d: loaded.get(t, (model, ssl)))
     monkeypatch.setattr(app_models, "_cached_official", lambda: [])
-    monkeypatch.setattr(app_models, "_bundled_adapters", lambda folder, guidance: [])  # tests/app/test_models.py
+    # a model folder, not a bundle: no adapters (their offer: tests/app/test_models.py)
+    monkeypatch.setattr(app_models, "_bundled_adapters", lambda folder, guidance: [])
     choices = discover_models()
     assert [c.label for c in choices] == ["VICReg backbone", "VICReg projector", "supervised backbone"]
     assert [c.supervised for c in choices] == [False, False, True]
