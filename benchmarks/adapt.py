@@ -174,13 +174,12 @@ def main() -> None:
 
 
 def render(cells: dict, args: argparse.Namespace) -> str:
-    threads = torch.get_num_threads()
     lines = [
         "# rcdm adapt on the CPU",
         "",
         f"Made by `python benchmarks/adapt.py`, last on {datetime.date.today()}: {cpu_model()}"
-        f"{' (native bf16)' if cpu_has_native_bf16() else ''}, {threads} threads, load average at the end "
-        f"{os.getloadavg()[0]:.1f} (each row names the machine and date of its cell). {args.eval_images} class-balanced CIFAR-10 test images, one sample each, "
+        f"{' (native bf16)' if cpu_has_native_bf16() else ''}, load average at the end {os.getloadavg()[0]:.1f} "
+        f"(each row names the machine, date and threads of its cell). {args.eval_images} class-balanced CIFAR-10 test images, one sample each, "
         f"dpm++ 20, guidance {args.guidance:g}; judge: the shared ResNet-56 (no RCDM is conditioned on it); chance: "
         f"class agreement 0.10, rank-1 {1 / args.eval_images:.4f}. Rank-1 (own): the same retrieval in the "
         "conditioning encoder's own space (for pixels:8, its 8x8 colours). Time: wall and CPU seconds of `rcdm adapt`, "
@@ -213,7 +212,7 @@ def render(cells: dict, args: argparse.Namespace) -> str:
             f"| {c.get('encoder', 'pack supervised ResNet-20')} | {c.get('base', 'cifar10-supervised')} | {c['how']} "
             f"| {r2} | {c['class_agreement']:.3f} | {c['rank1']:.3f} | {c['own_rank1']:.3f} | {c['mean_rank']:.1f} "
             f"| {c['frechet']:.2f} "
-            f"| {t} | {cpu} | {c.get('machine', '').split(',')[0]} {c.get('date', '')} |"
+            f"| {t} | {cpu} | {c.get('machine', '').split(',')[0]} {c.get('date', '')}, {c.get('threads', '?')} thr |"
         )
     return "\n".join(lines) + "\n"
 
