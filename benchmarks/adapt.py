@@ -126,14 +126,16 @@ def main() -> None:
     runs = [(label, spec, BASE) for label, spec in todo.items()]
     if args.bases_for in todo:
         runs += [(args.bases_for, todo[args.bases_for], base) for base in OTHER_BASES]
+    # the adapter's settings, as they name its cells and run folders, and as the table describes them
+    weighting = "" if args.loss_weighting == "none" else args.loss_weighting
+    kind = " ".join(filter(None, (args.adapter, args.trainable, weighting)))
+    trained = ", ".join(filter(None, (args.trainable, weighting)))
     for label, spec, base in runs:
         slug = f"{label.replace(' ', '-')}@{base}"
         budgets = args.budgets if base == BASE else args.budgets[:1]
-        kind = f"{args.adapter} {args.trainable}" + (
-            "" if args.loss_weighting == "none" else f" {args.loss_weighting}"
-        )
         keys = [f"{slug} map"] + [f"{slug} {kind} {m:g} min" for m in budgets]
-        if all(k in load(store) for k in keys):
+        done = load(store)
+        if all(k in done for k in keys):
             continue  # not even the map run again: its folder may be gone with an earlier machine
         cfg = AdaptConfig(
             model=base,
@@ -160,8 +162,7 @@ def main() -> None:
                 continue
             cfg_b = replace(cfg, steps=None, minutes=minutes)
             result = adapt(cfg_b, run, resume=(run / "adapt.json").is_file(), progress=False)
-            weighting = "" if args.loss_weighting == "none" else f", {args.loss_weighting}"
-            how = f"map + {args.adapter} adapter ({args.trainable}{weighting}), {minutes:g} min"
+            how = f"map + {args.adapter} adapter ({trained}), {minutes:g} min"
             cell(
                 key,
                 result.model_dir,
