@@ -80,7 +80,11 @@ def main() -> None:
     )
     p.add_argument("--out", default=None, help="the markdown table (default: print it)")
     p.add_argument(
-        "--budgets", type=float, nargs="+", default=[1, 5, 15], help="adapter minutes (cumulative)"
+        "--budgets",
+        type=float,
+        nargs="*",
+        default=[1, 5, 15],
+        help="adapter minutes (cumulative); none given: the maps only",
     )
     p.add_argument("--eval-images", type=int, default=1000)
     p.add_argument("--guidance", type=float, default=5.0)
