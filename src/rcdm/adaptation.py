@@ -7,7 +7,9 @@ by another encoder's representation through `RCDM.rep_adapter`, a map into the b
        regulariser chosen on held-out images (the map's held-out R^2 says how much of the base space the new
        representation predicts linearly);
     3. in the time left, train the adapter (optionally the UNet's per-block embedding projections too) under the
-       base's own diffusion loss, from the map, with condition dropout so guidance keeps working.
+       base's own diffusion loss, from the map, with condition dropout so guidance keeps working;
+    4. keep what scores best on held-out images (never trained on): the diffusion loss of the map and of the adapter
+       at each checkpoint, on the same images, timesteps and noise; the map itself when no adapter beats it.
 The result, RUN/model, is an ordinary model folder. What the base never learned to draw cannot appear.
 """
 
@@ -38,7 +40,7 @@ from .losses import GaussianDiffusion, draw_timesteps
 from .model import ADAPTER_WEIGHTS, ADAPTERS, RCDM, WEIGHTS_VARIANT
 from .monitor import TrainingMonitor
 from .ridge import RidgeMap, fit_ridge
-from .train_config import LOSS_WEIGHTINGS, LossWeighting, saved_fields, setting_changes
+from .train_config import LOSS_WEIGHTINGS, LossWeighting, learning_rate, saved_fields, setting_changes
 from .weights import sha256_file
 
 log = logging.getLogger(__name__)
@@ -75,6 +77,9 @@ class AdaptConfig:
     # what makes the diffusion loss pay where the base's space lacks what the new encoder keeps); adapter: alone
     trainable: Trainable = "adapter+embedding"
     lr: float = 1e-3
+    # linear warm-up of the lr over this many steps: Adam's first steps are lr-sized whatever the gradient, and a
+    # short budget's few steps would jolt the frozen UNet's embedding projections away from the map
+    warmup_steps: int = 20
     batch_size: int = 64
     cond_drop: float = 0.1  # the null representation's share of the batch (keeps guidance working)
     # min-snr: Min-SNR-gamma weighting of the squared error (Hang et al. 2023), as `rcdm train --loss-weighting`;
@@ -82,7 +87,9 @@ class AdaptConfig:
     # to the noisy ones, where it decides what is drawn
     loss_weighting: LossWeighting = "none"
     snr_gamma: float = 5.0
-    holdout: float = 0.1  # share of the images held out to choose the ridge regulariser
+    holdout: float = 0.1  # share of the images held out (not trained on): the ridge regulariser, what is kept
+    # held-out images whose diffusion loss decides what is kept (the map or the adapter at a checkpoint); 0: the last
+    val_images: int = 256
     seed: int = 0
     save_every_s: float = 120.0  # a checkpoint at least this often (seconds)
     precision: str = "auto"
@@ -99,6 +106,9 @@ class AdaptResult:
     r2_heldout: float
     wall_s: float
     cpu_s: float
+    kept_step: int = 0  # the step whose adapter was kept (0: the map; the last step without held-out images)
+    heldout_loss_map: float | None = None  # the held-out diffusion loss of the map, and of what was kept
+    heldout_loss: float | None = None
 
 
 def saved_config(run_dir: str | Path) -> dict:
@@ -131,6 +141,12 @@ def check_config(cfg: AdaptConfig) -> None:
         )
     if not (math.isfinite(cfg.snr_gamma) and cfg.snr_gamma > 0):
         raise RCDMError(f"--snr-gamma {cfg.snr_gamma} must be a positive number (Min-SNR's paper: 5)")
+    if cfg.warmup_steps < 0:
+        raise RCDMError(
+            f"--warmup-steps {cfg.warmup_steps} must be >= 0 (0: the full lr from the first step)"
+        )
+    if cfg.val_images < 0:
+        raise RCDMError(f"--val-images {cfg.val_images} must be >= 0 (0: keep the last adapter, unchecked)")
     if cfg.steps is not None and cfg.steps < 0:
         raise RCDMError(f"--steps {cfg.steps} must be >= 0 (0: the ridge map alone)")
     if not 0.0 < cfg.holdout < 0.5:
@@ -346,12 +362,14 @@ def _adapt(
     base_keys = set(base.state_dict())  # what the adapter folder need not hold: the rest is the base's own
     del base
     params = trainable_parameters(model, cfg.trainable)
+    trainable_names = {name for name, p in model.named_parameters() if p.requires_grad}
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
     step = 0
     if saved is not None:
         model.load_state_dict(torch.load(state_path / "trainable.pt", weights_only=True), strict=False)
         opt.load_state_dict(torch.load(state_path / "optimizer.pt", weights_only=True))
         step = int(saved["step"])
+    train_images = train_idx  # the adapter never trains on the held-out images that judge it
     # the training images, decoded (none for the map alone)
     views = _diffusion_views(files, model.config.sample_size, progress) if cfg.steps != 0 else None
     new_reps = reps["new"]
@@ -361,6 +379,12 @@ def _adapt(
     diffusion = GaussianDiffusion()
     loss_type = "hybrid" if model.learned_variance else "simple"
     model.eval()  # the frozen UNet's own layers (dropout) as at sampling; the gradients still flow
+    judge = (
+        _HeldOut(model, diffusion, views, new_reps, held_idx[: cfg.val_images], cfg, device, precision)
+        if views is not None and cfg.val_images > 0
+        else None
+    )
+    best = _Kept.resume(state_path, saved, model, trainable_names, judge)
     monitor = TrainingMonitor(
         run_dir,
         start=step,
@@ -379,22 +403,25 @@ def _adapt(
                 {k: v for k, v in model.state_dict().items() if k in trainable_names}, tmp / "trainable.pt"
             )
             torch.save(opt.state_dict(), tmp / "optimizer.pt")
+            torch.save(best.state, tmp / "kept.pt")
             state = {
                 "step": step,
                 "wall_s": spent_wall + time.perf_counter() - wall0,
                 "cpu_s": spent_cpu + cpu_seconds() - cpu0,
+                **best.record(),
             }
             (tmp / "state.json").write_text(json.dumps(state))
 
-    trainable_names = {name for name, p in model.named_parameters() if p.requires_grad}
     while True:
         now = time.perf_counter()
         per_step = (now - t_train) / max(1, steps_this)
-        if (cfg.steps is not None and step >= cfg.steps) or now + (per_step if steps_this else 0) > deadline:
+        # the last held-out check is inside the budget: a step starts only when it and that check fit
+        reserve = (per_step if steps_this else 0) + (judge.seconds if judge else 0)
+        if (cfg.steps is not None and step >= cfg.steps) or now + reserve > deadline:
             break
         b = cfg.batch_size
         gens = sample_generators(cfg.seed, step * b, b)
-        pick = torch.cat([torch.randint(0, n, (1,), generator=g) for g in gens])
+        pick = train_images[torch.cat([torch.randint(0, len(train_images), (1,), generator=g) for g in gens])]
         flip = torch.cat([torch.rand(1, generator=g) < 0.5 for g in gens])
         x0 = to_model_space(views[pick].float() / 255)
         x0 = torch.where(flip.view(-1, 1, 1, 1), x0.flip(-1), x0).to(device)
@@ -407,6 +434,9 @@ def _adapt(
         if cfg.cond_drop > 0 and model.null_rep is not None:
             drop = (torch.cat([torch.rand(1, generator=g) for g in ngens]) < cfg.cond_drop).to(device)
         terms: dict[str, float] = {}
+        lr = learning_rate(cfg, step)
+        for group in opt.param_groups:
+            group["lr"] = lr
         with autocast_for(device, precision):
             loss = diffusion.losses(
                 model,
@@ -429,16 +459,36 @@ def _adapt(
         value = float(loss.detach())
         if not math.isfinite(value):
             raise RCDMError(f"the adapter's loss became {value} at step {step}: lower --lr (now {cfg.lr})")
+        due = time.perf_counter() - last_save > cfg.save_every_s
+        if due and judge is not None:
+            terms["heldout"] = best.offer(step, judge())
         monitor.total = step + max(0, int((deadline - time.perf_counter()) / max(1e-9, per_step)))
-        monitor.step(step, value, b, terms=terms, lr=cfg.lr, grad_norm=grad_norm)
-        if time.perf_counter() - last_save > cfg.save_every_s:
+        monitor.step(step, value, b, terms=terms, lr=lr, grad_norm=grad_norm)
+        if due:
             save()
             last_save = time.perf_counter()
     monitor.close()
+    if best.judged_step != step:
+        best.offer(step, judge() if judge is not None else None)
     save()
+    if best.step != step:
+        model.load_state_dict(best.state, strict=False)
+        log.info(
+            "kept %s: held-out diffusion loss %.5f (the map's %s, the last step's %s)",
+            f"the adapter of step {best.step}" if best.step else "the ridge map",
+            best.loss,
+            _fmt(best.map_loss),
+            _fmt(best.last_loss),
+        )
     wall = spent_wall + time.perf_counter() - wall0
     cpu = spent_cpu + cpu_seconds() - cpu0
-    record = {"steps": step, "images_trained": step * cfg.batch_size, "wall_s": wall, "cpu_s": cpu}
+    record = {
+        "steps": step,
+        "images_trained": step * cfg.batch_size,
+        "wall_s": wall,
+        "cpu_s": cpu,
+        **best.record(),
+    }
     model.register_to_config(adapted_from={**provenance, **record})
     model.requires_grad_(False).cpu()
     with atomic_dir(run_dir / "model") as tmp:
@@ -451,7 +501,7 @@ def _adapt(
     differ = {k for k in model.state_dict() if k not in base_keys or k in ("rep_mean", "rep_std")}
     save_adapter(
         model,
-        differ | (trainable_names if step > 0 else set()),
+        differ | (trainable_names if best.step > 0 else set()),
         run_dir / "adapter",
         _card(model, cfg, record),
     )
@@ -464,7 +514,92 @@ def _adapt(
         cpu,
         ", bf16 autocast" if bf16 else "",
     )
-    return AdaptResult(run_dir / "model", step, step * cfg.batch_size, ridge.r2_heldout, wall, cpu)
+    return AdaptResult(
+        run_dir / "model",
+        step,
+        step * cfg.batch_size,
+        ridge.r2_heldout,
+        wall,
+        cpu,
+        best.step,
+        best.map_loss,
+        best.loss,
+    )
+
+
+def _fmt(value: float | None) -> str:
+    return "not measured" if value is None else f"{value:.5f}"
+
+
+class _HeldOut:
+    """The diffusion loss (the base's squared error, unweighted) of the model on held-out images, each at its own
+    fixed timestep (evenly spaced over the schedule) and noise: the same draws at every call, so two calls differ
+    only by the weights. Hand-written: the comparison must be paired, which a random validation batch is not."""
+
+    def __init__(self, model, diffusion, views, reps, held, cfg, device, precision) -> None:
+        self.model, self.diffusion, self.device, self.precision = model, diffusion, device, precision
+        self.batch = cfg.batch_size
+        self.x0 = to_model_space(views[held].float() / 255)
+        self.rep = reps["representations"][held].float()
+        n, steps = len(held), diffusion.num_timesteps
+        self.t = ((torch.arange(n) + 0.5) * steps / n).long().clamp(max=steps - 1)
+        self.noise = torch.randn(self.x0.shape, generator=torch.Generator().manual_seed(cfg.seed + 2))
+        self.seconds = 0.0  # how long the last call took (the loop keeps that much budget for the final one)
+
+    def __call__(self) -> float:
+        t0, total = time.perf_counter(), 0.0
+        with torch.no_grad(), autocast_for(self.device, self.precision):
+            for s, e in batched(len(self.t), self.batch):
+                total += float(
+                    self.diffusion.losses(
+                        self.model,
+                        self.x0[s:e].to(self.device),
+                        self.rep[s:e].to(self.device),
+                        "simple",
+                        t=self.t[s:e],
+                        noise=self.noise[s:e],
+                        prediction=self.model.prediction_type,
+                    ).sum()
+                )
+        self.seconds = time.perf_counter() - t0
+        return total / len(self.t)
+
+
+class _Kept:
+    """What the run keeps: the trainable tensors of the step with the lowest held-out loss so far (step 0: the
+    map); without held-out images, those of the last step. Saved with each checkpoint (kept.pt, state.json)."""
+
+    def __init__(self, model: RCDM, names: set[str], step: int, map_loss: float | None) -> None:
+        self.model, self.names, self.map_loss = model, names, map_loss
+        self.state: dict[str, torch.Tensor] = {}
+        self.step, self.loss, self.last_loss, self.judged_step = step, None, None, -1
+
+    @classmethod
+    def resume(cls, folder: Path, saved: dict | None, model: RCDM, names: set[str], judge) -> _Kept:
+        step = int(saved["step"]) if saved else 0
+        if saved and "kept_step" in saved and (folder / "kept.pt").is_file():
+            kept = cls(model, names, int(saved["kept_step"]), saved.get("heldout_loss_map"))
+            kept.state = torch.load(folder / "kept.pt", weights_only=True)
+            kept.loss = saved.get("heldout_loss")
+            return kept
+        # a new run (step 0: the map) or an older checkpoint that kept nothing apart: what there is now
+        loss = judge() if judge is not None else None
+        kept = cls(model, names, step, loss if step == 0 else None)
+        kept.offer(step, loss)
+        return kept
+
+    def offer(self, step: int, loss: float | None) -> float | None:
+        """The model's trainable tensors at `step`, with held-out `loss` (None: not judged, kept as the last)."""
+        self.last_loss, self.judged_step = loss, step
+        if loss is None or self.loss is None or loss < self.loss:
+            self.state = {
+                k: v.detach().clone() for k, v in self.model.state_dict().items() if k in self.names
+            }
+            self.step, self.loss = step, loss
+        return loss
+
+    def record(self) -> dict:
+        return {"kept_step": self.step, "heldout_loss": self.loss, "heldout_loss_map": self.map_loss}
 
 
 def save_adapter(model: RCDM, keys: set[str], folder: Path, card: str) -> None:

@@ -48,6 +48,7 @@ from .train_config import (
     TrainConfig,
     check_output_folder,
     check_resume_config,
+    learning_rate,
     validate_config,
 )
 
@@ -67,16 +68,6 @@ class TrainResult:
     # time the process was stopped or starved, and CPU seconds of the process and its data workers, which do not.
     wall_time_s: float = 0.0
     cpu_time_s: float = 0.0
-
-
-def learning_rate(cfg: TrainConfig, step: int) -> float:
-    """The learning rate of optimizer step `step` (0-based): linear warm-up over cfg.warmup_steps, then cfg.lr.
-
-    A pure function of the step, so a resumed run continues the schedule exactly.
-    """
-    if step < cfg.warmup_steps:
-        return cfg.lr * (step + 1) / cfg.warmup_steps
-    return cfg.lr
 
 
 def _fixed_views(files: list[Path], size: int, enc: Encoder, n: int = 4) -> tuple[torch.Tensor, torch.Tensor]:

@@ -10,7 +10,7 @@ import os
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 from .checks import check_seed
 from .devices import Precision, training_precision
@@ -73,6 +73,23 @@ class TrainConfig:
 
 
 # Settings a resumed run may change; any other difference from run.json is refused (it would be another run).
+class WarmedUp(Protocol):
+    """Settings with a learning rate and a linear warm-up (TrainConfig, AdaptConfig)."""
+
+    lr: float
+    warmup_steps: int
+
+
+def learning_rate(cfg: WarmedUp, step: int) -> float:
+    """The learning rate of optimizer step `step` (0-based): linear warm-up over cfg.warmup_steps, then cfg.lr.
+
+    A pure function of the step, so a resumed run continues the schedule exactly.
+    """
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    return cfg.lr
+
+
 MUTABLE_ON_RESUME = frozenset(
     {"steps", "save_every", "keep_checkpoints", "log_every", "sample_every", "report_to", "num_workers"}
 )

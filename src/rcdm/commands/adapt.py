@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from ..adaptation import TRAINABLE, AdaptConfig, adapt, saved_config
+from ..adaptation import TRAINABLE, AdaptConfig, AdaptResult, adapt, saved_config
 from ..model import ADAPTERS
 from .common import add_command, add_config_options, add_precision_arg, add_progress_arg, settings_from_args
 
@@ -27,10 +27,13 @@ ADAPT_OPTIONS = {
     "trainable": "what the diffusion loss trains: the adapter, or also the UNet's per-block time-embedding "
     "projections",
     "lr": "AdamW learning rate",
+    "warmup_steps": "linear learning-rate warm-up over this many steps",
     "batch_size": "images per step",
     "cond_drop": "share of the batch trained on the base's null representation, so guidance keeps working",
     "loss_weighting": "min-snr: Min-SNR-gamma weighting of the squared error (as rcdm train); none: unweighted",
     "snr_gamma": "gamma of --loss-weighting min-snr",
+    "val_images": "held-out images (never trained on) whose diffusion loss picks what is kept: the map or the "
+    "adapter at a checkpoint (0: the last adapter, unchecked)",
 }
 
 
@@ -78,7 +81,24 @@ def run(args: argparse.Namespace) -> int:
     result = adapt(cfg, args.out, resume=args.resume, progress=not args.no_progress)
     print(
         f"adapted {cfg.encoder} onto {cfg.model}: ridge map held-out R² {result.r2_heldout:.3f}, then "
-        f"{result.steps} adapter steps ({result.images:,} images); {result.wall_s:.0f} s wall, {result.cpu_s:.0f} s "
-        f"CPU; model in {result.model_dir}"
+        f"{result.steps} adapter steps ({result.images:,} images){kept(result)}; {result.wall_s:.0f} s wall, "
+        f"{result.cpu_s:.0f} s CPU; model in {result.model_dir}"
     )
     return 0
+
+
+def kept(result: AdaptResult) -> str:
+    """What was kept, when held-out images judged it."""
+    if result.steps == 0 or result.heldout_loss is None:
+        return ""
+    what = (
+        f"the adapter of step {result.kept_step}"
+        if result.kept_step
+        else "the ridge map (no adapter beat it)"
+    )
+    return (
+        f"; kept {what}: held-out diffusion loss {result.heldout_loss:.5f} against the map's "
+        f"{result.heldout_loss_map:.5f}"
+        if result.heldout_loss_map is not None
+        else f"; kept {what}: held-out diffusion loss {result.heldout_loss:.5f}"
+    )
