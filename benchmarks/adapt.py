@@ -137,7 +137,9 @@ def main() -> None:
     for label, spec, base in runs:
         slug = f"{label.replace(' ', '-')}@{base}"
         budgets = args.budgets if base == BASE else args.budgets[:1]
-        keys = [f"{slug} map"] + [f"{slug} {kind} {m:g} min" for m in budgets]
+        # the mlp adapter starts from its own map (ridge + a regressed residual): a cell of its own
+        map_name = "map" if args.adapter == "linear" else f"{args.adapter} map"
+        keys = [f"{slug} {map_name}"] + [f"{slug} {kind} {m:g} min" for m in budgets]
         done = load(store)
         if all(k in done for k in keys):
             continue  # not even the map run again: its folder may be gone with an earlier machine
@@ -146,18 +148,19 @@ def main() -> None:
             encoder=spec,
             data=str(Path(args.cifar) / "train"),
             steps=0,
+            adapter=args.adapter,
             cache=str(work / "cache"),  # encoded once per encoder: a budget below is spent on the adapter
         )
         # the map alone is the same whatever adapter trains after it: one run per encoder and base
-        result = adapt(
-            cfg, work / f"{slug}-map", resume=(work / f"{slug}-map" / "adapt.json").is_file(), progress=False
-        )
+        folder = work / f"{slug}-{map_name.replace(' ', '-')}"
+        result = adapt(cfg, folder, resume=(folder / "adapt.json").is_file(), progress=False)
         cfg = replace(cfg, adapter=args.adapter, trainable=args.trainable, loss_weighting=args.loss_weighting)
-        extra = {"encoder": label, "base": base, "r2": result.r2_heldout}
+        extra = {"encoder": label, "base": base, "r2": result.r2_heldout, "r2_mlp": result.mlp_r2_heldout}
+        how = "ridge map" if args.adapter == "linear" else f"ridge + {args.adapter} map (regression)"
         cell(
-            f"{slug} map",
+            keys[0],
             result.model_dir,
-            {**extra, "how": "ridge map", "train_s": result.wall_s, "cpu_s_train": result.cpu_s},
+            {**extra, "how": how, "train_s": result.wall_s, "cpu_s_train": result.cpu_s},
         )
         run = work / f"{slug}-{kind.replace(' ', '-')}"
         for minutes in budgets:
@@ -211,6 +214,8 @@ def render(cells: dict, args: argparse.Namespace) -> str:
 
     for c in sorted(cells.values(), key=row_order):
         r2 = f"{c['r2']:.3f}" if c.get("r2") is not None else ""
+        if c.get("r2_mlp") is not None:
+            r2 += f", mlp {c['r2_mlp']:.3f}"
         cpu = f"{c['cpu_s_train']:.0f}" if c.get("cpu_s_train") is not None else ""
         t = f"{c['train_s']:.0f}" if c.get("train_s") is not None else "3.7 CPU h (pack)"
         lines.append(

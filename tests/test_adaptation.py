@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import itertools
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -265,6 +266,30 @@ def test_the_adapters_lr_warms_up(base, few_images, tmp_path):
     assert [r["lr"] for r in rows] == pytest.approx([2.5e-3, 5e-3, 7.5e-3])
     with pytest.raises(RCDMError, match="--warmup-steps -1"):
         adapt(_cfg(base, few_images, "pixels:1", warmup_steps=-1), tmp_path / "x")
+
+
+def test_the_mlp_map_regresses_what_the_ridge_map_cannot(base, images, tmp_path):
+    """A new encoder that keeps the base's 2x2 colours cubed (a nonlinear, invertible view of the same thing): the
+    mlp map (ridge + a residual fitted by regression on the cached pairs) predicts the base's representation on
+    held-out images better than the ridge map, and the model, its config and card say so; --map-steps 0 leaves
+    the mlp at zero, the ridge map."""
+    pixels = create_encoder("pixels:2")
+
+    class Cubed(torch.nn.Module):
+        def forward(self, x):
+            return (4 * pixels.backbone_features(x)) ** 3
+
+    enc = Encoder(Cubed(), pixels.preprocessing, spec="test:cubed-pixels", dim=12)
+    cfg = AdaptConfig(model=str(base), encoder="test:cubed-pixels", data=str(images), steps=0, adapter="mlp")
+    result = adapt(cfg, tmp_path / "run", progress=False, encoder=enc)
+    assert result.mlp_r2_heldout > result.r2_heldout + 0.02, (result.mlp_r2_heldout, result.r2_heldout)
+    model = load_model(result.model_dir)
+    assert model.config.adapted_from["mlp_r2_heldout"] == result.mlp_r2_heldout
+    assert "mlp map held-out R²" in (result.model_dir / "README.md").read_text()
+    assert model.rep_adapter.mlp[2].weight.abs().sum() > 0
+    plain = adapt(replace(cfg, map_steps=0), tmp_path / "plain", progress=False, encoder=enc)
+    assert plain.mlp_r2_heldout is None
+    assert load_model(plain.model_dir).rep_adapter.mlp[2].weight.abs().sum() == 0
 
 
 def test_a_published_layout_base_takes_a_new_encoder(golden_model, images, tmp_path):

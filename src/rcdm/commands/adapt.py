@@ -24,6 +24,8 @@ ADAPT_OPTIONS = {
     "num_images": "images drawn from --data",
     "adapter": "linear: one affine map into the base's representation space; mlp: that map plus a residual MLP",
     "hidden": "the mlp's width",
+    "map_steps": "regression steps (batches of 256 cached pairs) that fit the mlp adapter's residual onto the base's "
+    "representations before the diffusion loss, at most half the time left (0: the mlp starts as the ridge map)",
     "trainable": "what the diffusion loss trains: the adapter, or also the UNet's per-block time-embedding "
     "projections",
     "lr": "AdamW learning rate",
@@ -79,8 +81,9 @@ def run(args: argparse.Namespace) -> int:
         **settings_from_args(args, AdaptConfig, saved, ("model", "encoder", "data"), "adapt.json")
     )
     result = adapt(cfg, args.out, resume=args.resume, progress=not args.no_progress)
+    mlp = "" if result.mlp_r2_heldout is None else f" (mlp map: {result.mlp_r2_heldout:.3f})"
     print(
-        f"adapted {cfg.encoder} onto {cfg.model}: ridge map held-out R² {result.r2_heldout:.3f}, then "
+        f"adapted {cfg.encoder} onto {cfg.model}: ridge map held-out R² {result.r2_heldout:.3f}{mlp}, then "
         f"{result.steps} adapter steps ({result.images:,} images){kept(result)}; {result.wall_s:.0f} s wall, "
         f"{result.cpu_s:.0f} s CPU; model in {result.model_dir}"
     )
