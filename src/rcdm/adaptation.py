@@ -113,9 +113,8 @@ class AdaptResult:
     kept_step: int = 0  # the step whose adapter was kept (0: the map; the last step without held-out images)
     heldout_loss_map: float | None = None  # the held-out diffusion loss of the map, and of what was kept
     heldout_loss: float | None = None
-    mlp_r2_heldout: float | None = (
-        None  # the mlp map's (ridge + regressed residual), before the diffusion loss
-    )
+    # the mlp map's held-out R^2 (ridge + regressed residual), before the diffusion loss
+    mlp_r2_heldout: float | None = None
 
 
 def saved_config(run_dir: str | Path) -> dict:
@@ -501,7 +500,7 @@ def _adapt(
         model.load_state_dict(best.state, strict=False)
         log.info(
             "kept %s: held-out diffusion loss %.5f (the map's %s, the last step's %s)",
-            f"the adapter of step {best.step}" if best.step else "the ridge map",
+            f"the adapter of step {best.step}" if best.step else "the map (no adapter step beat it)",
             best.loss,
             _fmt(best.map_loss),
             _fmt(best.last_loss),
