@@ -35,6 +35,7 @@ def test_rows_run_reference_then_map_then_budgets_and_name_their_machine(tmp_pat
     cells = {
         "15": {**cell, "how": "map + linear adapter (adapter+embedding), 15 min", "cpu_s_train": 900.0},
         "map": {**cell, "how": "ridge map"},
+        "mlp map": {**cell, "how": "ridge + mlp map (regression)", "r2_mlp": 0.45},
         "5": {**cell, "how": "map + linear adapter (adapter+embedding, min-snr), 5 min"},
         "other base": {
             **cell,
@@ -53,10 +54,12 @@ def test_rows_run_reference_then_map_then_budgets_and_name_their_machine(tmp_pat
         "its own RCDM",
         "ridge map",  # the reference encoder through another base, after its own RCDM
         "ridge map",
+        "ridge + mlp map (regression)",
         "map + linear adapter (adapter+embedding, min-snr), 5 min",
         "map + linear adapter (adapter+embedding), 15 min",
     ]
     assert "| 900 | AMD EPYC " in rows[-1] and rows[-1].endswith(", ? thr |")
+    assert "| 0.200, mlp 0.450 |" in rows[4]  # both maps' held-out R²
 
 
 def test_a_regenerated_table_keeps_the_hand_written_sections(tmp_path):
