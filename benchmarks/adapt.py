@@ -97,7 +97,12 @@ def main() -> None:
     p.add_argument(
         "--bases-for", default="pack supervised ResNet-20", help="encoder label tried on other bases"
     )
-    p.add_argument("--adapter", default="linear", choices=("linear", "mlp"))
+    p.add_argument(
+        "--adapter",
+        default=AdaptConfig.adapter,
+        choices=("linear", "mlp"),
+        help="rcdm adapt's default: mlp (its map: ridge + a regressed residual); linear: the ridge map's rows",
+    )
     p.add_argument("--trainable", default="adapter+embedding", choices=("adapter", "adapter+embedding"))
     p.add_argument(
         "--loss-weighting", default="none", choices=("none", "min-snr"), help="of the adapter's loss"

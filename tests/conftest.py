@@ -232,6 +232,7 @@ def extended_bundle(bundle: Path, few_images: Path, tmp_path_factory: pytest.Tem
                 encoder=f"rcdm-cifar:{bundle / 'cifar10-supervised-r8w1'}",
                 data=str(few_images),
                 steps=0,
+                adapter="linear",  # as the pack ships it
             ),
             base / "adapt",
             progress=False,

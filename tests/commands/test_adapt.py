@@ -19,7 +19,8 @@ def test_cli_adapts_and_bad_input_is_one_line(base, few_images, tmp_path, capsys
         str(out),
     ]
     assert main([*argv, "--steps", "1", "--batch-size", "4", "--no-progress"]) == 0
-    assert "adapted pixels:1 onto" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "adapted pixels:1 onto" in printed and "(mlp map: " in printed  # the default adapter: mlp
     assert (
         main(
             [

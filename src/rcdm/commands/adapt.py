@@ -34,8 +34,8 @@ ADAPT_OPTIONS = {
     "cond_drop": "share of the batch trained on the base's null representation, so guidance keeps working",
     "loss_weighting": "min-snr: Min-SNR-gamma weighting of the squared error (as rcdm train); none: unweighted",
     "snr_gamma": "gamma of --loss-weighting min-snr",
-    "val_images": "held-out images (never trained on) whose diffusion loss picks what is kept: the map or the "
-    "adapter at a checkpoint (0: the last adapter, unchecked)",
+    "val_images": "held-out images (never trained on) sampled and encoded again to pick what is kept: the map or the "
+    "adapter at a checkpoint, whichever is more faithful (0: the last adapter, unchecked)",
 }
 
 
@@ -92,16 +92,8 @@ def run(args: argparse.Namespace) -> int:
 
 def kept(result: AdaptResult) -> str:
     """What was kept, when held-out images judged it."""
-    if result.steps == 0 or result.heldout_loss is None:
+    if result.steps == 0 or result.faithfulness is None:
         return ""
-    what = (
-        f"the adapter of step {result.kept_step}"
-        if result.kept_step
-        else "the ridge map (no adapter beat it)"
-    )
-    return (
-        f"; kept {what}: held-out diffusion loss {result.heldout_loss:.5f} against the map's "
-        f"{result.heldout_loss_map:.5f}"
-        if result.heldout_loss_map is not None
-        else f"; kept {what}: held-out diffusion loss {result.heldout_loss:.5f}"
-    )
+    what = f"the adapter of step {result.kept_step}" if result.kept_step else "the map (no adapter beat it)"
+    against = "" if result.faithfulness_map is None else f" against the map's {result.faithfulness_map:.4f}"
+    return f"; kept {what}: held-out faithfulness {result.faithfulness:.4f}{against}"

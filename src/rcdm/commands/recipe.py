@@ -70,7 +70,7 @@ EPILOGS = {
   rcdm prior --model cifar10-vicreg-backbone --data cifar10/train --out priors/vicreg
   rcdm recipe add --bundle src/rcdm/assets/models --prior priors/vicreg --metrics prior-metrics.json
   rcdm adapt --model cifar10-vicreg-backbone --encoder rcdm-cifar:cifar10-supervised-r20w1 \\
-      --data cifar10/train --steps 0 --out adapt/sup
+      --data cifar10/train --steps 0 --adapter linear --out adapt/sup
   rcdm recipe add --bundle src/rcdm/assets/models --adapter adapt/sup --metrics adapt-metrics.json
 """,
     **STAGE_EPILOGS,
