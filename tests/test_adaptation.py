@@ -283,6 +283,10 @@ def test_the_mlp_map_regresses_what_the_ridge_map_cannot(base, images, tmp_path)
     assert model.config.adapted_from["mlp_r2_heldout"] == result.mlp_r2_heldout
     assert "mlp map held-out R²" in (result.model_dir / "README.md").read_text()
     assert model.rep_adapter.mlp[2].weight.abs().sum() > 0
+    torch.manual_seed(123)  # the global stream does not decide the map: the seed does
+    again = adapt(cfg, tmp_path / "again", progress=False, encoder=enc)
+    assert again.mlp_r2_heldout == result.mlp_r2_heldout
+    assert torch.equal(load_model(again.model_dir).rep_adapter.mlp[0].weight, model.rep_adapter.mlp[0].weight)
     plain = adapt(replace(cfg, map_steps=0), tmp_path / "plain", progress=False, encoder=enc)
     assert plain.mlp_r2_heldout is None
     assert load_model(plain.model_dir).rep_adapter.mlp[2].weight.abs().sum() == 0

@@ -587,10 +587,17 @@ def fit_mlp_map(
         with torch.no_grad():
             return float(1 - ((adapter(x_held) - y_held) ** 2).sum() / sst)
 
+    g = torch.Generator().manual_seed(cfg.seed + 3)
+    with (
+        torch.no_grad()
+    ):  # the hidden layer drawn from the seed (nn.Linear's own init, from the global stream)
+        first = mlp[0]
+        torch.nn.init.kaiming_uniform_(first.weight, a=math.sqrt(5), generator=g)
+        bound = 1 / math.sqrt(first.in_features)
+        first.bias.uniform_(-bound, bound, generator=g)
     best_r2, best = r2(), {k: v.clone() for k, v in mlp.state_dict().items()}
     opt = torch.optim.AdamW(mlp.parameters(), lr=1e-3, weight_decay=1e-4)
     schedule = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=1e-3, total_steps=cfg.map_steps)
-    g = torch.Generator().manual_seed(cfg.seed + 3)
     stop = time.perf_counter() + seconds
     for step in range(1, cfg.map_steps + 1):
         i = train_rows[torch.randint(0, len(train_rows), (256,), generator=g)]
