@@ -29,7 +29,7 @@ from safetensors.torch import save_file
 
 from .data import batched, center_square, decode_images, list_images, load_views, resize, to_model_space
 from .devices import autocast_for, cpu_seconds, resolve_precision, training_precision
-from .diffusion import SamplingConfig, sample, sample_generators
+from .diffusion import SamplingConfig, sample_generators, sample_many
 from .encoders import Encoder, Feature, create_encoder
 from .encoders.cache import cache_file, cached_representations, load_cache
 from .errors import RCDMError
@@ -410,7 +410,7 @@ def _adapt(
     model.eval()  # the frozen UNet's own layers (dropout) as at sampling; the gradients still flow
     judge = (
         _Faithfulness(model, new_enc, new_reps["representations"][held_idx[: cfg.val_images]], mean, std, cfg)
-        if views is not None and cfg.val_images > 0
+        if cfg.steps != 0 and cfg.val_images > 0
         else None
     )
     best = _Kept.resume(state_path, saved, model, trainable_names, judge)
@@ -588,14 +588,14 @@ def fit_mlp_map(
             return float(1 - ((adapter(x_held) - y_held) ** 2).sum() / sst)
 
     g = torch.Generator().manual_seed(cfg.seed + 3)
-    with (
-        torch.no_grad()
-    ):  # the hidden layer drawn from the seed (nn.Linear's own init, from the global stream)
+    # the hidden layer drawn from the seed (nn.Linear's own init draws from the global stream)
+    with torch.no_grad():
         first = mlp[0]
         torch.nn.init.kaiming_uniform_(first.weight, a=math.sqrt(5), generator=g)
         bound = 1 / math.sqrt(first.in_features)
         first.bias.uniform_(-bound, bound, generator=g)
-    best_r2, best = r2(), {k: v.clone() for k, v in mlp.state_dict().items()}
+    snapshot = lambda: {k: v.clone() for k, v in mlp.state_dict().items()}  # noqa: E731
+    best_r2, best = r2(), snapshot()
     opt = torch.optim.AdamW(mlp.parameters(), lr=1e-3, weight_decay=1e-4)
     schedule = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=1e-3, total_steps=cfg.map_steps)
     stop = time.perf_counter() + seconds
@@ -610,7 +610,7 @@ def fit_mlp_map(
         if step % 250 == 0 or last:
             score = r2()
             if score > best_r2:
-                best_r2, best = score, {k: v.clone() for k, v in mlp.state_dict().items()}
+                best_r2, best = score, snapshot()
         if last:
             break
     mlp.load_state_dict(best)
@@ -648,12 +648,7 @@ class _Faithfulness:
 
     def __call__(self) -> float:
         t0 = time.perf_counter()
-        images = torch.cat(
-            [
-                sample(self.model, self.reps[s:e], self.sampling, first_index=s)
-                for s, e in batched(len(self.reps), self.sampling.batch_size)
-            ]
-        )
+        images = sample_many(self.model, self.reps, 1, self.sampling)[:, 0]
         score = float((self._unit(self.encoder.encode(images)) * self._unit(self.reps)).sum(1).mean())
         self.last_at = time.perf_counter()
         self.seconds = self.last_at - t0
