@@ -7,6 +7,7 @@
 #
 #   bash scripts/cpu_ab.sh                      the default split of the variants over two workers
 #   WORKER_A="baseline" WORKER_B="min-snr" bash scripts/cpu_ab.sh
+#   WORKER_A="v-prediction" WORKER_B="" bash scripts/cpu_ab.sh     one worker (an empty list runs nothing)
 set -uo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 WORK=${WORK:-$HOME/rcdm-work}
@@ -14,8 +15,8 @@ PY=${PY:-$ROOT/.venv/bin/python}
 DATA=${DATA:-$ROOT/../shared/data/cifar10/cifar10-jpeg.tar.gz}
 JUDGE=${JUDGE:-cifar-resnet56:$ROOT/../shared/data/cifar-resnet/resnet56-4bfd9763.th}
 RESULTS=${RESULTS:-$ROOT/benchmarks/results/recipe-ab}
-WORKER_A=${WORKER_A:-baseline v-prediction lr1e-3-batch128 cifar32}
-WORKER_B=${WORKER_B:-min-snr logit-normal dropout}
+WORKER_A=${WORKER_A-baseline v-prediction lr1e-3-batch128 cifar32}
+WORKER_B=${WORKER_B-min-snr logit-normal dropout}
 export OMP_NUM_THREADS=1 PYTHONUNBUFFERED=1
 mkdir -p "$WORK/ab" "$RESULTS"
 worker() { # worker NAME "VARIANTS"
