@@ -23,6 +23,7 @@ import datetime
 import hashlib
 import json
 import os
+import re
 from dataclasses import replace
 from pathlib import Path
 
@@ -237,7 +238,8 @@ def render(cells: dict, args: argparse.Namespace) -> str:
     bases = [BASE, *OTHER_BASES]
 
     def row_order(c: dict) -> tuple:
-        minutes = float(c["how"].rsplit(", ", 1)[1].split()[0]) if ", " in c["how"] else -1.0
+        budget = re.search(r"(\d+(?:\.\d+)?) min\b", c["how"])  # "..., 5 min": the map's rows first
+        minutes = float(budget.group(1)) if budget else -1.0
         base = c.get("base", "cifar10-supervised")
         own = c.get("encoder") is None  # the reference row leads its encoder's rows
         return (
