@@ -47,3 +47,26 @@ def test_the_shipped_prior_models_the_shipped_vicreg_backbone() -> None:
     assert record["representations"] == 50000 and record["metrics"]
     for name in ("prior.json", "README.md", "config.json"):
         assert "/root" not in (folder / name).read_text() and "/home" not in (folder / name).read_text()
+
+
+def _machine_paths(value: object) -> list[str]:
+    """Every string in a JSON value that is an absolute path, alone or after a `prefix:` (an encoder spec)."""
+    if isinstance(value, dict):
+        return [p for v in value.values() for p in _machine_paths(v)]
+    if isinstance(value, list):
+        return [p for v in value for p in _machine_paths(v)]
+    if isinstance(value, str) and (value.startswith("/") or value.partition(":")[2].startswith("/")):
+        return [value]
+    return []
+
+
+def test_no_shipped_file_names_a_path_of_the_machine_that_packed_it() -> None:
+    pack = bundled_pack()
+    if pack is None:
+        pytest.skip("no pack is installed in src/rcdm/assets/models")
+    found = {
+        str(path.relative_to(pack)): paths
+        for path in sorted(pack.rglob("*.json"))
+        if (paths := _machine_paths(json.loads(path.read_text())))
+    }
+    assert found == {}
