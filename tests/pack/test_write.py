@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors import safe_open
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 
 from rcdm.bundle import read_bundle
 from rcdm.cli import main
@@ -324,3 +324,56 @@ def test_an_adapter_ships_as_a_small_entry_that_loads_over_the_bundled_base(
     with pytest.raises(SystemExit):
         main(args)
     assert "not allowed with argument" in capsys.readouterr().err
+
+
+def test_an_mlp_adapter_ships_and_loads_as_the_adapted_model_it_came_from(
+    bundle: Path, few_images: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`rcdm adapt`'s default adapter (ridge map + residual MLP) ships by `rcdm recipe add --adapter` like the
+    linear one: the bundled entry records the kind and width, loads every tensor of the adapter file, and maps a
+    representation through the ridge map plus the residual MLP."""
+    from rcdm.adaptation import AdaptConfig, adapt
+
+    monkeypatch.setenv("RCDM_MODELS", str(bundle))  # where the model's rcdm-cifar:NAME encoder is found
+    run = tmp_path / "adapt"
+    adapt(
+        AdaptConfig(
+            model=str(bundle / "rcdm-cifar10-vicreg-backbone"),
+            encoder=f"rcdm-cifar:{bundle / 'cifar10-supervised-r8w1'}",
+            data=str(few_images),
+            steps=0,
+            adapter="mlp",
+            hidden=16,
+            map_steps=50,
+        ),
+        run,
+        progress=False,
+    )
+    # 8 images leave the residual nothing to fit (it stays zero): one set by hand, so the MLP path is tested
+    weights = load_file(run / "adapter" / "adapter.safetensors")
+    weights["rep_adapter.mlp.2.weight"] = torch.randn_like(weights["rep_adapter.mlp.2.weight"])
+    save_file(weights, run / "adapter" / "adapter.safetensors")
+    shipped = tmp_path / "bundle"
+    shutil.copytree(bundle, shipped)
+    assert main(["recipe", "add", "--bundle", str(shipped), "--adapter", str(run)]) == 0
+    entry = shipped / "rcdm-cifar10-supervised-r8w1-via-cifar10-vicreg-backbone"
+    model = load_model(entry)
+    assert model.config.adapter == "mlp" and model.config.adapter_hidden == 16
+    for k, v in weights.items():
+        assert torch.equal(model.state_dict()[k].float(), v.float()), k
+    z = torch.randn(3, model.config.representation_dim)
+    a = model.rep_adapter
+    with torch.no_grad():
+        expected = (
+            a.linear(z)
+            + torch.nn.functional.silu(
+                z @ weights["rep_adapter.mlp.0.weight"].T.float() + weights["rep_adapter.mlp.0.bias"].float()
+            )
+            @ weights["rep_adapter.mlp.2.weight"].T.float()
+            + weights["rep_adapter.mlp.2.bias"].float()
+        )
+        assert not torch.allclose(a(z), a.linear(z))  # the residual counts
+        assert torch.allclose(a(z), expected, atol=1e-5)
+    assert (
+        read_bundle(shipped).adapter("rcdm-cifar10-vicreg-backbone", "cifar10-supervised-r8w1") == entry.name
+    )
