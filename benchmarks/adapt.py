@@ -203,9 +203,8 @@ def main() -> None:
             result = adapt(cfg_b, run, resume=(run / "adapt.json").is_file(), progress=False)
             kept = "its map" if result.kept_step == 0 else f"step {result.kept_step} of {result.steps}"
             how = f"map + {args.adapter} adapter ({trained}; kept {kept}), {minutes:g} min"
-            checks = {
-                k: getattr(result, k) for k in ("kept_step", "steps", "faithfulness_map", "faithfulness")
-            }
+            checks = {k: getattr(result, k) for k in ("kept_step", "faithfulness_map", "faithfulness")}
+            checks["adapter_steps"] = result.steps  # "steps" is the sampler's, in the score
             cell(
                 key,
                 result.model_dir,
