@@ -114,6 +114,7 @@ def main() -> None:
         choices=("linear", "mlp"),
         help="rcdm adapt's default: mlp (its map: ridge + a regressed residual); linear: the ridge map's rows",
     )
+    p.add_argument("--layers", type=int, default=AdaptConfig.layers, help="the mlp adapter's hidden layers")
     p.add_argument("--trainable", default="adapter+embedding", choices=("adapter", "adapter+embedding"))
     p.add_argument(
         "--loss-weighting", default="none", choices=("none", "min-snr"), help="of the adapter's loss"
@@ -162,13 +163,15 @@ def main() -> None:
         runs += [(args.bases_for, todo[args.bases_for], base) for base in OTHER_BASES]
     # the adapter's settings, as they name its cells and run folders, and as the table describes them
     weighting = "" if args.loss_weighting == "none" else args.loss_weighting
-    kind = " ".join(filter(None, (args.adapter, args.trainable, weighting)))
+    layers = f"{args.layers} layers" if args.layers != 1 else ""
+    kind = " ".join(filter(None, (args.adapter, layers, args.trainable, weighting)))
     trained = ", ".join(filter(None, (args.trainable, weighting)))
     for label, spec, base in runs:
         slug = f"{label.replace(' ', '-')}@{base}"
         budgets = args.budgets if base == BASE else args.budgets[:1]
         # the mlp adapter starts from its own map (ridge + a regressed residual): a cell of its own
         map_name = "map" if args.adapter == "linear" else f"{args.adapter} map"
+        map_name += f" {args.layers} layers" if args.layers != 1 else ""
         keys = [f"{slug} {map_name}"] + [f"{slug} {kind} {m:g} min" for m in budgets]
         if args.skip_map_cells:
             keys = keys[1:]
@@ -181,6 +184,7 @@ def main() -> None:
             data=str(Path(args.cifar) / "train"),
             steps=0,
             adapter=args.adapter,
+            layers=args.layers,
             cache=str(work / "cache"),  # encoded once per encoder: a budget below is spent on the adapter
         )
         # the map alone is the same whatever adapter trains after it: one run per encoder and base
@@ -189,6 +193,7 @@ def main() -> None:
         cfg = replace(cfg, adapter=args.adapter, trainable=args.trainable, loss_weighting=args.loss_weighting)
         extra = {"encoder": label, "base": base, "r2": result.r2_heldout, "r2_mlp": result.mlp_r2_heldout}
         how = "ridge map" if args.adapter == "linear" else f"ridge + {args.adapter} map (regression)"
+        how += f" ({args.layers} hidden layers)" if args.layers != 1 else ""
         cell(
             f"{slug} {map_name}" if not args.skip_map_cells else None,
             result.model_dir,

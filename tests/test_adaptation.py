@@ -290,6 +290,18 @@ def test_the_mlp_map_regresses_what_the_ridge_map_cannot(base, images, tmp_path)
     plain = adapt(replace(cfg, map_steps=0), tmp_path / "plain", progress=False, encoder=enc)
     assert plain.mlp_r2_heldout is None
     assert load_model(plain.model_dir).rep_adapter.mlp[2].weight.abs().sum() == 0
+    # --layers 2: two hidden layers, seeded as well, recorded in the config and card, and loaded as such
+    deep_cfg = replace(cfg, layers=2, hidden=32)
+    deep = adapt(deep_cfg, tmp_path / "deep", progress=False, encoder=enc)
+    deep_model = load_model(deep.model_dir)
+    assert deep_model.config.adapter_layers == 2 and len(deep_model.rep_adapter.mlp) == 5
+    assert deep.mlp_r2_heldout > deep.r2_heldout + 0.02, (deep.mlp_r2_heldout, deep.r2_heldout)
+    assert "2 hidden layers of 32" in (deep.model_dir / "README.md").read_text()
+    torch.manual_seed(7)
+    deep_again = load_model(adapt(deep_cfg, tmp_path / "deep-again", progress=False, encoder=enc).model_dir)
+    assert torch.equal(deep_again.rep_adapter.mlp[2].weight, deep_model.rep_adapter.mlp[2].weight)
+    with pytest.raises(RCDMError, match="--layers 0"):
+        adapt(replace(cfg, layers=0), tmp_path / "none", progress=False, encoder=enc)
 
 
 def test_a_published_layout_base_takes_a_new_encoder(golden_model, images, tmp_path):

@@ -38,7 +38,7 @@ from .files import atomic_dir, write_text_atomic
 from .loading import encoder_for, load_model, resolve_model_dir
 from .locks import run_lock
 from .losses import GaussianDiffusion, draw_timesteps
-from .model import ADAPTER_WEIGHTS, ADAPTERS, RCDM, WEIGHTS_VARIANT
+from .model import ADAPTER_WEIGHTS, ADAPTERS, MAX_LAYERS, RCDM, WEIGHTS_VARIANT
 from .monitor import TrainingMonitor
 from .ridge import RidgeMap, fit_ridge
 from .train_config import LOSS_WEIGHTINGS, LossWeighting, learning_rate, saved_fields, setting_changes
@@ -78,6 +78,7 @@ class AdaptConfig:
     # (benchmarks/results/adapt-cpu-2core.md). linear: one affine map (folds into a diffusers export's projection)
     adapter: str = "mlp"
     hidden: int = 1024  # the mlp adapter's width
+    layers: int = 1  # the mlp adapter's hidden layers (benchmarks/results/adapt-cpu-2core.md: the map's size)
     # the mlp adapter's residual fitted by regression onto the base's representations (batches of 256 pairs from
     # the cache, before the diffusion loss; at most half the time left): seconds of CPU that lift the map's held-out
     # R^2 well above the ridge map's (benchmarks/results/adapt-cpu-2core.md)
@@ -138,6 +139,8 @@ def check_config(cfg: AdaptConfig) -> None:
     ):
         if value < 2:
             raise RCDMError(f"--{name.replace('_', '-')} {value} is too small: use at least 2")
+    if not 1 <= cfg.layers <= MAX_LAYERS:
+        raise RCDMError(f"--layers {cfg.layers} is out of range: use 1 to {MAX_LAYERS} hidden layers")
     if cfg.adapter not in ADAPTERS:
         raise RCDMError(f"unknown --adapter {cfg.adapter!r}: choose one of {', '.join(ADAPTERS)}")
     if cfg.trainable not in TRAINABLE:
@@ -210,6 +213,7 @@ def build_adapted(
     kind: str,
     hidden: int,
     provenance: dict,
+    layers: int = 1,
 ) -> RCDM:
     """The adapted model: the base's weights, the new encoder's description, the adapter set to the ridge map."""
     base_dim = base.rep_proj.in_features
@@ -222,6 +226,7 @@ def build_adapted(
         adapter=kind,
         adapter_dim=base_dim,
         adapter_hidden=hidden if kind == "mlp" else None,
+        adapter_layers=layers if kind == "mlp" and layers != 1 else None,
         adapted_from=provenance,
     )
     model = RCDM(**config)
@@ -266,7 +271,16 @@ def _card(model: RCDM, cfg: AdaptConfig, record: dict) -> str:
                 f"`{cfg.encoder}` ({model.config.encoder_identity}, weights "
                 f"{model.config.encoder_weights or 'not recorded'}), {model.config.representation_dim}-d",
             ),
-            ("adapter", f"{cfg.adapter}, trained: {cfg.trainable}"),
+            (
+                "adapter",
+                f"{cfg.adapter}"
+                + (
+                    f" ({cfg.layers} hidden layer{'s' * (cfg.layers > 1)} of {cfg.hidden})"
+                    if cfg.adapter == "mlp"
+                    else ""
+                )
+                + f", trained: {cfg.trainable}",
+            ),
             ("ridge map held-out R²", f"{p['map_r2_heldout']:.3f}"),
             *(
                 [("mlp map held-out R² (ridge + regressed residual)", f"{p['mlp_r2_heldout']:.3f}")]
@@ -378,7 +392,7 @@ def _adapt(
         "map_alpha": ridge.alpha,
         "num_images": n,
     }
-    model = build_adapted(base, new_enc, ridge, (mean, std), cfg.adapter, cfg.hidden, provenance)
+    model = build_adapted(base, new_enc, ridge, (mean, std), cfg.adapter, cfg.hidden, provenance, cfg.layers)
     base_keys = set(base.state_dict())  # what the adapter folder need not hold: the rest is the base's own
     del base
     mlp_r2 = saved.get("mlp_r2_heldout") if saved else None
@@ -588,12 +602,12 @@ def fit_mlp_map(
             return float(1 - ((adapter(x_held) - y_held) ** 2).sum() / sst)
 
     g = torch.Generator().manual_seed(cfg.seed + 3)
-    # the hidden layer drawn from the seed (nn.Linear's own init draws from the global stream)
+    # the hidden layers drawn from the seed (nn.Linear's own init draws from the global stream); the last stays 0
     with torch.no_grad():
-        first = mlp[0]
-        torch.nn.init.kaiming_uniform_(first.weight, a=math.sqrt(5), generator=g)
-        bound = 1 / math.sqrt(first.in_features)
-        first.bias.uniform_(-bound, bound, generator=g)
+        for layer in [m for m in mlp if isinstance(m, torch.nn.Linear)][:-1]:
+            torch.nn.init.kaiming_uniform_(layer.weight, a=math.sqrt(5), generator=g)
+            bound = 1 / math.sqrt(layer.in_features)
+            layer.bias.uniform_(-bound, bound, generator=g)
     snapshot = lambda: {k: v.clone() for k, v in mlp.state_dict().items()}  # noqa: E731
     best_r2, best = r2(), snapshot()
     opt = torch.optim.AdamW(mlp.parameters(), lr=1e-3, weight_decay=1e-4)

@@ -131,10 +131,11 @@ class RCDM(ModelMixin, ConfigMixin):
         standardize_representation: bool = False,
         # An adapted model (rcdm.adapt): `adapter` ("linear" or "mlp") maps this model's representation into the
         # adapter_dim-d space of the base RCDM it was adapted from, whose projection and null representation it
-        # keeps. None: an ordinary model. adapter_hidden: the mlp's width.
+        # keeps. None: an ordinary model. adapter_hidden: the mlp's width; adapter_layers: its hidden layers (None: 1).
         adapter: str | None = None,
         adapter_dim: int | None = None,
         adapter_hidden: int | None = None,
+        adapter_layers: int | None = None,
         # Where an adapted model comes from (base model and weights digest, encoder, adapter, map R^2, cost).
         adapted_from: dict | None = None,
         # The sampling every command uses when the user gives none (rcdm.diffusion.resolve_sampling): sampler,
@@ -172,7 +173,9 @@ class RCDM(ModelMixin, ConfigMixin):
         if (adapter is None) != (adapter_dim is None):
             raise RCDMError("adapter and adapter_dim go together: set both (an adapted model) or neither")
         self.rep_adapter = (
-            RepresentationAdapter(adapter, representation_dim, adapter_dim, adapter_hidden)
+            RepresentationAdapter(
+                adapter, representation_dim, adapter_dim, adapter_hidden, adapter_layers or 1
+            )
             if adapter is not None
             else None
         )
@@ -295,11 +298,14 @@ class RCDM(ModelMixin, ConfigMixin):
 class RepresentationAdapter(nn.Module):
     """An adapted model's map from its encoder's (standardised) representation into its base model's space.
 
-    linear: z -> A z + a. mlp: the same linear map plus a residual MLP, Linear(in, hidden) - SiLU -
-    Linear(hidden, out), whose last layer starts at zero, so a fresh mlp adapter equals its linear part.
+    linear: z -> A z + a. mlp: the same linear map plus a residual MLP, `layers` hidden layers of width `hidden`
+    (Linear(in, hidden) - SiLU [- Linear(hidden, hidden) - SiLU ...] - Linear(hidden, out)), whose last layer
+    starts at zero, so a fresh mlp adapter equals its linear part.
     """
 
-    def __init__(self, kind: str, in_dim: int, out_dim: int, hidden: int | None = None) -> None:
+    def __init__(
+        self, kind: str, in_dim: int, out_dim: int, hidden: int | None = None, layers: int = 1
+    ) -> None:
         super().__init__()
         if kind not in ADAPTERS:
             raise RCDMError(f"unknown adapter {kind!r}: choose one of {', '.join(ADAPTERS)}")
@@ -307,9 +313,12 @@ class RepresentationAdapter(nn.Module):
         self.mlp = None
         if kind == "mlp":
             width = hidden or 4 * out_dim
-            self.mlp = nn.Sequential(nn.Linear(in_dim, width), nn.SiLU(), nn.Linear(width, out_dim))
-            nn.init.zeros_(self.mlp[2].weight)
-            nn.init.zeros_(self.mlp[2].bias)
+            body: list[nn.Module] = [nn.Linear(in_dim, width), nn.SiLU()]
+            for _ in range(layers - 1):
+                body += [nn.Linear(width, width), nn.SiLU()]
+            self.mlp = nn.Sequential(*body, nn.Linear(width, out_dim))
+            nn.init.zeros_(self.mlp[-1].weight)
+            nn.init.zeros_(self.mlp[-1].bias)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         out = self.linear(z)
@@ -433,9 +442,12 @@ def check_architecture(config: dict[str, Any], where: str) -> None:
         ("representation_dim", MAX_DIM),
         ("adapter_dim", MAX_DIM),
         ("adapter_hidden", MAX_DIM),
+        ("adapter_layers", MAX_LAYERS),
     ):
         if get(key) is not None and get(key) > limit:
             raise bad(key, f"is too large (at most {limit})")
+    if get("adapter_layers") is not None and get("adapter_layers") < 1:
+        raise bad("adapter_layers", "is below 1 (the mlp adapter's hidden layers)")
     if get("layers_per_block") > MAX_LAYERS:
         raise bad("layers_per_block", f"is too large (at most {MAX_LAYERS})")
     channels, down, up = (

@@ -24,6 +24,7 @@ ADAPT_OPTIONS = {
     "num_images": "images drawn from --data",
     "adapter": "linear: one affine map into the base's representation space; mlp: that map plus a residual MLP",
     "hidden": "the mlp's width",
+    "layers": "the mlp's hidden layers (2: a better fit of the map for about 4x its fitting time)",
     "map_steps": "regression steps (batches of 256 cached pairs) that fit the mlp adapter's residual onto the base's "
     "representations before the diffusion loss, at most half the time left (0: the mlp starts as the ridge map)",
     "trainable": "what the diffusion loss trains: the adapter, or also the UNet's per-block time-embedding "
