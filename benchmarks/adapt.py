@@ -69,6 +69,22 @@ def weights_digest(model: torch.nn.Module) -> str:
     return h.hexdigest()
 
 
+def same_as(cells: dict, cell: dict) -> str:
+    """What a row whose score is another's says: which row scored the same weights."""
+    other = cells.get(cell.get("score_of"), {}).get("how")
+    return f" (the same weights as the row '{other}': its score)" if other else ""
+
+
+def scored_as(cell: dict, sampling, images: list) -> bool:
+    """Was CELL scored with this sampling on this many evaluation images?"""
+    return (
+        cell.get("num_images") == len(images)
+        and cell.get("sampler") == sampling.sampler
+        and cell.get("steps") == sampling.steps
+        and cell.get("guidance") == sampling.guidance
+    )
+
+
 def encoders(shared: Path) -> dict[str, str]:
     return {
         "pack supervised ResNet-20": "rcdm-cifar:cifar10-supervised-r20w1",
@@ -128,19 +144,28 @@ def main() -> None:
     judge = create_encoder(f"cifar-resnet56:{Path(args.shared) / 'resnet56-4bfd9763.th'}")
     sampling = replace(sampling_preset("fast"), guidance=args.guidance)
 
-    def cell(key: str | None, model_dir: str | Path, extra: dict, same_as: str | None = None) -> None:
+    def cell(key: str | None, model_dir: str | Path, extra: dict) -> None:
         # the store is read again before and after each cell: two processes (one per core, each its own --only)
         # can share one file without overwriting each other's cells
         if key is None or key in load(store):
             return
         model = load_model(model_dir)
         digest = weights_digest(model)
-        earlier = load(store).get(same_as) if same_as else None
-        if earlier is not None and earlier.get("weights_sha256") == digest:
-            # the run kept its map, weight for weight the model that cell scored: the evaluation is deterministic
-            # (fixed noise per image), so its score is that cell's; 30-40 CPU minutes not spent sampling it again
-            score = {k: v for k, v in earlier.items() if k not in ("how", "train_s", "cpu_s_train")}
-            print(key, save_cell(store, key, {**score, **extra, "score_of": same_as})[key], flush=True)
+        same = [
+            k
+            for k, c in load(store).items()
+            if c.get("weights_sha256") == digest and scored_as(c, sampling, images)
+        ]
+        if same:
+            # a run that kept its map (or an earlier budget's model), weight for weight a model already scored the
+            # same way: the evaluation is deterministic (fixed noise per image), so its score is that cell's; 30-40
+            # CPU minutes not spent sampling the same 1,000 images again
+            score = {
+                k: v for k, v in load(store)[same[0]].items() if k not in ("how", "train_s", "cpu_s_train")
+            }
+            for k in ("kept_step", "adapter_steps", "faithfulness", "faithfulness_map", "score_of"):
+                score.pop(k, None)
+            print(key, save_cell(store, key, {**score, **extra, "score_of": same[0]})[key], flush=True)
             return
         score = score_model(model, encoder_for(model), judge, images, sampling)
         made = {
@@ -214,7 +239,6 @@ def main() -> None:
                 key,
                 result.model_dir,
                 {**extra, **checks, "how": how, "train_s": result.wall_s, "cpu_s_train": result.cpu_s},
-                same_as=f"{slug} {map_name}" if result.kept_step == 0 else None,
             )
     table = render(load(store), args)
     if args.out:
@@ -262,7 +286,7 @@ def render(cells: dict, args: argparse.Namespace) -> str:
         t = f"{c['train_s']:.0f}" if c.get("train_s") is not None else "3.7 CPU h (pack)"
         lines.append(
             f"| {c.get('encoder', 'pack supervised ResNet-20')} | {c.get('base', 'cifar10-supervised')} | {c['how']}"
-            f"{' (the same weights as the map: its score)' if c.get('score_of') else ''} "
+            f"{same_as(cells, c)} "
             f"| {r2} | {c['class_agreement']:.3f} | {c['rank1']:.3f} | {c['own_rank1']:.3f} | {c['mean_rank']:.1f} "
             f"| {c['frechet']:.2f} "
             f"| {t} | {cpu} | {c.get('machine', '').split(',')[0]} {c.get('date', '')}, {c.get('threads', '?')} thr |"

@@ -96,4 +96,12 @@ def test_a_run_that_kept_its_map_reuses_the_map_cells_score_only_for_identical_w
     }
     args = argparse.Namespace(eval_images=1000, guidance=5.0, shared=str(tmp_path))
     last = bench.render(cells, args).splitlines()[-1]
-    assert "kept its map), 1 min (the same weights as the map: its score) |" in last
+    assert (
+        "kept its map), 1 min (the same weights as the row 'ridge + mlp map (regression)': its score) |"
+        in last
+    )
+    sampling = argparse.Namespace(sampler="dpm++", steps=20, guidance=5.0)
+    scored = dict(SCORE, num_images=3, sampler="dpm++", steps=20, guidance=5.0)
+    assert bench.scored_as(scored, sampling, ["a", "b", "c"])
+    assert not bench.scored_as({**scored, "guidance": 3.0}, sampling, ["a", "b", "c"])
+    assert not bench.scored_as(scored, sampling, ["a", "b"])  # another evaluation set
