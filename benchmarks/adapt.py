@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import hashlib
 import json
 import os
 import re
@@ -33,6 +32,7 @@ from rcdm.adaptation import AdaptConfig, adapt
 from rcdm.devices import cpu_has_native_bf16, cpu_model
 from rcdm.diffusion import sampling_preset
 from rcdm.encoders import create_encoder
+from rcdm.encoders.base import state_digest
 from rcdm.files import write_text_atomic
 from rcdm.loading import encoder_for, load_model
 from rcdm.pack.evaluation import evaluation_images, score_model
@@ -40,6 +40,17 @@ from rcdm.pack.evaluation import evaluation_images, score_model
 BASE = "cifar10-vicreg-backbone"
 OTHER_BASES = ("cifar10-vicreg-projector", "cifar10-supervised")
 REFERENCE_FOR = "pack supervised ResNet-20"  # its own RCDM is in the pack: the reference row
+# what a cell records about the run that made its model, not about the model's score
+NOT_THE_SCORE = (
+    "how",
+    "train_s",
+    "cpu_s_train",
+    "kept_step",
+    "adapter_steps",
+    "faithfulness",
+    "faithfulness_map",
+    "score_of",
+)
 
 
 def load(store: Path) -> dict:
@@ -58,15 +69,6 @@ def write_markdown(out: Path, table: str) -> None:
     """OUT becomes TABLE followed by OUT's hand-written sections (from its first "## " heading on)."""
     _, heading, kept = out.read_text().partition("\n## ") if out.is_file() else ("", "", "")
     write_text_atomic(out, table + (f"\n## {kept}" if heading else ""))
-
-
-def weights_digest(model: torch.nn.Module) -> str:
-    """sha256 of every tensor of the model's state, by name: two cells with one digest scored one model."""
-    h = hashlib.sha256()
-    for name, tensor in sorted(model.state_dict().items()):
-        h.update(name.encode())
-        h.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()
 
 
 def same_as(cells: dict, cell: dict) -> str:
@@ -150,21 +152,18 @@ def main() -> None:
         if key is None or key in load(store):
             return
         model = load_model(model_dir)
-        digest = weights_digest(model)
+        digest = state_digest(model.state_dict())
+        cells = load(store)
         same = [
             k
-            for k, c in load(store).items()
-            if c.get("weights_sha256") == digest and scored_as(c, sampling, images)
+            for k, c in cells.items()
+            if c.get("weights_digest") == digest and scored_as(c, sampling, images)
         ]
         if same:
             # a run that kept its map (or an earlier budget's model), weight for weight a model already scored the
             # same way: the evaluation is deterministic (fixed noise per image), so its score is that cell's; 30-40
             # CPU minutes not spent sampling the same 1,000 images again
-            score = {
-                k: v for k, v in load(store)[same[0]].items() if k not in ("how", "train_s", "cpu_s_train")
-            }
-            for k in ("kept_step", "adapter_steps", "faithfulness", "faithfulness_map", "score_of"):
-                score.pop(k, None)
+            score = {k: v for k, v in cells[same[0]].items() if k not in NOT_THE_SCORE}
             print(key, save_cell(store, key, {**score, **extra, "score_of": same[0]})[key], flush=True)
             return
         score = score_model(model, encoder_for(model), judge, images, sampling)
@@ -172,7 +171,7 @@ def main() -> None:
             "machine": cpu_model(),
             "date": str(datetime.date.today()),
             "threads": torch.get_num_threads(),
-            "weights_sha256": digest,
+            "weights_digest": digest,
         }
         print(key, save_cell(store, key, {**extra, **score.record(), **made})[key], flush=True)
 
@@ -196,7 +195,7 @@ def main() -> None:
         budgets = args.budgets if base == BASE else args.budgets[:1]
         # the mlp adapter starts from its own map (ridge + a regressed residual): a cell of its own
         map_name = "map" if args.adapter == "linear" else f"{args.adapter} map"
-        map_name += f" {args.layers} layers" if args.layers != 1 else ""
+        map_name = " ".join(filter(None, (map_name, layers)))
         keys = [f"{slug} {map_name}"] + [f"{slug} {kind} {m:g} min" for m in budgets]
         if args.skip_map_cells:
             keys = keys[1:]

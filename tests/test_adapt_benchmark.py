@@ -76,19 +76,21 @@ def test_a_regenerated_table_keeps_the_hand_written_sections(tmp_path):
 def test_a_run_that_kept_its_map_reuses_the_map_cells_score_only_for_identical_weights(tmp_path):
     import torch
 
+    from rcdm.encoders.base import state_digest
+
     bench = _bench()
     torch.manual_seed(0)
     a = torch.nn.Sequential(torch.nn.Linear(4, 3))
     b = torch.nn.Sequential(torch.nn.Linear(4, 3))
     b.load_state_dict(a.state_dict())
-    assert bench.weights_digest(a) == bench.weights_digest(b)
+    assert state_digest(a.state_dict()) == state_digest(b.state_dict())
     with torch.no_grad():
         b[0].bias[1] += 1e-6  # one number off: another model, scored on its own
-    assert bench.weights_digest(a) != bench.weights_digest(b)
+    assert state_digest(a.state_dict()) != state_digest(b.state_dict())
     c = torch.nn.Sequential(torch.nn.Linear(4, 3))
     c.load_state_dict(a.state_dict())
     c.register_buffer("extra", torch.zeros(1))  # the same numbers plus one more tensor: not the same model
-    assert bench.weights_digest(a) != bench.weights_digest(c)
+    assert state_digest(a.state_dict()) != state_digest(c.state_dict())
     cell = dict(SCORE, encoder="pixels:8", base=bench.BASE, r2=0.2, train_s=60.0)
     cells = {
         "map": {**cell, "how": "ridge + mlp map (regression)"},
