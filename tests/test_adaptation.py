@@ -223,6 +223,38 @@ def test_an_adapter_that_beats_the_map_on_held_out_images_is_kept(base, few_imag
     assert any(not torch.equal(adapted[k], original[k]) for k in original if "time_emb_proj" in k)
 
 
+def test_a_budget_too_short_for_the_diffusion_phase_keeps_the_map_without_overrunning(
+    base, few_images, tmp_path, monkeypatch
+):
+    """When the time left cannot hold two held-out checks and training between them, the run neither judges nor
+    trains: it keeps the map, at once (the map's check alone took 65 s of a 1-minute budget on a 2-core CPU)."""
+    from rcdm.adaptation import _Faithfulness
+
+    def never(self):
+        raise AssertionError("a held-out check ran in a budget that cannot hold it")
+
+    monkeypatch.setattr(_Faithfulness, "estimate", lambda self: 1e6)
+    monkeypatch.setattr(_Faithfulness, "__call__", never)
+    cfg = _cfg(base, few_images, "pixels:1", val_images=1, trainable="adapter+embedding")
+    result = adapt(cfg, tmp_path / "run", progress=False)
+    assert (result.steps, result.kept_step, result.faithfulness_map) == (0, 0, None)
+    the_map = adapt(_cfg(base, few_images, "pixels:1", steps=0), tmp_path / "map", progress=False)
+    kept, alone = load_model(result.model_dir).state_dict(), load_model(the_map.model_dir).state_dict()
+    assert all(torch.equal(kept[k], alone[k]) for k in alone)
+
+
+def test_the_check_estimate_is_near_a_real_check(base, few_images):
+    from rcdm.adaptation import _Faithfulness
+
+    model = load_model(base)
+    enc = encoder_for(model)
+    reps = enc.encode_files(sorted(few_images.iterdir()))
+    judge = _Faithfulness(model, enc, reps, reps.mean(0), reps.std(0), _cfg(base, few_images, "x"))
+    judge()  # warm
+    judge()
+    assert 0.2 * judge.seconds < judge.estimate() < 10 * judge.seconds
+
+
 def test_faithfulness_is_the_same_at_every_call_and_follows_the_weights(base, few_images):
     """Held-out faithfulness: samples from the same noise each call, so it changes only with the weights; a model
     whose conditioning is scrambled scores lower than the one whose map is exact."""

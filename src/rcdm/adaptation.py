@@ -413,8 +413,6 @@ def _adapt(
         opt.load_state_dict(torch.load(state_path / "optimizer.pt", weights_only=True))
         step = int(saved["step"])
     train_images = train_idx  # the adapter never trains on the held-out images that judge it
-    # the training images, decoded (none for the map alone)
-    views = _diffusion_views(files, model.config.sample_size, progress) if cfg.steps != 0 else None
     new_reps = reps["new"]
     model.to(device)
     precision = training_precision(cfg.precision)
@@ -422,11 +420,29 @@ def _adapt(
     diffusion = GaussianDiffusion()
     loss_type = "hybrid" if model.learned_variance else "simple"
     model.eval()  # the frozen UNet's own layers (dropout) as at sampling; the gradients still flow
+    max_steps = cfg.steps
     judge = (
         _Faithfulness(model, new_enc, new_reps["representations"][held_idx[: cfg.val_images]], mean, std, cfg)
         if cfg.steps != 0 and cfg.val_images > 0
         else None
     )
+    if judge is not None and saved is None:
+        # The diffusion phase judges the map, trains, and judges again, all inside the budget: when what is left
+        # cannot hold two checks and as long again to train between them, it is skipped rather than overrun (a
+        # 1-minute run on a 2-core CPU spent 30 s on the map, then 65 s on the map's check alone).
+        check_s, left = judge.estimate(), deadline - time.perf_counter()
+        if left < 3 * check_s:
+            log.info(
+                "the map is kept without a diffusion phase: %.0f s of the budget are left, and it needs about "
+                "%.0f s (two held-out checks of about %.0f s each and as long again to train); "
+                "give --minutes more for an adapter",
+                max(0.0, left),
+                3 * check_s,
+                check_s,
+            )
+            judge, max_steps = None, 0
+    # the training images, decoded (none for the map alone)
+    views = _diffusion_views(files, model.config.sample_size, progress) if max_steps != 0 else None
     best = _Kept.resume(state_path, saved, model, trainable_names, judge)
     monitor = TrainingMonitor(
         run_dir,
@@ -461,7 +477,7 @@ def _adapt(
         per_step = (now - t_train) / max(1, steps_this)
         # the last held-out check is inside the budget: a step starts only when it and that check fit
         reserve = (per_step if steps_this else 0) + (judge.seconds if judge else 0)
-        if (cfg.steps is not None and step >= cfg.steps) or now + reserve > deadline:
+        if (max_steps is not None and step >= max_steps) or now + reserve > deadline:
             break
         b = cfg.batch_size
         gens = sample_generators(cfg.seed, step * b, b)
@@ -659,6 +675,15 @@ class _Faithfulness:
 
     def _unit(self, reps: torch.Tensor) -> torch.Tensor:
         return torch.nn.functional.normalize((reps.float() - self.mean) / self.std, dim=1)
+
+    def estimate(self) -> float:
+        """Seconds a call would take, from a probe of 2 sampling steps on at most 8 of the images (scaled by the
+        steps and the images; small batches run less efficiently, so this leans high)."""
+        k = min(8, self.reps.shape[0])
+        t0 = time.perf_counter()
+        sample_many(self.model, self.reps[:k], 1, replace(self.sampling, steps=2))
+        per_image_step = (time.perf_counter() - t0) / (2 * k)
+        return per_image_step * self.sampling.steps * self.reps.shape[0]
 
     def __call__(self) -> float:
         t0 = time.perf_counter()
