@@ -214,6 +214,20 @@ def test_the_held_out_check_keeps_the_map_over_a_worse_adapter_across_a_resume(
     assert keys and not any(k.startswith("unet.") for k in keys)
 
 
+def test_resuming_a_finished_run_does_not_judge_it_again(base, few_images, tmp_path, monkeypatch):
+    """A run that ended judged, resumed with nothing left to train (a benchmark's next cell, a retried command):
+    no held-out check is sampled again (each costs about a minute on a 2-core CPU), and what was kept stays."""
+    from rcdm.adaptation import _Faithfulness
+
+    calls = []
+    monkeypatch.setattr(_Faithfulness, "__call__", lambda self: calls.append(1) or [0.5, 0.7][len(calls) - 1])
+    cfg = _cfg(base, few_images, "pixels:1", steps=2, lr=1e-2, trainable="adapter+embedding", val_images=1)
+    first = adapt(cfg, tmp_path / "run", progress=False)
+    assert len(calls) == 2 and (first.kept_step, first.faithfulness) == (2, 0.7)
+    again = adapt(cfg, tmp_path / "run", resume=True, progress=False)
+    assert len(calls) == 2 and (again.steps, again.kept_step, again.faithfulness) == (2, 2, 0.7)
+
+
 def test_an_adapter_that_beats_the_map_on_held_out_images_is_kept(base, few_images, tmp_path, monkeypatch):
     _scripted_judge(monkeypatch, [0.5, 0.7])
     cfg = _cfg(base, few_images, "pixels:1", steps=2, lr=1e-2, trainable="adapter+embedding", val_images=1)

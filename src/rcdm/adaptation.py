@@ -468,7 +468,7 @@ def _adapt(
                 "wall_s": spent_wall + time.perf_counter() - wall0,
                 "cpu_s": spent_cpu + cpu_seconds() - cpu0,
                 "mlp_r2_heldout": mlp_r2,
-                **best.record(),
+                **best.checkpoint_record(),
             }
             (tmp / "state.json").write_text(json.dumps(state))
 
@@ -710,6 +710,8 @@ class _Kept:
             kept = cls(model, names, int(saved["kept_step"]), saved.get("faithfulness_map"))
             kept.state = torch.load(folder / "kept.pt", weights_only=True)
             kept.score = saved.get("faithfulness")
+            # a resume of a run that ended judged (nothing left to train) need not sample the same check again
+            kept.judged_step, kept.last_score = saved.get("judged_step", -1), saved.get("last_faithfulness")
             return kept
         # a new run (step 0: the map) or an older checkpoint that kept nothing apart: what there is now
         score = judge() if judge is not None else None
@@ -729,6 +731,10 @@ class _Kept:
 
     def record(self) -> dict:
         return {"kept_step": self.step, "faithfulness": self.score, "faithfulness_map": self.map_score}
+
+    def checkpoint_record(self) -> dict:
+        """What a resume needs besides the record: which step was judged last, and its score."""
+        return {**self.record(), "judged_step": self.judged_step, "last_faithfulness": self.last_score}
 
 
 def save_adapter(model: RCDM, keys: set[str], folder: Path, card: str) -> None:
