@@ -13,6 +13,7 @@ from rcdm.diffusion import (
     make_scheduler,
     noisy_representation,
     resolve_sampling,
+    reuse_samples,
     sample,
     sample_many,
     sampling_preset,
@@ -148,6 +149,52 @@ def test_shared_noise_pairs_columns_across_rows(model):
     assert (own[0] - own[1]).abs().mean() > 0.05
     noise = start_noise(16, 2, cfg.seed)
     assert torch.allclose(shared[0], sample(model, rep.repeat(2, 1), cfg, noise=noise), atol=1e-4)
+
+
+def _counting_rows(monkeypatch) -> list[int]:
+    """Rows each network-level `sample` call draws, in order."""
+    import rcdm.diffusion as diffusion
+
+    drawn, real = [], diffusion.sample
+    monkeypatch.setattr(
+        diffusion, "sample", lambda model, rep, *a, **k: drawn.append(len(rep)) or real(model, rep, *a, **k)
+    )
+    return drawn
+
+
+@pytest.mark.parametrize("shared", [True, False])
+def test_reuse_samples_draws_each_sample_once_and_gives_the_same_images(model, monkeypatch, shared):
+    reps = torch.randn(3, 6)
+    cfg = SamplingConfig(sampler="dpm++", steps=3, batch_size=4, precision="fp32", guidance=2.0)
+    plain_all = sample_many(model, reps, 2, cfg, shared_noise=shared)
+    plain_two = sample_many(model, reps[:2], 2, cfg, shared_noise=shared)
+    drawn = _counting_rows(monkeypatch)
+    with reuse_samples():
+        first = sample_many(model, reps[:2], 2, cfg, shared_noise=shared)
+        again = sample_many(model, reps, 2, cfg, shared_noise=shared)
+    assert torch.allclose(first, plain_two, atol=1e-4) and torch.allclose(again, plain_all, atol=1e-4)
+    # shared noise: rows 0-1 of the second call are the first call's; per-sample noise: sample j of row m has
+    # global index m * 2 + j in both calls, so the same holds
+    assert sum(drawn) == 6
+
+
+def test_reuse_samples_draws_again_what_differs_and_never_reuses_ddpm(model, monkeypatch):
+    reps = torch.randn(2, 6)
+    cfg = SamplingConfig(sampler="ddim", steps=3, precision="fp32", guidance=2.0)
+    drawn = _counting_rows(monkeypatch)
+    with reuse_samples():
+        base = sample_many(model, reps, 1, cfg, shared_noise=True)
+        for other in (cfg.replace(guidance=3.0), cfg.replace(seed=1), cfg.replace(steps=4)):
+            assert not torch.allclose(sample_many(model, reps, 1, other, shared_noise=True), base)
+        nudged = reps.clone()
+        nudged[1, 0] += 1e-3  # one representation a little off: that row alone is drawn again
+        sample_many(model, nudged, 1, cfg, shared_noise=True)
+        ddpm = cfg.replace(sampler="ddpm")
+        sample_many(model, reps, 1, ddpm, shared_noise=True)
+        sample_many(model, reps, 1, ddpm, shared_noise=True)
+    assert drawn == [2, 2, 2, 2, 1, 2, 2]
+    sample_many(model, reps, 1, cfg, shared_noise=True)  # outside the block: drawn again
+    assert drawn[-1] == 2
 
 
 def test_open_settings_come_from_the_model_and_explicit_ones_win(guided):

@@ -5,10 +5,13 @@ the seeding rule. The training losses live in `rcdm.losses`.
 
 from __future__ import annotations
 
+import hashlib
 import inspect
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import asdict, dataclass, replace
 from typing import Literal
 
@@ -407,6 +410,64 @@ def noisy_representation(
     return rep + scale * unit * eps
 
 
+_REUSE: ContextVar[dict | None] = ContextVar("rcdm_reuse_samples", default=None)
+
+
+@contextmanager
+def reuse_samples() -> Iterator[None]:
+    """Inside the block, `sample_many` draws an image once: a request for the same model, representation (bit for
+    bit), starting noise and sampling settings gets the image already drawn. For pages that show one sample in
+    several figures (the pack demo's clean rows recur in four sections). Deterministic samplers only (dpm++,
+    ddim; ddpm and rep-noise always sample again); the models must not change inside the block.
+
+    Written here because the reuse is by sample, across calls and batches: no caching library knows which noise
+    a row starts from."""
+    token = _REUSE.set({"models": {}, "images": {}})
+    try:
+        yield
+    finally:
+        _REUSE.reset(token)
+
+
+def _sample_reusing(
+    memo: dict,
+    model: RCDM,
+    flat: torch.Tensor,
+    num_samples: int,
+    shared_noise: bool,
+    cfg: SamplingConfig,
+    progress: bool,
+    desc: str,
+) -> torch.Tensor:
+    """sample_many's images for the rows of `flat`, each drawn only if the block has not drawn it already."""
+    memo["models"][id(model)] = model  # held, so that no other model takes its id inside the block
+    memo = memo["images"]
+    settings = (id(model), cfg.sampler, cfg.steps, cfg.guidance, cfg.seed, cfg.precision, cfg.compile)
+    # row r starts from the noise of generator (seed, index): column j when shared, else its global index
+    index = [r % num_samples if shared_noise else r for r in range(flat.shape[0])]
+    rows = flat.detach().cpu()
+    keys = [
+        (settings, index[r], hashlib.sha1(rows[r].numpy().tobytes()).hexdigest()) for r in range(len(rows))
+    ]
+    first: dict = {}  # each missing key's first row: a key repeated in one call is drawn once
+    for r, key in enumerate(keys):
+        if key not in memo:
+            first.setdefault(key, r)
+    todo = list(first.values())
+    size = model.config.sample_size
+    for s, e in tqdm(list(batched(len(todo), cfg.batch_size)), disable=None if progress else True, desc=desc):
+        part = todo[s:e]
+        noise = torch.cat(
+            [
+                torch.randn((1, 3, size, size), generator=sample_generators(cfg.seed, index[r], 1)[0])
+                for r in part
+            ]
+        )
+        for r, image in zip(part, sample(model, flat[part], cfg, noise=noise), strict=True):
+            memo[keys[r]] = image
+    return torch.stack([memo[k] for k in keys])
+
+
 def start_noise(sample_size: int, num_samples: int, seed: int) -> torch.Tensor:
     """(num_samples, 3, S, S) standard normal: column j's starting noise, seeded by (seed, j)."""
     gens = sample_generators(seed, 0, num_samples)
@@ -440,12 +501,18 @@ def sample_many(
         if shared_noise
         else None
     )
-    out: list[torch.Tensor] = []
-    for s, e in tqdm(
-        list(batched(flat.shape[0], cfg.batch_size)), disable=None if progress else True, desc=desc
-    ):
-        out.append(sample(model, flat[s:e], cfg, first_index=s, noise=None if noise is None else noise[s:e]))
-    imgs = torch.cat(out)
+    memo = _REUSE.get()
+    if memo is not None and cfg.sampler != "ddpm" and not cfg.rep_noise:
+        imgs = _sample_reusing(memo, model, flat, num_samples, shared_noise, cfg, progress, desc)
+    else:
+        out: list[torch.Tensor] = []
+        for s, e in tqdm(
+            list(batched(flat.shape[0], cfg.batch_size)), disable=None if progress else True, desc=desc
+        ):
+            out.append(
+                sample(model, flat[s:e], cfg, first_index=s, noise=None if noise is None else noise[s:e])
+            )
+        imgs = torch.cat(out)
     bad = int((~torch.isfinite(imgs).flatten(1).all(1)).sum())
     if bad:  # they would be written as black images
         raise RCDMError(

@@ -153,6 +153,32 @@ def test_a_bundle_with_a_prior_and_an_adapter_gets_dream_and_one_base_sections(
     assert one["measured"] == {"class agreement (a test number)": 0.5}
 
 
+def test_the_demo_draws_each_sample_once_and_its_numbers_do_not_change(
+    bundle: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A clean input's samples recur in the samples, invariance and adversarial sections: drawn once, the page's
+    numbers are those of a demo that draws them in every section."""
+    import contextlib
+
+    import rcdm.demo as demo
+    import rcdm.diffusion as diffusion
+
+    drawn, real = [], diffusion.sample
+    monkeypatch.setattr(
+        diffusion, "sample", lambda model, rep, *a, **k: drawn.append(len(rep)) or real(model, rep, *a, **k)
+    )
+    s = PACK_DEMO_PRESETS["quick"]
+    once = run_pack_demo(bundle, tmp_path / "once", settings=s, progress=False)
+    rows_once, drawn[:] = sum(drawn), []
+    monkeypatch.setattr(demo, "reuse_samples", contextlib.nullcontext)
+    every = run_pack_demo(bundle, tmp_path / "every", settings=s, progress=False)
+    # the samples section's clean rows, again in invariance (both RCDMs) and adversarial (the backbone RCDM's)
+    again = 2 * s.invariance_images * s.invariance_samples + s.max_images * s.adversarial_samples
+    assert rows_once <= sum(drawn) - again
+    for key in ("samples", "invariance", "adversarial"):
+        assert json.dumps(once.numbers[key], sort_keys=True) == json.dumps(every.numbers[key], sort_keys=True)
+
+
 def test_only_a_smoke_bundle_gets_the_warning(bundle: Path, tmp_path: Path) -> None:
     copy = tmp_path / "bundle"
     shutil.copytree(bundle, copy)
