@@ -183,11 +183,14 @@ def test_resume_continues_and_a_second_run_in_the_folder_is_refused(base, few_im
 
 
 def _scripted_judge(monkeypatch, scores: list[float]) -> None:
-    """The held-out faithfulness returns `scores` in turn (the map's first), then the last one forever."""
+    """The held-out faithfulness returns `scores` in turn (the map's first), then the last one forever: the same
+    cosine for each of 4 held-out images, so any difference is clear of noise."""
     from rcdm.adaptation import _Faithfulness
 
     values = itertools.chain(scores, itertools.repeat(scores[-1]))
-    monkeypatch.setattr(_Faithfulness, "__call__", lambda self: next(values))
+    monkeypatch.setattr(
+        _Faithfulness, "__call__", lambda self: torch.full((4,), next(values), dtype=torch.float64)
+    )
 
 
 def test_the_held_out_check_keeps_the_map_over_a_worse_adapter_across_a_resume(
@@ -220,7 +223,8 @@ def test_resuming_a_finished_run_does_not_judge_it_again(base, few_images, tmp_p
     from rcdm.adaptation import _Faithfulness
 
     calls = []
-    monkeypatch.setattr(_Faithfulness, "__call__", lambda self: calls.append(1) or [0.5, 0.7][len(calls) - 1])
+    scores = [torch.full((4,), v, dtype=torch.float64) for v in (0.5, 0.7)]
+    monkeypatch.setattr(_Faithfulness, "__call__", lambda self: calls.append(1) or scores[len(calls) - 1])
     cfg = _cfg(base, few_images, "pixels:1", steps=2, lr=1e-2, trainable="adapter+embedding", val_images=1)
     first = adapt(cfg, tmp_path / "run", progress=False)
     assert len(calls) == 2 and (first.kept_step, first.faithfulness) == (2, 0.7)
@@ -280,10 +284,10 @@ def test_faithfulness_is_the_same_at_every_call_and_follows_the_weights(base, fe
     mean, std = reps.mean(0), reps.std(0)
     judge = _Faithfulness(model, enc, reps, mean, std, _cfg(base, few_images, "x", precision="fp32"))
     first = judge()
-    assert judge() == first and judge.seconds > 0 and -1 <= first <= 1
+    assert torch.equal(judge(), first) and judge.seconds > 0 and bool(((first >= -1) & (first <= 1)).all())
     with torch.no_grad():
         model.rep_proj.weight.copy_(model.rep_proj.weight[torch.randperm(model.rep_proj.weight.shape[0])])
-    assert judge() != first
+    assert float(judge().mean()) != float(first.mean())
 
 
 def test_what_is_kept_is_the_most_faithful_so_far():
@@ -294,11 +298,33 @@ def test_what_is_kept_is_the_most_faithful_so_far():
     for step, score in ((0, 0.5), (5, 0.7), (10, 0.6)):
         with torch.no_grad():
             layer.weight.fill_(step)
-        kept.offer(step, score)
-    assert (kept.step, kept.score, kept.last_score) == (5, 0.7, 0.6)
+        kept.offer(step, torch.full((3,), score))
+    assert (kept.step, kept.score, kept.last_score) == (5, pytest.approx(0.7), pytest.approx(0.6))
     assert set(kept.state) == {"weight"} and torch.all(kept.state["weight"] == 5)
     kept.offer(11, None)  # no held-out images: the last is kept
     assert kept.step == 11 and torch.all(kept.state["weight"] == 10)
+
+
+def test_a_later_step_replaces_the_kept_one_only_when_clearly_more_faithful():
+    """Per held-out image cosines: a higher mean within the check's noise (paired z below 2) keeps what was kept;
+    a consistent gain replaces it. The benchmark's case: +0.011 at z 1.0 was kept, and lost on 1,000 images."""
+    from rcdm.adaptation import _Kept, clearly_better
+
+    layer = torch.nn.Linear(2, 2)
+    kept = _Kept(layer, {"weight"}, 0, None)
+    g = torch.Generator().manual_seed(0)
+    base = torch.rand(64, generator=g)
+    kept.offer(0, base)
+    noisy = base + 0.01 + 0.1 * torch.randn(64, generator=g)  # higher on average, by less than its noise
+    better, z = clearly_better(noisy, base)
+    assert float(noisy.mean()) > float(base.mean()) and not better and z < 2
+    with torch.no_grad():
+        layer.weight.fill_(7)
+    assert kept.offer(7, noisy) == pytest.approx(float(noisy.mean()))
+    assert (kept.step, kept.last_score) == (0, pytest.approx(float(noisy.mean())))
+    assert torch.all(kept.state["weight"] != 7)
+    kept.offer(9, base + 0.02 + 0.001 * torch.randn(64, generator=g))  # a small gain on every image: clear
+    assert kept.step == 9 and torch.all(kept.state["weight"] == 7)
 
 
 def test_the_adapters_lr_warms_up(base, few_images, tmp_path):
