@@ -750,11 +750,12 @@ class _Kept:
         as the last); returns their mean, the step's score."""
         score = float(per_image.mean()) if per_image is not None else None
         self.last_score, self.judged_step = score, step
+        paired = (
+            per_image is not None and self.per_image is not None and len(self.per_image) == len(per_image)
+        )
         if score is None or self.score is None:
             better = True
-        elif self.per_image is None or len(self.per_image) != len(
-            per_image
-        ):  # a checkpoint of an older version
+        elif not paired:  # a checkpoint of an older version kept the mean alone
             better = score > self.score
         else:
             better, z = clearly_better(per_image, self.per_image)
