@@ -261,6 +261,22 @@ def test_a_budget_too_short_for_the_diffusion_phase_keeps_the_map_without_overru
     assert all(torch.equal(kept[k], alone[k]) for k in alone)
 
 
+@pytest.mark.parametrize(("check_s", "share"), [(1e6, 1.0), (1e-3, 0.5)])
+def test_the_map_gets_the_whole_budget_when_the_diffusion_phase_could_not_follow(
+    base, few_images, tmp_path, monkeypatch, check_s, share
+):
+    """The mlp map's fit gets half the time left, or all of it when the other half could not hold the diffusion
+    phase (three held-out checks): a 1-minute run then fits its map in full instead of cutting it short."""
+    import rcdm.adaptation as adaptation
+
+    given = []
+    monkeypatch.setattr(adaptation._Faithfulness, "estimate", lambda self: check_s)
+    monkeypatch.setattr(adaptation, "fit_mlp_map", lambda *a: given.append(a[-1]) or 0.5)
+    cfg = _cfg(base, few_images, "pixels:1", adapter="mlp", val_images=1, steps=1)
+    adapt(cfg, tmp_path / "run", progress=False)
+    assert share * 250 < given[0] <= share * 300  # of 5 minutes, less the encoding
+
+
 def test_the_check_estimate_is_near_a_real_check(base, few_images):
     from rcdm.adaptation import _Faithfulness
 

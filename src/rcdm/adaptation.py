@@ -395,10 +395,22 @@ def _adapt(
     model = build_adapted(base, new_enc, ridge, (mean, std), cfg.adapter, cfg.hidden, provenance, cfg.layers)
     base_keys = set(base.state_dict())  # what the adapter folder need not hold: the rest is the base's own
     del base
+    judge = (
+        _Faithfulness(
+            model, new_enc, reps["new"]["representations"][held_idx[: cfg.val_images]], mean, std, cfg
+        )
+        if cfg.steps != 0 and cfg.val_images > 0
+        else None
+    )
+    check_s = 0.0  # what one held-out check costs, estimated on the device it will run on (new runs only)
+    if judge is not None and saved is None:
+        check_s = judge.estimate_on(device)
     mlp_r2 = saved.get("mlp_r2_heldout") if saved else None
     if cfg.adapter == "mlp" and saved is None and cfg.map_steps > 0:
         rows = lambda i: torch.cat([i, i + n])  # noqa: E731  (both views of each image)
-        seconds = 0.5 * max(0.0, deadline - time.perf_counter())
+        left = max(0.0, deadline - time.perf_counter())
+        # half the time left, unless the other half could not hold the diffusion phase anyway: then all of it
+        seconds = 0.5 * left if judge is None or 0.5 * left >= 3 * check_s else left
         mlp_r2 = fit_mlp_map(
             model.rep_adapter, standardise(x_all), y_all, rows(train_idx), rows(held_idx), cfg, seconds
         )
@@ -421,16 +433,11 @@ def _adapt(
     loss_type = "hybrid" if model.learned_variance else "simple"
     model.eval()  # the frozen UNet's own layers (dropout) as at sampling; the gradients still flow
     max_steps = cfg.steps
-    judge = (
-        _Faithfulness(model, new_enc, new_reps["representations"][held_idx[: cfg.val_images]], mean, std, cfg)
-        if cfg.steps != 0 and cfg.val_images > 0
-        else None
-    )
     if judge is not None and saved is None:
         # The diffusion phase judges the map, trains, and judges again, all inside the budget: when what is left
         # cannot hold two checks and as long again to train between them, it is skipped rather than overrun (a
         # 1-minute run on a 2-core CPU spent 30 s on the map, then 65 s on the map's check alone).
-        check_s, left = judge.estimate(), deadline - time.perf_counter()
+        left = deadline - time.perf_counter()
         if left < 3 * check_s:
             log.info(
                 "the map is kept without a diffusion phase: %.0f s of the budget are left, and it needs about "
@@ -685,6 +692,15 @@ class _Faithfulness:
         sample_many(self.model, self.reps[:k], 1, replace(self.sampling, steps=2))
         per_image_step = (time.perf_counter() - t0) / (2 * k)
         return per_image_step * self.sampling.steps * self.reps.shape[0]
+
+    def estimate_on(self, device: torch.device) -> float:
+        """`estimate` with the model on `device` (where the checks will run), then back where it was."""
+        home = next(self.model.parameters()).device
+        self.model.to(device)
+        try:
+            return self.estimate()
+        finally:
+            self.model.to(home)
 
     def __call__(self) -> torch.Tensor:
         """Each held-out image's cosine (the score is their mean)."""
