@@ -234,6 +234,7 @@ def main() -> None:
             how = f"map + {args.adapter} adapter ({trained}; kept {kept}), {minutes:g} min"
             checks = {k: getattr(result, k) for k in ("kept_step", "faithfulness_map", "faithfulness")}
             checks["adapter_steps"] = result.steps  # "steps" is the sampler's, in the score
+            checks["r2_mlp"] = result.mlp_r2_heldout  # this run's own map (a short budget may cut its fit)
             cell(
                 key,
                 result.model_dir,
