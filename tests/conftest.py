@@ -276,3 +276,16 @@ def standardized_model():
     m = RCDM.from_preset("tiny", representation_dim=6, sample_size=16, standardize_representation=True)
     m.set_representation_stats(torch.randn(100, 6) * torch.tensor([1.0, 2, 3, 4, 5, 6]))
     return m.eval()
+
+
+@pytest.fixture
+def sampled_rows(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Rows each network-level `rcdm.diffusion.sample` call draws, in order (what `reuse_samples` saves)."""
+    import rcdm.diffusion as diffusion
+
+    drawn: list[int] = []
+    real = diffusion.sample
+    monkeypatch.setattr(
+        diffusion, "sample", lambda model, rep, *a, **k: drawn.append(len(rep)) or real(model, rep, *a, **k)
+    )
+    return drawn

@@ -151,24 +151,14 @@ def test_shared_noise_pairs_columns_across_rows(model):
     assert torch.allclose(shared[0], sample(model, rep.repeat(2, 1), cfg, noise=noise), atol=1e-4)
 
 
-def _counting_rows(monkeypatch) -> list[int]:
-    """Rows each network-level `sample` call draws, in order."""
-    import rcdm.diffusion as diffusion
-
-    drawn, real = [], diffusion.sample
-    monkeypatch.setattr(
-        diffusion, "sample", lambda model, rep, *a, **k: drawn.append(len(rep)) or real(model, rep, *a, **k)
-    )
-    return drawn
-
-
 @pytest.mark.parametrize("shared", [True, False])
-def test_reuse_samples_draws_each_sample_once_and_gives_the_same_images(model, monkeypatch, shared):
+def test_reuse_samples_draws_each_sample_once_and_gives_the_same_images(model, sampled_rows, shared):
     reps = torch.randn(3, 6)
     cfg = SamplingConfig(sampler="dpm++", steps=3, batch_size=4, precision="fp32", guidance=2.0)
     plain_all = sample_many(model, reps, 2, cfg, shared_noise=shared)
     plain_two = sample_many(model, reps[:2], 2, cfg, shared_noise=shared)
-    drawn = _counting_rows(monkeypatch)
+    drawn = sampled_rows
+    drawn.clear()  # the plain calls above
     with reuse_samples():
         first = sample_many(model, reps[:2], 2, cfg, shared_noise=shared)
         again = sample_many(model, reps, 2, cfg, shared_noise=shared)
@@ -178,10 +168,10 @@ def test_reuse_samples_draws_each_sample_once_and_gives_the_same_images(model, m
     assert sum(drawn) == 6
 
 
-def test_reuse_samples_draws_again_what_differs_and_never_reuses_ddpm(model, monkeypatch):
+def test_reuse_samples_draws_again_what_differs_and_never_reuses_ddpm(model, sampled_rows):
     reps = torch.randn(2, 6)
     cfg = SamplingConfig(sampler="ddim", steps=3, precision="fp32", guidance=2.0)
-    drawn = _counting_rows(monkeypatch)
+    drawn = sampled_rows
     with reuse_samples():
         base = sample_many(model, reps, 1, cfg, shared_noise=True)
         for other in (cfg.replace(guidance=3.0), cfg.replace(seed=1), cfg.replace(steps=4)):

@@ -457,21 +457,22 @@ def _sample_reusing(
     size = model.config.sample_size
     for s, e in tqdm(list(batched(len(todo), cfg.batch_size)), disable=None if progress else True, desc=desc):
         part = todo[s:e]
-        noise = torch.cat(
-            [
-                torch.randn((1, 3, size, size), generator=sample_generators(cfg.seed, index[r], 1)[0])
-                for r in part
-            ]
-        )
+        noise = noise_at(size, cfg.seed, [index[r] for r in part])
         for r, image in zip(part, sample(model, flat[part], cfg, noise=noise), strict=True):
             memo[keys[r]] = image
     return torch.stack([memo[k] for k in keys])
 
 
+def noise_at(sample_size: int, seed: int, indices: list[int]) -> torch.Tensor:
+    """(len(indices), 3, S, S) standard normal: the starting noise of the samples with these global indices, each
+    from its own generator seeded by (seed, index), as `sample` draws it."""
+    gens = [sample_generators(seed, i, 1)[0] for i in indices]
+    return torch.cat([torch.randn((1, 3, sample_size, sample_size), generator=g) for g in gens])
+
+
 def start_noise(sample_size: int, num_samples: int, seed: int) -> torch.Tensor:
     """(num_samples, 3, S, S) standard normal: column j's starting noise, seeded by (seed, j)."""
-    gens = sample_generators(seed, 0, num_samples)
-    return torch.cat([torch.randn((1, 3, sample_size, sample_size), generator=g) for g in gens])
+    return noise_at(sample_size, seed, list(range(num_samples)))
 
 
 @torch.no_grad()
