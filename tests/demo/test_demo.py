@@ -172,7 +172,24 @@ def test_the_demo_draws_each_sample_once_and_its_numbers_do_not_change(
     again = 2 * s.invariance_images * s.invariance_samples + s.max_images * s.adversarial_samples
     assert rows_once <= sum(drawn) - again
     for key in ("samples", "invariance", "adversarial"):
-        assert json.dumps(once.numbers[key], sort_keys=True) == json.dumps(every.numbers[key], sort_keys=True)
+        a, b = _leaves(once.numbers[key]), _leaves(every.numbers[key])
+        assert a.keys() == b.keys()
+        for path, value in a.items():
+            # the same noise and representation, drawn in batches of another make-up: equal up to the last
+            # bits of the UNet's arithmetic (CI saw retention move by 2e-6); another draw would move it by 1e-2
+            if isinstance(value, float) and isinstance(b[path], float):
+                assert value == pytest.approx(b[path], rel=1e-3, abs=1e-3, nan_ok=True), path
+            else:
+                assert value == b[path], path
+
+
+def _leaves(tree: object, path: str = "") -> dict[str, object]:
+    """Each number or string of a nested dict / list, keyed by its path."""
+    if isinstance(tree, dict):
+        return {k: v for key, sub in tree.items() for k, v in _leaves(sub, f"{path}/{key}").items()}
+    if isinstance(tree, list):
+        return {k: v for i, sub in enumerate(tree) for k, v in _leaves(sub, f"{path}[{i}]").items()}
+    return {path: tree}
 
 
 def test_only_a_smoke_bundle_gets_the_warning(bundle: Path, tmp_path: Path) -> None:
