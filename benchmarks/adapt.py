@@ -9,7 +9,8 @@ row), the supervised ResNet-20 of ../shared/data/cifar-resnet, and `pixels:8`. F
 is cumulative; the representations are encoded once, by the map's run, into a shared cache). Scores (rcdm.pack.evaluation.score_model): class agreement, rank-1 among the evaluation images
 and the Fréchet distance in the judge's (ResNet-56) features, one sample each, dpm++ 20, guidance --guidance.
 --bases-for ENCODER adds that encoder through the two other pack RCDMs (map + the first budget): which base
-serves best. Every finished cell is a small record in --cells (default benchmarks/results/adapt/cells.json, committed:
+serves best. The default is the shared ResNet-20: no pack RCDM is conditioned on it, so each base is foreign to it
+(through the supervised RCDM, the pack's supervised ResNet-20 would meet its own encoder). Every finished cell is a small record in --cells (default benchmarks/results/adapt/cells.json, committed:
 the run folders in WORK are lost when the machine goes, the records are not), so a killed run, or a later session
 on another machine, resumes at the first missing cell; each record names its machine and date. --out rewrites the
 generated part of the markdown file (everything above its first "## " heading) and keeps the hand-written sections
@@ -124,7 +125,10 @@ def main() -> None:
     p.add_argument("--guidance", type=float, default=5.0)
     p.add_argument("--only", nargs="+", default=None, help="encoder labels to run (default: all)")
     p.add_argument(
-        "--bases-for", default="pack supervised ResNet-20", help="encoder label tried on other bases"
+        "--bases-for",
+        default="shared supervised ResNet-20",
+        help="encoder label tried on the two other bases (default: the one no pack RCDM is conditioned on, so no "
+        "base is its own; 'none': no other base)",
     )
     p.add_argument(
         "--adapter",
