@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The training-recipe A/B on the CPU (docs/recipes.md, "Recipe A/B"): two workers, one core and one thread each,
-# each training its list of variants in turn (`rcdm recipe ab`) and scoring each one as soon as it is trained
-# (`--stage evaluate`, judged by the ResNet-56). Every run resumes from its newest checkpoint, so run this again
-# after an interruption. Runs and logs live in $WORK/ab (default ~/rcdm-work/ab); the scores, small JSON records
+# each training its list of variants in turn (`rcdm recipe ab`): each variant is trained to each evaluation point
+# in turn (64k images, then 128k) and scored there at once (`--stage evaluate`, judged by the ResNet-56), so a
+# session that ends before 128k keeps its 64k scores. Every run resumes from its newest checkpoint, so run this
+# again after an interruption. Runs and logs live in $WORK/ab (default ~/rcdm-work/ab); the scores, small JSON records
 # that stand alone, are copied to $RESULTS (default benchmarks/results/recipe-ab) to be committed.
 #
 #   bash scripts/cpu_ab.sh                      the default split of the variants over two workers
@@ -19,13 +20,17 @@ WORKER_A=${WORKER_A-baseline v-prediction lr1e-3-batch128 cifar32}
 WORKER_B=${WORKER_B-min-snr logit-normal dropout}
 export OMP_NUM_THREADS=1 PYTHONUNBUFFERED=1
 mkdir -p "$WORK/ab" "$RESULTS"
+POINTS=${POINTS:-64000 128000} # images seen at which each variant is scored, in order
 worker() { # worker NAME "VARIANTS"
     for variant in $2; do
-        for stage in train evaluate; do
-            nice -n 10 "$PY" -m rcdm.cli recipe ab --runs "$WORK/ab" --data "$DATA" --variants "$variant" \
-                --stage "$stage" --judge "$JUDGE" --no-progress >>"$WORK/ab/worker-$1.log" 2>&1 || return 1
+        for images in $POINTS; do
+            for stage in train evaluate; do
+                nice -n 10 "$PY" -m rcdm.cli recipe ab --runs "$WORK/ab" --data "$DATA" --variants "$variant" \
+                    --images "$images" --stage "$stage" --judge "$JUDGE" --no-progress \
+                    >>"$WORK/ab/worker-$1.log" 2>&1 || return 1
+            done
+            mkdir -p "$RESULTS/$variant/eval" && cp "$WORK/ab/$variant"/eval/*.json "$RESULTS/$variant/eval/"
         done
-        mkdir -p "$RESULTS/$variant/eval" && cp "$WORK/ab/$variant"/eval/*.json "$RESULTS/$variant/eval/"
     done
 }
 worker a "$WORKER_A" &

@@ -17,6 +17,7 @@ from rcdm.pack.ab import (
     eval_path,
     eval_steps,
     evaluate_variants,
+    train_variants,
     variant_config,
     with_images,
 )
@@ -104,3 +105,22 @@ def test_ab_variants_share_everything_but_their_change(tmp_path):
         variant_config(ab, "baseline+edm")
     with pytest.raises(RCDMError, match="not a whole number of batches"):
         variant_config(with_images(ab, 1000), "baseline")
+
+
+def test_a_variant_trained_to_the_first_point_goes_on_to_the_full_budget(few_images, resnet20_spec, tmp_path):
+    # scripts/cpu_ab.sh trains each variant to 64k images, scores it, then goes on to 128k: the run that finished
+    # the first budget must resume to the second, not count as done (tiny preset: tests only)
+    ab = ABConfig(
+        data=str(few_images), encoder=resnet20_spec, images=16, eval_images=(8, 16), save_every_images=8
+    )
+    tiny = dict(preset="tiny", batch_size=8)
+    root, half = tmp_path / "ab", with_images(ab, 8)
+    first = train_variants(half, root, ["baseline"], progress=False, extra=tiny)["baseline"]
+    assert first is not None and first.steps == 1
+    assert (root / "baseline" / "model" / "config.json").is_file()
+    assert train_variants(half, root, ["baseline"], progress=False, extra=tiny) == {"baseline": None}
+    full = train_variants(ab, root, ["baseline"], progress=False, extra=tiny)["baseline"]
+    assert full is not None and full.steps == 2
+    kept = sorted(p.name for p in (root / "baseline" / "checkpoints").iterdir())
+    assert kept == ["step-00000001", "step-00000002"]  # both evaluation points
+    assert train_variants(ab, root, ["baseline"], progress=False, extra=tiny) == {"baseline": None}

@@ -102,18 +102,30 @@ def eval_steps(ab: ABConfig, name: str) -> dict[int, int]:
 
 
 def train_variants(
-    ab: ABConfig, root: str | Path, names: list[str], *, progress: bool = True
+    ab: ABConfig,
+    root: str | Path,
+    names: list[str],
+    *,
+    progress: bool = True,
+    extra: dict[str, Any] | None = None,
 ) -> dict[str, TrainResult | None]:
-    """Train each variant into ROOT/<name>, resuming one that has checkpoints; a finished one is left alone."""
-    configs = {name: variant_config(ab, name) for name in names}  # every name checked before any training
+    """Train each variant into ROOT/<name>, resuming one that has checkpoints; one that has seen `ab.images` is
+    left alone. A run trained to an earlier budget (`with_images`, as `scripts/cpu_ab.sh` does to score the 64k
+    point before going on) goes on to this one: the steps may grow on resume and the learning rate does not depend
+    on them. extra: settings over the variant's (a tiny preset in tests)."""
+    # every name checked before any training
+    configs = {name: variant_config(ab, name, extra) for name in names}
     results: dict[str, TrainResult | None] = {}
     for name, cfg in configs.items():
         run_dir = Path(root) / name
-        if (run_dir / "model" / "config.json").is_file():
+        ckpts = Checkpoints(run_dir)
+        latest = ckpts.latest()
+        reached = ckpts.state(latest, "step")["step"] if latest is not None else 0
+        if (run_dir / "model" / "config.json").is_file() and reached >= cfg.steps:
             log.info("%s: finished (%s)", name, run_dir)
             results[name] = None
             continue
-        resume = Checkpoints(run_dir).latest() is not None
+        resume = latest is not None
         log.info(
             "%s: %s %d steps of %d images",
             name,
