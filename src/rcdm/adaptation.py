@@ -754,11 +754,10 @@ class _Kept:
             kept.judged_step, kept.last_score = saved.get("judged_step", -1), saved.get("last_faithfulness")
             return kept
         # a new run (step 0: the map) or an older checkpoint that kept nothing apart: what there is now
-        per_image = judge() if judge is not None else None
-        kept = cls(
-            model, names, step, float(per_image.mean()) if step == 0 and per_image is not None else None
-        )
-        kept.offer(step, per_image)
+        kept = cls(model, names, step, None)
+        score = kept.offer(step, judge() if judge is not None else None)
+        if step == 0:
+            kept.map_score = score
         return kept
 
     def offer(self, step: int, per_image: torch.Tensor | None) -> float | None:
