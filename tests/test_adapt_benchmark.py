@@ -8,6 +8,8 @@ import importlib.util
 import json
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -107,3 +109,58 @@ def test_a_run_that_kept_its_map_reuses_the_map_cells_score_only_for_identical_w
     assert bench.scored_as(scored, sampling, ["a", "b", "c"])
     assert not bench.scored_as({**scored, "guidance": 3.0}, sampling, ["a", "b", "c"])
     assert not bench.scored_as(scored, sampling, ["a", "b"])  # another evaluation set
+
+
+def _probe_bench():
+    spec = importlib.util.spec_from_file_location("rcdm_adapt_probe", ROOT / "benchmarks" / "adapt_probe.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_class_probe_reads_a_map_onto_the_base_encoder_itself_as_the_base(
+    cifar_root, tmp_path, monkeypatch, capsys
+):
+    """benchmarks/adapt_probe.py on a tiny RCDM (tests only) adapted to its own encoder: the map is the identity,
+    so the base probe reads the mapped representations exactly as the true ones; a separable set is read whole."""
+    import torch
+
+    from rcdm import AdaptConfig, adapt
+    from rcdm.encoders import create_encoder
+    from rcdm.model import RCDM
+    from rcdm.pack.cifar10 import labelled_files
+
+    bench = _probe_bench()
+    x = torch.cat([torch.randn(50, 3) + 6, torch.randn(50, 3) - 6])
+    y = torch.tensor([0] * 50 + [1] * 50)
+    assert torch.equal(bench.probe(x, y, classes=2)(x), y)
+
+    data = tmp_path / "train"
+    for f in labelled_files(cifar_root / "train", 200)[0]:
+        (data / f.parent.name).mkdir(parents=True, exist_ok=True)
+        (data / f.parent.name / f.name).write_bytes(f.read_bytes())
+    enc = create_encoder("pixels:2")
+    model = RCDM.from_preset("tiny", sample_size=16, standardize_representation=True, **enc.describe())
+    model.set_representation_stats(enc.encode_files(sorted(data.rglob("*.jpg"))))
+    model.save_pretrained(tmp_path / "base")
+    cfg = AdaptConfig(
+        model=str(tmp_path / "base"),
+        encoder="pixels:2",
+        data=str(data),
+        steps=0,
+        adapter="linear",
+        val_images=0,
+    )
+    adapt(cfg, tmp_path / "run", progress=False)
+    monkeypatch.setattr(
+        "sys.argv",
+        ["adapt_probe.py", "--run", str(tmp_path / "run"), "--cifar", str(cifar_root), "--images", "40"],
+    )
+    bench.main()
+    out = json.loads(capsys.readouterr().out)
+    assert out["test images"] == 40
+    true = out["base probe on the base encoder's test representations"]
+    assert out["base probe on the mapped new representations"] == pytest.approx(true, abs=0.026)
+    assert 0.1 < true <= 1 and out["new encoder's own probe on its representations"] == pytest.approx(
+        true, abs=0.026
+    )
