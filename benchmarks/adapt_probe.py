@@ -20,8 +20,9 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file
 
+from rcdm.adaptation import base_targets
+from rcdm.encoders.cache import load_cache
 from rcdm.loading import encoder_for, load_model
 from rcdm.pack.evaluation import evaluation_images
 
@@ -31,8 +32,9 @@ def cached(cache: Path) -> dict[str, tuple[torch.Tensor, list[str]]]:
     out = {}
     for meta_file in cache.glob("reps-*.json"):
         meta = json.loads(meta_file.read_text())
-        tensors = load_file(str(meta_file.with_suffix(".safetensors")))
-        out[meta["encoder"]] = (next(iter(tensors.values())).float(), meta["paths"])
+        # the images as they are (an adapt cache also holds their mirror images, under "flipped")
+        reps = load_cache(meta_file.with_suffix(".safetensors"))["representations"]
+        out[meta["encoder"]] = (reps.float(), meta["paths"])
     return out
 
 
@@ -75,9 +77,8 @@ def main() -> None:
     new_te = encoder_for(adapted).encode_files([Path(f) for f in test], 200).float()
     base_te = encoder_for(base).encode_files([Path(f) for f in test], 200).float()
 
-    def standardised(model, r):
-        return (r - model.rep_mean) / model.rep_std
-
+    # what each model's projection (or the adapter) reads: its representations standardised
+    standardised = base_targets
     with torch.no_grad():
         mapped_te = adapted.rep_adapter(standardised(adapted, new_te)).float()
     in_base, in_new = probe(standardised(base, base_tr), y_tr), probe(standardised(adapted, new_tr), y_tr)

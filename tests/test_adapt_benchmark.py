@@ -13,8 +13,9 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _bench():
-    spec = importlib.util.spec_from_file_location("rcdm_adapt_bench", ROOT / "benchmarks" / "adapt.py")
+def _bench(name: str = "adapt"):
+    """benchmarks/NAME.py as a module."""
+    spec = importlib.util.spec_from_file_location(f"rcdm_{name}_bench", ROOT / "benchmarks" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -111,13 +112,6 @@ def test_a_run_that_kept_its_map_reuses_the_map_cells_score_only_for_identical_w
     assert not bench.scored_as(scored, sampling, ["a", "b"])  # another evaluation set
 
 
-def _probe_bench():
-    spec = importlib.util.spec_from_file_location("rcdm_adapt_probe", ROOT / "benchmarks" / "adapt_probe.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_the_class_probe_reads_a_map_onto_the_base_encoder_itself_as_the_base(
     cifar_root, tmp_path, monkeypatch, capsys
 ):
@@ -130,7 +124,7 @@ def test_the_class_probe_reads_a_map_onto_the_base_encoder_itself_as_the_base(
     from rcdm.model import RCDM
     from rcdm.pack.cifar10 import labelled_files
 
-    bench = _probe_bench()
+    bench = _bench("adapt_probe")
     x = torch.cat([torch.randn(50, 3) + 6, torch.randn(50, 3) - 6])
     y = torch.tensor([0] * 50 + [1] * 50)
     assert torch.equal(bench.probe(x, y, classes=2)(x), y)
