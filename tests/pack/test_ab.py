@@ -62,7 +62,7 @@ def test_evaluation_scores_each_point_and_guidance_once_and_tabulates_the_best(
     row128 = next(line for line in table.splitlines() if line.startswith("| baseline | 128 |"))
     assert row128.endswith("| 42 |")  # both sessions: 30 + 12
     # The records stand alone: with the checkpoints and metrics gone (a new machine), the table is the same.
-    assert score["training_cpu_s"] == 30.0 and score["machine"]
+    assert score["training_cpu_s"] == 30.0 and score["machine"] and score["device"].startswith("cpu")
     kept = tmp_path / "kept"
     shutil.copytree(root / "baseline" / "eval", kept / "baseline" / "eval")
     assert ab_table(ab, kept) == table
@@ -75,6 +75,8 @@ def test_cli_evaluate_needs_a_judge_and_names_bad_variants(ab_runs, cifar_root, 
     assert "--stage evaluate needs --judge" in capsys.readouterr().err
     assert main([*base, "--stage", "table", "--variants", "baseline+warp"]) == 2
     assert "unknown A/B variant 'warp'" in capsys.readouterr().err
+    assert main([*base, "--stage", "evaluate", "--judge", "x", "--device", "cuda:7"]) == 2
+    assert "cuda:7" in capsys.readouterr().err
 
 
 def test_ab_variants_share_everything_but_their_change(tmp_path):

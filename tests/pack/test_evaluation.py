@@ -73,3 +73,5 @@ def test_cli_guidance_measures_diversity_and_records_the_choice(guided, cifar_ro
     assert resolve_sampling(RCDM.from_pretrained(guided)).guidance == chosen  # sampling now uses it
     assert main([*argv, "--num-samples", "1"]) == 2
     assert "diversity needs at least 2 samples" in capsys.readouterr().err
+    assert main([*argv, "--device", "cuda:7"]) == 2  # a device this machine lacks: one line, before any work
+    assert "cuda:7" in capsys.readouterr().err

@@ -33,6 +33,9 @@ def test_cpu_profile_trains_a_standardized_model_and_keeps_its_checkpoints(
     config = json.loads((run / "model" / "config.json").read_text())
     assert config["standardize_representation"] is True
     assert rec["cond_drop"] == 0.1 and config["null_representation"] is True  # its samples can be guided
+    assert (
+        rec["prediction"] == "v_prediction" and config["prediction_type"] == "v_prediction"
+    )  # the A/B's lead
     assert len(list((run / "checkpoints").glob("step-*"))) == 4  # the CPU profile keeps the curve
     # Resumed after a session whose CPU time is unknown (here: recorded before CPU time was): the record says
     # which steps its CPU time covers.
@@ -43,6 +46,32 @@ def test_cpu_profile_trains_a_standardized_model_and_keeps_its_checkpoints(
     assert main([*longer, "--save-every", "1", "--no-progress", "--resume"]) == 0
     rec = json.loads((run / "recipe.json").read_text())
     assert rec["steps"] == 5 and rec["cpu_time_from_step"] == 4 and rec["cpu_time_s"] > 0
+
+
+def test_recipe_knobs_given_as_flags_win_over_the_profile(
+    runs: Path, few_images: Path, tmp_path: Path
+) -> None:
+    import shutil
+
+    root = tmp_path / "runs"
+    shutil.copytree(runs / "supervised", root / "supervised")
+    argv = [
+        "recipe",
+        "rcdm",
+        "--profile",
+        "cpu",
+        "--runs",
+        str(root),
+        "--data",
+        str(few_images),
+        "--no-progress",
+    ]
+    argv += ["--only", "rcdm-cifar10-supervised", "--preset", "tiny", "--steps", "1", "--batch-size", "4"]
+    argv += ["--prediction", "epsilon", "--loss-weighting", "min-snr", "--snr-gamma", "3", "--dropout", "0.1"]
+    assert main([*argv, "--timestep-sampling", "logit-normal", "--warmup-steps", "5"]) == 0
+    run = json.loads((root / "rcdm-cifar10-supervised" / "run.json").read_text())  # what rcdm.train was given
+    assert (run["prediction"], run["loss_weighting"], run["snr_gamma"]) == ("epsilon", "min-snr", 3.0)
+    assert (run["timestep_sampling"], run["warmup_steps"], run["dropout"]) == ("logit-normal", 5, 0.1)
 
 
 def test_a_time_budget_that_is_not_positive_is_refused(runs: Path, cifar_root: Path, capsys) -> None:

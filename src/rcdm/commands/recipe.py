@@ -7,7 +7,10 @@ import argparse
 from dataclasses import fields, replace
 from pathlib import Path
 
+import torch
+
 from ..checks import check_guidance
+from ..devices import check_device, default_device
 from ..diffusion import sampling_preset
 from ..encoders import create_encoder
 from ..errors import RCDMError
@@ -29,6 +32,7 @@ from ..pack.ssl_config import SSLConfig, resolve_config
 from ..pack.write import MAX_BUNDLE_MB, add_to_bundle, pack
 from .common import (
     add_command_group,
+    add_config_options,
     add_overwrite_arg,
     add_precision_arg,
     add_progress_arg,
@@ -38,6 +42,10 @@ from .common import (
 )
 from .recipe_stages import EPILOGS as STAGE_EPILOGS
 from .recipe_stages import add_stage_parsers
+from .train import TRAINING_OPTIONS
+
+# RCDMRecipe's fields that are `rcdm train`'s recipe knobs, offered by `rcdm recipe rcdm` under the same names
+RECIPE_KNOBS = ("prediction", "loss_weighting", "snr_gamma", "timestep_sampling", "warmup_steps", "dropout")
 
 EPILOGS = {
     "recipe": """examples (docs/recipes.md):
@@ -140,6 +148,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     r.add_argument("--ema-decay", type=float, default=None, help="default: 0.999")
     r.add_argument("--save-every", type=int, default=None, help="default: 500")
     r.add_argument("--num-workers", type=int, default=None, help="default: 4")
+    # the recipe knobs, as `rcdm train` names them; the CPU profile predicts v (the recipe A/B's lead)
+    knobs = {n: TRAINING_OPTIONS[n] for n in RECIPE_KNOBS}
+    knobs["prediction"] += " (default: v_prediction with --profile cpu, else epsilon)"
+    add_config_options(r, RCDMRecipe, knobs)
     r.add_argument(
         "--time-budget-s",
         type=float,
@@ -191,6 +203,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     a.add_argument("--encoder", default=None, help="encoder spec (default: the pack's VICReg encoder)")
     a.add_argument("--feature", choices=("backbone", "projector"), default=None, help="default: backbone")
+    a.add_argument("--device", default=None, help="evaluate: cpu, cuda, ... (default: cuda when available)")
     add_progress_arg(a)
     a.set_defaults(func=run_ab)
 
@@ -221,6 +234,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         action="store_true",
         help="write the chosen sampling and the measurements into the model folder's config.json",
     )
+    g.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda when available)")
     add_progress_arg(g)
     g.set_defaults(func=run_guidance)
 
@@ -299,6 +313,10 @@ def _given(args: argparse.Namespace, names: list[str]) -> dict:
     return {n: getattr(args, n) for n in names if getattr(args, n, None) is not None}
 
 
+def _device(args: argparse.Namespace) -> torch.device:
+    return check_device(args.device) if args.device else default_device()
+
+
 def run_ssl(args: argparse.Namespace) -> int:
     cfg = resolve_config(
         {"data": args.data, **_given(args, [f.name for f in fields(SSLConfig) if f.name != "data"])}
@@ -357,6 +375,7 @@ def run_ab(args: argparse.Namespace) -> int:
             guidances=tuple(args.guidance or (3.0, 5.0)),
             num_images=positive("--eval-images", args.eval_images or 1000),
             progress=not args.no_progress,
+            device=_device(args),
         )
         print(f"wrote {len(written)} evaluations under {args.runs}")
         print(ab_table(ab, args.runs, names), end="")
@@ -379,9 +398,10 @@ def run_guidance(args: argparse.Namespace) -> int:
     if positive("--num-samples", args.num_samples) < 2:
         raise RCDMError(f"--num-samples {args.num_samples}: diversity needs at least 2 samples per image")
     folder = resolve_model_dir(args.model)
-    model = load_model(folder)
-    encoder = encoder_for(model)
-    judge = create_encoder(args.judge, "backbone")
+    device = _device(args)
+    model = load_model(folder, device=device)
+    encoder = encoder_for(model).to(device)
+    judge = create_encoder(args.judge, "backbone").to(device)
     images = evaluation_images(cifar10_root(args.data), positive("--eval-images", args.eval_images))
     scores = [
         score_model(

@@ -16,7 +16,9 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from ..devices import cpu_model
+import torch
+
+from ..devices import cpu_model, device_name
 from ..diffusion import sampling_preset
 from ..encoders import create_encoder
 from ..errors import RCDMError
@@ -29,7 +31,7 @@ from .rcdms import training_sessions
 
 log = logging.getLogger(__name__)
 
-# The CPU pack's RCDM recipe (`rcdm recipe rcdm --profile cpu`), the A/B's control.
+# The CPU pack's RCDM recipe before the A/B (`rcdm recipe rcdm --profile cpu --prediction epsilon`), its control.
 BASELINE: dict[str, Any] = dict(
     preset="cifar32-small",
     batch_size=64,
@@ -160,13 +162,14 @@ def evaluate_variants(
     guidances: Sequence[float] = (3.0, 5.0),
     num_images: int = 1000,
     progress: bool = False,
+    device: str | torch.device = "cpu",
 ) -> list[Path]:
     """Score each variant's checkpoint at each evaluation point and guidance (`evaluation.score_model`) into
     ROOT/<name>/eval/<images>-g<guidance>.json; a score already written is kept, a missing checkpoint skipped."""
     for name in names:
         variant_config(ab, name)  # every name checked before any work
     images = evaluation_images(cifar_root, num_images)
-    judge_enc = create_encoder(judge, "backbone")
+    judge_enc = create_encoder(judge, "backbone").to(device)
     written = []
     for name in names:
         for seen, step in eval_steps(ab, name).items():
@@ -177,8 +180,8 @@ def evaluate_variants(
             if not (ckpt / "state.json").is_file():
                 log.info("%s: no checkpoint at step %d (%d images) yet", name, step, seen)
                 continue
-            model = load_model(ckpt / "ema")
-            enc = encoder_for(model)
+            model = load_model(ckpt / "ema", device=device)
+            enc = encoder_for(model).to(device)
             for g in todo:
                 score = score_model(
                     model,
@@ -198,6 +201,7 @@ def evaluate_variants(
                     # the record stands alone once the run folder is gone (docs/recipes.md keeps the records)
                     "training_cpu_s": _cpu_seconds_at(Path(root) / name, step),
                     "machine": cpu_model(),
+                    "device": device_name(torch.device(device)),  # where the sampling ran
                     **score.record(),
                 }
                 write_text_atomic(path, json.dumps(record, indent=2))
