@@ -346,6 +346,8 @@ def _adapt(
     if new_enc.feature != cfg.feature:
         new_enc = new_enc.with_feature(cfg.feature)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    # the caches encode on the GPU when there is one
+    base_enc, new_enc = base_enc.to(device), new_enc.to(device)
     write_text_atomic(run_dir / "adapt.json", json.dumps(asdict(cfg), indent=2))
     files = _files(cfg)
     log.info(
