@@ -33,9 +33,9 @@ def test_cpu_profile_trains_a_standardized_model_and_keeps_its_checkpoints(
     config = json.loads((run / "model" / "config.json").read_text())
     assert config["standardize_representation"] is True
     assert rec["cond_drop"] == 0.1 and config["null_representation"] is True  # its samples can be guided
-    assert (
-        rec["prediction"] == "v_prediction" and config["prediction_type"] == "v_prediction"
-    )  # the A/B's lead
+    # the recipe A/B's lead: v-prediction under Min-SNR-gamma weighting
+    assert rec["prediction"] == "v_prediction" and config["prediction_type"] == "v_prediction"
+    assert rec["loss_weighting"] == "min-snr" and rec["snr_gamma"] == 5.0
     assert len(list((run / "checkpoints").glob("step-*"))) == 4  # the CPU profile keeps the curve
     # Resumed after a session whose CPU time is unknown (here: recorded before CPU time was): the record says
     # which steps its CPU time covers.

@@ -148,9 +148,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     r.add_argument("--ema-decay", type=float, default=None, help="default: 0.999")
     r.add_argument("--save-every", type=int, default=None, help="default: 500")
     r.add_argument("--num-workers", type=int, default=None, help="default: 4")
-    # the recipe knobs, as `rcdm train` names them; the CPU profile predicts v (the recipe A/B's lead)
+    # the recipe knobs, as `rcdm train` names them; the CPU profile predicts v under Min-SNR-gamma (the A/B's lead)
     knobs = {n: TRAINING_OPTIONS[n] for n in RECIPE_KNOBS}
     knobs["prediction"] += " (default: v_prediction with --profile cpu, else epsilon)"
+    knobs["loss_weighting"] += " (default: min-snr with --profile cpu, else none)"
     add_config_options(r, RCDMRecipe, knobs)
     r.add_argument(
         "--time-budget-s",
