@@ -7,10 +7,8 @@ import argparse
 from dataclasses import fields, replace
 from pathlib import Path
 
-import torch
-
 from ..checks import check_guidance
-from ..devices import check_device, default_device
+from ..devices import default_device
 from ..diffusion import sampling_preset
 from ..encoders import create_encoder
 from ..errors import RCDMError
@@ -314,10 +312,6 @@ def _given(args: argparse.Namespace, names: list[str]) -> dict:
     return {n: getattr(args, n) for n in names if getattr(args, n, None) is not None}
 
 
-def _device(args: argparse.Namespace) -> torch.device:
-    return check_device(args.device) if args.device else default_device()
-
-
 def run_ssl(args: argparse.Namespace) -> int:
     cfg = resolve_config(
         {"data": args.data, **_given(args, [f.name for f in fields(SSLConfig) if f.name != "data"])}
@@ -376,7 +370,7 @@ def run_ab(args: argparse.Namespace) -> int:
             guidances=tuple(args.guidance or (3.0, 5.0)),
             num_images=positive("--eval-images", args.eval_images or 1000),
             progress=not args.no_progress,
-            device=_device(args),
+            device=args.device or default_device(),  # checked by cli.main
         )
         print(f"wrote {len(written)} evaluations under {args.runs}")
         print(ab_table(ab, args.runs, names), end="")
@@ -399,7 +393,7 @@ def run_guidance(args: argparse.Namespace) -> int:
     if positive("--num-samples", args.num_samples) < 2:
         raise RCDMError(f"--num-samples {args.num_samples}: diversity needs at least 2 samples per image")
     folder = resolve_model_dir(args.model)
-    device = _device(args)
+    device = args.device or default_device()  # checked by cli.main
     model = load_model(folder, device=device)
     encoder = encoder_for(model).to(device)
     judge = create_encoder(args.judge, "backbone").to(device)
