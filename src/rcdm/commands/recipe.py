@@ -24,7 +24,7 @@ from ..pack.evaluation import (
     score_model,
 )
 from ..pack.gates import parse_steps
-from ..pack.rcdms import RCDM_PROFILES, RCDMRecipe, train_rcdms
+from ..pack.rcdms import RCDM_PROFILES, RECIPE_KNOBS, RCDMRecipe, train_rcdms
 from ..pack.ssl import train_encoder
 from ..pack.ssl_config import SSLConfig, resolve_config
 from ..pack.write import MAX_BUNDLE_MB, add_to_bundle, pack
@@ -41,9 +41,6 @@ from .common import (
 from .recipe_stages import EPILOGS as STAGE_EPILOGS
 from .recipe_stages import add_stage_parsers
 from .train import TRAINING_OPTIONS
-
-# RCDMRecipe's fields that are `rcdm train`'s recipe knobs, offered by `rcdm recipe rcdm` under the same names
-RECIPE_KNOBS = ("prediction", "loss_weighting", "snr_gamma", "timestep_sampling", "warmup_steps", "dropout")
 
 EPILOGS = {
     "recipe": """examples (docs/recipes.md):

@@ -86,6 +86,10 @@ class RCDMRecipe:
     keep_checkpoints: int = 2  # more keeps the curve of a gate metric against images seen evaluable
 
 
+# RCDMRecipe's fields that are `rcdm train`'s recipe knobs, passed on to TrainConfig under the same names (and
+# offered by `rcdm recipe rcdm` as `rcdm train` offers them)
+RECIPE_KNOBS = ("prediction", "loss_weighting", "snr_gamma", "timestep_sampling", "warmup_steps", "dropout")
+
 # Named settings over the dataclass defaults (the GPU recipe): `rcdm recipe rcdm --profile cpu`.
 # cpu: one process per target on one core each (bf16 autocast on CPUs with native bf16); lr 5e-4, above the
 # published 1e-4, for a CPU's short runs; standardised representations; condition dropout 0.1, so that
@@ -184,12 +188,7 @@ def train_rcdms(
             batch_size=recipe.batch_size,
             lr=recipe.lr,
             loss=recipe.loss,
-            prediction=recipe.prediction,
-            loss_weighting=recipe.loss_weighting,
-            snr_gamma=recipe.snr_gamma,
-            timestep_sampling=recipe.timestep_sampling,
-            warmup_steps=recipe.warmup_steps,
-            dropout=recipe.dropout,
+            **{knob: getattr(recipe, knob) for knob in RECIPE_KNOBS},
             cond_drop=recipe.cond_drop,
             ema_decay=recipe.ema_decay,
             save_every=recipe.save_every,
