@@ -423,3 +423,20 @@ def test_runs_on_the_same_images_share_one_representation_cache(base, few_images
     assert (
         len(files) == 2
     )  # the base encoder's and the new one's, written by the first run, read by the second
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_the_caches_are_encoded_on_the_gpu_when_there_is_one(
+    base, few_images, resnet20_spec, tmp_path, monkeypatch
+):
+    import rcdm.adaptation
+
+    seen, real = [], rcdm.adaptation.cached_representations
+    monkeypatch.setattr(
+        rcdm.adaptation,
+        "cached_representations",
+        lambda enc, *a, **kw: seen.append(enc.device.type) or real(enc, *a, **kw),
+    )
+    adapt(_cfg(base, few_images, resnet20_spec, steps=0), tmp_path / "run", progress=False)
+    assert seen == ["cpu", "cuda"]  # the base's pixels:2 has no weights to move; the new ResNet-20 has

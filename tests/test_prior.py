@@ -92,3 +92,21 @@ def test_a_prior_of_another_encoder_is_refused(prior_run, tiny_run):
     enc = encoder_for(load_model(tiny_run))
     with pytest.raises(RCDMError, match="train a prior with this model"):
         check_prior_matches({**record, "encoder_identity": "something-else"}, enc)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_the_prior_encodes_its_images_on_the_gpu_when_there_is_one(
+    tiny_run, few_images, tmp_path, monkeypatch
+):
+    import rcdm.prior
+
+    seen, real = [], rcdm.prior.cached_representations
+    monkeypatch.setattr(
+        rcdm.prior,
+        "cached_representations",
+        lambda enc, *a, **kw: seen.append(enc.device.type) or real(enc, *a, **kw),
+    )
+    cfg = PriorConfig(model=str(tiny_run), data=str(few_images), steps=2, save_every=2, **TINY)
+    train_prior(cfg, tmp_path / "run", progress=False)
+    assert seen == ["cuda"]

@@ -28,7 +28,7 @@ import torch
 from safetensors.torch import save_file
 
 from .data import batched, center_square, decode_images, list_images, load_views, resize, to_model_space
-from .devices import autocast_for, cpu_seconds, resolve_precision, training_precision
+from .devices import autocast_for, cpu_seconds, default_device, resolve_precision, training_precision
 from .diffusion import SamplingConfig, sample_generators, sample_many
 from .encoders import Encoder, Feature, create_encoder
 from .encoders.cache import cache_file, cached_representations, load_cache
@@ -345,8 +345,7 @@ def _adapt(
     new_enc = encoder if encoder is not None else create_encoder(cfg.encoder, cfg.feature)
     if new_enc.feature != cfg.feature:
         new_enc = new_enc.with_feature(cfg.feature)
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    # the caches encode on the GPU when there is one
+    device = default_device()  # the caches encode on the GPU when there is one
     base_enc, new_enc = base_enc.to(device), new_enc.to(device)
     write_text_atomic(run_dir / "adapt.json", json.dumps(asdict(cfg), indent=2))
     files = _files(cfg)

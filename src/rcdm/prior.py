@@ -26,7 +26,7 @@ from torch import nn
 
 from .bundle import model_search_dirs
 from .data import list_images
-from .devices import cpu_model, cpu_seconds
+from .devices import cpu_model, cpu_seconds, default_device
 from .diffusion import sample_generators
 from .encoders import Encoder
 from .encoders.cache import cache_file, cached_representations, load_cache
@@ -136,7 +136,7 @@ def train_prior(cfg: PriorConfig, out: str | Path, *, resume: bool = False, prog
     elif run_dir.exists() and any(run_dir.iterdir()):
         raise RCDMError(f"--out {str(run_dir)!r} is not empty: choose a new folder, or pass --resume")
     model = load_model(cfg.model)
-    encoder = encoder_for(model)
+    encoder = encoder_for(model).to(default_device())  # the cache encodes on the GPU when there is one
     files = list_images(cfg.data)
     if len(files) < 2:
         raise RCDMError(f"--data {cfg.data!r} holds {len(files)} image(s): a prior needs a folder of many")
