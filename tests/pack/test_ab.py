@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from rcdm.cli import main
+from rcdm.encoders.base import file_identity
 from rcdm.errors import RCDMError
 from rcdm.pack.ab import (
     VARIANTS,
@@ -50,6 +51,9 @@ def test_evaluation_scores_each_point_and_guidance_once_and_tabulates_the_best(
     assert written == [eval_path(root, "baseline", 64, 1.0), eval_path(root, "baseline", 128, 1.0)]
     score = json.loads(written[0].read_text())
     assert score["num_images"] == 10 and score["step"] == 1 and score["judge"] == judge
+    assert score["judge_identity"] == file_identity(
+        "cifar-resnet56", resnet56_path
+    )  # stands without the path
     assert 0 <= score["class_agreement"] <= 1 and 1 <= score["mean_rank"] <= 10 and score["frechet"] > 0
     assert evaluate_variants(ab, root, ["baseline"], judge, cifar_root, guidances=(1.0,), num_images=10) == []
     # A better score at another guidance becomes the row's best; the first moves to 'other guidance'.

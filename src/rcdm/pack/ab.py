@@ -198,6 +198,7 @@ def evaluate_variants(
                     "images_seen": seen,
                     "step": step,
                     "judge": judge,
+                    "judge_identity": judge_enc.identity,  # its weights' digest: the path above is this machine's
                     # the record stands alone once the run folder is gone (docs/recipes.md keeps the records)
                     "training_cpu_s": _cpu_seconds_at(Path(root) / name, step),
                     "machine": cpu_model(),
