@@ -125,6 +125,21 @@ def test_resume_takes_the_newest_complete_checkpoint_and_save_prune_keep_n(tmp_p
     assert Checkpoints(tmp_path / "empty").start(resume=True) is None
 
 
+def test_prune_keeps_n_counted_checkpoints_and_only_the_newest_interim_one(tmp_path):
+    ck = tmp_path / "checkpoints"
+    for step in (10, 13, 20, 27, 30, 34):
+        (ck / f"step-{step:08d}").mkdir(parents=True)
+        (ck / f"step-{step:08d}" / "state.json").write_text("{}")
+    ckpts = Checkpoints(tmp_path)
+    assert ckpts.number(ck / "step-00000034") == 34
+    ckpts.prune(keep=2, every=10)
+    assert [p.name for p in ckpts.complete()] == ["step-00000020", "step-00000030", "step-00000034"]
+    (ck / "step-00000040").mkdir()
+    (ck / "step-00000040" / "state.json").write_text("{}")
+    ckpts.prune(keep=2, every=10)  # 34 is no longer the newest
+    assert [p.name for p in ckpts.complete()] == ["step-00000030", "step-00000040"]
+
+
 def test_save_writes_each_part_by_its_kind_and_read_gives_it_back(tmp_path):
     from rcdm.model import RCDM
 

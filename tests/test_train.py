@@ -94,6 +94,32 @@ def test_exact_resume_after_a_kill_and_a_kill_during_save(few_images, reference,
     )
 
 
+def test_interim_checkpoints_on_time_keep_only_the_newest_and_resume_exactly(few_images, reference, tmp_path):
+    """A checkpoint every log step by the clock (save_every_minutes ~ 0), one by count every 4 steps: a kill after
+    step 3 loses nothing, only the newest interim checkpoint stays beside the counted ones, and the resumed run is
+    the uninterrupted one."""
+    run = tmp_path / "run"
+    cfg = config(few_images, save_every=4, save_every_minutes=1e-9, log_every=1, keep_checkpoints=5)
+
+    def kill_at_3(step: int, loss: float) -> None:
+        if step == 3:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, run, progress=False, on_step=kill_at_3)
+    assert [p.name for p in Checkpoints(run).complete()] == ["step-00000003"]  # steps 1 and 2 pruned
+    train(cfg, run, resume=True, progress=False)
+    # step 4 by count; 5 pruned once 6 (the last, kept as the newest) was written
+    assert [p.name for p in Checkpoints(run).complete()] == ["step-00000004", "step-00000006"]
+    assert_same(weights(run / "model"), weights(reference / "model"))
+    # off: only the counted checkpoints and the last
+    off = tmp_path / "off"
+    train(config(few_images, save_every=4, save_every_minutes=0, log_every=1), off, progress=False)
+    assert [p.name for p in Checkpoints(off).complete()] == ["step-00000004", "step-00000006"]
+    with pytest.raises(RCDMError, match="--save-every-minutes -1"):
+        train(config(few_images, save_every_minutes=-1), tmp_path / "bad", progress=False)
+
+
 def test_existing_run_needs_resume(few_images, reference):
     with pytest.raises(RCDMError, match="--resume"):
         train(config(few_images), reference, progress=False)

@@ -92,6 +92,11 @@ class Checkpoints:
         """Checkpoint n's folder name: 'step-*' -> step-00001000."""
         return self.pattern.replace("*", f"{n:0{self.digits}d}")
 
+    def number(self, ckpt: Path) -> int:
+        """n of checkpoint folder `ckpt` (`name`'s inverse): step-00001000 -> 1000."""
+        head, _, tail = self.pattern.partition("*")
+        return int(ckpt.name.removeprefix(head).removesuffix(tail))
+
     # --- finding -------------------------------------------------------------------------------------------
 
     def complete(self) -> list[Path]:
@@ -250,10 +255,18 @@ class Checkpoints:
             and all(c.name in known for c in p.iterdir())
         )
 
-    def prune(self, keep: int) -> None:
-        """Keep the newest `keep` complete checkpoints (all when keep <= 0), then `sweep`."""
+    def prune(self, keep: int, every: int | None = None) -> None:
+        """Keep the newest `keep` complete checkpoints (all when keep <= 0), then `sweep`. every: only the
+        checkpoints whose n it divides count towards `keep`; the others are interim ones (written on time, not on
+        a step count), of which only the newest checkpoint of all survives."""
         done = self.complete()
-        for old in done[:-keep] if keep > 0 else []:
+        if every:
+            regular = [p for p in done if self.number(p) % every == 0]
+            interim = [p for p in done if self.number(p) % every and p != done[-1]]
+            doomed = (regular[:-keep] if keep > 0 else []) + interim
+        else:
+            doomed = done[:-keep] if keep > 0 else []
+        for old in doomed:
             # state.json first: a kill in the middle leaves a folder that readers already ignore
             (old / "state.json").unlink(missing_ok=True)
             shutil.rmtree(old, ignore_errors=True)

@@ -317,6 +317,7 @@ def _train(
     diffusion = GaussianDiffusion()
     history: list[float] = []
     t0, seen, last = time.perf_counter(), 0, float("nan")
+    last_save = t0
     step = start
     k = cfg.gradient_accumulation_steps
     for batch in _batches_for(cfg, dataset, start, acc):
@@ -388,13 +389,18 @@ def _train(
         if fixed is not None and (step % cfg.sample_every == 0 or step == cfg.steps):
             ema.copy_to(ema_model.parameters())
             monitor.samples(step, fixed[0], _sample_fixed(ema_model, fixed[1], precision))
-        if step % cfg.save_every == 0 or step == cfg.steps:
+        due = step % cfg.save_every == 0 or step == cfg.steps
+        if not due and cfg.save_every_minutes > 0 and step % cfg.log_every == 0:
+            # the main process's clock decides for all, so that every process reaches wait_for_everyone below
+            late = time.perf_counter() - last_save >= cfg.save_every_minutes * 60
+            due = bool(broadcast_object_list([late])[0])
+        if due:
             if acc.is_main_process:
                 ema.copy_to(ema_model.parameters())
                 saved = ckpts.save(
                     step, {"step": step}, model=acc.unwrap_model(pmodel), ema=ema_model, optimizer=opt
                 )
-                ckpts.prune(cfg.keep_checkpoints)
+                ckpts.prune(cfg.keep_checkpoints, every=cfg.save_every)
                 window = history[-cfg.save_every :]
                 log.info(
                     "step %d/%d: mean loss %.4f over the last %d steps, %.1f img/s; saved %s",
@@ -406,6 +412,7 @@ def _train(
                     saved,
                 )
             acc.wait_for_everyone()
+            last_save = time.perf_counter()
         if on_step is not None:
             on_step(step, value)
     monitor.close()

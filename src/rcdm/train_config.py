@@ -53,7 +53,13 @@ class TrainConfig:
     grad_clip: float = 1.0  # max grad norm; 0 disables
     seed: int = 0
     save_every: int = 1000
-    keep_checkpoints: int = 2
+    keep_checkpoints: int = (
+        2  # of the checkpoints at multiples of save_every (the newest interim one is kept too)
+    )
+    # Also an interim checkpoint whenever this many minutes have passed since the last save, kept only until the
+    # next one: a run killed between two save_every checkpoints (a CPU run's are half an hour apart) loses
+    # minutes, not the half hour; 0: none.
+    save_every_minutes: float = 10.0
     # The sampling vocabulary (rcdm.devices.Precision); "no" = "fp32" (accelerate's word, kept for old run.json).
     mixed_precision: Precision | Literal["no"] = "auto"
     gradient_checkpointing: bool = False
@@ -72,7 +78,6 @@ class TrainConfig:
     report_to: Literal["none", "tensorboard", "wandb", "all"] = "none"  # accelerate trackers
 
 
-# Settings a resumed run may change; any other difference from run.json is refused (it would be another run).
 class WarmedUp(Protocol):
     """Settings with a learning rate and a linear warm-up (TrainConfig, AdaptConfig)."""
 
@@ -90,8 +95,18 @@ def learning_rate(cfg: WarmedUp, step: int) -> float:
     return cfg.lr
 
 
+# Settings a resumed run may change; any other difference from run.json is refused (it would be another run).
 MUTABLE_ON_RESUME = frozenset(
-    {"steps", "save_every", "keep_checkpoints", "log_every", "sample_every", "report_to", "num_workers"}
+    {
+        "steps",
+        "save_every",
+        "keep_checkpoints",
+        "save_every_minutes",
+        "log_every",
+        "sample_every",
+        "report_to",
+        "num_workers",
+    }
 )
 REPORT_TO: tuple[str, ...] = ("none", "tensorboard", "wandb", "all")
 
@@ -174,6 +189,11 @@ def validate_config(cfg: TrainConfig) -> None:
     if cfg.image_size is not None and (cfg.image_size < div or cfg.image_size % div):
         raise RCDMError(
             f"--image-size {cfg.image_size} does not fit preset {cfg.preset!r}: use a positive multiple of {div}"
+        )
+    if not (math.isfinite(cfg.save_every_minutes) and cfg.save_every_minutes >= 0):
+        raise RCDMError(
+            f"--save-every-minutes {cfg.save_every_minutes} is out of range: use minutes >= 0 (0: no interim "
+            "checkpoints)"
         )
     if not (math.isfinite(cfg.lr) and cfg.lr > 0):
         raise RCDMError(f"--lr {cfg.lr} must be a positive number (published: 1e-4)")

@@ -48,7 +48,9 @@ TRAINING_OPTIONS = {
     "cond_drop": "condition dropout probability; > 0 enables guidance",
     "ema_decay": "EMA decay",
     "save_every": "steps between checkpoints",
-    "keep_checkpoints": "checkpoints kept",
+    "keep_checkpoints": "checkpoints kept (of those every --save-every steps)",
+    "save_every_minutes": "also an interim checkpoint after this many minutes without one, kept until the next "
+    "(0: none)",
     "seed": "data order, noise and initial weights",
 }
 RUN_OPTIONS = {
