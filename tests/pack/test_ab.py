@@ -70,6 +70,10 @@ def test_evaluation_scores_each_point_and_guidance_once_and_tabulates_the_best(
     kept = tmp_path / "kept"
     shutil.copytree(root / "baseline" / "eval", kept / "baseline" / "eval")
     assert ab_table(ab, kept) == table
+    # A point outside the A/B's own (cifar32's at equal CPU time) is a row of its own, in order of images seen.
+    eval_path(kept, "baseline", 32, 1.0).write_text(json.dumps({**score, "images_seen": 32}))
+    rows = [line.split(" | ")[1] for line in ab_table(ab, kept).splitlines()[2:]]
+    assert rows == ["32", "64", "128"]
 
 
 def test_cli_evaluate_needs_a_judge_and_names_bad_variants(ab_runs, cifar_root, capsys):

@@ -225,8 +225,9 @@ def _cpu_seconds_at(run_dir: Path, step: int) -> float | None:
 
 
 def ab_table(ab: ABConfig, root: str | Path, names: list[str] | None = None) -> str:
-    """A markdown table: each variant at each evaluation point, at its best guidance (highest class agreement,
-    then rank-1), with the CPU seconds its training took to get there."""
+    """A markdown table: each variant at each point it was scored at (its eval/ records: the A/B's evaluation
+    points, or others, such as cifar32's at equal CPU time), at its best guidance (highest class agreement, then
+    rank-1), with the CPU seconds its training took to get there."""
     names = names or sorted(p.name for p in Path(root).iterdir() if (p / "eval").is_dir())
     header = (
         "| variant | images seen | best guidance | class agreement | rank-1 | mean rank | Fréchet (ResNet-56) "
@@ -235,7 +236,10 @@ def ab_table(ab: ABConfig, root: str | Path, names: list[str] | None = None) -> 
     )
     lines = [header]
     for name in names:
-        for seen, step in eval_steps(ab, name).items():
+        batch = variant_config(ab, name).batch_size
+        scored = {int(p.name.split("-g")[0]) for p in (Path(root) / name / "eval").glob("*-g*.json")}
+        for seen in sorted(scored):
+            step = seen // batch
             rows = [
                 json.loads(p.read_text())
                 for p in sorted((Path(root) / name / "eval").glob(f"{seen}-g*.json"))
