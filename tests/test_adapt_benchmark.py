@@ -158,3 +158,52 @@ def test_the_class_probe_reads_a_map_onto_the_base_encoder_itself_as_the_base(
     assert 0.1 < true <= 1 and out["new encoder's own probe on its representations"] == pytest.approx(
         true, abs=0.026
     )
+
+
+def test_the_residual_experiment_finds_no_residual_for_a_map_onto_the_base_encoder_itself(
+    cifar_root, tmp_path
+):
+    """benchmarks/adapt_posterior.py on a tiny RCDM (tests only) adapted to its own encoder: the held-out residual
+    (as rcdm adapt held it out) is nothing and R^2 is 1; a given noise factor adds one fixed draw per image to what
+    the base is conditioned on, and none to the samples' encodings."""
+    import torch
+
+    from rcdm import AdaptConfig, adapt, load_model
+    from rcdm.encoders import create_encoder
+    from rcdm.model import RCDM
+
+    bench = _bench("adapt_posterior")
+    data = tmp_path / "train"
+    data.mkdir()
+    for f in sorted((cifar_root / "train").rglob("*.jpg"))[:120]:
+        (data / f"{f.parent.name}-{f.name}").write_bytes(f.read_bytes())
+    enc = create_encoder("pixels:2")
+    model = RCDM.from_preset("tiny", sample_size=16, standardize_representation=True, **enc.describe())
+    model.set_representation_stats(enc.encode_files(sorted(data.iterdir())))
+    model.save_pretrained(tmp_path / "base")
+    cfg = AdaptConfig(
+        model=str(tmp_path / "base"),
+        encoder="pixels:2",
+        data=str(data),
+        steps=0,
+        adapter="linear",
+        val_images=0,
+    )
+    adapt(cfg, tmp_path / "run", progress=False)
+    adapted, base = load_model(tmp_path / "run" / "model"), load_model(tmp_path / "base")
+    factor, r2 = bench.residual_factor(tmp_path / "run", adapted, base)
+    assert r2 > 0.999 and float(factor.abs().max()) < 0.05 * float(base.rep_std.min())
+
+    paths = sorted(data.iterdir())[:60]
+    plain = enc.encode_files(paths)
+    noisy = bench.MappedWithResidual(adapted, base, 0.5 * torch.eye(plain.shape[1]), seed=0)
+    got = noisy.encode_files(paths, 16)
+    assert torch.equal(got, noisy.encode_files(paths, 16))  # one fixed draw per image
+    spread = ((got - plain) / base.rep_std).std()
+    assert 0.4 < float(spread) < 0.6
+    images = torch.rand(4, 3, 16, 16)
+    torch.testing.assert_close(
+        bench.MappedWithResidual(adapted, base, torch.zeros_like(factor), 0).encode(images),
+        noisy.encode(images),
+    )
+    torch.testing.assert_close(noisy.encode(images), enc.encode(images), atol=1e-3, rtol=1e-3)
