@@ -53,9 +53,8 @@ class TrainConfig:
     grad_clip: float = 1.0  # max grad norm; 0 disables
     seed: int = 0
     save_every: int = 1000
-    keep_checkpoints: int = (
-        2  # of the checkpoints at multiples of save_every (the newest interim one is kept too)
-    )
+    # how many of the checkpoints at multiples of save_every are kept (the newest interim one is kept too)
+    keep_checkpoints: int = 2
     # Also an interim checkpoint whenever this many minutes have passed since the last save, kept only until the
     # next one: a run killed between two save_every checkpoints (a CPU run's are half an hour apart) loses
     # minutes, not the half hour; 0: none.
