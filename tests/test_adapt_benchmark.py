@@ -112,22 +112,13 @@ def test_a_run_that_kept_its_map_reuses_the_map_cells_score_only_for_identical_w
     assert not bench.scored_as(scored, sampling, ["a", "b"])  # another evaluation set
 
 
-def test_the_class_probe_reads_a_map_onto_the_base_encoder_itself_as_the_base(
-    cifar_root, tmp_path, monkeypatch, capsys
-):
-    """benchmarks/adapt_probe.py on a tiny RCDM (tests only) adapted to its own encoder: the map is the identity,
-    so the base probe reads the mapped representations exactly as the true ones; a separable set is read whole."""
-    import torch
-
+def _self_adapted_tiny_run(cifar_root: Path, tmp_path: Path) -> Path:
+    """A tiny pixels:2 RCDM (tests only) at TMP/base, adapted onto its own encoder into TMP/run (the map alone) on
+    200 labelled CIFAR-10 training images copied to TMP/train, which it returns."""
     from rcdm import AdaptConfig, adapt
     from rcdm.encoders import create_encoder
     from rcdm.model import RCDM
     from rcdm.pack.cifar10 import labelled_files
-
-    bench = _bench("adapt_probe")
-    x = torch.cat([torch.randn(50, 3) + 6, torch.randn(50, 3) - 6])
-    y = torch.tensor([0] * 50 + [1] * 50)
-    assert torch.equal(bench.probe(x, y, classes=2)(x), y)
 
     data = tmp_path / "train"
     for f in labelled_files(cifar_root / "train", 200)[0]:
@@ -146,6 +137,22 @@ def test_the_class_probe_reads_a_map_onto_the_base_encoder_itself_as_the_base(
         val_images=0,
     )
     adapt(cfg, tmp_path / "run", progress=False)
+    return data
+
+
+def test_the_class_probe_reads_a_map_onto_the_base_encoder_itself_as_the_base(
+    cifar_root, tmp_path, monkeypatch, capsys
+):
+    """benchmarks/adapt_probe.py on a tiny RCDM (tests only) adapted to its own encoder: the map is the identity,
+    so the base probe reads the mapped representations exactly as the true ones; a separable set is read whole."""
+    import torch
+
+    bench = _bench("adapt_probe")
+    x = torch.cat([torch.randn(50, 3) + 6, torch.randn(50, 3) - 6])
+    y = torch.tensor([0] * 50 + [1] * 50)
+    assert torch.equal(bench.probe(x, y, classes=2)(x), y)
+
+    _self_adapted_tiny_run(cifar_root, tmp_path)
     monkeypatch.setattr(
         "sys.argv",
         ["adapt_probe.py", "--run", str(tmp_path / "run"), "--cifar", str(cifar_root), "--images", "40"],
@@ -168,33 +175,17 @@ def test_the_residual_experiment_finds_no_residual_for_a_map_onto_the_base_encod
     the base is conditioned on, and none to the samples' encodings."""
     import torch
 
-    from rcdm import AdaptConfig, adapt, load_model
+    from rcdm import load_model
     from rcdm.encoders import create_encoder
-    from rcdm.model import RCDM
 
     bench = _bench("adapt_posterior")
-    data = tmp_path / "train"
-    data.mkdir()
-    for f in sorted((cifar_root / "train").rglob("*.jpg"))[:120]:
-        (data / f"{f.parent.name}-{f.name}").write_bytes(f.read_bytes())
+    data = _self_adapted_tiny_run(cifar_root, tmp_path)
     enc = create_encoder("pixels:2")
-    model = RCDM.from_preset("tiny", sample_size=16, standardize_representation=True, **enc.describe())
-    model.set_representation_stats(enc.encode_files(sorted(data.iterdir())))
-    model.save_pretrained(tmp_path / "base")
-    cfg = AdaptConfig(
-        model=str(tmp_path / "base"),
-        encoder="pixels:2",
-        data=str(data),
-        steps=0,
-        adapter="linear",
-        val_images=0,
-    )
-    adapt(cfg, tmp_path / "run", progress=False)
     adapted, base = load_model(tmp_path / "run" / "model"), load_model(tmp_path / "base")
     factor, r2 = bench.residual_factor(tmp_path / "run", adapted, base)
     assert r2 > 0.999 and float(factor.abs().max()) < 0.05 * float(base.rep_std.min())
 
-    paths = sorted(data.iterdir())[:60]
+    paths = sorted(data.rglob("*.jpg"))[:60]
     plain = enc.encode_files(paths)
     noisy = bench.MappedWithResidual(adapted, base, 0.5 * torch.eye(plain.shape[1]), seed=0)
     got = noisy.encode_files(paths, 16)
