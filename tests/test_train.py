@@ -397,6 +397,10 @@ def test_a_time_budget_stops_at_a_checkpoint_and_the_run_stays_usable(few_images
     assert "trained 6 steps; mean loss" in capsys.readouterr().out
     assert main([*args[:-2], "--out", str(tmp_path / "r2"), "--time-budget-s", "-5"]) == 2
     assert "--time-budget-s -5.0 must be a positive number of seconds" in capsys.readouterr().err
+    # an interim checkpoint (on the clock) ends a run past its budget as a counted one does
+    clock = [*args[:-2], "--out", str(tmp_path / "r3"), "--save-every", "4", "--save-every-minutes", "1e-9"]
+    assert main([*clock, "--log-every", "1", "--time-budget-s", "1e-9"]) == 0
+    assert "at the checkpoint of step 1 of 6" in capsys.readouterr().out
 
 
 def test_samples_are_retrieved_by_their_own_representation(few_images, tmp_path):

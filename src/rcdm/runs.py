@@ -105,6 +105,10 @@ class Checkpoints:
             return []
         return sorted(p for p in self.folder.glob(self.pattern) if (p / "state.json").is_file())
 
+    def holds(self, n: int) -> bool:
+        """Is checkpoint n complete (its state.json written)?"""
+        return (self.folder / self.name(n) / "state.json").is_file()
+
     def latest(self) -> Path | None:
         """The newest complete checkpoint (temporary folders from an interrupted save are ignored)."""
         done = self.complete()

@@ -78,3 +78,27 @@ def test_a_time_budget_that_is_not_positive_is_refused(runs: Path, cifar_root: P
     argv = ["recipe", "rcdm", "--runs", str(runs), "--data", str(cifar_root), "--time-budget-s", "-5"]
     assert main([*argv, "--only", TARGET]) == 2
     assert "--time-budget-s -5.0 must be a positive number of seconds" in capsys.readouterr().err
+
+
+def test_a_time_budget_stops_at_the_first_checkpoint_past_it_and_says_so(
+    runs: Path, few_images: Path, tmp_path: Path
+) -> None:
+    import shutil
+
+    root = tmp_path / "runs"
+    shutil.copytree(runs / "supervised", root / "supervised")
+    argv = [
+        "recipe",
+        "rcdm",
+        "--profile",
+        "cpu",
+        "--runs",
+        str(root),
+        "--data",
+        str(few_images),
+        "--no-progress",
+    ]
+    argv += ["--only", "rcdm-cifar10-supervised", "--preset", "tiny", "--steps", "6", "--batch-size", "4"]
+    assert main([*argv, "--save-every", "3", "--time-budget-s", "1e-9"]) == 0
+    rec = json.loads((root / "rcdm-cifar10-supervised" / "recipe.json").read_text())
+    assert rec["stopped_early"] is True and rec["steps"] == 3  # its first checkpoint, not step 1 or 6

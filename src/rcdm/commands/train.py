@@ -8,6 +8,7 @@ import time
 
 from ..errors import RCDMError
 from ..model import PRESETS
+from ..runs import Checkpoints
 from ..train import TrainConfig, train
 from ..train_config import saved_config
 from .common import (
@@ -132,10 +133,11 @@ def run(args: argparse.Namespace) -> int:
     budget = args.time_budget_s
     if budget is not None and not (math.isfinite(budget) and budget > 0):
         raise RCDMError(f"--time-budget-s {budget} must be a positive number of seconds (default: no limit)")
-    t0, reached = time.perf_counter(), {}
+    t0, reached, ckpts = time.perf_counter(), {}, Checkpoints(args.out)
 
     def on_step(step: int, loss: float) -> None:
-        if budget is not None and step % cfg.save_every == 0 and time.perf_counter() - t0 > budget:
+        # past the budget, the first checkpoint written (counted or interim) ends the run
+        if budget is not None and time.perf_counter() - t0 > budget and ckpts.holds(step):
             reached["step"] = step
             raise _TimeUp  # after the checkpoint of `step` was written
 

@@ -203,11 +203,18 @@ def train_rcdms(
         t0, c0 = time.perf_counter(), cpu_seconds()
         done = {"step": 0}
 
-        def on_step(step: int, loss: float, t0: float = t0, done: dict = done) -> None:
+        def on_step(
+            step: int,
+            loss: float,
+            t0: float = t0,
+            done: dict = done,
+            ckpts: Checkpoints = Checkpoints(run_dir),
+        ) -> None:
             done.setdefault("start", step - 1)  # the step this session resumed from
             done["step"] = step
             budget = recipe.time_budget_s
-            if budget is not None and step % recipe.save_every == 0 and time.perf_counter() - t0 > budget:
+            # past the budget, the first checkpoint written (counted or interim) ends the run
+            if budget is not None and time.perf_counter() - t0 > budget and ckpts.holds(step):
                 raise _TimeUp
 
         stopped = False
