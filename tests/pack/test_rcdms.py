@@ -10,6 +10,17 @@ from rcdm.cli import main
 from .conftest import TARGET
 
 
+def _supervised_cpu_argv(runs: Path, few_images: Path, root: Path, steps: int) -> list[str]:
+    """`rcdm recipe rcdm --profile cpu` for a tiny supervised RCDM (tests only) in ROOT, a copy of the fixture's
+    runs folder holding its supervised encoder."""
+    import shutil
+
+    shutil.copytree(runs / "supervised", root / "supervised")
+    argv = ["recipe", "rcdm", "--profile", "cpu", "--runs", str(root), "--data", str(few_images)]
+    argv += ["--only", "rcdm-cifar10-supervised", "--preset", "tiny", "--batch-size", "4"]
+    return [*argv, "--steps", str(steps), "--no-progress"]
+
+
 def test_rcdm_recipe_records_its_run(runs: Path) -> None:
     rec = json.loads((runs / TARGET / "recipe.json").read_text())
     assert rec["steps"] == 2 and rec["images_seen"] == 8 and rec["smoke"] is True
@@ -20,13 +31,9 @@ def test_rcdm_recipe_records_its_run(runs: Path) -> None:
 def test_cpu_profile_trains_a_standardized_model_and_keeps_its_checkpoints(
     runs: Path, few_images: Path, tmp_path: Path
 ) -> None:
-    import shutil
-
     root = tmp_path / "runs"
-    shutil.copytree(runs / "supervised", root / "supervised")
-    argv = ["recipe", "rcdm", "--profile", "cpu", "--runs", str(root), "--data", str(few_images)]
-    argv += ["--only", "rcdm-cifar10-supervised", "--preset", "tiny", "--steps", "4", "--batch-size", "4"]
-    assert main([*argv, "--save-every", "1", "--no-progress"]) == 0
+    argv = _supervised_cpu_argv(runs, few_images, root, steps=4)
+    assert main([*argv, "--save-every", "1"]) == 0
     run = root / "rcdm-cifar10-supervised"
     rec = json.loads((run / "recipe.json").read_text())["recipe"]
     assert rec["standardize"] is True and rec["lr"] == 5e-4 and rec["batch_size"] == 4  # profile, then flags
@@ -43,7 +50,7 @@ def test_cpu_profile_trains_a_standardized_model_and_keeps_its_checkpoints(
     old = {k: v for k, v in record.items() if not k.startswith("cpu_")}
     (run / "recipe.json").write_text(json.dumps(old))
     longer = [("5" if i == argv.index("--steps") + 1 else x) for i, x in enumerate(argv)]
-    assert main([*longer, "--save-every", "1", "--no-progress", "--resume"]) == 0
+    assert main([*longer, "--save-every", "1", "--resume"]) == 0
     rec = json.loads((run / "recipe.json").read_text())
     assert rec["steps"] == 5 and rec["cpu_time_from_step"] == 4 and rec["cpu_time_s"] > 0
 
@@ -51,22 +58,8 @@ def test_cpu_profile_trains_a_standardized_model_and_keeps_its_checkpoints(
 def test_recipe_knobs_given_as_flags_win_over_the_profile(
     runs: Path, few_images: Path, tmp_path: Path
 ) -> None:
-    import shutil
-
     root = tmp_path / "runs"
-    shutil.copytree(runs / "supervised", root / "supervised")
-    argv = [
-        "recipe",
-        "rcdm",
-        "--profile",
-        "cpu",
-        "--runs",
-        str(root),
-        "--data",
-        str(few_images),
-        "--no-progress",
-    ]
-    argv += ["--only", "rcdm-cifar10-supervised", "--preset", "tiny", "--steps", "1", "--batch-size", "4"]
+    argv = _supervised_cpu_argv(runs, few_images, root, steps=1)
     argv += ["--prediction", "epsilon", "--loss-weighting", "min-snr", "--snr-gamma", "3", "--dropout", "0.1"]
     assert main([*argv, "--timestep-sampling", "logit-normal", "--warmup-steps", "5"]) == 0
     run = json.loads((root / "rcdm-cifar10-supervised" / "run.json").read_text())  # what rcdm.train was given
@@ -83,22 +76,8 @@ def test_a_time_budget_that_is_not_positive_is_refused(runs: Path, cifar_root: P
 def test_a_time_budget_stops_at_the_first_checkpoint_past_it_and_says_so(
     runs: Path, few_images: Path, tmp_path: Path
 ) -> None:
-    import shutil
-
     root = tmp_path / "runs"
-    shutil.copytree(runs / "supervised", root / "supervised")
-    argv = [
-        "recipe",
-        "rcdm",
-        "--profile",
-        "cpu",
-        "--runs",
-        str(root),
-        "--data",
-        str(few_images),
-        "--no-progress",
-    ]
-    argv += ["--only", "rcdm-cifar10-supervised", "--preset", "tiny", "--steps", "6", "--batch-size", "4"]
+    argv = _supervised_cpu_argv(runs, few_images, root, steps=6)
     assert main([*argv, "--save-every", "3", "--time-budget-s", "1e-9"]) == 0
     rec = json.loads((root / "rcdm-cifar10-supervised" / "recipe.json").read_text())
     assert rec["stopped_early"] is True and rec["steps"] == 3  # its first checkpoint, not step 1 or 6
