@@ -237,15 +237,11 @@ def ab_table(ab: ABConfig, root: str | Path, names: list[str] | None = None) -> 
     lines = [header]
     for name in names:
         batch = variant_config(ab, name).batch_size
-        scored = {int(p.name.split("-g")[0]) for p in (Path(root) / name / "eval").glob("*-g*.json")}
-        for seen in sorted(scored):
+        scored: dict[int, list[dict]] = {}  # images seen -> its records (eval_path's names: IMAGES-gG.json)
+        for p in sorted((Path(root) / name / "eval").glob("*-g*.json")):
+            scored.setdefault(int(p.name.split("-g")[0]), []).append(json.loads(p.read_text()))
+        for seen, rows in sorted(scored.items()):
             step = seen // batch
-            rows = [
-                json.loads(p.read_text())
-                for p in sorted((Path(root) / name / "eval").glob(f"{seen}-g*.json"))
-            ]
-            if not rows:
-                continue
             rows.sort(key=lambda r: (r["class_agreement"] or 0.0, r["rank1"]), reverse=True)
             best, others = rows[0], rows[1:]
             cpu = best.get("training_cpu_s", _cpu_seconds_at(Path(root) / name, step))

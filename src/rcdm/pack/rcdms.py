@@ -312,7 +312,8 @@ def run_record(run_dir: str | Path, step: int | None = None) -> tuple[Path, dict
     else:
         model = run_dir / "checkpoints" / f"step-{step:08d}" / "ema"
         if not (model.parent / "state.json").is_file() or not (model / "config.json").is_file():
-            have = [int(p.name.split("-")[1]) for p in Checkpoints(run_dir).complete()]
+            ckpts = Checkpoints(run_dir)
+            have = [ckpts.number(p) for p in ckpts.complete()]
             raise RCDMError(
                 f"{run_dir.name} has no complete checkpoint at step {step}: choose one of {have or 'none'}"
             )

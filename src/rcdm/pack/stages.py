@@ -120,7 +120,7 @@ def evaluate_runs(
                 packed, tagged = run / "model", "final"
             else:  # not finished: its newest checkpoint, as `recipe pack` would bundle it
                 newest = ckpts.complete()[-1]
-                n = int(newest.name.removeprefix("step-"))
+                n = ckpts.number(newest)
                 packed, tagged, extra = newest / "ema", newest.name, _seen(run, n)
             if (packed / "config.json").is_file():
                 for g in plan.guidance:
@@ -139,7 +139,7 @@ def evaluate_runs(
             if plan.curve_every <= 0:
                 continue
             for ckpt in ckpts.complete():
-                n = int(ckpt.name.removeprefix("step-"))
+                n = ckpts.number(ckpt)
                 if n % plan.curve_every:
                     continue
                 for g in plan.curve_guidance:
