@@ -143,7 +143,14 @@ SAMPLE = (
     Variant("bf16 + compile", BF16, "default", compiles=True),
     Variant("bf16 + compile + CUDA graphs", BF16, "reduce-overhead", cuda_only=True, compiles=True),
 )
-TRAIN = ("eager fp32", "bf16", "bf16 + fused AdamW", "bf16 + fused AdamW + compile", "fp32 + compile")
+TRAIN = (
+    "eager fp32",
+    "bf16",
+    "bf16 + fused AdamW",
+    "bf16 + fused AdamW + compile",
+    "fp32 + compile",
+    "bf16 + compile",
+)
 
 
 def _attention(kind: str) -> contextlib.AbstractContextManager:

@@ -105,6 +105,7 @@ MUTABLE_ON_RESUME = frozenset(
         "sample_every",
         "report_to",
         "num_workers",
+        "compile",  # how the same steps run (float rounding only), not what they compute
     }
 )
 REPORT_TO: tuple[str, ...] = ("none", "tensorboard", "wandb", "all")

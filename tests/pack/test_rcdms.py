@@ -67,6 +67,27 @@ def test_recipe_knobs_given_as_flags_win_over_the_profile(
     assert (run["timestep_sampling"], run["warmup_steps"], run["dropout"]) == ("logit-normal", 5, 0.1)
 
 
+def test_compile_reaches_training_and_may_change_on_resume(
+    runs: Path, few_images: Path, tmp_path: Path, monkeypatch
+) -> None:
+    """--compile is how the same steps run, not what they compute: a resume may turn it on (the pack's CPU runs,
+    started eager, go on compiled). torch.compile itself is replaced by a recorder (compiling takes minutes)."""
+    import torch
+
+    compiled = []
+    monkeypatch.setattr(torch.nn.Module, "compile", lambda self, **kw: compiled.append(type(self).__name__))
+    root = tmp_path / "runs"
+    argv = _supervised_cpu_argv(runs, few_images, root, steps=1)
+    assert main(argv) == 0 and compiled == []
+    run_json = root / "rcdm-cifar10-supervised" / "run.json"
+    assert json.loads(run_json.read_text())["compile"] is False
+    longer = [("2" if i == argv.index("--steps") + 1 else x) for i, x in enumerate(argv)]
+    assert main([*longer, "--compile", "--resume"]) == 0
+    assert compiled == ["UNet2DModel"] and json.loads(run_json.read_text())["compile"] is True
+    rec = json.loads((root / "rcdm-cifar10-supervised" / "recipe.json").read_text())
+    assert rec["steps"] == 2 and rec["recipe"]["compile"] is True
+
+
 def test_a_time_budget_that_is_not_positive_is_refused(runs: Path, cifar_root: Path, capsys) -> None:
     argv = ["recipe", "rcdm", "--runs", str(runs), "--data", str(cifar_root), "--time-budget-s", "-5"]
     assert main([*argv, "--only", TARGET]) == 2

@@ -40,7 +40,7 @@ from .common import (
 )
 from .recipe_stages import EPILOGS as STAGE_EPILOGS
 from .recipe_stages import add_stage_parsers
-from .train import TRAINING_OPTIONS
+from .train import TRAINING_OPTIONS, add_compile_arg
 
 EPILOGS = {
     "recipe": """examples (docs/recipes.md):
@@ -148,6 +148,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     knobs["prediction"] += " (default: v_prediction with --profile cpu, else epsilon)"
     knobs["loss_weighting"] += " (default: min-snr with --profile cpu, else none)"
     add_config_options(r, RCDMRecipe, knobs)
+    add_compile_arg(r)
     r.add_argument(
         "--time-budget-s",
         type=float,

@@ -71,6 +71,24 @@ class _CompileFlag(argparse.Action):
         setattr(namespace, self.dest, values != "off")
 
 
+def add_compile_arg(p: argparse.ArgumentParser) -> None:
+    """--compile [default|off] / --no-compile -> args.compile (True, False or None: not given)."""
+    p.add_argument(
+        "--compile",
+        action=_CompileFlag,
+        nargs="?",
+        const="default",
+        choices=("default", "off"),
+        default=None,
+        metavar="MODE",
+        help="torch.compile the UNet: --compile (= default, torch.compile's default mode) or --compile off "
+        "(default: off; docs/speed.md)",
+    )
+    p.add_argument(
+        "--no-compile", dest="compile", action="store_const", const=False, help="same as --compile off"
+    )
+
+
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = add_command(sub, "train", "train an RCDM on a folder of images", EPILOG)
     p.add_argument(
@@ -92,20 +110,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         default=None,
         help="recompute activations in backward (less memory, slower)",
     )
-    p.add_argument(
-        "--compile",
-        action=_CompileFlag,
-        nargs="?",
-        const="default",
-        choices=("default", "off"),
-        default=None,
-        metavar="MODE",
-        help="torch.compile the UNet: --compile (= default, torch.compile's default mode) or --compile off "
-        "(default: off; docs/speed.md)",
-    )
-    p.add_argument(
-        "--no-compile", dest="compile", action="store_const", const=False, help="same as --compile off"
-    )
+    add_compile_arg(p)
     add_standardize_arg(p, "off")
     add_config_options(p, TrainConfig, RUN_OPTIONS)
     p.add_argument("--out", required=True, help="run folder")

@@ -84,6 +84,7 @@ class RCDMRecipe:
     smoke: bool = False  # a tiny / test run: `pack` refuses it without allow_smoke
     standardize: bool = False  # standardise representations with the training set's statistics
     keep_checkpoints: int = 2  # more keeps the curve of a gate metric against images seen evaluable
+    compile: bool = False  # torch.compile the UNet: float rounding only; a resume may change it
 
 
 # RCDMRecipe's fields that are `rcdm train`'s recipe knobs, passed on to TrainConfig under the same names (and
@@ -196,6 +197,7 @@ def train_rcdms(
             seed=recipe.seed,
             standardize=recipe.standardize,
             keep_checkpoints=recipe.keep_checkpoints,
+            compile=recipe.compile,
         )
         previous = (
             json.loads((run_dir / RECIPE_NAME).read_text()) if (run_dir / RECIPE_NAME).is_file() else {}
