@@ -7,8 +7,8 @@
 #
 # Outputs live outside the work tree in $WORK (default ~/rcdm-work); logs in $WORK/*.log. Run a stage again after an
 # interruption: it resumes. PACK_STEP=N / PACK_STEPS="TARGET=N ..." pick the checkpoints evaluate scores and pack
-# bundles; RCDM_BUDGET_S=N stops each RCDM at its first checkpoint after N seconds; RCDM_COMPILE=0 trains them eager
-# (the default compiles the UNet: 1.10x a bf16 step on one thread, benchmarks/results/train-compile-cpu-bf16.md).
+# bundles; RCDM_BUDGET_S=N stops each RCDM at its first checkpoint after N seconds; RCDM_COMPILE=1 compiles the UNet
+# (off: 0.97x a bf16 step on a free core, benchmarks/results/train-compile-cpu-bf16.md).
 set -uo pipefail
 
 STAGE=${1:?usage: cpu_pack.sh encoders|rcdms|evaluate|samplers|pack|findings}
@@ -20,7 +20,7 @@ RESNET56=${RESNET56:-$ROOT/../shared/data/cifar-resnet/resnet56-4bfd9763.th}
 SSL_EPOCHS=${SSL_EPOCHS:-60}
 SUP_EPOCHS=${SUP_EPOCHS:-30}
 RCDM_STEPS=${RCDM_STEPS:-8000}
-RCDM_COMPILE=${RCDM_COMPILE:-1}
+RCDM_COMPILE=${RCDM_COMPILE:-0}
 EVAL_IMAGES=${EVAL_IMAGES:-1000}
 GUIDANCE=${GUIDANCE:-1 5}
 CURVE_GUIDANCE=${CURVE_GUIDANCE:-1 5}
