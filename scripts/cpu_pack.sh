@@ -3,7 +3,7 @@
 # docs/recipes.md ("The CPU pack") and `rcdm recipe STAGE --help`. This file only runs `rcdm recipe` commands with
 # one thread and `nice` per job, two jobs side by side where the stage has two (one free core each on 2 cores).
 #
-#   bash scripts/cpu_pack.sh encoders|rcdms|evaluate|samplers|pack|findings
+#   bash scripts/cpu_pack.sh encoders|rcdms|evaluate|samplers|guidance|pack|findings
 #
 # Outputs live outside the work tree in $WORK (default ~/rcdm-work); logs in $WORK/*.log. Run a stage again after an
 # interruption: it resumes. PACK_STEP=N / PACK_STEPS="TARGET=N ..." pick the checkpoints evaluate scores and pack
@@ -11,7 +11,7 @@
 # (off: 0.97x a bf16 step on a free core, benchmarks/results/train-compile-cpu-bf16.md).
 set -uo pipefail
 
-STAGE=${1:?usage: cpu_pack.sh encoders|rcdms|evaluate|samplers|pack|findings}
+STAGE=${1:?usage: cpu_pack.sh encoders|rcdms|evaluate|samplers|guidance|pack|findings}
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 WORK=${WORK:-$HOME/rcdm-work}
 PY=${PY:-$ROOT/.venv/bin/python}
@@ -29,6 +29,9 @@ SAMPLER_IMAGES=${SAMPLER_IMAGES:-200}
 SAMPLERS=${SAMPLERS:-fast:1 paired:1 published:1 fast:3 fast:5 fast:8}
 SAMPLER_TARGETS=${SAMPLER_TARGETS:-rcdm-cifar10-supervised rcdm-cifar10-vicreg-backbone}
 PACK_GUIDANCE=${PACK_GUIDANCE:-}
+# the guidance stage: each RCDM's default sampling, chosen from these weights on this many test images, 2 samples each
+SWEEP_GUIDANCE=${SWEEP_GUIDANCE:-1 2 3 5}
+SWEEP_IMAGES=${SWEEP_IMAGES:-500}
 PACK_STEP=${PACK_STEP:-}
 PACK_STEPS=${PACK_STEPS:-}
 # the representation prior the pack ships (it models the VICReg encoder, which the pack keeps); PRIOR= ships none.
@@ -45,6 +48,12 @@ CIFAR=$($PY -c "import sys; from rcdm.pack.cifar10 import cifar10_root; print(ci
 steps=()
 for s in $PACK_STEP $PACK_STEPS; do steps+=(--step "$s"); done
 resume_flag() { [ -d "$1/checkpoints" ] && echo --resume; }
+packed_model() { # packed_model TARGET: the folder the pack stage bundles (PACK_STEPS / PACK_STEP checkpoint's EMA)
+    local step=$PACK_STEP pair
+    for pair in $PACK_STEPS; do [ "${pair%%=*}" = "$1" ] && step=${pair#*=}; done
+    if [ -n "$step" ]; then printf '%s/runs/%s/checkpoints/step-%08d/ema\n' "$WORK" "$1" "$step"; else
+        echo "$WORK/runs/$1/model"; fi
+}
 
 encoder() { # encoder NAME OBJECTIVE EPOCHS
     [ -f "$WORK/runs/$1/encoder/card.json" ] && { echo "$1: finished"; return 0; }
@@ -92,6 +101,17 @@ samplers)
         --eval-images "$SAMPLER_IMAGES" --settings $SAMPLERS --only $SAMPLER_TARGETS --no-progress \
         2>>"$WORK/evaluate.log"
     ;;
+guidance) # each RCDM's default sampling, recorded into the model the pack stage bundles (two side by side)
+    sweep() {
+        # shellcheck disable=SC2086  # weight lists are words
+        $RCDM recipe guidance --model "$(packed_model "$1")" --data "$CIFAR" --judge "$JUDGE" --record \
+            --guidance $SWEEP_GUIDANCE --eval-images "$SWEEP_IMAGES" --no-progress >>"$WORK/guidance.log" 2>&1
+    }
+    sweep rcdm-cifar10-supervised &
+    sweep rcdm-cifar10-vicreg-backbone
+    wait
+    sweep rcdm-cifar10-vicreg-projector
+    ;;
 pack)
     $PY -m rcdm.cli recipe pack --runs "$WORK/runs" --out "$ROOT/src/rcdm/assets/models" --metrics "$WORK/metrics.json" \
         --overwrite ${PACK_GUIDANCE:+--guidance "$PACK_GUIDANCE"} ${steps[@]+"${steps[@]}"} ${PRIOR:+--prior "$PRIOR"} \
@@ -111,7 +131,7 @@ findings) # the two analyses side by side, then the tables
     $RCDM recipe findings "${common[@]}" --parts table
     ;;
 *)
-    echo "unknown stage $STAGE: use encoders, rcdms, evaluate, samplers, pack or findings" >&2
+    echo "unknown stage $STAGE: use encoders, rcdms, evaluate, samplers, guidance, pack or findings" >&2
     exit 2
     ;;
 esac

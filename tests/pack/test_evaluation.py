@@ -70,6 +70,11 @@ def test_cli_guidance_measures_diversity_and_records_the_choice(guided, cifar_ro
     assert [m["guidance"] for m in measured] == [1.0, 4.0]
     assert all(0 < m["diversity"] <= 2 and 0 < m["pixel_spread"] < 1 for m in measured)
     chosen = config["sampling"]["guidance"]
+    # the judge is named by its weights' digest: no path of this machine travels with the model into a bundle
+    assert (
+        str(resnet56_path) not in json.dumps(config)
+        and "cifar-resnet56@sha256:" in config["sampling"]["chosen_by"]
+    )
     assert resolve_sampling(RCDM.from_pretrained(guided)).guidance == chosen  # sampling now uses it
     assert main([*argv, "--num-samples", "1"]) == 2
     assert "diversity needs at least 2 samples" in capsys.readouterr().err

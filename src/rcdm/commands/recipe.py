@@ -412,7 +412,8 @@ def run_guidance(args: argparse.Namespace) -> int:
     print(guidance_table(scores, chosen), end="")
     print(f"chosen: guidance {chosen.guidance:g} (the lowest within the slacks of the best; docs/recipes.md)")
     if args.record:
-        record_model_sampling(folder, sampling_record(scores, chosen, args.judge))
+        # the judge by its weights' digest, not this machine's path: the record travels into bundles
+        record_model_sampling(folder, sampling_record(scores, chosen, judge.identity))
         print(
             f"recorded in {folder / 'config.json'}: `rcdm sample` now uses guidance {chosen.guidance:g} by default"
         )
