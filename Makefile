@@ -19,6 +19,7 @@ demo: setup
 test: setup
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/ruff format --check src tests benchmarks
+	$(BIN)/shellcheck --severity=warning scripts/*.sh
 	$(BIN)/python -m pytest -q
 
 lint: setup
