@@ -123,8 +123,8 @@ pack)
         $PY -m rcdm.cli recipe add --bundle "$ROOT/src/rcdm/assets/models" --adapter "$WORK/adapt-sup-map" --overwrite \
             ${ADAPTER_METRICS:+--metrics "$ADAPTER_METRICS"}
     ;;
-findings) # the two analyses side by side, then the tables
-    common=(--data "$CIFAR" --out "$WORK/findings" --num-images "$FINDING_IMAGES" ${PACK_GUIDANCE:+--guidance "$PACK_GUIDANCE"} --no-progress)
+findings) # the two analyses side by side, then the tables; PACK_GUIDANCE=1: unguided, into $WORK/findings-g1
+    common=(--data "$CIFAR" --out "$WORK/findings${PACK_GUIDANCE:+-g$PACK_GUIDANCE}" --num-images "$FINDING_IMAGES" ${PACK_GUIDANCE:+--guidance "$PACK_GUIDANCE"} --no-progress)
     $RCDM recipe findings "${common[@]}" --parts invariance >>"$WORK/findings.log" 2>&1 &
     $RCDM recipe findings "${common[@]}" --parts adversarial >>"$WORK/findings.log" 2>&1
     wait
