@@ -14,8 +14,9 @@ training images. A probe is a lower bound on what the representation holds, so t
 below; their use is the gap: a gate above the mode ceiling asks the pictures for class the representation lacks.
 
     python benchmarks/class_ceiling.py --cifar ~/.cache/rcdm/cifar10 --judge cifar-resnet56:resnet56-4bfd9763.th
+    python benchmarks/class_ceiling.py ... --encoders timm:resnet18.a1_in1k:backbone pixels:8   # any encoders
 
-Prints a markdown table (benchmarks/results/recipe-ab-cpu-2core.md, "The class ceiling").
+Prints a markdown table (benchmarks/results/class-ceiling-cpu.md). Default encoders: the pack's three.
 """
 
 from __future__ import annotations
@@ -119,6 +120,19 @@ def ceilings(
     return out
 
 
+def encoder_list(given: list[str] | None) -> list[tuple[str, str, str]]:
+    """(spec, feature, RCDM name or '') of each --encoders entry ('SPEC' or 'SPEC:backbone|projector')."""
+    if not given:
+        return list(PACK_ENCODERS)
+    out = []
+    for entry in given:
+        spec, _, feature = entry.rpartition(":")
+        if feature not in ("backbone", "projector"):
+            spec, feature = entry, "backbone"
+        out.append((spec, feature, ""))
+    return out
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--cifar", required=True, help="CIFAR-10 root (train/ and test/)")
@@ -127,6 +141,13 @@ def main() -> None:
     )
     p.add_argument("--train-images", type=int, default=20000, help="class-balanced training images to fit on")
     p.add_argument("--images", type=int, default=1000, help="class-balanced test images (default: 1000)")
+    p.add_argument(
+        "--encoders",
+        nargs="+",
+        default=None,
+        metavar="SPEC[:backbone|:projector]",
+        help="encoder specs (README: Encoders), each optionally ending in its feature (default: the pack's three)",
+    )
     args = p.parse_args()
     t0 = time.perf_counter()
     train_files, _, _ = labelled_files(Path(args.cifar) / "train", args.train_images)
@@ -139,7 +160,7 @@ def main() -> None:
 
     y_train, y_test = judged(train_files), judged(test_files)
     rows = []
-    for spec, feature, rcdm in PACK_ENCODERS:
+    for spec, feature, rcdm in encoder_list(args.encoders):
         enc = create_encoder(spec, feature)
         found = ceilings(
             enc.encode_files(train_files, 256), y_train, enc.encode_files(test_files, 256), y_test

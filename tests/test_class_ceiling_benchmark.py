@@ -43,3 +43,13 @@ def test_a_partial_signal_gives_a_posterior_ceiling_below_the_mode_ceiling():
     bench = _bench()
     r = bench.ceilings(*_data(signal=1.5))["linear"]
     assert 0.2 < r["posterior"] < r["mode"] < 0.95
+
+
+def test_encoders_may_name_their_feature_and_default_to_the_packs_three():
+    bench = _bench()
+    assert bench.encoder_list(None) == list(bench.PACK_ENCODERS)
+    assert bench.encoder_list(["pixels:8", "rcdm-cifar:x:projector", "timm:resnet18:backbone"]) == [
+        ("pixels:8", "backbone", ""),
+        ("rcdm-cifar:x", "projector", ""),
+        ("timm:resnet18", "backbone", ""),
+    ]
