@@ -19,11 +19,11 @@ import json
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 from rcdm.adaptation import base_targets
 from rcdm.encoders.cache import load_cache
 from rcdm.loading import encoder_for, load_model
+from rcdm.metrics.probe import fit_linear_probe
 from rcdm.pack.evaluation import evaluation_images
 
 
@@ -36,23 +36,6 @@ def cached(cache: Path) -> dict[str, tuple[torch.Tensor, list[str]]]:
         reps = load_cache(meta_file.with_suffix(".safetensors"))["representations"]
         out[meta["encoder"]] = (reps.float(), meta["paths"])
     return out
-
-
-def probe(x: torch.Tensor, y: torch.Tensor, classes: int = 10):
-    """A linear classifier fitted on (x, y); returns x -> predicted class. Written here: a few lines of L-BFGS
-    spare the benchmark a scikit-learn dependency."""
-    w = torch.zeros(x.shape[1], classes, requires_grad=True)
-    b = torch.zeros(classes, requires_grad=True)
-    opt = torch.optim.LBFGS([w, b], max_iter=300, line_search_fn="strong_wolfe")
-
-    def closure():
-        opt.zero_grad()
-        loss = F.cross_entropy(x @ w + b, y) + 1e-4 * w.pow(2).sum()
-        loss.backward()
-        return loss
-
-    opt.step(closure)
-    return lambda z: (z @ w + b).argmax(1)
 
 
 def main() -> None:
@@ -81,10 +64,11 @@ def main() -> None:
     standardised = base_targets
     with torch.no_grad():
         mapped_te = adapted.rep_adapter(standardised(adapted, new_te)).float()
-    in_base, in_new = probe(standardised(base, base_tr), y_tr), probe(standardised(adapted, new_tr), y_tr)
+    in_base = fit_linear_probe(standardised(base, base_tr), y_tr, len(classes))
+    in_new = fit_linear_probe(standardised(adapted, new_tr), y_tr, len(classes))
 
-    def accuracy(pred, y):
-        return round(float((pred == y).float().mean()), 4)
+    def accuracy(logits, y):
+        return round(float((logits.argmax(1) == y).float().mean()), 4)
 
     print(
         json.dumps(

@@ -9,7 +9,7 @@ two forms:
   strong guidance tends to, would score);
 - posterior: the mean probability the calibrated probe gives to the judge's class (what a sampler that draws
   the class with the posterior's odds, a faithful unguided RCDM, would score).
-Probes: linear (softmax regression) and a one-hidden-layer MLP, each calibrated by one temperature on held-out
+Probes: linear (softmax regression, `rcdm.metrics.probe`) and a one-hidden-layer MLP, each calibrated by one temperature on held-out
 training images. A probe is a lower bound on what the representation holds, so these ceilings are estimates from
 below; their use is the gap: a gate above the mode ceiling asks the pictures for class the representation lacks.
 
@@ -31,6 +31,7 @@ import torch.nn.functional as F
 
 from rcdm.devices import cpu_model
 from rcdm.encoders import create_encoder
+from rcdm.metrics.probe import fit_linear_probe
 from rcdm.pack.cifar10 import labelled_files
 from rcdm.pack.evaluation import evaluation_images
 
@@ -42,22 +43,6 @@ PACK_ENCODERS = (
 )
 
 Logits = Callable[[torch.Tensor], torch.Tensor]
-
-
-def fit_linear(x: torch.Tensor, y: torch.Tensor, classes: int) -> Logits:
-    """Softmax regression on (x, y) by L-BFGS (a few lines here spare the benchmark a scikit-learn dependency)."""
-    w = torch.zeros(x.shape[1], classes, requires_grad=True)
-    b = torch.zeros(classes, requires_grad=True)
-    opt = torch.optim.LBFGS([w, b], max_iter=300, line_search_fn="strong_wolfe")
-
-    def closure():
-        opt.zero_grad()
-        loss = F.cross_entropy(x @ w + b, y) + 1e-4 * w.pow(2).sum()
-        loss.backward()
-        return loss
-
-    opt.step(closure)
-    return lambda z: (z @ w + b).detach()
 
 
 def fit_mlp(
@@ -104,7 +89,7 @@ def ceilings(
     cut = len(train) // 10
     val, fit = order[:cut], order[cut:]
     probes = {
-        "linear": fit_linear(train[fit], y_train[fit], classes),
+        "linear": fit_linear_probe(train[fit], y_train[fit], classes),
         "mlp": fit_mlp(train[fit], y_train[fit], classes, train[val], y_train[val]),
     }
     out = {}
