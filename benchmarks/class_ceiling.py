@@ -94,12 +94,13 @@ def ceilings(
     }
     out = {}
     for name, logits in probes.items():
-        t = temperature(logits(train[val]), y_train[val])
+        held = logits(train[val])
+        t = temperature(held, y_train[val])
         q = (logits(test) / t).softmax(-1)
         out[name] = {
             "mode": float((q.argmax(-1) == y_test).float().mean()),
             "posterior": float(q.gather(1, y_test[:, None]).mean()),
-            "held_out": float((logits(train[val]).argmax(-1) == y_train[val]).float().mean()),
+            "held_out": float((held.argmax(-1) == y_train[val]).float().mean()),
             "temperature": t,
         }
     return out

@@ -48,11 +48,11 @@ CIFAR=$($PY -c "import sys; from rcdm.pack.cifar10 import cifar10_root; print(ci
 steps=()
 for s in $PACK_STEP $PACK_STEPS; do steps+=(--step "$s"); done
 resume_flag() { [ -d "$1/checkpoints" ] && echo --resume; }
-packed_model() { # packed_model TARGET: the folder the pack stage bundles (PACK_STEPS / PACK_STEP checkpoint's EMA)
+packed_model() { # packed_model TARGET: the folder `recipe pack` bundles for it (rcdm.pack.rcdms.packed_model)
     local step=$PACK_STEP pair
     for pair in $PACK_STEPS; do [ "${pair%%=*}" = "$1" ] && step=${pair#*=}; done
-    if [ -n "$step" ]; then printf '%s/runs/%s/checkpoints/step-%08d/ema\n' "$WORK" "$1" "$step"; else
-        echo "$WORK/runs/$1/model"; fi
+    $PY -c "import sys; from rcdm.pack.rcdms import packed_model
+print(packed_model(sys.argv[1], int(sys.argv[2]) if sys.argv[2] else None))" "$WORK/runs/$1" "$step"
 }
 
 encoder() { # encoder NAME OBJECTIVE EPOCHS

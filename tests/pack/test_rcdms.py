@@ -70,8 +70,7 @@ def test_recipe_knobs_given_as_flags_win_over_the_profile(
 def test_compile_reaches_training_and_may_change_on_resume(
     runs: Path, few_images: Path, tmp_path: Path, monkeypatch
 ) -> None:
-    """--compile is how the same steps run, not what they compute: a resume may turn it on (the pack's CPU runs,
-    started eager, go on compiled). torch.compile itself is replaced by a recorder (compiling takes minutes)."""
+    """--compile is how the same steps run, not what they compute: a resume may turn it on or off. torch.compile itself is replaced by a recorder (compiling takes minutes)."""
     import torch
 
     compiled = []

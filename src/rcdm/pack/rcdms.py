@@ -280,8 +280,30 @@ def training_sessions(run_dir: Path) -> list[list[dict]]:
     return out
 
 
+def packed_model(run_dir: str | Path, step: int | None = None) -> Path:
+    """The model folder `recipe pack` bundles for a recipe run: checkpoint `step`'s EMA, else the final model,
+    else (unfinished) the newest checkpoint's EMA; one line naming what exists when there is none."""
+    run_dir = Path(run_dir)
+    if step is None:
+        try:
+            return resolve_model_dir(run_dir)
+        except RCDMError:
+            raise RCDMError(
+                f"no trained model in {str(run_dir)!r}: run `rcdm recipe rcdm --runs {run_dir.parent}` first"
+            ) from None
+    model = run_dir / "checkpoints" / f"step-{step:08d}" / "ema"
+    if not (model.parent / "state.json").is_file() or not (model / "config.json").is_file():
+        ckpts = Checkpoints(run_dir)
+        have = [ckpts.number(p) for p in ckpts.complete()]
+        raise RCDMError(
+            f"{run_dir.name} has no complete checkpoint at step {step}: choose one of {have or 'none'}"
+        )
+    return model
+
+
 def run_record(run_dir: str | Path, step: int | None = None) -> tuple[Path, dict]:
-    """The model of a recipe run to pack and its record (recipe.json's fields), at checkpoint `step` or its newest.
+    """The model of a recipe run to pack (`packed_model`) and its record (recipe.json's fields), at checkpoint
+    `step` or its newest.
 
     recipe.json is written when a training session ends; a session that was killed (a machine handed back)
     leaves none, and a run packed at an earlier checkpoint must not carry the record of a later step. Then the
@@ -300,25 +322,11 @@ def run_record(run_dir: str | Path, step: int | None = None) -> tuple[Path, dict
             raise RCDMError(f"{str(cfg_path)!r} is missing: {run_dir.name} is not an `rcdm recipe rcdm` run")
         return json.loads(cfg_path.read_text())
 
-    if step is None:
-        try:
-            model = resolve_model_dir(run_dir)
-        except RCDMError:
-            raise RCDMError(
-                f"no trained model in {str(run_dir)!r}: run `rcdm recipe rcdm --runs {run_dir.parent}` first"
-            ) from None
-        if model == run_dir / "model":  # a finished run: its record, else (none written) its planned steps
-            step = int(saved.get("steps") or run_config()["steps"])
-        else:
-            step = int(json.loads((model.parent / "state.json").read_text())["step"])
-    else:
-        model = run_dir / "checkpoints" / f"step-{step:08d}" / "ema"
-        if not (model.parent / "state.json").is_file() or not (model / "config.json").is_file():
-            ckpts = Checkpoints(run_dir)
-            have = [ckpts.number(p) for p in ckpts.complete()]
-            raise RCDMError(
-                f"{run_dir.name} has no complete checkpoint at step {step}: choose one of {have or 'none'}"
-            )
+    model = packed_model(run_dir, step)
+    if step is None and model == run_dir / "model":  # a finished run: its record, else its planned steps
+        step = int(saved.get("steps") or run_config()["steps"])
+    elif step is None:
+        step = int(json.loads((model.parent / "state.json").read_text())["step"])
     if saved.get("steps") == step and not saved.get("cpu_time_from_step"):
         return model, saved
     # Rebuilt: an earlier checkpoint, no record, or a record of the resumed session alone (its time since
