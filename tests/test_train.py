@@ -403,6 +403,23 @@ def test_a_time_budget_stops_at_a_checkpoint_and_the_run_stays_usable(few_images
     assert "at the checkpoint of step 1 of 6" in capsys.readouterr().out
 
 
+def test_train_called_with_a_time_budget_returns_at_a_checkpoint_and_resumes_exactly(
+    few_images, reference, tmp_path
+):
+    """The Python API: past its budget `train` returns at the first checkpoint, flagged, with no final model;
+    resumed without one, it ends with the uninterrupted run's weights."""
+    run = tmp_path / "run"
+    cut = train(config(few_images), run, progress=False, time_budget_s=1e-9)
+    assert cut.stopped_early and cut.steps == 2 and not (run / "model").exists()
+    assert [p.name for p in Checkpoints(run).complete()] == ["step-00000002"]
+    done = train(config(few_images), run, resume=True, progress=False, time_budget_s=3600)
+    assert not done.stopped_early and done.steps == 6
+    assert_same(weights(run / "model"), weights(reference / "model"))
+    with pytest.raises(RCDMError, match="--time-budget-s nan must be a positive number"):
+        train(config(few_images), tmp_path / "r2", progress=False, time_budget_s=float("nan"))
+    assert not (tmp_path / "r2").exists()  # refused before any work
+
+
 def test_samples_are_retrieved_by_their_own_representation(few_images, tmp_path):
     cfg = TrainConfig(
         data=str(few_images),

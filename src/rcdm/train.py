@@ -68,6 +68,7 @@ class TrainResult:
     # time the process was stopped or starved, and CPU seconds of the process and its data workers, which do not.
     wall_time_s: float = 0.0
     cpu_time_s: float = 0.0
+    stopped_early: bool = False  # ended by the time budget at the checkpoint of `steps`, before cfg.steps
 
 
 def _fixed_views(files: list[Path], size: int, enc: Encoder, n: int = 4) -> tuple[torch.Tensor, torch.Tensor]:
@@ -137,6 +138,12 @@ def _holding_run_folder(acc: Accelerator, run_dir: Path) -> Iterator[None]:
         yield
 
 
+def check_time_budget(seconds: float | None) -> None:
+    """Refuse a time budget that is not a positive number of seconds (None: no limit)."""
+    if seconds is not None and not (math.isfinite(seconds) and seconds > 0):
+        raise RCDMError(f"--time-budget-s {seconds} must be a positive number of seconds (default: no limit)")
+
+
 def train(
     cfg: TrainConfig,
     run_dir: str | Path,
@@ -145,14 +152,19 @@ def train(
     progress: bool = True,
     on_step: Callable[[int, float], None] | None = None,  # called after each optimizer step (step, loss)
     encoder: Encoder | None = None,  # a ready encoder (Python API); else built from cfg.encoder
+    time_budget_s: float | None = None,
 ) -> TrainResult:
-    """Train an RCDM on the frozen representations of `cfg.encoder`; returns when `cfg.steps` are done.
+    """Train an RCDM on the frozen representations of `cfg.encoder`; returns when `cfg.steps` are done, or
+    with `stopped_early` at the first checkpoint (counted or interim) written after `time_budget_s` seconds of
+    this call (set-up included): the run is then usable as it stands and continues with `resume=True`.
 
     The main process holds RUN_DIR/.lock meanwhile (a second run in the same folder is refused); a full disk
     raises DiskFullError with the last checkpoint intact; a damaged newest checkpoint on resume raises naming
     the file and the newest intact one.
     """
     wall0, cpu0 = time.perf_counter(), cpu_seconds()
+    check_time_budget(time_budget_s)
+    deadline = None if time_budget_s is None else wall0 + time_budget_s
     run_dir = Path(run_dir)
     validate_config(cfg)
     check_output_folder(run_dir)
@@ -165,7 +177,16 @@ def train(
     )
     ckpts = Checkpoints(run_dir)
     with _holding_run_folder(acc, run_dir), ckpts.reporting_full_disk("to the run folder"):
-        result = _train(cfg, ckpts, acc, resume=resume, progress=progress, on_step=on_step, encoder=encoder)
+        result = _train(
+            cfg,
+            ckpts,
+            acc,
+            resume=resume,
+            progress=progress,
+            on_step=on_step,
+            encoder=encoder,
+            deadline=deadline,
+        )
     result.wall_time_s, result.cpu_time_s = time.perf_counter() - wall0, cpu_seconds() - cpu0
     return result
 
@@ -179,6 +200,7 @@ def _train(
     progress: bool,
     on_step: Callable[[int, float], None] | None,
     encoder: Encoder | None,
+    deadline: float | None,  # time.perf_counter() past which the next checkpoint ends the run
 ) -> TrainResult:
     """`train` once the settings are checked and the run folder is this run's."""
     run_dir = ckpts.run_dir
@@ -317,7 +339,7 @@ def _train(
     diffusion = GaussianDiffusion()
     history: list[float] = []
     t0, seen, last = time.perf_counter(), 0, float("nan")
-    last_save = t0
+    last_save, stopped_early = t0, False
     step = start
     k = cfg.gradient_accumulation_steps
     for batch in _batches_for(cfg, dataset, start, acc):
@@ -413,8 +435,14 @@ def _train(
                 )
             acc.wait_for_everyone()
             last_save = time.perf_counter()
+            if deadline is not None and step < cfg.steps:
+                # the main process's clock decides for all, so that every process stops at the same step
+                stopped_early = bool(broadcast_object_list([last_save > deadline])[0])
         if on_step is not None:
             on_step(step, value)
+        if stopped_early:
+            log.info("time budget spent: stopped at the checkpoint of step %d of %d", step, cfg.steps)
+            break
     monitor.close()
     if acc.is_main_process and step >= cfg.steps:
         ema.copy_to(ema_model.parameters())
@@ -427,4 +455,4 @@ def _train(
         ):
             ema_model.save_pretrained(tmp)
     rate = seen / max(1e-9, time.perf_counter() - t0)
-    return TrainResult(run_dir, step, last, rate, history)
+    return TrainResult(run_dir, step, last, rate, history, stopped_early=stopped_early)

@@ -3,13 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import math
-import time
 
-from ..errors import RCDMError
 from ..model import PRESETS
-from ..runs import Checkpoints
-from ..train import TrainConfig, train
+from ..train import TrainConfig, check_time_budget, train
 from ..train_config import saved_config
 from .common import (
     add_command,
@@ -136,22 +132,12 @@ def run(args: argparse.Namespace) -> int:
     settings = settings_from_args(args, TrainConfig, base, ("data", "encoder"), "run.json")
     cfg = TrainConfig(**settings)
     budget = args.time_budget_s
-    if budget is not None and not (math.isfinite(budget) and budget > 0):
-        raise RCDMError(f"--time-budget-s {budget} must be a positive number of seconds (default: no limit)")
-    t0, reached, ckpts = time.perf_counter(), {}, Checkpoints(args.out)
-
-    def on_step(step: int, loss: float) -> None:
-        # past the budget, the first checkpoint written (counted or interim) ends the run
-        if budget is not None and time.perf_counter() - t0 > budget and ckpts.holds(step):
-            reached["step"] = step
-            raise _TimeUp  # after the checkpoint of `step` was written
-
-    try:
-        result = train(cfg, args.out, resume=args.resume, progress=not args.no_progress, on_step=on_step)
-    except _TimeUp:
+    check_time_budget(budget)  # before any work
+    result = train(cfg, args.out, resume=args.resume, progress=not args.no_progress, time_budget_s=budget)
+    if result.stopped_early:
         print(
-            f"stopped by --time-budget-s {budget:g} at the checkpoint of step {reached['step']} of {cfg.steps} "
-            f"({time.perf_counter() - t0:.0f} s); rcdm sample --model {args.out} uses it, and "
+            f"stopped by --time-budget-s {budget:g} at the checkpoint of step {result.steps} of {cfg.steps} "
+            f"({result.wall_time_s:.0f} s); rcdm sample --model {args.out} uses it, and "
             f"rcdm train --out {args.out} --resume continues"
         )
         return 0
@@ -168,7 +154,3 @@ def run(args: argparse.Namespace) -> int:
         f"{result.wall_time_s:.1f} s wall, {result.cpu_time_s:.1f} s CPU; model in {result.run_dir / 'model'}"
     )
     return 0
-
-
-class _TimeUp(Exception):
-    """Raised from the step callback once --time-budget-s has passed at a checkpoint."""

@@ -12,7 +12,6 @@ from __future__ import annotations
 import functools
 import json
 import logging
-import math
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -29,7 +28,7 @@ from ..losses import LossType, LossWeighting, TimestepSampling
 from ..model import PRESETS
 from ..monitor import read_metrics
 from ..runs import Checkpoints
-from ..train import TrainConfig, train
+from ..train import TrainConfig, check_time_budget, train
 
 log = logging.getLogger(__name__)
 
@@ -130,10 +129,6 @@ class RCDMRun:
     cpu_time_from_step: int = 0
 
 
-class _TimeUp(Exception):
-    pass
-
-
 def encoder_dir(runs_root: str | Path, run: EncoderRun) -> Path:
     """ROOT/<run>/encoder, checked to hold a finished recipe encoder."""
     path = Path(runs_root) / run / "encoder"
@@ -171,9 +166,7 @@ def train_rcdms(
     """Train each target RCDM with rcdm.train.train into ROOT/<name>, writing ROOT/<name>/recipe.json."""
     if recipe.preset not in PRESETS:
         raise RCDMError(f"unknown preset {recipe.preset!r}: choose one of {', '.join(PRESETS)}")
-    budget = recipe.time_budget_s
-    if budget is not None and not (math.isfinite(budget) and budget > 0):
-        raise RCDMError(f"--time-budget-s {budget} must be a positive number of seconds (default: no limit)")
+    check_time_budget(recipe.time_budget_s)  # before the first target's set-up
     root = Path(runs_root)
     runs = []
     for target in select_targets(only):
@@ -205,26 +198,20 @@ def train_rcdms(
         t0, c0 = time.perf_counter(), cpu_seconds()
         done = {"step": 0}
 
-        def on_step(
-            step: int,
-            loss: float,
-            t0: float = t0,
-            done: dict = done,
-            ckpts: Checkpoints = Checkpoints(run_dir),
-        ) -> None:
+        def on_step(step: int, loss: float, done: dict = done) -> None:
             done.setdefault("start", step - 1)  # the step this session resumed from
             done["step"] = step
-            budget = recipe.time_budget_s
-            # past the budget, the first checkpoint written (counted or interim) ends the run
-            if budget is not None and time.perf_counter() - t0 > budget and ckpts.holds(step):
-                raise _TimeUp
 
-        stopped = False
-        try:
-            result = train(cfg, run_dir, resume=resume, progress=progress, on_step=on_step)
-            steps = result.steps
-        except _TimeUp:
-            stopped, steps = True, done["step"]
+        result = train(
+            cfg,
+            run_dir,
+            resume=resume,
+            progress=progress,
+            on_step=on_step,
+            time_budget_s=recipe.time_budget_s,
+        )
+        stopped, steps = result.stopped_early, result.steps
+        if stopped:
             log.warning("%s: time budget reached; stopped at the checkpoint of step %d", target.name, steps)
         wall = float(previous.get("wall_time_s", 0.0)) + time.perf_counter() - t0
         # CPU time covers steps cpu_from + 1 .. steps: this session, plus the earlier ones when the previous
