@@ -4,6 +4,7 @@ where the scores land, resuming, the metrics lock, and the findings on the shipp
 from __future__ import annotations
 
 import json
+import shutil
 from dataclasses import replace
 from pathlib import Path
 
@@ -92,6 +93,12 @@ def test_evaluate_scores_the_packed_model_and_the_curve_once(tmp_path: Path, sco
     assert m[BACKBONE][
         "curve (images seen: rank-1 / class agreement; dpm++ 20, guidance 5; ResNet-56 judge)"
     ] == ("256000: 0.250 / 0.500")
+    with pytest.raises(RCDMError, match=r"no complete checkpoint at step 1500: choose one of \[1000, 2000\]"):
+        stages.evaluate_runs(runs, metrics, images, judge=None, plan=plan, steps={PROJECTOR: 1500})
+    shutil.rmtree(runs / SUPERVISED / "model")
+    shutil.rmtree(runs / SUPERVISED / "checkpoints")  # nothing trained: skipped, not an error
+    stages.evaluate_runs(runs, metrics, images, judge=None, plan=plan, steps={PROJECTOR: 1000})
+    assert len(scored) == n
 
 
 def test_samplers_score_the_newest_model_of_the_runs_asked_for(tmp_path: Path, scored) -> None:

@@ -34,7 +34,7 @@ from ..loading import encoder_for, load_model, resolve_model_dir
 from ..locks import output_lock
 from ..runs import Checkpoints
 from .evaluation import score_model
-from .rcdms import TARGETS
+from .rcdms import TARGETS, packed_model
 
 log = logging.getLogger(__name__)
 
@@ -111,18 +111,9 @@ def evaluate_runs(
         for name, run in _runs(runs, only):
             at = (steps or {}).get(name, step)
             ckpts = Checkpoints(run)
-            extra = None
-            if at is not None:
-                packed, tagged, extra = ckpts.folder / ckpts.name(at) / "ema", ckpts.name(at), _seen(run, at)
-                if not (packed / "config.json").is_file():
-                    raise RCDMError(f"{name} has no complete checkpoint at step {at} in {run}")
-            elif (run / "model" / "config.json").is_file() or not ckpts.complete():
-                packed, tagged = run / "model", "final"
-            else:  # not finished: its newest checkpoint, as `recipe pack` would bundle it
-                newest = ckpts.complete()[-1]
-                n = ckpts.number(newest)
-                packed, tagged, extra = newest / "ema", newest.name, _seen(run, n)
-            if (packed / "config.json").is_file():
+            to_pack = _to_pack(run, at)
+            if to_pack is not None:
+                packed, tagged, extra = to_pack
                 for g in plan.guidance:
                     folder = metrics / name / tag(tagged, g)
                     score_into(
@@ -156,6 +147,20 @@ def evaluate_runs(
                     )
                     scored.append(folder)
     return scored
+
+
+def _to_pack(run: Path, at: int | None) -> tuple[Path, str, dict | None] | None:
+    """(model folder, evaluation name, images seen) of what `recipe pack` bundles for RUN (`packed_model`):
+    checkpoint `at`, else the final model, else the newest checkpoint; None when nothing is trained yet."""
+    try:
+        model = packed_model(run, at)
+    except RCDMError:
+        if at is not None:
+            raise
+        return None
+    if model == run / "model":
+        return model, "final", None
+    return model, model.parent.name, _seen(run, Checkpoints(run).number(model.parent))
 
 
 def _runs(runs: Path, only: Sequence[str] | None) -> Iterator[tuple[str, Path]]:
