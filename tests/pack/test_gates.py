@@ -68,11 +68,11 @@ def test_pack_metrics_labels_the_final_guided_curve_and_sampler_numbers(tmp_path
     )
     # the trend of each gate metric along the two-point curve: agreement 0.25 -> 0.5 in one doubling
     assert m["trend of class agreement (dpm++ 20; ResNet-56 judge) against log2(images seen)"] == (
-        "+0.250 per doubling of images seen (2 checkpoints); the line reaches 0.6 at about 0.34M images seen "
+        "+0.250 per doubling of images seen (2 checkpoints); the line reaches 0.7 at about 0.45M images seen "
         "(extrapolated)"
     )
     assert m["trend of rank-1 retrieval (dpm++ 20; ResNet-56 judge) against log2(images seen)"].endswith(
-        "at or above 0.05 already"
+        "at or above 0.1 already"
     )
     assert not any(k.startswith("trend") and "guidance 2" in k for k in m)  # one point: no line
     assert m["sampler table (setting: rank-1 / class agreement / s per image, CPU)"] == (
