@@ -3,8 +3,9 @@
 # docs/recipes.md ("The CPU pack") and `rcdm recipe STAGE --help`. This file only runs `rcdm recipe` commands with
 # one thread and `nice` per job, two jobs side by side where the stage has two (one free core each on 2 cores).
 #
-#   bash scripts/cpu_pack.sh encoders|rcdms|evaluate|samplers|guidance|pack|findings
+#   bash scripts/cpu_pack.sh encoders|rcdms|guidance|evaluate|samplers|pack|findings
 #
+# in that order: guidance records each model's default sampling, and evaluate scores the gates there too.
 # Outputs live outside the work tree in $WORK (default ~/rcdm-work); logs in $WORK/*.log. Run a stage again after an
 # interruption: it resumes. PACK_STEP=N / PACK_STEPS="TARGET=N ..." pick the checkpoints evaluate scores and pack
 # bundles; RCDM_BUDGET_S=N stops each RCDM at its first checkpoint after N seconds; RCDM_COMPILE=1 compiles the UNet

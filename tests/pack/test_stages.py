@@ -75,11 +75,13 @@ def test_evaluate_scores_the_packed_model_and_the_curve_once(tmp_path: Path, sco
     _run(runs, SUPERVISED, [1000, 2000, 3000], final=True)
     _run(runs, BACKBONE, [1000, 2000], final=False, batch=128)  # not finished: its newest checkpoint
     _run(runs, PROJECTOR, [1000, 2000], final=True)
+    # the supervised model records its default sampling (`recipe guidance --record`): scored there too
+    (runs / SUPERVISED / "model" / "config.json").write_text(json.dumps({"sampling": {"guidance": 3.0}}))
     plan = stages.Evaluation(guidance=(1.0, 5.0), curve_guidance=(5.0,), curve_every=2000)
     stages.evaluate_runs(runs, metrics, images, judge=None, plan=plan, steps={PROJECTOR: 1000})
     got = {t.name: sorted(p.name for p in t.iterdir()) for t in metrics.iterdir()}
     assert got == {
-        SUPERVISED: ["final", "final-g5", "step-00002000-g5"],
+        SUPERVISED: ["final", "final-g3", "final-g5", "step-00002000-g5"],
         BACKBONE: ["step-00002000", "step-00002000-g5"],  # the newest checkpoint, also a curve point
         PROJECTOR: ["step-00001000", "step-00001000-g5", "step-00002000-g5"],  # the step asked for
     }

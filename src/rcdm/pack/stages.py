@@ -3,8 +3,9 @@
 
 - `evaluate_runs`: each RCDM run scored by `rcdm.pack.evaluation.score_model` on class-balanced CIFAR-10 test
   images: the model the bundle will hold (its checkpoint at `step`, else its final model, else its newest
-  checkpoint) at each weight of
-  `guidance`, and every `curve_every`-th checkpoint at each weight of `curve_guidance` (the curves).
+  checkpoint) at each weight of `guidance` and at its own default guidance (`rcdm recipe guidance --record`, run
+  first: the gates are read at each model's default), and every `curve_every`-th checkpoint at each weight of
+  `curve_guidance` (the curves).
 - `score_samplers`: the newest model of each run scored under each sampling setting, with its wall time.
 - `findings`: the paper's findings 1-3 on an installed pack (`rcdm.analysis.findings`).
 
@@ -114,7 +115,9 @@ def evaluate_runs(
             to_pack = _to_pack(run, at)
             if to_pack is not None:
                 packed, tagged, extra = to_pack
-                for g in plan.guidance:
+                # and at its own default (`recipe guidance --record`): the gates are read there
+                own = json.loads((packed / "config.json").read_text()).get("sampling", {}).get("guidance")
+                for g in sorted({*plan.guidance, *([float(own)] if own else [])}):
                     folder = metrics / name / tag(tagged, g)
                     score_into(
                         folder,
