@@ -12,7 +12,9 @@ and the Fréchet distance in the judge's (ResNet-56) features, one sample each, 
 serves best. The default is the shared ResNet-20: no pack RCDM is conditioned on it, so each base is foreign to it
 (through the supervised RCDM, the pack's supervised ResNet-20 would meet its own encoder). Every finished cell is a small record in --cells (default benchmarks/results/adapt/cells.json, committed:
 the run folders in WORK are lost when the machine goes, the records are not), so a killed run, or a later session
-on another machine, resumes at the first missing cell; each record names its machine and date. --out rewrites the
+on another machine, resumes at the first missing cell; each record names its machine and date. --base-model and
+--reference-model load those two RCDMs from folders (a retrained pack's runs, before they are packed) under their
+pack names; give such a measurement its own --cells. --out rewrites the
 generated part of the markdown file (everything above its first "## " heading) and keeps the hand-written sections
 below it.
 """
@@ -131,6 +133,17 @@ def main() -> None:
         "base is its own; 'none': no other base)",
     )
     p.add_argument(
+        "--base-model",
+        default=None,
+        help=f"where to load the base ({BASE}) from, e.g. a retrained run's model folder before it is packed "
+        "(default: the installed pack's); its cells keep the name",
+    )
+    p.add_argument(
+        "--reference-model",
+        default=None,
+        help="likewise for the reference row's RCDM (default: the installed cifar10-supervised)",
+    )
+    p.add_argument(
         "--adapter",
         default=AdaptConfig.adapter,
         choices=("linear", "mlp"),
@@ -183,7 +196,7 @@ def main() -> None:
     if REFERENCE_FOR in todo:
         cell(
             "reference: the pack's supervised RCDM",
-            "cifar10-supervised",
+            args.reference_model or "cifar10-supervised",
             {"how": "its own RCDM", "train_s": None},
         )
     runs = [(label, spec, BASE) for label, spec in todo.items()]
@@ -207,7 +220,7 @@ def main() -> None:
         if all(k in done for k in keys):
             continue  # not even the map run again: its folder may be gone with an earlier machine
         cfg = AdaptConfig(
-            model=base,
+            model=args.base_model if base == BASE and args.base_model else base,
             encoder=spec,
             data=str(Path(args.cifar) / "train"),
             steps=0,

@@ -193,3 +193,44 @@ def test_the_residual_experiment_finds_no_residual_for_a_map_onto_the_base_encod
         noisy.encode(images),
     )
     torch.testing.assert_close(noisy.encode(images), enc.encode(images), atol=1e-3, rtol=1e-3)
+
+
+def test_base_and_reference_models_load_from_folders_under_their_pack_names(tmp_path, monkeypatch, capsys):
+    """--base-model / --reference-model: a retrained pack's runs measured before they are packed; the cells keep
+    the pack's names."""
+    import types
+
+    import torch
+
+    bench = _bench()
+    loaded, adapted = [], []
+
+    def fake_adapt(cfg, folder, resume=False, progress=False):
+        adapted.append(cfg.model)
+        return types.SimpleNamespace(
+            model_dir=f"adapted-from-{cfg.model}", r2_heldout=0.5, mlp_r2_heldout=0.6, wall_s=1.0, cpu_s=1.0
+        )
+
+    def fake_load(folder):
+        loaded.append(str(folder))
+        return torch.nn.Linear(2, 2)
+
+    monkeypatch.setattr(bench, "adapt", fake_adapt)
+    monkeypatch.setattr(bench, "load_model", fake_load)
+    monkeypatch.setattr(bench, "encoder_for", lambda model: None)
+    monkeypatch.setattr(bench, "create_encoder", lambda spec: None)
+    monkeypatch.setattr(bench, "evaluation_images", lambda root, n: [f"i{k}" for k in range(n)])
+    score = types.SimpleNamespace(record=lambda: {**SCORE, "num_images": 2, "sampler": "dpm++", "steps": 20})
+    monkeypatch.setattr(bench, "score_model", lambda *a, **k: score)
+    cells = tmp_path / "cells.json"
+    argv = ["adapt.py", "--cifar", str(tmp_path), "--shared", str(tmp_path), "--work", str(tmp_path / "w")]
+    argv += ["--cells", str(cells), "--only", "pack supervised ResNet-20", "--budgets", "--bases-for", "none"]
+    argv += ["--base-model", "runs/backbone/model", "--reference-model", "runs/supervised/model"]
+    argv += ["--eval-images", "2"]
+    monkeypatch.setattr("sys.argv", argv)
+    bench.main()
+    assert adapted == ["runs/backbone/model"]  # the base from its folder
+    assert loaded == ["runs/supervised/model", "adapted-from-runs/backbone/model"]
+    saved = json.loads(cells.read_text())
+    assert saved["pack-supervised-ResNet-20@cifar10-vicreg-backbone mlp map"]["base"] == bench.BASE
+    assert "| pack supervised ResNet-20 | cifar10-supervised | its own RCDM |" in capsys.readouterr().out
