@@ -58,6 +58,8 @@ def test_pack_metrics_labels_the_final_guided_curve_and_sampler_numbers(tmp_path
     plain = "on 4 class-balanced CIFAR-10 test images, 1 sample each (dpm++ 20), judged by CIFAR ResNet-56"
     guided = plain.replace("(dpm++ 20)", "(dpm++ 20, guidance 2)")
     assert m[f"class agreement {plain}"] == 0.5 and m[f"rank-1 retrieval {plain} (chance 0.2500)"] == 0.25
+    # as `recipe samplers` (200 images) writes them after `recipe evaluate`: each score keeps its own count
+    assert gate_metrics(tmp_path / "metrics", "200")["rcdm-cifar10-supervised"] == m
     assert m[f"class agreement {guided}"] == 0.75 and m[f"rank-1 retrieval {guided} (chance 0.2500)"] == 0.5
     frechet = [v for k, v in m.items() if k.startswith("Frechet")]
     assert sorted(frechet) == [3.5, 4.25]

@@ -51,7 +51,10 @@ def read(tag_dir: Path) -> dict:
 
 
 def labelled(m: dict, n: str) -> dict:
-    """The numbers of one evaluation, labelled with what they were measured on."""
+    """The numbers of one evaluation, labelled with what they were measured on: its own image count (`n` only for
+    a record without one; `recipe samplers`, which scores 200 images, rewrites the metrics of the 1,000-image
+    evaluations too)."""
+    n = str(m.get("images") or n)
     judge = (
         f"on {n} class-balanced CIFAR-10 test images, 1 sample each ({m.get('sampling')}), judged by CIFAR "
         "ResNet-56"
