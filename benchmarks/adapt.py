@@ -22,6 +22,7 @@ below it.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import json
 import os
@@ -36,9 +37,11 @@ from rcdm.devices import cpu_has_native_bf16, cpu_model
 from rcdm.diffusion import sampling_preset
 from rcdm.encoders import create_encoder
 from rcdm.encoders.base import state_digest
+from rcdm.errors import RCDMError
 from rcdm.files import write_text_atomic
-from rcdm.loading import encoder_for, load_model
+from rcdm.loading import encoder_for, load_model, resolve_model_dir
 from rcdm.pack.evaluation import evaluation_images, score_model
+from rcdm.pack.rcdms import run_record
 
 BASE = "cifar10-vicreg-backbone"
 OTHER_BASES = ("cifar10-vicreg-projector", "cifar10-supervised")
@@ -88,6 +91,22 @@ def scored_as(cell: dict, sampling, images: list) -> bool:
         and cell.get("steps") == sampling.steps
         and cell.get("guidance") == sampling.guidance
     )
+
+
+def training_cost(model_ref: str) -> str:
+    """The reference RCDM's training CPU time: its card's (an installed pack's model) or its recipe run's (a run's
+    model/ or checkpoint EMA folder, before it is packed)."""
+    folder = resolve_model_dir(model_ref)
+    cpu = None
+    if (folder / "card.json").is_file():
+        cpu = json.loads((folder / "card.json").read_text()).get("cpu_time_s")
+    else:
+        ckpt = folder.parent if folder.parent.parent.name == "checkpoints" else None
+        run = ckpt.parent.parent if ckpt is not None else folder.parent
+        step = json.loads((ckpt / "state.json").read_text())["step"] if ckpt is not None else None
+        with contextlib.suppress(RCDMError, OSError, KeyError):
+            cpu = run_record(run, step)[1].get("cpu_time_s")
+    return f"{cpu / 3600:.1f} CPU h (pack)" if cpu else "the pack's training (time not recorded)"
 
 
 def encoders(shared: Path) -> dict[str, str]:
@@ -197,7 +216,11 @@ def main() -> None:
         cell(
             "reference: the pack's supervised RCDM",
             args.reference_model or "cifar10-supervised",
-            {"how": "its own RCDM", "train_s": None},
+            {
+                "how": "its own RCDM",
+                "train_s": None,
+                "cost": training_cost(args.reference_model or "cifar10-supervised"),
+            },
         )
     runs = [(label, spec, BASE) for label, spec in todo.items()]
     if args.bases_for in todo:
@@ -300,7 +323,8 @@ def render(cells: dict, args: argparse.Namespace) -> str:
         if c.get("r2_mlp") is not None:
             r2 += f", mlp {c['r2_mlp']:.3f}"
         cpu = f"{c['cpu_s_train']:.0f}" if c.get("cpu_s_train") is not None else ""
-        t = f"{c['train_s']:.0f}" if c.get("train_s") is not None else "3.7 CPU h (pack)"
+        # the first pack's reference cell predates "cost": its RCDM trained 3.7 CPU hours
+        t = f"{c['train_s']:.0f}" if c.get("train_s") is not None else c.get("cost", "3.7 CPU h (pack)")
         lines.append(
             f"| {c.get('encoder', 'pack supervised ResNet-20')} | {c.get('base', 'cifar10-supervised')} | {c['how']}"
             f"{same_as(cells, c)} "

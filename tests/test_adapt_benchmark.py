@@ -225,12 +225,25 @@ def test_base_and_reference_models_load_from_folders_under_their_pack_names(tmp_
     cells = tmp_path / "cells.json"
     argv = ["adapt.py", "--cifar", str(tmp_path), "--shared", str(tmp_path), "--work", str(tmp_path / "w")]
     argv += ["--cells", str(cells), "--only", "pack supervised ResNet-20", "--budgets", "--bases-for", "none"]
-    argv += ["--base-model", "runs/backbone/model", "--reference-model", "runs/supervised/model"]
+    ref = tmp_path / "runs" / "supervised"  # a finished recipe run: its record holds its CPU time
+    (ref / "model").mkdir(parents=True)
+    (ref / "model" / "config.json").write_text("{}")
+    (ref / "recipe.json").write_text(json.dumps({"steps": 6, "cpu_time_s": 7200.0}))
+    argv += ["--base-model", "runs/backbone/model", "--reference-model", str(ref / "model")]
     argv += ["--eval-images", "2"]
     monkeypatch.setattr("sys.argv", argv)
     bench.main()
     assert adapted == ["runs/backbone/model"]  # the base from its folder
-    assert loaded == ["runs/supervised/model", "adapted-from-runs/backbone/model"]
+    assert loaded == [str(ref / "model"), "adapted-from-runs/backbone/model"]
     saved = json.loads(cells.read_text())
     assert saved["pack-supervised-ResNet-20@cifar10-vicreg-backbone mlp map"]["base"] == bench.BASE
-    assert "| pack supervised ResNet-20 | cifar10-supervised | its own RCDM |" in capsys.readouterr().out
+    reference = "| pack supervised ResNet-20 | cifar10-supervised | its own RCDM |"
+    assert reference in capsys.readouterr().out
+    assert "| 2.0 CPU h (pack) |" in bench.render(
+        saved, argparse.Namespace(eval_images=2, guidance=5.0, shared=".")
+    )
+    packed = tmp_path / "packed"  # an installed pack's model: its card's CPU time
+    packed.mkdir()
+    (packed / "config.json").write_text("{}")
+    (packed / "card.json").write_text(json.dumps({"cpu_time_s": 3600.0}))
+    assert bench.training_cost(str(packed)) == "1.0 CPU h (pack)"
