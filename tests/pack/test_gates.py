@@ -164,3 +164,15 @@ def test_pack_metrics_refuses_ambiguous_steps_in_one_line(tmp_path: Path, capsys
     assert main(["recipe", "metrics", "--metrics-dir", str(tmp_path), "--eval-images", "4", *steps]) == 2
     out = capsys.readouterr()
     assert out.out == "" and message in out.err and len(out.err.strip().splitlines()) == 1
+
+
+def test_a_final_model_that_records_its_images_seen_ends_its_curve_once(tmp_path: Path) -> None:
+    target = tmp_path / "rcdm-cifar10-vicreg-backbone"
+    _evaluation(target / "step-00002000", 0.0, 0.25)
+    _evaluation(target / "final", 0.5, 0.75)
+    record = json.loads((target / "final" / "score.json").read_text())
+    (target / "final" / "score.json").write_text(json.dumps({**record, "images_seen": 256000}))
+    curve = "curve (images seen: rank-1 / class agreement; dpm++ 20; ResNet-56 judge)"
+    assert gate_metrics(tmp_path, "4")[target.name][curve] == "128000: 0.000 / 0.250; 256000: 0.500 / 0.750"
+    _evaluation(target / "step-00004000", 0.5, 0.75)  # the same step scored as a checkpoint: one point
+    assert gate_metrics(tmp_path, "4")[target.name][curve] == "128000: 0.000 / 0.250; 256000: 0.500 / 0.750"

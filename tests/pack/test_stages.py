@@ -44,7 +44,7 @@ SCORE = replace(
 def _run(root: Path, name: str, steps: list[int], final: bool, batch: int = 64) -> None:
     run = root / name
     run.mkdir(parents=True)
-    (run / "run.json").write_text(json.dumps({"batch_size": batch}))
+    (run / "run.json").write_text(json.dumps({"batch_size": batch, "steps": max(steps)}))
     for s in steps:
         ck = run / "checkpoints" / f"step-{s:08d}"
         (ck / "ema").mkdir(parents=True)
@@ -95,6 +95,21 @@ def test_evaluate_scores_the_packed_model_and_the_curve_once(tmp_path: Path, sco
     assert m[BACKBONE][
         "curve (images seen: rank-1 / class agreement; dpm++ 20, guidance 5; ResNet-56 judge)"
     ] == ("256000: 0.250 / 0.500")
+    # a finished run's final model (step 3,000 of 64) closes its curves: the guidance-5 one, and alone at 1 and 3
+    sup = m[SUPERVISED]
+    assert sup["curve (images seen: rank-1 / class agreement; dpm++ 20, guidance 5; ResNet-56 judge)"] == (
+        "128000: 0.250 / 0.500; 192000: 0.250 / 0.500"
+    )
+    assert (
+        sup["curve (images seen: rank-1 / class agreement; dpm++ 20; ResNet-56 judge)"]
+        == "192000: 0.250 / 0.500"
+    )
+    # trained on after it was scored (resumed with more --steps): its final model is scored again
+    (runs / SUPERVISED / "run.json").write_text(json.dumps({"batch_size": 64, "steps": 4000}))
+    stages.evaluate_runs(runs, metrics, images, judge=None, plan=plan, steps={PROJECTOR: 1000})
+    assert len(scored) == n + 3  # final at guidance 1, 3 and 5
+    assert json.loads((metrics / SUPERVISED / "final" / "score.json").read_text())["step"] == 4000
+    n = len(scored)
     with pytest.raises(RCDMError, match=r"no complete checkpoint at step 1500: choose one of \[1000, 2000\]"):
         stages.evaluate_runs(runs, metrics, images, judge=None, plan=plan, steps={PROJECTOR: 1500})
     shutil.rmtree(runs / SUPERVISED / "model")
@@ -116,6 +131,13 @@ def test_samplers_score_the_newest_model_of_the_runs_asked_for(tmp_path: Path, s
         "sampler table (setting: rank-1 / class agreement / s per image, CPU)"
     ]
     assert table.endswith("(step-00001500)") and "/ 2.00" in table  # 2 s for 1 image
+    only_sup = dict(only=[SUPERVISED])
+    stages.score_samplers(runs, metrics, [Path("a.jpg")], None, settings[:1], **only_sup)
+    stages.score_samplers(runs, metrics, [Path("a.jpg")], None, settings[:1], **only_sup)
+    assert len(scored) == 3  # the final model once
+    (runs / SUPERVISED / "run.json").write_text(json.dumps({"batch_size": 64, "steps": 2000}))  # trained on
+    stages.score_samplers(runs, metrics, [Path("a.jpg")], None, settings[:1], **only_sup)
+    assert len(scored) == 4
 
 
 def test_a_second_metrics_stage_is_refused_while_one_runs(tmp_path: Path, scored) -> None:

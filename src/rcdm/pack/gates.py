@@ -5,7 +5,8 @@ METRICS_DIR/<target>/<tag>/score.json (`rcdm.pack.stages`), where tag is `final`
 sampled with guidance W) or a checkpoint `step-NNNNNNNN[-g<W>]`. Output: {target: {labelled metric: value, ...,
 "curve": "images seen: rank-1 / agreement; ..."}} with the labelled numbers of the final model (else the newest
 checkpoint; with a step, the checkpoint `recipe pack --step STEP` packs; a TARGET=STEP sets it for one target, as
-`--step TARGET=STEP` does), those of each of its guided runs, and a curve over checkpoints per sampling, with its
+`--step TARGET=STEP` does), those of each of its guided runs, and a curve over checkpoints (and the final model)
+per sampling, with its
 trend against the gates: the least-squares line of each gate metric against log2(images seen), its gain per
 doubling and where the line would meet the gate (an extrapolation, labelled as one).
 METRICS_DIR/<target>/sampler-<preset>[-g<W>]/ (`rcdm recipe samplers`) hold the same scores on a subset with each
@@ -127,9 +128,15 @@ def gate_metrics(
         for tag in sorted(t for t in tags if t.startswith(f"{packed}-g") and tags[t]):
             m.update(labelled(tags[tag], n))
         curves: dict[str, list[tuple[int, dict]]] = {}
-        for t in steps:  # one curve per sampling setting, in order of images seen
-            if tags[t].get("images_seen"):
-                curves.setdefault(tags[t]["sampling"], []).append((tags[t]["images_seen"], tags[t]))
+        # one curve per sampling setting, in order of images seen; the final model is a point where it records
+        # its images seen and no checkpoint of the same step was scored the same way
+        finals = [t for t in tags if (t == "final" or t.startswith("final-g")) and tags[t]]
+        for t in [*steps, *finals]:
+            seen, sampling = tags[t].get("images_seen"), tags[t]["sampling"]
+            if seen and all(s != seen for s, _ in curves.get(sampling, [])):
+                curves.setdefault(sampling, []).append((seen, tags[t]))
+        for points in curves.values():
+            points.sort(key=lambda p: p[0])
         for sampling, points in curves.items():
             m[f"curve (images seen: rank-1 / class agreement; {sampling}; ResNet-56 judge)"] = "; ".join(
                 f"{seen}: {e.get('top1', float('nan')):.3f} / {e.get('agreement') or float('nan'):.3f}"

@@ -31,7 +31,7 @@ from ..diffusion import SAMPLING_PRESETS, SamplingConfig, sampling_preset
 from ..encoders import Encoder
 from ..errors import RCDMError
 from ..files import write_text_atomic
-from ..loading import encoder_for, load_model, resolve_model_dir
+from ..loading import encoder_for, load_model
 from ..locks import output_lock
 from ..runs import Checkpoints
 from .evaluation import score_model
@@ -61,12 +61,13 @@ def score_into(
     progress: bool = False,
 ) -> dict:
     """Score the model in `model_dir` once into folder/score.json (the `Score` record, the model folder and
-    `extra`, e.g. a checkpoint's images seen); a folder already scored for this model on as many images is read
-    back instead."""
+    `extra`, e.g. a checkpoint's images seen); a folder already scored for this model on as many images, with the
+    same `extra` (a final model trained on since has another step), is read back instead."""
     path = folder / SCORE
     if path.is_file():
         done = json.loads(path.read_text())
-        if done.get("model") == str(model_dir) and done.get("num_images") == len(images):
+        same = all(done.get(k) == v for k, v in (extra or {}).items())
+        if done.get("model") == str(model_dir) and done.get("num_images") == len(images) and same:
             return done
     model = load_model(model_dir, device=device)
     encoder = encoder_for(model).to(device)
@@ -162,7 +163,8 @@ def _to_pack(run: Path, at: int | None) -> tuple[Path, str, dict | None] | None:
             raise
         return None
     if model == run / "model":
-        return model, "final", None
+        # a finished run's final model is its last step's EMA: a point of the curve too
+        return model, "final", _seen(run, json.loads((run / "run.json").read_text())["steps"])
     return model, model.parent.name, _seen(run, Checkpoints(run).number(model.parent))
 
 
@@ -207,10 +209,10 @@ def score_samplers(
     scored: list[Path] = []
     with output_lock(metrics, flag="--metrics", command="rcdm recipe samplers"):
         for name, run in _runs(runs, only):
-            try:
-                model_dir = resolve_model_dir(run)
-            except RCDMError:
+            to_pack = _to_pack(run, None)
+            if to_pack is None:
                 continue  # nothing trained yet
+            model_dir, _, extra = to_pack
             for preset, g in settings:
                 folder = metrics / name / tag(f"sampler-{preset}", g)
                 score_into(
@@ -219,6 +221,7 @@ def score_samplers(
                     judge,
                     images,
                     replace(sampling_preset(preset), guidance=g),
+                    extra=extra,
                     device=device,
                     progress=progress,
                 )
