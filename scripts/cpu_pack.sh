@@ -9,7 +9,10 @@
 # Outputs live outside the work tree in $WORK (default ~/rcdm-work); logs in $WORK/*.log. Run a stage again after an
 # interruption: it resumes. PACK_STEP=N / PACK_STEPS="TARGET=N ..." pick the checkpoints evaluate scores and pack
 # bundles; RCDM_BUDGET_S=N stops each RCDM at its first checkpoint after N seconds; RCDM_COMPILE=1 compiles the UNet
-# (off: 0.97x a bf16 step on a free core, benchmarks/results/train-compile-cpu-bf16.md).
+# (off: 0.97x a bf16 step on a free core, benchmarks/results/train-compile-cpu-bf16.md). A job that runs alone (the
+# projector RCDM, its guidance sweep, the evaluate stage) takes ALONE_THREADS threads (default 2): a cifar32-small
+# bf16 training step of 64 on the 2-core AMD EPYC ran at 38.8 img/s on two threads against 21.7 on one (1.79x), and
+# two one-thread jobs side by side at about 21 each, so pairs run one thread each and a lone job both cores.
 set -uo pipefail
 
 STAGE=${1:?usage: cpu_pack.sh encoders|rcdms|evaluate|samplers|guidance|pack|findings}
@@ -20,8 +23,9 @@ DATA=${DATA:-$ROOT/../shared/data/cifar10/cifar10-jpeg.tar.gz}
 RESNET56=${RESNET56:-$ROOT/../shared/data/cifar-resnet/resnet56-4bfd9763.th}
 SSL_EPOCHS=${SSL_EPOCHS:-60}
 SUP_EPOCHS=${SUP_EPOCHS:-30}
-RCDM_STEPS=${RCDM_STEPS:-8000}
+RCDM_STEPS=${RCDM_STEPS:-11000}
 RCDM_COMPILE=${RCDM_COMPILE:-0}
+ALONE_THREADS=${ALONE_THREADS:-2}
 EVAL_IMAGES=${EVAL_IMAGES:-1000}
 GUIDANCE=${GUIDANCE:-1 5}
 CURVE_GUIDANCE=${CURVE_GUIDANCE:-1 5}
@@ -88,11 +92,11 @@ rcdms) # the two backbone models first (the gates), side by side; then the proje
     rcdm rcdm-cifar10-supervised &
     rcdm rcdm-cifar10-vicreg-backbone
     wait
-    rcdm rcdm-cifar10-vicreg-projector
+    OMP_NUM_THREADS=$ALONE_THREADS rcdm rcdm-cifar10-vicreg-projector
     ;;
 evaluate)
     # shellcheck disable=SC2086  # weight lists are words
-    $RCDM recipe evaluate --runs "$WORK/runs" --data "$CIFAR" --judge "$JUDGE" --metrics "$WORK/metrics" \
+    OMP_NUM_THREADS=$ALONE_THREADS $RCDM recipe evaluate --runs "$WORK/runs" --data "$CIFAR" --judge "$JUDGE" --metrics "$WORK/metrics" \
         --eval-images "$EVAL_IMAGES" --guidance $GUIDANCE --curve-guidance $CURVE_GUIDANCE \
         --curve-every "$CURVE_EVERY" ${steps[@]+"${steps[@]}"} --no-progress 2>>"$WORK/evaluate.log"
     ;;
@@ -111,7 +115,7 @@ guidance) # each RCDM's default sampling, recorded into the model the pack stage
     sweep rcdm-cifar10-supervised &
     sweep rcdm-cifar10-vicreg-backbone
     wait
-    sweep rcdm-cifar10-vicreg-projector
+    OMP_NUM_THREADS=$ALONE_THREADS sweep rcdm-cifar10-vicreg-projector
     ;;
 pack)
     $PY -m rcdm.cli recipe pack --runs "$WORK/runs" --out "$ROOT/src/rcdm/assets/models" --metrics "$WORK/metrics.json" \
