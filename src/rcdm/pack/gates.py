@@ -6,9 +6,8 @@ sampled with guidance W) or a checkpoint `step-NNNNNNNN[-g<W>]`. Output: {target
 "curve": "images seen: rank-1 / agreement; ..."}} with the labelled numbers of the final model (else the newest
 checkpoint; with a step, the checkpoint `recipe pack --step STEP` packs; a TARGET=STEP sets it for one target, as
 `--step TARGET=STEP` does), those of each of its guided runs, and a curve over checkpoints (and the final model)
-per sampling, with its
-trend against the gates: the least-squares line of each gate metric against log2(images seen), its gain per
-doubling and where the line would meet the gate (an extrapolation, labelled as one).
+per sampling, with its trend against the gates: the least-squares line of each gate metric against log2(images
+seen), its gain per doubling and where the line would meet the gate (an extrapolation, labelled as one).
 METRICS_DIR/<target>/sampler-<preset>[-g<W>]/ (`rcdm recipe samplers`) hold the same scores on a subset with each
 sampling setting and its wall time: they become "sampler table" rows. Gates (issue 26's, for the pack trained
 with the CPU profile's recipe; the first pack's were 0.60 and 0.05): backbone models' class agreement >= 0.70 and

@@ -153,9 +153,10 @@ def evaluate_runs(
     return scored
 
 
-def _to_pack(run: Path, at: int | None) -> tuple[Path, str, dict | None] | None:
-    """(model folder, evaluation name, images seen) of what `recipe pack` bundles for RUN (`packed_model`):
-    checkpoint `at`, else the final model, else the newest checkpoint; None when nothing is trained yet."""
+def _to_pack(run: Path, at: int | None) -> tuple[Path, str, dict] | None:
+    """(model folder, evaluation name, {step, images seen}) of what `recipe pack` bundles for RUN
+    (`packed_model`): checkpoint `at`, else the final model, else the newest checkpoint; None when nothing is
+    trained yet."""
     try:
         model = packed_model(run, at)
     except RCDMError:
