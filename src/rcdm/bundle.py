@@ -83,7 +83,9 @@ class DemoBundle:
 
     @property
     def guidance(self) -> float:
-        """The guidance weight the bundle's models are sampled with by default (1: none)."""
+        """The guidance weight `rcdm demo`, the app's pack models and `rcdm recipe findings` sample every bundled
+        RCDM with (one for all, so that compared rows differ only by their representations; 1: none): the pack's
+        --guidance, else the VICReg backbone RCDM's measured default (bundle.json `guidance_chosen_by`)."""
         value = self.index.get("guidance", 1.0)
         return check_guidance(value, f"{self.folder / 'bundle.json'}'s guidance")
 

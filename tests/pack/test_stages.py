@@ -166,3 +166,28 @@ def test_findings_on_the_shipped_pack_write_results_and_tables(cifar_root: Path,
     results = json.loads((out / "adversarial" / "results.json").read_text())["results"]
     assert [r["label"] for r in results] == ["VICReg backbone", "supervised backbone"]
     assert (out / "invariance" / "figure.png").is_file()
+
+
+def test_findings_sample_every_model_with_the_bundles_one_guidance(tmp_path: Path, monkeypatch) -> None:
+    """Guidance reads as invariance: the models a finding compares share the bundle's weight, not their own."""
+    pack = bundled_pack()
+    if pack is None:
+        pytest.skip("no pack is installed in src/rcdm/assets/models")
+    copy = tmp_path / "pack"
+    shutil.copytree(pack, copy)
+    index = json.loads((copy / "bundle.json").read_text())
+    (copy / "bundle.json").write_text(json.dumps({**index, "guidance": 2.0}))  # the models' own: 5
+
+    class Stop(Exception):
+        pass
+
+    seen = []
+
+    def fake_invariance(model, encoder, images, **kw):
+        seen.append(kw["sampling"].guidance)
+        raise Stop
+
+    monkeypatch.setattr(stages, "invariance", fake_invariance)
+    with pytest.raises(Stop):
+        stages.findings(copy, [], tmp_path / "out", parts=["invariance"])
+    assert seen == [2.0]

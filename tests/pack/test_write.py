@@ -204,6 +204,15 @@ def test_a_measured_sampling_travels_into_the_bundle_and_no_card_names_a_machine
     pack(root, tmp_path / "given", only=[TARGET], allow_smoke=True, guidance=1.0)
     given = json.loads((tmp_path / "given" / TARGET / "config.json").read_text())["sampling"]
     assert given["guidance"] == 1.0 and given["chosen_by"] == "rcdm recipe pack --guidance"  # explicit wins
+    # the demo's one weight for all: the measured default of the first RCDM in ROLES order, else --guidance
+    kept = json.loads((tmp_path / "kept" / "bundle.json").read_text())
+    assert (
+        kept["guidance"] == 3.0 and "VICReg projector RCDM's measured default" in kept["guidance_chosen_by"]
+    )
+    given_index = json.loads((tmp_path / "given" / "bundle.json").read_text())
+    assert (
+        given_index["guidance"] == 1.0 and given_index["guidance_chosen_by"] == "rcdm recipe pack --guidance"
+    )
     for card in (tmp_path / "kept").rglob("card.json"):
         assert "/tmp" not in card.read_text(), card  # paths relative to the runs, or their last parts
 

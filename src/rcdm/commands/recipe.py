@@ -258,8 +258,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         type=float,
         default=None,
         help="classifier-free guidance weight `rcdm demo` samples the bundle with, and each RCDM's default (> 1 "
-        "needs RCDMs trained with condition dropout, as --profile cpu does); default: 1 for the demo, and each "
-        "RCDM keeps the sampling `rcdm recipe guidance --record` measured for it, when it has one",
+        "needs RCDMs trained with condition dropout, as --profile cpu does); default: each RCDM keeps the sampling "
+        "`rcdm recipe guidance --record` measured for it, and the demo samples all with the VICReg backbone "
+        "RCDM's (1 when none has one)",
     )
     k.add_argument(
         "--step",

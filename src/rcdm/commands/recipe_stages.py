@@ -118,7 +118,10 @@ def add_stage_parsers(command: Callable[[str, str], argparse.ArgumentParser]) ->
     f.add_argument("--num-images", type=int, default=40, help="class-balanced test images (default: 40)")
     f.add_argument("--num-samples", type=int, default=2, help="samples per image (default: 2)")
     f.add_argument(
-        "--guidance", type=float, default=None, help="guidance weight (default: each model's own default)"
+        "--guidance",
+        type=float,
+        default=None,
+        help="guidance weight of every model (default: the bundle's: the VICReg backbone RCDM's measured default)",
     )
     f.add_argument(
         "--parts",

@@ -26,7 +26,7 @@ import torch
 
 from ..analysis import adversarial, adversarial_figure, invariance, invariance_figure
 from ..analysis.findings import findings_tables
-from ..bundle import ROLES
+from ..bundle import ROLES, read_bundle
 from ..diffusion import SAMPLING_PRESETS, SamplingConfig, sampling_preset
 from ..encoders import Encoder
 from ..errors import RCDMError
@@ -243,8 +243,8 @@ def findings(
 ) -> Path | None:
     """The paper's findings 1-3 on the pack installed at PACK: invariance of the VICReg backbone vs projector
     RCDM, PGD on the VICReg vs the supervised backbone RCDM; each part writes OUT/<part>/{results.json,
-    figure.png}, and `table` writes OUT/tables.md from both (returned). sampling: default dpm++ 20 at each
-    model's own guidance."""
+    figure.png}, and `table` writes OUT/tables.md from both (returned). sampling: default dpm++ 20 at the
+    bundle's guidance, one weight for every model compared (`rcdm.bundle.Bundle.guidance`)."""
     pack, out = Path(pack), Path(out)
     for role in ("backbone", "projector", "supervised"):
         if not (pack / ROLES[role][0] / "config.json").is_file():
@@ -254,7 +254,9 @@ def findings(
         model = load_model(pack / ROLES[role][0], device=device)
         return model, encoder_for(model).to(device)
 
-    common = dict(num_samples=num_samples, sampling=sampling or SAMPLING_PRESETS["fast"], progress=progress)
+    if sampling is None:  # guidance reads as invariance: the models compared share one weight
+        sampling = replace(SAMPLING_PRESETS["fast"], guidance=read_bundle(pack).guidance)
+    common = dict(num_samples=num_samples, sampling=sampling, progress=progress)
     if "invariance" in parts:
         results = [
             invariance(

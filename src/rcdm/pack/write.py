@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from ..adaptation import CARD_NOTE
-from ..bundle import BUNDLE_INDEX, read_card
+from ..bundle import BUNDLE_INDEX, ROLES, read_card
 from ..checks import check_guidance
 from ..data import IMAGE_SUFFIXES, load_image
 from ..encoders import create_encoder
@@ -73,6 +73,22 @@ def _packed_sampling(model: RCDM, guidance: float | None) -> dict:
     if guidance is None and own.get("measured"):
         return own
     return {**PACK_SAMPLING, "guidance": guidance or 1.0, "chosen_by": "rcdm recipe pack --guidance"}
+
+
+def _demo_guidance(guidance: float | None, sampling: Mapping[str, dict]) -> tuple[float, str]:
+    """The weight `rcdm demo` and `rcdm recipe findings` sample every bundled RCDM with (bundle.json `guidance`):
+    one weight for all, so that their rows and findings compare like with like (guidance makes samples more alike,
+    which reads as invariance), and why: --guidance; else the measured default of the first RCDM in ROLES order
+    (the VICReg backbone RCDM) that records one; else 1. `sampling`: each packed RCDM's recorded sampling."""
+    if guidance is not None:
+        return guidance, "rcdm recipe pack --guidance"
+    for target, label in ROLES.values():
+        own = sampling.get(target) or {}
+        if own.get("measured"):
+            return float(
+                own["guidance"]
+            ), f"the {label} RCDM's measured default (rcdm recipe guidance --record)"
+    return 1.0, "the default: no packed RCDM records a measured one"
 
 
 def prior_entry(encoder_name: str, feature: str) -> str:
@@ -488,8 +504,11 @@ def pack(
             ),
             "notes": notes,
             "max_bytes": int(max_mb * 1e6),
-            "guidance": guidance or 1.0,
         }
+        index["guidance"], index["guidance_chosen_by"] = _demo_guidance(
+            guidance,
+            {t.name: json.loads((tmp / t.name / "config.json").read_text()).get("sampling") for t in targets},
+        )
         (tmp / BUNDLE_INDEX).write_text(json.dumps(index, indent=2))
         sizes[BUNDLE_INDEX] = _folder_bytes(tmp / BUNDLE_INDEX)
         total = sum(sizes.values())
