@@ -46,3 +46,20 @@ _TABLE_ROW = {
     "preset": "p", "steps": 1, "planned_steps": 1, "images_seen": 64, "wall_time_s": 1.0, "device": "cpu",
     "cpu_time_s": 1.0, "smoke": False,
 }  # fmt: skip
+
+
+def test_the_samples_caption_says_where_the_pages_one_guidance_came_from() -> None:
+    from types import SimpleNamespace
+
+    from rcdm.demo.page import _guidance_source
+    from rcdm.diffusion import SamplingConfig
+
+    why = "the VICReg backbone RCDM's measured default (rcdm recipe guidance --record)"
+    bundle = SimpleNamespace(index={"guidance": 3.0, "guidance_chosen_by": why}, guidance=3.0)
+    ctx = SimpleNamespace(bundle=bundle, settings=SimpleNamespace(sampling=SamplingConfig(guidance=3.0)))
+    assert _guidance_source(ctx) == f" (guidance: {why})"
+    ctx.settings.sampling = SamplingConfig(guidance=1.0)  # `rcdm demo --guidance 1`: not the bundle's reason
+    assert _guidance_source(ctx) == ""
+    ctx.bundle.index = {"guidance": 3.0}  # a bundle packed before the reason was recorded
+    ctx.settings.sampling = SamplingConfig(guidance=3.0)
+    assert _guidance_source(ctx) == ""

@@ -117,6 +117,12 @@ class PageContext:
         }
 
 
+def _guidance_source(ctx: PageContext) -> str:
+    """Where the page's guidance weight came from, when the bundle says and the demo was not told another."""
+    why = ctx.bundle.index.get("guidance_chosen_by")
+    return f" (guidance: {why})" if why and ctx.settings.sampling.guidance == ctx.bundle.guidance else ""
+
+
 def _samples_section(ctx: PageContext) -> Section:
     """Samples of the same inputs from the backbone and the projector representation, with the same noise."""
     return samples_section(
@@ -131,8 +137,8 @@ def _samples_section(ctx: PageContext) -> Section:
         "what the representation keeps. Faithfulness is judged by the conditioning encoder: is each sample's own "
         f"representation nearest to its source's among the {len(ctx.paths)} inputs? (Chance is "
         f"1/{len(ctx.paths)}: an easy test; the model cards' retrieval scores, at the end, are among 1,000 images.) "
-        f"Sampling: {ctx.settings.sampling.describe()}; guidance above 1 makes a row's samples more alike, so "
-        "compare rows drawn with the same guidance.",
+        f"Sampling: {ctx.settings.sampling.describe()}{_guidance_source(ctx)}; guidance above 1 makes a row's "
+        "samples more alike, so every model on this page is drawn with the same guidance.",
         heading="Samples: backbone vs projector",
         progress=ctx.progress,
     )
