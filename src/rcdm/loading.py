@@ -136,6 +136,17 @@ def register_model_source(prefix: str, resolver: Callable[[str, str | None], Pat
     _SOURCES[prefix] = resolver
 
 
+def recorded_sampling(folder: str | Path) -> dict:
+    """The sampling a model folder's config.json records (`sampling`, as `diffusion.model_default_sampling` reads
+    it from a loaded model), read without loading anything; {} when it records none or cannot be read (loading
+    the model then says why)."""
+    try:
+        recorded = json.loads((Path(folder) / "config.json").read_text()).get("sampling")
+    except (OSError, ValueError, AttributeError):
+        return {}
+    return dict(recorded) if isinstance(recorded, dict) else {}
+
+
 def resolve_model_dir(source: str | Path, weights: str | None = None) -> Path:
     """A model reference -> the folder holding config.json + weights.
 

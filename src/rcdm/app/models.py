@@ -25,7 +25,15 @@ from ..devices import default_device
 from ..diffusion import SAMPLING_PRESETS, SamplingConfig
 from ..encoders.registry import CODE_RUNNING_SPECS
 from ..errors import RCDMError
-from ..loading import MODELS, encoder_for, load_bundled, load_model, official_is_cached, resolve_model_dir
+from ..loading import (
+    MODELS,
+    encoder_for,
+    load_bundled,
+    load_model,
+    official_is_cached,
+    recorded_sampling,
+    resolve_model_dir,
+)
 from ..visualize import visualize
 
 log = logging.getLogger(__name__)
@@ -296,12 +304,11 @@ def _code_running_encoder(source: str) -> str | None:
 def _default_guidance(source: str) -> float:
     """The guidance a local model folder records as its default (config `sampling`), else 1; nothing is loaded."""
     path = Path(source).expanduser()
-    for config in (path / "config.json", path / "model" / "config.json"):
-        if config.is_file():
+    for folder in (path, path / "model"):
+        if (folder / "config.json").is_file():
             try:
-                recorded = json.loads(config.read_text()).get("sampling") or {}
-                return float(recorded.get("guidance", 1.0))
-            except (OSError, ValueError, TypeError, AttributeError):
+                return float(recorded_sampling(folder).get("guidance", 1.0))
+            except (TypeError, ValueError):
                 return 1.0  # loading the model reports what is wrong with the file
     return 1.0
 

@@ -31,7 +31,7 @@ from ..diffusion import SAMPLING_PRESETS, SamplingConfig, sampling_preset
 from ..encoders import Encoder
 from ..errors import RCDMError
 from ..files import write_text_atomic
-from ..loading import encoder_for, load_model
+from ..loading import encoder_for, load_model, recorded_sampling
 from ..locks import output_lock
 from ..runs import Checkpoints
 from .evaluation import score_model
@@ -117,7 +117,7 @@ def evaluate_runs(
             if to_pack is not None:
                 packed, tagged, extra = to_pack
                 # and at its own default (`recipe guidance --record`): the gates are read there
-                own = json.loads((packed / "config.json").read_text()).get("sampling", {}).get("guidance")
+                own = recorded_sampling(packed).get("guidance")
                 for g in sorted({*plan.guidance, *([float(own)] if own else [])}):
                     folder = metrics / name / tag(tagged, g)
                     score_into(
