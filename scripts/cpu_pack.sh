@@ -106,11 +106,13 @@ samplers)
         --eval-images "$SAMPLER_IMAGES" --settings $SAMPLERS --only $SAMPLER_TARGETS --no-progress \
         2>>"$WORK/evaluate.log"
     ;;
-guidance) # each RCDM's default sampling, recorded into the model the pack stage bundles (two side by side)
+guidance) # each RCDM's default sampling, recorded into the model the pack stage bundles (two side by side; each
+    # weight's scores kept in $WORK/guidance-scores, so an interrupted sweep resumes)
     sweep() {
         # shellcheck disable=SC2086  # weight lists are words
         $RCDM recipe guidance --model "$(packed_model "$1")" --data "$CIFAR" --judge "$JUDGE" --record \
-            --guidance $SWEEP_GUIDANCE --eval-images "$SWEEP_IMAGES" --no-progress >>"$WORK/guidance.log" 2>&1
+            --guidance $SWEEP_GUIDANCE --eval-images "$SWEEP_IMAGES" --scores "$WORK/guidance-scores/$1" \
+            --no-progress >>"$WORK/guidance.log" 2>&1
     }
     sweep rcdm-cifar10-supervised &
     sweep rcdm-cifar10-vicreg-backbone

@@ -143,7 +143,8 @@ PIDS=()
 for target in $TARGETS; do
     # shellcheck disable=SC2086
     timeout 150 $RCDM recipe guidance --model "$WORK/runs/$target" --data "$CIFAR" --judge "$JUDGE" \
-        --guidance $GUIDANCE --eval-images "$EVAL_IMAGES" --record --no-progress >"$WORK/guidance-$target.txt" \
+        --guidance $GUIDANCE --eval-images "$EVAL_IMAGES" --record --scores "$WORK/guidance-scores/$target" \
+        --no-progress >"$WORK/guidance-$target.txt" \
         2>"$WORK/guidance-$target.log" &
     PIDS+=($!)
 done

@@ -147,6 +147,23 @@ def recorded_sampling(folder: str | Path) -> dict:
     return dict(recorded) if isinstance(recorded, dict) else {}
 
 
+def weights_digest(folder: str | Path) -> str:
+    """sha256 of what a model folder samples with, read without loading it: its weights file, or an adapter
+    folder's tensors together with the base weights it names; "" when it holds neither (loading it says why)."""
+    folder = Path(folder)
+    full = folder / f"diffusion_pytorch_model.{WEIGHTS_VARIANT}.safetensors"
+    if full.is_file():
+        return sha256_file(full)
+    if not (folder / ADAPTER_WEIGHTS).is_file():
+        return ""
+    try:
+        base = json.loads((folder / RCDM.config_name).read_text()).get("adapted_from") or {}
+    except (OSError, ValueError, AttributeError):
+        return ""
+    adapter = sha256_file(folder / ADAPTER_WEIGHTS)
+    return hashlib.sha256(f"{adapter}+{base.get('base_weights', '')}".encode()).hexdigest()
+
+
 def resolve_model_dir(source: str | Path, weights: str | None = None) -> Path:
     """A model reference -> the folder holding config.json + weights.
 

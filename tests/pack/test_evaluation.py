@@ -12,6 +12,7 @@ import torch
 from rcdm.cli import main
 from rcdm.diffusion import resolve_sampling
 from rcdm.model import RCDM
+from rcdm.pack import stages
 from rcdm.pack.evaluation import Score, choose_guidance, sampling_record
 
 BASE = Score(
@@ -80,3 +81,43 @@ def test_cli_guidance_measures_diversity_and_records_the_choice(guided, cifar_ro
     assert "diversity needs at least 2 samples" in capsys.readouterr().err
     assert main([*argv, "--device", "cuda:7"]) == 2  # a device this machine lacks: one line, before any work
     assert "cuda:7" in capsys.readouterr().err
+
+
+def test_cli_guidance_scores_resume_a_sweep_and_a_retrained_model_is_measured_again(
+    guided, cifar_root, resnet56_path, tmp_path, monkeypatch, capsys
+):
+    scored: list[float] = []
+    real = stages.score_model
+
+    def counting(*args, **kwargs):
+        scored.append(args[4].guidance)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(stages, "score_model", counting)
+    judge = f"cifar-resnet56:{resnet56_path}"
+    argv = ["recipe", "guidance", "--model", str(guided), "--data", str(cifar_root), "--judge", judge]
+    argv += ["--eval-images", "10", "--no-progress", "--scores", str(tmp_path / "scores")]
+
+    def rows(out: str) -> dict[str, str]:
+        lines = [
+            line
+            for line in out.splitlines()
+            if line.startswith("| ") and "guidance" not in line and "---" not in line
+        ]
+        return {line.split("|")[1].strip(" *"): line.replace("*", "") for line in lines}
+
+    assert main([*argv, "--guidance", "1"]) == 0  # a sweep cut short after its first weight
+    first = rows(capsys.readouterr().out)
+    assert scored == [1.0] and (tmp_path / "scores" / "guidance" / "score.json").is_file()
+    assert main([*argv, "--guidance", "1", "4"]) == 0
+    assert scored == [1.0, 4.0]  # weight 1 read back, weight 4 measured
+    again = rows(capsys.readouterr().out)
+    assert again["1"] == first["1"] and set(again) == {"1", "4"}
+    assert main([*argv, "--guidance", "1", "4", "--num-samples", "3"]) == 0
+    assert scored == [1.0, 4.0, 1.0, 4.0]  # other samples per image: measured again
+    model = RCDM.from_pretrained(guided)
+    with torch.no_grad():
+        model.null_rep.add_(1.0)
+    model.save_pretrained(guided)  # retrained in place: the same folder, other weights
+    assert main([*argv, "--guidance", "4"]) == 0
+    assert scored[-1] == 4.0 and len(scored) == 5

@@ -12,21 +12,22 @@ from ..devices import default_device
 from ..diffusion import sampling_preset
 from ..encoders import create_encoder
 from ..errors import RCDMError
-from ..loading import encoder_for, load_model, resolve_model_dir
+from ..loading import resolve_model_dir, weights_digest
 from ..pack.ab import VARIANTS, ABConfig, ab_table, evaluate_variants, train_variants, with_images
 from ..pack.cifar10 import cifar10_root
 from ..pack.evaluation import (
+    Score,
     choose_guidance,
     evaluation_images,
     guidance_table,
     record_model_sampling,
     sampling_record,
-    score_model,
 )
 from ..pack.gates import parse_steps
 from ..pack.rcdms import RCDM_PROFILES, RECIPE_KNOBS, RCDMRecipe, train_rcdms
 from ..pack.ssl import train_encoder
 from ..pack.ssl_config import SSLConfig, resolve_config
+from ..pack.stages import score_into, tag
 from ..pack.write import MAX_BUNDLE_MB, add_to_bundle, pack
 from .common import (
     add_command_group,
@@ -231,6 +232,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         action="store_true",
         help="write the chosen sampling and the measurements into the model folder's config.json",
     )
+    g.add_argument(
+        "--scores",
+        default=None,
+        metavar="DIR",
+        help="keep each weight's scores in DIR/guidance[-gW] as they finish and read them back when run again on "
+        "the same weights, images and samples: an interrupted sweep resumes (default: nothing kept)",
+    )
     g.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda when available)")
     add_progress_arg(g)
     g.set_defaults(func=run_guidance)
@@ -393,19 +401,24 @@ def run_guidance(args: argparse.Namespace) -> int:
         raise RCDMError(f"--num-samples {args.num_samples}: diversity needs at least 2 samples per image")
     folder = resolve_model_dir(args.model)
     device = args.device or default_device()  # checked by cli.main
-    model = load_model(folder, device=device)
-    encoder = encoder_for(model).to(device)
     judge = create_encoder(args.judge, "backbone").to(device)
     images = evaluation_images(cifar10_root(args.data), positive("--eval-images", args.eval_images))
+    # --scores: each weight's scores kept as they finish, for these weights (an interrupted sweep resumes; a
+    # retrained model is measured again)
+    same = {"weights_sha256": weights_digest(folder)} if args.scores else None
     scores = [
-        score_model(
-            model,
-            encoder,
-            judge,
-            images,
-            replace(sampling_preset("fast"), guidance=w),
-            num_samples=args.num_samples,
-            progress=not args.no_progress,
+        Score.from_record(
+            score_into(
+                Path(args.scores) / tag("guidance", w) if args.scores else None,
+                folder,
+                judge,
+                images,
+                replace(sampling_preset("fast"), guidance=w),
+                extra=same,
+                num_samples=args.num_samples,
+                device=device,
+                progress=not args.no_progress,
+            )
         )
         for w in sorted(set(args.guidance))
     ]

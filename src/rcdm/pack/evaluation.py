@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import torch
@@ -51,6 +51,11 @@ class Score:
 
     def record(self) -> dict:
         return asdict(self)
+
+    @classmethod
+    def from_record(cls, record: dict) -> Score:
+        """The score a `record()` holds (other keys, e.g. `rcdm.pack.stages.score_into`'s, ignored)."""
+        return cls(**{f.name: record[f.name] for f in fields(cls)})
 
 
 def evaluation_images(cifar_root: str | Path, n: int = 1000) -> list[Path]:

@@ -50,35 +50,40 @@ def tag(name: str, guidance: float) -> str:
 
 
 def score_into(
-    folder: Path,
+    folder: Path | None,
     model_dir: Path,
     judge: Encoder,
     images: Sequence[Path],
     sampling: SamplingConfig,
     *,
     extra: dict | None = None,
+    num_samples: int = 1,
     device: str | torch.device = "cpu",
     progress: bool = False,
 ) -> dict:
     """Score the model in `model_dir` once into folder/score.json (the `Score` record, the model folder and
-    `extra`, e.g. a checkpoint's images seen); a folder already scored for this model on as many images, with the
-    same `extra` (a final model trained on since has another step), is read back instead."""
-    path = folder / SCORE
-    if path.is_file():
+    `extra`, e.g. a checkpoint's images seen); a folder already scored for this model on as many images and
+    samples, with the same `extra` (a final model trained on since has another step), is read back instead.
+    folder None: scored, nothing kept."""
+    path = None if folder is None else folder / SCORE
+    if path is not None and path.is_file():
         done = json.loads(path.read_text())
         same = all(done.get(k) == v for k, v in (extra or {}).items())
-        if done.get("model") == str(model_dir) and done.get("num_images") == len(images) and same:
+        if (
+            done.get("model") == str(model_dir)
+            and done.get("num_images") == len(images)
+            and done.get("num_samples", 1) == num_samples
+            and same
+        ):
             return done
     model = load_model(model_dir, device=device)
     encoder = encoder_for(model).to(device)
     log.info("scoring %s (%s) on %d images", model_dir, sampling.describe(), len(images))
-    record = {
-        **score_model(model, encoder, judge, images, sampling, progress=progress).record(),
-        "model": str(model_dir),
-        **(extra or {}),
-    }
-    folder.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(path, json.dumps(record, indent=1) + "\n")
+    score = score_model(model, encoder, judge, images, sampling, num_samples=num_samples, progress=progress)
+    record = {**score.record(), "model": str(model_dir), **(extra or {})}
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_text_atomic(path, json.dumps(record, indent=1) + "\n")
     return record
 
 
