@@ -149,7 +149,9 @@ def test_a_second_metrics_stage_is_refused_while_one_runs(tmp_path: Path, scored
     assert scored == [] and not metrics.exists()
 
 
-def test_findings_on_the_shipped_pack_write_results_and_tables(cifar_root: Path, tmp_path: Path) -> None:
+def test_findings_on_the_shipped_pack_write_results_and_tables_and_keep_them(
+    cifar_root: Path, tmp_path: Path, monkeypatch
+) -> None:
     pack = bundled_pack()
     if pack is None:
         pytest.skip("no pack is installed in src/rcdm/assets/models")
@@ -166,6 +168,21 @@ def test_findings_on_the_shipped_pack_write_results_and_tables(cifar_root: Path,
     results = json.loads((out / "adversarial" / "results.json").read_text())["results"]
     assert [r["label"] for r in results] == ["VICReg backbone", "supervised backbone"]
     assert (out / "invariance" / "figure.png").is_file()
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("measured again")
+
+    monkeypatch.setattr(stages, "invariance", refuse)
+    monkeypatch.setattr(stages, "adversarial", refuse)
+    for part in ("invariance", "adversarial"):  # run again (a later part was cut short): both kept
+        assert stages.findings(pack, images, out, sampling=cheap, num_samples=1, parts=[part]) is None
+    assert json.loads((out / "adversarial" / "results.json").read_text())["results"] == results
+    with pytest.raises(AssertionError, match="measured again"):  # other sampling
+        stages.findings(
+            pack, images, out, sampling=cheap.replace(steps=3), num_samples=1, parts=["invariance"]
+        )
+    with pytest.raises(AssertionError, match="measured again"):  # other images
+        stages.findings(pack, images[:1], out, sampling=cheap, num_samples=1, parts=["adversarial"])
 
 
 def test_findings_sample_every_model_with_the_bundles_one_guidance(tmp_path: Path, monkeypatch) -> None:

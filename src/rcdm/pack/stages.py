@@ -27,11 +27,12 @@ import torch
 from ..analysis import adversarial, adversarial_figure, invariance, invariance_figure
 from ..analysis.findings import findings_tables
 from ..bundle import ROLES, read_bundle
+from ..data import files_digest
 from ..diffusion import SAMPLING_PRESETS, SamplingConfig, sampling_preset
 from ..encoders import Encoder
 from ..errors import RCDMError
 from ..files import write_text_atomic
-from ..loading import encoder_for, load_model, recorded_sampling
+from ..loading import encoder_for, load_model, recorded_sampling, weights_digest
 from ..locks import output_lock
 from ..runs import Checkpoints
 from .evaluation import score_model
@@ -249,7 +250,9 @@ def findings(
     """The paper's findings 1-3 on the pack installed at PACK: invariance of the VICReg backbone vs projector
     RCDM, PGD on the VICReg vs the supervised backbone RCDM; each part writes OUT/<part>/{results.json,
     figure.png}, and `table` writes OUT/tables.md from both (returned). sampling: default dpm++ 20 at the
-    bundle's guidance, one weight for every model compared (`rcdm.bundle.Bundle.guidance`)."""
+    bundle's guidance, one weight for every model compared (`rcdm.bundle.Bundle.guidance`). A part whose
+    results.json was measured on the same models' weights, images and sampling is kept, so a run cut short
+    resumes after its last finished part."""
     pack, out = Path(pack), Path(out)
     for role in ("backbone", "projector", "supervised"):
         if not (pack / ROLES[role][0] / "config.json").is_file():
@@ -262,20 +265,38 @@ def findings(
     if sampling is None:  # guidance reads as invariance: the models compared share one weight
         sampling = replace(SAMPLING_PRESETS["fast"], guidance=read_bundle(pack).guidance)
     common = dict(num_samples=num_samples, sampling=sampling, progress=progress)
-    if "invariance" in parts:
+
+    def measured(part: str, roles: tuple[str, str]) -> dict | None:
+        """What a part measures (its models' weights, the images, the sampling), recorded with its results; None
+        when OUT/<part> already holds results measured so (a part run again after a later one was cut short)."""
+        key = {
+            "models": {role: weights_digest(pack / ROLES[role][0]) for role in roles},
+            "images": files_digest(images),
+            "num_images": len(images),
+            "num_samples": num_samples,
+            "sampling": sampling.record(),
+            **({"augmentations": list(FINDING_AUGMENTATIONS)} if part == "invariance" else {}),
+        }
+        done = out / part / "results.json"
+        if done.is_file() and json.loads(done.read_text()).get("measured") == key:
+            log.info("%s: kept (measured on these models, images and sampling)", done)
+            return None
+        return key
+
+    if "invariance" in parts and (key := measured("invariance", ("backbone", "projector"))) is not None:
         results = [
             invariance(
                 *load(role), images, augmentations=FINDING_AUGMENTATIONS, label=ROLES[role][1], **common
             )
             for role in ("backbone", "projector")
         ]
-        _write_part(out / "invariance", "invariance", results, invariance_figure(results))
-    if "adversarial" in parts:
+        _write_part(out / "invariance", "invariance", results, invariance_figure(results), key)
+    if "adversarial" in parts and (key := measured("adversarial", ("backbone", "supervised"))) is not None:
         results = [
             adversarial(*load(role), images, label=ROLES[role][1], **common)
             for role in ("backbone", "supervised")
         ]
-        _write_part(out / "adversarial", "adversarial", results, adversarial_figure(results))
+        _write_part(out / "adversarial", "adversarial", results, adversarial_figure(results), key)
     if "table" not in parts:
         return None
     done = {}
@@ -289,8 +310,8 @@ def findings(
     return table
 
 
-def _write_part(folder: Path, analysis: str, results: list, figure) -> None:
+def _write_part(folder: Path, analysis: str, results: list, figure, measured: dict) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     figure.save(folder / "figure.png")
-    record = {"analysis": analysis, "results": [r.summary() for r in results]}
+    record = {"analysis": analysis, "results": [r.summary() for r in results], "measured": measured}
     write_text_atomic(folder / "results.json", json.dumps(record, indent=2) + "\n")
