@@ -4,8 +4,10 @@
 # one thread and `nice` per job, two jobs side by side where the stage has two (one free core each on 2 cores).
 #
 #   bash scripts/cpu_pack.sh encoders|rcdms|guidance|evaluate|samplers|pack|findings
+#   bash scripts/cpu_pack.sh all     # every stage in that order, then the findings unguided; stops at a failure
 #
-# in that order: guidance records each model's default sampling, and evaluate scores the gates there too.
+# in that order: guidance records each model's default sampling, and evaluate scores the gates there too. A stage
+# fails when any of its jobs does (side by side ones included).
 # Outputs live outside the work tree in $WORK (default ~/rcdm-work); logs in $WORK/*.log. Run a stage again after an
 # interruption: it resumes. PACK_STEP=N / PACK_STEPS="TARGET=N ..." pick the checkpoints evaluate scores and pack
 # bundles; RCDM_BUDGET_S=N stops each RCDM at its first checkpoint after N seconds; RCDM_COMPILE=1 compiles the UNet
@@ -15,7 +17,7 @@
 # two one-thread jobs side by side at about 21 each, so pairs run one thread each and a lone job both cores.
 set -uo pipefail
 
-STAGE=${1:?usage: cpu_pack.sh encoders|rcdms|evaluate|samplers|guidance|pack|findings}
+STAGE=${1:?usage: cpu_pack.sh encoders|rcdms|guidance|evaluate|samplers|pack|findings|all}
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 WORK=${WORK:-$HOME/rcdm-work}
 PY=${PY:-$ROOT/.venv/bin/python}
@@ -28,7 +30,7 @@ RCDM_COMPILE=${RCDM_COMPILE:-0}
 ALONE_THREADS=${ALONE_THREADS:-2}
 EVAL_IMAGES=${EVAL_IMAGES:-1000}
 GUIDANCE=${GUIDANCE:-1 5}
-CURVE_GUIDANCE=${CURVE_GUIDANCE:-1 5}
+CURVE_GUIDANCE=${CURVE_GUIDANCE:-5}
 CURVE_EVERY=${CURVE_EVERY:-2000}
 SAMPLER_IMAGES=${SAMPLER_IMAGES:-200}
 SAMPLERS=${SAMPLERS:-fast:1 paired:1 published:1 fast:3 fast:5 fast:8}
@@ -82,17 +84,35 @@ rcdm() { # rcdm TARGET (skipped, with a note, until its encoder is finished)
         >>"$WORK/$1.log" 2>&1
 }
 
+joined() { # joined RC: RC, or the status of the job started last with & when that one failed
+    local rc=$1
+    wait "$!" || rc=$?
+    return "$rc"
+}
+
 case $STAGE in
+all) # each stage resumes where it stopped, so run this again after an interruption
+    for stage in encoders rcdms guidance evaluate samplers pack findings findings-g1; do
+        echo "$(date -u +%FT%TZ) cpu_pack.sh: $stage"
+        if [ "$stage" = findings-g1 ]; then
+            PACK_GUIDANCE=1 bash "$0" findings
+        else
+            bash "$0" "$stage"
+        fi || {
+            echo "cpu_pack.sh all: the $stage stage failed (see $WORK/*.log); run \`cpu_pack.sh all\` again to resume" >&2
+            exit 1
+        }
+    done
+    ;;
 encoders)
     encoder ssl vicreg "$SSL_EPOCHS" &
     encoder supervised supervised "$SUP_EPOCHS"
-    wait
+    joined $?
     ;;
 rcdms) # the two backbone models first (the gates), side by side; then the projector model
     rcdm rcdm-cifar10-supervised &
     rcdm rcdm-cifar10-vicreg-backbone
-    wait
-    OMP_NUM_THREADS=$ALONE_THREADS rcdm rcdm-cifar10-vicreg-projector
+    joined $? && OMP_NUM_THREADS=$ALONE_THREADS rcdm rcdm-cifar10-vicreg-projector
     ;;
 evaluate)
     # shellcheck disable=SC2086  # weight lists are words
@@ -116,8 +136,7 @@ guidance) # each RCDM's default sampling, recorded into the model the pack stage
     }
     sweep rcdm-cifar10-supervised &
     sweep rcdm-cifar10-vicreg-backbone
-    wait
-    OMP_NUM_THREADS=$ALONE_THREADS sweep rcdm-cifar10-vicreg-projector
+    joined $? && OMP_NUM_THREADS=$ALONE_THREADS sweep rcdm-cifar10-vicreg-projector
     ;;
 pack)
     $PY -m rcdm.cli recipe pack --runs "$WORK/runs" --out "$ROOT/src/rcdm/assets/models" --metrics "$WORK/metrics.json" \
@@ -134,11 +153,10 @@ findings) # the two analyses side by side, then the tables; PACK_GUIDANCE=1: ung
     common=(--data "$CIFAR" --out "$WORK/findings${PACK_GUIDANCE:+-g$PACK_GUIDANCE}" --num-images "$FINDING_IMAGES" ${PACK_GUIDANCE:+--guidance "$PACK_GUIDANCE"} --no-progress)
     $RCDM recipe findings "${common[@]}" --parts invariance >>"$WORK/findings.log" 2>&1 &
     $RCDM recipe findings "${common[@]}" --parts adversarial >>"$WORK/findings.log" 2>&1
-    wait
-    $RCDM recipe findings "${common[@]}" --parts table
+    joined $? && $RCDM recipe findings "${common[@]}" --parts table
     ;;
 *)
-    echo "unknown stage $STAGE: use encoders, rcdms, evaluate, samplers, guidance, pack or findings" >&2
+    echo "unknown stage $STAGE: use encoders, rcdms, guidance, evaluate, samplers, pack, findings or all" >&2
     exit 2
     ;;
 esac
