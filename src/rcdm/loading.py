@@ -140,11 +140,16 @@ def recorded_sampling(folder: str | Path) -> dict:
     """The sampling a model folder's config.json records (`sampling`, as `diffusion.model_default_sampling` reads
     it from a loaded model), read without loading anything; {} when it records none or cannot be read (loading
     the model then says why)."""
-    try:
-        recorded = json.loads((Path(folder) / "config.json").read_text()).get("sampling")
-    except (OSError, ValueError, AttributeError):
-        return {}
+    recorded = _config_entry(folder, "sampling")
     return dict(recorded) if isinstance(recorded, dict) else {}
+
+
+def _config_entry(folder: str | Path, key: str) -> object:
+    """config.json's `key` in a model folder, read without loading it; None when absent or unreadable."""
+    try:
+        return json.loads((Path(folder) / RCDM.config_name).read_text()).get(key)
+    except (OSError, ValueError, AttributeError):
+        return None
 
 
 def weights_digest(folder: str | Path) -> str:
@@ -156,9 +161,8 @@ def weights_digest(folder: str | Path) -> str:
         return sha256_file(full)
     if not (folder / ADAPTER_WEIGHTS).is_file():
         return ""
-    try:
-        base = json.loads((folder / RCDM.config_name).read_text()).get("adapted_from") or {}
-    except (OSError, ValueError, AttributeError):
+    base = _config_entry(folder, "adapted_from") or {}
+    if not isinstance(base, dict):
         return ""
     adapter = sha256_file(folder / ADAPTER_WEIGHTS)
     return hashlib.sha256(f"{adapter}+{base.get('base_weights', '')}".encode()).hexdigest()
