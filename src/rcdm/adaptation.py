@@ -38,7 +38,7 @@ from .files import atomic_dir, write_text_atomic
 from .loading import encoder_for, load_model, resolve_model_dir
 from .locks import run_lock
 from .losses import GaussianDiffusion, draw_timesteps
-from .model import ADAPTER_WEIGHTS, ADAPTERS, MAX_LAYERS, RCDM, WEIGHTS_VARIANT
+from .model import ADAPTER_WEIGHTS, ADAPTERS, MAX_LAYERS, RCDM, WEIGHTS_FILE
 from .monitor import TrainingMonitor
 from .ridge import RidgeMap, fit_ridge
 from .train_config import LOSS_WEIGHTINGS, LossWeighting, learning_rate, saved_fields, setting_changes
@@ -384,7 +384,7 @@ def _adapt(
     log.info("ridge map: held-out R^2 %.3f (alpha %.0e x n)", ridge.r2_heldout, ridge.alpha)
     provenance = {
         "base_model": _base_reference(cfg.model),
-        "base_weights": sha256_file(base_dir / f"diffusion_pytorch_model.{WEIGHTS_VARIANT}.safetensors"),
+        "base_weights": sha256_file(base_dir / WEIGHTS_FILE),
         "base_encoder": base.config.encoder,
         "base_feature": base.config.feature,
         "adapter": cfg.adapter,

@@ -25,7 +25,7 @@ from .encoders.registry import CODE_RUNNING_SPECS
 from .errors import RCDMError, first_line
 from .files import atomic_dir
 from .hub import parse_hub_ref, resolve_hub_model
-from .model import ADAPTER_WEIGHTS, RCDM, WEIGHTS_VARIANT, check_config, check_encoder
+from .model import ADAPTER_WEIGHTS, RCDM, WEIGHTS_FILE, check_config, check_encoder
 from .runs import Checkpoints
 from .weights import (
     Weights,
@@ -156,7 +156,7 @@ def weights_digest(folder: str | Path) -> str:
     """sha256 of what a model folder samples with, read without loading it: its weights file, or an adapter
     folder's tensors together with the base weights it names; "" when it holds neither (loading it says why)."""
     folder = Path(folder)
-    full = folder / f"diffusion_pytorch_model.{WEIGHTS_VARIANT}.safetensors"
+    full = folder / WEIGHTS_FILE
     if full.is_file():
         return sha256_file(full)
     if not (folder / ADAPTER_WEIGHTS).is_file():
@@ -225,7 +225,7 @@ def _load_strict(folder: Path) -> RCDM:
     if not isinstance(config, dict):
         raise RCDMError(f"{str(config_file)!r} holds no JSON object: not an rcdm model folder")
     check_config(config, repr(str(config_file)))
-    weights_file = folder / f"diffusion_pytorch_model.{WEIGHTS_VARIANT}.safetensors"
+    weights_file = folder / WEIGHTS_FILE
     if not weights_file.is_file() and (folder / ADAPTER_WEIGHTS).is_file():
         return _load_adapter(folder, config)
     # safetensors only (use_safetensors below): there is nothing to unpickle
@@ -281,7 +281,7 @@ def _load_adapter(folder: Path, config: dict) -> RCDM:
         )
     # "../NAME": the base beside the adapter (a bundle's entries travel together)
     base_dir = resolve_model_dir(folder / base_spec if base_spec.startswith("../") else base_spec)
-    found = sha256_file(base_dir / f"diffusion_pytorch_model.{WEIGHTS_VARIANT}.safetensors")
+    found = sha256_file(base_dir / WEIGHTS_FILE)
     if found != digest:
         raise RCDMError(
             f"the adapter {str(folder)!r} was made on {base_spec!r} with weights sha256 {digest[:12]}, but "

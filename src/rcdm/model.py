@@ -26,6 +26,7 @@ from .errors import RCDMError
 # plain name `UNet2DModel.from_pretrained(folder)` would build a random UNet from it with only a warning. With
 # the variant name diffusers finds no weights there and raises. Folders saved without it still load here.
 WEIGHTS_VARIANT = "rcdm"
+WEIGHTS_FILE = f"diffusion_pytorch_model.{WEIGHTS_VARIANT}.safetensors"
 # An adapter folder (`rcdm adapt`'s RUN/adapter) holds, instead of that file, only the tensors in which an adapted
 # model differs from the base its config names (rcdm.loading reads it over the base).
 ADAPTER_WEIGHTS = "adapter.safetensors"

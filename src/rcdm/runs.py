@@ -30,7 +30,7 @@ from torch import nn
 
 from .errors import DiskFullError, RCDMError
 from .files import atomic_dir, free_bytes, is_disk_full
-from .model import WEIGHTS_VARIANT
+from .model import WEIGHTS_FILE
 
 log = logging.getLogger(__name__)
 
@@ -38,9 +38,9 @@ CHECKPOINTS = "checkpoints"
 # The files of a complete rcdm.train checkpoint, relative to its folder (what its `Checkpoints.save` writes).
 STEP_FILES: tuple[str, ...] = (
     "model/config.json",
-    f"model/diffusion_pytorch_model.{WEIGHTS_VARIANT}.safetensors",
+    f"model/{WEIGHTS_FILE}",
     "ema/config.json",
-    f"ema/diffusion_pytorch_model.{WEIGHTS_VARIANT}.safetensors",
+    f"ema/{WEIGHTS_FILE}",
     "optimizer.pt",
     "state.json",
 )

@@ -30,7 +30,7 @@ from ..encoders.cifar import CifarEncoderNet, default_preprocessing, load_encode
 from ..errors import RCDMError
 from ..figures import model_card
 from ..files import write_text_atomic
-from ..model import ADAPTER_WEIGHTS, RCDM, WEIGHTS_VARIANT
+from ..model import ADAPTER_WEIGHTS, RCDM, WEIGHTS_FILE
 from ..prior import PRIOR_RECORD, find_prior, load_prior, training_settings, write_prior
 from ..weights import sha256_file
 from .cards import encoder_card, rcdm_card
@@ -203,9 +203,7 @@ def _shipped_adapter(
         k: v for k, v in json.loads((folder / "config.json").read_text()).items() if k != "_name_or_path"
     }
     made_on = dict(config.get("adapted_from") or {})
-    digests = {
-        t: sha256_file(bundle / t / f"diffusion_pytorch_model.{WEIGHTS_VARIANT}.safetensors") for t in rcdms
-    }
+    digests = {t: sha256_file(bundle / t / WEIGHTS_FILE) for t in rcdms}
     base = next((t for t, d in digests.items() if d == made_on.get("base_weights")), None)
     if base is None:
         raise RCDMError(
