@@ -183,6 +183,12 @@ def test_findings_on_the_shipped_pack_write_results_and_tables_and_keep_them(
         )
     with pytest.raises(AssertionError, match="measured again"):  # other images
         stages.findings(pack, images[:1], out, sampling=cheap, num_samples=1, parts=["adversarial"])
+    monkeypatch.setattr(stages, "FINDING_ATTACK", {**stages.FINDING_ATTACK, "eps": 8 / 255})
+    with pytest.raises(AssertionError, match="measured again"):  # another attack
+        stages.findings(pack, images, out, sampling=cheap, num_samples=1, parts=["adversarial"])
+    monkeypatch.setattr(stages, "__version__", "0.0.0+other")
+    with pytest.raises(AssertionError, match="measured again"):  # another rcdm release
+        stages.findings(pack, images, out, sampling=cheap, num_samples=1, parts=["invariance"])
 
 
 def test_findings_sample_every_model_with_the_bundles_one_guidance(tmp_path: Path, monkeypatch) -> None:

@@ -24,7 +24,9 @@ from pathlib import Path
 
 import torch
 
+from .. import __version__
 from ..analysis import adversarial, adversarial_figure, invariance, invariance_figure
+from ..analysis.adversarial import DEFAULT_EPS
 from ..analysis.findings import findings_tables
 from ..bundle import ROLES, read_bundle
 from ..data import files_digest
@@ -43,6 +45,8 @@ log = logging.getLogger(__name__)
 SCORE = "score.json"
 # The augmentations the findings measure: the four VICReg trains with, and two it does not.
 FINDING_AUGMENTATIONS = ("random_resized_crop", "hflip", "colour_jitter", "grayscale", "vflip", "invert")
+# The attack finding 3 measures: untargeted L-inf PGD on the encoder's representation (rcdm.analysis.adversarial).
+FINDING_ATTACK = {"eps": DEFAULT_EPS, "pgd_steps": 10}
 
 
 def tag(name: str, guidance: float) -> str:
@@ -251,8 +255,9 @@ def findings(
     RCDM, PGD on the VICReg vs the supervised backbone RCDM; each part writes OUT/<part>/{results.json,
     figure.png}, and `table` writes OUT/tables.md from both (returned). sampling: default dpm++ 20 at the
     bundle's guidance, one weight for every model compared (`rcdm.bundle.Bundle.guidance`). A part whose
-    results.json was measured on the same models' weights, images and sampling is kept, so a run cut short
-    resumes after its last finished part."""
+    results.json was measured on the same models' weights, images, sampling, augmentations or attack, and by the
+    same rcdm release is kept, so a run cut short resumes after its last finished part (and an upgrade, whose
+    analysis may measure otherwise, measures again)."""
     pack, out = Path(pack), Path(out)
     for role in ("backbone", "projector", "supervised"):
         if not (pack / ROLES[role][0] / "config.json").is_file():
@@ -267,15 +272,18 @@ def findings(
     common = dict(num_samples=num_samples, sampling=sampling, progress=progress)
 
     def measured(part: str, roles: tuple[str, str]) -> dict | None:
-        """What a part measures (its models' weights, the images, the sampling), recorded with its results; None
-        when OUT/<part> already holds results measured so (a part run again after a later one was cut short)."""
+        """What a part measures (its models' weights, the images, the sampling, the augmentations or the attack,
+        the rcdm release that measured), recorded with its results; None when OUT/<part> already holds results
+        measured so (a part run again after a later one was cut short)."""
         key = {
+            "rcdm": __version__,
             "models": {role: weights_digest(pack / ROLES[role][0]) for role in roles},
             "images": files_digest(images),
             "num_images": len(images),
             "num_samples": num_samples,
             "sampling": sampling.record(),
             **({"augmentations": list(FINDING_AUGMENTATIONS)} if part == "invariance" else {}),
+            **({"attack": FINDING_ATTACK} if part == "adversarial" else {}),
         }
         done = out / part / "results.json"
         if done.is_file() and json.loads(done.read_text()).get("measured") == key:
@@ -293,7 +301,7 @@ def findings(
         _write_part(out / "invariance", "invariance", results, invariance_figure(results), key)
     if "adversarial" in parts and (key := measured("adversarial", ("backbone", "supervised"))) is not None:
         results = [
-            adversarial(*load(role), images, label=ROLES[role][1], **common)
+            adversarial(*load(role), images, label=ROLES[role][1], **FINDING_ATTACK, **common)
             for role in ("backbone", "supervised")
         ]
         _write_part(out / "adversarial", "adversarial", results, adversarial_figure(results), key)
