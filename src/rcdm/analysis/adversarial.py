@@ -30,6 +30,7 @@ ATTACKS: tuple[str, ...] = ("untargeted", "targeted", "label")
 # The attack's L-infinity radius unless told otherwise, for images in [0, 1]: every command, the demo and the app
 # take it from here.
 DEFAULT_EPS = 4 / 255
+DEFAULT_PGD_STEPS = 10
 
 
 def pgd(
@@ -38,7 +39,7 @@ def pgd(
     *,
     attack: Attack = "untargeted",
     eps: float = DEFAULT_EPS,
-    steps: int = 10,
+    steps: int = DEFAULT_PGD_STEPS,
     step_size: float | None = None,  # None: 2.5 * eps / steps (Madry et al. 2018)
     targets: torch.Tensor | None = None,
     random_start: bool = True,
@@ -177,7 +178,7 @@ def adversarial(
     *,
     attack: Attack = "untargeted",
     eps: float = DEFAULT_EPS,
-    pgd_steps: int = 10,
+    pgd_steps: int = DEFAULT_PGD_STEPS,
     step_size: float | None = None,
     targets: Sequence[str | Path] | None = None,
     num_samples: int = 4,

@@ -26,7 +26,7 @@ import torch
 
 from .. import __version__
 from ..analysis import adversarial, adversarial_figure, invariance, invariance_figure
-from ..analysis.adversarial import DEFAULT_EPS
+from ..analysis.adversarial import DEFAULT_EPS, DEFAULT_PGD_STEPS
 from ..analysis.findings import findings_tables
 from ..bundle import ROLES, read_bundle
 from ..data import files_digest
@@ -46,7 +46,7 @@ SCORE = "score.json"
 # The augmentations the findings measure: the four VICReg trains with, and two it does not.
 FINDING_AUGMENTATIONS = ("random_resized_crop", "hflip", "colour_jitter", "grayscale", "vflip", "invert")
 # The attack finding 3 measures: untargeted L-inf PGD on the encoder's representation (rcdm.analysis.adversarial).
-FINDING_ATTACK = {"eps": DEFAULT_EPS, "pgd_steps": 10}
+FINDING_ATTACK = {"eps": DEFAULT_EPS, "pgd_steps": DEFAULT_PGD_STEPS}
 
 
 def tag(name: str, guidance: float) -> str:
