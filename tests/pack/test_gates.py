@@ -176,3 +176,65 @@ def test_a_final_model_that_records_its_images_seen_ends_its_curve_once(tmp_path
     assert gate_metrics(tmp_path, "4")[target.name][curve] == "128000: 0.000 / 0.250; 256000: 0.500 / 0.750"
     _evaluation(target / "step-00004000", 0.5, 0.75)  # the same step scored as a checkpoint: one point
     assert gate_metrics(tmp_path, "4")[target.name][curve] == "128000: 0.000 / 0.250; 256000: 0.500 / 0.750"
+
+
+def test_pack_metrics_markdown_prints_the_readme_tables_read_at_each_models_own_default(
+    tmp_path: Path, capsys
+) -> None:
+    # The VICReg backbone RCDM records guidance 5 as its default (`recipe guidance --record`); the supervised one
+    # records none, so its default is guidance 1. The gates are read at each one's own default.
+    backbone_model = tmp_path / "runs" / "rcdm-cifar10-vicreg-backbone" / "model"
+    backbone_model.mkdir(parents=True)
+    (backbone_model / "config.json").write_text(json.dumps({"sampling": {"guidance": 5.0}}))
+    metrics = tmp_path / "metrics"
+    backbone = metrics / "rcdm-cifar10-vicreg-backbone"
+    _evaluation(backbone / "final", 0.0, 0.25, model=str(backbone_model))
+    _evaluation(backbone / "final-g5", 0.25, 0.75, guidance=5.0, fid=2.5, model=str(backbone_model))
+    _evaluation(backbone / "step-00002000-g5", 0.0, 0.5, guidance=5.0)
+    _evaluation(backbone / "step-00004000-g5", 0.25, 0.75, guidance=5.0)
+    _evaluation(backbone / "sampler-published", 0.5, 0.5, wall_s=8.0)
+    supervised = metrics / "rcdm-cifar10-supervised"
+    _evaluation(supervised / "step-00002000", 0.25, 0.5, model="/gone/rcdm-cifar10-supervised/model")
+    for record in (backbone / "final", backbone / "final-g5"):  # a final model records its step
+        data = json.loads((record / "score.json").read_text())
+        (record / "score.json").write_text(json.dumps({**data, "step": 4000, "images_seen": 256000}))
+
+    argv = ["recipe", "metrics", "--metrics-dir", str(metrics), "--eval-images", "4", "--markdown"]
+    assert main(argv) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("| RCDM (step) | sampling | class agreement (gate ≥ 0.7, backbone models)")
+    assert "rank-1 among 4 (gate ≥ 0.1, backbone models; chance 0.250) | mean rank (chance 2.5)" in lines[0]
+    rows = [line for line in lines if line.startswith("| VICReg backbone (4,000)")]
+    assert rows == [
+        "| VICReg backbone (4,000) | dpm++ 20 | 0.250 | 0.000 | 2.0 | 3.00 |",
+        "| VICReg backbone (4,000) | dpm++ 20, guidance 5 (its default) | 0.750 | 0.250 | 2.0 | 2.50 |",
+    ]
+    # no final model: the newest checkpoint; no recorded default: guidance 1
+    assert "| supervised backbone (2,000) | dpm++ 20 (its default) | 0.500 | 0.250 | 2.0 | 3.00 |" in lines
+    met = "rank-1 retrieval 0.250 (gate 0.1: met)"
+    assert (
+        f"- VICReg backbone at its default (dpm++ 20, guidance 5): class agreement 0.750 (gate 0.7: met); {met}"
+        in lines
+    )
+    missed = "class agreement 0.500 (gate 0.7: missed by 0.200)"
+    assert f"- supervised backbone at its default (dpm++ 20): {missed}; {met}" in lines
+    # the curves: a column per model and sampling, a row per images seen, the final model its last point
+    header = next(line for line in lines if line.startswith("| images seen |"))
+    columns = header.strip("| ").split(" | ")[1:]
+    assert columns == [
+        "supervised backbone, dpm++ 20",
+        "VICReg backbone, dpm++ 20",
+        "VICReg backbone, dpm++ 20, guidance 5",
+    ]
+    assert "| 128k | 0.500 / 0.250 |  | 0.500 / 0.000 |" in lines
+    assert "| 256k |  | 0.250 / 0.000 | 0.750 / 0.250 |" in lines
+    assert "| class agreement per doubling (least squares) |  |  | +0.250 |" in lines
+    assert "| VICReg backbone | dpm++ 20 | 0.500 | 0.500 (chance 0.250) | 2.00 |" in lines
+
+
+def test_pack_metrics_markdown_says_when_nothing_is_scored(tmp_path: Path, capsys) -> None:
+    (tmp_path / "rcdm-cifar10-supervised").mkdir()
+    assert (
+        main(["recipe", "metrics", "--metrics-dir", str(tmp_path), "--eval-images", "4", "--markdown"]) == 0
+    )
+    assert capsys.readouterr().out == f"nothing scored under {tmp_path} yet\n"

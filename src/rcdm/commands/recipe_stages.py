@@ -17,7 +17,7 @@ from ..errors import RCDMError
 from ..files import write_text_atomic
 from ..pack.cifar10 import cifar10_root, copy_test_images
 from ..pack.evaluation import evaluation_images
-from ..pack.gates import gate_metrics, parse_steps
+from ..pack.gates import gate_metrics, markdown, parse_steps
 from ..pack.rcdms import TARGETS
 from ..pack.stages import Evaluation, evaluate_runs, findings, parse_setting, score_samplers
 from .common import add_progress_arg, positive
@@ -42,6 +42,7 @@ EPILOGS = {
     "metrics": """examples:
   rcdm recipe metrics --metrics-dir ~/rcdm-work/metrics --eval-images 1000 --step 11000 \\
       --step rcdm-cifar10-supervised=7000 > metrics.json
+  rcdm recipe metrics --metrics-dir ~/rcdm-work/metrics --eval-images 1000 --markdown   # the README's tables
 """,
 }
 TARGET_NAMES = [t.name for t in TARGETS]
@@ -140,6 +141,11 @@ def add_stage_parsers(command: Callable[[str, str], argparse.ArgumentParser]) ->
     m.add_argument("--metrics-dir", required=True, help="METRICS/<target>/<tag>/ of `rcdm recipe evaluate`")
     m.add_argument("--eval-images", type=int, required=True, help="how many test images each evaluation used")
     _step_arg(m, "read")
+    m.add_argument(
+        "--markdown",
+        action="store_true",
+        help="print the README's tables instead (gates at each model's own default, curves, samplers)",
+    )
     m.set_defaults(func=run_metrics)
 
 
@@ -233,5 +239,8 @@ def run_metrics(args: argparse.Namespace) -> int:
             f"--metrics-dir {args.metrics_dir!r} is not a folder: run `rcdm recipe evaluate` first"
         )
     positive("--eval-images", args.eval_images)
-    print(json.dumps(gate_metrics(folder, str(args.eval_images), step, steps), indent=1))
+    if args.markdown:
+        print(markdown(folder, step, steps) or f"nothing scored under {folder} yet\n", end="")
+    else:
+        print(json.dumps(gate_metrics(folder, str(args.eval_images), step, steps), indent=1))
     return 0

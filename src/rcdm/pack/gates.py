@@ -1,5 +1,6 @@
 """The CIFAR-10 pack's gates: its evaluation folders -> the labelled metrics `rcdm recipe pack --metrics` puts on
-cards (`rcdm recipe metrics`; `rcdm recipe evaluate` prints them when it is done).
+cards (`rcdm recipe metrics`; `rcdm recipe evaluate` prints them when it is done), or as the README's tables
+(`markdown`, `rcdm recipe metrics --markdown`).
 
 METRICS_DIR/<target>/<tag>/score.json (`rcdm.pack.stages`), where tag is `final`, `final-g<W>` (the final model
 sampled with guidance W) or a checkpoint `step-NNNNNNNN[-g<W>]`. Output: {target: {labelled metric: value, ...,
@@ -22,7 +23,10 @@ import re
 import statistics
 from pathlib import Path
 
+from ..bundle import ROLES
 from ..errors import RCDMError
+from ..loading import recorded_sampling
+from .rcdms import TARGETS
 from .stages import SCORE
 
 GATES = {"agreement": ("class agreement", 0.70), "top1": ("rank-1 retrieval", 0.10)}  # backbone models' gates
@@ -45,6 +49,8 @@ def read(tag_dir: Path) -> dict:
         "own_top1": s.get("own_rank1"),
         "frechet": s.get("frechet"),
         "images_seen": s.get("images_seen"),
+        "step": s.get("step"),
+        "guidance": float(guidance),
         "wall_s": s.get("wall_s"),
         "model": s.get("model", ""),
     }
@@ -85,13 +91,22 @@ def sampler_rows(target: Path) -> str:
     return "; ".join(rows)
 
 
+def _line(points: list[tuple[int, float]]) -> statistics.LinearRegression | None:
+    """The least-squares line of a metric against log2(images seen), unscored points left out; None under two
+    distinct points."""
+    points = [(seen, v) for seen, v in points if v is not None and not math.isnan(v)]
+    if len({seen for seen, _ in points}) < 2:
+        return None
+    return statistics.linear_regression([math.log2(seen) for seen, _ in points], [v for _, v in points])
+
+
 def trend(points: list[tuple[int, float]], gate: float) -> str | None:
     """The least-squares line of a metric against log2(images seen): its gain per doubling of images seen and the
     images seen at which the line reaches `gate`. Needs two points; an extrapolation, and labelled as one."""
     points = [(seen, v) for seen, v in points if v is not None and not math.isnan(v)]
-    if len({seen for seen, _ in points}) < 2:
+    fit = _line(points)
+    if fit is None:
         return None
-    fit = statistics.linear_regression([math.log2(seen) for seen, _ in points], [v for _, v in points])
     per_doubling = f"{fit.slope:+.3f} per doubling of images seen ({len(points)} checkpoints)"
     if max(v for _, v in points) >= gate:
         return per_doubling + f"; at or above {gate:g} already"
@@ -112,31 +127,57 @@ def trend(points: list[tuple[int, float]], gate: float) -> str | None:
     return per_doubling + f"; the line reaches {gate:g} at {where} images seen (extrapolated)"
 
 
+def _scored(target: Path) -> dict[str, dict]:
+    """A target's evaluations other than the sampler table's, by tag (unscored folders give {})."""
+    return {t.name: read(t) for t in target.iterdir() if t.is_dir() and not t.name.startswith("sampler-")}
+
+
+def _packed(tags: dict[str, dict], step: int | None) -> list[dict]:
+    """The evaluations of the model the bundle holds: checkpoint `step`, else the final model, else (no step
+    given) the newest scored checkpoint; its plain evaluation first, then its guided ones. [] when the packed
+    model is not scored (an unevaluated step: no gate numbers, rather than another checkpoint's)."""
+    if step is not None:
+        packed = f"step-{step:08d}"
+    elif tags.get("final") or any(t.startswith("final-g") and tags[t] for t in tags):
+        packed = "final"
+    else:
+        plain = sorted(t for t in tags if STEP.fullmatch(t) and not STEP.fullmatch(t).group(2) and tags[t])
+        packed = plain[-1] if plain else "final"
+    guided = sorted(
+        (t for t in tags if t.startswith(f"{packed}-g") and tags[t]), key=lambda t: tags[t]["guidance"]
+    )
+    return [tags[t] for t in [packed, *guided] if tags.get(t)]
+
+
+def _curves(tags: dict[str, dict]) -> dict[str, list[tuple[int, dict]]]:
+    """One curve per sampling setting, in order of images seen; the final model is a point where it records its
+    images seen and no checkpoint of the same step was scored the same way."""
+    steps = sorted(t for t in tags if STEP.fullmatch(t) and tags[t])
+    finals = [t for t in tags if (t == "final" or t.startswith("final-g")) and tags[t]]
+    curves: dict[str, list[tuple[int, dict]]] = {}
+    for t in [*steps, *finals]:
+        seen, sampling = tags[t].get("images_seen"), tags[t]["sampling"]
+        if seen and all(s != seen for s, _ in curves.get(sampling, [])):
+            curves.setdefault(sampling, []).append((seen, tags[t]))
+    for points in curves.values():
+        points.sort(key=lambda p: p[0])
+    return curves
+
+
+def _targets(root: Path) -> list[Path]:
+    return sorted(p for p in root.iterdir() if p.is_dir())
+
+
 def gate_metrics(
     root: Path, n: str, step: int | None = None, per_target: dict[str, int] | None = None
 ) -> dict:
     result: dict = {}
-    for target in sorted(p for p in root.iterdir() if p.is_dir()):
-        step_here = (per_target or {}).get(target.name, step)
-        tags = {t.name: read(t) for t in target.iterdir() if t.is_dir() and not t.name.startswith("sampler-")}
-        steps = sorted(t for t in tags if STEP.fullmatch(t) and tags[t])
-        plain = [t for t in steps if not STEP.fullmatch(t).group(2)]
-        packed = "final" if step_here is None else f"step-{step_here:08d}"  # the model the bundle holds
-        best = tags.get(packed) or ({} if step_here is not None else tags[plain[-1]] if plain else {})
-        m = labelled(best, n) if best else {}
-        for tag in sorted(t for t in tags if t.startswith(f"{packed}-g") and tags[t]):
-            m.update(labelled(tags[tag], n))
-        curves: dict[str, list[tuple[int, dict]]] = {}
-        # one curve per sampling setting, in order of images seen; the final model is a point where it records
-        # its images seen and no checkpoint of the same step was scored the same way
-        finals = [t for t in tags if (t == "final" or t.startswith("final-g")) and tags[t]]
-        for t in [*steps, *finals]:
-            seen, sampling = tags[t].get("images_seen"), tags[t]["sampling"]
-            if seen and all(s != seen for s, _ in curves.get(sampling, [])):
-                curves.setdefault(sampling, []).append((seen, tags[t]))
-        for points in curves.values():
-            points.sort(key=lambda p: p[0])
-        for sampling, points in curves.items():
+    for target in _targets(root):
+        tags = _scored(target)
+        m: dict = {}
+        for record in _packed(tags, (per_target or {}).get(target.name, step)):
+            m.update(labelled(record, n))
+        for sampling, points in _curves(tags).items():
             m[f"curve (images seen: rank-1 / class agreement; {sampling}; ResNet-56 judge)"] = "; ".join(
                 f"{seen}: {e.get('top1', float('nan')):.3f} / {e.get('agreement') or float('nan'):.3f}"
                 for seen, e in points
@@ -150,6 +191,99 @@ def gate_metrics(
             m["sampler table (setting: rank-1 / class agreement / s per image, CPU)"] = samplers
         result[target.name] = {k: v for k, v in m.items() if v is not None}
     return result
+
+
+def _num(v: float | None, digits: int = 3) -> str:
+    return "" if v is None or math.isnan(v) else f"{v:.{digits}f}"
+
+
+def _against(value: float, gate: float) -> str:
+    return f"gate {gate:g}: met" if value >= gate else f"gate {gate:g}: missed by {gate - value:.3f}"
+
+
+def markdown(root: Path, step: int | None = None, per_target: dict[str, int] | None = None) -> str:
+    """The pack's numbers as README tables (`rcdm recipe metrics --markdown`): each RCDM's packed model under every
+    guidance scored, its own default sampling marked (the one `recipe guidance --record` wrote into its config;
+    guidance 1 without one), where the backbone models stand against the gates there, the curves against images
+    seen, and the sampler table. Read from the evaluation folders (and the scored models' configs, for their
+    defaults), so a README table cannot drift from what was measured."""
+    labels = dict(ROLES.values())
+    features = {t.name: t.feature for t in TARGETS}
+    targets = _targets(root)
+    gate_rows, gaps, curve_cols, sampler_lines = [], [], {}, []
+    n = None
+    for target in targets:
+        tags = _scored(target)
+        label = labels.get(target.name, target.name)
+        packed = _packed(tags, (per_target or {}).get(target.name, step))
+        for record in packed:
+            n = n or record["images"]
+            own = float(recorded_sampling(Path(record["model"]).expanduser()).get("guidance", 1.0))
+            at = f"{record['step']:,}" if record.get("step") else "final"
+            default = " (its default)" if record["guidance"] == own else ""
+            gate_rows.append(
+                f"| {label} ({at}) | {record['sampling']}{default} | {_num(record['agreement'])} | "
+                f"{_num(record['top1'])} | {_num(record['mean_rank'], 1)} | {_num(record['frechet'], 2)} |"
+            )
+            if default and features.get(target.name) == "backbone":
+                stands = [
+                    f"{name} {_num(record[key])} ({_against(record[key], gate)})"
+                    for key, (name, gate) in GATES.items()
+                    if record.get(key) is not None
+                ]
+                gaps.append(f"- {label} at its default ({record['sampling']}): " + "; ".join(stands))
+        for sampling, points in sorted(_curves(tags).items(), key=lambda c: c[1][0][1]["guidance"]):
+            curve_cols[f"{label}, {sampling}"] = {seen: e for seen, e in points}
+        for d in sorted(target.glob("sampler-*")):
+            m = read(d)
+            if m:
+                on = re.search(r"step-(\d+)", m["model"])
+                sampler_lines.append(
+                    f"| {label}" + (f" (step {int(on.group(1)):,})" if on else "") + f" | {m['sampling']} | "
+                    f"{_num(m['agreement'])} | {_num(m['top1'])} (chance {1 / m['images']:.3f}) | "
+                    f"{m['wall_s'] / m['images']:.2f} |"
+                )
+    out = []
+    if gate_rows:
+        chance = f"; chance {1 / n:.3f}" if n else ""
+        gates = {key: f"gate ≥ {gate:g}, backbone models" for key, (_, gate) in GATES.items()}
+        out += [
+            f"| RCDM (step) | sampling | class agreement ({gates['agreement']}) | rank-1 among {n} "
+            f"({gates['top1']}{chance}) | mean rank (chance {(n + 1) / 2:g}) | Fréchet distance in ResNet-56 "
+            "features (not FID) |",
+            "| --- | --- | ---: | ---: | ---: | ---: |",
+            *gate_rows,
+            "",
+            *gaps,
+        ]
+    if curve_cols:
+        seen_all = sorted({seen for col in curve_cols.values() for seen in col})
+        out += [
+            "",
+            "| images seen | " + " | ".join(curve_cols) + " |",
+            "| ---: |" + " --- |" * len(curve_cols),
+        ]
+        for seen in seen_all:
+            cells = [
+                f"{_num(col[seen]['agreement'])} / {_num(col[seen]['top1'])}" if seen in col else ""
+                for col in curve_cols.values()
+            ]
+            out.append(f"| {seen // 1000:,}k | " + " | ".join(cells) + " |")
+        slopes = []
+        for col in curve_cols.values():
+            fit = _line([(seen, e.get("agreement")) for seen, e in col.items()])
+            slopes.append("" if fit is None else f"{fit.slope:+.3f}")
+        out.append("| class agreement per doubling (least squares) | " + " | ".join(slopes) + " |")
+        out.append("")
+        out.append("Cells: class agreement / rank-1, each point its checkpoint's EMA weights.")
+    if sampler_lines:
+        out += [
+            "",
+            "| RCDM | sampling | class agreement | rank-1 | s per image (CPU) |",
+            "| --- | --- | ---: | ---: | ---: |",
+            *sampler_lines,
+        ]
+    return "\n".join(out).strip("\n") + "\n" if out else ""
 
 
 def parse_steps(values: list[str]) -> tuple[int | None, dict[str, int]]:
