@@ -185,7 +185,12 @@ def test_pack_metrics_markdown_prints_the_readme_tables_read_at_each_models_own_
     # records none, so its default is guidance 1. The gates are read at each one's own default.
     backbone_model = tmp_path / "runs" / "rcdm-cifar10-vicreg-backbone" / "model"
     backbone_model.mkdir(parents=True)
-    (backbone_model / "config.json").write_text(json.dumps({"sampling": {"guidance": 5.0}}))
+    measured = [
+        {"guidance": g, "class_agreement": a, "rank1": r, "mean_rank": 2.0, "frechet": 3.0, "diversity": d}
+        for g, a, r, d in ((1.0, 0.25, 0.0, 0.5), (5.0, 0.75, 0.25, 0.25))
+    ]
+    sweep = {"guidance": 5.0, "chosen_by": "the lowest guidance within the slacks", "measured": measured}
+    (backbone_model / "config.json").write_text(json.dumps({"sampling": sweep}))
     metrics = tmp_path / "metrics"
     backbone = metrics / "rcdm-cifar10-vicreg-backbone"
     _evaluation(backbone / "final", 0.0, 0.25, model=str(backbone_model))
@@ -218,6 +223,11 @@ def test_pack_metrics_markdown_prints_the_readme_tables_read_at_each_models_own_
     )
     missed = "class agreement 0.500 (gate 0.7: missed by 0.200)"
     assert f"- supervised backbone at its default (dpm++ 20): {missed}; {met}" in lines
+    # the sweep that chose the default, from the model's config (the supervised model recorded none)
+    assert "| VICReg backbone | 1 | 0.250 | 0.000 | 2.0 | 3.00 | 0.5000 |  |" in lines
+    assert "| VICReg backbone | **5** | 0.750 | 0.250 | 2.0 | 3.00 | 0.2500 |  |" in lines
+    assert "- VICReg backbone: guidance 5, the lowest guidance within the slacks" in lines
+    assert not any(line.startswith("| supervised backbone | ") for line in lines)
     # the curves: a column per model and sampling, a row per images seen, the final model its last point
     header = next(line for line in lines if line.startswith("| images seen |"))
     columns = header.strip("| ").split(" | ")[1:]

@@ -204,18 +204,28 @@ def _against(value: float, gate: float) -> str:
 def markdown(root: Path, step: int | None = None, per_target: dict[str, int] | None = None) -> str:
     """The pack's numbers as README tables (`rcdm recipe metrics --markdown`): each RCDM's packed model under every
     guidance scored, its own default sampling marked (the one `recipe guidance --record` wrote into its config;
-    guidance 1 without one), where the backbone models stand against the gates there, the curves against images
-    seen, and the sampler table. Read from the evaluation folders (and the scored models' configs, for their
+    guidance 1 without one), where the backbone models stand against the gates there, the guidance sweep each
+    default was chosen by (recorded in the config too), the curves against images seen, and the sampler table. Read from the evaluation folders (and the scored models' configs, for their
     defaults), so a README table cannot drift from what was measured."""
     labels = dict(ROLES.values())
     features = {t.name: t.feature for t in TARGETS}
     targets = _targets(root)
-    gate_rows, gaps, curve_cols, sampler_lines = [], [], {}, []
+    gate_rows, gaps, curve_cols, sampler_lines, sweep_rows, chosen = [], [], {}, [], [], []
     n = None
     for target in targets:
         tags = _scored(target)
         label = labels.get(target.name, target.name)
         packed = _packed(tags, (per_target or {}).get(target.name, step))
+        sweep = recorded_sampling(Path(packed[0]["model"]).expanduser()) if packed else {}
+        for m in sweep.get("measured", []):
+            g = f"{m['guidance']:g}"
+            sweep_rows.append(
+                f"| {label} | {f'**{g}**' if m['guidance'] == sweep.get('guidance') else g} | "
+                f"{_num(m.get('class_agreement'))} | {_num(m.get('rank1'))} | {_num(m.get('mean_rank'), 1)} | "
+                f"{_num(m.get('frechet'), 2)} | {_num(m.get('diversity'), 4)} | {_num(m.get('pixel_spread'))} |"
+            )
+        if sweep.get("measured"):
+            chosen.append(f"- {label}: guidance {sweep['guidance']:g}, {sweep.get('chosen_by', '')}")
         for record in packed:
             n = n or record["images"]
             own = float(recorded_sampling(Path(record["model"]).expanduser()).get("guidance", 1.0))
@@ -255,6 +265,16 @@ def markdown(root: Path, step: int | None = None, per_target: dict[str, int] | N
             *gate_rows,
             "",
             *gaps,
+        ]
+    if sweep_rows:
+        out += [
+            "",
+            "| RCDM | guidance (chosen in bold) | class agreement | rank-1 | mean rank | Fréchet (judge) | diversity "
+            "(judge cosine) | pixel spread |",
+            "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+            *sweep_rows,
+            "",
+            *chosen,
         ]
     if curve_cols:
         seen_all = sorted({seen for col in curve_cols.values() for seen in col})
