@@ -12,9 +12,10 @@
 # interruption: it resumes. PACK_STEP=N / PACK_STEPS="TARGET=N ..." pick the checkpoints evaluate scores and pack
 # bundles; RCDM_BUDGET_S=N stops each RCDM at its first checkpoint after N seconds; RCDM_COMPILE=1 compiles the UNet
 # (off: 0.97x a bf16 step on a free core, benchmarks/results/train-compile-cpu-bf16.md). A job that runs alone (the
-# projector RCDM, its guidance sweep, the evaluate stage) takes ALONE_THREADS threads (default 2): a cifar32-small
-# bf16 training step of 64 on the 2-core AMD EPYC ran at 38.8 img/s on two threads against 21.7 on one (1.79x), and
-# two one-thread jobs side by side at about 21 each, so pairs run one thread each and a lone job both cores.
+# projector RCDM when the backbone pair has ended, its guidance sweep, the evaluate stage) takes ALONE_THREADS
+# threads (default 2): a cifar32-small bf16 training step of 64 on the 2-core AMD EPYC ran at 38.8 img/s on two
+# threads against 21.7 on one (1.79x), and two one-thread jobs side by side at about 21 each, so pairs run one thread
+# each and a lone job both cores.
 set -uo pipefail
 
 STAGE=${1:?usage: cpu_pack.sh encoders|rcdms|guidance|evaluate|samplers|pack|findings|all}
@@ -109,10 +110,27 @@ encoders)
     encoder supervised supervised "$SUP_EPOCHS"
     joined $?
     ;;
-rcdms) # the two backbone models first (the gates), side by side; then the projector model
+rcdms) # the two backbone models first (the gates), side by side; the projector model on the first core they free:
+    # one thread while the other is still training (its final model not written yet), else ALONE_THREADS (the pair
+    # can end far apart: one resumed later, or paused for other work)
     rcdm rcdm-cifar10-supervised &
-    rcdm rcdm-cifar10-vicreg-backbone
-    joined $? && OMP_NUM_THREADS=$ALONE_THREADS rcdm rcdm-cifar10-vicreg-projector
+    sup=$!
+    rcdm rcdm-cifar10-vicreg-backbone &
+    vic=$!
+    first=
+    wait -n -p first "$sup" "$vic"
+    rc=$?
+    other=$sup other_target=rcdm-cifar10-supervised
+    [ "$first" = "$sup" ] && other=$vic other_target=rcdm-cifar10-vicreg-backbone
+    waits=("$other")
+    if [ "$rc" = 0 ]; then
+        threads=$ALONE_THREADS
+        [ -f "$WORK/runs/$other_target/model/config.json" ] || threads=1
+        OMP_NUM_THREADS=$threads rcdm rcdm-cifar10-vicreg-projector &
+        waits+=("$!")
+    fi
+    for pid in "${waits[@]}"; do wait "$pid" || rc=$?; done
+    exit "$rc"
     ;;
 evaluate)
     # shellcheck disable=SC2086  # weight lists are words

@@ -11,11 +11,15 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 # Stands in for the venv's python: `-c` snippets (a CIFAR root, a packed model folder) print a folder; `-m rcdm.cli
-# ARGS` logs ARGS, writes what `recipe ssl` would leave (the encoder's card) and fails when ARGS hold FAKE_FAIL.
+# ARGS` logs ARGS (and, in FAKE_LOG.events, its start with OMP_NUM_THREADS and its end), takes 2 s when ARGS hold
+# FAKE_SLOW, writes what `recipe ssl` would leave (the encoder's card) and fails when ARGS hold FAKE_FAIL.
 FAKE_PY = """#!/usr/bin/env bash
 [ "$1" = -c ] && { echo "$FAKE_DIR"; exit 0; }
 shift 2
 echo "$*" >> "$FAKE_LOG"
+echo "start $OMP_NUM_THREADS $*" >> "$FAKE_LOG.events"
+case " $* " in *" $FAKE_SLOW "*) sleep 2 ;; esac
+echo "end $*" >> "$FAKE_LOG.events"
 case " $* " in *" $FAKE_FAIL "*) exit 3 ;; esac
 if [ "$1 $2" = "recipe ssl" ]; then
     while [ $# -gt 0 ]; do [ "$1" = --out ] && mkdir -p "$2/encoder" && touch "$2/encoder/card.json"; shift; done
@@ -24,7 +28,9 @@ exit 0
 """
 
 
-def run_all(tmp_path: Path, fail: str = "-") -> tuple[subprocess.CompletedProcess, list[str]]:
+def run_all(
+    tmp_path: Path, fail: str = "-", slow: str = "-"
+) -> tuple[subprocess.CompletedProcess, list[str]]:
     fake = tmp_path / "python"
     fake.write_text(FAKE_PY)
     fake.chmod(0o755)
@@ -36,6 +42,7 @@ def run_all(tmp_path: Path, fail: str = "-") -> tuple[subprocess.CompletedProces
         "FAKE_DIR": str(tmp_path / "somewhere"),
         "FAKE_LOG": str(log),
         "FAKE_FAIL": fail,
+        "FAKE_SLOW": slow,
     }
     done = subprocess.run(
         ["bash", "scripts/cpu_pack.sh", "all"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120
@@ -62,7 +69,12 @@ def test_all_runs_every_stage_in_order_then_the_findings_unguided(tmp_path: Path
         *["recipe findings"] * 6,
     ]
     rcdms = [line for line in lines if line.startswith("recipe rcdm ")]
-    assert "--only rcdm-cifar10-vicreg-projector" in rcdms[2]  # after the side-by-side pair
+    # the side-by-side pair, then the projector on the first core they free (events: the test below)
+    assert sorted(line.split("--only ")[1].split()[0] for line in rcdms) == [
+        "rcdm-cifar10-supervised",
+        "rcdm-cifar10-vicreg-backbone",
+        "rcdm-cifar10-vicreg-projector",
+    ]
     assert all("--scores" in line for line in lines if line.startswith("recipe guidance"))
     findings = [line for line in lines if line.startswith("recipe findings")]
     assert [("--guidance 1" in f) for f in findings] == [False] * 3 + [True] * 3
@@ -80,4 +92,51 @@ def test_a_failed_job_stops_all_at_its_stage(tmp_path: Path, fail: str, stage: s
     done, lines = run_all(tmp_path, fail)
     assert done.returncode == 1
     assert f"the {stage} stage failed" in done.stderr and "again to resume" in done.stderr
-    assert kinds(lines)[-1] == last and len(kinds(lines)) == 2 + 2 * (stage == "rcdms")
+    if stage == "encoders":
+        assert kinds(lines) == ["recipe ssl"] * 2
+    else:  # the projector may have started on the core the supervised model freed; nothing after the stage ran
+        assert kinds(lines)[:4] == ["recipe ssl"] * 2 + ["recipe rcdm"] * 2 and set(kinds(lines)) == {
+            "recipe ssl",
+            "recipe rcdm",
+        }
+
+
+def rcdm_events(tmp_path: Path) -> list[tuple[str, str, str | None]]:
+    """(start or end, target, OMP_NUM_THREADS at its start) of each `recipe rcdm --only TARGET` job, in order."""
+    events = []
+    for line in (tmp_path / "commands.log.events").read_text().splitlines():
+        words = line.split()
+        if "recipe rcdm" in line:
+            events.append(
+                (words[0], words[words.index("--only") + 1], words[1] if words[0] == "start" else None)
+            )
+    return events
+
+
+def test_the_projector_starts_on_the_first_core_the_backbone_pair_frees(tmp_path: Path) -> None:
+    # The supervised model trains on (2 s) after the VICReg backbone one ends: the projector model starts beside
+    # it with one thread, rather than waiting for the pair with a core idle; the next stage waits for all three.
+    done, lines = run_all(tmp_path, slow="rcdm-cifar10-supervised")
+    assert done.returncode == 0, done.stderr
+    events = rcdm_events(tmp_path)
+    order = [(kind, target) for kind, target, _ in events]
+    assert order.index(("start", "rcdm-cifar10-vicreg-projector")) < order.index(
+        ("end", "rcdm-cifar10-supervised")
+    )
+    threads = {target: n for kind, target, n in events if kind == "start"}
+    assert threads["rcdm-cifar10-vicreg-projector"] == "1"  # beside the supervised job: one core, one thread
+    assert kinds(lines)[5] == "recipe guidance"  # after the three RCDM jobs (and only after)
+
+
+def test_the_projector_takes_both_cores_when_it_starts_alone(tmp_path: Path) -> None:
+    # Both backbone models already trained: their jobs end at once, so the projector starts alone with ALONE_THREADS
+    # (2 by default).
+    for name, enc in (("rcdm-cifar10-supervised", "supervised"), ("rcdm-cifar10-vicreg-backbone", "ssl")):
+        (tmp_path / "work" / "runs" / name / "model").mkdir(parents=True)
+        (tmp_path / "work" / "runs" / name / "model" / "config.json").touch()
+        (tmp_path / "work" / "runs" / enc / "encoder").mkdir(parents=True, exist_ok=True)
+        (tmp_path / "work" / "runs" / enc / "encoder" / "card.json").touch()
+    done, _ = run_all(tmp_path)
+    assert done.returncode == 0, done.stderr
+    starts = [(target, n) for kind, target, n in rcdm_events(tmp_path) if kind == "start"]
+    assert starts == [("rcdm-cifar10-vicreg-projector", "2")]  # the pair had nothing left to train
