@@ -205,14 +205,14 @@ def markdown(root: Path, step: int | None = None, per_target: dict[str, int] | N
     """The pack's numbers as README tables (`rcdm recipe metrics --markdown`): each RCDM's packed model under every
     guidance scored, its own default sampling marked (the one `recipe guidance --record` wrote into its config;
     guidance 1 without one), where the backbone models stand against the gates there, the guidance sweep each
-    default was chosen by (recorded in the config too), the curves against images seen, and the sampler table. Read from the evaluation folders (and the scored models' configs, for their
-    defaults), so a README table cannot drift from what was measured."""
+    default was chosen by (recorded in the config too), the curves against images seen, and the sampler table.
+    Read from the evaluation folders (and the scored models' configs, for their defaults), so a README table
+    cannot drift from what was measured."""
     labels = dict(ROLES.values())
     features = {t.name: t.feature for t in TARGETS}
-    targets = _targets(root)
     gate_rows, gaps, curve_cols, sampler_lines, sweep_rows, chosen = [], [], {}, [], [], []
     n = None
-    for target in targets:
+    for target in _targets(root):
         tags = _scored(target)
         label = labels.get(target.name, target.name)
         packed = _packed(tags, (per_target or {}).get(target.name, step))
