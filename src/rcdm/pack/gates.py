@@ -216,6 +216,8 @@ def markdown(root: Path, step: int | None = None, per_target: dict[str, int] | N
         tags = _scored(target)
         label = labels.get(target.name, target.name)
         packed = _packed(tags, (per_target or {}).get(target.name, step))
+        # the packed model's recorded sampling (its default and the sweep that chose it): every packed record is
+        # one model folder, read once
         sweep = recorded_sampling(Path(packed[0]["model"]).expanduser()) if packed else {}
         for m in sweep.get("measured", []):
             g = f"{m['guidance']:g}"
@@ -228,9 +230,8 @@ def markdown(root: Path, step: int | None = None, per_target: dict[str, int] | N
             chosen.append(f"- {label}: guidance {sweep['guidance']:g}, {sweep.get('chosen_by', '')}")
         for record in packed:
             n = n or record["images"]
-            own = float(recorded_sampling(Path(record["model"]).expanduser()).get("guidance", 1.0))
             at = f"{record['step']:,}" if record.get("step") else "final"
-            default = " (its default)" if record["guidance"] == own else ""
+            default = " (its default)" if record["guidance"] == float(sweep.get("guidance", 1.0)) else ""
             gate_rows.append(
                 f"| {label} ({at}) | {record['sampling']}{default} | {_num(record['agreement'])} | "
                 f"{_num(record['top1'])} | {_num(record['mean_rank'], 1)} | {_num(record['frechet'], 2)} |"
