@@ -75,20 +75,25 @@ def labelled(m: dict, n: str) -> dict:
     }
 
 
-def sampler_rows(target: Path) -> str:
-    """One row per sampling setting measured on the same images: faithfulness and wall time per image."""
-    rows = []
+def _samplers(target: Path) -> list[tuple[dict, int | None]]:
+    """A target's scored sampler-table runs, each with the checkpoint step it was measured on (None: the final
+    model)."""
+    runs = []
     for d in sorted(target.glob("sampler-*")):
         m = read(d)
-        if not m:
-            continue
-        per_image = m["wall_s"] / m["images"]
-        on = re.search(r"step-\d+", m["model"])  # measured on a checkpoint, not the final model
-        rows.append(
-            f"{m['sampling']}: {m['top1']:.3f} / {m.get('agreement') or float('nan'):.3f} / {per_image:.2f}"
-            + (f" ({on.group(0)})" if on else "")
-        )
-    return "; ".join(rows)
+        if m:
+            on = re.search(r"step-(\d+)", m["model"])
+            runs.append((m, int(on.group(1)) if on else None))
+    return runs
+
+
+def sampler_rows(target: Path) -> str:
+    """One row per sampling setting measured on the same images: faithfulness and wall time per image."""
+    return "; ".join(
+        f"{m['sampling']}: {m['top1']:.3f} / {m.get('agreement') or float('nan'):.3f} / "
+        f"{m['wall_s'] / m['images']:.2f}" + (f" (step-{step:08d})" if step is not None else "")
+        for m, step in _samplers(target)
+    )
 
 
 def _line(points: list[tuple[int, float]]) -> statistics.LinearRegression | None:
@@ -245,15 +250,12 @@ def markdown(root: Path, step: int | None = None, per_target: dict[str, int] | N
                 gaps.append(f"- {label} at its default ({record['sampling']}): " + "; ".join(stands))
         for sampling, points in sorted(_curves(tags).items(), key=lambda c: c[1][0][1]["guidance"]):
             curve_cols[f"{label}, {sampling}"] = {seen: e for seen, e in points}
-        for d in sorted(target.glob("sampler-*")):
-            m = read(d)
-            if m:
-                on = re.search(r"step-(\d+)", m["model"])
-                sampler_lines.append(
-                    f"| {label}" + (f" (step {int(on.group(1)):,})" if on else "") + f" | {m['sampling']} | "
-                    f"{_num(m['agreement'])} | {_num(m['top1'])} (chance {1 / m['images']:.3f}) | "
-                    f"{m['wall_s'] / m['images']:.2f} |"
-                )
+        for m, on in _samplers(target):
+            sampler_lines.append(
+                f"| {label}" + (f" (step {on:,})" if on is not None else "") + f" | {m['sampling']} | "
+                f"{_num(m['agreement'])} | {_num(m['top1'])} (chance {1 / m['images']:.3f}) | "
+                f"{m['wall_s'] / m['images']:.2f} |"
+            )
     out = []
     if gate_rows:
         chance = f"; chance {1 / n:.3f}" if n else ""
