@@ -112,7 +112,8 @@ encoders)
     ;;
 rcdms) # the two backbone models first (the gates), side by side; the projector model on the first core they free:
     # one thread while the other is still training (its final model not written yet), else ALONE_THREADS (the pair
-    # can end far apart: one resumed later, or paused for other work)
+    # can end far apart: one resumed later, or paused for other work). When the other ends, a one-thread projector
+    # job is stopped with SIGTERM (it writes a checkpoint of the step under way) and resumed with ALONE_THREADS.
     rcdm rcdm-cifar10-supervised &
     sup=$!
     rcdm rcdm-cifar10-vicreg-backbone &
@@ -122,14 +123,21 @@ rcdms) # the two backbone models first (the gates), side by side; the projector 
     rc=$?
     other=$sup other_target=rcdm-cifar10-supervised
     [ "$first" = "$sup" ] && other=$vic other_target=rcdm-cifar10-vicreg-backbone
-    waits=("$other")
+    proj='' threads=''
     if [ "$rc" = 0 ]; then
         threads=$ALONE_THREADS
         [ -f "$WORK/runs/$other_target/model/config.json" ] || threads=1
         OMP_NUM_THREADS=$threads rcdm rcdm-cifar10-vicreg-projector &
-        waits+=("$!")
+        proj=$!
     fi
-    for pid in "${waits[@]}"; do wait "$pid" || rc=$?; done
+    wait "$other" || rc=$?
+    if [ -n "$proj" ] && [ "$rc" = 0 ] && [ "$threads" != "$ALONE_THREADS" ] && kill -0 "$proj" 2>/dev/null; then
+        pkill -TERM -P "$proj" # the python job under the background subshell
+        wait "$proj"           # 143: stopped at a checkpoint (or ended meanwhile: resuming it is then a no-op)
+        OMP_NUM_THREADS=$ALONE_THREADS rcdm rcdm-cifar10-vicreg-projector &
+        proj=$!
+    fi
+    [ -z "$proj" ] || wait "$proj" || rc=$?
     exit "$rc"
     ;;
 evaluate)

@@ -11,15 +11,22 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 # Stands in for the venv's python: `-c` snippets (a CIFAR root, a packed model folder) print a folder; `-m rcdm.cli
-# ARGS` logs ARGS (and, in FAKE_LOG.events, its start with OMP_NUM_THREADS and its end), takes 2 s when ARGS hold
-# FAKE_SLOW, writes what `recipe ssl` would leave (the encoder's card) and fails when ARGS hold FAKE_FAIL.
+# ARGS` logs ARGS (and, in FAKE_LOG.events, its start with OMP_NUM_THREADS, its end, or its stop by SIGTERM), takes
+# S seconds the first time ARGS hold WORD for each WORD:S in FAKE_SLOW, writes what `recipe ssl` would leave (the
+# encoder's card) and fails when ARGS hold FAKE_FAIL.
 FAKE_PY = """#!/usr/bin/env bash
 [ "$1" = -c ] && { echo "$FAKE_DIR"; exit 0; }
 shift 2
-echo "$*" >> "$FAKE_LOG"
-echo "start $OMP_NUM_THREADS $*" >> "$FAKE_LOG.events"
-case " $* " in *" $FAKE_SLOW "*) sleep 2 ;; esac
-echo "end $*" >> "$FAKE_LOG.events"
+ARGS="$*"
+echo "$ARGS" >> "$FAKE_LOG"
+echo "start $OMP_NUM_THREADS $ARGS" >> "$FAKE_LOG.events"
+trap 'echo "stopped $ARGS" >> "$FAKE_LOG.events"; exit 143' TERM
+for pair in $FAKE_SLOW; do
+    case " $ARGS " in *" ${pair%%:*} "*)
+        [ "$(grep -c -F -- " ${pair%%:*} " "$FAKE_LOG.events")" = 1 ] && { sleep "${pair#*:}" & wait $!; } ;;
+    esac
+done
+echo "end $ARGS" >> "$FAKE_LOG.events"
 case " $* " in *" $FAKE_FAIL "*) exit 3 ;; esac
 if [ "$1 $2" = "recipe ssl" ]; then
     while [ $# -gt 0 ]; do [ "$1" = --out ] && mkdir -p "$2/encoder" && touch "$2/encoder/card.json"; shift; done
@@ -55,7 +62,8 @@ def kinds(lines: list[str]) -> list[str]:
 
 
 def test_all_runs_every_stage_in_order_then_the_findings_unguided(tmp_path: Path) -> None:
-    done, lines = run_all(tmp_path)
+    # the supervised job ends last, after the projector's (else the projector would be resumed on both cores)
+    done, lines = run_all(tmp_path, slow="rcdm-cifar10-supervised:1")
     assert done.returncode == 0, done.stderr
     assert kinds(lines) == [
         *["recipe ssl"] * 2,
@@ -102,7 +110,8 @@ def test_a_failed_job_stops_all_at_its_stage(tmp_path: Path, fail: str, stage: s
 
 
 def rcdm_events(tmp_path: Path) -> list[tuple[str, str, str | None]]:
-    """(start or end, target, OMP_NUM_THREADS at its start) of each `recipe rcdm --only TARGET` job, in order."""
+    """(start, end or stopped, target, OMP_NUM_THREADS at its start) of each `recipe rcdm --only TARGET` job, in
+    order."""
     events = []
     for line in (tmp_path / "commands.log.events").read_text().splitlines():
         words = line.split()
@@ -116,7 +125,7 @@ def rcdm_events(tmp_path: Path) -> list[tuple[str, str, str | None]]:
 def test_the_projector_starts_on_the_first_core_the_backbone_pair_frees(tmp_path: Path) -> None:
     # The supervised model trains on (2 s) after the VICReg backbone one ends: the projector model starts beside
     # it with one thread, rather than waiting for the pair with a core idle; the next stage waits for all three.
-    done, lines = run_all(tmp_path, slow="rcdm-cifar10-supervised")
+    done, lines = run_all(tmp_path, slow="rcdm-cifar10-supervised:2")
     assert done.returncode == 0, done.stderr
     events = rcdm_events(tmp_path)
     order = [(kind, target) for kind, target, _ in events]
@@ -140,3 +149,17 @@ def test_the_projector_takes_both_cores_when_it_starts_alone(tmp_path: Path) -> 
     assert done.returncode == 0, done.stderr
     starts = [(target, n) for kind, target, n in rcdm_events(tmp_path) if kind == "start"]
     assert starts == [("rcdm-cifar10-vicreg-projector", "2")]  # the pair had nothing left to train
+
+
+def test_the_projector_gets_both_cores_once_the_pair_has_ended(tmp_path: Path) -> None:
+    # The projector started beside the supervised model with one thread and is still training when that one ends:
+    # it is stopped with SIGTERM (training writes a checkpoint of the step under way) and resumed with two.
+    done, _ = run_all(tmp_path, slow="rcdm-cifar10-supervised:2 rcdm-cifar10-vicreg-projector:60")
+    assert done.returncode == 0, done.stderr
+    events = [(kind, target, n) for kind, target, n in rcdm_events(tmp_path)]
+    projector = [(kind, n) for kind, target, n in events if target == "rcdm-cifar10-vicreg-projector"]
+    assert projector == [("start", "1"), ("stopped", None), ("start", "2"), ("end", None)]
+    order = [(kind, target) for kind, target, _ in events]
+    assert order.index(("end", "rcdm-cifar10-supervised")) < order.index(
+        ("stopped", "rcdm-cifar10-vicreg-projector")
+    )

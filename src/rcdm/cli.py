@@ -15,7 +15,7 @@ import sys
 
 from .commands.common import HelpFormatter
 from .devices import check_device
-from .errors import NonFiniteLossError, RCDMError
+from .errors import NonFiniteLossError, RCDMError, TrainingInterrupted
 
 COMMANDS = (
     "train",
@@ -86,6 +86,9 @@ def main(argv: list[str] | None = None) -> int:
     except (RCDMError, NonFiniteLossError) as e:
         print(f"rcdm {args.command}: error: {e}", file=sys.stderr)
         return 2
+    except TrainingInterrupted as e:  # a checkpoint was written: say where, exit as the signal would
+        print(f"rcdm {args.command}: {e}", file=sys.stderr)
+        return 128 + e.signum
     except KeyboardInterrupt:
         print(f"rcdm {args.command}: interrupted", file=sys.stderr)
         return 130

@@ -22,3 +22,12 @@ def first_line(e: BaseException) -> str:
     """An exception as one line: its first non-empty line, else its type name."""
     lines = [line.strip() for line in str(e).splitlines() if line.strip()]
     return lines[0] if lines else type(e).__name__
+
+
+class TrainingInterrupted(Exception):
+    """Training stopped on a signal (Ctrl-C, SIGTERM) after writing a checkpoint; `resume` goes on from it. The CLI
+    prints the message and exits 128 + the signal's number, as a process killed by it would."""
+
+    def __init__(self, message: str, signum: int) -> None:
+        super().__init__(message)
+        self.signum = signum

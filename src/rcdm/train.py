@@ -12,6 +12,7 @@ import contextlib
 import json
 import logging
 import math
+import signal
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field, replace
@@ -37,13 +38,14 @@ from .diffusion import SamplingConfig, sample, sample_generators
 from .encoders import Encoder, create_encoder
 from .encoders.cache import cached_representations, check_cache, load_cache
 from .encoders.registry import check_rebuilds_the_same
-from .errors import NonFiniteLossError, RCDMError
+from .errors import NonFiniteLossError, RCDMError, TrainingInterrupted
 from .files import atomic_dir, write_text_atomic
 from .locks import run_lock
 from .losses import GaussianDiffusion, draw_timesteps
 from .model import PRESETS, RCDM, check_encoder
 from .monitor import TrainingMonitor
 from .runs import Checkpoints, nbytes
+from .stopping import StopSignals
 from .train_config import (
     TrainConfig,
     check_output_folder,
@@ -176,7 +178,11 @@ def train(
         project_dir=str(run_dir),  # trackers write under RUN_DIR/rcdm
     )
     ckpts = Checkpoints(run_dir)
-    with _holding_run_folder(acc, run_dir), ckpts.reporting_full_disk("to the run folder"):
+    with (
+        _holding_run_folder(acc, run_dir),
+        ckpts.reporting_full_disk("to the run folder"),
+        StopSignals() as signals,
+    ):
         result = _train(
             cfg,
             ckpts,
@@ -186,6 +192,7 @@ def train(
             on_step=on_step,
             encoder=encoder,
             deadline=deadline,
+            signals=signals,
         )
     result.wall_time_s, result.cpu_time_s = time.perf_counter() - wall0, cpu_seconds() - cpu0
     return result
@@ -201,6 +208,7 @@ def _train(
     on_step: Callable[[int, float], None] | None,
     encoder: Encoder | None,
     deadline: float | None,  # time.perf_counter() past which the next checkpoint ends the run
+    signals: StopSignals,
 ) -> TrainResult:
     """`train` once the settings are checked and the run folder is this run's."""
     run_dir = ckpts.run_dir
@@ -342,6 +350,8 @@ def _train(
     last_save, stopped_early = t0, False
     step = start
     k = cfg.gradient_accumulation_steps
+    stop_signal: str | None = None
+    signals.armed = True  # from here a SIGINT or SIGTERM ends the run at a checkpoint
     for batch in _batches_for(cfg, dataset, start, acc):
         x0 = to_model_space(batch["image"].to(acc.device, non_blocking=True))
         if cache is not None:
@@ -416,6 +426,13 @@ def _train(
             # the main process's clock decides for all, so that every process reaches wait_for_everyone below
             late = time.perf_counter() - last_save >= cfg.save_every_minutes * 60
             due = bool(broadcast_object_list([late])[0])
+        # a stop signal: in one process at the step it came in; across processes at a log step, as the main
+        # process received it, so that all stop at the same step
+        if acc.num_processes == 1:
+            stop_signal = signals.received
+        elif step % cfg.log_every == 0:
+            stop_signal = broadcast_object_list([signals.received])[0]
+        due = due or stop_signal is not None
         if due:
             if acc.is_main_process:
                 ema.copy_to(ema_model.parameters())
@@ -443,7 +460,16 @@ def _train(
         if stopped_early:
             log.info("time budget spent: stopped at the checkpoint of step %d of %d", step, cfg.steps)
             break
+        if stop_signal is not None and step < cfg.steps:
+            break
+    signals.armed = False
     monitor.close()
+    if stop_signal is not None and step < cfg.steps:
+        raise TrainingInterrupted(
+            f"{stop_signal}: stopped at the checkpoint of step {step} of {cfg.steps} in {run_dir}; resuming "
+            "(--resume) goes on from it",
+            signal.Signals[stop_signal].value,
+        )
     if acc.is_main_process and step >= cfg.steps:
         ema.copy_to(ema_model.parameters())
         tmp_model = run_dir / ".tmp-model"
