@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
 from rcdm.errors import TrainingInterrupted
 from rcdm.runs import Checkpoints
@@ -94,3 +95,37 @@ def test_an_ignored_signal_stays_ignored() -> None:
             assert stop.received is None and signal.getsignal(signal.SIGINT) == signal.SIG_IGN
     finally:
         signal.signal(signal.SIGINT, before)
+
+
+def test_sigterm_to_torchrun_stops_both_processes_at_one_checkpoint(few_images: Path, tmp_path: Path) -> None:
+    """torchrun passes a SIGTERM on to its 2 CPU processes; they stop together, at the main process's log step,
+    and the checkpoint is written once (a rank stopping alone would leave the other waiting in a collective)."""
+    if torch.cuda.is_available():
+        pytest.skip("checks the CPU (gloo) process group; on a GPU machine processes take GPUs")
+    run = tmp_path / "run"
+    torchrun = Path(sys.executable).with_name("torchrun")
+    args = [str(torchrun), "--standalone", "--nproc-per-node", "2", "-m", "rcdm.cli", *tiny_argv(few_images)]
+    args += [
+        "--steps",
+        "100000",
+        "--save-every",
+        "100000",
+        "--log-every",
+        "2",
+        "--no-progress",
+        "--out",
+        str(run),
+    ]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(
+        args, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env
+    )
+    deadline = time.time() + 120
+    while not (run / "metrics.jsonl").is_file() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    err = proc.communicate(timeout=120)[1]
+    line = next(x for x in err.splitlines() if "rcdm train: SIGTERM: stopped at the checkpoint of step" in x)
+    step = int(line.split("step ")[1].split()[0])
+    assert step % 2 == 0 and Checkpoints(run).latest().name == f"step-{step:08d}", err[-2000:]
+    assert not (run / "model").exists()
