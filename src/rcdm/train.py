@@ -422,16 +422,17 @@ def _train(
             ema.copy_to(ema_model.parameters())
             monitor.samples(step, fixed[0], _sample_fixed(ema_model, fixed[1], precision))
         due = step % cfg.save_every == 0 or step == cfg.steps
-        if not due and cfg.save_every_minutes > 0 and step % cfg.log_every == 0:
-            # the main process's clock decides for all, so that every process reaches wait_for_everyone below
-            late = time.perf_counter() - last_save >= cfg.save_every_minutes * 60
-            due = bool(broadcast_object_list([late])[0])
         # a stop signal: in one process at the step it came in; across processes at a log step, as the main
-        # process received it, so that all stop at the same step
-        if acc.num_processes == 1:
-            stop_signal = signals.received
-        elif step % cfg.log_every == 0:
-            stop_signal = broadcast_object_list([signals.received])[0]
+        # process received it
+        stop_signal = signals.received if acc.num_processes == 1 else None
+        if step % cfg.log_every == 0:
+            # the main process's clock (an interim checkpoint) and signal decide for all, in one broadcast, so that
+            # every process reaches wait_for_everyone below and all stop at the same step
+            late = (
+                cfg.save_every_minutes > 0 and time.perf_counter() - last_save >= cfg.save_every_minutes * 60
+            )
+            late, stop_signal = broadcast_object_list([late, signals.received])
+            due = due or bool(late)
         due = due or stop_signal is not None
         if due:
             if acc.is_main_process:
