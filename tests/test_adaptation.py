@@ -21,7 +21,7 @@ from rcdm.adaptation import CARD_NOTE
 from rcdm.convert import export_diffusers
 from rcdm.diffusion import SamplingConfig, sample
 from rcdm.encoders import Encoder, create_encoder
-from rcdm.errors import RCDMError
+from rcdm.errors import RCDMError, TrainingInterrupted
 from rcdm.loading import encoder_for
 from rcdm.model import RCDM
 
@@ -180,6 +180,41 @@ def test_resume_continues_and_a_second_run_in_the_folder_is_refused(base, few_im
     assert result.steps == 4
     steps = [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert steps == [1, 2, 3, 4]  # each step once: the resume continued at step 3
+
+
+def test_sigterm_saves_the_step_under_way_and_the_resume_ends_where_an_unbroken_run_does(
+    base, few_images, tmp_path, monkeypatch
+):
+    """A scheduler's SIGTERM (or Ctrl-C) during training: the step under way ends, is saved, TrainingInterrupted
+    names it, and `--resume` trains on to the same weights as a run that was never stopped."""
+    import os
+    import signal
+
+    import rcdm.adaptation
+
+    cfg = _cfg(base, few_images, "pixels:1", steps=4, lr=1e-2, trainable="adapter+embedding")
+    reference = load_model(adapt(cfg, tmp_path / "ref", progress=False).model_dir).state_dict()
+    before = signal.getsignal(signal.SIGTERM)
+    lr = rcdm.adaptation.learning_rate
+
+    def term_in_step_2(c, step):  # the notice comes while step 2 is under way
+        if step == 1:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return lr(c, step)
+
+    monkeypatch.setattr(rcdm.adaptation, "learning_rate", term_in_step_2)
+    run = tmp_path / "run"
+    with pytest.raises(TrainingInterrupted, match="SIGTERM: stopped at the checkpoint of step 2 in") as e:
+        adapt(cfg, run, progress=False)
+    assert e.value.signum == signal.SIGTERM and signal.getsignal(signal.SIGTERM) == before
+    assert json.loads((run / "checkpoint" / "state.json").read_text())["step"] == 2
+    assert not (run / "model").exists()
+    monkeypatch.setattr(rcdm.adaptation, "learning_rate", lr)
+    resumed = load_model(adapt(cfg, run, resume=True, progress=False).model_dir).state_dict()
+    steps = [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [1, 2, 3, 4]
+    assert resumed.keys() == reference.keys()
+    assert all(torch.equal(resumed[k], reference[k]) for k in reference)
 
 
 def _scripted_judge(monkeypatch, scores: list[float]) -> None:

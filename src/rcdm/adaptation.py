@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import signal
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -32,7 +33,7 @@ from .devices import autocast_for, cpu_seconds, default_device, resolve_precisio
 from .diffusion import SamplingConfig, sample_generators, sample_many
 from .encoders import Encoder, Feature, create_encoder
 from .encoders.cache import cache_file, cached_representations, load_cache
-from .errors import RCDMError
+from .errors import RCDMError, TrainingInterrupted
 from .figures import model_card
 from .files import atomic_dir, write_text_atomic
 from .loading import encoder_for, load_model, resolve_model_dir
@@ -41,6 +42,7 @@ from .losses import GaussianDiffusion, draw_timesteps
 from .model import ADAPTER_WEIGHTS, ADAPTERS, MAX_LAYERS, RCDM, WEIGHTS_FILE
 from .monitor import TrainingMonitor
 from .ridge import RidgeMap, fit_ridge
+from .stopping import StopSignals
 from .train_config import LOSS_WEIGHTINGS, LossWeighting, learning_rate, saved_fields, setting_changes
 from .weights import sha256_file
 
@@ -320,8 +322,8 @@ def adapt(
                 f"{', '.join(sorted(MUTABLE_ON_RESUME))} may change; or start a new --out"
             )
     run_dir.mkdir(parents=True, exist_ok=True)
-    with run_lock(run_dir, "rcdm adapt"):
-        return _adapt(cfg, run_dir, resume, progress, encoder, base_encoder)
+    with run_lock(run_dir, "rcdm adapt"), StopSignals() as signals:
+        return _adapt(cfg, run_dir, resume, progress, encoder, base_encoder, signals)
 
 
 def _adapt(
@@ -331,6 +333,7 @@ def _adapt(
     progress: bool,
     encoder: Encoder | None,
     base_encoder: Encoder | None,
+    signals: StopSignals,
 ) -> AdaptResult:
     state_path = run_dir / "checkpoint"
     saved = (
@@ -480,6 +483,7 @@ def _adapt(
             }
             (tmp / "state.json").write_text(json.dumps(state))
 
+    signals.armed = True  # a SIGINT or SIGTERM from here on ends the step under way, saves and stops
     while True:
         now = time.perf_counter()
         per_step = (now - t_train) / max(1, steps_this)
@@ -534,9 +538,18 @@ def _adapt(
         per_step = (time.perf_counter() - t_train) / steps_this  # this step included (the first one too)
         monitor.total = step + max(0, int((deadline - time.perf_counter()) / max(1e-9, per_step)))
         monitor.step(step, value, b, terms=terms, lr=lr, grad_norm=grad_norm)
-        if due:
+        if due or signals.received:
             save()
             last_save = time.perf_counter()
+        if signals.received:
+            monitor.close()
+            raise TrainingInterrupted(
+                f"{signals.received}: stopped at the checkpoint of step {step} in {run_dir}, "
+                f"{max(0.0, deadline - time.perf_counter()) / 60:.1f} min of the budget left; resuming "
+                "(--resume) goes on from it",
+                signal.Signals[signals.received].value,
+            )
+    signals.armed = False
     monitor.close()
     if best.judged_step != step:
         best.offer(step, judge() if judge is not None else None)
