@@ -125,7 +125,9 @@ def test_sigterm_to_torchrun_stops_both_processes_at_one_checkpoint(few_images: 
         time.sleep(0.05)
     proc.send_signal(signal.SIGTERM)
     err = proc.communicate(timeout=120)[1]
-    line = next(x for x in err.splitlines() if "rcdm train: SIGTERM: stopped at the checkpoint of step" in x)
+    lines = [x for x in err.splitlines() if "rcdm train: SIGTERM: stopped at the checkpoint of step" in x]
+    assert len(lines) == 1, err[-2000:]  # said once, by the main process
+    line = lines[0]
     step = int(line.split("step ")[1].split()[0])
     assert step % 2 == 0 and Checkpoints(run).latest().name == f"step-{step:08d}", err[-2000:]
     assert not (run / "model").exists()

@@ -87,7 +87,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"rcdm {args.command}: error: {e}", file=sys.stderr)
         return 2
     except TrainingInterrupted as e:  # a checkpoint was written: say where, exit as the signal would
-        print(f"rcdm {args.command}: {e}", file=sys.stderr)
+        if os.environ.get("RANK", "0") == "0":  # once, not once per process of a torchrun launch
+            print(f"rcdm {args.command}: {e}", file=sys.stderr)
         return 128 + e.signum
     except KeyboardInterrupt:
         print(f"rcdm {args.command}: interrupted", file=sys.stderr)
