@@ -87,6 +87,39 @@ def test_training_writes_a_loadable_prior_and_resumes_where_it_stopped(prior_run
         train_prior(cfg, resumed, progress=False)
 
 
+def test_sigterm_saves_the_step_under_way_and_the_resume_ends_where_an_unbroken_run_does(
+    prior_run, tiny_run, few_images, tmp_path, monkeypatch
+):
+    import os
+    import signal
+
+    import rcdm.prior
+    from rcdm.errors import TrainingInterrupted
+
+    draws = rcdm.prior.sample_generators
+
+    def term_in_step_7(seed, step, n):  # a scheduler's notice while step 7 is under way
+        if step == 7:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return draws(seed, step, n)
+
+    monkeypatch.setattr(rcdm.prior, "sample_generators", term_in_step_7)
+    cfg = PriorConfig(model=str(tiny_run), data=str(few_images), steps=40, save_every=20, **TINY)
+    run = tmp_path / "run"
+    with pytest.raises(TrainingInterrupted, match="SIGTERM: stopped at the checkpoint of step 7 of 40"):
+        train_prior(cfg, run, progress=False)
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["step-00000007"]
+    assert not (run / "prior").exists()
+    monkeypatch.setattr(rcdm.prior, "sample_generators", draws)
+    train_prior(cfg, run, resume=True, progress=False)
+    rows = [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert rows[-1] == 40
+    want = load_file(prior_run / "checkpoints" / "step-00000040" / "prior.safetensors")
+    got = load_file(run / "checkpoints" / "step-00000040" / "prior.safetensors")
+    for k in want:
+        torch.testing.assert_close(got[k], want[k], rtol=0, atol=1e-6)
+
+
 def test_a_prior_of_another_encoder_is_refused(prior_run, tiny_run):
     _, record = load_prior(prior_run)
     enc = encoder_for(load_model(tiny_run))

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import signal
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -30,12 +31,13 @@ from .devices import cpu_model, cpu_seconds, default_device
 from .diffusion import sample_generators
 from .encoders import Encoder
 from .encoders.cache import cache_file, cached_representations, load_cache
-from .errors import RCDMError
+from .errors import RCDMError, TrainingInterrupted
 from .figures import model_card
 from .files import atomic_dir, write_text_atomic
 from .loading import encoder_for, load_model
 from .monitor import TrainingMonitor
 from .runs import Checkpoints
+from .stopping import StopSignals
 from .train_config import setting_changes
 
 log = logging.getLogger(__name__)
@@ -186,25 +188,34 @@ def train_prior(cfg: PriorConfig, out: str | Path, *, resume: bool = False, prog
     )
     t0, cpu0 = time.perf_counter(), cpu_seconds()
     net.train()
-    for step in range(start + 1, cfg.steps + 1):
-        # each step's draws from its own generator: a resumed run replays the same batches
-        g = sample_generators(cfg.seed, step, 1)[0]
-        idx = torch.randint(0, z.shape[0], (cfg.batch_size,), generator=g)
-        t = torch.randint(0, SCHEDULE["num_train_timesteps"], (cfg.batch_size,), generator=g)
-        noise = torch.randn(cfg.batch_size, dim, generator=g)
-        loss = nn.functional.mse_loss(net(sched.add_noise(z[idx], noise, t), t), noise)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        with torch.no_grad():
-            for pe, pn in zip(ema.parameters(), net.parameters(), strict=True):
-                pe.lerp_(pn, 1 - cfg.ema_decay)
-        if not torch.isfinite(loss):
-            raise RCDMError(f"the prior's loss became {float(loss)} at step {step}: try a smaller --lr")
-        monitor.step(step, float(loss.detach()), cfg.batch_size, terms={}, lr=cfg.lr, grad_norm=None)
-        if step % cfg.save_every == 0 or step == cfg.steps:
-            ckpts.save(step, {"step": step}, prior=pair, optimizer=opt)
-            ckpts.prune(2)
+    with StopSignals() as signals:  # a SIGINT or SIGTERM ends the step under way, saves it and stops
+        signals.armed = True
+        for step in range(start + 1, cfg.steps + 1):
+            # each step's draws from its own generator: a resumed run replays the same batches
+            g = sample_generators(cfg.seed, step, 1)[0]
+            idx = torch.randint(0, z.shape[0], (cfg.batch_size,), generator=g)
+            t = torch.randint(0, SCHEDULE["num_train_timesteps"], (cfg.batch_size,), generator=g)
+            noise = torch.randn(cfg.batch_size, dim, generator=g)
+            loss = nn.functional.mse_loss(net(sched.add_noise(z[idx], noise, t), t), noise)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            with torch.no_grad():
+                for pe, pn in zip(ema.parameters(), net.parameters(), strict=True):
+                    pe.lerp_(pn, 1 - cfg.ema_decay)
+            if not torch.isfinite(loss):
+                raise RCDMError(f"the prior's loss became {float(loss)} at step {step}: try a smaller --lr")
+            monitor.step(step, float(loss.detach()), cfg.batch_size, terms={}, lr=cfg.lr, grad_norm=None)
+            if step % cfg.save_every == 0 or step == cfg.steps or signals.received:
+                ckpts.save(step, {"step": step}, prior=pair, optimizer=opt)
+                ckpts.prune(2)
+            if signals.received and step < cfg.steps:
+                monitor.close()
+                raise TrainingInterrupted(
+                    f"{signals.received}: stopped at the checkpoint of step {step} of {cfg.steps} in {run_dir}; "
+                    "resuming (--resume) goes on from it",
+                    signal.Signals[signals.received].value,
+                )
     monitor.close()
     final = run_dir / "prior"
     with atomic_dir(final, run_dir / f".tmp-prior-{os.getpid()}") as folder:
