@@ -351,6 +351,7 @@ def _train(
     step = start
     k = cfg.gradient_accumulation_steps
     stop_signal: str | None = None
+    interrupted = False  # a stop signal ended the run before cfg.steps
     signals.armed = True  # from here a SIGINT or SIGTERM ends the run at a checkpoint
     for batch in _batches_for(cfg, dataset, start, acc):
         x0 = to_model_space(batch["image"].to(acc.device, non_blocking=True))
@@ -433,7 +434,8 @@ def _train(
             )
             late, stop_signal = broadcast_object_list([late, signals.received])
             due = due or bool(late)
-        due = due or stop_signal is not None
+        interrupted = stop_signal is not None and step < cfg.steps
+        due = due or interrupted
         if due:
             if acc.is_main_process:
                 ema.copy_to(ema_model.parameters())
@@ -461,11 +463,11 @@ def _train(
         if stopped_early:
             log.info("time budget spent: stopped at the checkpoint of step %d of %d", step, cfg.steps)
             break
-        if stop_signal is not None and step < cfg.steps:
+        if interrupted:
             break
     signals.armed = False
     monitor.close()
-    if stop_signal is not None and step < cfg.steps:
+    if interrupted:
         raise TrainingInterrupted(
             f"{stop_signal}: stopped at the checkpoint of step {step} of {cfg.steps} in {run_dir}; resuming "
             "(--resume) goes on from it",
