@@ -118,6 +118,21 @@ def test_evaluate_scores_the_packed_model_and_the_curve_once(tmp_path: Path, sco
     assert len(scored) == n
 
 
+def test_a_model_folder_that_is_not_a_training_run_is_named_not_crashed_on(tmp_path: Path, scored) -> None:
+    """--runs pointed at a folder of models (a bundle copied beside a run, a model alone): one line naming the
+    folder and what --runs takes, before anything is sampled."""
+    runs = tmp_path / "runs"
+    (runs / BACKBONE / "model").mkdir(parents=True)
+    (runs / BACKBONE / "model" / "config.json").write_text("{}")
+    with pytest.raises(
+        RCDMError, match=rf"{BACKBONE}' holds no run.json, so it is not a training run: --runs"
+    ):
+        stages.evaluate_runs(
+            runs, tmp_path / "metrics", [Path("a.jpg")], judge=None, plan=stages.Evaluation()
+        )
+    assert scored == []
+
+
 def test_samplers_score_the_newest_model_of_the_runs_asked_for(tmp_path: Path, scored) -> None:
     runs, metrics = tmp_path / "runs", tmp_path / "metrics"
     _run(runs, SUPERVISED, [1000], final=True)

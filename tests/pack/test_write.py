@@ -162,7 +162,7 @@ def test_pack_at_a_checkpoint_of_an_interrupted_run(runs: Path, few_images: Path
         pack(root, out, only=[TARGET], allow_smoke=True, overwrite=True, steps={"rcdm-cifar10-supervised": 2})
     # A finished run with neither recipe.json nor run.json: a message naming the missing file, not a traceback.
     (run / "run.json").unlink()
-    with pytest.raises(RCDMError, match=r"run\.json' is missing"):
+    with pytest.raises(RCDMError, match=r"holds no run\.json, so it is not a training run"):
         pack(root, out, only=[TARGET], allow_smoke=True, overwrite=True)
 
 

@@ -288,6 +288,17 @@ def packed_model(run_dir: str | Path, step: int | None = None) -> Path:
     return model
 
 
+def run_settings(run_dir: Path) -> dict:
+    """RUN/run.json, the settings `rcdm train` recorded; a folder without one is not a training run."""
+    path = Path(run_dir) / "run.json"
+    if not path.is_file():
+        raise RCDMError(
+            f"{str(run_dir)!r} holds no run.json, so it is not a training run: --runs takes the ROOT that "
+            "`rcdm recipe rcdm --runs ROOT` trained into (ROOT/<target>/run.json)"
+        )
+    return json.loads(path.read_text())
+
+
 def run_record(run_dir: str | Path, step: int | None = None) -> tuple[Path, dict]:
     """The model of a recipe run to pack (`packed_model`) and its record (recipe.json's fields), at checkpoint
     `step` or its newest.
@@ -304,10 +315,7 @@ def run_record(run_dir: str | Path, step: int | None = None) -> tuple[Path, dict
 
     @functools.cache
     def run_config() -> dict:  # run.json, read once and only where recipe.json does not answer
-        cfg_path = run_dir / "run.json"
-        if not cfg_path.is_file():
-            raise RCDMError(f"{str(cfg_path)!r} is missing: {run_dir.name} is not an `rcdm recipe rcdm` run")
-        return json.loads(cfg_path.read_text())
+        return run_settings(run_dir)
 
     model = packed_model(run_dir, step)
     if step is None and model == run_dir / "model":  # a finished run: its record, else its planned steps

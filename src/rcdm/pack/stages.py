@@ -38,7 +38,7 @@ from ..loading import encoder_for, load_model, recorded_sampling, weights_digest
 from ..locks import output_lock
 from ..runs import Checkpoints
 from .evaluation import score_model
-from .rcdms import TARGETS, packed_model
+from .rcdms import TARGETS, packed_model, run_settings
 
 log = logging.getLogger(__name__)
 
@@ -175,7 +175,7 @@ def _to_pack(run: Path, at: int | None) -> tuple[Path, str, dict] | None:
         return None
     if model == run / "model":
         # a finished run's final model is its last step's EMA: a point of the curve too
-        return model, "final", _seen(run, json.loads((run / "run.json").read_text())["steps"])
+        return model, "final", _seen(run, run_settings(run)["steps"])
     return model, model.parent.name, _seen(run, Checkpoints(run).number(model.parent))
 
 
@@ -189,7 +189,7 @@ def _runs(runs: Path, only: Sequence[str] | None) -> Iterator[tuple[str, Path]]:
 
 def _seen(run: Path, step: int) -> dict:
     """A checkpoint's step and images seen (steps x the run's batch size, from RUN/run.json)."""
-    return {"step": step, "images_seen": step * json.loads((run / "run.json").read_text())["batch_size"]}
+    return {"step": step, "images_seen": step * run_settings(run)["batch_size"]}
 
 
 def parse_setting(text: str) -> tuple[str, float]:

@@ -34,7 +34,7 @@ from ..model import ADAPTER_WEIGHTS, RCDM, WEIGHTS_FILE
 from ..prior import PRIOR_RECORD, find_prior, load_prior, training_settings, write_prior
 from ..weights import sha256_file
 from .cards import encoder_card, rcdm_card
-from .rcdms import MIN_KNN_ACCURACY, Target, encoder_dir, run_record, select_targets
+from .rcdms import MIN_KNN_ACCURACY, Target, encoder_dir, run_record, run_settings, select_targets
 from .ssl import CIFAR_LICENSE
 
 MAX_BUNDLE_MB = 30.0  # MB = 10**6 bytes
@@ -451,7 +451,7 @@ def pack(
                 sampling=_packed_sampling(model, guidance),
             )
             (model.half() if half else model).save_pretrained(tmp / t.name)
-            run_cfg = json.loads((root / t.name / "run.json").read_text())
+            run_cfg = run_settings(root / t.name)
             card = {
                 "name": t.name,
                 "kind": "rcdm",
