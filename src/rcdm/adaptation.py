@@ -19,7 +19,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import signal
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -543,11 +542,9 @@ def _adapt(
             last_save = time.perf_counter()
         if signals.received:
             monitor.close()
-            raise TrainingInterrupted(
-                f"{signals.received}: stopped at the checkpoint of step {step} in {run_dir}, "
-                f"{max(0.0, deadline - time.perf_counter()) / 60:.1f} min of the budget left; resuming "
-                "(--resume) goes on from it",
-                signal.Signals[signals.received].value,
+            left = max(0.0, deadline - time.perf_counter()) / 60
+            raise TrainingInterrupted.at(
+                signals.received, f"step {step} in {run_dir}, {left:.1f} min of the budget left"
             )
     signals.armed = False
     monitor.close()

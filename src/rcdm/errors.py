@@ -1,6 +1,7 @@
 """Errors raised for user mistakes: the CLI turns them into one line and exit code 2."""
 
 import errno
+import signal
 
 # The errno values of a full disk or an exhausted quota: a DiskFullError, not a bug.
 NO_SPACE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
@@ -31,3 +32,11 @@ class TrainingInterrupted(Exception):
     def __init__(self, message: str, signum: int) -> None:
         super().__init__(message)
         self.signum = signum
+
+    @classmethod
+    def at(cls, signal_name: str, where: str) -> "TrainingInterrupted":
+        """'SIGTERM: stopped at the checkpoint of WHERE; resuming (--resume) goes on from it'."""
+        return cls(
+            f"{signal_name}: stopped at the checkpoint of {where}; resuming (--resume) goes on from it",
+            signal.Signals[signal_name].value,
+        )

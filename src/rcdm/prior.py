@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import signal
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -211,11 +210,7 @@ def train_prior(cfg: PriorConfig, out: str | Path, *, resume: bool = False, prog
                 ckpts.prune(2)
             if signals.received and step < cfg.steps:
                 monitor.close()
-                raise TrainingInterrupted(
-                    f"{signals.received}: stopped at the checkpoint of step {step} of {cfg.steps} in {run_dir}; "
-                    "resuming (--resume) goes on from it",
-                    signal.Signals[signals.received].value,
-                )
+                raise TrainingInterrupted.at(signals.received, f"step {step} of {cfg.steps} in {run_dir}")
     monitor.close()
     final = run_dir / "prior"
     with atomic_dir(final, run_dir / f".tmp-prior-{os.getpid()}") as folder:

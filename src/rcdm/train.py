@@ -12,7 +12,6 @@ import contextlib
 import json
 import logging
 import math
-import signal
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field, replace
@@ -468,11 +467,7 @@ def _train(
     signals.armed = False
     monitor.close()
     if interrupted:
-        raise TrainingInterrupted(
-            f"{stop_signal}: stopped at the checkpoint of step {step} of {cfg.steps} in {run_dir}; resuming "
-            "(--resume) goes on from it",
-            signal.Signals[stop_signal].value,
-        )
+        raise TrainingInterrupted.at(stop_signal, f"step {step} of {cfg.steps} in {run_dir}")
     if acc.is_main_process and step >= cfg.steps:
         ema.copy_to(ema_model.parameters())
         tmp_model = run_dir / ".tmp-model"
