@@ -110,8 +110,16 @@ def test_sigterm_saves_the_step_under_way_and_the_resume_ends_where_an_unbroken_
         train_prior(cfg, run, progress=False)
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["step-00000007"]
     assert not (run / "prior").exists()
+    # the time the stopped process spent travels with its checkpoint into the finished prior's record (set here
+    # to values no 33-step tiny run reaches, so the sum shows)
+    state_file = run / "checkpoints" / "step-00000007" / "state.json"
+    state = json.loads(state_file.read_text())
+    assert state["step"] == 7 and {"wall_time_s", "cpu_time_s"} <= state.keys()
+    state_file.write_text(json.dumps({**state, "wall_time_s": 5000.0, "cpu_time_s": 4000.0}))
     monkeypatch.setattr(rcdm.prior, "sample_generators", draws)
     train_prior(cfg, run, resume=True, progress=False)
+    _, record = load_prior(run)
+    assert 5000 < record["wall_time_s"] < 5000 + 600 and 4000 < record["cpu_time_s"] < 4000 + 1200
     rows = [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert rows[-1] == 40
     want = load_file(prior_run / "checkpoints" / "step-00000040" / "prior.safetensors")

@@ -157,13 +157,16 @@ def train_prior(cfg: PriorConfig, out: str | Path, *, resume: bool = False, prog
     opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=0.0)
     pair = nn.ModuleDict({"net": net, "ema": ema})  # prior.safetensors: net.* and ema.*
     ckpts = Checkpoints(run_dir, files=PRIOR_CHECKPOINT_FILES)
-    start = 0
+    # the time spent: this process's plus what the checkpoint resumed from records (all processes of the run)
+    start, spent = 0, {"wall_time_s": 0.0, "cpu_time_s": 0.0}
     ckpt = ckpts.start(resume)
     if ckpt is not None:
         with ckpts.reading(ckpt, "prior.safetensors"):
             pair.load_state_dict(ckpts.read(ckpt, "prior.safetensors"))
             opt.load_state_dict(ckpts.read(ckpt, "optimizer.pt"))
-        start = ckpts.state(ckpt, "step")["step"]
+        state = ckpts.state(ckpt, "step")
+        start = state["step"]
+        spent = {k: float(state.get(k, 0.0)) for k in spent}
     z = (reps - net.rep_mean) / net.rep_std
     sched = DDPMScheduler(**SCHEDULE)
     log.info(
@@ -186,6 +189,13 @@ def train_prior(cfg: PriorConfig, out: str | Path, *, resume: bool = False, prog
         run_dir, start=start, total=cfg.steps, log_every=50, progress=progress, main_process=True
     )
     t0, cpu0 = time.perf_counter(), cpu_seconds()
+
+    def spent_now() -> dict:
+        return {
+            "wall_time_s": round(spent["wall_time_s"] + time.perf_counter() - t0, 1),
+            "cpu_time_s": round(spent["cpu_time_s"] + cpu_seconds() - cpu0, 1),
+        }
+
     net.train()
     with StopSignals() as signals:  # a SIGINT or SIGTERM ends the step under way, saves it and stops
         signals.armed = True
@@ -206,7 +216,7 @@ def train_prior(cfg: PriorConfig, out: str | Path, *, resume: bool = False, prog
                 raise RCDMError(f"the prior's loss became {float(loss)} at step {step}: try a smaller --lr")
             monitor.step(step, float(loss.detach()), cfg.batch_size, terms={}, lr=cfg.lr, grad_norm=None)
             if step % cfg.save_every == 0 or step == cfg.steps or signals.received:
-                ckpts.save(step, {"step": step}, prior=pair, optimizer=opt)
+                ckpts.save(step, {"step": step, **spent_now()}, prior=pair, optimizer=opt)
                 ckpts.prune(2)
             if signals.received and step < cfg.steps:
                 monitor.close()
@@ -223,8 +233,7 @@ def train_prior(cfg: PriorConfig, out: str | Path, *, resume: bool = False, prog
             "representations": len(files),
             "steps": cfg.steps,
             "training": training_settings(asdict(cfg)),
-            "wall_time_s": round(time.perf_counter() - t0, 1),
-            "cpu_time_s": round(cpu_seconds() - cpu0, 1),
+            **spent_now(),  # every process of a resumed run; a checkpoint from before 2026-12-05 recorded none
             "machine": cpu_model(),
         }
         write_prior(ema, record, folder)
