@@ -193,6 +193,13 @@ def test_the_residual_experiment_finds_no_residual_for_a_map_onto_the_base_encod
         noisy.encode(images),
     )
     torch.testing.assert_close(noisy.encode(images), enc.encode(images), atol=1e-3, rtol=1e-3)
+    # --stretch S: the conditioning's deviation from the base mean times S; the samples' encodings as the map gives
+    mapped = bench.MappedWithResidual(adapted, base, torch.zeros_like(factor), 0).encode_files(paths, 16)
+    stretched = bench.MappedWithResidual(adapted, base, torch.zeros_like(factor), 0, stretch=2.0)
+    torch.testing.assert_close(
+        stretched.encode_files(paths, 16) - base.rep_mean, 2 * (mapped - base.rep_mean), atol=1e-5, rtol=1e-5
+    )
+    torch.testing.assert_close(stretched.encode(images), enc.encode(images), atol=1e-3, rtol=1e-3)
 
 
 def test_base_and_reference_models_load_from_folders_under_their_pack_names(tmp_path, monkeypatch, capsys):
