@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -11,10 +16,11 @@ from safetensors.torch import load_file
 
 from rcdm.encoders import create_encoder
 from rcdm.encoders.cifar import CifarEncoderArch, CifarEncoderNet, default_preprocessing
-from rcdm.errors import RCDMError
+from rcdm.errors import RCDMError, TrainingInterrupted
 from rcdm.metrics.knn import encoder_features, knn_accuracy
 from rcdm.pack.cifar10 import labelled_files, load_uint8
-from rcdm.pack.ssl import SSLConfig, train_encoder, vicreg_loss
+from rcdm.pack.ssl import EPOCH_FILES, SSLConfig, train_encoder, vicreg_loss
+from rcdm.runs import Checkpoints
 
 from .conftest import TINY
 
@@ -99,6 +105,71 @@ def test_ssl_run_resumes_exactly_after_an_interruption(cifar_root: Path, tmp_pat
     a = load_file(str(resumed.encoder_dir / "encoder.safetensors"))
     b = load_file(str(whole.encoder_dir / "encoder.safetensors"))
     assert all(torch.equal(a[k], b[k]) for k in b)
+
+
+@pytest.mark.parametrize(
+    ("stop_after", "where", "checkpoint"),
+    [
+        (
+            6,
+            r"step 6 \(batch 2 of 4 in epoch 2 of 2\)",
+            "epoch-0002",
+        ),  # mid-epoch: the step under way is kept
+        (4, r"epoch 1 of 2", "epoch-0001"),  # at an epoch's end: that epoch's own checkpoint
+    ],
+)
+def test_ssl_sigterm_checkpoints_the_step_under_way_and_the_resume_is_exact(
+    cifar_root: Path, tmp_path: Path, stop_after: int, where: str, checkpoint: str
+) -> None:
+    cfg = SSLConfig(
+        data=str(cifar_root), **{**TINY, "epochs": 2, "batch_size": 5, "limit": 20}
+    )  # 4 steps/epoch
+    before = signal.getsignal(signal.SIGTERM)
+
+    def notice(step: int, loss: float) -> None:  # a scheduler's notice, once step `stop_after` is done
+        if step == stop_after:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    run = tmp_path / "cut"
+    with pytest.raises(TrainingInterrupted, match=f"SIGTERM: stopped at the checkpoint of {where} in ") as e:
+        train_encoder(cfg, run, progress=False, on_step=notice)
+    assert e.value.signum == signal.SIGTERM and signal.getsignal(signal.SIGTERM) == before
+    latest = Checkpoints(run, "epoch-*", EPOCH_FILES, digits=4).latest()
+    assert latest is not None and latest.name == checkpoint and not (run / "encoder").exists()
+    assert json.loads((latest / "state.json").read_text())["step"] == stop_after
+    resumed = train_encoder(cfg, run, resume=True, progress=False)
+    whole = train_encoder(cfg, tmp_path / "whole", progress=False)
+    assert resumed.steps == whole.steps == 8 and resumed.losses == whole.losses
+    a = load_file(str(resumed.encoder_dir / "encoder.safetensors"))
+    b = load_file(str(whole.encoder_dir / "encoder.safetensors"))
+    assert all(torch.equal(a[k], b[k]) for k in b)
+
+
+def test_ssl_cli_stops_at_a_checkpoint_on_sigterm_with_the_signal_s_exit_code(
+    cifar_root: Path, tmp_path: Path
+) -> None:
+    """A real SIGTERM to `rcdm recipe ssl` (a scheduler's preemption): one line naming the checkpoint, exit 143,
+    no traceback, and the checkpoint it names is on disk."""
+    run = tmp_path / "run"
+    args = [sys.executable, "-m", "rcdm.cli", "recipe", "ssl", "--data", str(cifar_root), "--out", str(run)]
+    args += ["--epochs", "100000", "--batch-size", "5", "--limit", "20", "--depth", "8", "--width", "1"]
+    args += ["--projector", "32", "32", "--num-workers", "0", "--no-progress"]
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while not (run / "checkpoints").is_dir() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)  # the loop has finished an epoch
+    proc.send_signal(signal.SIGTERM)
+    err = proc.communicate(timeout=120)[1]
+    assert proc.returncode == 128 + signal.SIGTERM, err[-2000:]
+    line = next(
+        x for x in err.splitlines() if x.startswith("rcdm recipe: SIGTERM: stopped at the checkpoint of")
+    )
+    assert line.endswith(f"in {run}; resuming (--resume) goes on from it") and "Traceback" not in err
+    latest = Checkpoints(run, "epoch-*", EPOCH_FILES, digits=4).latest()
+    assert latest is not None
+    state = json.loads((latest / "state.json").read_text())
+    named = f"step {state['step']} (batch {state['batch']} of 4 in epoch {state['epoch'] + 1} of 100000)"
+    assert f"of {named} in" in line if state["batch"] else f"of epoch {state['epoch']} of 100000 in" in line
 
 
 def test_ssl_resume_names_a_damaged_checkpoint_and_a_second_run_is_refused(

@@ -117,7 +117,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--num-workers", type=int, default=None, help="augmentation workers (default: 8)")
     s.add_argument("--seed", type=int, default=None, help="data order and initial weights (default: 0)")
     add_precision_arg(s, dest="mixed_precision")
-    s.add_argument("--resume", action="store_true", help="continue from the newest epoch checkpoint in --out")
+    s.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue from the newest checkpoint in --out (an epoch's end, or where a SIGINT or SIGTERM stopped it)",
+    )
     add_progress_arg(s)
     s.set_defaults(func=run_ssl)
 

@@ -19,7 +19,7 @@ import logging
 import math
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -37,10 +37,11 @@ from ..encoders.cifar import (
     default_preprocessing,
     save_encoder,
 )
-from ..errors import NonFiniteLossError, RCDMError
+from ..errors import NonFiniteLossError, RCDMError, TrainingInterrupted
 from ..locks import run_lock
 from ..metrics.knn import encoder_features, knn_accuracy
 from ..runs import Checkpoints
+from ..stopping import StopSignals
 from ..train_config import check_output_folder
 from .cards import encoder_card
 from .cifar10 import cifar10_root, labelled_files, load_uint8
@@ -52,7 +53,8 @@ CIFAR_LICENSE = (
     "CIFAR-10 (Krizhevsky, 2009, 'Learning Multiple Layers of Features from Tiny Images'): the authors publish "
     "no formal license; it is distributed for research use. Weights trained on it inherit that status."
 )
-# checkpoint folders: RUN_DIR/checkpoints/epoch-NNNN/ holding EPOCH_FILES (the newest two are kept)
+# checkpoint folders: RUN_DIR/checkpoints/epoch-NNNN/ holding EPOCH_FILES (the newest two are kept): the end of
+# epoch NNNN, or, when its state's "batch" is k > 0, k batches into it (a SIGINT or SIGTERM stopped the run there)
 EPOCH_FILES: tuple[str, ...] = ("net.safetensors", "optimizer.pt", "state.json")
 
 
@@ -165,8 +167,10 @@ def train_encoder(
 ) -> SSLResult:
     """Train the encoder of `cfg`, evaluate k-NN on the test split, save RUN_DIR/encoder (see encoders/cifar.py).
 
-    Resumable per epoch: a run killed at any point continues with `resume=True` from its last complete epoch.
-    Holds RUN_DIR/.lock meanwhile (a second run in the folder is refused); a full disk raises DiskFullError.
+    Resumable: a SIGINT or SIGTERM ends the step under way, writes a checkpoint there and raises
+    TrainingInterrupted; a run killed outright continues from its last complete epoch; `resume=True` goes on from
+    either exactly as the uninterrupted run would have (same batches, same augmentations). Holds RUN_DIR/.lock
+    meanwhile (a second run in the folder is refused); a full disk raises DiskFullError.
     """
     run_dir = Path(run_dir)
     validate_ssl_config(cfg)
@@ -233,6 +237,9 @@ def _train_encoder(
         net.load_state_dict(weights, strict=True)
         opt.load_state_dict(opt_state)
         state = ckpts.state(ckpt, "epoch", "step")
+    # Written at an epoch's end (and every checkpoint before stops mid-epoch existed): nothing of the next epoch.
+    state.setdefault("batch", 0)
+    state.setdefault("epoch_loss_sum", 0.0)
     # Checkpoints written before CPU time was recorded: count it from their epoch on, and say so in the card.
     state.setdefault("cpu_time_s", 0.0)
     state.setdefault("cpu_time_from_epoch", state["epoch"])
@@ -254,9 +261,20 @@ def _train_encoder(
         desc=cfg.objective,
     )
     core = acc.unwrap_model(net)  # the heads are called directly; `net` (prepared) runs the backbone
-    step = state["step"]
-    for epoch in range(state["epoch"], cfg.epochs):
-        net.train()
+    step, skip, total = state["step"], state["batch"], state["epoch_loss_sum"]
+
+    def spent(**counts: object) -> dict:
+        """The checkpoint state: `counts` (epoch, batch, ...) and the time spent so far, resumes included."""
+        return {
+            **counts,
+            "step": step,
+            "wall_time_s": state["wall_time_s"] + time.perf_counter() - t0,
+            "cpu_time_s": state["cpu_time_s"] + cpu_seconds() - c0,
+            "cpu_time_from_epoch": state["cpu_time_from_epoch"],
+        }
+
+    def batches_of(epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        """Epoch `epoch`'s batches: order and augmentations seeded by (seed, epoch) alone."""
         torch.manual_seed(cfg.seed * 10_007 + epoch + 1)  # augmentations in the main process (num_workers=0)
         loader = DataLoader(
             dataset,
@@ -267,47 +285,70 @@ def _train_encoder(
             pin_memory=acc.device.type == "cuda",
             generator=torch.Generator().manual_seed(cfg.seed * 10_007 + epoch),
         )
-        total = 0.0
-        for a, b, y in loader:
-            for group in opt.param_groups:
-                group["lr"] = _lr_at(cfg, step, steps_per_epoch)
-            a = prep(a.to(acc.device, non_blocking=True))
-            with autocast_for(acc.device, precision):
-                if supervised:
-                    assert core.classifier is not None
-                    loss = F.cross_entropy(core.classifier(net(a)).float(), y.to(acc.device))
-                else:
-                    b = prep(b.to(acc.device, non_blocking=True))
-                    assert core.projector is not None
-                    z = core.projector(net(torch.cat([a, b])))
-                    z1, z2 = z.chunk(2)
-                    loss = vicreg_loss(z1, z2, cfg.sim_coeff, cfg.std_coeff, cfg.cov_coeff)
-            value = float(loss.detach())
-            if not math.isfinite(value):
-                raise NonFiniteLossError(
-                    f"loss became {value} at step {step}: stopped (lower --lr); the last complete epoch is kept"
+        return iter(loader)
+
+    def batch_loss(a: torch.Tensor, b: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Cross-entropy of the classifier on view a (supervised), or VICReg between views a and b."""
+        a = prep(a.to(acc.device, non_blocking=True))
+        with autocast_for(acc.device, precision):
+            if supervised:
+                assert core.classifier is not None
+                return F.cross_entropy(core.classifier(net(a)).float(), y.to(acc.device))
+            b = prep(b.to(acc.device, non_blocking=True))
+            assert core.projector is not None
+            z1, z2 = core.projector(net(torch.cat([a, b]))).chunk(2)
+            return vicreg_loss(z1, z2, cfg.sim_coeff, cfg.std_coeff, cfg.cov_coeff)
+
+    with StopSignals() as signals:
+        signals.armed = True  # from here a SIGINT or SIGTERM ends the step under way at a checkpoint
+        for epoch in range(state["epoch"], cfg.epochs):
+            net.train()
+            batches = batches_of(epoch)
+            for _ in range(skip):  # a run stopped mid-epoch: draw the batches it trained on, so that the
+                next(batches)  # augmentations and the order go on as the uninterrupted run's
+            done, skip = skip, 0
+            for a, b, y in batches:
+                for group in opt.param_groups:
+                    group["lr"] = _lr_at(cfg, step, steps_per_epoch)
+                loss = batch_loss(a, b, y)
+                value = float(loss.detach())
+                if not math.isfinite(value):
+                    raise NonFiniteLossError(
+                        f"loss became {value} at step {step}: stopped (lower --lr); the last complete epoch is kept"
+                    )
+                acc.backward(loss)
+                opt.step()
+                opt.zero_grad(set_to_none=True)
+                step += 1
+                done += 1
+                total += value
+                bar.update(1)
+                bar.set_postfix(epoch=epoch + 1, loss=f"{value:.4f}")
+                if on_step is not None:
+                    on_step(step, value)
+                if signals.received and done < steps_per_epoch:
+                    extra = spent(epoch=epoch, batch=done, epoch_loss_sum=total, losses=state["losses"])
+                    ckpts.save(epoch + 1, extra, net=acc.unwrap_model(net), optimizer=opt)
+                    ckpts.prune(2)
+                    bar.close()
+                    raise TrainingInterrupted.at(
+                        signals.received,
+                        f"step {step} (batch {done} of {steps_per_epoch} in epoch {epoch + 1} of {cfg.epochs}) "
+                        f"in {run_dir}",
+                    )
+            state = spent(
+                epoch=epoch + 1, batch=0, epoch_loss_sum=0.0, losses=[*state["losses"], total / max(1, done)]
+            )
+            t0, c0 = time.perf_counter(), cpu_seconds()
+            total = 0.0
+            ckpts.save(epoch + 1, state, net=acc.unwrap_model(net), optimizer=opt)
+            ckpts.prune(2)
+            log.info("epoch %d/%d: loss %.4f", epoch + 1, cfg.epochs, state["losses"][-1])
+            if signals.received and epoch + 1 < cfg.epochs:
+                bar.close()
+                raise TrainingInterrupted.at(
+                    signals.received, f"epoch {epoch + 1} of {cfg.epochs} in {run_dir}"
                 )
-            acc.backward(loss)
-            opt.step()
-            opt.zero_grad(set_to_none=True)
-            step += 1
-            total += value
-            bar.update(1)
-            bar.set_postfix(epoch=epoch + 1, loss=f"{value:.4f}")
-            if on_step is not None:
-                on_step(step, value)
-        state = {
-            "epoch": epoch + 1,
-            "step": step,
-            "losses": [*state["losses"], total / max(1, steps_per_epoch)],
-            "wall_time_s": state["wall_time_s"] + time.perf_counter() - t0,
-            "cpu_time_s": state["cpu_time_s"] + cpu_seconds() - c0,
-            "cpu_time_from_epoch": state["cpu_time_from_epoch"],
-        }
-        t0, c0 = time.perf_counter(), cpu_seconds()
-        ckpts.save(epoch + 1, state, net=acc.unwrap_model(net), optimizer=opt)
-        ckpts.prune(2)
-        log.info("epoch %d/%d: loss %.4f", epoch + 1, cfg.epochs, state["losses"][-1])
     bar.close()
 
     model = acc.unwrap_model(net).float().cpu().eval()
