@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from rcdm.cli import main
-from rcdm.devices import check_device
+from rcdm.devices import RunClock, check_device
 from rcdm.errors import RCDMError
 
 
@@ -32,3 +32,15 @@ def test_every_command_checks_its_device_before_any_work(tmp_path, capsys):
     assert main(["sample", *args, "--device", "tpu"]) == 2
     err = capsys.readouterr().err.strip()
     assert err == "rcdm sample: error: --device 'tpu' is not a device: use cpu, cuda, cuda:N or mps"
+
+
+def test_run_clock_adds_this_process_s_time_to_what_the_checkpoint_recorded() -> None:
+    clock = RunClock(wall_s=100.0, cpu_s=40.0)  # a run resumed from a checkpoint that recorded these
+    wall, cpu = clock.wall_s(), clock.cpu_s()
+    assert 100.0 <= wall < 101.0 and 40.0 <= cpu < 41.0
+    x = torch.randn(256, 256)
+    for _ in range(200):  # some CPU work: both clocks move on from there
+        x = torch.tanh(x @ x)
+    assert clock.wall_s() > wall and clock.cpu_s() > cpu
+    fresh = RunClock()
+    assert 0.0 <= fresh.wall_s() < 1.0 and 0.0 <= fresh.cpu_s() < 1.0

@@ -28,7 +28,7 @@ import torch
 from safetensors.torch import save_file
 
 from .data import batched, center_square, decode_images, list_images, load_views, resize, to_model_space
-from .devices import autocast_for, cpu_seconds, default_device, resolve_precision, training_precision
+from .devices import RunClock, autocast_for, default_device, resolve_precision, training_precision
 from .diffusion import SamplingConfig, sample_generators, sample_many
 from .encoders import Encoder, Feature, create_encoder
 from .encoders.cache import cache_file, cached_representations, load_cache
@@ -338,9 +338,8 @@ def _adapt(
     saved = (
         json.loads((state_path / "state.json").read_text()) if (state_path / "state.json").is_file() else None
     )
-    wall0, cpu0 = time.perf_counter(), cpu_seconds()
-    spent_wall, spent_cpu = (saved["wall_s"], saved["cpu_s"]) if saved else (0.0, 0.0)
-    deadline = wall0 + cfg.minutes * 60 - spent_wall
+    clock = RunClock(saved["wall_s"], saved["cpu_s"]) if saved else RunClock()
+    deadline = clock.t0 + cfg.minutes * 60 - clock.before_wall_s  # perf_counter time at which the budget ends
     base_dir = resolve_model_dir(cfg.model)
     base = load_model(base_dir)
     base_enc = encoder_for(base, base_encoder or cfg.base_encoder)  # checked against the base's config
@@ -475,8 +474,8 @@ def _adapt(
             torch.save(best.state, tmp / "kept.pt")
             state = {
                 "step": step,
-                "wall_s": spent_wall + time.perf_counter() - wall0,
-                "cpu_s": spent_cpu + cpu_seconds() - cpu0,
+                "wall_s": clock.wall_s(),
+                "cpu_s": clock.cpu_s(),
                 "mlp_r2_heldout": mlp_r2,
                 **best.checkpoint_record(),
             }
@@ -560,8 +559,7 @@ def _adapt(
             _fmt(best.map_score),
             _fmt(best.last_score),
         )
-    wall = spent_wall + time.perf_counter() - wall0
-    cpu = spent_cpu + cpu_seconds() - cpu0
+    wall, cpu = clock.wall_s(), clock.cpu_s()
     record = {
         "steps": step,
         "images_trained": step * cfg.batch_size,

@@ -14,6 +14,7 @@ import functools
 import os
 import platform
 import subprocess
+import time
 import weakref
 from pathlib import Path
 from typing import Literal
@@ -230,6 +231,21 @@ def cpu_seconds() -> float:
     """
     t = os.times()
     return t.user + t.system + t.children_user + t.children_system
+
+
+class RunClock:
+    """Wall and CPU seconds a run has spent across its resumes: what its checkpoint recorded (`wall_s`, `cpu_s`;
+    0 for a fresh run) plus this process's since the clock was made."""
+
+    def __init__(self, wall_s: float = 0.0, cpu_s: float = 0.0) -> None:
+        self.before_wall_s, self.before_cpu_s = float(wall_s), float(cpu_s)
+        self.t0, self.c0 = time.perf_counter(), cpu_seconds()
+
+    def wall_s(self) -> float:
+        return self.before_wall_s + time.perf_counter() - self.t0
+
+    def cpu_s(self) -> float:
+        return self.before_cpu_s + cpu_seconds() - self.c0
 
 
 def git_commit() -> str | None:

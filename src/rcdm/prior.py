@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -26,7 +25,7 @@ from torch import nn
 
 from .bundle import model_search_dirs
 from .data import list_images
-from .devices import cpu_model, cpu_seconds, default_device
+from .devices import RunClock, cpu_model, default_device
 from .diffusion import sample_generators
 from .encoders import Encoder
 from .encoders.cache import cache_file, cached_representations, load_cache
@@ -188,13 +187,10 @@ def train_prior(cfg: PriorConfig, out: str | Path, *, resume: bool = False, prog
     monitor = TrainingMonitor(
         run_dir, start=start, total=cfg.steps, log_every=50, progress=progress, main_process=True
     )
-    t0, cpu0 = time.perf_counter(), cpu_seconds()
+    clock = RunClock(spent["wall_time_s"], spent["cpu_time_s"])
 
     def spent_now() -> dict:
-        return {
-            "wall_time_s": round(spent["wall_time_s"] + time.perf_counter() - t0, 1),
-            "cpu_time_s": round(spent["cpu_time_s"] + cpu_seconds() - cpu0, 1),
-        }
+        return {"wall_time_s": round(clock.wall_s(), 1), "cpu_time_s": round(clock.cpu_s(), 1)}
 
     net.train()
     with StopSignals() as signals:  # a SIGINT or SIGTERM ends the step under way, saves it and stops

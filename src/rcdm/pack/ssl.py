@@ -18,7 +18,6 @@ import json
 import logging
 import math
 import shutil
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -29,7 +28,7 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import v2
 from tqdm.auto import tqdm
 
-from ..devices import autocast_for, cpu_seconds, device_name, git_commit, training_precision
+from ..devices import RunClock, autocast_for, device_name, git_commit, training_precision
 from ..encoders import create_encoder
 from ..encoders.cifar import (
     CifarEncoderArch,
@@ -248,7 +247,7 @@ def _train_encoder(
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "recipe.json").write_text(json.dumps(asdict(cfg), indent=2))
 
-    t0, c0 = time.perf_counter(), cpu_seconds()
+    clock = RunClock(state["wall_time_s"], state["cpu_time_s"])
     train_u8 = load_uint8(train_files)
     labels_t = torch.tensor(train_labels)
     transform = supervised_augment() if supervised else ssl_augment(cfg)
@@ -268,8 +267,8 @@ def _train_encoder(
         return {
             **counts,
             "step": step,
-            "wall_time_s": state["wall_time_s"] + time.perf_counter() - t0,
-            "cpu_time_s": state["cpu_time_s"] + cpu_seconds() - c0,
+            "wall_time_s": clock.wall_s(),
+            "cpu_time_s": clock.cpu_s(),
             "cpu_time_from_epoch": state["cpu_time_from_epoch"],
         }
 
@@ -339,7 +338,6 @@ def _train_encoder(
             state = spent(
                 epoch=epoch + 1, batch=0, epoch_loss_sum=0.0, losses=[*state["losses"], total / max(1, done)]
             )
-            t0, c0 = time.perf_counter(), cpu_seconds()
             total = 0.0
             ckpts.save(epoch + 1, state, net=acc.unwrap_model(net), optimizer=opt)
             ckpts.prune(2)
