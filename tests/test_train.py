@@ -23,9 +23,10 @@ from rcdm.data import list_images, load_views
 from rcdm.diffusion import SamplingConfig, sample, sample_many
 from rcdm.encoders import create_encoder
 from rcdm.errors import NonFiniteLossError, RCDMError
-from rcdm.loading import encoder_for, load_model
+from rcdm.loading import encoder_for, load_model, recorded_sampling
 from rcdm.model import RCDM
 from rcdm.monitor import read_metrics
+from rcdm.pack.evaluation import record_model_sampling
 from rcdm.runs import Checkpoints
 from rcdm.train import TrainConfig, learning_rate, train
 from training_for_tests import assert_same, records, tiny_argv, tiny_config, weights
@@ -123,6 +124,26 @@ def test_interim_checkpoints_on_time_keep_only_the_newest_and_resume_exactly(few
 def test_existing_run_needs_resume(few_images, reference):
     with pytest.raises(RCDMError, match="--resume"):
         train(config(few_images), reference, progress=False)
+
+
+def test_resuming_a_finished_run_keeps_its_model_folder_and_what_was_recorded_in_it(
+    few_images, reference, tmp_path
+):
+    """--resume on a run already at its steps trains nothing and leaves model/ as it is: the sampling that `rcdm
+    recipe guidance --record` wrote into its config stays (it used to be overwritten, so a plain `rcdm sample` lost
+    the measured guidance). Extending the run writes the new model, without the old weights' record."""
+    run = tmp_path / "copy"
+    shutil.copytree(reference, run)
+    record_model_sampling(run / "model", {"sampler": "dpm++", "steps": 20, "guidance": 3.0})
+    assert train(config(few_images), run, resume=True, progress=False).steps == 6
+    assert recorded_sampling(run / "model")["guidance"] == 3.0
+    assert_same(weights(run / "model"), weights(reference / "model"))
+    assert train(config(few_images, steps=8), run, resume=True, progress=False).steps == 8
+    assert recorded_sampling(run / "model") == {}
+    assert not all(
+        torch.equal(a, b)
+        for a, b in zip(weights(run / "model").values(), weights(reference / "model").values(), strict=True)
+    )
 
 
 def test_resume_with_another_encoder_is_refused(few_images, reference, tmp_path):

@@ -21,6 +21,7 @@ import torch
 from accelerate import Accelerator
 from accelerate.utils import broadcast_object_list
 from diffusers.training_utils import EMAModel
+from safetensors.torch import load_file
 from torch.utils.data import DataLoader
 
 from .data import (
@@ -41,7 +42,7 @@ from .errors import NonFiniteLossError, RCDMError, TrainingInterrupted
 from .files import atomic_dir, write_text_atomic
 from .locks import run_lock
 from .losses import GaussianDiffusion, draw_timesteps
-from .model import PRESETS, RCDM, check_encoder
+from .model import PRESETS, RCDM, WEIGHTS_FILE, check_encoder
 from .monitor import TrainingMonitor
 from .runs import Checkpoints, nbytes
 from .stopping import StopSignals
@@ -70,6 +71,15 @@ class TrainResult:
     wall_time_s: float = 0.0
     cpu_time_s: float = 0.0
     stopped_early: bool = False  # ended by the time budget at the checkpoint of `steps`, before cfg.steps
+
+
+def _holds_weights(folder: Path, model: RCDM) -> bool:
+    """Whether FOLDER is a model folder whose weights file holds exactly `model`'s tensors."""
+    path = folder / WEIGHTS_FILE
+    if not (folder / "config.json").is_file() or not path.is_file():
+        return False
+    saved, state = load_file(str(path)), model.state_dict()
+    return saved.keys() == state.keys() and all(torch.equal(saved[k], state[k].cpu()) for k in state)
 
 
 def _fixed_views(files: list[Path], size: int, enc: Encoder, n: int = 4) -> tuple[torch.Tensor, torch.Tensor]:
@@ -470,13 +480,18 @@ def _train(
         raise TrainingInterrupted.at(stop_signal, f"step {step} of {cfg.steps} in {run_dir}")
     if acc.is_main_process and step >= cfg.steps:
         ema.copy_to(ema_model.parameters())
-        tmp_model = run_dir / ".tmp-model"
-        with (
-            ckpts.reporting_full_disk(
-                "the final model/", needed=nbytes(ema_model.state_dict()), partial=tmp_model
-            ),
-            atomic_dir(run_dir / "model", tmp_model) as tmp,
-        ):
-            ema_model.save_pretrained(tmp)
+        if step == start and _holds_weights(run_dir / "model", ema_model):
+            # a resume of a finished run: model/ holds these weights already, and what was written into it since
+            # (the sampling `rcdm recipe guidance --record` measured for them) must stay
+            log.info("%s already holds the model of step %d: kept as it is", run_dir / "model", step)
+        else:
+            tmp_model = run_dir / ".tmp-model"
+            with (
+                ckpts.reporting_full_disk(
+                    "the final model/", needed=nbytes(ema_model.state_dict()), partial=tmp_model
+                ),
+                atomic_dir(run_dir / "model", tmp_model) as tmp,
+            ):
+                ema_model.save_pretrained(tmp)
     rate = seen / max(1e-9, time.perf_counter() - t0)
     return TrainResult(run_dir, step, last, rate, history, stopped_early=stopped_early)
