@@ -27,6 +27,9 @@ RESNET56=${RESNET56:-$ROOT/../shared/data/cifar-resnet/resnet56-4bfd9763.th}
 SSL_EPOCHS=${SSL_EPOCHS:-60}
 SUP_EPOCHS=${SUP_EPOCHS:-30}
 RCDM_STEPS=${RCDM_STEPS:-11000}
+# per RCDM over RCDM_STEPS: the supervised RCDM trains on to 22,000 steps (1.41M images), the rest of the pack's
+# 14-hour budget (docs/recipes.md, "The CPU pack"); RCDM_TARGET_STEPS= trains all three to RCDM_STEPS
+RCDM_TARGET_STEPS=${RCDM_TARGET_STEPS-rcdm-cifar10-supervised=22000}
 RCDM_COMPILE=${RCDM_COMPILE:-0}
 ALONE_THREADS=${ALONE_THREADS:-2}
 EVAL_IMAGES=${EVAL_IMAGES:-1000}
@@ -56,11 +59,19 @@ CIFAR=$($PY -c "import sys; from rcdm.pack.cifar10 import cifar10_root; print(ci
 steps=()
 for s in $PACK_STEP $PACK_STEPS; do steps+=(--step "$s"); done
 resume_flag() { [ -d "$1/checkpoints" ] && echo --resume; }
+of_target() { # of_target TARGET DEFAULT PAIRS: N of the word TARGET=N in PAIRS, else DEFAULT
+    local value=$2 pair
+    for pair in $3; do [ "${pair%%=*}" = "$1" ] && value=${pair#*=}; done
+    echo "$value"
+}
 packed_model() { # packed_model TARGET: the folder `recipe pack` bundles for it (rcdm.pack.rcdms.packed_model)
-    local step=$PACK_STEP pair
-    for pair in $PACK_STEPS; do [ "${pair%%=*}" = "$1" ] && step=${pair#*=}; done
     $PY -c "import sys; from rcdm.pack.rcdms import packed_model
-print(packed_model(sys.argv[1], int(sys.argv[2]) if sys.argv[2] else None))" "$WORK/runs/$1" "$step"
+print(packed_model(sys.argv[1], int(sys.argv[2]) if sys.argv[2] else None))" "$WORK/runs/$1" \
+        "$(of_target "$1" "$PACK_STEP" "$PACK_STEPS")"
+}
+trained() { # trained TARGET: its final model is trained to its steps (rcdm.pack.rcdms.trained_steps)
+    [ "$($PY -c "import sys; from rcdm.pack.rcdms import trained_steps
+print(trained_steps(sys.argv[1]))" "$WORK/runs/$1")" -ge "$(of_target "$1" "$RCDM_STEPS" "$RCDM_TARGET_STEPS")" ]
 }
 
 encoder() { # encoder NAME OBJECTIVE EPOCHS
@@ -71,7 +82,7 @@ encoder() { # encoder NAME OBJECTIVE EPOCHS
 }
 
 rcdm() { # rcdm TARGET (skipped, with a note, until its encoder is finished)
-    [ -f "$WORK/runs/$1/model/config.json" ] && { echo "$1: finished"; return 0; }
+    trained "$1" && { echo "$1: finished"; return 0; }
     local enc=ssl
     [ "$1" = rcdm-cifar10-supervised ] && enc=supervised
     [ -f "$WORK/runs/$enc/encoder/card.json" ] || {
@@ -79,7 +90,8 @@ rcdm() { # rcdm TARGET (skipped, with a note, until its encoder is finished)
         return 0
     }
     # shellcheck disable=SC2046
-    $RCDM recipe rcdm --profile cpu --runs "$WORK/runs" --data "$CIFAR" --only "$1" --steps "$RCDM_STEPS" \
+    $RCDM recipe rcdm --profile cpu --runs "$WORK/runs" --data "$CIFAR" --only "$1" \
+        --steps "$(of_target "$1" "$RCDM_STEPS" "$RCDM_TARGET_STEPS")" \
         ${RCDM_BUDGET_S:+--time-budget-s "$RCDM_BUDGET_S"} $([ "$RCDM_COMPILE" = 1 ] && echo --compile) \
         --no-progress $(resume_flag "$WORK/runs/$1") \
         >>"$WORK/$1.log" 2>&1
@@ -126,7 +138,7 @@ rcdms) # the two backbone models first (the gates), side by side; the projector 
     proj='' threads=''
     if [ "$rc" = 0 ]; then
         threads=$ALONE_THREADS
-        [ -f "$WORK/runs/$other_target/model/config.json" ] || threads=1
+        trained "$other_target" || threads=1
         OMP_NUM_THREADS=$threads rcdm rcdm-cifar10-vicreg-projector &
         proj=$!
     fi

@@ -10,12 +10,16 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-# Stands in for the venv's python: `-c` snippets (a CIFAR root, a packed model folder) print a folder; `-m rcdm.cli
+# Stands in for the venv's python: `-c` snippets (a CIFAR root, a packed model folder) print a folder, but the one
+# asking a run's trained steps (`trained_steps RUN`) prints RUN/fake-trained-steps, else 0; `-m rcdm.cli
 # ARGS` logs ARGS (and, in FAKE_LOG.events, its start with OMP_NUM_THREADS, its end, or its stop by SIGTERM), takes
 # S seconds the first time ARGS hold WORD for each WORD:S in FAKE_SLOW, writes what `recipe ssl` would leave (the
 # encoder's card) and fails when ARGS hold FAKE_FAIL.
 FAKE_PY = """#!/usr/bin/env bash
-[ "$1" = -c ] && { echo "$FAKE_DIR"; exit 0; }
+if [ "$1" = -c ]; then
+    case "$2" in *trained_steps*) cat "$3/fake-trained-steps" 2>/dev/null || echo 0 ;; *) echo "$FAKE_DIR" ;; esac
+    exit 0
+fi
 shift 2
 ARGS="$*"
 echo "$ARGS" >> "$FAKE_LOG"
@@ -36,7 +40,7 @@ exit 0
 
 
 def run_all(
-    tmp_path: Path, fail: str = "-", slow: str = "-"
+    tmp_path: Path, fail: str = "-", slow: str = "-", **env_vars: str
 ) -> tuple[subprocess.CompletedProcess, list[str]]:
     fake = tmp_path / "python"
     fake.write_text(FAKE_PY)
@@ -50,6 +54,7 @@ def run_all(
         "FAKE_LOG": str(log),
         "FAKE_FAIL": fail,
         "FAKE_SLOW": slow,
+        **env_vars,
     }
     done = subprocess.run(
         ["bash", "scripts/cpu_pack.sh", "all"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120
@@ -137,12 +142,57 @@ def test_the_projector_starts_on_the_first_core_the_backbone_pair_frees(tmp_path
     assert kinds(lines)[5] == "recipe guidance"  # after the three RCDM jobs (and only after)
 
 
+def trained(tmp_path: Path, target: str, steps: str) -> None:
+    """As if TARGET's final model were trained to STEPS (what the fake python answers for rcdm.pack.trained_steps)."""
+    run = tmp_path / "work" / "runs" / target
+    run.mkdir(parents=True)
+    (run / "fake-trained-steps").write_text(steps)
+
+
+def test_each_rcdm_trains_to_its_steps_and_a_shorter_run_is_extended(tmp_path: Path) -> None:
+    # The supervised RCDM trains on to 22,000 steps by default (RCDM_TARGET_STEPS), the two others to RCDM_STEPS:
+    # a supervised model trained to 11,000 is resumed towards 22,000, a VICReg backbone one at 11,000 is done.
+    for enc in ("supervised", "ssl"):
+        (tmp_path / "work" / "runs" / enc / "encoder").mkdir(parents=True)
+        (tmp_path / "work" / "runs" / enc / "encoder" / "card.json").touch()
+    trained(tmp_path, "rcdm-cifar10-supervised", "11000")
+    trained(tmp_path, "rcdm-cifar10-vicreg-backbone", "11000")
+    (tmp_path / "work" / "runs" / "rcdm-cifar10-supervised" / "checkpoints").mkdir()
+    done, lines = run_all(tmp_path, slow="rcdm-cifar10-supervised:1")
+    assert done.returncode == 0, done.stderr
+    steps = {
+        line.split("--only ")[1].split()[0]: line.split("--steps ")[1].split()[0]
+        for line in lines
+        if line.startswith("recipe rcdm ")
+    }
+    assert steps == {"rcdm-cifar10-supervised": "22000", "rcdm-cifar10-vicreg-projector": "11000"}
+    assert "--resume" in next(line for line in lines if "--only rcdm-cifar10-supervised" in line)
+    # RCDM_STEPS / RCDM_TARGET_STEPS set them
+    (tmp_path / "b").mkdir()
+    done, lines = run_all(
+        tmp_path / "b", RCDM_STEPS="300", RCDM_TARGET_STEPS="rcdm-cifar10-vicreg-backbone=500"
+    )
+    assert done.returncode == 0, done.stderr
+    steps = {
+        line.split("--only ")[1].split()[0]: line.split("--steps ")[1].split()[0]
+        for line in lines
+        if line.startswith("recipe rcdm ")
+    }
+    assert steps == {
+        "rcdm-cifar10-supervised": "300",
+        "rcdm-cifar10-vicreg-backbone": "500",
+        "rcdm-cifar10-vicreg-projector": "300",
+    }
+
+
 def test_the_projector_takes_both_cores_when_it_starts_alone(tmp_path: Path) -> None:
     # Both backbone models already trained: their jobs end at once, so the projector starts alone with ALONE_THREADS
     # (2 by default).
-    for name, enc in (("rcdm-cifar10-supervised", "supervised"), ("rcdm-cifar10-vicreg-backbone", "ssl")):
-        (tmp_path / "work" / "runs" / name / "model").mkdir(parents=True)
-        (tmp_path / "work" / "runs" / name / "model" / "config.json").touch()
+    for name, enc, steps in (
+        ("rcdm-cifar10-supervised", "supervised", "22000"),
+        ("rcdm-cifar10-vicreg-backbone", "ssl", "11000"),
+    ):
+        trained(tmp_path, name, steps)
         (tmp_path / "work" / "runs" / enc / "encoder").mkdir(parents=True, exist_ok=True)
         (tmp_path / "work" / "runs" / enc / "encoder" / "card.json").touch()
     done, _ = run_all(tmp_path)

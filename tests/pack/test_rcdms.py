@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 from rcdm.cli import main
+from rcdm.pack.rcdms import trained_steps
 
 from .conftest import TARGET
 
@@ -53,6 +54,11 @@ def test_cpu_profile_trains_a_standardized_model_and_keeps_its_checkpoints(
     assert main([*longer, "--save-every", "1", "--resume"]) == 0
     rec = json.loads((run / "recipe.json").read_text())
     assert rec["steps"] == 5 and rec["cpu_time_from_step"] == 4 and rec["cpu_time_s"] > 0
+    # every checkpoint of the longer run is kept too (its curve): the profile keeps all, however long the run
+    settings = json.loads((run / "run.json").read_text())
+    assert settings["steps"] == 5 and settings["keep_checkpoints"] == 5 // 1 + 1
+    assert len(list((run / "checkpoints").glob("step-*"))) == 5
+    assert trained_steps(run) == 5  # what cpu_pack.sh compares with the steps it asks for
 
 
 def test_recipe_knobs_given_as_flags_win_over_the_profile(
@@ -101,3 +107,6 @@ def test_a_time_budget_stops_at_the_first_checkpoint_past_it_and_says_so(
     assert main([*argv, "--save-every", "3", "--time-budget-s", "1e-9"]) == 0
     rec = json.loads((root / "rcdm-cifar10-supervised" / "recipe.json").read_text())
     assert rec["stopped_early"] is True and rec["steps"] == 3  # its first checkpoint, not step 1 or 6
+    assert (
+        trained_steps(root / "rcdm-cifar10-supervised") == 0
+    )  # no final model: not done (cpu_pack.sh resumes it)

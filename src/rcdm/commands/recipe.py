@@ -139,7 +139,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     add_standardize_arg(r, "on with --profile cpu")
     r.add_argument(
-        "--keep-checkpoints", type=int, default=None, help="checkpoints kept per run (default: the profile's)"
+        "--keep-checkpoints",
+        type=int,
+        default=None,
+        help="checkpoints kept per run, 0: all (default: the profile's: all with --profile cpu, else 2)",
     )
     r.add_argument("--preset", default=None, help="model preset (default: cifar32-small)")
     r.add_argument("--steps", type=int, default=None, help="default: 8000")

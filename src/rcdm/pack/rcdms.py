@@ -82,7 +82,9 @@ class RCDMRecipe:
     time_budget_s: float | None = None  # stop at the first checkpoint after this many seconds (a partial run)
     smoke: bool = False  # a tiny / test run: `pack` refuses it without allow_smoke
     standardize: bool = False  # standardise representations with the training set's statistics
-    keep_checkpoints: int = 2  # more keeps the curve of a gate metric against images seen evaluable
+    # more keeps the curve of a gate metric against images seen evaluable; 0: all (the run's steps / save_every + 1,
+    # so that a run extended with a larger --steps keeps its whole curve)
+    keep_checkpoints: int = 2
     compile: bool = False  # torch.compile the UNet: float rounding only; a resume may change it
 
 
@@ -93,7 +95,7 @@ RECIPE_KNOBS = ("prediction", "loss_weighting", "snr_gamma", "timestep_sampling"
 # Named settings over the dataclass defaults (the GPU recipe): `rcdm recipe rcdm --profile cpu`.
 # cpu: one process per target on one core each (bf16 autocast on CPUs with native bf16); lr 5e-4, above the
 # published 1e-4, for a CPU's short runs; standardised representations; condition dropout 0.1, so that
-# samples can be guided; every 500-step checkpoint kept; v-prediction with Min-SNR-gamma weighting (gamma 5), the
+# samples can be guided; every 500-step checkpoint kept (the curve); v-prediction with Min-SNR-gamma weighting (gamma 5), the
 # recipe A/B's lead: ahead of either alone on every measure at 64k images (the reasons, with measurements:
 # docs/recipes.md, "The CPU pack" and "Recipe A/B").
 RCDM_PROFILES: dict[str, dict[str, Any]] = {
@@ -106,7 +108,7 @@ RCDM_PROFILES: dict[str, dict[str, Any]] = {
         standardize=True,
         cond_drop=0.1,
         save_every=500,
-        keep_checkpoints=40,
+        keep_checkpoints=0,
         prediction="v_prediction",
         loss_weighting="min-snr",
     ),
@@ -189,7 +191,7 @@ def train_rcdms(
             num_workers=recipe.num_workers,
             seed=recipe.seed,
             standardize=recipe.standardize,
-            keep_checkpoints=recipe.keep_checkpoints,
+            keep_checkpoints=recipe.keep_checkpoints or recipe.steps // recipe.save_every + 1,
             compile=recipe.compile,
         )
         previous = (
@@ -286,6 +288,18 @@ def packed_model(run_dir: str | Path, step: int | None = None) -> Path:
             f"{run_dir.name} has no complete checkpoint at step {step}: choose one of {have or 'none'}"
         )
     return model
+
+
+def trained_steps(run_dir: str | Path) -> int:
+    """The steps a recipe run's final model (RUN/model) is trained to, from the record of the session that wrote it
+    (recipe.json); 0 while there is none. A session stopped by its time budget writes no model/, so after one the
+    model/ there (if any) is older than the record: 0 too, and a resume with --steps decides. `scripts/cpu_pack.sh`
+    asks this whether a run is done."""
+    run_dir = Path(run_dir)
+    if not (run_dir / "model" / "config.json").is_file() or not (run_dir / RECIPE_NAME).is_file():
+        return 0
+    record = json.loads((run_dir / RECIPE_NAME).read_text())
+    return 0 if record.get("stopped_early") else int(record.get("steps", 0))
 
 
 def run_settings(run_dir: Path) -> dict:
