@@ -95,9 +95,9 @@ RECIPE_KNOBS = ("prediction", "loss_weighting", "snr_gamma", "timestep_sampling"
 # Named settings over the dataclass defaults (the GPU recipe): `rcdm recipe rcdm --profile cpu`.
 # cpu: one process per target on one core each (bf16 autocast on CPUs with native bf16); lr 5e-4, above the
 # published 1e-4, for a CPU's short runs; standardised representations; condition dropout 0.1, so that
-# samples can be guided; every 500-step checkpoint kept (the curve); v-prediction with Min-SNR-gamma weighting (gamma 5), the
-# recipe A/B's lead: ahead of either alone on every measure at 64k images (the reasons, with measurements:
-# docs/recipes.md, "The CPU pack" and "Recipe A/B").
+# samples can be guided; every 500-step checkpoint kept (the curve); v-prediction with Min-SNR-gamma weighting
+# (gamma 5), the recipe A/B's lead: ahead of either alone on every measure at 64k images (the reasons, with
+# measurements: docs/recipes.md, "The CPU pack" and "Recipe A/B").
 RCDM_PROFILES: dict[str, dict[str, Any]] = {
     "gpu": {},
     "cpu": dict(
