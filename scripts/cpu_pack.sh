@@ -8,6 +8,8 @@
 #
 # in that order: guidance records each model's default sampling, and evaluate scores the gates there too. A stage
 # fails when any of its jobs does (side by side ones included).
+# The encoders stage copies the shipped encoders into $WORK/runs (the pack keeps them, as scripts/gpu_demo_pack.sh
+# does); KEEP_ENCODERS=0 trains them instead (`rcdm recipe ssl`, SSL_EPOCHS / SUP_EPOCHS epochs: about 8.7 hours of one core).
 # Outputs live outside the work tree in $WORK (default ~/rcdm-work); logs in $WORK/*.log. Run a stage again after an
 # interruption: it resumes. PACK_STEP=N / PACK_STEPS="TARGET=N ..." pick the checkpoints evaluate scores and pack
 # bundles; RCDM_BUDGET_S=N stops each RCDM at its first checkpoint after N seconds; RCDM_COMPILE=1 compiles the UNet
@@ -24,6 +26,7 @@ WORK=${WORK:-$HOME/rcdm-work}
 PY=${PY:-$ROOT/.venv/bin/python}
 DATA=${DATA:-$ROOT/../shared/data/cifar10/cifar10-jpeg.tar.gz}
 RESNET56=${RESNET56:-$ROOT/../shared/data/cifar-resnet/resnet56-4bfd9763.th}
+KEEP_ENCODERS=${KEEP_ENCODERS:-1}
 SSL_EPOCHS=${SSL_EPOCHS:-60}
 SUP_EPOCHS=${SUP_EPOCHS:-30}
 RCDM_STEPS=${RCDM_STEPS:-11000}
@@ -74,8 +77,14 @@ trained() { # trained TARGET: its final model is trained to its steps (rcdm.pack
 print(trained_steps(sys.argv[1]))" "$WORK/runs/$1")" -ge "$(of_target "$1" "$RCDM_STEPS" "$RCDM_TARGET_STEPS")" ]
 }
 
-encoder() { # encoder NAME OBJECTIVE EPOCHS
+encoder() { # encoder NAME OBJECTIVE EPOCHS SHIPPED (the bundled encoder KEEP_ENCODERS=1 copies)
     [ -f "$WORK/runs/$1/encoder/card.json" ] && { echo "$1: finished"; return 0; }
+    if [ "$KEEP_ENCODERS" = 1 ]; then # copied whole or not at all: a folder with card.json is a finished encoder
+        rm -rf "$WORK/runs/$1/encoder.part" && mkdir -p "$WORK/runs/$1" &&
+            cp -r "$ROOT/src/rcdm/assets/models/$4" "$WORK/runs/$1/encoder.part" &&
+            mv "$WORK/runs/$1/encoder.part" "$WORK/runs/$1/encoder" && echo "$1: the shipped $4"
+        return
+    fi
     # shellcheck disable=SC2046  # resume_flag: no flag or one word
     $RCDM recipe ssl --data "$CIFAR" --out "$WORK/runs/$1" --objective "$2" --epochs "$3" --width 1 \
         --num-workers 0 --no-progress $(resume_flag "$WORK/runs/$1") >>"$WORK/$1.log" 2>&1
@@ -118,8 +127,8 @@ all) # each stage resumes where it stopped, so run this again after an interrupt
     done
     ;;
 encoders)
-    encoder ssl vicreg "$SSL_EPOCHS" &
-    encoder supervised supervised "$SUP_EPOCHS"
+    encoder ssl vicreg "$SSL_EPOCHS" cifar10-vicreg-r20w1 &
+    encoder supervised supervised "$SUP_EPOCHS" cifar10-supervised-r20w1
     joined $?
     ;;
 rcdms) # the two backbone models first (the gates), side by side; the projector model on the first core they free:

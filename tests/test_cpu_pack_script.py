@@ -71,7 +71,6 @@ def test_all_runs_every_stage_in_order_then_the_findings_unguided(tmp_path: Path
     done, lines = run_all(tmp_path, slow="rcdm-cifar10-supervised:1")
     assert done.returncode == 0, done.stderr
     assert kinds(lines) == [
-        *["recipe ssl"] * 2,
         *["recipe rcdm"] * 3,
         *["recipe guidance"] * 3,
         "recipe evaluate",
@@ -102,7 +101,7 @@ def test_all_runs_every_stage_in_order_then_the_findings_unguided(tmp_path: Path
     ],
 )
 def test_a_failed_job_stops_all_at_its_stage(tmp_path: Path, fail: str, stage: str, last: str) -> None:
-    done, lines = run_all(tmp_path, fail)
+    done, lines = run_all(tmp_path, fail, KEEP_ENCODERS="0")
     assert done.returncode == 1
     assert f"the {stage} stage failed" in done.stderr and "again to resume" in done.stderr
     if stage == "encoders":
@@ -112,6 +111,30 @@ def test_a_failed_job_stops_all_at_its_stage(tmp_path: Path, fail: str, stage: s
             "recipe ssl",
             "recipe rcdm",
         }
+
+
+def test_the_encoders_stage_keeps_the_shipped_encoders_unless_told_to_train(tmp_path: Path) -> None:
+    # The pack keeps its encoders: by default the stage copies the bundled ones whole into the runs folder, where the
+    # RCDM stage finds them finished; KEEP_ENCODERS=0 trains both with `recipe ssl` instead.
+    assets = ROOT / "src" / "rcdm" / "assets" / "models"
+    done, lines = run_all(tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert "recipe ssl" not in kinds(lines)
+    for run, shipped in (("ssl", "cifar10-vicreg-r20w1"), ("supervised", "cifar10-supervised-r20w1")):
+        copied = tmp_path / "work" / "runs" / run / "encoder"
+        assert sorted(f.name for f in copied.iterdir()) == sorted(
+            f.name for f in (assets / shipped).iterdir()
+        )
+        assert (copied / "card.json").read_bytes() == (assets / shipped / "card.json").read_bytes()
+        assert not (copied.parent / "encoder.part").exists()
+    (tmp_path / "b").mkdir()
+    done, lines = run_all(tmp_path / "b", KEEP_ENCODERS="0")
+    assert done.returncode == 0, done.stderr
+    ssl = [line for line in lines if line.startswith("recipe ssl")]
+    assert len(ssl) == 2 and sorted(line.split("--objective ")[1].split()[0] for line in ssl) == [
+        "supervised",
+        "vicreg",
+    ]
 
 
 def rcdm_events(tmp_path: Path) -> list[tuple[str, str, str | None]]:
