@@ -9,7 +9,8 @@
 # in that order: guidance records each model's default sampling, and evaluate scores the gates there too. A stage
 # fails when any of its jobs does (side by side ones included).
 # The encoders stage copies the shipped encoders into $WORK/runs (the pack keeps them, as scripts/gpu_demo_pack.sh
-# does); KEEP_ENCODERS=0 trains them instead (`rcdm recipe ssl`, SSL_EPOCHS / SUP_EPOCHS epochs: about 8.7 hours of one core).
+# does); KEEP_ENCODERS=0 trains them instead (`rcdm recipe ssl`, SSL_EPOCHS / SUP_EPOCHS epochs: about 8.7 hours
+# of one core).
 # Outputs live outside the work tree in $WORK (default ~/rcdm-work); logs in $WORK/*.log. Run a stage again after an
 # interruption: it resumes. PACK_STEP=N / PACK_STEPS="TARGET=N ..." pick the checkpoints evaluate scores and pack
 # bundles; RCDM_BUDGET_S=N stops each RCDM at its first checkpoint after N seconds; RCDM_COMPILE=1 compiles the UNet
