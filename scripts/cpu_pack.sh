@@ -25,6 +25,7 @@ STAGE=${1:?usage: cpu_pack.sh encoders|rcdms|guidance|evaluate|samplers|pack|fin
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 WORK=${WORK:-$HOME/rcdm-work}
 PY=${PY:-$ROOT/.venv/bin/python}
+ASSETS=$ROOT/src/rcdm/assets/models # the shipped pack: its encoders are copied from here, the new pack goes here
 DATA=${DATA:-$ROOT/../shared/data/cifar10/cifar10-jpeg.tar.gz}
 RESNET56=${RESNET56:-$ROOT/../shared/data/cifar-resnet/resnet56-4bfd9763.th}
 KEEP_ENCODERS=${KEEP_ENCODERS:-1}
@@ -52,7 +53,7 @@ PACK_STEPS=${PACK_STEPS:-}
 # the representation prior the pack ships (it models the VICReg encoder, which the pack keeps); PRIOR= ships none.
 # The pack stage then adapts the supervised encoder onto the new VICReg backbone RCDM again (ADAPTER_METRICS: a
 # JSON file of its measured numbers for the card).
-PRIOR=${PRIOR-$ROOT/src/rcdm/assets/models/prior-cifar10-vicreg-r20w1-backbone}
+PRIOR=${PRIOR-$ASSETS/prior-cifar10-vicreg-r20w1-backbone}
 FINDING_IMAGES=${FINDING_IMAGES:-40}
 export OMP_NUM_THREADS=1 PYTHONUNBUFFERED=1
 RCDM="nice -n 10 $PY -m rcdm.cli"
@@ -82,7 +83,7 @@ encoder() { # encoder NAME OBJECTIVE EPOCHS SHIPPED (the bundled encoder KEEP_EN
     [ -f "$WORK/runs/$1/encoder/card.json" ] && { echo "$1: finished"; return 0; }
     if [ "$KEEP_ENCODERS" = 1 ]; then # copied whole or not at all: a folder with card.json is a finished encoder
         rm -rf "$WORK/runs/$1/encoder.part" && mkdir -p "$WORK/runs/$1" &&
-            cp -r "$ROOT/src/rcdm/assets/models/$4" "$WORK/runs/$1/encoder.part" &&
+            cp -r "$ASSETS/$4" "$WORK/runs/$1/encoder.part" &&
             mv "$WORK/runs/$1/encoder.part" "$WORK/runs/$1/encoder" && echo "$1: the shipped $4"
         return
     fi
@@ -187,14 +188,14 @@ guidance) # each RCDM's default sampling, recorded into the model the pack stage
     joined $? && OMP_NUM_THREADS=$ALONE_THREADS sweep rcdm-cifar10-vicreg-projector
     ;;
 pack)
-    $PY -m rcdm.cli recipe pack --runs "$WORK/runs" --out "$ROOT/src/rcdm/assets/models" --metrics "$WORK/metrics.json" \
+    $PY -m rcdm.cli recipe pack --runs "$WORK/runs" --out "$ASSETS" --metrics "$WORK/metrics.json" \
         --overwrite ${PACK_GUIDANCE:+--guidance "$PACK_GUIDANCE"} ${steps[@]+"${steps[@]}"} ${PRIOR:+--prior "$PRIOR"} \
         --demo-images "$CIFAR"/test/{airplane,automobile,bird,cat,deer,dog,frog,horse}/0001.jpg || exit 1
     # the supervised encoder through the new VICReg backbone RCDM (an adapter is tied to its base's weights)
     rm -rf "$WORK/adapt-sup-map"
     $RCDM adapt --model cifar10-vicreg-backbone --encoder rcdm-cifar:cifar10-supervised-r20w1 --data "$CIFAR/train" \
         --steps 0 --out "$WORK/adapt-sup-map" --no-progress 2>>"$WORK/pack.log" &&
-        $PY -m rcdm.cli recipe add --bundle "$ROOT/src/rcdm/assets/models" --adapter "$WORK/adapt-sup-map" --overwrite \
+        $PY -m rcdm.cli recipe add --bundle "$ASSETS" --adapter "$WORK/adapt-sup-map" --overwrite \
             ${ADAPTER_METRICS:+--metrics "$ADAPTER_METRICS"}
     ;;
 findings) # the two analyses side by side, then the tables; PACK_GUIDANCE=1: unguided, into $WORK/findings-g1
