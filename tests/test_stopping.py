@@ -44,6 +44,13 @@ def test_sigterm_checkpoints_the_step_under_way_and_the_resume_is_exact(
     assert_same(weights(run / "model"), weights(reference / "model"))
 
 
+def _sigint_as_at_a_terminal() -> None:
+    """The child's SIGINT as a terminal's foreground job has it. A test runner started in the background (`cmd &`,
+    nohup) ignores SIGINT and its children inherit that; rcdm rightly keeps an ignored signal ignored
+    (test_an_ignored_signal_stays_ignored), so without this the Ctrl-C tests would fail there."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_ctrl_c_stops_the_cli_at_a_checkpoint_with_the_signal_s_exit_code(
     few_images: Path, tmp_path: Path
 ) -> None:
@@ -61,7 +68,14 @@ def test_ctrl_c_stops_the_cli_at_a_checkpoint_with_the_signal_s_exit_code(
         "100000",
     ]
     args += ["--log-every", "1", "--no-progress", "--out", str(run)]
-    proc = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        args,
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=_sigint_as_at_a_terminal,
+    )
     deadline = time.time() + 120
     while not (run / "metrics.jsonl").is_file() and time.time() < deadline and proc.poll() is None:
         time.sleep(0.05)  # the loop has run a step
@@ -75,6 +89,14 @@ def test_ctrl_c_stops_the_cli_at_a_checkpoint_with_the_signal_s_exit_code(
 
 
 def test_a_second_signal_or_one_outside_the_loop_acts_as_before() -> None:
+    before = signal.signal(signal.SIGINT, signal.default_int_handler)  # as at a terminal (see above)
+    try:
+        _second_signal_or_one_outside_the_loop()
+    finally:
+        signal.signal(signal.SIGINT, before)
+
+
+def _second_signal_or_one_outside_the_loop() -> None:
     with StopSignals() as stop:
         with pytest.raises(KeyboardInterrupt):  # not armed (set-up): Ctrl-C interrupts at once
             os.kill(os.getpid(), signal.SIGINT)
