@@ -22,8 +22,9 @@ from rcdm.convert import export_diffusers
 from rcdm.diffusion import SamplingConfig, sample
 from rcdm.encoders import Encoder, create_encoder
 from rcdm.errors import RCDMError, TrainingInterrupted
-from rcdm.loading import encoder_for
-from rcdm.model import RCDM
+from rcdm.loading import encoder_for, recorded_sampling
+from rcdm.model import RCDM, WEIGHTS_FILE
+from rcdm.pack.evaluation import record_model_sampling
 
 
 @pytest.fixture(scope="module")
@@ -265,6 +266,29 @@ def test_resuming_a_finished_run_does_not_judge_it_again(base, few_images, tmp_p
     assert len(calls) == 2 and (first.kept_step, first.faithfulness) == (2, 0.7)
     again = adapt(cfg, tmp_path / "run", resume=True, progress=False)
     assert len(calls) == 2 and (again.steps, again.kept_step, again.faithfulness) == (2, 2, 0.7)
+
+
+def test_a_resume_with_nothing_left_keeps_the_model_and_what_was_recorded_into_it(base, few_images, tmp_path):
+    """`rcdm adapt --resume` of a finished run (a retried command) keeps RUN/model as it is, so a sampling recorded
+    into it since survives and the result is the one recorded; a resume that trains on writes the new model."""
+    cfg = _cfg(base, few_images, "pixels:1", steps=2, lr=1e-2)
+    run = tmp_path / "run"
+    first = adapt(cfg, run, progress=False)
+    weights = (run / "model" / WEIGHTS_FILE).read_bytes()
+    record_model_sampling(run / "model", {"sampler": "dpm++", "steps": 20, "guidance": 3.0})
+    again = adapt(cfg, run, resume=True, progress=False)
+    assert recorded_sampling(run / "model")["guidance"] == 3.0
+    assert (run / "model" / WEIGHTS_FILE).read_bytes() == weights
+    assert (again.steps, again.wall_s, again.cpu_s, again.r2_heldout) == (
+        2,
+        first.wall_s,
+        first.cpu_s,
+        first.r2_heldout,
+    )
+    longer = adapt(replace(cfg, steps=3), run, resume=True, progress=False)
+    assert longer.steps == 3 and recorded_sampling(run / "model") == {}
+    assert load_model(run / "model").config.adapted_from["steps"] == 3
+    assert (run / "model" / WEIGHTS_FILE).read_bytes() != weights
 
 
 def test_an_adapter_that_beats_the_map_on_held_out_images_is_kept(base, few_images, tmp_path, monkeypatch):

@@ -38,7 +38,7 @@ from .files import atomic_dir, write_text_atomic
 from .loading import encoder_for, load_model, resolve_model_dir
 from .locks import run_lock
 from .losses import GaussianDiffusion, draw_timesteps
-from .model import ADAPTER_WEIGHTS, ADAPTERS, MAX_LAYERS, RCDM, WEIGHTS_FILE
+from .model import ADAPTER_WEIGHTS, ADAPTERS, MAX_LAYERS, RCDM, WEIGHTS_FILE, folder_holds
 from .monitor import TrainingMonitor
 from .ridge import RidgeMap, fit_ridge
 from .stopping import StopSignals
@@ -426,6 +426,7 @@ def _adapt(
         model.load_state_dict(torch.load(state_path / "trainable.pt", weights_only=True), strict=False)
         opt.load_state_dict(torch.load(state_path / "optimizer.pt", weights_only=True))
         step = int(saved["step"])
+    start_step = step
     train_images = train_idx  # the adapter never trains on the held-out images that judge it
     new_reps = reps["new"]
     model.to(device)
@@ -559,6 +560,11 @@ def _adapt(
             _fmt(best.map_score),
             _fmt(best.last_score),
         )
+    if step == start_step and saved is not None and folder_holds(run_dir / "model", model):
+        # a resume with nothing left to train: model/ holds these weights already, and what was written into it
+        # since (a sampling `rcdm recipe guidance --record` measured for it) must stay
+        log.info("%s already holds the adapted model of step %d: kept as it is", run_dir / "model", step)
+        return _recorded_result(run_dir / "model")
     wall, cpu = clock.wall_s(), clock.cpu_s()
     record = {
         "steps": step,
@@ -603,6 +609,23 @@ def _adapt(
         best.map_score,
         best.score,
         mlp_r2,
+    )
+
+
+def _recorded_result(model_dir: Path) -> AdaptResult:
+    """The AdaptResult that MODEL_DIR's config recorded when its run wrote it."""
+    rec = json.loads((model_dir / "config.json").read_text())["adapted_from"]
+    return AdaptResult(
+        model_dir,
+        rec["steps"],
+        rec["images_trained"],
+        rec["map_r2_heldout"],
+        rec["wall_s"],
+        rec["cpu_s"],
+        rec["kept_step"],
+        rec["faithfulness_map"],
+        rec["faithfulness"],
+        rec.get("mlp_r2_heldout"),
     )
 
 

@@ -17,6 +17,7 @@ import torch
 from diffusers import ConfigMixin, ModelMixin, UNet2DModel
 from diffusers.configuration_utils import register_to_config
 from diffusers.models.attention_processor import Attention
+from safetensors.torch import load_file
 from torch import nn
 
 from .errors import RCDMError
@@ -324,6 +325,16 @@ class RepresentationAdapter(nn.Module):
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         out = self.linear(z)
         return out if self.mlp is None else out + self.mlp(z)
+
+
+def folder_holds(folder: Path, model: nn.Module) -> bool:
+    """Whether FOLDER is a model folder whose weights file holds exactly `model`'s tensors (a resume with nothing
+    left to do keeps such a folder, and what was recorded into its config since)."""
+    path = folder / WEIGHTS_FILE
+    if not (folder / "config.json").is_file() or not path.is_file():
+        return False
+    saved, state = load_file(str(path)), model.state_dict()
+    return saved.keys() == state.keys() and all(torch.equal(saved[k], state[k].cpu()) for k in state)
 
 
 def set_attention_heads(unet: nn.Module, heads: int) -> None:

@@ -21,7 +21,6 @@ import torch
 from accelerate import Accelerator
 from accelerate.utils import broadcast_object_list
 from diffusers.training_utils import EMAModel
-from safetensors.torch import load_file
 from torch.utils.data import DataLoader
 
 from .data import (
@@ -42,7 +41,7 @@ from .errors import NonFiniteLossError, RCDMError, TrainingInterrupted
 from .files import atomic_dir, write_text_atomic
 from .locks import run_lock
 from .losses import GaussianDiffusion, draw_timesteps
-from .model import PRESETS, RCDM, WEIGHTS_FILE, check_encoder
+from .model import PRESETS, RCDM, check_encoder, folder_holds
 from .monitor import TrainingMonitor
 from .runs import Checkpoints, nbytes
 from .stopping import StopSignals
@@ -71,15 +70,6 @@ class TrainResult:
     wall_time_s: float = 0.0
     cpu_time_s: float = 0.0
     stopped_early: bool = False  # ended by the time budget at the checkpoint of `steps`, before cfg.steps
-
-
-def _holds_weights(folder: Path, model: RCDM) -> bool:
-    """Whether FOLDER is a model folder whose weights file holds exactly `model`'s tensors."""
-    path = folder / WEIGHTS_FILE
-    if not (folder / "config.json").is_file() or not path.is_file():
-        return False
-    saved, state = load_file(str(path)), model.state_dict()
-    return saved.keys() == state.keys() and all(torch.equal(saved[k], state[k].cpu()) for k in state)
 
 
 def _fixed_views(files: list[Path], size: int, enc: Encoder, n: int = 4) -> tuple[torch.Tensor, torch.Tensor]:
@@ -480,7 +470,7 @@ def _train(
         raise TrainingInterrupted.at(stop_signal, f"step {step} of {cfg.steps} in {run_dir}")
     if acc.is_main_process and step >= cfg.steps:
         ema.copy_to(ema_model.parameters())
-        if step == start and _holds_weights(run_dir / "model", ema_model):
+        if step == start and folder_holds(run_dir / "model", ema_model):
             # a resume of a finished run: model/ holds these weights already, and what was written into it since
             # (the sampling `rcdm recipe guidance --record` measured for them) must stay
             log.info("%s already holds the model of step %d: kept as it is", run_dir / "model", step)
