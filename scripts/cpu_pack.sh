@@ -5,6 +5,8 @@
 #
 #   bash scripts/cpu_pack.sh encoders|rcdms|guidance|evaluate|samplers|pack|findings
 #   bash scripts/cpu_pack.sh all     # every stage in that order, then the findings unguided; stops at a failure
+#   bash scripts/cpu_pack.sh status  # each RCDM's steps and CPU hours, spent and at its planned steps, against the
+#                                    # budget (BUDGET_CPU_H, default 28: 14 hours of the two cores)
 #
 # in that order: guidance records each model's default sampling, and evaluate scores the gates there too. A stage
 # fails when any of its jobs does (side by side ones included).
@@ -21,7 +23,7 @@
 # each and a lone job both cores.
 set -uo pipefail
 
-STAGE=${1:?usage: cpu_pack.sh encoders|rcdms|guidance|evaluate|samplers|pack|findings|all}
+STAGE=${1:?usage: cpu_pack.sh encoders|rcdms|guidance|evaluate|samplers|pack|findings|all|status}
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 WORK=${WORK:-$HOME/rcdm-work}
 PY=${PY:-$ROOT/.venv/bin/python}
@@ -59,6 +61,11 @@ export OMP_NUM_THREADS=1 PYTHONUNBUFFERED=1
 RCDM="nice -n 10 $PY -m rcdm.cli"
 JUDGE="cifar-resnet56:$RESNET56"
 mkdir -p "$WORK/runs"
+if [ "$STAGE" = status ]; then # where each RCDM stands in steps and CPU hours, against BUDGET_CPU_H (default 28)
+    # shellcheck disable=SC2086  # TARGET=N words
+    exec $PY -m rcdm.cli recipe status --runs "$WORK/runs" --steps "$RCDM_STEPS" $RCDM_TARGET_STEPS \
+        --budget-cpu-h "${BUDGET_CPU_H:-28}"
+fi
 CIFAR=$($PY -c "import sys; from rcdm.pack.cifar10 import cifar10_root; print(cifar10_root(sys.argv[1]))" "$DATA") ||
     exit 1
 steps=()
@@ -205,7 +212,7 @@ findings) # the two analyses side by side, then the tables; PACK_GUIDANCE=1: ung
     joined $? && $RCDM recipe findings "${common[@]}" --parts table
     ;;
 *)
-    echo "unknown stage $STAGE: use encoders, rcdms, guidance, evaluate, samplers, pack, findings or all" >&2
+    echo "unknown stage $STAGE: use encoders, rcdms, guidance, evaluate, samplers, pack, findings, all or status" >&2
     exit 2
     ;;
 esac

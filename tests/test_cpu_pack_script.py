@@ -236,3 +236,31 @@ def test_the_projector_gets_both_cores_once_the_pair_has_ended(tmp_path: Path) -
     assert order.index(("end", "rcdm-cifar10-supervised")) < order.index(
         ("stopped", "rcdm-cifar10-vicreg-projector")
     )
+
+
+def test_status_asks_recipe_status_with_the_steps_and_budget_the_pack_plans(tmp_path: Path) -> None:
+    fake = tmp_path / "python"
+    fake.write_text(FAKE_PY)
+    fake.chmod(0o755)
+    log = tmp_path / "commands.log"
+    env = {
+        **os.environ,
+        "PY": str(fake),
+        "WORK": str(tmp_path / "work"),
+        "FAKE_LOG": str(log),
+        "FAKE_SLOW": "-",
+    }
+    env.update(FAKE_FAIL="-", FAKE_DIR=str(tmp_path), DATA=str(tmp_path / "absent.tar.gz"), BUDGET_CPU_H="30")
+    done = subprocess.run(
+        ["bash", "scripts/cpu_pack.sh", "status"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    runs = tmp_path / "work" / "runs"
+    assert log.read_text().splitlines() == [
+        f"recipe status --runs {runs} --steps 11000 rcdm-cifar10-supervised=22000 --budget-cpu-h 30"
+    ]

@@ -154,8 +154,8 @@ def test_pack_metrics_reads_a_target_given_its_own_step_at_that_step(tmp_path: P
             ["rcdm-cifar10-supervised=500", "rcdm-cifar10-supervised=700"],
             "--step for rcdm-cifar10-supervised given twice (500 and 700)",
         ),
-        (["=500"], "--step '=500': give a checkpoint step N or TARGET=N"),
-        (["rcdm-cifar10-supervised=x"], "--step 'rcdm-cifar10-supervised=x': give a checkpoint step N"),
+        (["=500"], "--step '=500': give a step N or TARGET=N"),
+        (["rcdm-cifar10-supervised=x"], "--step 'rcdm-cifar10-supervised=x': give a step N"),
     ],
 )
 def test_pack_metrics_refuses_ambiguous_steps_in_one_line(tmp_path: Path, capsys, words, message) -> None:

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 from rcdm.cli import main
-from rcdm.pack.rcdms import trained_steps
+from rcdm.pack.rcdms import run_progress, trained_steps
 
 from .conftest import TARGET
 
@@ -110,3 +110,88 @@ def test_a_time_budget_stops_at_the_first_checkpoint_past_it_and_says_so(
     assert (
         trained_steps(root / "rcdm-cifar10-supervised") == 0
     )  # no final model: not done (cpu_pack.sh resumes it)
+
+
+def _logged(run_dir: Path, planned: int, sessions: list[list[tuple[int, float, float]]]) -> None:
+    """A run folder whose metrics.jsonl holds these sessions of (step, elapsed_s, cpu_s) rows, as a resumed
+    `rcdm train` leaves it (each session's clock starts again)."""
+    run_dir.mkdir(parents=True)
+    (run_dir / "run.json").write_text(json.dumps({"steps": planned, "batch_size": 64}))
+    rows = [dict(step=s, loss=0.1, elapsed_s=e, cpu_s=c) for seg in sessions for s, e, c in seg]
+    (run_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+def test_status_sums_cpu_over_sessions_and_projects_each_run_at_its_last_rate(tmp_path: Path, capsys) -> None:
+    """`rcdm recipe status`: CPU spent is summed over a run's sessions (a resume restarts the clock), the steps
+    left are priced at the last session's rate, a run not started at the others' mean rate, and the whole is set
+    against the budget."""
+    runs = tmp_path / "runs"
+    # backbone: 30 CPU s to step 30, resumed at 20: 20 more to step 40 at 1 CPU s per step; 60 steps left
+    _logged(
+        runs / "rcdm-cifar10-vicreg-backbone",
+        100,
+        [[(10, 1, 10), (20, 2, 20), (30, 3, 30)], [(25, 1, 5), (40, 2, 20)]],
+    )
+    _logged(runs / "rcdm-cifar10-supervised", 50, [[(10, 1, 30), (20, 2, 60)]])  # 3 CPU s per step, 30 left
+    rows = {
+        r.target: r
+        for r in (
+            run_progress(runs / name, name, 11000)
+            for name in (
+                "rcdm-cifar10-vicreg-backbone",
+                "rcdm-cifar10-supervised",
+                "rcdm-cifar10-vicreg-projector",
+            )
+        )
+    }
+    backbone, supervised, projector = (
+        rows[n]
+        for n in ("rcdm-cifar10-vicreg-backbone", "rcdm-cifar10-supervised", "rcdm-cifar10-vicreg-projector")
+    )
+    assert (backbone.step, backbone.planned_steps, backbone.cpu_s, backbone.cpu_s_per_step) == (
+        40,
+        100,
+        50.0,
+        1.0,
+    )
+    assert backbone.projected_cpu_s(None) == 50.0 + 60 * 1.0
+    assert (supervised.cpu_s, supervised.cpu_s_per_step, supervised.projected_cpu_s(None)) == (
+        60.0,
+        3.0,
+        150.0,
+    )
+    assert not projector.started and projector.projected_cpu_s(2.0) == 11000 * 2.0
+    # the CLI: the projector planned at 10 steps, priced at the mean rate 2: 110 + 150 + 20 = 280 CPU s
+    assert (
+        main(
+            [
+                "recipe",
+                "status",
+                "--runs",
+                str(runs),
+                "--steps",
+                "rcdm-cifar10-vicreg-projector=10",
+                "--budget-cpu-h",
+                "0.1",
+            ]
+        )
+        == 0
+    )
+    out = capsys.readouterr().out
+    assert "| rcdm-cifar10-vicreg-backbone | 40 | 100 | 0.01 | 1.00 | 0.03 |" in out
+    assert "| rcdm-cifar10-vicreg-projector | 0 | 10 | 0.00 | not started | 0.01 |" in out
+    assert "spent 0.03 CPU h; at the planned steps 0.08 CPU h" in out and "0.02 CPU h under it" in out
+    assert main(["recipe", "status", "--runs", str(runs), "--budget-cpu-h", "0.05"]) == 0  # projector at 8000
+    assert "over it" in capsys.readouterr().out
+
+
+def test_status_refuses_bad_input_in_one_line(tmp_path: Path, capsys) -> None:
+    for argv, message in (
+        (["--runs", str(tmp_path / "nowhere")], "is not a folder"),
+        (["--runs", str(tmp_path), "--steps", "backbone=5"], "no such RCDM; the targets are"),
+        (["--runs", str(tmp_path), "--steps", "x"], "give a step N or TARGET=N"),
+        (["--runs", str(tmp_path), "--budget-cpu-h", "-1"], "must be a positive number"),
+    ):
+        assert main(["recipe", "status", *argv]) == 2
+        err = capsys.readouterr().err
+        assert message in err and len(err.strip().splitlines()) == 1

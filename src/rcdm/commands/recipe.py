@@ -24,7 +24,7 @@ from ..pack.evaluation import (
     sampling_record,
 )
 from ..pack.gates import parse_steps
-from ..pack.rcdms import RCDM_PROFILES, RECIPE_KNOBS, RCDMRecipe, train_rcdms
+from ..pack.rcdms import RCDM_PROFILES, RECIPE_KNOBS, TARGETS, RCDMRecipe, budget_table, train_rcdms
 from ..pack.ssl import train_encoder
 from ..pack.ssl_config import SSLConfig, resolve_config
 from ..pack.stages import score_into, tag
@@ -57,6 +57,10 @@ EPILOGS = {
     "rcdm": """examples:
   rcdm recipe rcdm --runs runs --data ~/data/cifar10                   # three RCDMs on one GPU
   rcdm recipe rcdm --runs runs --data ~/data/cifar10 --profile cpu --time-budget-s 3600
+""",
+    "status": """examples (docs/recipes.md, "The CPU pack"):
+  rcdm recipe status --runs ~/rcdm-work/runs --steps 11000      # the three RCDMs against 28 CPU hours
+  rcdm recipe status --runs ~/rcdm-work/runs --steps 11000 rcdm-cifar10-supervised=22000 --budget-cpu-h 30
 """,
     "ab": """examples (docs/recipes.md, "Recipe A/B"):
   rcdm recipe ab --runs ~/rcdm-work/ab --data cifar10-jpeg.tar.gz --variants baseline min-snr
@@ -167,6 +171,24 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     r.add_argument("--resume", action="store_true", help="continue each run from its newest checkpoint")
     add_progress_arg(r)
     r.set_defaults(func=run_rcdm)
+
+    t = command("status", "where each RCDM run stands in steps and CPU hours, against the pack's budget")
+    t.add_argument("--runs", required=True, help="ROOT that `rcdm recipe rcdm --runs ROOT` trains into")
+    t.add_argument(
+        "--steps",
+        nargs="+",
+        default=[],
+        metavar="N|TARGET=N",
+        help="the steps of a run not started yet: N for each, TARGET=N for one (default: the CPU profile's "
+        f"{RCDM_PROFILES['cpu']['steps']}); a started run plans what its run.json says",
+    )
+    t.add_argument(
+        "--budget-cpu-h",
+        type=float,
+        default=28.0,
+        help="CPU hours the RCDMs may take (default 28: the CPU pack's 14 hours of two cores, docs/recipes.md)",
+    )
+    t.set_defaults(func=run_status)
 
     a = command("ab", "train one RCDM under several training-recipe variants for the same number of images")
     a.add_argument("--runs", required=True, help="ROOT: one run folder per variant, ROOT/<variant>")
@@ -358,6 +380,21 @@ def run_rcdm(args: argparse.Namespace) -> int:
             f"{r.name}: {r.steps} steps, {r.images_seen} images seen, {r.wall_time_s:.0f} s wall ({cpu}) on "
             f"{r.device}{note}; run in {r.run_dir}"
         )
+    return 0
+
+
+def run_status(args: argparse.Namespace) -> int:
+    if not Path(args.runs).is_dir():
+        raise RCDMError(
+            f"--runs {args.runs!r} is not a folder: give the ROOT of `rcdm recipe rcdm --runs ROOT`"
+        )
+    if not args.budget_cpu_h > 0:
+        raise RCDMError(f"--budget-cpu-h {args.budget_cpu_h} must be a positive number of CPU hours")
+    step, steps = parse_steps(args.steps, "--steps")
+    names = [t.name for t in TARGETS]
+    for target in steps.keys() - set(names):
+        raise RCDMError(f"--steps {target}=...: no such RCDM; the targets are {', '.join(names)}")
+    print(budget_table(args.runs, step or RCDM_PROFILES["cpu"]["steps"], steps, args.budget_cpu_h))
     return 0
 
 

@@ -309,21 +309,21 @@ def markdown(root: Path, step: int | None = None, per_target: dict[str, int] | N
     return "\n".join(out).strip("\n") + "\n" if out else ""
 
 
-def parse_steps(values: list[str]) -> tuple[int | None, dict[str, int]]:
-    """--step values -> (the step for every RCDM or None, {target: step}); a bad value names itself and the form."""
+def parse_steps(values: list[str], flag: str = "--step") -> tuple[int | None, dict[str, int]]:
+    """FLAG's values -> (the step for every RCDM or None, {target: step}); a bad value names itself and the form."""
     step: int | None = None
     steps: dict[str, int] = {}
     for value in values:
         target, _, number = value.rpartition("=")
         if not number.strip().isdigit() or (target == "" and "=" in value):
-            raise RCDMError(f"--step {value!r}: give a checkpoint step N or TARGET=N, e.g. --step 7000")
+            raise RCDMError(f"{flag} {value!r}: give a step N or TARGET=N, e.g. {flag} 7000")
         n = int(number)
         if n < 1:
-            raise RCDMError(f"--step {n} must be at least 1")
+            raise RCDMError(f"{flag} {n} must be at least 1")
         if not target and step is not None:
-            raise RCDMError(f"--step {step} and --step {n}: give one plain step (others as TARGET=N)")
+            raise RCDMError(f"{flag} {step} and {flag} {n}: give one plain step (others as TARGET=N)")
         if target in steps:
-            raise RCDMError(f"--step for {target} given twice ({steps[target]} and {n}): give it once")
+            raise RCDMError(f"{flag} for {target} given twice ({steps[target]} and {n}): give it once")
         if target:
             steps[target] = n
         else:

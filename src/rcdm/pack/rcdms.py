@@ -269,6 +269,74 @@ def training_sessions(run_dir: Path) -> list[list[dict]]:
     return out
 
 
+@dataclass(frozen=True)
+class RunProgress:
+    """Where one RCDM run stands against its planned steps, in CPU time (`rcdm recipe status`)."""
+
+    target: str
+    step: int  # the newest step metrics.jsonl logged (0: not started)
+    planned_steps: int  # run.json's steps; for a run not started, the steps it was given
+    cpu_s: float  # CPU seconds summed over its training sessions (work a kill lost after a checkpoint is not in it)
+    cpu_s_per_step: float | None  # the last session's rate (None: not started, or a session of one row)
+    started: bool
+
+    def projected_cpu_s(self, rate: float | None) -> float | None:
+        """CPU seconds at its planned steps: what it spent, and the steps left at its own rate, else at `rate`."""
+        rate = self.cpu_s_per_step or rate
+        if rate is None:
+            return None if self.step < self.planned_steps else self.cpu_s
+        return self.cpu_s + max(0, self.planned_steps - self.step) * rate
+
+
+def run_progress(run_dir: str | Path, target: str, planned_steps: int) -> RunProgress:
+    """RunProgress of the run in RUN_DIR (`planned_steps` counts only for a run that has not started)."""
+    run_dir = Path(run_dir)
+    sessions = (
+        [seg for seg in training_sessions(run_dir) if seg] if (run_dir / "metrics.jsonl").is_file() else []
+    )
+    if not sessions:
+        return RunProgress(target, 0, planned_steps, 0.0, None, started=False)
+    cpu = sum(float(seg[-1].get("cpu_s", 0.0)) for seg in sessions)
+    last = sessions[-1]
+    rate = None
+    if len(last) >= 2 and last[-1]["step"] > last[0]["step"] and "cpu_s" in last[-1]:
+        rate = (float(last[-1]["cpu_s"]) - float(last[0]["cpu_s"])) / (last[-1]["step"] - last[0]["step"])
+    planned = int(run_settings(run_dir)["steps"]) if (run_dir / "run.json").is_file() else planned_steps
+    return RunProgress(target, int(last[-1]["step"]), planned, cpu, rate, started=True)
+
+
+def budget_table(runs_root: str | Path, steps: int, target_steps: dict[str, int], budget_cpu_h: float) -> str:
+    """`rcdm recipe status`: a Markdown table of each RCDM run under RUNS_ROOT (steps, CPU hours spent, the last
+    session's CPU seconds per step, CPU hours at its planned steps) and a line on the whole against the budget.
+    A run not started yet is projected at `steps` (or its `target_steps` entry) and the started runs' mean rate."""
+    runs = [run_progress(Path(runs_root) / t.name, t.name, target_steps.get(t.name, steps)) for t in TARGETS]
+    rates = [r.cpu_s_per_step for r in runs if r.cpu_s_per_step]
+    mean_rate = sum(rates) / len(rates) if rates else None
+    hours = lambda s: "?" if s is None else f"{s / 3600:.2f}"  # noqa: E731
+    lines = [
+        "| RCDM | step | planned | CPU h spent | CPU s per step (last session) | CPU h at planned steps |",
+        "| --- | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    projected = [r.projected_cpu_s(mean_rate) for r in runs]
+    for r, total in zip(runs, projected, strict=True):
+        rate = f"{r.cpu_s_per_step:.2f}" if r.cpu_s_per_step else ("not started" if not r.started else "?")
+        lines.append(
+            f"| {r.target} | {r.step} | {r.planned_steps} | {hours(r.cpu_s)} | {rate} | {hours(total)} |"
+        )
+    spent = sum(r.cpu_s for r in runs)
+    whole = None if any(t is None for t in projected) else sum(projected)
+    verdict = ""
+    if whole is not None:
+        over = whole / 3600 - budget_cpu_h
+        verdict = f": {abs(over):.2f} CPU h {'over' if over > 0 else 'under'} it"
+    lines += [
+        "",
+        f"spent {spent / 3600:.2f} CPU h; at the planned steps {hours(whole)} CPU h, against a budget of "
+        f"{budget_cpu_h:g} CPU h ({budget_cpu_h / 2:g} hours of two cores){verdict}",
+    ]
+    return "\n".join(lines)
+
+
 def packed_model(run_dir: str | Path, step: int | None = None) -> Path:
     """The model folder `recipe pack` bundles for a recipe run: checkpoint `step`'s EMA, else the final model,
     else (unfinished) the newest checkpoint's EMA; one line naming what exists when there is none."""
