@@ -1,4 +1,4 @@
-"""rcdm recipe ssl|rcdm|ab|guidance|pack: the CIFAR-10 demo pack (own SSL encoder, three RCDMs, a bundle); its
+"""rcdm recipe ssl|rcdm|status|ab|guidance|pack: the CIFAR-10 demo pack (own SSL encoder, three RCDMs, a bundle); its
 measuring stages are in `recipe_stages`. See docs/recipes.md."""
 
 from __future__ import annotations
