@@ -39,8 +39,8 @@ exit 0
 """
 
 
-def run_all(
-    tmp_path: Path, fail: str = "-", slow: str = "-", **env_vars: str
+def run_stage(
+    tmp_path: Path, fail: str = "-", slow: str = "-", stage: str = "all", **env_vars: str
 ) -> tuple[subprocess.CompletedProcess, list[str]]:
     fake = tmp_path / "python"
     fake.write_text(FAKE_PY)
@@ -57,7 +57,7 @@ def run_all(
         **env_vars,
     }
     done = subprocess.run(
-        ["bash", "scripts/cpu_pack.sh", "all"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120
+        ["bash", "scripts/cpu_pack.sh", stage], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120
     )
     return done, log.read_text().splitlines() if log.is_file() else []
 
@@ -68,7 +68,7 @@ def kinds(lines: list[str]) -> list[str]:
 
 def test_all_runs_every_stage_in_order_then_the_findings_unguided(tmp_path: Path) -> None:
     # the supervised job ends last, after the projector's (else the projector would be resumed on both cores)
-    done, lines = run_all(tmp_path, slow="rcdm-cifar10-supervised:1")
+    done, lines = run_stage(tmp_path, slow="rcdm-cifar10-supervised:1")
     assert done.returncode == 0, done.stderr
     assert kinds(lines) == [
         *["recipe rcdm"] * 3,
@@ -101,7 +101,7 @@ def test_all_runs_every_stage_in_order_then_the_findings_unguided(tmp_path: Path
     ],
 )
 def test_a_failed_job_stops_all_at_its_stage(tmp_path: Path, fail: str, stage: str, last: str) -> None:
-    done, lines = run_all(tmp_path, fail, KEEP_ENCODERS="0")
+    done, lines = run_stage(tmp_path, fail, KEEP_ENCODERS="0")
     assert done.returncode == 1
     assert f"the {stage} stage failed" in done.stderr and "again to resume" in done.stderr
     if stage == "encoders":
@@ -117,7 +117,7 @@ def test_the_encoders_stage_keeps_the_shipped_encoders_unless_told_to_train(tmp_
     # The pack keeps its encoders: by default the stage copies the bundled ones whole into the runs folder, where the
     # RCDM stage finds them finished; KEEP_ENCODERS=0 trains both with `recipe ssl` instead.
     assets = ROOT / "src" / "rcdm" / "assets" / "models"
-    done, lines = run_all(tmp_path)
+    done, lines = run_stage(tmp_path)
     assert done.returncode == 0, done.stderr
     assert "recipe ssl" not in kinds(lines)
     for run, shipped in (("ssl", "cifar10-vicreg-r20w1"), ("supervised", "cifar10-supervised-r20w1")):
@@ -128,7 +128,7 @@ def test_the_encoders_stage_keeps_the_shipped_encoders_unless_told_to_train(tmp_
         assert (copied / "card.json").read_bytes() == (assets / shipped / "card.json").read_bytes()
         assert not (copied.parent / "encoder.part").exists()
     (tmp_path / "b").mkdir()
-    done, lines = run_all(tmp_path / "b", KEEP_ENCODERS="0")
+    done, lines = run_stage(tmp_path / "b", KEEP_ENCODERS="0")
     assert done.returncode == 0, done.stderr
     ssl = [line for line in lines if line.startswith("recipe ssl")]
     assert len(ssl) == 2 and sorted(line.split("--objective ")[1].split()[0] for line in ssl) == [
@@ -153,7 +153,7 @@ def rcdm_events(tmp_path: Path) -> list[tuple[str, str, str | None]]:
 def test_the_projector_starts_on_the_first_core_the_backbone_pair_frees(tmp_path: Path) -> None:
     # The supervised model trains on (2 s) after the VICReg backbone one ends: the projector model starts beside
     # it with one thread, rather than waiting for the pair with a core idle; the next stage waits for all three.
-    done, lines = run_all(tmp_path, slow="rcdm-cifar10-supervised:2")
+    done, lines = run_stage(tmp_path, slow="rcdm-cifar10-supervised:2")
     assert done.returncode == 0, done.stderr
     events = rcdm_events(tmp_path)
     order = [(kind, target) for kind, target, _ in events]
@@ -181,7 +181,7 @@ def test_each_rcdm_trains_to_its_steps_and_a_shorter_run_is_extended(tmp_path: P
     trained(tmp_path, "rcdm-cifar10-supervised", "11000")
     trained(tmp_path, "rcdm-cifar10-vicreg-backbone", "11000")
     (tmp_path / "work" / "runs" / "rcdm-cifar10-supervised" / "checkpoints").mkdir()
-    done, lines = run_all(tmp_path, slow="rcdm-cifar10-supervised:1")
+    done, lines = run_stage(tmp_path, slow="rcdm-cifar10-supervised:1")
     assert done.returncode == 0, done.stderr
     steps = {
         line.split("--only ")[1].split()[0]: line.split("--steps ")[1].split()[0]
@@ -192,7 +192,7 @@ def test_each_rcdm_trains_to_its_steps_and_a_shorter_run_is_extended(tmp_path: P
     assert "--resume" in next(line for line in lines if "--only rcdm-cifar10-supervised" in line)
     # RCDM_STEPS / RCDM_TARGET_STEPS set them
     (tmp_path / "b").mkdir()
-    done, lines = run_all(
+    done, lines = run_stage(
         tmp_path / "b", RCDM_STEPS="300", RCDM_TARGET_STEPS="rcdm-cifar10-vicreg-backbone=500"
     )
     assert done.returncode == 0, done.stderr
@@ -218,7 +218,7 @@ def test_the_projector_takes_both_cores_when_it_starts_alone(tmp_path: Path) -> 
         trained(tmp_path, name, steps)
         (tmp_path / "work" / "runs" / enc / "encoder").mkdir(parents=True, exist_ok=True)
         (tmp_path / "work" / "runs" / enc / "encoder" / "card.json").touch()
-    done, _ = run_all(tmp_path)
+    done, _ = run_stage(tmp_path)
     assert done.returncode == 0, done.stderr
     starts = [(target, n) for kind, target, n in rcdm_events(tmp_path) if kind == "start"]
     assert starts == [("rcdm-cifar10-vicreg-projector", "2")]  # the pair had nothing left to train
@@ -227,7 +227,7 @@ def test_the_projector_takes_both_cores_when_it_starts_alone(tmp_path: Path) -> 
 def test_the_projector_gets_both_cores_once_the_pair_has_ended(tmp_path: Path) -> None:
     # The projector started beside the supervised model with one thread and is still training when that one ends:
     # it is stopped with SIGTERM (training writes a checkpoint of the step under way) and resumed with two.
-    done, _ = run_all(tmp_path, slow="rcdm-cifar10-supervised:2 rcdm-cifar10-vicreg-projector:60")
+    done, _ = run_stage(tmp_path, slow="rcdm-cifar10-supervised:2 rcdm-cifar10-vicreg-projector:60")
     assert done.returncode == 0, done.stderr
     events = [(kind, target, n) for kind, target, n in rcdm_events(tmp_path)]
     projector = [(kind, n) for kind, target, n in events if target == "rcdm-cifar10-vicreg-projector"]
@@ -239,28 +239,10 @@ def test_the_projector_gets_both_cores_once_the_pair_has_ended(tmp_path: Path) -
 
 
 def test_status_asks_recipe_status_with_the_steps_and_budget_the_pack_plans(tmp_path: Path) -> None:
-    fake = tmp_path / "python"
-    fake.write_text(FAKE_PY)
-    fake.chmod(0o755)
-    log = tmp_path / "commands.log"
-    env = {
-        **os.environ,
-        "PY": str(fake),
-        "WORK": str(tmp_path / "work"),
-        "FAKE_LOG": str(log),
-        "FAKE_SLOW": "-",
-    }
-    env.update(FAKE_FAIL="-", FAKE_DIR=str(tmp_path), DATA=str(tmp_path / "absent.tar.gz"), BUDGET_CPU_H="30")
-    done = subprocess.run(
-        ["bash", "scripts/cpu_pack.sh", "status"],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    absent = str(tmp_path / "absent.tar.gz")  # the status needs no data
+    done, lines = run_stage(tmp_path, stage="status", DATA=absent, BUDGET_CPU_H="30")
     assert done.returncode == 0, done.stderr
     runs = tmp_path / "work" / "runs"
-    assert log.read_text().splitlines() == [
+    assert lines == [
         f"recipe status --runs {runs} --steps 11000 rcdm-cifar10-supervised=22000 --budget-cpu-h 30"
     ]
