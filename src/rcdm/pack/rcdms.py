@@ -291,15 +291,13 @@ class RunProgress:
 def run_progress(run_dir: str | Path, target: str, planned_steps: int) -> RunProgress:
     """RunProgress of the run in RUN_DIR (`planned_steps` counts only for a run that has not started)."""
     run_dir = Path(run_dir)
-    sessions = (
-        [seg for seg in training_sessions(run_dir) if seg] if (run_dir / "metrics.jsonl").is_file() else []
-    )
+    sessions = training_sessions(run_dir)  # none without a metrics.jsonl
     if not sessions:
         return RunProgress(target, 0, planned_steps, 0.0, None, started=False)
     cpu = sum(float(seg[-1].get("cpu_s", 0.0)) for seg in sessions)
     last = sessions[-1]
     rate = None
-    if len(last) >= 2 and last[-1]["step"] > last[0]["step"] and "cpu_s" in last[-1]:
+    if len(last) >= 2 and last[-1]["step"] > last[0]["step"] and "cpu_s" in last[0] and "cpu_s" in last[-1]:
         rate = (float(last[-1]["cpu_s"]) - float(last[0]["cpu_s"])) / (last[-1]["step"] - last[0]["step"])
     planned = int(run_settings(run_dir)["steps"]) if (run_dir / "run.json").is_file() else planned_steps
     return RunProgress(target, int(last[-1]["step"]), planned, cpu, rate, started=True)
