@@ -392,8 +392,9 @@ def run_status(args: argparse.Namespace) -> int:
         raise RCDMError(f"--budget-cpu-h {args.budget_cpu_h} must be a positive number of CPU hours")
     step, steps = parse_steps(args.steps, "--steps")
     names = [t.name for t in TARGETS]
-    for target in steps.keys() - set(names):
-        raise RCDMError(f"--steps {target}=...: no such RCDM; the targets are {', '.join(names)}")
+    unknown = sorted(steps.keys() - set(names))
+    if unknown:
+        raise RCDMError(f"--steps {unknown[0]}=...: no such RCDM; the targets are {', '.join(names)}")
     print(budget_table(args.runs, step or RCDM_PROFILES["cpu"]["steps"], steps, args.budget_cpu_h))
     return 0
 
