@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import shutil
 from dataclasses import replace
 from pathlib import Path
 
@@ -270,7 +271,8 @@ def test_resuming_a_finished_run_does_not_judge_it_again(base, few_images, tmp_p
 
 def test_a_resume_with_nothing_left_keeps_the_model_and_what_was_recorded_into_it(base, few_images, tmp_path):
     """`rcdm adapt --resume` of a finished run (a retried command) keeps RUN/model as it is, so a sampling recorded
-    into it since survives and the result is the one recorded; a resume that trains on writes the new model."""
+    into it since survives and the result is the one recorded; a finish cut between its two writes, or a resume that
+    trains on, writes both again."""
     cfg = _cfg(base, few_images, "pixels:1", steps=2, lr=1e-2)
     run = tmp_path / "run"
     first = adapt(cfg, run, progress=False)
@@ -285,6 +287,9 @@ def test_a_resume_with_nothing_left_keeps_the_model_and_what_was_recorded_into_i
         first.cpu_s,
         first.r2_heldout,
     )
+    shutil.rmtree(run / "adapter")  # as a kill between the final model/ and adapter/ writes leaves it
+    adapt(cfg, run, resume=True, progress=False)
+    assert (run / "adapter" / "adapter.safetensors").is_file() and recorded_sampling(run / "model") == {}
     longer = adapt(replace(cfg, steps=3), run, resume=True, progress=False)
     assert longer.steps == 3 and recorded_sampling(run / "model") == {}
     assert load_model(run / "model").config.adapted_from["steps"] == 3

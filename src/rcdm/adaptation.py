@@ -560,7 +560,7 @@ def _adapt(
             _fmt(best.map_score),
             _fmt(best.last_score),
         )
-    if step == start_step and saved is not None and folder_holds(run_dir / "model", model):
+    if step == start_step and saved is not None and _written_whole(run_dir, model):
         # a resume with nothing left to train: model/ holds these weights already, and what was written into it
         # since (a sampling `rcdm recipe guidance --record` measured for it) must stay
         log.info("%s already holds the adapted model of step %d: kept as it is", run_dir / "model", step)
@@ -610,6 +610,18 @@ def _adapt(
         best.score,
         mlp_r2,
     )
+
+
+def _written_whole(run_dir: Path, model: RCDM) -> bool:
+    """Whether RUN/model holds exactly `model` and RUN/adapter was written by the same finish (a kill between the
+    two writes leaves an adapter/ of an earlier one, or none)."""
+    if not folder_holds(run_dir / "model", model) or not (run_dir / "adapter" / ADAPTER_WEIGHTS).is_file():
+        return False
+    recorded = [
+        json.loads((run_dir / d / "config.json").read_text()).get("adapted_from")
+        for d in ("model", "adapter")
+    ]
+    return recorded[0] == recorded[1]
 
 
 def _recorded_result(model_dir: Path) -> AdaptResult:
