@@ -6,9 +6,6 @@ import os
 import tarfile
 from pathlib import Path
 
-# as `import rcdm` sets it, before torch loads its OpenMP runtime (rcdm/__init__.py): here torch comes first
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-
 import pytest
 import torch
 
