@@ -2,10 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-
 import pytest
 import torch
 
@@ -48,29 +44,3 @@ def test_run_clock_adds_this_process_s_time_to_what_the_checkpoint_recorded() ->
     assert clock.wall_s() > wall and clock.cpu_s() > cpu
     fresh = RunClock()
     assert 0.0 <= fresh.wall_s() < 1.0 and 0.0 <= fresh.cpu_s() < 1.0
-
-
-# Prints OMP_WAIT_POLICY as it was when `import rcdm` first asked for torch (which reads it once, as it loads).
-_POLICY_AT_TORCH = """
-import os, sys
-seen = []
-class Spy:
-    def find_spec(self, name, path=None, target=None):
-        if name == "torch" and not seen:
-            seen.append(os.environ.get("OMP_WAIT_POLICY"))
-sys.meta_path.insert(0, Spy())
-import rcdm
-print(seen[0])
-"""
-
-
-@pytest.mark.parametrize(("given", "expected"), [(None, "PASSIVE"), ("ACTIVE", "ACTIVE")])
-def test_openmp_threads_sleep_rather_than_spin_unless_the_user_says(given: str | None, expected: str) -> None:
-    """`import rcdm` (and so every command) sets OMP_WAIT_POLICY=PASSIVE before torch loads its OpenMP runtime,
-    unless it is set: spinning threads made 2-thread sampling beside busy jobs about 12x slower (rcdm/__init__.py)."""
-    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
-    if given:
-        env["OMP_WAIT_POLICY"] = given
-    done = subprocess.run([sys.executable, "-c", _POLICY_AT_TORCH], env=env, capture_output=True, text=True)
-    assert done.returncode == 0, done.stderr
-    assert done.stdout.split() == [expected]
