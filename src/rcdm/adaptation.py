@@ -560,11 +560,12 @@ def _adapt(
             _fmt(best.map_score),
             _fmt(best.last_score),
         )
-    if step == start_step and saved is not None and _written_whole(run_dir, model):
+    finished = _finished_record(run_dir, model) if step == start_step and saved is not None else None
+    if finished is not None:
         # a resume with nothing left to train: model/ holds these weights already, and what was written into it
         # since (a sampling `rcdm recipe guidance --record` measured for it) must stay
         log.info("%s already holds the adapted model of step %d: kept as it is", run_dir / "model", step)
-        return _recorded_result(run_dir / "model")
+        return _recorded_result(run_dir / "model", finished)
     wall, cpu = clock.wall_s(), clock.cpu_s()
     record = {
         "steps": step,
@@ -612,21 +613,20 @@ def _adapt(
     )
 
 
-def _written_whole(run_dir: Path, model: RCDM) -> bool:
-    """Whether RUN/model holds exactly `model` and RUN/adapter was written by the same finish (a kill between the
-    two writes leaves an adapter/ of an earlier one, or none)."""
+def _finished_record(run_dir: Path, model: RCDM) -> dict | None:
+    """RUN/model's `adapted_from` record when it holds exactly `model` and RUN/adapter was written by the same
+    finish (a kill between the two writes leaves an adapter/ of an earlier one, or none); else None."""
     if not folder_holds(run_dir / "model", model) or not (run_dir / "adapter" / ADAPTER_WEIGHTS).is_file():
-        return False
-    recorded = [
+        return None
+    record, adapter = (
         json.loads((run_dir / d / "config.json").read_text()).get("adapted_from")
         for d in ("model", "adapter")
-    ]
-    return recorded[0] == recorded[1]
+    )
+    return record if record is not None and record == adapter else None
 
 
-def _recorded_result(model_dir: Path) -> AdaptResult:
-    """The AdaptResult that MODEL_DIR's config recorded when its run wrote it."""
-    rec = json.loads((model_dir / "config.json").read_text())["adapted_from"]
+def _recorded_result(model_dir: Path, rec: dict) -> AdaptResult:
+    """The AdaptResult of MODEL_DIR from the `adapted_from` record its run wrote into its config."""
     return AdaptResult(
         model_dir,
         rec["steps"],
