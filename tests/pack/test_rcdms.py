@@ -181,8 +181,11 @@ def test_status_sums_cpu_over_sessions_and_projects_each_run_at_its_last_rate(tm
     assert "| rcdm-cifar10-vicreg-backbone | 40 | 100 | 0.01 | 1.00 | 0.03 |" in out
     assert "| rcdm-cifar10-vicreg-projector | 0 | 10 | 0.00 | not started | 0.01 |" in out
     assert "spent 0.03 CPU h; at the planned steps 0.08 CPU h" in out and "0.02 CPU h under it" in out
+    # 360 CPU s of budget, 260 planned for the started runs: 100 left, 50 steps at the mean rate 2
+    assert "about 50 steps each" in out and "RCDM_TARGET_STEPS=rcdm-cifar10-vicreg-projector=50)" in out
     assert main(["recipe", "status", "--runs", str(runs), "--budget-cpu-h", "0.05"]) == 0  # projector at 8000
-    assert "over it" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "over it" in out and "use the whole budget: none left for rcdm-cifar10-vicreg-projector" in out
 
 
 def test_status_refuses_bad_input_in_one_line(tmp_path: Path, capsys) -> None:

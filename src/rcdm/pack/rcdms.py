@@ -332,6 +332,22 @@ def budget_table(runs_root: str | Path, steps: int, target_steps: dict[str, int]
         f"spent {spent / 3600:.2f} CPU h; at the planned steps {hours(whole)} CPU h, against a budget of "
         f"{budget_cpu_h:g} CPU h ({budget_cpu_h / 2:g} hours of two cores){verdict}",
     ]
+    waiting = [r.target for r in runs if not r.started]
+    started = [total for r, total in zip(runs, projected, strict=True) if r.started]
+    if waiting and mean_rate and all(t is not None for t in started):
+        # what a run that has not started can still be given, for RCDM_TARGET_STEPS (scripts/cpu_pack.sh)
+        left = budget_cpu_h * 3600 - sum(started)
+        if left <= 0:
+            lines.append(
+                f"the started runs' planned steps use the whole budget: none left for {', '.join(waiting)}"
+            )
+        else:
+            each = int(left / len(waiting) / mean_rate)
+            lines.append(
+                f"the budget leaves {left / 3600:.2f} CPU h for {', '.join(waiting)}: about {each} steps each at "
+                f"the started runs' mean rate ({mean_rate:.2f} CPU s per step; "
+                f"RCDM_TARGET_STEPS={','.join(f'{w}={each}' for w in waiting)})"
+            )
     return "\n".join(lines)
 
 
