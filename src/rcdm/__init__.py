@@ -1,5 +1,10 @@
 """rcdm: Representation-Conditional Diffusion Models (Bordes, Balestriero, Vincent, TMLR 2022)."""
 
+# ruff: noqa: E402  (the wait policy is chosen before the imports below load torch)
+from .openmp import choose_wait_policy
+
+choose_wait_policy()  # before anything imports torch: OpenMP reads its wait policy once (rcdm/openmp.py)
+
 from .adaptation import AdaptConfig, adapt
 from .diffusion import SAMPLING_PRESETS, SamplingConfig, sample, sample_many
 from .encoders import Encoder, Preprocessing, create_encoder, list_encoders, register_encoder
