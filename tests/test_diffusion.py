@@ -80,6 +80,40 @@ def test_guidance(model):
         sample(no_null, reps, SamplingConfig(steps=2, guidance=2.0))
 
 
+@pytest.mark.parametrize("sampler", SAMPLERS)
+def test_a_guidance_interval_guides_only_its_noise_levels(model, sampler):
+    """guidance_interval (low, high]: the steps whose sigma lies in it run both halves (conditional and null), the
+    others the conditional half alone; an interval holding every step is plain guidance, one holding none is no
+    guidance."""
+    reps = torch.randn(2, 6)
+    cfg = SamplingConfig(sampler=sampler, steps=15, seed=3, guidance=4.0)
+    batches: list[int] = []
+    hook = model.unet.register_forward_pre_hook(lambda m, args: batches.append(args[0].shape[0]))
+    try:
+        full = sample(model, reps, cfg)
+        assert batches == [4] * 15
+        batches.clear()
+        every = sample(model, reps, cfg.replace(guidance_interval=(0, float("inf"))))
+        assert torch.equal(every, full) and batches == [4] * 15
+        batches.clear()
+        window = sample(model, reps, cfg.replace(guidance_interval=[0.28, 5.42]))  # a list, as from JSON
+        sched = make_scheduler(sampler, True)
+        sched.set_timesteps(15)
+        abar = sched.alphas_cumprod.double()
+        inside = [0.28 < float(((1 - abar[t]) / abar[t]).sqrt()) <= 5.42 for t in sched.timesteps]
+        assert 0 < sum(inside) < 15 and batches == [4 if g else 2 for g in inside]
+        assert not torch.allclose(window, full, atol=1e-3)
+        none = sample(model, reps, cfg.replace(guidance_interval=(1e6, 2e6)))
+        plain = sample(model, reps, cfg.replace(guidance=1.0))
+        assert torch.allclose(none, plain, atol=1e-5)
+    finally:
+        hook.remove()
+    assert "at noise levels (0.28, 5.42]" in cfg.replace(guidance_interval=(0.28, 5.42)).describe()
+    for bad in ((5, 2), (-1, 2), (1,), "ab", (float("nan"), 1)):
+        with pytest.raises(RCDMError, match="not an interval of noise levels"):
+            SamplingConfig(guidance_interval=bad)
+
+
 def test_bad_sampler_arguments(model):
     with pytest.raises(RCDMError, match="unknown sampler"):
         sample(model, torch.randn(1, 6), SamplingConfig(sampler="euler"))

@@ -63,11 +63,17 @@ def test_bad_training_settings_are_refused_before_any_work(few_images, tmp_path,
         ("--guidance", "1e30", "--guidance 1e+30 is out of range"),
         ("--guidance", "-50", "--guidance -50.0 is out of range"),
         ("--num-samples", "1000000000", "--num-samples 1000000000 is too large: use at most 10,000"),
+        (
+            "--guidance-interval",
+            ("5", "2"),
+            "--guidance-interval [5.0, 2.0] is not an interval of noise levels",
+        ),
     ],
 )
 def test_bad_sampling_settings_are_refused_in_one_line(few_images, tmp_path, capsys, flag, value, says):
+    values = [value] if isinstance(value, str) else list(value)
     for command in (["sample"], ["analyze", "variance"], ["evaluate", "faithfulness"]):
-        argv = [*command, "--model", str(tmp_path / "model"), "--images", str(few_images), flag, value]
+        argv = [*command, "--model", str(tmp_path / "model"), "--images", str(few_images), flag, *values]
         assert main([*argv, "--out", str(tmp_path / "out.json")]) == 2
         err = capsys.readouterr().err.strip()
         assert err.count("\n") == 0 and says in err, (command, err)

@@ -29,6 +29,20 @@ def check_guidance(guidance: float, what: str = "--guidance") -> float:
     return float(guidance)
 
 
+def check_guidance_interval(interval, what: str = "--guidance-interval") -> tuple[float, float]:
+    """Noise levels (low, high] of the steps that are guided: two numbers with 0 <= low < high (high may be inf)."""
+    try:
+        low, high = (float(v) for v in interval)
+    except (TypeError, ValueError):
+        low = high = math.nan
+    if not (math.isfinite(low) and 0 <= low < high and not math.isnan(high)):
+        raise RCDMError(
+            f"{what} {interval!r} is not an interval of noise levels: give LOW HIGH with 0 <= LOW < HIGH "
+            "(sigma of the step; e.g. 0.28 5.42, or 0 inf for every step)"
+        )
+    return low, high
+
+
 def check_rep_noise(scale: float) -> float:
     """A finite, non-negative representation-noise scale (0 = none)."""
     if not (math.isfinite(scale) and scale >= 0):

@@ -19,7 +19,7 @@ import torch
 from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler
 from tqdm.auto import tqdm
 
-from .checks import check_guidance, check_rep_noise
+from .checks import check_guidance, check_guidance_interval, check_rep_noise
 from .data import batched
 from .deadline import check_deadline
 from .devices import (
@@ -77,6 +77,10 @@ class SamplingConfig:
     steps: int | None = None  # None: the sampler's default (DEFAULT_STEPS: dpm++ 20, ddim 50, ddpm 100)
     # classifier-free guidance weight, 1 = plain conditional; None: the model's default (`resolve_sampling`)
     guidance: float | None = None
+    # guidance only at the steps whose noise level sigma = sqrt((1 - alpha_bar_t) / alpha_bar_t) lies in (low, high]
+    # (Kynkaanniemi et al. 2024, "Applying guidance in a limited interval"); the other steps run the conditional
+    # prediction alone, one network batch instead of two. None: at every step (the published sampling).
+    guidance_interval: tuple[float, float] | None = None
     seed: int = 0  # sample i of a call uses a generator seeded by (seed, global index i)
     # Gaussian noise of this many standard deviations added to the standardised representation before
     # conditioning (the model's training statistics; the vector's RMS for models without them); 0: none.
@@ -84,6 +88,11 @@ class SamplingConfig:
     batch_size: int = 64  # images per network call; never changes a sample
     compile: Compile = "auto"  # auto: CUDA_DEFAULT_COMPILE on CUDA, off elsewhere (see `sample`)
     precision: Precision = "auto"  # auto: bf16 autocast on CUDA and bf16-native CPUs, fp32 elsewhere
+
+    def __post_init__(self) -> None:
+        if self.guidance_interval is not None:  # a list (JSON, the CLI) becomes the tuple it stands for
+            interval = check_guidance_interval(self.guidance_interval, "guidance_interval")
+            object.__setattr__(self, "guidance_interval", interval)
 
     def replace(self, **changes: object) -> SamplingConfig:
         """A copy with `changes` applied; None values keep the current setting (CLI overrides)."""
@@ -97,6 +106,9 @@ class SamplingConfig:
         """'dpm++ 20 steps, guidance 5, seed 0' (the sampler's default steps when unset): for figure captions."""
         steps = self.steps or DEFAULT_STEPS.get(self.sampler)
         guidance = "guidance: the model's default" if self.guidance is None else f"guidance {self.guidance:g}"
+        if self.guidance_interval is not None and self.guidance != 1:
+            low, high = self.guidance_interval
+            guidance += f" at noise levels ({low:g}, {high:g}]"
         noise = f", rep-noise {self.rep_noise:g}" if self.rep_noise else ""
         return f"{self.sampler} {steps} steps, {guidance}, seed {self.seed}{noise}"
 
@@ -286,7 +298,8 @@ def sample(
     `settings` (steps=, sampler=, seed=, ...) override single fields of `sampling`: the spelling of scripts
     written before `SamplingConfig`, kept on `sample` and `sample_many` only; pass `sampling=` instead.
     guidance: classifier-free guidance weight w (1 = plain conditional; needs a model with a null
-    representation when != 1): eps = eps_null + w (eps_cond - eps_null).
+    representation when != 1): eps = eps_null + w (eps_cond - eps_null); with `guidance_interval` (low, high]
+    only at the steps whose noise level sigma = sqrt((1 - alpha_bar_t) / alpha_bar_t) lies in it.
     Sample i uses a generator seeded by (seed, first_index + i); `noise` (B, 3, H, W) overrides the start.
     compile: 'auto' (CUDA: CUDA_DEFAULT_COMPILE; CPU: 'off'), 'off' (eager), 'graphs' (a captured CUDA graph
     of the UNet, replayed per step), 'default' / 'reduce-overhead' (torch.compile of the UNet; the second
@@ -306,6 +319,7 @@ def sample(
     )  # the API, the app and model configs come here without the CLI's checks
     if guidance != 1.0 and model.null_rep is None:
         raise RCDMError(f"guidance={guidance} needs a model trained with --cond-drop > 0; use --guidance 1")
+    interval = cfg_s.guidance_interval  # checked by SamplingConfig
     device = next(model.parameters()).device
     mode = resolve_compile(cfg_s.compile, device)
     dtype = resolve_precision(cfg_s.precision, device)
@@ -331,6 +345,12 @@ def sample(
     # Timesteps stay on the CPU: reading one (int(t), t > 0, the scheduler's index lookup) never waits on the GPU.
     sched.set_timesteps(steps)
     ts = [int(t) for t in sched.timesteps]
+    # which steps run guided: both halves of the batch (conditional, then null), or the conditional half alone
+    abar = sched.alphas_cumprod.double()
+    sigma = ((1 - abar) / abar).sqrt()
+    guided = [
+        guidance != 1.0 and (interval is None or interval[0] < float(sigma[t]) <= interval[1]) for t in ts
+    ]
     step_kwargs = {"use_clipped_model_output": True, "eta": 0.0} if sampler == "ddim" else {}
     if custom:  # stochastic schedulers draw each sample's step noise from its own generator
         takes_generator = "generator" in inspect.signature(sched.step).parameters
@@ -354,15 +374,16 @@ def sample(
         alphas = sched.alphas_cumprod.to(device)
         for i, t in enumerate(tqdm(ts, disable=None if progress else True, desc=f"{sampler} sampling")):
             check_deadline()
-            tt = torch.full((cond.shape[0],), t, device=device, dtype=torch.long)
+            step_cond = cond if guided[i] else cond[:b]  # the conditional half comes first
+            tt = torch.full((step_cond.shape[0],), t, device=device, dtype=torch.long)
             xin = x if sampler == "ddpm" else sched.scale_model_input(x, sched.timesteps[i])
             if custom:
                 xin = xin.to(device)
-            batch_in = torch.cat([xin, xin]) if guidance != 1.0 else xin
-            out = run(batch_in, tt, cond)
+            batch_in = torch.cat([xin, xin]) if guided[i] else xin
+            out = run(batch_in, tt, step_cond)
             if v_pred:  # every scheduler below takes epsilon (and the variance channels) as trained
                 out = v_to_epsilon(out, batch_in, alphas[t])
-            if guidance != 1.0:
+            if guided[i]:
                 cond_out, uncond = out.chunk(2)
                 out = cond_out.clone()
                 out[:, :3] = uncond[:, :3] + guidance * (cond_out[:, :3] - uncond[:, :3])
@@ -442,7 +463,8 @@ def _sample_reusing(
     """sample_many's images for the rows of `flat`, each drawn only if the block has not drawn it already."""
     memo["models"][id(model)] = model  # held, so that no other model takes its id inside the block
     memo = memo["images"]
-    settings = (id(model), cfg.sampler, cfg.steps, cfg.guidance, cfg.seed, cfg.precision, cfg.compile)
+    # every setting but the batch size, which never changes a sample
+    settings = (id(model), *(v for k, v in asdict(cfg).items() if k != "batch_size"))
     # row r starts from the noise of generator (seed, index): column j when shared, else its global index
     index = [r % num_samples if shared_noise else r for r in range(flat.shape[0])]
     rows = flat.detach().cpu()
