@@ -140,6 +140,9 @@ class RCDM(ModelMixin, ConfigMixin):
         adapter_layers: int | None = None,
         # Where an adapted model comes from (base model and weights digest, encoder, adapter, map R^2, cost).
         adapted_from: dict | None = None,
+        # Where a run's initial weights came from (`rcdm train --init-from`): the model, its weights digest, and
+        # which tensors started from it. None: trained from random weights.
+        initialised_from: dict | None = None,
         # The sampling every command uses when the user gives none (rcdm.diffusion.resolve_sampling): sampler,
         # steps, guidance, and what they were chosen on. None: the library's defaults.
         sampling: dict | None = None,
@@ -325,6 +328,14 @@ class RepresentationAdapter(nn.Module):
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         out = self.linear(z)
         return out if self.mlp is None else out + self.mlp(z)
+
+
+def record_in_config(model: RCDM, **entries: Any) -> None:
+    """Set config entries of a built model, so that they also survive `RCDM.from_config(model.config)`: diffusers
+    lists the arguments a model was built without in `_use_default_values` and from_config gives those their
+    defaults again, which would drop an entry set afterwards (with plain register_to_config)."""
+    defaults = [k for k in model.config.get("_use_default_values", []) if k not in entries]
+    model.register_to_config(**entries, _use_default_values=defaults)
 
 
 def folder_holds(folder: Path, model: nn.Module) -> bool:

@@ -52,6 +52,7 @@ from .train_config import (
     learning_rate,
     validate_config,
 )
+from .warm_start import initialise_from
 
 log = logging.getLogger(__name__)
 # Offsets the training-noise seeds from the augmentation seeds of the same image ((seed, position) in both).
@@ -245,6 +246,8 @@ def _train(
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed)  # the initial weights are a function of the seed too
         model = RCDM.from_preset(cfg.preset, **arch)
+    if ckpt is None and cfg.init_from:
+        initialise_from(model, cfg.init_from)  # the EMA starts from the same weights (saved_ema below)
     saved_ema, saved_opt, start = model, None, 0
     if ckpt is not None:
         saved, saved_ema = ckpts.read(ckpt, "model/", RCDM), ckpts.read(ckpt, "ema/", RCDM)

@@ -52,6 +52,9 @@ class TrainConfig:
     ema_decay: float = 0.9999
     grad_clip: float = 1.0  # max grad norm; 0 disables
     seed: int = 0
+    # A trained RCDM (any --model source) whose weights a new run starts from: the UNet always, the conditioning
+    # when the encoder is the same (rcdm.warm_start); None: random weights. A resumed run reads its checkpoint.
+    init_from: str | None = None
     save_every: int = 1000
     # how many of the checkpoints at multiples of save_every are kept (the newest interim one is kept too)
     keep_checkpoints: int = 2

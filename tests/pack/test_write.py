@@ -386,3 +386,31 @@ def test_an_mlp_adapter_ships_and_loads_as_the_adapted_model_it_came_from(
     assert (
         read_bundle(shipped).adapter("rcdm-cifar10-vicreg-backbone", "cifar10-supervised-r8w1") == entry.name
     )
+
+
+def test_a_run_started_from_another_rcdm_says_so_without_a_machine_path(runs: Path, tmp_path: Path) -> None:
+    """A run of `rcdm train --init-from` (the record it writes into its model's config): the packed config keeps
+    where its initial weights came from, as a path relative to the runs folder, and the card says it."""
+    import shutil
+
+    root = tmp_path / "runs"
+    shutil.copytree(runs, root)
+    config_file = root / TARGET / "model" / "config.json"
+    config = json.loads(config_file.read_text())
+    start = str(root / "rcdm-cifar10-vicreg-backbone" / "model")
+    config["initialised_from"] = {
+        "model": start,
+        "weights": "ab" * 32,
+        "copied": 10,
+        "fresh": ["rep_proj.weight"],
+    }
+    config_file.write_text(json.dumps(config))
+    pack(root, tmp_path / "out", only=[TARGET], allow_smoke=True)
+    packed = (tmp_path / "out" / TARGET / "config.json").read_text()
+    assert json.loads(packed)["initialised_from"]["model"] == "rcdm-cifar10-vicreg-backbone/model"
+    assert str(tmp_path) not in packed
+    readme = (tmp_path / "out" / TARGET / "README.md").read_text()
+    assert (
+        "| initial weights | from `rcdm-cifar10-vicreg-backbone/model` (its UNet; from random weights: "
+        in readme
+    )

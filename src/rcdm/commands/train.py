@@ -49,6 +49,8 @@ TRAINING_OPTIONS = {
     "save_every_minutes": "also an interim checkpoint after this many minutes without one, kept until the next "
     "(0: none)",
     "seed": "data order, noise and initial weights",
+    "init_from": "start from a trained RCDM's weights (any --model source): its UNet, and its conditioning when the "
+    "encoder is the same; its preset and loss must be this run's (default: random weights)",
 }
 RUN_OPTIONS = {
     "feature_cache": "FILE.safetensors: representations computed once (centre crops + flips); default: none, the "

@@ -76,6 +76,15 @@ def rcdm_card(card: dict) -> str:
         ("data license", card["data_license"]),
         ("rcdm commit", card["git_commit"] or "not recorded"),
     ]
+    start = card.get("initialised_from")
+    if start:
+        fields.append(
+            (
+                "initial weights",
+                f"from `{start['model']}` (its UNet{', and its conditioning' if not start.get('fresh') else ''}; "
+                f"from random weights: {', '.join(start.get('fresh') or []) or 'nothing'})",
+            )
+        )
     sampling = card.get("sampling") or {}
     if sampling:
         fields.append(

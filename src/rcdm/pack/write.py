@@ -450,6 +450,8 @@ def pack(
                 encoder_weights=packed.weights_digest(),
                 sampling=_packed_sampling(model, guidance),
             )
+            if getattr(model.config, "initialised_from", None):  # rcdm train --init-from: no machine path
+                model.register_to_config(initialised_from=_public_value(model.config.initialised_from, root))
             (model.half() if half else model).save_pretrained(tmp / t.name)
             run_cfg = run_settings(root / t.name)
             card = {
@@ -474,6 +476,7 @@ def pack(
                 "metrics": metrics.get(t.name, {}),
                 "train_config": {k: _public_value(v, root) for k, v in run_cfg.items()},
                 "sampling": model.config.sampling,
+                "initialised_from": getattr(model.config, "initialised_from", None),
                 "data_license": CIFAR_LICENSE,
                 "git_commit": rec.get("git_commit"),
             }
