@@ -38,6 +38,9 @@ RCDM_STEPS=${RCDM_STEPS:-11000}
 # 14-hour budget (docs/recipes.md, "The CPU pack"); RCDM_TARGET_STEPS= trains all three to RCDM_STEPS
 RCDM_TARGET_STEPS=${RCDM_TARGET_STEPS-rcdm-cifar10-supervised=22000}
 RCDM_COMPILE=${RCDM_COMPILE:-0}
+# RCDM_INIT="TARGET=MODEL ...": that RCDM's run starts from MODEL's weights (`rcdm train --init-from`; for example the
+# projector RCDM from the finished VICReg backbone RCDM, $WORK/runs/rcdm-cifar10-vicreg-backbone/model); default none
+RCDM_INIT=${RCDM_INIT:-}
 ALONE_THREADS=${ALONE_THREADS:-2}
 EVAL_IMAGES=${EVAL_IMAGES:-1000}
 GUIDANCE=${GUIDANCE:-1 5}
@@ -107,9 +110,11 @@ rcdm() { # rcdm TARGET (skipped, with a note, until its encoder is finished)
         echo "$1: its encoder ($WORK/runs/$enc) is not finished yet: run the encoders stage, then this again"
         return 0
     }
+    local init
+    init=$(of_target "$1" "" "$RCDM_INIT")
     # shellcheck disable=SC2046
     $RCDM recipe rcdm --profile cpu --runs "$WORK/runs" --data "$CIFAR" --only "$1" \
-        --steps "$(of_target "$1" "$RCDM_STEPS" "$RCDM_TARGET_STEPS")" \
+        --steps "$(of_target "$1" "$RCDM_STEPS" "$RCDM_TARGET_STEPS")" ${init:+--init-from "$init"} \
         ${RCDM_BUDGET_S:+--time-budget-s "$RCDM_BUDGET_S"} $([ "$RCDM_COMPILE" = 1 ] && echo --compile) \
         --no-progress $(resume_flag "$WORK/runs/$1") \
         >>"$WORK/$1.log" 2>&1

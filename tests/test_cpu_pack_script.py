@@ -193,9 +193,24 @@ def test_each_rcdm_trains_to_its_steps_and_a_shorter_run_is_extended(tmp_path: P
     # RCDM_STEPS / RCDM_TARGET_STEPS set them
     (tmp_path / "b").mkdir()
     done, lines = run_stage(
-        tmp_path / "b", RCDM_STEPS="300", RCDM_TARGET_STEPS="rcdm-cifar10-vicreg-backbone=500"
+        tmp_path / "b",
+        RCDM_STEPS="300",
+        RCDM_TARGET_STEPS="rcdm-cifar10-vicreg-backbone=500",
+        RCDM_INIT="rcdm-cifar10-vicreg-projector=/runs/backbone/model",
     )
     assert done.returncode == 0, done.stderr
+    starts = {  # RCDM_INIT: that run starts from that model, the others from random weights
+        line.split("--only ")[1].split()[0]: line.split("--init-from ")[1].split()[0]
+        if "--init-from" in line
+        else None
+        for line in lines
+        if line.startswith("recipe rcdm ")
+    }
+    assert starts == {
+        "rcdm-cifar10-supervised": None,
+        "rcdm-cifar10-vicreg-backbone": None,
+        "rcdm-cifar10-vicreg-projector": "/runs/backbone/model",
+    }
     steps = {
         line.split("--only ")[1].split()[0]: line.split("--steps ")[1].split()[0]
         for line in lines

@@ -73,6 +73,23 @@ def test_recipe_knobs_given_as_flags_win_over_the_profile(
     assert (run["timestep_sampling"], run["warmup_steps"], run["dropout"]) == ("logit-normal", 5, 0.1)
 
 
+def test_init_from_reaches_training(runs: Path, few_images: Path, tmp_path: Path) -> None:
+    """`rcdm recipe rcdm --init-from MODEL` starts the run from MODEL's UNet, as `rcdm train --init-from` does."""
+    root = tmp_path / "runs"
+    start = (
+        runs / TARGET / "model"
+    )  # the fixture's tiny projector RCDM: another encoder, the same UNet layout
+    assert main([*_supervised_cpu_argv(runs, few_images, root, steps=1), "--init-from", str(start)]) == 0
+    run = root / "rcdm-cifar10-supervised"
+    assert json.loads((run / "run.json").read_text())["init_from"] == str(start)
+    record = json.loads((run / "model" / "config.json").read_text())["initialised_from"]
+    assert (
+        record["model"] == str(start.resolve())
+        and record["copied"] > 0
+        and "rep_proj.weight" in record["fresh"]
+    )
+
+
 def test_compile_reaches_training_and_may_change_on_resume(
     runs: Path, few_images: Path, tmp_path: Path, monkeypatch
 ) -> None:

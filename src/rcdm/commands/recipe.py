@@ -155,6 +155,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     r.add_argument("--ema-decay", type=float, default=None, help="default: 0.999")
     r.add_argument("--save-every", type=int, default=None, help="default: 500")
     r.add_argument("--num-workers", type=int, default=None, help="default: 4")
+    r.add_argument(
+        "--init-from",
+        default=None,
+        metavar="MODEL",
+        help="new runs start from this trained RCDM's weights, as `rcdm train --init-from` (with --only: one "
+        "target's; default: random weights)",
+    )
     # the recipe knobs, as `rcdm train` names them; the CPU profile predicts v under Min-SNR-gamma (the A/B's lead)
     knobs = {n: TRAINING_OPTIONS[n] for n in RECIPE_KNOBS}
     knobs["prediction"] += " (default: v_prediction with --profile cpu, else epsilon)"

@@ -86,6 +86,8 @@ class RCDMRecipe:
     # so that a run extended with a larger --steps keeps its whole curve)
     keep_checkpoints: int = 2
     compile: bool = False  # torch.compile the UNet: float rounding only; a resume may change it
+    # a trained RCDM each new run starts from (`rcdm train --init-from`; scripts/cpu_pack.sh gives it per target)
+    init_from: str | None = None
 
 
 # RCDMRecipe's fields that are `rcdm train`'s recipe knobs, passed on to TrainConfig under the same names (and
@@ -193,6 +195,7 @@ def train_rcdms(
             standardize=recipe.standardize,
             keep_checkpoints=recipe.keep_checkpoints or recipe.steps // recipe.save_every + 1,
             compile=recipe.compile,
+            init_from=recipe.init_from,
         )
         previous = (
             json.loads((run_dir / RECIPE_NAME).read_text()) if (run_dir / RECIPE_NAME).is_file() else {}
