@@ -132,15 +132,17 @@ def test_a_time_budget_stops_at_the_first_checkpoint_past_it_and_says_so(
 def _logged(run_dir: Path, planned: int, sessions: list[list[tuple[int, float, float]]]) -> None:
     """A run folder whose metrics.jsonl holds these sessions of (step, elapsed_s, cpu_s) rows, as a resumed
     `rcdm train` leaves it (each session's clock starts again)."""
-    run_dir.mkdir(parents=True)
+    run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "run.json").write_text(json.dumps({"steps": planned, "batch_size": 64}))
     rows = [dict(step=s, loss=0.1, elapsed_s=e, cpu_s=c) for seg in sessions for s, e, c in seg]
     (run_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
 
 
-def test_status_sums_cpu_over_sessions_and_projects_each_run_at_its_last_rate(tmp_path: Path, capsys) -> None:
+def test_status_sums_cpu_over_sessions_and_projects_each_run_at_its_recent_rate(
+    tmp_path: Path, capsys
+) -> None:
     """`rcdm recipe status`: CPU spent is summed over a run's sessions (a resume restarts the clock), the steps
-    left are priced at the last session's rate, a run not started at the others' mean rate, and the whole is set
+    left are priced at the recent rate (the newest sessions back to 500 steps), a run not started at the others' mean rate, and the whole is set
     against the budget."""
     runs = tmp_path / "runs"
     # backbone: 30 CPU s to step 30, resumed at 20: 20 more to step 40 at 1 CPU s per step; 60 steps left
@@ -200,6 +202,10 @@ def test_status_sums_cpu_over_sessions_and_projects_each_run_at_its_last_rate(tm
     assert "spent 0.03 CPU h; at the planned steps 0.08 CPU h" in out and "0.02 CPU h under it" in out
     # 360 CPU s of budget, 260 planned for the started runs: 100 left, 50 steps at the mean rate 2
     assert "about 50 steps each" in out and "RCDM_TARGET_STEPS=rcdm-cifar10-vicreg-projector=50)" in out
+    # a session just resumed (one row) does not make the rate unknown: the sessions before it give it
+    _logged(runs / "rcdm-cifar10-supervised", 50, [[(10, 1, 30), (20, 2, 60)], [(21, 1, 2)]])
+    assert run_progress(runs / "rcdm-cifar10-supervised", "x", 1).cpu_s_per_step == 3.0
+    _logged(runs / "rcdm-cifar10-supervised", 50, [[(10, 1, 30), (20, 2, 60)]])
     assert main(["recipe", "status", "--runs", str(runs), "--budget-cpu-h", "0.05"]) == 0  # projector at 8000
     out = capsys.readouterr().out
     assert "over it" in out and "use the whole budget: none left for rcdm-cifar10-vicreg-projector" in out

@@ -280,7 +280,7 @@ class RunProgress:
     step: int  # the newest step metrics.jsonl logged (0: not started)
     planned_steps: int  # run.json's steps; for a run not started, the steps it was given
     cpu_s: float  # CPU seconds summed over its training sessions (work a kill lost after a checkpoint is not in it)
-    cpu_s_per_step: float | None  # the last session's rate (None: not started, or a session of one row)
+    cpu_s_per_step: float | None  # the recent rate (`recent_rate`; None: not started, or too few rows)
     started: bool
 
     def projected_cpu_s(self, rate: float | None) -> float | None:
@@ -291,6 +291,30 @@ class RunProgress:
         return self.cpu_s + max(0, self.planned_steps - self.step) * rate
 
 
+# the rate `rcdm recipe status` projects with: CPU seconds per step over the newest sessions that hold this many steps
+RATE_STEPS = 500
+
+
+def recent_rate(sessions: list[list[dict]], min_steps: int = RATE_STEPS) -> float | None:
+    """CPU seconds per step over the newest training sessions, back until they hold `min_steps` steps (or all): the
+    machine's speed now, yet not the few rows of a session just resumed. Within a session, from its first logged
+    row (start-up is before it) to its last. None without two rows of one session."""
+    cpu = steps = 0.0
+    for seg in reversed(sessions):
+        if (
+            len(seg) < 2
+            or "cpu_s" not in seg[0]
+            or "cpu_s" not in seg[-1]
+            or seg[-1]["step"] <= seg[0]["step"]
+        ):
+            continue
+        cpu += float(seg[-1]["cpu_s"]) - float(seg[0]["cpu_s"])
+        steps += seg[-1]["step"] - seg[0]["step"]
+        if steps >= min_steps:
+            break
+    return cpu / steps if steps else None
+
+
 def run_progress(run_dir: str | Path, target: str, planned_steps: int) -> RunProgress:
     """RunProgress of the run in RUN_DIR (`planned_steps` counts only for a run that has not started)."""
     run_dir = Path(run_dir)
@@ -299,9 +323,7 @@ def run_progress(run_dir: str | Path, target: str, planned_steps: int) -> RunPro
         return RunProgress(target, 0, planned_steps, 0.0, None, started=False)
     cpu = sum(float(seg[-1].get("cpu_s", 0.0)) for seg in sessions)
     last = sessions[-1]
-    rate = None
-    if len(last) >= 2 and last[-1]["step"] > last[0]["step"] and "cpu_s" in last[0] and "cpu_s" in last[-1]:
-        rate = (float(last[-1]["cpu_s"]) - float(last[0]["cpu_s"])) / (last[-1]["step"] - last[0]["step"])
+    rate = recent_rate(sessions)
     planned = int(run_settings(run_dir)["steps"]) if (run_dir / "run.json").is_file() else planned_steps
     return RunProgress(target, int(last[-1]["step"]), planned, cpu, rate, started=True)
 
@@ -315,7 +337,7 @@ def budget_table(runs_root: str | Path, steps: int, target_steps: dict[str, int]
     mean_rate = sum(rates) / len(rates) if rates else None
     hours = lambda s: "?" if s is None else f"{s / 3600:.2f}"  # noqa: E731
     lines = [
-        "| RCDM | step | planned | CPU h spent | CPU s per step (last session) | CPU h at planned steps |",
+        f"| RCDM | step | planned | CPU h spent | CPU s per step (last {RATE_STEPS}+ steps) | CPU h at planned steps |",
         "| --- | ---: | ---: | ---: | ---: | ---: |",
     ]
     projected = [r.projected_cpu_s(mean_rate) for r in runs]
