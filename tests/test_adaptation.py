@@ -118,6 +118,18 @@ def test_embedding_projections_train_with_adapter_plus_embedding(base, few_image
         export_diffusers(adapted, tmp_path / "export")
 
 
+def test_all_trains_every_weight_of_the_base_and_its_adapter_folder_holds_them(base, few_images, tmp_path):
+    cfg = _cfg(base, few_images, "pixels:1", steps=2, lr=1e-2, trainable="all", adapter="linear")
+    run = tmp_path / "run"
+    adapted, original = load_model(adapt(cfg, run, progress=False).model_dir), load_model(base)
+    a, o = adapted.state_dict(), original.state_dict()
+    changed = {k for k in o if not torch.equal(a[k], o[k])}
+    assert {"rep_proj.weight", "null_rep", "unet.conv_in.weight"} <= changed
+    assert any(k.startswith("unet.") and "time_emb_proj" not in k for k in changed)
+    over_base = load_model(run / "adapter").state_dict()  # RUN/adapter read over the base: the same model
+    assert all(torch.equal(over_base[k], a[k]) for k in a)
+
+
 def test_min_snr_weighting_reaches_the_adapters_loss(base, few_images, tmp_path):
     def trained(name: str, **kw) -> dict[str, torch.Tensor]:
         cfg = _cfg(base, few_images, "pixels:1", steps=2, lr=1e-2, trainable="adapter", **kw)

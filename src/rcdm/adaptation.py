@@ -47,8 +47,8 @@ from .weights import sha256_file
 
 log = logging.getLogger(__name__)
 
-Trainable = Literal["adapter", "adapter+embedding"]
-TRAINABLE: tuple[str, ...] = ("adapter", "adapter+embedding")
+Trainable = Literal["adapter", "adapter+embedding", "all"]
+TRAINABLE: tuple[str, ...] = ("adapter", "adapter+embedding", "all")
 MUTABLE_ON_RESUME = frozenset({"minutes", "steps", "save_every_s", "cache"})
 CARD_NOTE = (
     "An adapted model shows the base model's image prior, steered by the new representation: what the base "
@@ -85,7 +85,8 @@ class AdaptConfig:
     # R^2 well above the ridge map's (benchmarks/results/adapt-cpu-2core.md)
     map_steps: int = 4000
     # adapter+embedding: also the UNet's per-block time-embedding projections (benchmarks/results/adapt-cpu-2core.md:
-    # what makes the diffusion loss pay where the base's space lacks what the new encoder keeps); adapter: alone
+    # what makes the diffusion loss pay where the base's space lacks what the new encoder keeps); adapter: alone;
+    # all: every weight, the UNet's included (a fine-tune of the whole base, starting from the map; give it a lower lr)
     trainable: Trainable = "adapter+embedding"
     lr: float = 1e-3
     # linear warm-up of the lr over this many steps: Adam's first steps are lr-sized whatever the gradient, and a
@@ -246,7 +247,11 @@ def build_adapted(
 
 
 def trainable_parameters(model: RCDM, trainable: Trainable) -> list[torch.nn.Parameter]:
-    """The adapter's parameters, plus every ResNet block's time-embedding projection with 'adapter+embedding'."""
+    """The adapter's parameters, plus every ResNet block's time-embedding projection with 'adapter+embedding', or
+    every parameter of the model with 'all'."""
+    if trainable == "all":
+        model.requires_grad_(True)
+        return list(model.parameters())
     model.requires_grad_(False)
     params = list(model.rep_adapter.parameters())
     if trainable == "adapter+embedding":

@@ -28,7 +28,7 @@ ADAPT_OPTIONS = {
     "map_steps": "regression steps (batches of 256 cached pairs) that fit the mlp adapter's residual onto the base's "
     "representations before the diffusion loss, at most half the time left (0: the mlp starts as the ridge map)",
     "trainable": "what the diffusion loss trains: the adapter, or also the UNet's per-block time-embedding "
-    "projections",
+    "projections, or every weight of the base (all: a fine-tune of the whole network; give a lower --lr, e.g. 2e-4)",
     "lr": "AdamW learning rate",
     "warmup_steps": "linear learning-rate warm-up over this many steps",
     "batch_size": "images per step",
