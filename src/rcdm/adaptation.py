@@ -35,7 +35,7 @@ from .encoders.cache import cache_file, cached_representations, load_cache
 from .errors import RCDMError, TrainingInterrupted
 from .figures import model_card
 from .files import atomic_dir, write_text_atomic
-from .loading import encoder_for, load_model, resolve_model_dir
+from .loading import encoder_for, load_model, model_reference, resolve_model_dir
 from .locks import run_lock
 from .losses import GaussianDiffusion, draw_timesteps
 from .model import ADAPTER_WEIGHTS, ADAPTERS, MAX_LAYERS, RCDM, WEIGHTS_FILE, folder_holds
@@ -191,13 +191,6 @@ def _diffusion_views(files: list[Path], size: int, progress: bool) -> torch.Tens
         for s, e in batched(len(files), 1024)
     ]
     return torch.cat(out)
-
-
-def _base_reference(model: str) -> str:
-    """How an adapter names its base: a local folder as an absolute path (found from anywhere), else as given
-    (a bundled or published model's name, a hub repo)."""
-    path = Path(model).expanduser()
-    return str(path.resolve()) if path.exists() else model
 
 
 def base_targets(base: RCDM, reps: torch.Tensor) -> torch.Tensor:
@@ -389,7 +382,7 @@ def _adapt(
     ridge = fit_ridge(standardise(x_all)[idx], y_all[idx], holdout=cfg.holdout)
     log.info("ridge map: held-out R^2 %.3f (alpha %.0e x n)", ridge.r2_heldout, ridge.alpha)
     provenance = {
-        "base_model": _base_reference(cfg.model),
+        "base_model": model_reference(cfg.model),
         "base_weights": sha256_file(base_dir / WEIGHTS_FILE),
         "base_encoder": base.config.encoder,
         "base_feature": base.config.feature,

@@ -35,7 +35,7 @@ def check_guidance_interval(interval, what: str = "--guidance-interval") -> tupl
         low, high = (float(v) for v in interval)
     except (TypeError, ValueError):
         low = high = math.nan
-    if not (math.isfinite(low) and 0 <= low < high and not math.isnan(high)):
+    if not (math.isfinite(low) and 0 <= low < high):  # a NaN high fails low < high
         raise RCDMError(
             f"{what} {interval!r} is not an interval of noise levels: give LOW HIGH with 0 <= LOW < HIGH "
             "(sigma of the step; e.g. 0.28 5.42, or 0 inf for every step)"

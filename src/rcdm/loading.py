@@ -168,6 +168,13 @@ def weights_digest(folder: str | Path) -> str:
     return hashlib.sha256(f"{adapter}+{base.get('base_weights', '')}".encode()).hexdigest()
 
 
+def model_reference(source: str) -> str:
+    """How a model that another one came from is named in its config (an adapter's base, `--init-from`'s start): a
+    local folder as an absolute path (found from anywhere), else as given (a bundled or published name, a hub repo)."""
+    path = Path(source).expanduser()
+    return str(path.resolve()) if path.exists() else source
+
+
 def resolve_model_dir(source: str | Path, weights: str | None = None) -> Path:
     """A model reference -> the folder holding config.json + weights.
 

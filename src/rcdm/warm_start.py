@@ -11,12 +11,11 @@ start from random weights (and the representation statistics are measured on the
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 
 import torch
 
 from .errors import RCDMError
-from .loading import load_model, resolve_model_dir
+from .loading import load_model, model_reference, resolve_model_dir
 from .model import RCDM, WEIGHTS_FILE, record_in_config
 from .weights import sha256_file
 
@@ -24,12 +23,6 @@ log = logging.getLogger(__name__)
 
 # measured on the run's own data when it standardises (set_representation_stats), never copied
 STATISTICS = ("rep_mean", "rep_std")
-
-
-def _reference(spec: str) -> str:
-    """A local folder as an absolute path (found from anywhere), else as given (a bundled name, a hub repo)."""
-    path = Path(spec).expanduser()
-    return str(path.resolve()) if path.exists() else spec
 
 
 def initialise_from(model: RCDM, spec: str) -> dict:
@@ -78,7 +71,7 @@ def initialise_from(model: RCDM, spec: str) -> dict:
         )
     weights = folder / WEIGHTS_FILE
     record = {
-        "model": _reference(spec),
+        "model": model_reference(spec),
         "weights": sha256_file(weights) if weights.is_file() else None,
         "encoder": source.config.encoder,
         "feature": source.config.feature,
