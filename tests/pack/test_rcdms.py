@@ -201,7 +201,7 @@ def test_status_sums_cpu_over_sessions_and_projects_each_run_at_its_recent_rate(
     assert "| rcdm-cifar10-vicreg-projector | 0 | 10 | 0.00 | not started | 0.01 |" in out
     assert "spent 0.03 CPU h; at the planned steps 0.08 CPU h" in out and "0.02 CPU h under it" in out
     # 360 CPU s of budget, 260 planned for the started runs: 100 left, 50 steps at the mean rate 2
-    assert "about 50 steps each" in out and "RCDM_TARGET_STEPS=rcdm-cifar10-vicreg-projector=50)" in out
+    assert "about 50 steps each" in out and 'RCDM_TARGET_STEPS="rcdm-cifar10-vicreg-projector=50")' in out
     # a session just resumed (one row) does not make the rate unknown: the sessions before it give it
     _logged(runs / "rcdm-cifar10-supervised", 50, [[(10, 1, 30), (20, 2, 60)], [(21, 1, 2)]])
     assert run_progress(runs / "rcdm-cifar10-supervised", "x", 1).cpu_s_per_step == 3.0

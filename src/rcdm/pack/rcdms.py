@@ -371,7 +371,7 @@ def budget_table(runs_root: str | Path, steps: int, target_steps: dict[str, int]
             lines.append(
                 f"the budget leaves {left / 3600:.2f} CPU h for {', '.join(waiting)}: about {each} steps each at "
                 f"the started runs' mean rate ({mean_rate:.2f} CPU s per step; "
-                f"RCDM_TARGET_STEPS={','.join(f'{w}={each}' for w in waiting)})"
+                f'RCDM_TARGET_STEPS="{" ".join(f"{w}={each}" for w in waiting)}")'
             )
     return "\n".join(lines)
 
