@@ -120,6 +120,12 @@ rcdm() { # rcdm TARGET (skipped, with a note, until its encoder is finished)
         >>"$WORK/$1.log" 2>&1
 }
 
+init_pending() { # the projector's RCDM_INIT is a folder not written yet (say, the VICReg backbone RCDM's final model)
+    local init
+    init=$(of_target rcdm-cifar10-vicreg-projector "" "$RCDM_INIT")
+    [[ $init == */* ]] && [ ! -e "$init" ]
+}
+
 joined() { # joined RC: RC, or the status of the job started last with & when that one failed
     local rc=$1
     wait "$!" || rc=$?
@@ -149,6 +155,7 @@ rcdms) # the two backbone models first (the gates), side by side; the projector 
     # one thread while the other is still training (its final model not written yet), else ALONE_THREADS (the pair
     # can end far apart: one resumed later, or paused for other work). When the other ends, a one-thread projector
     # job is stopped with SIGTERM (it writes a checkpoint of the step under way) and resumed with ALONE_THREADS.
+    # A projector that starts from a model the other job is still training (RCDM_INIT) waits for that job.
     rcdm rcdm-cifar10-supervised &
     sup=$!
     rcdm rcdm-cifar10-vicreg-backbone &
@@ -159,13 +166,17 @@ rcdms) # the two backbone models first (the gates), side by side; the projector 
     other=$sup other_target=rcdm-cifar10-supervised
     [ "$first" = "$sup" ] && other=$vic other_target=rcdm-cifar10-vicreg-backbone
     proj='' threads=''
+    if [ "$rc" = 0 ] && init_pending; then # it starts from the other job's final model: wait for that one
+        wait "$other" || rc=$?
+        other=''
+    fi
     if [ "$rc" = 0 ]; then
         threads=$ALONE_THREADS
-        trained "$other_target" || threads=1
+        [ -z "$other" ] || trained "$other_target" || threads=1
         OMP_NUM_THREADS=$threads rcdm rcdm-cifar10-vicreg-projector &
         proj=$!
     fi
-    wait "$other" || rc=$?
+    [ -z "$other" ] || wait "$other" || rc=$?
     if [ -n "$proj" ] && [ "$rc" = 0 ] && [ "$threads" != "$ALONE_THREADS" ] && kill -0 "$proj" 2>/dev/null; then
         pkill -TERM -P "$proj" # the python job under the background subshell
         wait "$proj"           # 143: stopped at a checkpoint (or ended meanwhile: resuming it is then a no-op)

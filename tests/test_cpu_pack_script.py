@@ -165,6 +165,13 @@ def test_the_projector_starts_on_the_first_core_the_backbone_pair_frees(tmp_path
     assert kinds(lines)[5] == "recipe guidance"  # after the three RCDM jobs (and only after)
 
 
+def encoders_finished(tmp_path: Path) -> None:
+    """As if the encoders stage had run (each encoder folder holds its card)."""
+    for enc in ("supervised", "ssl"):
+        (tmp_path / "work" / "runs" / enc / "encoder").mkdir(parents=True, exist_ok=True)
+        (tmp_path / "work" / "runs" / enc / "encoder" / "card.json").touch()
+
+
 def trained(tmp_path: Path, target: str, steps: str) -> None:
     """As if TARGET's final model were trained to STEPS (what the fake python answers for rcdm.pack.trained_steps)."""
     run = tmp_path / "work" / "runs" / target
@@ -175,9 +182,7 @@ def trained(tmp_path: Path, target: str, steps: str) -> None:
 def test_each_rcdm_trains_to_its_steps_and_a_shorter_run_is_extended(tmp_path: Path) -> None:
     # The supervised RCDM trains on to 22,000 steps by default (RCDM_TARGET_STEPS), the two others to RCDM_STEPS:
     # a supervised model trained to 11,000 is resumed towards 22,000, a VICReg backbone one at 11,000 is done.
-    for enc in ("supervised", "ssl"):
-        (tmp_path / "work" / "runs" / enc / "encoder").mkdir(parents=True)
-        (tmp_path / "work" / "runs" / enc / "encoder" / "card.json").touch()
+    encoders_finished(tmp_path)
     trained(tmp_path, "rcdm-cifar10-supervised", "11000")
     trained(tmp_path, "rcdm-cifar10-vicreg-backbone", "11000")
     (tmp_path / "work" / "runs" / "rcdm-cifar10-supervised" / "checkpoints").mkdir()
@@ -250,6 +255,45 @@ def test_the_projector_gets_both_cores_once_the_pair_has_ended(tmp_path: Path) -
     order = [(kind, target) for kind, target, _ in events]
     assert order.index(("end", "rcdm-cifar10-supervised")) < order.index(
         ("stopped", "rcdm-cifar10-vicreg-projector")
+    )
+
+
+def test_a_projector_started_from_the_backbone_rcdm_waits_for_that_model(tmp_path: Path) -> None:
+    # RCDM_INIT names the VICReg backbone RCDM's final model, not written yet, and the supervised model ends first:
+    # the projector waits for the backbone job (rather than failing on a missing folder), then takes both cores.
+    init = tmp_path / "work" / "runs" / "rcdm-cifar10-vicreg-backbone" / "model"
+    encoders_finished(tmp_path)
+    done, _ = run_stage(
+        tmp_path,
+        stage="rcdms",
+        slow="rcdm-cifar10-vicreg-backbone:2",
+        RCDM_INIT=f"rcdm-cifar10-vicreg-projector={init}",
+    )
+    assert done.returncode == 0, done.stderr
+    events = rcdm_events(tmp_path)
+    order = [(kind, target) for kind, target, _ in events]
+    assert order.index(("end", "rcdm-cifar10-supervised")) < order.index(
+        ("end", "rcdm-cifar10-vicreg-backbone")
+    )
+    assert order.index(("end", "rcdm-cifar10-vicreg-backbone")) < order.index(
+        ("start", "rcdm-cifar10-vicreg-projector")
+    )
+    assert [
+        n for kind, target, n in events if target == "rcdm-cifar10-vicreg-projector" and kind == "start"
+    ] == ["2"]
+    # a model that is there already (or a bundled name) does not hold it back: it starts beside the supervised job
+    encoders_finished(tmp_path / "b")
+    init.mkdir(parents=True)
+    done, _ = run_stage(
+        tmp_path / "b",
+        stage="rcdms",
+        slow="rcdm-cifar10-supervised:2",
+        RCDM_INIT=f"rcdm-cifar10-vicreg-projector={init}",
+    )
+    assert done.returncode == 0, done.stderr
+    order = [(kind, target) for kind, target, _ in rcdm_events(tmp_path / "b")]
+    assert order.index(("start", "rcdm-cifar10-vicreg-projector")) < order.index(
+        ("end", "rcdm-cifar10-supervised")
     )
 
 
