@@ -57,3 +57,26 @@ def test_the_default_reconstructs_the_pack_above_25_db():
     assert inv.mean_psnr >= 25.0, inv.psnr
     # guidance 5 (the model's sampling default) is no round trip: inversion keeps its own default of 1
     assert inv.sampling.guidance == 1.0
+
+
+def test_redraw_decodes_the_noise_under_other_representations_in_the_same_pass(tiny_run, few_images):
+    """invert(redraw=...) gives what decoding the noise under those representations afterwards gives (the demo, the
+    app and `--representation-from` use it: one pass of the ODE for the reconstructions and the swaps), one
+    representation serves every image, and a representation of another size is one line."""
+    model = load_model(tiny_run)
+    encoder = encoder_for(model)
+    paths = [few_images / "cat.jpg", few_images / "dog.jpg"]
+    cfg = INVERT_DEFAULTS.replace(steps=4, precision="fp32")
+    others = encoder.encode_files([few_images / "horse.jpg", few_images / "cat.jpg"])
+    inv = invert(model, encoder, paths, cfg, redraw=others)
+    alone = invert(model, encoder, paths, cfg)
+    assert alone.redrawn is None
+    torch.testing.assert_close(inv.reconstructions, alone.reconstructions, atol=1e-5, rtol=0)
+    torch.testing.assert_close(inv.redrawn, decode(model, inv.noise, others, inv.sampling), atol=1e-5, rtol=0)
+    assert not torch.allclose(inv.redrawn[0], inv.reconstructions[0], atol=1e-3)  # the horse's, not the cat's
+    one = invert(model, encoder, paths, cfg, redraw=others[0])
+    torch.testing.assert_close(
+        one.redrawn[1], decode(model, inv.noise[1:], others[:1], cfg)[0], atol=1e-5, rtol=0
+    )
+    with pytest.raises(RCDMError, match="do not fit 2 image"):
+        invert(model, encoder, paths, cfg, redraw=torch.zeros(3, others.shape[1]))

@@ -263,18 +263,15 @@ class Views:
     ) -> ViewResult:
         """Per model: the input, its reconstruction from its inverted noise, and (with `other`) that noise decoded
         under the other image's representation: the layout the noise keeps, the content the representation does."""
-        from ..inversion import INVERT_DEFAULTS, invert, redraw_under
+        from ..inversion import INVERT_DEFAULTS, invert
 
         if not 1 <= steps <= 200:
             raise RCDMError(f"{steps} inversion steps is out of range: use 1..200")
         cfg = INVERT_DEFAULTS.replace(steps=steps)
 
         def run(_: str, m: Any, e: Any) -> tuple:
-            inv = invert(m, e, [image], cfg)
-            swap = None
-            if other is not None:
-                swap = redraw_under(m, inv, e.encode_files([other]))
-            return inv, swap
+            inv = invert(m, e, [image], cfg, redraw=e.encode_files([other]) if other is not None else None)
+            return inv, inv.redrawn
 
         results = self._each(labels, progress, "inverting", run)
         rows, images, table = [], [], []

@@ -10,7 +10,7 @@ from ..checks import check_guidance
 from ..data import expand_image_args
 from ..errors import RCDMError
 from ..files import output_folder
-from ..inversion import INVERT_DEFAULTS, invert, redraw_under, save_inversion
+from ..inversion import INVERT_DEFAULTS, invert, save_inversion
 from .common import (
     add_command,
     add_folder_output_args,
@@ -80,10 +80,9 @@ def run(args: argparse.Namespace) -> int:
         args.out, overwrite=args.overwrite, marker="results.json", command="rcdm invert"
     ) as out:
         model, encoder = load_model_and_encoder(args)
-        inv = invert(model, encoder, paths, sampling, progress=not args.no_progress)
-        swap = None
-        if other is not None:
-            swap = (other[0].stem, redraw_under(model, inv, encoder.encode_files(other)))
+        redraw = encoder.encode_files(other) if other is not None else None
+        inv = invert(model, encoder, paths, sampling, progress=not args.no_progress, redraw=redraw)
+        swap = (other[0].stem, inv.redrawn) if other is not None else None
         caption = (
             f"{args.model} ({encoder.spec}, {encoder.feature}); DDIM inversion, {inv.sampling.steps} steps, "
             f"guidance {inv.sampling.guidance:g}"

@@ -27,7 +27,7 @@ from ..diffusion import SamplingConfig, sample_many
 from ..encoders import Encoder
 from ..errors import RCDMError
 from ..figures import Section, fmt, grid, html_table, number
-from ..inversion import INVERT_DEFAULTS, decode, invert
+from ..inversion import INVERT_DEFAULTS, invert
 from ..loading import load_bundled
 from ..metrics.faithfulness import faithfulness_scores
 from ..model import RCDM
@@ -235,8 +235,9 @@ def _inversion_section(ctx: PageContext) -> Section:
     runs = {}
     for role in ("backbone", "projector"):
         model, encoder = ctx.loaded[role]
-        inv = invert(model, encoder, paths, cfg, progress=ctx.progress)
-        runs[role] = (inv, decode(model, inv.noise, inv.representations.roll(-1, 0), inv.sampling))
+        nexts = encoder.encode_files(paths).roll(-1, 0)
+        inv = invert(model, encoder, paths, cfg, progress=ctx.progress, redraw=nexts)
+        runs[role] = (inv, inv.redrawn)
     first = runs["backbone"][0]
     names = first.names
     rows = [
