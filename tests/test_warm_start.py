@@ -62,3 +62,22 @@ def test_a_unet_of_another_layout_is_refused_in_one_line(
     err = capsys.readouterr().err.strip()
     assert "--init-from" in err and "its UNet differs from this run's (unet.conv_out.weight" in err
     assert err.count("\n") == 0
+
+
+def test_the_model_started_from_sets_the_runs_layout_unless_flags_say_otherwise(
+    base: Path, few_images: Path, tmp_path: Path
+) -> None:
+    # No --preset, --image-size or --loss: the run takes the tiny 16 px hybrid layout of the model it starts from
+    # (the dataclass defaults, cifar32 at 32 px, would not fit it); a flag given still wins.
+    flags = "--encoder pixels:4 --batch-size 4 --cond-drop 0.5 --steps 1 --num-workers 0 --no-progress"
+    argv = ["train", "--data", str(few_images), *flags.split(), "--init-from", str(base)]
+    assert main([*argv, "--out", str(tmp_path / "run")]) == 0
+    saved = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert (saved["preset"], saved["image_size"], saved["loss"], saved["prediction"]) == (
+        "tiny",
+        16,
+        "hybrid",
+        "epsilon",
+    )
+    assert main([*argv, "--image-size", "32", "--out", str(tmp_path / "wider")]) == 0
+    assert json.loads((tmp_path / "wider" / "run.json").read_text())["image_size"] == 32

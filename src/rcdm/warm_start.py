@@ -10,19 +10,43 @@ start from random weights (and the representation statistics are measured on the
 
 from __future__ import annotations
 
+import json
 import logging
 
 import torch
 
 from .errors import RCDMError
 from .loading import load_model, model_reference, resolve_model_dir
-from .model import RCDM, WEIGHTS_FILE, record_in_config
+from .model import PRESETS, RCDM, WEIGHTS_FILE, record_in_config
 from .weights import sha256_file
 
 log = logging.getLogger(__name__)
 
 # measured on the run's own data when it standardises (set_representation_stats), never copied
 STATISTICS = ("rep_mean", "rep_std")
+
+
+def settings_of(spec: str) -> dict:
+    """The training settings of the trained RCDM named by `spec` that a run started from it needs for its UNet to
+    fit or to go on as it learned: the preset whose layout it has (none when it has no preset's layout), its image
+    size, loss (a learned variance: hybrid) and prediction target. `rcdm train --init-from` takes them as its
+    defaults, under the flags given."""
+    config = json.loads((resolve_model_dir(spec) / "config.json").read_text())
+    out = {
+        "image_size": config["sample_size"],
+        "loss": "hybrid" if config.get("learned_variance") else "simple",
+        "prediction": config.get("prediction_type", "epsilon"),
+    }
+    for name, layout in PRESETS.items():
+        if all(_same(config.get(key), value) for key, value in layout.items() if key != "sample_size"):
+            out["preset"] = name
+            break
+    return out
+
+
+def _same(a: object, b: object) -> bool:
+    """Config values equal, a JSON list and a tuple of the same items included."""
+    return list(a) == list(b) if isinstance(a, list | tuple) and isinstance(b, list | tuple) else a == b
 
 
 def initialise_from(model: RCDM, spec: str) -> dict:
@@ -44,7 +68,7 @@ def initialise_from(model: RCDM, spec: str) -> dict:
             got = "missing" if name not in theirs else tuple(theirs[name].shape)
             raise RCDMError(
                 f"--init-from {spec}: its UNet differs from this run's ({name}: {got} against "
-                f"{tuple(tensor.shape)}): train with its preset and loss (hybrid or simple), or start from scratch"
+                f"{tuple(tensor.shape)}): leave --preset and --loss out (they follow the model), or start from scratch"
             )
     same_space = (source.config.encoder_identity, source.config.feature) == (
         model.config.encoder_identity,

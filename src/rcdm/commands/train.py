@@ -7,6 +7,7 @@ import argparse
 from ..model import PRESETS
 from ..train import TrainConfig, check_time_budget, train
 from ..train_config import saved_config
+from ..warm_start import settings_of
 from .common import (
     add_command,
     add_config_options,
@@ -50,7 +51,8 @@ TRAINING_OPTIONS = {
     "(0: none)",
     "seed": "data order, noise and initial weights",
     "init_from": "start from a trained RCDM's weights (any --model source): its UNet, and its conditioning when the "
-    "encoder is the same; its preset and loss must be this run's (default: random weights)",
+    "encoder is the same; its preset, image size, loss and prediction become this run's defaults (default: random "
+    "weights)",
 }
 RUN_OPTIONS = {
     "feature_cache": "FILE.safetensors: representations computed once (centre crops + flips); default: none, the "
@@ -131,6 +133,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     # Options default to None; run.json (on --resume) and then the dataclass defaults fill the rest (edm2 style).
     base = saved_config(args.out) if args.resume else None
+    if base is None and args.init_from:  # its preset, image size, loss and target, unless flags say otherwise
+        base = settings_of(args.init_from)
     settings = settings_from_args(args, TrainConfig, base, ("data", "encoder"), "run.json")
     cfg = TrainConfig(**settings)
     budget = args.time_budget_s
