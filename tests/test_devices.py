@@ -1,12 +1,19 @@
-"""rcdm.devices.check_device: a --device that is no device, or not on this machine, is one line before any work."""
+"""rcdm.devices.check_device: a --device that is no device, or not on this machine, is one line before any work;
+git_commit names the source's commit in a checkout and in a `git archive` of it."""
 
 from __future__ import annotations
+
+import io
+import subprocess
+import tarfile
+from pathlib import Path
 
 import pytest
 import torch
 
+from rcdm import devices
 from rcdm.cli import main
-from rcdm.devices import RunClock, check_device
+from rcdm.devices import RunClock, archived_commit, check_device
 from rcdm.errors import RCDMError
 
 
@@ -44,3 +51,35 @@ def test_run_clock_adds_this_process_s_time_to_what_the_checkpoint_recorded() ->
     assert clock.wall_s() > wall and clock.cpu_s() > cpu
     fresh = RunClock()
     assert 0.0 <= fresh.wall_s() < 1.0 and 0.0 <= fresh.cpu_s() < 1.0
+
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_an_archive_of_the_source_names_the_commit_it_was_made_from(tmp_path, monkeypatch):
+    # The CPU pack trains from `git archive` of the source (no .git): the archive's file holds the commit, which a
+    # checkout's does not; outside a checkout git_commit falls back to it.
+    if subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True).returncode:
+        pytest.skip("not a git checkout: nothing to archive")
+    head = subprocess.run(
+        ["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True
+    ).stdout.strip()
+    archive = subprocess.run(
+        ["git", "archive", "HEAD", "src/rcdm/assets/archive-commit.txt"],
+        cwd=ROOT,
+        capture_output=True,
+        check=True,
+    ).stdout
+    with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
+        tar.extractall(tmp_path, filter="data")
+    archived = tmp_path / "src" / "rcdm" / "assets" / "archive-commit.txt"
+    assert archived_commit(archived) == f"{head}+archive"
+    assert archived_commit(devices.ARCHIVE_COMMIT) is None  # the checkout's placeholder
+    assert archived_commit(tmp_path / "missing.txt") is None
+    monkeypatch.setattr(devices, "ARCHIVE_COMMIT", archived)
+
+    def no_git(*args, **kwargs):
+        raise subprocess.CalledProcessError(128, "git")
+
+    monkeypatch.setattr(devices.subprocess, "run", no_git)
+    assert devices.git_commit() == f"{head}+archive"

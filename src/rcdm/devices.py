@@ -13,6 +13,7 @@ import contextlib
 import functools
 import os
 import platform
+import re
 import subprocess
 import time
 import weakref
@@ -248,8 +249,14 @@ class RunClock:
         return self.before_cpu_s + cpu_seconds() - self.c0
 
 
+# `git archive` writes the archived commit into this file (.gitattributes: export-subst); in a checkout it holds the
+# placeholder. So a run from an archive of the source (the CPU pack trains from one) still names its commit.
+ARCHIVE_COMMIT = Path(__file__).resolve().parent / "assets" / "archive-commit.txt"
+
+
 def git_commit() -> str | None:
-    """The rcdm source tree's git commit (with '+dirty' when modified), or None outside a checkout."""
+    """The rcdm source tree's git commit (with '+dirty' when modified); outside a checkout, the commit a `git
+    archive` of the source was made from (with '+archive'); else None."""
     here = Path(__file__).resolve().parent
     try:
         sha = subprocess.run(
@@ -263,8 +270,18 @@ def git_commit() -> str | None:
             timeout=10,
         ).stdout.strip()
     except (OSError, subprocess.SubprocessError):
-        return None
+        return archived_commit()
     return sha + ("+dirty" if dirty else "")
+
+
+def archived_commit(path: Path = ARCHIVE_COMMIT) -> str | None:
+    """The commit `git archive` wrote into PATH (40 hex digits, then '+archive'), else None (a checkout's
+    placeholder, or no such file)."""
+    try:
+        text = path.read_text().strip()
+    except OSError:
+        return None
+    return f"{text}+archive" if re.fullmatch(r"[0-9a-f]{40}", text) else None
 
 
 def device_name(device: torch.device) -> str:
