@@ -274,11 +274,11 @@ def git_commit() -> str | None:
     return sha + ("+dirty" if dirty else "")
 
 
-def archived_commit(path: Path = ARCHIVE_COMMIT) -> str | None:
-    """The commit `git archive` wrote into PATH (40 hex digits, then '+archive'), else None (a checkout's
-    placeholder, or no such file)."""
+def archived_commit(path: Path | None = None) -> str | None:
+    """The commit `git archive` wrote into PATH (default ARCHIVE_COMMIT; 40 hex digits, then '+archive'), else
+    None (a checkout's placeholder, or no such file)."""
     try:
-        text = path.read_text().strip()
+        text = (path or ARCHIVE_COMMIT).read_text().strip()
     except OSError:
         return None
     return f"{text}+archive" if re.fullmatch(r"[0-9a-f]{40}", text) else None
