@@ -17,7 +17,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file
 
-from rcdm import AdaptConfig, adapt, load_model
+from rcdm import AdaptConfig, adapt, adaptation, load_model
 from rcdm.adaptation import CARD_NOTE
 from rcdm.convert import export_diffusers
 from rcdm.diffusion import SamplingConfig, sample
@@ -281,16 +281,23 @@ def test_resuming_a_finished_run_does_not_judge_it_again(base, few_images, tmp_p
     assert len(calls) == 2 and (again.steps, again.kept_step, again.faithfulness) == (2, 2, 0.7)
 
 
-def test_a_resume_with_nothing_left_keeps_the_model_and_what_was_recorded_into_it(base, few_images, tmp_path):
+def test_a_resume_with_nothing_left_keeps_the_model_and_what_was_recorded_into_it(
+    base, few_images, tmp_path, monkeypatch
+):
     """`rcdm adapt --resume` of a finished run (a retried command) keeps RUN/model as it is, so a sampling recorded
-    into it since survives and the result is the one recorded; a finish cut between its two writes, or a resume that
-    trains on, writes both again."""
+    into it since survives and the result is the one recorded, and it decodes no training images; a finish cut
+    between its two writes, or a resume that trains on, writes both again."""
+    decoded = []
+    views = adaptation._diffusion_views
+    monkeypatch.setattr(adaptation, "_diffusion_views", lambda *a: decoded.append(1) or views(*a))
     cfg = _cfg(base, few_images, "pixels:1", steps=2, lr=1e-2)
     run = tmp_path / "run"
     first = adapt(cfg, run, progress=False)
     weights = (run / "model" / WEIGHTS_FILE).read_bytes()
     record_model_sampling(run / "model", {"sampler": "dpm++", "steps": 20, "guidance": 3.0})
+    assert len(decoded) == 1
     again = adapt(cfg, run, resume=True, progress=False)
+    assert len(decoded) == 1  # nothing left to train: no images decoded for it
     assert recorded_sampling(run / "model")["guidance"] == 3.0
     assert (run / "model" / WEIGHTS_FILE).read_bytes() == weights
     assert (again.steps, again.wall_s, again.cpu_s, again.r2_heldout) == (
@@ -303,7 +310,7 @@ def test_a_resume_with_nothing_left_keeps_the_model_and_what_was_recorded_into_i
     adapt(cfg, run, resume=True, progress=False)
     assert (run / "adapter" / "adapter.safetensors").is_file() and recorded_sampling(run / "model") == {}
     longer = adapt(replace(cfg, steps=3), run, resume=True, progress=False)
-    assert longer.steps == 3 and recorded_sampling(run / "model") == {}
+    assert longer.steps == 3 and recorded_sampling(run / "model") == {} and len(decoded) == 2
     assert load_model(run / "model").config.adapted_from["steps"] == 3
     assert (run / "model" / WEIGHTS_FILE).read_bytes() != weights
 

@@ -449,8 +449,11 @@ def _adapt(
                 check_s,
             )
             judge, max_steps = None, 0
-    # the training images, decoded (none for the map alone)
-    views = _diffusion_views(files, model.config.sample_size, progress) if max_steps != 0 else None
+    # the training images, decoded when a step can run (none for the map alone, nor for a resume with no steps or
+    # no budget left: the loop below would end before its first step)
+    steps_left = max_steps is None or step < max_steps
+    trains = steps_left and deadline - time.perf_counter() > (judge.seconds if judge else 0)
+    views = _diffusion_views(files, model.config.sample_size, progress) if trains else None
     best = _Kept.resume(state_path, saved, model, trainable_names, judge)
     monitor = TrainingMonitor(
         run_dir,
