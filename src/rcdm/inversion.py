@@ -173,17 +173,17 @@ def invert(
     reps = encoder.encode(views).float()
     if not torch.isfinite(reps).all():
         raise RCDMError(f"encoder {encoder.spec!r} gave non-finite representations: check its weights")
+    m, dim = reps.shape
+    other = None if redraw is None else redraw.float().reshape(-1, redraw.shape[-1])
+    if other is not None and (other.shape[1] != dim or len(other) not in (1, m)):  # before any sampling
+        raise RCDMError(
+            f"redraw representations of shape {tuple(redraw.shape)} do not fit {m} image(s) of a {dim}-d "
+            f"representation: give ({m}, {dim}) or ({dim},)"
+        )
     noise = invert_noise(model, originals, reps, cfg, progress=progress)
-    m = len(noise)
-    if redraw is None:
+    if other is None:
         recon, redrawn = decode(model, noise, reps, cfg), None
     else:
-        other = redraw.float().reshape(-1, redraw.shape[-1])
-        if other.shape[1] != reps.shape[1] or len(other) not in (1, m):
-            raise RCDMError(
-                f"redraw representations of shape {tuple(redraw.shape)} do not fit {m} image(s) of a "
-                f"{reps.shape[1]}-d representation: give ({m}, {reps.shape[1]}) or ({reps.shape[1]},)"
-            )
         both = decode(model, torch.cat([noise, noise]), torch.cat([reps, other.expand(m, -1)]), cfg)
         recon, redrawn = both[:m], both[m:]
     return Inversion(
