@@ -17,7 +17,7 @@
 # interruption: it resumes. PACK_STEP=N / PACK_STEPS="TARGET=N ..." pick the checkpoints evaluate scores and pack
 # bundles; RCDM_BUDGET_S=N stops each RCDM at its first checkpoint after N seconds; RCDM_COMPILE=1 compiles the UNet
 # (off: 0.97x a bf16 step on a free core, benchmarks/results/train-compile-cpu-bf16.md). A job that runs alone (the
-# projector RCDM when the backbone pair has ended, its guidance sweep, the evaluate stage) takes ALONE_THREADS
+# projector RCDM when the backbone pair has ended, its guidance sweep) takes ALONE_THREADS
 # threads (default 2): a cifar32-small bf16 training step of 64 on the 2-core AMD EPYC ran at 38.8 img/s on two
 # threads against 21.7 on one (1.79x), and two one-thread jobs side by side at about 21 each, so pairs run one thread
 # each and a lone job both cores.
@@ -186,11 +186,18 @@ rcdms) # the two backbone models first (the gates), side by side; the projector 
     [ -z "$proj" ] || wait "$proj" || rc=$?
     exit "$rc"
     ;;
-evaluate)
-    # shellcheck disable=SC2086  # weight lists are words
-    OMP_NUM_THREADS=$ALONE_THREADS $RCDM recipe evaluate --runs "$WORK/runs" --data "$CIFAR" --judge "$JUDGE" --metrics "$WORK/metrics" \
-        --eval-images "$EVAL_IMAGES" --guidance $GUIDANCE --curve-guidance $CURVE_GUIDANCE \
-        --curve-every "$CURVE_EVERY" ${steps[@]+"${steps[@]}"} --no-progress 2>>"$WORK/evaluate.log"
+evaluate) # two one-thread jobs side by side (two jobs of one thread do more than one of two): the supervised RCDM's
+    # scores, and the two VICReg RCDMs' (about as many samples: the supervised curve is longer); each writes
+    # metrics.json from every score on disk when it ends, so the one that ends last writes the whole
+    evaluate() {
+        # shellcheck disable=SC2086  # weight lists are words
+        $RCDM recipe evaluate --runs "$WORK/runs" --data "$CIFAR" --judge "$JUDGE" --metrics "$WORK/metrics" \
+            --eval-images "$EVAL_IMAGES" --guidance $GUIDANCE --curve-guidance $CURVE_GUIDANCE \
+            --curve-every "$CURVE_EVERY" ${steps[@]+"${steps[@]}"} --only "$@" --no-progress 2>>"$WORK/evaluate.log"
+    }
+    evaluate rcdm-cifar10-supervised &
+    evaluate rcdm-cifar10-vicreg-backbone rcdm-cifar10-vicreg-projector
+    joined $?
     ;;
 samplers)
     # shellcheck disable=SC2086

@@ -73,7 +73,7 @@ def test_all_runs_every_stage_in_order_then_the_findings_unguided(tmp_path: Path
     assert kinds(lines) == [
         *["recipe rcdm"] * 3,
         *["recipe guidance"] * 3,
-        "recipe evaluate",
+        *["recipe evaluate"] * 2,
         "recipe samplers",
         "recipe pack",
         "adapt --model",
@@ -88,6 +88,14 @@ def test_all_runs_every_stage_in_order_then_the_findings_unguided(tmp_path: Path
         "rcdm-cifar10-vicreg-projector",
     ]
     assert all("--scores" in line for line in lines if line.startswith("recipe guidance"))
+    # the evaluate stage: two jobs side by side, the supervised RCDM's scores and the two VICReg RCDMs'
+    evaluations = [
+        line.split("--only ")[1].split(" --")[0] for line in lines if line.startswith("recipe evaluate")
+    ]
+    assert sorted(evaluations) == [
+        "rcdm-cifar10-supervised",
+        "rcdm-cifar10-vicreg-backbone rcdm-cifar10-vicreg-projector",
+    ]
     findings = [line for line in lines if line.startswith("recipe findings")]
     assert [("--guidance 1" in f) for f in findings] == [False] * 3 + [True] * 3
     assert findings[2].endswith("--parts table") and findings[5].endswith("--parts table")

@@ -155,13 +155,23 @@ def test_samplers_score_the_newest_model_of_the_runs_asked_for(tmp_path: Path, s
     assert len(scored) == 4
 
 
-def test_a_second_metrics_stage_is_refused_while_one_runs(tmp_path: Path, scored) -> None:
+def test_a_second_metrics_stage_is_refused_on_an_rcdm_one_scores_and_not_on_another(
+    tmp_path: Path, scored
+) -> None:
     runs, metrics = tmp_path / "runs", tmp_path / "metrics"
     _run(runs, SUPERVISED, [1000], final=True)
-    # another evaluate stage, running
-    with output_lock(metrics, flag="--metrics"), pytest.raises(RCDMError, match="is being written by"):
-        stages.evaluate_runs(runs, metrics, [Path("a.jpg")], None)
-    assert scored == [] and not metrics.exists()
+    _run(runs, BACKBONE, [1000], final=True)
+    # another evaluate (or samplers) stage, scoring the supervised RCDM
+    with output_lock(metrics / SUPERVISED, flag="--metrics"):
+        with pytest.raises(RCDMError, match="is being written by"):
+            stages.evaluate_runs(runs, metrics, [Path("a.jpg")], None, only=[SUPERVISED])
+        with pytest.raises(RCDMError, match="is being written by"):
+            stages.score_samplers(runs, metrics, [Path("a.jpg")], None, [("fast", 1.0)], only=[SUPERVISED])
+        assert scored == []
+        # the VICReg backbone RCDM's scores go on beside it (scripts/cpu_pack.sh's evaluate stage runs two jobs)
+        stages.evaluate_runs(runs, metrics, [Path("a.jpg")], None, only=[BACKBONE])
+    assert scored and all(str(runs / BACKBONE) in m for m, _ in scored)
+    assert not (metrics / SUPERVISED).exists()
 
 
 def test_findings_on_the_shipped_pack_write_results_and_tables_and_keep_them(

@@ -119,8 +119,9 @@ def evaluate_runs(
     `steps[target]`) names the checkpoint the bundle will hold instead of the final model."""
     runs, metrics = Path(runs), Path(metrics)
     scored: list[Path] = []
-    with output_lock(metrics, flag="--metrics", command="rcdm recipe evaluate"):
-        for name, run in _runs(runs, only):
+    for name, run in _runs(runs, only):
+        # one lock per RCDM: evaluations of other RCDMs may run beside this one (scripts/cpu_pack.sh runs two)
+        with output_lock(metrics / name, flag="--metrics", command="rcdm recipe evaluate"):
             at = (steps or {}).get(name, step)
             ckpts = Checkpoints(run)
             to_pack = _to_pack(run, at)
@@ -218,8 +219,8 @@ def score_samplers(
     into METRICS/<target>/sampler-<preset>[-gW]; a table measured on an older checkpoint is measured again."""
     runs, metrics = Path(runs), Path(metrics)
     scored: list[Path] = []
-    with output_lock(metrics, flag="--metrics", command="rcdm recipe samplers"):
-        for name, run in _runs(runs, only):
+    for name, run in _runs(runs, only):
+        with output_lock(metrics / name, flag="--metrics", command="rcdm recipe samplers"):
             to_pack = _to_pack(run, None)
             if to_pack is None:
                 continue  # nothing trained yet
