@@ -242,6 +242,37 @@ def test_pack_metrics_markdown_prints_the_readme_tables_read_at_each_models_own_
     assert "| VICReg backbone | dpm++ 20 | 0.500 | 0.500 (chance 0.250) | 2.00 |" in lines
 
 
+def test_pack_metrics_markdown_says_whose_weights_a_curve_started_from(tmp_path: Path, capsys) -> None:
+    # The projector RCDM started from the backbone RCDM's final model (`rcdm train --init-from`): its images seen
+    # are its own run's, which the tables say, naming the run and not the machine's path.
+    model = tmp_path / "runs" / "rcdm-cifar10-vicreg-projector" / "model"
+    model.mkdir(parents=True)
+    start = {
+        "model": "/home/x/runs/rcdm-cifar10-vicreg-backbone/model",
+        "fresh": ["null_rep", "rep_proj.weight"],
+    }
+    (model / "config.json").write_text(json.dumps({"initialised_from": start}))
+    target = tmp_path / "metrics" / "rcdm-cifar10-vicreg-projector"
+    _evaluation(target / "final", 0.25, 0.5, model=str(model))
+    _evaluation(target / "step-00002000", 0.0, 0.25)
+    argv = [
+        "recipe",
+        "metrics",
+        "--metrics-dir",
+        str(tmp_path / "metrics"),
+        "--eval-images",
+        "4",
+        "--markdown",
+    ]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert (
+        "- VICReg projector: started from `rcdm-cifar10-vicreg-backbone` (`rcdm train --init-from`: its UNet, 2 "
+        "tensors from random weights), so its images seen are its own run's only" in out
+    )
+    assert "/home/x" not in out
+
+
 def test_pack_metrics_markdown_says_when_nothing_is_scored(tmp_path: Path, capsys) -> None:
     (tmp_path / "rcdm-cifar10-supervised").mkdir()
     assert (

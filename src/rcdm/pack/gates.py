@@ -215,7 +215,7 @@ def markdown(root: Path, step: int | None = None, per_target: dict[str, int] | N
     cannot drift from what was measured."""
     labels = dict(ROLES.values())
     features = {t.name: t.feature for t in TARGETS}
-    gate_rows, gaps, curve_cols, sampler_lines, sweep_rows, chosen = [], [], {}, [], [], []
+    gate_rows, gaps, curve_cols, sampler_lines, sweep_rows, chosen, starts = [], [], {}, [], [], [], []
     n = None
     for target in _targets(root):
         tags = _scored(target)
@@ -233,6 +233,17 @@ def markdown(root: Path, step: int | None = None, per_target: dict[str, int] | N
             )
         if sweep.get("measured"):
             chosen.append(f"- {label}: guidance {sweep['guidance']:g}, {sweep.get('chosen_by', '')}")
+        start = _started_from(Path(packed[0]["model"]).expanduser()) if packed else None
+        if start:
+            source = Path(
+                str(start.get("model"))
+            )  # a run's model folder is named by its run (no machine path)
+            starts.append(
+                f"- {label}: started from `{source.parent.name if source.name == 'model' else source.name}` "
+                "(`rcdm train --init-from`: its UNet, "
+                f"{len(start.get('fresh') or [])} tensors from random weights), so its images seen are its own "
+                "run's only, not those its start had seen"
+            )
         for record in packed:
             n = n or record["images"]
             at = f"{record['step']:,}" if record.get("step") else "final"
@@ -299,6 +310,8 @@ def markdown(root: Path, step: int | None = None, per_target: dict[str, int] | N
         out.append("| class agreement per doubling (least squares) | " + " | ".join(slopes) + " |")
         out.append("")
         out.append("Cells: class agreement / rank-1, each point its checkpoint's EMA weights.")
+        if starts:
+            out += ["", *starts]
     if sampler_lines:
         out += [
             "",
@@ -307,6 +320,14 @@ def markdown(root: Path, step: int | None = None, per_target: dict[str, int] | N
             *sampler_lines,
         ]
     return "\n".join(out).strip("\n") + "\n" if out else ""
+
+
+def _started_from(model_dir: Path) -> dict | None:
+    """The `initialised_from` record of a model folder's config (`rcdm train --init-from`), else None."""
+    try:
+        return json.loads((model_dir / "config.json").read_text()).get("initialised_from")
+    except (OSError, ValueError):
+        return None
 
 
 def parse_steps(values: list[str], flag: str = "--step") -> tuple[int | None, dict[str, int]]:
