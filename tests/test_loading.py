@@ -21,7 +21,11 @@ def test_bundled_models_have_short_names_a_default_sampling_and_no_machine_path(
     for config_file in folders:
         config = json.loads(config_file.read_text())
         assert "_name_or_path" not in config, config_file
-        assert config["sampling"]["guidance"] > 1 and config["sampling"]["sampler"] == "dpm++"
+        # the sampling `rcdm recipe guidance --record` chose (guidance 1 included: no guidance may measure best)
+        sampling = config["sampling"]
+        assert sampling["sampler"] == "dpm++" and sampling["guidance"] >= 1 and sampling["chosen_by"], (
+            config_file
+        )
         short = config_file.parent.name.removeprefix("rcdm-")
         assert resolve_model_dir(short) == config_file.parent
     with pytest.raises(RCDMError, match="or a bundled one \\(rcdm-cifar10"):
