@@ -235,9 +235,8 @@ def markdown(root: Path, step: int | None = None, per_target: dict[str, int] | N
             chosen.append(f"- {label}: guidance {sweep['guidance']:g}, {sweep.get('chosen_by', '')}")
         start = _started_from(Path(packed[0]["model"]).expanduser()) if packed else None
         if start:
-            source = Path(
-                str(start.get("model"))
-            )  # a run's model folder is named by its run (no machine path)
+            # named by its folder, or by its run for a run's model/ (no machine path in a README)
+            source = Path(str(start.get("model")))
             starts.append(
                 f"- {label}: started from `{source.parent.name if source.name == 'model' else source.name}` "
                 "(`rcdm train --init-from`: its UNet, "
