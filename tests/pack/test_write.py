@@ -407,10 +407,22 @@ def test_a_run_started_from_another_rcdm_says_so_without_a_machine_path(runs: Pa
     config_file.write_text(json.dumps(config))
     pack(root, tmp_path / "out", only=[TARGET], allow_smoke=True)
     packed = (tmp_path / "out" / TARGET / "config.json").read_text()
-    assert json.loads(packed)["initialised_from"]["model"] == "rcdm-cifar10-vicreg-backbone/model"
+    # a run of the same runs folder: named as the bundled model it becomes, its digest said to be the run's fp32 one
+    record = json.loads(packed)["initialised_from"]
+    assert record["model"] == "rcdm-cifar10-vicreg-backbone" and "float32" in record["weights_of"]
     assert str(tmp_path) not in packed
     readme = (tmp_path / "out" / TARGET / "README.md").read_text()
     assert (
-        "| initial weights | from `rcdm-cifar10-vicreg-backbone/model` (its UNet; from random weights: "
+        "| initial weights | from `rcdm-cifar10-vicreg-backbone` (its UNet; from random weights: rep_proj.weight; "
+        f"sha256 of its training run's final model (float32), before the bundle's fp16 rounding: {'ab' * 32})"
         in readme
     )
+
+
+def test_a_start_outside_the_runs_folder_keeps_its_name_without_the_fp16_note(tmp_path: Path) -> None:
+    from rcdm.pack.write import _packed_start
+
+    named = {"model": "cifar10-vicreg-backbone", "weights": "cd" * 32, "fresh": []}
+    assert _packed_start(named, tmp_path / "runs") == named  # a bundled name (or hub repo): as recorded
+    elsewhere = _packed_start({**named, "model": str(tmp_path / "mine" / "model")}, tmp_path / "runs")
+    assert "weights_of" not in elsewhere and not elsewhere["model"].startswith(str(tmp_path))

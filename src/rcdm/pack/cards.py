@@ -82,7 +82,8 @@ def rcdm_card(card: dict) -> str:
             (
                 "initial weights",
                 f"from `{start['model']}` (its UNet{', and its conditioning' if not start.get('fresh') else ''}; "
-                f"from random weights: {', '.join(start.get('fresh') or []) or 'nothing'})",
+                f"from random weights: {', '.join(start.get('fresh') or []) or 'nothing'}; sha256 of "
+                f"{start.get('weights_of', 'its weights file')}: {start.get('weights') or 'not recorded'})",
             )
         )
     sampling = card.get("sampling") or {}

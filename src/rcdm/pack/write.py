@@ -66,6 +66,18 @@ def _public_value(value: Any, root: Path | None) -> Any:
     return _public(Path(value), root) if os.path.isabs(value) else value
 
 
+def _packed_start(start: dict, root: Path) -> dict:
+    """A packed RCDM's `initialised_from` record: without machine paths, and a start from another run under ROOT
+    (the projector RCDM from the VICReg backbone RCDM) named by that run, which is the bundled model of the same name;
+    its `weights` digest is of the run's float32 model, which the bundle then rounds to fp16: said so."""
+    record = _public_value(start, root)
+    source = Path(str(start.get("model", "")))
+    if source.name == "model" and source.parent.parent.resolve() == Path(root).resolve():
+        record["model"] = source.parent.name
+        record["weights_of"] = "its training run's final model (float32), before the bundle's fp16 rounding"
+    return record
+
+
 def _packed_sampling(model: RCDM, guidance: float | None) -> dict:
     """The default sampling a packed RCDM records: the pack's `guidance` when given, else the sampling measured
     for this model by `rcdm recipe guidance --record` (kept with its measurements), else guidance 1."""
@@ -450,8 +462,9 @@ def pack(
                 encoder_weights=packed.weights_digest(),
                 sampling=_packed_sampling(model, guidance),
             )
-            if getattr(model.config, "initialised_from", None):  # rcdm train --init-from: no machine path
-                model.register_to_config(initialised_from=_public_value(model.config.initialised_from, root))
+            start = getattr(model.config, "initialised_from", None)
+            if start:  # rcdm train --init-from: no machine path
+                model.register_to_config(initialised_from=_packed_start(start, root))
             (model.half() if half else model).save_pretrained(tmp / t.name)
             run_cfg = run_settings(root / t.name)
             card = {
