@@ -390,7 +390,8 @@ def test_an_mlp_adapter_ships_and_loads_as_the_adapted_model_it_came_from(
 
 def test_a_run_started_from_another_rcdm_says_so_without_a_machine_path(runs: Path, tmp_path: Path) -> None:
     """A run of `rcdm train --init-from` (the record it writes into its model's config): the packed config keeps
-    where its initial weights came from, as a path relative to the runs folder, and the card says it."""
+    where its initial weights came from, another run of the same folder by its name (the bundled model it becomes),
+    and the card says it."""
     import shutil
 
     root = tmp_path / "runs"
