@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from rcdm.diffusion import SamplingConfig
@@ -17,6 +18,16 @@ def test_a_long_title_wraps_onto_more_lines_instead_of_being_cut():
     long = grid(_cells(2), title="adversarial: " + "/a/very/long/path/to/some/model/folder" * 4)
     assert long.width == short.width  # the grid sets the width, the title does not
     assert long.height >= short.height + 3 * 14  # the title's extra lines, not cut at the edge
+
+
+def test_a_row_label_of_two_lines_takes_two_lines_and_the_width_of_the_longer():
+    numbers = "d=0.49 | 0.62  r=1.00 | 0.43"
+    one = grid(_cells(2), row_labels=[f"random_resized_crop {numbers}"])
+    two = grid(_cells(2), row_labels=[f"random_resized_crop\n{numbers}"])
+    assert two.width < one.width and two.height == one.height
+    label = np.asarray(two.convert("L"))[:, : two.width - 2 * (64 + 2)]  # the label column
+    inked = np.flatnonzero((label < 128).any(1))
+    assert inked.max() - inked.min() > 14  # ink on two lines, one under the other (LINE = 14 px)
 
 
 def test_a_caption_goes_below_the_figure_and_widens_a_narrow_one():

@@ -63,13 +63,15 @@ def grid(
     title: str | None = None,
 ) -> Image.Image:
     """A labelled grid: rows[r][c] is an image (3, H, W) in [0, 1]; cells are upscaled to `cell` px (nearest).
-    A title wider than the grid wraps onto more lines instead of being cut."""
+    A title wider than the grid wraps onto more lines instead of being cut; a row label may hold several lines
+    ("\n"), centred on its row (a name, then its numbers, keep the label column narrow)."""
     rows = [list(r) for r in rows]
     n_cols = max(len(r) for r in rows)
     h = rows[0][0].shape[-2]
     cell = cell or max(64, h)
     font = ImageFont.load_default()
-    left = 0 if not row_labels else 8 + int(max(font.getlength(s) for s in row_labels))
+    label_lines = [str(s).split("\n") for s in row_labels] if row_labels else []
+    left = 0 if not row_labels else 8 + int(max(font.getlength(x) for lines in label_lines for x in lines))
     width = left + n_cols * (cell + pad) + pad
     title_lines = _wrapped(title, font, width - 2 * pad) if title else []
     top = (18 if col_labels else 0) + LINE * len(title_lines) + (4 if title_lines else 0)
@@ -87,7 +89,14 @@ def grid(
     for r, row in enumerate(rows):
         y = top + pad + r * (cell + pad)
         if row_labels:
-            draw.text((4, y + cell // 2 - 6), row_labels[r], fill="black", font=font)
+            lines = label_lines[r]
+            for k, text in enumerate(lines):
+                draw.text(
+                    (4, y + cell // 2 - 6 + (2 * k - len(lines) + 1) * LINE // 2),
+                    text,
+                    fill="black",
+                    font=font,
+                )
         for c, img in enumerate(row):
             pil = to_pil(img).resize((cell, int(cell * img.shape[-2] / img.shape[-1])), Image.NEAREST)
             canvas.paste(pil, (left + pad + c * (cell + pad), y))

@@ -268,7 +268,7 @@ def invariance_figure(results: Sequence[InvarianceResult]) -> Image.Image:
         return [([res.originals[i], *res.clean_samples[i]], res.names[i])] + [
             (
                 [res.augmented[a, i], *res.aug_samples[a, i]],
-                f"{aug} d={fmt(float(res.relative_shift[a, i]))} r={fmt(float(res.retention[a, i]))}",
+                f"{aug}\nd={fmt(float(res.relative_shift[a, i]))}  r={fmt(float(res.retention[a, i]))}",
             )
             for a, (aug, _) in enumerate(res.augmentations)
         ]
@@ -290,7 +290,7 @@ def _side_by_side(results: Sequence[InvarianceResult]) -> Image.Image:
             cells.append([first.augmented[a, i], *(x for r in results for x in r.aug_samples[a, i])])
             d = numbers([float(r.relative_shift[a, i]) for r in results])
             ret = numbers([float(r.retention[a, i]) for r in results])
-            labels.append(f"{aug} d={d} r={ret}")
+            labels.append(f"{aug}\nd={d}  r={ret}")
     per = first.clean_samples.shape[1]
     cols = ["input"] + [f"[{k}] s{j}" for k in range(len(results)) for j in range(per)]
     title = "invariance (d: rep. shift, r: retention; [0] | [1]): " + " vs ".join(
