@@ -59,11 +59,10 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_an_archive_of_the_source_names_the_commit_it_was_made_from(tmp_path, monkeypatch):
     # The CPU pack trains from `git archive` of the source (no .git): the archive's file holds the commit, which a
     # checkout's does not; outside a checkout git_commit falls back to it.
-    if subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True).returncode:
+    rev = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True)
+    if rev.returncode:
         pytest.skip("not a git checkout: nothing to archive")
-    head = subprocess.run(
-        ["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True
-    ).stdout.strip()
+    head = rev.stdout.strip()
     archive = subprocess.run(
         ["git", "archive", "HEAD", "src/rcdm/assets/archive-commit.txt"],
         cwd=ROOT,

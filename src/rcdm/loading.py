@@ -144,6 +144,13 @@ def recorded_sampling(folder: str | Path) -> dict:
     return dict(recorded) if isinstance(recorded, dict) else {}
 
 
+def recorded_start(folder: str | Path) -> dict:
+    """Where a model folder's weights started (`initialised_from`, which `rcdm train --init-from` records), read
+    without loading anything; {} when it records none or cannot be read."""
+    recorded = _config_entry(folder, "initialised_from")
+    return dict(recorded) if isinstance(recorded, dict) else {}
+
+
 def _config_entry(folder: str | Path, key: str) -> object:
     """config.json's `key` in a model folder, read without loading it; None when absent or unreadable."""
     try:

@@ -25,7 +25,7 @@ from pathlib import Path
 
 from ..bundle import ROLES
 from ..errors import RCDMError
-from ..loading import recorded_sampling
+from ..loading import recorded_sampling, recorded_start
 from .rcdms import TARGETS
 from .stages import SCORE
 
@@ -233,7 +233,7 @@ def markdown(root: Path, step: int | None = None, per_target: dict[str, int] | N
             )
         if sweep.get("measured"):
             chosen.append(f"- {label}: guidance {sweep['guidance']:g}, {sweep.get('chosen_by', '')}")
-        start = _started_from(Path(packed[0]["model"]).expanduser()) if packed else None
+        start = recorded_start(Path(packed[0]["model"]).expanduser()) if packed else {}
         if start:
             # named by its folder, or by its run for a run's model/ (no machine path in a README)
             source = Path(str(start.get("model")))
@@ -319,14 +319,6 @@ def markdown(root: Path, step: int | None = None, per_target: dict[str, int] | N
             *sampler_lines,
         ]
     return "\n".join(out).strip("\n") + "\n" if out else ""
-
-
-def _started_from(model_dir: Path) -> dict | None:
-    """The `initialised_from` record of a model folder's config (`rcdm train --init-from`), else None."""
-    try:
-        return json.loads((model_dir / "config.json").read_text()).get("initialised_from")
-    except (OSError, ValueError):
-        return None
 
 
 def parse_steps(values: list[str], flag: str = "--step") -> tuple[int | None, dict[str, int]]:
