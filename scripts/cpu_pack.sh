@@ -16,8 +16,8 @@
 # Outputs live outside the work tree in $WORK (default ~/rcdm-work); logs in $WORK/*.log. Run a stage again after an
 # interruption: it resumes. PACK_STEP=N / PACK_STEPS="TARGET=N ..." pick the checkpoints evaluate scores and pack
 # bundles; RCDM_BUDGET_S=N stops each RCDM at its first checkpoint after N seconds; RCDM_COMPILE=1 compiles the UNet
-# (off: 0.97x a bf16 step on a free core, benchmarks/results/train-compile-cpu-bf16.md). A job that runs alone (the
-# projector RCDM when the backbone pair has ended, its guidance sweep) takes ALONE_THREADS
+# (off: 0.97x a bf16 step on a free core, benchmarks/results/train-compile-cpu-bf16.md). A job that runs alone (an
+# RCDM whose training partner has ended, the projector's guidance sweep) takes ALONE_THREADS
 # threads (default 2): a cifar32-small bf16 training step of 64 on the 2-core AMD EPYC ran at 38.8 img/s on two
 # threads against 21.7 on one (1.79x), and two one-thread jobs side by side at about 21 each, so pairs run one thread
 # each and a lone job both cores.
@@ -126,6 +126,19 @@ init_pending() { # the projector's RCDM_INIT is a folder not written yet (say, t
     [[ $init == */* ]] && [ ! -e "$init" ]
 }
 
+widen() { # widen TARGET PID: TARGET's one-thread job PID, left alone, stopped with SIGTERM (training writes a
+    # checkpoint of the step under way) and resumed with ALONE_THREADS; $widened: the job to wait for now
+    widened=$2
+    [ "$ALONE_THREADS" != 1 ] || return 0
+    # the training process under the background subshell, once it runs (the subshell first asks whether the run is
+    # trained: a signal then would stop that question, not the training)
+    while kill -0 "$2" 2>/dev/null && ! pgrep -P "$2" -f "recipe rcdm" >/dev/null; do sleep 0.2; done
+    pkill -TERM -P "$2" -f "recipe rcdm"
+    wait "$2" # 143: stopped at a checkpoint (or ended meanwhile: resuming it is then a no-op)
+    OMP_NUM_THREADS=$ALONE_THREADS rcdm "$1" &
+    widened=$!
+}
+
 joined() { # joined RC: RC, or the status of the job started last with & when that one failed
     local rc=$1
     wait "$!" || rc=$?
@@ -153,9 +166,10 @@ encoders)
     ;;
 rcdms) # the two backbone models first (the gates), side by side; the projector model on the first core they free:
     # one thread while the other is still training (its final model not written yet), else ALONE_THREADS (the pair
-    # can end far apart: one resumed later, or paused for other work). When the other ends, a one-thread projector
-    # job is stopped with SIGTERM (it writes a checkpoint of the step under way) and resumed with ALONE_THREADS.
-    # A projector that starts from a model the other job is still training (RCDM_INIT) waits for that job.
+    # can end far apart: one resumed later, or paused for other work). Whichever of two one-thread jobs ends first,
+    # the one left is stopped with SIGTERM (it writes a checkpoint of the step under way) and resumed with
+    # ALONE_THREADS, so no core idles. A projector that starts from a model the other job is still training
+    # (RCDM_INIT) waits for that job, which meanwhile takes both threads.
     rcdm rcdm-cifar10-supervised &
     sup=$!
     rcdm rcdm-cifar10-vicreg-backbone &
@@ -167,7 +181,8 @@ rcdms) # the two backbone models first (the gates), side by side; the projector 
     [ "$first" = "$sup" ] && other=$vic other_target=rcdm-cifar10-vicreg-backbone
     proj='' threads=''
     if [ "$rc" = 0 ] && init_pending; then # it starts from the other job's final model: wait for that one
-        wait "$other" || rc=$?
+        widen "$other_target" "$other"
+        wait "$widened" || rc=$?
         other=''
     fi
     if [ "$rc" = 0 ]; then
@@ -176,13 +191,18 @@ rcdms) # the two backbone models first (the gates), side by side; the projector 
         OMP_NUM_THREADS=$threads rcdm rcdm-cifar10-vicreg-projector &
         proj=$!
     fi
-    [ -z "$other" ] || wait "$other" || rc=$?
-    if [ -n "$proj" ] && [ "$rc" = 0 ] && [ "$threads" != "$ALONE_THREADS" ] && kill -0 "$proj" 2>/dev/null; then
-        pkill -TERM -P "$proj" # the python job under the background subshell
-        wait "$proj"           # 143: stopped at a checkpoint (or ended meanwhile: resuming it is then a no-op)
-        OMP_NUM_THREADS=$ALONE_THREADS rcdm rcdm-cifar10-vicreg-projector &
-        proj=$!
+    if [ -n "$other" ] && [ -n "$proj" ] && [ "$threads" != "$ALONE_THREADS" ]; then
+        wait -n -p first "$other" "$proj"
+        rc=$?
+        if [ "$first" = "$other" ]; then
+            other=''
+            [ "$rc" = 0 ] && widen rcdm-cifar10-vicreg-projector "$proj" && proj=$widened
+        else
+            proj=''
+            [ "$rc" = 0 ] && widen "$other_target" "$other" && other=$widened
+        fi
     fi
+    [ -z "$other" ] || wait "$other" || rc=$?
     [ -z "$proj" ] || wait "$proj" || rc=$?
     exit "$rc"
     ;;

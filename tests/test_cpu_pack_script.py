@@ -67,11 +67,11 @@ def kinds(lines: list[str]) -> list[str]:
 
 
 def test_all_runs_every_stage_in_order_then_the_findings_unguided(tmp_path: Path) -> None:
-    # the supervised job ends last, after the projector's (else the projector would be resumed on both cores)
+    # the supervised job ends last, after the projector's: it is resumed on both cores (the test below)
     done, lines = run_stage(tmp_path, slow="rcdm-cifar10-supervised:1")
     assert done.returncode == 0, done.stderr
     assert kinds(lines) == [
-        *["recipe rcdm"] * 3,
+        *["recipe rcdm"] * 4,
         *["recipe guidance"] * 3,
         *["recipe evaluate"] * 2,
         "recipe samplers",
@@ -83,6 +83,7 @@ def test_all_runs_every_stage_in_order_then_the_findings_unguided(tmp_path: Path
     rcdms = [line for line in lines if line.startswith("recipe rcdm ")]
     # the side-by-side pair, then the projector on the first core they free (events: the test below)
     assert sorted(line.split("--only ")[1].split()[0] for line in rcdms) == [
+        "rcdm-cifar10-supervised",
         "rcdm-cifar10-supervised",
         "rcdm-cifar10-vicreg-backbone",
         "rcdm-cifar10-vicreg-projector",
@@ -266,6 +267,35 @@ def test_the_projector_gets_both_cores_once_the_pair_has_ended(tmp_path: Path) -
     )
 
 
+def test_the_rcdm_left_training_when_the_projector_ends_gets_both_cores(tmp_path: Path) -> None:
+    # The projector (one thread, beside the supervised model) ends first: the supervised job is stopped with SIGTERM
+    # (a checkpoint of the step under way) and resumed with two threads, rather than leaving a core idle.
+    encoders_finished(tmp_path)
+    done, _ = run_stage(
+        tmp_path, stage="rcdms", slow="rcdm-cifar10-supervised:60 rcdm-cifar10-vicreg-projector:1"
+    )
+    assert done.returncode == 0, done.stderr
+    events = rcdm_events(tmp_path)
+    supervised = [(kind, n) for kind, target, n in events if target == "rcdm-cifar10-supervised"]
+    assert supervised == [("start", "1"), ("stopped", None), ("start", "2"), ("end", None)]
+    projector = [(kind, n) for kind, target, n in events if target == "rcdm-cifar10-vicreg-projector"]
+    assert projector == [("start", "1"), ("end", None)]
+    order = [(kind, target) for kind, target, _ in events]
+    assert order.index(("end", "rcdm-cifar10-vicreg-projector")) < order.index(
+        ("stopped", "rcdm-cifar10-supervised")
+    )
+    # ALONE_THREADS=1: nothing to widen, nothing stopped
+    encoders_finished(tmp_path / "b")
+    done, _ = run_stage(
+        tmp_path / "b",
+        stage="rcdms",
+        slow="rcdm-cifar10-supervised:2 rcdm-cifar10-vicreg-projector:1",
+        ALONE_THREADS="1",
+    )
+    assert done.returncode == 0, done.stderr
+    assert [kind for kind, _, _ in rcdm_events(tmp_path / "b")].count("stopped") == 0
+
+
 def test_a_projector_started_from_the_backbone_rcdm_waits_for_that_model(tmp_path: Path) -> None:
     # RCDM_INIT names the VICReg backbone RCDM's final model, not written yet, and the supervised model ends first:
     # the projector waits for the backbone job (rather than failing on a missing folder), then takes both cores.
@@ -289,6 +319,9 @@ def test_a_projector_started_from_the_backbone_rcdm_waits_for_that_model(tmp_pat
     assert [
         n for kind, target, n in events if target == "rcdm-cifar10-vicreg-projector" and kind == "start"
     ] == ["2"]
+    # while the projector waits, the backbone job is alone: stopped at a checkpoint and resumed with both threads
+    backbone = [(kind, n) for kind, target, n in events if target == "rcdm-cifar10-vicreg-backbone"]
+    assert backbone == [("start", "1"), ("stopped", None), ("start", "2"), ("end", None)]
     # a model that is there already (or a bundled name) does not hold it back: it starts beside the supervised job
     encoders_finished(tmp_path / "b")
     init.mkdir(parents=True)
