@@ -67,8 +67,9 @@ def kinds(lines: list[str]) -> list[str]:
 
 
 def test_all_runs_every_stage_in_order_then_the_findings_unguided(tmp_path: Path) -> None:
-    # the supervised job ends last, after the projector's: it is resumed on both cores (the test below)
-    done, lines = run_stage(tmp_path, slow="rcdm-cifar10-supervised:1")
+    # the supervised job ends last, after the projector's: it is resumed on both cores (the test below); its wait is
+    # cut short by that stop, so a long one costs nothing and leaves a loaded machine time to end the projector first
+    done, lines = run_stage(tmp_path, slow="rcdm-cifar10-supervised:30")
     assert done.returncode == 0, done.stderr
     assert kinds(lines) == [
         *["recipe rcdm"] * 4,
@@ -304,7 +305,7 @@ def test_a_projector_started_from_the_backbone_rcdm_waits_for_that_model(tmp_pat
     done, _ = run_stage(
         tmp_path,
         stage="rcdms",
-        slow="rcdm-cifar10-vicreg-backbone:2",
+        slow="rcdm-cifar10-vicreg-backbone:30",  # cut short: stopped to resume on both threads
         RCDM_INIT=f"rcdm-cifar10-vicreg-projector={init}",
     )
     assert done.returncode == 0, done.stderr
