@@ -160,6 +160,11 @@ def rcdm_events(tmp_path: Path) -> list[tuple[str, str, str | None]]:
     return events
 
 
+def of_job(events: list[tuple[str, str, str | None]], target: str) -> list[tuple[str, str | None]]:
+    """(start, end or stopped; OMP_NUM_THREADS at a start) of TARGET's jobs, in order."""
+    return [(kind, n) for kind, job, n in events if job == target]
+
+
 def test_the_projector_starts_on_the_first_core_the_backbone_pair_frees(tmp_path: Path) -> None:
     # The supervised model trains on (2 s) after the VICReg backbone one ends: the projector model starts beside
     # it with one thread, rather than waiting for the pair with a core idle; the next stage waits for all three.
@@ -260,7 +265,7 @@ def test_the_projector_gets_both_cores_once_the_pair_has_ended(tmp_path: Path) -
     done, _ = run_stage(tmp_path, slow="rcdm-cifar10-supervised:2 rcdm-cifar10-vicreg-projector:60")
     assert done.returncode == 0, done.stderr
     events = [(kind, target, n) for kind, target, n in rcdm_events(tmp_path)]
-    projector = [(kind, n) for kind, target, n in events if target == "rcdm-cifar10-vicreg-projector"]
+    projector = of_job(events, "rcdm-cifar10-vicreg-projector")
     assert projector == [("start", "1"), ("stopped", None), ("start", "2"), ("end", None)]
     order = [(kind, target) for kind, target, _ in events]
     assert order.index(("end", "rcdm-cifar10-supervised")) < order.index(
@@ -277,9 +282,9 @@ def test_the_rcdm_left_training_when_the_projector_ends_gets_both_cores(tmp_path
     )
     assert done.returncode == 0, done.stderr
     events = rcdm_events(tmp_path)
-    supervised = [(kind, n) for kind, target, n in events if target == "rcdm-cifar10-supervised"]
+    supervised = of_job(events, "rcdm-cifar10-supervised")
     assert supervised == [("start", "1"), ("stopped", None), ("start", "2"), ("end", None)]
-    projector = [(kind, n) for kind, target, n in events if target == "rcdm-cifar10-vicreg-projector"]
+    projector = of_job(events, "rcdm-cifar10-vicreg-projector")
     assert projector == [("start", "1"), ("end", None)]
     order = [(kind, target) for kind, target, _ in events]
     assert order.index(("end", "rcdm-cifar10-vicreg-projector")) < order.index(
@@ -321,7 +326,7 @@ def test_a_projector_started_from_the_backbone_rcdm_waits_for_that_model(tmp_pat
         n for kind, target, n in events if target == "rcdm-cifar10-vicreg-projector" and kind == "start"
     ] == ["2"]
     # while the projector waits, the backbone job is alone: stopped at a checkpoint and resumed with both threads
-    backbone = [(kind, n) for kind, target, n in events if target == "rcdm-cifar10-vicreg-backbone"]
+    backbone = of_job(events, "rcdm-cifar10-vicreg-backbone")
     assert backbone == [("start", "1"), ("stopped", None), ("start", "2"), ("end", None)]
     # a model that is there already (or a bundled name) does not hold it back: it starts beside the supervised job
     encoders_finished(tmp_path / "b")
