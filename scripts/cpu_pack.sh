@@ -84,9 +84,15 @@ packed_model() { # packed_model TARGET: the folder `recipe pack` bundles for it 
 print(packed_model(sys.argv[1], int(sys.argv[2]) if sys.argv[2] else None))" "$WORK/runs/$1" \
         "$(of_target "$1" "$PACK_STEP" "$PACK_STEPS")"
 }
-trained() { # trained TARGET: its final model is trained to its steps (rcdm.pack.rcdms.trained_steps)
-    [ "$($PY -c "import sys; from rcdm.pack.rcdms import trained_steps
-print(trained_steps(sys.argv[1]))" "$WORK/runs/$1")" -ge "$(of_target "$1" "$RCDM_STEPS" "$RCDM_TARGET_STEPS")" ]
+trained() { # trained TARGET: 0 when its final model is trained to its steps (rcdm.pack.rcdms.trained_steps), 1 when
+    # not, 2 (with a line) when Python cannot tell: the caller then fails at once instead of starting a doomed job
+    local n
+    n=$($PY -c "import sys; from rcdm.pack.rcdms import trained_steps
+print(trained_steps(sys.argv[1]))" "$WORK/runs/$1") && [[ $n =~ ^[0-9]+$ ]] || {
+        echo "cpu_pack.sh: cannot read how far $1 is trained (Python said '${n:-nothing}'; see above)" >&2
+        return 2
+    }
+    [ "$n" -ge "$(of_target "$1" "$RCDM_STEPS" "$RCDM_TARGET_STEPS")" ]
 }
 
 encoder() { # encoder NAME OBJECTIVE EPOCHS SHIPPED (the bundled encoder KEEP_ENCODERS=1 copies)
@@ -103,7 +109,8 @@ encoder() { # encoder NAME OBJECTIVE EPOCHS SHIPPED (the bundled encoder KEEP_EN
 }
 
 rcdm() { # rcdm TARGET (skipped, with a note, until its encoder is finished)
-    trained "$1" && { echo "$1: finished"; return 0; }
+    trained "$1"
+    case $? in 0) echo "$1: finished" && return 0 ;; 2) return 1 ;; esac
     local enc=ssl
     [ "$1" = rcdm-cifar10-supervised ] && enc=supervised
     [ -f "$WORK/runs/$enc/encoder/card.json" ] || {

@@ -11,13 +11,19 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 # Stands in for the venv's python: `-c` snippets (a CIFAR root, a packed model folder) print a folder, but the one
-# asking a run's trained steps (`trained_steps RUN`) prints RUN/fake-trained-steps, else 0; `-m rcdm.cli
+# asking a run's trained steps (`trained_steps RUN`) prints RUN/fake-trained-steps, else 0 (and fails when that
+# file says "fail"); `-m rcdm.cli
 # ARGS` logs ARGS (and, in FAKE_LOG.events, its start with OMP_NUM_THREADS, its end, or its stop by SIGTERM), takes
 # S seconds the first time ARGS hold WORD for each WORD:S in FAKE_SLOW, writes what `recipe ssl` would leave (the
 # encoder's card) and fails when ARGS hold FAKE_FAIL.
 FAKE_PY = """#!/usr/bin/env bash
 if [ "$1" = -c ]; then
-    case "$2" in *trained_steps*) cat "$3/fake-trained-steps" 2>/dev/null || echo 0 ;; *) echo "$FAKE_DIR" ;; esac
+    case "$2" in
+    *trained_steps*) steps=$(cat "$3/fake-trained-steps" 2>/dev/null || echo 0)
+        [ "$steps" = fail ] && { echo "Traceback: cannot read $3" >&2; exit 1; }
+        echo "$steps" ;;
+    *) echo "$FAKE_DIR" ;;
+    esac
     exit 0
 fi
 shift 2
@@ -241,6 +247,19 @@ def test_each_rcdm_trains_to_its_steps_and_a_shorter_run_is_extended(tmp_path: P
         "rcdm-cifar10-vicreg-backbone": "500",
         "rcdm-cifar10-vicreg-projector": "300",
     }
+
+
+def test_an_unreadable_run_fails_the_stage_without_starting_its_job(tmp_path: Path) -> None:
+    # a broken Python (say, started from a removed folder) once read as "not trained": the job then started, and
+    # failed only later; now the stage fails, naming the run, and that run's training never starts
+    encoders_finished(tmp_path)
+    trained(tmp_path, "rcdm-cifar10-vicreg-backbone", "fail")
+    done, lines = run_stage(tmp_path, stage="rcdms")
+    assert done.returncode != 0
+    assert "cannot read how far rcdm-cifar10-vicreg-backbone is trained" in done.stderr
+    assert "integer expression expected" not in done.stderr
+    started = [line.split("--only ")[1].split()[0] for line in lines if line.startswith("recipe rcdm ")]
+    assert "rcdm-cifar10-supervised" in started and "rcdm-cifar10-vicreg-backbone" not in started
 
 
 def test_the_projector_takes_both_cores_when_it_starts_alone(tmp_path: Path) -> None:
