@@ -173,6 +173,12 @@ def main() -> None:
     p.add_argument(
         "--loss-weighting", default="none", choices=("none", "min-snr"), help="of the adapter's loss"
     )
+    p.add_argument(
+        "--encoder-loss",
+        type=float,
+        default=AdaptConfig.encoder_loss,
+        help="rcdm adapt --encoder-loss: the weight of the loss in the new encoder's space (0: off)",
+    )
     args = p.parse_args()
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
@@ -227,9 +233,10 @@ def main() -> None:
         runs += [(args.bases_for, todo[args.bases_for], base) for base in OTHER_BASES]
     # the adapter's settings, as they name its cells and run folders, and as the table describes them
     weighting = "" if args.loss_weighting == "none" else args.loss_weighting
+    pulled = f"encoder-loss {args.encoder_loss:g}" if args.encoder_loss else ""
     layers = f"{args.layers} layers" if args.layers != 1 else ""
-    kind = " ".join(filter(None, (args.adapter, layers, args.trainable, weighting)))
-    trained = ", ".join(filter(None, (args.trainable, weighting)))
+    kind = " ".join(filter(None, (args.adapter, layers, args.trainable, weighting, pulled)))
+    trained = ", ".join(filter(None, (args.trainable, weighting, pulled)))
     for label, spec, base in runs:
         slug = f"{label.replace(' ', '-')}@{base}"
         budgets = args.budgets if base == BASE else args.budgets[:1]
@@ -254,7 +261,13 @@ def main() -> None:
         # the map alone is the same whatever adapter trains after it: one run per encoder and base
         folder = work / f"{slug}-{map_name.replace(' ', '-')}"
         result = adapt(cfg, folder, resume=(folder / "adapt.json").is_file(), progress=False)
-        cfg = replace(cfg, adapter=args.adapter, trainable=args.trainable, loss_weighting=args.loss_weighting)
+        cfg = replace(
+            cfg,
+            adapter=args.adapter,
+            trainable=args.trainable,
+            loss_weighting=args.loss_weighting,
+            encoder_loss=args.encoder_loss,
+        )
         extra = {"encoder": label, "base": base, "r2": result.r2_heldout, "r2_mlp": result.mlp_r2_heldout}
         how = "ridge map" if args.adapter == "linear" else f"ridge + {args.adapter} map (regression)"
         how += f" ({args.layers} hidden layers)" if args.layers != 1 else ""

@@ -254,3 +254,50 @@ def test_base_and_reference_models_load_from_folders_under_their_pack_names(tmp_
     (packed / "config.json").write_text("{}")
     (packed / "card.json").write_text(json.dumps({"cpu_time_s": 3600.0}))
     assert bench.training_cost(str(packed)) == "1.0 CPU h (pack)"
+
+
+def test_the_encoder_loss_reaches_the_adapter_and_names_its_cells(tmp_path, monkeypatch):
+    """--encoder-loss W: the adapter runs train with it (the map's run does not: it has no adapter steps), and its
+    cells and run folder say so, apart from the plain adapter's."""
+    import types
+
+    import torch
+
+    bench = _bench()
+    runs = []
+
+    def fake_adapt(cfg, folder, resume=False, progress=False):
+        runs.append((cfg.steps, cfg.encoder_loss, Path(folder).name))
+        return types.SimpleNamespace(
+            model_dir=str(folder),
+            r2_heldout=0.5,
+            mlp_r2_heldout=0.6,
+            wall_s=1.0,
+            cpu_s=1.0,
+            kept_step=3,
+            steps=3,
+            faithfulness=0.7,
+            faithfulness_map=0.6,
+        )
+
+    monkeypatch.setattr(bench, "adapt", fake_adapt)
+    monkeypatch.setattr(
+        bench, "load_model", lambda folder: torch.nn.Linear(2, 2, bias=str(folder).endswith("map"))
+    )
+    monkeypatch.setattr(bench, "encoder_for", lambda model: None)
+    monkeypatch.setattr(bench, "create_encoder", lambda spec: None)
+    monkeypatch.setattr(bench, "evaluation_images", lambda root, n: [f"i{k}" for k in range(n)])
+    score = types.SimpleNamespace(record=lambda: {**SCORE, "num_images": 2, "sampler": "dpm++", "steps": 20})
+    monkeypatch.setattr(bench, "score_model", lambda *a, **k: score)
+    cells = tmp_path / "cells.json"
+    argv = ["adapt.py", "--cifar", str(tmp_path), "--shared", str(tmp_path), "--work", str(tmp_path / "w")]
+    argv += ["--cells", str(cells), "--only", "pixels:8", "--bases-for", "none", "--budgets", "10"]
+    argv += ["--skip-map-cells", "--encoder-loss", "0.5", "--eval-images", "2"]
+    monkeypatch.setattr("sys.argv", argv)
+    bench.main()
+    assert [(steps, w) for steps, w, _ in runs] == [(0, 0.0), (None, 0.5)]
+    assert runs[1][2] == "pixels:8@cifar10-vicreg-backbone-mlp-adapter+embedding-encoder-loss-0.5"
+    saved = json.loads(cells.read_text())
+    assert list(saved) == ["pixels:8@cifar10-vicreg-backbone mlp adapter+embedding encoder-loss 0.5 10 min"]
+    how = next(iter(saved.values()))["how"]
+    assert how == "map + mlp adapter (adapter+embedding, encoder-loss 0.5; kept step 3 of 3), 10 min"

@@ -148,6 +148,48 @@ def test_min_snr_weighting_reaches_the_adapters_loss(base, few_images, tmp_path)
         adapt(_cfg(base, few_images, "pixels:1", loss_weighting="p2"), tmp_path / "y")
 
 
+def test_the_encoder_loss_reaches_the_adapter_and_is_logged(base, few_images, tmp_path):
+    def trained(name: str, **kw) -> dict[str, torch.Tensor]:
+        cfg = _cfg(base, few_images, "pixels:1", steps=2, lr=1e-2, trainable="adapter", **kw)
+        return load_model(adapt(cfg, tmp_path / name, progress=False).model_dir).state_dict()
+
+    plain, off = trained("plain"), trained("off", encoder_loss=0.0)
+    pulled = trained("pulled", encoder_loss=10.0)
+    adapter = [k for k in plain if k.startswith("rep_adapter.")]
+    assert adapter and all(torch.equal(plain[k], off[k]) for k in adapter)  # 0: the diffusion loss alone
+    assert any(not torch.equal(plain[k], pulled[k]) for k in adapter)
+    rows = [json.loads(line) for line in (tmp_path / "pulled" / "metrics.jsonl").read_text().splitlines()]
+    logged = [r["encoder_loss"] for r in rows if "encoder_loss" in r]
+    assert len(logged) == 2 and all(0.0 <= v <= 2.0 for v in logged)  # 1 - a cosine
+    assert not any(
+        "encoder_loss" in r for r in map(json.loads, (tmp_path / "plain" / "metrics.jsonl").open())
+    )
+    assert "encoder loss" in (tmp_path / "pulled" / "model" / "README.md").read_text()
+    for bad in (-1.0, float("nan")):
+        with pytest.raises(RCDMError, match="--encoder-loss"):
+            adapt(_cfg(base, few_images, "pixels:1", encoder_loss=bad), tmp_path / "bad")
+
+
+def test_the_encoder_distance_is_zero_for_the_source_image_and_for_null_rows():
+    enc = create_encoder("pixels:2")
+    torch.manual_seed(0)
+    images = torch.rand(6, 3, 16, 16)
+    reps = enc.encode(images)
+    mean, std = reps.mean(0), reps.std(0)
+    x0 = images * 2 - 1  # model space
+    same = adaptation.encoder_distance(enc, x0, reps, mean, std, None)
+    assert same.abs().max() < 1e-4
+    others = adaptation.encoder_distance(enc, x0, reps.roll(1, 0), mean, std, None)
+    assert others.min() > 0.05
+    drop = torch.tensor([True, False, True, False, False, False])
+    masked = adaptation.encoder_distance(enc, x0, reps.roll(1, 0), mean, std, drop)
+    assert torch.equal(masked[drop], torch.zeros(2)) and torch.equal(masked[~drop], others[~drop])
+    # the gradient reaches the image through the frozen encoder
+    x = x0.clone().requires_grad_(True)
+    adaptation.encoder_distance(enc, x, reps.roll(1, 0), mean, std, None).sum().backward()
+    assert x.grad is not None and x.grad.abs().sum() > 0
+
+
 def test_the_adapter_folder_holds_only_what_differs_and_loads_over_its_base(base, few_images, tmp_path):
     """RUN/adapter: the adapted model's config and the tensors that differ from the base (here the adapter, the
     new statistics and the trained embedding projections), read over the base into the same model as RUN/model;

@@ -1,4 +1,5 @@
-"""rcdm.losses: epsilon and v-prediction targets, Min-SNR-gamma weighting, the hybrid loss, logit-normal timesteps."""
+"""rcdm.losses: epsilon and v-prediction targets, Min-SNR-gamma weighting, the hybrid loss, logit-normal timesteps,
+the clean image a prediction implies."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from torch import nn
 
 from rcdm.diffusion import sample_generators
 from rcdm.errors import RCDMError
-from rcdm.losses import GaussianDiffusion, draw_timesteps, v_to_epsilon
+from rcdm.losses import GaussianDiffusion, clean_image, draw_timesteps, v_to_epsilon
 
 D = GaussianDiffusion()
 
@@ -75,6 +76,27 @@ def test_hybrid_loss_of_a_v_model_reads_its_variance_channels():
     a = D.losses(Oracle(out_v), x0, torch.zeros(3, 4), prediction="v_prediction", **kw)
     b = D.losses(Oracle(out_eps), x0, torch.zeros(3, 4), prediction="epsilon", **kw)
     torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)  # the same prediction in two parametrisations
+
+
+@pytest.mark.parametrize("prediction", ["epsilon", "v_prediction"])
+def test_the_exact_prediction_implies_the_clean_image_and_a_wrong_one_does_not(prediction):
+    x0, noise, t = _batch([10, 500, 900])
+    ab = D.alphas_cumprod[t].float().view(-1, 1, 1, 1)
+    v = ab.sqrt() * noise - (1 - ab).sqrt() * x0
+    exact = noise if prediction == "epsilon" else v
+    predicted: dict[str, torch.Tensor] = {}
+    kw = dict(loss="simple", t=t, noise=noise, prediction=prediction, predicted=predicted)
+    D.losses(Oracle(exact), x0, torch.zeros(3, 4), **kw)
+    torch.testing.assert_close(predicted["x0"], x0, rtol=1e-3, atol=1e-3)
+    D.losses(Oracle(exact + 0.3), x0, torch.zeros(3, 4), **kw)  # off by 0.3: the implied image moves
+    assert (predicted["x0"] - x0).abs().mean() > 0.05
+    # clipped to [-1, 1] as sampling clips it, and differentiable
+    out = (exact * 5).requires_grad_(True)
+    xt = ab.sqrt() * x0 + (1 - ab).sqrt() * noise
+    implied = clean_image(out, xt, ab, prediction)
+    assert implied.abs().max() <= 1.0
+    implied.sum().backward()
+    assert out.grad is not None and out.grad.abs().sum() > 0
 
 
 def test_v_to_epsilon_inverts_the_v_of_a_known_epsilon():

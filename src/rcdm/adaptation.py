@@ -99,6 +99,11 @@ class AdaptConfig:
     # to the noisy ones, where it decides what is drawn
     loss_weighting: LossWeighting = "none"
     snr_gamma: float = 5.0
+    # the weight of a second loss, in the new encoder's own space: 1 - the cosine between its representation of the
+    # clean image the denoiser predicts and the source representation (both standardised, as the held-out check
+    # reads them; rows on the null representation left out), added to the diffusion loss. The diffusion loss weighs
+    # every pixel alike; this one weighs what the new encoder keeps. 0: off
+    encoder_loss: float = 0.0
     holdout: float = 0.1  # share of the images held out (not trained on): the ridge regulariser, what is kept
     # held-out images whose faithfulness decides what is kept (the map or the adapter at a checkpoint); 0: the last
     val_images: int = 64
@@ -157,6 +162,10 @@ def check_config(cfg: AdaptConfig) -> None:
         )
     if not (math.isfinite(cfg.snr_gamma) and cfg.snr_gamma > 0):
         raise RCDMError(f"--snr-gamma {cfg.snr_gamma} must be a positive number (Min-SNR's paper: 5)")
+    if not (math.isfinite(cfg.encoder_loss) and cfg.encoder_loss >= 0):
+        raise RCDMError(
+            f"--encoder-loss {cfg.encoder_loss} must be a number >= 0 (0: the diffusion loss alone)"
+        )
     if cfg.map_steps < 0:
         raise RCDMError(
             f"--map-steps {cfg.map_steps} must be >= 0 (0: the mlp adapter starts as the ridge map)"
@@ -278,7 +287,12 @@ def _card(model: RCDM, cfg: AdaptConfig, record: dict) -> str:
                     if cfg.adapter == "mlp"
                     else ""
                 )
-                + f", trained: {cfg.trainable}",
+                + f", trained: {cfg.trainable}"
+                + (
+                    f" under the diffusion loss + {cfg.encoder_loss:g} x the encoder loss"
+                    if cfg.encoder_loss
+                    else ""
+                ),
             ),
             ("ridge map held-out R²", f"{p['map_r2_heldout']:.3f}"),
             *(
@@ -349,7 +363,7 @@ def _adapt(
     write_text_atomic(run_dir / "adapt.json", json.dumps(asdict(cfg), indent=2))
     files = _files(cfg)
     log.info(
-        "adapting %s (%d-d) onto %s (%s, %d-d): %d images, %.1f min budget, %s adapter, training %s",
+        "adapting %s (%d-d) onto %s (%s, %d-d): %d images, %.1f min budget, %s adapter, training %s%s",
         cfg.encoder,
         new_enc.dim,
         cfg.model,
@@ -359,6 +373,7 @@ def _adapt(
         cfg.minutes,
         cfg.adapter,
         cfg.trainable,
+        f" (+ {cfg.encoder_loss:g} x the encoder loss)" if cfg.encoder_loss else "",
     )
     caches = Path(cfg.cache).expanduser() if cfg.cache else run_dir / "cache"
     reps = {}
@@ -509,6 +524,7 @@ def _adapt(
         lr = learning_rate(cfg, step)
         for group in opt.param_groups:
             group["lr"] = lr
+        predicted: dict[str, torch.Tensor] | None = {} if cfg.encoder_loss > 0 else None
         with autocast_for(device, precision):
             loss = diffusion.losses(
                 model,
@@ -521,7 +537,13 @@ def _adapt(
                 terms=terms,
                 prediction=model.prediction_type,
                 snr_gamma=cfg.snr_gamma if cfg.loss_weighting == "min-snr" else None,
-            ).mean()
+                predicted=predicted,
+            )
+            if predicted is not None:
+                away = encoder_distance(new_enc, predicted["x0"], rep, mean, std, drop)
+                terms["encoder_loss"] = float(away.detach().mean())
+                loss = loss + cfg.encoder_loss * away
+            loss = loss.mean()
         loss.backward()
         grad_norm = float(torch.nn.utils.clip_grad_norm_(params, 1.0))
         opt.step()
@@ -704,6 +726,30 @@ def _fmt(value: float | None) -> str:
     return "not measured" if value is None else f"{value:.4f}"
 
 
+def unit_representation(reps: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    """Representations standardised as the adapter reads them (mean, std: the new encoder's over the sample), then
+    scaled to unit length: their dot products are the cosines the held-out check and --encoder-loss use."""
+    return torch.nn.functional.normalize((reps.float() - mean.to(reps.device)) / std.to(reps.device), dim=1)
+
+
+def encoder_distance(
+    encoder: Encoder,
+    x0: torch.Tensor,
+    reps: torch.Tensor,
+    mean: torch.Tensor,
+    std: torch.Tensor,
+    drop: torch.Tensor | None,
+) -> torch.Tensor:
+    """Per image (B,): 1 - the cosine between the new encoder's representation of x0 (model space, [-1, 1]; the
+    gradient flows through the frozen encoder to x0) and the source representation `reps`; 0 for the rows drawn on
+    the null representation (`drop`), which are not conditioned on their source."""
+    cos = (
+        unit_representation(encoder((x0.float() + 1) / 2), mean, std) * unit_representation(reps, mean, std)
+    ).sum(1)
+    away = 1 - cos
+    return away if drop is None else torch.where(drop, torch.zeros_like(away), away)
+
+
 class _Faithfulness:
     """How faithful the model is on held-out images: each sampled from its new representation (dpm++ 10 steps at
     the model's default guidance, the same noise at every call) and encoded again by the new encoder; the mean
@@ -724,9 +770,6 @@ class _Faithfulness:
             sampler="dpm++", steps=10, seed=cfg.seed + 2, batch_size=cfg.batch_size, precision=cfg.precision
         )
         self.seconds, self.last_at = 0.0, 0.0  # the last call's duration and end (the loop budgets for them)
-
-    def _unit(self, reps: torch.Tensor) -> torch.Tensor:
-        return torch.nn.functional.normalize((reps.float() - self.mean) / self.std, dim=1)
 
     def estimate(self) -> float:
         """Seconds a call would take, from a probe of 2 sampling steps on at most 8 of the images, scaled by the
@@ -751,7 +794,8 @@ class _Faithfulness:
         """Each held-out image's cosine (the score is their mean)."""
         t0 = time.perf_counter()
         images = sample_many(self.model, self.reps, 1, self.sampling)[:, 0]
-        per_image = (self._unit(self.encoder.encode(images)) * self._unit(self.reps)).sum(1)
+        unit = lambda r: unit_representation(r, self.mean, self.std)  # noqa: E731
+        per_image = (unit(self.encoder.encode(images)) * unit(self.reps)).sum(1)
         self.last_at = time.perf_counter()
         self.seconds = self.last_at - t0
         return per_image

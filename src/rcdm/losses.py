@@ -63,6 +63,16 @@ def v_to_epsilon(out: torch.Tensor, x: torch.Tensor, alpha_bar: torch.Tensor) ->
     return torch.cat([eps.to(out.dtype), out[:, 3:]], dim=1) if out.shape[1] > 3 else eps.to(out.dtype)
 
 
+def clean_image(out: torch.Tensor, x: torch.Tensor, alpha_bar: torch.Tensor, prediction: str) -> torch.Tensor:
+    """The clean image x0 that a prediction (epsilon or v, 3 channels) implies at the noisy input x = x_t, clipped to
+    [-1, 1]: (x_t - sqrt(1 - abar) eps) / sqrt(abar), or sqrt(abar) x_t - sqrt(1 - abar) v (Salimans & Ho 2022)."""
+    if prediction == "v_prediction":
+        x0 = alpha_bar**0.5 * x - (1 - alpha_bar) ** 0.5 * out
+    else:
+        x0 = (x - (1 - alpha_bar) ** 0.5 * out) / alpha_bar**0.5
+    return x0.clamp(-1, 1)
+
+
 def normal_kl(mean1, logvar1, mean2, logvar2) -> torch.Tensor:
     """KL(N(mean1, exp logvar1) || N(mean2, exp logvar2)), elementwise, in nats."""
     return 0.5 * (
@@ -135,6 +145,8 @@ class GaussianDiffusion:
         terms: dict[str, float] | None = None,  # filled with the batch means of 'mse' (and 'vb'), for logging
         prediction: str = "epsilon",  # the model's prediction_type: 'epsilon' or 'v_prediction'
         snr_gamma: float | None = None,  # Min-SNR-gamma weighting of the squared error; None: unweighted
+        predicted: dict[str, torch.Tensor]
+        | None = None,  # filled with 'x0': the clean image the prediction implies
     ) -> torch.Tensor:
         """Per-sample loss (B,): the squared error of the prediction (epsilon, published, or v), plus the VLB
         term for the learned variance when `loss == 'hybrid'` (published).
@@ -144,6 +156,8 @@ class GaussianDiffusion:
         `generator` (CPU), so a run replays exactly. With `snr_gamma` the squared error of an image at SNR(t) =
         abar / (1 - abar) is weighted by min(SNR, gamma) / SNR for epsilon and min(SNR, gamma) / (SNR + 1) for
         v (Hang et al. 2023, Eq. 11: both are min(SNR, gamma) in x0 units); terms['mse'] logs the unweighted error.
+        `predicted['x0']` (B, 3, H, W): the clean image the model's prediction implies at x_t, clipped to [-1, 1] as
+        sampling clips it, differentiable (`rcdm adapt --encoder-loss` encodes it).
         """
         b = x0.shape[0]
         if t is None:
@@ -161,6 +175,8 @@ class GaussianDiffusion:
         else:
             raise RCDMError(f"unknown prediction {prediction!r}: choose epsilon or v_prediction")
         mse = ((target - out[:, :3]) ** 2).mean(dim=(1, 2, 3))
+        if predicted is not None:
+            predicted["x0"] = clean_image(out[:, :3], xt.float(), ab, prediction)
         if terms is not None:
             terms["mse"] = float(mse.detach().mean())
         if snr_gamma is not None:
