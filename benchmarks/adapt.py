@@ -257,6 +257,7 @@ def main() -> None:
             adapter=args.adapter,
             layers=args.layers,
             cache=str(work / "cache"),  # encoded once per encoder: a budget below is spent on the adapter
+            encoder_loss=0.0,  # no steps: the map is the same whatever loss the adapter trains under after it
         )
         # the map alone is the same whatever adapter trains after it: one run per encoder and base
         folder = work / f"{slug}-{map_name.replace(' ', '-')}"

@@ -257,8 +257,9 @@ def test_base_and_reference_models_load_from_folders_under_their_pack_names(tmp_
 
 
 def test_the_encoder_loss_reaches_the_adapter_and_names_its_cells(tmp_path, monkeypatch):
-    """--encoder-loss W: the adapter runs train with it (the map's run does not: it has no adapter steps), and its
-    cells and run folder say so, apart from the plain adapter's."""
+    """--encoder-loss W: the adapter runs train with it (the map's run records 0 whatever the default: it has no
+    adapter steps, and its folder stays resumable), and its cells and run folder say so, apart from the plain
+    adapter's."""
     import types
 
     import torch

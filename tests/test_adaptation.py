@@ -153,18 +153,29 @@ def test_the_encoder_loss_reaches_the_adapter_and_is_logged(base, few_images, tm
         cfg = _cfg(base, few_images, "pixels:1", steps=2, lr=1e-2, trainable="adapter", **kw)
         return load_model(adapt(cfg, tmp_path / name, progress=False).model_dir).state_dict()
 
-    plain, off = trained("plain"), trained("off", encoder_loss=0.0)
+    default, off = trained("default"), trained("off", encoder_loss=0.0)
     pulled = trained("pulled", encoder_loss=10.0)
-    adapter = [k for k in plain if k.startswith("rep_adapter.")]
-    assert adapter and all(torch.equal(plain[k], off[k]) for k in adapter)  # 0: the diffusion loss alone
-    assert any(not torch.equal(plain[k], pulled[k]) for k in adapter)
+    adapter = [k for k in off if k.startswith("rep_adapter.")]
+    assert AdaptConfig.encoder_loss == 0.01  # the default trains with it
+    assert adapter and any(not torch.equal(off[k], default[k]) for k in adapter)
+    assert any(not torch.equal(default[k], pulled[k]) for k in adapter)
     rows = [json.loads(line) for line in (tmp_path / "pulled" / "metrics.jsonl").read_text().splitlines()]
     logged = [r["encoder_loss"] for r in rows if "encoder_loss" in r]
     assert len(logged) == 2 and all(0.0 <= v <= 2.0 for v in logged)  # 1 - a cosine
-    assert not any(
-        "encoder_loss" in r for r in map(json.loads, (tmp_path / "plain" / "metrics.jsonl").open())
-    )
+    assert not any("encoder_loss" in r for r in map(json.loads, (tmp_path / "off" / "metrics.jsonl").open()))
     assert "encoder loss" in (tmp_path / "pulled" / "model" / "README.md").read_text()
+    assert "encoder loss" not in (tmp_path / "off" / "model" / "README.md").read_text()
+    # a run recorded before the encoder loss existed trained without it: its resume goes on without it
+    recorded = json.loads((tmp_path / "off" / "adapt.json").read_text())
+    del recorded["encoder_loss"]
+    (tmp_path / "off" / "adapt.json").write_text(json.dumps(recorded))
+    assert adaptation.saved_config(tmp_path / "off")["encoder_loss"] == 0.0
+    with pytest.raises(RCDMError, match=r"encoder_loss 0\.0 -> 0\.01"):
+        adapt(
+            _cfg(base, few_images, "pixels:1", steps=3, lr=1e-2, trainable="adapter"),
+            tmp_path / "off",
+            resume=True,
+        )
     for bad in (-1.0, float("nan")):
         with pytest.raises(RCDMError, match="--encoder-loss"):
             adapt(_cfg(base, few_images, "pixels:1", encoder_loss=bad), tmp_path / "bad")

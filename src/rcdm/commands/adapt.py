@@ -36,7 +36,8 @@ ADAPT_OPTIONS = {
     "loss_weighting": "min-snr: Min-SNR-gamma weighting of the squared error (as rcdm train); none: unweighted",
     "snr_gamma": "gamma of --loss-weighting min-snr",
     "encoder_loss": "weight of a second loss in the new encoder's own space, added to the diffusion loss: 1 - the "
-    "cosine between its representation of the denoiser's clean-image prediction and the source's (0: off)",
+    "cosine between its representation of the denoiser's clean-image prediction and the source's (0: off; keep it "
+    "small: the held-out check reads the same cosine)",
     "val_images": "held-out images (never trained on) sampled and encoded again to pick what is kept: the map or the "
     "adapter at a checkpoint, whichever is more faithful (0: the last adapter, unchecked)",
 }
