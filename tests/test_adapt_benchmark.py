@@ -202,6 +202,20 @@ def test_the_residual_experiment_finds_no_residual_for_a_map_onto_the_base_encod
     torch.testing.assert_close(stretched.encode(images), enc.encode(images), atol=1e-3, rtol=1e-3)
 
 
+def _scored_without_sampling(bench, monkeypatch, tmp_path: Path) -> tuple[Path, list[str]]:
+    """The benchmark with no encoder, image or sampling behind it (every score is SCORE on 2 images): its cells
+    file under TMP and the start of its command line."""
+    import types
+
+    monkeypatch.setattr(bench, "encoder_for", lambda model: None)
+    monkeypatch.setattr(bench, "create_encoder", lambda spec: None)
+    monkeypatch.setattr(bench, "evaluation_images", lambda root, n: [f"i{k}" for k in range(n)])
+    score = types.SimpleNamespace(record=lambda: {**SCORE, "num_images": 2, "sampler": "dpm++", "steps": 20})
+    monkeypatch.setattr(bench, "score_model", lambda *a, **k: score)
+    argv = ["adapt.py", "--cifar", str(tmp_path), "--shared", str(tmp_path), "--work", str(tmp_path / "w")]
+    return tmp_path / "cells.json", argv
+
+
 def test_base_and_reference_models_load_from_folders_under_their_pack_names(tmp_path, monkeypatch, capsys):
     """--base-model / --reference-model: a retrained pack's runs measured before they are packed; the cells keep
     the pack's names."""
@@ -224,13 +238,7 @@ def test_base_and_reference_models_load_from_folders_under_their_pack_names(tmp_
 
     monkeypatch.setattr(bench, "adapt", fake_adapt)
     monkeypatch.setattr(bench, "load_model", fake_load)
-    monkeypatch.setattr(bench, "encoder_for", lambda model: None)
-    monkeypatch.setattr(bench, "create_encoder", lambda spec: None)
-    monkeypatch.setattr(bench, "evaluation_images", lambda root, n: [f"i{k}" for k in range(n)])
-    score = types.SimpleNamespace(record=lambda: {**SCORE, "num_images": 2, "sampler": "dpm++", "steps": 20})
-    monkeypatch.setattr(bench, "score_model", lambda *a, **k: score)
-    cells = tmp_path / "cells.json"
-    argv = ["adapt.py", "--cifar", str(tmp_path), "--shared", str(tmp_path), "--work", str(tmp_path / "w")]
+    cells, argv = _scored_without_sampling(bench, monkeypatch, tmp_path)
     argv += ["--cells", str(cells), "--only", "pack supervised ResNet-20", "--budgets", "--bases-for", "none"]
     ref = tmp_path / "runs" / "supervised"  # a finished recipe run: its record holds its CPU time
     (ref / "model").mkdir(parents=True)
@@ -285,13 +293,7 @@ def test_the_encoder_loss_reaches_the_adapter_and_names_its_cells(tmp_path, monk
     monkeypatch.setattr(
         bench, "load_model", lambda folder: torch.nn.Linear(2, 2, bias=str(folder).endswith("map"))
     )
-    monkeypatch.setattr(bench, "encoder_for", lambda model: None)
-    monkeypatch.setattr(bench, "create_encoder", lambda spec: None)
-    monkeypatch.setattr(bench, "evaluation_images", lambda root, n: [f"i{k}" for k in range(n)])
-    score = types.SimpleNamespace(record=lambda: {**SCORE, "num_images": 2, "sampler": "dpm++", "steps": 20})
-    monkeypatch.setattr(bench, "score_model", lambda *a, **k: score)
-    cells = tmp_path / "cells.json"
-    argv = ["adapt.py", "--cifar", str(tmp_path), "--shared", str(tmp_path), "--work", str(tmp_path / "w")]
+    cells, argv = _scored_without_sampling(bench, monkeypatch, tmp_path)
     argv += ["--cells", str(cells), "--only", "pixels:8", "--bases-for", "none", "--budgets", "10"]
     argv += ["--skip-map-cells", "--encoder-loss", "0.5", "--eval-images", "2"]
     monkeypatch.setattr("sys.argv", argv)
