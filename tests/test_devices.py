@@ -82,3 +82,10 @@ def test_an_archive_of_the_source_names_the_commit_it_was_made_from(tmp_path, mo
 
     monkeypatch.setattr(devices.subprocess, "run", no_git)
     assert devices.git_commit() == f"{head}+archive"
+
+
+def test_run_clock_never_reads_less_than_the_checkpoint_recorded(monkeypatch: pytest.MonkeyPatch) -> None:
+    # os.times() ticks in hundredths: at 24.04 s of process CPU time, (40 + 24.04) - 24.04 rounds to just under 40,
+    # which once failed CI's reading of a resumed run's clock
+    monkeypatch.setattr(devices, "cpu_seconds", lambda: 24.04)
+    assert RunClock(wall_s=100.0, cpu_s=40.0).cpu_s() == 40.0

@@ -243,10 +243,11 @@ class RunClock:
         self.t0, self.c0 = time.perf_counter(), cpu_seconds()
 
     def wall_s(self) -> float:
-        return self.before_wall_s + time.perf_counter() - self.t0
+        return self.before_wall_s + (time.perf_counter() - self.t0)
 
     def cpu_s(self) -> float:
-        return self.before_cpu_s + cpu_seconds() - self.c0
+        # the parentheses matter: (40 + c1) - c0 with c1 == c0 rounds to 39.99999999999994
+        return self.before_cpu_s + (cpu_seconds() - self.c0)
 
 
 # `git archive` writes the archived commit into this file (.gitattributes: export-subst); in a checkout it holds the
