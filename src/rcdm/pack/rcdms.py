@@ -218,7 +218,7 @@ def train_rcdms(
         stopped, steps = result.stopped_early, result.steps
         if stopped:
             log.warning("%s: time budget reached; stopped at the checkpoint of step %d", target.name, steps)
-        wall = float(previous.get("wall_time_s", 0.0)) + time.perf_counter() - t0
+        wall = float(previous.get("wall_time_s", 0.0)) + (time.perf_counter() - t0)
         # CPU time covers steps cpu_from + 1 .. steps: this session, plus the earlier ones when the previous
         # recipe.json recorded theirs and ends where this one started (a killed session leaves no record).
         start = done.get("start", steps)
