@@ -61,6 +61,10 @@ PACK_STEPS=${PACK_STEPS:-}
 PRIOR=${PRIOR-$ASSETS/prior-cifar10-vicreg-r20w1-backbone}
 FINDING_IMAGES=${FINDING_IMAGES:-40}
 export OMP_NUM_THREADS=1 PYTHONUNBUFFERED=1
+# the stages run this tree's code and bundle: a snapshot outside the work tree (git archive) borrows the work tree's
+# venv, whose editable install would otherwise import the work tree's rcdm, and `rcdm adapt --model
+# cifar10-vicreg-backbone` in the pack stage would then find the work tree's bundle, not the one packed here
+export PYTHONPATH=$ROOT/src${PYTHONPATH:+:$PYTHONPATH}
 RCDM="nice -n 10 $PY -m rcdm.cli"
 JUDGE="cifar-resnet56:$RESNET56"
 mkdir -p "$WORK/runs"

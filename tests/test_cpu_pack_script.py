@@ -371,3 +371,21 @@ def test_status_asks_recipe_status_with_the_steps_and_budget_the_pack_plans(tmp_
     assert lines == [
         f"recipe status --runs {runs} --steps 11000 rcdm-cifar10-supervised=22000 --budget-cpu-h 30"
     ]
+
+
+def test_the_stages_import_the_code_and_bundle_of_the_tree_the_script_is_in(tmp_path: Path) -> None:
+    # a snapshot (git archive) borrows the work tree's venv, whose editable install points at the work tree
+    fake = tmp_path / "python"
+    fake.write_text(f'#!/usr/bin/env bash\necho "$PYTHONPATH" > {tmp_path / "seen"}\n')
+    fake.chmod(0o755)
+    env = {**os.environ, "PY": str(fake), "WORK": str(tmp_path / "work"), "PYTHONPATH": "/elsewhere"}
+    done = subprocess.run(
+        ["bash", "scripts/cpu_pack.sh", "status"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "seen").read_text().strip() == f"{ROOT}/src:/elsewhere"
