@@ -4,12 +4,16 @@
 # one thread and `nice` per job, two jobs side by side where the stage has two (one free core each on 2 cores).
 #
 #   bash scripts/cpu_pack.sh encoders|rcdms|guidance|evaluate|samplers|pack|findings
-#   bash scripts/cpu_pack.sh all     # every stage in that order, then the findings unguided; stops at a failure
+#   bash scripts/cpu_pack.sh all     # encoders rcdms guidance pack evaluate samplers pack findings, then the
+#                                    # findings unguided; stops at a failure
 #   bash scripts/cpu_pack.sh status  # each RCDM's steps and CPU hours, spent and at its planned steps, against the
 #                                    # budget (BUDGET_CPU_H, default 28: 14 hours of the two cores)
 #
-# in that order: guidance records each model's default sampling, and evaluate scores the gates there too. A stage
-# fails when any of its jobs does (side by side ones included).
+# in that order: guidance records each model's default sampling, and evaluate scores the gates there too. `all`
+# packs right after the guidance stage, so the bundle's weights exist (and can land) hours before the measuring
+# stages end (run folders do not always outlive a session), and again after samplers, with the gates' numbers on
+# the cards: the weight files come out byte for byte the same. A stage fails when any of its jobs does (side by
+# side ones included).
 # The encoders stage copies the shipped encoders into $WORK/runs (the pack keeps them, as scripts/gpu_demo_pack.sh
 # does); KEEP_ENCODERS=0 trains them instead (`rcdm recipe ssl`, SSL_EPOCHS / SUP_EPOCHS epochs: about 8.7 hours
 # of one core).
@@ -158,7 +162,7 @@ joined() { # joined RC: RC, or the status of the job started last with & when th
 
 case $STAGE in
 all) # each stage resumes where it stopped, so run this again after an interruption
-    for stage in encoders rcdms guidance evaluate samplers pack findings findings-g1; do
+    for stage in encoders rcdms guidance pack evaluate samplers pack findings findings-g1; do
         echo "$(date -u +%FT%TZ) cpu_pack.sh: $stage"
         if [ "$stage" = findings-g1 ]; then
             PACK_GUIDANCE=1 bash "$0" findings
@@ -248,8 +252,10 @@ guidance) # each RCDM's default sampling, recorded into the model the pack stage
     sweep rcdm-cifar10-vicreg-backbone
     joined $? && OMP_NUM_THREADS=$ALONE_THREADS sweep rcdm-cifar10-vicreg-projector
     ;;
-pack)
-    $PY -m rcdm.cli recipe pack --runs "$WORK/runs" --out "$ASSETS" --metrics "$WORK/metrics.json" \
+pack) # the cards carry the gates' numbers once the evaluate stage has written them
+    metrics=$WORK/metrics.json
+    [ -f "$metrics" ] || metrics=''
+    $PY -m rcdm.cli recipe pack --runs "$WORK/runs" --out "$ASSETS" ${metrics:+--metrics "$metrics"} \
         --overwrite ${PACK_GUIDANCE:+--guidance "$PACK_GUIDANCE"} ${steps[@]+"${steps[@]}"} ${PRIOR:+--prior "$PRIOR"} \
         --demo-images "$CIFAR"/test/{airplane,automobile,bird,cat,deer,dog,frog,horse}/0001.jpg || exit 1
     # the supervised encoder through the new VICReg backbone RCDM (an adapter is tied to its base's weights)

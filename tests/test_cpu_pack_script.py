@@ -80,6 +80,9 @@ def test_all_runs_every_stage_in_order_then_the_findings_unguided(tmp_path: Path
     assert kinds(lines) == [
         *["recipe rcdm"] * 4,
         *["recipe guidance"] * 3,
+        "recipe pack",  # packed once before the measuring stages (the weights can land), again after them
+        "adapt --model",
+        "recipe add",
         *["recipe evaluate"] * 2,
         "recipe samplers",
         "recipe pack",
@@ -389,3 +392,15 @@ def test_the_stages_import_the_code_and_bundle_of_the_tree_the_script_is_in(tmp_
     )
     assert done.returncode == 0, done.stderr
     assert (tmp_path / "seen").read_text().strip() == f"{ROOT}/src:/elsewhere"
+
+
+def test_the_pack_stage_gives_the_cards_the_gates_numbers_once_evaluate_has_written_them(
+    tmp_path: Path,
+) -> None:
+    _, before = run_stage(tmp_path, stage="pack")
+    (tmp_path / "work" / "metrics.json").write_text("{}")
+    _, both = run_stage(tmp_path, stage="pack")
+    packs = [line for line in both if line.startswith("recipe pack")]
+    assert len(packs) == 2 and "--metrics" not in packs[0]
+    assert f"--metrics {tmp_path / 'work' / 'metrics.json'}" in packs[1]
+    assert before == both[: len(before)]

@@ -427,3 +427,19 @@ def test_a_start_outside_the_runs_folder_keeps_its_name_without_the_fp16_note(tm
     assert _packed_start(named, tmp_path / "runs") == named  # a bundled name (or hub repo): as recorded
     elsewhere = _packed_start({**named, "model": str(tmp_path / "mine" / "model")}, tmp_path / "runs")
     assert "weights_of" not in elsewhere and not elsewhere["model"].startswith(str(tmp_path))
+
+
+def test_packing_again_with_metrics_rewrites_cards_but_not_weights(
+    runs: Path, few_images: Path, tmp_path: Path
+) -> None:
+    """scripts/cpu_pack.sh packs once before the evaluation (so the weights can land early) and again after it:
+    the second pack must leave every weight file byte for byte as it was, or git would keep two copies."""
+    out = tmp_path / "bundle"
+    pack(runs, out, only=[TARGET], allow_smoke=True)
+    weights = {p.relative_to(out): p.read_bytes() for p in out.rglob("*.safetensors")}
+    card = json.loads((out / TARGET / "card.json").read_text())
+    pack(runs, out, only=[TARGET], allow_smoke=True, metrics={TARGET: {"x": 1.0}}, overwrite=True)
+    assert weights and {p.relative_to(out): p.read_bytes() for p in out.rglob("*.safetensors")} == weights
+    assert card["metrics"] == {} and json.loads((out / TARGET / "card.json").read_text())["metrics"] == {
+        "x": 1.0
+    }
