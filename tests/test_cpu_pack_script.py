@@ -15,7 +15,7 @@ ROOT = Path(__file__).resolve().parents[1]
 # file says "fail"); `-m rcdm.cli
 # ARGS` logs ARGS (and, in FAKE_LOG.events, its start with OMP_NUM_THREADS, its end, or its stop by SIGTERM), takes
 # S seconds the first time ARGS hold WORD for each WORD:S in FAKE_SLOW, writes what `recipe ssl` would leave (the
-# encoder's card) and fails when ARGS hold FAKE_FAIL.
+# encoder's card) and fails when ARGS hold FAKE_FAIL. The PYTHONPATH it ran under goes to FAKE_LOG.pythonpath.
 FAKE_PY = """#!/usr/bin/env bash
 if [ "$1" = -c ]; then
     case "$2" in
@@ -27,6 +27,7 @@ if [ "$1" = -c ]; then
     exit 0
 fi
 shift 2
+echo "$PYTHONPATH" > "$FAKE_LOG.pythonpath"
 ARGS="$*"
 echo "$ARGS" >> "$FAKE_LOG"
 echo "start $OMP_NUM_THREADS $ARGS" >> "$FAKE_LOG.events"
@@ -378,20 +379,9 @@ def test_status_asks_recipe_status_with_the_steps_and_budget_the_pack_plans(tmp_
 
 def test_the_stages_import_the_code_and_bundle_of_the_tree_the_script_is_in(tmp_path: Path) -> None:
     # a snapshot (git archive) borrows the work tree's venv, whose editable install points at the work tree
-    fake = tmp_path / "python"
-    fake.write_text(f'#!/usr/bin/env bash\necho "$PYTHONPATH" > {tmp_path / "seen"}\n')
-    fake.chmod(0o755)
-    env = {**os.environ, "PY": str(fake), "WORK": str(tmp_path / "work"), "PYTHONPATH": "/elsewhere"}
-    done = subprocess.run(
-        ["bash", "scripts/cpu_pack.sh", "status"],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    done, _ = run_stage(tmp_path, stage="status", PYTHONPATH="/elsewhere")
     assert done.returncode == 0, done.stderr
-    assert (tmp_path / "seen").read_text().strip() == f"{ROOT}/src:/elsewhere"
+    assert (tmp_path / "commands.log.pythonpath").read_text().strip() == f"{ROOT}/src:/elsewhere"
 
 
 def test_the_pack_stage_gives_the_cards_the_gates_numbers_once_evaluate_has_written_them(
